@@ -1,0 +1,348 @@
+//! The event catalog: every message SagaPay services exchange over Kafka, with its envelope.
+//!
+//! Each event type is its own topic (`<namespace>.<event_type>`), keyed by `payment_id` so that
+//! one payment's events keep their order within a partition. Payloads are typed structs; the
+//! envelope carries them as JSON with an explicit `schema_version`.
+
+use crate::money::{AmountMinor, Currency};
+use crate::state::PaymentStatus;
+use chrono::{DateTime, Utc};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use uuid::Uuid;
+
+/// Every event type. The string form is the topic suffix and the `event_type` field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventType {
+    /// orchestrator -> risk: a payment was created and needs a risk decision.
+    PaymentRequested,
+    /// risk -> orchestrator: approved.
+    RiskApproved,
+    /// orchestrator -> provider-adapter: authorize the amount at the provider.
+    AuthorizeRequested,
+    /// provider-adapter -> orchestrator: the provider authorized.
+    PaymentAuthorized,
+    /// orchestrator -> provider-adapter: capture the authorization.
+    CaptureRequested,
+    /// provider-adapter -> orchestrator: the provider captured.
+    PaymentCaptured,
+    /// orchestrator -> ledger: post the captured amount.
+    LedgerPostRequested,
+    /// ledger -> orchestrator: the journal transaction is posted.
+    PaymentSettled,
+    /// orchestrator -> anyone (notification): the payment reached a terminal state.
+    PaymentFinalized,
+}
+
+impl EventType {
+    pub const ALL: [EventType; 9] = [
+        EventType::PaymentRequested,
+        EventType::RiskApproved,
+        EventType::AuthorizeRequested,
+        EventType::PaymentAuthorized,
+        EventType::CaptureRequested,
+        EventType::PaymentCaptured,
+        EventType::LedgerPostRequested,
+        EventType::PaymentSettled,
+        EventType::PaymentFinalized,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::PaymentRequested => "payments.requested",
+            EventType::RiskApproved => "risk.approved",
+            EventType::AuthorizeRequested => "provider.authorize.requested",
+            EventType::PaymentAuthorized => "payments.authorized",
+            EventType::CaptureRequested => "provider.capture.requested",
+            EventType::PaymentCaptured => "payments.captured",
+            EventType::LedgerPostRequested => "ledger.post.requested",
+            EventType::PaymentSettled => "payments.settled",
+            EventType::PaymentFinalized => "payments.finalized",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<EventType> {
+        Self::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+}
+
+impl fmt::Display for EventType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A payload type of the catalog, bound to its event type and schema version.
+pub trait EventPayload: Serialize + DeserializeOwned {
+    const EVENT_TYPE: EventType;
+    const SCHEMA_VERSION: u16;
+}
+
+/// The envelope every Kafka message carries as its value.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Envelope {
+    /// UUIDv7: unique, and ordered by creation time.
+    pub event_id: Uuid,
+    pub event_type: String,
+    pub schema_version: u16,
+    pub occurred_at: DateTime<Utc>,
+    pub payment_id: Uuid,
+    /// The event that caused this one; `None` for events caused by an API request.
+    pub causation_id: Option<Uuid>,
+    /// Travels unchanged from the API request through every event of the payment.
+    pub correlation_id: String,
+    pub payload: serde_json::Value,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("envelope is not valid JSON of the expected shape: {0}")]
+    Envelope(#[source] serde_json::Error),
+    #[error("expected event type {expected}, got {actual}")]
+    WrongType {
+        expected: EventType,
+        actual: String,
+    },
+    #[error("unsupported schema version {actual} for {event_type} (supported: {supported})")]
+    SchemaVersion {
+        event_type: EventType,
+        actual: u16,
+        supported: u16,
+    },
+    #[error("payload of {event_type} is invalid: {source}")]
+    Payload {
+        event_type: EventType,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl Envelope {
+    /// A new event for `payment_id`, caused by `causation_id`.
+    pub fn new<P: EventPayload>(
+        payment_id: Uuid,
+        causation_id: Option<Uuid>,
+        correlation_id: &str,
+        payload: &P,
+    ) -> Envelope {
+        Envelope {
+            event_id: Uuid::now_v7(),
+            event_type: P::EVENT_TYPE.as_str().to_owned(),
+            schema_version: P::SCHEMA_VERSION,
+            occurred_at: Utc::now(),
+            payment_id,
+            causation_id,
+            correlation_id: correlation_id.to_owned(),
+            payload: serde_json::to_value(payload).expect("catalog payloads always serialize"),
+        }
+    }
+
+    /// The next event of a saga: same payment and correlation, caused by `self`.
+    pub fn follow_up<P: EventPayload>(&self, payload: &P) -> Envelope {
+        Envelope::new(
+            self.payment_id,
+            Some(self.event_id),
+            &self.correlation_id,
+            payload,
+        )
+    }
+
+    pub fn from_json(bytes: &[u8]) -> Result<Envelope, DecodeError> {
+        serde_json::from_slice(bytes).map_err(DecodeError::Envelope)
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("envelopes always serialize")
+    }
+
+    pub fn event_type(&self) -> Option<EventType> {
+        EventType::parse(&self.event_type)
+    }
+
+    /// Decodes the payload as `P`, checking the event type and schema version first.
+    pub fn decode<P: EventPayload>(&self) -> Result<P, DecodeError> {
+        if self.event_type != P::EVENT_TYPE.as_str() {
+            return Err(DecodeError::WrongType {
+                expected: P::EVENT_TYPE,
+                actual: self.event_type.clone(),
+            });
+        }
+        if self.schema_version != P::SCHEMA_VERSION {
+            return Err(DecodeError::SchemaVersion {
+                event_type: P::EVENT_TYPE,
+                actual: self.schema_version,
+                supported: P::SCHEMA_VERSION,
+            });
+        }
+        serde_json::from_value(self.payload.clone()).map_err(|source| DecodeError::Payload {
+            event_type: P::EVENT_TYPE,
+            source,
+        })
+    }
+}
+
+macro_rules! catalog {
+    ($($ty:ident => $event:ident, version $version:literal;)*) => {
+        $(impl EventPayload for $ty {
+            const EVENT_TYPE: EventType = EventType::$event;
+            const SCHEMA_VERSION: u16 = $version;
+        })*
+    };
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PaymentRequested {
+    pub merchant_id: Uuid,
+    pub customer_id: String,
+    pub amount_minor: AmountMinor,
+    pub currency: Currency,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RiskApproved {
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthorizeRequested {
+    pub merchant_id: Uuid,
+    pub customer_id: String,
+    pub amount_minor: AmountMinor,
+    pub currency: Currency,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PaymentAuthorized {
+    pub provider: String,
+    pub authorization_id: String,
+    pub amount_minor: AmountMinor,
+    pub currency: Currency,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaptureRequested {
+    pub authorization_id: String,
+    pub amount_minor: AmountMinor,
+    pub currency: Currency,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PaymentCaptured {
+    pub provider: String,
+    pub capture_id: String,
+    pub amount_minor: AmountMinor,
+    pub currency: Currency,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LedgerPostRequested {
+    pub merchant_id: Uuid,
+    pub capture_id: String,
+    pub amount_minor: AmountMinor,
+    pub currency: Currency,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PaymentSettled {
+    pub journal_transaction_id: Uuid,
+    pub amount_minor: AmountMinor,
+    pub currency: Currency,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PaymentFinalized {
+    pub status: PaymentStatus,
+    pub merchant_id: Uuid,
+    pub customer_id: String,
+    pub amount_minor: AmountMinor,
+    pub currency: Currency,
+    pub reason: String,
+    /// When the payment was created, so consumers can measure end-to-end time.
+    pub created_at: DateTime<Utc>,
+}
+
+catalog! {
+    PaymentRequested => PaymentRequested, version 1;
+    RiskApproved => RiskApproved, version 1;
+    AuthorizeRequested => AuthorizeRequested, version 1;
+    PaymentAuthorized => PaymentAuthorized, version 1;
+    CaptureRequested => CaptureRequested, version 1;
+    PaymentCaptured => PaymentCaptured, version 1;
+    LedgerPostRequested => LedgerPostRequested, version 1;
+    PaymentSettled => PaymentSettled, version 1;
+    PaymentFinalized => PaymentFinalized, version 1;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn requested() -> PaymentRequested {
+        PaymentRequested {
+            merchant_id: Uuid::now_v7(),
+            customer_id: "cust-1".into(),
+            amount_minor: AmountMinor::new(2500).unwrap(),
+            currency: Currency::parse("USD").unwrap(),
+        }
+    }
+
+    #[test]
+    fn envelopes_round_trip_and_decode_their_payload() {
+        let env = Envelope::new(Uuid::now_v7(), None, "corr-1", &requested());
+        assert_eq!(env.event_id.get_version_num(), 7);
+        let back = Envelope::from_json(&env.to_json()).unwrap();
+        assert_eq!(back, env);
+        assert_eq!(back.decode::<PaymentRequested>().unwrap(), requested());
+    }
+
+    #[test]
+    fn follow_ups_keep_payment_and_correlation_and_point_at_their_cause() {
+        let first = Envelope::new(Uuid::now_v7(), None, "corr-1", &requested());
+        let next = first.follow_up(&RiskApproved {
+            reason: "ok".into(),
+        });
+        assert_eq!(next.payment_id, first.payment_id);
+        assert_eq!(next.correlation_id, "corr-1");
+        assert_eq!(next.causation_id, Some(first.event_id));
+        assert_ne!(next.event_id, first.event_id);
+    }
+
+    #[test]
+    fn decoding_checks_type_version_and_payload() {
+        let mut env = Envelope::new(Uuid::now_v7(), None, "c", &requested());
+        assert!(matches!(
+            env.decode::<RiskApproved>(),
+            Err(DecodeError::WrongType { .. })
+        ));
+        env.schema_version = 99;
+        assert!(matches!(
+            env.decode::<PaymentRequested>(),
+            Err(DecodeError::SchemaVersion { .. })
+        ));
+        env.schema_version = 1;
+        env.payload["amount_minor"] = serde_json::json!(-3);
+        assert!(matches!(
+            env.decode::<PaymentRequested>(),
+            Err(DecodeError::Payload { .. })
+        ));
+        assert!(Envelope::from_json(b"{not json").is_err());
+    }
+
+    #[test]
+    fn event_type_names_are_unique_and_parse_back() {
+        for t in EventType::ALL {
+            assert_eq!(EventType::parse(t.as_str()), Some(t));
+        }
+    }
+}

@@ -1,0 +1,14 @@
+//! SagaPay's domain: money, identifiers, the payment state machine and the event catalog.
+//!
+//! This crate does no I/O. Everything here is a value that parses (and so cannot be
+//! invalid once constructed) or a pure function over such values.
+
+pub mod events;
+pub mod money;
+pub mod namespace;
+pub mod state;
+
+pub use events::{Envelope, EventType};
+pub use money::{AmountMinor, Currency, MoneyError};
+pub use namespace::Namespace;
+pub use state::{PaymentStatus, TransitionError};

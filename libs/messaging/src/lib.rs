@@ -1,0 +1,24 @@
+//! Reliable messaging for SagaPay services: the transactional outbox and its relay, the inbox
+//! consumer that makes at-least-once delivery safe, dead letters, and the Kafka clients.
+//!
+//! The contract, in one paragraph: a service changes its data and writes the events it wants to
+//! send into `outbox` in **one** database transaction. The relay publishes committed rows to
+//! Kafka and marks them sent; a crash anywhere only delays events, never loses them, and may
+//! publish one twice. Consumers record `(event_id, consumer)` in `inbox` in the **same**
+//! transaction as their effect, so a second delivery of an event changes nothing. Offsets are
+//! stored only after that transaction commits.
+
+pub mod consumer;
+pub mod deadletter;
+pub mod headers;
+pub mod kafka;
+pub mod metrics;
+pub mod migrations;
+pub mod outbox;
+
+pub use consumer::{ConsumerSettings, Handler, HandlerError, InboxConsumer, MessageContext};
+pub use deadletter::{Classification, DeadLetter};
+pub use headers::MessageHeaders;
+pub use kafka::KafkaSettings;
+pub use metrics::MessagingMetrics;
+pub use outbox::{Outbox, OutboxRelay, RelaySettings};

@@ -1,0 +1,97 @@
+//! Prometheus metrics of the messaging layer, registered into the service's registry.
+
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+};
+
+#[derive(Clone)]
+pub struct MessagingMetrics {
+    pub outbox_published_total: IntCounter,
+    pub outbox_publish_errors_total: IntCounter,
+    pub outbox_pending_total: IntGauge,
+    pub outbox_oldest_pending_age_seconds: IntGauge,
+    pub outbox_relay_batch_size: Histogram,
+    pub events_consumed_total: IntCounterVec,
+    pub duplicate_events_skipped_total: IntCounterVec,
+    pub handler_retries_total: IntCounterVec,
+    pub dlq_published_total: IntCounterVec,
+    pub event_queue_delay_seconds: HistogramVec,
+}
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+impl MessagingMetrics {
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let m = Self {
+            outbox_published_total: IntCounter::with_opts(Opts::new(
+                "outbox_published_total",
+                "Outbox rows published to Kafka and marked sent",
+            ))?,
+            outbox_publish_errors_total: IntCounter::with_opts(Opts::new(
+                "outbox_publish_errors_total",
+                "Outbox rows whose publication failed (they are retried)",
+            ))?,
+            outbox_pending_total: IntGauge::with_opts(Opts::new(
+                "outbox_pending_total",
+                "Outbox rows not yet published",
+            ))?,
+            outbox_oldest_pending_age_seconds: IntGauge::with_opts(Opts::new(
+                "outbox_oldest_pending_age_seconds",
+                "Age of the oldest unpublished outbox row",
+            ))?,
+            outbox_relay_batch_size: Histogram::with_opts(
+                HistogramOpts::new("outbox_relay_batch_size", "Rows per relay batch")
+                    .buckets(vec![1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0]),
+            )?,
+            events_consumed_total: IntCounterVec::new(
+                Opts::new(
+                    "events_consumed_total",
+                    "Events whose handler committed, by event type",
+                ),
+                &["event_type"],
+            )?,
+            duplicate_events_skipped_total: IntCounterVec::new(
+                Opts::new(
+                    "duplicate_events_skipped_total",
+                    "Redelivered events skipped because the inbox already had them",
+                ),
+                &["event_type"],
+            )?,
+            handler_retries_total: IntCounterVec::new(
+                Opts::new(
+                    "handler_retries_total",
+                    "Transient handler failures retried in place",
+                ),
+                &["event_type"],
+            )?,
+            dlq_published_total: IntCounterVec::new(
+                Opts::new(
+                    "dlq_published_total",
+                    "Messages sent to the dead-letter topic",
+                ),
+                &["classification"],
+            )?,
+            event_queue_delay_seconds: HistogramVec::new(
+                HistogramOpts::new(
+                    "event_queue_delay_seconds",
+                    "Time from an event's occurred_at to the start of its handling",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+                &["event_type"],
+            )?,
+        };
+        registry.register(Box::new(m.outbox_published_total.clone()))?;
+        registry.register(Box::new(m.outbox_publish_errors_total.clone()))?;
+        registry.register(Box::new(m.outbox_pending_total.clone()))?;
+        registry.register(Box::new(m.outbox_oldest_pending_age_seconds.clone()))?;
+        registry.register(Box::new(m.outbox_relay_batch_size.clone()))?;
+        registry.register(Box::new(m.events_consumed_total.clone()))?;
+        registry.register(Box::new(m.duplicate_events_skipped_total.clone()))?;
+        registry.register(Box::new(m.handler_retries_total.clone()))?;
+        registry.register(Box::new(m.dlq_published_total.clone()))?;
+        registry.register(Box::new(m.event_queue_delay_seconds.clone()))?;
+        Ok(m)
+    }
+}

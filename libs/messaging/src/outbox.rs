@@ -1,0 +1,349 @@
+//! The transactional outbox: `Outbox::enqueue` inside the business transaction, and the
+//! `OutboxRelay` that moves committed rows to Kafka.
+//!
+//! Relay algorithm, safe with any number of relay instances per database:
+//! 1. claim up to `batch_size` pending rows whose claim is free or expired
+//!    (`FOR UPDATE SKIP LOCKED`, in id order) and commit the claim;
+//! 2. hand them all to the idempotent producer, then await every delivery report;
+//! 3. mark the delivered rows published (only while our claim token still holds);
+//!    a row whose delivery failed gets its claim released after a short back-off.
+//!
+//! A relay that dies between 1 and 3 leaves rows claimed; another relay (or itself, restarted)
+//! takes them once `claimed_until` passes and publishes them again. Consumers' inboxes absorb
+//! that duplicate. Nothing is lost, because a row leaves the pending set only in step 3.
+
+use crate::headers::{self, MessageHeaders};
+use crate::metrics::MessagingMetrics;
+use anyhow::Context;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use sagapay_domain::{Envelope, Namespace};
+use sqlx::postgres::PgListener;
+use sqlx::{PgConnection, PgPool, Row};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// The channel the outbox trigger notifies on commit.
+pub const NOTIFY_CHANNEL: &str = "sagapay_outbox";
+
+/// Writes events into the outbox of the current transaction.
+#[derive(Debug, Clone)]
+pub struct Outbox {
+    namespace: Namespace,
+}
+
+impl Outbox {
+    pub fn new(namespace: Namespace) -> Self {
+        Self { namespace }
+    }
+
+    /// Inserts `envelope` for publication to its event type's topic, keyed by payment id.
+    /// Call it with the connection of the transaction that makes the business change.
+    pub async fn enqueue(
+        &self,
+        conn: &mut PgConnection,
+        envelope: &Envelope,
+        inherited: &MessageHeaders,
+    ) -> sqlx::Result<()> {
+        let mut headers = inherited.clone();
+        headers.set(headers::EVENT_ID, envelope.event_id.to_string());
+        headers.set(headers::EVENT_TYPE, envelope.event_type.clone());
+        headers.set(headers::CORRELATION_ID, envelope.correlation_id.clone());
+        sqlx::query(
+            "INSERT INTO outbox (event_id, event_type, topic, message_key, payload, headers)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(envelope.event_id)
+        .bind(&envelope.event_type)
+        .bind(self.namespace.topic(&envelope.event_type))
+        .bind(envelope.payment_id.to_string())
+        .bind(sqlx::types::Json(envelope))
+        .bind(sqlx::types::Json(&headers))
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RelaySettings {
+    /// Most rows claimed and published at once.
+    pub batch_size: i64,
+    /// How long a claim protects rows from other relays; a crashed relay's rows wait this long.
+    pub claim_timeout: Duration,
+    /// Fallback poll when no notification arrives (lost connection, missed wake-up).
+    pub poll_interval: Duration,
+    /// Published rows are deleted after this long (they are kept for inspection until then).
+    pub retention: Duration,
+}
+
+impl Default for RelaySettings {
+    fn default() -> Self {
+        Self {
+            batch_size: 500,
+            claim_timeout: Duration::from_secs(30),
+            poll_interval: Duration::from_millis(500),
+            retention: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// A claimed, not yet published outbox row.
+#[derive(Debug, Clone)]
+pub struct ClaimedRow {
+    pub id: i64,
+    pub event_id: Uuid,
+    pub topic: String,
+    pub key: String,
+    pub payload: String,
+    pub headers: MessageHeaders,
+}
+
+/// One claimed batch, owned by the claim token until published or expired.
+#[derive(Debug)]
+pub struct ClaimedBatch {
+    pub token: Uuid,
+    pub rows: Vec<ClaimedRow>,
+}
+
+pub struct OutboxRelay {
+    pool: PgPool,
+    producer: FutureProducer,
+    settings: RelaySettings,
+    metrics: MessagingMetrics,
+}
+
+impl OutboxRelay {
+    pub fn new(
+        pool: PgPool,
+        producer: FutureProducer,
+        settings: RelaySettings,
+        metrics: MessagingMetrics,
+    ) -> Self {
+        Self {
+            pool,
+            producer,
+            settings,
+            metrics,
+        }
+    }
+
+    /// Runs until `shutdown` is cancelled: drains the outbox whenever a commit notifies, and
+    /// at least every `poll_interval`.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let mut listener = self.listen().await;
+        let mut last_housekeeping = std::time::Instant::now() - Duration::from_secs(3600);
+        loop {
+            match self.drain().await {
+                Ok(()) => {}
+                Err(e) => tracing::warn!(error = %format!("{e:#}"), "outbox relay pass failed"),
+            }
+            if last_housekeeping.elapsed() >= Duration::from_secs(1) {
+                self.housekeeping().await;
+                last_housekeeping = std::time::Instant::now();
+                if listener.is_none() {
+                    listener = self.listen().await;
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                notified = wait_notification(&mut listener) => {
+                    if notified {
+                        // Coalesce a burst of commits into one drain.
+                        if let Some(l) = listener.as_mut() {
+                            while let Some(_n) = l.next_buffered() {}
+                        }
+                    } else {
+                        // The listener broke: poll until housekeeping reconnects it.
+                        tracing::warn!("outbox LISTEN connection lost; polling until it is back");
+                        listener = None;
+                    }
+                }
+                _ = tokio::time::sleep(self.settings.poll_interval) => {}
+            }
+        }
+    }
+
+    async fn listen(&self) -> Option<PgListener> {
+        match PgListener::connect_with(&self.pool).await {
+            Ok(mut l) => match l.listen(NOTIFY_CHANNEL).await {
+                Ok(()) => Some(l),
+                Err(e) => {
+                    tracing::warn!(error = %e, "LISTEN failed; relay falls back to polling");
+                    None
+                }
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "LISTEN connection failed; relay falls back to polling");
+                None
+            }
+        }
+    }
+
+    /// Publishes batches until the outbox has no claimable row left.
+    pub async fn drain(&self) -> anyhow::Result<()> {
+        loop {
+            let n = self.relay_once().await?;
+            if (n as i64) < self.settings.batch_size {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Claims, publishes and marks one batch. Returns the number of rows claimed.
+    pub async fn relay_once(&self) -> anyhow::Result<usize> {
+        let batch = self.claim_batch().await?;
+        let n = batch.rows.len();
+        if n > 0 {
+            self.metrics.outbox_relay_batch_size.observe(n as f64);
+            self.publish(batch).await?;
+        }
+        Ok(n)
+    }
+
+    /// Step 1: claims up to `batch_size` pending rows and commits the claim.
+    pub async fn claim_batch(&self) -> anyhow::Result<ClaimedBatch> {
+        let token = Uuid::new_v4();
+        let rows = sqlx::query(
+            "WITH batch AS (
+                 SELECT id FROM outbox
+                 WHERE published_at IS NULL
+                   AND (claimed_until IS NULL OR claimed_until < now())
+                 ORDER BY id
+                 LIMIT $1
+                 FOR UPDATE SKIP LOCKED)
+             UPDATE outbox o
+                SET claimed_until = now() + make_interval(secs => $2),
+                    claim_token = $3,
+                    attempts = o.attempts + 1
+               FROM batch
+              WHERE o.id = batch.id
+             RETURNING o.id, o.event_id, o.topic, o.message_key, o.payload::text AS payload,
+                       o.headers",
+        )
+        .bind(self.settings.batch_size)
+        .bind(self.settings.claim_timeout.as_secs_f64())
+        .bind(token)
+        .fetch_all(&self.pool)
+        .await
+        .context("claiming outbox rows")?;
+        let mut claimed = rows
+            .into_iter()
+            .map(|r| -> anyhow::Result<ClaimedRow> {
+                let headers: sqlx::types::Json<MessageHeaders> = r.try_get("headers")?;
+                Ok(ClaimedRow {
+                    id: r.try_get("id")?,
+                    event_id: r.try_get("event_id")?,
+                    topic: r.try_get("topic")?,
+                    key: r.try_get("message_key")?,
+                    payload: r.try_get("payload")?,
+                    headers: headers.0,
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        // RETURNING does not keep the CTE's order; publication order must follow the outbox's.
+        claimed.sort_by_key(|r| r.id);
+        Ok(ClaimedBatch {
+            token,
+            rows: claimed,
+        })
+    }
+
+    /// Steps 2 and 3: publishes a claimed batch and marks what was delivered.
+    pub async fn publish(&self, batch: ClaimedBatch) -> anyhow::Result<()> {
+        let mut pending = Vec::with_capacity(batch.rows.len());
+        for row in &batch.rows {
+            let record = FutureRecord::to(&row.topic)
+                .key(&row.key)
+                .payload(&row.payload)
+                .headers(row.headers.to_kafka());
+            // Enqueue everything before awaiting anything: librdkafka batches per partition
+            // and the idempotent producer keeps their order.
+            match self.producer.send_result(record) {
+                Ok(delivery) => pending.push((row.id, Some(delivery))),
+                Err((e, _)) => {
+                    tracing::warn!(error = %e, event_id = %row.event_id, "enqueue to producer failed");
+                    pending.push((row.id, None));
+                }
+            }
+        }
+        let mut delivered = Vec::with_capacity(pending.len());
+        let mut failed = Vec::new();
+        for (id, delivery) in pending {
+            let ok = match delivery {
+                Some(fut) => matches!(fut.await, Ok(Ok(_))),
+                None => false,
+            };
+            if ok {
+                delivered.push(id);
+            } else {
+                failed.push(id);
+            }
+        }
+        if !delivered.is_empty() {
+            sqlx::query(
+                "UPDATE outbox SET published_at = now(), claimed_until = NULL, last_error = NULL
+                  WHERE id = ANY($1) AND claim_token = $2 AND published_at IS NULL",
+            )
+            .bind(&delivered)
+            .bind(batch.token)
+            .execute(&self.pool)
+            .await
+            .context("marking outbox rows published")?;
+            self.metrics
+                .outbox_published_total
+                .inc_by(delivered.len() as u64);
+        }
+        if !failed.is_empty() {
+            self.metrics
+                .outbox_publish_errors_total
+                .inc_by(failed.len() as u64);
+            // Let them be retried soon rather than after the full claim timeout.
+            sqlx::query(
+                "UPDATE outbox SET claimed_until = now() + interval '1 second',
+                                   last_error = 'delivery failed'
+                  WHERE id = ANY($1) AND claim_token = $2",
+            )
+            .bind(&failed)
+            .bind(batch.token)
+            .execute(&self.pool)
+            .await
+            .context("releasing failed outbox rows")?;
+            anyhow::bail!("{} outbox rows could not be delivered", failed.len());
+        }
+        Ok(())
+    }
+
+    /// Refreshes backlog gauges and deletes published rows past retention.
+    async fn housekeeping(&self) {
+        let stats = sqlx::query(
+            "SELECT count(*) AS pending,
+                    COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0)::bigint AS oldest_s
+               FROM outbox WHERE published_at IS NULL",
+        )
+        .fetch_one(&self.pool)
+        .await;
+        if let Ok(row) = stats {
+            self.metrics
+                .outbox_pending_total
+                .set(row.try_get::<i64, _>("pending").unwrap_or(0));
+            self.metrics
+                .outbox_oldest_pending_age_seconds
+                .set(row.try_get::<i64, _>("oldest_s").unwrap_or(0));
+        }
+        let _ = sqlx::query(
+            "DELETE FROM outbox WHERE published_at < now() - make_interval(secs => $1)",
+        )
+        .bind(self.settings.retention.as_secs_f64())
+        .execute(&self.pool)
+        .await;
+    }
+}
+
+/// Waits for the next notification; false when there is no working listener.
+async fn wait_notification(listener: &mut Option<PgListener>) -> bool {
+    match listener {
+        Some(l) => l.recv().await.is_ok(),
+        None => std::future::pending().await,
+    }
+}

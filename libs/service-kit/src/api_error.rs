@@ -1,0 +1,115 @@
+//! The one error shape of every SagaPay HTTP API:
+//! `{"error": {"type", "code", "message", "param"}, "request_id"}`.
+//!
+//! Handlers return [`ApiError`]; the request-context middleware (see `http`) fills in the
+//! request id, so handlers never thread it through.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+
+/// Broad category, as a client would branch on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorType {
+    InvalidRequestError,
+    AuthenticationError,
+    RateLimitError,
+    IdempotencyError,
+    ConflictError,
+    ApiError,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ErrorBody {
+    #[serde(rename = "type")]
+    pub kind: ErrorType,
+    /// Machine-readable, stable: clients branch on it.
+    pub code: String,
+    /// For humans; may change.
+    pub message: String,
+    /// The request field at fault, when there is one.
+    pub param: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub body: ErrorBody,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, kind: ErrorType, code: &str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            body: ErrorBody {
+                kind,
+                code: code.to_owned(),
+                message: message.into(),
+                param: None,
+            },
+        }
+    }
+
+    pub fn with_param(mut self, param: impl Into<String>) -> Self {
+        self.body.param = Some(param.into());
+        self
+    }
+
+    pub fn invalid(code: &str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, ErrorType::InvalidRequestError, code, message)
+    }
+
+    pub fn not_found(code: &str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, ErrorType::InvalidRequestError, code, message)
+    }
+
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            ErrorType::AuthenticationError,
+            "invalid_api_key",
+            message,
+        )
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorType::ApiError,
+            "internal_error",
+            message,
+        )
+    }
+
+    pub fn unavailable(code: &str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, ErrorType::ApiError, code, message)
+    }
+}
+
+/// The full JSON document of an error response.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ErrorDocument {
+    pub error: ErrorBody,
+    pub request_id: Option<String>,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let doc = ErrorDocument {
+            error: self.body.clone(),
+            request_id: None,
+        };
+        let mut resp = (self.status, axum::Json(doc)).into_response();
+        // The request-context middleware re-renders the body with the request id.
+        resp.extensions_mut().insert(self.body);
+        resp
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        tracing::error!(error = %e, "database error");
+        ApiError::unavailable("database_unavailable", "the service's database is unavailable; retry later")
+    }
+}

@@ -1,0 +1,123 @@
+//! Configuration shared by all services, from environment variables. Every default works
+//! against `scripts/stack.sh up`.
+//!
+//! | variable | default | meaning |
+//! |---|---|---|
+//! | `SAGAPAY_NAMESPACE` | `sagapay` | prefix of topics, consumer groups and databases |
+//! | `SAGAPAY_ENVIRONMENT` | `development` | `development` or `production` |
+//! | `SAGAPAY_POSTGRES_URL` | `postgres://sagapay:sagapay@127.0.0.1:5432` | server, without database |
+//! | `SAGAPAY_KAFKA_BROKERS` | `127.0.0.1:9092` | bootstrap servers |
+//! | `SAGAPAY_KAFKA_PARTITIONS` | `3` | partitions of topics created by the service |
+//! | `SAGAPAY_HTTP_ADDR` | `127.0.0.1:<service port>` | where the HTTP API listens |
+//! | `SAGAPAY_DB_POOL_SIZE` | `16` | connections in the service's pool |
+
+use anyhow::Context;
+use sagapay_domain::Namespace;
+use sagapay_messaging::{KafkaSettings, RelaySettings};
+use std::net::SocketAddr;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Environment {
+    /// Local stack and tests: the development merchant key and ops key are accepted.
+    Development,
+    Production,
+}
+
+#[derive(Debug, Clone)]
+pub struct CommonConfig {
+    pub service: &'static str,
+    pub namespace: Namespace,
+    pub environment: Environment,
+    /// `postgres://user:password@host:port`, without a database name.
+    pub postgres_url: String,
+    pub kafka: KafkaSettings,
+    pub http_addr: SocketAddr,
+    pub db_pool_size: u32,
+    pub relay: RelaySettings,
+}
+
+pub const DEFAULT_POSTGRES_URL: &str = "postgres://sagapay:sagapay@127.0.0.1:5432";
+
+/// Reads `name`, or `default` when unset or empty.
+pub fn env_or(name: &str, default: &str) -> String {
+    match std::env::var(name) {
+        Ok(v) if !v.is_empty() => v,
+        _ => default.to_owned(),
+    }
+}
+
+/// Reads and parses `name`, or `default` when unset.
+pub fn env_parse<T: std::str::FromStr>(name: &str, default: T) -> anyhow::Result<T>
+where
+    T::Err: std::fmt::Display,
+{
+    match std::env::var(name) {
+        Ok(v) if !v.is_empty() => v
+            .parse()
+            .map_err(|e| anyhow::anyhow!("{name}={v:?} is invalid: {e}")),
+        _ => Ok(default),
+    }
+}
+
+impl CommonConfig {
+    /// Configuration of `service` from the environment; `default_port` is its well-known port.
+    pub fn from_env(service: &'static str, default_port: u16) -> anyhow::Result<Self> {
+        let namespace = Namespace::parse(&env_or("SAGAPAY_NAMESPACE", Namespace::DEFAULT))?;
+        let environment = match env_or("SAGAPAY_ENVIRONMENT", "development").as_str() {
+            "development" => Environment::Development,
+            "production" => Environment::Production,
+            other => anyhow::bail!(
+                "SAGAPAY_ENVIRONMENT must be development or production, got {other:?}"
+            ),
+        };
+        let http_addr = env_or("SAGAPAY_HTTP_ADDR", &format!("127.0.0.1:{default_port}"))
+            .parse()
+            .context("SAGAPAY_HTTP_ADDR")?;
+        Ok(Self {
+            service,
+            namespace,
+            environment,
+            postgres_url: env_or("SAGAPAY_POSTGRES_URL", DEFAULT_POSTGRES_URL),
+            kafka: KafkaSettings {
+                brokers: env_or("SAGAPAY_KAFKA_BROKERS", "127.0.0.1:9092"),
+                partitions: env_parse("SAGAPAY_KAFKA_PARTITIONS", 3)?,
+            },
+            http_addr,
+            db_pool_size: env_parse("SAGAPAY_DB_POOL_SIZE", 16)?,
+            relay: RelaySettings::default(),
+        })
+    }
+
+    /// Configuration for an in-process test: given namespace, ephemeral port, small pool.
+    pub fn for_test(service: &'static str, namespace: Namespace) -> Self {
+        Self {
+            service,
+            namespace,
+            environment: Environment::Development,
+            postgres_url: env_or("SAGAPAY_POSTGRES_URL", DEFAULT_POSTGRES_URL),
+            kafka: KafkaSettings {
+                brokers: env_or("SAGAPAY_KAFKA_BROKERS", "127.0.0.1:9092"),
+                partitions: 2,
+            },
+            http_addr: "127.0.0.1:0".parse().expect("valid address"),
+            db_pool_size: 5,
+            relay: RelaySettings::default(),
+        }
+    }
+
+    pub fn database_name(&self) -> String {
+        self.namespace.database(self.service)
+    }
+
+    pub fn database_url(&self) -> String {
+        format!(
+            "{}/{}",
+            self.postgres_url.trim_end_matches('/'),
+            self.database_name()
+        )
+    }
+
+    pub fn topic(&self, event_type: sagapay_domain::EventType) -> String {
+        self.namespace.topic(event_type.as_str())
+    }
+}

@@ -1,0 +1,206 @@
+//! HTTP plumbing every service shares: `/health`, `/ready`, `/metrics`, and the middleware that
+//! gives each request an id, a correlation id and a trace context, measures it, and renders
+//! errors in the one error shape.
+
+use crate::api_error::{ErrorBody, ErrorDocument};
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use prometheus::Registry;
+use rdkafka::producer::FutureProducer;
+use sagapay_telemetry::HttpMetrics;
+use serde_json::json;
+use sqlx::PgPool;
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+pub const REQUEST_ID: &str = "x-request-id";
+pub const CORRELATION_ID: &str = "x-correlation-id";
+pub const TRACEPARENT: &str = "traceparent";
+
+/// Per-request identifiers, available to handlers as `Extension<RequestContext>`.
+#[derive(Debug, Clone)]
+pub struct RequestContext {
+    pub request_id: String,
+    pub correlation_id: String,
+    /// W3C `traceparent` of this request: the caller's, or a new trace.
+    pub traceparent: String,
+}
+
+/// What `/ready` checks.
+#[derive(Clone)]
+pub struct Readiness {
+    pub pool: PgPool,
+    pub producer: FutureProducer,
+}
+
+#[derive(Clone)]
+struct OpsState {
+    registry: Registry,
+    readiness: Readiness,
+}
+
+/// `/health`, `/ready` and `/metrics`.
+pub fn ops_routes(registry: Registry, readiness: Readiness) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .with_state(OpsState {
+            registry,
+            readiness,
+        })
+}
+
+async fn health() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+async fn ready(State(s): State<OpsState>) -> Response {
+    let timeout = Duration::from_secs(2);
+    let db_ok = tokio::time::timeout(timeout, sqlx::query("SELECT 1").execute(&s.readiness.pool))
+        .await
+        .map(|r| r.is_ok())
+        .unwrap_or(false);
+    let kafka_ok = sagapay_messaging::kafka::reachable(&s.readiness.producer, timeout).await;
+    let status = if db_ok && kafka_ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let word = |ok: bool| if ok { "ok" } else { "unavailable" };
+    (
+        status,
+        Json(json!({
+            "status": if status == StatusCode::OK { "ready" } else { "not_ready" },
+            "checks": {"database": word(db_ok), "kafka": word(kafka_ok)},
+        })),
+    )
+        .into_response()
+}
+
+async fn metrics(State(s): State<OpsState>) -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        sagapay_telemetry::render(&s.registry),
+    )
+        .into_response()
+}
+
+/// Wraps `router` (all routes of the service) with the request-context and metrics middleware.
+pub fn instrument(router: Router, metrics: HttpMetrics) -> Router {
+    router.layer(axum::middleware::from_fn_with_state(metrics, request_context))
+}
+
+fn valid_id(v: &str) -> bool {
+    !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// `00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`, ids not all zero.
+pub fn valid_traceparent(v: &str) -> bool {
+    let parts: Vec<&str> = v.split('-').collect();
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
+    parts.len() == 4
+        && parts[0] == "00"
+        && hex(parts[1], 32)
+        && parts[1].bytes().any(|b| b != b'0')
+        && hex(parts[2], 16)
+        && parts[2].bytes().any(|b| b != b'0')
+        && hex(parts[3], 2)
+}
+
+/// A new trace: random trace id and span id, sampled.
+pub fn new_traceparent() -> String {
+    let trace = Uuid::new_v4().simple().to_string();
+    let span = &Uuid::new_v4().simple().to_string()[..16];
+    format!("00-{trace}-{span}-01")
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+async fn request_context(
+    State(metrics): State<HttpMetrics>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let started = Instant::now();
+    let method = req.method().as_str().to_owned();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let headers = req.headers();
+    let ctx = RequestContext {
+        request_id: format!("req_{}", Uuid::now_v7().simple()),
+        correlation_id: header_str(headers, CORRELATION_ID)
+            .filter(|v| valid_id(v))
+            .map(str::to_owned)
+            .unwrap_or_else(|| Uuid::now_v7().to_string()),
+        traceparent: header_str(headers, TRACEPARENT)
+            .filter(|v| valid_traceparent(v))
+            .map(str::to_owned)
+            .unwrap_or_else(new_traceparent),
+    };
+    req.extensions_mut().insert(ctx.clone());
+    let mut resp = next.run(req).await;
+
+    if let Some(body) = resp.extensions_mut().remove::<ErrorBody>() {
+        let status = resp.status();
+        let doc = ErrorDocument {
+            error: body,
+            request_id: Some(ctx.request_id.clone()),
+        };
+        let mut fresh = (status, Json(doc)).into_response();
+        for (name, value) in resp.headers() {
+            if name != axum::http::header::CONTENT_LENGTH && name != axum::http::header::CONTENT_TYPE {
+                fresh.headers_mut().insert(name.clone(), value.clone());
+            }
+        }
+        resp = fresh;
+    }
+    if let Ok(v) = HeaderValue::from_str(&ctx.request_id) {
+        resp.headers_mut().insert(REQUEST_ID, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&ctx.correlation_id) {
+        resp.headers_mut().insert(CORRELATION_ID, v);
+    }
+    let status = resp.status().as_u16().to_string();
+    metrics
+        .requests_total
+        .with_label_values(&[&method, &route, &status])
+        .inc();
+    metrics
+        .request_duration_seconds
+        .with_label_values(&[&method, &route])
+        .observe(started.elapsed().as_secs_f64());
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traceparents_are_checked() {
+        assert!(valid_traceparent(&new_traceparent()));
+        assert!(valid_traceparent(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        ));
+        assert!(!valid_traceparent(
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01"
+        ));
+        assert!(!valid_traceparent("00-4bf9-00f0-01"));
+        assert!(!valid_traceparent(
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01"
+        ));
+    }
+}

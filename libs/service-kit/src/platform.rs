@@ -1,0 +1,128 @@
+//! What every service starts with: logging, its database, a Kafka producer, its topics, a
+//! metrics registry, the outbox relay and an inbox consumer.
+
+use crate::config::CommonConfig;
+use crate::db;
+use crate::http::{self, Readiness};
+use crate::runtime::ServiceBuilder;
+use axum::Router;
+use prometheus::Registry;
+use rdkafka::producer::FutureProducer;
+use sagapay_domain::EventType;
+use sagapay_messaging::{
+    ConsumerSettings, Handler, InboxConsumer, MessagingMetrics, Outbox, OutboxRelay,
+};
+use sagapay_telemetry::HttpMetrics;
+use sqlx::PgPool;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub struct Platform {
+    pub config: CommonConfig,
+    pub pool: PgPool,
+    pub producer: FutureProducer,
+    pub registry: Registry,
+    pub messaging_metrics: MessagingMetrics,
+    pub http_metrics: HttpMetrics,
+    pub outbox: Outbox,
+}
+
+impl Platform {
+    /// Prepares the database and Kafka for a service that consumes `consumes` and publishes
+    /// `produces`. Topics (and the dead-letter topic) are created when absent.
+    pub async fn init(
+        config: CommonConfig,
+        migrations: refinery::Runner,
+        consumes: &[EventType],
+        produces: &[EventType],
+    ) -> anyhow::Result<Self> {
+        sagapay_telemetry::init_logging();
+        let pool = db::prepare(&config, migrations).await?;
+        let producer = config.kafka.producer(config.service)?;
+        let mut topics: Vec<String> = consumes
+            .iter()
+            .chain(produces)
+            .map(|t| config.topic(*t))
+            .collect();
+        topics.push(config.namespace.dead_letter_topic());
+        topics.sort();
+        topics.dedup();
+        config.kafka.ensure_topics(&topics).await?;
+        let registry = Registry::new_custom(
+            None,
+            Some(
+                [("service".to_owned(), config.service.to_owned())]
+                    .into_iter()
+                    .collect(),
+            ),
+        )?;
+        let messaging_metrics = MessagingMetrics::register(&registry)?;
+        let http_metrics = HttpMetrics::register(&registry)?;
+        let outbox = Outbox::new(config.namespace.clone());
+        Ok(Self {
+            config,
+            pool,
+            producer,
+            registry,
+            messaging_metrics,
+            http_metrics,
+            outbox,
+        })
+    }
+
+    pub fn builder(&self) -> ServiceBuilder {
+        ServiceBuilder::new(self.config.service)
+    }
+
+    /// Starts the outbox relay of this service's database.
+    pub fn spawn_relay(&self, builder: &mut ServiceBuilder) {
+        let relay = OutboxRelay::new(
+            self.pool.clone(),
+            self.producer.clone(),
+            self.config.relay.clone(),
+            self.messaging_metrics.clone(),
+        );
+        builder.spawn("outbox-relay", move |shutdown| relay.run(shutdown));
+    }
+
+    /// Starts an inbox consumer of `consumes` that runs `handler`.
+    pub fn spawn_consumer<H: Handler>(
+        &self,
+        builder: &mut ServiceBuilder,
+        handler: Arc<H>,
+        consumes: &[EventType],
+    ) -> anyhow::Result<()> {
+        let group_id = self.config.namespace.consumer_group(self.config.service);
+        let consumer = self.config.kafka.consumer(&group_id, self.config.service)?;
+        let settings = ConsumerSettings {
+            consumer_name: self.config.service.to_owned(),
+            group_id,
+            topics: consumes.iter().map(|t| self.config.topic(*t)).collect(),
+            dead_letter_topic: self.config.namespace.dead_letter_topic(),
+            retry_initial: Duration::from_millis(100),
+            retry_max: Duration::from_secs(5),
+        };
+        let inbox = InboxConsumer::new(
+            consumer,
+            self.producer.clone(),
+            self.pool.clone(),
+            handler,
+            settings,
+            self.messaging_metrics.clone(),
+        );
+        builder.spawn("inbox-consumer", move |shutdown| inbox.run(shutdown));
+        Ok(())
+    }
+
+    /// The service's whole router: its API plus `/health`, `/ready`, `/metrics`, instrumented.
+    pub fn router(&self, api: Router) -> Router {
+        let ops = http::ops_routes(
+            self.registry.clone(),
+            Readiness {
+                pool: self.pool.clone(),
+                producer: self.producer.clone(),
+            },
+        );
+        http::instrument(api.merge(ops), self.http_metrics.clone())
+    }
+}

@@ -1,0 +1,143 @@
+//! Running a service: its background tasks (relay, consumer) and its HTTP server share one
+//! cancellation token; stopping the service cancels it and waits for every task.
+
+use anyhow::Context;
+use axum::Router;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+pub struct ServiceBuilder {
+    service: &'static str,
+    shutdown: CancellationToken,
+    tasks: JoinSet<anyhow::Result<()>>,
+}
+
+impl ServiceBuilder {
+    pub fn new(service: &'static str) -> Self {
+        Self {
+            service,
+            shutdown: CancellationToken::new(),
+            tasks: JoinSet::new(),
+        }
+    }
+
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Spawns a task that must return when the token it is given is cancelled.
+    pub fn spawn<F, Fut>(&mut self, task: &'static str, f: F)
+    where
+        F: FnOnce(CancellationToken) -> Fut,
+        Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        let span = tracing::info_span!("task", service_name = self.service, task);
+        let fut = f(self.shutdown.clone());
+        self.tasks.spawn(
+            async move { fut.await.with_context(|| format!("task {task} failed")) }.instrument(span),
+        );
+    }
+
+    /// Binds `addr`, serves `router` until shutdown, and returns the running service.
+    pub async fn serve(mut self, addr: SocketAddr, router: Router) -> anyhow::Result<ServiceHandle> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {addr}"))?;
+        let local = listener.local_addr()?;
+        let token = self.shutdown.clone();
+        let span = tracing::info_span!("http", service_name = self.service);
+        self.tasks.spawn(
+            async move {
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(async move { token.cancelled().await })
+                    .await
+                    .context("HTTP server failed")
+            }
+            .instrument(span),
+        );
+        tracing::info!(service_name = self.service, addr = %local, "service started");
+        Ok(ServiceHandle {
+            service: self.service,
+            addr: local,
+            shutdown: self.shutdown,
+            tasks: self.tasks,
+        })
+    }
+}
+
+/// A started service. Dropping it does not stop it; call [`ServiceHandle::stop`].
+pub struct ServiceHandle {
+    pub service: &'static str,
+    pub addr: SocketAddr,
+    shutdown: CancellationToken,
+    tasks: JoinSet<anyhow::Result<()>>,
+}
+
+impl ServiceHandle {
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Cancels every task and waits (at most 15 s) for them to finish.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        let drained = tokio::time::timeout(Duration::from_secs(15), async {
+            let mut first_error = None;
+            while let Some(res) = self.tasks.join_next().await {
+                if let Err(e) = res.map_err(anyhow::Error::from).and_then(|r| r) {
+                    first_error.get_or_insert(e);
+                }
+            }
+            first_error
+        })
+        .await;
+        match drained {
+            Ok(None) => Ok(()),
+            Ok(Some(e)) => Err(e),
+            Err(_) => {
+                self.tasks.abort_all();
+                anyhow::bail!("{} did not stop within 15 s", self.service)
+            }
+        }
+    }
+
+    /// Runs until SIGINT/SIGTERM or until a task fails, then stops everything.
+    pub async fn run_until_stopped(mut self) -> anyhow::Result<()> {
+        let outcome = tokio::select! {
+            _ = shutdown_signal() => {
+                tracing::info!(service_name = self.service, "shutdown signal received");
+                Ok(())
+            }
+            Some(res) = self.tasks.join_next() => {
+                match res.map_err(anyhow::Error::from).and_then(|r| r) {
+                    Ok(()) => Err(anyhow::anyhow!("a task of {} ended unexpectedly", self.service)),
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        let stopped = self.stop().await;
+        outcome.and(stopped)
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

@@ -1,0 +1,55 @@
+# Shared helpers for SagaPay's scripts. Source it; do not run it.
+# shellcheck shell=bash
+
+SAGAPAY_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+LOCAL_DIR="${SAGAPAY_LOCAL_DIR:-$SAGAPAY_ROOT/.local}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$SAGAPAY_ROOT/target}"
+
+PG_PORT=5432
+REDIS_PORT=6379
+KAFKA_PORT=9092
+KAFKA_CONTROLLER_PORT=9093
+PG_USER=sagapay
+PG_PASSWORD=sagapay
+
+SERVICES=(gateway orchestrator risk provider-adapter ledger notification)
+declare -A SERVICE_PORT=(
+  [gateway]=8000 [orchestrator]=8001 [risk]=8002
+  [provider-adapter]=8003 [ledger]=8004 [notification]=8005
+)
+
+log() { printf '\033[1;34m[sagapay]\033[0m %s\n' "$*" >&2; }
+warn() { printf '\033[1;33m[sagapay]\033[0m %s\n' "$*" >&2; }
+die() { printf '\033[1;31m[sagapay] error:\033[0m %s\n' "$*" >&2; exit 1; }
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+# Runs apt-get update at most once per machine boot of this checkout's stack.
+apt_install() {
+  local stamp="$LOCAL_DIR/.apt-updated"
+  mkdir -p "$LOCAL_DIR"
+  if [ ! -f "$stamp" ]; then
+    log "apt-get update"
+    as_root apt-get update -qq || die "apt-get update failed"
+    touch "$stamp"
+  fi
+  log "apt-get install $*"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null \
+    || die "apt-get install $* failed"
+}
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# wait_until SECONDS DESCRIPTION COMMAND...: polls COMMAND every 0.2 s until it succeeds.
+wait_until() {
+  local timeout_s="$1" what="$2"; shift 2
+  local deadline=$((SECONDS + timeout_s))
+  until "$@" >/dev/null 2>&1; do
+    if [ "$SECONDS" -ge "$deadline" ]; then
+      return 1
+    fi
+    sleep 0.2
+  done
+}

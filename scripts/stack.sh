@@ -1,0 +1,204 @@
+#!/usr/bin/env bash
+# The local stack without Docker: PostgreSQL and Redis from Debian's packages, Apache Kafka
+# (KRaft, one combined broker+controller) from Maven Central, run on the machine's JDK.
+#
+#   scripts/stack.sh up       install what is missing, start what is stopped, wait for health
+#   scripts/stack.sh down     stop Kafka, Redis and PostgreSQL
+#   scripts/stack.sh status   say what answers
+#
+# `up` is idempotent: when everything is healthy it changes nothing.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+KAFKA_DIR="$LOCAL_DIR/kafka"
+REDIS_DIR="$LOCAL_DIR/redis"
+
+# ---------------------------------------------------------------- PostgreSQL
+pg_version() {
+  ls /usr/lib/postgresql 2>/dev/null | sort -n | tail -1
+}
+
+pg_ready() { pg_isready -q -h 127.0.0.1 -p "$PG_PORT"; }
+
+pg_up() {
+  if ! command -v pg_ctlcluster >/dev/null || [ -z "$(pg_version)" ]; then
+    apt_install postgresql postgresql-client
+  fi
+  local ver; ver="$(pg_version)"
+  [ -n "$ver" ] || die "PostgreSQL is not installed and could not be installed"
+  if ! pg_lsclusters -h 2>/dev/null | awk '{print $1"/"$2}' | grep -qx "$ver/main"; then
+    log "creating PostgreSQL $ver cluster 'main'"
+    as_root pg_createcluster "$ver" main >/dev/null
+  fi
+  local conf="/etc/postgresql/$ver/main/conf.d/sagapay.conf"
+  local want; want="$(cat "$SAGAPAY_ROOT/infra/postgres/sagapay.conf")"
+  if [ ! -f "$conf" ] || [ "$(cat "$conf")" != "$want" ]; then
+    log "installing $conf"
+    as_root mkdir -p "$(dirname "$conf")"
+    printf '%s\n' "$want" | as_root tee "$conf" >/dev/null
+    if pg_ready; then
+      log "restarting PostgreSQL to apply configuration"
+      as_root pg_ctlcluster "$ver" main restart
+    fi
+  fi
+  if ! pg_ready; then
+    log "starting PostgreSQL $ver"
+    as_root pg_ctlcluster "$ver" main start || true
+  fi
+  wait_until 60 "PostgreSQL" pg_ready || {
+    tail -n 30 "/var/log/postgresql/postgresql-$ver-main.log" >&2 2>/dev/null || true
+    die "PostgreSQL did not answer on 127.0.0.1:$PG_PORT within 60 s (log above)"
+  }
+  # The services' default credentials. CREATEDB: each service creates its own database.
+  as_root runuser -u postgres -- psql -q -v ON_ERROR_STOP=1 -p "$PG_PORT" -d postgres <<SQL >/dev/null
+DO \$\$
+BEGIN
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '$PG_USER') THEN
+    CREATE ROLE $PG_USER LOGIN CREATEDB PASSWORD '$PG_PASSWORD';
+  END IF;
+END
+\$\$;
+SQL
+  PGPASSWORD="$PG_PASSWORD" psql -q -h 127.0.0.1 -p "$PG_PORT" -U "$PG_USER" -d postgres -c 'select 1' >/dev/null \
+    || die "PostgreSQL answers but user $PG_USER cannot log in over TCP (check pg_hba.conf)"
+  log "PostgreSQL $ver ready on 127.0.0.1:$PG_PORT (user $PG_USER)"
+}
+
+pg_down() {
+  local ver; ver="$(pg_version)"
+  if [ -n "$ver" ] && pg_ready; then
+    log "stopping PostgreSQL"
+    as_root pg_ctlcluster "$ver" main stop -m fast || true
+  fi
+}
+
+# ---------------------------------------------------------------- Redis
+redis_ready() { [ "$(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping 2>/dev/null)" = "PONG" ]; }
+
+redis_up() {
+  command -v redis-server >/dev/null || apt_install redis-server
+  if ! redis_ready; then
+    mkdir -p "$REDIS_DIR"
+    log "starting Redis"
+    # Redis holds only the idempotency fast path and counters that can be rebuilt:
+    # no persistence, PostgreSQL is the system of record.
+    redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --daemonize yes \
+      --dir "$REDIS_DIR" --logfile "$REDIS_DIR/redis.log" --pidfile "$REDIS_DIR/redis.pid" \
+      --save "" --appendonly no >/dev/null
+  fi
+  wait_until 30 "Redis" redis_ready || {
+    tail -n 20 "$REDIS_DIR/redis.log" >&2 2>/dev/null || true
+    die "Redis did not answer PING on 127.0.0.1:$REDIS_PORT within 30 s"
+  }
+  log "Redis ready on 127.0.0.1:$REDIS_PORT"
+}
+
+redis_down() {
+  if redis_ready; then
+    log "stopping Redis"
+    redis-cli -h 127.0.0.1 -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1 || true
+  fi
+}
+
+# ---------------------------------------------------------------- Kafka
+kafka_pid() {
+  local pid
+  pid="$(cat "$KAFKA_DIR/kafka.pid" 2>/dev/null || true)"
+  if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then echo "$pid"; fi
+}
+
+kafka_ready() {
+  port_open "$KAFKA_PORT" && [ -n "$(kafka_pid)" ] \
+    && grep -q "Kafka Server started" "$KAFKA_DIR/logs/server.log" 2>/dev/null
+}
+
+kafka_resolve() {
+  local pom="$SAGAPAY_ROOT/infra/kafka/pom.xml"
+  local stamp="$KAFKA_DIR/libs/.pom.sha256"
+  local sum; sum="$(sha256sum "$pom" | cut -d' ' -f1)"
+  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$sum" ]; then return 0; fi
+  command -v java >/dev/null || apt_install openjdk-17-jre-headless
+  command -v mvn >/dev/null || apt_install maven
+  log "resolving Apache Kafka from Maven Central (infra/kafka/pom.xml)"
+  rm -rf "$KAFKA_DIR/libs"
+  mvn -q -B -f "$pom" dependency:copy-dependencies -DincludeScope=runtime \
+    -DoutputDirectory="$KAFKA_DIR/libs" || die "could not resolve Kafka's artifacts with Maven"
+  echo "$sum" > "$stamp"
+}
+
+kafka_up() {
+  if kafka_ready; then
+    log "Kafka already running on 127.0.0.1:$KAFKA_PORT"
+    return 0
+  fi
+  if port_open "$KAFKA_PORT"; then
+    die "something else listens on 127.0.0.1:$KAFKA_PORT; stop it first"
+  fi
+  kafka_resolve
+  local java_major
+  java_major="$(java -XshowSettings:properties -version 2>&1 | awk -F' = ' '/java.specification.version/ {print $2}')"
+  [ "${java_major%%.*}" -ge 17 ] || die "Kafka 4 needs Java 17 or newer, found $java_major"
+  mkdir -p "$KAFKA_DIR/data" "$KAFKA_DIR/logs"
+  sed -e "s|@DATA_DIR@|$KAFKA_DIR/data|" "$SAGAPAY_ROOT/infra/kafka/server.properties" \
+    > "$KAFKA_DIR/server.properties"
+  local cp="$KAFKA_DIR/libs/*"
+  local log_opts=(-Dlog4j2.configurationFile="$SAGAPAY_ROOT/infra/kafka/log4j2.properties"
+    -Dkafka.logs.dir="$KAFKA_DIR/logs")
+  if [ ! -f "$KAFKA_DIR/data/meta.properties" ]; then
+    log "formatting KRaft storage"
+    local cluster_id
+    cluster_id="$(java -cp "$cp" "${log_opts[@]}" kafka.tools.StorageTool random-uuid)"
+    java -cp "$cp" "${log_opts[@]}" kafka.tools.StorageTool format \
+      -t "$cluster_id" -c "$KAFKA_DIR/server.properties" >"$KAFKA_DIR/logs/format.log" 2>&1 \
+      || { cat "$KAFKA_DIR/logs/format.log" >&2; die "formatting Kafka storage failed"; }
+  fi
+  log "starting Kafka (KRaft, broker+controller)"
+  : > "$KAFKA_DIR/logs/server.log"
+  nohup java -Xms512m -Xmx1g -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
+    -Djava.awt.headless=true "${log_opts[@]}" \
+    -cp "$cp" kafka.Kafka "$KAFKA_DIR/server.properties" \
+    >"$KAFKA_DIR/logs/stdout.log" 2>&1 &
+  echo $! > "$KAFKA_DIR/kafka.pid"
+  wait_until 90 "Kafka" kafka_ready || {
+    tail -n 40 "$KAFKA_DIR/logs/stdout.log" "$KAFKA_DIR/logs/server.log" >&2 2>/dev/null || true
+    die "Kafka did not start on 127.0.0.1:$KAFKA_PORT within 90 s (logs above, $KAFKA_DIR/logs)"
+  }
+  log "Kafka ready on 127.0.0.1:$KAFKA_PORT"
+}
+
+kafka_down() {
+  local pid; pid="$(kafka_pid)"
+  if [ -n "$pid" ]; then
+    log "stopping Kafka (pid $pid)"
+    kill "$pid" 2>/dev/null || true
+    local deadline=$((SECONDS + 30))
+    while kill -0 "$pid" 2>/dev/null && [ "$SECONDS" -lt "$deadline" ]; do sleep 0.2; done
+    kill -9 "$pid" 2>/dev/null || true
+  fi
+  rm -f "$KAFKA_DIR/kafka.pid"
+}
+
+status() {
+  local rc=0
+  if pg_ready; then echo "postgresql  up    127.0.0.1:$PG_PORT"; else echo "postgresql  down"; rc=1; fi
+  if redis_ready; then echo "redis       up    127.0.0.1:$REDIS_PORT"; else echo "redis       down"; rc=1; fi
+  if kafka_ready; then echo "kafka       up    127.0.0.1:$KAFKA_PORT (pid $(kafka_pid))"; else echo "kafka       down"; rc=1; fi
+  return $rc
+}
+
+case "${1:-}" in
+  up)
+    started=$SECONDS
+    pg_up
+    redis_up
+    kafka_up
+    log "stack up in $((SECONDS - started)) s"
+    ;;
+  down)
+    kafka_down
+    redis_down
+    pg_down
+    ;;
+  status) status ;;
+  *) echo "usage: $0 up|down|status" >&2; exit 2 ;;
+esac

@@ -1,0 +1,96 @@
+//! The gateway is SagaPay's public edge: it authenticates merchants by API key, validates
+//! requests strictly, and forwards them to the orchestrator's internal API over one pooled
+//! HTTP client. It owns merchants and API keys (stored only as hashes).
+
+pub mod auth;
+mod routes;
+pub mod validate;
+
+use anyhow::Context;
+use sagapay_service_kit::config::{env_or, env_parse};
+use sagapay_service_kit::{CommonConfig, Environment, Platform, ServiceHandle};
+use std::time::Duration;
+
+pub const SERVICE: &str = "gateway";
+pub const DEFAULT_PORT: u16 = 8000;
+
+mod embedded {
+    refinery::embed_migrations!("../../migrations/gateway");
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub common: CommonConfig,
+    /// `SAGAPAY_ORCHESTRATOR_URL`, default `http://127.0.0.1:8001`.
+    pub orchestrator_url: String,
+    /// `SAGAPAY_DEV_API_KEY`, default `dev-secret`: the development merchant's key, seeded only
+    /// in development mode.
+    pub dev_api_key: Option<String>,
+    /// `SAGAPAY_MAX_AMOUNT_CENTS`, default 100,000,000 (one million in a 2-decimal currency).
+    pub max_amount_minor: i64,
+    /// Largest request body accepted, in bytes.
+    pub body_limit_bytes: usize,
+}
+
+impl Config {
+    pub fn from_env() -> anyhow::Result<Self> {
+        let common = CommonConfig::from_env(SERVICE, DEFAULT_PORT)?;
+        let dev_api_key = match common.environment {
+            Environment::Development => Some(env_or("SAGAPAY_DEV_API_KEY", "dev-secret")),
+            Environment::Production => None,
+        };
+        Ok(Self {
+            orchestrator_url: env_or("SAGAPAY_ORCHESTRATOR_URL", "http://127.0.0.1:8001"),
+            dev_api_key,
+            max_amount_minor: env_parse("SAGAPAY_MAX_AMOUNT_CENTS", 100_000_000)?,
+            body_limit_bytes: 16 * 1024,
+            common,
+        })
+    }
+
+    pub fn for_test(common: CommonConfig, orchestrator_url: String) -> Self {
+        Self {
+            orchestrator_url,
+            dev_api_key: Some("dev-secret".into()),
+            max_amount_minor: 100_000_000,
+            body_limit_bytes: 16 * 1024,
+            common,
+        }
+    }
+}
+
+pub async fn start(config: Config) -> anyhow::Result<ServiceHandle> {
+    let platform = Platform::init(
+        config.common.clone(),
+        embedded::migrations::runner(),
+        &[],
+        &[],
+    )
+    .await?;
+    if let Some(key) = &config.dev_api_key {
+        anyhow::ensure!(
+            config.common.environment == Environment::Development,
+            "the development API key is accepted only in development mode"
+        );
+        auth::seed_dev_merchant(&platform.pool, key).await?;
+    }
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .pool_idle_timeout(Duration::from_secs(90))
+        .tcp_nodelay(true)
+        .timeout(Duration::from_secs(10))
+        .connect_timeout(Duration::from_secs(2))
+        .build()
+        .context("building HTTP client")?;
+    let state = routes::AppState {
+        pool: platform.pool.clone(),
+        client,
+        orchestrator_url: config.orchestrator_url.trim_end_matches('/').to_owned(),
+        max_amount_minor: config.max_amount_minor,
+    };
+    let router = platform.router(routes::routes(state, config.body_limit_bytes));
+    platform
+        .builder()
+        .serve(config.common.http_addr, router)
+        .await
+}

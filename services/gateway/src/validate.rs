@@ -1,0 +1,215 @@
+//! Parsing the public payment request: every field is checked here and reported with its
+//! name, so a client learns exactly what to fix. Nothing invalid reaches the orchestrator.
+
+use sagapay_domain::{AmountMinor, Currency, MoneyError};
+use sagapay_service_kit::ApiError;
+use serde_json::{Map, Value};
+
+pub const CUSTOMER_ID_MAX: usize = 64;
+pub const IDEMPOTENCY_KEY_MAX: usize = 255;
+
+/// A payment request that parsed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PaymentRequest {
+    pub customer_id: String,
+    pub amount: AmountMinor,
+    pub currency: Currency,
+    pub idempotency_key: String,
+}
+
+const FIELDS: &[&str] = &["customer_id", "amount_cents", "currency", "idempotency_key"];
+
+/// `customer_id`: 1-64 characters of `A-Z a-z 0-9 _ - . : @`.
+pub fn customer_id(raw: &str) -> Result<String, ApiError> {
+    let ok = !raw.is_empty()
+        && raw.len() <= CUSTOMER_ID_MAX
+        && raw
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':' | b'@'));
+    if ok {
+        Ok(raw.to_owned())
+    } else {
+        Err(ApiError::invalid(
+            "invalid_customer_id",
+            format!("customer_id must be 1-{CUSTOMER_ID_MAX} characters of A-Z, a-z, 0-9, '_', '-', '.', ':', '@'"),
+        )
+        .with_param("customer_id"))
+    }
+}
+
+/// Idempotency key: 1-255 printable ASCII characters (space to tilde).
+pub fn idempotency_key(raw: &str, param: &str) -> Result<String, ApiError> {
+    let ok = !raw.is_empty()
+        && raw.len() <= IDEMPOTENCY_KEY_MAX
+        && raw.bytes().all(|b| (0x20..=0x7e).contains(&b));
+    if ok {
+        Ok(raw.to_owned())
+    } else {
+        Err(ApiError::invalid(
+            "invalid_idempotency_key",
+            format!("the idempotency key must be 1-{IDEMPOTENCY_KEY_MAX} printable ASCII characters"),
+        )
+        .with_param(param))
+    }
+}
+
+fn field<'a>(obj: &'a Map<String, Value>, name: &str) -> Result<&'a Value, ApiError> {
+    obj.get(name).ok_or_else(|| {
+        ApiError::invalid("missing_field", format!("{name} is required")).with_param(name)
+    })
+}
+
+fn string_field<'a>(obj: &'a Map<String, Value>, name: &str) -> Result<&'a str, ApiError> {
+    field(obj, name)?.as_str().ok_or_else(|| {
+        ApiError::invalid("invalid_type", format!("{name} must be a string")).with_param(name)
+    })
+}
+
+/// Parses the JSON body; `header_key` is the `Idempotency-Key` header, if sent.
+pub fn payment_request(
+    body: &[u8],
+    header_key: Option<&str>,
+    max_amount_minor: i64,
+) -> Result<PaymentRequest, ApiError> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| {
+        ApiError::invalid("malformed_json", format!("the body is not valid JSON: {e}"))
+    })?;
+    let Value::Object(obj) = value else {
+        return Err(ApiError::invalid(
+            "invalid_body",
+            "the body must be a JSON object",
+        ));
+    };
+    if let Some(unknown) = obj.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+        return Err(ApiError::invalid(
+            "unknown_field",
+            format!("unknown field {unknown:?}; allowed: {}", FIELDS.join(", ")),
+        )
+        .with_param(unknown.chars().take(64).collect::<String>()));
+    }
+    let customer_id = customer_id(string_field(&obj, "customer_id")?)?;
+
+    let amount_value = field(&obj, "amount_cents")?;
+    let amount_raw = match amount_value {
+        Value::Number(n) => n.as_i64().ok_or_else(|| {
+            ApiError::invalid(
+                "invalid_amount",
+                "amount_cents must be a whole number of minor units within range",
+            )
+            .with_param("amount_cents")
+        })?,
+        _ => {
+            return Err(ApiError::invalid("invalid_type", "amount_cents must be an integer")
+                .with_param("amount_cents"))
+        }
+    };
+    let amount = AmountMinor::new_with_max(amount_raw, max_amount_minor).map_err(|e| {
+        let msg = match e {
+            MoneyError::NotPositive(_) => "amount_cents must be at least 1".to_owned(),
+            MoneyError::AboveMaximum { max_minor, .. } => {
+                format!("amount_cents must be at most {max_minor}")
+            }
+            other => other.to_string(),
+        };
+        ApiError::invalid("invalid_amount", msg).with_param("amount_cents")
+    })?;
+
+    let currency = Currency::parse(string_field(&obj, "currency")?).map_err(|_| {
+        ApiError::invalid(
+            "unsupported_currency",
+            format!(
+                "currency must be one of {}",
+                Currency::supported().collect::<Vec<_>>().join(", ")
+            ),
+        )
+        .with_param("currency")
+    })?;
+
+    let body_key = match obj.get("idempotency_key") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(idempotency_key(s, "idempotency_key")?),
+        Some(_) => {
+            return Err(ApiError::invalid("invalid_type", "idempotency_key must be a string")
+                .with_param("idempotency_key"))
+        }
+    };
+    let header_key = header_key
+        .map(|k| idempotency_key(k, "Idempotency-Key"))
+        .transpose()?;
+    let idempotency_key = match (header_key, body_key) {
+        (Some(h), Some(b)) if h != b => {
+            return Err(ApiError::invalid(
+                "idempotency_key_mismatch",
+                "the Idempotency-Key header and the body's idempotency_key differ",
+            )
+            .with_param("idempotency_key"))
+        }
+        (Some(k), _) | (None, Some(k)) => k,
+        (None, None) => {
+            return Err(ApiError::invalid(
+                "idempotency_key_required",
+                "send an Idempotency-Key header (or idempotency_key in the body): it is what makes a retried request safe",
+            )
+            .with_param("idempotency_key"))
+        }
+    };
+    Ok(PaymentRequest {
+        customer_id,
+        amount,
+        currency,
+        idempotency_key,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(body: &str) -> Result<PaymentRequest, String> {
+        payment_request(body.as_bytes(), None, 1_000_000).map_err(|e| e.body.code)
+    }
+
+    #[test]
+    fn a_valid_request_parses() {
+        let r = parse(r#"{"customer_id":"cust-1","amount_cents":2500,"currency":"USD","idempotency_key":"k1"}"#).unwrap();
+        assert_eq!(r.amount.get(), 2500);
+        assert_eq!(r.currency.as_str(), "USD");
+        assert_eq!(r.idempotency_key, "k1");
+    }
+
+    #[test]
+    fn each_bad_field_is_named() {
+        let cases = [
+            (r#"{"#, "malformed_json"),
+            (r#"[]"#, "invalid_body"),
+            (r#"{"customer_id":"c","amount_cents":1,"currency":"USD","idempotency_key":"k","x":1}"#, "unknown_field"),
+            (r#"{"amount_cents":1,"currency":"USD","idempotency_key":"k"}"#, "missing_field"),
+            (r#"{"customer_id":"a b","amount_cents":1,"currency":"USD","idempotency_key":"k"}"#, "invalid_customer_id"),
+            (r#"{"customer_id":"c","amount_cents":0,"currency":"USD","idempotency_key":"k"}"#, "invalid_amount"),
+            (r#"{"customer_id":"c","amount_cents":-5,"currency":"USD","idempotency_key":"k"}"#, "invalid_amount"),
+            (r#"{"customer_id":"c","amount_cents":2.5,"currency":"USD","idempotency_key":"k"}"#, "invalid_amount"),
+            (r#"{"customer_id":"c","amount_cents":99999999999999999999,"currency":"USD","idempotency_key":"k"}"#, "invalid_amount"),
+            (r#"{"customer_id":"c","amount_cents":1000001,"currency":"USD","idempotency_key":"k"}"#, "invalid_amount"),
+            (r#"{"customer_id":"c","amount_cents":"100","currency":"USD","idempotency_key":"k"}"#, "invalid_type"),
+            (r#"{"customer_id":"c","amount_cents":1,"currency":"usd","idempotency_key":"k"}"#, "unsupported_currency"),
+            (r#"{"customer_id":"c","amount_cents":1,"currency":"USD"}"#, "idempotency_key_required"),
+            (r#"{"customer_id":"c","amount_cents":1,"currency":"USD","idempotency_key":""}"#, "invalid_idempotency_key"),
+            (r#"{"customer_id":"c","amount_cents":1,"currency":"USD","idempotency_key":"k\u0000"}"#, "invalid_idempotency_key"),
+        ];
+        for (body, code) in cases {
+            assert_eq!(parse(body).unwrap_err(), code, "body {body}");
+        }
+    }
+
+    #[test]
+    fn header_and_body_keys_must_agree() {
+        let body = br#"{"customer_id":"c","amount_cents":1,"currency":"USD","idempotency_key":"a"}"#;
+        assert!(payment_request(body, Some("a"), 10).is_ok());
+        assert_eq!(
+            payment_request(body, Some("b"), 10).unwrap_err().body.code,
+            "idempotency_key_mismatch"
+        );
+        let no_key = br#"{"customer_id":"c","amount_cents":1,"currency":"USD"}"#;
+        assert_eq!(payment_request(no_key, Some("h"), 10).unwrap().idempotency_key, "h");
+    }
+}

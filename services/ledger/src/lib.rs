@@ -1,0 +1,167 @@
+//! The ledger records money movements as balanced double-entry journal transactions. Its
+//! database enforces balance and immutability (see `migrations/ledger`); this code only ever
+//! inserts.
+//!
+//! Posting a capture of amount A for merchant M in currency C:
+//!
+//! | account | kind | debit | credit |
+//! |---|---|---|---|
+//! | `C:provider_clearing` | asset: owed to us by the provider | A | |
+//! | `C:merchant_payable:M` | liability: owed by us to the merchant | | A |
+
+use anyhow::anyhow;
+use sagapay_domain::events::{LedgerPostRequested, PaymentSettled};
+use sagapay_domain::{Currency, Envelope, EventType};
+use sagapay_messaging::{Handler, HandlerError, MessageContext, Outbox};
+use sagapay_service_kit::{CommonConfig, Platform, ServiceHandle};
+use sqlx::PgConnection;
+use std::sync::Arc;
+use uuid::Uuid;
+
+pub const SERVICE: &str = "ledger";
+pub const DEFAULT_PORT: u16 = 8004;
+pub const CONSUMES: &[EventType] = &[EventType::LedgerPostRequested];
+pub const PRODUCES: &[EventType] = &[EventType::PaymentSettled];
+
+mod embedded {
+    refinery::embed_migrations!("../../migrations/ledger");
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub common: CommonConfig,
+}
+
+impl Config {
+    pub fn from_env() -> anyhow::Result<Self> {
+        Ok(Self {
+            common: CommonConfig::from_env(SERVICE, DEFAULT_PORT)?,
+        })
+    }
+}
+
+pub fn provider_clearing_account(currency: Currency) -> String {
+    format!("{currency}:provider_clearing")
+}
+
+pub fn merchant_payable_account(currency: Currency, merchant_id: Uuid) -> String {
+    format!("{currency}:merchant_payable:{merchant_id}")
+}
+
+async fn ensure_account(
+    conn: &mut PgConnection,
+    account_id: &str,
+    kind: &str,
+    currency: Currency,
+    merchant_id: Option<Uuid>,
+    description: &str,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO accounts (account_id, kind, currency, merchant_id, description)
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (account_id) DO NOTHING",
+    )
+    .bind(account_id)
+    .bind(kind)
+    .bind(currency.as_str())
+    .bind(merchant_id)
+    .bind(description)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+struct LedgerHandler {
+    outbox: Outbox,
+}
+
+impl Handler for LedgerHandler {
+    async fn handle(
+        &self,
+        conn: &mut PgConnection,
+        env: &Envelope,
+        ctx: &MessageContext,
+    ) -> Result<(), HandlerError> {
+        if env.event_type() != Some(EventType::LedgerPostRequested) {
+            return Err(HandlerError::permanent(anyhow!(
+                "ledger does not handle {}",
+                env.event_type
+            )));
+        }
+        let cmd: LedgerPostRequested = env.decode()?;
+        let clearing = provider_clearing_account(cmd.currency);
+        let payable = merchant_payable_account(cmd.currency, cmd.merchant_id);
+        ensure_account(conn, &clearing, "ASSET", cmd.currency, None, "funds owed by the payment provider").await?;
+        ensure_account(conn, &payable, "LIABILITY", cmd.currency, Some(cmd.merchant_id), "funds owed to the merchant").await?;
+
+        let new_id = Uuid::now_v7();
+        let inserted: Option<Uuid> = sqlx::query_scalar(
+            "INSERT INTO journal_transactions (transaction_id, payment_id, posting_kind, currency, description, event_id)
+             VALUES ($1, $2, 'CAPTURE', $3, $4, $5)
+             ON CONFLICT (payment_id, posting_kind) DO NOTHING
+             RETURNING transaction_id",
+        )
+        .bind(new_id)
+        .bind(env.payment_id)
+        .bind(cmd.currency.as_str())
+        .bind(format!("capture {}", cmd.capture_id))
+        .bind(env.event_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+        let transaction_id = match inserted {
+            Some(id) => {
+                let amount = cmd.amount_minor.get();
+                sqlx::query(
+                    "INSERT INTO ledger_entries (transaction_id, account_id, direction, amount_minor, currency)
+                     VALUES ($1, $2, 'DEBIT', $4, $5), ($1, $3, 'CREDIT', $4, $5)",
+                )
+                .bind(id)
+                .bind(&clearing)
+                .bind(&payable)
+                .bind(amount)
+                .bind(cmd.currency.as_str())
+                .execute(&mut *conn)
+                .await?;
+                id
+            }
+            None => {
+                // Already posted (a second command for the same capture): answer with the
+                // existing posting; the orchestrator ignores what it has already applied.
+                tracing::info!(payment_id = %env.payment_id, "capture already posted");
+                sqlx::query_scalar(
+                    "SELECT transaction_id FROM journal_transactions
+                      WHERE payment_id = $1 AND posting_kind = 'CAPTURE'",
+                )
+                .bind(env.payment_id)
+                .fetch_one(&mut *conn)
+                .await?
+            }
+        };
+        let next = env.follow_up(&PaymentSettled {
+            journal_transaction_id: transaction_id,
+            amount_minor: cmd.amount_minor,
+            currency: cmd.currency,
+        });
+        self.outbox
+            .enqueue(conn, &next, &ctx.headers.propagated())
+            .await?;
+        Ok(())
+    }
+}
+
+pub async fn start(config: Config) -> anyhow::Result<ServiceHandle> {
+    let platform = Platform::init(
+        config.common.clone(),
+        embedded::migrations::runner(),
+        CONSUMES,
+        PRODUCES,
+    )
+    .await?;
+    let mut builder = platform.builder();
+    platform.spawn_relay(&mut builder);
+    let handler = Arc::new(LedgerHandler {
+        outbox: platform.outbox.clone(),
+    });
+    platform.spawn_consumer(&mut builder, handler, CONSUMES)?;
+    let router = platform.router(axum::Router::new());
+    builder.serve(config.common.http_addr, router).await
+}

@@ -1,0 +1,160 @@
+//! The orchestrator's internal HTTP API, called by the gateway only (it listens on loopback;
+//! the gateway has already authenticated the merchant and validated the request).
+
+use crate::store::{self, NewPayment};
+use crate::SagaMetrics;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use sagapay_domain::events::PaymentRequested;
+use sagapay_domain::{AmountMinor, Currency, Envelope};
+use sagapay_messaging::headers::TRACEPARENT;
+use sagapay_messaging::{MessageHeaders, Outbox};
+use sagapay_service_kit::api_error::{ApiError, ErrorType};
+use sagapay_service_kit::http::RequestContext;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: PgPool,
+    pub outbox: Outbox,
+    #[allow(dead_code)]
+    pub metrics: SagaMetrics,
+}
+
+pub fn routes(state: AppState) -> Router {
+    Router::new()
+        .route("/internal/payments", post(create_payment))
+        .route("/internal/payments/{payment_id}", get(get_payment))
+        .with_state(state)
+}
+
+/// A payment request as the gateway forwards it, already validated there; it is parsed again
+/// here (the orchestrator trusts no caller with its invariants).
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreatePayment {
+    pub merchant_id: Uuid,
+    pub customer_id: String,
+    pub amount_cents: AmountMinor,
+    pub currency: Currency,
+    pub idempotency_key: String,
+}
+
+#[derive(Debug, Serialize)]
+struct Created {
+    payment_id: Uuid,
+    status: sagapay_domain::PaymentStatus,
+}
+
+/// What identifies "the same request" for idempotency: everything but the key itself.
+fn fingerprint(req: &CreatePayment) -> String {
+    let canonical = format!(
+        "{}\n{}\n{}\n{}",
+        req.merchant_id, req.customer_id, req.amount_cents, req.currency
+    );
+    hex::encode(Sha256::digest(canonical.as_bytes()))
+}
+
+async fn create_payment(
+    State(state): State<AppState>,
+    Extension(ctx): Extension<RequestContext>,
+    Json(req): Json<CreatePayment>,
+) -> Result<Response, ApiError> {
+    let fp = fingerprint(&req);
+    let payment_id = Uuid::now_v7();
+    let mut tx = state.pool.begin().await?;
+    let inserted = store::insert_payment(
+        &mut tx,
+        &NewPayment {
+            payment_id,
+            merchant_id: req.merchant_id,
+            customer_id: &req.customer_id,
+            amount_minor: req.amount_cents.get(),
+            currency: req.currency.as_str(),
+            idempotency_key: &req.idempotency_key,
+            request_fingerprint: &fp,
+            correlation_id: &ctx.correlation_id,
+        },
+    )
+    .await?;
+    if inserted {
+        let envelope = Envelope::new(
+            payment_id,
+            None,
+            &ctx.correlation_id,
+            &PaymentRequested {
+                merchant_id: req.merchant_id,
+                customer_id: req.customer_id.clone(),
+                amount_minor: req.amount_cents,
+                currency: req.currency,
+            },
+        );
+        let mut headers = MessageHeaders::default();
+        headers.set(TRACEPARENT, ctx.traceparent.clone());
+        state.outbox.enqueue(&mut tx, &envelope, &headers).await?;
+        tx.commit().await?;
+        tracing::info!(payment_id = %payment_id, correlation_id = %ctx.correlation_id, "payment created");
+        return Ok((
+            StatusCode::CREATED,
+            Json(Created {
+                payment_id,
+                status: sagapay_domain::PaymentStatus::Created,
+            }),
+        )
+            .into_response());
+    }
+    // The key is taken. The unique constraint makes this the one durable answer, even when
+    // two requests with the same key race: the loser reads the winner's committed row.
+    tx.rollback().await?;
+    let mut conn = state.pool.acquire().await?;
+    let existing = store::load_by_idempotency_key(&mut conn, req.merchant_id, &req.idempotency_key)
+        .await?
+        .ok_or_else(|| ApiError::internal("idempotency key taken but no payment found"))?;
+    if existing.request_fingerprint != fp {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorType::IdempotencyError,
+            "idempotency_key_reused",
+            "this idempotency key was already used for a different request",
+        )
+        .with_param("idempotency_key"));
+    }
+    let mut resp = (
+        StatusCode::CREATED,
+        Json(Created {
+            payment_id: existing.payment_id,
+            status: existing.status,
+        }),
+    )
+        .into_response();
+    resp.headers_mut()
+        .insert("idempotent-replayed", axum::http::HeaderValue::from_static("true"));
+    Ok(resp)
+}
+
+#[derive(Debug, Deserialize)]
+struct Owner {
+    merchant_id: Uuid,
+}
+
+async fn get_payment(
+    State(state): State<AppState>,
+    Path(payment_id): Path<Uuid>,
+    Query(owner): Query<Owner>,
+) -> Result<Response, ApiError> {
+    let mut conn = state.pool.acquire().await?;
+    match store::view(&mut conn, payment_id, owner.merchant_id).await? {
+        Some(view) => Ok(Json(view).into_response()),
+        None => Err(ApiError::not_found(
+            "payment_not_found",
+            format!("no payment {payment_id}"),
+        )
+        .with_param("payment_id")),
+    }
+}

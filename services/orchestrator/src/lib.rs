@@ -1,0 +1,120 @@
+//! The orchestrator owns each payment's state and drives the saga: it creates payments (with
+//! durable idempotency), reacts to each step's outcome with one checked transition, and sends
+//! the next step's command through its outbox.
+
+mod api;
+mod saga;
+mod store;
+
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts};
+use sagapay_domain::EventType;
+use sagapay_service_kit::{CommonConfig, Platform, ServiceHandle};
+use std::sync::Arc;
+
+pub const SERVICE: &str = "orchestrator";
+pub const DEFAULT_PORT: u16 = 8001;
+
+mod embedded {
+    refinery::embed_migrations!("../../migrations/orchestrator");
+}
+
+/// Events the orchestrator reacts to.
+pub const CONSUMES: &[EventType] = &[
+    EventType::RiskApproved,
+    EventType::PaymentAuthorized,
+    EventType::PaymentCaptured,
+    EventType::PaymentSettled,
+];
+
+/// Events the orchestrator publishes.
+pub const PRODUCES: &[EventType] = &[
+    EventType::PaymentRequested,
+    EventType::AuthorizeRequested,
+    EventType::CaptureRequested,
+    EventType::LedgerPostRequested,
+    EventType::PaymentFinalized,
+];
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub common: CommonConfig,
+    /// Run the outbox relay in this process (tests turn it off to hold events back).
+    pub relay_enabled: bool,
+}
+
+impl Config {
+    pub fn from_env() -> anyhow::Result<Self> {
+        Ok(Self {
+            common: CommonConfig::from_env(SERVICE, DEFAULT_PORT)?,
+            relay_enabled: true,
+        })
+    }
+}
+
+#[derive(Clone)]
+pub(crate) struct SagaMetrics {
+    pub transitions_total: IntCounterVec,
+    pub events_ignored_total: IntCounterVec,
+    pub payment_e2e_seconds: HistogramVec,
+}
+
+impl SagaMetrics {
+    fn register(registry: &prometheus::Registry) -> prometheus::Result<Self> {
+        let transitions_total = IntCounterVec::new(
+            Opts::new("saga_transitions_total", "Payment state transitions applied"),
+            &["from", "to"],
+        )?;
+        let events_ignored_total = IntCounterVec::new(
+            Opts::new(
+                "saga_events_ignored_total",
+                "Saga events not applied: stale, out of order, or an illegal transition",
+            ),
+            &["event_type", "reason"],
+        )?;
+        let payment_e2e_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "payment_e2e_seconds",
+                "Time from payment creation to its terminal state",
+            )
+            .buckets(vec![
+                0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+            ]),
+            &["status"],
+        )?;
+        registry.register(Box::new(transitions_total.clone()))?;
+        registry.register(Box::new(events_ignored_total.clone()))?;
+        registry.register(Box::new(payment_e2e_seconds.clone()))?;
+        Ok(Self {
+            transitions_total,
+            events_ignored_total,
+            payment_e2e_seconds,
+        })
+    }
+}
+
+pub async fn start(config: Config) -> anyhow::Result<ServiceHandle> {
+    let platform = Platform::init(
+        config.common.clone(),
+        embedded::migrations::runner(),
+        CONSUMES,
+        PRODUCES,
+    )
+    .await?;
+    let metrics = SagaMetrics::register(&platform.registry)?;
+    let mut builder = platform.builder();
+    if config.relay_enabled {
+        platform.spawn_relay(&mut builder);
+    }
+    let saga = Arc::new(saga::Saga {
+        outbox: platform.outbox.clone(),
+        metrics: metrics.clone(),
+    });
+    platform.spawn_consumer(&mut builder, saga, CONSUMES)?;
+    let state = api::AppState {
+        pool: platform.pool.clone(),
+        outbox: platform.outbox.clone(),
+        metrics,
+    };
+    let router = platform.router(api::routes(state));
+    builder.serve(config.common.http_addr, router).await
+}

@@ -1,0 +1,217 @@
+//! The saga: one handler per step outcome. Each runs inside the inbox transaction, makes one
+//! checked transition and enqueues the next command, so a step's effect, its inbox row and its
+//! follow-up event commit together or not at all.
+
+use crate::store::{self, Facts, PaymentRow, TransitionFailure};
+use crate::SagaMetrics;
+use anyhow::anyhow;
+use sagapay_domain::events::{
+    AuthorizeRequested, CaptureRequested, LedgerPostRequested, PaymentAuthorized, PaymentCaptured,
+    PaymentFinalized, PaymentSettled, RiskApproved,
+};
+use sagapay_domain::{AmountMinor, Currency, Envelope, EventType, PaymentStatus};
+use sagapay_messaging::{Handler, HandlerError, MessageContext, Outbox};
+use sqlx::PgConnection;
+
+pub struct Saga {
+    pub outbox: Outbox,
+    pub metrics: SagaMetrics,
+}
+
+/// What a step does once its event is accepted.
+enum Step {
+    Apply,
+    /// The payment is not in the state this event expects: a redelivery of an older step, or an
+    /// event that arrived out of order. It is recorded (inbox) and otherwise ignored.
+    Ignore(&'static str),
+}
+
+impl Handler for Saga {
+    async fn handle(
+        &self,
+        conn: &mut PgConnection,
+        env: &Envelope,
+        ctx: &MessageContext,
+    ) -> Result<(), HandlerError> {
+        let event_type = env
+            .event_type()
+            .ok_or_else(|| HandlerError::permanent(anyhow!("unknown event type")))?;
+        let payment = store::load_for_update(conn, env.payment_id)
+            .await?
+            .ok_or_else(|| HandlerError::permanent(anyhow!("unknown payment {}", env.payment_id)))?;
+        let headers = ctx.headers.propagated();
+        match event_type {
+            EventType::RiskApproved => {
+                let ev: RiskApproved = env.decode()?;
+                if let Step::Ignore(why) = self.expect(&payment, PaymentStatus::Created, env) {
+                    return self.ignored(env, why);
+                }
+                let reason = format!("risk approved: {}", ev.reason);
+                self.apply(conn, &payment, PaymentStatus::Approved, &reason, env, Facts::default())
+                    .await?;
+                let next = env.follow_up(&AuthorizeRequested {
+                    merchant_id: payment.merchant_id,
+                    customer_id: payment.customer_id.clone(),
+                    amount_minor: amount(&payment)?,
+                    currency: currency(&payment)?,
+                });
+                self.outbox.enqueue(conn, &next, &headers).await?;
+            }
+            EventType::PaymentAuthorized => {
+                let ev: PaymentAuthorized = env.decode()?;
+                if let Step::Ignore(why) = self.expect(&payment, PaymentStatus::Approved, env) {
+                    return self.ignored(env, why);
+                }
+                let reason = format!("authorized by {} ({})", ev.provider, ev.authorization_id);
+                let facts = Facts {
+                    authorization_id: Some(&ev.authorization_id),
+                    ..Facts::default()
+                };
+                self.apply(conn, &payment, PaymentStatus::Authorized, &reason, env, facts)
+                    .await?;
+                let next = env.follow_up(&CaptureRequested {
+                    authorization_id: ev.authorization_id.clone(),
+                    amount_minor: amount(&payment)?,
+                    currency: currency(&payment)?,
+                });
+                self.outbox.enqueue(conn, &next, &headers).await?;
+            }
+            EventType::PaymentCaptured => {
+                let ev: PaymentCaptured = env.decode()?;
+                if let Step::Ignore(why) = self.expect(&payment, PaymentStatus::Authorized, env) {
+                    return self.ignored(env, why);
+                }
+                let reason = format!("captured by {} ({})", ev.provider, ev.capture_id);
+                let facts = Facts {
+                    capture_id: Some(&ev.capture_id),
+                    ..Facts::default()
+                };
+                self.apply(conn, &payment, PaymentStatus::Captured, &reason, env, facts)
+                    .await?;
+                let next = env.follow_up(&LedgerPostRequested {
+                    merchant_id: payment.merchant_id,
+                    capture_id: ev.capture_id.clone(),
+                    amount_minor: ev.amount_minor,
+                    currency: ev.currency,
+                });
+                self.outbox.enqueue(conn, &next, &headers).await?;
+            }
+            EventType::PaymentSettled => {
+                let ev: PaymentSettled = env.decode()?;
+                if let Step::Ignore(why) = self.expect(&payment, PaymentStatus::Captured, env) {
+                    return self.ignored(env, why);
+                }
+                let reason = format!("ledger posted ({})", ev.journal_transaction_id);
+                let facts = Facts {
+                    journal_transaction_id: Some(ev.journal_transaction_id),
+                    ..Facts::default()
+                };
+                self.apply(conn, &payment, PaymentStatus::Settled, &reason, env, facts)
+                    .await?;
+                self.finalize(conn, &payment, PaymentStatus::Settled, &reason, env, &headers)
+                    .await?;
+            }
+            other => {
+                return Err(HandlerError::permanent(anyhow!(
+                    "the orchestrator does not handle {other}"
+                )))
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Saga {
+    fn expect(&self, payment: &PaymentRow, expected: PaymentStatus, env: &Envelope) -> Step {
+        if payment.status == expected {
+            return Step::Apply;
+        }
+        tracing::warn!(
+            payment_id = %env.payment_id,
+            event_type = %env.event_type,
+            status = %payment.status,
+            expected = %expected,
+            "event does not match the payment's state; ignored"
+        );
+        if payment.status.is_terminal() {
+            Step::Ignore("payment_terminal")
+        } else {
+            Step::Ignore("unexpected_state")
+        }
+    }
+
+    fn ignored(&self, env: &Envelope, why: &'static str) -> Result<(), HandlerError> {
+        self.metrics
+            .events_ignored_total
+            .with_label_values(&[&env.event_type, why])
+            .inc();
+        Ok(())
+    }
+
+    async fn apply(
+        &self,
+        conn: &mut PgConnection,
+        payment: &PaymentRow,
+        to: PaymentStatus,
+        reason: &str,
+        env: &Envelope,
+        facts: Facts<'_>,
+    ) -> Result<(), HandlerError> {
+        match store::transition(conn, payment, to, reason, Some(env.event_id), facts).await {
+            Ok(()) => {
+                self.metrics
+                    .transitions_total
+                    .with_label_values(&[payment.status.as_str(), to.as_str()])
+                    .inc();
+                tracing::info!(payment_id = %payment.payment_id, from = %payment.status, to = %to, "transition");
+                Ok(())
+            }
+            // Never applied: the table says no. Counted by the caller's metric path.
+            Err(TransitionFailure::Illegal(e)) => Err(HandlerError::permanent(e)),
+            // Lost a race with another writer: re-read and try again.
+            Err(TransitionFailure::Conflict(id)) => {
+                Err(HandlerError::transient(anyhow!("payment {id} changed concurrently")))
+            }
+            Err(TransitionFailure::Db(e)) => Err(e.into()),
+        }
+    }
+
+    async fn finalize(
+        &self,
+        conn: &mut PgConnection,
+        payment: &PaymentRow,
+        status: PaymentStatus,
+        reason: &str,
+        env: &Envelope,
+        headers: &sagapay_messaging::MessageHeaders,
+    ) -> Result<(), HandlerError> {
+        debug_assert!(status.is_terminal());
+        let elapsed_s = (chrono::Utc::now() - payment.created_at)
+            .to_std()
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        self.metrics
+            .payment_e2e_seconds
+            .with_label_values(&[status.as_str()])
+            .observe(elapsed_s);
+        let next = env.follow_up(&PaymentFinalized {
+            status,
+            merchant_id: payment.merchant_id,
+            customer_id: payment.customer_id.clone(),
+            amount_minor: amount(payment)?,
+            currency: currency(payment)?,
+            reason: reason.to_owned(),
+            created_at: payment.created_at,
+        });
+        self.outbox.enqueue(conn, &next, headers).await?;
+        Ok(())
+    }
+}
+
+fn amount(p: &PaymentRow) -> Result<AmountMinor, HandlerError> {
+    AmountMinor::new(p.amount_minor).map_err(HandlerError::permanent)
+}
+
+fn currency(p: &PaymentRow) -> Result<Currency, HandlerError> {
+    Currency::parse(&p.currency).map_err(HandlerError::permanent)
+}
