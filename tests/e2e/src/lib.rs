@@ -1,0 +1,285 @@
+//! Test harness: the six services started in-process against the real PostgreSQL, Redis and
+//! Kafka of `scripts/stack.sh`, isolated by a fresh namespace (its own databases, topics and
+//! consumer groups), so tests run in parallel against one broker and one server.
+
+use anyhow::Context;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::Message;
+use sagapay_domain::{Envelope, Namespace};
+use sagapay_service_kit::{CommonConfig, ServiceHandle};
+use serde_json::Value;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+use std::future::Future;
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+pub const DEV_API_KEY: &str = "dev-secret";
+
+/// A namespace no other test uses.
+pub fn fresh_namespace() -> Namespace {
+    let id = Uuid::new_v4().simple().to_string();
+    Namespace::parse(&format!("t_{}", &id[..12])).expect("valid namespace")
+}
+
+pub fn config(service: &'static str, ns: &Namespace) -> CommonConfig {
+    let mut c = CommonConfig::for_test(service, ns.clone());
+    // Keep claims short so tests of crashed relays do not wait long.
+    c.relay.claim_timeout = Duration::from_secs(2);
+    c
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, or fails after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub const SERVICES: [&str; 6] = [
+    "gateway",
+    "orchestrator",
+    "risk",
+    "provider-adapter",
+    "ledger",
+    "notification",
+];
+
+pub struct TestStack {
+    pub ns: Namespace,
+    pub gateway: Option<ServiceHandle>,
+    pub orchestrator: Option<ServiceHandle>,
+    pub others: Vec<ServiceHandle>,
+    pub http: reqwest::Client,
+}
+
+/// Which parts of the stack to start differently.
+#[derive(Debug, Clone, Default)]
+pub struct StackOptions {
+    /// Start the orchestrator without its outbox relay.
+    pub orchestrator_relay_disabled: bool,
+}
+
+impl TestStack {
+    pub async fn spawn() -> TestStack {
+        Self::spawn_with(StackOptions::default()).await
+    }
+
+    pub async fn spawn_with(options: StackOptions) -> TestStack {
+        let ns = fresh_namespace();
+        let orchestrator = start_orchestrator(&ns, !options.orchestrator_relay_disabled).await;
+        let (risk, provider, ledger, notification, gateway) = tokio::join!(
+            sagapay_risk::start(sagapay_risk::Config {
+                common: config(sagapay_risk::SERVICE, &ns),
+            }),
+            sagapay_provider_adapter::start(sagapay_provider_adapter::Config {
+                common: config(sagapay_provider_adapter::SERVICE, &ns),
+            }),
+            sagapay_ledger::start(sagapay_ledger::Config {
+                common: config(sagapay_ledger::SERVICE, &ns),
+            }),
+            sagapay_notification::start(sagapay_notification::Config {
+                common: config(sagapay_notification::SERVICE, &ns),
+            }),
+            sagapay_gateway::start(sagapay_gateway::Config::for_test(
+                config(sagapay_gateway::SERVICE, &ns),
+                orchestrator.base_url(),
+            )),
+        );
+        TestStack {
+            ns,
+            gateway: Some(gateway.expect("gateway starts")),
+            orchestrator: Some(orchestrator),
+            others: vec![
+                risk.expect("risk starts"),
+                provider.expect("provider-adapter starts"),
+                ledger.expect("ledger starts"),
+                notification.expect("notification starts"),
+            ],
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub fn gateway_url(&self) -> String {
+        self.gateway.as_ref().expect("gateway running").base_url()
+    }
+
+    pub fn service_url(&self, service: &str) -> String {
+        match service {
+            "gateway" => self.gateway_url(),
+            "orchestrator" => self.orchestrator.as_ref().expect("running").base_url(),
+            other => self
+                .others
+                .iter()
+                .find(|h| h.service == other)
+                .map(|h| h.base_url())
+                .unwrap_or_else(|| panic!("{other} is not running")),
+        }
+    }
+
+    /// A pool on a service's database, for assertions.
+    pub async fn db(&self, service: &'static str) -> PgPool {
+        let url = config(service, &self.ns).database_url();
+        PgPoolOptions::new()
+            .max_connections(2)
+            .connect(&url)
+            .await
+            .expect("connect to service database")
+    }
+
+    /// Stops the orchestrator and starts a new one (relay enabled) on the same namespace.
+    pub async fn restart_orchestrator(&mut self) {
+        if let Some(h) = self.orchestrator.take() {
+            h.stop().await.expect("orchestrator stops cleanly");
+        }
+        self.orchestrator = Some(start_orchestrator(&self.ns, true).await);
+    }
+
+    pub async fn create_payment(&self, body: Value) -> (reqwest::StatusCode, Value) {
+        let resp = self
+            .http
+            .post(format!("{}/payments", self.gateway_url()))
+            .header("x-api-key", DEV_API_KEY)
+            .json(&body)
+            .send()
+            .await
+            .expect("POST /payments");
+        let status = resp.status();
+        (status, resp.json().await.expect("JSON body"))
+    }
+
+    pub async fn get_payment(&self, payment_id: &str) -> Value {
+        let resp = self
+            .http
+            .get(format!("{}/payments/{payment_id}", self.gateway_url()))
+            .header("x-api-key", DEV_API_KEY)
+            .send()
+            .await
+            .expect("GET /payments/{id}");
+        assert!(resp.status().is_success(), "GET payment: {}", resp.status());
+        resp.json().await.expect("JSON body")
+    }
+
+    /// Polls the payment until its status is `status`.
+    pub async fn wait_for_status(&self, payment_id: &str, status: &str, timeout: Duration) -> Value {
+        eventually(timeout, &format!("payment {payment_id} to be {status}"), || async {
+            let p = self.get_payment(payment_id).await;
+            (p["status"] == status).then_some(p)
+        })
+        .await
+    }
+
+    /// The value of one sample of a service's `/metrics`, 0 when absent.
+    pub async fn metric(&self, service: &str, name_and_labels: &str) -> f64 {
+        let text = self
+            .http
+            .get(format!("{}/metrics", self.service_url(service)))
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics text");
+        metric_value(&text, name_and_labels)
+    }
+
+    /// Stops every service and drops the namespace's databases and topics.
+    pub async fn teardown(mut self) {
+        let mut handles: Vec<ServiceHandle> = self.others.drain(..).collect();
+        handles.extend(self.gateway.take());
+        handles.extend(self.orchestrator.take());
+        for h in handles {
+            let name = h.service;
+            if let Err(e) = h.stop().await {
+                panic!("{name} did not stop cleanly: {e:#}");
+            }
+        }
+        cleanup_namespace(&self.ns).await;
+    }
+}
+
+async fn start_orchestrator(ns: &Namespace, relay_enabled: bool) -> ServiceHandle {
+    sagapay_orchestrator::start(sagapay_orchestrator::Config {
+        common: config(sagapay_orchestrator::SERVICE, ns),
+        relay_enabled,
+    })
+    .await
+    .expect("orchestrator starts")
+}
+
+/// Drops the databases and topics of a namespace (best effort).
+pub async fn cleanup_namespace(ns: &Namespace) {
+    let base = config("gateway", ns);
+    for service in SERVICES {
+        let _ = sagapay_service_kit::db::drop_database(&base.postgres_url, &ns.database(service)).await;
+    }
+    let mut topics: Vec<String> = sagapay_domain::EventType::ALL
+        .iter()
+        .map(|t| ns.topic(t.as_str()))
+        .collect();
+    topics.push(ns.dead_letter_topic());
+    let _ = base.kafka.delete_topics(&topics).await;
+}
+
+/// Parses one sample from Prometheus text: `name_and_labels` is everything before the value,
+/// e.g. `duplicate_events_skipped_total{event_type="x",service="risk"}`; labels must be given
+/// in the order the exposition prints them (alphabetical).
+pub fn metric_value(text: &str, name_and_labels: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (key, value) = l.rsplit_once(' ')?;
+            (key == name_and_labels).then(|| value.parse().ok())?
+        })
+        .unwrap_or(0.0)
+}
+
+/// A consumer of `topic` in a fresh group, from the beginning.
+pub fn topic_reader(ns: &Namespace, topic: &str) -> anyhow::Result<StreamConsumer> {
+    let settings = config("gateway", ns).kafka;
+    let consumer = settings.consumer(&format!("{}.reader.{}", ns, Uuid::new_v4()), "test-reader")?;
+    consumer.subscribe(&[topic]).context("subscribe")?;
+    Ok(consumer)
+}
+
+/// Reads `topic` until a message satisfies `pred`, or fails after `timeout`.
+pub async fn read_until<F>(consumer: &StreamConsumer, timeout: Duration, mut pred: F) -> Vec<u8>
+where
+    F: FnMut(&[u8]) -> bool,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "no matching message within {timeout:?}");
+        if let Ok(Ok(msg)) = tokio::time::timeout(left, consumer.recv()).await {
+            let payload = msg.payload().unwrap_or_default().to_vec();
+            if pred(&payload) {
+                return payload;
+            }
+        }
+    }
+}
+
+/// The envelopes a service's outbox holds for one payment, oldest first.
+pub async fn outbox_envelopes(pool: &PgPool, payment_id: Uuid) -> Vec<(String, Envelope)> {
+    let rows: Vec<(String, sqlx::types::Json<Envelope>)> = sqlx::query_as(
+        "SELECT topic, payload FROM outbox WHERE message_key = $1 ORDER BY id",
+    )
+    .bind(payment_id.to_string())
+    .fetch_all(pool)
+    .await
+    .expect("read outbox");
+    rows.into_iter().map(|(t, e)| (t, e.0)).collect()
+}

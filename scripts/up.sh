@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# From a fresh clone to a settled payment: the stack, a release build, the six services, and
+# one demo payment followed to its final state.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$SAGAPAY_ROOT"
+
+"$SAGAPAY_ROOT/scripts/stack.sh" up
+command -v cargo >/dev/null || die "cargo is not installed (https://rustup.rs)"
+command -v curl >/dev/null || apt_install curl
+log "building the services (release)"
+cargo build --release --locked --bins -q
+"$SAGAPAY_ROOT/scripts/services.sh" start
+
+API_KEY="${SAGAPAY_DEV_API_KEY:-dev-secret}"
+KEY="demo-$(date +%s)-$RANDOM"
+log "creating a demo payment (idempotency key $KEY)"
+created="$(curl -fsS -X POST http://127.0.0.1:8000/payments \
+  -H 'content-type: application/json' -H "x-api-key: $API_KEY" \
+  -d "{\"customer_id\":\"cust-demo\",\"amount_cents\":2500,\"currency\":\"USD\",\"idempotency_key\":\"$KEY\"}")" \
+  || die "POST /payments failed"
+echo "$created"
+payment_id="$(printf '%s' "$created" | python3 -c 'import json,sys; print(json.load(sys.stdin)["payment_id"])')"
+
+terminal() {
+  curl -fsS -H "x-api-key: $API_KEY" "http://127.0.0.1:8000/payments/$payment_id" \
+    | python3 -c 'import json,sys; s=json.load(sys.stdin)["status"]; sys.exit(0 if s in ("SETTLED","FAILED","REVERSED") else 1)'
+}
+wait_until 30 "payment $payment_id" terminal || warn "payment $payment_id is not terminal after 30 s"
+log "payment $payment_id:"
+curl -fsS -H "x-api-key: $API_KEY" "http://127.0.0.1:8000/payments/$payment_id" | python3 -c '
+import json, sys
+p = json.load(sys.stdin)
+print(f"  status: {p[\"status\"]}   amount: {p[\"amount_cents\"]} {p[\"currency\"]}")
+print("  timeline:")
+for t in p["timeline"]:
+    print(f"    {t[\"occurred_at\"]}  {str(t[\"from_state\"] or \"-\"):>10} -> {t[\"to_state\"]:<10}  {t[\"reason\"]}")
+'
+cat <<EOT
+
+Try one yourself:
+  curl -X POST http://127.0.0.1:8000/payments \\
+    -H 'content-type: application/json' -H 'x-api-key: $API_KEY' \\
+    -d '{"customer_id":"cust-1","amount_cents":2500,"currency":"USD","idempotency_key":"my-first-payment"}'
+  curl -H 'x-api-key: $API_KEY' http://127.0.0.1:8000/payments/<payment_id>
+
+Services: scripts/services.sh status    Logs: .local/logs/    Stop everything: scripts/down.sh
+EOT

@@ -1,0 +1,143 @@
+use sagapay_e2e::{eventually, TestStack};
+use serde_json::json;
+use sqlx::Row;
+use std::time::Duration;
+use uuid::Uuid;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_payment_settles_with_the_exact_timeline_balanced_ledger_and_one_notification() {
+    let stack = TestStack::spawn().await;
+    let (status, created) = stack
+        .create_payment(json!({
+            "customer_id": "cust-1", "amount_cents": 2500, "currency": "USD",
+            "idempotency_key": "happy-1"
+        }))
+        .await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["status"], "CREATED");
+    let payment_id = created["payment_id"].as_str().expect("payment_id").to_owned();
+
+    let payment = stack
+        .wait_for_status(&payment_id, "SETTLED", Duration::from_secs(30))
+        .await;
+    assert_eq!(payment["amount_cents"], 2500);
+    assert_eq!(payment["currency"], "USD");
+    let steps: Vec<(Option<String>, String)> = payment["timeline"]
+        .as_array()
+        .expect("timeline")
+        .iter()
+        .map(|t| {
+            (
+                t["from_state"].as_str().map(str::to_owned),
+                t["to_state"].as_str().expect("to_state").to_owned(),
+            )
+        })
+        .collect();
+    let expected = [
+        (None, "CREATED"),
+        (Some("CREATED"), "APPROVED"),
+        (Some("APPROVED"), "AUTHORIZED"),
+        (Some("AUTHORIZED"), "CAPTURED"),
+        (Some("CAPTURED"), "SETTLED"),
+    ];
+    assert_eq!(
+        steps,
+        expected
+            .iter()
+            .map(|(f, t)| (f.map(str::to_owned), t.to_string()))
+            .collect::<Vec<_>>()
+    );
+    // Every transition after creation names the event that caused it.
+    for t in &payment["timeline"].as_array().unwrap()[1..] {
+        assert!(t["event_id"].is_string(), "{t}");
+    }
+
+    // Ledger: one journal transaction, two entries, debits equal credits equal the amount.
+    let pid = Uuid::parse_str(&payment_id).unwrap();
+    let ledger = stack.db("ledger").await;
+    let rows = sqlx::query(
+        "SELECT e.direction, e.amount_minor, e.currency, e.account_id
+           FROM ledger_entries e JOIN journal_transactions t USING (transaction_id)
+          WHERE t.payment_id = $1 ORDER BY e.entry_id",
+    )
+    .bind(pid)
+    .fetch_all(&ledger)
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), 2);
+    let sum = |dir: &str| -> i64 {
+        rows.iter()
+            .filter(|r| r.get::<String, _>("direction") == dir)
+            .map(|r| r.get::<i64, _>("amount_minor"))
+            .sum()
+    };
+    assert_eq!(sum("DEBIT"), 2500);
+    assert_eq!(sum("CREDIT"), 2500);
+    assert!(rows.iter().all(|r| r.get::<String, _>("currency") == "USD"));
+    let journal_count: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM journal_transactions WHERE payment_id = $1")
+            .bind(pid)
+            .fetch_one(&ledger)
+            .await
+            .unwrap();
+    assert_eq!(journal_count, 1);
+
+    // Exactly one notification, once the finalized event has been handled.
+    let notification = stack.db("notification").await;
+    let count_notifications = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM notifications WHERE payment_id = $1")
+            .bind(pid)
+            .fetch_one(&notification)
+            .await
+            .unwrap()
+    };
+    eventually(Duration::from_secs(15), "the notification", || async {
+        (count_notifications().await > 0).then_some(())
+    })
+    .await;
+    assert_eq!(count_notifications().await, 1);
+    let kind: String = sqlx::query_scalar("SELECT kind FROM notifications WHERE payment_id = $1")
+        .bind(pid)
+        .fetch_one(&notification)
+        .await
+        .unwrap();
+    assert_eq!(kind, "payment.settled");
+
+    // The same idempotency key answers the same payment.
+    let (status, again) = stack
+        .create_payment(json!({
+            "customer_id": "cust-1", "amount_cents": 2500, "currency": "USD",
+            "idempotency_key": "happy-1"
+        }))
+        .await;
+    assert_eq!(status, 201);
+    assert_eq!(again["payment_id"], payment_id.as_str());
+
+    stack.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_service_reports_health_readiness_and_metrics() {
+    let stack = TestStack::spawn().await;
+    for service in sagapay_e2e::SERVICES {
+        let base = stack.service_url(service);
+        for path in ["/health", "/ready"] {
+            let resp = stack.http.get(format!("{base}{path}")).send().await.unwrap();
+            assert_eq!(resp.status(), 200, "{service}{path}");
+        }
+        let metrics = stack
+            .http
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            metrics.contains("http_requests_total"),
+            "{service} exposes HTTP metrics"
+        );
+    }
+    stack.teardown().await;
+}

@@ -1,0 +1,6 @@
+//! End-to-end tests on the real stack (`scripts/stack.sh up` must be running).
+//! One test binary, so the services are linked once.
+
+mod happy_path;
+mod redelivery;
+mod relay;

@@ -1,0 +1,118 @@
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+use sagapay_e2e::{eventually, outbox_envelopes, TestStack};
+use serde_json::json;
+use sqlx::PgPool;
+use std::time::Duration;
+use uuid::Uuid;
+
+async fn count(pool: &PgPool, sql: &str, payment_id: Uuid) -> i64 {
+    sqlx::query_scalar(sql)
+        .bind(payment_id)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// Every row each service wrote for the payment, counted.
+async fn effects(stack: &TestStack, pid: Uuid) -> Vec<(&'static str, i64)> {
+    let orch = stack.db("orchestrator").await;
+    let risk = stack.db("risk").await;
+    let provider = stack.db("provider-adapter").await;
+    let ledger = stack.db("ledger").await;
+    let notification = stack.db("notification").await;
+    vec![
+        ("timeline", count(&orch, "SELECT count(*) FROM payment_timeline WHERE payment_id = $1", pid).await),
+        ("orchestrator outbox", count(&orch, "SELECT count(*) FROM outbox WHERE message_key = $1::text", pid).await),
+        ("risk decisions", count(&risk, "SELECT count(*) FROM risk_decisions WHERE payment_id = $1", pid).await),
+        ("provider attempts", count(&provider, "SELECT count(*) FROM provider_attempts WHERE payment_id = $1", pid).await),
+        ("provider operations", count(&provider, "SELECT count(*) FROM simulated_provider_operations WHERE payment_id = $1", pid).await),
+        ("journal transactions", count(&ledger, "SELECT count(*) FROM journal_transactions WHERE payment_id = $1", pid).await),
+        ("ledger entries", count(&ledger, "SELECT count(*) FROM ledger_entries e JOIN journal_transactions t USING (transaction_id) WHERE t.payment_id = $1", pid).await),
+        ("notifications", count(&notification, "SELECT count(*) FROM notifications WHERE payment_id = $1", pid).await),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn delivering_every_event_of_a_settled_payment_again_changes_nothing() {
+    let stack = TestStack::spawn().await;
+    let (status, created) = stack
+        .create_payment(json!({
+            "customer_id": "cust-dup", "amount_cents": 1234, "currency": "EUR",
+            "idempotency_key": "dup-1"
+        }))
+        .await;
+    assert_eq!(status, 201);
+    let payment_id = created["payment_id"].as_str().unwrap().to_owned();
+    let pid = Uuid::parse_str(&payment_id).unwrap();
+    stack
+        .wait_for_status(&payment_id, "SETTLED", Duration::from_secs(30))
+        .await;
+    let notification = stack.db("notification").await;
+    eventually(Duration::from_secs(15), "the notification", || async {
+        (count(&notification, "SELECT count(*) FROM notifications WHERE payment_id = $1", pid).await == 1)
+            .then_some(())
+    })
+    .await;
+    let before = effects(&stack, pid).await;
+    assert_eq!(
+        before,
+        vec![
+            ("timeline", 5),
+            ("orchestrator outbox", 5),
+            ("risk decisions", 1),
+            ("provider attempts", 2),
+            ("provider operations", 2),
+            ("journal transactions", 1),
+            ("ledger entries", 2),
+            ("notifications", 1),
+        ]
+    );
+
+    // Publish every event of the payment again, byte for byte, with its original event_id:
+    // what Kafka does after a consumer crashes before committing its offset.
+    let mut events = Vec::new();
+    for service in ["orchestrator", "risk", "provider-adapter", "ledger"] {
+        events.extend(outbox_envelopes(&stack.db(service).await, pid).await);
+    }
+    assert_eq!(events.len(), 9, "the whole saga: 5 commands/finalized + 4 replies");
+    let producer: FutureProducer = sagapay_e2e::config("gateway", &stack.ns)
+        .kafka
+        .producer("redeliver")
+        .unwrap();
+    for (topic, envelope) in &events {
+        let value = envelope.to_json();
+        let key = envelope.payment_id.to_string();
+        producer
+            .send(FutureRecord::to(topic).key(&key).payload(&value), Timeout::After(Duration::from_secs(10)))
+            .await
+            .map_err(|(e, _)| e)
+            .expect("redeliver");
+    }
+
+    // Each consumer sees its duplicates and skips them.
+    let expected_skips = [
+        ("risk", "payments.requested", 1.0),
+        ("orchestrator", "risk.approved", 1.0),
+        ("provider-adapter", "provider.authorize.requested", 1.0),
+        ("orchestrator", "payments.authorized", 1.0),
+        ("provider-adapter", "provider.capture.requested", 1.0),
+        ("orchestrator", "payments.captured", 1.0),
+        ("ledger", "ledger.post.requested", 1.0),
+        ("orchestrator", "payments.settled", 1.0),
+        ("notification", "payments.finalized", 1.0),
+    ];
+    for (service, event_type, n) in expected_skips {
+        let sample = format!(
+            "duplicate_events_skipped_total{{event_type=\"{event_type}\",service=\"{service}\"}}"
+        );
+        eventually(Duration::from_secs(20), &sample, || async {
+            (stack.metric(service, &sample).await >= n).then_some(())
+        })
+        .await;
+    }
+    assert_eq!(effects(&stack, pid).await, before, "redelivery changed nothing");
+    let payment = stack.get_payment(&payment_id).await;
+    assert_eq!(payment["status"], "SETTLED");
+    stack.teardown().await;
+}

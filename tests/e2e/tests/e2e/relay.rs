@@ -1,0 +1,104 @@
+use sagapay_domain::events::RiskApproved;
+use sagapay_domain::Envelope;
+use sagapay_e2e::{config, eventually, fresh_namespace, read_until, topic_reader, StackOptions, TestStack};
+use sagapay_messaging::{MessageHeaders, MessagingMetrics, Outbox, OutboxRelay, RelaySettings};
+use serde_json::json;
+use std::time::Duration;
+use uuid::Uuid;
+
+/// The orchestrator commits a payment and its `payments.requested` row, but its relay is not
+/// running: nothing is published. A new orchestrator instance (relay on) publishes the row and
+/// the payment completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_relay_stopped_between_commit_and_publish_loses_nothing_once_it_runs_again() {
+    let mut stack = TestStack::spawn_with(StackOptions {
+        orchestrator_relay_disabled: true,
+    })
+    .await;
+    let (status, created) = stack
+        .create_payment(json!({
+            "customer_id": "cust-relay", "amount_cents": 999, "currency": "GBP",
+            "idempotency_key": "relay-1"
+        }))
+        .await;
+    assert_eq!(status, 201);
+    let payment_id = created["payment_id"].as_str().unwrap().to_owned();
+    let orch = stack.db("orchestrator").await;
+    let unpublished: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM outbox WHERE message_key = $1 AND published_at IS NULL",
+    )
+    .bind(&payment_id)
+    .fetch_one(&orch)
+    .await
+    .unwrap();
+    assert_eq!(unpublished, 1, "the event is committed but not published");
+    assert_eq!(stack.get_payment(&payment_id).await["status"], "CREATED");
+
+    stack.restart_orchestrator().await;
+    stack
+        .wait_for_status(&payment_id, "SETTLED", Duration::from_secs(30))
+        .await;
+    stack.teardown().await;
+}
+
+/// A relay claims a batch and dies before publishing. Its claim protects the rows from other
+/// relays until it expires; then another relay publishes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rows_claimed_by_a_crashed_relay_are_published_after_the_claim_expires() {
+    let ns = fresh_namespace();
+    let common = config("orchestrator", &ns);
+    let pool = sagapay_service_kit::db::prepare(&common, refinery::Runner::new(&[]))
+        .await
+        .unwrap();
+    let topic = ns.topic("risk.approved");
+    common.kafka.ensure_topics(&[topic.clone()]).await.unwrap();
+
+    let envelope = Envelope::new(Uuid::now_v7(), None, "corr", &RiskApproved { reason: "t".into() });
+    let mut tx = pool.begin().await.unwrap();
+    Outbox::new(ns.clone())
+        .enqueue(&mut tx, &envelope, &MessageHeaders::default())
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+
+    let registry = prometheus::Registry::new();
+    let metrics = MessagingMetrics::register(&registry).unwrap();
+    let settings = RelaySettings {
+        claim_timeout: Duration::from_secs(1),
+        ..RelaySettings::default()
+    };
+    let producer = common.kafka.producer("relay-test").unwrap();
+    let crashed = OutboxRelay::new(pool.clone(), producer.clone(), settings.clone(), metrics.clone());
+    let batch = crashed.claim_batch().await.unwrap();
+    assert_eq!(batch.rows.len(), 1);
+    assert_eq!(batch.rows[0].event_id, envelope.event_id);
+    drop(batch); // the relay dies holding the claim
+
+    let survivor = OutboxRelay::new(pool.clone(), producer, settings, metrics);
+    assert_eq!(
+        survivor.relay_once().await.unwrap(),
+        0,
+        "a live claim keeps the row from other relays"
+    );
+    eventually(Duration::from_secs(10), "the claim to expire and the row to be published", || async {
+        (survivor.relay_once().await.unwrap() == 1).then_some(())
+    })
+    .await;
+    let published: bool = sqlx::query_scalar("SELECT published_at IS NOT NULL FROM outbox WHERE event_id = $1")
+        .bind(envelope.event_id)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(published);
+
+    let reader = topic_reader(&ns, &topic).unwrap();
+    let id = envelope.event_id.to_string();
+    let payload = read_until(&reader, Duration::from_secs(20), |p| {
+        Envelope::from_json(p).map(|e| e.event_id.to_string() == id).unwrap_or(false)
+    })
+    .await;
+    assert_eq!(Envelope::from_json(&payload).unwrap(), envelope);
+
+    pool.close().await;
+    sagapay_e2e::cleanup_namespace(&ns).await;
+}
