@@ -101,10 +101,7 @@ pub enum DecodeError {
     #[error("envelope is not valid JSON of the expected shape: {0}")]
     Envelope(#[source] serde_json::Error),
     #[error("expected event type {expected}, got {actual}")]
-    WrongType {
-        expected: EventType,
-        actual: String,
-    },
+    WrongType { expected: EventType, actual: String },
     #[error("unsupported schema version {actual} for {event_type} (supported: {supported})")]
     SchemaVersion {
         event_type: EventType,
@@ -299,11 +296,12 @@ mod tests {
 
     #[test]
     fn envelopes_round_trip_and_decode_their_payload() {
-        let env = Envelope::new(Uuid::now_v7(), None, "corr-1", &requested());
+        let payload = requested();
+        let env = Envelope::new(Uuid::now_v7(), None, "corr-1", &payload);
         assert_eq!(env.event_id.get_version_num(), 7);
         let back = Envelope::from_json(&env.to_json()).unwrap();
         assert_eq!(back, env);
-        assert_eq!(back.decode::<PaymentRequested>().unwrap(), requested());
+        assert_eq!(back.decode::<PaymentRequested>().unwrap(), payload);
     }
 
     #[test]

@@ -87,7 +87,10 @@ impl PaymentStatus {
     /// Terminal for the payment saga: no saga step will move it again. (Refunds may still
     /// follow a SETTLED payment; they are saga steps of their own.)
     pub fn is_terminal(self) -> bool {
-        matches!(self, Settled | Failed | Reversed | PartiallyRefunded | Refunded)
+        matches!(
+            self,
+            Settled | Failed | Reversed | PartiallyRefunded | Refunded
+        )
     }
 
     pub fn can_transition_to(self, to: PaymentStatus) -> bool {

@@ -168,8 +168,15 @@ impl<H: Handler> InboxConsumer<H> {
         let envelope = match parse(value, &ctx.topic) {
             Ok(env) => env,
             Err(error) => {
-                self.dead_letter(msg, &ctx, None, &error, Classification::NonRetryable, shutdown)
-                    .await?;
+                self.dead_letter(
+                    msg,
+                    &ctx,
+                    None,
+                    &error,
+                    Classification::NonRetryable,
+                    shutdown,
+                )
+                .await?;
                 return Ok(Processed::Done);
             }
         };
@@ -232,7 +239,11 @@ impl<H: Handler> InboxConsumer<H> {
     }
 
     /// One attempt: inbox row + handler in one transaction.
-    async fn handle_once(&self, envelope: &Envelope, ctx: &MessageContext) -> Result<(), HandlerError> {
+    async fn handle_once(
+        &self,
+        envelope: &Envelope,
+        ctx: &MessageContext,
+    ) -> Result<(), HandlerError> {
         let mut tx = self.pool.begin().await?;
         let inserted = sqlx::query(
             "INSERT INTO inbox (event_id, consumer, event_type, topic, kafka_partition, kafka_offset)
@@ -300,7 +311,11 @@ impl<H: Handler> InboxConsumer<H> {
             let record = FutureRecord::to(&self.settings.dead_letter_topic)
                 .key(&key)
                 .payload(&value);
-            match self.producer.send(record, Timeout::After(Duration::from_secs(10))).await {
+            match self
+                .producer
+                .send(record, Timeout::After(Duration::from_secs(10)))
+                .await
+            {
                 Ok(_) => break,
                 Err((e, _)) => {
                     tracing::warn!(error = %e, "dead-letter publish failed; retrying");

@@ -39,7 +39,12 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, kind: ErrorType, code: &str, message: impl Into<String>) -> Self {
+    pub fn new(
+        status: StatusCode,
+        kind: ErrorType,
+        code: &str,
+        message: impl Into<String>,
+    ) -> Self {
         Self {
             status,
             body: ErrorBody {
@@ -57,11 +62,21 @@ impl ApiError {
     }
 
     pub fn invalid(code: &str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, ErrorType::InvalidRequestError, code, message)
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            ErrorType::InvalidRequestError,
+            code,
+            message,
+        )
     }
 
     pub fn not_found(code: &str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, ErrorType::InvalidRequestError, code, message)
+        Self::new(
+            StatusCode::NOT_FOUND,
+            ErrorType::InvalidRequestError,
+            code,
+            message,
+        )
     }
 
     pub fn unauthorized(message: impl Into<String>) -> Self {
@@ -83,7 +98,12 @@ impl ApiError {
     }
 
     pub fn unavailable(code: &str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, ErrorType::ApiError, code, message)
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorType::ApiError,
+            code,
+            message,
+        )
     }
 }
 
@@ -110,6 +130,9 @@ impl IntoResponse for ApiError {
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
         tracing::error!(error = %e, "database error");
-        ApiError::unavailable("database_unavailable", "the service's database is unavailable; retry later")
+        ApiError::unavailable(
+            "database_unavailable",
+            "the service's database is unavailable; retry later",
+        )
     }
 }

@@ -9,7 +9,10 @@ use std::time::Duration;
 
 /// Creates the service's database if needed, applies the messaging and service migrations,
 /// and returns a connection pool.
-pub async fn prepare(config: &CommonConfig, migrations: refinery::Runner) -> anyhow::Result<PgPool> {
+pub async fn prepare(
+    config: &CommonConfig,
+    migrations: refinery::Runner,
+) -> anyhow::Result<PgPool> {
     let db_name = config.database_name();
     ensure_database(&config.postgres_url, &db_name).await?;
     sagapay_messaging::migrations::apply(&config.database_url(), migrations)
@@ -65,9 +68,11 @@ pub async fn ensure_database(postgres_url: &str, db_name: &str) -> anyhow::Resul
 pub async fn drop_database(postgres_url: &str, db_name: &str) -> anyhow::Result<()> {
     let url = format!("{}/postgres", postgres_url.trim_end_matches('/'));
     let mut conn = PgConnection::connect(&url).await?;
-    sqlx::query(&format!("DROP DATABASE IF EXISTS \"{db_name}\" WITH (FORCE)"))
-        .execute(&mut conn)
-        .await?;
+    sqlx::query(&format!(
+        "DROP DATABASE IF EXISTS \"{db_name}\" WITH (FORCE)"
+    ))
+    .execute(&mut conn)
+    .await?;
     Ok(())
 }
 

@@ -95,7 +95,10 @@ async fn metrics(State(s): State<OpsState>) -> Response {
 
 /// Wraps `router` (all routes of the service) with the request-context and metrics middleware.
 pub fn instrument(router: Router, metrics: HttpMetrics) -> Router {
-    router.layer(axum::middleware::from_fn_with_state(metrics, request_context))
+    router.layer(axum::middleware::from_fn_with_state(
+        metrics,
+        request_context,
+    ))
 }
 
 fn valid_id(v: &str) -> bool {
@@ -105,7 +108,11 @@ fn valid_id(v: &str) -> bool {
 /// `00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`, ids not all zero.
 pub fn valid_traceparent(v: &str) -> bool {
     let parts: Vec<&str> = v.split('-').collect();
-    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
+    let hex = |s: &str, n: usize| {
+        s.len() == n
+            && s.bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    };
     parts.len() == 4
         && parts[0] == "00"
         && hex(parts[1], 32)
@@ -161,7 +168,9 @@ async fn request_context(
         };
         let mut fresh = (status, Json(doc)).into_response();
         for (name, value) in resp.headers() {
-            if name != axum::http::header::CONTENT_LENGTH && name != axum::http::header::CONTENT_TYPE {
+            if name != axum::http::header::CONTENT_LENGTH
+                && name != axum::http::header::CONTENT_TYPE
+            {
                 fresh.headers_mut().insert(name.clone(), value.clone());
             }
         }

@@ -39,12 +39,17 @@ impl ServiceBuilder {
         let span = tracing::info_span!("task", service_name = self.service, task);
         let fut = f(self.shutdown.clone());
         self.tasks.spawn(
-            async move { fut.await.with_context(|| format!("task {task} failed")) }.instrument(span),
+            async move { fut.await.with_context(|| format!("task {task} failed")) }
+                .instrument(span),
         );
     }
 
     /// Binds `addr`, serves `router` until shutdown, and returns the running service.
-    pub async fn serve(mut self, addr: SocketAddr, router: Router) -> anyhow::Result<ServiceHandle> {
+    pub async fn serve(
+        mut self,
+        addr: SocketAddr,
+        router: Router,
+    ) -> anyhow::Result<ServiceHandle> {
         let listener = TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding {addr}"))?;

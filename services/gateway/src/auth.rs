@@ -24,11 +24,13 @@ pub struct Merchant {
 /// Creates the development merchant and its key (idempotent). Development mode only.
 pub async fn seed_dev_merchant(pool: &PgPool, key: &str) -> anyhow::Result<Uuid> {
     let mut tx = pool.begin().await?;
-    sqlx::query("INSERT INTO merchants (merchant_id, name) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
-        .bind(Uuid::now_v7())
-        .bind(DEV_MERCHANT_NAME)
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query(
+        "INSERT INTO merchants (merchant_id, name) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+    )
+    .bind(Uuid::now_v7())
+    .bind(DEV_MERCHANT_NAME)
+    .execute(&mut *tx)
+    .await?;
     let merchant_id: Uuid = sqlx::query_scalar("SELECT merchant_id FROM merchants WHERE name = $1")
         .bind(DEV_MERCHANT_NAME)
         .fetch_one(&mut *tx)

@@ -137,7 +137,9 @@ async fn relay(resp: reqwest::Response) -> Result<Response, ApiError> {
                 status,
                 body: doc.error,
             },
-            Err(_) => ApiError::unavailable("upstream_error", "the payment service failed; retry later"),
+            Err(_) => {
+                ApiError::unavailable("upstream_error", "the payment service failed; retry later")
+            }
         });
     }
     let mut out = (status, bytes).into_response();

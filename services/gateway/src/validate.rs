@@ -47,7 +47,9 @@ pub fn idempotency_key(raw: &str, param: &str) -> Result<String, ApiError> {
     } else {
         Err(ApiError::invalid(
             "invalid_idempotency_key",
-            format!("the idempotency key must be 1-{IDEMPOTENCY_KEY_MAX} printable ASCII characters"),
+            format!(
+                "the idempotency key must be 1-{IDEMPOTENCY_KEY_MAX} printable ASCII characters"
+            ),
         )
         .with_param(param))
     }
@@ -99,8 +101,10 @@ pub fn payment_request(
             .with_param("amount_cents")
         })?,
         _ => {
-            return Err(ApiError::invalid("invalid_type", "amount_cents must be an integer")
-                .with_param("amount_cents"))
+            return Err(
+                ApiError::invalid("invalid_type", "amount_cents must be an integer")
+                    .with_param("amount_cents"),
+            )
         }
     };
     let amount = AmountMinor::new_with_max(amount_raw, max_amount_minor).map_err(|e| {
@@ -129,8 +133,10 @@ pub fn payment_request(
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(idempotency_key(s, "idempotency_key")?),
         Some(_) => {
-            return Err(ApiError::invalid("invalid_type", "idempotency_key must be a string")
-                .with_param("idempotency_key"))
+            return Err(
+                ApiError::invalid("invalid_type", "idempotency_key must be a string")
+                    .with_param("idempotency_key"),
+            )
         }
     };
     let header_key = header_key
@@ -182,19 +188,58 @@ mod tests {
         let cases = [
             (r#"{"#, "malformed_json"),
             (r#"[]"#, "invalid_body"),
-            (r#"{"customer_id":"c","amount_cents":1,"currency":"USD","idempotency_key":"k","x":1}"#, "unknown_field"),
-            (r#"{"amount_cents":1,"currency":"USD","idempotency_key":"k"}"#, "missing_field"),
-            (r#"{"customer_id":"a b","amount_cents":1,"currency":"USD","idempotency_key":"k"}"#, "invalid_customer_id"),
-            (r#"{"customer_id":"c","amount_cents":0,"currency":"USD","idempotency_key":"k"}"#, "invalid_amount"),
-            (r#"{"customer_id":"c","amount_cents":-5,"currency":"USD","idempotency_key":"k"}"#, "invalid_amount"),
-            (r#"{"customer_id":"c","amount_cents":2.5,"currency":"USD","idempotency_key":"k"}"#, "invalid_amount"),
-            (r#"{"customer_id":"c","amount_cents":99999999999999999999,"currency":"USD","idempotency_key":"k"}"#, "invalid_amount"),
-            (r#"{"customer_id":"c","amount_cents":1000001,"currency":"USD","idempotency_key":"k"}"#, "invalid_amount"),
-            (r#"{"customer_id":"c","amount_cents":"100","currency":"USD","idempotency_key":"k"}"#, "invalid_type"),
-            (r#"{"customer_id":"c","amount_cents":1,"currency":"usd","idempotency_key":"k"}"#, "unsupported_currency"),
-            (r#"{"customer_id":"c","amount_cents":1,"currency":"USD"}"#, "idempotency_key_required"),
-            (r#"{"customer_id":"c","amount_cents":1,"currency":"USD","idempotency_key":""}"#, "invalid_idempotency_key"),
-            (r#"{"customer_id":"c","amount_cents":1,"currency":"USD","idempotency_key":"k\u0000"}"#, "invalid_idempotency_key"),
+            (
+                r#"{"customer_id":"c","amount_cents":1,"currency":"USD","idempotency_key":"k","x":1}"#,
+                "unknown_field",
+            ),
+            (
+                r#"{"amount_cents":1,"currency":"USD","idempotency_key":"k"}"#,
+                "missing_field",
+            ),
+            (
+                r#"{"customer_id":"a b","amount_cents":1,"currency":"USD","idempotency_key":"k"}"#,
+                "invalid_customer_id",
+            ),
+            (
+                r#"{"customer_id":"c","amount_cents":0,"currency":"USD","idempotency_key":"k"}"#,
+                "invalid_amount",
+            ),
+            (
+                r#"{"customer_id":"c","amount_cents":-5,"currency":"USD","idempotency_key":"k"}"#,
+                "invalid_amount",
+            ),
+            (
+                r#"{"customer_id":"c","amount_cents":2.5,"currency":"USD","idempotency_key":"k"}"#,
+                "invalid_amount",
+            ),
+            (
+                r#"{"customer_id":"c","amount_cents":99999999999999999999,"currency":"USD","idempotency_key":"k"}"#,
+                "invalid_amount",
+            ),
+            (
+                r#"{"customer_id":"c","amount_cents":1000001,"currency":"USD","idempotency_key":"k"}"#,
+                "invalid_amount",
+            ),
+            (
+                r#"{"customer_id":"c","amount_cents":"100","currency":"USD","idempotency_key":"k"}"#,
+                "invalid_type",
+            ),
+            (
+                r#"{"customer_id":"c","amount_cents":1,"currency":"usd","idempotency_key":"k"}"#,
+                "unsupported_currency",
+            ),
+            (
+                r#"{"customer_id":"c","amount_cents":1,"currency":"USD"}"#,
+                "idempotency_key_required",
+            ),
+            (
+                r#"{"customer_id":"c","amount_cents":1,"currency":"USD","idempotency_key":""}"#,
+                "invalid_idempotency_key",
+            ),
+            (
+                r#"{"customer_id":"c","amount_cents":1,"currency":"USD","idempotency_key":"k\u0000"}"#,
+                "invalid_idempotency_key",
+            ),
         ];
         for (body, code) in cases {
             assert_eq!(parse(body).unwrap_err(), code, "body {body}");
@@ -203,13 +248,19 @@ mod tests {
 
     #[test]
     fn header_and_body_keys_must_agree() {
-        let body = br#"{"customer_id":"c","amount_cents":1,"currency":"USD","idempotency_key":"a"}"#;
+        let body =
+            br#"{"customer_id":"c","amount_cents":1,"currency":"USD","idempotency_key":"a"}"#;
         assert!(payment_request(body, Some("a"), 10).is_ok());
         assert_eq!(
             payment_request(body, Some("b"), 10).unwrap_err().body.code,
             "idempotency_key_mismatch"
         );
         let no_key = br#"{"customer_id":"c","amount_cents":1,"currency":"USD"}"#;
-        assert_eq!(payment_request(no_key, Some("h"), 10).unwrap().idempotency_key, "h");
+        assert_eq!(
+            payment_request(no_key, Some("h"), 10)
+                .unwrap()
+                .idempotency_key,
+            "h"
+        );
     }
 }

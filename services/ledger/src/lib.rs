@@ -90,8 +90,24 @@ impl Handler for LedgerHandler {
         let cmd: LedgerPostRequested = env.decode()?;
         let clearing = provider_clearing_account(cmd.currency);
         let payable = merchant_payable_account(cmd.currency, cmd.merchant_id);
-        ensure_account(conn, &clearing, "ASSET", cmd.currency, None, "funds owed by the payment provider").await?;
-        ensure_account(conn, &payable, "LIABILITY", cmd.currency, Some(cmd.merchant_id), "funds owed to the merchant").await?;
+        ensure_account(
+            conn,
+            &clearing,
+            "ASSET",
+            cmd.currency,
+            None,
+            "funds owed by the payment provider",
+        )
+        .await?;
+        ensure_account(
+            conn,
+            &payable,
+            "LIABILITY",
+            cmd.currency,
+            Some(cmd.merchant_id),
+            "funds owed to the merchant",
+        )
+        .await?;
 
         let new_id = Uuid::now_v7();
         let inserted: Option<Uuid> = sqlx::query_scalar(

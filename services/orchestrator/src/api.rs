@@ -133,8 +133,10 @@ async fn create_payment(
         }),
     )
         .into_response();
-    resp.headers_mut()
-        .insert("idempotent-replayed", axum::http::HeaderValue::from_static("true"));
+    resp.headers_mut().insert(
+        "idempotent-replayed",
+        axum::http::HeaderValue::from_static("true"),
+    );
     Ok(resp)
 }
 
@@ -151,10 +153,9 @@ async fn get_payment(
     let mut conn = state.pool.acquire().await?;
     match store::view(&mut conn, payment_id, owner.merchant_id).await? {
         Some(view) => Ok(Json(view).into_response()),
-        None => Err(ApiError::not_found(
-            "payment_not_found",
-            format!("no payment {payment_id}"),
-        )
-        .with_param("payment_id")),
+        None => Err(
+            ApiError::not_found("payment_not_found", format!("no payment {payment_id}"))
+                .with_param("payment_id"),
+        ),
     }
 }

@@ -61,7 +61,10 @@ pub(crate) struct SagaMetrics {
 impl SagaMetrics {
     fn register(registry: &prometheus::Registry) -> prometheus::Result<Self> {
         let transitions_total = IntCounterVec::new(
-            Opts::new("saga_transitions_total", "Payment state transitions applied"),
+            Opts::new(
+                "saga_transitions_total",
+                "Payment state transitions applied",
+            ),
             &["from", "to"],
         )?;
         let events_ignored_total = IntCounterVec::new(

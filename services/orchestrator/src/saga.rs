@@ -38,7 +38,9 @@ impl Handler for Saga {
             .ok_or_else(|| HandlerError::permanent(anyhow!("unknown event type")))?;
         let payment = store::load_for_update(conn, env.payment_id)
             .await?
-            .ok_or_else(|| HandlerError::permanent(anyhow!("unknown payment {}", env.payment_id)))?;
+            .ok_or_else(|| {
+                HandlerError::permanent(anyhow!("unknown payment {}", env.payment_id))
+            })?;
         let headers = ctx.headers.propagated();
         match event_type {
             EventType::RiskApproved => {
@@ -47,8 +49,15 @@ impl Handler for Saga {
                     return self.ignored(env, why);
                 }
                 let reason = format!("risk approved: {}", ev.reason);
-                self.apply(conn, &payment, PaymentStatus::Approved, &reason, env, Facts::default())
-                    .await?;
+                self.apply(
+                    conn,
+                    &payment,
+                    PaymentStatus::Approved,
+                    &reason,
+                    env,
+                    Facts::default(),
+                )
+                .await?;
                 let next = env.follow_up(&AuthorizeRequested {
                     merchant_id: payment.merchant_id,
                     customer_id: payment.customer_id.clone(),
@@ -67,8 +76,15 @@ impl Handler for Saga {
                     authorization_id: Some(&ev.authorization_id),
                     ..Facts::default()
                 };
-                self.apply(conn, &payment, PaymentStatus::Authorized, &reason, env, facts)
-                    .await?;
+                self.apply(
+                    conn,
+                    &payment,
+                    PaymentStatus::Authorized,
+                    &reason,
+                    env,
+                    facts,
+                )
+                .await?;
                 let next = env.follow_up(&CaptureRequested {
                     authorization_id: ev.authorization_id.clone(),
                     amount_minor: amount(&payment)?,
@@ -108,8 +124,15 @@ impl Handler for Saga {
                 };
                 self.apply(conn, &payment, PaymentStatus::Settled, &reason, env, facts)
                     .await?;
-                self.finalize(conn, &payment, PaymentStatus::Settled, &reason, env, &headers)
-                    .await?;
+                self.finalize(
+                    conn,
+                    &payment,
+                    PaymentStatus::Settled,
+                    &reason,
+                    env,
+                    &headers,
+                )
+                .await?;
             }
             other => {
                 return Err(HandlerError::permanent(anyhow!(
@@ -169,9 +192,9 @@ impl Saga {
             // Never applied: the table says no. Counted by the caller's metric path.
             Err(TransitionFailure::Illegal(e)) => Err(HandlerError::permanent(e)),
             // Lost a race with another writer: re-read and try again.
-            Err(TransitionFailure::Conflict(id)) => {
-                Err(HandlerError::transient(anyhow!("payment {id} changed concurrently")))
-            }
+            Err(TransitionFailure::Conflict(id)) => Err(HandlerError::transient(anyhow!(
+                "payment {id} changed concurrently"
+            ))),
             Err(TransitionFailure::Db(e)) => Err(e.into()),
         }
     }

@@ -20,7 +20,8 @@ pub struct PaymentRow {
     pub updated_at: DateTime<Utc>,
 }
 
-const PAYMENT_COLUMNS: &str = "payment_id, merchant_id, customer_id, amount_minor, currency, status, \
+const PAYMENT_COLUMNS: &str =
+    "payment_id, merchant_id, customer_id, amount_minor, currency, status, \
      state_version, request_fingerprint, created_at, updated_at";
 
 fn payment_from_row(r: &sqlx::postgres::PgRow) -> sqlx::Result<PaymentRow> {
@@ -235,7 +236,9 @@ pub async fn view(
     payment_id: Uuid,
     merchant_id: Uuid,
 ) -> sqlx::Result<Option<PaymentView>> {
-    let sql = format!("SELECT {PAYMENT_COLUMNS} FROM payments WHERE payment_id = $1 AND merchant_id = $2");
+    let sql = format!(
+        "SELECT {PAYMENT_COLUMNS} FROM payments WHERE payment_id = $1 AND merchant_id = $2"
+    );
     let Some(row) = sqlx::query(&sql)
         .bind(payment_id)
         .bind(merchant_id)

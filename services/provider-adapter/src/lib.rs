@@ -6,8 +6,12 @@ pub mod provider;
 
 use anyhow::anyhow;
 use chrono::Utc;
-use provider::{PaymentProvider, ProviderError, ProviderOutcome, ProviderRequest, SimulatedProvider};
-use sagapay_domain::events::{AuthorizeRequested, CaptureRequested, PaymentAuthorized, PaymentCaptured};
+use provider::{
+    PaymentProvider, ProviderError, ProviderOutcome, ProviderRequest, SimulatedProvider,
+};
+use sagapay_domain::events::{
+    AuthorizeRequested, CaptureRequested, PaymentAuthorized, PaymentCaptured,
+};
 use sagapay_domain::{Envelope, EventType};
 use sagapay_messaging::{Handler, HandlerError, MessageContext, Outbox};
 use sagapay_service_kit::{CommonConfig, Platform, ServiceHandle};
@@ -73,7 +77,9 @@ impl<P: PaymentProvider> ProviderHandler<P> {
         };
         let latency_ms = clock.elapsed().as_millis().min(i32::MAX as u128) as i32;
         let (outcome, reference, decline_code, error) = match &result {
-            Ok(ProviderOutcome::Succeeded { reference }) => ("SUCCEEDED", Some(reference.as_str()), None, None),
+            Ok(ProviderOutcome::Succeeded { reference }) => {
+                ("SUCCEEDED", Some(reference.as_str()), None, None)
+            }
             Ok(ProviderOutcome::Declined { code }) => ("DECLINED", None, Some(code.as_str()), None),
             Err(ProviderError::Timeout) => ("TIMEOUT", None, None, Some("timeout".to_owned())),
             Err(e @ ProviderError::Unavailable(_)) => ("ERROR", None, None, Some(e.to_string())),
@@ -137,9 +143,11 @@ impl<P: PaymentProvider> Handler for ProviderHandler<P> {
                         self.outbox.enqueue(conn, &next, &headers).await?;
                         Ok(())
                     }
-                    Ok(ProviderOutcome::Declined { code }) => Err(HandlerError::permanent(anyhow!(
+                    Ok(ProviderOutcome::Declined { code }) => {
+                        Err(HandlerError::permanent(anyhow!(
                         "declined ({code}): decline handling arrives with the saga's failure paths"
-                    ))),
+                    )))
+                    }
                     Err(e) => Err(HandlerError::transient(e)),
                 }
             }
@@ -163,9 +171,9 @@ impl<P: PaymentProvider> Handler for ProviderHandler<P> {
                         self.outbox.enqueue(conn, &next, &headers).await?;
                         Ok(())
                     }
-                    Ok(ProviderOutcome::Declined { code }) => Err(HandlerError::permanent(anyhow!(
-                        "capture declined ({code}): handled with the saga's failure paths"
-                    ))),
+                    Ok(ProviderOutcome::Declined { code }) => Err(HandlerError::permanent(
+                        anyhow!("capture declined ({code}): handled with the saga's failure paths"),
+                    )),
                     Err(e) => Err(HandlerError::transient(e)),
                 }
             }

@@ -62,7 +62,12 @@ impl SimulatedProvider {
 
     /// Records the operation under its idempotency key; a repeated key returns the first
     /// reference, as a PSP would.
-    async fn book(&self, operation: &str, prefix: &str, req: &ProviderRequest) -> Result<String, ProviderError> {
+    async fn book(
+        &self,
+        operation: &str,
+        prefix: &str,
+        req: &ProviderRequest,
+    ) -> Result<String, ProviderError> {
         let reference = format!("{prefix}_{}", Uuid::now_v7().simple());
         let stored: String = sqlx::query_scalar(
             "WITH ins AS (

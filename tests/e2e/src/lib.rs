@@ -139,12 +139,13 @@ impl TestStack {
             .expect("connect to service database")
     }
 
-    /// Stops the orchestrator and starts a new one (relay enabled) on the same namespace.
+    /// Stops the orchestrator and starts a new one (relay enabled) on the same namespace and
+    /// address, so the gateway reaches it where it reached the old one.
     pub async fn restart_orchestrator(&mut self) {
-        if let Some(h) = self.orchestrator.take() {
-            h.stop().await.expect("orchestrator stops cleanly");
-        }
-        self.orchestrator = Some(start_orchestrator(&self.ns, true).await);
+        let old = self.orchestrator.take().expect("orchestrator running");
+        let addr = old.addr;
+        old.stop().await.expect("orchestrator stops cleanly");
+        self.orchestrator = Some(start_orchestrator_at(&self.ns, true, addr).await);
     }
 
     pub async fn create_payment(&self, body: Value) -> (reqwest::StatusCode, Value) {
@@ -173,11 +174,20 @@ impl TestStack {
     }
 
     /// Polls the payment until its status is `status`.
-    pub async fn wait_for_status(&self, payment_id: &str, status: &str, timeout: Duration) -> Value {
-        eventually(timeout, &format!("payment {payment_id} to be {status}"), || async {
-            let p = self.get_payment(payment_id).await;
-            (p["status"] == status).then_some(p)
-        })
+    pub async fn wait_for_status(
+        &self,
+        payment_id: &str,
+        status: &str,
+        timeout: Duration,
+    ) -> Value {
+        eventually(
+            timeout,
+            &format!("payment {payment_id} to be {status}"),
+            || async {
+                let p = self.get_payment(payment_id).await;
+                (p["status"] == status).then_some(p)
+            },
+        )
         .await
     }
 
@@ -211,8 +221,19 @@ impl TestStack {
 }
 
 async fn start_orchestrator(ns: &Namespace, relay_enabled: bool) -> ServiceHandle {
+    let addr = config(sagapay_orchestrator::SERVICE, ns).http_addr;
+    start_orchestrator_at(ns, relay_enabled, addr).await
+}
+
+async fn start_orchestrator_at(
+    ns: &Namespace,
+    relay_enabled: bool,
+    addr: std::net::SocketAddr,
+) -> ServiceHandle {
+    let mut common = config(sagapay_orchestrator::SERVICE, ns);
+    common.http_addr = addr;
     sagapay_orchestrator::start(sagapay_orchestrator::Config {
-        common: config(sagapay_orchestrator::SERVICE, ns),
+        common,
         relay_enabled,
     })
     .await
@@ -223,7 +244,8 @@ async fn start_orchestrator(ns: &Namespace, relay_enabled: bool) -> ServiceHandl
 pub async fn cleanup_namespace(ns: &Namespace) {
     let base = config("gateway", ns);
     for service in SERVICES {
-        let _ = sagapay_service_kit::db::drop_database(&base.postgres_url, &ns.database(service)).await;
+        let _ =
+            sagapay_service_kit::db::drop_database(&base.postgres_url, &ns.database(service)).await;
     }
     let mut topics: Vec<String> = sagapay_domain::EventType::ALL
         .iter()
@@ -249,7 +271,8 @@ pub fn metric_value(text: &str, name_and_labels: &str) -> f64 {
 /// A consumer of `topic` in a fresh group, from the beginning.
 pub fn topic_reader(ns: &Namespace, topic: &str) -> anyhow::Result<StreamConsumer> {
     let settings = config("gateway", ns).kafka;
-    let consumer = settings.consumer(&format!("{}.reader.{}", ns, Uuid::new_v4()), "test-reader")?;
+    let consumer =
+        settings.consumer(&format!("{}.reader.{}", ns, Uuid::new_v4()), "test-reader")?;
     consumer.subscribe(&[topic]).context("subscribe")?;
     Ok(consumer)
 }
@@ -274,12 +297,11 @@ where
 
 /// The envelopes a service's outbox holds for one payment, oldest first.
 pub async fn outbox_envelopes(pool: &PgPool, payment_id: Uuid) -> Vec<(String, Envelope)> {
-    let rows: Vec<(String, sqlx::types::Json<Envelope>)> = sqlx::query_as(
-        "SELECT topic, payload FROM outbox WHERE message_key = $1 ORDER BY id",
-    )
-    .bind(payment_id.to_string())
-    .fetch_all(pool)
-    .await
-    .expect("read outbox");
+    let rows: Vec<(String, sqlx::types::Json<Envelope>)> =
+        sqlx::query_as("SELECT topic, payload FROM outbox WHERE message_key = $1 ORDER BY id")
+            .bind(payment_id.to_string())
+            .fetch_all(pool)
+            .await
+            .expect("read outbox");
     rows.into_iter().map(|(t, e)| (t, e.0)).collect()
 }

@@ -15,7 +15,10 @@ async fn a_payment_settles_with_the_exact_timeline_balanced_ledger_and_one_notif
         .await;
     assert_eq!(status, 201, "{created}");
     assert_eq!(created["status"], "CREATED");
-    let payment_id = created["payment_id"].as_str().expect("payment_id").to_owned();
+    let payment_id = created["payment_id"]
+        .as_str()
+        .expect("payment_id")
+        .to_owned();
 
     let payment = stack
         .wait_for_status(&payment_id, "SETTLED", Duration::from_secs(30))
@@ -122,7 +125,12 @@ async fn every_service_reports_health_readiness_and_metrics() {
     for service in sagapay_e2e::SERVICES {
         let base = stack.service_url(service);
         for path in ["/health", "/ready"] {
-            let resp = stack.http.get(format!("{base}{path}")).send().await.unwrap();
+            let resp = stack
+                .http
+                .get(format!("{base}{path}"))
+                .send()
+                .await
+                .unwrap();
             assert_eq!(resp.status(), 200, "{service}{path}");
         }
         let metrics = stack

@@ -50,7 +50,13 @@ async fn delivering_every_event_of_a_settled_payment_again_changes_nothing() {
         .await;
     let notification = stack.db("notification").await;
     eventually(Duration::from_secs(15), "the notification", || async {
-        (count(&notification, "SELECT count(*) FROM notifications WHERE payment_id = $1", pid).await == 1)
+        (count(
+            &notification,
+            "SELECT count(*) FROM notifications WHERE payment_id = $1",
+            pid,
+        )
+        .await
+            == 1)
             .then_some(())
     })
     .await;
@@ -75,7 +81,11 @@ async fn delivering_every_event_of_a_settled_payment_again_changes_nothing() {
     for service in ["orchestrator", "risk", "provider-adapter", "ledger"] {
         events.extend(outbox_envelopes(&stack.db(service).await, pid).await);
     }
-    assert_eq!(events.len(), 9, "the whole saga: 5 commands/finalized + 4 replies");
+    assert_eq!(
+        events.len(),
+        9,
+        "the whole saga: 5 commands/finalized + 4 replies"
+    );
     let producer: FutureProducer = sagapay_e2e::config("gateway", &stack.ns)
         .kafka
         .producer("redeliver")
@@ -84,7 +94,10 @@ async fn delivering_every_event_of_a_settled_payment_again_changes_nothing() {
         let value = envelope.to_json();
         let key = envelope.payment_id.to_string();
         producer
-            .send(FutureRecord::to(topic).key(&key).payload(&value), Timeout::After(Duration::from_secs(10)))
+            .send(
+                FutureRecord::to(topic).key(&key).payload(&value),
+                Timeout::After(Duration::from_secs(10)),
+            )
             .await
             .map_err(|(e, _)| e)
             .expect("redeliver");
@@ -111,7 +124,11 @@ async fn delivering_every_event_of_a_settled_payment_again_changes_nothing() {
         })
         .await;
     }
-    assert_eq!(effects(&stack, pid).await, before, "redelivery changed nothing");
+    assert_eq!(
+        effects(&stack, pid).await,
+        before,
+        "redelivery changed nothing"
+    );
     let payment = stack.get_payment(&payment_id).await;
     assert_eq!(payment["status"], "SETTLED");
     stack.teardown().await;

@@ -1,6 +1,8 @@
 use sagapay_domain::events::RiskApproved;
 use sagapay_domain::Envelope;
-use sagapay_e2e::{config, eventually, fresh_namespace, read_until, topic_reader, StackOptions, TestStack};
+use sagapay_e2e::{
+    config, eventually, fresh_namespace, read_until, topic_reader, StackOptions, TestStack,
+};
 use sagapay_messaging::{MessageHeaders, MessagingMetrics, Outbox, OutboxRelay, RelaySettings};
 use serde_json::json;
 use std::time::Duration;
@@ -51,9 +53,18 @@ async fn rows_claimed_by_a_crashed_relay_are_published_after_the_claim_expires()
         .await
         .unwrap();
     let topic = ns.topic("risk.approved");
-    common.kafka.ensure_topics(&[topic.clone()]).await.unwrap();
+    common
+        .kafka
+        .ensure_topics(std::slice::from_ref(&topic))
+        .await
+        .unwrap();
 
-    let envelope = Envelope::new(Uuid::now_v7(), None, "corr", &RiskApproved { reason: "t".into() });
+    let envelope = Envelope::new(
+        Uuid::now_v7(),
+        None,
+        "corr",
+        &RiskApproved { reason: "t".into() },
+    );
     let mut tx = pool.begin().await.unwrap();
     Outbox::new(ns.clone())
         .enqueue(&mut tx, &envelope, &MessageHeaders::default())
@@ -68,7 +79,12 @@ async fn rows_claimed_by_a_crashed_relay_are_published_after_the_claim_expires()
         ..RelaySettings::default()
     };
     let producer = common.kafka.producer("relay-test").unwrap();
-    let crashed = OutboxRelay::new(pool.clone(), producer.clone(), settings.clone(), metrics.clone());
+    let crashed = OutboxRelay::new(
+        pool.clone(),
+        producer.clone(),
+        settings.clone(),
+        metrics.clone(),
+    );
     let batch = crashed.claim_batch().await.unwrap();
     assert_eq!(batch.rows.len(), 1);
     assert_eq!(batch.rows[0].event_id, envelope.event_id);
@@ -80,21 +96,26 @@ async fn rows_claimed_by_a_crashed_relay_are_published_after_the_claim_expires()
         0,
         "a live claim keeps the row from other relays"
     );
-    eventually(Duration::from_secs(10), "the claim to expire and the row to be published", || async {
-        (survivor.relay_once().await.unwrap() == 1).then_some(())
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the claim to expire and the row to be published",
+        || async { (survivor.relay_once().await.unwrap() == 1).then_some(()) },
+    )
     .await;
-    let published: bool = sqlx::query_scalar("SELECT published_at IS NOT NULL FROM outbox WHERE event_id = $1")
-        .bind(envelope.event_id)
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let published: bool =
+        sqlx::query_scalar("SELECT published_at IS NOT NULL FROM outbox WHERE event_id = $1")
+            .bind(envelope.event_id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
     assert!(published);
 
     let reader = topic_reader(&ns, &topic).unwrap();
     let id = envelope.event_id.to_string();
     let payload = read_until(&reader, Duration::from_secs(20), |p| {
-        Envelope::from_json(p).map(|e| e.event_id.to_string() == id).unwrap_or(false)
+        Envelope::from_json(p)
+            .map(|e| e.event_id.to_string() == id)
+            .unwrap_or(false)
     })
     .await;
     assert_eq!(Envelope::from_json(&payload).unwrap(), envelope);
