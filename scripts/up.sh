@@ -26,16 +26,21 @@ terminal() {
   curl -fsS -H "x-api-key: $API_KEY" "http://127.0.0.1:8000/payments/$payment_id" \
     | python3 -c 'import json,sys; s=json.load(sys.stdin)["status"]; sys.exit(0 if s in ("SETTLED","FAILED","REVERSED") else 1)'
 }
-wait_until 30 "payment $payment_id" terminal || warn "payment $payment_id is not terminal after 30 s"
+wait_until 30 "payment $payment_id" terminal \
+  || warn "payment $payment_id is not terminal after 30 s (service logs: $LOCAL_DIR/logs/)"
 log "payment $payment_id:"
-curl -fsS -H "x-api-key: $API_KEY" "http://127.0.0.1:8000/payments/$payment_id" | python3 -c '
+read -r -d '' SHOW <<'PY' || true
 import json, sys
 p = json.load(sys.stdin)
-print(f"  status: {p[\"status\"]}   amount: {p[\"amount_cents\"]} {p[\"currency\"]}")
+print("  status: %s   amount: %s %s" % (p["status"], p["amount_cents"], p["currency"]))
 print("  timeline:")
 for t in p["timeline"]:
-    print(f"    {t[\"occurred_at\"]}  {str(t[\"from_state\"] or \"-\"):>10} -> {t[\"to_state\"]:<10}  {t[\"reason\"]}")
-'
+    print("    %s  %10s -> %-10s  %s" % (t["occurred_at"], t["from_state"] or "-", t["to_state"], t["reason"]))
+PY
+final="$(curl -fsS -H "x-api-key: $API_KEY" "http://127.0.0.1:8000/payments/$payment_id")"
+printf '%s' "$final" | python3 -c "$SHOW"
+status="$(printf '%s' "$final" | python3 -c 'import json,sys; print(json.load(sys.stdin)["status"])')"
+[ "$status" = "SETTLED" ] || die "the demo payment ended $status, not SETTLED"
 cat <<EOT
 
 Try one yourself:

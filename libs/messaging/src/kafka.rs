@@ -65,6 +65,8 @@ impl KafkaSettings {
             .set("heartbeat.interval.ms", "1000")
             .set("fetch.wait.max.ms", "50")
             .set("partition.assignment.strategy", "cooperative-sticky")
+            // Belt and braces for topics created after the subscription: notice them soon.
+            .set("topic.metadata.refresh.interval.ms", "10000")
             .create()
             .context("creating Kafka consumer")
     }
@@ -91,7 +93,25 @@ impl KafkaSettings {
                 Err((topic, code)) => anyhow::bail!("could not create topic {topic}: {code}"),
             }
         }
-        Ok(())
+        // A consumer that subscribes before the broker's metadata shows a new topic leaves it
+        // out of its assignment until its next metadata refresh. Wait until every topic is
+        // visible with all its partitions.
+        let wanted = topics.to_vec();
+        tokio::task::spawn_blocking(move || {
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                let missing = missing_topics(admin.inner(), &wanted);
+                if missing.is_empty() {
+                    return Ok(());
+                }
+                if std::time::Instant::now() > deadline {
+                    anyhow::bail!("topics not visible in metadata after 30 s: {missing:?}");
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+        .await
+        .context("metadata wait task")?
     }
 
     /// Deletes topics (test clean-up).
@@ -103,6 +123,25 @@ impl KafkaSettings {
             .await
             .context("deleting topics")?;
         Ok(())
+    }
+}
+
+/// Topics of `wanted` that the cluster's metadata does not show (with partitions) yet.
+fn missing_topics<C: rdkafka::client::ClientContext>(
+    client: &rdkafka::client::Client<C>,
+    wanted: &[String],
+) -> Vec<String> {
+    match client.fetch_metadata(None, Duration::from_secs(5)) {
+        Ok(md) => wanted
+            .iter()
+            .filter(|t| {
+                !md.topics()
+                    .iter()
+                    .any(|m| m.name() == t.as_str() && m.error().is_none() && !m.partitions().is_empty())
+            })
+            .cloned()
+            .collect(),
+        Err(_) => wanted.to_vec(),
     }
 }
 
