@@ -17,5 +17,20 @@ PGPASSWORD="$PG_PASSWORD" psql -h 127.0.0.1 -p "$PG_PORT" -U "$PG_USER" -d postg
     done
 
 started=$SECONDS
-cargo test --workspace --locked "$@"
-log "tests finished in $((SECONDS - started)) s"
+mkdir -p "$LOCAL_DIR"
+out="$LOCAL_DIR/test-output.log"
+set +e
+cargo test --workspace --locked "$@" 2>&1 | tee "$out"
+rc=${PIPESTATUS[0]}
+set -e
+read -r passed failed < <(awk '/^test result:/ {
+    for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed;?$/) p += $i; if ($(i+1) ~ /^failed;?$/) f += $i }
+  } END { print p + 0, f + 0 }' "$out")
+log "tests finished in $((SECONDS - started)) s (exit $rc)"
+# One closing line over all test binaries (cargo prints one per binary, the last often a
+# doc-test run with nothing in it).
+echo "tests: ${passed:-0} passed, ${failed:-0} failed"
+if [ "$rc" -eq 0 ] && [ "${passed:-0}" -eq 0 ]; then
+  die "cargo test ran no test"
+fi
+exit "$rc"

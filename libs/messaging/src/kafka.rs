@@ -135,9 +135,9 @@ fn missing_topics<C: rdkafka::client::ClientContext>(
         Ok(md) => wanted
             .iter()
             .filter(|t| {
-                !md.topics()
-                    .iter()
-                    .any(|m| m.name() == t.as_str() && m.error().is_none() && !m.partitions().is_empty())
+                !md.topics().iter().any(|m| {
+                    m.name() == t.as_str() && m.error().is_none() && !m.partitions().is_empty()
+                })
             })
             .cloned()
             .collect(),
