@@ -121,7 +121,7 @@ kafka_resolve() {
   command -v mvn >/dev/null || apt_install maven
   log "resolving Apache Kafka from Maven Central (infra/kafka/pom.xml)"
   rm -rf "$KAFKA_DIR/libs"
-  mvn -q -B -f "$pom" dependency:copy-dependencies -DincludeScope=runtime \
+  mvn -q -B --no-transfer-progress -Dstyle.color=never -f "$pom" dependency:copy-dependencies -DincludeScope=runtime \
     -DoutputDirectory="$KAFKA_DIR/libs" || die "could not resolve Kafka's artifacts with Maven"
   echo "$sum" > "$stamp"
 }
