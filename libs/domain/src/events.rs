@@ -17,12 +17,18 @@ use uuid::Uuid;
 pub enum EventType {
     /// orchestrator -> risk: a payment was created and needs a risk decision.
     PaymentRequested,
-    /// risk -> orchestrator: approved.
+    /// risk -> orchestrator: approved (by the rules, or by an operator after review).
     RiskApproved,
+    /// risk -> orchestrator: the rules want a human to look; the payment waits in review.
+    RiskReviewRequired,
+    /// risk -> orchestrator: denied (by the rules, or by an operator after review).
+    RiskDenied,
     /// orchestrator -> provider-adapter: authorize the amount at the provider.
     AuthorizeRequested,
     /// provider-adapter -> orchestrator: the provider authorized.
     PaymentAuthorized,
+    /// provider-adapter -> orchestrator: the provider declined (a final answer, not an error).
+    PaymentFailed,
     /// orchestrator -> provider-adapter: capture the authorization.
     CaptureRequested,
     /// provider-adapter -> orchestrator: the provider captured.
@@ -36,11 +42,14 @@ pub enum EventType {
 }
 
 impl EventType {
-    pub const ALL: [EventType; 9] = [
+    pub const ALL: [EventType; 12] = [
         EventType::PaymentRequested,
         EventType::RiskApproved,
+        EventType::RiskReviewRequired,
+        EventType::RiskDenied,
         EventType::AuthorizeRequested,
         EventType::PaymentAuthorized,
+        EventType::PaymentFailed,
         EventType::CaptureRequested,
         EventType::PaymentCaptured,
         EventType::LedgerPostRequested,
@@ -52,8 +61,11 @@ impl EventType {
         match self {
             EventType::PaymentRequested => "payments.requested",
             EventType::RiskApproved => "risk.approved",
+            EventType::RiskReviewRequired => "risk.review_required",
+            EventType::RiskDenied => "risk.denied",
             EventType::AuthorizeRequested => "provider.authorize.requested",
             EventType::PaymentAuthorized => "payments.authorized",
+            EventType::PaymentFailed => "payments.failed",
             EventType::CaptureRequested => "provider.capture.requested",
             EventType::PaymentCaptured => "payments.captured",
             EventType::LedgerPostRequested => "ledger.post.requested",
@@ -189,6 +201,14 @@ macro_rules! catalog {
     };
 }
 
+/// The payment method a payment is charged to: an opaque token the provider understands
+/// (for the simulated provider, one of its test tokens; see the provider adapter).
+pub const DEFAULT_PAYMENT_METHOD: &str = "pm_card_ok";
+
+fn default_payment_method() -> String {
+    DEFAULT_PAYMENT_METHOD.to_owned()
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PaymentRequested {
@@ -196,6 +216,8 @@ pub struct PaymentRequested {
     pub customer_id: String,
     pub amount_minor: AmountMinor,
     pub currency: Currency,
+    #[serde(default = "default_payment_method")]
+    pub payment_method: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -206,11 +228,34 @@ pub struct RiskApproved {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct RiskReviewRequired {
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RiskDenied {
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AuthorizeRequested {
     pub merchant_id: Uuid,
     pub customer_id: String,
     pub amount_minor: AmountMinor,
     pub currency: Currency,
+    #[serde(default = "default_payment_method")]
+    pub payment_method: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PaymentFailed {
+    pub provider: String,
+    /// The provider's decline code, e.g. `card_declined`, `insufficient_funds`.
+    pub decline_code: String,
+    pub reason: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -272,6 +317,9 @@ pub struct PaymentFinalized {
 catalog! {
     PaymentRequested => PaymentRequested, version 1;
     RiskApproved => RiskApproved, version 1;
+    RiskReviewRequired => RiskReviewRequired, version 1;
+    RiskDenied => RiskDenied, version 1;
+    PaymentFailed => PaymentFailed, version 1;
     AuthorizeRequested => AuthorizeRequested, version 1;
     PaymentAuthorized => PaymentAuthorized, version 1;
     CaptureRequested => CaptureRequested, version 1;
@@ -291,6 +339,7 @@ mod tests {
             customer_id: "cust-1".into(),
             amount_minor: AmountMinor::new(2500).unwrap(),
             currency: Currency::parse("USD").unwrap(),
+            payment_method: DEFAULT_PAYMENT_METHOD.into(),
         }
     }
 

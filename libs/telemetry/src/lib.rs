@@ -6,8 +6,9 @@ use tracing_subscriber::EnvFilter;
 /// JSON logs on stdout, filtered by `RUST_LOG` (default `info`). Safe to call more than once
 /// (tests start several services in one process): later calls do nothing.
 pub fn init_logging() {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,rdkafka=warn,refinery_core=warn"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new("info,sqlx=warn,rdkafka=warn,refinery_core=warn,tokio_postgres=warn")
+    });
     let _ = tracing_subscriber::fmt()
         .json()
         .flatten_event(true)

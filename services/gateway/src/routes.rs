@@ -79,6 +79,7 @@ async fn create_payment(
         "amount_cents": req.amount.get(),
         "currency": req.currency.as_str(),
         "idempotency_key": req.idempotency_key,
+        "payment_method": req.payment_method,
     });
     let resp = state
         .client

@@ -15,9 +15,20 @@ pub struct PaymentRequest {
     pub amount: AmountMinor,
     pub currency: Currency,
     pub idempotency_key: String,
+    /// Provider token of the payment method; the simulated provider's test tokens are listed
+    /// in the provider adapter's documentation.
+    pub payment_method: String,
 }
 
-const FIELDS: &[&str] = &["customer_id", "amount_cents", "currency", "idempotency_key"];
+const FIELDS: &[&str] = &[
+    "customer_id",
+    "amount_cents",
+    "currency",
+    "idempotency_key",
+    "payment_method",
+];
+
+pub const PAYMENT_METHOD_MAX: usize = 64;
 
 /// `customer_id`: 1-64 characters of `A-Z a-z 0-9 _ - . : @`.
 pub fn customer_id(raw: &str) -> Result<String, ApiError> {
@@ -159,11 +170,29 @@ pub fn payment_request(
             .with_param("idempotency_key"))
         }
     };
+    let payment_method = match obj.get("payment_method") {
+        None | Some(Value::Null) => sagapay_domain::events::DEFAULT_PAYMENT_METHOD.to_owned(),
+        Some(Value::String(s))
+            if !s.is_empty()
+                && s.len() <= PAYMENT_METHOD_MAX
+                && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') =>
+        {
+            s.clone()
+        }
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "invalid_payment_method",
+                format!("payment_method must be a token of 1-{PAYMENT_METHOD_MAX} characters of a-z, 0-9, '_'"),
+            )
+            .with_param("payment_method"))
+        }
+    };
     Ok(PaymentRequest {
         customer_id,
         amount,
         currency,
         idempotency_key,
+        payment_method,
     })
 }
 
@@ -181,6 +210,7 @@ mod tests {
         assert_eq!(r.amount.get(), 2500);
         assert_eq!(r.currency.as_str(), "USD");
         assert_eq!(r.idempotency_key, "k1");
+        assert_eq!(r.payment_method, "pm_card_ok");
     }
 
     #[test]
@@ -239,6 +269,14 @@ mod tests {
             (
                 r#"{"customer_id":"c","amount_cents":1,"currency":"USD","idempotency_key":"k\u0000"}"#,
                 "invalid_idempotency_key",
+            ),
+            (
+                r#"{"customer_id":"c","amount_cents":1,"currency":"USD","idempotency_key":"k","payment_method":"PM-1"}"#,
+                "invalid_payment_method",
+            ),
+            (
+                r#"{"customer_id":"c","amount_cents":1,"currency":"USD","idempotency_key":"k","payment_method":7}"#,
+                "invalid_payment_method",
             ),
         ];
         for (body, code) in cases {

@@ -44,6 +44,12 @@ pub struct CreatePayment {
     pub amount_cents: AmountMinor,
     pub currency: Currency,
     pub idempotency_key: String,
+    #[serde(default = "default_payment_method")]
+    pub payment_method: String,
+}
+
+fn default_payment_method() -> String {
+    sagapay_domain::events::DEFAULT_PAYMENT_METHOD.to_owned()
 }
 
 #[derive(Debug, Serialize)]
@@ -55,8 +61,8 @@ struct Created {
 /// What identifies "the same request" for idempotency: everything but the key itself.
 fn fingerprint(req: &CreatePayment) -> String {
     let canonical = format!(
-        "{}\n{}\n{}\n{}",
-        req.merchant_id, req.customer_id, req.amount_cents, req.currency
+        "{}\n{}\n{}\n{}\n{}",
+        req.merchant_id, req.customer_id, req.amount_cents, req.currency, req.payment_method
     );
     hex::encode(Sha256::digest(canonical.as_bytes()))
 }
@@ -80,6 +86,7 @@ async fn create_payment(
             idempotency_key: &req.idempotency_key,
             request_fingerprint: &fp,
             correlation_id: &ctx.correlation_id,
+            payment_method: &req.payment_method,
         },
     )
     .await?;
@@ -93,6 +100,7 @@ async fn create_payment(
                 customer_id: req.customer_id.clone(),
                 amount_minor: req.amount_cents,
                 currency: req.currency,
+                payment_method: req.payment_method.clone(),
             },
         );
         let mut headers = MessageHeaders::default();

@@ -21,7 +21,10 @@ mod embedded {
 /// Events the orchestrator reacts to.
 pub const CONSUMES: &[EventType] = &[
     EventType::RiskApproved,
+    EventType::RiskReviewRequired,
+    EventType::RiskDenied,
     EventType::PaymentAuthorized,
+    EventType::PaymentFailed,
     EventType::PaymentCaptured,
     EventType::PaymentSettled,
 ];

@@ -7,7 +7,7 @@ use crate::SagaMetrics;
 use anyhow::anyhow;
 use sagapay_domain::events::{
     AuthorizeRequested, CaptureRequested, LedgerPostRequested, PaymentAuthorized, PaymentCaptured,
-    PaymentFinalized, PaymentSettled, RiskApproved,
+    PaymentFailed, PaymentFinalized, PaymentSettled, RiskApproved, RiskDenied, RiskReviewRequired,
 };
 use sagapay_domain::{AmountMinor, Currency, Envelope, EventType, PaymentStatus};
 use sagapay_messaging::{Handler, HandlerError, MessageContext, Outbox};
@@ -45,7 +45,8 @@ impl Handler for Saga {
         match event_type {
             EventType::RiskApproved => {
                 let ev: RiskApproved = env.decode()?;
-                if let Step::Ignore(why) = self.expect(&payment, PaymentStatus::Created, env) {
+                let allowed = [PaymentStatus::Created, PaymentStatus::RiskReview];
+                if let Step::Ignore(why) = self.expect(&payment, &allowed, env) {
                     return self.ignored(env, why);
                 }
                 let reason = format!("risk approved: {}", ev.reason);
@@ -63,12 +64,83 @@ impl Handler for Saga {
                     customer_id: payment.customer_id.clone(),
                     amount_minor: amount(&payment)?,
                     currency: currency(&payment)?,
+                    payment_method: payment.payment_method.clone(),
                 });
                 self.outbox.enqueue(conn, &next, &headers).await?;
             }
+            EventType::RiskReviewRequired => {
+                let ev: RiskReviewRequired = env.decode()?;
+                if let Step::Ignore(why) = self.expect(&payment, &[PaymentStatus::Created], env) {
+                    return self.ignored(env, why);
+                }
+                let reason = format!("risk review required: {}", ev.reason);
+                self.apply(
+                    conn,
+                    &payment,
+                    PaymentStatus::RiskReview,
+                    &reason,
+                    env,
+                    Facts::default(),
+                )
+                .await?;
+            }
+            EventType::RiskDenied => {
+                let ev: RiskDenied = env.decode()?;
+                let allowed = [PaymentStatus::Created, PaymentStatus::RiskReview];
+                if let Step::Ignore(why) = self.expect(&payment, &allowed, env) {
+                    return self.ignored(env, why);
+                }
+                let reason = format!("risk denied: {}", ev.reason);
+                self.apply(
+                    conn,
+                    &payment,
+                    PaymentStatus::Failed,
+                    &reason,
+                    env,
+                    Facts::default(),
+                )
+                .await?;
+                self.finalize(
+                    conn,
+                    &payment,
+                    PaymentStatus::Failed,
+                    &reason,
+                    env,
+                    &headers,
+                )
+                .await?;
+            }
+            EventType::PaymentFailed => {
+                let ev: PaymentFailed = env.decode()?;
+                if let Step::Ignore(why) = self.expect(&payment, &[PaymentStatus::Approved], env) {
+                    return self.ignored(env, why);
+                }
+                let reason = format!(
+                    "declined by {} ({}): {}",
+                    ev.provider, ev.decline_code, ev.reason
+                );
+                self.apply(
+                    conn,
+                    &payment,
+                    PaymentStatus::Failed,
+                    &reason,
+                    env,
+                    Facts::default(),
+                )
+                .await?;
+                self.finalize(
+                    conn,
+                    &payment,
+                    PaymentStatus::Failed,
+                    &reason,
+                    env,
+                    &headers,
+                )
+                .await?;
+            }
             EventType::PaymentAuthorized => {
                 let ev: PaymentAuthorized = env.decode()?;
-                if let Step::Ignore(why) = self.expect(&payment, PaymentStatus::Approved, env) {
+                if let Step::Ignore(why) = self.expect(&payment, &[PaymentStatus::Approved], env) {
                     return self.ignored(env, why);
                 }
                 let reason = format!("authorized by {} ({})", ev.provider, ev.authorization_id);
@@ -94,7 +166,8 @@ impl Handler for Saga {
             }
             EventType::PaymentCaptured => {
                 let ev: PaymentCaptured = env.decode()?;
-                if let Step::Ignore(why) = self.expect(&payment, PaymentStatus::Authorized, env) {
+                if let Step::Ignore(why) = self.expect(&payment, &[PaymentStatus::Authorized], env)
+                {
                     return self.ignored(env, why);
                 }
                 let reason = format!("captured by {} ({})", ev.provider, ev.capture_id);
@@ -114,7 +187,7 @@ impl Handler for Saga {
             }
             EventType::PaymentSettled => {
                 let ev: PaymentSettled = env.decode()?;
-                if let Step::Ignore(why) = self.expect(&payment, PaymentStatus::Captured, env) {
+                if let Step::Ignore(why) = self.expect(&payment, &[PaymentStatus::Captured], env) {
                     return self.ignored(env, why);
                 }
                 let reason = format!("ledger posted ({})", ev.journal_transaction_id);
@@ -145,15 +218,15 @@ impl Handler for Saga {
 }
 
 impl Saga {
-    fn expect(&self, payment: &PaymentRow, expected: PaymentStatus, env: &Envelope) -> Step {
-        if payment.status == expected {
+    fn expect(&self, payment: &PaymentRow, expected: &[PaymentStatus], env: &Envelope) -> Step {
+        if expected.contains(&payment.status) {
             return Step::Apply;
         }
         tracing::warn!(
             payment_id = %env.payment_id,
             event_type = %env.event_type,
             status = %payment.status,
-            expected = %expected,
+            expected = ?expected,
             "event does not match the payment's state; ignored"
         );
         if payment.status.is_terminal() {

@@ -16,13 +16,14 @@ pub struct PaymentRow {
     pub status: PaymentStatus,
     pub state_version: i32,
     pub request_fingerprint: String,
+    pub payment_method: String,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
 
 const PAYMENT_COLUMNS: &str =
     "payment_id, merchant_id, customer_id, amount_minor, currency, status, \
-     state_version, request_fingerprint, created_at, updated_at";
+     state_version, request_fingerprint, payment_method, created_at, updated_at";
 
 fn payment_from_row(r: &sqlx::postgres::PgRow) -> sqlx::Result<PaymentRow> {
     let status: String = r.try_get("status")?;
@@ -37,6 +38,7 @@ fn payment_from_row(r: &sqlx::postgres::PgRow) -> sqlx::Result<PaymentRow> {
             .map_err(|e: sagapay_domain::state::UnknownStatus| sqlx::Error::Decode(e.into()))?,
         state_version: r.try_get("state_version")?,
         request_fingerprint: r.try_get("request_fingerprint")?,
+        payment_method: r.try_get("payment_method")?,
         created_at: r.try_get("created_at")?,
         updated_at: r.try_get("updated_at")?,
     })
@@ -84,6 +86,7 @@ pub struct NewPayment<'a> {
     pub idempotency_key: &'a str,
     pub request_fingerprint: &'a str,
     pub correlation_id: &'a str,
+    pub payment_method: &'a str,
 }
 
 /// Inserts a CREATED payment unless the merchant already used the idempotency key.
@@ -91,8 +94,8 @@ pub struct NewPayment<'a> {
 pub async fn insert_payment(conn: &mut PgConnection, p: &NewPayment<'_>) -> sqlx::Result<bool> {
     let inserted = sqlx::query(
         "INSERT INTO payments (payment_id, merchant_id, customer_id, amount_minor, currency, status,
-                               idempotency_key, request_fingerprint, correlation_id)
-         VALUES ($1, $2, $3, $4, $5, 'CREATED', $6, $7, $8)
+                               idempotency_key, request_fingerprint, correlation_id, payment_method)
+         VALUES ($1, $2, $3, $4, $5, 'CREATED', $6, $7, $8, $9)
          ON CONFLICT (merchant_id, idempotency_key) DO NOTHING",
     )
     .bind(p.payment_id)
@@ -103,6 +106,7 @@ pub async fn insert_payment(conn: &mut PgConnection, p: &NewPayment<'_>) -> sqlx
     .bind(p.idempotency_key)
     .bind(p.request_fingerprint)
     .bind(p.correlation_id)
+    .bind(p.payment_method)
     .execute(&mut *conn)
     .await?
     .rows_affected()

@@ -10,7 +10,7 @@ use provider::{
     PaymentProvider, ProviderError, ProviderOutcome, ProviderRequest, SimulatedProvider,
 };
 use sagapay_domain::events::{
-    AuthorizeRequested, CaptureRequested, PaymentAuthorized, PaymentCaptured,
+    AuthorizeRequested, CaptureRequested, PaymentAuthorized, PaymentCaptured, PaymentFailed,
 };
 use sagapay_domain::{Envelope, EventType};
 use sagapay_messaging::{Handler, HandlerError, MessageContext, Outbox};
@@ -22,7 +22,11 @@ use std::time::Instant;
 pub const SERVICE: &str = "provider-adapter";
 pub const DEFAULT_PORT: u16 = 8003;
 pub const CONSUMES: &[EventType] = &[EventType::AuthorizeRequested, EventType::CaptureRequested];
-pub const PRODUCES: &[EventType] = &[EventType::PaymentAuthorized, EventType::PaymentCaptured];
+pub const PRODUCES: &[EventType] = &[
+    EventType::PaymentAuthorized,
+    EventType::PaymentFailed,
+    EventType::PaymentCaptured,
+];
 
 mod embedded {
     refinery::embed_migrations!("../../migrations/provider-adapter");
@@ -131,6 +135,7 @@ impl<P: PaymentProvider> Handler for ProviderHandler<P> {
                     amount_minor: cmd.amount_minor,
                     currency: cmd.currency,
                     authorization_id: None,
+                    payment_method: cmd.payment_method.clone(),
                 };
                 match self.attempt(conn, Operation::Authorize, &req).await? {
                     Ok(ProviderOutcome::Succeeded { reference }) => {
@@ -144,9 +149,14 @@ impl<P: PaymentProvider> Handler for ProviderHandler<P> {
                         Ok(())
                     }
                     Ok(ProviderOutcome::Declined { code }) => {
-                        Err(HandlerError::permanent(anyhow!(
-                        "declined ({code}): decline handling arrives with the saga's failure paths"
-                    )))
+                        // A decline is an answer, not an error: the orchestrator fails the payment.
+                        let next = env.follow_up(&PaymentFailed {
+                            provider: self.provider.name().to_owned(),
+                            reason: format!("authorization declined: {code}"),
+                            decline_code: code,
+                        });
+                        self.outbox.enqueue(conn, &next, &headers).await?;
+                        Ok(())
                     }
                     Err(e) => Err(HandlerError::transient(e)),
                 }
@@ -159,6 +169,7 @@ impl<P: PaymentProvider> Handler for ProviderHandler<P> {
                     amount_minor: cmd.amount_minor,
                     currency: cmd.currency,
                     authorization_id: Some(cmd.authorization_id.clone()),
+                    payment_method: String::new(),
                 };
                 match self.attempt(conn, Operation::Capture, &req).await? {
                     Ok(ProviderOutcome::Succeeded { reference }) => {

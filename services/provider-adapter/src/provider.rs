@@ -17,6 +17,8 @@ pub struct ProviderRequest {
     pub currency: Currency,
     /// For capture: the authorization to capture.
     pub authorization_id: Option<String>,
+    /// The payment method token to charge.
+    pub payment_method: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,8 +51,15 @@ pub trait PaymentProvider: Send + Sync + 'static {
 }
 
 /// A provider simulated in-process, with durable books so that idempotency holds across
-/// restarts, like a real PSP's. It approves everything for now; test cards that decline, time
-/// out or answer slowly come with the saga's hard paths.
+/// restarts, like a real PSP's. Its behaviour is chosen by the payment method token, in the
+/// spirit of a PSP's test cards:
+///
+/// | `payment_method` | authorize | capture |
+/// |---|---|---|
+/// | `pm_card_ok` (default) | authorized | captured |
+/// | `pm_card_declined` | declined, `card_declined` | – |
+/// | `pm_card_insufficient_funds` | declined, `insufficient_funds` | – |
+/// | any other token | declined, `invalid_payment_method` | – |
 pub struct SimulatedProvider {
     books: PgPool,
 }
@@ -100,6 +109,17 @@ impl PaymentProvider for SimulatedProvider {
     }
 
     async fn authorize(&self, req: &ProviderRequest) -> Result<ProviderOutcome, ProviderError> {
+        let decline = |code: &str| {
+            Ok(ProviderOutcome::Declined {
+                code: code.to_owned(),
+            })
+        };
+        match req.payment_method.as_str() {
+            "pm_card_ok" => {}
+            "pm_card_declined" => return decline("card_declined"),
+            "pm_card_insufficient_funds" => return decline("insufficient_funds"),
+            _ => return decline("invalid_payment_method"),
+        }
         let reference = self.book("AUTHORIZE", "auth", req).await?;
         Ok(ProviderOutcome::Succeeded { reference })
     }

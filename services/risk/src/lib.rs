@@ -1,20 +1,37 @@
-//! Risk decides whether a payment may proceed. For now every payment is approved; the rules
-//! (amount thresholds, velocity, recent failures) and manual review come with issue 3. The
-//! decision, its reason and the values the rules saw are persisted either way.
+//! Risk decides whether a payment may proceed: approve, send to manual review, or deny, by
+//! rules with configurable thresholds (see [`rules`]). The decision, its reason and the values
+//! the rules saw are persisted. Operators decide reviews through the ops endpoints (see
+//! [`ops`]), authorised with an ops key that is not a merchant key.
+//!
+//! The rules count from PostgreSQL, in the handler's transaction: a redelivered
+//! `payments.requested` is skipped by the inbox and so never counts twice, and a customer's
+//! payments are decided one at a time (advisory lock per customer), so two concurrent payments
+//! cannot both slip under a velocity limit.
+
+pub mod ops;
+pub mod rules;
 
 use anyhow::anyhow;
-use sagapay_domain::events::{PaymentRequested, RiskApproved};
-use sagapay_domain::{Envelope, EventType};
+use rules::{Decision, Inputs, Thresholds};
+use sagapay_domain::events::{
+    PaymentFinalized, PaymentRequested, RiskApproved, RiskDenied, RiskReviewRequired,
+};
+use sagapay_domain::{Envelope, EventType, PaymentStatus};
 use sagapay_messaging::{Handler, HandlerError, MessageContext, Outbox};
-use sagapay_service_kit::{CommonConfig, Platform, ServiceHandle};
-use serde_json::json;
+use sagapay_service_kit::config::{env_or, env_parse};
+use sagapay_service_kit::{CommonConfig, Environment, Platform, ServiceHandle};
 use sqlx::PgConnection;
 use std::sync::Arc;
 
 pub const SERVICE: &str = "risk";
 pub const DEFAULT_PORT: u16 = 8002;
-pub const CONSUMES: &[EventType] = &[EventType::PaymentRequested];
-pub const PRODUCES: &[EventType] = &[EventType::RiskApproved];
+pub const CONSUMES: &[EventType] = &[EventType::PaymentRequested, EventType::PaymentFinalized];
+pub const PRODUCES: &[EventType] = &[
+    EventType::RiskApproved,
+    EventType::RiskReviewRequired,
+    EventType::RiskDenied,
+];
+pub const DEV_OPS_KEY: &str = "dev-ops-secret";
 
 mod embedded {
     refinery::embed_migrations!("../../migrations/risk");
@@ -23,18 +40,164 @@ mod embedded {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub common: CommonConfig,
+    pub thresholds: Thresholds,
+    /// `SAGAPAY_OPS_KEY`: required in production; `dev-ops-secret` by default in development.
+    pub ops_key: String,
 }
 
 impl Config {
+    /// | variable | default |
+    /// |---|---|
+    /// | `SAGAPAY_RISK_REVIEW_AMOUNT_CENTS` | 100000 |
+    /// | `SAGAPAY_RISK_VELOCITY_REVIEW_PER_HOUR` | 10 |
+    /// | `SAGAPAY_RISK_VELOCITY_DENY_PER_HOUR` | 20 |
+    /// | `SAGAPAY_RISK_RECENT_FAILURES_REVIEW` | 3 |
+    /// | `SAGAPAY_OPS_KEY` | `dev-ops-secret` (development only) |
     pub fn from_env() -> anyhow::Result<Self> {
+        let common = CommonConfig::from_env(SERVICE, DEFAULT_PORT)?;
+        let d = Thresholds::default();
+        let thresholds = Thresholds {
+            review_amount_minor: env_parse(
+                "SAGAPAY_RISK_REVIEW_AMOUNT_CENTS",
+                d.review_amount_minor,
+            )?,
+            velocity_review_per_hour: env_parse(
+                "SAGAPAY_RISK_VELOCITY_REVIEW_PER_HOUR",
+                d.velocity_review_per_hour,
+            )?,
+            velocity_deny_per_hour: env_parse(
+                "SAGAPAY_RISK_VELOCITY_DENY_PER_HOUR",
+                d.velocity_deny_per_hour,
+            )?,
+            recent_failures_review: env_parse(
+                "SAGAPAY_RISK_RECENT_FAILURES_REVIEW",
+                d.recent_failures_review,
+            )?,
+        };
+        let ops_key = match common.environment {
+            Environment::Development => env_or("SAGAPAY_OPS_KEY", DEV_OPS_KEY),
+            Environment::Production => {
+                let key = env_or("SAGAPAY_OPS_KEY", "");
+                anyhow::ensure!(
+                    key.len() >= 16 && key != DEV_OPS_KEY,
+                    "SAGAPAY_OPS_KEY must be set to a secret of at least 16 characters in production"
+                );
+                key
+            }
+        };
         Ok(Self {
-            common: CommonConfig::from_env(SERVICE, DEFAULT_PORT)?,
+            common,
+            thresholds,
+            ops_key,
         })
+    }
+
+    pub fn for_test(common: CommonConfig) -> Self {
+        Self {
+            common,
+            thresholds: Thresholds::default(),
+            ops_key: DEV_OPS_KEY.to_owned(),
+        }
     }
 }
 
 struct RiskHandler {
     outbox: Outbox,
+    thresholds: Thresholds,
+}
+
+impl RiskHandler {
+    async fn assess(
+        &self,
+        conn: &mut PgConnection,
+        env: &Envelope,
+        ctx: &MessageContext,
+    ) -> Result<(), HandlerError> {
+        let req: PaymentRequested = env.decode()?;
+        // One decision at a time per customer, so counts cannot race.
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+            .bind(&req.customer_id)
+            .execute(&mut *conn)
+            .await?;
+        let (prior_last_hour, failures_last_24h): (i64, i64) = sqlx::query_as(
+            "SELECT
+                 (SELECT count(*) FROM risk_decisions
+                   WHERE customer_id = $1 AND decided_at > now() - interval '1 hour'),
+                 (SELECT count(*) FROM customer_outcomes
+                   WHERE customer_id = $1 AND occurred_at > now() - interval '24 hours')",
+        )
+        .bind(&req.customer_id)
+        .fetch_one(&mut *conn)
+        .await?;
+        let inputs = Inputs {
+            amount_minor: req.amount_minor.get(),
+            currency: req.currency.as_str().to_owned(),
+            payments_last_hour: prior_last_hour + 1,
+            failures_last_24h,
+        };
+        let (decision, reason) = rules::decide(&self.thresholds, &inputs);
+        let recorded = serde_json::json!({ "inputs": inputs, "thresholds": self.thresholds });
+        sqlx::query(
+            "INSERT INTO risk_decisions (payment_id, merchant_id, customer_id, decision, reason, inputs)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(env.payment_id)
+        .bind(req.merchant_id)
+        .bind(&req.customer_id)
+        .bind(decision.as_str())
+        .bind(&reason)
+        .bind(&recorded)
+        .execute(&mut *conn)
+        .await?;
+        let headers = ctx.headers.propagated();
+        let next = match decision {
+            Decision::Approve => env.follow_up(&RiskApproved { reason }),
+            Decision::Deny => env.follow_up(&RiskDenied { reason }),
+            Decision::Review => {
+                sqlx::query(
+                    "INSERT INTO risk_reviews (payment_id, merchant_id, customer_id, amount_minor, currency,
+                                               reason, source_event_id, correlation_id, headers)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                )
+                .bind(env.payment_id)
+                .bind(req.merchant_id)
+                .bind(&req.customer_id)
+                .bind(req.amount_minor.get())
+                .bind(req.currency.as_str())
+                .bind(&reason)
+                .bind(env.event_id)
+                .bind(&env.correlation_id)
+                .bind(sqlx::types::Json(&headers))
+                .execute(&mut *conn)
+                .await?;
+                env.follow_up(&RiskReviewRequired { reason })
+            }
+        };
+        tracing::info!(payment_id = %env.payment_id, decision = decision.as_str(), "risk decision");
+        self.outbox.enqueue(conn, &next, &headers).await?;
+        Ok(())
+    }
+
+    async fn record_outcome(
+        &self,
+        conn: &mut PgConnection,
+        env: &Envelope,
+    ) -> Result<(), HandlerError> {
+        let ev: PaymentFinalized = env.decode()?;
+        if matches!(ev.status, PaymentStatus::Failed | PaymentStatus::Reversed) {
+            sqlx::query(
+                "INSERT INTO customer_outcomes (payment_id, customer_id, status, occurred_at)
+                 VALUES ($1, $2, $3, $4) ON CONFLICT (payment_id) DO NOTHING",
+            )
+            .bind(env.payment_id)
+            .bind(&ev.customer_id)
+            .bind(ev.status.as_str())
+            .bind(env.occurred_at)
+            .execute(&mut *conn)
+            .await?;
+        }
+        Ok(())
+    }
 }
 
 impl Handler for RiskHandler {
@@ -44,36 +207,14 @@ impl Handler for RiskHandler {
         env: &Envelope,
         ctx: &MessageContext,
     ) -> Result<(), HandlerError> {
-        if env.event_type() != Some(EventType::PaymentRequested) {
-            return Err(HandlerError::permanent(anyhow!(
+        match env.event_type() {
+            Some(EventType::PaymentRequested) => self.assess(conn, env, ctx).await,
+            Some(EventType::PaymentFinalized) => self.record_outcome(conn, env).await,
+            _ => Err(HandlerError::permanent(anyhow!(
                 "risk does not handle {}",
                 env.event_type
-            )));
+            ))),
         }
-        let req: PaymentRequested = env.decode()?;
-        let reason = "no rule matched";
-        let inputs = json!({
-            "amount_minor": req.amount_minor.get(),
-            "currency": req.currency.as_str(),
-        });
-        sqlx::query(
-            "INSERT INTO risk_decisions (payment_id, merchant_id, customer_id, decision, reason, inputs)
-             VALUES ($1, $2, $3, 'APPROVE', $4, $5)",
-        )
-        .bind(env.payment_id)
-        .bind(req.merchant_id)
-        .bind(&req.customer_id)
-        .bind(reason)
-        .bind(&inputs)
-        .execute(&mut *conn)
-        .await?;
-        let next = env.follow_up(&RiskApproved {
-            reason: reason.to_owned(),
-        });
-        self.outbox
-            .enqueue(conn, &next, &ctx.headers.propagated())
-            .await?;
-        Ok(())
     }
 }
 
@@ -89,8 +230,14 @@ pub async fn start(config: Config) -> anyhow::Result<ServiceHandle> {
     platform.spawn_relay(&mut builder);
     let handler = Arc::new(RiskHandler {
         outbox: platform.outbox.clone(),
+        thresholds: config.thresholds.clone(),
     });
     platform.spawn_consumer(&mut builder, handler, CONSUMES)?;
-    let router = platform.router(axum::Router::new());
+    let api = ops::routes(ops::OpsState {
+        pool: platform.pool.clone(),
+        outbox: platform.outbox.clone(),
+        ops_key: Arc::from(config.ops_key.as_str()),
+    });
+    let router = platform.router(api);
     builder.serve(config.common.http_addr, router).await
 }

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 pub const DEV_API_KEY: &str = "dev-secret";
+pub const DEV_OPS_KEY: &str = "dev-ops-secret";
 
 /// A namespace no other test uses.
 pub fn fresh_namespace() -> Namespace {
@@ -81,9 +82,10 @@ impl TestStack {
         let ns = fresh_namespace();
         let orchestrator = start_orchestrator(&ns, !options.orchestrator_relay_disabled).await;
         let (risk, provider, ledger, notification, gateway) = tokio::join!(
-            sagapay_risk::start(sagapay_risk::Config {
-                common: config(sagapay_risk::SERVICE, &ns),
-            }),
+            sagapay_risk::start(sagapay_risk::Config::for_test(config(
+                sagapay_risk::SERVICE,
+                &ns
+            ))),
             sagapay_provider_adapter::start(sagapay_provider_adapter::Config {
                 common: config(sagapay_provider_adapter::SERVICE, &ns),
             }),
@@ -171,6 +173,44 @@ impl TestStack {
             .expect("GET /payments/{id}");
         assert!(resp.status().is_success(), "GET payment: {}", resp.status());
         resp.json().await.expect("JSON body")
+    }
+
+    /// `POST {risk}/ops/reviews/{payment_id}/{action}` with the ops key.
+    pub async fn review(
+        &self,
+        payment_id: &str,
+        action: &str,
+        reviewed_by: &str,
+    ) -> (reqwest::StatusCode, Value) {
+        let resp = self
+            .http
+            .post(format!(
+                "{}/ops/reviews/{payment_id}/{action}",
+                self.service_url("risk")
+            ))
+            .header("x-ops-key", DEV_OPS_KEY)
+            .json(&serde_json::json!({ "reviewed_by": reviewed_by }))
+            .send()
+            .await
+            .expect("POST review decision");
+        let status = resp.status();
+        (status, resp.json().await.expect("JSON body"))
+    }
+
+    /// The payment's timeline as `(from_state, to_state, reason)`.
+    pub async fn timeline(&self, payment_id: &str) -> Vec<(Option<String>, String, String)> {
+        self.get_payment(payment_id).await["timeline"]
+            .as_array()
+            .expect("timeline")
+            .iter()
+            .map(|t| {
+                (
+                    t["from_state"].as_str().map(str::to_owned),
+                    t["to_state"].as_str().unwrap_or_default().to_owned(),
+                    t["reason"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect()
     }
 
     /// Polls the payment until its status is `status`.

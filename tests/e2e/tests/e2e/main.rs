@@ -5,3 +5,4 @@ mod deadletter;
 mod happy_path;
 mod redelivery;
 mod relay;
+mod risk_review;
