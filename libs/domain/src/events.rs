@@ -37,12 +37,24 @@ pub enum EventType {
     LedgerPostRequested,
     /// ledger -> orchestrator: the journal transaction is posted.
     PaymentSettled,
+    /// ledger -> orchestrator: the ledger refuses the posting (a business rule, not an outage).
+    LedgerPostFailed,
+    /// provider-adapter -> orchestrator: a provider operation timed out or errored on every
+    /// allowed attempt; its outcome at the provider is unknown.
+    ProviderRetriesExhausted,
+    /// orchestrator -> provider-adapter: void (reverse) an authorization.
+    VoidRequested,
+    /// orchestrator -> provider-adapter: refund a capture in full (compensation).
+    RefundRequested,
+    /// provider-adapter -> orchestrator: the money movement was reversed at the provider
+    /// (authorization voided, or capture refunded).
+    PaymentReversed,
     /// orchestrator -> anyone (notification): the payment reached a terminal state.
     PaymentFinalized,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 12] = [
+    pub const ALL: [EventType; 17] = [
         EventType::PaymentRequested,
         EventType::RiskApproved,
         EventType::RiskReviewRequired,
@@ -54,6 +66,11 @@ impl EventType {
         EventType::PaymentCaptured,
         EventType::LedgerPostRequested,
         EventType::PaymentSettled,
+        EventType::LedgerPostFailed,
+        EventType::ProviderRetriesExhausted,
+        EventType::VoidRequested,
+        EventType::RefundRequested,
+        EventType::PaymentReversed,
         EventType::PaymentFinalized,
     ];
 
@@ -70,6 +87,11 @@ impl EventType {
             EventType::PaymentCaptured => "payments.captured",
             EventType::LedgerPostRequested => "ledger.post.requested",
             EventType::PaymentSettled => "payments.settled",
+            EventType::LedgerPostFailed => "ledger.post.failed",
+            EventType::ProviderRetriesExhausted => "provider.retries_exhausted",
+            EventType::VoidRequested => "provider.void.requested",
+            EventType::RefundRequested => "provider.refund.requested",
+            EventType::PaymentReversed => "payments.reversed",
             EventType::PaymentFinalized => "payments.finalized",
         }
     }
@@ -303,6 +325,71 @@ pub struct PaymentSettled {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct LedgerPostFailed {
+    pub reason: String,
+}
+
+/// The provider operations the adapter performs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ProviderOperation {
+    Authorize,
+    Capture,
+    Void,
+    Refund,
+}
+
+impl ProviderOperation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderOperation::Authorize => "AUTHORIZE",
+            ProviderOperation::Capture => "CAPTURE",
+            ProviderOperation::Void => "VOID",
+            ProviderOperation::Refund => "REFUND",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderRetriesExhausted {
+    pub operation: ProviderOperation,
+    pub attempts: u32,
+    pub last_error: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VoidRequested {
+    /// The authorization to void, when one is known; with an unknown outcome the void is
+    /// addressed by the authorization's idempotency key instead.
+    pub authorization_id: Option<String>,
+    pub amount_minor: AmountMinor,
+    pub currency: Currency,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefundRequested {
+    pub capture_id: String,
+    pub amount_minor: AmountMinor,
+    pub currency: Currency,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PaymentReversed {
+    pub provider: String,
+    /// VOID or REFUND.
+    pub operation: ProviderOperation,
+    pub reference: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PaymentFinalized {
     pub status: PaymentStatus,
     pub merchant_id: Uuid,
@@ -327,6 +414,11 @@ catalog! {
     LedgerPostRequested => LedgerPostRequested, version 1;
     PaymentSettled => PaymentSettled, version 1;
     PaymentFinalized => PaymentFinalized, version 1;
+    LedgerPostFailed => LedgerPostFailed, version 1;
+    ProviderRetriesExhausted => ProviderRetriesExhausted, version 1;
+    VoidRequested => VoidRequested, version 1;
+    RefundRequested => RefundRequested, version 1;
+    PaymentReversed => PaymentReversed, version 1;
 }
 
 #[cfg(test)]

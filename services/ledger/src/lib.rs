@@ -10,7 +10,7 @@
 //! | `C:merchant_payable:M` | liability: owed by us to the merchant | | A |
 
 use anyhow::anyhow;
-use sagapay_domain::events::{LedgerPostRequested, PaymentSettled};
+use sagapay_domain::events::{LedgerPostFailed, LedgerPostRequested, PaymentSettled};
 use sagapay_domain::{Currency, Envelope, EventType};
 use sagapay_messaging::{Handler, HandlerError, MessageContext, Outbox};
 use sagapay_service_kit::{CommonConfig, Platform, ServiceHandle};
@@ -21,7 +21,7 @@ use uuid::Uuid;
 pub const SERVICE: &str = "ledger";
 pub const DEFAULT_PORT: u16 = 8004;
 pub const CONSUMES: &[EventType] = &[EventType::LedgerPostRequested];
-pub const PRODUCES: &[EventType] = &[EventType::PaymentSettled];
+pub const PRODUCES: &[EventType] = &[EventType::PaymentSettled, EventType::LedgerPostFailed];
 
 mod embedded {
     refinery::embed_migrations!("../../migrations/ledger");
@@ -109,6 +109,23 @@ impl Handler for LedgerHandler {
         )
         .await?;
 
+        let frozen: Vec<String> = sqlx::query_scalar(
+            "SELECT account_id FROM accounts WHERE account_id = ANY($1) AND frozen_at IS NOT NULL",
+        )
+        .bind(vec![clearing.clone(), payable.clone()])
+        .fetch_all(&mut *conn)
+        .await?;
+        if !frozen.is_empty() {
+            // A business refusal, not an outage: answer it, so the saga can compensate.
+            tracing::warn!(payment_id = %env.payment_id, accounts = ?frozen, "posting refused: frozen account");
+            let next = env.follow_up(&LedgerPostFailed {
+                reason: format!("account {} is frozen", frozen.join(", ")),
+            });
+            self.outbox
+                .enqueue(conn, &next, &ctx.headers.propagated())
+                .await?;
+            return Ok(());
+        }
         let new_id = Uuid::now_v7();
         let inserted: Option<Uuid> = sqlx::query_scalar(
             "INSERT INTO journal_transactions (transaction_id, payment_id, posting_kind, currency, description, event_id)

@@ -27,6 +27,9 @@ pub const CONSUMES: &[EventType] = &[
     EventType::PaymentFailed,
     EventType::PaymentCaptured,
     EventType::PaymentSettled,
+    EventType::LedgerPostFailed,
+    EventType::ProviderRetriesExhausted,
+    EventType::PaymentReversed,
 ];
 
 /// Events the orchestrator publishes.
@@ -35,6 +38,8 @@ pub const PRODUCES: &[EventType] = &[
     EventType::AuthorizeRequested,
     EventType::CaptureRequested,
     EventType::LedgerPostRequested,
+    EventType::VoidRequested,
+    EventType::RefundRequested,
     EventType::PaymentFinalized,
 ];
 
@@ -59,6 +64,7 @@ pub(crate) struct SagaMetrics {
     pub transitions_total: IntCounterVec,
     pub events_ignored_total: IntCounterVec,
     pub payment_e2e_seconds: HistogramVec,
+    pub compensations_failed_total: IntCounterVec,
 }
 
 impl SagaMetrics {
@@ -87,6 +93,14 @@ impl SagaMetrics {
             ]),
             &["status"],
         )?;
+        let compensations_failed_total = IntCounterVec::new(
+            Opts::new(
+                "compensations_failed_total",
+                "Compensations (void, refund) that failed on every attempt: need an operator",
+            ),
+            &["operation"],
+        )?;
+        registry.register(Box::new(compensations_failed_total.clone()))?;
         registry.register(Box::new(transitions_total.clone()))?;
         registry.register(Box::new(events_ignored_total.clone()))?;
         registry.register(Box::new(payment_e2e_seconds.clone()))?;
@@ -94,6 +108,7 @@ impl SagaMetrics {
             transitions_total,
             events_ignored_total,
             payment_e2e_seconds,
+            compensations_failed_total,
         })
     }
 }

@@ -6,8 +6,10 @@ use crate::store::{self, Facts, PaymentRow, TransitionFailure};
 use crate::SagaMetrics;
 use anyhow::anyhow;
 use sagapay_domain::events::{
-    AuthorizeRequested, CaptureRequested, LedgerPostRequested, PaymentAuthorized, PaymentCaptured,
-    PaymentFailed, PaymentFinalized, PaymentSettled, RiskApproved, RiskDenied, RiskReviewRequired,
+    AuthorizeRequested, CaptureRequested, LedgerPostFailed, LedgerPostRequested, PaymentAuthorized,
+    PaymentCaptured, PaymentFailed, PaymentFinalized, PaymentReversed, PaymentSettled,
+    ProviderOperation, ProviderRetriesExhausted, RefundRequested, RiskApproved, RiskDenied,
+    RiskReviewRequired, VoidRequested,
 };
 use sagapay_domain::{AmountMinor, Currency, Envelope, EventType, PaymentStatus};
 use sagapay_messaging::{Handler, HandlerError, MessageContext, Outbox};
@@ -207,6 +209,49 @@ impl Handler for Saga {
                 )
                 .await?;
             }
+            EventType::ProviderRetriesExhausted => {
+                let ev: ProviderRetriesExhausted = env.decode()?;
+                self.on_retries_exhausted(conn, &payment, &ev, env, &headers)
+                    .await?;
+            }
+            EventType::LedgerPostFailed => {
+                let ev: LedgerPostFailed = env.decode()?;
+                if let Step::Ignore(why) = self.expect(&payment, &[PaymentStatus::Captured], env) {
+                    return self.ignored(env, why);
+                }
+                let capture_id = payment.capture_id.clone().ok_or_else(|| {
+                    HandlerError::permanent(anyhow!("captured payment without capture_id"))
+                })?;
+                let reason = format!("ledger refused the posting ({}): refunding the capture", ev.reason);
+                store::record_step(conn, &payment, &reason, Some(env.event_id)).await?;
+                let next = env.follow_up(&RefundRequested {
+                    capture_id,
+                    amount_minor: amount(&payment)?,
+                    currency: currency(&payment)?,
+                    reason: format!("ledger refused the posting: {}", ev.reason),
+                });
+                self.outbox.enqueue(conn, &next, &headers).await?;
+            }
+            EventType::PaymentReversed => {
+                let ev: PaymentReversed = env.decode()?;
+                let allowed = [
+                    PaymentStatus::Approved,
+                    PaymentStatus::Authorized,
+                    PaymentStatus::Captured,
+                ];
+                if let Step::Ignore(why) = self.expect(&payment, &allowed, env) {
+                    return self.ignored(env, why);
+                }
+                let what = match ev.operation {
+                    ProviderOperation::Refund => "capture refunded",
+                    _ => "authorization voided",
+                };
+                let reason = format!("{what} by {} ({}): {}", ev.provider, ev.reference, ev.reason);
+                self.apply(conn, &payment, PaymentStatus::Reversed, &reason, env, Facts::default())
+                    .await?;
+                self.finalize(conn, &payment, PaymentStatus::Reversed, &reason, env, &headers)
+                    .await?;
+            }
             other => {
                 return Err(HandlerError::permanent(anyhow!(
                     "the orchestrator does not handle {other}"
@@ -218,6 +263,52 @@ impl Handler for Saga {
 }
 
 impl Saga {
+    /// A provider operation's outcome is unknown after every attempt: compensate.
+    async fn on_retries_exhausted(
+        &self,
+        conn: &mut PgConnection,
+        payment: &PaymentRow,
+        ev: &ProviderRetriesExhausted,
+        env: &Envelope,
+        headers: &sagapay_messaging::MessageHeaders,
+    ) -> Result<(), HandlerError> {
+        let op = ev.operation.as_str();
+        let expected = match ev.operation {
+            ProviderOperation::Authorize => PaymentStatus::Approved,
+            ProviderOperation::Capture => PaymentStatus::Authorized,
+            // A compensation itself failed on every attempt: nothing automatic is left.
+            ProviderOperation::Void | ProviderOperation::Refund => {
+                let reason = format!(
+                    "{op} failed after {} attempts ({}): manual intervention needed",
+                    ev.attempts, ev.last_error
+                );
+                tracing::error!(payment_id = %payment.payment_id, %reason, "compensation failed");
+                self.metrics
+                    .compensations_failed_total
+                    .with_label_values(&[op])
+                    .inc();
+                store::record_step(conn, payment, &reason, Some(env.event_id)).await?;
+                return Ok(());
+            }
+        };
+        if let Step::Ignore(why) = self.expect(payment, &[expected], env) {
+            return self.ignored(env, why);
+        }
+        let reason = format!(
+            "{op} outcome unknown after {} attempts ({}): voiding the authorization",
+            ev.attempts, ev.last_error
+        );
+        store::record_step(conn, payment, &reason, Some(env.event_id)).await?;
+        let next = env.follow_up(&VoidRequested {
+            authorization_id: payment.authorization_id.clone(),
+            amount_minor: amount(payment)?,
+            currency: currency(payment)?,
+            reason: format!("{op} outcome unknown after {} attempts", ev.attempts),
+        });
+        self.outbox.enqueue(conn, &next, headers).await?;
+        Ok(())
+    }
+
     fn expect(&self, payment: &PaymentRow, expected: &[PaymentStatus], env: &Envelope) -> Step {
         if expected.contains(&payment.status) {
             return Step::Apply;

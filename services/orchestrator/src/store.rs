@@ -17,13 +17,16 @@ pub struct PaymentRow {
     pub state_version: i32,
     pub request_fingerprint: String,
     pub payment_method: String,
+    pub authorization_id: Option<String>,
+    pub capture_id: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
 
 const PAYMENT_COLUMNS: &str =
     "payment_id, merchant_id, customer_id, amount_minor, currency, status, \
-     state_version, request_fingerprint, payment_method, created_at, updated_at";
+     state_version, request_fingerprint, payment_method, authorization_id, capture_id, \
+     created_at, updated_at";
 
 fn payment_from_row(r: &sqlx::postgres::PgRow) -> sqlx::Result<PaymentRow> {
     let status: String = r.try_get("status")?;
@@ -39,6 +42,8 @@ fn payment_from_row(r: &sqlx::postgres::PgRow) -> sqlx::Result<PaymentRow> {
         state_version: r.try_get("state_version")?,
         request_fingerprint: r.try_get("request_fingerprint")?,
         payment_method: r.try_get("payment_method")?,
+        authorization_id: r.try_get("authorization_id")?,
+        capture_id: r.try_get("capture_id")?,
         created_at: r.try_get("created_at")?,
         updated_at: r.try_get("updated_at")?,
     })
@@ -212,8 +217,29 @@ pub async fn transition(
     Ok(())
 }
 
+/// Records a saga step that does not change the payment's status (kind `STEP`).
+pub async fn record_step(
+    conn: &mut PgConnection,
+    payment: &PaymentRow,
+    reason: &str,
+    event_id: Option<Uuid>,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO payment_timeline (payment_id, from_state, to_state, reason, event_id, kind)
+         VALUES ($1, $2, $2, $3, $4, 'STEP')",
+    )
+    .bind(payment.payment_id)
+    .bind(payment.status.as_str())
+    .bind(reason)
+    .bind(event_id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 #[derive(Debug, Serialize)]
 pub struct TimelineEntry {
+    pub kind: String,
     pub from_state: Option<String>,
     pub to_state: String,
     pub reason: String,
@@ -253,7 +279,7 @@ pub async fn view(
     };
     let p = payment_from_row(&row)?;
     let timeline = sqlx::query(
-        "SELECT from_state, to_state, reason, event_id, occurred_at
+        "SELECT kind, from_state, to_state, reason, event_id, occurred_at
            FROM payment_timeline WHERE payment_id = $1 ORDER BY id",
     )
     .bind(payment_id)
@@ -262,6 +288,7 @@ pub async fn view(
     .iter()
     .map(|r| {
         Ok(TimelineEntry {
+            kind: r.try_get("kind")?,
             from_state: r.try_get("from_state")?,
             to_state: r.try_get("to_state")?,
             reason: r.try_get("reason")?,

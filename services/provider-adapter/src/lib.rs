@@ -1,31 +1,43 @@
-//! The provider adapter turns the orchestrator's authorize and capture commands into calls to
-//! a payment provider (behind the [`provider::PaymentProvider`] port), records every attempt,
-//! and reports the outcome as an event.
+//! The provider adapter turns the orchestrator's provider commands (authorize, capture, void,
+//! refund) into calls to a payment provider behind the [`provider::PaymentProvider`] port.
+//!
+//! A command's handler only schedules the operation (one row per payment and operation, in
+//! its inbox transaction); the [`worker`] performs due operations with a timeout, retries
+//! timeouts on a back-off schedule, persists every attempt, and reports the outcome as an event.
 
 pub mod provider;
+pub mod worker;
 
 use anyhow::anyhow;
-use chrono::Utc;
-use provider::{
-    PaymentProvider, ProviderError, ProviderOutcome, ProviderRequest, SimulatedProvider,
-};
+use prometheus::{IntCounterVec, Opts};
+use provider::{PaymentProvider, SimulatedProvider};
 use sagapay_domain::events::{
-    AuthorizeRequested, CaptureRequested, PaymentAuthorized, PaymentCaptured, PaymentFailed,
+    AuthorizeRequested, CaptureRequested, ProviderOperation, RefundRequested, VoidRequested,
 };
 use sagapay_domain::{Envelope, EventType};
-use sagapay_messaging::{Handler, HandlerError, MessageContext, Outbox};
+use sagapay_messaging::{Handler, HandlerError, MessageContext};
+use sagapay_service_kit::config::env_parse;
 use sagapay_service_kit::{CommonConfig, Platform, ServiceHandle};
 use sqlx::PgConnection;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::Duration;
+use uuid::Uuid;
+use worker::{OperationRequest, RetrySettings, Worker};
 
 pub const SERVICE: &str = "provider-adapter";
 pub const DEFAULT_PORT: u16 = 8003;
-pub const CONSUMES: &[EventType] = &[EventType::AuthorizeRequested, EventType::CaptureRequested];
+pub const CONSUMES: &[EventType] = &[
+    EventType::AuthorizeRequested,
+    EventType::CaptureRequested,
+    EventType::VoidRequested,
+    EventType::RefundRequested,
+];
 pub const PRODUCES: &[EventType] = &[
     EventType::PaymentAuthorized,
     EventType::PaymentFailed,
     EventType::PaymentCaptured,
+    EventType::PaymentReversed,
+    EventType::ProviderRetriesExhausted,
 ];
 
 mod embedded {
@@ -35,168 +47,158 @@ mod embedded {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub common: CommonConfig,
+    pub retry: RetrySettings,
+    /// How long the simulated provider's `pm_card_slow` takes.
+    pub simulated_slow_delay: Duration,
 }
 
 impl Config {
+    /// | variable | default |
+    /// |---|---|
+    /// | `SAGAPAY_PROVIDER_TIMEOUT_MS` | 2000 |
+    /// | `SAGAPAY_PROVIDER_BACKOFF_MS` | `1000,2000,4000` (attempts = entries + 1) |
+    /// | `SAGAPAY_PROVIDER_SLOW_MS` | 500 |
     pub fn from_env() -> anyhow::Result<Self> {
+        let d = RetrySettings::default();
+        let backoff = match std::env::var("SAGAPAY_PROVIDER_BACKOFF_MS") {
+            Ok(v) if !v.is_empty() => v
+                .split(',')
+                .map(|ms| ms.trim().parse::<u64>().map(Duration::from_millis))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| anyhow!("SAGAPAY_PROVIDER_BACKOFF_MS={v:?}: {e}"))?,
+            _ => d.backoff.clone(),
+        };
         Ok(Self {
             common: CommonConfig::from_env(SERVICE, DEFAULT_PORT)?,
+            retry: RetrySettings {
+                call_timeout: Duration::from_millis(env_parse("SAGAPAY_PROVIDER_TIMEOUT_MS", 2000)?),
+                backoff,
+                ..d
+            },
+            simulated_slow_delay: Duration::from_millis(env_parse("SAGAPAY_PROVIDER_SLOW_MS", 500)?),
         })
     }
-}
 
-#[derive(Debug, Clone, Copy)]
-enum Operation {
-    Authorize,
-    Capture,
-}
-
-impl Operation {
-    fn as_str(self) -> &'static str {
-        match self {
-            Operation::Authorize => "AUTHORIZE",
-            Operation::Capture => "CAPTURE",
+    pub fn for_test(common: CommonConfig) -> Self {
+        Self {
+            common,
+            retry: RetrySettings {
+                call_timeout: Duration::from_millis(300),
+                ..RetrySettings::default()
+            },
+            simulated_slow_delay: Duration::from_millis(100),
         }
     }
 }
 
-struct ProviderHandler<P> {
-    provider: P,
-    outbox: Outbox,
-}
+/// Schedules the operation a command asks for. Idempotent: one operation per payment and kind.
+struct CommandHandler;
 
-impl<P: PaymentProvider> ProviderHandler<P> {
-    /// Calls the provider once and records the attempt in the handler's transaction.
-    async fn attempt(
-        &self,
+impl CommandHandler {
+    async fn schedule(
         conn: &mut PgConnection,
-        op: Operation,
-        req: &ProviderRequest,
-    ) -> Result<Result<ProviderOutcome, ProviderError>, HandlerError> {
-        let started_at = Utc::now();
-        let clock = Instant::now();
-        let result = match op {
-            Operation::Authorize => self.provider.authorize(req).await,
-            Operation::Capture => self.provider.capture(req).await,
-        };
-        let latency_ms = clock.elapsed().as_millis().min(i32::MAX as u128) as i32;
-        let (outcome, reference, decline_code, error) = match &result {
-            Ok(ProviderOutcome::Succeeded { reference }) => {
-                ("SUCCEEDED", Some(reference.as_str()), None, None)
-            }
-            Ok(ProviderOutcome::Declined { code }) => ("DECLINED", None, Some(code.as_str()), None),
-            Err(ProviderError::Timeout) => ("TIMEOUT", None, None, Some("timeout".to_owned())),
-            Err(e @ ProviderError::Unavailable(_)) => ("ERROR", None, None, Some(e.to_string())),
-        };
-        let attempt_no: i32 = sqlx::query_scalar(
-            "SELECT COALESCE(max(attempt_no), 0) + 1 FROM provider_attempts
-              WHERE payment_id = $1 AND operation = $2",
+        env: &Envelope,
+        ctx: &MessageContext,
+        operation: ProviderOperation,
+        request: OperationRequest,
+    ) -> Result<(), HandlerError> {
+        let inserted = sqlx::query(
+            "INSERT INTO provider_operations (operation_id, payment_id, operation, request,
+                                              source_event_id, correlation_id, headers)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
+             ON CONFLICT (payment_id, operation) DO NOTHING",
         )
-        .bind(req.payment_id)
-        .bind(op.as_str())
-        .fetch_one(&mut *conn)
-        .await?;
-        sqlx::query(
-            "INSERT INTO provider_attempts (payment_id, operation, attempt_no, provider, idempotency_key,
-                 outcome, provider_reference, decline_code, error, started_at, finished_at, latency_ms)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, now(), $11)",
-        )
-        .bind(req.payment_id)
-        .bind(op.as_str())
-        .bind(attempt_no)
-        .bind(self.provider.name())
-        .bind(&req.idempotency_key)
-        .bind(outcome)
-        .bind(reference)
-        .bind(decline_code)
-        .bind(error)
-        .bind(started_at)
-        .bind(latency_ms)
-        .execute(&mut *conn)
-        .await?;
-        Ok(result)
+        .bind(Uuid::now_v7())
+        .bind(env.payment_id)
+        .bind(operation.as_str())
+        .bind(sqlx::types::Json(&request))
+        .bind(env.event_id)
+        .bind(&env.correlation_id)
+        .bind(sqlx::types::Json(ctx.headers.propagated()))
+        .execute(conn)
+        .await?
+        .rows_affected();
+        if inserted == 0 {
+            tracing::info!(payment_id = %env.payment_id, operation = operation.as_str(),
+                "operation already scheduled for this payment; command ignored");
+        }
+        Ok(())
     }
 }
 
-impl<P: PaymentProvider> Handler for ProviderHandler<P> {
+impl Handler for CommandHandler {
     async fn handle(
         &self,
         conn: &mut PgConnection,
         env: &Envelope,
         ctx: &MessageContext,
     ) -> Result<(), HandlerError> {
-        let headers = ctx.headers.propagated();
-        match env.event_type() {
+        let (operation, request) = match env.event_type() {
             Some(EventType::AuthorizeRequested) => {
-                let cmd: AuthorizeRequested = env.decode()?;
-                let req = ProviderRequest {
-                    payment_id: env.payment_id,
-                    idempotency_key: format!("authorize:{}", env.payment_id),
-                    amount_minor: cmd.amount_minor,
-                    currency: cmd.currency,
-                    authorization_id: None,
-                    payment_method: cmd.payment_method.clone(),
-                };
-                match self.attempt(conn, Operation::Authorize, &req).await? {
-                    Ok(ProviderOutcome::Succeeded { reference }) => {
-                        let next = env.follow_up(&PaymentAuthorized {
-                            provider: self.provider.name().to_owned(),
-                            authorization_id: reference,
-                            amount_minor: cmd.amount_minor,
-                            currency: cmd.currency,
-                        });
-                        self.outbox.enqueue(conn, &next, &headers).await?;
-                        Ok(())
-                    }
-                    Ok(ProviderOutcome::Declined { code }) => {
-                        // A decline is an answer, not an error: the orchestrator fails the payment.
-                        let next = env.follow_up(&PaymentFailed {
-                            provider: self.provider.name().to_owned(),
-                            reason: format!("authorization declined: {code}"),
-                            decline_code: code,
-                        });
-                        self.outbox.enqueue(conn, &next, &headers).await?;
-                        Ok(())
-                    }
-                    Err(e) => Err(HandlerError::transient(e)),
-                }
+                let c: AuthorizeRequested = env.decode()?;
+                (ProviderOperation::Authorize, OperationRequest {
+                    amount_minor: c.amount_minor,
+                    currency: c.currency,
+                    payment_method: c.payment_method,
+                    reference: None,
+                    reason: None,
+                })
             }
             Some(EventType::CaptureRequested) => {
-                let cmd: CaptureRequested = env.decode()?;
-                let req = ProviderRequest {
-                    payment_id: env.payment_id,
-                    idempotency_key: format!("capture:{}", env.payment_id),
-                    amount_minor: cmd.amount_minor,
-                    currency: cmd.currency,
-                    authorization_id: Some(cmd.authorization_id.clone()),
+                let c: CaptureRequested = env.decode()?;
+                (ProviderOperation::Capture, OperationRequest {
+                    amount_minor: c.amount_minor,
+                    currency: c.currency,
                     payment_method: String::new(),
-                };
-                match self.attempt(conn, Operation::Capture, &req).await? {
-                    Ok(ProviderOutcome::Succeeded { reference }) => {
-                        let next = env.follow_up(&PaymentCaptured {
-                            provider: self.provider.name().to_owned(),
-                            capture_id: reference,
-                            amount_minor: cmd.amount_minor,
-                            currency: cmd.currency,
-                        });
-                        self.outbox.enqueue(conn, &next, &headers).await?;
-                        Ok(())
-                    }
-                    Ok(ProviderOutcome::Declined { code }) => Err(HandlerError::permanent(
-                        anyhow!("capture declined ({code}): handled with the saga's failure paths"),
-                    )),
-                    Err(e) => Err(HandlerError::transient(e)),
-                }
+                    reference: Some(c.authorization_id),
+                    reason: None,
+                })
             }
-            _ => Err(HandlerError::permanent(anyhow!(
-                "provider-adapter does not handle {}",
-                env.event_type
-            ))),
-        }
+            Some(EventType::VoidRequested) => {
+                let c: VoidRequested = env.decode()?;
+                (ProviderOperation::Void, OperationRequest {
+                    amount_minor: c.amount_minor,
+                    currency: c.currency,
+                    payment_method: String::new(),
+                    reference: c.authorization_id,
+                    reason: Some(c.reason),
+                })
+            }
+            Some(EventType::RefundRequested) => {
+                let c: RefundRequested = env.decode()?;
+                (ProviderOperation::Refund, OperationRequest {
+                    amount_minor: c.amount_minor,
+                    currency: c.currency,
+                    payment_method: String::new(),
+                    reference: Some(c.capture_id),
+                    reason: Some(c.reason),
+                })
+            }
+            _ => {
+                return Err(HandlerError::permanent(anyhow!(
+                    "provider-adapter does not handle {}",
+                    env.event_type
+                )))
+            }
+        };
+        Self::schedule(conn, env, ctx, operation, request).await
     }
 }
 
+/// Starts the adapter with the simulated provider.
 pub async fn start(config: Config) -> anyhow::Result<ServiceHandle> {
+    start_with(config, |pool, cfg| {
+        SimulatedProvider::new(pool, cfg.simulated_slow_delay)
+    })
+    .await
+}
+
+/// Starts the adapter with the provider `make_provider` builds (from the service's pool).
+pub async fn start_with<P, F>(config: Config, make_provider: F) -> anyhow::Result<ServiceHandle>
+where
+    P: PaymentProvider,
+    F: FnOnce(sqlx::PgPool, &Config) -> P,
+{
     let platform = Platform::init(
         config.common.clone(),
         embedded::migrations::runner(),
@@ -204,13 +206,22 @@ pub async fn start(config: Config) -> anyhow::Result<ServiceHandle> {
         PRODUCES,
     )
     .await?;
+    let retries_total = IntCounterVec::new(
+        Opts::new("retries_total", "Provider attempts that failed and were rescheduled"),
+        &["operation"],
+    )?;
+    platform.registry.register(Box::new(retries_total.clone()))?;
     let mut builder = platform.builder();
     platform.spawn_relay(&mut builder);
-    let handler = Arc::new(ProviderHandler {
-        provider: SimulatedProvider::new(platform.pool.clone()),
+    platform.spawn_consumer(&mut builder, Arc::new(CommandHandler), CONSUMES)?;
+    let worker = Arc::new(Worker {
+        pool: platform.pool.clone(),
+        provider: Arc::new(make_provider(platform.pool.clone(), &config)),
         outbox: platform.outbox.clone(),
+        settings: config.retry.clone(),
+        retries_total,
     });
-    platform.spawn_consumer(&mut builder, handler, CONSUMES)?;
+    builder.spawn("provider-worker", move |shutdown| worker.run(shutdown));
     let router = platform.router(axum::Router::new());
     builder.serve(config.common.http_addr, router).await
 }

@@ -86,9 +86,10 @@ impl TestStack {
                 sagapay_risk::SERVICE,
                 &ns
             ))),
-            sagapay_provider_adapter::start(sagapay_provider_adapter::Config {
-                common: config(sagapay_provider_adapter::SERVICE, &ns),
-            }),
+            sagapay_provider_adapter::start(sagapay_provider_adapter::Config::for_test(config(
+                sagapay_provider_adapter::SERVICE,
+                &ns
+            ))),
             sagapay_ledger::start(sagapay_ledger::Config {
                 common: config(sagapay_ledger::SERVICE, &ns),
             }),

@@ -1,0 +1,372 @@
+//! The operation worker: performs due provider operations, each bounded by a timeout, and
+//! retries timeouts and errors on a back-off schedule (1 s, 2 s, 4 s by default). Operations
+//! run concurrently, so a payment stuck in retries never holds up the others.
+//!
+//! Every attempt is persisted with its outcome and timing, in the same transaction as the
+//! operation's new state and, when it is final, the event that reports it.
+
+use crate::provider::{PaymentProvider, ProviderError, ProviderOutcome, ProviderRequest};
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use prometheus::IntCounterVec;
+use sagapay_domain::events::{
+    PaymentAuthorized, PaymentCaptured, PaymentFailed, PaymentReversed, ProviderOperation,
+    ProviderRetriesExhausted,
+};
+use sagapay_domain::{AmountMinor, Currency, Envelope};
+use sagapay_messaging::{MessageHeaders, Outbox};
+use serde::{Deserialize, Serialize};
+use sqlx::postgres::PgListener;
+use sqlx::{PgPool, Row};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+pub const NOTIFY_CHANNEL: &str = "sagapay_provider_operations";
+
+#[derive(Debug, Clone)]
+pub struct RetrySettings {
+    /// Bound on one provider call.
+    pub call_timeout: Duration,
+    /// Waits before the 2nd, 3rd, ... attempt; attempts allowed = `backoff.len() + 1`.
+    pub backoff: Vec<Duration>,
+    /// Operations in flight at once.
+    pub max_in_flight: usize,
+    /// How long a worker owns a claimed operation.
+    pub claim_timeout: Duration,
+}
+
+impl Default for RetrySettings {
+    fn default() -> Self {
+        Self {
+            call_timeout: Duration::from_secs(2),
+            backoff: vec![
+                Duration::from_secs(1),
+                Duration::from_secs(2),
+                Duration::from_secs(4),
+            ],
+            max_in_flight: 64,
+            claim_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// What an operation needs to call the provider; stored as JSON in `provider_operations`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OperationRequest {
+    pub amount_minor: AmountMinor,
+    pub currency: Currency,
+    pub payment_method: String,
+    pub reference: Option<String>,
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+struct Claimed {
+    operation_id: Uuid,
+    payment_id: Uuid,
+    operation: ProviderOperation,
+    request: OperationRequest,
+    attempts: i32,
+    token: Uuid,
+    source_event_id: Uuid,
+    correlation_id: String,
+    headers: MessageHeaders,
+}
+
+fn parse_operation(s: &str) -> anyhow::Result<ProviderOperation> {
+    Ok(match s {
+        "AUTHORIZE" => ProviderOperation::Authorize,
+        "CAPTURE" => ProviderOperation::Capture,
+        "VOID" => ProviderOperation::Void,
+        "REFUND" => ProviderOperation::Refund,
+        other => anyhow::bail!("unknown operation {other}"),
+    })
+}
+
+pub struct Worker<P> {
+    pub pool: PgPool,
+    pub provider: Arc<P>,
+    pub outbox: Outbox,
+    pub settings: RetrySettings,
+    pub retries_total: IntCounterVec,
+}
+
+impl<P: PaymentProvider> Worker<P> {
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let mut listener = match PgListener::connect_with(&self.pool).await {
+            Ok(mut l) => l.listen(NOTIFY_CHANNEL).await.ok().map(|_| l),
+            Err(_) => None,
+        };
+        let mut in_flight: JoinSet<()> = JoinSet::new();
+        loop {
+            let room = self.settings.max_in_flight.saturating_sub(in_flight.len());
+            if room > 0 {
+                match self.claim(room as i64).await {
+                    Ok(ops) => {
+                        for op in ops {
+                            let me = self.clone();
+                            in_flight.spawn(async move { me.perform(op).await });
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %format!("{e:#}"), "claiming provider operations failed"),
+                }
+            }
+            let nap = self.until_next_due().await;
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
+                ok = async {
+                    match listener.as_mut() {
+                        Some(l) => l.recv().await.is_ok(),
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if !ok { listener = None; }
+                }
+                _ = tokio::time::sleep(nap) => {}
+            }
+        }
+        // Unfinished attempts are abandoned; their claims expire and they run again.
+        in_flight.abort_all();
+        Ok(())
+    }
+
+    /// Time until the earliest pending operation is due, capped at 250 ms (polling fallback).
+    async fn until_next_due(&self) -> Duration {
+        let cap = Duration::from_millis(250);
+        let secs: Option<f64> = sqlx::query_scalar(
+            "SELECT EXTRACT(EPOCH FROM (min(next_attempt_at) - now()))::float8
+               FROM provider_operations
+              WHERE status = 'PENDING' AND (claimed_until IS NULL OR claimed_until < now())",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .unwrap_or(None);
+        match secs {
+            Some(s) if s <= 0.0 => Duration::from_millis(1),
+            Some(s) => Duration::from_secs_f64(s).min(cap),
+            None => cap,
+        }
+    }
+
+    async fn claim(&self, limit: i64) -> anyhow::Result<Vec<Claimed>> {
+        let token = Uuid::new_v4();
+        let rows = sqlx::query(
+            "WITH due AS (
+                 SELECT operation_id FROM provider_operations
+                  WHERE status = 'PENDING' AND next_attempt_at <= now()
+                    AND (claimed_until IS NULL OR claimed_until < now())
+                  ORDER BY next_attempt_at
+                  LIMIT $1
+                  FOR UPDATE SKIP LOCKED)
+             UPDATE provider_operations o
+                SET claimed_until = now() + make_interval(secs => $2), claim_token = $3
+               FROM due WHERE o.operation_id = due.operation_id
+             RETURNING o.operation_id, o.payment_id, o.operation, o.request, o.attempts,
+                       o.source_event_id, o.correlation_id, o.headers",
+        )
+        .bind(limit)
+        .bind(self.settings.claim_timeout.as_secs_f64())
+        .bind(token)
+        .fetch_all(&self.pool)
+        .await
+        .context("claiming due operations")?;
+        rows.iter()
+            .map(|r| {
+                let request: sqlx::types::Json<OperationRequest> = r.try_get("request")?;
+                let headers: sqlx::types::Json<MessageHeaders> = r.try_get("headers")?;
+                Ok(Claimed {
+                    operation_id: r.try_get("operation_id")?,
+                    payment_id: r.try_get("payment_id")?,
+                    operation: parse_operation(r.try_get("operation")?)?,
+                    request: request.0,
+                    attempts: r.try_get("attempts")?,
+                    token,
+                    source_event_id: r.try_get("source_event_id")?,
+                    correlation_id: r.try_get("correlation_id")?,
+                    headers: headers.0,
+                })
+            })
+            .collect()
+    }
+
+    async fn perform(&self, op: Claimed) {
+        if let Err(e) = self.attempt(&op).await {
+            // The claim expires and the operation is attempted again; the provider's
+            // idempotency key makes the repeat safe.
+            tracing::warn!(payment_id = %op.payment_id, operation = op.operation.as_str(),
+                error = %format!("{e:#}"), "recording a provider attempt failed");
+        }
+    }
+
+    async fn attempt(&self, op: &Claimed) -> anyhow::Result<()> {
+        let req = ProviderRequest {
+            payment_id: op.payment_id,
+            operation: op.operation,
+            idempotency_key: format!(
+                "{}:{}",
+                op.operation.as_str().to_ascii_lowercase(),
+                op.payment_id
+            ),
+            amount_minor: op.request.amount_minor,
+            currency: op.request.currency,
+            payment_method: op.request.payment_method.clone(),
+            reference: op.request.reference.clone(),
+        };
+        let started_at: DateTime<Utc> = Utc::now();
+        let clock = Instant::now();
+        let result = match tokio::time::timeout(self.settings.call_timeout, self.provider.call(&req)).await {
+            Ok(r) => r,
+            Err(_) => Err(ProviderError::Timeout),
+        };
+        let latency_ms = clock.elapsed().as_millis().min(i32::MAX as u128) as i32;
+        let attempt_no = op.attempts + 1;
+        let (outcome, reference, decline_code, error) = match &result {
+            Ok(ProviderOutcome::Succeeded { reference }) => ("SUCCEEDED", Some(reference.clone()), None, None),
+            Ok(ProviderOutcome::Declined { code }) => ("DECLINED", None, Some(code.clone()), None),
+            Err(e) => (
+                if matches!(e, ProviderError::Timeout) { "TIMEOUT" } else { "ERROR" },
+                None,
+                None,
+                Some(e.to_string()),
+            ),
+        };
+
+        let mut tx = self.pool.begin().await?;
+        // Still ours? (A claim that expired may have been taken over.)
+        let still_ours: Option<i32> = sqlx::query_scalar(
+            "SELECT attempts FROM provider_operations
+              WHERE operation_id = $1 AND claim_token = $2 AND status = 'PENDING' FOR UPDATE",
+        )
+        .bind(op.operation_id)
+        .bind(op.token)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if still_ours != Some(op.attempts) {
+            tx.rollback().await?;
+            return Ok(());
+        }
+        sqlx::query(
+            "INSERT INTO provider_attempts (payment_id, operation, attempt_no, provider, idempotency_key,
+                 outcome, provider_reference, decline_code, error, started_at, finished_at, latency_ms,
+                 operation_id)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, now(), $11, $12)",
+        )
+        .bind(op.payment_id)
+        .bind(op.operation.as_str())
+        .bind(attempt_no)
+        .bind(self.provider.name())
+        .bind(&req.idempotency_key)
+        .bind(outcome)
+        .bind(&reference)
+        .bind(&decline_code)
+        .bind(&error)
+        .bind(started_at)
+        .bind(latency_ms)
+        .bind(op.operation_id)
+        .execute(&mut *tx)
+        .await?;
+
+        let max_attempts = self.settings.backoff.len() as i32 + 1;
+        let provider = self.provider.name().to_owned();
+        let reason = op.request.reason.clone().unwrap_or_default();
+        let event = match (result, op.operation) {
+            (Ok(ProviderOutcome::Succeeded { reference }), operation) => {
+                self.finish(&mut tx, op, attempt_no, "SUCCEEDED", Some(&reference), None).await?;
+                let a = op.request.amount_minor;
+                let c = op.request.currency;
+                Some(match operation {
+                    ProviderOperation::Authorize => self.reply(op, &PaymentAuthorized {
+                        provider, authorization_id: reference, amount_minor: a, currency: c,
+                    }),
+                    ProviderOperation::Capture => self.reply(op, &PaymentCaptured {
+                        provider, capture_id: reference, amount_minor: a, currency: c,
+                    }),
+                    ProviderOperation::Void | ProviderOperation::Refund => self.reply(op, &PaymentReversed {
+                        provider, operation, reference, reason,
+                    }),
+                })
+            }
+            (Ok(ProviderOutcome::Declined { code }), ProviderOperation::Authorize) => {
+                self.finish(&mut tx, op, attempt_no, "DECLINED", None, Some(&code)).await?;
+                Some(self.reply(op, &PaymentFailed {
+                    provider,
+                    reason: format!("authorization declined: {code}"),
+                    decline_code: code,
+                }))
+            }
+            (failure, operation) => {
+                let last_error = match failure {
+                    Ok(ProviderOutcome::Declined { code }) => format!("declined: {code}"),
+                    Err(e) => e.to_string(),
+                    Ok(ProviderOutcome::Succeeded { .. }) => unreachable!("handled above"),
+                };
+                if attempt_no < max_attempts {
+                    let wait = self.settings.backoff[(attempt_no - 1) as usize];
+                    sqlx::query(
+                        "UPDATE provider_operations
+                            SET attempts = $2, next_attempt_at = now() + make_interval(secs => $3),
+                                claimed_until = NULL, claim_token = NULL, last_error = $4, updated_at = now()
+                          WHERE operation_id = $1",
+                    )
+                    .bind(op.operation_id)
+                    .bind(attempt_no)
+                    .bind(wait.as_secs_f64())
+                    .bind(&last_error)
+                    .execute(&mut *tx)
+                    .await?;
+                    self.retries_total.with_label_values(&[operation.as_str()]).inc();
+                    tracing::warn!(payment_id = %op.payment_id, operation = operation.as_str(), attempt_no,
+                        retry_in_ms = wait.as_millis() as u64, error = %last_error, "provider attempt failed; retry scheduled");
+                    None
+                } else {
+                    self.finish(&mut tx, op, attempt_no, "EXHAUSTED", None, Some(&last_error)).await?;
+                    tracing::error!(payment_id = %op.payment_id, operation = operation.as_str(), attempts = attempt_no,
+                        error = %last_error, "provider retries exhausted");
+                    Some(self.reply(op, &ProviderRetriesExhausted {
+                        operation,
+                        attempts: attempt_no as u32,
+                        last_error,
+                    }))
+                }
+            }
+        };
+        if let Some(event) = event {
+            self.outbox.enqueue(&mut tx, &event, &op.headers).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    fn reply<T: sagapay_domain::events::EventPayload>(&self, op: &Claimed, payload: &T) -> Envelope {
+        Envelope::new(op.payment_id, Some(op.source_event_id), &op.correlation_id, payload)
+    }
+
+    async fn finish(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        op: &Claimed,
+        attempts: i32,
+        status: &str,
+        reference: Option<&str>,
+        error: Option<&str>,
+    ) -> sqlx::Result<()> {
+        sqlx::query(
+            "UPDATE provider_operations
+                SET status = $2, attempts = $3, result_reference = $4, last_error = $5,
+                    claimed_until = NULL, claim_token = NULL, updated_at = now()
+              WHERE operation_id = $1",
+        )
+        .bind(op.operation_id)
+        .bind(status)
+        .bind(attempts)
+        .bind(reference)
+        .bind(error)
+        .execute(tx)
+        .await?;
+        Ok(())
+    }
+}
