@@ -222,7 +222,10 @@ impl Handler for Saga {
                 let capture_id = payment.capture_id.clone().ok_or_else(|| {
                     HandlerError::permanent(anyhow!("captured payment without capture_id"))
                 })?;
-                let reason = format!("ledger refused the posting ({}): refunding the capture", ev.reason);
+                let reason = format!(
+                    "ledger refused the posting ({}): refunding the capture",
+                    ev.reason
+                );
                 store::record_step(conn, &payment, &reason, Some(env.event_id)).await?;
                 let next = env.follow_up(&RefundRequested {
                     capture_id,
@@ -246,11 +249,28 @@ impl Handler for Saga {
                     ProviderOperation::Refund => "capture refunded",
                     _ => "authorization voided",
                 };
-                let reason = format!("{what} by {} ({}): {}", ev.provider, ev.reference, ev.reason);
-                self.apply(conn, &payment, PaymentStatus::Reversed, &reason, env, Facts::default())
-                    .await?;
-                self.finalize(conn, &payment, PaymentStatus::Reversed, &reason, env, &headers)
-                    .await?;
+                let reason = format!(
+                    "{what} by {} ({}): {}",
+                    ev.provider, ev.reference, ev.reason
+                );
+                self.apply(
+                    conn,
+                    &payment,
+                    PaymentStatus::Reversed,
+                    &reason,
+                    env,
+                    Facts::default(),
+                )
+                .await?;
+                self.finalize(
+                    conn,
+                    &payment,
+                    PaymentStatus::Reversed,
+                    &reason,
+                    env,
+                    &headers,
+                )
+                .await?;
             }
             other => {
                 return Err(HandlerError::permanent(anyhow!(

@@ -71,11 +71,17 @@ impl Config {
         Ok(Self {
             common: CommonConfig::from_env(SERVICE, DEFAULT_PORT)?,
             retry: RetrySettings {
-                call_timeout: Duration::from_millis(env_parse("SAGAPAY_PROVIDER_TIMEOUT_MS", 2000)?),
+                call_timeout: Duration::from_millis(env_parse(
+                    "SAGAPAY_PROVIDER_TIMEOUT_MS",
+                    2000,
+                )?),
                 backoff,
                 ..d
             },
-            simulated_slow_delay: Duration::from_millis(env_parse("SAGAPAY_PROVIDER_SLOW_MS", 500)?),
+            simulated_slow_delay: Duration::from_millis(env_parse(
+                "SAGAPAY_PROVIDER_SLOW_MS",
+                500,
+            )?),
         })
     }
 
@@ -83,10 +89,11 @@ impl Config {
         Self {
             common,
             retry: RetrySettings {
-                call_timeout: Duration::from_millis(300),
+                // Generous enough that a loaded test machine does not time out a healthy call.
+                call_timeout: Duration::from_millis(1000),
                 ..RetrySettings::default()
             },
-            simulated_slow_delay: Duration::from_millis(100),
+            simulated_slow_delay: Duration::from_millis(200),
         }
     }
 }
@@ -136,43 +143,55 @@ impl Handler for CommandHandler {
         let (operation, request) = match env.event_type() {
             Some(EventType::AuthorizeRequested) => {
                 let c: AuthorizeRequested = env.decode()?;
-                (ProviderOperation::Authorize, OperationRequest {
-                    amount_minor: c.amount_minor,
-                    currency: c.currency,
-                    payment_method: c.payment_method,
-                    reference: None,
-                    reason: None,
-                })
+                (
+                    ProviderOperation::Authorize,
+                    OperationRequest {
+                        amount_minor: c.amount_minor,
+                        currency: c.currency,
+                        payment_method: c.payment_method,
+                        reference: None,
+                        reason: None,
+                    },
+                )
             }
             Some(EventType::CaptureRequested) => {
                 let c: CaptureRequested = env.decode()?;
-                (ProviderOperation::Capture, OperationRequest {
-                    amount_minor: c.amount_minor,
-                    currency: c.currency,
-                    payment_method: String::new(),
-                    reference: Some(c.authorization_id),
-                    reason: None,
-                })
+                (
+                    ProviderOperation::Capture,
+                    OperationRequest {
+                        amount_minor: c.amount_minor,
+                        currency: c.currency,
+                        payment_method: String::new(),
+                        reference: Some(c.authorization_id),
+                        reason: None,
+                    },
+                )
             }
             Some(EventType::VoidRequested) => {
                 let c: VoidRequested = env.decode()?;
-                (ProviderOperation::Void, OperationRequest {
-                    amount_minor: c.amount_minor,
-                    currency: c.currency,
-                    payment_method: String::new(),
-                    reference: c.authorization_id,
-                    reason: Some(c.reason),
-                })
+                (
+                    ProviderOperation::Void,
+                    OperationRequest {
+                        amount_minor: c.amount_minor,
+                        currency: c.currency,
+                        payment_method: String::new(),
+                        reference: c.authorization_id,
+                        reason: Some(c.reason),
+                    },
+                )
             }
             Some(EventType::RefundRequested) => {
                 let c: RefundRequested = env.decode()?;
-                (ProviderOperation::Refund, OperationRequest {
-                    amount_minor: c.amount_minor,
-                    currency: c.currency,
-                    payment_method: String::new(),
-                    reference: Some(c.capture_id),
-                    reason: Some(c.reason),
-                })
+                (
+                    ProviderOperation::Refund,
+                    OperationRequest {
+                        amount_minor: c.amount_minor,
+                        currency: c.currency,
+                        payment_method: String::new(),
+                        reference: Some(c.capture_id),
+                        reason: Some(c.reason),
+                    },
+                )
             }
             _ => {
                 return Err(HandlerError::permanent(anyhow!(
@@ -207,10 +226,15 @@ where
     )
     .await?;
     let retries_total = IntCounterVec::new(
-        Opts::new("retries_total", "Provider attempts that failed and were rescheduled"),
+        Opts::new(
+            "retries_total",
+            "Provider attempts that failed and were rescheduled",
+        ),
         &["operation"],
     )?;
-    platform.registry.register(Box::new(retries_total.clone()))?;
+    platform
+        .registry
+        .register(Box::new(retries_total.clone()))?;
     let mut builder = platform.builder();
     platform.spawn_relay(&mut builder);
     platform.spawn_consumer(&mut builder, Arc::new(CommandHandler), CONSUMES)?;

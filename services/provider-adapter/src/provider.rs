@@ -100,11 +100,13 @@ impl SimulatedProvider {
         .execute(&self.books)
         .await
         .map_err(|e| ProviderError::Unavailable(e.to_string()))?;
-        sqlx::query_scalar("SELECT reference FROM simulated_provider_operations WHERE idempotency_key = $1")
-            .bind(&req.idempotency_key)
-            .fetch_one(&self.books)
-            .await
-            .map_err(|e| ProviderError::Unavailable(e.to_string()))
+        sqlx::query_scalar(
+            "SELECT reference FROM simulated_provider_operations WHERE idempotency_key = $1",
+        )
+        .bind(&req.idempotency_key)
+        .fetch_one(&self.books)
+        .await
+        .map_err(|e| ProviderError::Unavailable(e.to_string()))
     }
 
     /// Counts this call of the idempotency key; 1 for the first call.

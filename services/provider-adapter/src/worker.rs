@@ -111,7 +111,9 @@ impl<P: PaymentProvider> Worker<P> {
                             in_flight.spawn(async move { me.perform(op).await });
                         }
                     }
-                    Err(e) => tracing::warn!(error = %format!("{e:#}"), "claiming provider operations failed"),
+                    Err(e) => {
+                        tracing::warn!(error = %format!("{e:#}"), "claiming provider operations failed")
+                    }
                 }
             }
             let nap = self.until_next_due().await;
@@ -218,17 +220,28 @@ impl<P: PaymentProvider> Worker<P> {
         };
         let started_at: DateTime<Utc> = Utc::now();
         let clock = Instant::now();
-        let result = match tokio::time::timeout(self.settings.call_timeout, self.provider.call(&req)).await {
+        let result = match tokio::time::timeout(
+            self.settings.call_timeout,
+            self.provider.call(&req),
+        )
+        .await
+        {
             Ok(r) => r,
             Err(_) => Err(ProviderError::Timeout),
         };
         let latency_ms = clock.elapsed().as_millis().min(i32::MAX as u128) as i32;
         let attempt_no = op.attempts + 1;
         let (outcome, reference, decline_code, error) = match &result {
-            Ok(ProviderOutcome::Succeeded { reference }) => ("SUCCEEDED", Some(reference.clone()), None, None),
+            Ok(ProviderOutcome::Succeeded { reference }) => {
+                ("SUCCEEDED", Some(reference.clone()), None, None)
+            }
             Ok(ProviderOutcome::Declined { code }) => ("DECLINED", None, Some(code.clone()), None),
             Err(e) => (
-                if matches!(e, ProviderError::Timeout) { "TIMEOUT" } else { "ERROR" },
+                if matches!(e, ProviderError::Timeout) {
+                    "TIMEOUT"
+                } else {
+                    "ERROR"
+                },
                 None,
                 None,
                 Some(e.to_string()),
@@ -275,28 +288,51 @@ impl<P: PaymentProvider> Worker<P> {
         let reason = op.request.reason.clone().unwrap_or_default();
         let event = match (result, op.operation) {
             (Ok(ProviderOutcome::Succeeded { reference }), operation) => {
-                self.finish(&mut tx, op, attempt_no, "SUCCEEDED", Some(&reference), None).await?;
+                self.finish(&mut tx, op, attempt_no, "SUCCEEDED", Some(&reference), None)
+                    .await?;
                 let a = op.request.amount_minor;
                 let c = op.request.currency;
                 Some(match operation {
-                    ProviderOperation::Authorize => self.reply(op, &PaymentAuthorized {
-                        provider, authorization_id: reference, amount_minor: a, currency: c,
-                    }),
-                    ProviderOperation::Capture => self.reply(op, &PaymentCaptured {
-                        provider, capture_id: reference, amount_minor: a, currency: c,
-                    }),
-                    ProviderOperation::Void | ProviderOperation::Refund => self.reply(op, &PaymentReversed {
-                        provider, operation, reference, reason,
-                    }),
+                    ProviderOperation::Authorize => self.reply(
+                        op,
+                        &PaymentAuthorized {
+                            provider,
+                            authorization_id: reference,
+                            amount_minor: a,
+                            currency: c,
+                        },
+                    ),
+                    ProviderOperation::Capture => self.reply(
+                        op,
+                        &PaymentCaptured {
+                            provider,
+                            capture_id: reference,
+                            amount_minor: a,
+                            currency: c,
+                        },
+                    ),
+                    ProviderOperation::Void | ProviderOperation::Refund => self.reply(
+                        op,
+                        &PaymentReversed {
+                            provider,
+                            operation,
+                            reference,
+                            reason,
+                        },
+                    ),
                 })
             }
             (Ok(ProviderOutcome::Declined { code }), ProviderOperation::Authorize) => {
-                self.finish(&mut tx, op, attempt_no, "DECLINED", None, Some(&code)).await?;
-                Some(self.reply(op, &PaymentFailed {
-                    provider,
-                    reason: format!("authorization declined: {code}"),
-                    decline_code: code,
-                }))
+                self.finish(&mut tx, op, attempt_no, "DECLINED", None, Some(&code))
+                    .await?;
+                Some(self.reply(
+                    op,
+                    &PaymentFailed {
+                        provider,
+                        reason: format!("authorization declined: {code}"),
+                        decline_code: code,
+                    },
+                ))
             }
             (failure, operation) => {
                 let last_error = match failure {
@@ -318,19 +354,32 @@ impl<P: PaymentProvider> Worker<P> {
                     .bind(&last_error)
                     .execute(&mut *tx)
                     .await?;
-                    self.retries_total.with_label_values(&[operation.as_str()]).inc();
+                    self.retries_total
+                        .with_label_values(&[operation.as_str()])
+                        .inc();
                     tracing::warn!(payment_id = %op.payment_id, operation = operation.as_str(), attempt_no,
                         retry_in_ms = wait.as_millis() as u64, error = %last_error, "provider attempt failed; retry scheduled");
                     None
                 } else {
-                    self.finish(&mut tx, op, attempt_no, "EXHAUSTED", None, Some(&last_error)).await?;
+                    self.finish(
+                        &mut tx,
+                        op,
+                        attempt_no,
+                        "EXHAUSTED",
+                        None,
+                        Some(&last_error),
+                    )
+                    .await?;
                     tracing::error!(payment_id = %op.payment_id, operation = operation.as_str(), attempts = attempt_no,
                         error = %last_error, "provider retries exhausted");
-                    Some(self.reply(op, &ProviderRetriesExhausted {
-                        operation,
-                        attempts: attempt_no as u32,
-                        last_error,
-                    }))
+                    Some(self.reply(
+                        op,
+                        &ProviderRetriesExhausted {
+                            operation,
+                            attempts: attempt_no as u32,
+                            last_error,
+                        },
+                    ))
                 }
             }
         };
@@ -341,8 +390,17 @@ impl<P: PaymentProvider> Worker<P> {
         Ok(())
     }
 
-    fn reply<T: sagapay_domain::events::EventPayload>(&self, op: &Claimed, payload: &T) -> Envelope {
-        Envelope::new(op.payment_id, Some(op.source_event_id), &op.correlation_id, payload)
+    fn reply<T: sagapay_domain::events::EventPayload>(
+        &self,
+        op: &Claimed,
+        payload: &T,
+    ) -> Envelope {
+        Envelope::new(
+            op.payment_id,
+            Some(op.source_event_id),
+            &op.correlation_id,
+            payload,
+        )
     }
 
     async fn finish(

@@ -3,6 +3,7 @@
 
 mod deadletter;
 mod happy_path;
+mod provider_paths;
 mod redelivery;
 mod relay;
 mod risk_review;

@@ -1,0 +1,253 @@
+use sagapay_e2e::{eventually, TestStack};
+use serde_json::json;
+use sqlx::PgPool;
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+const WAIT: Duration = Duration::from_secs(40);
+
+async fn pay(stack: &TestStack, key: &str, payment_method: &str, amount: i64) -> String {
+    let (status, body) = stack
+        .create_payment(json!({
+            "customer_id": format!("cust-{key}"), "amount_cents": amount, "currency": "USD",
+            "idempotency_key": key, "payment_method": payment_method
+        }))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    body["payment_id"].as_str().unwrap().to_owned()
+}
+
+#[derive(Debug)]
+struct Attempt {
+    outcome: String,
+    started_at: chrono::DateTime<chrono::Utc>,
+    finished_at: chrono::DateTime<chrono::Utc>,
+    latency_ms: i32,
+}
+
+async fn attempts(pool: &PgPool, payment_id: &str, operation: &str) -> Vec<Attempt> {
+    let rows: Vec<(
+        String,
+        chrono::DateTime<chrono::Utc>,
+        chrono::DateTime<chrono::Utc>,
+        i32,
+    )> = sqlx::query_as(
+        "SELECT outcome, started_at, finished_at, latency_ms FROM provider_attempts
+              WHERE payment_id = $1 AND operation = $2 ORDER BY attempt_no",
+    )
+    .bind(Uuid::parse_str(payment_id).unwrap())
+    .bind(operation)
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    rows.into_iter()
+        .map(|(outcome, started_at, finished_at, latency_ms)| Attempt {
+            outcome,
+            started_at,
+            finished_at,
+            latency_ms,
+        })
+        .collect()
+}
+
+async fn provider_books(pool: &PgPool, payment_id: &str) -> Vec<String> {
+    sqlx::query_scalar(
+        "SELECT operation FROM simulated_provider_operations WHERE payment_id = $1 ORDER BY created_at",
+    )
+    .bind(Uuid::parse_str(payment_id).unwrap())
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+/// `(kind, to_state, reason)` of every timeline row.
+async fn timeline(stack: &TestStack, payment_id: &str) -> Vec<(String, String, String)> {
+    stack.get_payment(payment_id).await["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["kind"].as_str().unwrap().to_owned(),
+                t["to_state"].as_str().unwrap().to_owned(),
+                t["reason"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn authorization_timeouts_are_retried_after_1_2_4_seconds_then_voided_and_reversed() {
+    let stack = TestStack::spawn().await;
+    let pid = pay(&stack, "timeout", "pm_card_timeout", 5_000).await;
+    stack.wait_for_status(&pid, "REVERSED", WAIT).await;
+
+    let provider = stack.db("provider-adapter").await;
+    let auth = attempts(&provider, &pid, "AUTHORIZE").await;
+    assert_eq!(
+        auth.iter().map(|a| a.outcome.as_str()).collect::<Vec<_>>(),
+        ["TIMEOUT", "TIMEOUT", "TIMEOUT", "TIMEOUT"]
+    );
+    for (i, backoff_s) in [1.0, 2.0, 4.0].into_iter().enumerate() {
+        let gap = (auth[i + 1].started_at - auth[i].finished_at).as_seconds_f64();
+        assert!(
+            gap >= backoff_s - 0.05 && gap <= backoff_s + 0.75,
+            "gap before attempt {} was {gap:.3} s, expected about {backoff_s} s",
+            i + 2
+        );
+    }
+    let void = attempts(&provider, &pid, "VOID").await;
+    assert_eq!(void.len(), 1);
+    assert_eq!(void[0].outcome, "SUCCEEDED");
+    // The provider had authorized (only its answer was lost); the void reversed it.
+    assert_eq!(provider_books(&provider, &pid).await, ["AUTHORIZE", "VOID"]);
+
+    let t = timeline(&stack, &pid).await;
+    let shape: Vec<(&str, &str)> = t.iter().map(|(k, s, _)| (k.as_str(), s.as_str())).collect();
+    assert_eq!(
+        shape,
+        [
+            ("TRANSITION", "CREATED"),
+            ("TRANSITION", "APPROVED"),
+            ("STEP", "APPROVED"),
+            ("TRANSITION", "REVERSED"),
+        ]
+    );
+    assert!(
+        t[2].2.contains("outcome unknown after 4 attempts"),
+        "{}",
+        t[2].2
+    );
+    assert!(t[3].2.contains("authorization voided"), "{}", t[3].2);
+    assert_eq!(
+        stack
+            .metric(
+                "provider-adapter",
+                "retries_total{operation=\"AUTHORIZE\",service=\"provider-adapter\"}"
+            )
+            .await,
+        3.0
+    );
+    stack.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_timeouts_then_an_answer_settles_the_payment() {
+    let stack = TestStack::spawn().await;
+    let pid = pay(&stack, "flaky", "pm_card_fail_twice", 1_500).await;
+    stack.wait_for_status(&pid, "SETTLED", WAIT).await;
+    let provider = stack.db("provider-adapter").await;
+    let auth = attempts(&provider, &pid, "AUTHORIZE").await;
+    assert_eq!(
+        auth.iter().map(|a| a.outcome.as_str()).collect::<Vec<_>>(),
+        ["TIMEOUT", "TIMEOUT", "SUCCEEDED"]
+    );
+    assert_eq!(
+        provider_books(&provider, &pid).await,
+        ["AUTHORIZE", "CAPTURE"]
+    );
+    stack.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slow_answer_within_the_timeout_settles_on_the_first_attempt() {
+    let stack = TestStack::spawn().await;
+    let pid = pay(&stack, "slow", "pm_card_slow", 1_500).await;
+    stack.wait_for_status(&pid, "SETTLED", WAIT).await;
+    let provider = stack.db("provider-adapter").await;
+    let auth = attempts(&provider, &pid, "AUTHORIZE").await;
+    assert_eq!(auth.len(), 1);
+    assert_eq!(auth[0].outcome, "SUCCEEDED");
+    assert!(
+        auth[0].latency_ms >= 200,
+        "latency {} ms",
+        auth[0].latency_ms
+    );
+    stack.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_payment_stuck_in_retries_does_not_delay_the_others() {
+    let stack = TestStack::spawn().await;
+    let stuck = pay(&stack, "stuck", "pm_card_timeout", 900).await;
+    stack.wait_for_status(&stuck, "APPROVED", WAIT).await;
+    let started = Instant::now();
+    let mut others = Vec::new();
+    for i in 0..6 {
+        others.push(pay(&stack, &format!("other-{i}"), "pm_card_ok", 100 + i).await);
+    }
+    for pid in &others {
+        stack.wait_for_status(pid, "SETTLED", WAIT).await;
+    }
+    let took = started.elapsed();
+    // The stuck payment needs 1 + 2 + 4 s of back-off plus four 1 s timeouts before it can end;
+    // the others (two partitions: some share its partition) finished long before.
+    assert_eq!(stack.get_payment(&stuck).await["status"], "APPROVED");
+    assert!(took < Duration::from_secs(5), "others took {took:?}");
+    stack.wait_for_status(&stuck, "REVERSED", WAIT).await;
+    stack.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_ledger_refusal_after_capture_refunds_the_capture_and_reverses() {
+    let stack = TestStack::spawn().await;
+    let gateway = stack.db("gateway").await;
+    let merchant: Uuid =
+        sqlx::query_scalar("SELECT merchant_id FROM merchants WHERE name = 'dev-merchant'")
+            .fetch_one(&gateway)
+            .await
+            .unwrap();
+    let ledger = stack.db("ledger").await;
+    sqlx::query(
+        "INSERT INTO accounts (account_id, kind, currency, merchant_id, description, frozen_at)
+         VALUES ($1, 'LIABILITY', 'USD', $2, 'frozen for the test', now())",
+    )
+    .bind(format!("USD:merchant_payable:{merchant}"))
+    .bind(merchant)
+    .execute(&ledger)
+    .await
+    .unwrap();
+
+    let pid = pay(&stack, "frozen", "pm_card_ok", 3_300).await;
+    stack.wait_for_status(&pid, "REVERSED", WAIT).await;
+    let t = timeline(&stack, &pid).await;
+    let shape: Vec<(&str, &str)> = t.iter().map(|(k, s, _)| (k.as_str(), s.as_str())).collect();
+    assert_eq!(
+        shape,
+        [
+            ("TRANSITION", "CREATED"),
+            ("TRANSITION", "APPROVED"),
+            ("TRANSITION", "AUTHORIZED"),
+            ("TRANSITION", "CAPTURED"),
+            ("STEP", "CAPTURED"),
+            ("TRANSITION", "REVERSED"),
+        ]
+    );
+    assert!(t[4].2.contains("frozen"), "{}", t[4].2);
+    assert!(t[5].2.contains("capture refunded"), "{}", t[5].2);
+    let provider = stack.db("provider-adapter").await;
+    assert_eq!(
+        provider_books(&provider, &pid).await,
+        ["AUTHORIZE", "CAPTURE", "REFUND"]
+    );
+    let postings: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM journal_transactions WHERE payment_id = $1")
+            .bind(Uuid::parse_str(&pid).unwrap())
+            .fetch_one(&ledger)
+            .await
+            .unwrap();
+    assert_eq!(postings, 0, "nothing was posted for the refused payment");
+    let notification = stack.db("notification").await;
+    let kinds: Vec<String> = eventually(WAIT, "the reversal notification", || async {
+        let k: Vec<String> =
+            sqlx::query_scalar("SELECT kind FROM notifications WHERE payment_id = $1")
+                .bind(Uuid::parse_str(&pid).unwrap())
+                .fetch_all(&notification)
+                .await
+                .unwrap();
+        (!k.is_empty()).then_some(k)
+    })
+    .await;
+    assert_eq!(kinds, ["payment.reversed"]);
+    stack.teardown().await;
+}
