@@ -19,6 +19,8 @@ PGPASSWORD="$PG_PASSWORD" psql -h 127.0.0.1 -p "$PG_PORT" -U "$PG_USER" -d postg
 # The end-to-end tests mostly wait on timers (retry back-off) and I/O; four at a time keeps
 # two cores busy without starving them.
 export RUST_TEST_THREADS="${RUST_TEST_THREADS:-4}"
+# Services started in-process by the tests log to stdout; keep CI output to what matters.
+export RUST_LOG="${RUST_LOG:-warn}"
 started=$SECONDS
 mkdir -p "$LOCAL_DIR"
 out="$LOCAL_DIR/test-output.log"
