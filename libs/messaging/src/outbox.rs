@@ -65,6 +65,28 @@ impl Outbox {
     }
 }
 
+impl Outbox {
+    /// Queues a dead letter for the namespace's dead-letter topic in the current transaction
+    /// (for failures found by a service's own workers, outside any consumer).
+    pub async fn enqueue_dead_letter(
+        &self,
+        conn: &mut PgConnection,
+        letter: &crate::deadletter::DeadLetter,
+    ) -> sqlx::Result<()> {
+        sqlx::query(
+            "INSERT INTO outbox (event_id, event_type, topic, message_key, payload, headers)
+             VALUES ($1, 'deadletter', $2, $3, $4, '{}')",
+        )
+        .bind(Uuid::now_v7())
+        .bind(self.namespace.dead_letter_topic())
+        .bind(letter.original_key.clone().unwrap_or_default())
+        .bind(sqlx::types::Json(letter))
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct RelaySettings {
     /// Most rows claimed and published at once.

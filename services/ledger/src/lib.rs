@@ -30,14 +30,39 @@ mod embedded {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub common: CommonConfig,
+    /// Currencies the ledger has a chart of accounts for (`SAGAPAY_LEDGER_CURRENCIES`, comma
+    /// separated; default: every currency the platform supports). A posting in another
+    /// currency cannot be processed: it is dead-lettered until the chart exists, then replayed.
+    pub currencies: Vec<Currency>,
 }
 
 impl Config {
     pub fn from_env() -> anyhow::Result<Self> {
+        let currencies = match std::env::var("SAGAPAY_LEDGER_CURRENCIES") {
+            Ok(v) if !v.is_empty() => v
+                .split(',')
+                .map(|c| Currency::parse(c.trim()))
+                .collect::<Result<Vec<_>, _>>()?,
+            _ => all_currencies(),
+        };
         Ok(Self {
             common: CommonConfig::from_env(SERVICE, DEFAULT_PORT)?,
+            currencies,
         })
     }
+
+    pub fn for_test(common: CommonConfig) -> Self {
+        Self {
+            common,
+            currencies: all_currencies(),
+        }
+    }
+}
+
+pub fn all_currencies() -> Vec<Currency> {
+    Currency::supported()
+        .map(|c| Currency::parse(c).expect("supported currencies parse"))
+        .collect()
 }
 
 pub fn provider_clearing_account(currency: Currency) -> String {
@@ -72,6 +97,7 @@ async fn ensure_account(
 
 struct LedgerHandler {
     outbox: Outbox,
+    currencies: Vec<Currency>,
 }
 
 impl Handler for LedgerHandler {
@@ -88,6 +114,12 @@ impl Handler for LedgerHandler {
             )));
         }
         let cmd: LedgerPostRequested = env.decode()?;
+        if !self.currencies.contains(&cmd.currency) {
+            return Err(HandlerError::permanent(anyhow!(
+                "the ledger has no chart of accounts for {}",
+                cmd.currency
+            )));
+        }
         let clearing = provider_clearing_account(cmd.currency);
         let payable = merchant_payable_account(cmd.currency, cmd.merchant_id);
         ensure_account(
@@ -193,6 +225,7 @@ pub async fn start(config: Config) -> anyhow::Result<ServiceHandle> {
     platform.spawn_relay(&mut builder);
     let handler = Arc::new(LedgerHandler {
         outbox: platform.outbox.clone(),
+        currencies: config.currencies.clone(),
     });
     platform.spawn_consumer(&mut builder, handler, CONSUMES)?;
     let router = platform.router(axum::Router::new());

@@ -111,8 +111,9 @@ impl CommandHandler {
     ) -> Result<(), HandlerError> {
         let inserted = sqlx::query(
             "INSERT INTO provider_operations (operation_id, payment_id, operation, request,
-                                              source_event_id, correlation_id, headers)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)
+                                              source_event_id, correlation_id, headers,
+                                              source_envelope, source_topic, source_partition, source_offset)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
              ON CONFLICT (payment_id, operation) DO NOTHING",
         )
         .bind(Uuid::now_v7())
@@ -122,6 +123,10 @@ impl CommandHandler {
         .bind(env.event_id)
         .bind(&env.correlation_id)
         .bind(sqlx::types::Json(ctx.headers.propagated()))
+        .bind(sqlx::types::Json(env))
+        .bind(&ctx.topic)
+        .bind(ctx.partition)
+        .bind(ctx.offset)
         .execute(conn)
         .await?
         .rows_affected();

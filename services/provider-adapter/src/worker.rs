@@ -14,7 +14,7 @@ use sagapay_domain::events::{
     ProviderRetriesExhausted,
 };
 use sagapay_domain::{AmountMinor, Currency, Envelope};
-use sagapay_messaging::{MessageHeaders, Outbox};
+use sagapay_messaging::{Classification, DeadLetter, MessageHeaders, Outbox};
 use serde::{Deserialize, Serialize};
 use sqlx::postgres::PgListener;
 use sqlx::{PgPool, Row};
@@ -370,6 +370,8 @@ impl<P: PaymentProvider> Worker<P> {
                         Some(&last_error),
                     )
                     .await?;
+                    self.dead_letter(&mut tx, op, attempt_no, &last_error)
+                        .await?;
                     tracing::error!(payment_id = %op.payment_id, operation = operation.as_str(), attempts = attempt_no,
                         error = %last_error, "provider retries exhausted");
                     Some(self.reply(
@@ -387,6 +389,55 @@ impl<P: PaymentProvider> Worker<P> {
             self.outbox.enqueue(&mut tx, &event, &op.headers).await?;
         }
         tx.commit().await?;
+        Ok(())
+    }
+
+    /// Dead-letters the command whose operation ran out of attempts (RETRY_EXHAUSTED), so
+    /// operators see it next to every other failed message and can replay it.
+    async fn dead_letter(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        op: &Claimed,
+        attempts: i32,
+        last_error: &str,
+    ) -> anyhow::Result<()> {
+        let row = sqlx::query(
+            "SELECT source_envelope::text AS envelope, source_topic, source_partition, source_offset
+               FROM provider_operations WHERE operation_id = $1",
+        )
+        .bind(op.operation_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        let envelope: Option<String> = row.try_get("envelope")?;
+        let mut letter = DeadLetter {
+            original_topic: row
+                .try_get::<Option<String>, _>("source_topic")?
+                .unwrap_or_default(),
+            original_partition: row
+                .try_get::<Option<i32>, _>("source_partition")?
+                .unwrap_or(-1),
+            original_offset: row
+                .try_get::<Option<i64>, _>("source_offset")?
+                .unwrap_or(-1),
+            original_key: Some(op.payment_id.to_string()),
+            original_headers: op.headers.0.clone(),
+            payload: None,
+            payload_base64: None,
+            event_id: Some(op.source_event_id.to_string()),
+            event_type: envelope
+                .as_deref()
+                .and_then(|e| Envelope::from_json(e.as_bytes()).ok())
+                .map(|e| e.event_type),
+            failing_service: crate::SERVICE.to_owned(),
+            error: format!(
+                "{} failed on all {attempts} attempts: {last_error}",
+                op.operation.as_str()
+            ),
+            classification: Classification::RetryExhausted,
+            failed_at: Utc::now(),
+        };
+        letter.set_payload(envelope.unwrap_or_default().as_bytes());
+        self.outbox.enqueue_dead_letter(tx, &letter).await?;
         Ok(())
     }
 

@@ -71,6 +71,19 @@ pub struct TestStack {
 pub struct StackOptions {
     /// Start the orchestrator without its outbox relay.
     pub orchestrator_relay_disabled: bool,
+    /// Currencies the ledger can post (default: all).
+    pub ledger_currencies: Option<Vec<sagapay_domain::Currency>>,
+}
+
+async fn start_ledger(
+    ns: &Namespace,
+    currencies: Option<Vec<sagapay_domain::Currency>>,
+) -> anyhow::Result<ServiceHandle> {
+    let mut cfg = sagapay_ledger::Config::for_test(config(sagapay_ledger::SERVICE, ns));
+    if let Some(c) = currencies {
+        cfg.currencies = c;
+    }
+    sagapay_ledger::start(cfg).await
 }
 
 impl TestStack {
@@ -90,9 +103,7 @@ impl TestStack {
                 sagapay_provider_adapter::SERVICE,
                 &ns
             ))),
-            sagapay_ledger::start(sagapay_ledger::Config {
-                common: config(sagapay_ledger::SERVICE, &ns),
-            }),
+            start_ledger(&ns, options.ledger_currencies.clone()),
             sagapay_notification::start(sagapay_notification::Config {
                 common: config(sagapay_notification::SERVICE, &ns),
             }),
@@ -149,6 +160,23 @@ impl TestStack {
         let addr = old.addr;
         old.stop().await.expect("orchestrator stops cleanly");
         self.orchestrator = Some(start_orchestrator_at(&self.ns, true, addr).await);
+    }
+
+    /// Stops the ledger and starts a new one that can post every currency.
+    pub async fn restart_ledger_with_all_currencies(&mut self) {
+        let at = self
+            .others
+            .iter()
+            .position(|h| h.service == sagapay_ledger::SERVICE)
+            .expect("ledger running");
+        let old = self.others.remove(at);
+        old.stop().await.expect("ledger stops cleanly");
+        let fresh = start_ledger(&self.ns, None).await.expect("ledger starts");
+        self.others.push(fresh);
+    }
+
+    pub fn kafka(&self) -> sagapay_messaging::KafkaSettings {
+        config("gateway", &self.ns).kafka
     }
 
     pub async fn create_payment(&self, body: Value) -> (reqwest::StatusCode, Value) {

@@ -6,4 +6,5 @@ mod happy_path;
 mod provider_paths;
 mod redelivery;
 mod relay;
+mod replay;
 mod risk_review;

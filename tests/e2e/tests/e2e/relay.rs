@@ -15,6 +15,7 @@ use uuid::Uuid;
 async fn a_relay_stopped_between_commit_and_publish_loses_nothing_once_it_runs_again() {
     let mut stack = TestStack::spawn_with(StackOptions {
         orchestrator_relay_disabled: true,
+        ..StackOptions::default()
     })
     .await;
     let (status, created) = stack

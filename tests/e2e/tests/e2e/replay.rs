@@ -1,0 +1,144 @@
+use sagapay_domain::Currency;
+use sagapay_e2e::{eventually, StackOptions, TestStack};
+use sagapay_messaging::Classification;
+use sagapayctl::dlq::{self, Filter};
+use serde_json::json;
+use std::time::Duration;
+use uuid::Uuid;
+
+const WAIT: Duration = Duration::from_secs(40);
+
+async fn dead_letters(stack: &TestStack, filter: &Filter) -> Vec<dlq::Entry> {
+    dlq::read_all(&stack.kafka(), &stack.ns)
+        .await
+        .expect("read the dead-letter topic")
+        .into_iter()
+        .filter(|e| filter.matches(e))
+        .collect()
+}
+
+/// The ledger cannot post EUR (no chart of accounts): its command is dead-lettered and the
+/// payment waits in CAPTURED. Once the ledger can post EUR, replaying the dead letter
+/// completes the payment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replaying_a_dead_lettered_event_after_its_cause_is_fixed_completes_the_payment() {
+    let mut stack = TestStack::spawn_with(StackOptions {
+        ledger_currencies: Some(vec![Currency::parse("USD").unwrap()]),
+        ..StackOptions::default()
+    })
+    .await;
+    let (status, body) = stack
+        .create_payment(json!({
+            "customer_id": "cust-eur", "amount_cents": 4_000, "currency": "EUR",
+            "idempotency_key": "eur-1"
+        }))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let pid = body["payment_id"].as_str().unwrap().to_owned();
+    let ledger_letters = Filter {
+        service: Some("ledger".into()),
+        ..Filter::default()
+    };
+    let letters = eventually(WAIT, "the ledger's dead letter", || async {
+        let l = dead_letters(&stack, &ledger_letters).await;
+        (!l.is_empty()).then_some(l)
+    })
+    .await;
+    assert_eq!(letters.len(), 1);
+    let letter = &letters[0].letter;
+    assert_eq!(letter.classification, Classification::NonRetryable);
+    assert_eq!(letter.event_type.as_deref(), Some("ledger.post.requested"));
+    assert!(
+        letter.error.contains("no chart of accounts for EUR"),
+        "{}",
+        letter.error
+    );
+    assert_eq!(stack.get_payment(&pid).await["status"], "CAPTURED");
+
+    // A dry run replays nothing.
+    assert_eq!(
+        dlq::replay(&stack.kafka(), &letters, true).await.unwrap(),
+        1
+    );
+    assert_eq!(stack.get_payment(&pid).await["status"], "CAPTURED");
+
+    stack.restart_ledger_with_all_currencies().await;
+    assert_eq!(
+        dlq::replay(&stack.kafka(), &letters, false).await.unwrap(),
+        1
+    );
+    stack.wait_for_status(&pid, "SETTLED", WAIT).await;
+    stack.teardown().await;
+}
+
+/// A timed-out authorization is dead-lettered RETRY_EXHAUSTED (and compensated). Its command
+/// was processed (the operation was scheduled), so replaying it changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replaying_an_event_that_was_already_processed_has_no_second_effect() {
+    let stack = TestStack::spawn().await;
+    let (status, body) = stack
+        .create_payment(json!({
+            "customer_id": "cust-replay", "amount_cents": 2_000, "currency": "USD",
+            "idempotency_key": "replay-1", "payment_method": "pm_card_timeout"
+        }))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let pid = body["payment_id"].as_str().unwrap().to_owned();
+    stack.wait_for_status(&pid, "REVERSED", WAIT).await;
+
+    let exhausted = Filter {
+        classification: Some(Classification::RetryExhausted),
+        ..Filter::default()
+    };
+    let letters = eventually(WAIT, "the RETRY_EXHAUSTED dead letter", || async {
+        let l = dead_letters(&stack, &exhausted).await;
+        (!l.is_empty()).then_some(l)
+    })
+    .await;
+    assert_eq!(letters.len(), 1);
+    let letter = &letters[0].letter;
+    assert_eq!(letter.failing_service, "provider-adapter");
+    assert_eq!(
+        letter.event_type.as_deref(),
+        Some("provider.authorize.requested")
+    );
+    assert!(letter.error.contains("4 attempts"), "{}", letter.error);
+
+    let provider = stack.db("provider-adapter").await;
+    let count = |sql: &'static str| {
+        let provider = provider.clone();
+        let pid = Uuid::parse_str(&pid).unwrap();
+        async move {
+            sqlx::query_scalar::<_, i64>(sql)
+                .bind(pid)
+                .fetch_one(&provider)
+                .await
+                .unwrap()
+        }
+    };
+    let attempts_before =
+        count("SELECT count(*) FROM provider_attempts WHERE payment_id = $1").await;
+    let books_before =
+        count("SELECT count(*) FROM simulated_provider_operations WHERE payment_id = $1").await;
+
+    let skipped = "duplicate_events_skipped_total{event_type=\"provider.authorize.requested\",service=\"provider-adapter\"}";
+    let skipped_before = stack.metric("provider-adapter", skipped).await;
+    assert_eq!(
+        dlq::replay(&stack.kafka(), &letters, false).await.unwrap(),
+        1
+    );
+    eventually(WAIT, "the replayed event to be skipped", || async {
+        (stack.metric("provider-adapter", skipped).await > skipped_before).then_some(())
+    })
+    .await;
+    assert_eq!(
+        count("SELECT count(*) FROM provider_attempts WHERE payment_id = $1").await,
+        attempts_before
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM simulated_provider_operations WHERE payment_id = $1").await,
+        books_before
+    );
+    assert_eq!(stack.get_payment(&pid).await["status"], "REVERSED");
+    stack.teardown().await;
+}
