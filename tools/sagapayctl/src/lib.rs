@@ -104,7 +104,7 @@ pub mod dlq {
                 remaining.remove(&p);
             }
         }
-        out.sort_by(|a, b| a.letter.failed_at.cmp(&b.letter.failed_at));
+        out.sort_by_key(|a| a.letter.failed_at);
         Ok(out)
     }
 
