@@ -329,21 +329,35 @@ impl Saga {
         Ok(())
     }
 
+    /// Whether an event applies to the payment as it is now. Events that do not are never
+    /// applied; they are recorded in the inbox and counted by reason:
+    /// - `stale`: the payment is already past the state the event expects (a late duplicate
+    ///   with a new id, or an answer the saga no longer needs): logged at info;
+    /// - `illegal_transition`: the payment has not reached that state (an event out of order,
+    ///   or one that should never arrive): logged at error, it points at a bug or a forgery.
     fn expect(&self, payment: &PaymentRow, expected: &[PaymentStatus], env: &Envelope) -> Step {
         if expected.contains(&payment.status) {
             return Step::Apply;
         }
-        tracing::warn!(
-            payment_id = %env.payment_id,
-            event_type = %env.event_type,
-            status = %payment.status,
-            expected = ?expected,
-            "event does not match the payment's state; ignored"
-        );
-        if payment.status.is_terminal() {
-            Step::Ignore("payment_terminal")
+        let furthest = expected.iter().map(|s| progress(*s)).max().unwrap_or(0);
+        if progress(payment.status) > furthest {
+            tracing::info!(
+                payment_id = %env.payment_id,
+                event_type = %env.event_type,
+                status = %payment.status,
+                expected = ?expected,
+                "stale event ignored"
+            );
+            Step::Ignore("stale")
         } else {
-            Step::Ignore("unexpected_state")
+            tracing::error!(
+                payment_id = %env.payment_id,
+                event_type = %env.event_type,
+                status = %payment.status,
+                expected = ?expected,
+                "event would make an illegal transition: rejected"
+            );
+            Step::Ignore("illegal_transition")
         }
     }
 
@@ -412,6 +426,22 @@ impl Saga {
         });
         self.outbox.enqueue(conn, &next, headers).await?;
         Ok(())
+    }
+}
+
+/// How far along the saga a status is; terminal states are furthest.
+fn progress(s: PaymentStatus) -> u8 {
+    match s {
+        PaymentStatus::Created => 0,
+        PaymentStatus::RiskReview => 1,
+        PaymentStatus::Approved => 2,
+        PaymentStatus::Authorized => 3,
+        PaymentStatus::Captured => 4,
+        PaymentStatus::Settled
+        | PaymentStatus::Failed
+        | PaymentStatus::Reversed
+        | PaymentStatus::PartiallyRefunded
+        | PaymentStatus::Refunded => 5,
     }
 }
 

@@ -3,6 +3,7 @@
 
 mod deadletter;
 mod happy_path;
+mod out_of_order;
 mod provider_paths;
 mod redelivery;
 mod relay;
