@@ -22,6 +22,8 @@ export RUST_TEST_THREADS="${RUST_TEST_THREADS:-4}"
 # Services started in-process by the tests log to stdout; keep CI output to what matters.
 export RUST_LOG="${RUST_LOG:-warn}"
 started=$SECONDS
+# The process-level tests run the services' binaries.
+cargo build --workspace --locked --bins
 mkdir -p "$LOCAL_DIR"
 out="$LOCAL_DIR/test-output.log"
 set +e

@@ -10,6 +10,7 @@
 //! | `SAGAPAY_KAFKA_PARTITIONS` | `3` | partitions of topics created by the service |
 //! | `SAGAPAY_HTTP_ADDR` | `127.0.0.1:<service port>` | where the HTTP API listens |
 //! | `SAGAPAY_DB_POOL_SIZE` | `16` | connections in the service's pool |
+//! | `SAGAPAY_OUTBOX_CLAIM_TIMEOUT_MS` | `30000` | how long a crashed relay's claimed rows wait before another relay takes them |
 
 use anyhow::Context;
 use sagapay_domain::Namespace;
@@ -84,7 +85,13 @@ impl CommonConfig {
             },
             http_addr,
             db_pool_size: env_parse("SAGAPAY_DB_POOL_SIZE", 16)?,
-            relay: RelaySettings::default(),
+            relay: RelaySettings {
+                claim_timeout: std::time::Duration::from_millis(env_parse(
+                    "SAGAPAY_OUTBOX_CLAIM_TIMEOUT_MS",
+                    30_000,
+                )?),
+                ..RelaySettings::default()
+            },
         })
     }
 

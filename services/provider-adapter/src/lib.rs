@@ -58,6 +58,7 @@ impl Config {
     /// | `SAGAPAY_PROVIDER_TIMEOUT_MS` | 2000 |
     /// | `SAGAPAY_PROVIDER_BACKOFF_MS` | `1000,2000,4000` (attempts = entries + 1) |
     /// | `SAGAPAY_PROVIDER_SLOW_MS` | 500 |
+    /// | `SAGAPAY_PROVIDER_CLAIM_TIMEOUT_MS` | 60000 (a crashed worker's operations are taken over after this) |
     pub fn from_env() -> anyhow::Result<Self> {
         let d = RetrySettings::default();
         let backoff = match std::env::var("SAGAPAY_PROVIDER_BACKOFF_MS") {

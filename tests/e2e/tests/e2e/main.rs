@@ -1,6 +1,7 @@
 //! End-to-end tests on the real stack (`scripts/stack.sh up` must be running).
 //! One test binary, so the services are linked once.
 
+mod crash;
 mod deadletter;
 mod happy_path;
 mod out_of_order;
