@@ -121,8 +121,17 @@ fn print_table(entries: &[dlq::Entry]) {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+async fn main() -> std::process::ExitCode {
+    match run(Cli::parse()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     let ns = Namespace::parse(&cli.namespace)?;
     let kafka = KafkaSettings {
         brokers: cli.brokers.clone(),
