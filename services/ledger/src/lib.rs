@@ -2,12 +2,19 @@
 //! database enforces balance and immutability (see `migrations/ledger`); this code only ever
 //! inserts.
 //!
-//! Posting a capture of amount A for merchant M in currency C:
+//! Posting a capture of amount A with platform fee F (see [`fees`]) for merchant M in
+//! currency C:
 //!
 //! | account | kind | debit | credit |
 //! |---|---|---|---|
 //! | `C:provider_clearing` | asset: owed to us by the provider | A | |
-//! | `C:merchant_payable:M` | liability: owed by us to the merchant | | A |
+//! | `C:merchant_payable:M` | liability: owed by us to the merchant | | A − F |
+//! | `C:fee_revenue` | revenue: the platform's fee | | F |
+//!
+//! (An entry of zero is not written: a fee of 0, or a fee that takes the whole amount.)
+
+pub mod api;
+pub mod fees;
 
 use anyhow::anyhow;
 use sagapay_domain::events::{LedgerPostFailed, LedgerPostRequested, PaymentSettled};
@@ -34,6 +41,8 @@ pub struct Config {
     /// separated; default: every currency the platform supports). A posting in another
     /// currency cannot be processed: it is dead-lettered until the chart exists, then replayed.
     pub currencies: Vec<Currency>,
+    /// `SAGAPAY_FEE_BPS` (default 290) and `SAGAPAY_FEE_FIXED_MINOR` (default 30).
+    pub fees: fees::FeeSchedule,
 }
 
 impl Config {
@@ -45,9 +54,17 @@ impl Config {
                 .collect::<Result<Vec<_>, _>>()?,
             _ => all_currencies(),
         };
+        let d = fees::FeeSchedule::default();
         Ok(Self {
             common: CommonConfig::from_env(SERVICE, DEFAULT_PORT)?,
             currencies,
+            fees: fees::FeeSchedule {
+                bps: sagapay_service_kit::config::env_parse("SAGAPAY_FEE_BPS", d.bps)?,
+                fixed_minor: sagapay_service_kit::config::env_parse(
+                    "SAGAPAY_FEE_FIXED_MINOR",
+                    d.fixed_minor,
+                )?,
+            },
         })
     }
 
@@ -55,6 +72,7 @@ impl Config {
         Self {
             common,
             currencies: all_currencies(),
+            fees: fees::FeeSchedule::default(),
         }
     }
 }
@@ -71,6 +89,10 @@ pub fn provider_clearing_account(currency: Currency) -> String {
 
 pub fn merchant_payable_account(currency: Currency, merchant_id: Uuid) -> String {
     format!("{currency}:merchant_payable:{merchant_id}")
+}
+
+pub fn fee_revenue_account(currency: Currency) -> String {
+    format!("{currency}:fee_revenue")
 }
 
 async fn ensure_account(
@@ -98,6 +120,7 @@ async fn ensure_account(
 struct LedgerHandler {
     outbox: Outbox,
     currencies: Vec<Currency>,
+    fees: fees::FeeSchedule,
 }
 
 impl Handler for LedgerHandler {
@@ -140,6 +163,16 @@ impl Handler for LedgerHandler {
             "funds owed to the merchant",
         )
         .await?;
+        let revenue = fee_revenue_account(cmd.currency);
+        ensure_account(
+            conn,
+            &revenue,
+            "REVENUE",
+            cmd.currency,
+            None,
+            "platform fees",
+        )
+        .await?;
 
         let frozen: Vec<String> = sqlx::query_scalar(
             "SELECT account_id FROM accounts WHERE account_id = ANY($1) AND frozen_at IS NOT NULL",
@@ -160,8 +193,9 @@ impl Handler for LedgerHandler {
         }
         let new_id = Uuid::now_v7();
         let inserted: Option<Uuid> = sqlx::query_scalar(
-            "INSERT INTO journal_transactions (transaction_id, payment_id, posting_kind, currency, description, event_id)
-             VALUES ($1, $2, 'CAPTURE', $3, $4, $5)
+            "INSERT INTO journal_transactions (transaction_id, payment_id, posting_kind, currency, description,
+                                               event_id, amount_minor, fee_minor)
+             VALUES ($1, $2, 'CAPTURE', $3, $4, $5, $6, $7)
              ON CONFLICT (payment_id, posting_kind) DO NOTHING
              RETURNING transaction_id",
         )
@@ -170,22 +204,35 @@ impl Handler for LedgerHandler {
         .bind(cmd.currency.as_str())
         .bind(format!("capture {}", cmd.capture_id))
         .bind(env.event_id)
+        .bind(cmd.amount_minor.get())
+        .bind(self.fees.fee(cmd.amount_minor.get()))
         .fetch_optional(&mut *conn)
         .await?;
         let transaction_id = match inserted {
             Some(id) => {
                 let amount = cmd.amount_minor.get();
-                sqlx::query(
-                    "INSERT INTO ledger_entries (transaction_id, account_id, direction, amount_minor, currency)
-                     VALUES ($1, $2, 'DEBIT', $4, $5), ($1, $3, 'CREDIT', $4, $5)",
-                )
-                .bind(id)
-                .bind(&clearing)
-                .bind(&payable)
-                .bind(amount)
-                .bind(cmd.currency.as_str())
-                .execute(&mut *conn)
-                .await?;
+                let fee = self.fees.fee(amount);
+                let net = amount - fee;
+                debug_assert!(fee >= 0 && net >= 0 && fee + net == amount);
+                // Entries of zero are not written (the schema requires positive amounts).
+                let entries = [
+                    (&clearing, "DEBIT", amount),
+                    (&payable, "CREDIT", net),
+                    (&revenue, "CREDIT", fee),
+                ];
+                for (account, direction, minor) in entries.into_iter().filter(|e| e.2 > 0) {
+                    sqlx::query(
+                        "INSERT INTO ledger_entries (transaction_id, account_id, direction, amount_minor, currency)
+                         VALUES ($1, $2, $3, $4, $5)",
+                    )
+                    .bind(id)
+                    .bind(account)
+                    .bind(direction)
+                    .bind(minor)
+                    .bind(cmd.currency.as_str())
+                    .execute(&mut *conn)
+                    .await?;
+                }
                 id
             }
             None => {
@@ -226,8 +273,9 @@ pub async fn start(config: Config) -> anyhow::Result<ServiceHandle> {
     let handler = Arc::new(LedgerHandler {
         outbox: platform.outbox.clone(),
         currencies: config.currencies.clone(),
+        fees: config.fees,
     });
     platform.spawn_consumer(&mut builder, handler, CONSUMES)?;
-    let router = platform.router(axum::Router::new());
+    let router = platform.router(api::routes(platform.pool.clone()));
     builder.serve(config.common.http_addr, router).await
 }

@@ -1,6 +1,5 @@
 use sagapay_e2e::{eventually, TestStack};
 use serde_json::json;
-use sqlx::Row;
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -55,11 +54,12 @@ async fn a_payment_settles_with_the_exact_timeline_balanced_ledger_and_one_notif
         assert!(t["event_id"].is_string(), "{t}");
     }
 
-    // Ledger: one journal transaction, two entries, debits equal credits equal the amount.
+    // Ledger: one journal transaction; debits equal credits equal the amount; the platform
+    // fee (2.9 % rounded half up + 30) goes to fee revenue, the rest to the merchant.
     let pid = Uuid::parse_str(&payment_id).unwrap();
     let ledger = stack.db("ledger").await;
-    let rows = sqlx::query(
-        "SELECT e.direction, e.amount_minor, e.currency, e.account_id
+    let rows: Vec<(String, String, i64, String)> = sqlx::query_as(
+        "SELECT e.account_id, e.direction, e.amount_minor, e.currency
            FROM ledger_entries e JOIN journal_transactions t USING (transaction_id)
           WHERE t.payment_id = $1 ORDER BY e.entry_id",
     )
@@ -67,16 +67,19 @@ async fn a_payment_settles_with_the_exact_timeline_balanced_ledger_and_one_notif
     .fetch_all(&ledger)
     .await
     .unwrap();
-    assert_eq!(rows.len(), 2);
-    let sum = |dir: &str| -> i64 {
-        rows.iter()
-            .filter(|r| r.get::<String, _>("direction") == dir)
-            .map(|r| r.get::<i64, _>("amount_minor"))
-            .sum()
-    };
-    assert_eq!(sum("DEBIT"), 2500);
-    assert_eq!(sum("CREDIT"), 2500);
-    assert!(rows.iter().all(|r| r.get::<String, _>("currency") == "USD"));
+    let shape: Vec<(String, &str, i64)> = rows
+        .iter()
+        .map(|(a, d, m, _)| (a.split(':').nth(1).unwrap().to_owned(), d.as_str(), *m))
+        .collect();
+    assert_eq!(
+        shape,
+        vec![
+            ("provider_clearing".to_owned(), "DEBIT", 2500),
+            ("merchant_payable".to_owned(), "CREDIT", 2397),
+            ("fee_revenue".to_owned(), "CREDIT", 103),
+        ]
+    );
+    assert!(rows.iter().all(|r| r.3 == "USD"));
     let journal_count: i64 =
         sqlx::query_scalar("SELECT count(*) FROM journal_transactions WHERE payment_id = $1")
             .bind(pid)

@@ -4,6 +4,7 @@
 mod crash;
 mod deadletter;
 mod happy_path;
+mod ledger;
 mod out_of_order;
 mod provider_paths;
 mod redelivery;

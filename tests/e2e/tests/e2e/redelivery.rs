@@ -70,7 +70,7 @@ async fn delivering_every_event_of_a_settled_payment_again_changes_nothing() {
             ("provider attempts", 2),
             ("provider operations", 2),
             ("journal transactions", 1),
-            ("ledger entries", 2),
+            ("ledger entries", 3),
             ("notifications", 1),
         ]
     );

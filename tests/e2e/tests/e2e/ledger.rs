@@ -1,0 +1,164 @@
+use sagapay_e2e::TestStack;
+use serde_json::{json, Value};
+use sqlx::{Connection, PgConnection};
+use std::time::Duration;
+use uuid::Uuid;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+async fn settle(stack: &TestStack, key: &str, amount: i64, currency: &str) -> String {
+    let (status, body) = stack
+        .create_payment(json!({
+            "customer_id": format!("cust-{key}"), "amount_cents": amount, "currency": currency,
+            "idempotency_key": key
+        }))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let pid = body["payment_id"].as_str().unwrap().to_owned();
+    stack.wait_for_status(&pid, "SETTLED", WAIT).await;
+    pid
+}
+
+async fn ledger_get(stack: &TestStack, path: &str) -> (u16, Value) {
+    let resp = stack
+        .http
+        .get(format!("{}{path}", stack.service_url("ledger")))
+        .send()
+        .await
+        .unwrap();
+    (resp.status().as_u16(), resp.json().await.unwrap())
+}
+
+/// The ledger's rules hold even against SQL typed by hand.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_database_rejects_altered_deleted_and_unbalanced_ledger_entries() {
+    let stack = TestStack::spawn().await;
+    let pid = settle(&stack, "sql", 5_000, "USD").await;
+    let url = sagapay_e2e::config("ledger", &stack.ns).database_url();
+    let mut conn = PgConnection::connect(&url).await.unwrap();
+
+    let err = |r: Result<sqlx::postgres::PgQueryResult, sqlx::Error>| -> String {
+        match r {
+            Ok(_) => panic!("the statement must fail"),
+            Err(e) => e.to_string(),
+        }
+    };
+    let e = err(
+        sqlx::query("UPDATE ledger_entries SET amount_minor = amount_minor + 1")
+            .execute(&mut conn)
+            .await,
+    );
+    assert!(e.contains("append-only"), "{e}");
+    let e = err(sqlx::query("DELETE FROM ledger_entries")
+        .execute(&mut conn)
+        .await);
+    assert!(e.contains("append-only"), "{e}");
+    let e = err(sqlx::query("TRUNCATE ledger_entries CASCADE")
+        .execute(&mut conn)
+        .await);
+    assert!(e.contains("append-only"), "{e}");
+    let e = err(
+        sqlx::query("UPDATE journal_transactions SET currency = 'EUR'")
+            .execute(&mut conn)
+            .await,
+    );
+    assert!(e.contains("append-only"), "{e}");
+    let e = err(sqlx::query("UPDATE account_balances SET credits_minor = 0")
+        .execute(&mut conn)
+        .await);
+    assert!(e.contains("derived from ledger entries"), "{e}");
+
+    // An unbalanced journal transaction: each statement succeeds, the commit fails.
+    let mut tx = conn.begin().await.unwrap();
+    let tx_id = Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO journal_transactions (transaction_id, payment_id, posting_kind, currency, description)
+         VALUES ($1, $2, 'MANUAL', 'USD', 'by hand')",
+    )
+    .bind(tx_id)
+    .bind(Uuid::now_v7())
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO ledger_entries (transaction_id, account_id, direction, amount_minor, currency)
+         VALUES ($1, 'USD:provider_clearing', 'DEBIT', 100, 'USD'),
+                ($1, 'USD:fee_revenue', 'CREDIT', 99, 'USD')",
+    )
+    .bind(tx_id)
+    .execute(&mut *tx)
+    .await
+    .expect("the insert itself is accepted; the check is deferred to commit");
+    let e = tx
+        .commit()
+        .await
+        .expect_err("an unbalanced transaction cannot commit");
+    assert!(e.to_string().contains("unbalanced"), "{e}");
+
+    // Nothing changed: the payment's posting is intact and everything reconciles.
+    let (status, report) = ledger_get(&stack, "/reconciliation").await;
+    assert_eq!(status, 200);
+    assert_eq!(report["transactions_checked"], 1);
+    assert_eq!(report["imbalanced_count"], 0);
+    assert_eq!(report["balance_mismatches"], json!([]));
+    let _ = pid;
+    stack.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn balances_and_reconciliation_agree_with_the_entries() {
+    let stack = TestStack::spawn().await;
+    let amounts = [2_500, 1_000, 10, 99_999];
+    for (i, amount) in amounts.iter().enumerate() {
+        settle(&stack, &format!("bal-{i}"), *amount, "USD").await;
+    }
+    let (status, report) = ledger_get(&stack, "/reconciliation").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        (
+            report["transactions_checked"].clone(),
+            report["imbalanced_count"].clone()
+        ),
+        (json!(4), json!(0))
+    );
+    assert_eq!(report["imbalanced_transactions"], json!([]));
+
+    // Fees: 2.9 % half up + 30, capped at the amount: 103, 59, 10, 2930.
+    let total: i64 = amounts.iter().sum();
+    let fees = 103 + 59 + 10 + 2_930;
+    let (_, clearing) = ledger_get(&stack, "/accounts/USD:provider_clearing/balance").await;
+    assert_eq!(clearing["balance_minor"], total);
+    assert_eq!(clearing["consistent"], true);
+    let (_, revenue) = ledger_get(&stack, "/accounts/USD:fee_revenue/balance").await;
+    assert_eq!(revenue["balance_minor"], fees);
+    let (status, accounts) = ledger_get(&stack, "/accounts").await;
+    assert_eq!(status, 200);
+    let payable: i64 = accounts
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| {
+            a["account_id"]
+                .as_str()
+                .unwrap()
+                .starts_with("USD:merchant_payable:")
+        })
+        .map(|a| a["balance_minor"].as_i64().unwrap())
+        .sum();
+    assert_eq!(payable, total - fees, "merchant payable is net of fees");
+
+    let (status, missing) = ledger_get(&stack, "/accounts/USD:nothing/balance").await;
+    assert_eq!(status, 404, "{missing}");
+    let ledger = stack.db("ledger").await;
+    let tx_id: Uuid = sqlx::query_scalar("SELECT transaction_id FROM journal_transactions LIMIT 1")
+        .fetch_one(&ledger)
+        .await
+        .unwrap();
+    let (status, one) = ledger_get(&stack, &format!("/reconciliation/{tx_id}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(one["balanced"], true);
+    assert_eq!(one["debits_minor"], one["credits_minor"]);
+    let (status, _) = ledger_get(&stack, &format!("/reconciliation/{}", Uuid::now_v7())).await;
+    assert_eq!(status, 404);
+    stack.teardown().await;
+}
