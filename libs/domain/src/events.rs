@@ -49,12 +49,18 @@ pub enum EventType {
     /// provider-adapter -> orchestrator: the money movement was reversed at the provider
     /// (authorization voided, or capture refunded).
     PaymentReversed,
+    /// provider-adapter -> orchestrator: a merchant-requested refund went through at the provider.
+    PaymentRefunded,
+    /// orchestrator -> ledger: post a refund.
+    LedgerRefundRequested,
+    /// ledger -> orchestrator: the refund is posted.
+    RefundPosted,
     /// orchestrator -> anyone (notification): the payment reached a terminal state.
     PaymentFinalized,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 17] = [
+    pub const ALL: [EventType; 20] = [
         EventType::PaymentRequested,
         EventType::RiskApproved,
         EventType::RiskReviewRequired,
@@ -71,6 +77,9 @@ impl EventType {
         EventType::VoidRequested,
         EventType::RefundRequested,
         EventType::PaymentReversed,
+        EventType::PaymentRefunded,
+        EventType::LedgerRefundRequested,
+        EventType::RefundPosted,
         EventType::PaymentFinalized,
     ];
 
@@ -92,6 +101,9 @@ impl EventType {
             EventType::VoidRequested => "provider.void.requested",
             EventType::RefundRequested => "provider.refund.requested",
             EventType::PaymentReversed => "payments.reversed",
+            EventType::PaymentRefunded => "payments.refunded",
+            EventType::LedgerRefundRequested => "ledger.refund.requested",
+            EventType::RefundPosted => "refunds.posted",
             EventType::PaymentFinalized => "payments.finalized",
         }
     }
@@ -356,6 +368,9 @@ pub struct ProviderRetriesExhausted {
     pub operation: ProviderOperation,
     pub attempts: u32,
     pub last_error: String,
+    /// Set when the operation was a merchant-requested refund.
+    #[serde(default)]
+    pub refund_id: Option<Uuid>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -376,6 +391,37 @@ pub struct RefundRequested {
     pub amount_minor: AmountMinor,
     pub currency: Currency,
     pub reason: String,
+    /// A merchant-requested refund; `None` for the saga's own compensation (full refund).
+    #[serde(default)]
+    pub refund_id: Option<Uuid>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PaymentRefunded {
+    pub refund_id: Uuid,
+    pub provider: String,
+    pub reference: String,
+    pub amount_minor: AmountMinor,
+    pub currency: Currency,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LedgerRefundRequested {
+    pub refund_id: Uuid,
+    pub merchant_id: Uuid,
+    pub amount_minor: AmountMinor,
+    pub currency: Currency,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefundPosted {
+    pub refund_id: Uuid,
+    pub journal_transaction_id: Uuid,
+    pub amount_minor: AmountMinor,
+    pub currency: Currency,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -419,6 +465,9 @@ catalog! {
     VoidRequested => VoidRequested, version 1;
     RefundRequested => RefundRequested, version 1;
     PaymentReversed => PaymentReversed, version 1;
+    PaymentRefunded => PaymentRefunded, version 1;
+    LedgerRefundRequested => LedgerRefundRequested, version 1;
+    RefundPosted => RefundPosted, version 1;
 }
 
 #[cfg(test)]

@@ -32,6 +32,7 @@ pub fn routes(state: AppState, body_limit_bytes: usize) -> Router {
     Router::new()
         .route("/payments", post(create_payment))
         .route("/payments/{payment_id}", get(get_payment))
+        .route("/payments/{payment_id}/refunds", post(create_refund))
         .layer(DefaultBodyLimit::max(body_limit_bytes))
         .with_state(state)
 }
@@ -112,6 +113,49 @@ async fn get_payment(
         .query(&[("merchant_id", merchant.merchant_id.to_string())])
         .header(CORRELATION_ID, &ctx.correlation_id)
         .header(TRACEPARENT, &ctx.traceparent)
+        .send()
+        .await
+        .map_err(upstream_unavailable)?;
+    relay(resp).await
+}
+
+async fn create_refund(
+    State(state): State<AppState>,
+    Extension(ctx): Extension<RequestContext>,
+    merchant: Merchant,
+    Path(payment_id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let payment_id = Uuid::parse_str(&payment_id).map_err(|_| {
+        ApiError::not_found("payment_not_found", "no such payment").with_param("payment_id")
+    })?;
+    require_json(&headers)?;
+    let header_key = match headers.get("idempotency-key") {
+        None => None,
+        Some(v) => Some(v.to_str().map_err(|_| {
+            ApiError::invalid(
+                "invalid_idempotency_key",
+                "the idempotency key must be printable ASCII",
+            )
+            .with_param("Idempotency-Key")
+        })?),
+    };
+    let req = validate::refund_request(&body, header_key)?;
+    let resp = state
+        .client
+        .post(format!(
+            "{}/internal/payments/{payment_id}/refunds",
+            state.orchestrator_url
+        ))
+        .header(CORRELATION_ID, &ctx.correlation_id)
+        .header(TRACEPARENT, &ctx.traceparent)
+        .json(&json!({
+            "merchant_id": merchant.merchant_id,
+            "amount_cents": req.amount.get(),
+            "idempotency_key": req.idempotency_key,
+            "reason": req.reason,
+        }))
         .send()
         .await
         .map_err(upstream_unavailable)?;

@@ -196,6 +196,110 @@ pub fn payment_request(
     })
 }
 
+/// A refund request that parsed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RefundRequest {
+    pub amount: AmountMinor,
+    pub idempotency_key: String,
+    pub reason: String,
+}
+
+const REFUND_FIELDS: &[&str] = &["amount_cents", "idempotency_key", "reason"];
+pub const REASON_MAX: usize = 200;
+
+/// Parses `{amount_cents, idempotency_key, reason}`; the key may come from the header instead.
+pub fn refund_request(body: &[u8], header_key: Option<&str>) -> Result<RefundRequest, ApiError> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| {
+        ApiError::invalid("malformed_json", format!("the body is not valid JSON: {e}"))
+    })?;
+    let Value::Object(obj) = value else {
+        return Err(ApiError::invalid(
+            "invalid_body",
+            "the body must be a JSON object",
+        ));
+    };
+    if let Some(unknown) = obj.keys().find(|k| !REFUND_FIELDS.contains(&k.as_str())) {
+        return Err(ApiError::invalid(
+            "unknown_field",
+            format!(
+                "unknown field {unknown:?}; allowed: {}",
+                REFUND_FIELDS.join(", ")
+            ),
+        )
+        .with_param(unknown.chars().take(64).collect::<String>()));
+    }
+    let amount = match field(&obj, "amount_cents")? {
+        Value::Number(n) => n
+            .as_i64()
+            .and_then(|v| AmountMinor::new(v).ok())
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    "invalid_amount",
+                    "amount_cents must be a positive whole number",
+                )
+                .with_param("amount_cents")
+            })?,
+        _ => {
+            return Err(
+                ApiError::invalid("invalid_type", "amount_cents must be an integer")
+                    .with_param("amount_cents"),
+            )
+        }
+    };
+    let reason = match obj.get("reason") {
+        None | Some(Value::Null) => "requested_by_customer".to_owned(),
+        Some(Value::String(r))
+            if !r.trim().is_empty()
+                && r.chars().count() <= REASON_MAX
+                && !r.chars().any(char::is_control) =>
+        {
+            r.clone()
+        }
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "invalid_reason",
+                format!("reason must be 1-{REASON_MAX} printable characters"),
+            )
+            .with_param("reason"))
+        }
+    };
+    let body_key = match obj.get("idempotency_key") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(k)) => Some(idempotency_key(k, "idempotency_key")?),
+        Some(_) => {
+            return Err(
+                ApiError::invalid("invalid_type", "idempotency_key must be a string")
+                    .with_param("idempotency_key"),
+            )
+        }
+    };
+    let header_key = header_key
+        .map(|k| idempotency_key(k, "Idempotency-Key"))
+        .transpose()?;
+    let idempotency_key = match (header_key, body_key) {
+        (Some(h), Some(b)) if h != b => {
+            return Err(ApiError::invalid(
+                "idempotency_key_mismatch",
+                "the Idempotency-Key header and the body's idempotency_key differ",
+            )
+            .with_param("idempotency_key"))
+        }
+        (Some(k), _) | (None, Some(k)) => k,
+        (None, None) => {
+            return Err(ApiError::invalid(
+                "idempotency_key_required",
+                "send an Idempotency-Key header (or idempotency_key in the body)",
+            )
+            .with_param("idempotency_key"))
+        }
+    };
+    Ok(RefundRequest {
+        amount,
+        idempotency_key,
+        reason,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -281,6 +385,47 @@ mod tests {
         ];
         for (body, code) in cases {
             assert_eq!(parse(body).unwrap_err(), code, "body {body}");
+        }
+    }
+
+    #[test]
+    fn refund_requests_parse_strictly() {
+        let ok = refund_request(
+            br#"{"amount_cents":500,"idempotency_key":"r1","reason":"damaged"}"#,
+            None,
+        )
+        .unwrap();
+        assert_eq!((ok.amount.get(), ok.reason.as_str()), (500, "damaged"));
+        let default_reason = refund_request(br#"{"amount_cents":1}"#, Some("r2")).unwrap();
+        assert_eq!(default_reason.reason, "requested_by_customer");
+        for (body, code) in [
+            (
+                r#"{"amount_cents":0,"idempotency_key":"k"}"#,
+                "invalid_amount",
+            ),
+            (
+                r#"{"amount_cents":-1,"idempotency_key":"k"}"#,
+                "invalid_amount",
+            ),
+            (
+                r#"{"amount_cents":"5","idempotency_key":"k"}"#,
+                "invalid_type",
+            ),
+            (r#"{"amount_cents":5}"#, "idempotency_key_required"),
+            (
+                r#"{"amount_cents":5,"idempotency_key":"k","x":1}"#,
+                "unknown_field",
+            ),
+            (
+                r#"{"amount_cents":5,"idempotency_key":"k","reason":""}"#,
+                "invalid_reason",
+            ),
+        ] {
+            assert_eq!(
+                refund_request(body.as_bytes(), None).unwrap_err().body.code,
+                code,
+                "{body}"
+            );
         }
     }
 

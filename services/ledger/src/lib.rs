@@ -17,7 +17,9 @@ pub mod api;
 pub mod fees;
 
 use anyhow::anyhow;
-use sagapay_domain::events::{LedgerPostFailed, LedgerPostRequested, PaymentSettled};
+use sagapay_domain::events::{
+    LedgerPostFailed, LedgerPostRequested, LedgerRefundRequested, PaymentSettled, RefundPosted,
+};
 use sagapay_domain::{Currency, Envelope, EventType};
 use sagapay_messaging::{Handler, HandlerError, MessageContext, Outbox};
 use sagapay_service_kit::{CommonConfig, Platform, ServiceHandle};
@@ -27,8 +29,15 @@ use uuid::Uuid;
 
 pub const SERVICE: &str = "ledger";
 pub const DEFAULT_PORT: u16 = 8004;
-pub const CONSUMES: &[EventType] = &[EventType::LedgerPostRequested];
-pub const PRODUCES: &[EventType] = &[EventType::PaymentSettled, EventType::LedgerPostFailed];
+pub const CONSUMES: &[EventType] = &[
+    EventType::LedgerPostRequested,
+    EventType::LedgerRefundRequested,
+];
+pub const PRODUCES: &[EventType] = &[
+    EventType::PaymentSettled,
+    EventType::LedgerPostFailed,
+    EventType::RefundPosted,
+];
 
 mod embedded {
     refinery::embed_migrations!("../../migrations/ledger");
@@ -123,6 +132,91 @@ struct LedgerHandler {
     fees: fees::FeeSchedule,
 }
 
+impl LedgerHandler {
+    /// A refund moves money back from the merchant to the provider (who returns it to the
+    /// customer): DR merchant payable, CR provider clearing. The platform fee is kept.
+    async fn post_refund(
+        &self,
+        conn: &mut PgConnection,
+        env: &Envelope,
+        ctx: &MessageContext,
+    ) -> Result<(), HandlerError> {
+        let cmd: LedgerRefundRequested = env.decode()?;
+        let clearing = provider_clearing_account(cmd.currency);
+        let payable = merchant_payable_account(cmd.currency, cmd.merchant_id);
+        ensure_account(
+            conn,
+            &clearing,
+            "ASSET",
+            cmd.currency,
+            None,
+            "funds owed by the payment provider",
+        )
+        .await?;
+        ensure_account(
+            conn,
+            &payable,
+            "LIABILITY",
+            cmd.currency,
+            Some(cmd.merchant_id),
+            "funds owed to the merchant",
+        )
+        .await?;
+        let kind = format!("REFUND:{}", cmd.refund_id);
+        let inserted: Option<Uuid> = sqlx::query_scalar(
+            "INSERT INTO journal_transactions (transaction_id, payment_id, posting_kind, currency, description,
+                                               event_id, amount_minor, fee_minor)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 0)
+             ON CONFLICT (payment_id, posting_kind) DO NOTHING
+             RETURNING transaction_id",
+        )
+        .bind(Uuid::now_v7())
+        .bind(env.payment_id)
+        .bind(&kind)
+        .bind(cmd.currency.as_str())
+        .bind(format!("refund {}", cmd.refund_id))
+        .bind(env.event_id)
+        .bind(cmd.amount_minor.get())
+        .fetch_optional(&mut *conn)
+        .await?;
+        let transaction_id = match inserted {
+            Some(id) => {
+                for (account, direction) in [(&payable, "DEBIT"), (&clearing, "CREDIT")] {
+                    sqlx::query(
+                        "INSERT INTO ledger_entries (transaction_id, account_id, direction, amount_minor, currency)
+                         VALUES ($1, $2, $3, $4, $5)",
+                    )
+                    .bind(id)
+                    .bind(account)
+                    .bind(direction)
+                    .bind(cmd.amount_minor.get())
+                    .bind(cmd.currency.as_str())
+                    .execute(&mut *conn)
+                    .await?;
+                }
+                id
+            }
+            None => sqlx::query_scalar(
+                "SELECT transaction_id FROM journal_transactions WHERE payment_id = $1 AND posting_kind = $2",
+            )
+            .bind(env.payment_id)
+            .bind(&kind)
+            .fetch_one(&mut *conn)
+            .await?,
+        };
+        let next = env.follow_up(&RefundPosted {
+            refund_id: cmd.refund_id,
+            journal_transaction_id: transaction_id,
+            amount_minor: cmd.amount_minor,
+            currency: cmd.currency,
+        });
+        self.outbox
+            .enqueue(conn, &next, &ctx.headers.propagated())
+            .await?;
+        Ok(())
+    }
+}
+
 impl Handler for LedgerHandler {
     async fn handle(
         &self,
@@ -130,11 +224,17 @@ impl Handler for LedgerHandler {
         env: &Envelope,
         ctx: &MessageContext,
     ) -> Result<(), HandlerError> {
-        if env.event_type() != Some(EventType::LedgerPostRequested) {
-            return Err(HandlerError::permanent(anyhow!(
-                "ledger does not handle {}",
-                env.event_type
-            )));
+        match env.event_type() {
+            Some(EventType::LedgerPostRequested) => {}
+            Some(EventType::LedgerRefundRequested) => {
+                return self.post_refund(conn, env, ctx).await
+            }
+            _ => {
+                return Err(HandlerError::permanent(anyhow!(
+                    "ledger does not handle {}",
+                    env.event_type
+                )))
+            }
         }
         let cmd: LedgerPostRequested = env.decode()?;
         if !self.currencies.contains(&cmd.currency) {

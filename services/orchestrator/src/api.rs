@@ -31,6 +31,10 @@ pub fn routes(state: AppState) -> Router {
     Router::new()
         .route("/internal/payments", post(create_payment))
         .route("/internal/payments/{payment_id}", get(get_payment))
+        .route(
+            "/internal/payments/{payment_id}/refunds",
+            post(crate::refunds::create),
+        )
         .with_state(state)
 }
 
@@ -160,7 +164,10 @@ async fn get_payment(
 ) -> Result<Response, ApiError> {
     let mut conn = state.pool.acquire().await?;
     match store::view(&mut conn, payment_id, owner.merchant_id).await? {
-        Some(view) => Ok(Json(view).into_response()),
+        Some(mut view) => {
+            view.refunds = crate::refunds::list(&mut conn, payment_id).await?;
+            Ok(Json(view).into_response())
+        }
         None => Err(
             ApiError::not_found("payment_not_found", format!("no payment {payment_id}"))
                 .with_param("payment_id"),

@@ -3,6 +3,7 @@
 //! the next step's command through its outbox.
 
 mod api;
+mod refunds;
 mod saga;
 mod store;
 
@@ -30,6 +31,8 @@ pub const CONSUMES: &[EventType] = &[
     EventType::LedgerPostFailed,
     EventType::ProviderRetriesExhausted,
     EventType::PaymentReversed,
+    EventType::PaymentRefunded,
+    EventType::RefundPosted,
 ];
 
 /// Events the orchestrator publishes.
@@ -40,6 +43,7 @@ pub const PRODUCES: &[EventType] = &[
     EventType::LedgerPostRequested,
     EventType::VoidRequested,
     EventType::RefundRequested,
+    EventType::LedgerRefundRequested,
     EventType::PaymentFinalized,
 ];
 

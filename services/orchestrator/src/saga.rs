@@ -11,6 +11,7 @@ use sagapay_domain::events::{
     ProviderOperation, ProviderRetriesExhausted, RefundRequested, RiskApproved, RiskDenied,
     RiskReviewRequired, VoidRequested,
 };
+use sagapay_domain::events::{LedgerRefundRequested, PaymentRefunded, RefundPosted};
 use sagapay_domain::{AmountMinor, Currency, Envelope, EventType, PaymentStatus};
 use sagapay_messaging::{Handler, HandlerError, MessageContext, Outbox};
 use sqlx::PgConnection;
@@ -232,6 +233,7 @@ impl Handler for Saga {
                     amount_minor: amount(&payment)?,
                     currency: currency(&payment)?,
                     reason: format!("ledger refused the posting: {}", ev.reason),
+                    refund_id: None,
                 });
                 self.outbox.enqueue(conn, &next, &headers).await?;
             }
@@ -272,6 +274,80 @@ impl Handler for Saga {
                 )
                 .await?;
             }
+            EventType::PaymentRefunded => {
+                let ev: PaymentRefunded = env.decode()?;
+                let updated = sqlx::query(
+                    "UPDATE refunds SET status = 'PROCESSED', provider_reference = $2, updated_at = now()
+                      WHERE refund_id = $1 AND payment_id = $3 AND status = 'REQUESTED'",
+                )
+                .bind(ev.refund_id)
+                .bind(&ev.reference)
+                .bind(payment.payment_id)
+                .execute(&mut *conn)
+                .await?
+                .rows_affected();
+                if updated == 0 {
+                    return self.ignored(env, "stale");
+                }
+                let reason = format!(
+                    "refund {} refunded by {} ({})",
+                    ev.refund_id, ev.provider, ev.reference
+                );
+                store::record_step(conn, &payment, &reason, Some(env.event_id)).await?;
+                let next = env.follow_up(&LedgerRefundRequested {
+                    refund_id: ev.refund_id,
+                    merchant_id: payment.merchant_id,
+                    amount_minor: ev.amount_minor,
+                    currency: ev.currency,
+                });
+                self.outbox.enqueue(conn, &next, &headers).await?;
+            }
+            EventType::RefundPosted => {
+                let ev: RefundPosted = env.decode()?;
+                let allowed = [PaymentStatus::Settled, PaymentStatus::PartiallyRefunded];
+                if let Step::Ignore(why) = self.expect(&payment, &allowed, env) {
+                    return self.ignored(env, why);
+                }
+                let updated = sqlx::query(
+                    "UPDATE refunds SET status = 'SUCCEEDED', journal_transaction_id = $2, updated_at = now()
+                      WHERE refund_id = $1 AND payment_id = $3 AND status = 'PROCESSED'",
+                )
+                .bind(ev.refund_id)
+                .bind(ev.journal_transaction_id)
+                .bind(payment.payment_id)
+                .execute(&mut *conn)
+                .await?
+                .rows_affected();
+                if updated == 0 {
+                    return self.ignored(env, "stale");
+                }
+                let refunded: i64 = sqlx::query_scalar(
+                    "SELECT COALESCE(sum(amount_minor), 0)::bigint FROM refunds
+                      WHERE payment_id = $1 AND status = 'SUCCEEDED'",
+                )
+                .bind(payment.payment_id)
+                .fetch_one(&mut *conn)
+                .await?;
+                assert!(
+                    refunded <= payment.amount_minor,
+                    "refunds admitted under the payment lock never exceed the amount"
+                );
+                let to = if refunded == payment.amount_minor {
+                    PaymentStatus::Refunded
+                } else {
+                    PaymentStatus::PartiallyRefunded
+                };
+                let reason = format!(
+                    "refund {} posted ({}): {refunded} of {} {} refunded",
+                    ev.refund_id, ev.journal_transaction_id, payment.amount_minor, payment.currency
+                );
+                self.apply(conn, &payment, to, &reason, env, Facts::default())
+                    .await?;
+                if to == PaymentStatus::Refunded {
+                    self.finalize(conn, &payment, to, &reason, env, &headers)
+                        .await?;
+                }
+            }
             other => {
                 return Err(HandlerError::permanent(anyhow!(
                     "the orchestrator does not handle {other}"
@@ -293,6 +369,23 @@ impl Saga {
         headers: &sagapay_messaging::MessageHeaders,
     ) -> Result<(), HandlerError> {
         let op = ev.operation.as_str();
+        if let Some(refund_id) = ev.refund_id {
+            // A merchant's refund could not be done: it fails; the payment is unchanged.
+            let reason = format!(
+                "refund {refund_id} failed after {} attempts ({})",
+                ev.attempts, ev.last_error
+            );
+            sqlx::query(
+                "UPDATE refunds SET status = 'FAILED', failure_reason = $2, updated_at = now()
+                  WHERE refund_id = $1 AND status = 'REQUESTED'",
+            )
+            .bind(refund_id)
+            .bind(&reason)
+            .execute(&mut *conn)
+            .await?;
+            store::record_step(conn, payment, &reason, Some(env.event_id)).await?;
+            return Ok(());
+        }
         let expected = match ev.operation {
             ProviderOperation::Authorize => PaymentStatus::Approved,
             ProviderOperation::Capture => PaymentStatus::Authorized,

@@ -258,6 +258,7 @@ pub struct PaymentView {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub timeline: Vec<TimelineEntry>,
+    pub refunds: Vec<crate::refunds::RefundView>,
 }
 
 /// The payment with its timeline, if it exists and belongs to `merchant_id`.
@@ -306,5 +307,6 @@ pub async fn view(
         created_at: p.created_at,
         updated_at: p.updated_at,
         timeline,
+        refunds: Vec::new(),
     }))
 }

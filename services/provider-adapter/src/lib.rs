@@ -37,6 +37,7 @@ pub const PRODUCES: &[EventType] = &[
     EventType::PaymentFailed,
     EventType::PaymentCaptured,
     EventType::PaymentReversed,
+    EventType::PaymentRefunded,
     EventType::ProviderRetriesExhausted,
 ];
 
@@ -108,14 +109,16 @@ impl CommandHandler {
         env: &Envelope,
         ctx: &MessageContext,
         operation: ProviderOperation,
+        operation_key: String,
         request: OperationRequest,
     ) -> Result<(), HandlerError> {
         let inserted = sqlx::query(
             "INSERT INTO provider_operations (operation_id, payment_id, operation, request,
                                               source_event_id, correlation_id, headers,
-                                              source_envelope, source_topic, source_partition, source_offset)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-             ON CONFLICT (payment_id, operation) DO NOTHING",
+                                              source_envelope, source_topic, source_partition, source_offset,
+                                              operation_key)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+             ON CONFLICT (payment_id, operation, operation_key) DO NOTHING",
         )
         .bind(Uuid::now_v7())
         .bind(env.payment_id)
@@ -128,6 +131,7 @@ impl CommandHandler {
         .bind(&ctx.topic)
         .bind(ctx.partition)
         .bind(ctx.offset)
+        .bind(operation_key)
         .execute(conn)
         .await?
         .rows_affected();
@@ -146,6 +150,7 @@ impl Handler for CommandHandler {
         env: &Envelope,
         ctx: &MessageContext,
     ) -> Result<(), HandlerError> {
+        let mut key = String::new();
         let (operation, request) = match env.event_type() {
             Some(EventType::AuthorizeRequested) => {
                 let c: AuthorizeRequested = env.decode()?;
@@ -188,6 +193,7 @@ impl Handler for CommandHandler {
             }
             Some(EventType::RefundRequested) => {
                 let c: RefundRequested = env.decode()?;
+                key = c.refund_id.map(|id| id.to_string()).unwrap_or_default();
                 (
                     ProviderOperation::Refund,
                     OperationRequest {
@@ -206,7 +212,7 @@ impl Handler for CommandHandler {
                 )))
             }
         };
-        Self::schedule(conn, env, ctx, operation, request).await
+        Self::schedule(conn, env, ctx, operation, key, request).await
     }
 }
 

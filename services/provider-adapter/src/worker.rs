@@ -10,8 +10,8 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use prometheus::IntCounterVec;
 use sagapay_domain::events::{
-    PaymentAuthorized, PaymentCaptured, PaymentFailed, PaymentReversed, ProviderOperation,
-    ProviderRetriesExhausted,
+    PaymentAuthorized, PaymentCaptured, PaymentFailed, PaymentRefunded, PaymentReversed,
+    ProviderOperation, ProviderRetriesExhausted,
 };
 use sagapay_domain::{AmountMinor, Currency, Envelope};
 use sagapay_messaging::{Classification, DeadLetter, MessageHeaders, Outbox};
@@ -68,12 +68,24 @@ struct Claimed {
     operation_id: Uuid,
     payment_id: Uuid,
     operation: ProviderOperation,
+    /// The refund id for merchant refunds, else empty.
+    operation_key: String,
     request: OperationRequest,
     attempts: i32,
     token: Uuid,
     source_event_id: Uuid,
     correlation_id: String,
     headers: MessageHeaders,
+}
+
+impl Claimed {
+    /// The merchant refund this operation performs, if it is one.
+    fn refund_id(&self) -> Option<Uuid> {
+        match self.operation {
+            ProviderOperation::Refund => Uuid::parse_str(&self.operation_key).ok(),
+            _ => None,
+        }
+    }
 }
 
 fn parse_operation(s: &str) -> anyhow::Result<ProviderOperation> {
@@ -167,7 +179,7 @@ impl<P: PaymentProvider> Worker<P> {
              UPDATE provider_operations o
                 SET claimed_until = now() + make_interval(secs => $2), claim_token = $3
                FROM due WHERE o.operation_id = due.operation_id
-             RETURNING o.operation_id, o.payment_id, o.operation, o.request, o.attempts,
+             RETURNING o.operation_id, o.payment_id, o.operation, o.operation_key, o.request, o.attempts,
                        o.source_event_id, o.correlation_id, o.headers",
         )
         .bind(limit)
@@ -184,6 +196,7 @@ impl<P: PaymentProvider> Worker<P> {
                     operation_id: r.try_get("operation_id")?,
                     payment_id: r.try_get("payment_id")?,
                     operation: parse_operation(r.try_get("operation")?)?,
+                    operation_key: r.try_get("operation_key")?,
                     request: request.0,
                     attempts: r.try_get("attempts")?,
                     token,
@@ -208,11 +221,20 @@ impl<P: PaymentProvider> Worker<P> {
         let req = ProviderRequest {
             payment_id: op.payment_id,
             operation: op.operation,
-            idempotency_key: format!(
-                "{}:{}",
-                op.operation.as_str().to_ascii_lowercase(),
-                op.payment_id
-            ),
+            idempotency_key: if op.operation_key.is_empty() {
+                format!(
+                    "{}:{}",
+                    op.operation.as_str().to_ascii_lowercase(),
+                    op.payment_id
+                )
+            } else {
+                format!(
+                    "{}:{}:{}",
+                    op.operation.as_str().to_ascii_lowercase(),
+                    op.payment_id,
+                    op.operation_key
+                )
+            },
             amount_minor: op.request.amount_minor,
             currency: op.request.currency,
             payment_method: op.request.payment_method.clone(),
@@ -311,6 +333,16 @@ impl<P: PaymentProvider> Worker<P> {
                             currency: c,
                         },
                     ),
+                    ProviderOperation::Refund if op.refund_id().is_some() => self.reply(
+                        op,
+                        &PaymentRefunded {
+                            refund_id: op.refund_id().expect("checked"),
+                            provider,
+                            reference,
+                            amount_minor: a,
+                            currency: c,
+                        },
+                    ),
                     ProviderOperation::Void | ProviderOperation::Refund => self.reply(
                         op,
                         &PaymentReversed {
@@ -380,6 +412,7 @@ impl<P: PaymentProvider> Worker<P> {
                             operation,
                             attempts: attempt_no as u32,
                             last_error,
+                            refund_id: op.refund_id(),
                         },
                     ))
                 }

@@ -8,6 +8,7 @@ mod ledger;
 mod out_of_order;
 mod provider_paths;
 mod redelivery;
+mod refunds;
 mod relay;
 mod replay;
 mod risk_review;

@@ -1,0 +1,163 @@
+use sagapay_e2e::{TestStack, DEV_API_KEY};
+use serde_json::{json, Value};
+use std::time::Duration;
+use uuid::Uuid;
+
+const WAIT: Duration = Duration::from_secs(40);
+
+async fn settled(stack: &TestStack, key: &str, amount: i64) -> String {
+    let (status, body) = stack
+        .create_payment(json!({
+            "customer_id": format!("cust-{key}"), "amount_cents": amount, "currency": "USD",
+            "idempotency_key": key
+        }))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let pid = body["payment_id"].as_str().unwrap().to_owned();
+    stack.wait_for_status(&pid, "SETTLED", WAIT).await;
+    pid
+}
+
+async fn refund(stack: &TestStack, pid: &str, amount: i64, key: &str) -> (u16, Value) {
+    let resp = stack
+        .http
+        .post(format!("{}/payments/{pid}/refunds", stack.gateway_url()))
+        .header("x-api-key", DEV_API_KEY)
+        .json(&json!({"amount_cents": amount, "idempotency_key": key, "reason": "customer asked"}))
+        .send()
+        .await
+        .unwrap();
+    (resp.status().as_u16(), resp.json().await.unwrap())
+}
+
+async fn ledger_get(stack: &TestStack, path: &str) -> Value {
+    stack
+        .http
+        .get(format!("{}{path}", stack.service_url("ledger")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_partial_then_a_full_refund_post_reversals_and_end_refunded() {
+    let stack = TestStack::spawn().await;
+    let pid = settled(&stack, "refund-pf", 10_000).await;
+
+    let (status, first) = refund(&stack, &pid, 3_000, "r1").await;
+    assert_eq!(status, 201, "{first}");
+    assert_eq!(first["status"], "REQUESTED");
+    let p = stack
+        .wait_for_status(&pid, "PARTIALLY_REFUNDED", WAIT)
+        .await;
+    assert_eq!(p["refunds"][0]["status"], "SUCCEEDED");
+    assert_eq!(p["refunds"][0]["amount_cents"], 3_000);
+
+    // Same key, same refund.
+    let (status, again) = refund(&stack, &pid, 3_000, "r1").await;
+    assert_eq!(status, 201);
+    assert_eq!(again["refund_id"], first["refund_id"]);
+    // More than what is left: 422, and nothing is created.
+    let (status, over) = refund(&stack, &pid, 7_001, "r-over").await;
+    assert_eq!(status, 422, "{over}");
+    assert_eq!(over["error"]["code"], "refund_exceeds_captured");
+
+    let (status, second) = refund(&stack, &pid, 7_000, "r2").await;
+    assert_eq!(status, 201, "{second}");
+    let p = stack.wait_for_status(&pid, "REFUNDED", WAIT).await;
+    let refunds = p["refunds"].as_array().unwrap();
+    assert_eq!(refunds.len(), 2);
+    assert!(refunds.iter().all(|r| r["status"] == "SUCCEEDED"));
+    let transitions: Vec<&str> = p["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["kind"] == "TRANSITION")
+        .map(|t| t["to_state"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        &transitions[transitions.len() - 2..],
+        ["PARTIALLY_REFUNDED", "REFUNDED"]
+    );
+
+    // Ledger: one posting per refund, and the provider's clearing account is back to zero.
+    let ledger = stack.db("ledger").await;
+    let postings: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT posting_kind, amount_minor FROM journal_transactions WHERE payment_id = $1 ORDER BY created_at",
+    )
+    .bind(Uuid::parse_str(&pid).unwrap())
+    .fetch_all(&ledger)
+    .await
+    .unwrap();
+    assert_eq!(postings.len(), 3);
+    assert_eq!(postings[0], ("CAPTURE".to_owned(), 10_000));
+    assert!(postings[1].0.starts_with("REFUND:") && postings[1].1 == 3_000);
+    assert!(postings[2].0.starts_with("REFUND:") && postings[2].1 == 7_000);
+    let clearing = ledger_get(&stack, "/accounts/USD:provider_clearing/balance").await;
+    assert_eq!(clearing["balance_minor"], 0);
+    let report = ledger_get(&stack, "/reconciliation").await;
+    assert_eq!(report["imbalanced_count"], 0);
+    assert_eq!(report["balance_mismatches"], json!([]));
+    let provider = stack.db("provider-adapter").await;
+    let refunds_at_provider: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM simulated_provider_operations WHERE payment_id = $1 AND operation = 'REFUND'",
+    )
+    .bind(Uuid::parse_str(&pid).unwrap())
+    .fetch_one(&provider)
+    .await
+    .unwrap();
+    assert_eq!(refunds_at_provider, 2);
+    stack.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn twenty_concurrent_refunds_never_exceed_the_captured_amount() {
+    let stack = TestStack::spawn().await;
+    let pid = settled(&stack, "refund-race", 10_000).await;
+    let attempts = (0..20).map(|i| {
+        let stack = &stack;
+        let pid = pid.clone();
+        async move { refund(stack, &pid, 1_000, &format!("race-{i}")).await }
+    });
+    let results = futures::future::join_all(attempts).await;
+    let accepted = results.iter().filter(|(s, _)| *s == 201).count();
+    let refused = results
+        .iter()
+        .filter(|(s, b)| *s == 422 && b["error"]["code"] == "refund_exceeds_captured")
+        .count();
+    assert_eq!((accepted, refused), (10, 10), "{results:?}");
+    let p = stack.wait_for_status(&pid, "REFUNDED", WAIT).await;
+    let total: i64 = p["refunds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["amount_cents"].as_i64().unwrap())
+        .sum();
+    assert_eq!(total, 10_000);
+    stack.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn refunding_a_payment_that_is_not_settled_is_a_conflict() {
+    let stack = TestStack::spawn().await;
+    let (status, body) = stack
+        .create_payment(json!({
+            "customer_id": "cust-nr", "amount_cents": 150_000, "currency": "USD",
+            "idempotency_key": "not-settled"
+        }))
+        .await;
+    assert_eq!(status, 201);
+    let pid = body["payment_id"].as_str().unwrap().to_owned();
+    stack.wait_for_status(&pid, "RISK_REVIEW", WAIT).await;
+    let (status, err) = refund(&stack, &pid, 100, "nr-1").await;
+    assert_eq!(status, 409, "{err}");
+    assert_eq!(err["error"]["code"], "payment_not_refundable");
+    let (status, _) = refund(&stack, &Uuid::now_v7().to_string(), 100, "nr-2").await;
+    assert_eq!(status, 404);
+    let p = stack.get_payment(&pid).await;
+    assert_eq!(p["refunds"], json!([]));
+    stack.teardown().await;
+}
