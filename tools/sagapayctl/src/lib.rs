@@ -144,3 +144,215 @@ pub mod dlq {
         Ok(entries.len())
     }
 }
+
+/// Cross-service reconciliation: the orchestrator's payments against the ledger's postings.
+///
+/// Rules checked:
+/// - a payment that settled (SETTLED, PARTIALLY_REFUNDED, REFUNDED) has exactly one CAPTURE
+///   posting, of the payment's amount;
+/// - every CAPTURE posting belongs to such a payment (never to a FAILED or REVERSED one, or to
+///   a payment the orchestrator does not know);
+/// - a SUCCEEDED refund has exactly one REFUND posting of its amount, and every REFUND posting
+///   belongs to a SUCCEEDED refund.
+///
+/// It reads both databases whole (two queries each), which is right for the sizes a test or a
+/// daily check sees; at much larger sizes it should compare by time window.
+pub mod reconcile {
+    use serde::Serialize;
+    use sqlx::postgres::PgPoolOptions;
+    use std::collections::HashMap;
+    use uuid::Uuid;
+
+    #[derive(Debug, Clone, Serialize, PartialEq)]
+    pub struct Difference {
+        pub payment_id: Uuid,
+        pub problem: String,
+    }
+
+    #[derive(Debug, Clone, Serialize)]
+    pub struct Report {
+        pub payments_checked: usize,
+        pub postings_checked: usize,
+        pub refunds_checked: usize,
+        pub differences: Vec<Difference>,
+    }
+
+    const SETTLED_STATES: [&str; 3] = ["SETTLED", "PARTIALLY_REFUNDED", "REFUNDED"];
+
+    /// `orchestrator_url` and `ledger_url` are the two services' database URLs.
+    pub async fn run(orchestrator_url: &str, ledger_url: &str) -> anyhow::Result<Report> {
+        let orch = PgPoolOptions::new()
+            .max_connections(1)
+            .connect(orchestrator_url)
+            .await?;
+        let ledger = PgPoolOptions::new()
+            .max_connections(1)
+            .connect(ledger_url)
+            .await?;
+        let payments: Vec<(Uuid, String, i64)> =
+            sqlx::query_as("SELECT payment_id, status, amount_minor FROM payments")
+                .fetch_all(&orch)
+                .await?;
+        let refunds: Vec<(Uuid, Uuid, i64)> = sqlx::query_as(
+            "SELECT refund_id, payment_id, amount_minor FROM refunds WHERE status = 'SUCCEEDED'",
+        )
+        .fetch_all(&orch)
+        .await?;
+        let postings: Vec<(Uuid, String, Option<i64>, i64)> = sqlx::query_as(
+            "SELECT t.payment_id, t.posting_kind, t.amount_minor,
+                    COALESCE(sum(e.amount_minor) FILTER (WHERE e.direction = 'DEBIT'), 0)::bigint
+               FROM journal_transactions t LEFT JOIN ledger_entries e USING (transaction_id)
+              GROUP BY t.transaction_id, t.payment_id, t.posting_kind, t.amount_minor",
+        )
+        .fetch_all(&ledger)
+        .await?;
+        orch.close().await;
+        ledger.close().await;
+        Ok(compare(&payments, &refunds, &postings))
+    }
+
+    /// The pure comparison, for tests.
+    pub fn compare(
+        payments: &[(Uuid, String, i64)],
+        refunds: &[(Uuid, Uuid, i64)],
+        postings: &[(Uuid, String, Option<i64>, i64)],
+    ) -> Report {
+        let mut differences = Vec::new();
+        let mut captures: HashMap<Uuid, Vec<i64>> = HashMap::new();
+        let mut refund_postings: HashMap<String, Vec<i64>> = HashMap::new();
+        for (payment_id, kind, amount, debits) in postings {
+            // The posted amount is what the entries say (the column is informational).
+            let posted = *debits;
+            if let Some(recorded) = amount {
+                if *recorded != posted {
+                    differences.push(Difference {
+                        payment_id: *payment_id,
+                        problem: format!(
+                            "{kind} posting records {recorded} but its entries move {posted}"
+                        ),
+                    });
+                }
+            }
+            if kind == "CAPTURE" {
+                captures.entry(*payment_id).or_default().push(posted);
+            } else if let Some(refund_id) = kind.strip_prefix("REFUND:") {
+                refund_postings
+                    .entry(refund_id.to_owned())
+                    .or_default()
+                    .push(posted);
+            }
+        }
+        let known: HashMap<Uuid, (&str, i64)> = payments
+            .iter()
+            .map(|(id, status, amount)| (*id, (status.as_str(), *amount)))
+            .collect();
+        for (payment_id, status, amount) in payments {
+            let posted = captures.get(payment_id).map(Vec::as_slice).unwrap_or(&[]);
+            let settled = SETTLED_STATES.contains(&status.as_str());
+            match (settled, posted) {
+                (true, [one]) if one == amount => {}
+                (true, []) => differences.push(Difference {
+                    payment_id: *payment_id,
+                    problem: format!("{status} but no capture posting"),
+                }),
+                (true, [one]) => differences.push(Difference {
+                    payment_id: *payment_id,
+                    problem: format!("{status} for {amount} but the capture posting is {one}"),
+                }),
+                (true, many) => differences.push(Difference {
+                    payment_id: *payment_id,
+                    problem: format!("{} capture postings", many.len()),
+                }),
+                (false, []) => {}
+                (false, _) => differences.push(Difference {
+                    payment_id: *payment_id,
+                    problem: format!("{status} but it has a capture posting"),
+                }),
+            }
+        }
+        for payment_id in captures.keys() {
+            if !known.contains_key(payment_id) {
+                differences.push(Difference {
+                    payment_id: *payment_id,
+                    problem: "capture posting for a payment the orchestrator does not know".into(),
+                });
+            }
+        }
+        for (refund_id, payment_id, amount) in refunds {
+            match refund_postings.remove(&refund_id.to_string()).as_deref() {
+                Some([one]) if one == amount => {}
+                Some(p) => differences.push(Difference {
+                    payment_id: *payment_id,
+                    problem: format!("refund {refund_id} of {amount} has postings {p:?}"),
+                }),
+                None => differences.push(Difference {
+                    payment_id: *payment_id,
+                    problem: format!("refund {refund_id} succeeded but has no posting"),
+                }),
+            }
+        }
+        for (refund_id, _) in refund_postings {
+            differences.push(Difference {
+                payment_id: Uuid::nil(),
+                problem: format!("refund posting {refund_id} without a succeeded refund"),
+            });
+        }
+        differences.sort_by(|a, b| (a.payment_id, &a.problem).cmp(&(b.payment_id, &b.problem)));
+        Report {
+            payments_checked: payments.len(),
+            postings_checked: postings.len(),
+            refunds_checked: refunds.len(),
+            differences,
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn finds_each_kind_of_difference() {
+            let (a, b, c, d, e) = (
+                Uuid::from_u128(1),
+                Uuid::from_u128(2),
+                Uuid::from_u128(3),
+                Uuid::from_u128(4),
+                Uuid::from_u128(5),
+            );
+            let r = Uuid::from_u128(9);
+            let payments = vec![
+                (a, "SETTLED".to_owned(), 100),
+                (b, "SETTLED".to_owned(), 100),
+                (c, "FAILED".to_owned(), 100),
+                (d, "REFUNDED".to_owned(), 100),
+            ];
+            let refunds = vec![(r, d, 100)];
+            let postings = vec![
+                (a, "CAPTURE".to_owned(), Some(100), 100),
+                (c, "CAPTURE".to_owned(), Some(100), 100),
+                (d, "CAPTURE".to_owned(), Some(100), 100),
+                (d, format!("REFUND:{r}"), Some(100), 100),
+                (e, "CAPTURE".to_owned(), Some(5), 5),
+            ];
+            let report = compare(&payments, &refunds, &postings);
+            let problems: Vec<(Uuid, &str)> = report
+                .differences
+                .iter()
+                .map(|d| (d.payment_id, d.problem.as_str()))
+                .collect();
+            assert_eq!(
+                problems,
+                vec![
+                    (b, "SETTLED but no capture posting"),
+                    (c, "FAILED but it has a capture posting"),
+                    (
+                        e,
+                        "capture posting for a payment the orchestrator does not know"
+                    ),
+                ]
+            );
+            let clean = compare(&payments[..1], &[], &postings[..1]);
+            assert!(clean.differences.is_empty());
+        }
+    }
+}

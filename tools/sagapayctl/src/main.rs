@@ -4,6 +4,7 @@
 //! sagapayctl dlq list   [--classification C] [--service S] [--event-type T] [--json]
 //! sagapayctl dlq show   <partition:offset>
 //! sagapayctl dlq replay <partition:offset> | --all [--classification C] [--service S] [--event-type T] [--dry-run]
+//! sagapayctl reconcile [--postgres-url URL] [--json]
 //! ```
 //!
 //! `--namespace` (or `SAGAPAY_NAMESPACE`, default `sagapay`) and `--brokers` (or
@@ -40,6 +41,19 @@ enum Command {
     /// Dead letters: inspect and replay.
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// Check every settled payment against the ledger; exit 1 when anything differs.
+    Reconcile {
+        /// PostgreSQL server URL, without a database (the services' setting).
+        #[arg(
+            long,
+            env = "SAGAPAY_POSTGRES_URL",
+            default_value = "postgres://sagapay:sagapay@127.0.0.1:5432"
+        )]
+        postgres_url: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args, Clone)]
@@ -137,7 +151,35 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         brokers: cli.brokers.clone(),
         ..KafkaSettings::default()
     };
+    if let Command::Reconcile { postgres_url, json } = &cli.command {
+        let base = postgres_url.trim_end_matches('/');
+        let report = sagapayctl::reconcile::run(
+            &format!("{base}/{}", ns.database("orchestrator")),
+            &format!("{base}/{}", ns.database("ledger")),
+        )
+        .await?;
+        if *json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            for d in &report.differences {
+                println!("{}  {}", d.payment_id, d.problem);
+            }
+            println!(
+                "{} payments, {} postings, {} refunds checked: {} difference(s)",
+                report.payments_checked,
+                report.postings_checked,
+                report.refunds_checked,
+                report.differences.len()
+            );
+        }
+        anyhow::ensure!(
+            report.differences.is_empty(),
+            "the ledger and the payments disagree"
+        );
+        return Ok(());
+    }
     match cli.command {
+        Command::Reconcile { .. } => unreachable!("handled above"),
         Command::Dlq(DlqCommand::List { filter: f, json }) => {
             let f = filter(&f, None)?;
             let entries: Vec<_> = dlq::read_all(&kafka, &ns)
