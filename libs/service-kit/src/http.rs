@@ -39,24 +39,26 @@ pub struct Readiness {
 
 #[derive(Clone)]
 struct OpsState {
+    service: &'static str,
     registry: Registry,
     readiness: Readiness,
 }
 
 /// `/health`, `/ready` and `/metrics`.
-pub fn ops_routes(registry: Registry, readiness: Readiness) -> Router {
+pub fn ops_routes(service: &'static str, registry: Registry, readiness: Readiness) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
         .with_state(OpsState {
+            service,
             registry,
             readiness,
         })
 }
 
-async fn health() -> Json<serde_json::Value> {
-    Json(json!({"status": "ok"}))
+async fn health(State(s): State<OpsState>) -> Json<serde_json::Value> {
+    Json(json!({"status": "ok", "service": s.service}))
 }
 
 async fn ready(State(s): State<OpsState>) -> Response {
@@ -75,6 +77,7 @@ async fn ready(State(s): State<OpsState>) -> Response {
     (
         status,
         Json(json!({
+            "service": s.service,
             "status": if status == StatusCode::OK { "ready" } else { "not_ready" },
             "checks": {"database": word(db_ok), "kafka": word(kafka_ok)},
         })),

@@ -117,6 +117,7 @@ impl Platform {
     /// The service's whole router: its API plus `/health`, `/ready`, `/metrics`, instrumented.
     pub fn router(&self, api: Router) -> Router {
         let ops = http::ops_routes(
+            self.config.service,
             self.registry.clone(),
             Readiness {
                 pool: self.pool.clone(),

@@ -15,10 +15,11 @@ pub fn hash_key(key: &str) -> Vec<u8> {
     Sha256::digest(key.as_bytes()).to_vec()
 }
 
-/// The merchant a request is authenticated as.
+/// The merchant a request is authenticated as, and the key it used.
 #[derive(Debug, Clone, Copy)]
 pub struct Merchant {
     pub merchant_id: Uuid,
+    pub key_id: Uuid,
 }
 
 /// Creates the development merchant and its key (idempotent). Development mode only.
@@ -50,32 +51,49 @@ pub async fn seed_dev_merchant(pool: &PgPool, key: &str) -> anyhow::Result<Uuid>
 }
 
 pub async fn authenticate(pool: &PgPool, key: &str) -> Result<Option<Merchant>, sqlx::Error> {
-    let merchant_id: Option<Uuid> = sqlx::query_scalar(
-        "SELECT merchant_id FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
+    let found: Option<(Uuid, Uuid)> = sqlx::query_as(
+        "SELECT merchant_id, key_id FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
     )
     .bind(hash_key(key))
     .fetch_optional(pool)
     .await?;
-    Ok(merchant_id.map(|merchant_id| Merchant { merchant_id }))
+    Ok(found.map(|(merchant_id, key_id)| Merchant {
+        merchant_id,
+        key_id,
+    }))
 }
 
-/// Something that can authenticate: the router's state.
+/// What authentication needs from the router's state.
 pub trait KeyStore {
     fn key_pool(&self) -> &PgPool;
+    fn rate_limit(&self) -> &crate::ratelimit::RateLimit;
 }
 
+/// Authenticates the request, then takes one token from its key's rate-limit bucket.
 impl<S: KeyStore + Send + Sync> FromRequestParts<S> for Merchant {
-    type Rejection = ApiError;
+    type Rejection = axum::response::Response;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        use axum::response::IntoResponse;
         let key = parts
             .headers
             .get(API_KEY_HEADER)
             .and_then(|v| v.to_str().ok())
             .filter(|k| !k.is_empty() && k.len() <= 256)
-            .ok_or_else(|| ApiError::unauthorized("missing or malformed x-api-key header"))?;
-        authenticate(state.key_pool(), key)
-            .await?
-            .ok_or_else(|| ApiError::unauthorized("invalid API key"))
+            .ok_or_else(|| {
+                ApiError::unauthorized("missing or malformed x-api-key header").into_response()
+            })?;
+        let merchant = authenticate(state.key_pool(), key)
+            .await
+            .map_err(|e| ApiError::from(e).into_response())?
+            .ok_or_else(|| ApiError::unauthorized("invalid API key").into_response())?;
+        let remaining = state
+            .rate_limit()
+            .check(merchant.key_id)
+            .map_err(|retry_after_s| state.rate_limit().refusal(retry_after_s))?;
+        if let Some(slot) = parts.extensions.get::<crate::ratelimit::QuotaSlot>() {
+            let _ = slot.0.set((state.rate_limit().burst(), remaining));
+        }
+        Ok(merchant)
     }
 }

@@ -3,6 +3,7 @@
 //! HTTP client. It owns merchants and API keys (stored only as hashes).
 
 pub mod auth;
+pub mod ratelimit;
 mod routes;
 pub mod validate;
 
@@ -30,6 +31,10 @@ pub struct Config {
     pub max_amount_minor: i64,
     /// Largest request body accepted, in bytes.
     pub body_limit_bytes: usize,
+    /// Per API key: `SAGAPAY_RATE_LIMIT_PER_SECOND` (default 100) and
+    /// `SAGAPAY_RATE_LIMIT_BURST` (default 200), per gateway instance.
+    pub rate_limit_per_second: u32,
+    pub rate_limit_burst: u32,
 }
 
 impl Config {
@@ -44,6 +49,8 @@ impl Config {
             dev_api_key,
             max_amount_minor: env_parse("SAGAPAY_MAX_AMOUNT_CENTS", 100_000_000)?,
             body_limit_bytes: 16 * 1024,
+            rate_limit_per_second: env_parse("SAGAPAY_RATE_LIMIT_PER_SECOND", 100)?,
+            rate_limit_burst: env_parse("SAGAPAY_RATE_LIMIT_BURST", 200)?,
             common,
         })
     }
@@ -54,6 +61,9 @@ impl Config {
             dev_api_key: Some("dev-secret".into()),
             max_amount_minor: 100_000_000,
             body_limit_bytes: 16 * 1024,
+            // Tests that are not about rate limits must not hit them.
+            rate_limit_per_second: 100_000,
+            rate_limit_burst: 100_000,
             common,
         }
     }
@@ -87,10 +97,21 @@ pub async fn start(config: Config) -> anyhow::Result<ServiceHandle> {
         client,
         orchestrator_url: config.orchestrator_url.trim_end_matches('/').to_owned(),
         max_amount_minor: config.max_amount_minor,
+        rate_limit: std::sync::Arc::new(ratelimit::RateLimit::new(
+            config.rate_limit_per_second,
+            config.rate_limit_burst,
+        )),
     };
+    let limits = state.rate_limit.clone();
     let router = platform.router(routes::routes(state, config.body_limit_bytes));
-    platform
-        .builder()
-        .serve(config.common.http_addr, router)
-        .await
+    let mut builder = platform.builder();
+    builder.spawn("rate-limit-housekeeping", move |shutdown| async move {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(Duration::from_secs(60)) => limits.shrink(),
+            }
+        }
+    });
+    builder.serve(config.common.http_addr, router).await
 }

@@ -20,11 +20,15 @@ pub struct AppState {
     pub client: reqwest::Client,
     pub orchestrator_url: String,
     pub max_amount_minor: i64,
+    pub rate_limit: std::sync::Arc<crate::ratelimit::RateLimit>,
 }
 
 impl KeyStore for AppState {
     fn key_pool(&self) -> &PgPool {
         &self.pool
+    }
+    fn rate_limit(&self) -> &crate::ratelimit::RateLimit {
+        &self.rate_limit
     }
 }
 
@@ -34,6 +38,7 @@ pub fn routes(state: AppState, body_limit_bytes: usize) -> Router {
         .route("/payments/{payment_id}", get(get_payment))
         .route("/payments/{payment_id}/refunds", post(create_refund))
         .layer(DefaultBodyLimit::max(body_limit_bytes))
+        .layer(axum::middleware::from_fn(crate::ratelimit::quota_headers))
         .with_state(state)
 }
 

@@ -73,6 +73,8 @@ pub struct StackOptions {
     pub orchestrator_relay_disabled: bool,
     /// Currencies the ledger can post (default: all).
     pub ledger_currencies: Option<Vec<sagapay_domain::Currency>>,
+    /// Gateway rate limit per API key: (per second, burst). Default: practically none.
+    pub gateway_rate_limit: Option<(u32, u32)>,
 }
 
 async fn start_ledger(
@@ -107,10 +109,17 @@ impl TestStack {
             sagapay_notification::start(sagapay_notification::Config {
                 common: config(sagapay_notification::SERVICE, &ns),
             }),
-            sagapay_gateway::start(sagapay_gateway::Config::for_test(
-                config(sagapay_gateway::SERVICE, &ns),
-                orchestrator.base_url(),
-            )),
+            sagapay_gateway::start({
+                let mut g = sagapay_gateway::Config::for_test(
+                    config(sagapay_gateway::SERVICE, &ns),
+                    orchestrator.base_url(),
+                );
+                if let Some((per_second, burst)) = options.gateway_rate_limit {
+                    g.rate_limit_per_second = per_second;
+                    g.rate_limit_burst = burst;
+                }
+                g
+            }),
         );
         TestStack {
             ns,

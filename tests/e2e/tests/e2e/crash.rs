@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+use uuid::Uuid;
 
 fn binary(service: &str) -> PathBuf {
     // target/debug/deps/e2e-<hash> -> target/debug/sagapay-<service>
@@ -24,11 +25,15 @@ fn binary(service: &str) -> PathBuf {
     bin
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+/// A free port below Linux's ephemeral range (32768+), where the in-process test stacks (which
+/// bind port 0) never land, so no other test can take it between this check and the bind.
+fn free_port(taken: &[u16]) -> u16 {
+    loop {
+        let port = 20_000 + (Uuid::new_v4().as_u128() % 10_000) as u16;
+        if !taken.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 struct Processes {
@@ -104,8 +109,13 @@ async fn sigkill_of_orchestrator_and_provider_adapter_loses_nothing_and_duplicat
     let ns = fresh_namespace();
     let log_dir = std::env::temp_dir().join(format!("sagapay-crash-{ns}"));
     std::fs::create_dir_all(&log_dir).unwrap();
+    let mut ports = HashMap::new();
+    for s in SERVICES {
+        let taken: Vec<u16> = ports.values().copied().collect();
+        ports.insert(s, free_port(&taken));
+    }
     let mut procs = Processes {
-        ports: SERVICES.iter().map(|s| (*s, free_port())).collect(),
+        ports,
         ns: ns.clone(),
         children: HashMap::new(),
         log_dir,

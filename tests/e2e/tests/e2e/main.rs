@@ -7,6 +7,7 @@ mod happy_path;
 mod ledger;
 mod out_of_order;
 mod provider_paths;
+mod rate_limit;
 mod reconcile;
 mod redelivery;
 mod refunds;
