@@ -353,12 +353,14 @@ impl OutboxRelay {
                 .outbox_oldest_pending_age_seconds
                 .set(row.try_get::<i64, _>("oldest_s").unwrap_or(0));
         }
-        let _ = sqlx::query(
-            "DELETE FROM outbox WHERE published_at < now() - make_interval(secs => $1)",
-        )
-        .bind(self.settings.retention.as_secs_f64())
-        .execute(&self.pool)
-        .await;
+        if let Err(e) =
+            sqlx::query("DELETE FROM outbox WHERE published_at < now() - make_interval(secs => $1)")
+                .bind(self.settings.retention.as_secs_f64())
+                .execute(&self.pool)
+                .await
+        {
+            tracing::warn!(error = %e, "deleting published outbox rows past retention failed");
+        }
     }
 }
 

@@ -68,16 +68,7 @@ async fn create_payment(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     require_json(&headers)?;
-    let header_key = match headers.get("idempotency-key") {
-        None => None,
-        Some(v) => Some(v.to_str().map_err(|_| {
-            ApiError::invalid(
-                "invalid_idempotency_key",
-                "the idempotency key must be printable ASCII",
-            )
-            .with_param("Idempotency-Key")
-        })?),
-    };
+    let header_key = header_idempotency_key(&headers)?;
     let req = validate::payment_request(&body, header_key, state.max_amount_minor)?;
     let forwarded = json!({
         "merchant_id": merchant.merchant_id,
@@ -136,16 +127,7 @@ async fn create_refund(
         ApiError::not_found("payment_not_found", "no such payment").with_param("payment_id")
     })?;
     require_json(&headers)?;
-    let header_key = match headers.get("idempotency-key") {
-        None => None,
-        Some(v) => Some(v.to_str().map_err(|_| {
-            ApiError::invalid(
-                "invalid_idempotency_key",
-                "the idempotency key must be printable ASCII",
-            )
-            .with_param("Idempotency-Key")
-        })?),
-    };
+    let header_key = header_idempotency_key(&headers)?;
     let req = validate::refund_request(&body, header_key)?;
     let resp = state
         .client
@@ -165,6 +147,22 @@ async fn create_refund(
         .await
         .map_err(upstream_unavailable)?;
     relay(resp).await
+}
+
+/// The `Idempotency-Key` header, if sent (validated with the body by `validate`).
+fn header_idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+    headers
+        .get("idempotency-key")
+        .map(|v| {
+            v.to_str().map_err(|_| {
+                ApiError::invalid(
+                    "invalid_idempotency_key",
+                    "the idempotency key must be printable ASCII",
+                )
+                .with_param("Idempotency-Key")
+            })
+        })
+        .transpose()
 }
 
 fn upstream_unavailable(e: reqwest::Error) -> ApiError {

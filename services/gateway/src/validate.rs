@@ -66,6 +66,61 @@ pub fn idempotency_key(raw: &str, param: &str) -> Result<String, ApiError> {
     }
 }
 
+/// The body as a JSON object whose keys are all in `allowed`.
+fn json_object(body: &[u8], allowed: &[&str]) -> Result<Map<String, Value>, ApiError> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| {
+        ApiError::invalid("malformed_json", format!("the body is not valid JSON: {e}"))
+    })?;
+    let Value::Object(obj) = value else {
+        return Err(ApiError::invalid(
+            "invalid_body",
+            "the body must be a JSON object",
+        ));
+    };
+    if let Some(unknown) = obj.keys().find(|k| !allowed.contains(&k.as_str())) {
+        return Err(ApiError::invalid(
+            "unknown_field",
+            format!("unknown field {unknown:?}; allowed: {}", allowed.join(", ")),
+        )
+        .with_param(unknown.chars().take(64).collect::<String>()));
+    }
+    Ok(obj)
+}
+
+/// The request's idempotency key: the `Idempotency-Key` header or the body's
+/// `idempotency_key` (they must agree when both are sent); one of them is required.
+fn request_idempotency_key(
+    obj: &Map<String, Value>,
+    header_key: Option<&str>,
+) -> Result<String, ApiError> {
+    let body_key = match obj.get("idempotency_key") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(idempotency_key(s, "idempotency_key")?),
+        Some(_) => {
+            return Err(
+                ApiError::invalid("invalid_type", "idempotency_key must be a string")
+                    .with_param("idempotency_key"),
+            )
+        }
+    };
+    let header_key = header_key
+        .map(|k| idempotency_key(k, "Idempotency-Key"))
+        .transpose()?;
+    match (header_key, body_key) {
+        (Some(h), Some(b)) if h != b => Err(ApiError::invalid(
+            "idempotency_key_mismatch",
+            "the Idempotency-Key header and the body's idempotency_key differ",
+        )
+        .with_param("idempotency_key")),
+        (Some(k), _) | (None, Some(k)) => Ok(k),
+        (None, None) => Err(ApiError::invalid(
+            "idempotency_key_required",
+            "send an Idempotency-Key header (or idempotency_key in the body): it is what makes a retried request safe",
+        )
+        .with_param("idempotency_key")),
+    }
+}
+
 fn field<'a>(obj: &'a Map<String, Value>, name: &str) -> Result<&'a Value, ApiError> {
     obj.get(name).ok_or_else(|| {
         ApiError::invalid("missing_field", format!("{name} is required")).with_param(name)
@@ -84,22 +139,7 @@ pub fn payment_request(
     header_key: Option<&str>,
     max_amount_minor: i64,
 ) -> Result<PaymentRequest, ApiError> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| {
-        ApiError::invalid("malformed_json", format!("the body is not valid JSON: {e}"))
-    })?;
-    let Value::Object(obj) = value else {
-        return Err(ApiError::invalid(
-            "invalid_body",
-            "the body must be a JSON object",
-        ));
-    };
-    if let Some(unknown) = obj.keys().find(|k| !FIELDS.contains(&k.as_str())) {
-        return Err(ApiError::invalid(
-            "unknown_field",
-            format!("unknown field {unknown:?}; allowed: {}", FIELDS.join(", ")),
-        )
-        .with_param(unknown.chars().take(64).collect::<String>()));
-    }
+    let obj = json_object(body, FIELDS)?;
     let customer_id = customer_id(string_field(&obj, "customer_id")?)?;
 
     let amount_value = field(&obj, "amount_cents")?;
@@ -140,36 +180,7 @@ pub fn payment_request(
         .with_param("currency")
     })?;
 
-    let body_key = match obj.get("idempotency_key") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(idempotency_key(s, "idempotency_key")?),
-        Some(_) => {
-            return Err(
-                ApiError::invalid("invalid_type", "idempotency_key must be a string")
-                    .with_param("idempotency_key"),
-            )
-        }
-    };
-    let header_key = header_key
-        .map(|k| idempotency_key(k, "Idempotency-Key"))
-        .transpose()?;
-    let idempotency_key = match (header_key, body_key) {
-        (Some(h), Some(b)) if h != b => {
-            return Err(ApiError::invalid(
-                "idempotency_key_mismatch",
-                "the Idempotency-Key header and the body's idempotency_key differ",
-            )
-            .with_param("idempotency_key"))
-        }
-        (Some(k), _) | (None, Some(k)) => k,
-        (None, None) => {
-            return Err(ApiError::invalid(
-                "idempotency_key_required",
-                "send an Idempotency-Key header (or idempotency_key in the body): it is what makes a retried request safe",
-            )
-            .with_param("idempotency_key"))
-        }
-    };
+    let idempotency_key = request_idempotency_key(&obj, header_key)?;
     let payment_method = match obj.get("payment_method") {
         None | Some(Value::Null) => sagapay_domain::events::DEFAULT_PAYMENT_METHOD.to_owned(),
         Some(Value::String(s))
@@ -209,25 +220,7 @@ pub const REASON_MAX: usize = 200;
 
 /// Parses `{amount_cents, idempotency_key, reason}`; the key may come from the header instead.
 pub fn refund_request(body: &[u8], header_key: Option<&str>) -> Result<RefundRequest, ApiError> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| {
-        ApiError::invalid("malformed_json", format!("the body is not valid JSON: {e}"))
-    })?;
-    let Value::Object(obj) = value else {
-        return Err(ApiError::invalid(
-            "invalid_body",
-            "the body must be a JSON object",
-        ));
-    };
-    if let Some(unknown) = obj.keys().find(|k| !REFUND_FIELDS.contains(&k.as_str())) {
-        return Err(ApiError::invalid(
-            "unknown_field",
-            format!(
-                "unknown field {unknown:?}; allowed: {}",
-                REFUND_FIELDS.join(", ")
-            ),
-        )
-        .with_param(unknown.chars().take(64).collect::<String>()));
-    }
+    let obj = json_object(body, REFUND_FIELDS)?;
     let amount = match field(&obj, "amount_cents")? {
         Value::Number(n) => n
             .as_i64()
@@ -263,36 +256,7 @@ pub fn refund_request(body: &[u8], header_key: Option<&str>) -> Result<RefundReq
             .with_param("reason"))
         }
     };
-    let body_key = match obj.get("idempotency_key") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(k)) => Some(idempotency_key(k, "idempotency_key")?),
-        Some(_) => {
-            return Err(
-                ApiError::invalid("invalid_type", "idempotency_key must be a string")
-                    .with_param("idempotency_key"),
-            )
-        }
-    };
-    let header_key = header_key
-        .map(|k| idempotency_key(k, "Idempotency-Key"))
-        .transpose()?;
-    let idempotency_key = match (header_key, body_key) {
-        (Some(h), Some(b)) if h != b => {
-            return Err(ApiError::invalid(
-                "idempotency_key_mismatch",
-                "the Idempotency-Key header and the body's idempotency_key differ",
-            )
-            .with_param("idempotency_key"))
-        }
-        (Some(k), _) | (None, Some(k)) => k,
-        (None, None) => {
-            return Err(ApiError::invalid(
-                "idempotency_key_required",
-                "send an Idempotency-Key header (or idempotency_key in the body)",
-            )
-            .with_param("idempotency_key"))
-        }
-    };
+    let idempotency_key = request_idempotency_key(&obj, header_key)?;
     Ok(RefundRequest {
         amount,
         idempotency_key,

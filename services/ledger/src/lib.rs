@@ -104,23 +104,62 @@ pub fn fee_revenue_account(currency: Currency) -> String {
     format!("{currency}:fee_revenue")
 }
 
-async fn ensure_account(
+/// The accounts a posting for `merchant_id` in `currency` touches.
+struct Accounts {
+    clearing: String,
+    payable: String,
+    revenue: String,
+}
+
+/// Opens the posting's accounts when they do not exist yet, in one statement.
+async fn ensure_accounts(
     conn: &mut PgConnection,
-    account_id: &str,
-    kind: &str,
     currency: Currency,
-    merchant_id: Option<Uuid>,
-    description: &str,
-) -> sqlx::Result<()> {
+    merchant_id: Uuid,
+) -> sqlx::Result<Accounts> {
+    let accounts = Accounts {
+        clearing: provider_clearing_account(currency),
+        payable: merchant_payable_account(currency, merchant_id),
+        revenue: fee_revenue_account(currency),
+    };
     sqlx::query(
         "INSERT INTO accounts (account_id, kind, currency, merchant_id, description)
-         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (account_id) DO NOTHING",
+         VALUES ($1, 'ASSET', $4, NULL, 'funds owed by the payment provider'),
+                ($2, 'LIABILITY', $4, $5, 'funds owed to the merchant'),
+                ($3, 'REVENUE', $4, NULL, 'platform fees')
+         ON CONFLICT (account_id) DO NOTHING",
     )
-    .bind(account_id)
-    .bind(kind)
+    .bind(&accounts.clearing)
+    .bind(&accounts.payable)
+    .bind(&accounts.revenue)
     .bind(currency.as_str())
     .bind(merchant_id)
-    .bind(description)
+    .execute(conn)
+    .await?;
+    Ok(accounts)
+}
+
+/// Inserts a journal transaction's entries in one statement; entries of zero are skipped
+/// (the schema allows only positive amounts).
+async fn insert_entries(
+    conn: &mut PgConnection,
+    transaction_id: Uuid,
+    currency: Currency,
+    entries: &[(&str, &str, i64)],
+) -> sqlx::Result<()> {
+    let entries: Vec<&(&str, &str, i64)> = entries.iter().filter(|e| e.2 > 0).collect();
+    let accounts: Vec<&str> = entries.iter().map(|e| e.0).collect();
+    let directions: Vec<&str> = entries.iter().map(|e| e.1).collect();
+    let amounts: Vec<i64> = entries.iter().map(|e| e.2).collect();
+    sqlx::query(
+        "INSERT INTO ledger_entries (transaction_id, account_id, direction, amount_minor, currency)
+         SELECT $1, a, d, m, $5 FROM unnest($2::text[], $3::text[], $4::bigint[]) AS e(a, d, m)",
+    )
+    .bind(transaction_id)
+    .bind(&accounts)
+    .bind(&directions)
+    .bind(&amounts)
+    .bind(currency.as_str())
     .execute(conn)
     .await?;
     Ok(())
@@ -142,26 +181,9 @@ impl LedgerHandler {
         ctx: &MessageContext,
     ) -> Result<(), HandlerError> {
         let cmd: LedgerRefundRequested = env.decode()?;
-        let clearing = provider_clearing_account(cmd.currency);
-        let payable = merchant_payable_account(cmd.currency, cmd.merchant_id);
-        ensure_account(
-            conn,
-            &clearing,
-            "ASSET",
-            cmd.currency,
-            None,
-            "funds owed by the payment provider",
-        )
-        .await?;
-        ensure_account(
-            conn,
-            &payable,
-            "LIABILITY",
-            cmd.currency,
-            Some(cmd.merchant_id),
-            "funds owed to the merchant",
-        )
-        .await?;
+        let Accounts {
+            clearing, payable, ..
+        } = ensure_accounts(conn, cmd.currency, cmd.merchant_id).await?;
         let kind = format!("REFUND:{}", cmd.refund_id);
         let inserted: Option<Uuid> = sqlx::query_scalar(
             "INSERT INTO journal_transactions (transaction_id, payment_id, posting_kind, currency, description,
@@ -181,19 +203,12 @@ impl LedgerHandler {
         .await?;
         let transaction_id = match inserted {
             Some(id) => {
-                for (account, direction) in [(&payable, "DEBIT"), (&clearing, "CREDIT")] {
-                    sqlx::query(
-                        "INSERT INTO ledger_entries (transaction_id, account_id, direction, amount_minor, currency)
-                         VALUES ($1, $2, $3, $4, $5)",
-                    )
-                    .bind(id)
-                    .bind(account)
-                    .bind(direction)
-                    .bind(cmd.amount_minor.get())
-                    .bind(cmd.currency.as_str())
-                    .execute(&mut *conn)
-                    .await?;
-                }
+                let amount = cmd.amount_minor.get();
+                let entries = [
+                    (payable.as_str(), "DEBIT", amount),
+                    (clearing.as_str(), "CREDIT", amount),
+                ];
+                insert_entries(conn, id, cmd.currency, &entries).await?;
                 id
             }
             None => sqlx::query_scalar(
@@ -243,36 +258,11 @@ impl Handler for LedgerHandler {
                 cmd.currency
             )));
         }
-        let clearing = provider_clearing_account(cmd.currency);
-        let payable = merchant_payable_account(cmd.currency, cmd.merchant_id);
-        ensure_account(
-            conn,
-            &clearing,
-            "ASSET",
-            cmd.currency,
-            None,
-            "funds owed by the payment provider",
-        )
-        .await?;
-        ensure_account(
-            conn,
-            &payable,
-            "LIABILITY",
-            cmd.currency,
-            Some(cmd.merchant_id),
-            "funds owed to the merchant",
-        )
-        .await?;
-        let revenue = fee_revenue_account(cmd.currency);
-        ensure_account(
-            conn,
-            &revenue,
-            "REVENUE",
-            cmd.currency,
-            None,
-            "platform fees",
-        )
-        .await?;
+        let Accounts {
+            clearing,
+            payable,
+            revenue,
+        } = ensure_accounts(conn, cmd.currency, cmd.merchant_id).await?;
 
         let frozen: Vec<String> = sqlx::query_scalar(
             "SELECT account_id FROM accounts WHERE account_id = ANY($1) AND frozen_at IS NOT NULL",
@@ -291,6 +281,8 @@ impl Handler for LedgerHandler {
                 .await?;
             return Ok(());
         }
+        let amount = cmd.amount_minor.get();
+        let fee = self.fees.fee(amount);
         let new_id = Uuid::now_v7();
         let inserted: Option<Uuid> = sqlx::query_scalar(
             "INSERT INTO journal_transactions (transaction_id, payment_id, posting_kind, currency, description,
@@ -305,34 +297,20 @@ impl Handler for LedgerHandler {
         .bind(format!("capture {}", cmd.capture_id))
         .bind(env.event_id)
         .bind(cmd.amount_minor.get())
-        .bind(self.fees.fee(cmd.amount_minor.get()))
+        .bind(fee)
         .fetch_optional(&mut *conn)
         .await?;
         let transaction_id = match inserted {
             Some(id) => {
-                let amount = cmd.amount_minor.get();
-                let fee = self.fees.fee(amount);
                 let net = amount - fee;
                 debug_assert!(fee >= 0 && net >= 0 && fee + net == amount);
                 // Entries of zero are not written (the schema requires positive amounts).
                 let entries = [
-                    (&clearing, "DEBIT", amount),
-                    (&payable, "CREDIT", net),
-                    (&revenue, "CREDIT", fee),
+                    (clearing.as_str(), "DEBIT", amount),
+                    (payable.as_str(), "CREDIT", net),
+                    (revenue.as_str(), "CREDIT", fee),
                 ];
-                for (account, direction, minor) in entries.into_iter().filter(|e| e.2 > 0) {
-                    sqlx::query(
-                        "INSERT INTO ledger_entries (transaction_id, account_id, direction, amount_minor, currency)
-                         VALUES ($1, $2, $3, $4, $5)",
-                    )
-                    .bind(id)
-                    .bind(account)
-                    .bind(direction)
-                    .bind(minor)
-                    .bind(cmd.currency.as_str())
-                    .execute(&mut *conn)
-                    .await?;
-                }
+                insert_entries(conn, id, cmd.currency, &entries).await?;
                 id
             }
             None => {

@@ -2,7 +2,6 @@
 //! the gateway has already authenticated the merchant and validated the request).
 
 use crate::store::{self, NewPayment};
-use crate::SagaMetrics;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -23,8 +22,6 @@ use uuid::Uuid;
 pub struct AppState {
     pub pool: PgPool,
     pub outbox: Outbox,
-    #[allow(dead_code)]
-    pub metrics: SagaMetrics,
 }
 
 pub fn routes(state: AppState) -> Router {

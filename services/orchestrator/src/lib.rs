@@ -132,13 +132,12 @@ pub async fn start(config: Config) -> anyhow::Result<ServiceHandle> {
     }
     let saga = Arc::new(saga::Saga {
         outbox: platform.outbox.clone(),
-        metrics: metrics.clone(),
+        metrics,
     });
     platform.spawn_consumer(&mut builder, saga, CONSUMES)?;
     let state = api::AppState {
         pool: platform.pool.clone(),
         outbox: platform.outbox.clone(),
-        metrics,
     };
     let router = platform.router(api::routes(state));
     builder.serve(config.common.http_addr, router).await

@@ -94,21 +94,13 @@ impl Handler for Saga {
                     return self.ignored(env, why);
                 }
                 let reason = format!("risk denied: {}", ev.reason);
-                self.apply(
+                self.end(
                     conn,
                     &payment,
                     PaymentStatus::Failed,
                     &reason,
                     env,
                     Facts::default(),
-                )
-                .await?;
-                self.finalize(
-                    conn,
-                    &payment,
-                    PaymentStatus::Failed,
-                    &reason,
-                    env,
                     &headers,
                 )
                 .await?;
@@ -122,21 +114,13 @@ impl Handler for Saga {
                     "declined by {} ({}): {}",
                     ev.provider, ev.decline_code, ev.reason
                 );
-                self.apply(
+                self.end(
                     conn,
                     &payment,
                     PaymentStatus::Failed,
                     &reason,
                     env,
                     Facts::default(),
-                )
-                .await?;
-                self.finalize(
-                    conn,
-                    &payment,
-                    PaymentStatus::Failed,
-                    &reason,
-                    env,
                     &headers,
                 )
                 .await?;
@@ -198,14 +182,13 @@ impl Handler for Saga {
                     journal_transaction_id: Some(ev.journal_transaction_id),
                     ..Facts::default()
                 };
-                self.apply(conn, &payment, PaymentStatus::Settled, &reason, env, facts)
-                    .await?;
-                self.finalize(
+                self.end(
                     conn,
                     &payment,
                     PaymentStatus::Settled,
                     &reason,
                     env,
+                    facts,
                     &headers,
                 )
                 .await?;
@@ -255,21 +238,13 @@ impl Handler for Saga {
                     "{what} by {} ({}): {}",
                     ev.provider, ev.reference, ev.reason
                 );
-                self.apply(
+                self.end(
                     conn,
                     &payment,
                     PaymentStatus::Reversed,
                     &reason,
                     env,
                     Facts::default(),
-                )
-                .await?;
-                self.finalize(
-                    conn,
-                    &payment,
-                    PaymentStatus::Reversed,
-                    &reason,
-                    env,
                     &headers,
                 )
                 .await?;
@@ -341,10 +316,11 @@ impl Handler for Saga {
                     "refund {} posted ({}): {refunded} of {} {} refunded",
                     ev.refund_id, ev.journal_transaction_id, payment.amount_minor, payment.currency
                 );
-                self.apply(conn, &payment, to, &reason, env, Facts::default())
-                    .await?;
                 if to == PaymentStatus::Refunded {
-                    self.finalize(conn, &payment, to, &reason, env, &headers)
+                    self.end(conn, &payment, to, &reason, env, Facts::default(), &headers)
+                        .await?;
+                } else {
+                    self.apply(conn, &payment, to, &reason, env, Facts::default())
                         .await?;
                 }
             }
@@ -488,6 +464,24 @@ impl Saga {
             ))),
             Err(TransitionFailure::Db(e)) => Err(e.into()),
         }
+    }
+
+    /// Moves the payment to a terminal state and announces it (`payments.finalized`).
+    #[allow(clippy::too_many_arguments)]
+    async fn end(
+        &self,
+        conn: &mut PgConnection,
+        payment: &PaymentRow,
+        status: PaymentStatus,
+        reason: &str,
+        env: &Envelope,
+        facts: Facts<'_>,
+        headers: &sagapay_messaging::MessageHeaders,
+    ) -> Result<(), HandlerError> {
+        self.apply(conn, payment, status, reason, env, facts)
+            .await?;
+        self.finalize(conn, payment, status, reason, env, headers)
+            .await
     }
 
     async fn finalize(

@@ -101,7 +101,13 @@ async fn the_database_rejects_altered_deleted_and_unbalanced_ledger_entries() {
     assert_eq!(report["transactions_checked"], 1);
     assert_eq!(report["imbalanced_count"], 0);
     assert_eq!(report["balance_mismatches"], json!([]));
-    let _ = pid;
+    let postings: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM ledger_entries e JOIN journal_transactions t USING (transaction_id) WHERE t.payment_id = $1")
+            .bind(Uuid::parse_str(&pid).unwrap())
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(postings, 3, "the payment's capture posting is intact");
     stack.teardown().await;
 }
 

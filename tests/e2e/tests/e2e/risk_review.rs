@@ -16,6 +16,19 @@ async fn create(stack: &TestStack, customer: &str, amount: i64, key: &str) -> St
     body["payment_id"].as_str().unwrap().to_owned()
 }
 
+async fn pending_reviews(stack: &TestStack) -> serde_json::Value {
+    stack
+        .http
+        .get(format!("{}/ops/reviews", stack.service_url("risk")))
+        .header("x-ops-key", DEV_OPS_KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 fn transitions(t: &[(Option<String>, String, String)]) -> Vec<String> {
     t.iter().map(|(_, to, _)| to.clone()).collect()
 }
@@ -34,16 +47,7 @@ async fn review_then_approve_settles_and_a_second_decision_is_refused() {
     let pid = create(&stack, "cust-big", 150_000, "review-approve").await;
     stack.wait_for_status(&pid, "RISK_REVIEW", WAIT).await;
 
-    let page: serde_json::Value = stack
-        .http
-        .get(format!("{}/ops/reviews", stack.service_url("risk")))
-        .header("x-ops-key", DEV_OPS_KEY)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page = pending_reviews(&stack).await;
     let listed: Vec<&str> = page["reviews"]
         .as_array()
         .unwrap()
@@ -86,16 +90,7 @@ async fn review_then_approve_settles_and_a_second_decision_is_refused() {
             .contains("APPROVED by ops-ann"));
     }
     // Nothing pending any more.
-    let page: serde_json::Value = stack
-        .http
-        .get(format!("{}/ops/reviews", stack.service_url("risk")))
-        .header("x-ops-key", DEV_OPS_KEY)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page = pending_reviews(&stack).await;
     assert_eq!(page["reviews"].as_array().unwrap().len(), 0);
     stack.teardown().await;
 }
