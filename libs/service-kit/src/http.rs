@@ -163,7 +163,17 @@ async fn request_context(
     req.extensions_mut().insert(ctx.clone());
     let mut resp = next.run(req).await;
 
-    if let Some(body) = resp.extensions_mut().remove::<ErrorBody>() {
+    let mut error = resp.extensions_mut().remove::<ErrorBody>();
+    if error.is_none() && is_foreign_error(&resp) {
+        // An error made outside our handlers (axum's extractors and body limit, an unknown
+        // route or method): give it the one error shape too.
+        let status = resp.status();
+        let (parts, body) = resp.into_parts();
+        let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+        error = Some(foreign_error(status, &String::from_utf8_lossy(&text)));
+        resp = Response::from_parts(parts, axum::body::Body::empty());
+    }
+    if let Some(body) = error {
         let status = resp.status();
         let doc = ErrorDocument {
             error: body,
@@ -195,6 +205,63 @@ async fn request_context(
         .with_label_values(&[&method, &route])
         .observe(started.elapsed().as_secs_f64());
     resp
+}
+
+fn is_foreign_error(resp: &Response) -> bool {
+    let json = resp
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    (resp.status().is_client_error() || resp.status().is_server_error()) && !json
+}
+
+/// The error shape for a status some layer below produced with a plain-text reason.
+fn foreign_error(status: StatusCode, reason: &str) -> ErrorBody {
+    use crate::api_error::ErrorType;
+    let reason: String = reason.chars().take(300).collect();
+    let (kind, code, message) = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => (
+            ErrorType::InvalidRequestError,
+            "body_too_large",
+            "the request body is larger than this endpoint accepts".to_owned(),
+        ),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => (
+            ErrorType::InvalidRequestError,
+            "unsupported_media_type",
+            "send the body as application/json".to_owned(),
+        ),
+        StatusCode::NOT_FOUND => (
+            ErrorType::InvalidRequestError,
+            "route_not_found",
+            "no such route".to_owned(),
+        ),
+        StatusCode::METHOD_NOT_ALLOWED => (
+            ErrorType::InvalidRequestError,
+            "method_not_allowed",
+            "this route does not accept this method".to_owned(),
+        ),
+        s if s.is_client_error() => (
+            ErrorType::InvalidRequestError,
+            "invalid_request",
+            if reason.is_empty() {
+                "the request is invalid".to_owned()
+            } else {
+                reason
+            },
+        ),
+        _ => (
+            ErrorType::ApiError,
+            "internal_error",
+            "the service failed; retry later".to_owned(),
+        ),
+    };
+    ErrorBody {
+        kind,
+        code: code.to_owned(),
+        message,
+        param: None,
+    }
 }
 
 #[cfg(test)]

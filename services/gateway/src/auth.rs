@@ -1,5 +1,8 @@
-//! API keys: stored as SHA-256 hashes, looked up by hash. Looking up by hash means the
-//! comparison never touches the secret itself, so its timing reveals nothing about the key.
+//! API keys: stored as SHA-256 hashes, looked up by hash. Looking up by hash means no
+//! comparison ever touches the secret itself, so its timing reveals nothing about the key; the
+//! digest found is compared again in constant time before it is trusted. Every request is
+//! checked against the database, so a revoked key is refused from the next request on.
+//! Merchants and keys are managed by `keys` (through `sagapayctl`).
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
@@ -51,16 +54,21 @@ pub async fn seed_dev_merchant(pool: &PgPool, key: &str) -> anyhow::Result<Uuid>
 }
 
 pub async fn authenticate(pool: &PgPool, key: &str) -> Result<Option<Merchant>, sqlx::Error> {
-    let found: Option<(Uuid, Uuid)> = sqlx::query_as(
-        "SELECT merchant_id, key_id FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
+    use subtle::ConstantTimeEq;
+    let digest = hash_key(key);
+    let found: Option<(Uuid, Uuid, Vec<u8>)> = sqlx::query_as(
+        "SELECT merchant_id, key_id, key_hash FROM api_keys
+         WHERE key_hash = $1 AND revoked_at IS NULL",
     )
-    .bind(hash_key(key))
+    .bind(&digest)
     .fetch_optional(pool)
     .await?;
-    Ok(found.map(|(merchant_id, key_id)| Merchant {
-        merchant_id,
-        key_id,
-    }))
+    Ok(found
+        .filter(|(_, _, stored)| bool::from(stored.as_slice().ct_eq(&digest)))
+        .map(|(merchant_id, key_id, _)| Merchant {
+            merchant_id,
+            key_id,
+        }))
 }
 
 /// What authentication needs from the router's state.

@@ -3,6 +3,9 @@
 //! HTTP client. It owns merchants and API keys (stored only as hashes).
 
 pub mod auth;
+pub mod idempotency;
+pub mod keys;
+mod openapi;
 pub mod ratelimit;
 mod routes;
 pub mod validate;
@@ -14,6 +17,7 @@ use std::time::Duration;
 
 pub const SERVICE: &str = "gateway";
 pub const DEFAULT_PORT: u16 = 8000;
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
 
 mod embedded {
     refinery::embed_migrations!("../../migrations/gateway");
@@ -35,6 +39,9 @@ pub struct Config {
     /// `SAGAPAY_RATE_LIMIT_BURST` (default 200), per gateway instance.
     pub rate_limit_per_second: u32,
     pub rate_limit_burst: u32,
+    /// The idempotency fast path: `SAGAPAY_REDIS_URL` (default `redis://127.0.0.1:6379`; empty
+    /// turns the fast path off and leaves only the durable guard).
+    pub idempotency: idempotency::IdempotencySettings,
 }
 
 impl Config {
@@ -51,6 +58,9 @@ impl Config {
             body_limit_bytes: 16 * 1024,
             rate_limit_per_second: env_parse("SAGAPAY_RATE_LIMIT_PER_SECOND", 100)?,
             rate_limit_burst: env_parse("SAGAPAY_RATE_LIMIT_BURST", 200)?,
+            idempotency: idempotency::IdempotencySettings::new(
+                Some(env_or("SAGAPAY_REDIS_URL", DEFAULT_REDIS_URL)).filter(|u| !u.is_empty()),
+            ),
             common,
         })
     }
@@ -64,6 +74,7 @@ impl Config {
             // Tests that are not about rate limits must not hit them.
             rate_limit_per_second: 100_000,
             rate_limit_burst: 100_000,
+            idempotency: idempotency::IdempotencySettings::new(Some(DEFAULT_REDIS_URL.into())),
             common,
         }
     }
@@ -101,6 +112,11 @@ pub async fn start(config: Config) -> anyhow::Result<ServiceHandle> {
             config.rate_limit_per_second,
             config.rate_limit_burst,
         )),
+        idempotency: std::sync::Arc::new(idempotency::IdempotencyCache::new(
+            config.common.namespace.as_str(),
+            config.idempotency.clone(),
+            &platform.registry,
+        )?),
     };
     let limits = state.rate_limit.clone();
     let router = platform.router(routes::routes(state, config.body_limit_bytes));

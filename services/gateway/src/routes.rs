@@ -1,6 +1,8 @@
-//! Public routes: `POST /payments` and `GET /payments/{payment_id}`.
+//! Public routes: `POST /payments`, `GET /payments/{payment_id}`,
+//! `POST /payments/{payment_id}/refunds`, and `GET /openapi.json` describing them.
 
 use crate::auth::{KeyStore, Merchant};
+use crate::idempotency::{self, Begin, CachedResponse, IdempotencyCache};
 use crate::validate;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, State};
@@ -21,6 +23,7 @@ pub struct AppState {
     pub orchestrator_url: String,
     pub max_amount_minor: i64,
     pub rate_limit: std::sync::Arc<crate::ratelimit::RateLimit>,
+    pub idempotency: std::sync::Arc<IdempotencyCache>,
 }
 
 impl KeyStore for AppState {
@@ -39,6 +42,7 @@ pub fn routes(state: AppState, body_limit_bytes: usize) -> Router {
         .route("/payments/{payment_id}/refunds", post(create_refund))
         .layer(DefaultBodyLimit::max(body_limit_bytes))
         .layer(axum::middleware::from_fn(crate::ratelimit::quota_headers))
+        .route("/openapi.json", get(crate::openapi::document))
         .with_state(state)
 }
 
@@ -47,20 +51,49 @@ fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
         .get(axum::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    let mime = ct.split(';').next().unwrap_or("").trim();
-    if mime.eq_ignore_ascii_case("application/json") {
+    let mut parts = ct.split(';').map(str::trim);
+    let mime = parts.next().unwrap_or("");
+    // JSON is UTF-8 (RFC 8259); a charset, if named, must say so.
+    let utf8 = parts.all(|p| {
+        p.split_once('=').is_none_or(|(k, v)| {
+            !k.trim().eq_ignore_ascii_case("charset")
+                || v.trim().trim_matches('"').eq_ignore_ascii_case("utf-8")
+        })
+    });
+    if mime.eq_ignore_ascii_case("application/json") && utf8 {
         Ok(())
     } else {
         Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorType::InvalidRequestError,
             "unsupported_media_type",
-            "send the body as application/json",
+            "send the body as application/json (UTF-8)",
         ))
     }
 }
 
-async fn create_payment(
+/// Creates a payment. The answer is `201` with the payment id, also for a retry with the
+/// same key and body (then with `idempotent-replayed: true`).
+#[utoipa::path(
+    post,
+    path = "/payments",
+    tag = "payments",
+    request_body = crate::openapi::CreatePaymentBody,
+    params(crate::openapi::IdempotencyKeyHeader),
+    security(("api_key" = [])),
+    responses(
+        (status = 201, description = "Created, or the replay of an earlier identical request", body = crate::openapi::PaymentCreated),
+        (status = 400, description = "Invalid request", body = crate::openapi::ErrorResponse),
+        (status = 401, description = "Missing, invalid or revoked API key", body = crate::openapi::ErrorResponse),
+        (status = 409, description = "The same request is still in flight", body = crate::openapi::ErrorResponse),
+        (status = 413, description = "Body too large", body = crate::openapi::ErrorResponse),
+        (status = 415, description = "Not application/json", body = crate::openapi::ErrorResponse),
+        (status = 422, description = "Idempotency key reused with a different request", body = crate::openapi::ErrorResponse),
+        (status = 429, description = "Rate limited", body = crate::openapi::ErrorResponse),
+        (status = 503, description = "Try again with the same idempotency key", body = crate::openapi::ErrorResponse),
+    )
+)]
+pub(crate) async fn create_payment(
     State(state): State<AppState>,
     Extension(ctx): Extension<RequestContext>,
     merchant: Merchant,
@@ -70,6 +103,13 @@ async fn create_payment(
     require_json(&headers)?;
     let header_key = header_idempotency_key(&headers)?;
     let req = validate::payment_request(&body, header_key, state.max_amount_minor)?;
+    let amount = req.amount.get().to_string();
+    let fingerprint = idempotency::fingerprint(&[
+        &req.customer_id,
+        &amount,
+        req.currency.as_str(),
+        &req.payment_method,
+    ]);
     let forwarded = json!({
         "merchant_id": merchant.merchant_id,
         "customer_id": req.customer_id,
@@ -78,19 +118,39 @@ async fn create_payment(
         "idempotency_key": req.idempotency_key,
         "payment_method": req.payment_method,
     });
-    let resp = state
+    let call = state
         .client
         .post(format!("{}/internal/payments", state.orchestrator_url))
         .header(CORRELATION_ID, &ctx.correlation_id)
         .header(TRACEPARENT, &ctx.traceparent)
-        .json(&forwarded)
-        .send()
-        .await
-        .map_err(upstream_unavailable)?;
-    relay(resp).await
+        .json(&forwarded);
+    idempotent(
+        &state,
+        merchant,
+        "payments",
+        &req.idempotency_key,
+        &fingerprint,
+        call,
+    )
+    .await
 }
 
-async fn get_payment(
+/// A payment of the calling merchant, with its timeline and refunds. Another merchant's
+/// payment is answered exactly like one that does not exist.
+#[utoipa::path(
+    get,
+    path = "/payments/{payment_id}",
+    tag = "payments",
+    params(("payment_id" = String, Path, description = "The payment's id")),
+    security(("api_key" = [])),
+    responses(
+        (status = 200, description = "The payment", body = crate::openapi::Payment),
+        (status = 401, description = "Missing, invalid or revoked API key", body = crate::openapi::ErrorResponse),
+        (status = 404, description = "No such payment for this merchant", body = crate::openapi::ErrorResponse),
+        (status = 429, description = "Rate limited", body = crate::openapi::ErrorResponse),
+    )
+)]
+pub(crate) async fn get_payment(
     State(state): State<AppState>,
     Extension(ctx): Extension<RequestContext>,
     merchant: Merchant,
@@ -112,10 +172,31 @@ async fn get_payment(
         .send()
         .await
         .map_err(upstream_unavailable)?;
-    relay(resp).await
+    Ok(upstream(resp).await?.into_response())
 }
 
-async fn create_refund(
+/// Refunds all or part of a settled payment.
+#[utoipa::path(
+    post,
+    path = "/payments/{payment_id}/refunds",
+    tag = "refunds",
+    request_body = crate::openapi::CreateRefundBody,
+    params(
+        ("payment_id" = String, Path, description = "The payment to refund"),
+        crate::openapi::IdempotencyKeyHeader,
+    ),
+    security(("api_key" = [])),
+    responses(
+        (status = 201, description = "Refund accepted, or the replay of an earlier identical request", body = crate::openapi::Refund),
+        (status = 400, description = "Invalid request", body = crate::openapi::ErrorResponse),
+        (status = 401, description = "Missing, invalid or revoked API key", body = crate::openapi::ErrorResponse),
+        (status = 404, description = "No such payment for this merchant", body = crate::openapi::ErrorResponse),
+        (status = 409, description = "The payment cannot be refunded now, or the same request is in flight", body = crate::openapi::ErrorResponse),
+        (status = 422, description = "Amount above what is left to refund, or idempotency key reused", body = crate::openapi::ErrorResponse),
+        (status = 429, description = "Rate limited", body = crate::openapi::ErrorResponse),
+    )
+)]
+pub(crate) async fn create_refund(
     State(state): State<AppState>,
     Extension(ctx): Extension<RequestContext>,
     merchant: Merchant,
@@ -129,7 +210,9 @@ async fn create_refund(
     require_json(&headers)?;
     let header_key = header_idempotency_key(&headers)?;
     let req = validate::refund_request(&body, header_key)?;
-    let resp = state
+    let amount = req.amount.get().to_string();
+    let fingerprint = idempotency::fingerprint(&[&amount, &req.reason]);
+    let call = state
         .client
         .post(format!(
             "{}/internal/payments/{payment_id}/refunds",
@@ -142,11 +225,81 @@ async fn create_refund(
             "amount_cents": req.amount.get(),
             "idempotency_key": req.idempotency_key,
             "reason": req.reason,
-        }))
-        .send()
+        }));
+    idempotent(
+        &state,
+        merchant,
+        &format!("refunds:{payment_id}"),
+        &req.idempotency_key,
+        &fingerprint,
+        call,
+    )
+    .await
+}
+
+/// Sends a creating request through the idempotency fast path (see `idempotency`).
+async fn idempotent(
+    state: &AppState,
+    merchant: Merchant,
+    scope: &str,
+    idempotency_key: &str,
+    fingerprint: &str,
+    call: reqwest::RequestBuilder,
+) -> Result<Response, ApiError> {
+    let claim = match state
+        .idempotency
+        .begin(merchant.merchant_id, scope, idempotency_key, fingerprint)
         .await
-        .map_err(upstream_unavailable)?;
-    relay(resp).await
+    {
+        Begin::Replay(cached) => {
+            return Ok(Upstream {
+                status: StatusCode::from_u16(cached.status).unwrap_or(StatusCode::OK),
+                body: Bytes::from(cached.body),
+                replayed: true,
+            }
+            .into_response())
+        }
+        Begin::Reused => return Err(key_reused()),
+        Begin::InFlight => {
+            let mut resp = ApiError::new(
+                StatusCode::CONFLICT,
+                ErrorType::IdempotencyError,
+                "idempotency_request_in_progress",
+                "a request with this idempotency key is still being processed; retry shortly",
+            )
+            .with_param("idempotency_key")
+            .into_response();
+            resp.headers_mut()
+                .insert("retry-after", HeaderValue::from_static("1"));
+            return Ok(resp);
+        }
+        Begin::Claimed(claim) => Some(claim),
+        Begin::Durable => None,
+    };
+    let answer = match call.send().await {
+        Ok(resp) => upstream(resp).await,
+        Err(e) => Err(upstream_unavailable(e)),
+    };
+    if let Some(claim) = claim {
+        let cached = answer.as_ref().ok().and_then(|a| {
+            Some(CachedResponse {
+                status: a.status.as_u16(),
+                body: String::from_utf8(a.body.to_vec()).ok()?,
+            })
+        });
+        state.idempotency.finish(claim, cached).await;
+    }
+    Ok(answer?.into_response())
+}
+
+fn key_reused() -> ApiError {
+    ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        ErrorType::IdempotencyError,
+        "idempotency_key_reused",
+        "this idempotency key was already used for a different request",
+    )
+    .with_param("idempotency_key")
 }
 
 /// The `Idempotency-Key` header, if sent (validated with the body by `validate`).
@@ -173,14 +326,36 @@ fn upstream_unavailable(e: reqwest::Error) -> ApiError {
     )
 }
 
-/// Passes the orchestrator's answer on. Errors are re-issued as the gateway's own, so they
-/// carry the gateway's request id.
-async fn relay(resp: reqwest::Response) -> Result<Response, ApiError> {
+/// A successful answer of the orchestrator, passed on as it is.
+struct Upstream {
+    status: StatusCode,
+    body: Bytes,
+    replayed: bool,
+}
+
+impl IntoResponse for Upstream {
+    fn into_response(self) -> Response {
+        let mut out = (self.status, self.body).into_response();
+        out.headers_mut().insert(
+            axum::http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if self.replayed {
+            out.headers_mut()
+                .insert("idempotent-replayed", HeaderValue::from_static("true"));
+        }
+        out
+    }
+}
+
+/// Reads the orchestrator's answer. Errors are re-issued as the gateway's own, so they carry
+/// the gateway's request id.
+async fn upstream(resp: reqwest::Response) -> Result<Upstream, ApiError> {
     let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-    let replayed = resp.headers().get("idempotent-replayed").cloned();
-    let bytes = resp.bytes().await.map_err(upstream_unavailable)?;
+    let replayed = resp.headers().contains_key("idempotent-replayed");
+    let body = resp.bytes().await.map_err(upstream_unavailable)?;
     if status.is_client_error() || status.is_server_error() {
-        return Err(match serde_json::from_slice::<ErrorDocument>(&bytes) {
+        return Err(match serde_json::from_slice::<ErrorDocument>(&body) {
             Ok(doc) => ApiError {
                 status,
                 body: doc.error,
@@ -190,15 +365,9 @@ async fn relay(resp: reqwest::Response) -> Result<Response, ApiError> {
             }
         });
     }
-    let mut out = (status, bytes).into_response();
-    out.headers_mut().insert(
-        axum::http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    if let Some(v) = replayed {
-        if let Ok(v) = HeaderValue::from_bytes(v.as_bytes()) {
-            out.headers_mut().insert("idempotent-replayed", v);
-        }
-    }
-    Ok(out)
+    Ok(Upstream {
+        status,
+        body,
+        replayed,
+    })
 }

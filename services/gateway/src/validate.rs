@@ -66,21 +66,57 @@ pub fn idempotency_key(raw: &str, param: &str) -> Result<String, ApiError> {
     }
 }
 
-/// The body as a JSON object whose keys are all in `allowed`.
+/// A JSON object that names each key once. `serde_json::Value` keeps the last of repeated
+/// keys silently; parsers disagree on which one wins, so a body that repeats a key is refused.
+struct UniqueKeys(Map<String, Value>);
+
+impl<'de> serde::Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Object;
+        impl<'de> serde::de::Visitor<'de> for Object {
+            type Value = UniqueKeys;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut access: A,
+            ) -> Result<UniqueKeys, A::Error> {
+                let mut out = Map::new();
+                while let Some(key) = access.next_key::<String>()? {
+                    if out.contains_key(&key) {
+                        return Err(serde::de::Error::custom(format_args!(
+                            "the field {:?} appears more than once",
+                            key.chars().take(64).collect::<String>()
+                        )));
+                    }
+                    let value: Value = access.next_value()?;
+                    out.insert(key, value);
+                }
+                Ok(UniqueKeys(out))
+            }
+        }
+        d.deserialize_map(Object)
+    }
+}
+
+/// The body as a JSON object whose keys are all in `allowed`, each once.
 fn json_object(body: &[u8], allowed: &[&str]) -> Result<Map<String, Value>, ApiError> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| {
-        ApiError::invalid("malformed_json", format!("the body is not valid JSON: {e}"))
-    })?;
-    let Value::Object(obj) = value else {
-        return Err(ApiError::invalid(
+    let UniqueKeys(obj) = serde_json::from_slice(body).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => ApiError::invalid(
             "invalid_body",
-            "the body must be a JSON object",
-        ));
-    };
+            format!("the body must be a JSON object: {e}"),
+        ),
+        _ => ApiError::invalid("malformed_json", format!("the body is not valid JSON: {e}")),
+    })?;
     if let Some(unknown) = obj.keys().find(|k| !allowed.contains(&k.as_str())) {
         return Err(ApiError::invalid(
             "unknown_field",
-            format!("unknown field {unknown:?}; allowed: {}", allowed.join(", ")),
+            format!(
+                "unknown field {:?}; allowed: {}",
+                unknown.chars().take(64).collect::<String>(),
+                allowed.join(", ")
+            ),
         )
         .with_param(unknown.chars().take(64).collect::<String>()));
     }
@@ -286,6 +322,11 @@ mod tests {
         let cases = [
             (r#"{"#, "malformed_json"),
             (r#"[]"#, "invalid_body"),
+            (
+                r#"{"customer_id":"c","amount_cents":-1,"amount_cents":100,"currency":"USD","idempotency_key":"k"}"#,
+                "invalid_body",
+            ),
+            ("\u{feff}{}", "malformed_json"),
             (
                 r#"{"customer_id":"c","amount_cents":1,"currency":"USD","idempotency_key":"k","x":1}"#,
                 "unknown_field",

@@ -4,14 +4,21 @@
 //! sagapayctl dlq list   [--classification C] [--service S] [--event-type T] [--json]
 //! sagapayctl dlq show   <partition:offset>
 //! sagapayctl dlq replay <partition:offset> | --all [--classification C] [--service S] [--event-type T] [--dry-run]
-//! sagapayctl reconcile [--postgres-url URL] [--json]
+//! sagapayctl reconcile [--json]
+//! sagapayctl merchant create <name> [--json]     (prints the merchant's first API key, once)
+//! sagapayctl merchant list [--json]
+//! sagapayctl key create <merchant id or name> [--json]   (prints the new key, once)
+//! sagapayctl key list <merchant id or name> [--json]
+//! sagapayctl key revoke <key_id>
 //! ```
 //!
-//! `--namespace` (or `SAGAPAY_NAMESPACE`, default `sagapay`) and `--brokers` (or
-//! `SAGAPAY_KAFKA_BROKERS`, default `127.0.0.1:9092`) choose the deployment.
+//! `--namespace` (or `SAGAPAY_NAMESPACE`, default `sagapay`), `--brokers` (or
+//! `SAGAPAY_KAFKA_BROKERS`, default `127.0.0.1:9092`) and `--postgres-url` (or
+//! `SAGAPAY_POSTGRES_URL`) choose the deployment.
 
 use clap::{Args, Parser, Subcommand};
 use sagapay_domain::Namespace;
+use sagapay_gateway::keys;
 use sagapay_messaging::{Classification, KafkaSettings};
 use sagapayctl::dlq::{self, Filter};
 
@@ -32,6 +39,14 @@ struct Cli {
         global = true
     )]
     brokers: String,
+    /// PostgreSQL server URL, without a database (the services' setting).
+    #[arg(
+        long,
+        env = "SAGAPAY_POSTGRES_URL",
+        default_value = "postgres://sagapay:sagapay@127.0.0.1:5432",
+        global = true
+    )]
+    postgres_url: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -43,17 +58,50 @@ enum Command {
     Dlq(DlqCommand),
     /// Check every settled payment against the ledger; exit 1 when anything differs.
     Reconcile {
-        /// PostgreSQL server URL, without a database (the services' setting).
-        #[arg(
-            long,
-            env = "SAGAPAY_POSTGRES_URL",
-            default_value = "postgres://sagapay:sagapay@127.0.0.1:5432"
-        )]
-        postgres_url: String,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
+    /// Merchants of the gateway.
+    #[command(subcommand)]
+    Merchant(MerchantCommand),
+    /// API keys of merchants. A key is shown once, when it is created.
+    #[command(subcommand)]
+    Key(KeyCommand),
+}
+
+#[derive(Subcommand)]
+enum MerchantCommand {
+    /// Create a merchant and its first API key.
+    Create {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeyCommand {
+    /// Add an API key to a merchant (keys can overlap, to rotate without downtime).
+    Create {
+        /// Merchant id or name.
+        merchant: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// A merchant's keys (prefix, created, revoked), never the keys themselves.
+    List {
+        /// Merchant id or name.
+        merchant: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a key: it is refused from the next request on.
+    Revoke { key_id: uuid::Uuid },
 }
 
 #[derive(Args, Clone)]
@@ -112,6 +160,12 @@ fn filter(args: &FilterArgs, position: Option<String>) -> anyhow::Result<Filter>
     })
 }
 
+fn print_new_key(key: &keys::NewKey) {
+    println!("key id  {}", key.key_id);
+    println!("API key {}", key.secret);
+    eprintln!("Store the API key now: only its hash is kept, it cannot be shown again.");
+}
+
 fn print_table(entries: &[dlq::Entry]) {
     println!(
         "{:<10} {:<27} {:<16} {:<17} {:<29} {:<36} ERROR",
@@ -151,8 +205,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         brokers: cli.brokers.clone(),
         ..KafkaSettings::default()
     };
-    if let Command::Reconcile { postgres_url, json } = &cli.command {
-        let base = postgres_url.trim_end_matches('/');
+    let base = cli.postgres_url.trim_end_matches('/').to_owned();
+    let gateway_db = || async {
+        sqlx::PgPool::connect(&format!("{base}/{}", ns.database("gateway")))
+            .await
+            .map_err(|e| anyhow::anyhow!("connecting to the gateway database: {e}"))
+    };
+    if let Command::Reconcile { json } = &cli.command {
         let report = sagapayctl::reconcile::run(
             &format!("{base}/{}", ns.database("orchestrator")),
             &format!("{base}/{}", ns.database("ledger")),
@@ -180,6 +239,82 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     match cli.command {
         Command::Reconcile { .. } => unreachable!("handled above"),
+        Command::Merchant(MerchantCommand::Create { name, json }) => {
+            let (merchant, key) = keys::create_merchant(&gateway_db().await?, &name).await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &serde_json::json!({"merchant": merchant, "key": key})
+                    )?
+                );
+            } else {
+                println!("merchant {} ({})", merchant.merchant_id, merchant.name);
+                print_new_key(&key);
+            }
+        }
+        Command::Merchant(MerchantCommand::List { json }) => {
+            let merchants = keys::list_merchants(&gateway_db().await?).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&merchants)?);
+            } else {
+                println!("{:<36} {:<24} NAME", "MERCHANT ID", "CREATED AT");
+                for m in &merchants {
+                    println!(
+                        "{:<36} {:<24} {}",
+                        m.merchant_id,
+                        m.created_at
+                            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                        m.name
+                    );
+                }
+            }
+        }
+        Command::Key(KeyCommand::Create { merchant, json }) => {
+            let pool = gateway_db().await?;
+            let merchant = keys::find_merchant(&pool, &merchant).await?;
+            let key = keys::create_key(&pool, merchant.merchant_id).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&key)?);
+            } else {
+                print_new_key(&key);
+            }
+        }
+        Command::Key(KeyCommand::List { merchant, json }) => {
+            let pool = gateway_db().await?;
+            let merchant = keys::find_merchant(&pool, &merchant).await?;
+            let list = keys::list_keys(&pool, merchant.merchant_id).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                println!(
+                    "{:<36} {:<10} {:<24} REVOKED AT",
+                    "KEY ID", "PREFIX", "CREATED AT"
+                );
+                for k in &list {
+                    let at = |t: chrono::DateTime<chrono::Utc>| {
+                        t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                    };
+                    println!(
+                        "{:<36} {:<10} {:<24} {}",
+                        k.key_id,
+                        k.key_prefix,
+                        at(k.created_at),
+                        k.revoked_at.map(at).unwrap_or_else(|| "-".into())
+                    );
+                }
+            }
+        }
+        Command::Key(KeyCommand::Revoke { key_id }) => {
+            let key = keys::revoke_key(&gateway_db().await?, key_id).await?;
+            println!(
+                "key {} ({}…) of merchant {} revoked at {}",
+                key.key_id,
+                key.key_prefix,
+                key.merchant_id,
+                key.revoked_at.map(|t| t.to_rfc3339()).unwrap_or_default()
+            );
+        }
         Command::Dlq(DlqCommand::List { filter: f, json }) => {
             let f = filter(&f, None)?;
             let entries: Vec<_> = dlq::read_all(&kafka, &ns)

@@ -1,0 +1,377 @@
+//! The idempotency fast path in Redis.
+//!
+//! The first request with a key claims it atomically (`SET … NX PX`), with a fingerprint of
+//! the request and a token of its own. When the orchestrator has answered with success, the
+//! answer replaces the claim and is kept for 24 hours; a retry with the same key and the same
+//! request gets that answer back without reaching the orchestrator, a retry with a different
+//! request gets 422, and one that arrives while the first is still in flight gets 409. A
+//! failed request gives its claim back (compare-and-delete on its token), so a retry can go.
+//!
+//! Correctness never depends on Redis: the durable guard is the orchestrator's unique
+//! constraint on `(merchant_id, idempotency_key)`. When Redis is unreachable or slow, the
+//! request goes the durable path (and is counted in `idempotency_redis_unavailable_total`);
+//! after a failure Redis is left alone for a second, so an outage costs one short timeout per
+//! second and not one per request. A claim of a gateway that died expires after
+//! `claim_ttl` (30 s).
+
+use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+/// How long a finished answer is replayed.
+pub const RESPONSE_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+
+#[derive(Debug, Clone)]
+pub struct IdempotencySettings {
+    /// `SAGAPAY_REDIS_URL`; `None` turns the fast path off.
+    pub redis_url: Option<String>,
+    /// Longest wait for one Redis command before going the durable path.
+    pub timeout: Duration,
+    /// How long an in-flight claim holds a key when its gateway never finishes.
+    pub claim_ttl: Duration,
+    /// After a Redis failure, how long requests go the durable path without trying Redis.
+    pub backoff: Duration,
+}
+
+impl IdempotencySettings {
+    pub fn new(redis_url: Option<String>) -> Self {
+        Self {
+            redis_url,
+            timeout: Duration::from_millis(100),
+            claim_ttl: Duration::from_secs(30),
+            backoff: Duration::from_secs(1),
+        }
+    }
+}
+
+/// What Redis holds under a key.
+#[derive(Debug, Serialize, Deserialize)]
+struct Entry {
+    /// Fingerprint of the request that claimed the key.
+    fp: String,
+    /// The claimant's token, while in flight.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    token: Option<String>,
+    /// The finished answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    response: Option<CachedResponse>,
+}
+
+/// A finished answer, replayed as it was.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CachedResponse {
+    pub status: u16,
+    pub body: String,
+}
+
+/// A key this request holds: pass it to [`IdempotencyCache::finish`].
+#[derive(Debug)]
+pub struct Claim {
+    redis_key: String,
+    token: String,
+    fingerprint: String,
+}
+
+/// What to do with a request.
+#[derive(Debug)]
+pub enum Begin {
+    /// The key is this request's: forward it, then `finish`.
+    Claimed(Claim),
+    /// The same request already finished: answer this.
+    Replay(CachedResponse),
+    /// The key belongs to a different request.
+    Reused,
+    /// The same request is still in flight.
+    InFlight,
+    /// No answer from Redis: forward; the orchestrator's unique constraint decides.
+    Durable,
+}
+
+#[derive(Clone)]
+struct Metrics {
+    outcomes: IntCounterVec,
+    redis_unavailable: IntCounter,
+}
+
+pub struct IdempotencyCache {
+    conn: Option<ConnectionManager>,
+    prefix: String,
+    settings: IdempotencySettings,
+    /// Set after a Redis failure: until then, requests go the durable path.
+    resting_until: Mutex<Option<Instant>>,
+    metrics: Metrics,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum RedisTrouble {
+    #[error("{0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    #[error("unreadable entry: {0}")]
+    Corrupt(#[from] serde_json::Error),
+}
+
+/// Hex SHA-256 of `parts`, each terminated by a newline: what identifies "the same request".
+pub fn fingerprint(parts: &[&str]) -> String {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(p.as_bytes());
+        h.update(b"\n");
+    }
+    hex::encode(h.finalize())
+}
+
+impl IdempotencyCache {
+    /// Never fails on an unreachable Redis: the connection is made on first use.
+    pub fn new(
+        namespace: &str,
+        settings: IdempotencySettings,
+        registry: &Registry,
+    ) -> anyhow::Result<Self> {
+        let metrics = Metrics {
+            outcomes: IntCounterVec::new(
+                Opts::new(
+                    "idempotency_requests_total",
+                    "Requests with an idempotency key, by what the fast path decided \
+                     (claimed, replayed, reused, in_flight, durable)",
+                ),
+                &["outcome"],
+            )?,
+            redis_unavailable: IntCounter::new(
+                "idempotency_redis_unavailable_total",
+                "Requests served through the durable path because Redis did not answer",
+            )?,
+        };
+        registry.register(Box::new(metrics.outcomes.clone()))?;
+        registry.register(Box::new(metrics.redis_unavailable.clone()))?;
+        let conn = match &settings.redis_url {
+            None => None,
+            Some(url) => {
+                let client = redis::Client::open(url.as_str())?;
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(settings.timeout))
+                    .set_response_timeout(Some(settings.timeout))
+                    .set_number_of_retries(1);
+                Some(ConnectionManager::new_lazy_with_config(client, config)?)
+            }
+        };
+        Ok(Self {
+            conn,
+            prefix: format!("{namespace}:idempotency"),
+            settings,
+            resting_until: Mutex::new(None),
+            metrics,
+        })
+    }
+
+    fn count(&self, outcome: &str) {
+        self.metrics.outcomes.with_label_values(&[outcome]).inc();
+    }
+
+    fn resting(&self) -> bool {
+        let mut until = self.resting_until.lock().expect("lock poisoned");
+        match *until {
+            Some(t) if Instant::now() < t => true,
+            Some(_) => {
+                *until = None;
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn trouble(&self, what: &str, e: &RedisTrouble) {
+        let mut until = self.resting_until.lock().expect("lock poisoned");
+        if until.is_none() {
+            tracing::warn!(error = %e, during = what, backoff_ms = self.settings.backoff.as_millis() as u64,
+                "Redis unavailable: idempotency goes the durable path");
+        }
+        *until = Some(Instant::now() + self.settings.backoff);
+    }
+
+    async fn run<T: redis::FromRedisValue>(
+        &self,
+        conn: &ConnectionManager,
+        cmd: redis::Cmd,
+    ) -> Result<T, RedisTrouble> {
+        let mut conn = conn.clone();
+        match tokio::time::timeout(self.settings.timeout, cmd.query_async::<T>(&mut conn)).await {
+            Ok(r) => Ok(r?),
+            Err(_) => Err(RedisTrouble::Timeout(self.settings.timeout)),
+        }
+    }
+
+    /// `scope` names the route family (`payments`, `refunds:<payment_id>`); keys are scoped to
+    /// the merchant and the scope, and hashed (a client's key may hold any printable text).
+    pub async fn begin(
+        &self,
+        merchant_id: Uuid,
+        scope: &str,
+        idempotency_key: &str,
+        fingerprint: &str,
+    ) -> Begin {
+        let Some(conn) = &self.conn else {
+            self.count("durable");
+            return Begin::Durable;
+        };
+        if self.resting() {
+            self.count("durable");
+            self.metrics.redis_unavailable.inc();
+            return Begin::Durable;
+        }
+        let redis_key = format!(
+            "{}:{merchant_id}:{scope}:{}",
+            self.prefix,
+            hex::encode(Sha256::digest(idempotency_key.as_bytes()))
+        );
+        match self.try_begin(conn, redis_key, fingerprint).await {
+            Ok(begin) => {
+                self.count(match &begin {
+                    Begin::Claimed(_) => "claimed",
+                    Begin::Replay(_) => "replayed",
+                    Begin::Reused => "reused",
+                    Begin::InFlight => "in_flight",
+                    Begin::Durable => "durable",
+                });
+                begin
+            }
+            Err(e) => {
+                self.trouble("claim", &e);
+                self.count("durable");
+                self.metrics.redis_unavailable.inc();
+                Begin::Durable
+            }
+        }
+    }
+
+    async fn try_begin(
+        &self,
+        conn: &ConnectionManager,
+        redis_key: String,
+        fingerprint: &str,
+    ) -> Result<Begin, RedisTrouble> {
+        let token = Uuid::new_v4().simple().to_string();
+        let claim = serde_json::to_string(&Entry {
+            fp: fingerprint.to_owned(),
+            token: Some(token.clone()),
+            response: None,
+        })?;
+        let mut set = redis::cmd("SET");
+        set.arg(&redis_key)
+            .arg(claim)
+            .arg("NX")
+            .arg("PX")
+            .arg(self.settings.claim_ttl.as_millis() as u64);
+        let claimed: Option<String> = self.run(conn, set).await?;
+        if claimed.is_some() {
+            return Ok(Begin::Claimed(Claim {
+                redis_key,
+                token,
+                fingerprint: fingerprint.to_owned(),
+            }));
+        }
+        let mut get = redis::cmd("GET");
+        get.arg(&redis_key);
+        let held: Option<String> = self.run(conn, get).await?;
+        // Gone between the two commands (expired or given back): let the durable path decide.
+        let Some(held) = held else {
+            return Ok(Begin::Durable);
+        };
+        let entry: Entry = serde_json::from_str(&held)?;
+        Ok(if entry.fp != fingerprint {
+            Begin::Reused
+        } else if let Some(response) = entry.response {
+            Begin::Replay(response)
+        } else {
+            Begin::InFlight
+        })
+    }
+
+    /// Records the answer of a claimed request: a success is kept for replay, anything else
+    /// gives the key back so that a retry can go through.
+    pub async fn finish(&self, claim: Claim, answer: Option<CachedResponse>) {
+        let Some(conn) = &self.conn else { return };
+        let result = match answer {
+            Some(response) if (200..300).contains(&response.status) => {
+                let entry = Entry {
+                    fp: claim.fingerprint,
+                    token: None,
+                    response: Some(response),
+                };
+                match serde_json::to_string(&entry) {
+                    Ok(value) => {
+                        let mut set = redis::cmd("SET");
+                        set.arg(&claim.redis_key)
+                            .arg(value)
+                            .arg("PX")
+                            .arg(RESPONSE_TTL.as_millis() as u64);
+                        self.run::<()>(conn, set).await
+                    }
+                    Err(e) => Err(e.into()),
+                }
+            }
+            _ => {
+                // Delete only our own claim: compare the token inside Redis.
+                let mut release = redis::cmd("EVAL");
+                release
+                    .arg(RELEASE_SCRIPT)
+                    .arg(1)
+                    .arg(&claim.redis_key)
+                    .arg(format!("\"token\":\"{}\"", claim.token));
+                self.run::<i64>(conn, release).await.map(drop)
+            }
+        };
+        if let Err(e) = result {
+            // The claim expires on its own; the durable guard holds meanwhile.
+            self.trouble("finish", &e);
+        }
+    }
+}
+
+/// Deletes KEYS[1] if its value contains ARGV[1] (the claimant's token).
+const RELEASE_SCRIPT: &str = r#"
+local v = redis.call('GET', KEYS[1])
+if v and string.find(v, ARGV[1], 1, true) then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprints_separate_their_parts() {
+        assert_ne!(fingerprint(&["ab", "c"]), fingerprint(&["a", "bc"]));
+        assert_eq!(fingerprint(&["a", "b"]), fingerprint(&["a", "b"]));
+    }
+
+    #[test]
+    fn a_claim_and_an_answer_read_back() {
+        let claim = Entry {
+            fp: "f".into(),
+            token: Some("t".into()),
+            response: None,
+        };
+        let text = serde_json::to_string(&claim).unwrap();
+        assert!(text.contains("\"token\":\"t\""));
+        let back: Entry = serde_json::from_str(&text).unwrap();
+        assert!(back.response.is_none());
+        let done = Entry {
+            fp: "f".into(),
+            token: None,
+            response: Some(CachedResponse {
+                status: 201,
+                body: "{}".into(),
+            }),
+        };
+        let back: Entry = serde_json::from_str(&serde_json::to_string(&done).unwrap()).unwrap();
+        assert_eq!(back.response.unwrap().status, 201);
+    }
+}

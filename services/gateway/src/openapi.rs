@@ -1,0 +1,188 @@
+//! `GET /openapi.json`: the gateway's public API as an OpenAPI 3 document, generated from the
+//! route handlers' annotations (utoipa). The schemas below describe the wire format; the
+//! parsing itself is `validate`'s, which reports every field it refuses by name.
+
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
+use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "SagaPay",
+        description = "Payments carried by a saga across six services. Every error has the shape \
+            {\"error\": {\"type\", \"code\", \"message\", \"param\"}, \"request_id\"}; every response \
+            carries x-request-id, and x-correlation-id is accepted or generated.",
+    ),
+    paths(
+        crate::routes::create_payment,
+        crate::routes::get_payment,
+        crate::routes::create_refund,
+        document,
+        health,
+        ready,
+        metrics,
+    ),
+    modifiers(&ApiKeyAuth),
+    tags(
+        (name = "payments", description = "Create and read payments"),
+        (name = "refunds", description = "Refund settled payments"),
+        (name = "operations", description = "Probes, metrics and this document"),
+    )
+)]
+pub struct ApiDoc;
+
+struct ApiKeyAuth;
+
+impl Modify for ApiKeyAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        openapi
+            .components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme(
+                "api_key",
+                SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("x-api-key"))),
+            );
+    }
+}
+
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+    responses((status = 200, description = "OpenAPI 3 document", content_type = "application/json")))]
+pub async fn document() -> Response {
+    axum::Json(ApiDoc::openapi()).into_response()
+}
+
+// The probes and metrics are served by the shared service kit; they are declared here so the
+// document lists every route the gateway answers.
+
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/health", tag = "operations",
+    responses((status = 200, description = "Alive, names its service")))]
+#[allow(dead_code)]
+fn health() {}
+
+/// Readiness: database and Kafka reachable.
+#[utoipa::path(get, path = "/ready", tag = "operations",
+    responses((status = 200, description = "Ready"), (status = 503, description = "Not ready, with the failing checks")))]
+#[allow(dead_code)]
+fn ready() {}
+
+/// Prometheus metrics, text format.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain")))]
+#[allow(dead_code)]
+fn metrics() {}
+
+/// `Idempotency-Key`: 1-255 printable ASCII characters, scoped to the merchant. Required here
+/// or as the body's `idempotency_key` (they must agree when both are sent).
+#[derive(IntoParams)]
+#[into_params(names("Idempotency-Key"), parameter_in = Header)]
+#[allow(dead_code)]
+pub struct IdempotencyKeyHeader(Option<String>);
+
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)]
+pub struct CreatePaymentBody {
+    /// 1-64 characters of A-Z, a-z, 0-9, `_ - . : @`.
+    #[schema(example = "cus_42")]
+    customer_id: String,
+    /// Integer minor units, 1 to the configured maximum (default 100,000,000).
+    #[schema(example = 2500, minimum = 1)]
+    amount_cents: i64,
+    /// ISO 4217 code the platform supports: USD EUR GBP CHF CAD AUD SEK NOK DKK PLN JPY.
+    #[schema(example = "USD")]
+    currency: String,
+    /// Alternative to the `Idempotency-Key` header.
+    idempotency_key: Option<String>,
+    /// Payment method token (default `pm_card_ok`; the simulated provider's test cards are
+    /// `pm_card_declined`, `pm_card_insufficient_funds`, `pm_card_timeout`,
+    /// `pm_card_fail_twice`, `pm_card_slow`).
+    payment_method: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)]
+pub struct PaymentCreated {
+    payment_id: uuid::Uuid,
+    #[schema(example = "CREATED")]
+    status: String,
+}
+
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)]
+pub struct TimelineEntry {
+    /// TRANSITION (a state change) or STEP (a saga step that did not change the state).
+    kind: String,
+    from_state: Option<String>,
+    to_state: String,
+    reason: String,
+    event_id: Option<uuid::Uuid>,
+    occurred_at: String,
+}
+
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)]
+pub struct Payment {
+    payment_id: uuid::Uuid,
+    /// CREATED, APPROVED, REVIEW_REQUIRED, AUTHORIZED, CAPTURED, SETTLED, FAILED, REVERSED,
+    /// PARTIALLY_REFUNDED, REFUNDED.
+    status: String,
+    amount_cents: i64,
+    currency: String,
+    customer_id: String,
+    created_at: String,
+    updated_at: String,
+    timeline: Vec<TimelineEntry>,
+    refunds: Vec<Refund>,
+}
+
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)]
+pub struct CreateRefundBody {
+    /// Integer minor units, at most what is left to refund.
+    #[schema(example = 1000, minimum = 1)]
+    amount_cents: i64,
+    /// Up to 200 characters.
+    reason: Option<String>,
+    idempotency_key: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)]
+pub struct Refund {
+    refund_id: uuid::Uuid,
+    payment_id: uuid::Uuid,
+    amount_cents: i64,
+    currency: String,
+    /// PENDING, SUCCEEDED or FAILED.
+    status: String,
+    reason: String,
+    failure_reason: Option<String>,
+    created_at: String,
+    updated_at: String,
+}
+
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)]
+pub struct ErrorBody {
+    /// invalid_request_error, authentication_error, rate_limit_error, idempotency_error,
+    /// conflict_error, api_error.
+    #[serde(rename = "type")]
+    #[schema(rename = "type")]
+    kind: String,
+    /// Stable, machine-readable: clients branch on it.
+    #[schema(example = "invalid_amount")]
+    code: String,
+    message: String,
+    /// The request field at fault, when there is one.
+    param: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)]
+pub struct ErrorResponse {
+    error: ErrorBody,
+    request_id: Option<String>,
+}
