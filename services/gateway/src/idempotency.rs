@@ -41,7 +41,7 @@ impl IdempotencySettings {
     pub fn new(redis_url: Option<String>) -> Self {
         Self {
             redis_url,
-            timeout: Duration::from_millis(100),
+            timeout: Duration::from_millis(250),
             claim_ttl: Duration::from_secs(30),
             backoff: Duration::from_secs(1),
         }

@@ -75,6 +75,8 @@ pub struct StackOptions {
     pub ledger_currencies: Option<Vec<sagapay_domain::Currency>>,
     /// Gateway rate limit per API key: (per second, burst). Default: practically none.
     pub gateway_rate_limit: Option<(u32, u32)>,
+    /// Gateway's Redis for the idempotency fast path (default: the stack's Redis).
+    pub gateway_redis_url: Option<String>,
 }
 
 async fn start_ledger(
@@ -117,6 +119,9 @@ impl TestStack {
                 if let Some((per_second, burst)) = options.gateway_rate_limit {
                     g.rate_limit_per_second = per_second;
                     g.rate_limit_burst = burst;
+                }
+                if let Some(url) = &options.gateway_redis_url {
+                    g.idempotency.redis_url = Some(url.clone());
                 }
                 g
             }),
@@ -182,6 +187,16 @@ impl TestStack {
         old.stop().await.expect("ledger stops cleanly");
         let fresh = start_ledger(&self.ns, None).await.expect("ledger starts");
         self.others.push(fresh);
+    }
+
+    /// A new merchant with its first API key, made the way `sagapayctl merchant create` makes
+    /// them: `(merchant_id, key)`.
+    pub async fn merchant(&self, name: &str) -> (Uuid, String) {
+        let pool = self.db("gateway").await;
+        let (merchant, key) = sagapay_gateway::keys::create_merchant(&pool, name)
+            .await
+            .expect("create merchant");
+        (merchant.merchant_id, key.secret)
     }
 
     pub fn kafka(&self) -> sagapay_messaging::KafkaSettings {
@@ -319,6 +334,33 @@ async fn start_orchestrator_at(
 }
 
 /// Drops the databases and topics of a namespace (best effort).
+/// A binary of the workspace, built next to the test binary (`cargo build --bins`, which
+/// `scripts/test.sh` runs before the tests).
+pub fn target_binary(name: &str) -> std::path::PathBuf {
+    // target/debug/deps/e2e-<hash> -> target/debug/<name>
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe.parent().and_then(|p| p.parent()).expect("target dir");
+    let bin = dir.join(name);
+    assert!(
+        bin.exists(),
+        "{} is missing: build the binaries first (cargo build --bins; scripts/test.sh does)",
+        bin.display()
+    );
+    bin
+}
+
+/// A free port in `range`. Ranges below Linux's ephemeral range (32768+) are safe from the
+/// in-process stacks (which bind port 0); give each test that needs fixed ports its own range.
+pub fn free_port(range: std::ops::Range<u16>) -> u16 {
+    let width = u128::from(range.end - range.start);
+    loop {
+        let port = range.start + (Uuid::new_v4().as_u128() % width) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
 pub async fn cleanup_namespace(ns: &Namespace) {
     let base = config("gateway", ns);
     for service in SERVICES {

@@ -10,27 +10,16 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
-use uuid::Uuid;
 
 fn binary(service: &str) -> PathBuf {
-    // target/debug/deps/e2e-<hash> -> target/debug/sagapay-<service>
-    let exe = std::env::current_exe().expect("test binary path");
-    let dir = exe.parent().and_then(|p| p.parent()).expect("target dir");
-    let bin = dir.join(format!("sagapay-{service}"));
-    assert!(
-        bin.exists(),
-        "{} is missing: build the service binaries first (cargo build --bins; scripts/test.sh does)",
-        bin.display()
-    );
-    bin
+    sagapay_e2e::target_binary(&format!("sagapay-{service}"))
 }
 
-/// A free port below Linux's ephemeral range (32768+), where the in-process test stacks (which
-/// bind port 0) never land, so no other test can take it between this check and the bind.
+/// A free port from this test's own range, below Linux's ephemeral range (see `free_port`).
 fn free_port(taken: &[u16]) -> u16 {
     loop {
-        let port = 20_000 + (Uuid::new_v4().as_u128() % 10_000) as u16;
-        if !taken.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        let port = sagapay_e2e::free_port(20_000..30_000);
+        if !taken.contains(&port) {
             return port;
         }
     }

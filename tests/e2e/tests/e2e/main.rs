@@ -3,6 +3,7 @@
 
 mod crash;
 mod deadletter;
+mod edge;
 mod happy_path;
 mod ledger;
 mod out_of_order;
