@@ -1,20 +1,45 @@
-//! `sagapay-loadtest`: closed-loop load against the gateway. Each worker creates a payment,
-//! then polls it until it reaches a terminal state, and starts the next one. Reports API
-//! latency (POST /payments) and time from POST to the terminal state.
+//! `sagapay-loadtest`: load against the gateway, measured end to end.
 //!
-//!     sagapay-loadtest --total 100 --concurrency 1
+//! ```text
+//! sagapay-loadtest --total 1000 --concurrency 32            # closed loop
+//! sagapay-loadtest --rate 300 --duration-s 60               # open loop
+//! sagapay-loadtest --rate 50 --duration-s 30 --scenario mix # review, decline, timeout too
+//! ```
 //!
-//! The terminal-state time is measured by polling every `--poll-ms` (default 5 ms), so it is
-//! an upper bound accurate to about that interval.
+//! Closed loop: `--concurrency` workers each create a payment, wait for its terminal state and
+//! start the next, until `--total`. Open loop: a payment starts every `1/--rate` seconds for
+//! `--duration-s`, whether or not earlier ones finished (what a real arrival process does; a
+//! slow system shows up as latency, not as a lower offered rate).
+//!
+//! API latency is the POST's round trip. Terminal states come from the `payments.finalized`
+//! topic (see `tracker`), not from polling. Payments sent to manual review in the `mix`
+//! scenario are approved through the risk service's ops API, as an operator would. At the
+//! end the run waits for stragglers (`--drain-s`), reconciles payments against the ledger
+//! (`sagapayctl reconcile`), prints a summary and, with `--json FILE`, writes it as JSON.
+
+mod stats;
+mod tracker;
 
 use anyhow::Context;
-use clap::Parser;
-use serde::Serialize;
+use clap::{Parser, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use sagapay_domain::Namespace;
 use serde_json::json;
-use std::collections::BTreeMap;
+use stats::{Sample, Summary};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tracker::Tracker;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+enum Scenario {
+    /// Every payment small, with a good card: all settle.
+    Approve,
+    /// 88% approve, 4% manual review (approved by the load test), 4% declined,
+    /// 2% provider timeouts (retried, then voided), 2% failing twice then succeeding.
+    Mix,
+}
 
 #[derive(Parser, Debug, Clone)]
 #[command(about = "Load-test SagaPay through its gateway")]
@@ -24,207 +49,316 @@ struct Args {
     base_url: String,
     #[arg(long, default_value = "dev-secret")]
     api_key: String,
-    /// Payments to create in total.
+    /// Risk service base URL, for approving manual reviews in the `mix` scenario.
+    #[arg(long, default_value = "http://127.0.0.1:8002")]
+    ops_url: String,
+    #[arg(long, default_value = "dev-ops-secret")]
+    ops_key: String,
+    /// Closed loop: payments to create in total.
     #[arg(long, default_value_t = 100)]
     total: usize,
-    /// Payments in flight at once.
+    /// Closed loop: payments in flight at once.
     #[arg(long, default_value_t = 1)]
     concurrency: usize,
-    #[arg(long, default_value_t = 2500)]
-    amount_cents: i64,
-    /// Interval between status polls of one payment.
-    #[arg(long, default_value_t = 5)]
-    poll_ms: u64,
-    /// Give up on a payment that is not terminal after this long.
-    #[arg(long, default_value_t = 30_000)]
+    /// Open loop: payments started per second (turns the open loop on).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Open loop: how long to keep starting payments.
+    #[arg(long, default_value_t = 60)]
+    duration_s: u64,
+    #[arg(long, value_enum, default_value_t = Scenario::Approve)]
+    scenario: Scenario,
+    /// Give up on a payment that is not terminal this long after its POST.
+    #[arg(long, default_value_t = 60_000)]
     timeout_ms: u64,
+    #[arg(long, env = "SAGAPAY_NAMESPACE", default_value = "sagapay")]
+    namespace: String,
+    #[arg(long, env = "SAGAPAY_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    brokers: String,
+    /// PostgreSQL server URL, for the reconciliation at the end.
+    #[arg(
+        long,
+        env = "SAGAPAY_POSTGRES_URL",
+        default_value = "postgres://sagapay:sagapay@127.0.0.1:5432"
+    )]
+    postgres_url: String,
+    /// Skip the reconciliation at the end.
+    #[arg(long)]
+    no_reconcile: bool,
+    /// No progress bar (it is also off when standard error is not a terminal).
+    #[arg(long)]
+    no_progress: bool,
     /// Also write the summary as JSON to this file.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
 }
 
-#[derive(Debug, Default)]
-struct Sample {
-    api_ms: Option<f64>,
-    terminal_ms: Option<f64>,
-    status: String,
+/// What the i-th payment of a run is: its amount and card.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Approve,
+    Review,
+    Decline,
+    Timeout,
+    FailTwice,
 }
 
-#[derive(Debug, Serialize)]
-struct Percentiles {
-    count: usize,
-    p50_ms: f64,
-    p95_ms: f64,
-    p99_ms: f64,
-    max_ms: f64,
-}
-
-fn percentiles(mut v: Vec<f64>) -> Percentiles {
-    v.sort_by(|a, b| a.total_cmp(b));
-    // Nearest-rank percentile.
-    let at = |q: f64| -> f64 {
-        if v.is_empty() {
-            return 0.0;
+impl Kind {
+    /// Deterministic and evenly spread: payment `i` falls in bucket `(i * 37) % 100`.
+    fn of(scenario: Scenario, i: usize) -> Kind {
+        if scenario == Scenario::Approve {
+            return Kind::Approve;
         }
-        let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
-        v[rank - 1]
-    };
-    Percentiles {
-        count: v.len(),
-        p50_ms: at(0.50),
-        p95_ms: at(0.95),
-        p99_ms: at(0.99),
-        max_ms: v.last().copied().unwrap_or(0.0),
+        match (i * 37) % 100 {
+            0..=3 => Kind::Review,
+            4..=7 => Kind::Decline,
+            8..=9 => Kind::Timeout,
+            10..=11 => Kind::FailTwice,
+            _ => Kind::Approve,
+        }
+    }
+
+    fn amount_minor(self) -> i64 {
+        match self {
+            // Above the default review threshold of 100,000.
+            Kind::Review => 150_000,
+            _ => 2_500,
+        }
+    }
+
+    fn payment_method(self) -> &'static str {
+        match self {
+            Kind::Approve | Kind::Review => "pm_card_ok",
+            Kind::Decline => "pm_card_declined",
+            Kind::Timeout => "pm_card_timeout",
+            Kind::FailTwice => "pm_card_fail_twice",
+        }
     }
 }
 
-#[derive(Debug, Serialize)]
-struct Summary {
-    total: usize,
-    concurrency: usize,
-    elapsed_s: f64,
-    throughput_per_s: f64,
-    errors: usize,
-    error_rate: f64,
-    api_latency: Percentiles,
-    time_to_terminal: Percentiles,
-    by_status: BTreeMap<String, usize>,
+struct Run {
+    args: Args,
+    client: reqwest::Client,
+    tracker: Tracker,
+    /// Distinct per run, so idempotency keys and customers never repeat across runs.
+    tag: String,
+    progress: ProgressBar,
 }
 
-async fn one_payment(client: &reqwest::Client, args: &Args, run: &str, i: usize) -> Sample {
-    let started = Instant::now();
-    let resp = client
-        .post(format!("{}/payments", args.base_url))
-        .header("x-api-key", &args.api_key)
-        .json(&json!({
-            "customer_id": format!("load-{}", i % 1000),
-            "amount_cents": args.amount_cents,
-            "currency": "USD",
-            "idempotency_key": format!("{run}-{i}"),
-        }))
-        .send()
-        .await;
-    let api_ms = started.elapsed().as_secs_f64() * 1e3;
-    let body: serde_json::Value = match resp {
-        Ok(r) if r.status().as_u16() == 201 => r.json().await.unwrap_or_default(),
-        Ok(r) => {
-            return Sample {
-                status: format!("http_{}", r.status().as_u16()),
-                ..Sample::default()
-            }
-        }
-        Err(_) => {
-            return Sample {
-                status: "connection_error".into(),
-                ..Sample::default()
-            }
-        }
-    };
-    let Some(payment_id) = body["payment_id"].as_str().map(str::to_owned) else {
-        return Sample {
-            status: "bad_response".into(),
-            ..Sample::default()
-        };
-    };
-    let deadline = started + Duration::from_millis(args.timeout_ms);
-    loop {
-        if let Ok(r) = client
-            .get(format!("{}/payments/{payment_id}", args.base_url))
-            .header("x-api-key", &args.api_key)
+impl Run {
+    async fn one_payment(&self, i: usize) -> Sample {
+        let kind = Kind::of(self.args.scenario, i);
+        let sent_at = chrono::Utc::now();
+        let started = Instant::now();
+        let resp = self
+            .client
+            .post(format!("{}/payments", self.args.base_url))
+            .header("x-api-key", &self.args.api_key)
+            .header("idempotency-key", format!("{}-{i}", self.tag))
+            .json(&json!({
+                // A customer per payment: the velocity rules must not turn load into reviews.
+                "customer_id": format!("{}-{i}", self.tag),
+                "amount_cents": kind.amount_minor(),
+                "currency": "USD",
+                "payment_method": kind.payment_method(),
+            }))
             .send()
-            .await
-        {
-            if let Ok(p) = r.json::<serde_json::Value>().await {
-                let status = p["status"].as_str().unwrap_or("").to_owned();
-                if matches!(status.as_str(), "SETTLED" | "FAILED" | "REVERSED") {
-                    return Sample {
-                        api_ms: Some(api_ms),
-                        terminal_ms: Some(started.elapsed().as_secs_f64() * 1e3),
-                        status,
-                    };
+            .await;
+        let api_ms = started.elapsed().as_secs_f64() * 1e3;
+        let failed = |status: String| Sample {
+            api_ms: Some(api_ms),
+            terminal_ms: None,
+            status,
+        };
+        let body: serde_json::Value = match resp {
+            Ok(r) if r.status().as_u16() == 201 => r.json().await.unwrap_or_default(),
+            Ok(r) => return failed(format!("http_{}", r.status().as_u16())),
+            Err(_) => {
+                return Sample {
+                    api_ms: None,
+                    terminal_ms: None,
+                    status: "connection_error".into(),
                 }
             }
+        };
+        let Some(payment_id) = body["payment_id"]
+            .as_str()
+            .and_then(|s| uuid::Uuid::parse_str(s).ok())
+        else {
+            return failed("bad_response".into());
+        };
+        let terminal = self.tracker.wait(payment_id);
+        if kind == Kind::Review {
+            self.approve_review(payment_id).await;
         }
-        if Instant::now() > deadline {
-            return Sample {
+        match tokio::time::timeout(Duration::from_millis(self.args.timeout_ms), terminal).await {
+            Ok(Ok(t)) => Sample {
                 api_ms: Some(api_ms),
-                terminal_ms: None,
-                status: "timeout".into(),
-            };
+                terminal_ms: Some(
+                    ((t.occurred_at - sent_at).num_microseconds().unwrap_or(0) as f64 / 1e3)
+                        .max(0.0),
+                ),
+                status: t.status,
+            },
+            _ => failed("not_terminal".into()),
         }
-        tokio::time::sleep(Duration::from_millis(args.poll_ms)).await;
+    }
+
+    /// Waits (polling the review queue's answer) until the review exists, then approves it.
+    async fn approve_review(&self, payment_id: uuid::Uuid) {
+        let deadline = Instant::now() + Duration::from_millis(self.args.timeout_ms);
+        while Instant::now() < deadline {
+            let resp = self
+                .client
+                .post(format!(
+                    "{}/ops/reviews/{payment_id}/approve",
+                    self.args.ops_url
+                ))
+                .header("x-ops-key", &self.args.ops_key)
+                .json(&json!({"reviewed_by": "loadtest"}))
+                .send()
+                .await;
+            match resp.map(|r| r.status().as_u16()) {
+                Ok(200) | Ok(409) => return,
+                // Not yet in review (404) or a transient error: ask again shortly.
+                _ => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
     }
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    anyhow::ensure!(
-        args.total > 0 && args.concurrency > 0,
-        "--total and --concurrency must be positive"
-    );
+    let ns = Namespace::parse(&args.namespace)?;
+    let open_rate = args.rate;
+    let planned = match open_rate {
+        Some(rate) => {
+            anyhow::ensure!(
+                rate > 0.0 && args.duration_s > 0,
+                "--rate and --duration-s must be positive"
+            );
+            (rate * args.duration_s as f64).round() as usize
+        }
+        None => {
+            anyhow::ensure!(
+                args.total > 0 && args.concurrency > 0,
+                "--total and --concurrency must be positive"
+            );
+            args.total
+        }
+    };
     let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(args.concurrency * 2)
+        .pool_max_idle_per_host(1024)
         .tcp_nodelay(true)
+        .timeout(Duration::from_secs(30))
         .build()?;
-    let run = format!("load-{}", uuid::Uuid::now_v7().simple());
-    let next = Arc::new(AtomicUsize::new(0));
+    let tracker = Tracker::start(&args.brokers, &ns).await?;
+    let progress = if args.no_progress {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(planned as u64)
+    };
+    progress.set_style(
+        ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:40}] {pos}/{len} terminal, {per_sec} {msg}",
+        )
+        .expect("template")
+        .progress_chars("=> "),
+    );
+    let run = Arc::new(Run {
+        args: args.clone(),
+        client,
+        tracker,
+        tag: format!("load-{}", uuid::Uuid::now_v7().simple()),
+        progress,
+    });
+
     let started = Instant::now();
-    let mut workers = Vec::new();
-    for _ in 0..args.concurrency {
-        let (client, args, run, next) = (client.clone(), args.clone(), run.clone(), next.clone());
-        workers.push(tokio::spawn(async move {
-            let mut samples = Vec::new();
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= args.total {
-                    return samples;
+    let mut tasks = Vec::with_capacity(planned);
+    let mut late_starts = 0usize;
+    match open_rate {
+        Some(rate) => {
+            let period = Duration::from_secs_f64(1.0 / rate);
+            for i in 0..planned {
+                let due = started + period.mul_f64(i as f64);
+                if Instant::now() > due + Duration::from_millis(10) {
+                    late_starts += 1;
                 }
-                samples.push(one_payment(&client, &args, &run, i).await);
+                tokio::time::sleep_until(due.into()).await;
+                let run = run.clone();
+                tasks.push(tokio::spawn(async move {
+                    let s = run.one_payment(i).await;
+                    run.progress.inc(1);
+                    vec![s]
+                }));
             }
-        }));
+        }
+        None => {
+            let next = Arc::new(AtomicUsize::new(0));
+            for _ in 0..args.concurrency {
+                let (run, next) = (run.clone(), next.clone());
+                tasks.push(tokio::spawn(async move {
+                    let mut samples = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= run.args.total {
+                            return samples;
+                        }
+                        samples.push(run.one_payment(i).await);
+                        run.progress.inc(1);
+                    }
+                }));
+            }
+        }
     }
-    let mut samples = Vec::new();
-    for w in workers {
-        samples.extend(w.await.context("worker panicked")?);
+    let load_s = started.elapsed().as_secs_f64();
+    let mut samples = Vec::with_capacity(planned);
+    for t in tasks {
+        samples.extend(t.await.context("a payment task panicked")?);
     }
     let elapsed_s = started.elapsed().as_secs_f64();
-    let mut by_status = BTreeMap::new();
-    for s in &samples {
-        *by_status.entry(s.status.clone()).or_insert(0) += 1;
-    }
-    let errors = samples.iter().filter(|s| s.terminal_ms.is_none()).count();
-    let summary = Summary {
-        total: samples.len(),
-        concurrency: args.concurrency,
-        elapsed_s,
-        throughput_per_s: samples.len() as f64 / elapsed_s,
-        errors,
-        error_rate: errors as f64 / samples.len() as f64,
-        api_latency: percentiles(samples.iter().filter_map(|s| s.api_ms).collect()),
-        time_to_terminal: percentiles(samples.iter().filter_map(|s| s.terminal_ms).collect()),
-        by_status,
+    run.progress.finish_and_clear();
+
+    let reconciliation = if args.no_reconcile {
+        None
+    } else {
+        let base = args.postgres_url.trim_end_matches('/');
+        Some(
+            sagapayctl::reconcile::run(
+                &format!("{base}/{}", ns.database("orchestrator")),
+                &format!("{base}/{}", ns.database("ledger")),
+            )
+            .await
+            .context("reconciling")?,
+        )
     };
-    let text = serde_json::to_string_pretty(&summary)?;
-    println!("{text}");
+    let summary = Summary::new(
+        json!({
+            "mode": if open_rate.is_some() { "open" } else { "closed" },
+            "scenario": args.scenario,
+            "rate_per_s": open_rate,
+            "duration_s": open_rate.map(|_| args.duration_s),
+            "concurrency": open_rate.is_none().then_some(args.concurrency),
+            "planned": planned,
+            "late_starts": late_starts,
+        }),
+        &samples,
+        load_s,
+        elapsed_s,
+        reconciliation.as_ref(),
+    );
+    print!("{}", summary.text());
     if let Some(path) = &args.json {
-        std::fs::write(path, &text).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(path, serde_json::to_string_pretty(&summary)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(r) = &reconciliation {
+        anyhow::ensure!(
+            r.differences.is_empty(),
+            "{} reconciliation difference(s)",
+            r.differences.len()
+        );
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::percentiles;
-
-    #[test]
-    fn nearest_rank_percentiles() {
-        let p = percentiles((1..=100).map(f64::from).collect());
-        assert_eq!(
-            (p.p50_ms, p.p95_ms, p.p99_ms, p.max_ms),
-            (50.0, 95.0, 99.0, 100.0)
-        );
-        let one = percentiles(vec![7.0]);
-        assert_eq!((one.p50_ms, one.p99_ms), (7.0, 7.0));
-    }
 }
