@@ -139,10 +139,12 @@ impl<H: Handler> InboxConsumer<H> {
                 }
             };
             match self.process(&msg, &shutdown).await? {
-                Processed::Done => self
-                    .consumer
-                    .store_offset_from_message(&msg)
-                    .context("storing offset")?,
+                Processed::Done => {
+                    self.consumer
+                        .store_offset_from_message(&msg)
+                        .context("storing offset")?;
+                    self.record_lag(&msg);
+                }
                 Processed::ShuttingDown => break,
             }
         }
@@ -151,6 +153,34 @@ impl<H: Handler> InboxConsumer<H> {
             tracing::debug!(error = %e, "final offset commit");
         }
         Ok(())
+    }
+
+    /// Lag from the high watermark the client last saw for the partition (kept by librdkafka
+    /// from fetch responses, so this costs no request).
+    fn record_lag(&self, msg: &BorrowedMessage<'_>) {
+        let Ok(topic) = std::ffi::CString::new(msg.topic()) else {
+            return;
+        };
+        let (mut low, mut high) = (-1i64, -1i64);
+        // SAFETY: the client handle lives as long as `self.consumer`; `topic` outlives the call;
+        // `low` and `high` are valid for writes. The call reads librdkafka's cached watermarks
+        // and does not block. (rdkafka 0.38 has no safe wrapper for it.)
+        let err = unsafe {
+            rdkafka::bindings::rd_kafka_get_watermark_offsets(
+                self.consumer.client().native_ptr(),
+                topic.as_ptr(),
+                msg.partition(),
+                &mut low,
+                &mut high,
+            )
+        };
+        if err == rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0 {
+            let partition = msg.partition().to_string();
+            self.metrics
+                .consumer_lag_messages
+                .with_label_values(&[msg.topic(), &partition])
+                .set((high - msg.offset() - 1).max(0));
+        }
     }
 
     async fn process(

@@ -1,7 +1,8 @@
 //! Prometheus metrics of the messaging layer, registered into the service's registry.
 
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry,
 };
 
 #[derive(Clone)]
@@ -16,6 +17,8 @@ pub struct MessagingMetrics {
     pub handler_retries_total: IntCounterVec,
     pub dlq_published_total: IntCounterVec,
     pub event_queue_delay_seconds: HistogramVec,
+    /// Messages behind the partition's high watermark after the last one processed.
+    pub consumer_lag_messages: IntGaugeVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -81,6 +84,14 @@ impl MessagingMetrics {
                 .buckets(LATENCY_BUCKETS.to_vec()),
                 &["event_type"],
             )?,
+            consumer_lag_messages: IntGaugeVec::new(
+                Opts::new(
+                    "consumer_lag_messages",
+                    "Messages of the partition not yet processed by this service's consumer \
+                     (high watermark minus the next offset), as of the last message processed",
+                ),
+                &["topic", "partition"],
+            )?,
         };
         registry.register(Box::new(m.outbox_published_total.clone()))?;
         registry.register(Box::new(m.outbox_publish_errors_total.clone()))?;
@@ -92,6 +103,7 @@ impl MessagingMetrics {
         registry.register(Box::new(m.handler_retries_total.clone()))?;
         registry.register(Box::new(m.dlq_published_total.clone()))?;
         registry.register(Box::new(m.event_queue_delay_seconds.clone()))?;
+        registry.register(Box::new(m.consumer_lag_messages.clone()))?;
         Ok(m)
     }
 }

@@ -69,6 +69,8 @@ pub(crate) struct SagaMetrics {
     pub events_ignored_total: IntCounterVec,
     pub payment_e2e_seconds: HistogramVec,
     pub compensations_failed_total: IntCounterVec,
+    /// Amounts of payments reaching a terminal state, in minor units, by status and currency.
+    pub finalized_amount_minor_total: IntCounterVec,
 }
 
 impl SagaMetrics {
@@ -104,6 +106,14 @@ impl SagaMetrics {
             ),
             &["operation"],
         )?;
+        let finalized_amount_minor_total = IntCounterVec::new(
+            Opts::new(
+                "payments_finalized_amount_minor_total",
+                "Amounts of payments that reached a terminal state, in minor units of currency",
+            ),
+            &["status", "currency"],
+        )?;
+        registry.register(Box::new(finalized_amount_minor_total.clone()))?;
         registry.register(Box::new(compensations_failed_total.clone()))?;
         registry.register(Box::new(transitions_total.clone()))?;
         registry.register(Box::new(events_ignored_total.clone()))?;
@@ -113,6 +123,7 @@ impl SagaMetrics {
             events_ignored_total,
             payment_e2e_seconds,
             compensations_failed_total,
+            finalized_amount_minor_total,
         })
     }
 }

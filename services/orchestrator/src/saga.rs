@@ -502,12 +502,17 @@ impl Saga {
             .payment_e2e_seconds
             .with_label_values(&[status.as_str()])
             .observe(elapsed_s);
+        let (amount_minor, currency) = (amount(payment)?, currency(payment)?);
+        self.metrics
+            .finalized_amount_minor_total
+            .with_label_values(&[status.as_str(), currency.as_str()])
+            .inc_by(amount_minor.get().unsigned_abs());
         let next = env.follow_up(&PaymentFinalized {
             status,
             merchant_id: payment.merchant_id,
             customer_id: payment.customer_id.clone(),
-            amount_minor: amount(payment)?,
-            currency: currency(payment)?,
+            amount_minor,
+            currency,
             reason: reason.to_owned(),
             created_at: payment.created_at,
         });
