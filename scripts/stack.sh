@@ -192,6 +192,8 @@ case "${1:-}" in
     pg_up
     redis_up
     kafka_up
+    # Not a server of the stack: the dashboard test starts a Prometheus of its own.
+    command -v prometheus >/dev/null || apt_install --no-install-recommends prometheus
     log "stack up in $((SECONDS - started)) s"
     ;;
   down)

@@ -199,6 +199,22 @@ impl TestStack {
         (merchant.merchant_id, key.secret)
     }
 
+    /// Publishes raw bytes to a topic of the namespace, as a producer outside SagaPay would.
+    pub async fn publish_raw(&self, event_type: &str, key: &str, bytes: &[u8]) {
+        use rdkafka::producer::{FutureProducer, FutureRecord};
+        let producer: FutureProducer = self.kafka().producer("e2e-publisher").expect("producer");
+        producer
+            .send(
+                FutureRecord::to(&self.ns.topic(event_type))
+                    .key(key)
+                    .payload(bytes),
+                rdkafka::util::Timeout::After(Duration::from_secs(10)),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .expect("publish");
+    }
+
     pub fn kafka(&self) -> sagapay_messaging::KafkaSettings {
         config("gateway", &self.ns).kafka
     }

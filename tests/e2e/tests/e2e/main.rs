@@ -2,6 +2,7 @@
 //! One test binary, so the services are linked once.
 
 mod crash;
+mod dashboards;
 mod deadletter;
 mod edge;
 mod happy_path;

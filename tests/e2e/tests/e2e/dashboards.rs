@@ -1,0 +1,255 @@
+//! Every query of the dashboards in `dashboards/` is evaluated by a real Prometheus (Debian's
+//! package, installed by `scripts/stack.sh`) scraping a running stack, after traffic that
+//! exercises every metric they read: settled, retried and reviewed payments, a dead letter, a
+//! duplicate delivery, a stale event, an idempotent retry and a refused request. A query that
+//! returns nothing (or only NaN) fails the test: a renamed metric or label cannot go unnoticed.
+
+use sagapay_domain::events::RiskApproved;
+use sagapay_domain::Envelope;
+use sagapay_e2e::{eventually, free_port, outbox_envelopes, TestStack};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+use uuid::Uuid;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// A Prometheus of this test's own, scraping the stack every second. Killed when dropped.
+struct Prometheus {
+    child: Child,
+    url: String,
+    dir: PathBuf,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Prometheus {
+    fn start(targets: &[String]) -> Prometheus {
+        let port = free_port(32_000..32_700);
+        let dir = std::env::temp_dir().join(format!("sagapay-prometheus-{}", Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let targets: Vec<String> = targets
+            .iter()
+            .map(|t| format!("'{}'", t.trim_start_matches("http://")))
+            .collect();
+        let config = format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
+             scrape_configs:\n  - job_name: sagapay\n    static_configs:\n      - targets: [{}]\n",
+            targets.join(", ")
+        );
+        std::fs::write(dir.join("prometheus.yml"), config).unwrap();
+        let child = Command::new("prometheus")
+            .arg(format!(
+                "--config.file={}",
+                dir.join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("prometheus (installed by scripts/stack.sh)");
+        Prometheus {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            dir,
+        }
+    }
+
+    /// The query's samples, if Prometheus answered.
+    async fn query(&self, http: &reqwest::Client, expr: &str) -> Option<Vec<Value>> {
+        let resp = http
+            .get(format!("{}/api/v1/query", self.url))
+            .query(&[("query", expr)])
+            .send()
+            .await
+            .ok()?;
+        let body: Value = resp.json().await.ok()?;
+        assert_ne!(body["status"], "error", "{expr}: {body}");
+        body["data"]["result"].as_array().cloned()
+    }
+}
+
+/// A sample with a finite value (instant vectors: `value` = [time, "v"]).
+fn has_finite_value(samples: &[Value]) -> bool {
+    samples.iter().any(|s| {
+        s["value"][1]
+            .as_str()
+            .and_then(|v| v.parse::<f64>().ok())
+            .is_some_and(f64::is_finite)
+    })
+}
+
+fn dashboard_queries() -> Vec<(String, String)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../dashboards");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("dashboards/")
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    files.sort();
+    assert!(
+        files.len() >= 2,
+        "expected the operations and executive dashboards"
+    );
+    let mut out = Vec::new();
+    for file in files {
+        let doc: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+        for panel in doc["panels"].as_array().expect("panels") {
+            for target in panel["targets"].as_array().expect("targets") {
+                out.push((
+                    format!(
+                        "{} / {}",
+                        file.file_name().unwrap().to_string_lossy(),
+                        panel["title"].as_str().unwrap()
+                    ),
+                    target["expr"].as_str().expect("expr").to_owned(),
+                ));
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
+    let stack = TestStack::spawn().await;
+    let services = [
+        "gateway",
+        "orchestrator",
+        "risk",
+        "provider-adapter",
+        "ledger",
+        "notification",
+    ];
+    let prometheus = Prometheus::start(&services.map(|s| stack.service_url(s)).to_vec());
+
+    let http = reqwest::Client::new();
+    eventually(WAIT, "Prometheus to scrape all six services", || async {
+        let up = prometheus.query(&http, "sum(up)").await?;
+        (up.first()?["value"][1] == "6").then_some(())
+    })
+    .await;
+
+    // Traffic that moves every metric the dashboards read, in two waves: series are born in
+    // the first, and the second moves them while Prometheus watches (a rate needs two
+    // different samples).
+    let mut settled = Vec::new();
+    for wave in 0..2 {
+        for (i, method) in ["pm_card_ok", "pm_card_ok", "pm_card_fail_twice"]
+            .iter()
+            .enumerate()
+        {
+            let body = json!({"customer_id": format!("cust-dash-{wave}-{i}"), "amount_cents": 1500,
+                              "currency": "EUR", "idempotency_key": format!("dash-{wave}-{i}"),
+                              "payment_method": method});
+            let (status, created) = stack.create_payment(body.clone()).await;
+            assert_eq!(status, 201);
+            // An idempotent retry (replayed from Redis).
+            assert_eq!(stack.create_payment(body).await.0, 201);
+            settled.push(created["payment_id"].as_str().unwrap().to_owned());
+        }
+        for pid in &settled {
+            stack.wait_for_status(pid, "SETTLED", WAIT).await;
+        }
+        if wave == 0 {
+            eventually(WAIT, "Prometheus to see the first wave", || async {
+                let seen = prometheus
+                    .query(&http, "sum(payment_e2e_seconds_count{status=\"SETTLED\"})")
+                    .await?;
+                (seen.first()?["value"][1] == "3").then_some(())
+            })
+            .await;
+        }
+    }
+    // A refused request.
+    let (status, _) = stack
+        .create_payment(
+            json!({"customer_id": "c", "amount_cents": -1, "currency": "EUR",
+                               "idempotency_key": "dash-bad"}),
+        )
+        .await;
+    assert_eq!(status, 400);
+    let payment_id = Uuid::parse_str(&settled[0]).unwrap();
+    // A message no consumer can read: dead-lettered.
+    stack
+        .publish_raw("payments.requested", "dash-poison", b"{not an envelope")
+        .await;
+    // A duplicate delivery: the payment's own payments.requested again, same event id.
+    let orchestrator = stack.db("orchestrator").await;
+    let (_, requested) = outbox_envelopes(&orchestrator, payment_id)
+        .await
+        .into_iter()
+        .find(|(t, _)| *t == stack.ns.topic("payments.requested"))
+        .expect("payments.requested in the outbox");
+    stack
+        .publish_raw("payments.requested", &settled[0], &requested.to_json())
+        .await;
+    // A stale event: a late approval with a new event id for a settled payment.
+    let late = Envelope::new(
+        payment_id,
+        None,
+        "late",
+        &RiskApproved {
+            reason: "late".into(),
+        },
+    );
+    stack
+        .publish_raw("risk.approved", &settled[0], &late.to_json())
+        .await;
+    eventually(WAIT, "dead letter, duplicate and stale event to be counted", || async {
+        let dlq = stack
+            .metric("risk", "dlq_published_total{classification=\"NON_RETRYABLE\",service=\"risk\"}")
+            .await;
+        let dup = stack
+            .metric("risk", "duplicate_events_skipped_total{event_type=\"payments.requested\",service=\"risk\"}")
+            .await;
+        let stale = stack
+            .metric("orchestrator", "saga_events_ignored_total{event_type=\"risk.approved\",reason=\"stale\",service=\"orchestrator\"}")
+            .await;
+        (dlq >= 1.0 && dup >= 1.0 && stale >= 1.0).then_some(())
+    })
+    .await;
+
+    // Every dashboard query returns data.
+    let queries = dashboard_queries();
+    let deadline = std::time::Instant::now() + WAIT;
+    let mut empty: Vec<&(String, String)> = queries.iter().collect();
+    loop {
+        let mut still = Vec::new();
+        for q in empty {
+            let answered = prometheus
+                .query(&http, &q.1)
+                .await
+                .is_some_and(|samples| has_finite_value(&samples));
+            if !answered {
+                still.push(q);
+            }
+        }
+        empty = still;
+        if empty.is_empty() || std::time::Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let empty: Vec<String> = empty.iter().map(|(p, e)| format!("{p}: {e}")).collect();
+    assert!(
+        empty.is_empty(),
+        "{} of {} dashboard queries returned nothing:\n{}",
+        empty.len(),
+        queries.len(),
+        empty.join("\n")
+    );
+    drop(prometheus);
+    stack.teardown().await;
+}
