@@ -132,7 +132,7 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
         "ledger",
         "notification",
     ];
-    let prometheus = Prometheus::start(&services.map(|s| stack.service_url(s)).to_vec());
+    let prometheus = Prometheus::start(&services.map(|s| stack.service_url(s)));
 
     let http = reqwest::Client::new();
     eventually(WAIT, "Prometheus to scrape all six services", || async {
