@@ -9,18 +9,27 @@
 //!   so the message keeps its place; nothing after it on the partition is processed first;
 //! - permanent failure (the bytes are not an envelope, or its payload is invalid): published to
 //!   the dead-letter topic with classification NON_RETRYABLE, offset stored, consumer moves on.
+//!
+//! Concurrency: messages are spread over `lanes` workers by their key (the payment id), so the
+//! events of one payment are handled one at a time and in partition order, while different
+//! payments proceed in parallel (each in its own transaction; PostgreSQL's group commit lets
+//! their commits share WAL flushes). Offsets are stored per partition only up to the first
+//! message not yet finished, so a crash never skips a message: everything after it is
+//! redelivered and the inbox skips what was already done.
 
 use crate::deadletter::{Classification, DeadLetter};
-use crate::headers::MessageHeaders;
+use crate::headers::{MessageHeaders, TRACEPARENT};
 use crate::metrics::MessagingMetrics;
 use anyhow::Context;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use sagapay_domain::Envelope;
 use sqlx::{PgConnection, PgPool};
+use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -86,6 +95,8 @@ pub struct ConsumerSettings {
     pub dead_letter_topic: String,
     pub retry_initial: Duration,
     pub retry_max: Duration,
+    /// Messages handled at once (by key, see the module documentation); at least 1.
+    pub lanes: usize,
 }
 
 pub struct InboxConsumer<H> {
@@ -100,6 +111,44 @@ pub struct InboxConsumer<H> {
 enum Processed {
     Done,
     ShuttingDown,
+}
+
+/// A lane's report on one message.
+struct Finished {
+    topic: String,
+    partition: i32,
+    offset: i64,
+    done: bool,
+}
+
+/// Per partition: offsets handed to lanes and not finished, and the highest offset seen.
+struct PartitionProgress {
+    pending: BTreeSet<i64>,
+    highest_seen: i64,
+    stored: i64,
+}
+
+impl PartitionProgress {
+    /// Progress of a partition whose first message in this run is at `offset`.
+    fn starting_at(offset: i64) -> Self {
+        Self {
+            pending: BTreeSet::new(),
+            highest_seen: offset - 1,
+            stored: offset - 1,
+        }
+    }
+
+    /// The last offset before which everything is finished (what may be stored), if it moved.
+    fn advance(&mut self) -> Option<i64> {
+        let done_through = match self.pending.first() {
+            Some(first) => first - 1,
+            None => self.highest_seen,
+        };
+        (done_through > self.stored).then(|| {
+            self.stored = done_through;
+            done_through
+        })
+    }
 }
 
 impl<H: Handler> InboxConsumer<H> {
@@ -126,39 +175,113 @@ impl<H: Handler> InboxConsumer<H> {
         self.consumer
             .subscribe(&topics)
             .context("subscribing to topics")?;
+        let this = Arc::new(self);
+        let lanes = this.settings.lanes.max(1);
+        let (finished_tx, mut finished_rx) = tokio::sync::mpsc::unbounded_channel::<Finished>();
+        let mut lane_txs = Vec::with_capacity(lanes);
+        let mut lane_tasks = Vec::with_capacity(lanes);
+        for _ in 0..lanes {
+            let (tx, mut rx) = tokio::sync::mpsc::channel::<OwnedMessage>(64);
+            lane_txs.push(tx);
+            let (this, finished_tx, shutdown) =
+                (this.clone(), finished_tx.clone(), shutdown.clone());
+            lane_tasks.push(tokio::spawn(async move {
+                while let Some(msg) = rx.recv().await {
+                    if shutdown.is_cancelled() {
+                        break;
+                    }
+                    let done = matches!(this.process(&msg, &shutdown).await?, Processed::Done);
+                    let _ = finished_tx.send(Finished {
+                        topic: msg.topic().to_owned(),
+                        partition: msg.partition(),
+                        offset: msg.offset(),
+                        done,
+                    });
+                    if !done {
+                        break;
+                    }
+                }
+                anyhow::Ok(())
+            }));
+        }
+        drop(finished_tx);
+        let mut progress: HashMap<(String, i32), PartitionProgress> = HashMap::new();
         loop {
-            let msg = tokio::select! {
+            tokio::select! {
                 _ = shutdown.cancelled() => break,
-                msg = self.consumer.recv() => msg,
-            };
-            let msg = match msg {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::warn!(error = %e, "Kafka consumer error");
-                    continue;
+                Some(f) = finished_rx.recv() => this.finish(&mut progress, f),
+                msg = this.consumer.recv() => {
+                    let msg = match msg {
+                        Ok(m) => m.detach(),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "Kafka consumer error");
+                            continue;
+                        }
+                    };
+                    let p = progress
+                        .entry((msg.topic().to_owned(), msg.partition()))
+                        .or_insert_with(|| PartitionProgress::starting_at(msg.offset()));
+                    p.pending.insert(msg.offset());
+                    p.highest_seen = p.highest_seen.max(msg.offset());
+                    let lane = lane_of(&msg, lanes);
+                    // Waits while the lane is full: back-pressure on the partition reads.
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        sent = lane_txs[lane].send(msg) => {
+                            if sent.is_err() {
+                                break; // the lane stopped on an error; reported below
+                            }
+                        }
+                    }
                 }
-            };
-            match self.process(&msg, &shutdown).await? {
-                Processed::Done => {
-                    self.consumer
-                        .store_offset_from_message(&msg)
-                        .context("storing offset")?;
-                    self.record_lag(&msg);
-                }
-                Processed::ShuttingDown => break,
             }
         }
+        // Let the lanes finish the message each is on, then store what finished.
+        drop(lane_txs);
+        let mut failure = None;
+        for task in lane_tasks {
+            match task.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => failure = Some(e),
+                Err(e) => failure = Some(anyhow::anyhow!("consumer lane panicked: {e}")),
+            }
+        }
+        while let Ok(f) = finished_rx.try_recv() {
+            this.finish(&mut progress, f);
+        }
         // Commit what was stored; anything not committed is redelivered and deduplicated.
-        if let Err(e) = self.consumer.commit_consumer_state(CommitMode::Sync) {
+        if let Err(e) = this.consumer.commit_consumer_state(CommitMode::Sync) {
             tracing::debug!(error = %e, "final offset commit");
         }
-        Ok(())
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Records a finished message and stores the partition's offset as far as it is contiguous.
+    fn finish(&self, progress: &mut HashMap<(String, i32), PartitionProgress>, f: Finished) {
+        if !f.done {
+            return;
+        }
+        let Some(p) = progress.get_mut(&(f.topic.clone(), f.partition)) else {
+            return;
+        };
+        p.pending.remove(&f.offset);
+        if let Some(through) = p.advance() {
+            // librdkafka commits `through + 1`, the next offset to read. Storing fails for a
+            // partition no longer assigned; its messages are redelivered to the new owner.
+            if let Err(e) = self.consumer.store_offset(&f.topic, f.partition, through) {
+                tracing::debug!(error = %e, topic = %f.topic, partition = f.partition, "offset not stored");
+            }
+            self.record_lag(&f.topic, f.partition, through);
+        }
     }
 
     /// Lag from the high watermark the client last saw for the partition (kept by librdkafka
     /// from fetch responses, so this costs no request).
-    fn record_lag(&self, msg: &BorrowedMessage<'_>) {
-        let Ok(topic) = std::ffi::CString::new(msg.topic()) else {
+    fn record_lag(&self, topic_name: &str, partition: i32, done_through: i64) {
+        let Ok(topic) = std::ffi::CString::new(topic_name) else {
             return;
         };
         let (mut low, mut high) = (-1i64, -1i64);
@@ -169,26 +292,26 @@ impl<H: Handler> InboxConsumer<H> {
             rdkafka::bindings::rd_kafka_get_watermark_offsets(
                 self.consumer.client().native_ptr(),
                 topic.as_ptr(),
-                msg.partition(),
+                partition,
                 &mut low,
                 &mut high,
             )
         };
         if err == rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0 {
-            let partition = msg.partition().to_string();
+            let partition = partition.to_string();
             self.metrics
                 .consumer_lag_messages
-                .with_label_values(&[msg.topic(), &partition])
-                .set((high - msg.offset() - 1).max(0));
+                .with_label_values(&[topic_name, &partition])
+                .set((high - done_through - 1).max(0));
         }
     }
 
     async fn process(
         &self,
-        msg: &BorrowedMessage<'_>,
+        msg: &OwnedMessage,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<Processed> {
-        let ctx = MessageContext {
+        let mut ctx = MessageContext {
             topic: msg.topic().to_owned(),
             partition: msg.partition(),
             offset: msg.offset(),
@@ -212,13 +335,22 @@ impl<H: Handler> InboxConsumer<H> {
         };
         let span = tracing::info_span!(
             "consume",
+            otel.name = format!("consume {}", envelope.event_type),
+            otel.kind = "consumer",
+            messaging.system = "kafka",
             event_type = %envelope.event_type,
             event_id = %envelope.event_id,
             payment_id = %envelope.payment_id,
+            correlation_id = %envelope.correlation_id,
             topic = %ctx.topic,
             partition = ctx.partition,
             offset = ctx.offset,
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
         );
+        // The handler's events continue the trace from this span.
+        let traceparent = sagapay_telemetry::continue_trace(&span, ctx.headers.get(TRACEPARENT));
+        ctx.headers.set(TRACEPARENT, traceparent);
         async {
             let delay_s = (chrono::Utc::now() - envelope.occurred_at)
                 .to_std()
@@ -274,6 +406,12 @@ impl<H: Handler> InboxConsumer<H> {
         envelope: &Envelope,
         ctx: &MessageContext,
     ) -> Result<(), HandlerError> {
+        let span = tracing::info_span!(
+            "db.transaction",
+            otel.kind = "client",
+            db.system = "postgresql"
+        );
+        async {
         let mut tx = self.pool.begin().await?;
         let inserted = sqlx::query(
             "INSERT INTO inbox (event_id, consumer, event_type, topic, kafka_partition, kafka_offset)
@@ -305,13 +443,16 @@ impl<H: Handler> InboxConsumer<H> {
             .with_label_values(&[&envelope.event_type])
             .inc();
         Ok(())
+        }
+        .instrument(span)
+        .await
     }
 
     /// Publishes a dead letter, retrying until the broker has it (the offset must not move
     /// past a message that is neither processed nor dead-lettered).
     async fn dead_letter(
         &self,
-        msg: &BorrowedMessage<'_>,
+        msg: &OwnedMessage,
         ctx: &MessageContext,
         envelope: Option<&Envelope>,
         error: &str,
@@ -367,6 +508,17 @@ impl<H: Handler> InboxConsumer<H> {
     }
 }
 
+/// The lane of a message: by key, so one payment's events stay in order; messages without a
+/// key go by partition.
+fn lane_of(msg: &OwnedMessage, lanes: usize) -> usize {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    match msg.key() {
+        Some(key) => key.hash(&mut h),
+        None => (msg.topic(), msg.partition()).hash(&mut h),
+    }
+    (h.finish() % lanes as u64) as usize
+}
+
 /// Reads an envelope and checks it belongs on the topic it came from.
 fn parse(value: &[u8], topic: &str) -> Result<Envelope, String> {
     let env = Envelope::from_json(value).map_err(|e| e.to_string())?;
@@ -386,6 +538,26 @@ fn parse(value: &[u8], topic: &str) -> Result<Envelope, String> {
 mod tests {
     use super::*;
     use sagapay_domain::events::RiskApproved;
+
+    #[test]
+    fn offsets_are_stored_only_up_to_the_first_unfinished_message() {
+        let mut p = PartitionProgress::starting_at(10);
+        for o in 10..15 {
+            p.pending.insert(o);
+            p.highest_seen = o;
+        }
+        // 10 is still running: nothing may be stored, whatever else finished.
+        p.pending.remove(&12);
+        p.pending.remove(&11);
+        assert_eq!(p.advance(), None);
+        p.pending.remove(&10);
+        assert_eq!(p.advance(), Some(12));
+        assert_eq!(p.advance(), None, "stores only when it moves");
+        p.pending.remove(&14);
+        assert_eq!(p.advance(), None);
+        p.pending.remove(&13);
+        assert_eq!(p.advance(), Some(14));
+    }
 
     #[test]
     fn parse_rejects_garbage_unknown_types_and_misrouted_events() {

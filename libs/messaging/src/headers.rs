@@ -2,7 +2,7 @@
 //! repeat what infrastructure (tracing, routing, debugging with a console consumer) needs
 //! without parsing the value.
 
-use rdkafka::message::{BorrowedHeaders, Header, Headers, OwnedHeaders};
+use rdkafka::message::{Header, Headers, OwnedHeaders};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -38,7 +38,7 @@ impl MessageHeaders {
         out
     }
 
-    pub fn from_kafka(headers: Option<&BorrowedHeaders>) -> MessageHeaders {
+    pub fn from_kafka<H: Headers>(headers: Option<&H>) -> MessageHeaders {
         let mut out = MessageHeaders::default();
         if let Some(headers) = headers {
             for h in headers.iter() {

@@ -275,10 +275,31 @@ impl OutboxRelay {
     pub async fn publish(&self, batch: ClaimedBatch) -> anyhow::Result<()> {
         let mut pending = Vec::with_capacity(batch.rows.len());
         for row in &batch.rows {
+            // One produce span per message, in the trace the row was written in; the consumer
+            // continues from it.
+            let span = tracing::info_span!(
+                "produce",
+                otel.name = format!("produce {}", row.topic),
+                otel.kind = "producer",
+                messaging.system = "kafka",
+                topic = %row.topic,
+                event_id = %row.event_id,
+                payment_id = %row.key,
+                trace_id = tracing::field::Empty,
+                span_id = tracing::field::Empty,
+            );
+            let mut headers = row.headers.clone();
+            if headers.get(crate::headers::TRACEPARENT).is_some() {
+                let tp = sagapay_telemetry::continue_trace(
+                    &span,
+                    headers.get(crate::headers::TRACEPARENT),
+                );
+                headers.set(crate::headers::TRACEPARENT, tp);
+            }
             let record = FutureRecord::to(&row.topic)
                 .key(&row.key)
                 .payload(&row.payload)
-                .headers(row.headers.to_kafka());
+                .headers(headers.to_kafka());
             // Enqueue everything before awaiting anything: librdkafka batches per partition
             // and the idempotent producer keeps their order.
             match self.producer.send_result(record) {

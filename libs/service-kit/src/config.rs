@@ -10,6 +10,7 @@
 //! | `SAGAPAY_KAFKA_PARTITIONS` | `3` | partitions of topics created by the service |
 //! | `SAGAPAY_HTTP_ADDR` | `127.0.0.1:<service port>` | where the HTTP API listens |
 //! | `SAGAPAY_DB_POOL_SIZE` | `16` | connections in the service's pool |
+//! | `SAGAPAY_CONSUMER_LANES` | `8` | Kafka messages a service handles at once (by payment; below the pool size) |
 //! | `SAGAPAY_OUTBOX_CLAIM_TIMEOUT_MS` | `30000` | how long a crashed relay's claimed rows wait before another relay takes them |
 
 use anyhow::Context;
@@ -34,6 +35,8 @@ pub struct CommonConfig {
     pub kafka: KafkaSettings,
     pub http_addr: SocketAddr,
     pub db_pool_size: u32,
+    /// Messages the inbox consumer handles at once (one payment's events stay sequential).
+    pub consumer_lanes: usize,
     pub relay: RelaySettings,
 }
 
@@ -85,6 +88,7 @@ impl CommonConfig {
             },
             http_addr,
             db_pool_size: env_parse("SAGAPAY_DB_POOL_SIZE", 16)?,
+            consumer_lanes: env_parse("SAGAPAY_CONSUMER_LANES", 8)?,
             relay: RelaySettings {
                 claim_timeout: std::time::Duration::from_millis(env_parse(
                     "SAGAPAY_OUTBOX_CLAIM_TIMEOUT_MS",
@@ -108,6 +112,7 @@ impl CommonConfig {
             },
             http_addr: "127.0.0.1:0".parse().expect("valid address"),
             db_pool_size: 5,
+            consumer_lanes: 3,
             relay: RelaySettings::default(),
         }
     }

@@ -15,6 +15,7 @@ use sagapay_telemetry::HttpMetrics;
 use serde_json::json;
 use sqlx::PgPool;
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 use uuid::Uuid;
 
 pub const REQUEST_ID: &str = "x-request-id";
@@ -26,7 +27,8 @@ pub const TRACEPARENT: &str = "traceparent";
 pub struct RequestContext {
     pub request_id: String,
     pub correlation_id: String,
-    /// W3C `traceparent` of this request: the caller's, or a new trace.
+    /// W3C `traceparent` to pass on (to HTTP calls and events): this request's span, in the
+    /// caller's trace or a new one.
     pub traceparent: String,
 }
 
@@ -108,30 +110,6 @@ fn valid_id(v: &str) -> bool {
     !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic())
 }
 
-/// `00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`, ids not all zero.
-pub fn valid_traceparent(v: &str) -> bool {
-    let parts: Vec<&str> = v.split('-').collect();
-    let hex = |s: &str, n: usize| {
-        s.len() == n
-            && s.bytes()
-                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
-    };
-    parts.len() == 4
-        && parts[0] == "00"
-        && hex(parts[1], 32)
-        && parts[1].bytes().any(|b| b != b'0')
-        && hex(parts[2], 16)
-        && parts[2].bytes().any(|b| b != b'0')
-        && hex(parts[3], 2)
-}
-
-/// A new trace: random trace id and span id, sampled.
-pub fn new_traceparent() -> String {
-    let trace = Uuid::new_v4().simple().to_string();
-    let span = &Uuid::new_v4().simple().to_string()[..16];
-    format!("00-{trace}-{span}-01")
-}
-
 fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
@@ -149,19 +127,30 @@ async fn request_context(
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".to_owned());
     let headers = req.headers();
+    let request_id = format!("req_{}", Uuid::now_v7().simple());
+    let span = tracing::info_span!(
+        "http.request",
+        otel.name = format!("{method} {route}"),
+        otel.kind = "server",
+        http.request.method = %method,
+        http.route = %route,
+        http.response.status_code = tracing::field::Empty,
+        request_id = %request_id,
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
+    );
+    let traceparent = sagapay_telemetry::continue_trace(&span, header_str(headers, TRACEPARENT));
     let ctx = RequestContext {
-        request_id: format!("req_{}", Uuid::now_v7().simple()),
+        request_id,
         correlation_id: header_str(headers, CORRELATION_ID)
             .filter(|v| valid_id(v))
             .map(str::to_owned)
             .unwrap_or_else(|| Uuid::now_v7().to_string()),
-        traceparent: header_str(headers, TRACEPARENT)
-            .filter(|v| valid_traceparent(v))
-            .map(str::to_owned)
-            .unwrap_or_else(new_traceparent),
+        traceparent,
     };
     req.extensions_mut().insert(ctx.clone());
-    let mut resp = next.run(req).await;
+    let mut resp = next.run(req).instrument(span.clone()).await;
+    span.record("http.response.status_code", resp.status().as_u16());
 
     let mut error = resp.extensions_mut().remove::<ErrorBody>();
     if error.is_none() && is_foreign_error(&resp) {
@@ -261,25 +250,5 @@ fn foreign_error(status: StatusCode, reason: &str) -> ErrorBody {
         code: code.to_owned(),
         message,
         param: None,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn traceparents_are_checked() {
-        assert!(valid_traceparent(&new_traceparent()));
-        assert!(valid_traceparent(
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
-        ));
-        assert!(!valid_traceparent(
-            "00-00000000000000000000000000000000-00f067aa0ba902b7-01"
-        ));
-        assert!(!valid_traceparent("00-4bf9-00f0-01"));
-        assert!(!valid_traceparent(
-            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01"
-        ));
     }
 }

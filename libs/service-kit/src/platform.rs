@@ -36,7 +36,7 @@ impl Platform {
         consumes: &[EventType],
         produces: &[EventType],
     ) -> anyhow::Result<Self> {
-        sagapay_telemetry::init_logging();
+        sagapay_telemetry::init(config.service);
         let pool = db::prepare(&config, migrations).await?;
         let producer = config.kafka.producer(config.service)?;
         let mut topics: Vec<String> = consumes
@@ -101,6 +101,7 @@ impl Platform {
             dead_letter_topic: self.config.namespace.dead_letter_topic(),
             retry_initial: Duration::from_millis(100),
             retry_max: Duration::from_secs(5),
+            lanes: self.config.consumer_lanes,
         };
         let inbox = InboxConsumer::new(
             consumer,

@@ -126,6 +126,8 @@ impl ServiceHandle {
             }
         };
         let stopped = self.stop().await;
+        // Spans still buffered for export (a blocking call: off the async threads).
+        let _ = tokio::task::spawn_blocking(sagapay_telemetry::shutdown).await;
         outcome.and(stopped)
     }
 }

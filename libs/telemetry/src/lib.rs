@@ -1,20 +1,31 @@
-//! Logging and HTTP metrics shared by every SagaPay service.
+//! Logs, traces and HTTP metrics shared by every SagaPay service.
 
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder};
 use tracing_subscriber::EnvFilter;
 
-/// JSON logs on stdout, filtered by `RUST_LOG` (default `info`). Safe to call more than once
+pub mod logs;
+pub mod traces;
+
+pub use traces::{continue_trace, new_traceparent, shutdown};
+
+/// JSON logs on stdout (see `logs`), filtered by `RUST_LOG` (default `info`), and OpenTelemetry
+/// traces when `OTEL_EXPORTER_OTLP_ENDPOINT` is set (see `traces`). Safe to call more than once
 /// (tests start several services in one process): later calls do nothing.
-pub fn init_logging() {
+pub fn init(service_name: &'static str) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        EnvFilter::new("info,sqlx=warn,rdkafka=warn,refinery_core=warn,tokio_postgres=warn")
+        EnvFilter::new("info,sqlx=warn,rdkafka=warn,refinery_core=warn,tokio_postgres=warn,opentelemetry=warn,opentelemetry_sdk=warn,opentelemetry_otlp=warn")
     });
-    let _ = tracing_subscriber::fmt()
-        .json()
-        .flatten_event(true)
-        .with_current_span(false)
-        .with_span_list(true)
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
+        .fmt_fields(logs::span_fields())
+        .event_format(logs::FlatJson { service_name });
+    let otel = traces::provider(service_name)
+        .map(|p| tracing_opentelemetry::layer().with_tracer(traces::tracer(&p)));
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .with(otel)
         .try_init();
 }
 

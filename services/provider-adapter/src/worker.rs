@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use uuid::Uuid;
 
 pub const NOTIFY_CHANNEL: &str = "sagapay_provider_operations";
@@ -208,8 +209,23 @@ impl<P: PaymentProvider> Worker<P> {
             .collect()
     }
 
-    async fn perform(&self, op: Claimed) {
-        if let Err(e) = self.attempt(&op).await {
+    async fn perform(&self, mut op: Claimed) {
+        // The provider call, in the payment's trace; the result event continues from it.
+        let span = tracing::info_span!(
+            "provider.call",
+            otel.name = format!("provider {}", op.operation.as_str()),
+            otel.kind = "client",
+            payment_id = %op.payment_id,
+            operation = op.operation.as_str(),
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
+        );
+        let tp = sagapay_telemetry::continue_trace(
+            &span,
+            op.headers.get(sagapay_messaging::headers::TRACEPARENT),
+        );
+        op.headers.set(sagapay_messaging::headers::TRACEPARENT, tp);
+        if let Err(e) = self.attempt(&op).instrument(span).await {
             // The claim expires and the operation is attempted again; the provider's
             // idempotency key makes the repeat safe.
             tracing::warn!(payment_id = %op.payment_id, operation = op.operation.as_str(),

@@ -365,6 +365,132 @@ pub fn target_binary(name: &str) -> std::path::PathBuf {
     bin
 }
 
+/// The six services as real processes (the debug binaries), each on a port of its own from a
+/// range given by the test, logging to files in a directory of the test's own. Killed when
+/// dropped.
+pub struct Processes {
+    pub ns: Namespace,
+    pub ports: std::collections::HashMap<&'static str, u16>,
+    pub log_dir: std::path::PathBuf,
+    children: std::collections::HashMap<&'static str, std::process::Child>,
+    env: Vec<(String, String)>,
+}
+
+impl Processes {
+    /// Picks a port per service from `ports` (keep each test's range apart); `env` is added to
+    /// every service's environment.
+    pub fn new(ns: Namespace, ports: std::ops::Range<u16>, env: &[(&str, &str)]) -> Processes {
+        let mut chosen = std::collections::HashMap::new();
+        for s in SERVICES {
+            let port = loop {
+                let p = free_port(ports.clone());
+                if !chosen.values().any(|&q| q == p) {
+                    break p;
+                }
+            };
+            chosen.insert(s, port);
+        }
+        let log_dir = std::env::temp_dir().join(format!("sagapay-processes-{ns}"));
+        std::fs::create_dir_all(&log_dir).expect("log directory");
+        Processes {
+            ns,
+            ports: chosen,
+            log_dir,
+            children: std::collections::HashMap::new(),
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        }
+    }
+
+    pub fn url(&self, service: &str) -> String {
+        format!("http://127.0.0.1:{}", self.ports[service])
+    }
+
+    pub fn start(&mut self, service: &'static str) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_dir.join(format!("{service}.log")))
+            .expect("log file");
+        let child = std::process::Command::new(target_binary(&format!("sagapay-{service}")))
+            .env("SAGAPAY_NAMESPACE", self.ns.as_str())
+            .env(
+                "SAGAPAY_HTTP_ADDR",
+                format!("127.0.0.1:{}", self.ports[service]),
+            )
+            .env("SAGAPAY_ORCHESTRATOR_URL", self.url("orchestrator"))
+            .env("SAGAPAY_KAFKA_PARTITIONS", "2")
+            .env("SAGAPAY_DB_POOL_SIZE", "5")
+            .env("SAGAPAY_CONSUMER_LANES", "3")
+            .env("SAGAPAY_OUTBOX_CLAIM_TIMEOUT_MS", "2000")
+            .env("SAGAPAY_PROVIDER_CLAIM_TIMEOUT_MS", "3000")
+            .env("SAGAPAY_PROVIDER_TIMEOUT_MS", "1000")
+            .env("RUST_LOG", "warn")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(std::process::Stdio::from(
+                log.try_clone().expect("log file"),
+            ))
+            .stderr(std::process::Stdio::from(log))
+            .spawn()
+            .expect("spawn service");
+        self.children.insert(service, child);
+    }
+
+    pub fn start_all(&mut self) {
+        for s in SERVICES {
+            self.start(s);
+        }
+    }
+
+    /// SIGKILL, no warning.
+    pub fn kill(&mut self, service: &'static str) {
+        let mut child = self.children.remove(service).expect("running");
+        child.kill().expect("SIGKILL"); // Child::kill sends SIGKILL on Unix
+        child.wait().expect("reaped");
+    }
+
+    /// SIGTERM, then waits for the process to exit (a clean shutdown).
+    pub fn terminate(&mut self, service: &'static str) {
+        let mut child = self.children.remove(service).expect("running");
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        child.wait().expect("reaped");
+    }
+
+    pub async fn wait_ready(&self, http: &reqwest::Client, service: &'static str) {
+        let url = format!("{}/ready", self.url(service));
+        eventually(
+            Duration::from_secs(60),
+            &format!("{service} ready"),
+            || async {
+                match http.get(&url).send().await {
+                    Ok(r) if r.status() == 200 => Some(()),
+                    _ => None,
+                }
+            },
+        )
+        .await;
+    }
+
+    pub async fn wait_all_ready(&self, http: &reqwest::Client) {
+        for s in SERVICES {
+            self.wait_ready(http, s).await;
+        }
+    }
+}
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        for (_, mut c) in self.children.drain() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 /// A free port in `range`. Ranges below Linux's ephemeral range (32768+) are safe from the
 /// in-process stacks (which bind port 0); give each test that needs fixed ports its own range.
 pub fn free_port(range: std::ops::Range<u16>) -> u16 {

@@ -2,113 +2,17 @@
 //! `scripts/test.sh` before the tests). The orchestrator and the provider adapter are killed
 //! with SIGKILL while payments are in flight, then restarted.
 
-use sagapay_domain::Namespace;
-use sagapay_e2e::{cleanup_namespace, eventually, fresh_namespace, DEV_API_KEY, SERVICES};
+use sagapay_e2e::{
+    cleanup_namespace, eventually, fresh_namespace, Processes, DEV_API_KEY, SERVICES,
+};
 use serde_json::json;
 use sqlx::postgres::PgPoolOptions;
-use std::collections::HashMap;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
-
-fn binary(service: &str) -> PathBuf {
-    sagapay_e2e::target_binary(&format!("sagapay-{service}"))
-}
-
-/// A free port from this test's own range, below Linux's ephemeral range (see `free_port`).
-fn free_port(taken: &[u16]) -> u16 {
-    loop {
-        let port = sagapay_e2e::free_port(20_000..30_000);
-        if !taken.contains(&port) {
-            return port;
-        }
-    }
-}
-
-struct Processes {
-    ns: Namespace,
-    ports: HashMap<&'static str, u16>,
-    children: HashMap<&'static str, Child>,
-    log_dir: PathBuf,
-}
-
-impl Processes {
-    fn start(&mut self, service: &'static str) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_dir.join(format!("{service}.log")))
-            .expect("log file");
-        let child = Command::new(binary(service))
-            .env("SAGAPAY_NAMESPACE", self.ns.as_str())
-            .env(
-                "SAGAPAY_HTTP_ADDR",
-                format!("127.0.0.1:{}", self.ports[service]),
-            )
-            .env(
-                "SAGAPAY_ORCHESTRATOR_URL",
-                format!("http://127.0.0.1:{}", self.ports["orchestrator"]),
-            )
-            .env("SAGAPAY_KAFKA_PARTITIONS", "2")
-            .env("SAGAPAY_DB_POOL_SIZE", "5")
-            .env("SAGAPAY_OUTBOX_CLAIM_TIMEOUT_MS", "2000")
-            .env("SAGAPAY_PROVIDER_CLAIM_TIMEOUT_MS", "3000")
-            .env("SAGAPAY_PROVIDER_TIMEOUT_MS", "1000")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::from(log.try_clone().unwrap()))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("spawn service");
-        self.children.insert(service, child);
-    }
-
-    fn kill(&mut self, service: &'static str) {
-        let mut child = self.children.remove(service).expect("running");
-        child.kill().expect("SIGKILL"); // Child::kill sends SIGKILL on Unix
-        child.wait().expect("reaped");
-    }
-
-    async fn wait_ready(&self, http: &reqwest::Client, service: &'static str) {
-        let url = format!("http://127.0.0.1:{}/ready", self.ports[service]);
-        eventually(
-            Duration::from_secs(60),
-            &format!("{service} ready"),
-            || async {
-                match http.get(&url).send().await {
-                    Ok(r) if r.status() == 200 => Some(()),
-                    _ => None,
-                }
-            },
-        )
-        .await;
-    }
-}
-
-impl Drop for Processes {
-    fn drop(&mut self) {
-        for (_, mut c) in self.children.drain() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigkill_of_orchestrator_and_provider_adapter_loses_nothing_and_duplicates_nothing() {
     let ns = fresh_namespace();
-    let log_dir = std::env::temp_dir().join(format!("sagapay-crash-{ns}"));
-    std::fs::create_dir_all(&log_dir).unwrap();
-    let mut ports = HashMap::new();
-    for s in SERVICES {
-        let taken: Vec<u16> = ports.values().copied().collect();
-        ports.insert(s, free_port(&taken));
-    }
-    let mut procs = Processes {
-        ports,
-        ns: ns.clone(),
-        children: HashMap::new(),
-        log_dir,
-    };
+    let mut procs = Processes::new(ns.clone(), 20_000..25_000, &[]);
     let http = reqwest::Client::new();
     for s in SERVICES {
         procs.start(s);

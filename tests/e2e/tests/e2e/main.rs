@@ -16,3 +16,4 @@ mod refunds;
 mod relay;
 mod replay;
 mod risk_review;
+mod traces;
