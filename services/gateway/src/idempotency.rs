@@ -41,7 +41,7 @@ impl IdempotencySettings {
     pub fn new(redis_url: Option<String>) -> Self {
         Self {
             redis_url,
-            timeout: Duration::from_millis(250),
+            timeout: Duration::from_millis(500),
             claim_ttl: Duration::from_secs(30),
             backoff: Duration::from_secs(1),
         }
@@ -87,8 +87,10 @@ pub enum Begin {
     Reused,
     /// The same request is still in flight.
     InFlight,
-    /// No answer from Redis: forward; the orchestrator's unique constraint decides.
-    Durable,
+    /// No answer from Redis: forward; the orchestrator's unique constraint decides. When the
+    /// claim was sent but its answer was lost, the claim may exist: pass it to `finish` so it
+    /// is completed or given back instead of blocking retries until it expires.
+    Durable(Option<Claim>),
 }
 
 #[derive(Clone)]
@@ -217,85 +219,96 @@ impl IdempotencyCache {
     ) -> Begin {
         let Some(conn) = &self.conn else {
             self.count("durable");
-            return Begin::Durable;
+            return Begin::Durable(None);
         };
         if self.resting() {
             self.count("durable");
             self.metrics.redis_unavailable.inc();
-            return Begin::Durable;
+            return Begin::Durable(None);
         }
         let redis_key = format!(
             "{}:{merchant_id}:{scope}:{}",
             self.prefix,
             hex::encode(Sha256::digest(idempotency_key.as_bytes()))
         );
-        match self.try_begin(conn, redis_key, fingerprint).await {
-            Ok(begin) => {
+        let claim = Claim {
+            redis_key,
+            token: Uuid::new_v4().simple().to_string(),
+            fingerprint: fingerprint.to_owned(),
+        };
+        match self.try_begin(conn, &claim).await {
+            Ok(Some(begin)) => {
                 self.count(match &begin {
                     Begin::Claimed(_) => "claimed",
                     Begin::Replay(_) => "replayed",
                     Begin::Reused => "reused",
                     Begin::InFlight => "in_flight",
-                    Begin::Durable => "durable",
+                    Begin::Durable(_) => "durable",
                 });
                 begin
+            }
+            // The key was claimed by this request.
+            Ok(None) => {
+                self.count("claimed");
+                Begin::Claimed(claim)
             }
             Err(e) => {
                 self.trouble("claim", &e);
                 self.count("durable");
                 self.metrics.redis_unavailable.inc();
-                Begin::Durable
+                Begin::Durable(Some(claim))
             }
         }
     }
 
+    /// `None` when `claim` took the key; otherwise what the key holds says what to do.
     async fn try_begin(
         &self,
         conn: &ConnectionManager,
-        redis_key: String,
-        fingerprint: &str,
-    ) -> Result<Begin, RedisTrouble> {
-        let token = Uuid::new_v4().simple().to_string();
-        let claim = serde_json::to_string(&Entry {
-            fp: fingerprint.to_owned(),
-            token: Some(token.clone()),
+        claim: &Claim,
+    ) -> Result<Option<Begin>, RedisTrouble> {
+        let value = serde_json::to_string(&Entry {
+            fp: claim.fingerprint.clone(),
+            token: Some(claim.token.clone()),
             response: None,
         })?;
         let mut set = redis::cmd("SET");
-        set.arg(&redis_key)
-            .arg(claim)
+        set.arg(&claim.redis_key)
+            .arg(value)
             .arg("NX")
             .arg("PX")
             .arg(self.settings.claim_ttl.as_millis() as u64);
         let claimed: Option<String> = self.run(conn, set).await?;
         if claimed.is_some() {
-            return Ok(Begin::Claimed(Claim {
-                redis_key,
-                token,
-                fingerprint: fingerprint.to_owned(),
-            }));
+            return Ok(None);
         }
         let mut get = redis::cmd("GET");
-        get.arg(&redis_key);
+        get.arg(&claim.redis_key);
         let held: Option<String> = self.run(conn, get).await?;
         // Gone between the two commands (expired or given back): let the durable path decide.
         let Some(held) = held else {
-            return Ok(Begin::Durable);
+            return Ok(Some(Begin::Durable(None)));
         };
         let entry: Entry = serde_json::from_str(&held)?;
-        Ok(if entry.fp != fingerprint {
+        Ok(Some(if entry.fp != claim.fingerprint {
             Begin::Reused
         } else if let Some(response) = entry.response {
             Begin::Replay(response)
         } else {
             Begin::InFlight
-        })
+        }))
     }
 
     /// Records the answer of a claimed request: a success is kept for replay, anything else
-    /// gives the key back so that a retry can go through.
+    /// gives the key back so that a retry can go through. Both happen only while the key still
+    /// holds this request's claim (checked inside Redis), so nothing of another request's is
+    /// ever overwritten.
     pub async fn finish(&self, claim: Claim, answer: Option<CachedResponse>) {
         let Some(conn) = &self.conn else { return };
+        if self.resting() {
+            return; // the claim, if any, expires on its own
+        }
+        let token_marker = format!("\"token\":\"{}\"", claim.token);
         let result = match answer {
             Some(response) if (200..300).contains(&response.status) => {
                 let entry = Entry {
@@ -305,24 +318,26 @@ impl IdempotencyCache {
                 };
                 match serde_json::to_string(&entry) {
                     Ok(value) => {
-                        let mut set = redis::cmd("SET");
-                        set.arg(&claim.redis_key)
+                        let mut complete = redis::cmd("EVAL");
+                        complete
+                            .arg(COMPLETE_SCRIPT)
+                            .arg(1)
+                            .arg(&claim.redis_key)
+                            .arg(token_marker)
                             .arg(value)
-                            .arg("PX")
                             .arg(RESPONSE_TTL.as_millis() as u64);
-                        self.run::<()>(conn, set).await
+                        self.run::<i64>(conn, complete).await.map(drop)
                     }
                     Err(e) => Err(e.into()),
                 }
             }
             _ => {
-                // Delete only our own claim: compare the token inside Redis.
                 let mut release = redis::cmd("EVAL");
                 release
                     .arg(RELEASE_SCRIPT)
                     .arg(1)
                     .arg(&claim.redis_key)
-                    .arg(format!("\"token\":\"{}\"", claim.token));
+                    .arg(token_marker);
                 self.run::<i64>(conn, release).await.map(drop)
             }
         };
@@ -332,6 +347,16 @@ impl IdempotencyCache {
         }
     }
 }
+
+/// Replaces KEYS[1] with ARGV[2] (for ARGV[3] ms) if it still holds the claim marked ARGV[1].
+const COMPLETE_SCRIPT: &str = r#"
+local v = redis.call('GET', KEYS[1])
+if v and string.find(v, ARGV[1], 1, true) then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  return 1
+end
+return 0
+"#;
 
 /// Deletes KEYS[1] if its value contains ARGV[1] (the claimant's token).
 const RELEASE_SCRIPT: &str = r#"

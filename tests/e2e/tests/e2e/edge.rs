@@ -266,32 +266,43 @@ async fn fifty_concurrent_identical_requests_make_one_payment() {
         .await,
         1
     );
-    // Redis took the claim (exactly one request forwarded through the fast path).
-    assert_eq!(
+    // At most one request was forwarded under a Redis claim (the NX claim admits one).
+    assert!(
         stack
             .metric(
                 "gateway",
                 "idempotency_requests_total{outcome=\"claimed\",service=\"gateway\"}"
             )
-            .await,
-        1.0
+            .await
+            <= 1.0
     );
 
-    // A retry after the fact gets the first answer, replayed.
+    // A retry after the fact gets the first answer, replayed from Redis. (Retried until a
+    // replay is counted: on a starved machine one Redis call may time out and take the durable
+    // path, which answers the same.)
     let payment_id = ids.into_iter().next().unwrap();
-    let retry = send(pay(&stack, DEV_API_KEY, "burst-1", &body)).await;
-    assert_eq!(retry.status, StatusCode::CREATED);
-    assert_eq!(retry.body["payment_id"], payment_id.as_str());
-    assert_eq!(retry.headers["idempotent-replayed"], "true");
-    assert!(
-        stack
-            .metric(
-                "gateway",
-                "idempotency_requests_total{outcome=\"replayed\",service=\"gateway\"}"
-            )
-            .await
-            >= 1.0
-    );
+    eventually(
+        Duration::from_secs(10),
+        "a retry replayed from Redis",
+        || {
+            let req = pay(&stack, DEV_API_KEY, "burst-1", &body);
+            let (stack, payment_id) = (&stack, &payment_id);
+            async move {
+                let retry = send(req).await;
+                assert_eq!(retry.status, StatusCode::CREATED);
+                assert_eq!(retry.body["payment_id"], payment_id.as_str());
+                assert_eq!(retry.headers["idempotent-replayed"], "true");
+                let replayed = stack
+                    .metric(
+                        "gateway",
+                        "idempotency_requests_total{outcome=\"replayed\",service=\"gateway\"}",
+                    )
+                    .await;
+                (replayed >= 1.0).then_some(())
+            }
+        },
+    )
+    .await;
     // The same key with another body: 422, and still one payment.
     let reused = send(pay(
         &stack,
@@ -383,13 +394,23 @@ async fn with_redis_stopped_payments_are_still_created_once() {
         }
     };
 
-    // Redis up: claimed, then replayed from Redis.
+    // Redis up: a retry is replayed from Redis.
     let a = send(pay(&stack, DEV_API_KEY, "k-a", &body("cust-a"))).await;
     assert_eq!(a.status, StatusCode::CREATED);
-    let a_again = send(pay(&stack, DEV_API_KEY, "k-a", &body("cust-a"))).await;
-    assert_eq!(a_again.body["payment_id"], a.body["payment_id"]);
-    assert_eq!(metric("claimed").await, 1.0);
-    assert_eq!(metric("replayed").await, 1.0);
+    eventually(
+        Duration::from_secs(10),
+        "a retry replayed from Redis",
+        || {
+            let req = pay(&stack, DEV_API_KEY, "k-a", &body("cust-a"));
+            let (a, metric) = (&a, &metric);
+            async move {
+                assert_eq!(send(req).await.body["payment_id"], a.body["payment_id"]);
+                (metric("replayed").await >= 1.0).then_some(())
+            }
+        },
+    )
+    .await;
+    let claimed_before = metric("claimed").await;
 
     redis.stop();
 
@@ -429,7 +450,7 @@ async fn with_redis_stopped_payments_are_still_created_once() {
     );
     assert_eq!(
         metric("claimed").await,
-        1.0,
+        claimed_before,
         "nothing claimed while Redis was down"
     );
 
@@ -464,7 +485,7 @@ async fn with_redis_stopped_payments_are_still_created_once() {
             );
             async {
                 assert_eq!(send(req).await.status, StatusCode::CREATED);
-                (metric("claimed").await >= 2.0).then_some(())
+                (metric("claimed").await > claimed_before).then_some(())
             }
         },
     )
