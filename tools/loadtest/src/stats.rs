@@ -142,6 +142,19 @@ impl Summary {
             .map(|(k, v)| format!("{k} {v}"))
             .collect();
         out += &format!("by status          {}\n", statuses.join(", "));
+        let created = self.payments
+            - self
+                .by_status
+                .keys()
+                .filter(|k| {
+                    k.starts_with("http_") || *k == "connection_error" || *k == "bad_response"
+                })
+                .map(|k| self.by_status[k])
+                .sum::<usize>();
+        if created > 0 && self.time_to_terminal.count == 0 {
+            out += "hint               no payment of this run was seen terminal: does --namespace \
+                    (SAGAPAY_NAMESPACE) match the services'?\n";
+        }
         match &self.reconciliation {
             Some(r) => {
                 out += &format!(
