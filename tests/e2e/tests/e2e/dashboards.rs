@@ -6,7 +6,7 @@
 
 use sagapay_domain::events::RiskApproved;
 use sagapay_domain::Envelope;
-use sagapay_e2e::{eventually, free_port, outbox_envelopes, TestStack};
+use sagapay_e2e::{eventually, free_port, outbox_envelopes, TestStack, SERVICES};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -124,15 +124,7 @@ fn dashboard_queries() -> Vec<(String, String)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     let stack = TestStack::spawn().await;
-    let services = [
-        "gateway",
-        "orchestrator",
-        "risk",
-        "provider-adapter",
-        "ledger",
-        "notification",
-    ];
-    let prometheus = Prometheus::start(&services.map(|s| stack.service_url(s)));
+    let prometheus = Prometheus::start(&SERVICES.map(|s| stack.service_url(s)));
 
     let http = reqwest::Client::new();
     eventually(WAIT, "Prometheus to scrape all six services", || async {
