@@ -35,6 +35,9 @@ pub struct Config {
     pub max_amount_minor: i64,
     /// Largest request body accepted, in bytes.
     pub body_limit_bytes: usize,
+    /// `SAGAPAY_ORCHESTRATOR_TIMEOUT_MS`, default 10,000: longest wait for the orchestrator's
+    /// answer before the client gets 503 (and may retry with the same idempotency key).
+    pub orchestrator_timeout_ms: u64,
     /// Per API key: `SAGAPAY_RATE_LIMIT_PER_SECOND` (default 100) and
     /// `SAGAPAY_RATE_LIMIT_BURST` (default 200), per gateway instance.
     pub rate_limit_per_second: u32,
@@ -56,6 +59,7 @@ impl Config {
             dev_api_key,
             max_amount_minor: env_parse("SAGAPAY_MAX_AMOUNT_CENTS", 100_000_000)?,
             body_limit_bytes: 16 * 1024,
+            orchestrator_timeout_ms: env_parse("SAGAPAY_ORCHESTRATOR_TIMEOUT_MS", 10_000)?,
             rate_limit_per_second: env_parse("SAGAPAY_RATE_LIMIT_PER_SECOND", 100)?,
             rate_limit_burst: env_parse("SAGAPAY_RATE_LIMIT_BURST", 200)?,
             idempotency: idempotency::IdempotencySettings::new(
@@ -71,6 +75,7 @@ impl Config {
             dev_api_key: Some("dev-secret".into()),
             max_amount_minor: 100_000_000,
             body_limit_bytes: 16 * 1024,
+            orchestrator_timeout_ms: 10_000,
             // Tests that are not about rate limits must not hit them.
             rate_limit_per_second: 100_000,
             rate_limit_burst: 100_000,
@@ -99,7 +104,7 @@ pub async fn start(config: Config) -> anyhow::Result<ServiceHandle> {
         .pool_max_idle_per_host(64)
         .pool_idle_timeout(Duration::from_secs(90))
         .tcp_nodelay(true)
-        .timeout(Duration::from_secs(10))
+        .timeout(Duration::from_millis(config.orchestrator_timeout_ms))
         .connect_timeout(Duration::from_secs(2))
         .build()
         .context("building HTTP client")?;

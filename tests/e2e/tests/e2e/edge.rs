@@ -1156,3 +1156,93 @@ async fn the_openapi_document_lists_every_public_route() {
     }
     stack.teardown().await;
 }
+
+/// An orchestrator that accepts connections and never answers.
+async fn hung_orchestrator() -> (String, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    (url, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_retry_in_flight_gets_409_and_a_failed_request_gives_its_key_back() {
+    let stack = TestStack::spawn().await;
+    // A second gateway on the same namespace whose orchestrator never answers.
+    let (orchestrator_url, hung) = hung_orchestrator().await;
+    let mut cfg = sagapay_gateway::Config::for_test(config("gateway", &stack.ns), orchestrator_url);
+    cfg.orchestrator_timeout_ms = 1_500;
+    let gateway = sagapay_gateway::start(cfg).await.expect("gateway starts");
+    let url = gateway.base_url();
+    let http = stack.http.clone();
+    let post = |amount: i64| {
+        http.post(format!("{url}/payments"))
+            .header("x-api-key", DEV_API_KEY)
+            .header("idempotency-key", "slow-1")
+            .json(&json!({"customer_id": "cust-slow", "amount_cents": amount, "currency": "USD"}))
+    };
+    let claimed = || {
+        let (http, url) = (http.clone(), url.clone());
+        async move {
+            let text = http
+                .get(format!("{url}/metrics"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            sagapay_e2e::metric_value(
+                &text,
+                "idempotency_requests_total{outcome=\"claimed\",service=\"gateway\"}",
+            )
+        }
+    };
+
+    let first = tokio::spawn(send(post(900)));
+    eventually(
+        Duration::from_secs(5),
+        "the first request to claim its key",
+        || async { (claimed().await >= 1.0).then_some(()) },
+    )
+    .await;
+    // While it waits on the orchestrator: the same request gets 409, another body gets 422.
+    let again = send(post(900)).await;
+    assert_eq!(again.status, StatusCode::CONFLICT, "{}", again.body);
+    assert_eq!(again.code(), "idempotency_request_in_progress");
+    assert_eq!(again.headers["retry-after"], "1");
+    again.assert_error_shape("in flight");
+    let other = send(post(901)).await;
+    assert_eq!(other.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(other.code(), "idempotency_key_reused");
+
+    // The first gives up after the orchestrator timeout: 503, retry with the same key.
+    let first = first.await.unwrap();
+    assert_eq!(
+        first.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        first.body
+    );
+    assert_eq!(first.code(), "upstream_unavailable");
+    first.assert_error_shape("orchestrator unreachable");
+    // The failure gave the key back: a retry claims it anew (and fails the same way).
+    let retry = send(post(900)).await;
+    assert_eq!(retry.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(claimed().await, 2.0);
+
+    let orchestrator = stack.db("orchestrator").await;
+    assert_eq!(
+        count(&orchestrator, "SELECT count(*) FROM payments").await,
+        0,
+        "nothing reached the orchestrator"
+    );
+    gateway.stop().await.expect("gateway stops");
+    hung.abort();
+    stack.teardown().await;
+}
