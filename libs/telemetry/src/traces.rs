@@ -97,24 +97,12 @@ pub fn continue_trace(span: &tracing::Span, received: Option<&str>) -> String {
 /// A new trace: random trace id and span id, sampled.
 pub fn new_traceparent() -> String {
     let mut bytes = [0u8; 24];
-    // Random enough for ids; a failure of the OS source falls back to the clock.
-    if getrandom_fill(&mut bytes).is_err() {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(1);
-        bytes[..16].copy_from_slice(&now.to_le_bytes());
-        bytes[16..].copy_from_slice(&now.to_be_bytes()[..8]);
-    }
+    // Ids need not be secret: should the OS source fail, they are constant but still valid.
+    let _ = getrandom::fill(&mut bytes);
+    bytes[0] |= 1; // never the all-zero (invalid) trace id
+    bytes[16] |= 1; // nor span id
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     format!("00-{}-{}-01", &hex[..32], &hex[32..48])
-}
-
-fn getrandom_fill(buf: &mut [u8]) -> Result<(), ()> {
-    use std::io::Read;
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(buf))
-        .map_err(|_| ())
 }
 
 #[cfg(test)]

@@ -250,7 +250,7 @@ pub(crate) async fn create_refund(
     })?;
     require_json(&headers)?;
     let header_key = header_idempotency_key(&headers)?;
-    let req = validate::refund_request(&body, header_key)?;
+    let req = validate::refund_request(&body, header_key, state.max_amount_minor)?;
     let amount = req.amount.get().to_string();
     let fingerprint = idempotency::fingerprint(&[&amount, &req.reason]);
     let call = state

@@ -169,17 +169,9 @@ fn string_field<'a>(obj: &'a Map<String, Value>, name: &str) -> Result<&'a str, 
     })
 }
 
-/// Parses the JSON body; `header_key` is the `Idempotency-Key` header, if sent.
-pub fn payment_request(
-    body: &[u8],
-    header_key: Option<&str>,
-    max_amount_minor: i64,
-) -> Result<PaymentRequest, ApiError> {
-    let obj = json_object(body, FIELDS)?;
-    let customer_id = customer_id(string_field(&obj, "customer_id")?)?;
-
-    let amount_value = field(&obj, "amount_cents")?;
-    let amount_raw = match amount_value {
+/// `amount_cents`: an integer number of minor units, 1 to `max_minor`.
+fn amount_field(obj: &Map<String, Value>, max_minor: i64) -> Result<AmountMinor, ApiError> {
+    let raw = match field(obj, "amount_cents")? {
         Value::Number(n) => n.as_i64().ok_or_else(|| {
             ApiError::invalid(
                 "invalid_amount",
@@ -194,7 +186,7 @@ pub fn payment_request(
             )
         }
     };
-    let amount = AmountMinor::new_with_max(amount_raw, max_amount_minor).map_err(|e| {
+    AmountMinor::new_with_max(raw, max_minor).map_err(|e| {
         let msg = match e {
             MoneyError::NotPositive(_) => "amount_cents must be at least 1".to_owned(),
             MoneyError::AboveMaximum { max_minor, .. } => {
@@ -203,7 +195,19 @@ pub fn payment_request(
             other => other.to_string(),
         };
         ApiError::invalid("invalid_amount", msg).with_param("amount_cents")
-    })?;
+    })
+}
+
+/// Parses the JSON body; `header_key` is the `Idempotency-Key` header, if sent.
+pub fn payment_request(
+    body: &[u8],
+    header_key: Option<&str>,
+    max_amount_minor: i64,
+) -> Result<PaymentRequest, ApiError> {
+    let obj = json_object(body, FIELDS)?;
+    let customer_id = customer_id(string_field(&obj, "customer_id")?)?;
+
+    let amount = amount_field(&obj, max_amount_minor)?;
 
     let currency = Currency::parse(string_field(&obj, "currency")?).map_err(|_| {
         ApiError::invalid(
@@ -255,26 +259,13 @@ const REFUND_FIELDS: &[&str] = &["amount_cents", "idempotency_key", "reason"];
 pub const REASON_MAX: usize = 200;
 
 /// Parses `{amount_cents, idempotency_key, reason}`; the key may come from the header instead.
-pub fn refund_request(body: &[u8], header_key: Option<&str>) -> Result<RefundRequest, ApiError> {
+pub fn refund_request(
+    body: &[u8],
+    header_key: Option<&str>,
+    max_amount_minor: i64,
+) -> Result<RefundRequest, ApiError> {
     let obj = json_object(body, REFUND_FIELDS)?;
-    let amount = match field(&obj, "amount_cents")? {
-        Value::Number(n) => n
-            .as_i64()
-            .and_then(|v| AmountMinor::new(v).ok())
-            .ok_or_else(|| {
-                ApiError::invalid(
-                    "invalid_amount",
-                    "amount_cents must be a positive whole number",
-                )
-                .with_param("amount_cents")
-            })?,
-        _ => {
-            return Err(
-                ApiError::invalid("invalid_type", "amount_cents must be an integer")
-                    .with_param("amount_cents"),
-            )
-        }
-    };
+    let amount = amount_field(&obj, max_amount_minor)?;
     let reason = match obj.get("reason") {
         None | Some(Value::Null) => "requested_by_customer".to_owned(),
         Some(Value::String(r))
@@ -398,10 +389,12 @@ mod tests {
         let ok = refund_request(
             br#"{"amount_cents":500,"idempotency_key":"r1","reason":"damaged"}"#,
             None,
+            1_000_000,
         )
         .unwrap();
         assert_eq!((ok.amount.get(), ok.reason.as_str()), (500, "damaged"));
-        let default_reason = refund_request(br#"{"amount_cents":1}"#, Some("r2")).unwrap();
+        let default_reason =
+            refund_request(br#"{"amount_cents":1}"#, Some("r2"), 1_000_000).unwrap();
         assert_eq!(default_reason.reason, "requested_by_customer");
         for (body, code) in [
             (
@@ -427,7 +420,10 @@ mod tests {
             ),
         ] {
             assert_eq!(
-                refund_request(body.as_bytes(), None).unwrap_err().body.code,
+                refund_request(body.as_bytes(), None, 1_000_000)
+                    .unwrap_err()
+                    .body
+                    .code,
                 code,
                 "{body}"
             );

@@ -58,6 +58,16 @@ pub const SERVICES: [&str; 6] = [
     "notification",
 ];
 
+/// One row of a payment's timeline, as `GET /payments/{id}` shows it.
+#[derive(Debug, Clone)]
+pub struct TimelineRow {
+    /// TRANSITION or STEP.
+    pub kind: String,
+    pub from_state: Option<String>,
+    pub to_state: String,
+    pub reason: String,
+}
+
 pub struct TestStack {
     pub ns: Namespace,
     pub gateway: Option<ServiceHandle>,
@@ -232,6 +242,22 @@ impl TestStack {
         (status, resp.json().await.expect("JSON body"))
     }
 
+    /// Creates a payment (customer `cust-<key>`, idempotency key `key`) and waits until it is
+    /// SETTLED; its id.
+    pub async fn settled_payment(&self, key: &str, amount_minor: i64, currency: &str) -> String {
+        let (status, body) = self
+            .create_payment(serde_json::json!({
+                "customer_id": format!("cust-{key}"), "amount_cents": amount_minor,
+                "currency": currency, "idempotency_key": key
+            }))
+            .await;
+        assert_eq!(status, 201, "{body}");
+        let pid = body["payment_id"].as_str().expect("payment_id").to_owned();
+        self.wait_for_status(&pid, "SETTLED", Duration::from_secs(40))
+            .await;
+        pid
+    }
+
     pub async fn get_payment(&self, payment_id: &str) -> Value {
         let resp = self
             .http
@@ -267,17 +293,19 @@ impl TestStack {
     }
 
     /// The payment's timeline as `(from_state, to_state, reason)`.
-    pub async fn timeline(&self, payment_id: &str) -> Vec<(Option<String>, String, String)> {
+    pub async fn timeline(&self, payment_id: &str) -> Vec<TimelineRow> {
         self.get_payment(payment_id).await["timeline"]
             .as_array()
             .expect("timeline")
             .iter()
             .map(|t| {
-                (
-                    t["from_state"].as_str().map(str::to_owned),
-                    t["to_state"].as_str().unwrap_or_default().to_owned(),
-                    t["reason"].as_str().unwrap_or_default().to_owned(),
-                )
+                let text = |k: &str| t[k].as_str().unwrap_or_default().to_owned();
+                TimelineRow {
+                    kind: text("kind"),
+                    from_state: t["from_state"].as_str().map(str::to_owned),
+                    to_state: text("to_state"),
+                    reason: text("reason"),
+                }
             })
             .collect()
     }
@@ -302,16 +330,7 @@ impl TestStack {
 
     /// The value of one sample of a service's `/metrics`, 0 when absent.
     pub async fn metric(&self, service: &str, name_and_labels: &str) -> f64 {
-        let text = self
-            .http
-            .get(format!("{}/metrics", self.service_url(service)))
-            .send()
-            .await
-            .expect("GET /metrics")
-            .text()
-            .await
-            .expect("metrics text");
-        metric_value(&text, name_and_labels)
+        metric_at(&self.http, &self.service_url(service), name_and_labels).await
     }
 
     /// Stops every service and drops the namespace's databases and topics.
@@ -520,6 +539,28 @@ pub async fn cleanup_namespace(ns: &Namespace) {
 /// Parses one sample from Prometheus text: `name_and_labels` is everything before the value,
 /// e.g. `duplicate_events_skipped_total{event_type="x",service="risk"}`; labels must be given
 /// in the order the exposition prints them (alphabetical).
+/// `SELECT count(*) …` with the payment id as `$1`.
+pub async fn count_rows(pool: &PgPool, sql: &str, payment_id: Uuid) -> i64 {
+    sqlx::query_scalar(sql)
+        .bind(payment_id)
+        .fetch_one(pool)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
+/// One sample of the `/metrics` of the service at `base_url` (0 when absent).
+pub async fn metric_at(http: &reqwest::Client, base_url: &str, name_and_labels: &str) -> f64 {
+    let text = http
+        .get(format!("{base_url}/metrics"))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    metric_value(&text, name_and_labels)
+}
+
 pub fn metric_value(text: &str, name_and_labels: &str) -> f64 {
     text.lines()
         .filter(|l| !l.starts_with('#'))

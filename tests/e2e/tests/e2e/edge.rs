@@ -1187,21 +1187,11 @@ async fn a_retry_in_flight_gets_409_and_a_failed_request_gives_its_key_back() {
             .json(&json!({"customer_id": "cust-slow", "amount_cents": amount, "currency": "USD"}))
     };
     let claimed = || {
-        let (http, url) = (http.clone(), url.clone());
-        async move {
-            let text = http
-                .get(format!("{url}/metrics"))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
-            sagapay_e2e::metric_value(
-                &text,
-                "idempotency_requests_total{outcome=\"claimed\",service=\"gateway\"}",
-            )
-        }
+        sagapay_e2e::metric_at(
+            &http,
+            &url,
+            "idempotency_requests_total{outcome=\"claimed\",service=\"gateway\"}",
+        )
     };
 
     let first = tokio::spawn(send(post(900)));

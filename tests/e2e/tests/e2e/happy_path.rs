@@ -80,22 +80,23 @@ async fn a_payment_settles_with_the_exact_timeline_balanced_ledger_and_one_notif
         ]
     );
     assert!(rows.iter().all(|r| r.3 == "USD"));
-    let journal_count: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM journal_transactions WHERE payment_id = $1")
-            .bind(pid)
-            .fetch_one(&ledger)
-            .await
-            .unwrap();
+    let journal_count: i64 = sagapay_e2e::count_rows(
+        &ledger,
+        "SELECT count(*) FROM journal_transactions WHERE payment_id = $1",
+        pid,
+    )
+    .await;
     assert_eq!(journal_count, 1);
 
     // Exactly one notification, once the finalized event has been handled.
     let notification = stack.db("notification").await;
     let count_notifications = || async {
-        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM notifications WHERE payment_id = $1")
-            .bind(pid)
-            .fetch_one(&notification)
-            .await
-            .unwrap()
+        sagapay_e2e::count_rows(
+            &notification,
+            "SELECT count(*) FROM notifications WHERE payment_id = $1",
+            pid,
+        )
+        .await
     };
     eventually(Duration::from_secs(15), "the notification", || async {
         (count_notifications().await > 0).then_some(())

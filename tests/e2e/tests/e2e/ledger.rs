@@ -1,23 +1,7 @@
 use sagapay_e2e::TestStack;
 use serde_json::{json, Value};
 use sqlx::{Connection, PgConnection};
-use std::time::Duration;
 use uuid::Uuid;
-
-const WAIT: Duration = Duration::from_secs(30);
-
-async fn settle(stack: &TestStack, key: &str, amount: i64, currency: &str) -> String {
-    let (status, body) = stack
-        .create_payment(json!({
-            "customer_id": format!("cust-{key}"), "amount_cents": amount, "currency": currency,
-            "idempotency_key": key
-        }))
-        .await;
-    assert_eq!(status, 201, "{body}");
-    let pid = body["payment_id"].as_str().unwrap().to_owned();
-    stack.wait_for_status(&pid, "SETTLED", WAIT).await;
-    pid
-}
 
 async fn ledger_get(stack: &TestStack, path: &str) -> (u16, Value) {
     let resp = stack
@@ -33,7 +17,7 @@ async fn ledger_get(stack: &TestStack, path: &str) -> (u16, Value) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_database_rejects_altered_deleted_and_unbalanced_ledger_entries() {
     let stack = TestStack::spawn().await;
-    let pid = settle(&stack, "sql", 5_000, "USD").await;
+    let pid = stack.settled_payment("sql", 5_000, "USD").await;
     let url = sagapay_e2e::config("ledger", &stack.ns).database_url();
     let mut conn = PgConnection::connect(&url).await.unwrap();
 
@@ -116,7 +100,9 @@ async fn balances_and_reconciliation_agree_with_the_entries() {
     let stack = TestStack::spawn().await;
     let amounts = [2_500, 1_000, 10, 99_999];
     for (i, amount) in amounts.iter().enumerate() {
-        settle(&stack, &format!("bal-{i}"), *amount, "USD").await;
+        stack
+            .settled_payment(&format!("bal-{i}"), *amount, "USD")
+            .await;
     }
     let (status, report) = ledger_get(&stack, "/reconciliation").await;
     assert_eq!(status, 200);

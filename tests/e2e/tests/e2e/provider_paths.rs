@@ -60,22 +60,6 @@ async fn provider_books(pool: &PgPool, payment_id: &str) -> Vec<String> {
     .unwrap()
 }
 
-/// `(kind, to_state, reason)` of every timeline row.
-async fn timeline(stack: &TestStack, payment_id: &str) -> Vec<(String, String, String)> {
-    stack.get_payment(payment_id).await["timeline"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| {
-            (
-                t["kind"].as_str().unwrap().to_owned(),
-                t["to_state"].as_str().unwrap().to_owned(),
-                t["reason"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn authorization_timeouts_are_retried_after_1_2_4_seconds_then_voided_and_reversed() {
     let stack = TestStack::spawn().await;
@@ -102,8 +86,11 @@ async fn authorization_timeouts_are_retried_after_1_2_4_seconds_then_voided_and_
     // The provider had authorized (only its answer was lost); the void reversed it.
     assert_eq!(provider_books(&provider, &pid).await, ["AUTHORIZE", "VOID"]);
 
-    let t = timeline(&stack, &pid).await;
-    let shape: Vec<(&str, &str)> = t.iter().map(|(k, s, _)| (k.as_str(), s.as_str())).collect();
+    let t = stack.timeline(&pid).await;
+    let shape: Vec<(&str, &str)> = t
+        .iter()
+        .map(|r| (r.kind.as_str(), r.to_state.as_str()))
+        .collect();
     assert_eq!(
         shape,
         [
@@ -114,11 +101,15 @@ async fn authorization_timeouts_are_retried_after_1_2_4_seconds_then_voided_and_
         ]
     );
     assert!(
-        t[2].2.contains("outcome unknown after 4 attempts"),
+        t[2].reason.contains("outcome unknown after 4 attempts"),
         "{}",
-        t[2].2
+        t[2].reason
     );
-    assert!(t[3].2.contains("authorization voided"), "{}", t[3].2);
+    assert!(
+        t[3].reason.contains("authorization voided"),
+        "{}",
+        t[3].reason
+    );
     assert_eq!(
         stack
             .metric(
@@ -210,8 +201,11 @@ async fn a_ledger_refusal_after_capture_refunds_the_capture_and_reverses() {
 
     let pid = pay(&stack, "frozen", "pm_card_ok", 3_300).await;
     stack.wait_for_status(&pid, "REVERSED", WAIT).await;
-    let t = timeline(&stack, &pid).await;
-    let shape: Vec<(&str, &str)> = t.iter().map(|(k, s, _)| (k.as_str(), s.as_str())).collect();
+    let t = stack.timeline(&pid).await;
+    let shape: Vec<(&str, &str)> = t
+        .iter()
+        .map(|r| (r.kind.as_str(), r.to_state.as_str()))
+        .collect();
     assert_eq!(
         shape,
         [
@@ -223,19 +217,19 @@ async fn a_ledger_refusal_after_capture_refunds_the_capture_and_reverses() {
             ("TRANSITION", "REVERSED"),
         ]
     );
-    assert!(t[4].2.contains("frozen"), "{}", t[4].2);
-    assert!(t[5].2.contains("capture refunded"), "{}", t[5].2);
+    assert!(t[4].reason.contains("frozen"), "{}", t[4].reason);
+    assert!(t[5].reason.contains("capture refunded"), "{}", t[5].reason);
     let provider = stack.db("provider-adapter").await;
     assert_eq!(
         provider_books(&provider, &pid).await,
         ["AUTHORIZE", "CAPTURE", "REFUND"]
     );
-    let postings: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM journal_transactions WHERE payment_id = $1")
-            .bind(Uuid::parse_str(&pid).unwrap())
-            .fetch_one(&ledger)
-            .await
-            .unwrap();
+    let postings: i64 = sagapay_e2e::count_rows(
+        &ledger,
+        "SELECT count(*) FROM journal_transactions WHERE payment_id = $1",
+        Uuid::parse_str(&pid).unwrap(),
+    )
+    .await;
     assert_eq!(postings, 0, "nothing was posted for the refused payment");
     let notification = stack.db("notification").await;
     let kinds: Vec<String> = eventually(WAIT, "the reversal notification", || async {

@@ -2,17 +2,8 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use sagapay_e2e::{eventually, outbox_envelopes, TestStack};
 use serde_json::json;
-use sqlx::PgPool;
 use std::time::Duration;
 use uuid::Uuid;
-
-async fn count(pool: &PgPool, sql: &str, payment_id: Uuid) -> i64 {
-    sqlx::query_scalar(sql)
-        .bind(payment_id)
-        .fetch_one(pool)
-        .await
-        .unwrap()
-}
 
 /// Every row each service wrote for the payment, counted.
 async fn effects(stack: &TestStack, pid: Uuid) -> Vec<(&'static str, i64)> {
@@ -22,14 +13,14 @@ async fn effects(stack: &TestStack, pid: Uuid) -> Vec<(&'static str, i64)> {
     let ledger = stack.db("ledger").await;
     let notification = stack.db("notification").await;
     vec![
-        ("timeline", count(&orch, "SELECT count(*) FROM payment_timeline WHERE payment_id = $1", pid).await),
-        ("orchestrator outbox", count(&orch, "SELECT count(*) FROM outbox WHERE message_key = $1::text", pid).await),
-        ("risk decisions", count(&risk, "SELECT count(*) FROM risk_decisions WHERE payment_id = $1", pid).await),
-        ("provider attempts", count(&provider, "SELECT count(*) FROM provider_attempts WHERE payment_id = $1", pid).await),
-        ("provider operations", count(&provider, "SELECT count(*) FROM simulated_provider_operations WHERE payment_id = $1", pid).await),
-        ("journal transactions", count(&ledger, "SELECT count(*) FROM journal_transactions WHERE payment_id = $1", pid).await),
-        ("ledger entries", count(&ledger, "SELECT count(*) FROM ledger_entries e JOIN journal_transactions t USING (transaction_id) WHERE t.payment_id = $1", pid).await),
-        ("notifications", count(&notification, "SELECT count(*) FROM notifications WHERE payment_id = $1", pid).await),
+        ("timeline", sagapay_e2e::count_rows(&orch, "SELECT count(*) FROM payment_timeline WHERE payment_id = $1", pid).await),
+        ("orchestrator outbox", sagapay_e2e::count_rows(&orch, "SELECT count(*) FROM outbox WHERE message_key = $1::text", pid).await),
+        ("risk decisions", sagapay_e2e::count_rows(&risk, "SELECT count(*) FROM risk_decisions WHERE payment_id = $1", pid).await),
+        ("provider attempts", sagapay_e2e::count_rows(&provider, "SELECT count(*) FROM provider_attempts WHERE payment_id = $1", pid).await),
+        ("provider operations", sagapay_e2e::count_rows(&provider, "SELECT count(*) FROM simulated_provider_operations WHERE payment_id = $1", pid).await),
+        ("journal transactions", sagapay_e2e::count_rows(&ledger, "SELECT count(*) FROM journal_transactions WHERE payment_id = $1", pid).await),
+        ("ledger entries", sagapay_e2e::count_rows(&ledger, "SELECT count(*) FROM ledger_entries e JOIN journal_transactions t USING (transaction_id) WHERE t.payment_id = $1", pid).await),
+        ("notifications", sagapay_e2e::count_rows(&notification, "SELECT count(*) FROM notifications WHERE payment_id = $1", pid).await),
     ]
 }
 
@@ -50,7 +41,7 @@ async fn delivering_every_event_of_a_settled_payment_again_changes_nothing() {
         .await;
     let notification = stack.db("notification").await;
     eventually(Duration::from_secs(15), "the notification", || async {
-        (count(
+        (sagapay_e2e::count_rows(
             &notification,
             "SELECT count(*) FROM notifications WHERE payment_id = $1",
             pid,

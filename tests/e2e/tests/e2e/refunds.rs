@@ -5,19 +5,6 @@ use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(40);
 
-async fn settled(stack: &TestStack, key: &str, amount: i64) -> String {
-    let (status, body) = stack
-        .create_payment(json!({
-            "customer_id": format!("cust-{key}"), "amount_cents": amount, "currency": "USD",
-            "idempotency_key": key
-        }))
-        .await;
-    assert_eq!(status, 201, "{body}");
-    let pid = body["payment_id"].as_str().unwrap().to_owned();
-    stack.wait_for_status(&pid, "SETTLED", WAIT).await;
-    pid
-}
-
 async fn refund(stack: &TestStack, pid: &str, amount: i64, key: &str) -> (u16, Value) {
     let resp = stack
         .http
@@ -45,7 +32,7 @@ async fn ledger_get(stack: &TestStack, path: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_partial_then_a_full_refund_post_reversals_and_end_refunded() {
     let stack = TestStack::spawn().await;
-    let pid = settled(&stack, "refund-pf", 10_000).await;
+    let pid = stack.settled_payment("refund-pf", 10_000, "USD").await;
 
     let (status, first) = refund(&stack, &pid, 3_000, "r1").await;
     assert_eq!(status, 201, "{first}");
@@ -102,13 +89,7 @@ async fn a_partial_then_a_full_refund_post_reversals_and_end_refunded() {
     assert_eq!(report["imbalanced_count"], 0);
     assert_eq!(report["balance_mismatches"], json!([]));
     let provider = stack.db("provider-adapter").await;
-    let refunds_at_provider: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM simulated_provider_operations WHERE payment_id = $1 AND operation = 'REFUND'",
-    )
-    .bind(Uuid::parse_str(&pid).unwrap())
-    .fetch_one(&provider)
-    .await
-    .unwrap();
+    let refunds_at_provider: i64 = sagapay_e2e::count_rows(&provider, "SELECT count(*) FROM simulated_provider_operations WHERE payment_id = $1 AND operation = 'REFUND'", Uuid::parse_str(&pid).unwrap()).await;
     assert_eq!(refunds_at_provider, 2);
     stack.teardown().await;
 }
@@ -116,7 +97,7 @@ async fn a_partial_then_a_full_refund_post_reversals_and_end_refunded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn twenty_concurrent_refunds_never_exceed_the_captured_amount() {
     let stack = TestStack::spawn().await;
-    let pid = settled(&stack, "refund-race", 10_000).await;
+    let pid = stack.settled_payment("refund-race", 10_000, "USD").await;
     let attempts = (0..20).map(|i| {
         let stack = &stack;
         let pid = pid.clone();

@@ -105,17 +105,8 @@ async fn replaying_an_event_that_was_already_processed_has_no_second_effect() {
     assert!(letter.error.contains("4 attempts"), "{}", letter.error);
 
     let provider = stack.db("provider-adapter").await;
-    let count = |sql: &'static str| {
-        let provider = provider.clone();
-        let pid = Uuid::parse_str(&pid).unwrap();
-        async move {
-            sqlx::query_scalar::<_, i64>(sql)
-                .bind(pid)
-                .fetch_one(&provider)
-                .await
-                .unwrap()
-        }
-    };
+    let payment_uuid = Uuid::parse_str(&pid).unwrap();
+    let count = |sql: &'static str| sagapay_e2e::count_rows(&provider, sql, payment_uuid);
     let attempts_before =
         count("SELECT count(*) FROM provider_attempts WHERE payment_id = $1").await;
     let books_before =

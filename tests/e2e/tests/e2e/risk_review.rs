@@ -1,4 +1,4 @@
-use sagapay_e2e::{eventually, TestStack, DEV_API_KEY, DEV_OPS_KEY};
+use sagapay_e2e::{eventually, TestStack, TimelineRow, DEV_API_KEY, DEV_OPS_KEY};
 use serde_json::json;
 use sqlx::PgPool;
 use std::time::Duration;
@@ -29,8 +29,8 @@ async fn pending_reviews(stack: &TestStack) -> serde_json::Value {
         .unwrap()
 }
 
-fn transitions(t: &[(Option<String>, String, String)]) -> Vec<String> {
-    t.iter().map(|(_, to, _)| to.clone()).collect()
+fn transitions(t: &[TimelineRow]) -> Vec<String> {
+    t.iter().map(|r| r.to_state.clone()).collect()
 }
 
 async fn notification_kinds(pool: &PgPool, payment_id: &str) -> Vec<String> {
@@ -78,7 +78,7 @@ async fn review_then_approve_settles_and_a_second_decision_is_refused() {
             "SETTLED"
         ]
     );
-    assert!(timeline[2].2.contains("ops-ann"), "{:?}", timeline[2]);
+    assert!(timeline[2].reason.contains("ops-ann"), "{:?}", timeline[2]);
 
     for action in ["approve", "deny"] {
         let (status, body) = stack.review(&pid, action, "ops-bob").await;
@@ -106,7 +106,7 @@ async fn review_then_deny_fails_the_payment_and_notifies_once() {
     let timeline = stack.timeline(&pid).await;
     assert_eq!(transitions(&timeline), ["CREATED", "RISK_REVIEW", "FAILED"]);
     assert!(
-        timeline[2].2.contains("denied by ops-cy"),
+        timeline[2].reason.contains("denied by ops-cy"),
         "{:?}",
         timeline[2]
     );
@@ -160,18 +160,18 @@ async fn a_provider_decline_fails_the_payment_with_its_decline_code() {
     let timeline = stack.timeline(&pid).await;
     assert_eq!(transitions(&timeline), ["CREATED", "APPROVED", "FAILED"]);
     assert!(
-        timeline[2].2.contains("insufficient_funds"),
+        timeline[2].reason.contains("insufficient_funds"),
         "{:?}",
         timeline[2]
     );
     // Nothing was posted for a declined payment.
     let ledger = stack.db("ledger").await;
-    let postings: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM journal_transactions WHERE payment_id = $1")
-            .bind(Uuid::parse_str(&pid).unwrap())
-            .fetch_one(&ledger)
-            .await
-            .unwrap();
+    let postings: i64 = sagapay_e2e::count_rows(
+        &ledger,
+        "SELECT count(*) FROM journal_transactions WHERE payment_id = $1",
+        Uuid::parse_str(&pid).unwrap(),
+    )
+    .await;
     assert_eq!(postings, 0);
     stack.teardown().await;
 }
