@@ -16,6 +16,13 @@
 //! their commits share WAL flushes). Offsets are stored per partition only up to the first
 //! message not yet finished, so a crash never skips a message: everything after it is
 //! redelivered and the inbox skips what was already done.
+//!
+//! Batching: a lane takes the messages already waiting for it (at most `max_batch`) and handles
+//! them in one transaction, each with its own inbox row, so a burst costs one commit instead
+//! of one per message and a hot row (a ledger balance) is locked once per batch. Nothing waits
+//! to fill a batch: at low rates batches are single messages. If any message of a batch
+//! fails, the whole transaction rolls back and the batch is split (see `process_batch`), so
+//! the outcome of every message is exactly what it would be without batching.
 
 use crate::deadletter::{Classification, DeadLetter};
 use crate::headers::{MessageHeaders, TRACEPARENT};
@@ -97,6 +104,9 @@ pub struct ConsumerSettings {
     pub retry_max: Duration,
     /// Messages handled at once (by key, see the module documentation); at least 1.
     pub lanes: usize,
+    /// Most messages a lane handles in one database transaction (those already waiting for it);
+    /// 1 turns batching off.
+    pub max_batch: usize,
 }
 
 pub struct InboxConsumer<H> {
@@ -186,18 +196,31 @@ impl<H: Handler> InboxConsumer<H> {
             let (this, finished_tx, shutdown) =
                 (this.clone(), finished_tx.clone(), shutdown.clone());
             lane_tasks.push(tokio::spawn(async move {
-                while let Some(msg) = rx.recv().await {
+                let max_batch = this.settings.max_batch.max(1);
+                while let Some(first) = rx.recv().await {
                     if shutdown.is_cancelled() {
                         break;
                     }
-                    let done = matches!(this.process(&msg, &shutdown).await?, Processed::Done);
-                    let _ = finished_tx.send(Finished {
-                        topic: msg.topic().to_owned(),
-                        partition: msg.partition(),
-                        offset: msg.offset(),
-                        done,
-                    });
-                    if !done {
+                    // Whatever else already waits for this lane shares the transaction.
+                    let mut batch = vec![first];
+                    while batch.len() < max_batch {
+                        match rx.try_recv() {
+                            Ok(m) => batch.push(m),
+                            Err(_) => break,
+                        }
+                    }
+                    let outcomes = this.process_batch(&batch, &shutdown).await?;
+                    let mut stopped = false;
+                    for (msg, done) in batch.iter().zip(outcomes) {
+                        let _ = finished_tx.send(Finished {
+                            topic: msg.topic().to_owned(),
+                            partition: msg.partition(),
+                            offset: msg.offset(),
+                            done,
+                        });
+                        stopped |= !done;
+                    }
+                    if stopped {
                         break;
                     }
                 }
@@ -306,6 +329,156 @@ impl<H: Handler> InboxConsumer<H> {
         }
     }
 
+    /// Handles `batch` (messages of one lane, in arrival order) in as few transactions as it
+    /// can: all of it at once when every handler succeeds. When a message fails, the batch is
+    /// rolled back, the messages before it are committed as a batch again, the failing one is
+    /// handled on its own (retried in place, dead-lettered or stopped at shutdown exactly as
+    /// without batching), and the rest continue as a batch. Returns whether each message is
+    /// done (false from the first one interrupted by shutdown on).
+    async fn process_batch(
+        &self,
+        batch: &[OwnedMessage],
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<Vec<bool>> {
+        let mut outcomes = Vec::with_capacity(batch.len());
+        while outcomes.len() < batch.len() {
+            let rest = &batch[outcomes.len()..];
+            let committed = if rest.len() < 2 {
+                0
+            } else {
+                match self.try_batch(rest).await {
+                    Ok(()) => rest.len(),
+                    Err(ok_before) if ok_before >= 2 => self
+                        .try_batch(&rest[..ok_before])
+                        .await
+                        .map_or(0, |()| ok_before),
+                    Err(_) => 0,
+                }
+            };
+            if committed > 0 {
+                outcomes.extend(std::iter::repeat_n(true, committed));
+                continue;
+            }
+            let done = matches!(self.process(&rest[0], shutdown).await?, Processed::Done);
+            outcomes.push(done);
+            if !done {
+                outcomes.resize(batch.len(), false);
+            }
+        }
+        Ok(outcomes)
+    }
+
+    /// All of `batch` in one transaction, or nothing. On failure, returns how many messages
+    /// at the start of the batch were applied before the one that failed (all rolled back).
+    async fn try_batch(&self, batch: &[OwnedMessage]) -> Result<(), usize> {
+        let mut items = Vec::with_capacity(batch.len());
+        for (i, msg) in batch.iter().enumerate() {
+            let mut ctx = MessageContext {
+                topic: msg.topic().to_owned(),
+                partition: msg.partition(),
+                offset: msg.offset(),
+                headers: MessageHeaders::from_kafka(msg.headers()),
+            };
+            // A message that is not an envelope is dead-lettered by the one-by-one path.
+            let envelope = parse(msg.payload().unwrap_or_default(), &ctx.topic).map_err(|_| i)?;
+            let span = consume_span(&envelope, &ctx);
+            let traceparent =
+                sagapay_telemetry::continue_trace(&span, ctx.headers.get(TRACEPARENT));
+            ctx.headers.set(TRACEPARENT, traceparent);
+            items.push((envelope, ctx, span));
+        }
+        let mut tx = self.pool.begin().await.map_err(|_| 0usize)?;
+        let mut fresh = Vec::with_capacity(items.len());
+        for (i, (envelope, ctx, span)) in items.iter().enumerate() {
+            let db_span = tracing::info_span!(
+                parent: span,
+                "db.transaction",
+                otel.kind = "client",
+                db.system = "postgresql",
+                batch_size = batch.len()
+            );
+            let applied = async {
+                let inserted = self.record_in_inbox(&mut tx, envelope, ctx).await?;
+                if inserted {
+                    self.handler.handle(&mut tx, envelope, ctx).await?;
+                }
+                Ok::<bool, HandlerError>(inserted)
+            }
+            .instrument(db_span)
+            .await;
+            match applied {
+                Ok(inserted) => fresh.push(inserted),
+                Err(e) => {
+                    let _: tracing::span::Entered<'_> = span.enter();
+                    tracing::debug!(error = %e, batch_size = batch.len(),
+                        "batch rolled back at this message");
+                    return Err(i);
+                }
+            }
+        }
+        if let Err(e) = tx.commit().await {
+            tracing::debug!(error = %e, "batch commit failed");
+            return Err(0);
+        }
+        for ((envelope, _, span), inserted) in items.iter().zip(fresh) {
+            self.observe_queue_delay(envelope);
+            if inserted {
+                self.metrics
+                    .events_consumed_total
+                    .with_label_values(&[&envelope.event_type])
+                    .inc();
+            } else {
+                self.count_duplicate(envelope, span);
+            }
+        }
+        self.metrics.consumer_batch_size.observe(batch.len() as f64);
+        Ok(())
+    }
+
+    /// Records the event in the inbox; false when it was there already (a duplicate).
+    async fn record_in_inbox(
+        &self,
+        conn: &mut PgConnection,
+        envelope: &Envelope,
+        ctx: &MessageContext,
+    ) -> Result<bool, HandlerError> {
+        let inserted = sqlx::query(
+            "INSERT INTO inbox (event_id, consumer, event_type, topic, kafka_partition, kafka_offset)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (event_id, consumer) DO NOTHING",
+        )
+        .bind(envelope.event_id)
+        .bind(&self.settings.consumer_name)
+        .bind(&envelope.event_type)
+        .bind(&ctx.topic)
+        .bind(ctx.partition)
+        .bind(ctx.offset)
+        .execute(conn)
+        .await?
+        .rows_affected();
+        Ok(inserted == 1)
+    }
+
+    fn count_duplicate(&self, envelope: &Envelope, span: &tracing::Span) {
+        self.metrics
+            .duplicate_events_skipped_total
+            .with_label_values(&[&envelope.event_type])
+            .inc();
+        let _entered = span.enter();
+        tracing::info!("duplicate event skipped");
+    }
+
+    fn observe_queue_delay(&self, envelope: &Envelope) {
+        let delay_s = (chrono::Utc::now() - envelope.occurred_at)
+            .to_std()
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        self.metrics
+            .event_queue_delay_seconds
+            .with_label_values(&[&envelope.event_type])
+            .observe(delay_s);
+    }
+
     async fn process(
         &self,
         msg: &OwnedMessage,
@@ -333,33 +506,12 @@ impl<H: Handler> InboxConsumer<H> {
                 return Ok(Processed::Done);
             }
         };
-        let span = tracing::info_span!(
-            "consume",
-            otel.name = format!("consume {}", envelope.event_type),
-            otel.kind = "consumer",
-            messaging.system = "kafka",
-            event_type = %envelope.event_type,
-            event_id = %envelope.event_id,
-            payment_id = %envelope.payment_id,
-            correlation_id = %envelope.correlation_id,
-            topic = %ctx.topic,
-            partition = ctx.partition,
-            offset = ctx.offset,
-            trace_id = tracing::field::Empty,
-            span_id = tracing::field::Empty,
-        );
+        let span = consume_span(&envelope, &ctx);
         // The handler's events continue the trace from this span.
         let traceparent = sagapay_telemetry::continue_trace(&span, ctx.headers.get(TRACEPARENT));
         ctx.headers.set(TRACEPARENT, traceparent);
         async {
-            let delay_s = (chrono::Utc::now() - envelope.occurred_at)
-                .to_std()
-                .map(|d| d.as_secs_f64())
-                .unwrap_or(0.0);
-            self.metrics
-                .event_queue_delay_seconds
-                .with_label_values(&[&envelope.event_type])
-                .observe(delay_s);
+            self.observe_queue_delay(&envelope);
             let mut backoff = self.settings.retry_initial;
             let mut attempt: u32 = 0;
             loop {
@@ -412,37 +564,19 @@ impl<H: Handler> InboxConsumer<H> {
             db.system = "postgresql"
         );
         async {
-        let mut tx = self.pool.begin().await?;
-        let inserted = sqlx::query(
-            "INSERT INTO inbox (event_id, consumer, event_type, topic, kafka_partition, kafka_offset)
-             VALUES ($1, $2, $3, $4, $5, $6)
-             ON CONFLICT (event_id, consumer) DO NOTHING",
-        )
-        .bind(envelope.event_id)
-        .bind(&self.settings.consumer_name)
-        .bind(&envelope.event_type)
-        .bind(&ctx.topic)
-        .bind(ctx.partition)
-        .bind(ctx.offset)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if inserted == 0 {
-            tx.rollback().await?;
+            let mut tx = self.pool.begin().await?;
+            if !self.record_in_inbox(&mut tx, envelope, ctx).await? {
+                tx.rollback().await?;
+                self.count_duplicate(envelope, &tracing::Span::current());
+                return Ok(());
+            }
+            self.handler.handle(&mut tx, envelope, ctx).await?;
+            tx.commit().await?;
             self.metrics
-                .duplicate_events_skipped_total
+                .events_consumed_total
                 .with_label_values(&[&envelope.event_type])
                 .inc();
-            tracing::info!("duplicate event skipped");
-            return Ok(());
-        }
-        self.handler.handle(&mut tx, envelope, ctx).await?;
-        tx.commit().await?;
-        self.metrics
-            .events_consumed_total
-            .with_label_values(&[&envelope.event_type])
-            .inc();
-        Ok(())
+            Ok(())
         }
         .instrument(span)
         .await
@@ -506,6 +640,25 @@ impl<H: Handler> InboxConsumer<H> {
             "message dead-lettered");
         Ok(())
     }
+}
+
+/// The span of one consumed event; it continues the trace the message's headers carry.
+fn consume_span(envelope: &Envelope, ctx: &MessageContext) -> tracing::Span {
+    tracing::info_span!(
+        "consume",
+        otel.name = format!("consume {}", envelope.event_type),
+        otel.kind = "consumer",
+        messaging.system = "kafka",
+        event_type = %envelope.event_type,
+        event_id = %envelope.event_id,
+        payment_id = %envelope.payment_id,
+        correlation_id = %envelope.correlation_id,
+        topic = %ctx.topic,
+        partition = ctx.partition,
+        offset = ctx.offset,
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
+    )
 }
 
 /// The lane of a message: by key, so one payment's events stay in order; messages without a

@@ -16,6 +16,22 @@ pub struct KafkaSettings {
     pub brokers: String,
     /// Partitions of the topics a service creates when they are absent.
     pub partitions: i32,
+    /// librdkafka properties set on producers after SagaPay's own (operator tuning).
+    pub producer_overrides: Vec<(String, String)>,
+    /// librdkafka properties set on consumers after SagaPay's own.
+    pub consumer_overrides: Vec<(String, String)>,
+}
+
+/// Parses `key=value,key=value` (librdkafka property overrides); empty input gives none.
+pub fn parse_overrides(text: &str) -> anyhow::Result<Vec<(String, String)>> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| match pair.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.trim().to_owned())),
+            _ => anyhow::bail!("{pair:?} is not key=value"),
+        })
+        .collect()
 }
 
 impl Default for KafkaSettings {
@@ -23,6 +39,8 @@ impl Default for KafkaSettings {
         Self {
             brokers: "127.0.0.1:9092".into(),
             partitions: 3,
+            producer_overrides: Vec::new(),
+            consumer_overrides: Vec::new(),
         }
     }
 }
@@ -40,22 +58,24 @@ impl KafkaSettings {
     /// `linger.ms` stays small: latency matters more than batch size at our rates, and the
     /// relay hands librdkafka whole batches anyway.
     pub fn producer(&self, client_id: &str) -> anyhow::Result<FutureProducer> {
-        self.base()
-            .set("client.id", client_id)
+        let mut cfg = self.base();
+        cfg.set("client.id", client_id)
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", "1")
             .set("message.timeout.ms", "30000")
-            .set("request.timeout.ms", "10000")
-            .create()
-            .context("creating Kafka producer")
+            .set("request.timeout.ms", "10000");
+        for (k, v) in &self.producer_overrides {
+            cfg.set(k, v);
+        }
+        cfg.create().context("creating Kafka producer")
     }
 
     /// A consumer of group `group_id` that commits, in the background, only offsets the
     /// application stored after its database transaction committed.
     pub fn consumer(&self, group_id: &str, client_id: &str) -> anyhow::Result<StreamConsumer> {
-        self.base()
-            .set("group.id", group_id)
+        let mut cfg = self.base();
+        cfg.set("group.id", group_id)
             .set("client.id", client_id)
             .set("enable.auto.commit", "true")
             .set("auto.commit.interval.ms", "500")
@@ -66,9 +86,11 @@ impl KafkaSettings {
             .set("fetch.wait.max.ms", "50")
             .set("partition.assignment.strategy", "cooperative-sticky")
             // Belt and braces for topics created after the subscription: notice them soon.
-            .set("topic.metadata.refresh.interval.ms", "10000")
-            .create()
-            .context("creating Kafka consumer")
+            .set("topic.metadata.refresh.interval.ms", "10000");
+        for (k, v) in &self.consumer_overrides {
+            cfg.set(k, v);
+        }
+        cfg.create().context("creating Kafka consumer")
     }
 
     fn admin(&self) -> anyhow::Result<AdminClient<DefaultClientContext>> {
@@ -152,4 +174,23 @@ pub async fn reachable(producer: &FutureProducer, timeout: Duration) -> bool {
     tokio::task::spawn_blocking(move || client.client().fetch_metadata(None, timeout).is_ok())
         .await
         .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_overrides;
+
+    #[test]
+    fn overrides_parse_as_key_value_pairs() {
+        assert_eq!(parse_overrides("").unwrap(), vec![]);
+        assert_eq!(
+            parse_overrides(" linger.ms=5, fetch.wait.max.ms = 10 ,").unwrap(),
+            vec![
+                ("linger.ms".to_owned(), "5".to_owned()),
+                ("fetch.wait.max.ms".to_owned(), "10".to_owned())
+            ]
+        );
+        assert!(parse_overrides("linger.ms").is_err());
+        assert!(parse_overrides("=5").is_err());
+    }
 }

@@ -12,6 +12,7 @@ pub struct MessagingMetrics {
     pub outbox_pending_total: IntGauge,
     pub outbox_oldest_pending_age_seconds: IntGauge,
     pub outbox_relay_batch_size: Histogram,
+    pub consumer_batch_size: Histogram,
     pub events_consumed_total: IntCounterVec,
     pub duplicate_events_skipped_total: IntCounterVec,
     pub handler_retries_total: IntCounterVec,
@@ -47,6 +48,13 @@ impl MessagingMetrics {
             outbox_relay_batch_size: Histogram::with_opts(
                 HistogramOpts::new("outbox_relay_batch_size", "Rows per relay batch")
                     .buckets(vec![1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0]),
+            )?,
+            consumer_batch_size: Histogram::with_opts(
+                HistogramOpts::new(
+                    "consumer_batch_size",
+                    "Messages committed together in one inbox transaction (batches of two or more)",
+                )
+                .buckets(vec![2.0, 4.0, 8.0, 16.0, 32.0, 64.0]),
             )?,
             events_consumed_total: IntCounterVec::new(
                 Opts::new(
@@ -98,6 +106,7 @@ impl MessagingMetrics {
         registry.register(Box::new(m.outbox_pending_total.clone()))?;
         registry.register(Box::new(m.outbox_oldest_pending_age_seconds.clone()))?;
         registry.register(Box::new(m.outbox_relay_batch_size.clone()))?;
+        registry.register(Box::new(m.consumer_batch_size.clone()))?;
         registry.register(Box::new(m.events_consumed_total.clone()))?;
         registry.register(Box::new(m.duplicate_events_skipped_total.clone()))?;
         registry.register(Box::new(m.handler_retries_total.clone()))?;

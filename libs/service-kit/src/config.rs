@@ -8,9 +8,12 @@
 //! | `SAGAPAY_POSTGRES_URL` | `postgres://sagapay:sagapay@127.0.0.1:5432` | server, without database |
 //! | `SAGAPAY_KAFKA_BROKERS` | `127.0.0.1:9092` | bootstrap servers |
 //! | `SAGAPAY_KAFKA_PARTITIONS` | `3` | partitions of topics created by the service |
+//! | `SAGAPAY_KAFKA_PRODUCER_CONFIG` | empty | librdkafka producer properties over ours, `k=v,k=v` |
+//! | `SAGAPAY_KAFKA_CONSUMER_CONFIG` | empty | librdkafka consumer properties over ours, `k=v,k=v` |
 //! | `SAGAPAY_HTTP_ADDR` | `127.0.0.1:<service port>` | where the HTTP API listens |
 //! | `SAGAPAY_DB_POOL_SIZE` | `16` | connections in the service's pool |
 //! | `SAGAPAY_CONSUMER_LANES` | `8` | Kafka messages a service handles at once (by payment; below the pool size) |
+//! | `SAGAPAY_CONSUMER_BATCH` | `32` | most messages waiting for a lane that share one transaction (1: none) |
 //! | `SAGAPAY_OUTBOX_CLAIM_TIMEOUT_MS` | `30000` | how long a crashed relay's claimed rows wait before another relay takes them |
 
 use anyhow::Context;
@@ -37,6 +40,8 @@ pub struct CommonConfig {
     pub db_pool_size: u32,
     /// Messages the inbox consumer handles at once (one payment's events stay sequential).
     pub consumer_lanes: usize,
+    /// Most waiting messages a lane commits in one transaction.
+    pub consumer_batch: usize,
     pub relay: RelaySettings,
 }
 
@@ -85,10 +90,21 @@ impl CommonConfig {
             kafka: KafkaSettings {
                 brokers: env_or("SAGAPAY_KAFKA_BROKERS", "127.0.0.1:9092"),
                 partitions: env_parse("SAGAPAY_KAFKA_PARTITIONS", 3)?,
+                producer_overrides: sagapay_messaging::kafka::parse_overrides(&env_or(
+                    "SAGAPAY_KAFKA_PRODUCER_CONFIG",
+                    "",
+                ))
+                .context("SAGAPAY_KAFKA_PRODUCER_CONFIG")?,
+                consumer_overrides: sagapay_messaging::kafka::parse_overrides(&env_or(
+                    "SAGAPAY_KAFKA_CONSUMER_CONFIG",
+                    "",
+                ))
+                .context("SAGAPAY_KAFKA_CONSUMER_CONFIG")?,
             },
             http_addr,
             db_pool_size: env_parse("SAGAPAY_DB_POOL_SIZE", 16)?,
             consumer_lanes: env_parse("SAGAPAY_CONSUMER_LANES", 8)?,
+            consumer_batch: env_parse("SAGAPAY_CONSUMER_BATCH", 32)?,
             relay: RelaySettings {
                 claim_timeout: std::time::Duration::from_millis(env_parse(
                     "SAGAPAY_OUTBOX_CLAIM_TIMEOUT_MS",
@@ -109,10 +125,12 @@ impl CommonConfig {
             kafka: KafkaSettings {
                 brokers: env_or("SAGAPAY_KAFKA_BROKERS", "127.0.0.1:9092"),
                 partitions: 2,
+                ..KafkaSettings::default()
             },
             http_addr: "127.0.0.1:0".parse().expect("valid address"),
             db_pool_size: 5,
             consumer_lanes: 3,
+            consumer_batch: 32,
             relay: RelaySettings::default(),
         }
     }

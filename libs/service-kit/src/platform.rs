@@ -102,6 +102,7 @@ impl Platform {
             retry_initial: Duration::from_millis(100),
             retry_max: Duration::from_secs(5),
             lanes: self.config.consumer_lanes,
+            max_batch: self.config.consumer_batch,
         };
         let inbox = InboxConsumer::new(
             consumer,

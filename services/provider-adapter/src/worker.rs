@@ -114,11 +114,19 @@ impl<P: PaymentProvider> Worker<P> {
             Err(_) => None,
         };
         let mut in_flight: JoinSet<()> = JoinSet::new();
+        // Claim when something may have become due (a notification, the timer) or when a
+        // finished operation frees room while the last claim left due operations behind.
+        // Nothing is queried for an operation that finishes with nothing waiting.
+        let mut claim_now = true;
+        let mut backlog = false;
+        let mut wake_at = tokio::time::Instant::now();
         loop {
             let room = self.settings.max_in_flight.saturating_sub(in_flight.len());
-            if room > 0 {
+            if claim_now && room > 0 {
+                claim_now = false;
                 match self.claim(room as i64).await {
                     Ok(ops) => {
+                        backlog = ops.len() == room;
                         for op in ops {
                             let me = self.clone();
                             in_flight.spawn(async move { me.perform(op).await });
@@ -128,20 +136,30 @@ impl<P: PaymentProvider> Worker<P> {
                         tracing::warn!(error = %format!("{e:#}"), "claiming provider operations failed")
                     }
                 }
+                wake_at = tokio::time::Instant::now() + self.until_next_due().await;
             }
-            let nap = self.until_next_due().await;
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
+                Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {
+                    claim_now |= backlog;
+                }
                 ok = async {
                     match listener.as_mut() {
                         Some(l) => l.recv().await.is_ok(),
                         None => std::future::pending().await,
                     }
                 } => {
-                    if !ok { listener = None; }
+                    if ok {
+                        // One claim answers a burst of notifications.
+                        if let Some(l) = listener.as_mut() {
+                            while l.next_buffered().is_some() {}
+                        }
+                    } else {
+                        listener = None;
+                    }
+                    claim_now = true;
                 }
-                _ = tokio::time::sleep(nap) => {}
+                _ = tokio::time::sleep_until(wake_at) => claim_now = true,
             }
         }
         // Unfinished attempts are abandoned; their claims expire and they run again.

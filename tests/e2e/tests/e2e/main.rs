@@ -1,6 +1,7 @@
 //! End-to-end tests on the real stack (`scripts/stack.sh up` must be running).
 //! One test binary, so the services are linked once.
 
+mod consumer_batch;
 mod crash;
 mod dashboards;
 mod deadletter;
