@@ -182,15 +182,21 @@ pub async fn transition(
     facts: Facts<'_>,
 ) -> Result<(), TransitionFailure> {
     payment.status.transition_to(to)?;
-    let updated = sqlx::query(
-        "UPDATE payments
-            SET status = $1,
-                state_version = state_version + 1,
-                updated_at = now(),
-                authorization_id = COALESCE($2, authorization_id),
-                capture_id = COALESCE($3, capture_id),
-                journal_transaction_id = COALESCE($4, journal_transaction_id)
-          WHERE payment_id = $5 AND status = $6 AND state_version = $7",
+    // The status change and its timeline row in one statement (one round trip): the
+    // timeline row is inserted only if the compare-and-set on status and version matched.
+    let recorded = sqlx::query(
+        "WITH moved AS (
+             UPDATE payments
+                SET status = $1,
+                    state_version = state_version + 1,
+                    updated_at = now(),
+                    authorization_id = COALESCE($2, authorization_id),
+                    capture_id = COALESCE($3, capture_id),
+                    journal_transaction_id = COALESCE($4, journal_transaction_id)
+              WHERE payment_id = $5 AND status = $6 AND state_version = $7
+          RETURNING payment_id)
+         INSERT INTO payment_timeline (payment_id, from_state, to_state, reason, event_id)
+         SELECT payment_id, $6, $1, $8, $9 FROM moved",
     )
     .bind(to.as_str())
     .bind(facts.authorization_id)
@@ -199,21 +205,14 @@ pub async fn transition(
     .bind(payment.payment_id)
     .bind(payment.status.as_str())
     .bind(payment.state_version)
+    .bind(reason)
+    .bind(event_id)
     .execute(&mut *conn)
     .await?
     .rows_affected();
-    if updated != 1 {
+    if recorded != 1 {
         return Err(TransitionFailure::Conflict(payment.payment_id));
     }
-    insert_timeline(
-        conn,
-        payment.payment_id,
-        Some(payment.status),
-        to,
-        reason,
-        event_id,
-    )
-    .await?;
     Ok(())
 }
 
