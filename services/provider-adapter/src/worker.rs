@@ -159,7 +159,10 @@ impl<P: PaymentProvider> Worker<P> {
                     }
                     claim_now = true;
                 }
-                _ = tokio::time::sleep_until(wake_at) => claim_now = true,
+                // With no room, only a finished operation can let a claim run; the timer
+                // (possibly already past) would spin.
+                _ = tokio::time::sleep_until(wake_at),
+                    if in_flight.len() < self.settings.max_in_flight => claim_now = true,
             }
         }
         // Unfinished attempts are abandoned; their claims expire and they run again.
