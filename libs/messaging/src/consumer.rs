@@ -409,7 +409,7 @@ impl<H: Handler> InboxConsumer<H> {
             match applied {
                 Ok(inserted) => fresh.push(inserted),
                 Err(e) => {
-                    let _: tracing::span::Entered<'_> = span.enter();
+                    let _entered = span.enter();
                     tracing::debug!(error = %e, batch_size = batch.len(),
                         "batch rolled back at this message");
                     return Err(i);
