@@ -302,45 +302,43 @@ impl IdempotencyCache {
     /// Records the answer of a claimed request: a success is kept for replay, anything else
     /// gives the key back so that a retry can go through. Both happen only while the key still
     /// holds this request's claim (checked inside Redis), so nothing of another request's is
-    /// ever overwritten.
+    /// ever overwritten. It is attempted even while the fast path rests after a failure
+    /// elsewhere: skipping it would leave this request's claim to answer 409 to every retry
+    /// until the claim expires. A failed attempt is made once more (the compare-and-set makes
+    /// a repeat harmless).
     pub async fn finish(&self, claim: Claim, answer: Option<CachedResponse>) {
         let Some(conn) = &self.conn else { return };
-        if self.resting() {
-            return; // the claim, if any, expires on its own
-        }
         let token_marker = format!("\"token\":\"{}\"", claim.token);
-        let result = match answer {
+        let mut cmd = redis::cmd("EVAL");
+        match answer {
             Some(response) if (200..300).contains(&response.status) => {
                 let entry = Entry {
                     fp: claim.fingerprint,
                     token: None,
                     response: Some(response),
                 };
-                match serde_json::to_string(&entry) {
-                    Ok(value) => {
-                        let mut complete = redis::cmd("EVAL");
-                        complete
-                            .arg(COMPLETE_SCRIPT)
-                            .arg(1)
-                            .arg(&claim.redis_key)
-                            .arg(token_marker)
-                            .arg(value)
-                            .arg(RESPONSE_TTL.as_millis() as u64);
-                        self.run::<i64>(conn, complete).await.map(drop)
-                    }
-                    Err(e) => Err(e.into()),
-                }
+                let value = match serde_json::to_string(&entry) {
+                    Ok(value) => value,
+                    Err(e) => return self.trouble("finish", &e.into()),
+                };
+                cmd.arg(COMPLETE_SCRIPT)
+                    .arg(1)
+                    .arg(&claim.redis_key)
+                    .arg(token_marker)
+                    .arg(value)
+                    .arg(RESPONSE_TTL.as_millis() as u64);
             }
             _ => {
-                let mut release = redis::cmd("EVAL");
-                release
-                    .arg(RELEASE_SCRIPT)
+                cmd.arg(RELEASE_SCRIPT)
                     .arg(1)
                     .arg(&claim.redis_key)
                     .arg(token_marker);
-                self.run::<i64>(conn, release).await.map(drop)
             }
-        };
+        }
+        let mut result = self.run::<i64>(conn, cmd.clone()).await;
+        if result.is_err() {
+            result = self.run::<i64>(conn, cmd).await;
+        }
         if let Err(e) = result {
             // The claim expires on its own; the durable guard holds meanwhile.
             self.trouble("finish", &e);

@@ -233,8 +233,11 @@ pub(crate) async fn get_payment(
         (status = 401, description = "Missing, invalid or revoked API key", body = crate::openapi::ErrorResponse),
         (status = 404, description = "No such payment for this merchant", body = crate::openapi::ErrorResponse),
         (status = 409, description = "The payment cannot be refunded now, or the same request is in flight", body = crate::openapi::ErrorResponse),
+        (status = 413, description = "Body too large", body = crate::openapi::ErrorResponse),
+        (status = 415, description = "Not application/json", body = crate::openapi::ErrorResponse),
         (status = 422, description = "Amount above what is left to refund, or idempotency key reused", body = crate::openapi::ErrorResponse),
         (status = 429, description = "Rate limited", body = crate::openapi::ErrorResponse),
+        (status = 503, description = "Try again with the same idempotency key", body = crate::openapi::ErrorResponse),
     )
 )]
 pub(crate) async fn create_refund(

@@ -244,15 +244,23 @@ impl TestStack {
 
     /// Creates a payment (customer `cust-<key>`, idempotency key `key`) and waits until it is
     /// SETTLED; its id.
+    /// Creates a payment that must be accepted (201) and returns its id.
+    pub async fn create_payment_id(&self, body: Value) -> String {
+        let (status, created) = self.create_payment(body).await;
+        assert_eq!(status, 201, "{created}");
+        created["payment_id"]
+            .as_str()
+            .expect("payment_id")
+            .to_owned()
+    }
+
     pub async fn settled_payment(&self, key: &str, amount_minor: i64, currency: &str) -> String {
-        let (status, body) = self
-            .create_payment(serde_json::json!({
+        let pid = self
+            .create_payment_id(serde_json::json!({
                 "customer_id": format!("cust-{key}"), "amount_cents": amount_minor,
                 "currency": currency, "idempotency_key": key
             }))
             .await;
-        assert_eq!(status, 201, "{body}");
-        let pid = body["payment_id"].as_str().expect("payment_id").to_owned();
         self.wait_for_status(&pid, "SETTLED", Duration::from_secs(40))
             .await;
         pid

@@ -185,8 +185,8 @@ async fn a_batch_commits_together_and_a_bad_message_in_it_costs_nothing() {
     sagapay_e2e::cleanup_namespace(&ns).await;
 }
 
-/// The offset group `group_id` committed for partition 0 of `topic`… summed over partitions
-/// (all messages of the test share one key, so one partition holds them all).
+/// The offsets group `group_id` committed on `topic`, summed over its partitions (the test's
+/// messages share one key, so one partition holds them all and the others stay at 0).
 async fn committed_offset(
     kafka: &sagapay_messaging::KafkaSettings,
     group_id: &str,

@@ -28,14 +28,12 @@ async fn a_malformed_message_is_dead_lettered_and_the_consumer_keeps_going() {
         .expect("produce garbage");
 
     // The same consumer (risk) still processes the payment that follows.
-    let (status, created) = stack
-        .create_payment(json!({
+    let payment_id = stack
+        .create_payment_id(json!({
             "customer_id": "cust-after-poison", "amount_cents": 700, "currency": "USD",
             "idempotency_key": "after-poison"
         }))
         .await;
-    assert_eq!(status, 201);
-    let payment_id = created["payment_id"].as_str().unwrap().to_owned();
     stack
         .wait_for_status(&payment_id, "SETTLED", Duration::from_secs(30))
         .await;

@@ -30,14 +30,12 @@ async fn publish(stack: &TestStack, env: &Envelope) {
 async fn illegal_and_stale_events_are_counted_and_never_applied() {
     let stack = TestStack::spawn().await;
     // Waits in review, so nothing else moves it.
-    let (status, body) = stack
-        .create_payment(json!({
+    let pid = stack
+        .create_payment_id(json!({
             "customer_id": "cust-ooo", "amount_cents": 150_000, "currency": "USD",
             "idempotency_key": "ooo-1"
         }))
         .await;
-    assert_eq!(status, 201);
-    let pid = body["payment_id"].as_str().unwrap().to_owned();
     stack.wait_for_status(&pid, "RISK_REVIEW", WAIT).await;
     let payment_id = Uuid::parse_str(&pid).unwrap();
 

@@ -27,14 +27,12 @@ async fn effects(stack: &TestStack, pid: Uuid) -> Vec<(&'static str, i64)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn delivering_every_event_of_a_settled_payment_again_changes_nothing() {
     let stack = TestStack::spawn().await;
-    let (status, created) = stack
-        .create_payment(json!({
+    let payment_id = stack
+        .create_payment_id(json!({
             "customer_id": "cust-dup", "amount_cents": 1234, "currency": "EUR",
             "idempotency_key": "dup-1"
         }))
         .await;
-    assert_eq!(status, 201);
-    let payment_id = created["payment_id"].as_str().unwrap().to_owned();
     let pid = Uuid::parse_str(&payment_id).unwrap();
     stack
         .wait_for_status(&payment_id, "SETTLED", Duration::from_secs(30))

@@ -124,14 +124,12 @@ async fn twenty_concurrent_refunds_never_exceed_the_captured_amount() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn refunding_a_payment_that_is_not_settled_is_a_conflict() {
     let stack = TestStack::spawn().await;
-    let (status, body) = stack
-        .create_payment(json!({
+    let pid = stack
+        .create_payment_id(json!({
             "customer_id": "cust-nr", "amount_cents": 150_000, "currency": "USD",
             "idempotency_key": "not-settled"
         }))
         .await;
-    assert_eq!(status, 201);
-    let pid = body["payment_id"].as_str().unwrap().to_owned();
     stack.wait_for_status(&pid, "RISK_REVIEW", WAIT).await;
     let (status, err) = refund(&stack, &pid, 100, "nr-1").await;
     assert_eq!(status, 409, "{err}");

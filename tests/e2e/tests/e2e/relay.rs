@@ -18,14 +18,12 @@ async fn a_relay_stopped_between_commit_and_publish_loses_nothing_once_it_runs_a
         ..StackOptions::default()
     })
     .await;
-    let (status, created) = stack
-        .create_payment(json!({
+    let payment_id = stack
+        .create_payment_id(json!({
             "customer_id": "cust-relay", "amount_cents": 999, "currency": "GBP",
             "idempotency_key": "relay-1"
         }))
         .await;
-    assert_eq!(status, 201);
-    let payment_id = created["payment_id"].as_str().unwrap().to_owned();
     let orch = stack.db("orchestrator").await;
     let unpublished: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM outbox WHERE message_key = $1 AND published_at IS NULL",

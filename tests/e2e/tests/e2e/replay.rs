@@ -27,14 +27,12 @@ async fn replaying_a_dead_lettered_event_after_its_cause_is_fixed_completes_the_
         ..StackOptions::default()
     })
     .await;
-    let (status, body) = stack
-        .create_payment(json!({
+    let pid = stack
+        .create_payment_id(json!({
             "customer_id": "cust-eur", "amount_cents": 4_000, "currency": "EUR",
             "idempotency_key": "eur-1"
         }))
         .await;
-    assert_eq!(status, 201, "{body}");
-    let pid = body["payment_id"].as_str().unwrap().to_owned();
     let ledger_letters = Filter {
         service: Some("ledger".into()),
         ..Filter::default()
@@ -76,14 +74,12 @@ async fn replaying_a_dead_lettered_event_after_its_cause_is_fixed_completes_the_
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn replaying_an_event_that_was_already_processed_has_no_second_effect() {
     let stack = TestStack::spawn().await;
-    let (status, body) = stack
-        .create_payment(json!({
+    let pid = stack
+        .create_payment_id(json!({
             "customer_id": "cust-replay", "amount_cents": 2_000, "currency": "USD",
             "idempotency_key": "replay-1", "payment_method": "pm_card_timeout"
         }))
         .await;
-    assert_eq!(status, 201, "{body}");
-    let pid = body["payment_id"].as_str().unwrap().to_owned();
     stack.wait_for_status(&pid, "REVERSED", WAIT).await;
 
     let exhausted = Filter {
