@@ -43,12 +43,72 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 /// Where a message came from, and its headers.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct MessageContext {
     pub topic: String,
     pub partition: i32,
     pub offset: i64,
     pub headers: MessageHeaders,
+    after_commit: AfterCommit,
+}
+
+impl MessageContext {
+    fn new(msg: &OwnedMessage) -> Self {
+        Self {
+            topic: msg.topic().to_owned(),
+            partition: msg.partition(),
+            offset: msg.offset(),
+            headers: MessageHeaders::from_kafka(msg.headers()),
+            after_commit: AfterCommit::default(),
+        }
+    }
+
+    /// Runs `effect` once the transaction the handler ran in has committed, and never if it
+    /// rolls back (a batch split after a later message failed, a retried attempt). For
+    /// effects outside the database that must happen once per applied event: metrics, mostly.
+    pub fn after_commit(&self, effect: impl FnOnce() + Send + 'static) {
+        self.after_commit.push(Box::new(effect));
+    }
+}
+
+type Effect = Box<dyn FnOnce() + Send>;
+
+/// Effects waiting for their transaction's commit.
+#[derive(Default)]
+struct AfterCommit(std::sync::Mutex<Vec<Effect>>);
+
+impl std::fmt::Debug for AfterCommit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AfterCommit")
+            .field("waiting", &self.lock().len())
+            .finish()
+    }
+}
+
+impl AfterCommit {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Effect>> {
+        // A panicking effect cannot leave the list half-changed: recover it.
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn push(&self, effect: Effect) {
+        self.lock().push(effect);
+    }
+
+    /// The transaction committed: run what waited for it.
+    fn run(&self) {
+        let effects = std::mem::take(&mut *self.lock());
+        for effect in effects {
+            effect();
+        }
+    }
+
+    /// The transaction rolled back: forget what waited for it.
+    fn discard(&self) {
+        self.lock().clear();
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -373,12 +433,7 @@ impl<H: Handler> InboxConsumer<H> {
     async fn try_batch(&self, batch: &[OwnedMessage]) -> Result<(), usize> {
         let mut items = Vec::with_capacity(batch.len());
         for (i, msg) in batch.iter().enumerate() {
-            let mut ctx = MessageContext {
-                topic: msg.topic().to_owned(),
-                partition: msg.partition(),
-                offset: msg.offset(),
-                headers: MessageHeaders::from_kafka(msg.headers()),
-            };
+            let mut ctx = MessageContext::new(msg);
             // A message that is not an envelope is dead-lettered by the one-by-one path.
             let envelope = parse(msg.payload().unwrap_or_default(), &ctx.topic).map_err(|_| i)?;
             let span = consume_span(&envelope, &ctx);
@@ -420,7 +475,8 @@ impl<H: Handler> InboxConsumer<H> {
             tracing::debug!(error = %e, "batch commit failed");
             return Err(0);
         }
-        for ((envelope, _, span), inserted) in items.iter().zip(fresh) {
+        for ((envelope, ctx, span), inserted) in items.iter().zip(fresh) {
+            ctx.after_commit.run();
             self.observe_queue_delay(envelope);
             if inserted {
                 self.metrics
@@ -484,12 +540,7 @@ impl<H: Handler> InboxConsumer<H> {
         msg: &OwnedMessage,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<Processed> {
-        let mut ctx = MessageContext {
-            topic: msg.topic().to_owned(),
-            partition: msg.partition(),
-            offset: msg.offset(),
-            headers: MessageHeaders::from_kafka(msg.headers()),
-        };
+        let mut ctx = MessageContext::new(msg);
         let value = msg.payload().unwrap_or_default();
         let envelope = match parse(value, &ctx.topic) {
             Ok(env) => env,
@@ -563,6 +614,8 @@ impl<H: Handler> InboxConsumer<H> {
             otel.kind = "client",
             db.system = "postgresql"
         );
+        // Whatever an earlier, rolled-back attempt left waiting never happened.
+        ctx.after_commit.discard();
         async {
             let mut tx = self.pool.begin().await?;
             if !self.record_in_inbox(&mut tx, envelope, ctx).await? {
@@ -572,6 +625,7 @@ impl<H: Handler> InboxConsumer<H> {
             }
             self.handler.handle(&mut tx, envelope, ctx).await?;
             tx.commit().await?;
+            ctx.after_commit.run();
             self.metrics
                 .events_consumed_total
                 .with_label_values(&[&envelope.event_type])

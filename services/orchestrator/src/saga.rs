@@ -50,11 +50,12 @@ impl Handler for Saga {
                 let ev: RiskApproved = env.decode()?;
                 let allowed = [PaymentStatus::Created, PaymentStatus::RiskReview];
                 if let Step::Ignore(why) = self.expect(&payment, &allowed, env) {
-                    return self.ignored(env, why);
+                    return self.ignored(ctx, env, why);
                 }
                 let reason = format!("risk approved: {}", ev.reason);
                 self.apply(
                     conn,
+                    ctx,
                     &payment,
                     PaymentStatus::Approved,
                     &reason,
@@ -74,11 +75,12 @@ impl Handler for Saga {
             EventType::RiskReviewRequired => {
                 let ev: RiskReviewRequired = env.decode()?;
                 if let Step::Ignore(why) = self.expect(&payment, &[PaymentStatus::Created], env) {
-                    return self.ignored(env, why);
+                    return self.ignored(ctx, env, why);
                 }
                 let reason = format!("risk review required: {}", ev.reason);
                 self.apply(
                     conn,
+                    ctx,
                     &payment,
                     PaymentStatus::RiskReview,
                     &reason,
@@ -91,11 +93,12 @@ impl Handler for Saga {
                 let ev: RiskDenied = env.decode()?;
                 let allowed = [PaymentStatus::Created, PaymentStatus::RiskReview];
                 if let Step::Ignore(why) = self.expect(&payment, &allowed, env) {
-                    return self.ignored(env, why);
+                    return self.ignored(ctx, env, why);
                 }
                 let reason = format!("risk denied: {}", ev.reason);
                 self.end(
                     conn,
+                    ctx,
                     &payment,
                     PaymentStatus::Failed,
                     &reason,
@@ -108,7 +111,7 @@ impl Handler for Saga {
             EventType::PaymentFailed => {
                 let ev: PaymentFailed = env.decode()?;
                 if let Step::Ignore(why) = self.expect(&payment, &[PaymentStatus::Approved], env) {
-                    return self.ignored(env, why);
+                    return self.ignored(ctx, env, why);
                 }
                 let reason = format!(
                     "declined by {} ({}): {}",
@@ -116,6 +119,7 @@ impl Handler for Saga {
                 );
                 self.end(
                     conn,
+                    ctx,
                     &payment,
                     PaymentStatus::Failed,
                     &reason,
@@ -128,7 +132,7 @@ impl Handler for Saga {
             EventType::PaymentAuthorized => {
                 let ev: PaymentAuthorized = env.decode()?;
                 if let Step::Ignore(why) = self.expect(&payment, &[PaymentStatus::Approved], env) {
-                    return self.ignored(env, why);
+                    return self.ignored(ctx, env, why);
                 }
                 let reason = format!("authorized by {} ({})", ev.provider, ev.authorization_id);
                 let facts = Facts {
@@ -137,6 +141,7 @@ impl Handler for Saga {
                 };
                 self.apply(
                     conn,
+                    ctx,
                     &payment,
                     PaymentStatus::Authorized,
                     &reason,
@@ -155,15 +160,23 @@ impl Handler for Saga {
                 let ev: PaymentCaptured = env.decode()?;
                 if let Step::Ignore(why) = self.expect(&payment, &[PaymentStatus::Authorized], env)
                 {
-                    return self.ignored(env, why);
+                    return self.ignored(ctx, env, why);
                 }
                 let reason = format!("captured by {} ({})", ev.provider, ev.capture_id);
                 let facts = Facts {
                     capture_id: Some(&ev.capture_id),
                     ..Facts::default()
                 };
-                self.apply(conn, &payment, PaymentStatus::Captured, &reason, env, facts)
-                    .await?;
+                self.apply(
+                    conn,
+                    ctx,
+                    &payment,
+                    PaymentStatus::Captured,
+                    &reason,
+                    env,
+                    facts,
+                )
+                .await?;
                 let next = env.follow_up(&LedgerPostRequested {
                     merchant_id: payment.merchant_id,
                     capture_id: ev.capture_id.clone(),
@@ -175,7 +188,7 @@ impl Handler for Saga {
             EventType::PaymentSettled => {
                 let ev: PaymentSettled = env.decode()?;
                 if let Step::Ignore(why) = self.expect(&payment, &[PaymentStatus::Captured], env) {
-                    return self.ignored(env, why);
+                    return self.ignored(ctx, env, why);
                 }
                 let reason = format!("ledger posted ({})", ev.journal_transaction_id);
                 let facts = Facts {
@@ -184,6 +197,7 @@ impl Handler for Saga {
                 };
                 self.end(
                     conn,
+                    ctx,
                     &payment,
                     PaymentStatus::Settled,
                     &reason,
@@ -195,13 +209,13 @@ impl Handler for Saga {
             }
             EventType::ProviderRetriesExhausted => {
                 let ev: ProviderRetriesExhausted = env.decode()?;
-                self.on_retries_exhausted(conn, &payment, &ev, env, &headers)
+                self.on_retries_exhausted(conn, ctx, &payment, &ev, env, &headers)
                     .await?;
             }
             EventType::LedgerPostFailed => {
                 let ev: LedgerPostFailed = env.decode()?;
                 if let Step::Ignore(why) = self.expect(&payment, &[PaymentStatus::Captured], env) {
-                    return self.ignored(env, why);
+                    return self.ignored(ctx, env, why);
                 }
                 let capture_id = payment.capture_id.clone().ok_or_else(|| {
                     HandlerError::permanent(anyhow!("captured payment without capture_id"))
@@ -228,7 +242,7 @@ impl Handler for Saga {
                     PaymentStatus::Captured,
                 ];
                 if let Step::Ignore(why) = self.expect(&payment, &allowed, env) {
-                    return self.ignored(env, why);
+                    return self.ignored(ctx, env, why);
                 }
                 let what = match ev.operation {
                     ProviderOperation::Refund => "capture refunded",
@@ -240,6 +254,7 @@ impl Handler for Saga {
                 );
                 self.end(
                     conn,
+                    ctx,
                     &payment,
                     PaymentStatus::Reversed,
                     &reason,
@@ -262,7 +277,7 @@ impl Handler for Saga {
                 .await?
                 .rows_affected();
                 if updated == 0 {
-                    return self.ignored(env, "stale");
+                    return self.ignored(ctx, env, "stale");
                 }
                 let reason = format!(
                     "refund {} refunded by {} ({})",
@@ -281,7 +296,7 @@ impl Handler for Saga {
                 let ev: RefundPosted = env.decode()?;
                 let allowed = [PaymentStatus::Settled, PaymentStatus::PartiallyRefunded];
                 if let Step::Ignore(why) = self.expect(&payment, &allowed, env) {
-                    return self.ignored(env, why);
+                    return self.ignored(ctx, env, why);
                 }
                 let updated = sqlx::query(
                     "UPDATE refunds SET status = 'SUCCEEDED', journal_transaction_id = $2, updated_at = now()
@@ -294,7 +309,7 @@ impl Handler for Saga {
                 .await?
                 .rows_affected();
                 if updated == 0 {
-                    return self.ignored(env, "stale");
+                    return self.ignored(ctx, env, "stale");
                 }
                 let refunded: i64 = sqlx::query_scalar(
                     "SELECT COALESCE(sum(amount_minor), 0)::bigint FROM refunds
@@ -317,10 +332,19 @@ impl Handler for Saga {
                     ev.refund_id, ev.journal_transaction_id, payment.amount_minor, payment.currency
                 );
                 if to == PaymentStatus::Refunded {
-                    self.end(conn, &payment, to, &reason, env, Facts::default(), &headers)
-                        .await?;
+                    self.end(
+                        conn,
+                        ctx,
+                        &payment,
+                        to,
+                        &reason,
+                        env,
+                        Facts::default(),
+                        &headers,
+                    )
+                    .await?;
                 } else {
-                    self.apply(conn, &payment, to, &reason, env, Facts::default())
+                    self.apply(conn, ctx, &payment, to, &reason, env, Facts::default())
                         .await?;
                 }
             }
@@ -339,6 +363,7 @@ impl Saga {
     async fn on_retries_exhausted(
         &self,
         conn: &mut PgConnection,
+        ctx: &MessageContext,
         payment: &PaymentRow,
         ev: &ProviderRetriesExhausted,
         env: &Envelope,
@@ -372,16 +397,17 @@ impl Saga {
                     ev.attempts, ev.last_error
                 );
                 tracing::error!(payment_id = %payment.payment_id, %reason, "compensation failed");
-                self.metrics
+                let failed = self
+                    .metrics
                     .compensations_failed_total
-                    .with_label_values(&[op])
-                    .inc();
+                    .with_label_values(&[op]);
+                ctx.after_commit(move || failed.inc());
                 store::record_step(conn, payment, &reason, Some(env.event_id)).await?;
                 return Ok(());
             }
         };
         if let Step::Ignore(why) = self.expect(payment, &[expected], env) {
-            return self.ignored(env, why);
+            return self.ignored(ctx, env, why);
         }
         let reason = format!(
             "{op} outcome unknown after {} attempts ({}): voiding the authorization",
@@ -430,17 +456,24 @@ impl Saga {
         }
     }
 
-    fn ignored(&self, env: &Envelope, why: &'static str) -> Result<(), HandlerError> {
-        self.metrics
+    fn ignored(
+        &self,
+        ctx: &MessageContext,
+        env: &Envelope,
+        why: &'static str,
+    ) -> Result<(), HandlerError> {
+        let ignored = self
+            .metrics
             .events_ignored_total
-            .with_label_values(&[&env.event_type, why])
-            .inc();
+            .with_label_values(&[&env.event_type, why]);
+        ctx.after_commit(move || ignored.inc());
         Ok(())
     }
 
     async fn apply(
         &self,
         conn: &mut PgConnection,
+        ctx: &MessageContext,
         payment: &PaymentRow,
         to: PaymentStatus,
         reason: &str,
@@ -449,10 +482,11 @@ impl Saga {
     ) -> Result<(), HandlerError> {
         match store::transition(conn, payment, to, reason, Some(env.event_id), facts).await {
             Ok(()) => {
-                self.metrics
+                let transitions = self
+                    .metrics
                     .transitions_total
-                    .with_label_values(&[payment.status.as_str(), to.as_str()])
-                    .inc();
+                    .with_label_values(&[payment.status.as_str(), to.as_str()]);
+                ctx.after_commit(move || transitions.inc());
                 tracing::info!(payment_id = %payment.payment_id, from = %payment.status, to = %to, "transition");
                 Ok(())
             }
@@ -471,6 +505,7 @@ impl Saga {
     async fn end(
         &self,
         conn: &mut PgConnection,
+        ctx: &MessageContext,
         payment: &PaymentRow,
         status: PaymentStatus,
         reason: &str,
@@ -478,15 +513,16 @@ impl Saga {
         facts: Facts<'_>,
         headers: &sagapay_messaging::MessageHeaders,
     ) -> Result<(), HandlerError> {
-        self.apply(conn, payment, status, reason, env, facts)
+        self.apply(conn, ctx, payment, status, reason, env, facts)
             .await?;
-        self.finalize(conn, payment, status, reason, env, headers)
+        self.finalize(conn, ctx, payment, status, reason, env, headers)
             .await
     }
 
     async fn finalize(
         &self,
         conn: &mut PgConnection,
+        ctx: &MessageContext,
         payment: &PaymentRow,
         status: PaymentStatus,
         reason: &str,
@@ -498,15 +534,20 @@ impl Saga {
             .to_std()
             .map(|d| d.as_secs_f64())
             .unwrap_or(0.0);
-        self.metrics
-            .payment_e2e_seconds
-            .with_label_values(&[status.as_str()])
-            .observe(elapsed_s);
         let (amount_minor, currency) = (amount(payment)?, currency(payment)?);
-        self.metrics
+        let e2e = self
+            .metrics
+            .payment_e2e_seconds
+            .with_label_values(&[status.as_str()]);
+        let finalized_amount = self
+            .metrics
             .finalized_amount_minor_total
-            .with_label_values(&[status.as_str(), currency.as_str()])
-            .inc_by(amount_minor.get().unsigned_abs());
+            .with_label_values(&[status.as_str(), currency.as_str()]);
+        let amount_abs_minor = amount_minor.get().unsigned_abs();
+        ctx.after_commit(move || {
+            e2e.observe(elapsed_s);
+            finalized_amount.inc_by(amount_abs_minor);
+        });
         let next = env.follow_up(&PaymentFinalized {
             status,
             merchant_id: payment.merchant_id,

@@ -13,10 +13,11 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-/// Records each event it handles in `handled`, in the consumer's transaction; refuses one
-/// event as permanently wrong.
+/// Records each event it handles in `handled`, in the consumer's transaction, and counts it
+/// in `effects` after that transaction commits; refuses one event as permanently wrong.
 struct Recorder {
     refused: Uuid,
+    effects: Arc<std::sync::Mutex<Vec<Uuid>>>,
 }
 
 impl Handler for Recorder {
@@ -36,6 +37,8 @@ impl Handler for Recorder {
             .bind(ctx.offset)
             .execute(conn)
             .await?;
+        let (effects, event_id) = (self.effects.clone(), envelope.event_id);
+        ctx.after_commit(move || effects.lock().unwrap().push(event_id));
         Ok(())
     }
 }
@@ -45,7 +48,9 @@ impl Handler for Recorder {
 /// consumer starts (one lane, batches of up to 32); the 11th is refused by the handler and the
 /// 21st repeats the 6th. Every other event is applied exactly once and in offset order, the
 /// refused one is dead-lettered, the repeat is counted as a duplicate, batches of two or more
-/// were committed, and the committed offset covers all 30 messages.
+/// were committed, and the committed offset covers all 30 messages. Effects a handler asks to
+/// run after commit ran once per applied event, although the first ten were handled in a
+/// transaction that rolled back before they were committed again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_batch_commits_together_and_a_bad_message_in_it_costs_nothing() {
     let ns = fresh_namespace();
@@ -96,11 +101,15 @@ async fn a_batch_commits_together_and_a_bad_message_in_it_costs_nothing() {
     let registry = prometheus::Registry::new();
     let metrics = MessagingMetrics::register(&registry).unwrap();
     let group_id = ns.consumer_group("risk");
+    let effects = Arc::new(std::sync::Mutex::new(Vec::new()));
     let consumer = InboxConsumer::new(
         common.kafka.consumer(&group_id, "batch-test").unwrap(),
         producer,
         pool.clone(),
-        Arc::new(Recorder { refused }),
+        Arc::new(Recorder {
+            refused,
+            effects: effects.clone(),
+        }),
         ConsumerSettings {
             consumer_name: "risk".into(),
             group_id,
@@ -137,6 +146,19 @@ async fn a_batch_commits_together_and_a_bad_message_in_it_costs_nothing() {
     .await;
     let handled_ids: Vec<Uuid> = handled.iter().map(|(id, _)| *id).collect();
     assert_eq!(handled_ids, expected, "each applied once, in offset order");
+    let after_commit = eventually(
+        Duration::from_secs(10),
+        "after-commit effects of the 28 applied events",
+        || {
+            let seen = effects.lock().unwrap().clone();
+            async move { (seen.len() >= 28).then_some(seen) }
+        },
+    )
+    .await;
+    assert_eq!(
+        after_commit, expected,
+        "after-commit effects ran once per applied event, never for a rolled-back attempt"
+    );
 
     let reader = topic_reader(&ns, &ns.dead_letter_topic()).unwrap();
     let raw = read_until(&reader, Duration::from_secs(20), |_| true).await;
