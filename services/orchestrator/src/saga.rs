@@ -104,7 +104,6 @@ impl Handler for Saga {
                     &reason,
                     env,
                     Facts::default(),
-                    &headers,
                 )
                 .await?;
             }
@@ -125,7 +124,6 @@ impl Handler for Saga {
                     &reason,
                     env,
                     Facts::default(),
-                    &headers,
                 )
                 .await?;
             }
@@ -203,7 +201,6 @@ impl Handler for Saga {
                     &reason,
                     env,
                     facts,
-                    &headers,
                 )
                 .await?;
             }
@@ -260,7 +257,6 @@ impl Handler for Saga {
                     &reason,
                     env,
                     Facts::default(),
-                    &headers,
                 )
                 .await?;
             }
@@ -332,17 +328,8 @@ impl Handler for Saga {
                     ev.refund_id, ev.journal_transaction_id, payment.amount_minor, payment.currency
                 );
                 if to == PaymentStatus::Refunded {
-                    self.end(
-                        conn,
-                        ctx,
-                        &payment,
-                        to,
-                        &reason,
-                        env,
-                        Facts::default(),
-                        &headers,
-                    )
-                    .await?;
+                    self.end(conn, ctx, &payment, to, &reason, env, Facts::default())
+                        .await?;
                 } else {
                     self.apply(conn, ctx, &payment, to, &reason, env, Facts::default())
                         .await?;
@@ -470,6 +457,7 @@ impl Saga {
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn apply(
         &self,
         conn: &mut PgConnection,
@@ -511,12 +499,10 @@ impl Saga {
         reason: &str,
         env: &Envelope,
         facts: Facts<'_>,
-        headers: &sagapay_messaging::MessageHeaders,
     ) -> Result<(), HandlerError> {
         self.apply(conn, ctx, payment, status, reason, env, facts)
             .await?;
-        self.finalize(conn, ctx, payment, status, reason, env, headers)
-            .await
+        self.finalize(conn, ctx, payment, status, reason, env).await
     }
 
     async fn finalize(
@@ -527,7 +513,6 @@ impl Saga {
         status: PaymentStatus,
         reason: &str,
         env: &Envelope,
-        headers: &sagapay_messaging::MessageHeaders,
     ) -> Result<(), HandlerError> {
         debug_assert!(status.is_terminal());
         let elapsed_s = (chrono::Utc::now() - payment.created_at)
@@ -557,7 +542,9 @@ impl Saga {
             reason: reason.to_owned(),
             created_at: payment.created_at,
         });
-        self.outbox.enqueue(conn, &next, headers).await?;
+        self.outbox
+            .enqueue(conn, &next, &ctx.headers.propagated())
+            .await?;
         Ok(())
     }
 }
