@@ -122,3 +122,112 @@ async fn rows_claimed_by_a_crashed_relay_are_published_after_the_claim_expires()
     pool.close().await;
     sagapay_e2e::cleanup_namespace(&ns).await;
 }
+
+/// A running relay marks delivered rows with its next claim (one statement for both), so the
+/// mark of a row waits for the next commit's notification; at shutdown it writes the marks it
+/// still holds. Both timers are set far out, so only a claim or the shutdown can mark.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn delivered_rows_are_marked_by_the_next_claim_and_at_shutdown() {
+    let ns = fresh_namespace();
+    let common = config("orchestrator", &ns);
+    let pool = sagapay_service_kit::db::prepare(&common, refinery::Runner::new(&[]))
+        .await
+        .unwrap();
+    let topic = ns.topic("risk.approved");
+    common
+        .kafka
+        .ensure_topics(std::slice::from_ref(&topic))
+        .await
+        .unwrap();
+    let registry = prometheus::Registry::new();
+    let metrics = MessagingMetrics::register(&registry).unwrap();
+    let relay = OutboxRelay::new(
+        pool.clone(),
+        common.kafka.producer("relay-test").unwrap(),
+        RelaySettings {
+            poll_interval: Duration::from_secs(600),
+            mark_delay: Duration::from_secs(600),
+            ..RelaySettings::default()
+        },
+        metrics,
+    );
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let running = tokio::spawn(relay.run(shutdown.clone()));
+    let reader = topic_reader(&ns, &topic).unwrap();
+    let outbox = Outbox::new(ns.clone());
+    let published = |event_id: Uuid| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, bool>(
+                "SELECT published_at IS NOT NULL FROM outbox WHERE event_id = $1",
+            )
+            .bind(event_id)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    let commit_and_read = |reason: &'static str| {
+        let (pool, outbox, reader) = (pool.clone(), outbox.clone(), &reader);
+        async move {
+            let envelope = Envelope::new(
+                Uuid::now_v7(),
+                None,
+                "corr",
+                &RiskApproved {
+                    reason: reason.into(),
+                },
+            );
+            let mut tx = pool.begin().await.unwrap();
+            outbox
+                .enqueue(&mut tx, &envelope, &MessageHeaders::default())
+                .await
+                .unwrap();
+            tx.commit().await.unwrap();
+            let id = envelope.event_id.to_string();
+            read_until(reader, Duration::from_secs(20), |p| {
+                Envelope::from_json(p)
+                    .map(|e| e.event_id.to_string() == id)
+                    .unwrap_or(false)
+            })
+            .await;
+            envelope.event_id
+        }
+    };
+
+    // The relay has not started listening before its first pass; wait for that pass.
+    eventually(Duration::from_secs(10), "the relay to listen", || {
+        let pool = pool.clone();
+        async move {
+            let listening: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity
+                  WHERE datname = current_database() AND query LIKE 'LISTEN%'",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            (listening > 0).then_some(())
+        }
+    })
+    .await;
+    let first = commit_and_read("first").await;
+    assert!(
+        !published(first).await,
+        "delivered, and its mark waits for the next claim"
+    );
+    let second = commit_and_read("second").await;
+    eventually(
+        Duration::from_secs(10),
+        "the claim of the second row to mark the first",
+        || async { published(first).await.then_some(()) },
+    )
+    .await;
+    assert!(!published(second).await);
+
+    shutdown.cancel();
+    running.await.unwrap().unwrap();
+    assert!(published(second).await, "marked at shutdown");
+
+    pool.close().await;
+    sagapay_e2e::cleanup_namespace(&ns).await;
+}
