@@ -12,7 +12,7 @@
 //! | `SAGAPAY_KAFKA_CONSUMER_CONFIG` | empty | librdkafka consumer properties over ours, `k=v,k=v` |
 //! | `SAGAPAY_HTTP_ADDR` | `127.0.0.1:<service port>` | where the HTTP API listens |
 //! | `SAGAPAY_DB_POOL_SIZE` | `16` | connections in the service's pool |
-//! | `SAGAPAY_CONSUMER_LANES` | `8` | Kafka messages a service handles at once (by payment; below the pool size) |
+//! | `SAGAPAY_CONSUMER_LANES` | `8` | Kafka messages a service handles at once (by payment; below the pool size); the ledger always uses one |
 //! | `SAGAPAY_CONSUMER_BATCH` | `32` | most messages waiting for a lane that share one transaction (1: none) |
 //! | `SAGAPAY_OUTBOX_CLAIM_TIMEOUT_MS` | `30000` | how long a crashed relay's claimed rows wait before another relay takes them |
 

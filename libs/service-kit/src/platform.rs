@@ -85,13 +85,27 @@ impl Platform {
         builder.spawn("outbox-relay", move |shutdown| relay.run(shutdown));
     }
 
-    /// Starts an inbox consumer of `consumes` that runs `handler`.
+    /// Starts an inbox consumer of `consumes` that runs `handler` in the configured number of
+    /// lanes (`SAGAPAY_CONSUMER_LANES`).
     pub fn spawn_consumer<H: Handler>(
         &self,
         builder: &mut ServiceBuilder,
         handler: Arc<H>,
         consumes: &[EventType],
     ) -> anyhow::Result<()> {
+        self.spawn_consumer_in_lanes(builder, handler, consumes, self.config.consumer_lanes)
+    }
+
+    /// Starts an inbox consumer of `consumes` that runs `handler` in `lanes` lanes, for a
+    /// service whose handlers must not run in parallel with each other.
+    pub fn spawn_consumer_in_lanes<H: Handler>(
+        &self,
+        builder: &mut ServiceBuilder,
+        handler: Arc<H>,
+        consumes: &[EventType],
+        lanes: usize,
+    ) -> anyhow::Result<()> {
+        assert!(lanes >= 1, "a consumer needs at least one lane");
         let group_id = self.config.namespace.consumer_group(self.config.service);
         let consumer = self.config.kafka.consumer(&group_id, self.config.service)?;
         let settings = ConsumerSettings {
@@ -101,7 +115,7 @@ impl Platform {
             dead_letter_topic: self.config.namespace.dead_letter_topic(),
             retry_initial: Duration::from_millis(100),
             retry_max: Duration::from_secs(5),
-            lanes: self.config.consumer_lanes,
+            lanes,
             max_batch: self.config.consumer_batch,
         };
         let inbox = InboxConsumer::new(

@@ -140,14 +140,17 @@ async fn ensure_accounts(
 }
 
 /// Inserts a journal transaction's entries in one statement; entries of zero are skipped
-/// (the schema allows only positive amounts).
+/// (the schema allows only positive amounts). Each entry's trigger locks its account's
+/// balance row, so entries go in account-id order: two postings never lock the same two
+/// balances in opposite orders (a capture and a refund of one merchant, for instance).
 async fn insert_entries(
     conn: &mut PgConnection,
     transaction_id: Uuid,
     currency: Currency,
     entries: &[(&str, &str, i64)],
 ) -> sqlx::Result<()> {
-    let entries: Vec<&(&str, &str, i64)> = entries.iter().filter(|e| e.2 > 0).collect();
+    let mut entries: Vec<&(&str, &str, i64)> = entries.iter().filter(|e| e.2 > 0).collect();
+    entries.sort_by_key(|e| e.0);
     let accounts: Vec<&str> = entries.iter().map(|e| e.0).collect();
     let directions: Vec<&str> = entries.iter().map(|e| e.1).collect();
     let amounts: Vec<i64> = entries.iter().map(|e| e.2).collect();
@@ -353,7 +356,11 @@ pub async fn start(config: Config) -> anyhow::Result<ServiceHandle> {
         currencies: config.currencies.clone(),
         fees: config.fees,
     });
-    platform.spawn_consumer(&mut builder, handler, CONSUMES)?;
+    // One lane: every posting locks its currency's shared balances (provider clearing, fee
+    // revenue), so parallel lanes would only wait for each other, and a batch holds the locks
+    // of all its postings until it commits: two batches in parallel could take them in
+    // opposite orders and deadlock. One lane posts batch after batch, never waiting on itself.
+    platform.spawn_consumer_in_lanes(&mut builder, handler, CONSUMES, 1)?;
     let router = platform.router(api::routes(platform.pool.clone()));
     builder.serve(config.common.http_addr, router).await
 }

@@ -61,7 +61,7 @@ async fn a_payment_settles_with_the_exact_timeline_balanced_ledger_and_one_notif
     let rows: Vec<(String, String, i64, String)> = sqlx::query_as(
         "SELECT e.account_id, e.direction, e.amount_minor, e.currency
            FROM ledger_entries e JOIN journal_transactions t USING (transaction_id)
-          WHERE t.payment_id = $1 ORDER BY e.entry_id",
+          WHERE t.payment_id = $1 ORDER BY e.account_id",
     )
     .bind(pid)
     .fetch_all(&ledger)
@@ -74,9 +74,9 @@ async fn a_payment_settles_with_the_exact_timeline_balanced_ledger_and_one_notif
     assert_eq!(
         shape,
         vec![
-            ("provider_clearing".to_owned(), "DEBIT", 2500),
-            ("merchant_payable".to_owned(), "CREDIT", 2397),
             ("fee_revenue".to_owned(), "CREDIT", 103),
+            ("merchant_payable".to_owned(), "CREDIT", 2397),
+            ("provider_clearing".to_owned(), "DEBIT", 2500),
         ]
     );
     assert!(rows.iter().all(|r| r.3 == "USD"));
