@@ -21,4 +21,4 @@ pub use deadletter::{Classification, DeadLetter};
 pub use headers::MessageHeaders;
 pub use kafka::KafkaSettings;
 pub use metrics::MessagingMetrics;
-pub use outbox::{Outbox, OutboxRelay, RelaySettings};
+pub use outbox::{Outbox, OutboxRelay, OutboxRow, RelaySettings, OUTBOX_COLUMNS};

@@ -26,6 +26,12 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+macro_rules! outbox_columns {
+    () => {
+        "event_id, event_type, topic, message_key, payload, headers"
+    };
+}
+
 /// The channel the outbox trigger notifies on commit.
 pub const NOTIFY_CHANNEL: &str = "sagapay_outbox";
 
@@ -48,23 +54,57 @@ impl Outbox {
         envelope: &Envelope,
         inherited: &MessageHeaders,
     ) -> sqlx::Result<()> {
+        let row = self.row(envelope, inherited);
+        let sql = concat!(
+            "INSERT INTO outbox (",
+            outbox_columns!(),
+            ") VALUES ($1, $2, $3, $4, $5, $6)"
+        );
+        row.bind(sqlx::query(sql)).execute(conn).await?;
+        Ok(())
+    }
+
+    /// The outbox row of `envelope`, for a statement that inserts it together with the change
+    /// that causes it (one round trip instead of two): list [`OUTBOX_COLUMNS`] and give the
+    /// row's values with [`OutboxRow::bind`].
+    pub fn row<'a>(&self, envelope: &'a Envelope, inherited: &MessageHeaders) -> OutboxRow<'a> {
         let mut headers = inherited.clone();
         headers.set(headers::EVENT_ID, envelope.event_id.to_string());
         headers.set(headers::EVENT_TYPE, envelope.event_type.clone());
         headers.set(headers::CORRELATION_ID, envelope.correlation_id.clone());
-        sqlx::query(
-            "INSERT INTO outbox (event_id, event_type, topic, message_key, payload, headers)
-             VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(envelope.event_id)
-        .bind(&envelope.event_type)
-        .bind(self.namespace.topic(&envelope.event_type))
-        .bind(envelope.payment_id.to_string())
-        .bind(sqlx::types::Json(envelope))
-        .bind(sqlx::types::Json(&headers))
-        .execute(conn)
-        .await?;
-        Ok(())
+        OutboxRow {
+            envelope,
+            topic: self.namespace.topic(&envelope.event_type),
+            headers,
+        }
+    }
+}
+
+/// The columns [`OutboxRow::bind`] gives values for, in its order.
+pub const OUTBOX_COLUMNS: &str = outbox_columns!();
+
+/// One outbox row to insert (see [`Outbox::row`]).
+#[derive(Debug)]
+pub struct OutboxRow<'a> {
+    envelope: &'a Envelope,
+    topic: String,
+    headers: MessageHeaders,
+}
+
+impl<'a> OutboxRow<'a> {
+    /// Binds the row's six values, in the order of [`OUTBOX_COLUMNS`], as the query's next
+    /// parameters.
+    pub fn bind<'q>(
+        &'q self,
+        query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+        query
+            .bind(self.envelope.event_id)
+            .bind(&self.envelope.event_type)
+            .bind(&self.topic)
+            .bind(self.envelope.payment_id.to_string())
+            .bind(sqlx::types::Json(self.envelope))
+            .bind(sqlx::types::Json(&self.headers))
     }
 }
 

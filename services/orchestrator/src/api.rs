@@ -75,9 +75,23 @@ async fn create_payment(
 ) -> Result<Response, ApiError> {
     let fp = fingerprint(&req);
     let payment_id = Uuid::now_v7();
-    let mut tx = state.pool.begin().await?;
+    let envelope = Envelope::new(
+        payment_id,
+        None,
+        &ctx.correlation_id,
+        &PaymentRequested {
+            merchant_id: req.merchant_id,
+            customer_id: req.customer_id.clone(),
+            amount_minor: req.amount_cents,
+            currency: req.currency,
+            payment_method: req.payment_method.clone(),
+        },
+    );
+    let mut headers = MessageHeaders::default();
+    headers.set(TRACEPARENT, ctx.traceparent.clone());
+    let mut conn = state.pool.acquire().await?;
     let inserted = store::insert_payment(
-        &mut tx,
+        &mut conn,
         &NewPayment {
             payment_id,
             merchant_id: req.merchant_id,
@@ -89,25 +103,10 @@ async fn create_payment(
             correlation_id: &ctx.correlation_id,
             payment_method: &req.payment_method,
         },
+        &state.outbox.row(&envelope, &headers),
     )
     .await?;
     if inserted {
-        let envelope = Envelope::new(
-            payment_id,
-            None,
-            &ctx.correlation_id,
-            &PaymentRequested {
-                merchant_id: req.merchant_id,
-                customer_id: req.customer_id.clone(),
-                amount_minor: req.amount_cents,
-                currency: req.currency,
-                payment_method: req.payment_method.clone(),
-            },
-        );
-        let mut headers = MessageHeaders::default();
-        headers.set(TRACEPARENT, ctx.traceparent.clone());
-        state.outbox.enqueue(&mut tx, &envelope, &headers).await?;
-        tx.commit().await?;
         tracing::info!(payment_id = %payment_id, correlation_id = %ctx.correlation_id, "payment created");
         return Ok((
             StatusCode::CREATED,
@@ -120,8 +119,6 @@ async fn create_payment(
     }
     // The key is taken. The unique constraint makes this the one durable answer, even when
     // two requests with the same key race: the loser reads the winner's committed row.
-    tx.rollback().await?;
-    let mut conn = state.pool.acquire().await?;
     let existing = store::load_by_idempotency_key(&mut conn, req.merchant_id, &req.idempotency_key)
         .await?
         .ok_or_else(|| ApiError::internal("idempotency key taken but no payment found"))?;

@@ -53,6 +53,13 @@ impl Handler for Saga {
                     return self.ignored(ctx, env, why);
                 }
                 let reason = format!("risk approved: {}", ev.reason);
+                let next = env.follow_up(&AuthorizeRequested {
+                    merchant_id: payment.merchant_id,
+                    customer_id: payment.customer_id.clone(),
+                    amount_minor: amount(&payment)?,
+                    currency: currency(&payment)?,
+                    payment_method: payment.payment_method.clone(),
+                });
                 self.apply(
                     conn,
                     ctx,
@@ -61,16 +68,9 @@ impl Handler for Saga {
                     &reason,
                     env,
                     Facts::default(),
+                    Some(&next),
                 )
                 .await?;
-                let next = env.follow_up(&AuthorizeRequested {
-                    merchant_id: payment.merchant_id,
-                    customer_id: payment.customer_id.clone(),
-                    amount_minor: amount(&payment)?,
-                    currency: currency(&payment)?,
-                    payment_method: payment.payment_method.clone(),
-                });
-                self.outbox.enqueue(conn, &next, &headers).await?;
             }
             EventType::RiskReviewRequired => {
                 let ev: RiskReviewRequired = env.decode()?;
@@ -86,6 +86,7 @@ impl Handler for Saga {
                     &reason,
                     env,
                     Facts::default(),
+                    None,
                 )
                 .await?;
             }
@@ -137,6 +138,11 @@ impl Handler for Saga {
                     authorization_id: Some(&ev.authorization_id),
                     ..Facts::default()
                 };
+                let next = env.follow_up(&CaptureRequested {
+                    authorization_id: ev.authorization_id.clone(),
+                    amount_minor: amount(&payment)?,
+                    currency: currency(&payment)?,
+                });
                 self.apply(
                     conn,
                     ctx,
@@ -145,14 +151,9 @@ impl Handler for Saga {
                     &reason,
                     env,
                     facts,
+                    Some(&next),
                 )
                 .await?;
-                let next = env.follow_up(&CaptureRequested {
-                    authorization_id: ev.authorization_id.clone(),
-                    amount_minor: amount(&payment)?,
-                    currency: currency(&payment)?,
-                });
-                self.outbox.enqueue(conn, &next, &headers).await?;
             }
             EventType::PaymentCaptured => {
                 let ev: PaymentCaptured = env.decode()?;
@@ -165,6 +166,12 @@ impl Handler for Saga {
                     capture_id: Some(&ev.capture_id),
                     ..Facts::default()
                 };
+                let next = env.follow_up(&LedgerPostRequested {
+                    merchant_id: payment.merchant_id,
+                    capture_id: ev.capture_id.clone(),
+                    amount_minor: ev.amount_minor,
+                    currency: ev.currency,
+                });
                 self.apply(
                     conn,
                     ctx,
@@ -173,15 +180,9 @@ impl Handler for Saga {
                     &reason,
                     env,
                     facts,
+                    Some(&next),
                 )
                 .await?;
-                let next = env.follow_up(&LedgerPostRequested {
-                    merchant_id: payment.merchant_id,
-                    capture_id: ev.capture_id.clone(),
-                    amount_minor: ev.amount_minor,
-                    currency: ev.currency,
-                });
-                self.outbox.enqueue(conn, &next, &headers).await?;
             }
             EventType::PaymentSettled => {
                 let ev: PaymentSettled = env.decode()?;
@@ -331,8 +332,17 @@ impl Handler for Saga {
                     self.end(conn, ctx, &payment, to, &reason, env, Facts::default())
                         .await?;
                 } else {
-                    self.apply(conn, ctx, &payment, to, &reason, env, Facts::default())
-                        .await?;
+                    self.apply(
+                        conn,
+                        ctx,
+                        &payment,
+                        to,
+                        &reason,
+                        env,
+                        Facts::default(),
+                        None,
+                    )
+                    .await?;
                 }
             }
             other => {
@@ -467,8 +477,20 @@ impl Saga {
         reason: &str,
         env: &Envelope,
         facts: Facts<'_>,
+        then: Option<&Envelope>,
     ) -> Result<(), HandlerError> {
-        match store::transition(conn, payment, to, reason, Some(env.event_id), facts).await {
+        let queued = then.map(|next| self.outbox.row(next, &ctx.headers.propagated()));
+        match store::transition(
+            conn,
+            payment,
+            to,
+            reason,
+            Some(env.event_id),
+            facts,
+            queued.as_ref(),
+        )
+        .await
+        {
             Ok(()) => {
                 let transitions = self
                     .metrics
@@ -500,26 +522,23 @@ impl Saga {
         env: &Envelope,
         facts: Facts<'_>,
     ) -> Result<(), HandlerError> {
-        self.apply(conn, ctx, payment, status, reason, env, facts)
-            .await?;
-        self.finalize(conn, ctx, payment, status, reason, env).await
-    }
-
-    async fn finalize(
-        &self,
-        conn: &mut PgConnection,
-        ctx: &MessageContext,
-        payment: &PaymentRow,
-        status: PaymentStatus,
-        reason: &str,
-        env: &Envelope,
-    ) -> Result<(), HandlerError> {
         debug_assert!(status.is_terminal());
+        let (amount_minor, currency) = (amount(payment)?, currency(payment)?);
+        let next = env.follow_up(&PaymentFinalized {
+            status,
+            merchant_id: payment.merchant_id,
+            customer_id: payment.customer_id.clone(),
+            amount_minor,
+            currency,
+            reason: reason.to_owned(),
+            created_at: payment.created_at,
+        });
+        self.apply(conn, ctx, payment, status, reason, env, facts, Some(&next))
+            .await?;
         let elapsed_s = (chrono::Utc::now() - payment.created_at)
             .to_std()
             .map(|d| d.as_secs_f64())
             .unwrap_or(0.0);
-        let (amount_minor, currency) = (amount(payment)?, currency(payment)?);
         let e2e = self
             .metrics
             .payment_e2e_seconds
@@ -533,18 +552,6 @@ impl Saga {
             e2e.observe(elapsed_s);
             finalized_amount.inc_by(amount_abs_minor);
         });
-        let next = env.follow_up(&PaymentFinalized {
-            status,
-            merchant_id: payment.merchant_id,
-            customer_id: payment.customer_id.clone(),
-            amount_minor,
-            currency,
-            reason: reason.to_owned(),
-            created_at: payment.created_at,
-        });
-        self.outbox
-            .enqueue(conn, &next, &ctx.headers.propagated())
-            .await?;
         Ok(())
     }
 }

@@ -2,6 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use sagapay_domain::{PaymentStatus, TransitionError};
+use sagapay_messaging::{OutboxRow, OUTBOX_COLUMNS};
 use serde::Serialize;
 use sqlx::{PgConnection, Row};
 use uuid::Uuid;
@@ -94,62 +95,48 @@ pub struct NewPayment<'a> {
     pub payment_method: &'a str,
 }
 
-/// Inserts a CREATED payment unless the merchant already used the idempotency key.
-/// Returns false when the key was taken (by this request's earlier try, or another request).
-pub async fn insert_payment(conn: &mut PgConnection, p: &NewPayment<'_>) -> sqlx::Result<bool> {
-    let inserted = sqlx::query(
-        "INSERT INTO payments (payment_id, merchant_id, customer_id, amount_minor, currency, status,
-                               idempotency_key, request_fingerprint, correlation_id, payment_method)
-         VALUES ($1, $2, $3, $4, $5, 'CREATED', $6, $7, $8, $9)
-         ON CONFLICT (merchant_id, idempotency_key) DO NOTHING",
-    )
-    .bind(p.payment_id)
-    .bind(p.merchant_id)
-    .bind(p.customer_id)
-    .bind(p.amount_minor)
-    .bind(p.currency)
-    .bind(p.idempotency_key)
-    .bind(p.request_fingerprint)
-    .bind(p.correlation_id)
-    .bind(p.payment_method)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected()
-        == 1;
-    if inserted {
-        insert_timeline(
-            conn,
-            p.payment_id,
-            None,
-            PaymentStatus::Created,
-            "payment created",
-            None,
-        )
-        .await?;
-    }
-    Ok(inserted)
-}
-
-async fn insert_timeline(
+/// Inserts a CREATED payment, its timeline row and its first event's outbox row, in one
+/// statement (atomic without a transaction of its own), unless the merchant already used the
+/// idempotency key. Returns false when the key was taken (by this request's earlier try, or
+/// another request); then nothing was written.
+pub async fn insert_payment(
     conn: &mut PgConnection,
-    payment_id: Uuid,
-    from: Option<PaymentStatus>,
-    to: PaymentStatus,
-    reason: &str,
-    event_id: Option<Uuid>,
-) -> sqlx::Result<()> {
-    sqlx::query(
-        "INSERT INTO payment_timeline (payment_id, from_state, to_state, reason, event_id)
-         VALUES ($1, $2, $3, $4, $5)",
-    )
-    .bind(payment_id)
-    .bind(from.map(|s| s.as_str()))
-    .bind(to.as_str())
-    .bind(reason)
-    .bind(event_id)
-    .execute(conn)
-    .await?;
-    Ok(())
+    p: &NewPayment<'_>,
+    requested: &OutboxRow<'_>,
+) -> sqlx::Result<bool> {
+    let sql = format!(
+        "WITH created AS (
+             INSERT INTO payments (payment_id, merchant_id, customer_id, amount_minor, currency,
+                                   status, idempotency_key, request_fingerprint, correlation_id,
+                                   payment_method)
+             VALUES ($1, $2, $3, $4, $5, 'CREATED', $6, $7, $8, $9)
+             ON CONFLICT (merchant_id, idempotency_key) DO NOTHING
+             RETURNING payment_id),
+         timeline AS (
+             INSERT INTO payment_timeline (payment_id, from_state, to_state, reason)
+             SELECT payment_id, NULL, 'CREATED', 'payment created' FROM created),
+         queued AS (
+             INSERT INTO outbox ({OUTBOX_COLUMNS})
+             SELECT $10, $11, $12, $13, $14, $15 FROM created)
+         SELECT count(*) FROM created"
+    );
+    let query = sqlx::query(&sql)
+        .bind(p.payment_id)
+        .bind(p.merchant_id)
+        .bind(p.customer_id)
+        .bind(p.amount_minor)
+        .bind(p.currency)
+        .bind(p.idempotency_key)
+        .bind(p.request_fingerprint)
+        .bind(p.correlation_id)
+        .bind(p.payment_method);
+    let inserted: i64 = requested
+        .bind(query)
+        .fetch_one(&mut *conn)
+        .await?
+        .try_get(0)?;
+    debug_assert!(inserted == 0 || inserted == 1);
+    Ok(inserted == 1)
 }
 
 /// Facts a transition records on the payment besides its status.
@@ -172,7 +159,9 @@ pub enum TransitionFailure {
 }
 
 /// Moves `payment` to `to`: checked against the transition table, written with
-/// compare-and-set on `(status, state_version)`, with its timeline row.
+/// compare-and-set on `(status, state_version)`, with its timeline row and, when given, the
+/// outbox row of the event that follows, all in one statement (one round trip): the timeline
+/// and outbox rows are inserted only if the compare-and-set matched.
 pub async fn transition(
     conn: &mut PgConnection,
     payment: &PaymentRow,
@@ -180,11 +169,19 @@ pub async fn transition(
     reason: &str,
     event_id: Option<Uuid>,
     facts: Facts<'_>,
+    then: Option<&OutboxRow<'_>>,
 ) -> Result<(), TransitionFailure> {
     payment.status.transition_to(to)?;
-    // The status change and its timeline row in one statement (one round trip): the
-    // timeline row is inserted only if the compare-and-set on status and version matched.
-    let recorded = sqlx::query(
+    let queue = if then.is_some() {
+        format!(
+            ", queued AS (
+                 INSERT INTO outbox ({OUTBOX_COLUMNS})
+                 SELECT $10, $11, $12, $13, $14, $15 FROM moved)"
+        )
+    } else {
+        String::new()
+    };
+    let sql = format!(
         "WITH moved AS (
              UPDATE payments
                 SET status = $1,
@@ -194,23 +191,28 @@ pub async fn transition(
                     capture_id = COALESCE($3, capture_id),
                     journal_transaction_id = COALESCE($4, journal_transaction_id)
               WHERE payment_id = $5 AND status = $6 AND state_version = $7
-          RETURNING payment_id)
-         INSERT INTO payment_timeline (payment_id, from_state, to_state, reason, event_id)
-         SELECT payment_id, $6, $1, $8, $9 FROM moved",
-    )
-    .bind(to.as_str())
-    .bind(facts.authorization_id)
-    .bind(facts.capture_id)
-    .bind(facts.journal_transaction_id)
-    .bind(payment.payment_id)
-    .bind(payment.status.as_str())
-    .bind(payment.state_version)
-    .bind(reason)
-    .bind(event_id)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
-    if recorded != 1 {
+          RETURNING payment_id),
+         timeline AS (
+             INSERT INTO payment_timeline (payment_id, from_state, to_state, reason, event_id)
+             SELECT payment_id, $6, $1, $8, $9 FROM moved){queue}
+         SELECT count(*) FROM moved"
+    );
+    let query = sqlx::query(&sql)
+        .bind(to.as_str())
+        .bind(facts.authorization_id)
+        .bind(facts.capture_id)
+        .bind(facts.journal_transaction_id)
+        .bind(payment.payment_id)
+        .bind(payment.status.as_str())
+        .bind(payment.state_version)
+        .bind(reason)
+        .bind(event_id);
+    let query = match then {
+        Some(row) => row.bind(query),
+        None => query,
+    };
+    let moved: i64 = query.fetch_one(&mut *conn).await?.try_get(0)?;
+    if moved != 1 {
         return Err(TransitionFailure::Conflict(payment.payment_id));
     }
     Ok(())
