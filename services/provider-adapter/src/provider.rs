@@ -85,11 +85,19 @@ impl SimulatedProvider {
             ProviderOperation::Refund => "re",
         };
         let reference = format!("{prefix}_{}", Uuid::now_v7().simple());
-        sqlx::query(
-            "INSERT INTO simulated_provider_operations
-                    (idempotency_key, operation, payment_id, amount_minor, currency, reference)
-             VALUES ($1, $2, $3, $4, $5, $6)
-             ON CONFLICT (idempotency_key) DO NOTHING",
+        // Books the operation unless the key was booked before, and answers the booked
+        // reference either way, in one statement. (A booking by a concurrent call that commits
+        // during the statement is not in its snapshot: then the reference is read again.)
+        let booked: Option<String> = sqlx::query_scalar(
+            "WITH booked AS (
+                 INSERT INTO simulated_provider_operations
+                        (idempotency_key, operation, payment_id, amount_minor, currency, reference)
+                 VALUES ($1, $2, $3, $4, $5, $6)
+                 ON CONFLICT (idempotency_key) DO NOTHING
+                 RETURNING reference)
+             SELECT reference FROM booked
+             UNION ALL
+             SELECT reference FROM simulated_provider_operations WHERE idempotency_key = $1",
         )
         .bind(&req.idempotency_key)
         .bind(req.operation.as_str())
@@ -97,9 +105,12 @@ impl SimulatedProvider {
         .bind(req.amount_minor.get())
         .bind(req.currency.as_str())
         .bind(&reference)
-        .execute(&self.books)
+        .fetch_optional(&self.books)
         .await
         .map_err(|e| ProviderError::Unavailable(e.to_string()))?;
+        if let Some(reference) = booked {
+            return Ok(reference);
+        }
         sqlx::query_scalar(
             "SELECT reference FROM simulated_provider_operations WHERE idempotency_key = $1",
         )

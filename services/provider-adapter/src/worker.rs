@@ -89,6 +89,11 @@ impl Claimed {
     }
 }
 
+/// Whether the operation's row was still ours (claimed with our token, at the attempt count
+/// we read) when we wrote its outcome.
+#[must_use]
+struct Ours(bool);
+
 fn parse_operation(s: &str) -> anyhow::Result<ProviderOperation> {
     Ok(match s {
         "AUTHORIZE" => ProviderOperation::Authorize,
@@ -124,19 +129,21 @@ impl<P: PaymentProvider> Worker<P> {
             let room = self.settings.max_in_flight.saturating_sub(in_flight.len());
             if claim_now && room > 0 {
                 claim_now = false;
-                match self.claim(room as i64).await {
-                    Ok(ops) => {
+                let wait = match self.claim(room as i64).await {
+                    Ok((ops, wait)) => {
                         backlog = ops.len() == room;
                         for op in ops {
                             let me = self.clone();
                             in_flight.spawn(async move { me.perform(op).await });
                         }
+                        wait
                     }
                     Err(e) => {
-                        tracing::warn!(error = %format!("{e:#}"), "claiming provider operations failed")
+                        tracing::warn!(error = %format!("{e:#}"), "claiming provider operations failed");
+                        Duration::from_millis(250)
                     }
-                }
-                wake_at = tokio::time::Instant::now() + self.until_next_due().await;
+                };
+                wake_at = tokio::time::Instant::now() + wait;
             }
             tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -170,25 +177,10 @@ impl<P: PaymentProvider> Worker<P> {
         Ok(())
     }
 
-    /// Time until the earliest pending operation is due, capped at 250 ms (polling fallback).
-    async fn until_next_due(&self) -> Duration {
-        let cap = Duration::from_millis(250);
-        let secs: Option<f64> = sqlx::query_scalar(
-            "SELECT EXTRACT(EPOCH FROM (min(next_attempt_at) - now()))::float8
-               FROM provider_operations
-              WHERE status = 'PENDING' AND (claimed_until IS NULL OR claimed_until < now())",
-        )
-        .fetch_one(&self.pool)
-        .await
-        .unwrap_or(None);
-        match secs {
-            Some(s) if s <= 0.0 => Duration::from_millis(1),
-            Some(s) => Duration::from_secs_f64(s).min(cap),
-            None => cap,
-        }
-    }
-
-    async fn claim(&self, limit: i64) -> anyhow::Result<Vec<Claimed>> {
+    /// Claims up to `limit` due operations and, in the same statement, finds when the earliest
+    /// operation left unclaimed is due: the wait before the next claim, capped at 250 ms
+    /// (the polling fallback).
+    async fn claim(&self, limit: i64) -> anyhow::Result<(Vec<Claimed>, Duration)> {
         let token = Uuid::new_v4();
         let rows = sqlx::query(
             "WITH due AS (
@@ -197,12 +189,19 @@ impl<P: PaymentProvider> Worker<P> {
                     AND (claimed_until IS NULL OR claimed_until < now())
                   ORDER BY next_attempt_at
                   LIMIT $1
-                  FOR UPDATE SKIP LOCKED)
-             UPDATE provider_operations o
-                SET claimed_until = now() + make_interval(secs => $2), claim_token = $3
-               FROM due WHERE o.operation_id = due.operation_id
-             RETURNING o.operation_id, o.payment_id, o.operation, o.operation_key, o.request, o.attempts,
-                       o.source_event_id, o.correlation_id, o.headers",
+                  FOR UPDATE SKIP LOCKED),
+             claimed AS (
+                 UPDATE provider_operations o
+                    SET claimed_until = now() + make_interval(secs => $2), claim_token = $3
+                   FROM due WHERE o.operation_id = due.operation_id
+                 RETURNING o.operation_id, o.payment_id, o.operation, o.operation_key, o.request,
+                           o.attempts, o.source_event_id, o.correlation_id, o.headers),
+             next AS (
+                 SELECT EXTRACT(EPOCH FROM (min(next_attempt_at) - now()))::float8 AS next_due_s
+                   FROM provider_operations
+                  WHERE status = 'PENDING' AND (claimed_until IS NULL OR claimed_until < now())
+                    AND operation_id NOT IN (SELECT operation_id FROM due))
+             SELECT next.next_due_s, claimed.* FROM next LEFT JOIN claimed ON true",
         )
         .bind(limit)
         .bind(self.settings.claim_timeout.as_secs_f64())
@@ -210,24 +209,37 @@ impl<P: PaymentProvider> Worker<P> {
         .fetch_all(&self.pool)
         .await
         .context("claiming due operations")?;
-        rows.iter()
-            .map(|r| {
-                let request: sqlx::types::Json<OperationRequest> = r.try_get("request")?;
-                let headers: sqlx::types::Json<MessageHeaders> = r.try_get("headers")?;
-                Ok(Claimed {
-                    operation_id: r.try_get("operation_id")?,
-                    payment_id: r.try_get("payment_id")?,
-                    operation: parse_operation(r.try_get("operation")?)?,
-                    operation_key: r.try_get("operation_key")?,
-                    request: request.0,
-                    attempts: r.try_get("attempts")?,
-                    token,
-                    source_event_id: r.try_get("source_event_id")?,
-                    correlation_id: r.try_get("correlation_id")?,
-                    headers: headers.0,
-                })
-            })
-            .collect()
+        let cap = Duration::from_millis(250);
+        let next_due_s: Option<f64> = match rows.first() {
+            Some(r) => r.try_get("next_due_s")?,
+            None => None,
+        };
+        let wait = match next_due_s {
+            Some(s) if s <= 0.0 => Duration::from_millis(1),
+            Some(s) => Duration::from_secs_f64(s).min(cap),
+            None => cap,
+        };
+        let mut claimed = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let Some(operation_id) = r.try_get::<Option<Uuid>, _>("operation_id")? else {
+                continue; // nothing was claimed: the one row carries only the next due time
+            };
+            let request: sqlx::types::Json<OperationRequest> = r.try_get("request")?;
+            let headers: sqlx::types::Json<MessageHeaders> = r.try_get("headers")?;
+            claimed.push(Claimed {
+                operation_id,
+                payment_id: r.try_get("payment_id")?,
+                operation: parse_operation(r.try_get("operation")?)?,
+                operation_key: r.try_get("operation_key")?,
+                request: request.0,
+                attempts: r.try_get("attempts")?,
+                token,
+                source_event_id: r.try_get("source_event_id")?,
+                correlation_id: r.try_get("correlation_id")?,
+                headers: headers.0,
+            });
+        }
+        Ok((claimed, wait))
     }
 
     async fn perform(&self, mut op: Claimed) {
@@ -307,20 +319,9 @@ impl<P: PaymentProvider> Worker<P> {
             ),
         };
 
+        // The operation's row is updated only while our claim holds (a claim that expired may
+        // have been taken over); otherwise the transaction, attempt row included, rolls back.
         let mut tx = self.pool.begin().await?;
-        // Still ours? (A claim that expired may have been taken over.)
-        let still_ours: Option<i32> = sqlx::query_scalar(
-            "SELECT attempts FROM provider_operations
-              WHERE operation_id = $1 AND claim_token = $2 AND status = 'PENDING' FOR UPDATE",
-        )
-        .bind(op.operation_id)
-        .bind(op.token)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if still_ours != Some(op.attempts) {
-            tx.rollback().await?;
-            return Ok(());
-        }
         sqlx::query(
             "INSERT INTO provider_attempts (payment_id, operation, attempt_no, provider, idempotency_key,
                  outcome, provider_reference, decline_code, error, started_at, finished_at, latency_ms,
@@ -347,8 +348,14 @@ impl<P: PaymentProvider> Worker<P> {
         let reason = op.request.reason.clone().unwrap_or_default();
         let event = match (result, op.operation) {
             (Ok(ProviderOutcome::Succeeded { reference }), operation) => {
-                self.finish(&mut tx, op, attempt_no, "SUCCEEDED", Some(&reference), None)
-                    .await?;
+                if !self
+                    .finish(&mut tx, op, attempt_no, "SUCCEEDED", Some(&reference), None)
+                    .await?
+                    .0
+                {
+                    tx.rollback().await?;
+                    return Ok(());
+                }
                 let a = op.request.amount_minor;
                 let c = op.request.currency;
                 Some(match operation {
@@ -392,8 +399,14 @@ impl<P: PaymentProvider> Worker<P> {
                 })
             }
             (Ok(ProviderOutcome::Declined { code }), ProviderOperation::Authorize) => {
-                self.finish(&mut tx, op, attempt_no, "DECLINED", None, Some(&code))
-                    .await?;
+                if !self
+                    .finish(&mut tx, op, attempt_no, "DECLINED", None, Some(&code))
+                    .await?
+                    .0
+                {
+                    tx.rollback().await?;
+                    return Ok(());
+                }
                 Some(self.reply(
                     op,
                     &PaymentFailed {
@@ -411,18 +424,26 @@ impl<P: PaymentProvider> Worker<P> {
                 };
                 if attempt_no < max_attempts {
                     let wait = self.settings.backoff[(attempt_no - 1) as usize];
-                    sqlx::query(
+                    let updated = sqlx::query(
                         "UPDATE provider_operations
                             SET attempts = $2, next_attempt_at = now() + make_interval(secs => $3),
                                 claimed_until = NULL, claim_token = NULL, last_error = $4, updated_at = now()
-                          WHERE operation_id = $1",
+                          WHERE operation_id = $1 AND claim_token = $5 AND status = 'PENDING'
+                            AND attempts = $6",
                     )
                     .bind(op.operation_id)
                     .bind(attempt_no)
                     .bind(wait.as_secs_f64())
                     .bind(&last_error)
+                    .bind(op.token)
+                    .bind(op.attempts)
                     .execute(&mut *tx)
-                    .await?;
+                    .await?
+                    .rows_affected();
+                    if updated != 1 {
+                        tx.rollback().await?;
+                        return Ok(());
+                    }
                     self.retries_total
                         .with_label_values(&[operation.as_str()])
                         .inc();
@@ -430,15 +451,21 @@ impl<P: PaymentProvider> Worker<P> {
                         retry_in_ms = wait.as_millis() as u64, error = %last_error, "provider attempt failed; retry scheduled");
                     None
                 } else {
-                    self.finish(
-                        &mut tx,
-                        op,
-                        attempt_no,
-                        "EXHAUSTED",
-                        None,
-                        Some(&last_error),
-                    )
-                    .await?;
+                    if !self
+                        .finish(
+                            &mut tx,
+                            op,
+                            attempt_no,
+                            "EXHAUSTED",
+                            None,
+                            Some(&last_error),
+                        )
+                        .await?
+                        .0
+                    {
+                        tx.rollback().await?;
+                        return Ok(());
+                    }
                     self.dead_letter(&mut tx, op, attempt_no, &last_error)
                         .await?;
                     tracing::error!(payment_id = %op.payment_id, operation = operation.as_str(), attempts = attempt_no,
@@ -532,20 +559,24 @@ impl<P: PaymentProvider> Worker<P> {
         status: &str,
         reference: Option<&str>,
         error: Option<&str>,
-    ) -> sqlx::Result<()> {
-        sqlx::query(
+    ) -> sqlx::Result<Ours> {
+        let updated = sqlx::query(
             "UPDATE provider_operations
                 SET status = $2, attempts = $3, result_reference = $4, last_error = $5,
                     claimed_until = NULL, claim_token = NULL, updated_at = now()
-              WHERE operation_id = $1",
+              WHERE operation_id = $1 AND claim_token = $6 AND status = 'PENDING'
+                AND attempts = $7",
         )
         .bind(op.operation_id)
         .bind(status)
         .bind(attempts)
         .bind(reference)
         .bind(error)
+        .bind(op.token)
+        .bind(op.attempts)
         .execute(tx)
-        .await?;
-        Ok(())
+        .await?
+        .rows_affected();
+        Ok(Ours(updated == 1))
     }
 }
