@@ -111,32 +111,45 @@ struct Accounts {
     revenue: String,
 }
 
-/// Opens the posting's accounts when they do not exist yet, in one statement.
+/// Opens the posting's accounts when they do not exist yet and, with `check_frozen`, returns
+/// which of the provider clearing and merchant payable accounts are frozen, in one statement.
+/// (An account the statement opens is never frozen; the check reads the accounts as they were
+/// before it.)
 async fn ensure_accounts(
     conn: &mut PgConnection,
     currency: Currency,
     merchant_id: Uuid,
-) -> sqlx::Result<Accounts> {
+    check_frozen: bool,
+) -> sqlx::Result<(Accounts, Vec<String>)> {
     let accounts = Accounts {
         clearing: provider_clearing_account(currency),
         payable: merchant_payable_account(currency, merchant_id),
         revenue: fee_revenue_account(currency),
     };
-    sqlx::query(
-        "INSERT INTO accounts (account_id, kind, currency, merchant_id, description)
-         VALUES ($1, 'ASSET', $4, NULL, 'funds owed by the payment provider'),
-                ($2, 'LIABILITY', $4, $5, 'funds owed to the merchant'),
-                ($3, 'REVENUE', $4, NULL, 'platform fees')
-         ON CONFLICT (account_id) DO NOTHING",
+    let frozen: Vec<String> = sqlx::query_scalar(
+        "WITH opened AS (
+             INSERT INTO accounts (account_id, kind, currency, merchant_id, description)
+             VALUES ($1, 'ASSET', $4, NULL, 'funds owed by the payment provider'),
+                    ($2, 'LIABILITY', $4, $5, 'funds owed to the merchant'),
+                    ($3, 'REVENUE', $4, NULL, 'platform fees')
+             ON CONFLICT (account_id) DO NOTHING)
+         SELECT account_id FROM accounts
+          WHERE account_id = ANY($6) AND frozen_at IS NOT NULL
+          ORDER BY account_id",
     )
     .bind(&accounts.clearing)
     .bind(&accounts.payable)
     .bind(&accounts.revenue)
     .bind(currency.as_str())
     .bind(merchant_id)
-    .execute(conn)
+    .bind(if check_frozen {
+        vec![accounts.clearing.clone(), accounts.payable.clone()]
+    } else {
+        Vec::new()
+    })
+    .fetch_all(conn)
     .await?;
-    Ok(accounts)
+    Ok((accounts, frozen))
 }
 
 /// Inserts a journal transaction's entries in one statement; entries of zero are skipped
@@ -184,9 +197,13 @@ impl LedgerHandler {
         ctx: &MessageContext,
     ) -> Result<(), HandlerError> {
         let cmd: LedgerRefundRequested = env.decode()?;
-        let Accounts {
-            clearing, payable, ..
-        } = ensure_accounts(conn, cmd.currency, cmd.merchant_id).await?;
+        // Refund postings are not checked against frozen accounts.
+        let (
+            Accounts {
+                clearing, payable, ..
+            },
+            _,
+        ) = ensure_accounts(conn, cmd.currency, cmd.merchant_id, false).await?;
         let kind = format!("REFUND:{}", cmd.refund_id);
         let inserted: Option<Uuid> = sqlx::query_scalar(
             "INSERT INTO journal_transactions (transaction_id, payment_id, posting_kind, currency, description,
@@ -261,18 +278,14 @@ impl Handler for LedgerHandler {
                 cmd.currency
             )));
         }
-        let Accounts {
-            clearing,
-            payable,
-            revenue,
-        } = ensure_accounts(conn, cmd.currency, cmd.merchant_id).await?;
-
-        let frozen: Vec<String> = sqlx::query_scalar(
-            "SELECT account_id FROM accounts WHERE account_id = ANY($1) AND frozen_at IS NOT NULL",
-        )
-        .bind(vec![clearing.clone(), payable.clone()])
-        .fetch_all(&mut *conn)
-        .await?;
+        let (
+            Accounts {
+                clearing,
+                payable,
+                revenue,
+            },
+            frozen,
+        ) = ensure_accounts(conn, cmd.currency, cmd.merchant_id, true).await?;
         if !frozen.is_empty() {
             // A business refusal, not an outage: answer it, so the saga can compensate.
             tracing::warn!(payment_id = %env.payment_id, accounts = ?frozen, "posting refused: frozen account");
