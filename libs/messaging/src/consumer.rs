@@ -151,6 +151,15 @@ pub trait Handler: Send + Sync + 'static {
         envelope: &'a Envelope,
         ctx: &'a MessageContext,
     ) -> impl Future<Output = Result<(), HandlerError>> + Send + 'a;
+
+    /// Whether `envelope` would change anything in this service. One that would not is
+    /// acknowledged without a transaction or an inbox row (handling nothing twice is still
+    /// nothing). Say false only for events the handler is sure to ignore; when in doubt (an
+    /// undecodable payload, say), true, so the handler sees it and refuses it properly.
+    fn affects(&self, envelope: &Envelope) -> bool {
+        let _ = envelope;
+        true
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -432,19 +441,28 @@ impl<H: Handler> InboxConsumer<H> {
     /// at the start of the batch were applied before the one that failed (all rolled back).
     async fn try_batch(&self, batch: &[OwnedMessage]) -> Result<(), usize> {
         let mut items = Vec::with_capacity(batch.len());
+        let mut skipped = Vec::new();
         for (i, msg) in batch.iter().enumerate() {
             let mut ctx = MessageContext::new(msg);
             // A message that is not an envelope is dead-lettered by the one-by-one path.
             let envelope = parse(msg.payload().unwrap_or_default(), &ctx.topic).map_err(|_| i)?;
+            if !self.handler.affects(&envelope) {
+                skipped.push(envelope);
+                continue;
+            }
             let span = consume_span(&envelope, &ctx);
             let traceparent =
                 sagapay_telemetry::continue_trace(&span, ctx.headers.get(TRACEPARENT));
             ctx.headers.set(TRACEPARENT, traceparent);
-            items.push((envelope, ctx, span));
+            items.push((i, envelope, ctx, span));
+        }
+        if items.is_empty() {
+            self.count_unaffected(&skipped);
+            return Ok(());
         }
         let mut tx = self.pool.begin().await.map_err(|_| 0usize)?;
         let mut fresh = Vec::with_capacity(items.len());
-        for (i, (envelope, ctx, span)) in items.iter().enumerate() {
+        for (i, envelope, ctx, span) in &items {
             let db_span = tracing::info_span!(
                 parent: span,
                 "db.transaction",
@@ -467,7 +485,7 @@ impl<H: Handler> InboxConsumer<H> {
                     let _entered = span.enter();
                     tracing::debug!(error = %e, batch_size = batch.len(),
                         "batch rolled back at this message");
-                    return Err(i);
+                    return Err(*i);
                 }
             }
         }
@@ -475,7 +493,8 @@ impl<H: Handler> InboxConsumer<H> {
             tracing::debug!(error = %e, "batch commit failed");
             return Err(0);
         }
-        for ((envelope, ctx, span), inserted) in items.iter().zip(fresh) {
+        self.count_unaffected(&skipped);
+        for ((_, envelope, ctx, span), inserted) in items.iter().zip(fresh) {
             ctx.after_commit.run();
             self.observe_queue_delay(envelope);
             if inserted {
@@ -489,6 +508,17 @@ impl<H: Handler> InboxConsumer<H> {
         }
         self.metrics.consumer_batch_size.observe(batch.len() as f64);
         Ok(())
+    }
+
+    /// Events acknowledged without a transaction: the handler said they change nothing.
+    fn count_unaffected(&self, skipped: &[Envelope]) {
+        for envelope in skipped {
+            self.observe_queue_delay(envelope);
+            self.metrics
+                .events_consumed_total
+                .with_label_values(&[&envelope.event_type])
+                .inc();
+        }
     }
 
     /// Records the event in the inbox; false when it was there already (a duplicate).
@@ -557,6 +587,10 @@ impl<H: Handler> InboxConsumer<H> {
                 return Ok(Processed::Done);
             }
         };
+        if !self.handler.affects(&envelope) {
+            self.count_unaffected(std::slice::from_ref(&envelope));
+            return Ok(Processed::Done);
+        }
         let span = consume_span(&envelope, &ctx);
         // The handler's events continue the trace from this span.
         let traceparent = sagapay_telemetry::continue_trace(&span, ctx.headers.get(TRACEPARENT));

@@ -59,7 +59,7 @@ impl MessagingMetrics {
             events_consumed_total: IntCounterVec::new(
                 Opts::new(
                     "events_consumed_total",
-                    "Events whose handler committed, by event type",
+                    "Events consumed (handled and committed, or acknowledged as changing nothing), by event type",
                 ),
                 &["event_type"],
             )?,

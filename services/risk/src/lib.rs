@@ -184,7 +184,7 @@ impl RiskHandler {
         env: &Envelope,
     ) -> Result<(), HandlerError> {
         let ev: PaymentFinalized = env.decode()?;
-        if matches!(ev.status, PaymentStatus::Failed | PaymentStatus::Reversed) {
+        if counts_as_failure(ev.status) {
             sqlx::query(
                 "INSERT INTO customer_outcomes (payment_id, customer_id, status, occurred_at)
                  VALUES ($1, $2, $3, $4) ON CONFLICT (payment_id) DO NOTHING",
@@ -216,6 +216,23 @@ impl Handler for RiskHandler {
             ))),
         }
     }
+
+    /// Only failed and reversed outcomes feed the velocity rules; a settled payment's
+    /// `payments.finalized` (most of them) needs no transaction.
+    fn affects(&self, env: &Envelope) -> bool {
+        if env.event_type() != Some(EventType::PaymentFinalized) {
+            return true;
+        }
+        match env.decode::<PaymentFinalized>() {
+            Ok(ev) => counts_as_failure(ev.status),
+            Err(_) => true,
+        }
+    }
+}
+
+/// Outcomes the velocity rules count as failures.
+fn counts_as_failure(status: PaymentStatus) -> bool {
+    matches!(status, PaymentStatus::Failed | PaymentStatus::Reversed)
 }
 
 pub async fn start(config: Config) -> anyhow::Result<ServiceHandle> {

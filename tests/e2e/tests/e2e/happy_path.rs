@@ -110,6 +110,30 @@ async fn a_payment_settles_with_the_exact_timeline_balanced_ledger_and_one_notif
         .unwrap();
     assert_eq!(kind, "payment.settled");
 
+    // Risk consumed the settled payment's payments.finalized without a transaction: it feeds
+    // only the failure counts, so it left no inbox row.
+    eventually(
+        Duration::from_secs(15),
+        "risk to consume payments.finalized",
+        || async {
+            let consumed = stack
+                .metric(
+                    "risk",
+                    "events_consumed_total{event_type=\"payments.finalized\",service=\"risk\"}",
+                )
+                .await;
+            (consumed >= 1.0).then_some(())
+        },
+    )
+    .await;
+    let risk = stack.db("risk").await;
+    let finalized_in_inbox: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM inbox WHERE event_type = 'payments.finalized'")
+            .fetch_one(&risk)
+            .await
+            .unwrap();
+    assert_eq!(finalized_in_inbox, 0);
+
     // The same idempotency key answers the same payment.
     let (status, again) = stack
         .create_payment(json!({
