@@ -10,6 +10,7 @@
 //! sagapayctl key create <merchant id or name> [--json]   (prints the new key, once)
 //! sagapayctl key list <merchant id or name> [--json]
 //! sagapayctl key revoke <key_id>
+//! sagapayctl namespace drop --yes    (drops the namespace's six databases and its topics)
 //! ```
 //!
 //! `--namespace` (or `SAGAPAY_NAMESPACE`, default `sagapay`), `--brokers` (or
@@ -68,7 +69,31 @@ enum Command {
     /// API keys of merchants. A key is shown once, when it is created.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// The whole namespace (`--namespace`): its six databases and its Kafka topics.
+    #[command(subcommand)]
+    Namespace(NamespaceCommand),
 }
+
+#[derive(Subcommand)]
+enum NamespaceCommand {
+    /// Drops the namespace's databases and topics, with everything in them (a load-test run's
+    /// namespace, say). Open connections to its databases are terminated.
+    Drop {
+        /// Required: this deletes data.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+/// The services, each with its database `<namespace>_<service>`.
+const SERVICES: [&str; 6] = [
+    "gateway",
+    "orchestrator",
+    "risk",
+    "provider-adapter",
+    "ledger",
+    "notification",
+];
 
 #[derive(Subcommand)]
 enum MerchantCommand {
@@ -239,6 +264,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     match cli.command {
         Command::Reconcile { .. } => unreachable!("handled above"),
+        Command::Namespace(NamespaceCommand::Drop { yes }) => {
+            anyhow::ensure!(
+                yes,
+                "dropping namespace {ns} deletes its databases and topics: add --yes"
+            );
+            for service in SERVICES {
+                let db = ns.database(service);
+                sagapay_service_kit::db::drop_database(&base, &db).await?;
+                println!("dropped database {db}");
+            }
+            let mut topics: Vec<String> = sagapay_domain::EventType::ALL
+                .iter()
+                .map(|t| ns.topic(t.as_str()))
+                .collect();
+            topics.push(ns.dead_letter_topic());
+            kafka.delete_topics(&topics).await?;
+            println!("deleted {} topics of {ns}", topics.len());
+        }
         Command::Merchant(MerchantCommand::Create { name, json }) => {
             let (merchant, key) = keys::create_merchant(&gateway_db().await?, &name).await?;
             if json {
