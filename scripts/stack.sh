@@ -107,9 +107,13 @@ kafka_pid() {
   if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then echo "$pid"; fi
 }
 
+# Started: the port answers, our process lives, and it logged its start (or was seen started
+# before: started.pid, since the log rolls over and drops old lines).
 kafka_ready() {
-  port_open "$KAFKA_PORT" && [ -n "$(kafka_pid)" ] \
-    && grep -q "Kafka Server started" "$KAFKA_DIR/logs/server.log" 2>/dev/null
+  local pid; pid="$(kafka_pid)"
+  port_open "$KAFKA_PORT" && [ -n "$pid" ] || return 1
+  [ "$(cat "$KAFKA_DIR/started.pid" 2>/dev/null)" = "$pid" ] \
+    || grep -qs "Kafka Server started" "$KAFKA_DIR/logs"/server.log*
 }
 
 kafka_resolve() {
@@ -128,6 +132,7 @@ kafka_resolve() {
 
 kafka_up() {
   if kafka_ready; then
+    kafka_pid > "$KAFKA_DIR/started.pid"
     log "Kafka already running on 127.0.0.1:$KAFKA_PORT"
     return 0
   fi
@@ -153,6 +158,7 @@ kafka_up() {
       || { cat "$KAFKA_DIR/logs/format.log" >&2; die "formatting Kafka storage failed"; }
   fi
   log "starting Kafka (KRaft, broker+controller)"
+  rm -f "$KAFKA_DIR/logs"/server.log.* "$KAFKA_DIR/started.pid"
   : > "$KAFKA_DIR/logs/server.log"
   nohup java -Xms512m -Xmx1g -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
     -Djava.awt.headless=true "${log_opts[@]}" \
@@ -163,6 +169,7 @@ kafka_up() {
     tail -n 40 "$KAFKA_DIR/logs/stdout.log" "$KAFKA_DIR/logs/server.log" >&2 2>/dev/null || true
     die "Kafka did not start on 127.0.0.1:$KAFKA_PORT within 90 s (logs above, $KAFKA_DIR/logs)"
   }
+  kafka_pid > "$KAFKA_DIR/started.pid"
   log "Kafka ready on 127.0.0.1:$KAFKA_PORT"
 }
 
