@@ -343,6 +343,8 @@ impl<P: PaymentProvider> Worker<P> {
         .execute(&mut *tx)
         .await?;
 
+        // Counted once the retry is committed, so a failed commit does not count it twice.
+        let mut retry_scheduled = false;
         let max_attempts = self.settings.backoff.len() as i32 + 1;
         let provider = self.provider.name().to_owned();
         let reason = op.request.reason.clone().unwrap_or_default();
@@ -444,9 +446,7 @@ impl<P: PaymentProvider> Worker<P> {
                         tx.rollback().await?;
                         return Ok(());
                     }
-                    self.retries_total
-                        .with_label_values(&[operation.as_str()])
-                        .inc();
+                    retry_scheduled = true;
                     tracing::warn!(payment_id = %op.payment_id, operation = operation.as_str(), attempt_no,
                         retry_in_ms = wait.as_millis() as u64, error = %last_error, "provider attempt failed; retry scheduled");
                     None
@@ -486,6 +486,11 @@ impl<P: PaymentProvider> Worker<P> {
             self.outbox.enqueue(&mut tx, &event, &op.headers).await?;
         }
         tx.commit().await?;
+        if retry_scheduled {
+            self.retries_total
+                .with_label_values(&[op.operation.as_str()])
+                .inc();
+        }
         Ok(())
     }
 
