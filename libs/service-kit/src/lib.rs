@@ -16,3 +16,31 @@ pub use api_error::ApiError;
 pub use config::{CommonConfig, Environment};
 pub use platform::Platform;
 pub use runtime::{ServiceBuilder, ServiceHandle};
+
+/// The six services; each has the database `<namespace>_<service>` (see `Namespace::database`).
+pub const SERVICES: [&str; 6] = [
+    "gateway",
+    "orchestrator",
+    "risk",
+    "provider-adapter",
+    "ledger",
+    "notification",
+];
+
+/// Drops a namespace: its six databases (open connections terminated) and its Kafka topics.
+/// Everything in them is gone.
+pub async fn drop_namespace(
+    postgres_url: &str,
+    kafka: &sagapay_messaging::KafkaSettings,
+    ns: &sagapay_domain::Namespace,
+) -> anyhow::Result<()> {
+    for service in SERVICES {
+        db::drop_database(postgres_url, &ns.database(service)).await?;
+    }
+    let mut topics: Vec<String> = sagapay_domain::EventType::ALL
+        .iter()
+        .map(|t| ns.topic(t.as_str()))
+        .collect();
+    topics.push(ns.dead_letter_topic());
+    kafka.delete_topics(&topics).await
+}

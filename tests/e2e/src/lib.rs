@@ -49,14 +49,7 @@ where
     }
 }
 
-pub const SERVICES: [&str; 6] = [
-    "gateway",
-    "orchestrator",
-    "risk",
-    "provider-adapter",
-    "ledger",
-    "notification",
-];
+pub use sagapay_service_kit::SERVICES;
 
 /// One row of a payment's timeline, as `GET /payments/{id}` shows it.
 #[derive(Debug, Clone)]
@@ -532,16 +525,7 @@ pub fn free_port(range: std::ops::Range<u16>) -> u16 {
 
 pub async fn cleanup_namespace(ns: &Namespace) {
     let base = config("gateway", ns);
-    for service in SERVICES {
-        let _ =
-            sagapay_service_kit::db::drop_database(&base.postgres_url, &ns.database(service)).await;
-    }
-    let mut topics: Vec<String> = sagapay_domain::EventType::ALL
-        .iter()
-        .map(|t| ns.topic(t.as_str()))
-        .collect();
-    topics.push(ns.dead_letter_topic());
-    let _ = base.kafka.delete_topics(&topics).await;
+    let _ = sagapay_service_kit::drop_namespace(&base.postgres_url, &base.kafka, ns).await;
 }
 
 /// Parses one sample from Prometheus text: `name_and_labels` is everything before the value,

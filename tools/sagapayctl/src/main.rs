@@ -85,16 +85,6 @@ enum NamespaceCommand {
     },
 }
 
-/// The services, each with its database `<namespace>_<service>`.
-const SERVICES: [&str; 6] = [
-    "gateway",
-    "orchestrator",
-    "risk",
-    "provider-adapter",
-    "ledger",
-    "notification",
-];
-
 #[derive(Subcommand)]
 enum MerchantCommand {
     /// Create a merchant and its first API key.
@@ -269,18 +259,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 yes,
                 "dropping namespace {ns} deletes its databases and topics: add --yes"
             );
-            for service in SERVICES {
-                let db = ns.database(service);
-                sagapay_service_kit::db::drop_database(&base, &db).await?;
-                println!("dropped database {db}");
-            }
-            let mut topics: Vec<String> = sagapay_domain::EventType::ALL
-                .iter()
-                .map(|t| ns.topic(t.as_str()))
-                .collect();
-            topics.push(ns.dead_letter_topic());
-            kafka.delete_topics(&topics).await?;
-            println!("deleted {} topics of {ns}", topics.len());
+            sagapay_service_kit::drop_namespace(&base, &kafka, &ns).await?;
+            println!("dropped namespace {ns}: its databases and topics");
         }
         Command::Merchant(MerchantCommand::Create { name, json }) => {
             let (merchant, key) = keys::create_merchant(&gateway_db().await?, &name).await?;

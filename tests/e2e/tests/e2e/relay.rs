@@ -46,17 +46,7 @@ async fn a_relay_stopped_between_commit_and_publish_loses_nothing_once_it_runs_a
 /// relays until it expires; then another relay publishes them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rows_claimed_by_a_crashed_relay_are_published_after_the_claim_expires() {
-    let ns = fresh_namespace();
-    let common = config("orchestrator", &ns);
-    let pool = sagapay_service_kit::db::prepare(&common, refinery::Runner::new(&[]))
-        .await
-        .unwrap();
-    let topic = ns.topic("risk.approved");
-    common
-        .kafka
-        .ensure_topics(std::slice::from_ref(&topic))
-        .await
-        .unwrap();
+    let (ns, common, pool, topic) = outbox_only_namespace().await;
 
     let envelope = Envelope::new(
         Uuid::now_v7(),
@@ -128,17 +118,7 @@ async fn rows_claimed_by_a_crashed_relay_are_published_after_the_claim_expires()
 /// still holds. Both timers are set far out, so only a claim or the shutdown can mark.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn delivered_rows_are_marked_by_the_next_claim_and_at_shutdown() {
-    let ns = fresh_namespace();
-    let common = config("orchestrator", &ns);
-    let pool = sagapay_service_kit::db::prepare(&common, refinery::Runner::new(&[]))
-        .await
-        .unwrap();
-    let topic = ns.topic("risk.approved");
-    common
-        .kafka
-        .ensure_topics(std::slice::from_ref(&topic))
-        .await
-        .unwrap();
+    let (ns, common, pool, topic) = outbox_only_namespace().await;
     let registry = prometheus::Registry::new();
     let metrics = MessagingMetrics::register(&registry).unwrap();
     let relay = OutboxRelay::new(
@@ -230,4 +210,26 @@ async fn delivered_rows_are_marked_by_the_next_claim_and_at_shutdown() {
 
     pool.close().await;
     sagapay_e2e::cleanup_namespace(&ns).await;
+}
+
+/// A fresh namespace with only the messaging tables in the orchestrator's database (outbox,
+/// inbox) and its `risk.approved` topic.
+async fn outbox_only_namespace() -> (
+    sagapay_domain::Namespace,
+    sagapay_service_kit::CommonConfig,
+    sqlx::PgPool,
+    String,
+) {
+    let ns = fresh_namespace();
+    let common = config("orchestrator", &ns);
+    let pool = sagapay_service_kit::db::prepare(&common, refinery::Runner::new(&[]))
+        .await
+        .unwrap();
+    let topic = ns.topic("risk.approved");
+    common
+        .kafka
+        .ensure_topics(std::slice::from_ref(&topic))
+        .await
+        .unwrap();
+    (ns, common, pool, topic)
 }
