@@ -498,10 +498,7 @@ impl<H: Handler> InboxConsumer<H> {
             ctx.after_commit.run();
             self.observe_queue_delay(envelope);
             if inserted {
-                self.metrics
-                    .events_consumed_total
-                    .with_label_values(&[&envelope.event_type])
-                    .inc();
+                self.count_consumed(envelope);
             } else {
                 self.count_duplicate(envelope, span);
             }
@@ -514,11 +511,15 @@ impl<H: Handler> InboxConsumer<H> {
     fn count_unaffected(&self, skipped: &[Envelope]) {
         for envelope in skipped {
             self.observe_queue_delay(envelope);
-            self.metrics
-                .events_consumed_total
-                .with_label_values(&[&envelope.event_type])
-                .inc();
+            self.count_consumed(envelope);
         }
+    }
+
+    fn count_consumed(&self, envelope: &Envelope) {
+        self.metrics
+            .events_consumed_total
+            .with_label_values(&[&envelope.event_type])
+            .inc();
     }
 
     /// Records the event in the inbox; false when it was there already (a duplicate).
@@ -660,10 +661,7 @@ impl<H: Handler> InboxConsumer<H> {
             self.handler.handle(&mut tx, envelope, ctx).await?;
             tx.commit().await?;
             ctx.after_commit.run();
-            self.metrics
-                .events_consumed_total
-                .with_label_values(&[&envelope.event_type])
-                .inc();
+            self.count_consumed(envelope);
             Ok(())
         }
         .instrument(span)

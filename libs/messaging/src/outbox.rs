@@ -284,33 +284,20 @@ impl OutboxRelay {
     /// marks the rows of `unmarked`; the last batch's delivered rows are left in `unmarked` for
     /// the next claim.
     async fn drain(&self, unmarked: &mut Delivered) -> anyhow::Result<()> {
-        loop {
-            let batch = self.claim(unmarked).await?;
-            *unmarked = Delivered::default();
-            let n = batch.rows.len();
-            if n == 0 {
-                return Ok(());
-            }
-            self.metrics.outbox_relay_batch_size.observe(n as f64);
-            let published = self.publish(batch).await?;
-            *unmarked = published.delivered;
-            if published.failed > 0 {
-                anyhow::bail!("{} outbox rows could not be delivered", published.failed);
-            }
-            if (n as i64) < self.settings.batch_size {
-                return Ok(());
-            }
-        }
+        while self.step(unmarked).await? == self.settings.batch_size as usize {}
+        Ok(())
     }
 
-    /// Claims, publishes and marks one batch, then returns the number of rows claimed.
-    pub async fn relay_once(&self) -> anyhow::Result<usize> {
-        let batch = self.claim_batch().await?;
+    /// Claims a batch (marking `unmarked` in the same statement) and publishes it; its
+    /// delivered rows become `unmarked`. Returns the number of rows claimed.
+    async fn step(&self, unmarked: &mut Delivered) -> anyhow::Result<usize> {
+        let batch = self.claim(unmarked, self.settings.batch_size).await?;
+        *unmarked = Delivered::default();
         let n = batch.rows.len();
         if n > 0 {
             self.metrics.outbox_relay_batch_size.observe(n as f64);
             let published = self.publish(batch).await?;
-            self.mark(&published.delivered).await?;
+            *unmarked = published.delivered;
             if published.failed > 0 {
                 anyhow::bail!("{} outbox rows could not be delivered", published.failed);
             }
@@ -318,33 +305,34 @@ impl OutboxRelay {
         Ok(n)
     }
 
-    /// Step 1: claims up to `batch_size` pending rows and commits the claim.
-    pub async fn claim_batch(&self) -> anyhow::Result<ClaimedBatch> {
-        self.claim(&Delivered::default()).await
+    /// Claims, publishes and marks one batch, then returns the number of rows claimed.
+    pub async fn relay_once(&self) -> anyhow::Result<usize> {
+        let mut unmarked = Delivered::default();
+        let claimed = self.step(&mut unmarked).await;
+        self.mark(&unmarked).await?;
+        claimed
     }
 
-    /// Step 3 alone: marks delivered rows published (while our claim on them still holds).
+    /// Step 1: claims up to `batch_size` pending rows and commits the claim.
+    pub async fn claim_batch(&self) -> anyhow::Result<ClaimedBatch> {
+        self.claim(&Delivered::default(), self.settings.batch_size)
+            .await
+    }
+
+    /// Step 3 alone (a claim of no rows): marks delivered rows published while our claim on
+    /// them still holds.
     async fn mark(&self, delivered: &Delivered) -> anyhow::Result<()> {
-        if delivered.ids.is_empty() {
-            return Ok(());
+        if !delivered.ids.is_empty() {
+            self.claim(delivered, 0).await?;
         }
-        sqlx::query(
-            "UPDATE outbox SET published_at = now(), claimed_until = NULL, last_error = NULL
-              WHERE id = ANY($1) AND claim_token = $2 AND published_at IS NULL",
-        )
-        .bind(&delivered.ids)
-        .bind(delivered.token)
-        .execute(&self.pool)
-        .await
-        .context("marking outbox rows published")?;
         Ok(())
     }
 
     /// Step 3 of the previous batch and step 1 of the next in one statement: marks `delivered`
-    /// published, then claims up to `batch_size` pending rows. Marking and claiming never touch
+    /// published, then claims up to `limit` pending rows. Marking and claiming never touch
     /// the same row (the claim skips `delivered`'s ids, which a claim that expired while they
     /// were being published could otherwise offer again).
-    async fn claim(&self, delivered: &Delivered) -> anyhow::Result<ClaimedBatch> {
+    async fn claim(&self, delivered: &Delivered, limit: i64) -> anyhow::Result<ClaimedBatch> {
         let token = Uuid::new_v4();
         let rows = sqlx::query(
             "WITH marked AS (
@@ -367,7 +355,7 @@ impl OutboxRelay {
              RETURNING o.id, o.event_id, o.topic, o.message_key, o.payload::text AS payload,
                        o.headers",
         )
-        .bind(self.settings.batch_size)
+        .bind(limit)
         .bind(self.settings.claim_timeout.as_secs_f64())
         .bind(token)
         .bind(&delivered.ids)

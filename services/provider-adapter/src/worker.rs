@@ -89,10 +89,21 @@ impl Claimed {
     }
 }
 
-/// Whether the operation's row was still ours (claimed with our token, at the attempt count
-/// we read) when we wrote its outcome.
-#[must_use]
-struct Ours(bool);
+/// The operation's row was no longer ours (claimed with our token, at the attempt count we
+/// read) when we came to write its outcome: another worker took over an expired claim. The
+/// transaction is dropped, attempt row included.
+#[derive(Debug, thiserror::Error)]
+#[error("the claim on the operation was lost to another worker; outcome discarded")]
+struct ClaimLost;
+
+/// `rows` rows of the claimed operation were updated: one while the claim holds.
+fn still_ours(rows: u64) -> anyhow::Result<()> {
+    if rows == 1 {
+        Ok(())
+    } else {
+        Err(ClaimLost.into())
+    }
+}
 
 fn parse_operation(s: &str) -> anyhow::Result<ProviderOperation> {
     Ok(match s {
@@ -258,11 +269,18 @@ impl<P: PaymentProvider> Worker<P> {
             op.headers.get(sagapay_messaging::headers::TRACEPARENT),
         );
         op.headers.set(sagapay_messaging::headers::TRACEPARENT, tp);
-        if let Err(e) = self.attempt(&op).instrument(span).await {
+        match self.attempt(&op).instrument(span).await {
+            Ok(()) => {}
+            // The worker that took the operation over records its own attempt.
+            Err(e) if e.is::<ClaimLost>() => {
+                tracing::info!(payment_id = %op.payment_id, operation = op.operation.as_str(), "{e}");
+            }
             // The claim expires and the operation is attempted again; the provider's
             // idempotency key makes the repeat safe.
-            tracing::warn!(payment_id = %op.payment_id, operation = op.operation.as_str(),
-                error = %format!("{e:#}"), "recording a provider attempt failed");
+            Err(e) => {
+                tracing::warn!(payment_id = %op.payment_id, operation = op.operation.as_str(),
+                error = %format!("{e:#}"), "recording a provider attempt failed")
+            }
         }
     }
 
@@ -319,8 +337,7 @@ impl<P: PaymentProvider> Worker<P> {
             ),
         };
 
-        // The operation's row is updated only while our claim holds (a claim that expired may
-        // have been taken over); otherwise the transaction, attempt row included, rolls back.
+        // The operation's row is updated only while our claim holds (`ClaimLost` otherwise).
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO provider_attempts (payment_id, operation, attempt_no, provider, idempotency_key,
@@ -350,14 +367,8 @@ impl<P: PaymentProvider> Worker<P> {
         let reason = op.request.reason.clone().unwrap_or_default();
         let event = match (result, op.operation) {
             (Ok(ProviderOutcome::Succeeded { reference }), operation) => {
-                if !self
-                    .finish(&mut tx, op, attempt_no, "SUCCEEDED", Some(&reference), None)
-                    .await?
-                    .0
-                {
-                    tx.rollback().await?;
-                    return Ok(());
-                }
+                self.finish(&mut tx, op, attempt_no, "SUCCEEDED", Some(&reference), None)
+                    .await?;
                 let a = op.request.amount_minor;
                 let c = op.request.currency;
                 Some(match operation {
@@ -401,14 +412,8 @@ impl<P: PaymentProvider> Worker<P> {
                 })
             }
             (Ok(ProviderOutcome::Declined { code }), ProviderOperation::Authorize) => {
-                if !self
-                    .finish(&mut tx, op, attempt_no, "DECLINED", None, Some(&code))
-                    .await?
-                    .0
-                {
-                    tx.rollback().await?;
-                    return Ok(());
-                }
+                self.finish(&mut tx, op, attempt_no, "DECLINED", None, Some(&code))
+                    .await?;
                 Some(self.reply(
                     op,
                     &PaymentFailed {
@@ -442,30 +447,21 @@ impl<P: PaymentProvider> Worker<P> {
                     .execute(&mut *tx)
                     .await?
                     .rows_affected();
-                    if updated != 1 {
-                        tx.rollback().await?;
-                        return Ok(());
-                    }
+                    still_ours(updated)?;
                     retry_scheduled = true;
                     tracing::warn!(payment_id = %op.payment_id, operation = operation.as_str(), attempt_no,
                         retry_in_ms = wait.as_millis() as u64, error = %last_error, "provider attempt failed; retry scheduled");
                     None
                 } else {
-                    if !self
-                        .finish(
-                            &mut tx,
-                            op,
-                            attempt_no,
-                            "EXHAUSTED",
-                            None,
-                            Some(&last_error),
-                        )
-                        .await?
-                        .0
-                    {
-                        tx.rollback().await?;
-                        return Ok(());
-                    }
+                    self.finish(
+                        &mut tx,
+                        op,
+                        attempt_no,
+                        "EXHAUSTED",
+                        None,
+                        Some(&last_error),
+                    )
+                    .await?;
                     self.dead_letter(&mut tx, op, attempt_no, &last_error)
                         .await?;
                     tracing::error!(payment_id = %op.payment_id, operation = operation.as_str(), attempts = attempt_no,
@@ -564,7 +560,7 @@ impl<P: PaymentProvider> Worker<P> {
         status: &str,
         reference: Option<&str>,
         error: Option<&str>,
-    ) -> sqlx::Result<Ours> {
+    ) -> anyhow::Result<()> {
         let updated = sqlx::query(
             "UPDATE provider_operations
                 SET status = $2, attempts = $3, result_reference = $4, last_error = $5,
@@ -582,6 +578,6 @@ impl<P: PaymentProvider> Worker<P> {
         .execute(tx)
         .await?
         .rows_affected();
-        Ok(Ours(updated == 1))
+        still_ours(updated)
     }
 }
