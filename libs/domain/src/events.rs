@@ -6,6 +6,7 @@
 
 use crate::money::{AmountMinor, Currency};
 use crate::state::PaymentStatus;
+use crate::text::{self, CustomerId, PaymentMethod, TextError};
 use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -119,6 +120,9 @@ impl fmt::Display for EventType {
     }
 }
 
+/// Longest event type name an envelope may carry (the longest known one is 28 bytes).
+const EVENT_TYPE_MAX_BYTES: usize = 64;
+
 /// A payload type of the catalog, bound to its event type and schema version.
 pub trait EventPayload: Serialize + DeserializeOwned {
     const EVENT_TYPE: EventType;
@@ -146,6 +150,8 @@ pub struct Envelope {
 pub enum DecodeError {
     #[error("envelope is not valid JSON of the expected shape: {0}")]
     Envelope(#[source] serde_json::Error),
+    #[error("envelope refused: {0}")]
+    Text(#[from] TextError),
     #[error("expected event type {expected}, got {actual}")]
     WrongType { expected: EventType, actual: String },
     #[error("unsupported schema version {actual} for {event_type} (supported: {supported})")]
@@ -192,8 +198,24 @@ impl Envelope {
         )
     }
 
+    /// Reads an envelope and checks the text rules of [`crate::text`] on every string it
+    /// carries (`TEXT_NO_NUL`, `TEXT_BOUNDED`, a valid correlation id), so nothing a
+    /// database would refuse gets past decoding.
     pub fn from_json(bytes: &[u8]) -> Result<Envelope, DecodeError> {
-        serde_json::from_slice(bytes).map_err(DecodeError::Envelope)
+        let envelope: Envelope = serde_json::from_slice(bytes).map_err(DecodeError::Envelope)?;
+        text::check_text("event_type", &envelope.event_type, EVENT_TYPE_MAX_BYTES)?;
+        if !text::valid_correlation_id(&envelope.correlation_id) {
+            return Err(TextError::Invalid {
+                field: "correlation_id",
+                rule: format!(
+                    "1-{} printable ASCII characters without spaces",
+                    text::CORRELATION_ID_MAX
+                ),
+            }
+            .into());
+        }
+        text::check_json_text("payload", &envelope.payload)?;
+        Ok(envelope)
     }
 
     pub fn to_json(&self) -> Vec<u8> {
@@ -239,19 +261,15 @@ macro_rules! catalog {
 /// (for the simulated provider, one of its test tokens; see the provider adapter).
 pub const DEFAULT_PAYMENT_METHOD: &str = "pm_card_ok";
 
-fn default_payment_method() -> String {
-    DEFAULT_PAYMENT_METHOD.to_owned()
-}
-
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PaymentRequested {
     pub merchant_id: Uuid,
-    pub customer_id: String,
+    pub customer_id: CustomerId,
     pub amount_minor: AmountMinor,
     pub currency: Currency,
-    #[serde(default = "default_payment_method")]
-    pub payment_method: String,
+    #[serde(default)]
+    pub payment_method: PaymentMethod,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -276,11 +294,11 @@ pub struct RiskDenied {
 #[serde(deny_unknown_fields)]
 pub struct AuthorizeRequested {
     pub merchant_id: Uuid,
-    pub customer_id: String,
+    pub customer_id: CustomerId,
     pub amount_minor: AmountMinor,
     pub currency: Currency,
-    #[serde(default = "default_payment_method")]
-    pub payment_method: String,
+    #[serde(default)]
+    pub payment_method: PaymentMethod,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -439,7 +457,7 @@ pub struct PaymentReversed {
 pub struct PaymentFinalized {
     pub status: PaymentStatus,
     pub merchant_id: Uuid,
-    pub customer_id: String,
+    pub customer_id: CustomerId,
     pub amount_minor: AmountMinor,
     pub currency: Currency,
     pub reason: String,
@@ -477,10 +495,10 @@ mod tests {
     fn requested() -> PaymentRequested {
         PaymentRequested {
             merchant_id: Uuid::now_v7(),
-            customer_id: "cust-1".into(),
+            customer_id: CustomerId::parse("cust-1").unwrap(),
             amount_minor: AmountMinor::new(2500).unwrap(),
             currency: Currency::parse("USD").unwrap(),
-            payment_method: DEFAULT_PAYMENT_METHOD.into(),
+            payment_method: PaymentMethod::default_card(),
         }
     }
 
@@ -525,6 +543,45 @@ mod tests {
             Err(DecodeError::Payload { .. })
         ));
         assert!(Envelope::from_json(b"{not json").is_err());
+    }
+
+    #[test]
+    fn envelopes_carrying_text_a_database_would_refuse_do_not_decode() {
+        let good = Envelope::new(
+            Uuid::now_v7(),
+            None,
+            "c",
+            &LedgerPostFailed { reason: "r".into() },
+        );
+        assert!(Envelope::from_json(&good.to_json()).is_ok());
+        let mut nul = good.clone();
+        nul.payload["reason"] = serde_json::json!("frozen\u{0}");
+        let mut long = good.clone();
+        long.payload["reason"] = serde_json::json!("r".repeat(crate::text::TEXT_MAX_BYTES + 1));
+        let mut unknown_field = good.clone();
+        unknown_field.payload["extra"] = serde_json::json!({"deep": ["x\u{0}"]});
+        let mut correlation = good.clone();
+        correlation.correlation_id = "a b".into();
+        let mut event_type = good.clone();
+        event_type.event_type = "t".repeat(65);
+        for (bad, what) in [
+            (nul, "payload.reason contains a NUL"),
+            (long, "payload.reason is 1025 bytes"),
+            (unknown_field, "payload.extra.deep[0] contains a NUL"),
+            (correlation, "correlation_id must be"),
+            (event_type, "event_type is 65 bytes"),
+        ] {
+            let err = Envelope::from_json(&bad.to_json()).unwrap_err();
+            assert!(matches!(err, DecodeError::Text(_)), "{err}");
+            assert!(err.to_string().contains(what), "{err} should say {what}");
+        }
+        let mut customer = Envelope::new(Uuid::now_v7(), None, "c", &requested());
+        customer.payload["customer_id"] = serde_json::json!("c".repeat(65));
+        let decoded = Envelope::from_json(&customer.to_json()).unwrap();
+        assert!(matches!(
+            decoded.decode::<PaymentRequested>(),
+            Err(DecodeError::Payload { .. })
+        ));
     }
 
     #[test]

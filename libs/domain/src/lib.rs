@@ -7,8 +7,10 @@ pub mod events;
 pub mod money;
 pub mod namespace;
 pub mod state;
+pub mod text;
 
 pub use events::{Envelope, EventType};
 pub use money::{AmountMinor, Currency, MoneyError};
 pub use namespace::Namespace;
 pub use state::{PaymentStatus, TransitionError};
+pub use text::{CustomerId, IdempotencyKey, PaymentMethod, RefundReason, TextError};

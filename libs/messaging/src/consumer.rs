@@ -5,17 +5,31 @@
 //! Outcomes per message:
 //! - the inbox already has the event: skipped and counted, offset stored;
 //! - the handler succeeds: effect, inbox row and outbox rows commit together, offset stored;
-//! - transient failure (database, conflict): rolled back and retried in place with back-off,
-//!   so the message keeps its place; nothing after it on the partition is processed first;
-//! - permanent failure (the bytes are not an envelope, or its payload is invalid): published to
-//!   the dead-letter topic with classification NON_RETRYABLE, offset stored, consumer moves on.
+//! - a failure [`crate::failure::classify`] calls transient (database unavailable, lost race):
+//!   rolled back and retried in place with back-off, so the message keeps its place; nothing
+//!   after it on the partition is processed first. The retries are bounded: once a message
+//!   has failed `retry_attempts` times *and* for `retry_budget`, it is dead-lettered as
+//!   RETRY_EXHAUSTED and the consumer moves on (see "Why moving on is safe" below);
+//! - a permanent failure (the bytes are not an envelope, its text or payload is invalid, the
+//!   handler refuses it, or the database refuses its data: SQLSTATE classes 22, 23, 42):
+//!   published to the dead-letter topic as NON_RETRYABLE with the SQLSTATE, offset stored,
+//!   consumer moves on.
+//!
+//! Why moving on is safe: the saga keeps at most one message outstanding per payment (each
+//! step waits for the answer to the last), so a parked message holds up only its own
+//! payment, whose later messages cannot exist yet. What it leaves is a payment that stopped
+//! moving; its dead letter says why, `sagapayctl dlq replay` resumes it once the cause is
+//! fixed (the inbox has no row for a message that never committed), and the saga's step
+//! deadlines are what find such a payment when nobody looks.
 //!
 //! Concurrency: messages are spread over `lanes` workers by their key (the payment id), so the
 //! events of one payment are handled one at a time and in partition order, while different
 //! payments proceed in parallel (each in its own transaction; PostgreSQL's group commit lets
 //! their commits share WAL flushes). Offsets are stored per partition only up to the first
 //! message not yet finished, so a crash never skips a message: everything after it is
-//! redelivered and the inbox skips what was already done.
+//! redelivered and the inbox skips what was already done. Rebalances are fenced by
+//! generations ([`crate::partitions`]): work that finishes after its partition moved stores
+//! nothing.
 //!
 //! Batching: a lane takes the messages already waiting for it (at most `max_batch`) and handles
 //! them in one transaction, each with its own inbox row, so a burst costs one commit instead
@@ -24,23 +38,28 @@
 //! fails, the whole transaction rolls back and the batch is split (see `process_batch`), so
 //! the outcome of every message is exactly what it would be without batching.
 
-use crate::deadletter::{Classification, DeadLetter};
+use crate::deadletter::{self, Classification, DeadLetter, Origin};
+use crate::failure::{self, Retry};
 use crate::headers::{MessageHeaders, TRACEPARENT};
+use crate::kafka::KafkaSettings;
+use crate::lag::LagReporter;
 use crate::metrics::MessagingMetrics;
+use crate::partitions::{ConsumerHealth, PartitionKey, PartitionTable, Stall, Tracking};
 use anyhow::Context;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Message, OwnedMessage};
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::util::Timeout;
+use rdkafka::producer::FutureProducer;
 use sagapay_domain::Envelope;
 use sqlx::{PgConnection, PgPool};
-use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
+
+/// How often lag and stalls are reported.
+const LAG_REPORT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Where a message came from, and its headers.
 #[derive(Debug)]
@@ -171,6 +190,10 @@ pub struct ConsumerSettings {
     pub dead_letter_topic: String,
     pub retry_initial: Duration,
     pub retry_max: Duration,
+    /// A message failing transiently is dead-lettered (RETRY_EXHAUSTED) once it has failed at
+    /// least this many times and for at least `retry_budget`.
+    pub retry_attempts: u32,
+    pub retry_budget: Duration,
     /// Messages handled at once (by key, see the module documentation); at least 1.
     pub lanes: usize,
     /// Most messages a lane handles in one database transaction (those already waiting for it);
@@ -178,8 +201,18 @@ pub struct ConsumerSettings {
     pub max_batch: usize,
 }
 
+impl ConsumerSettings {
+    /// Retry settings of the services: back-off from 100 ms to 5 s, and a message is given up
+    /// after 10 attempts and 2 minutes, whichever comes later (a PostgreSQL restart or
+    /// failover passes within it; a message that keeps failing past it is not waiting for
+    /// the world to change).
+    pub const DEFAULT_RETRY_ATTEMPTS: u32 = 10;
+    pub const DEFAULT_RETRY_BUDGET: Duration = Duration::from_secs(120);
+}
+
 pub struct InboxConsumer<H> {
-    consumer: StreamConsumer,
+    consumer: Arc<StreamConsumer<Tracking>>,
+    partitions: Arc<PartitionTable>,
     producer: FutureProducer,
     pool: PgPool,
     handler: Arc<H>,
@@ -187,66 +220,70 @@ pub struct InboxConsumer<H> {
     metrics: MessagingMetrics,
 }
 
-enum Processed {
+/// What became of a message a lane took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// Processed, skipped as a duplicate, or dead-lettered: its offset may be stored.
     Done,
-    ShuttingDown,
+    /// Its partition was revoked before it finished; the partition's owner redelivers it.
+    Abandoned,
+    /// Shutdown came first; it is redelivered after the restart.
+    Stopped,
+}
+
+/// A message handed to a lane, with the generation of its partition's assignment.
+struct Delivery {
+    msg: OwnedMessage,
+    generation: u64,
+}
+
+impl Delivery {
+    fn key(&self) -> PartitionKey {
+        (self.msg.topic().to_owned(), self.msg.partition())
+    }
 }
 
 /// A lane's report on one message.
 struct Finished {
-    topic: String,
-    partition: i32,
+    key: PartitionKey,
+    generation: u64,
     offset: i64,
-    done: bool,
-}
-
-/// Per partition: offsets handed to lanes and not finished, and the highest offset seen.
-struct PartitionProgress {
-    pending: BTreeSet<i64>,
-    highest_seen: i64,
-    stored: i64,
-}
-
-impl PartitionProgress {
-    /// Progress of a partition whose first message in this run is at `offset`.
-    fn starting_at(offset: i64) -> Self {
-        Self {
-            pending: BTreeSet::new(),
-            highest_seen: offset - 1,
-            stored: offset - 1,
-        }
-    }
-
-    /// The last offset before which everything is finished (what may be stored), if it moved.
-    fn advance(&mut self) -> Option<i64> {
-        let done_through = match self.pending.first() {
-            Some(first) => first - 1,
-            None => self.highest_seen,
-        };
-        (done_through > self.stored).then(|| {
-            self.stored = done_through;
-            done_through
-        })
-    }
+    outcome: Outcome,
 }
 
 impl<H: Handler> InboxConsumer<H> {
+    /// A consumer of `settings.topics` in group `settings.group_id`.
     pub fn new(
-        consumer: StreamConsumer,
+        kafka: &KafkaSettings,
         producer: FutureProducer,
         pool: PgPool,
         handler: Arc<H>,
         settings: ConsumerSettings,
         metrics: MessagingMetrics,
-    ) -> Self {
-        Self {
-            consumer,
+    ) -> anyhow::Result<Self> {
+        let partitions = Arc::new(PartitionTable::default());
+        let consumer = kafka.consumer_with_context(
+            &settings.group_id,
+            &settings.consumer_name,
+            Tracking {
+                table: partitions.clone(),
+            },
+        )?;
+        Ok(Self {
+            consumer: Arc::new(consumer),
+            partitions,
             producer,
             pool,
             handler,
             settings,
             metrics,
-        }
+        })
+    }
+
+    /// Lets `health` (what `/ready` reads) see this consumer's stalls.
+    pub fn report_to(self, health: &ConsumerHealth) -> Self {
+        health.register(&self.settings.consumer_name, self.partitions.clone());
+        self
     }
 
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -255,53 +292,33 @@ impl<H: Handler> InboxConsumer<H> {
             .subscribe(&topics)
             .context("subscribing to topics")?;
         let this = Arc::new(self);
+        let reporter = tokio::spawn(
+            LagReporter {
+                consumer: this.consumer.clone(),
+                table: this.partitions.clone(),
+                metrics: this.metrics.clone(),
+                interval: LAG_REPORT_INTERVAL,
+            }
+            .run(shutdown.clone()),
+        );
         let lanes = this.settings.lanes.max(1);
         let (finished_tx, mut finished_rx) = tokio::sync::mpsc::unbounded_channel::<Finished>();
         let mut lane_txs = Vec::with_capacity(lanes);
         let mut lane_tasks = Vec::with_capacity(lanes);
         for _ in 0..lanes {
-            let (tx, mut rx) = tokio::sync::mpsc::channel::<OwnedMessage>(64);
+            let (tx, rx) = tokio::sync::mpsc::channel::<Delivery>(64);
             lane_txs.push(tx);
-            let (this, finished_tx, shutdown) =
-                (this.clone(), finished_tx.clone(), shutdown.clone());
-            lane_tasks.push(tokio::spawn(async move {
-                let max_batch = this.settings.max_batch.max(1);
-                while let Some(first) = rx.recv().await {
-                    if shutdown.is_cancelled() {
-                        break;
-                    }
-                    // Whatever else already waits for this lane shares the transaction.
-                    let mut batch = vec![first];
-                    while batch.len() < max_batch {
-                        match rx.try_recv() {
-                            Ok(m) => batch.push(m),
-                            Err(_) => break,
-                        }
-                    }
-                    let outcomes = this.process_batch(&batch, &shutdown).await?;
-                    let mut stopped = false;
-                    for (msg, done) in batch.iter().zip(outcomes) {
-                        let _ = finished_tx.send(Finished {
-                            topic: msg.topic().to_owned(),
-                            partition: msg.partition(),
-                            offset: msg.offset(),
-                            done,
-                        });
-                        stopped |= !done;
-                    }
-                    if stopped {
-                        break;
-                    }
-                }
-                anyhow::Ok(())
-            }));
+            lane_tasks.push(tokio::spawn(this.clone().lane(
+                rx,
+                finished_tx.clone(),
+                shutdown.clone(),
+            )));
         }
         drop(finished_tx);
-        let mut progress: HashMap<(String, i32), PartitionProgress> = HashMap::new();
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                Some(f) = finished_rx.recv() => this.finish(&mut progress, f),
+                Some(f) = finished_rx.recv() => this.finish(f),
                 msg = this.consumer.recv() => {
                     let msg = match msg {
                         Ok(m) => m.detach(),
@@ -310,16 +327,16 @@ impl<H: Handler> InboxConsumer<H> {
                             continue;
                         }
                     };
-                    let p = progress
-                        .entry((msg.topic().to_owned(), msg.partition()))
-                        .or_insert_with(|| PartitionProgress::starting_at(msg.offset()));
-                    p.pending.insert(msg.offset());
-                    p.highest_seen = p.highest_seen.max(msg.offset());
+                    let key = (msg.topic().to_owned(), msg.partition());
+                    // A message of a partition revoked since it was fetched is not ours.
+                    let Some(generation) = this.partitions.received(&key, msg.offset()) else {
+                        continue;
+                    };
                     let lane = lane_of(&msg, lanes);
                     // Waits while the lane is full: back-pressure on the partition reads.
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
-                        sent = lane_txs[lane].send(msg) => {
+                        sent = lane_txs[lane].send(Delivery { msg, generation }) => {
                             if sent.is_err() {
                                 break; // the lane stopped on an error; reported below
                             }
@@ -339,8 +356,9 @@ impl<H: Handler> InboxConsumer<H> {
             }
         }
         while let Ok(f) = finished_rx.try_recv() {
-            this.finish(&mut progress, f);
+            this.finish(f);
         }
+        let _ = reporter.await;
         // Commit what was stored; anything not committed is redelivered and deduplicated.
         if let Err(e) = this.consumer.commit_consumer_state(CommitMode::Sync) {
             tracing::debug!(error = %e, "final offset commit");
@@ -351,50 +369,58 @@ impl<H: Handler> InboxConsumer<H> {
         }
     }
 
-    /// Records a finished message and stores the partition's offset as far as it is contiguous.
-    fn finish(&self, progress: &mut HashMap<(String, i32), PartitionProgress>, f: Finished) {
-        if !f.done {
-            return;
-        }
-        let Some(p) = progress.get_mut(&(f.topic.clone(), f.partition)) else {
-            return;
-        };
-        p.pending.remove(&f.offset);
-        if let Some(through) = p.advance() {
-            // librdkafka commits `through + 1`, the next offset to read. Storing fails for a
-            // partition no longer assigned; its messages are redelivered to the new owner.
-            if let Err(e) = self.consumer.store_offset(&f.topic, f.partition, through) {
-                tracing::debug!(error = %e, topic = %f.topic, partition = f.partition, "offset not stored");
+    /// One lane: takes the messages waiting for it, a batch at a time, until its channel
+    /// closes or shutdown interrupts a message.
+    async fn lane(
+        self: Arc<Self>,
+        mut rx: tokio::sync::mpsc::Receiver<Delivery>,
+        finished: tokio::sync::mpsc::UnboundedSender<Finished>,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
+        let max_batch = self.settings.max_batch.max(1);
+        while let Some(first) = rx.recv().await {
+            if shutdown.is_cancelled() {
+                break;
             }
-            self.record_lag(&f.topic, f.partition, through);
+            // Whatever else already waits for this lane shares the transaction.
+            let mut batch = vec![first];
+            while batch.len() < max_batch {
+                match rx.try_recv() {
+                    Ok(d) => batch.push(d),
+                    Err(_) => break,
+                }
+            }
+            // Messages of partitions revoked while they waited are the new owner's.
+            let (current, revoked): (Vec<Delivery>, Vec<Delivery>) = batch
+                .into_iter()
+                .partition(|d| self.partitions.is_current(&d.key(), d.generation));
+            for d in &revoked {
+                report(&finished, d, Outcome::Abandoned);
+            }
+            let outcomes = self.process_batch(&current, &shutdown).await?;
+            let mut stopped = false;
+            for (d, outcome) in current.iter().zip(outcomes) {
+                report(&finished, d, outcome);
+                stopped |= outcome == Outcome::Stopped;
+            }
+            if stopped {
+                break;
+            }
         }
+        Ok(())
     }
 
-    /// Lag from the high watermark the client last saw for the partition (kept by librdkafka
-    /// from fetch responses, so this costs no request).
-    fn record_lag(&self, topic_name: &str, partition: i32, done_through: i64) {
-        let Ok(topic) = std::ffi::CString::new(topic_name) else {
+    /// Records a finished message and stores the partition's offset as far as it is contiguous.
+    fn finish(&self, f: Finished) {
+        if f.outcome != Outcome::Done {
             return;
-        };
-        let (mut low, mut high) = (-1i64, -1i64);
-        // SAFETY: the client handle lives as long as `self.consumer`; `topic` outlives the call;
-        // `low` and `high` are valid for writes. The call reads librdkafka's cached watermarks
-        // and does not block. (rdkafka 0.38 has no safe wrapper for it.)
-        let err = unsafe {
-            rdkafka::bindings::rd_kafka_get_watermark_offsets(
-                self.consumer.client().native_ptr(),
-                topic.as_ptr(),
-                partition,
-                &mut low,
-                &mut high,
-            )
-        };
-        if err == rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0 {
-            let partition = partition.to_string();
-            self.metrics
-                .consumer_lag_messages
-                .with_label_values(&[topic_name, &partition])
-                .set((high - done_through - 1).max(0));
+        }
+        if let Some(through) = self.partitions.finished(&f.key, f.generation, f.offset) {
+            // librdkafka commits `through + 1`, the next offset to read. Storing fails for a
+            // partition no longer assigned; its messages are redelivered to the new owner.
+            if let Err(e) = self.consumer.store_offset(&f.key.0, f.key.1, through) {
+                tracing::debug!(error = %e, topic = %f.key.0, partition = f.key.1, "offset not stored");
+            }
         }
     }
 
@@ -402,13 +428,13 @@ impl<H: Handler> InboxConsumer<H> {
     /// can: all of it at once when every handler succeeds. When a message fails, the batch is
     /// rolled back, the messages before it are committed as a batch again, the failing one is
     /// handled on its own (retried in place, dead-lettered or stopped at shutdown exactly as
-    /// without batching), and the rest continue as a batch. Returns whether each message is
-    /// done (false from the first one interrupted by shutdown on).
+    /// without batching), and the rest continue as a batch. Returns each message's outcome
+    /// (`Stopped` from the first one interrupted by shutdown on).
     async fn process_batch(
         &self,
-        batch: &[OwnedMessage],
+        batch: &[Delivery],
         shutdown: &CancellationToken,
-    ) -> anyhow::Result<Vec<bool>> {
+    ) -> anyhow::Result<Vec<Outcome>> {
         let mut outcomes = Vec::with_capacity(batch.len());
         while outcomes.len() < batch.len() {
             let rest = &batch[outcomes.len()..];
@@ -425,13 +451,13 @@ impl<H: Handler> InboxConsumer<H> {
                 }
             };
             if committed > 0 {
-                outcomes.extend(std::iter::repeat_n(true, committed));
+                outcomes.extend(std::iter::repeat_n(Outcome::Done, committed));
                 continue;
             }
-            let done = matches!(self.process(&rest[0], shutdown).await?, Processed::Done);
-            outcomes.push(done);
-            if !done {
-                outcomes.resize(batch.len(), false);
+            let outcome = self.process(&rest[0], shutdown).await?;
+            outcomes.push(outcome);
+            if outcome == Outcome::Stopped {
+                outcomes.resize(batch.len(), Outcome::Stopped);
             }
         }
         Ok(outcomes)
@@ -439,13 +465,13 @@ impl<H: Handler> InboxConsumer<H> {
 
     /// All of `batch` in one transaction, or nothing. On failure, returns how many messages
     /// at the start of the batch were applied before the one that failed (all rolled back).
-    async fn try_batch(&self, batch: &[OwnedMessage]) -> Result<(), usize> {
+    async fn try_batch(&self, batch: &[Delivery]) -> Result<(), usize> {
         let mut items = Vec::with_capacity(batch.len());
         let mut skipped = Vec::new();
-        for (i, msg) in batch.iter().enumerate() {
-            let mut ctx = MessageContext::new(msg);
+        for (i, d) in batch.iter().enumerate() {
+            let mut ctx = MessageContext::new(&d.msg);
             // A message that is not an envelope is dead-lettered by the one-by-one path.
-            let envelope = parse(msg.payload().unwrap_or_default(), &ctx.topic).map_err(|_| i)?;
+            let envelope = parse(d.msg.payload().unwrap_or_default(), &ctx.topic).map_err(|_| i)?;
             if !self.handler.affects(&envelope) {
                 skipped.push(envelope);
                 continue;
@@ -566,76 +592,98 @@ impl<H: Handler> InboxConsumer<H> {
             .observe(delay_s);
     }
 
-    async fn process(
-        &self,
-        msg: &OwnedMessage,
-        shutdown: &CancellationToken,
-    ) -> anyhow::Result<Processed> {
+    /// One message on its own: handled, retried in place while its failure is transient and
+    /// the retry budget lasts, or dead-lettered.
+    async fn process(&self, d: &Delivery, shutdown: &CancellationToken) -> anyhow::Result<Outcome> {
+        let msg = &d.msg;
         let mut ctx = MessageContext::new(msg);
         let value = msg.payload().unwrap_or_default();
         let envelope = match parse(value, &ctx.topic) {
             Ok(env) => env,
             Err(error) => {
-                self.dead_letter(
-                    msg,
-                    &ctx,
-                    None,
-                    &error,
-                    Classification::NonRetryable,
-                    shutdown,
-                )
-                .await?;
-                return Ok(Processed::Done);
+                let letter = self.letter(msg, &ctx, None, &error, Classification::NonRetryable);
+                return self.dead_letter(letter, shutdown).await;
             }
         };
         if !self.handler.affects(&envelope) {
             self.count_unaffected(std::slice::from_ref(&envelope));
-            return Ok(Processed::Done);
+            return Ok(Outcome::Done);
         }
         let span = consume_span(&envelope, &ctx);
         // The handler's events continue the trace from this span.
         let traceparent = sagapay_telemetry::continue_trace(&span, ctx.headers.get(TRACEPARENT));
         ctx.headers.set(TRACEPARENT, traceparent);
-        async {
+        let key = d.key();
+        let outcome = async {
             self.observe_queue_delay(&envelope);
             let mut backoff = self.settings.retry_initial;
-            let mut attempt: u32 = 0;
+            let mut attempts: u32 = 0;
+            let mut first_failure: Option<Instant> = None;
             loop {
-                attempt += 1;
-                match self.handle_once(&envelope, &ctx).await {
-                    Ok(()) => return Ok(Processed::Done),
-                    Err(HandlerError::Permanent(e)) => {
-                        let error = format!("{e:#}");
-                        tracing::warn!(%error, "permanent handler failure: dead-lettering");
-                        self.dead_letter(
-                            msg,
-                            &ctx,
-                            Some(&envelope),
-                            &error,
-                            Classification::NonRetryable,
-                            shutdown,
-                        )
-                        .await?;
-                        return Ok(Processed::Done);
-                    }
-                    Err(HandlerError::Transient(e)) => {
+                if !self.partitions.is_current(&key, d.generation) {
+                    tracing::info!("partition revoked while the message was retried; left to its new owner");
+                    return Ok(Outcome::Abandoned);
+                }
+                attempts += 1;
+                let Err(e) = self.handle_once(&envelope, &ctx).await else {
+                    return Ok(Outcome::Done);
+                };
+                let classified = failure::classify(&e);
+                let error = format!("{e:#}");
+                let failing_since = *first_failure.get_or_insert_with(Instant::now);
+                let exhausted = attempts >= self.settings.retry_attempts
+                    && failing_since.elapsed() >= self.settings.retry_budget;
+                let classification = match classified.retry {
+                    Retry::Permanent => Classification::NonRetryable,
+                    Retry::Transient if exhausted => Classification::RetryExhausted,
+                    Retry::Transient => {
                         self.metrics
                             .handler_retries_total
                             .with_label_values(&[&envelope.event_type])
                             .inc();
-                        tracing::warn!(error = %format!("{e:#}"), attempt, backoff_ms = backoff.as_millis() as u64,
+                        tracing::warn!(%error, attempt = attempts, backoff_ms = backoff.as_millis() as u64,
+                            sqlstate = classified.sqlstate.as_deref().unwrap_or(""),
                             "transient handler failure: retrying in place");
+                        self.partitions.stalled(
+                            &key,
+                            d.generation,
+                            ctx.offset,
+                            Stall {
+                                event_type: Some(envelope.event_type.clone()),
+                                first_failure: failing_since,
+                                attempts,
+                                last_error: error,
+                            },
+                        );
                         tokio::select! {
-                            _ = shutdown.cancelled() => return Ok(Processed::ShuttingDown),
+                            _ = shutdown.cancelled() => return Ok(Outcome::Stopped),
                             _ = tokio::time::sleep(backoff) => {}
                         }
                         backoff = (backoff * 2).min(self.settings.retry_max);
+                        continue;
                     }
-                }
+                };
+                let error = match classification {
+                    Classification::RetryExhausted => format!(
+                        "gave up after {attempts} attempts over {:.1} s: {error}",
+                        failing_since.elapsed().as_secs_f64()
+                    ),
+                    Classification::NonRetryable => error,
+                };
+                tracing::warn!(%error, classification = classification.as_str(),
+                    sqlstate = classified.sqlstate.as_deref().unwrap_or(""), "dead-lettering");
+                let mut letter = self.letter(msg, &ctx, Some(&envelope), &error, classification);
+                letter.sqlstate = classified.sqlstate;
+                letter.attempts = Some(attempts);
+                return self.dead_letter(letter, shutdown).await;
             }
         }
         .instrument(span)
-        .await
+        .await;
+        if !matches!(outcome, Ok(Outcome::Done)) {
+            self.partitions.unstalled(&key, d.generation, ctx.offset);
+        }
+        outcome
     }
 
     /// One attempt: inbox row + handler in one transaction.
@@ -668,64 +716,70 @@ impl<H: Handler> InboxConsumer<H> {
         .await
     }
 
-    /// Publishes a dead letter, retrying until the broker has it (the offset must not move
-    /// past a message that is neither processed nor dead-lettered).
-    async fn dead_letter(
+    fn letter(
         &self,
         msg: &OwnedMessage,
         ctx: &MessageContext,
         envelope: Option<&Envelope>,
         error: &str,
         classification: Classification,
-        shutdown: &CancellationToken,
-    ) -> anyhow::Result<()> {
-        let mut letter = DeadLetter {
-            original_topic: ctx.topic.clone(),
-            original_partition: ctx.partition,
-            original_offset: ctx.offset,
-            original_key: msg.key().map(|k| String::from_utf8_lossy(k).into_owned()),
-            original_headers: ctx.headers.0.clone(),
-            payload: None,
-            payload_base64: None,
-            event_id: envelope.map(|e| e.event_id.to_string()),
-            event_type: envelope.map(|e| e.event_type.clone()),
-            failing_service: self.settings.consumer_name.clone(),
-            error: error.to_owned(),
+    ) -> DeadLetter {
+        let mut letter = DeadLetter::new(
+            &Origin {
+                topic: &ctx.topic,
+                partition: ctx.partition,
+                offset: ctx.offset,
+                key: msg.key(),
+                headers: &ctx.headers.0,
+                value: msg.payload().unwrap_or_default(),
+            },
+            &self.settings.consumer_name,
+            error,
             classification,
-            failed_at: chrono::Utc::now(),
-        };
-        letter.set_payload(msg.payload().unwrap_or_default());
-        let value = serde_json::to_vec(&letter)?;
-        let key = letter.original_key.clone().unwrap_or_default();
-        let mut backoff = self.settings.retry_initial;
-        loop {
-            let record = FutureRecord::to(&self.settings.dead_letter_topic)
-                .key(&key)
-                .payload(&value);
-            match self
-                .producer
-                .send(record, Timeout::After(Duration::from_secs(10)))
-                .await
-            {
-                Ok(_) => break,
-                Err((e, _)) => {
-                    tracing::warn!(error = %e, "dead-letter publish failed; retrying");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => anyhow::bail!("shutdown while dead-lettering"),
-                        _ = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(self.settings.retry_max);
-                }
-            }
+        );
+        letter.event_id = envelope.map(|e| e.event_id.to_string());
+        letter.event_type = envelope.map(|e| e.event_type.clone());
+        letter
+    }
+
+    /// Publishes a dead letter (retrying until the broker has it); the message is then done.
+    async fn dead_letter(
+        &self,
+        letter: DeadLetter,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<Outcome> {
+        let retry = (self.settings.retry_initial, self.settings.retry_max);
+        match deadletter::publish(
+            &self.producer,
+            &self.settings.dead_letter_topic,
+            &letter,
+            retry,
+            shutdown,
+        )
+        .await
+        {
+            Ok(()) => {}
+            Err(_) if shutdown.is_cancelled() => return Ok(Outcome::Stopped),
+            Err(e) => return Err(e),
         }
         self.metrics
             .dlq_published_total
-            .with_label_values(&[classification.as_str()])
+            .with_label_values(&[letter.classification.as_str()])
             .inc();
-        tracing::warn!(topic = %ctx.topic, offset = ctx.offset, %error, classification = classification.as_str(),
+        tracing::warn!(topic = %letter.original_topic, offset = letter.original_offset,
+            error = %letter.error, classification = letter.classification.as_str(),
             "message dead-lettered");
-        Ok(())
+        Ok(Outcome::Done)
     }
+}
+
+fn report(finished: &tokio::sync::mpsc::UnboundedSender<Finished>, d: &Delivery, outcome: Outcome) {
+    let _ = finished.send(Finished {
+        key: d.key(),
+        generation: d.generation,
+        offset: d.msg.offset(),
+        outcome,
+    });
 }
 
 /// The span of one consumed event; it continues the trace the message's headers carry.
@@ -777,26 +831,6 @@ fn parse(value: &[u8], topic: &str) -> Result<Envelope, String> {
 mod tests {
     use super::*;
     use sagapay_domain::events::RiskApproved;
-
-    #[test]
-    fn offsets_are_stored_only_up_to_the_first_unfinished_message() {
-        let mut p = PartitionProgress::starting_at(10);
-        for o in 10..15 {
-            p.pending.insert(o);
-            p.highest_seen = o;
-        }
-        // 10 is still running: nothing may be stored, whatever else finished.
-        p.pending.remove(&12);
-        p.pending.remove(&11);
-        assert_eq!(p.advance(), None);
-        p.pending.remove(&10);
-        assert_eq!(p.advance(), Some(12));
-        assert_eq!(p.advance(), None, "stores only when it moves");
-        p.pending.remove(&14);
-        assert_eq!(p.advance(), None);
-        p.pending.remove(&13);
-        assert_eq!(p.advance(), Some(14));
-    }
 
     #[test]
     fn parse_rejects_garbage_unknown_types_and_misrouted_events() {

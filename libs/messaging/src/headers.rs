@@ -13,6 +13,9 @@ pub const EVENT_TYPE: &str = "event_type";
 pub const TRACEPARENT: &str = "traceparent";
 pub const TRACESTATE: &str = "tracestate";
 
+/// Longest header name or value kept from a consumed message.
+pub const HEADER_MAX_BYTES: usize = 512;
+
 /// Text headers of one message, ordered by name.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -38,12 +41,20 @@ impl MessageHeaders {
         out
     }
 
+    /// The text headers of a Kafka message. Headers are copies of what the envelope says (or
+    /// trace context), so one that breaks the text rules (`TEXT_NO_NUL`, `TEXT_BOUNDED`) is
+    /// left out rather than carried into a database row.
     pub fn from_kafka<H: Headers>(headers: Option<&H>) -> MessageHeaders {
         let mut out = MessageHeaders::default();
         if let Some(headers) = headers {
             for h in headers.iter() {
                 if let Some(Ok(v)) = h.value.map(std::str::from_utf8) {
-                    out.set(h.key, v);
+                    let fits = |s: &str| {
+                        sagapay_domain::text::check_text("header", s, HEADER_MAX_BYTES).is_ok()
+                    };
+                    if fits(h.key) && fits(v) {
+                        out.set(h.key, v);
+                    }
                 }
             }
         }

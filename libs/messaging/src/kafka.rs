@@ -5,7 +5,7 @@ use anyhow::Context;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::StreamConsumer;
+use rdkafka::consumer::{ConsumerContext, StreamConsumer};
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::producer::FutureProducer;
 use std::time::Duration;
@@ -74,6 +74,24 @@ impl KafkaSettings {
     /// A consumer of group `group_id` that commits, in the background, only offsets the
     /// application stored after its database transaction committed.
     pub fn consumer(&self, group_id: &str, client_id: &str) -> anyhow::Result<StreamConsumer> {
+        self.consumer_config(group_id, client_id)
+            .create()
+            .context("creating Kafka consumer")
+    }
+
+    /// [`KafkaSettings::consumer`] with a context of its own (rebalance callbacks).
+    pub fn consumer_with_context<C: ConsumerContext + 'static>(
+        &self,
+        group_id: &str,
+        client_id: &str,
+        context: C,
+    ) -> anyhow::Result<StreamConsumer<C>> {
+        self.consumer_config(group_id, client_id)
+            .create_with_context(context)
+            .context("creating Kafka consumer")
+    }
+
+    fn consumer_config(&self, group_id: &str, client_id: &str) -> ClientConfig {
         let mut cfg = self.base();
         cfg.set("group.id", group_id)
             .set("client.id", client_id)
@@ -90,7 +108,7 @@ impl KafkaSettings {
         for (k, v) in &self.consumer_overrides {
             cfg.set(k, v);
         }
-        cfg.create().context("creating Kafka consumer")
+        cfg
     }
 
     fn admin(&self) -> anyhow::Result<AdminClient<DefaultClientContext>> {

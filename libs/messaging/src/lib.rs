@@ -10,11 +10,14 @@
 
 pub mod consumer;
 pub mod deadletter;
+pub mod failure;
 pub mod headers;
 pub mod kafka;
+mod lag;
 pub mod metrics;
 pub mod migrations;
 pub mod outbox;
+pub mod partitions;
 
 pub use consumer::{ConsumerSettings, Handler, HandlerError, InboxConsumer, MessageContext};
 pub use deadletter::{Classification, DeadLetter};
@@ -22,3 +25,4 @@ pub use headers::MessageHeaders;
 pub use kafka::KafkaSettings;
 pub use metrics::MessagingMetrics;
 pub use outbox::{Outbox, OutboxRelay, OutboxRow, RelaySettings, OUTBOX_COLUMNS};
+pub use partitions::{ConsumerHealth, StallReport};

@@ -1,8 +1,9 @@
 //! Prometheus metrics of the messaging layer, registered into the service's registry.
 
+use crate::deadletter::Classification;
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry,
+    GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry,
 };
 
 #[derive(Clone)]
@@ -10,6 +11,10 @@ pub struct MessagingMetrics {
     pub outbox_published_total: IntCounter,
     pub outbox_publish_errors_total: IntCounter,
     pub outbox_pending_total: IntGauge,
+    /// Outbox rows set aside because the broker refused them (too large); they are never
+    /// retried by the relay.
+    pub outbox_parked_total: IntCounter,
+    pub outbox_parked_rows: IntGauge,
     pub outbox_oldest_pending_age_seconds: IntGauge,
     pub outbox_relay_batch_size: Histogram,
     pub consumer_batch_size: Histogram,
@@ -18,8 +23,10 @@ pub struct MessagingMetrics {
     pub handler_retries_total: IntCounterVec,
     pub dlq_published_total: IntCounterVec,
     pub event_queue_delay_seconds: HistogramVec,
-    /// Messages behind the partition's high watermark after the last one processed.
+    /// Messages of the partition not processed yet, reported every few seconds.
     pub consumer_lag_messages: IntGaugeVec,
+    /// How long the partition's oldest failing message has been retried in place (0: none).
+    pub consumer_stalled_seconds: GaugeVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -40,6 +47,14 @@ impl MessagingMetrics {
             outbox_pending_total: IntGauge::with_opts(Opts::new(
                 "outbox_pending_total",
                 "Outbox rows not yet published",
+            ))?,
+            outbox_parked_total: IntCounter::with_opts(Opts::new(
+                "outbox_parked_total",
+                "Outbox rows set aside because the broker refused them as too large",
+            ))?,
+            outbox_parked_rows: IntGauge::with_opts(Opts::new(
+                "outbox_parked_rows",
+                "Outbox rows set aside and not published (see outbox.parked_at)",
             ))?,
             outbox_oldest_pending_age_seconds: IntGauge::with_opts(Opts::new(
                 "outbox_oldest_pending_age_seconds",
@@ -96,7 +111,15 @@ impl MessagingMetrics {
                 Opts::new(
                     "consumer_lag_messages",
                     "Messages of the partition not yet processed by this service's consumer \
-                     (high watermark minus the next offset), as of the last message processed",
+                     (high watermark minus the next offset to process), every few seconds",
+                ),
+                &["topic", "partition"],
+            )?,
+            consumer_stalled_seconds: GaugeVec::new(
+                Opts::new(
+                    "consumer_stalled_seconds",
+                    "How long the partition's oldest failing message has been retried in place \
+                     (0 when none is)",
                 ),
                 &["topic", "partition"],
             )?,
@@ -104,6 +127,8 @@ impl MessagingMetrics {
         registry.register(Box::new(m.outbox_published_total.clone()))?;
         registry.register(Box::new(m.outbox_publish_errors_total.clone()))?;
         registry.register(Box::new(m.outbox_pending_total.clone()))?;
+        registry.register(Box::new(m.outbox_parked_total.clone()))?;
+        registry.register(Box::new(m.outbox_parked_rows.clone()))?;
         registry.register(Box::new(m.outbox_oldest_pending_age_seconds.clone()))?;
         registry.register(Box::new(m.outbox_relay_batch_size.clone()))?;
         registry.register(Box::new(m.consumer_batch_size.clone()))?;
@@ -113,6 +138,26 @@ impl MessagingMetrics {
         registry.register(Box::new(m.dlq_published_total.clone()))?;
         registry.register(Box::new(m.event_queue_delay_seconds.clone()))?;
         registry.register(Box::new(m.consumer_lag_messages.clone()))?;
+        registry.register(Box::new(m.consumer_stalled_seconds.clone()))?;
+        for classification in Classification::ALL {
+            m.dlq_published_total
+                .with_label_values(&[classification.as_str()])
+                .inc_by(0);
+        }
         Ok(m)
+    }
+
+    /// Exports the per-event-type counters of a consumer of `event_types` at zero, so a
+    /// dashboard shows 0 (and an alert on an increase can fire) before the first event.
+    pub fn expect_events<'a>(&self, event_types: impl IntoIterator<Item = &'a str>) {
+        for event_type in event_types {
+            for counter in [
+                &self.events_consumed_total,
+                &self.duplicate_events_skipped_total,
+                &self.handler_retries_total,
+            ] {
+                counter.with_label_values(&[event_type]).inc_by(0);
+            }
+        }
     }
 }

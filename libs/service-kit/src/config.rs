@@ -15,10 +15,12 @@
 //! | `SAGAPAY_CONSUMER_LANES` | CPUs (2 to 8) | Kafka messages a service handles at once (by payment; below the pool size); the ledger always uses one |
 //! | `SAGAPAY_CONSUMER_BATCH` | `32` | most messages waiting for a lane that share one transaction (1: none) |
 //! | `SAGAPAY_OUTBOX_CLAIM_TIMEOUT_MS` | `30000` | how long a crashed relay's claimed rows wait before another relay takes them |
+//! | `SAGAPAY_CONSUMER_RETRY_ATTEMPTS` | `10` | a message failing transiently is dead-lettered as RETRY_EXHAUSTED once it failed this many times and for `SAGAPAY_CONSUMER_RETRY_BUDGET_MS` |
+//! | `SAGAPAY_CONSUMER_RETRY_BUDGET_MS` | `120000` | see `SAGAPAY_CONSUMER_RETRY_ATTEMPTS` |
 
 use anyhow::Context;
 use sagapay_domain::Namespace;
-use sagapay_messaging::{KafkaSettings, RelaySettings};
+use sagapay_messaging::{ConsumerSettings, KafkaSettings, RelaySettings};
 use std::net::SocketAddr;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +44,9 @@ pub struct CommonConfig {
     pub consumer_lanes: usize,
     /// Most waiting messages a lane commits in one transaction.
     pub consumer_batch: usize,
+    /// A transiently failing message is given up after this many attempts and this long.
+    pub consumer_retry_attempts: u32,
+    pub consumer_retry_budget: std::time::Duration,
     pub relay: RelaySettings,
 }
 
@@ -116,6 +121,14 @@ impl CommonConfig {
             db_pool_size: env_parse("SAGAPAY_DB_POOL_SIZE", 16)?,
             consumer_lanes: env_parse("SAGAPAY_CONSUMER_LANES", default_consumer_lanes())?,
             consumer_batch: env_parse("SAGAPAY_CONSUMER_BATCH", 32)?,
+            consumer_retry_attempts: env_parse(
+                "SAGAPAY_CONSUMER_RETRY_ATTEMPTS",
+                ConsumerSettings::DEFAULT_RETRY_ATTEMPTS,
+            )?,
+            consumer_retry_budget: std::time::Duration::from_millis(env_parse(
+                "SAGAPAY_CONSUMER_RETRY_BUDGET_MS",
+                ConsumerSettings::DEFAULT_RETRY_BUDGET.as_millis() as u64,
+            )?),
             relay: RelaySettings {
                 claim_timeout: std::time::Duration::from_millis(env_parse(
                     "SAGAPAY_OUTBOX_CLAIM_TIMEOUT_MS",
@@ -142,6 +155,8 @@ impl CommonConfig {
             db_pool_size: 5,
             consumer_lanes: 3,
             consumer_batch: 32,
+            consumer_retry_attempts: ConsumerSettings::DEFAULT_RETRY_ATTEMPTS,
+            consumer_retry_budget: ConsumerSettings::DEFAULT_RETRY_BUDGET,
             relay: RelaySettings::default(),
         }
     }

@@ -37,6 +37,8 @@ pub struct RequestContext {
 pub struct Readiness {
     pub pool: PgPool,
     pub producer: FutureProducer,
+    /// Reported in the body, never in the status code (see `ready`).
+    pub consumers: sagapay_messaging::ConsumerHealth,
 }
 
 #[derive(Clone)]
@@ -63,6 +65,13 @@ async fn health(State(s): State<OpsState>) -> Json<serde_json::Value> {
     Json(json!({"status": "ok", "service": s.service}))
 }
 
+/// 200 when the database and Kafka answer within 2 s, else 503. A consumer retrying a message
+/// in place is named in the body (`checks.consumer: "stalled"` and `stalled_consumers`) but
+/// keeps the answer 200: what a stall needs is a person (alerts fire on
+/// `consumer_stalled_seconds`), not fewer instances. A 503 would make a load balancer take the
+/// orchestrator's API out of service because one payment's event is stuck, and a restart
+/// (what an orchestrator does to an instance that stays unready) only redelivers the same
+/// message to the same failure; every instance stuck on it would go down together.
 async fn ready(State(s): State<OpsState>) -> Response {
     let timeout = Duration::from_secs(2);
     let db_ok = tokio::time::timeout(timeout, sqlx::query("SELECT 1").execute(&s.readiness.pool))
@@ -76,12 +85,23 @@ async fn ready(State(s): State<OpsState>) -> Response {
         StatusCode::SERVICE_UNAVAILABLE
     };
     let word = |ok: bool| if ok { "ok" } else { "unavailable" };
+    let stalls = s.readiness.consumers.stalls();
+    let overall = match (status == StatusCode::OK, stalls.is_empty()) {
+        (false, _) => "not_ready",
+        (true, true) => "ready",
+        (true, false) => "degraded",
+    };
     (
         status,
         Json(json!({
             "service": s.service,
-            "status": if status == StatusCode::OK { "ready" } else { "not_ready" },
-            "checks": {"database": word(db_ok), "kafka": word(kafka_ok)},
+            "status": overall,
+            "checks": {
+                "database": word(db_ok),
+                "kafka": word(kafka_ok),
+                "consumer": if stalls.is_empty() { "ok" } else { "stalled" },
+            },
+            "stalled_consumers": stalls,
         })),
     )
         .into_response()

@@ -10,7 +10,7 @@ use prometheus::Registry;
 use rdkafka::producer::FutureProducer;
 use sagapay_domain::EventType;
 use sagapay_messaging::{
-    ConsumerSettings, Handler, InboxConsumer, MessagingMetrics, Outbox, OutboxRelay,
+    ConsumerHealth, ConsumerSettings, Handler, InboxConsumer, MessagingMetrics, Outbox, OutboxRelay,
 };
 use sagapay_telemetry::HttpMetrics;
 use sqlx::PgPool;
@@ -25,6 +25,8 @@ pub struct Platform {
     pub messaging_metrics: MessagingMetrics,
     pub http_metrics: HttpMetrics,
     pub outbox: Outbox,
+    /// The stalls of this service's consumers, for `/ready`.
+    pub consumer_health: ConsumerHealth,
 }
 
 impl Platform {
@@ -67,6 +69,7 @@ impl Platform {
             messaging_metrics,
             http_metrics,
             outbox,
+            consumer_health: ConsumerHealth::default(),
         })
     }
 
@@ -107,7 +110,6 @@ impl Platform {
     ) -> anyhow::Result<()> {
         assert!(lanes >= 1, "a consumer needs at least one lane");
         let group_id = self.config.namespace.consumer_group(self.config.service);
-        let consumer = self.config.kafka.consumer(&group_id, self.config.service)?;
         let settings = ConsumerSettings {
             consumer_name: self.config.service.to_owned(),
             group_id,
@@ -115,17 +117,22 @@ impl Platform {
             dead_letter_topic: self.config.namespace.dead_letter_topic(),
             retry_initial: Duration::from_millis(100),
             retry_max: Duration::from_secs(5),
+            retry_attempts: self.config.consumer_retry_attempts,
+            retry_budget: self.config.consumer_retry_budget,
             lanes,
             max_batch: self.config.consumer_batch,
         };
+        self.messaging_metrics
+            .expect_events(consumes.iter().map(|t| t.as_str()));
         let inbox = InboxConsumer::new(
-            consumer,
+            &self.config.kafka,
             self.producer.clone(),
             self.pool.clone(),
             handler,
             settings,
             self.messaging_metrics.clone(),
-        );
+        )?
+        .report_to(&self.consumer_health);
         builder.spawn("inbox-consumer", move |shutdown| inbox.run(shutdown));
         Ok(())
     }
@@ -138,6 +145,7 @@ impl Platform {
             Readiness {
                 pool: self.pool.clone(),
                 producer: self.producer.clone(),
+                consumers: self.consumer_health.clone(),
             },
         );
         http::instrument(api.merge(ops), self.http_metrics.clone())

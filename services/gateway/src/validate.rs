@@ -1,23 +1,27 @@
 //! Parsing the public payment request: every field is checked here and reported with its
 //! name, so a client learns exactly what to fix. Nothing invalid reaches the orchestrator.
 
-use sagapay_domain::{AmountMinor, Currency, MoneyError};
+use sagapay_domain::text::TextError;
+use sagapay_domain::{
+    AmountMinor, Currency, CustomerId, IdempotencyKey, MoneyError, PaymentMethod, RefundReason,
+};
 use sagapay_service_kit::ApiError;
 use serde_json::{Map, Value};
 
-pub const CUSTOMER_ID_MAX: usize = 64;
-pub const IDEMPOTENCY_KEY_MAX: usize = 255;
+pub use sagapay_domain::text::{
+    CUSTOMER_ID_MAX, IDEMPOTENCY_KEY_MAX, PAYMENT_METHOD_MAX, REFUND_REASON_MAX_CHARS as REASON_MAX,
+};
 
 /// A payment request that parsed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PaymentRequest {
-    pub customer_id: String,
+    pub customer_id: CustomerId,
     pub amount: AmountMinor,
     pub currency: Currency,
-    pub idempotency_key: String,
+    pub idempotency_key: IdempotencyKey,
     /// Provider token of the payment method; the simulated provider's test tokens are listed
     /// in the provider adapter's documentation.
-    pub payment_method: String,
+    pub payment_method: PaymentMethod,
 }
 
 const FIELDS: &[&str] = &[
@@ -28,42 +32,23 @@ const FIELDS: &[&str] = &[
     "payment_method",
 ];
 
-pub const PAYMENT_METHOD_MAX: usize = 64;
-
-/// `customer_id`: 1-64 characters of `A-Z a-z 0-9 _ - . : @`.
-pub fn customer_id(raw: &str) -> Result<String, ApiError> {
-    let ok = !raw.is_empty()
-        && raw.len() <= CUSTOMER_ID_MAX
-        && raw
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':' | b'@'));
-    if ok {
-        Ok(raw.to_owned())
-    } else {
-        Err(ApiError::invalid(
-            "invalid_customer_id",
-            format!("customer_id must be 1-{CUSTOMER_ID_MAX} characters of A-Z, a-z, 0-9, '_', '-', '.', ':', '@'"),
-        )
-        .with_param("customer_id"))
-    }
+/// The domain's refusal of a text field as the edge's error: `code`, the rule, the field.
+fn refused(code: &str, param: &str, e: TextError) -> ApiError {
+    let message = match e {
+        TextError::Invalid { field, rule } => format!("{field} must be {rule}"),
+        other => other.to_string(),
+    };
+    ApiError::invalid(code, message).with_param(param)
 }
 
-/// Idempotency key: 1-255 printable ASCII characters (space to tilde).
-pub fn idempotency_key(raw: &str, param: &str) -> Result<String, ApiError> {
-    let ok = !raw.is_empty()
-        && raw.len() <= IDEMPOTENCY_KEY_MAX
-        && raw.bytes().all(|b| (0x20..=0x7e).contains(&b));
-    if ok {
-        Ok(raw.to_owned())
-    } else {
-        Err(ApiError::invalid(
-            "invalid_idempotency_key",
-            format!(
-                "the idempotency key must be 1-{IDEMPOTENCY_KEY_MAX} printable ASCII characters"
-            ),
-        )
-        .with_param(param))
-    }
+/// `customer_id`: 1-64 characters of `A-Z a-z 0-9 _ - . : @` ([`CustomerId`]).
+pub fn customer_id(raw: &str) -> Result<CustomerId, ApiError> {
+    CustomerId::parse(raw).map_err(|e| refused("invalid_customer_id", "customer_id", e))
+}
+
+/// Idempotency key: 1-255 printable ASCII characters ([`IdempotencyKey`]).
+pub fn idempotency_key(raw: &str, param: &str) -> Result<IdempotencyKey, ApiError> {
+    IdempotencyKey::parse(raw).map_err(|e| refused("invalid_idempotency_key", param, e))
 }
 
 /// A JSON object that names each key once. `serde_json::Value` keeps the last of repeated
@@ -128,7 +113,7 @@ fn json_object(body: &[u8], allowed: &[&str]) -> Result<Map<String, Value>, ApiE
 fn request_idempotency_key(
     obj: &Map<String, Value>,
     header_key: Option<&str>,
-) -> Result<String, ApiError> {
+) -> Result<IdempotencyKey, ApiError> {
     let body_key = match obj.get("idempotency_key") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(idempotency_key(s, "idempotency_key")?),
@@ -222,14 +207,9 @@ pub fn payment_request(
 
     let idempotency_key = request_idempotency_key(&obj, header_key)?;
     let payment_method = match obj.get("payment_method") {
-        None | Some(Value::Null) => sagapay_domain::events::DEFAULT_PAYMENT_METHOD.to_owned(),
-        Some(Value::String(s))
-            if !s.is_empty()
-                && s.len() <= PAYMENT_METHOD_MAX
-                && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') =>
-        {
-            s.clone()
-        }
+        None | Some(Value::Null) => PaymentMethod::default_card(),
+        Some(Value::String(s)) => PaymentMethod::parse(s.as_str())
+            .map_err(|e| refused("invalid_payment_method", "payment_method", e))?,
         Some(_) => {
             return Err(ApiError::invalid(
                 "invalid_payment_method",
@@ -251,12 +231,11 @@ pub fn payment_request(
 #[derive(Debug, Clone, PartialEq)]
 pub struct RefundRequest {
     pub amount: AmountMinor,
-    pub idempotency_key: String,
-    pub reason: String,
+    pub idempotency_key: IdempotencyKey,
+    pub reason: RefundReason,
 }
 
 const REFUND_FIELDS: &[&str] = &["amount_cents", "idempotency_key", "reason"];
-pub const REASON_MAX: usize = 200;
 
 /// Parses `{amount_cents, idempotency_key, reason}`; the key may come from the header instead.
 pub fn refund_request(
@@ -267,13 +246,9 @@ pub fn refund_request(
     let obj = json_object(body, REFUND_FIELDS)?;
     let amount = amount_field(&obj, max_amount_minor)?;
     let reason = match obj.get("reason") {
-        None | Some(Value::Null) => "requested_by_customer".to_owned(),
-        Some(Value::String(r))
-            if !r.trim().is_empty()
-                && r.chars().count() <= REASON_MAX
-                && !r.chars().any(char::is_control) =>
-        {
-            r.clone()
+        None | Some(Value::Null) => RefundReason::requested_by_customer(),
+        Some(Value::String(r)) => {
+            RefundReason::parse(r.as_str()).map_err(|e| refused("invalid_reason", "reason", e))?
         }
         Some(_) => {
             return Err(ApiError::invalid(
@@ -304,8 +279,8 @@ mod tests {
         let r = parse(r#"{"customer_id":"cust-1","amount_cents":2500,"currency":"USD","idempotency_key":"k1"}"#).unwrap();
         assert_eq!(r.amount.get(), 2500);
         assert_eq!(r.currency.as_str(), "USD");
-        assert_eq!(r.idempotency_key, "k1");
-        assert_eq!(r.payment_method, "pm_card_ok");
+        assert_eq!(r.idempotency_key.as_str(), "k1");
+        assert_eq!(r.payment_method.as_str(), "pm_card_ok");
     }
 
     #[test]
@@ -395,7 +370,7 @@ mod tests {
         assert_eq!((ok.amount.get(), ok.reason.as_str()), (500, "damaged"));
         let default_reason =
             refund_request(br#"{"amount_cents":1}"#, Some("r2"), 1_000_000).unwrap();
-        assert_eq!(default_reason.reason, "requested_by_customer");
+        assert_eq!(default_reason.reason.as_str(), "requested_by_customer");
         for (body, code) in [
             (
                 r#"{"amount_cents":0,"idempotency_key":"k"}"#,
@@ -443,7 +418,8 @@ mod tests {
         assert_eq!(
             payment_request(no_key, Some("h"), 10)
                 .unwrap()
-                .idempotency_key,
+                .idempotency_key
+                .as_str(),
             "h"
         );
     }

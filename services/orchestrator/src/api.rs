@@ -1,5 +1,8 @@
 //! The orchestrator's internal HTTP API, called by the gateway only (it listens on loopback;
-//! the gateway has already authenticated the merchant and validated the request).
+//! the gateway has already authenticated the merchant and validated the request). Requests
+//! are parsed again by the same domain types the gateway uses, so a caller that skips the
+//! gateway cannot store a field the gateway would refuse (nor grow an event past what Kafka
+//! accepts).
 
 use crate::store::{self, NewPayment};
 use axum::extract::{Path, Query, State};
@@ -8,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use sagapay_domain::events::PaymentRequested;
-use sagapay_domain::{AmountMinor, Currency, Envelope};
+use sagapay_domain::{AmountMinor, Currency, CustomerId, Envelope, IdempotencyKey, PaymentMethod};
 use sagapay_messaging::headers::TRACEPARENT;
 use sagapay_messaging::{MessageHeaders, Outbox};
 use sagapay_service_kit::api_error::{ApiError, ErrorType};
@@ -41,16 +44,12 @@ pub fn routes(state: AppState) -> Router {
 #[serde(deny_unknown_fields)]
 pub struct CreatePayment {
     pub merchant_id: Uuid,
-    pub customer_id: String,
+    pub customer_id: CustomerId,
     pub amount_cents: AmountMinor,
     pub currency: Currency,
-    pub idempotency_key: String,
-    #[serde(default = "default_payment_method")]
-    pub payment_method: String,
-}
-
-fn default_payment_method() -> String {
-    sagapay_domain::events::DEFAULT_PAYMENT_METHOD.to_owned()
+    pub idempotency_key: IdempotencyKey,
+    #[serde(default)]
+    pub payment_method: PaymentMethod,
 }
 
 #[derive(Debug, Serialize)]

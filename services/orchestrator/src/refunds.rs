@@ -9,7 +9,9 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use chrono::{DateTime, Utc};
 use sagapay_domain::events::RefundRequested;
-use sagapay_domain::{AmountMinor, Currency, Envelope, PaymentStatus};
+use sagapay_domain::{
+    AmountMinor, Currency, Envelope, IdempotencyKey, PaymentStatus, RefundReason,
+};
 use sagapay_messaging::headers::TRACEPARENT;
 use sagapay_messaging::MessageHeaders;
 use sagapay_service_kit::api_error::{ApiError, ErrorType};
@@ -26,8 +28,8 @@ use crate::api::AppState;
 pub struct CreateRefund {
     pub merchant_id: Uuid,
     pub amount_cents: AmountMinor,
-    pub idempotency_key: String,
-    pub reason: String,
+    pub idempotency_key: IdempotencyKey,
+    pub reason: RefundReason,
 }
 
 #[derive(Debug, Serialize)]
@@ -96,7 +98,7 @@ pub async fn create(
         "SELECT {REFUND_COLUMNS} FROM refunds WHERE payment_id = $1 AND idempotency_key = $2"
     ))
     .bind(payment_id)
-    .bind(&req.idempotency_key)
+    .bind(req.idempotency_key.as_str())
     .fetch_optional(&mut *tx)
     .await?
     {
@@ -169,8 +171,8 @@ pub async fn create(
     .bind(req.merchant_id)
     .bind(req.amount_cents.get())
     .bind(currency.as_str())
-    .bind(&req.reason)
-    .bind(&req.idempotency_key)
+    .bind(req.reason.as_str())
+    .bind(req.idempotency_key.as_str())
     .bind(&fingerprint)
     .execute(&mut *tx)
     .await?;
@@ -192,7 +194,7 @@ pub async fn create(
             capture_id,
             amount_minor: req.amount_cents,
             currency,
-            reason: req.reason.clone(),
+            reason: req.reason.to_string(),
             refund_id: Some(refund_id),
         },
     );

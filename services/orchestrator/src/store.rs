@@ -1,7 +1,7 @@
 //! The orchestrator's tables: payments (with compare-and-set transitions) and their timeline.
 
 use chrono::{DateTime, Utc};
-use sagapay_domain::{PaymentStatus, TransitionError};
+use sagapay_domain::{CustomerId, PaymentMethod, PaymentStatus, TextError, TransitionError};
 use sagapay_messaging::{OutboxRow, OUTBOX_COLUMNS};
 use serde::Serialize;
 use sqlx::{PgConnection, Row};
@@ -11,13 +11,13 @@ use uuid::Uuid;
 pub struct PaymentRow {
     pub payment_id: Uuid,
     pub merchant_id: Uuid,
-    pub customer_id: String,
+    pub customer_id: CustomerId,
     pub amount_minor: i64,
     pub currency: String,
     pub status: PaymentStatus,
     pub state_version: i32,
     pub request_fingerprint: String,
-    pub payment_method: String,
+    pub payment_method: PaymentMethod,
     pub authorization_id: Option<String>,
     pub capture_id: Option<String>,
     pub created_at: DateTime<Utc>,
@@ -29,12 +29,24 @@ const PAYMENT_COLUMNS: &str =
      state_version, request_fingerprint, payment_method, authorization_id, capture_id, \
      created_at, updated_at";
 
+/// A text column read as the domain type that parses it.
+fn parsed<T>(
+    r: &sqlx::postgres::PgRow,
+    column: &str,
+    parse: fn(String) -> Result<T, TextError>,
+) -> sqlx::Result<T> {
+    parse(r.try_get(column)?).map_err(|e| sqlx::Error::ColumnDecode {
+        index: column.to_owned(),
+        source: e.into(),
+    })
+}
+
 fn payment_from_row(r: &sqlx::postgres::PgRow) -> sqlx::Result<PaymentRow> {
     let status: String = r.try_get("status")?;
     Ok(PaymentRow {
         payment_id: r.try_get("payment_id")?,
         merchant_id: r.try_get("merchant_id")?,
-        customer_id: r.try_get("customer_id")?,
+        customer_id: parsed(r, "customer_id", CustomerId::parse)?,
         amount_minor: r.try_get("amount_minor")?,
         currency: r.try_get("currency")?,
         status: status
@@ -42,7 +54,7 @@ fn payment_from_row(r: &sqlx::postgres::PgRow) -> sqlx::Result<PaymentRow> {
             .map_err(|e: sagapay_domain::state::UnknownStatus| sqlx::Error::Decode(e.into()))?,
         state_version: r.try_get("state_version")?,
         request_fingerprint: r.try_get("request_fingerprint")?,
-        payment_method: r.try_get("payment_method")?,
+        payment_method: parsed(r, "payment_method", PaymentMethod::parse)?,
         authorization_id: r.try_get("authorization_id")?,
         capture_id: r.try_get("capture_id")?,
         created_at: r.try_get("created_at")?,
@@ -255,7 +267,7 @@ pub struct PaymentView {
     pub status: PaymentStatus,
     pub amount_cents: i64,
     pub currency: String,
-    pub customer_id: String,
+    pub customer_id: CustomerId,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub timeline: Vec<TimelineEntry>,

@@ -159,7 +159,7 @@ impl Handler for CommandHandler {
                     OperationRequest {
                         amount_minor: c.amount_minor,
                         currency: c.currency,
-                        payment_method: c.payment_method,
+                        payment_method: c.payment_method.into(),
                         reference: None,
                         reason: None,
                     },

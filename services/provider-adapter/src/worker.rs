@@ -14,6 +14,7 @@ use sagapay_domain::events::{
     ProviderOperation, ProviderRetriesExhausted,
 };
 use sagapay_domain::{AmountMinor, Currency, Envelope};
+use sagapay_messaging::deadletter::Origin;
 use sagapay_messaging::{Classification, DeadLetter, MessageHeaders, Outbox};
 use serde::{Deserialize, Serialize};
 use sqlx::postgres::PgListener;
@@ -507,34 +508,35 @@ impl<P: PaymentProvider> Worker<P> {
         .fetch_one(&mut *tx)
         .await?;
         let envelope: Option<String> = row.try_get("envelope")?;
-        let mut letter = DeadLetter {
-            original_topic: row
-                .try_get::<Option<String>, _>("source_topic")?
-                .unwrap_or_default(),
-            original_partition: row
-                .try_get::<Option<i32>, _>("source_partition")?
-                .unwrap_or(-1),
-            original_offset: row
-                .try_get::<Option<i64>, _>("source_offset")?
-                .unwrap_or(-1),
-            original_key: Some(op.payment_id.to_string()),
-            original_headers: op.headers.0.clone(),
-            payload: None,
-            payload_base64: None,
-            event_id: Some(op.source_event_id.to_string()),
-            event_type: envelope
-                .as_deref()
-                .and_then(|e| Envelope::from_json(e.as_bytes()).ok())
-                .map(|e| e.event_type),
-            failing_service: crate::SERVICE.to_owned(),
-            error: format!(
+        let envelope = envelope.unwrap_or_default();
+        let key = op.payment_id.to_string();
+        let mut letter = DeadLetter::new(
+            &Origin {
+                topic: &row
+                    .try_get::<Option<String>, _>("source_topic")?
+                    .unwrap_or_default(),
+                partition: row
+                    .try_get::<Option<i32>, _>("source_partition")?
+                    .unwrap_or(-1),
+                offset: row
+                    .try_get::<Option<i64>, _>("source_offset")?
+                    .unwrap_or(-1),
+                key: Some(key.as_bytes()),
+                headers: &op.headers.0,
+                value: envelope.as_bytes(),
+            },
+            crate::SERVICE,
+            &format!(
                 "{} failed on all {attempts} attempts: {last_error}",
                 op.operation.as_str()
             ),
-            classification: Classification::RetryExhausted,
-            failed_at: Utc::now(),
-        };
-        letter.set_payload(envelope.unwrap_or_default().as_bytes());
+            Classification::RetryExhausted,
+        );
+        letter.event_id = Some(op.source_event_id.to_string());
+        letter.event_type = Envelope::from_json(envelope.as_bytes())
+            .ok()
+            .map(|e| e.event_type);
+        letter.attempts = Some(attempts as u32);
         self.outbox.enqueue_dead_letter(tx, &letter).await?;
         Ok(())
     }

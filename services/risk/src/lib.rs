@@ -116,7 +116,7 @@ impl RiskHandler {
         let req: PaymentRequested = env.decode()?;
         // One decision at a time per customer, so counts cannot race.
         sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-            .bind(&req.customer_id)
+            .bind(req.customer_id.as_str())
             .execute(&mut *conn)
             .await?;
         let (prior_last_hour, failures_last_24h): (i64, i64) = sqlx::query_as(
@@ -126,7 +126,7 @@ impl RiskHandler {
                  (SELECT count(*) FROM customer_outcomes
                    WHERE customer_id = $1 AND occurred_at > now() - interval '24 hours')",
         )
-        .bind(&req.customer_id)
+        .bind(req.customer_id.as_str())
         .fetch_one(&mut *conn)
         .await?;
         let inputs = Inputs {
@@ -143,7 +143,7 @@ impl RiskHandler {
         )
         .bind(env.payment_id)
         .bind(req.merchant_id)
-        .bind(&req.customer_id)
+        .bind(req.customer_id.as_str())
         .bind(decision.as_str())
         .bind(&reason)
         .bind(&recorded)
@@ -161,7 +161,7 @@ impl RiskHandler {
                 )
                 .bind(env.payment_id)
                 .bind(req.merchant_id)
-                .bind(&req.customer_id)
+                .bind(req.customer_id.as_str())
                 .bind(req.amount_minor.get())
                 .bind(req.currency.as_str())
                 .bind(&reason)
@@ -190,7 +190,7 @@ impl RiskHandler {
                  VALUES ($1, $2, $3, $4) ON CONFLICT (payment_id) DO NOTHING",
             )
             .bind(env.payment_id)
-            .bind(&ev.customer_id)
+            .bind(ev.customer_id.as_str())
             .bind(ev.status.as_str())
             .bind(env.occurred_at)
             .execute(&mut *conn)

@@ -103,7 +103,7 @@ async fn a_batch_commits_together_and_a_bad_message_in_it_costs_nothing() {
     let group_id = ns.consumer_group("risk");
     let effects = Arc::new(std::sync::Mutex::new(Vec::new()));
     let consumer = InboxConsumer::new(
-        common.kafka.consumer(&group_id, "batch-test").unwrap(),
+        &common.kafka,
         producer,
         pool.clone(),
         Arc::new(Recorder {
@@ -117,11 +117,14 @@ async fn a_batch_commits_together_and_a_bad_message_in_it_costs_nothing() {
             dead_letter_topic: ns.dead_letter_topic(),
             retry_initial: Duration::from_millis(50),
             retry_max: Duration::from_millis(200),
+            retry_attempts: 10,
+            retry_budget: Duration::from_secs(60),
             lanes: 1,
             max_batch: 32,
         },
         metrics.clone(),
-    );
+    )
+    .unwrap();
     let shutdown = CancellationToken::new();
     let running = tokio::spawn(consumer.run(shutdown.clone()));
 
