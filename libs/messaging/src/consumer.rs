@@ -601,7 +601,8 @@ impl<H: Handler> InboxConsumer<H> {
         let envelope = match parse(value, &ctx.topic) {
             Ok(env) => env,
             Err(error) => {
-                let letter = self.letter(msg, &ctx, None, &error, Classification::NonRetryable);
+                let mut letter = self.letter(msg, &ctx, None, &error, Classification::NonRetryable);
+                (letter.event_id, letter.event_type) = identify(value);
                 return self.dead_letter(letter, shutdown).await;
             }
         };
@@ -810,6 +811,26 @@ fn lane_of(msg: &OwnedMessage, lanes: usize) -> usize {
         None => (msg.topic(), msg.partition()).hash(&mut h),
     }
     (h.finish() % lanes as u64) as usize
+}
+
+/// The event id and type of bytes that are not a valid envelope, as far as they can be read
+/// (for the dead letter): a UUID, and a type of at most 64 printable characters.
+fn identify(value: &[u8]) -> (Option<String>, Option<String>) {
+    #[derive(serde::Deserialize)]
+    struct Ids {
+        event_id: Option<uuid::Uuid>,
+        event_type: Option<serde_json::Value>,
+    }
+    let Ok(ids) = serde_json::from_slice::<Ids>(value) else {
+        return (None, None);
+    };
+    let event_type = ids
+        .event_type
+        .as_ref()
+        .and_then(serde_json::Value::as_str)
+        .filter(|t| t.len() <= 64 && t.chars().all(|c| c.is_ascii_graphic()))
+        .map(str::to_owned);
+    (ids.event_id.map(|id| id.to_string()), event_type)
 }
 
 /// Reads an envelope and checks it belongs on the topic it came from.

@@ -14,13 +14,19 @@
 //! A relay that dies between 1 and 3 leaves rows claimed; another relay (or itself, restarted)
 //! takes them once `claimed_until` passes and publishes them again. Consumers' inboxes absorb
 //! that duplicate. Nothing is lost, because a row leaves the pending set only in step 3.
+//!
+//! A row the broker refuses for good (larger than the broker accepts: retrying cannot help) is
+//! parked instead (`parked_at`, `last_error`), logged as an error and counted
+//! (`outbox_parked_total`, `outbox_parked_rows`); it is never claimed again, so it cannot hold
+//! up the relay. Every other delivery failure is retried.
 
 use crate::headers::{self, MessageHeaders};
 use crate::metrics::MessagingMetrics;
+use crate::wakeup::Wakeup;
 use anyhow::Context;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use sagapay_domain::{Envelope, Namespace};
-use sqlx::postgres::PgListener;
 use sqlx::{PgConnection, PgPool, Row};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -182,6 +188,16 @@ pub struct Published {
     pub delivered: Delivered,
     /// Rows whose delivery failed; their claim is released for a retry soon.
     pub failed: usize,
+    /// Rows the broker refused for good; they are parked.
+    pub parked: usize,
+}
+
+/// Whether a delivery failure can never succeed for the same row.
+fn refused_for_good(e: &KafkaError) -> bool {
+    matches!(
+        e,
+        KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge)
+    )
 }
 
 /// One claimed batch, owned by the claim token until published or expired.
@@ -218,7 +234,7 @@ impl OutboxRelay {
     /// (one statement for both), which comes with the next notification, or after
     /// `mark_delay` when none comes.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let mut listener = self.listen().await;
+        let mut wakeup = Wakeup::listen(&self.pool, NOTIFY_CHANNEL).await;
         let mut last_housekeeping = std::time::Instant::now() - Duration::from_secs(3600);
         let mut unmarked = Delivered::default();
         loop {
@@ -229,9 +245,6 @@ impl OutboxRelay {
             if last_housekeeping.elapsed() >= Duration::from_secs(1) {
                 self.housekeeping().await;
                 last_housekeeping = std::time::Instant::now();
-                if listener.is_none() {
-                    listener = self.listen().await;
-                }
             }
             let wait = if unmarked.ids.is_empty() {
                 self.settings.poll_interval
@@ -247,35 +260,9 @@ impl OutboxRelay {
                     }
                     return Ok(());
                 }
-                notified = wait_notification(&mut listener) => {
-                    if notified {
-                        // Coalesce a burst of commits into one drain.
-                        if let Some(l) = listener.as_mut() {
-                            while let Some(_n) = l.next_buffered() {}
-                        }
-                    } else {
-                        // The listener broke: poll until housekeeping reconnects it.
-                        tracing::warn!("outbox LISTEN connection lost; polling until it is back");
-                        listener = None;
-                    }
-                }
+                // A notification, or the listener back after a break: drain either way.
+                _ = wakeup.next() => {}
                 _ = tokio::time::sleep(wait) => {}
-            }
-        }
-    }
-
-    async fn listen(&self) -> Option<PgListener> {
-        match PgListener::connect_with(&self.pool).await {
-            Ok(mut l) => match l.listen(NOTIFY_CHANNEL).await {
-                Ok(()) => Some(l),
-                Err(e) => {
-                    tracing::warn!(error = %e, "LISTEN failed; relay falls back to polling");
-                    None
-                }
-            },
-            Err(e) => {
-                tracing::warn!(error = %e, "LISTEN connection failed; relay falls back to polling");
-                None
             }
         }
     }
@@ -340,7 +327,7 @@ impl OutboxRelay {
                   WHERE id = ANY($4) AND claim_token = $5 AND published_at IS NULL),
              batch AS (
                  SELECT id FROM outbox
-                 WHERE published_at IS NULL
+                 WHERE published_at IS NULL AND parked_at IS NULL
                    AND (claimed_until IS NULL OR claimed_until < now())
                    AND id <> ALL($4)
                  ORDER BY id
@@ -419,26 +406,32 @@ impl OutboxRelay {
             // Enqueue everything before awaiting anything: librdkafka batches per partition
             // and the idempotent producer keeps their order.
             match self.producer.send_result(record) {
-                Ok(delivery) => pending.push((row.id, Some(delivery))),
+                Ok(delivery) => pending.push((row, Ok(delivery))),
                 Err((e, _)) => {
                     tracing::warn!(error = %e, event_id = %row.event_id, "enqueue to producer failed");
-                    pending.push((row.id, None));
+                    pending.push((row, Err(e)));
                 }
             }
         }
         let mut delivered = Vec::with_capacity(pending.len());
         let mut failed = Vec::new();
-        for (id, delivery) in pending {
-            let ok = match delivery {
-                Some(fut) => matches!(fut.await, Ok(Ok(_))),
-                None => false,
+        let mut parked: Vec<(&ClaimedRow, KafkaError)> = Vec::new();
+        for (row, delivery) in pending {
+            let outcome = match delivery {
+                Ok(fut) => match fut.await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err((e, _))) => Err(Some(e)),
+                    Err(_canceled) => Err(None),
+                },
+                Err(e) => Err(Some(e)),
             };
-            if ok {
-                delivered.push(id);
-            } else {
-                failed.push(id);
+            match outcome {
+                Ok(()) => delivered.push(row.id),
+                Err(Some(e)) if refused_for_good(&e) => parked.push((row, e)),
+                Err(_) => failed.push(row.id),
             }
         }
+        self.park(&parked, batch.token).await?;
         self.metrics
             .outbox_published_total
             .inc_by(delivered.len() as u64);
@@ -464,14 +457,51 @@ impl OutboxRelay {
                 ids: delivered,
             },
             failed: failed.len(),
+            parked: parked.len(),
         })
+    }
+
+    /// Sets aside rows the broker refused for good, while our claim on them holds.
+    async fn park(&self, rows: &[(&ClaimedRow, KafkaError)], token: Uuid) -> anyhow::Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<i64> = rows.iter().map(|(r, _)| r.id).collect();
+        let errors: Vec<String> = rows
+            .iter()
+            .map(|(r, e)| {
+                format!(
+                    "refused by the broker, not retried: {e} ({} bytes)",
+                    r.payload.len()
+                )
+            })
+            .collect();
+        sqlx::query(
+            "UPDATE outbox o SET parked_at = now(), last_error = p.error, claimed_until = NULL
+               FROM unnest($1::bigint[], $2::text[]) AS p(id, error)
+              WHERE o.id = p.id AND o.claim_token = $3 AND o.published_at IS NULL",
+        )
+        .bind(&ids)
+        .bind(&errors)
+        .bind(token)
+        .execute(&self.pool)
+        .await
+        .context("parking refused outbox rows")?;
+        self.metrics.outbox_parked_total.inc_by(rows.len() as u64);
+        for ((row, _), error) in rows.iter().zip(&errors) {
+            tracing::error!(event_id = %row.event_id, topic = %row.topic, payment_id = %row.key,
+                %error, "outbox row parked: the broker will never accept it");
+        }
+        Ok(())
     }
 
     /// Refreshes backlog gauges and deletes published rows past retention.
     async fn housekeeping(&self) {
         let stats = sqlx::query(
-            "SELECT count(*) AS pending,
-                    COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0)::bigint AS oldest_s
+            "SELECT count(*) FILTER (WHERE parked_at IS NULL) AS pending,
+                    COALESCE(EXTRACT(EPOCH FROM now() - min(created_at) FILTER (WHERE parked_at IS NULL)),
+                             0)::bigint AS oldest_s,
+                    count(*) FILTER (WHERE parked_at IS NOT NULL) AS parked
                FROM outbox WHERE published_at IS NULL",
         )
         .fetch_one(&self.pool)
@@ -483,6 +513,9 @@ impl OutboxRelay {
             self.metrics
                 .outbox_oldest_pending_age_seconds
                 .set(row.try_get::<i64, _>("oldest_s").unwrap_or(0));
+            self.metrics
+                .outbox_parked_rows
+                .set(row.try_get::<i64, _>("parked").unwrap_or(0));
         }
         if let Err(e) =
             sqlx::query("DELETE FROM outbox WHERE published_at < now() - make_interval(secs => $1)")
@@ -492,13 +525,5 @@ impl OutboxRelay {
         {
             tracing::warn!(error = %e, "deleting published outbox rows past retention failed");
         }
-    }
-}
-
-/// Waits for the next notification; false when there is no working listener.
-async fn wait_notification(listener: &mut Option<PgListener>) -> bool {
-    match listener {
-        Some(l) => l.recv().await.is_ok(),
-        None => std::future::pending().await,
     }
 }

@@ -12,6 +12,7 @@
 //! | `SAGAPAY_KAFKA_CONSUMER_CONFIG` | empty | librdkafka consumer properties over ours, `k=v,k=v` |
 //! | `SAGAPAY_HTTP_ADDR` | `127.0.0.1:<service port>` | where the HTTP API listens |
 //! | `SAGAPAY_DB_POOL_SIZE` | `16` | connections in the service's pool |
+//! | `SAGAPAY_DB_STATEMENT_TIMEOUT_MS` | `30000` | longest any statement of the service may run (lock waits included) |
 //! | `SAGAPAY_CONSUMER_LANES` | CPUs (2 to 8) | Kafka messages a service handles at once (by payment; below the pool size); the ledger always uses one |
 //! | `SAGAPAY_CONSUMER_BATCH` | `32` | most messages waiting for a lane that share one transaction (1: none) |
 //! | `SAGAPAY_OUTBOX_CLAIM_TIMEOUT_MS` | `30000` | how long a crashed relay's claimed rows wait before another relay takes them |
@@ -40,6 +41,8 @@ pub struct CommonConfig {
     pub kafka: KafkaSettings,
     pub http_addr: SocketAddr,
     pub db_pool_size: u32,
+    /// `statement_timeout` of the service's connections.
+    pub db_statement_timeout: std::time::Duration,
     /// Messages the inbox consumer handles at once (one payment's events stay sequential).
     pub consumer_lanes: usize,
     /// Most waiting messages a lane commits in one transaction.
@@ -119,6 +122,10 @@ impl CommonConfig {
             },
             http_addr,
             db_pool_size: env_parse("SAGAPAY_DB_POOL_SIZE", 16)?,
+            db_statement_timeout: std::time::Duration::from_millis(env_parse(
+                "SAGAPAY_DB_STATEMENT_TIMEOUT_MS",
+                30_000,
+            )?),
             consumer_lanes: env_parse("SAGAPAY_CONSUMER_LANES", default_consumer_lanes())?,
             consumer_batch: env_parse("SAGAPAY_CONSUMER_BATCH", 32)?,
             consumer_retry_attempts: env_parse(
@@ -153,6 +160,7 @@ impl CommonConfig {
             },
             http_addr: "127.0.0.1:0".parse().expect("valid address"),
             db_pool_size: 5,
+            db_statement_timeout: std::time::Duration::from_secs(30),
             consumer_lanes: 3,
             consumer_batch: 32,
             consumer_retry_attempts: ConsumerSettings::DEFAULT_RETRY_ATTEMPTS,

@@ -18,8 +18,12 @@ pub async fn prepare(
     sagapay_messaging::migrations::apply(&config.database_url(), migrations)
         .await
         .with_context(|| format!("migrating database {db_name}"))?;
+    // No statement waits forever (on a lock, say): a consumer's handler that would block its
+    // lane silently fails instead (SQLSTATE 57014), is retried, and shows as a stall.
+    let statement_timeout = format!("{}ms", config.db_statement_timeout.as_millis());
     let options = PgConnectOptions::from_str(&config.database_url())?
         .application_name(config.service)
+        .options([("statement_timeout", statement_timeout.as_str())])
         .log_statements(tracing::log::LevelFilter::Trace)
         .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_millis(500));
     PgPoolOptions::new()

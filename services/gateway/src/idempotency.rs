@@ -151,6 +151,9 @@ impl IdempotencyCache {
         };
         registry.register(Box::new(metrics.outcomes.clone()))?;
         registry.register(Box::new(metrics.redis_unavailable.clone()))?;
+        for outcome in ["claimed", "replayed", "reused", "in_flight", "durable"] {
+            metrics.outcomes.with_label_values(&[outcome]).inc_by(0);
+        }
         let conn = match &settings.redis_url {
             None => None,
             Some(url) => {

@@ -8,6 +8,7 @@ mod saga;
 mod store;
 
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts};
+use sagapay_domain::events::ProviderOperation;
 use sagapay_domain::EventType;
 use sagapay_service_kit::{CommonConfig, Platform, ServiceHandle};
 use std::sync::Arc;
@@ -118,6 +119,24 @@ impl SagaMetrics {
         registry.register(Box::new(transitions_total.clone()))?;
         registry.register(Box::new(events_ignored_total.clone()))?;
         registry.register(Box::new(payment_e2e_seconds.clone()))?;
+        // Series known in advance start at zero, so dashboards and alerts see them at once.
+        for (from, to) in sagapay_domain::state::TRANSITIONS {
+            transitions_total
+                .with_label_values(&[from.as_str(), to.as_str()])
+                .inc_by(0);
+        }
+        for operation in [ProviderOperation::Void, ProviderOperation::Refund] {
+            compensations_failed_total
+                .with_label_values(&[operation.as_str()])
+                .inc_by(0);
+        }
+        for event_type in CONSUMES {
+            for reason in ["stale", "illegal_transition"] {
+                events_ignored_total
+                    .with_label_values(&[event_type.as_str(), reason])
+                    .inc_by(0);
+            }
+        }
         Ok(Self {
             transitions_total,
             events_ignored_total,

@@ -15,7 +15,7 @@ use sagapay_domain::events::{
     AuthorizeRequested, CaptureRequested, ProviderOperation, RefundRequested, VoidRequested,
 };
 use sagapay_domain::{Envelope, EventType};
-use sagapay_messaging::{Handler, HandlerError, MessageContext};
+use sagapay_messaging::{Classification, Handler, HandlerError, MessageContext};
 use sagapay_service_kit::config::env_parse;
 use sagapay_service_kit::{CommonConfig, Platform, ServiceHandle};
 use sqlx::PgConnection;
@@ -247,6 +247,16 @@ where
     platform
         .registry
         .register(Box::new(retries_total.clone()))?;
+    for operation in [
+        ProviderOperation::Authorize,
+        ProviderOperation::Capture,
+        ProviderOperation::Void,
+        ProviderOperation::Refund,
+    ] {
+        retries_total
+            .with_label_values(&[operation.as_str()])
+            .inc_by(0);
+    }
     let mut builder = platform.builder();
     platform.spawn_relay(&mut builder);
     platform.spawn_consumer(&mut builder, Arc::new(CommandHandler), CONSUMES)?;
@@ -256,6 +266,10 @@ where
         outbox: platform.outbox.clone(),
         settings: config.retry.clone(),
         retries_total,
+        dead_letters_total: platform
+            .messaging_metrics
+            .dlq_published_total
+            .with_label_values(&[Classification::RetryExhausted.as_str()]),
     });
     builder.spawn("provider-worker", move |shutdown| worker.run(shutdown));
     let router = platform.router(axum::Router::new());

@@ -8,16 +8,16 @@
 use crate::provider::{PaymentProvider, ProviderError, ProviderOutcome, ProviderRequest};
 use anyhow::Context;
 use chrono::{DateTime, Utc};
-use prometheus::IntCounterVec;
+use prometheus::{IntCounter, IntCounterVec};
 use sagapay_domain::events::{
     PaymentAuthorized, PaymentCaptured, PaymentFailed, PaymentRefunded, PaymentReversed,
     ProviderOperation, ProviderRetriesExhausted,
 };
 use sagapay_domain::{AmountMinor, Currency, Envelope};
 use sagapay_messaging::deadletter::Origin;
+use sagapay_messaging::wakeup::Wakeup;
 use sagapay_messaging::{Classification, DeadLetter, MessageHeaders, Outbox};
 use serde::{Deserialize, Serialize};
-use sqlx::postgres::PgListener;
 use sqlx::{PgPool, Row};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -122,14 +122,13 @@ pub struct Worker<P> {
     pub outbox: Outbox,
     pub settings: RetrySettings,
     pub retries_total: IntCounterVec,
+    /// `dlq_published_total{classification="RETRY_EXHAUSTED"}` of the service.
+    pub dead_letters_total: IntCounter,
 }
 
 impl<P: PaymentProvider> Worker<P> {
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let mut listener = match PgListener::connect_with(&self.pool).await {
-            Ok(mut l) => l.listen(NOTIFY_CHANNEL).await.ok().map(|_| l),
-            Err(_) => None,
-        };
+        let mut wakeup = Wakeup::listen(&self.pool, NOTIFY_CHANNEL).await;
         let mut in_flight: JoinSet<()> = JoinSet::new();
         // Claim when something may have become due (a notification, the timer) or when a
         // finished operation frees room while the last claim left due operations behind.
@@ -162,22 +161,9 @@ impl<P: PaymentProvider> Worker<P> {
                 Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {
                     claim_now |= backlog;
                 }
-                ok = async {
-                    match listener.as_mut() {
-                        Some(l) => l.recv().await.is_ok(),
-                        None => std::future::pending().await,
-                    }
-                } => {
-                    if ok {
-                        // One claim answers a burst of notifications.
-                        if let Some(l) = listener.as_mut() {
-                            while l.next_buffered().is_some() {}
-                        }
-                    } else {
-                        listener = None;
-                    }
-                    claim_now = true;
-                }
+                // A burst of notifications, or the listener back after a PostgreSQL restart
+                // (what it missed may be due): one claim answers either.
+                _ = wakeup.next() => claim_now = true,
                 // With no room, only a finished operation can let a claim run; the timer
                 // (possibly already past) would spin.
                 _ = tokio::time::sleep_until(wake_at),
@@ -363,6 +349,7 @@ impl<P: PaymentProvider> Worker<P> {
 
         // Counted once the retry is committed, so a failed commit does not count it twice.
         let mut retry_scheduled = false;
+        let mut dead_lettered = false;
         let max_attempts = self.settings.backoff.len() as i32 + 1;
         let provider = self.provider.name().to_owned();
         let reason = op.request.reason.clone().unwrap_or_default();
@@ -465,6 +452,7 @@ impl<P: PaymentProvider> Worker<P> {
                     .await?;
                     self.dead_letter(&mut tx, op, attempt_no, &last_error)
                         .await?;
+                    dead_lettered = true;
                     tracing::error!(payment_id = %op.payment_id, operation = operation.as_str(), attempts = attempt_no,
                         error = %last_error, "provider retries exhausted");
                     Some(self.reply(
@@ -483,6 +471,9 @@ impl<P: PaymentProvider> Worker<P> {
             self.outbox.enqueue(&mut tx, &event, &op.headers).await?;
         }
         tx.commit().await?;
+        if dead_lettered {
+            self.dead_letters_total.inc();
+        }
         if retry_scheduled {
             self.retries_total
                 .with_label_values(&[op.operation.as_str()])

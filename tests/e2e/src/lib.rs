@@ -63,6 +63,7 @@ pub struct TimelineRow {
 
 pub struct TestStack {
     pub ns: Namespace,
+    pub options: StackOptions,
     pub gateway: Option<ServiceHandle>,
     pub orchestrator: Option<ServiceHandle>,
     pub others: Vec<ServiceHandle>,
@@ -80,13 +81,28 @@ pub struct StackOptions {
     pub gateway_rate_limit: Option<(u32, u32)>,
     /// Gateway's Redis for the idempotency fast path (default: the stack's Redis).
     pub gateway_redis_url: Option<String>,
+    /// Every consumer's retry budget: (attempts, time) before RETRY_EXHAUSTED.
+    pub consumer_retry: Option<(u32, Duration)>,
+}
+
+impl StackOptions {
+    /// The configuration of `service` in `ns` with these options applied.
+    pub fn config(&self, service: &'static str, ns: &Namespace) -> CommonConfig {
+        let mut c = config(service, ns);
+        if let Some((attempts, budget)) = self.consumer_retry {
+            c.consumer_retry_attempts = attempts;
+            c.consumer_retry_budget = budget;
+        }
+        c
+    }
 }
 
 async fn start_ledger(
     ns: &Namespace,
+    options: &StackOptions,
     currencies: Option<Vec<sagapay_domain::Currency>>,
 ) -> anyhow::Result<ServiceHandle> {
-    let mut cfg = sagapay_ledger::Config::for_test(config(sagapay_ledger::SERVICE, ns));
+    let mut cfg = sagapay_ledger::Config::for_test(options.config(sagapay_ledger::SERVICE, ns));
     if let Some(c) = currencies {
         cfg.currencies = c;
     }
@@ -100,23 +116,22 @@ impl TestStack {
 
     pub async fn spawn_with(options: StackOptions) -> TestStack {
         let ns = fresh_namespace();
-        let orchestrator = start_orchestrator(&ns, !options.orchestrator_relay_disabled).await;
+        let orchestrator =
+            start_orchestrator(&ns, &options, !options.orchestrator_relay_disabled).await;
         let (risk, provider, ledger, notification, gateway) = tokio::join!(
-            sagapay_risk::start(sagapay_risk::Config::for_test(config(
-                sagapay_risk::SERVICE,
-                &ns
-            ))),
-            sagapay_provider_adapter::start(sagapay_provider_adapter::Config::for_test(config(
-                sagapay_provider_adapter::SERVICE,
-                &ns
-            ))),
-            start_ledger(&ns, options.ledger_currencies.clone()),
+            sagapay_risk::start(sagapay_risk::Config::for_test(
+                options.config(sagapay_risk::SERVICE, &ns)
+            )),
+            sagapay_provider_adapter::start(sagapay_provider_adapter::Config::for_test(
+                options.config(sagapay_provider_adapter::SERVICE, &ns)
+            )),
+            start_ledger(&ns, &options, options.ledger_currencies.clone()),
             sagapay_notification::start(sagapay_notification::Config {
-                common: config(sagapay_notification::SERVICE, &ns),
+                common: options.config(sagapay_notification::SERVICE, &ns),
             }),
             sagapay_gateway::start({
                 let mut g = sagapay_gateway::Config::for_test(
-                    config(sagapay_gateway::SERVICE, &ns),
+                    options.config(sagapay_gateway::SERVICE, &ns),
                     orchestrator.base_url(),
                 );
                 if let Some((per_second, burst)) = options.gateway_rate_limit {
@@ -131,6 +146,7 @@ impl TestStack {
         );
         TestStack {
             ns,
+            options,
             gateway: Some(gateway.expect("gateway starts")),
             orchestrator: Some(orchestrator),
             others: vec![
@@ -176,7 +192,7 @@ impl TestStack {
         let old = self.orchestrator.take().expect("orchestrator running");
         let addr = old.addr;
         old.stop().await.expect("orchestrator stops cleanly");
-        self.orchestrator = Some(start_orchestrator_at(&self.ns, true, addr).await);
+        self.orchestrator = Some(start_orchestrator_at(&self.ns, &self.options, true, addr).await);
     }
 
     /// Stops the ledger and starts a new one that can post every currency.
@@ -188,7 +204,9 @@ impl TestStack {
             .expect("ledger running");
         let old = self.others.remove(at);
         old.stop().await.expect("ledger stops cleanly");
-        let fresh = start_ledger(&self.ns, None).await.expect("ledger starts");
+        let fresh = start_ledger(&self.ns, &self.options, None)
+            .await
+            .expect("ledger starts");
         self.others.push(fresh);
     }
 
@@ -349,17 +367,22 @@ impl TestStack {
     }
 }
 
-async fn start_orchestrator(ns: &Namespace, relay_enabled: bool) -> ServiceHandle {
+async fn start_orchestrator(
+    ns: &Namespace,
+    options: &StackOptions,
+    relay_enabled: bool,
+) -> ServiceHandle {
     let addr = config(sagapay_orchestrator::SERVICE, ns).http_addr;
-    start_orchestrator_at(ns, relay_enabled, addr).await
+    start_orchestrator_at(ns, options, relay_enabled, addr).await
 }
 
 async fn start_orchestrator_at(
     ns: &Namespace,
+    options: &StackOptions,
     relay_enabled: bool,
     addr: std::net::SocketAddr,
 ) -> ServiceHandle {
-    let mut common = config(sagapay_orchestrator::SERVICE, ns);
+    let mut common = options.config(sagapay_orchestrator::SERVICE, ns);
     common.http_addr = addr;
     sagapay_orchestrator::start(sagapay_orchestrator::Config {
         common,

@@ -9,6 +9,7 @@ mod edge;
 mod happy_path;
 mod ledger;
 mod out_of_order;
+mod poison;
 mod provider_paths;
 mod rate_limit;
 mod reconcile;

@@ -1,0 +1,105 @@
+//! Being woken by PostgreSQL: `LISTEN` on a channel that a trigger `NOTIFY`s at commit, kept
+//! alive across restarts of the server. The outbox relay and the provider worker both poll as a
+//! fallback; this is what lets them react within milliseconds instead.
+//!
+//! Why a type of its own: a listener whose connection broke is easy to lose for good (the
+//! provider worker once fell back to polling forever after a PostgreSQL restart). Here a
+//! broken listener is reconnected, at most once a second, and the reconnection itself is
+//! reported as a wake-up: notifications sent while it was down are lost, so the owner must
+//! look for work as if it had been notified.
+
+use sqlx::postgres::PgListener;
+use sqlx::PgPool;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Why [`Wakeup::next`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wake {
+    /// One or more notifications arrived (a burst is coalesced into one wake-up).
+    Notified,
+    /// The listener is back after a broken connection; notifications may have been missed.
+    Reconnected,
+}
+
+pub struct Wakeup {
+    pool: PgPool,
+    channel: &'static str,
+    listener: Option<PgListener>,
+    retry_at: Instant,
+}
+
+const RECONNECT_INTERVAL: Duration = Duration::from_secs(1);
+
+impl Wakeup {
+    /// Listens on `channel` with a connection of `pool` (connecting now, or on the first
+    /// [`Wakeup::next`] if the server does not answer).
+    pub async fn listen(pool: &PgPool, channel: &'static str) -> Self {
+        let mut this = Self {
+            pool: pool.clone(),
+            channel,
+            listener: None,
+            retry_at: Instant::now(),
+        };
+        this.listener = this.connect().await;
+        this
+    }
+
+    async fn connect(&mut self) -> Option<PgListener> {
+        let attempt = async {
+            let mut l = PgListener::connect_with(&self.pool).await?;
+            l.listen(self.channel).await?;
+            Ok::<_, sqlx::Error>(l)
+        };
+        match tokio::time::timeout(Duration::from_secs(5), attempt).await {
+            Ok(Ok(l)) => Some(l),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, channel = self.channel, "LISTEN failed; polling until it works");
+                self.retry_at = Instant::now() + RECONNECT_INTERVAL;
+                None
+            }
+            Err(_) => {
+                tracing::warn!(
+                    channel = self.channel,
+                    "LISTEN timed out; polling until it works"
+                );
+                self.retry_at = Instant::now() + RECONNECT_INTERVAL;
+                None
+            }
+        }
+    }
+
+    /// Whether a listener is connected now.
+    pub fn is_listening(&self) -> bool {
+        self.listener.is_some()
+    }
+
+    /// Waits for the next notification, or for the listener to come back after a break.
+    /// Cancel-safe: dropping the future loses no notification that was not yet received.
+    pub async fn next(&mut self) -> Wake {
+        loop {
+            match self.listener.as_mut() {
+                Some(l) => match l.recv().await {
+                    Ok(_) => {
+                        while l.next_buffered().is_some() {}
+                        return Wake::Notified;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, channel = self.channel,
+                            "LISTEN connection lost; polling until it is back");
+                        self.listener = None;
+                        self.retry_at = Instant::now() + RECONNECT_INTERVAL;
+                    }
+                },
+                None => {
+                    tokio::time::sleep_until(self.retry_at).await;
+                    if let Some(l) = self.connect().await {
+                        self.listener = Some(l);
+                        tracing::info!(channel = self.channel, "LISTEN connection back");
+                        return Wake::Reconnected;
+                    }
+                }
+            }
+        }
+    }
+}
