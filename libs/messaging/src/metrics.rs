@@ -27,6 +27,8 @@ pub struct MessagingMetrics {
     pub consumer_lag_messages: IntGaugeVec,
     /// How long the partition's oldest failing message has been retried in place (0: none).
     pub consumer_stalled_seconds: GaugeVec,
+    /// 1 while a LISTEN connection wakes the channel's worker, 0 while it only polls.
+    pub listener_connected: IntGaugeVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -123,6 +125,14 @@ impl MessagingMetrics {
                 ),
                 &["topic", "partition"],
             )?,
+            listener_connected: IntGaugeVec::new(
+                Opts::new(
+                    "listener_connected",
+                    "1 while the worker of a NOTIFY channel has its LISTEN connection, 0 while \
+                     it falls back to polling",
+                ),
+                &["channel"],
+            )?,
         };
         registry.register(Box::new(m.outbox_published_total.clone()))?;
         registry.register(Box::new(m.outbox_publish_errors_total.clone()))?;
@@ -139,6 +149,7 @@ impl MessagingMetrics {
         registry.register(Box::new(m.event_queue_delay_seconds.clone()))?;
         registry.register(Box::new(m.consumer_lag_messages.clone()))?;
         registry.register(Box::new(m.consumer_stalled_seconds.clone()))?;
+        registry.register(Box::new(m.listener_connected.clone()))?;
         for classification in Classification::ALL {
             m.dlq_published_total
                 .with_label_values(&[classification.as_str()])

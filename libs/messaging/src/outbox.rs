@@ -234,7 +234,7 @@ impl OutboxRelay {
     /// (one statement for both), which comes with the next notification, or after
     /// `mark_delay` when none comes.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let mut wakeup = Wakeup::listen(&self.pool, NOTIFY_CHANNEL).await;
+        let mut wakeup = Wakeup::listen(&self.pool, NOTIFY_CHANNEL, &self.metrics).await;
         let mut last_housekeeping = std::time::Instant::now() - Duration::from_secs(3600);
         let mut unmarked = Delivered::default();
         loop {

@@ -8,6 +8,8 @@
 //! reported as a wake-up: notifications sent while it was down are lost, so the owner must
 //! look for work as if it had been notified.
 
+use crate::metrics::MessagingMetrics;
+use prometheus::IntGauge;
 use sqlx::postgres::PgListener;
 use sqlx::PgPool;
 use std::time::Duration;
@@ -27,21 +29,25 @@ pub struct Wakeup {
     channel: &'static str,
     listener: Option<PgListener>,
     retry_at: Instant,
+    /// `listener_connected{channel}`: 1 while listening.
+    connected: IntGauge,
 }
 
 const RECONNECT_INTERVAL: Duration = Duration::from_secs(1);
 
 impl Wakeup {
     /// Listens on `channel` with a connection of `pool` (connecting now, or on the first
-    /// [`Wakeup::next`] if the server does not answer).
-    pub async fn listen(pool: &PgPool, channel: &'static str) -> Self {
+    /// [`Wakeup::next`] if the server does not answer); `metrics` shows whether it listens.
+    pub async fn listen(pool: &PgPool, channel: &'static str, metrics: &MessagingMetrics) -> Self {
         let mut this = Self {
             pool: pool.clone(),
             channel,
             listener: None,
             retry_at: Instant::now(),
+            connected: metrics.listener_connected.with_label_values(&[channel]),
         };
         this.listener = this.connect().await;
+        this.connected.set(i64::from(this.listener.is_some()));
         this
     }
 
@@ -88,6 +94,7 @@ impl Wakeup {
                         tracing::warn!(error = %e, channel = self.channel,
                             "LISTEN connection lost; polling until it is back");
                         self.listener = None;
+                        self.connected.set(0);
                         self.retry_at = Instant::now() + RECONNECT_INTERVAL;
                     }
                 },
@@ -95,6 +102,7 @@ impl Wakeup {
                     tokio::time::sleep_until(self.retry_at).await;
                     if let Some(l) = self.connect().await {
                         self.listener = Some(l);
+                        self.connected.set(1);
                         tracing::info!(channel = self.channel, "LISTEN connection back");
                         return Wake::Reconnected;
                     }

@@ -270,6 +270,7 @@ where
             .messaging_metrics
             .dlq_published_total
             .with_label_values(&[Classification::RetryExhausted.as_str()]),
+        messaging_metrics: platform.messaging_metrics.clone(),
     });
     builder.spawn("provider-worker", move |shutdown| worker.run(shutdown));
     let router = platform.router(axum::Router::new());

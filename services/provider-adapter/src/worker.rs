@@ -16,7 +16,7 @@ use sagapay_domain::events::{
 use sagapay_domain::{AmountMinor, Currency, Envelope};
 use sagapay_messaging::deadletter::Origin;
 use sagapay_messaging::wakeup::Wakeup;
-use sagapay_messaging::{Classification, DeadLetter, MessageHeaders, Outbox};
+use sagapay_messaging::{Classification, DeadLetter, MessageHeaders, MessagingMetrics, Outbox};
 use serde::{Deserialize, Serialize};
 use sqlx::{PgPool, Row};
 use std::sync::Arc;
@@ -124,11 +124,12 @@ pub struct Worker<P> {
     pub retries_total: IntCounterVec,
     /// `dlq_published_total{classification="RETRY_EXHAUSTED"}` of the service.
     pub dead_letters_total: IntCounter,
+    pub messaging_metrics: MessagingMetrics,
 }
 
 impl<P: PaymentProvider> Worker<P> {
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let mut wakeup = Wakeup::listen(&self.pool, NOTIFY_CHANNEL).await;
+        let mut wakeup = Wakeup::listen(&self.pool, NOTIFY_CHANNEL, &self.messaging_metrics).await;
         let mut in_flight: JoinSet<()> = JoinSet::new();
         // Claim when something may have become due (a notification, the timer) or when a
         // finished operation frees room while the last claim left due operations behind.

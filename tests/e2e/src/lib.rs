@@ -186,6 +186,22 @@ impl TestStack {
             .expect("connect to service database")
     }
 
+    /// A pool on the server's `postgres` database, for what no service database can do
+    /// (switching a service's database off and on, watching its sessions).
+    pub async fn admin_pool(&self) -> PgPool {
+        let url = format!(
+            "{}/postgres",
+            config("gateway", &self.ns)
+                .postgres_url
+                .trim_end_matches('/')
+        );
+        PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&url)
+            .await
+            .expect("connect to postgres")
+    }
+
     /// Stops the orchestrator and starts a new one (relay enabled) on the same namespace and
     /// address, so the gateway reaches it where it reached the old one.
     pub async fn restart_orchestrator(&mut self) {
@@ -554,6 +570,27 @@ pub async fn cleanup_namespace(ns: &Namespace) {
 /// Parses one sample from Prometheus text: `name_and_labels` is everything before the value,
 /// e.g. `duplicate_events_skipped_total{event_type="x",service="risk"}`; labels must be given
 /// in the order the exposition prints them (alphabetical).
+/// Makes database `db` refuse every new connection and drops its open ones, or accepts them
+/// again: an outage of one service's database while other tests share the server.
+pub async fn database_available(admin: &PgPool, db: &str, available: bool) {
+    sqlx::query(&format!(
+        "ALTER DATABASE \"{db}\" WITH ALLOW_CONNECTIONS {available}"
+    ))
+    .execute(admin)
+    .await
+    .expect("ALTER DATABASE");
+    if !available {
+        sqlx::query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+              WHERE datname = $1 AND pid <> pg_backend_pid()",
+        )
+        .bind(db)
+        .execute(admin)
+        .await
+        .expect("terminate the database's connections");
+    }
+}
+
 /// `SELECT count(*) …` with the payment id as `$1`.
 pub async fn count_rows(pool: &PgPool, sql: &str, payment_id: Uuid) -> i64 {
     sqlx::query_scalar(sql)

@@ -2,6 +2,7 @@
 //! One test binary, so the services are linked once.
 
 mod consumer_batch;
+mod consumer_failures;
 mod crash;
 mod dashboards;
 mod deadletter;

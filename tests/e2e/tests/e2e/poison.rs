@@ -6,11 +6,12 @@ use sagapay_domain::events::{
     CaptureRequested, LedgerPostRequested, PaymentAuthorized, PaymentFinalized, PaymentRequested,
 };
 use sagapay_domain::{AmountMinor, Currency, CustomerId, Envelope, PaymentMethod, PaymentStatus};
-use sagapay_e2e::{eventually, metric_value, outbox_envelopes, StackOptions, TestStack};
+use sagapay_e2e::{
+    database_available, eventually, metric_value, outbox_envelopes, StackOptions, TestStack,
+};
 use sagapay_messaging::{Classification, DeadLetter};
 use sagapayctl::dlq::{self, Filter};
 use serde_json::{json, Value};
-use sqlx::PgPool;
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -334,42 +335,6 @@ async fn every_consumer_dead_letters_poison_and_keeps_settling_payments() {
     stack.teardown().await;
 }
 
-/// A pool on the server's `postgres` database, to switch a service's database off and on.
-async fn admin(stack: &TestStack) -> PgPool {
-    let url = format!(
-        "{}/postgres",
-        sagapay_e2e::config("gateway", &stack.ns)
-            .postgres_url
-            .trim_end_matches('/')
-    );
-    sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
-        .connect(&url)
-        .await
-        .expect("connect to postgres")
-}
-
-/// The service's database refuses every connection (and drops the open ones) or accepts them
-/// again: an outage of that database alone, while the other tests share the server.
-async fn database_available(admin: &PgPool, db: &str, available: bool) {
-    sqlx::query(&format!(
-        "ALTER DATABASE \"{db}\" WITH ALLOW_CONNECTIONS {available}"
-    ))
-    .execute(admin)
-    .await
-    .expect("ALTER DATABASE");
-    if !available {
-        sqlx::query(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-              WHERE datname = $1 AND pid <> pg_backend_pid()",
-        )
-        .bind(db)
-        .execute(admin)
-        .await
-        .expect("terminate the database's connections");
-    }
-}
-
 /// The samples of `name` whose labels contain `label`, from a service's `/metrics`.
 async fn samples(stack: &TestStack, service: &str, name: &str, label: &str) -> Vec<f64> {
     let text = stack
@@ -400,7 +365,7 @@ async fn a_database_outage_is_retried_in_place_visible_and_bounded() {
         ..StackOptions::default()
     })
     .await;
-    let admin = admin(&stack).await;
+    let admin = stack.admin_pool().await;
     let ledger_db = stack.ns.database("ledger");
     let topic = stack.ns.topic("ledger.post.requested");
     let topic_label = format!("topic=\"{topic}\"");

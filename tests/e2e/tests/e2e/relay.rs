@@ -233,3 +233,142 @@ async fn outbox_only_namespace() -> (
         .unwrap();
     (ns, common, pool, topic)
 }
+
+/// An outbox row larger than the broker accepts (a bug upstream) is parked with its error and
+/// counted; it never holds up the rows behind it, so payments keep settling.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_outbox_row_the_broker_refuses_is_parked_and_the_relay_goes_on() {
+    let stack = TestStack::spawn().await;
+    let orchestrator = stack.db("orchestrator").await;
+    let mut huge = Envelope::new(
+        Uuid::now_v7(),
+        None,
+        "huge",
+        &RiskApproved { reason: "x".into() },
+    );
+    huge.payload["reason"] = json!("x".repeat(1_500_000));
+    let mut tx = orchestrator.begin().await.unwrap();
+    Outbox::new(stack.ns.clone())
+        .enqueue(&mut tx, &huge, &MessageHeaders::default())
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+
+    let after = stack.settled_payment("after-huge", 1_300, "USD").await;
+    let (parked_at, error): (Option<chrono::DateTime<chrono::Utc>>, Option<String>) = eventually(
+        Duration::from_secs(30),
+        "the huge row to be parked",
+        || async {
+            let row: (Option<chrono::DateTime<chrono::Utc>>, Option<String>) =
+                sqlx::query_as("SELECT parked_at, last_error FROM outbox WHERE event_id = $1")
+                    .bind(huge.event_id)
+                    .fetch_one(&orchestrator)
+                    .await
+                    .unwrap();
+            row.0.is_some().then_some(row)
+        },
+    )
+    .await;
+    assert!(parked_at.is_some());
+    let error = error.unwrap_or_default();
+    assert!(error.contains("refused by the broker"), "{error}");
+    assert!(error.contains("too large"), "{error}");
+    let published: Option<chrono::DateTime<chrono::Utc>> =
+        sqlx::query_scalar("SELECT published_at FROM outbox WHERE event_id = $1")
+            .bind(huge.event_id)
+            .fetch_one(&orchestrator)
+            .await
+            .unwrap();
+    assert_eq!(published, None, "parked, not published");
+    assert_eq!(
+        stack
+            .metric(
+                "orchestrator",
+                "outbox_parked_total{service=\"orchestrator\"}"
+            )
+            .await,
+        1.0
+    );
+    eventually(Duration::from_secs(10), "the parked-rows gauge", || async {
+        let rows = stack
+            .metric(
+                "orchestrator",
+                "outbox_parked_rows{service=\"orchestrator\"}",
+            )
+            .await;
+        (rows == 1.0).then_some(())
+    })
+    .await;
+    assert_eq!(stack.get_payment(&after).await["status"], "SETTLED");
+    stack.teardown().await;
+}
+
+/// The relay and the provider worker are woken by LISTEN connections. When their database
+/// goes away for longer than a reconnect can wait (a PostgreSQL restart, as the service sees
+/// it), both notice (`listener_connected` drops to 0) and listen again once connections are
+/// allowed: the gauge is back at 1, a LISTEN session on each channel exists, and payments
+/// settle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn listeners_come_back_after_their_database_returns() {
+    let stack = TestStack::spawn().await;
+    let admin = stack.admin_pool().await;
+    let provider_db = stack.ns.database("provider-adapter");
+    let listening = |channel: &'static str| {
+        let (admin, db) = (admin.clone(), provider_db.clone());
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM pg_stat_activity
+                  WHERE datname = $1 AND query LIKE '%LISTEN%' AND query LIKE '%' || $2 || '%'",
+            )
+            .bind(db)
+            .bind(channel)
+            .fetch_one(&admin)
+            .await
+            .unwrap()
+        }
+    };
+    let channels = ["sagapay_outbox", "sagapay_provider_operations"];
+    for channel in channels {
+        eventually(Duration::from_secs(20), "a LISTEN session", || async {
+            (listening(channel).await >= 1).then_some(())
+        })
+        .await;
+    }
+    let connected = |channel: &str| {
+        format!("listener_connected{{channel=\"{channel}\",service=\"provider-adapter\"}}")
+    };
+    for channel in channels {
+        assert_eq!(
+            stack.metric("provider-adapter", &connected(channel)).await,
+            1.0
+        );
+    }
+    sagapay_e2e::database_available(&admin, &provider_db, false).await;
+    for channel in channels {
+        eventually(
+            Duration::from_secs(30),
+            "the listeners to notice",
+            || async {
+                let gone = listening(channel).await == 0;
+                let noticed = stack.metric("provider-adapter", &connected(channel)).await == 0.0;
+                (gone && noticed).then_some(())
+            },
+        )
+        .await;
+    }
+    sagapay_e2e::database_available(&admin, &provider_db, true).await;
+    for channel in channels {
+        eventually(
+            Duration::from_secs(30),
+            "LISTEN again after the outage",
+            || async {
+                let back = stack.metric("provider-adapter", &connected(channel)).await == 1.0;
+                (back && listening(channel).await >= 1).then_some(())
+            },
+        )
+        .await;
+    }
+    stack.settled_payment("after-listen", 1_400, "USD").await;
+    admin.close().await;
+    stack.teardown().await;
+}
