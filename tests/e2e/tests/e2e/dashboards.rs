@@ -3,6 +3,8 @@
 //! exercises every metric they read: settled, retried and reviewed payments, a dead letter, a
 //! duplicate delivery, a stale event, an idempotent retry and a refused request. A query that
 //! returns nothing (or only NaN) fails the test: a renamed metric or label cannot go unnoticed.
+//! The same Prometheus loads the alert rules of `infra/prometheus/alerts.yml`: every rule must
+//! be healthy, every expression must evaluate, and the dead letter must fire its alert.
 
 use sagapay_domain::events::RiskApproved;
 use sagapay_domain::Envelope;
@@ -41,7 +43,9 @@ impl Prometheus {
             .collect();
         let config = format!(
             "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
+             rule_files:\n  - '{}'\n\
              scrape_configs:\n  - job_name: sagapay\n    static_configs:\n      - targets: [{}]\n",
+            alert_rules_file().display(),
             targets.join(", ")
         );
         std::fs::write(dir.join("prometheus.yml"), config).unwrap();
@@ -77,6 +81,26 @@ impl Prometheus {
         let body: Value = resp.json().await.ok()?;
         assert_ne!(body["status"], "error", "{expr}: {body}");
         body["data"]["result"].as_array().cloned()
+    }
+}
+
+/// `infra/prometheus/alerts.yml`.
+fn alert_rules_file() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../infra/prometheus/alerts.yml")
+}
+
+impl Prometheus {
+    /// `GET /api/v1/<path>`'s `data`.
+    async fn api(&self, http: &reqwest::Client, path: &str) -> Option<Value> {
+        let body: Value = http
+            .get(format!("{}/api/v1/{path}", self.url))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        (body["status"] == "success").then(|| body["data"].clone())
     }
 }
 
@@ -242,6 +266,52 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
         queries.len(),
         empty.join("\n")
     );
+
+    // The alert rules: valid, loaded, healthy, every expression evaluating, and the dead
+    // letter above firing its alert.
+    let checked = Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(alert_rules_file())
+        .output()
+        .expect("promtool (installed with prometheus by scripts/stack.sh)");
+    assert!(
+        checked.status.success(),
+        "promtool check rules: {}",
+        String::from_utf8_lossy(&checked.stdout)
+    );
+    let rules: Vec<Value> = eventually(WAIT, "every alert rule evaluated and healthy", || async {
+        let data = prometheus.api(&http, "rules?type=alert").await?;
+        let rules: Vec<Value> = data["groups"]
+            .as_array()?
+            .iter()
+            .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
+            .collect();
+        (!rules.is_empty() && rules.iter().all(|r| r["health"] == "ok")).then_some(rules)
+    })
+    .await;
+    assert!(rules.len() >= 7, "{} rules loaded", rules.len());
+    for rule in &rules {
+        let expr = rule["query"].as_str().expect("query");
+        // An error answer fails inside `query`; an empty result is fine (nothing to alert).
+        assert!(
+            prometheus.query(&http, expr).await.is_some(),
+            "{}: {expr}",
+            rule["name"]
+        );
+    }
+    eventually(WAIT, "MessagesDeadLettered to fire for risk", || async {
+        let data = prometheus.api(&http, "alerts").await?;
+        data["alerts"]
+            .as_array()?
+            .iter()
+            .any(|a| {
+                a["labels"]["alertname"] == "MessagesDeadLettered"
+                    && a["labels"]["service"] == "risk"
+                    && a["state"] == "firing"
+            })
+            .then_some(())
+    })
+    .await;
     drop(prometheus);
     stack.teardown().await;
 }
