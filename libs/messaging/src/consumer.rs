@@ -292,6 +292,8 @@ impl<H: Handler> InboxConsumer<H> {
             .subscribe(&topics)
             .context("subscribing to topics")?;
         let this = Arc::new(self);
+        // Stopped with the consumer, also when it stops on a lane's error.
+        let reporter_stop = shutdown.child_token();
         let reporter = tokio::spawn(
             LagReporter {
                 consumer: this.consumer.clone(),
@@ -299,7 +301,7 @@ impl<H: Handler> InboxConsumer<H> {
                 metrics: this.metrics.clone(),
                 interval: LAG_REPORT_INTERVAL,
             }
-            .run(shutdown.clone()),
+            .run(reporter_stop.clone()),
         );
         let lanes = this.settings.lanes.max(1);
         let (finished_tx, mut finished_rx) = tokio::sync::mpsc::unbounded_channel::<Finished>();
@@ -358,6 +360,7 @@ impl<H: Handler> InboxConsumer<H> {
         while let Ok(f) = finished_rx.try_recv() {
             this.finish(f);
         }
+        reporter_stop.cancel();
         let _ = reporter.await;
         // Commit what was stored; anything not committed is redelivered and deduplicated.
         if let Err(e) = this.consumer.commit_consumer_state(CommitMode::Sync) {

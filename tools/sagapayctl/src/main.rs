@@ -183,14 +183,14 @@ fn print_new_key(key: &keys::NewKey) {
 
 fn print_table(entries: &[dlq::Entry]) {
     println!(
-        "{:<10} {:<27} {:<16} {:<17} {:<29} {:<36} ERROR",
-        "POSITION", "FAILED AT", "CLASSIFICATION", "SERVICE", "EVENT TYPE", "EVENT ID"
+        "{:<10} {:<27} {:<16} {:<17} {:<29} {:<36} {:<8} ERROR",
+        "POSITION", "FAILED AT", "CLASSIFICATION", "SERVICE", "EVENT TYPE", "EVENT ID", "SQLSTATE"
     );
     for e in entries {
         let l = &e.letter;
         let error: String = l.error.chars().take(80).collect();
         println!(
-            "{:<10} {:<27} {:<16} {:<17} {:<29} {:<36} {}",
+            "{:<10} {:<27} {:<16} {:<17} {:<29} {:<36} {:<8} {}",
             e.position,
             l.failed_at
                 .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
@@ -198,6 +198,7 @@ fn print_table(entries: &[dlq::Entry]) {
             l.failing_service,
             l.event_type.as_deref().unwrap_or("-"),
             l.event_id.as_deref().unwrap_or("-"),
+            l.sqlstate.as_deref().unwrap_or("-"),
             error
         );
     }
