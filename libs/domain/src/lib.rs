@@ -6,11 +6,13 @@
 pub mod events;
 pub mod money;
 pub mod namespace;
+pub mod per_currency;
 pub mod state;
 pub mod text;
 
 pub use events::{Envelope, EventType};
 pub use money::{AmountMinor, Currency, MoneyError};
 pub use namespace::Namespace;
+pub use per_currency::PerCurrency;
 pub use state::{PaymentStatus, TransitionError};
 pub use text::{CustomerId, IdempotencyKey, PaymentMethod, RefundReason, TextError};

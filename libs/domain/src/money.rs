@@ -89,6 +89,8 @@ const SUPPORTED: &[(&str, u8)] = &[
     ("DKK", 2),
     ("PLN", 2),
     ("JPY", 0),
+    ("KWD", 3),
+    ("BHD", 3),
 ];
 
 /// A supported ISO 4217 alphabetic currency code, always upper case.
@@ -181,6 +183,7 @@ mod tests {
     fn currencies_are_iso_codes_we_support() {
         assert_eq!(Currency::parse("USD").unwrap().as_str(), "USD");
         assert_eq!(Currency::parse("JPY").unwrap().minor_unit_exponent(), 0);
+        assert_eq!(Currency::parse("KWD").unwrap().minor_unit_exponent(), 3);
         assert!(Currency::parse("usd").is_err(), "codes are upper case");
         assert!(Currency::parse("XXX").is_err());
         assert!(Currency::parse("US").is_err());

@@ -9,11 +9,13 @@ pub mod api_error;
 pub mod config;
 pub mod db;
 pub mod http;
+pub mod ops_auth;
 pub mod platform;
 pub mod runtime;
 
 pub use api_error::ApiError;
 pub use config::{CommonConfig, Environment};
+pub use ops_auth::OpsKey;
 pub use platform::Platform;
 pub use runtime::{ServiceBuilder, ServiceHandle};
 

@@ -11,6 +11,7 @@ mod routes;
 pub mod validate;
 
 use anyhow::Context;
+use sagapay_domain::PerCurrency;
 use sagapay_service_kit::config::{env_or, env_parse};
 use sagapay_service_kit::{CommonConfig, Environment, Platform, ServiceHandle};
 use std::time::Duration;
@@ -31,8 +32,10 @@ pub struct Config {
     /// `SAGAPAY_DEV_API_KEY`, default `dev-secret`: the development merchant's key, seeded only
     /// in development mode.
     pub dev_api_key: Option<String>,
-    /// `SAGAPAY_MAX_AMOUNT_CENTS`, default 100,000,000 (one million in a 2-decimal currency).
-    pub max_amount_minor: i64,
+    /// `SAGAPAY_MAX_AMOUNT_CENTS`: the largest payment per currency, in its minor units
+    /// (`USD:100000000,JPY:150000000,...`); default about $1,000,000 in each currency. A bare
+    /// number is USD's, and the others follow by exponent.
+    pub max_amount: PerCurrency,
     /// Largest request body accepted, in bytes.
     pub body_limit_bytes: usize,
     /// `SAGAPAY_ORCHESTRATOR_TIMEOUT_MS`, default 10,000: longest wait for the orchestrator's
@@ -47,6 +50,11 @@ pub struct Config {
     pub idempotency: idempotency::IdempotencySettings,
 }
 
+/// About $1,000,000 in each currency.
+pub fn default_max_amount() -> PerCurrency {
+    PerCurrency::about_usd(100_000_000)
+}
+
 impl Config {
     pub fn from_env() -> anyhow::Result<Self> {
         let common = CommonConfig::from_env(SERVICE, DEFAULT_PORT)?;
@@ -57,7 +65,11 @@ impl Config {
         Ok(Self {
             orchestrator_url: env_or("SAGAPAY_ORCHESTRATOR_URL", "http://127.0.0.1:8001"),
             dev_api_key,
-            max_amount_minor: env_parse("SAGAPAY_MAX_AMOUNT_CENTS", 100_000_000)?,
+            max_amount: PerCurrency::parse_over(
+                &env_or("SAGAPAY_MAX_AMOUNT_CENTS", ""),
+                &default_max_amount(),
+            )
+            .map_err(|e| anyhow::anyhow!("SAGAPAY_MAX_AMOUNT_CENTS: {e}"))?,
             body_limit_bytes: 16 * 1024,
             orchestrator_timeout_ms: env_parse("SAGAPAY_ORCHESTRATOR_TIMEOUT_MS", 10_000)?,
             rate_limit_per_second: env_parse("SAGAPAY_RATE_LIMIT_PER_SECOND", 100)?,
@@ -73,7 +85,7 @@ impl Config {
         Self {
             orchestrator_url,
             dev_api_key: Some("dev-secret".into()),
-            max_amount_minor: 100_000_000,
+            max_amount: default_max_amount(),
             body_limit_bytes: 16 * 1024,
             orchestrator_timeout_ms: 10_000,
             // Tests that are not about rate limits must not hit them.
@@ -112,7 +124,7 @@ pub async fn start(config: Config) -> anyhow::Result<ServiceHandle> {
         pool: platform.pool.clone(),
         client,
         orchestrator_url: config.orchestrator_url.trim_end_matches('/').to_owned(),
-        max_amount_minor: config.max_amount_minor,
+        max_amount: config.max_amount.clone(),
         rate_limit: std::sync::Arc::new(ratelimit::RateLimit::new(
             config.rate_limit_per_second,
             config.rate_limit_burst,

@@ -3,7 +3,8 @@
 
 use sagapay_domain::text::TextError;
 use sagapay_domain::{
-    AmountMinor, Currency, CustomerId, IdempotencyKey, MoneyError, PaymentMethod, RefundReason,
+    AmountMinor, Currency, CustomerId, IdempotencyKey, MoneyError, PaymentMethod, PerCurrency,
+    RefundReason,
 };
 use sagapay_service_kit::ApiError;
 use serde_json::{Map, Value};
@@ -184,15 +185,14 @@ fn amount_field(obj: &Map<String, Value>, max_minor: i64) -> Result<AmountMinor,
 }
 
 /// Parses the JSON body; `header_key` is the `Idempotency-Key` header, if sent.
+/// `max_amount` bounds `amount_cents` in the request's currency.
 pub fn payment_request(
     body: &[u8],
     header_key: Option<&str>,
-    max_amount_minor: i64,
+    max_amount: &PerCurrency,
 ) -> Result<PaymentRequest, ApiError> {
     let obj = json_object(body, FIELDS)?;
     let customer_id = customer_id(string_field(&obj, "customer_id")?)?;
-
-    let amount = amount_field(&obj, max_amount_minor)?;
 
     let currency = Currency::parse(string_field(&obj, "currency")?).map_err(|_| {
         ApiError::invalid(
@@ -204,6 +204,7 @@ pub fn payment_request(
         )
         .with_param("currency")
     })?;
+    let amount = amount_field(&obj, max_amount.minor_for(currency))?;
 
     let idempotency_key = request_idempotency_key(&obj, header_key)?;
     let payment_method = match obj.get("payment_method") {
@@ -270,8 +271,12 @@ pub fn refund_request(
 mod tests {
     use super::*;
 
+    fn max(usd_minor: i64) -> PerCurrency {
+        PerCurrency::from_pairs(&[("USD", usd_minor)]).unwrap()
+    }
+
     fn parse(body: &str) -> Result<PaymentRequest, String> {
-        payment_request(body.as_bytes(), None, 1_000_000).map_err(|e| e.body.code)
+        payment_request(body.as_bytes(), None, &max(1_000_000)).map_err(|e| e.body.code)
     }
 
     #[test]
@@ -360,6 +365,26 @@ mod tests {
     }
 
     #[test]
+    fn the_amount_limit_is_the_currencys_own() {
+        let limits = PerCurrency::from_pairs(&[("USD", 1_000), ("JPY", 5_000)]).unwrap();
+        let body = |amount: i64, currency: &str| {
+            format!(
+                r#"{{"customer_id":"c","amount_cents":{amount},"currency":"{currency}","idempotency_key":"k"}}"#
+            )
+        };
+        let code =
+            |b: String| payment_request(b.as_bytes(), None, &limits).map_err(|e| e.body.code);
+        assert!(code(body(1_000, "USD")).is_ok());
+        assert_eq!(code(body(1_001, "USD")).unwrap_err(), "invalid_amount");
+        assert!(code(body(5_000, "JPY")).is_ok(), "stated for JPY");
+        assert!(
+            code(body(10_000, "KWD")).is_ok(),
+            "USD's 10.00 at exponent 3"
+        );
+        assert_eq!(code(body(10_001, "KWD")).unwrap_err(), "invalid_amount");
+    }
+
+    #[test]
     fn refund_requests_parse_strictly() {
         let ok = refund_request(
             br#"{"amount_cents":500,"idempotency_key":"r1","reason":"damaged"}"#,
@@ -409,14 +434,17 @@ mod tests {
     fn header_and_body_keys_must_agree() {
         let body =
             br#"{"customer_id":"c","amount_cents":1,"currency":"USD","idempotency_key":"a"}"#;
-        assert!(payment_request(body, Some("a"), 10).is_ok());
+        assert!(payment_request(body, Some("a"), &max(10)).is_ok());
         assert_eq!(
-            payment_request(body, Some("b"), 10).unwrap_err().body.code,
+            payment_request(body, Some("b"), &max(10))
+                .unwrap_err()
+                .body
+                .code,
             "idempotency_key_mismatch"
         );
         let no_key = br#"{"customer_id":"c","amount_cents":1,"currency":"USD"}"#;
         assert_eq!(
-            payment_request(no_key, Some("h"), 10)
+            payment_request(no_key, Some("h"), &max(10))
                 .unwrap()
                 .idempotency_key
                 .as_str(),

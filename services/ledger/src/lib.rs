@@ -50,7 +50,9 @@ pub struct Config {
     /// separated; default: every currency the platform supports). A posting in another
     /// currency cannot be processed: it is dead-lettered until the chart exists, then replayed.
     pub currencies: Vec<Currency>,
-    /// `SAGAPAY_FEE_BPS` (default 290) and `SAGAPAY_FEE_FIXED_MINOR` (default 30).
+    /// `SAGAPAY_FEE_BPS` (default 290) and `SAGAPAY_FEE_FIXED_MINOR`, per currency
+    /// (`USD:30,JPY:40,...`, over the default of about $0.30 in each currency; a bare number
+    /// is USD's and the others follow by exponent).
     pub fees: fees::FeeSchedule,
 }
 
@@ -69,10 +71,11 @@ impl Config {
             currencies,
             fees: fees::FeeSchedule {
                 bps: sagapay_service_kit::config::env_parse("SAGAPAY_FEE_BPS", d.bps)?,
-                fixed_minor: sagapay_service_kit::config::env_parse(
-                    "SAGAPAY_FEE_FIXED_MINOR",
-                    d.fixed_minor,
-                )?,
+                fixed: sagapay_domain::PerCurrency::parse_over(
+                    &sagapay_service_kit::config::env_or("SAGAPAY_FEE_FIXED_MINOR", ""),
+                    &d.fixed,
+                )
+                .map_err(|e| anyhow::anyhow!("SAGAPAY_FEE_FIXED_MINOR: {e}"))?,
             },
         })
     }
@@ -298,7 +301,7 @@ impl Handler for LedgerHandler {
             return Ok(());
         }
         let amount = cmd.amount_minor.get();
-        let fee = self.fees.fee(amount);
+        let fee = self.fees.fee(amount, cmd.currency);
         let new_id = Uuid::now_v7();
         let inserted: Option<Uuid> = sqlx::query_scalar(
             "INSERT INTO journal_transactions (transaction_id, payment_id, posting_kind, currency, description,

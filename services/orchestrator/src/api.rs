@@ -25,6 +25,8 @@ use uuid::Uuid;
 pub struct AppState {
     pub pool: PgPool,
     pub outbox: Outbox,
+    pub deadlines: crate::deadlines::Deadlines,
+    pub metrics: crate::SagaMetrics,
 }
 
 pub fn routes(state: AppState) -> Router {
@@ -101,6 +103,7 @@ async fn create_payment(
             request_fingerprint: &fp,
             correlation_id: &ctx.correlation_id,
             payment_method: &req.payment_method,
+            deadline: state.deadlines.created,
         },
         &state.outbox.row(&envelope, &headers),
     )

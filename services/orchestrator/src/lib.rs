@@ -3,14 +3,18 @@
 //! the next step's command through its outbox.
 
 mod api;
+mod commands;
+pub mod deadlines;
+mod ops;
 mod refunds;
 mod saga;
 mod store;
+mod sweeper;
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts};
 use sagapay_domain::events::ProviderOperation;
-use sagapay_domain::EventType;
-use sagapay_service_kit::{CommonConfig, Platform, ServiceHandle};
+use sagapay_domain::{EventType, PaymentStatus};
+use sagapay_service_kit::{CommonConfig, OpsKey, Platform, ServiceHandle};
 use std::sync::Arc;
 
 pub const SERVICE: &str = "orchestrator";
@@ -53,14 +57,31 @@ pub struct Config {
     pub common: CommonConfig,
     /// Run the outbox relay in this process (tests turn it off to hold events back).
     pub relay_enabled: bool,
+    /// How long each state may wait (see [`deadlines`]).
+    pub deadlines: deadlines::Deadlines,
+    /// The credential of the ops routes (`SAGAPAY_OPS_KEY`).
+    pub ops_key: OpsKey,
 }
 
 impl Config {
     pub fn from_env() -> anyhow::Result<Self> {
+        let common = CommonConfig::from_env(SERVICE, DEFAULT_PORT)?;
         Ok(Self {
-            common: CommonConfig::from_env(SERVICE, DEFAULT_PORT)?,
+            ops_key: OpsKey::from_env(common.environment)?,
+            deadlines: deadlines::Deadlines::from_env()?,
             relay_enabled: true,
+            common,
         })
+    }
+
+    /// For tests: the development ops key and the default deadlines.
+    pub fn for_test(common: CommonConfig) -> Self {
+        Self {
+            common,
+            relay_enabled: true,
+            deadlines: deadlines::Deadlines::default(),
+            ops_key: OpsKey::development(),
+        }
     }
 }
 
@@ -72,6 +93,16 @@ pub(crate) struct SagaMetrics {
     pub compensations_failed_total: IntCounterVec,
     /// Amounts of payments reaching a terminal state, in minor units, by status and currency.
     pub finalized_amount_minor_total: IntCounterVec,
+    /// Steps sent again after their deadline, by the payment's status.
+    pub deadline_nudges_total: IntCounterVec,
+    /// Payments flagged as needing an operator, by status.
+    pub attention_flagged_total: IntCounterVec,
+    /// Payments and refunds needing an operator now.
+    pub payments_needing_attention: IntGauge,
+    /// Payments and refunds past their deadline and not (yet) flagged.
+    pub payments_past_deadline: IntGauge,
+    /// Provider answers whose amount or currency differ from the request (never applied).
+    pub provider_amount_mismatches_total: IntCounterVec,
 }
 
 impl SagaMetrics {
@@ -114,6 +145,51 @@ impl SagaMetrics {
             ),
             &["status", "currency"],
         )?;
+        let deadline_nudges_total = IntCounterVec::new(
+            Opts::new(
+                "deadline_nudges_total",
+                "Saga steps sent again because the payment passed its deadline, by status",
+            ),
+            &["status"],
+        )?;
+        let attention_flagged_total = IntCounterVec::new(
+            Opts::new(
+                "attention_flagged_total",
+                "Payments flagged as needing an operator (stuck after re-sends, waiting for a \
+                 person, an unknown outcome, an amount the provider changed), by status",
+            ),
+            &["status"],
+        )?;
+        let payments_needing_attention = IntGauge::new(
+            "payments_needing_attention",
+            "Payments and refunds flagged as needing an operator (sagapayctl payments stuck)",
+        )?;
+        let payments_past_deadline = IntGauge::new(
+            "payments_past_deadline",
+            "Payments and refunds past their deadline, not yet re-sent or flagged",
+        )?;
+        let provider_amount_mismatches_total = IntCounterVec::new(
+            Opts::new(
+                "provider_amount_mismatches_total",
+                "Provider answers whose amount or currency differ from the request (not applied)",
+            ),
+            &["operation"],
+        )?;
+        for c in [&deadline_nudges_total, &attention_flagged_total] {
+            for status in PaymentStatus::ALL.iter().filter(|s| !s.is_terminal()) {
+                c.with_label_values(&[status.as_str()]).inc_by(0);
+            }
+        }
+        for what in ["authorization", "capture", "refund"] {
+            provider_amount_mismatches_total
+                .with_label_values(&[what])
+                .inc_by(0);
+        }
+        registry.register(Box::new(deadline_nudges_total.clone()))?;
+        registry.register(Box::new(attention_flagged_total.clone()))?;
+        registry.register(Box::new(payments_needing_attention.clone()))?;
+        registry.register(Box::new(payments_past_deadline.clone()))?;
+        registry.register(Box::new(provider_amount_mismatches_total.clone()))?;
         registry.register(Box::new(finalized_amount_minor_total.clone()))?;
         registry.register(Box::new(compensations_failed_total.clone()))?;
         registry.register(Box::new(transitions_total.clone()))?;
@@ -143,6 +219,11 @@ impl SagaMetrics {
             payment_e2e_seconds,
             compensations_failed_total,
             finalized_amount_minor_total,
+            deadline_nudges_total,
+            attention_flagged_total,
+            payments_needing_attention,
+            payments_past_deadline,
+            provider_amount_mismatches_total,
         })
     }
 }
@@ -162,13 +243,24 @@ pub async fn start(config: Config) -> anyhow::Result<ServiceHandle> {
     }
     let saga = Arc::new(saga::Saga {
         outbox: platform.outbox.clone(),
-        metrics,
+        metrics: metrics.clone(),
+        deadlines: config.deadlines.clone(),
     });
     platform.spawn_consumer(&mut builder, saga, CONSUMES)?;
+    let sweeper = sweeper::Sweeper {
+        pool: platform.pool.clone(),
+        outbox: platform.outbox.clone(),
+        deadlines: config.deadlines.clone(),
+        metrics: metrics.clone(),
+    };
+    builder.spawn("deadline-sweeper", move |shutdown| sweeper.run(shutdown));
     let state = api::AppState {
         pool: platform.pool.clone(),
         outbox: platform.outbox.clone(),
+        deadlines: config.deadlines.clone(),
+        metrics,
     };
-    let router = platform.router(api::routes(state));
+    let ops = ops::routes(state.clone(), config.ops_key.clone());
+    let router = platform.router(api::routes(state).merge(ops));
     builder.serve(config.common.http_addr, router).await
 }

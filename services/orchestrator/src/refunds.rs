@@ -163,8 +163,8 @@ pub async fn create(
         Currency::parse(&payment.currency).map_err(|e| ApiError::internal(e.to_string()))?;
     sqlx::query(
         "INSERT INTO refunds (refund_id, payment_id, merchant_id, amount_minor, currency, reason,
-                              idempotency_key, request_fingerprint)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                              idempotency_key, request_fingerprint, deadline_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now() + make_interval(secs => $9))",
     )
     .bind(refund_id)
     .bind(payment_id)
@@ -174,6 +174,7 @@ pub async fn create(
     .bind(req.reason.as_str())
     .bind(req.idempotency_key.as_str())
     .bind(&fingerprint)
+    .bind(state.deadlines.refund.as_secs_f64())
     .execute(&mut *tx)
     .await?;
     store::record_step(

@@ -2,7 +2,8 @@
 //! checked transition and enqueues the next command, so a step's effect, its inbox row and its
 //! follow-up event commit together or not at all.
 
-use crate::store::{self, Facts, PaymentRow, TransitionFailure};
+use crate::deadlines::Deadlines;
+use crate::store::{self, Compensation, Facts, PaymentRow, Transition, TransitionFailure};
 use crate::SagaMetrics;
 use anyhow::anyhow;
 use sagapay_domain::events::{
@@ -19,6 +20,7 @@ use sqlx::PgConnection;
 pub struct Saga {
     pub outbox: Outbox,
     pub metrics: SagaMetrics,
+    pub deadlines: Deadlines,
 }
 
 /// What a step does once its event is accepted.
@@ -133,16 +135,34 @@ impl Handler for Saga {
                 if let Step::Ignore(why) = self.expect(&payment, &[PaymentStatus::Approved], env) {
                     return self.ignored(ctx, env, why);
                 }
-                let reason = format!("authorized by {} ({})", ev.provider, ev.authorization_id);
+                let reported = (ev.amount_minor, ev.currency);
+                if !self
+                    .reported_as_requested(conn, ctx, &payment, env, "authorization", reported)
+                    .await?
+                {
+                    return Ok(());
+                }
                 let facts = Facts {
                     authorization_id: Some(&ev.authorization_id),
                     ..Facts::default()
                 };
-                let next = env.follow_up(&CaptureRequested {
-                    authorization_id: ev.authorization_id.clone(),
-                    amount_minor: amount(&payment)?,
-                    currency: currency(&payment)?,
-                });
+                // A compensation already under way (an operator failed the payment while its
+                // authorization was in flight) voids this authorization: nothing is captured.
+                let (reason, next) = if payment.compensation.is_some() {
+                    let reason = format!(
+                        "authorized by {} ({}) while being compensated: not captured",
+                        ev.provider, ev.authorization_id
+                    );
+                    (reason, None)
+                } else {
+                    let reason = format!("authorized by {} ({})", ev.provider, ev.authorization_id);
+                    let next = env.follow_up(&CaptureRequested {
+                        authorization_id: ev.authorization_id.clone(),
+                        amount_minor: amount(&payment)?,
+                        currency: currency(&payment)?,
+                    });
+                    (reason, Some(next))
+                };
                 self.apply(
                     conn,
                     ctx,
@@ -151,7 +171,7 @@ impl Handler for Saga {
                     &reason,
                     env,
                     facts,
-                    Some(&next),
+                    next.as_ref(),
                 )
                 .await?;
             }
@@ -160,6 +180,13 @@ impl Handler for Saga {
                 if let Step::Ignore(why) = self.expect(&payment, &[PaymentStatus::Authorized], env)
                 {
                     return self.ignored(ctx, env, why);
+                }
+                let reported = (ev.amount_minor, ev.currency);
+                if !self
+                    .reported_as_requested(conn, ctx, &payment, env, "capture", reported)
+                    .await?
+                {
+                    return Ok(());
                 }
                 let reason = format!("captured by {} ({})", ev.provider, ev.capture_id);
                 let facts = Facts {
@@ -222,7 +249,6 @@ impl Handler for Saga {
                     "ledger refused the posting ({}): refunding the capture",
                     ev.reason
                 );
-                store::record_step(conn, &payment, &reason, Some(env.event_id)).await?;
                 let next = env.follow_up(&RefundRequested {
                     capture_id,
                     amount_minor: amount(&payment)?,
@@ -230,7 +256,16 @@ impl Handler for Saga {
                     reason: format!("ledger refused the posting: {}", ev.reason),
                     refund_id: None,
                 });
-                self.outbox.enqueue(conn, &next, &headers).await?;
+                self.compensate(
+                    conn,
+                    &payment,
+                    Compensation::Refund,
+                    &reason,
+                    env,
+                    &next,
+                    &headers,
+                )
+                .await?;
             }
             EventType::PaymentReversed => {
                 let ev: PaymentReversed = env.decode()?;
@@ -263,19 +298,43 @@ impl Handler for Saga {
             }
             EventType::PaymentRefunded => {
                 let ev: PaymentRefunded = env.decode()?;
-                let updated = sqlx::query(
-                    "UPDATE refunds SET status = 'PROCESSED', provider_reference = $2, updated_at = now()
-                      WHERE refund_id = $1 AND payment_id = $3 AND status = 'REQUESTED'",
+                let refund: Option<(String, i64, String)> = sqlx::query_as(
+                    "SELECT status, amount_minor, currency FROM refunds
+                      WHERE refund_id = $1 AND payment_id = $2 FOR UPDATE",
+                )
+                .bind(ev.refund_id)
+                .bind(payment.payment_id)
+                .fetch_optional(&mut *conn)
+                .await?;
+                let Some((status, requested_minor, requested_currency)) = refund else {
+                    return Err(HandlerError::permanent(anyhow!(
+                        "unknown refund {} of payment {}",
+                        ev.refund_id,
+                        payment.payment_id
+                    )));
+                };
+                if status != "REQUESTED" {
+                    return self.ignored(ctx, env, "stale");
+                }
+                let reported = (ev.amount_minor, ev.currency);
+                let requested = (requested_minor, requested_currency.as_str());
+                if !self
+                    .matches_request(conn, ctx, &payment, env, "refund", reported, requested)
+                    .await?
+                {
+                    return Ok(());
+                }
+                sqlx::query(
+                    "UPDATE refunds SET status = 'PROCESSED', provider_reference = $2, updated_at = now(),
+                                        deadline_at = now() + make_interval(secs => $3), nudges = 0,
+                                        attention_since = NULL, attention_reason = NULL
+                      WHERE refund_id = $1",
                 )
                 .bind(ev.refund_id)
                 .bind(&ev.reference)
-                .bind(payment.payment_id)
+                .bind(self.deadlines.refund.as_secs_f64())
                 .execute(&mut *conn)
-                .await?
-                .rows_affected();
-                if updated == 0 {
-                    return self.ignored(ctx, env, "stale");
-                }
+                .await?;
                 let reason = format!(
                     "refund {} refunded by {} ({})",
                     ev.refund_id, ev.provider, ev.reference
@@ -296,7 +355,8 @@ impl Handler for Saga {
                     return self.ignored(ctx, env, why);
                 }
                 let updated = sqlx::query(
-                    "UPDATE refunds SET status = 'SUCCEEDED', journal_transaction_id = $2, updated_at = now()
+                    "UPDATE refunds SET status = 'SUCCEEDED', journal_transaction_id = $2, updated_at = now(),
+                                        deadline_at = NULL, attention_since = NULL, attention_reason = NULL
                       WHERE refund_id = $1 AND payment_id = $3 AND status = 'PROCESSED'",
                 )
                 .bind(ev.refund_id)
@@ -368,13 +428,17 @@ impl Saga {
     ) -> Result<(), HandlerError> {
         let op = ev.operation.as_str();
         if let Some(refund_id) = ev.refund_id {
-            // A merchant's refund could not be done: it fails; the payment is unchanged.
+            // The provider never told whether the refund happened: it is not failed (a second
+            // refund could then pay the customer twice). It stays REQUESTED, so it keeps
+            // counting against what is left to refund, and waits for an operator.
             let reason = format!(
-                "refund {refund_id} failed after {} attempts ({})",
+                "refund {refund_id}: outcome unknown after {} attempts ({}); still pending, \
+                 counted against the refundable amount",
                 ev.attempts, ev.last_error
             );
             sqlx::query(
-                "UPDATE refunds SET status = 'FAILED', failure_reason = $2, updated_at = now()
+                "UPDATE refunds SET attention_since = COALESCE(attention_since, now()),
+                                    attention_reason = $2, updated_at = now()
                   WHERE refund_id = $1 AND status = 'REQUESTED'",
             )
             .bind(refund_id)
@@ -386,11 +450,33 @@ impl Saga {
         }
         let expected = match ev.operation {
             ProviderOperation::Authorize => PaymentStatus::Approved,
-            ProviderOperation::Capture => PaymentStatus::Authorized,
-            // A compensation itself failed on every attempt: nothing automatic is left.
+            // The adapter asked the provider for as long as it tries whether the capture
+            // happened, and got no answer: voiding could leave a charge without a record, so an
+            // operator decides (the three-way reconciliation shows the provider's side).
+            ProviderOperation::Capture => {
+                if let Step::Ignore(why) = self.expect(payment, &[PaymentStatus::Authorized], env) {
+                    return self.ignored(ctx, env, why);
+                }
+                let reason = format!(
+                    "capture outcome unknown after {} attempts ({}): not voided, the capture may \
+                     have happened",
+                    ev.attempts, ev.last_error
+                );
+                store::flag_attention(
+                    conn,
+                    payment.payment_id,
+                    payment.status,
+                    &reason,
+                    Some(env.event_id),
+                )
+                .await?;
+                return Ok(());
+            }
+            // A compensation that kept failing for as long as the adapter tries (a day by
+            // default): an operator decides; replaying its dead letter re-arms it.
             ProviderOperation::Void | ProviderOperation::Refund => {
                 let reason = format!(
-                    "{op} failed after {} attempts ({}): manual intervention needed",
+                    "{op} failed for as long as it was tried ({} attempts, {})",
                     ev.attempts, ev.last_error
                 );
                 tracing::error!(payment_id = %payment.payment_id, %reason, "compensation failed");
@@ -399,7 +485,14 @@ impl Saga {
                     .compensations_failed_total
                     .with_label_values(&[op]);
                 ctx.after_commit(move || failed.inc());
-                store::record_step(conn, payment, &reason, Some(env.event_id)).await?;
+                store::flag_attention(
+                    conn,
+                    payment.payment_id,
+                    payment.status,
+                    &reason,
+                    Some(env.event_id),
+                )
+                .await?;
                 return Ok(());
             }
         };
@@ -410,15 +503,110 @@ impl Saga {
             "{op} outcome unknown after {} attempts ({}): voiding the authorization",
             ev.attempts, ev.last_error
         );
-        store::record_step(conn, payment, &reason, Some(env.event_id)).await?;
         let next = env.follow_up(&VoidRequested {
             authorization_id: payment.authorization_id.clone(),
             amount_minor: amount(payment)?,
             currency: currency(payment)?,
             reason: format!("{op} outcome unknown after {} attempts", ev.attempts),
         });
-        self.outbox.enqueue(conn, &next, headers).await?;
+        self.compensate(
+            conn,
+            payment,
+            Compensation::Void,
+            &reason,
+            env,
+            &next,
+            headers,
+        )
+        .await
+    }
+
+    /// Starts a compensation: the payment records it (and when it is overdue), the timeline
+    /// says why, and `command` goes out, in one statement.
+    #[allow(clippy::too_many_arguments)]
+    async fn compensate(
+        &self,
+        conn: &mut PgConnection,
+        payment: &PaymentRow,
+        kind: Compensation,
+        reason: &str,
+        env: &Envelope,
+        command: &Envelope,
+        headers: &sagapay_messaging::MessageHeaders,
+    ) -> Result<(), HandlerError> {
+        let row = self.outbox.row(command, headers);
+        store::start_compensation(
+            conn,
+            payment,
+            kind,
+            reason,
+            Some(env.event_id),
+            self.deadlines.compensating,
+            &row,
+        )
+        .await?;
         Ok(())
+    }
+
+    /// Whether the provider did what was asked: the amount and currency it reports for `what`
+    /// (an authorization, a capture, a refund) are the request's. A difference is never
+    /// applied, so never posted: the payment is flagged for an operator, with both amounts,
+    /// and counted in `provider_amount_mismatches_total`.
+    async fn reported_as_requested(
+        &self,
+        conn: &mut PgConnection,
+        ctx: &MessageContext,
+        payment: &PaymentRow,
+        env: &Envelope,
+        what: &'static str,
+        reported: (AmountMinor, Currency),
+    ) -> Result<bool, HandlerError> {
+        self.matches_request(
+            conn,
+            ctx,
+            payment,
+            env,
+            what,
+            reported,
+            (payment.amount_minor, &payment.currency),
+        )
+        .await
+    }
+
+    /// [`Saga::reported_as_requested`] against an explicit expected amount (a refund's).
+    #[allow(clippy::too_many_arguments)]
+    async fn matches_request(
+        &self,
+        conn: &mut PgConnection,
+        ctx: &MessageContext,
+        payment: &PaymentRow,
+        env: &Envelope,
+        what: &'static str,
+        (amount, currency): (AmountMinor, Currency),
+        (expected_amount, expected_currency): (i64, &str),
+    ) -> Result<bool, HandlerError> {
+        if amount.get() == expected_amount && currency.as_str() == expected_currency {
+            return Ok(true);
+        }
+        let reason = format!(
+            "the provider reports a {what} of {amount} {currency}, but {expected_amount} \
+             {expected_currency} was requested: not applied"
+        );
+        tracing::error!(payment_id = %payment.payment_id, %reason, "provider amount differs");
+        store::flag_attention(
+            conn,
+            payment.payment_id,
+            payment.status,
+            &reason,
+            Some(env.event_id),
+        )
+        .await?;
+        let mismatches = self
+            .metrics
+            .provider_amount_mismatches_total
+            .with_label_values(&[what]);
+        ctx.after_commit(move || mismatches.inc());
+        Ok(false)
     }
 
     /// Whether an event applies to the payment as it is now. Events that do not are never
@@ -480,17 +668,15 @@ impl Saga {
         then: Option<&Envelope>,
     ) -> Result<(), HandlerError> {
         let queued = then.map(|next| self.outbox.row(next, &ctx.headers.propagated()));
-        match store::transition(
-            conn,
-            payment,
+        let transition = Transition {
             to,
             reason,
-            Some(env.event_id),
+            event_id: Some(env.event_id),
             facts,
-            queued.as_ref(),
-        )
-        .await
-        {
+            deadline: self.deadlines.after(to, payment.compensation),
+            then: queued.as_ref(),
+        };
+        match store::transition(conn, payment, &transition).await {
             Ok(()) => {
                 let transitions = self
                     .metrics

@@ -1,4 +1,8 @@
 //! The orchestrator's tables: payments (with compare-and-set transitions) and their timeline.
+//!
+//! Every write that moves a payment also sets when its next step is overdue
+//! (`deadline_at`, see [`crate::deadlines`]): a transition, the start of a compensation, a
+//! re-sent step.
 
 use chrono::{DateTime, Utc};
 use sagapay_domain::{CustomerId, PaymentMethod, PaymentStatus, TextError, TransitionError};
@@ -6,6 +10,33 @@ use sagapay_messaging::{OutboxRow, OUTBOX_COLUMNS};
 use serde::Serialize;
 use sqlx::{PgConnection, Row};
 use uuid::Uuid;
+
+/// A compensation the saga started for a payment: which command is outstanding until the
+/// payment is REVERSED.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compensation {
+    /// Void the authorization (before capture).
+    Void,
+    /// Refund the capture in full (after capture).
+    Refund,
+}
+
+impl Compensation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Compensation::Void => "VOID",
+            Compensation::Refund => "REFUND",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "VOID" => Some(Compensation::Void),
+            "REFUND" => Some(Compensation::Refund),
+            _ => None,
+        }
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct PaymentRow {
@@ -20,14 +51,24 @@ pub struct PaymentRow {
     pub payment_method: PaymentMethod,
     pub authorization_id: Option<String>,
     pub capture_id: Option<String>,
+    pub correlation_id: String,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// When the current step is overdue; `None` for a terminal payment.
+    pub deadline_at: Option<DateTime<Utc>>,
+    /// Re-sends of the current step so far.
+    pub nudges: i32,
+    /// Set when the payment needs an operator, with why.
+    pub attention_since: Option<DateTime<Utc>>,
+    pub attention_reason: Option<String>,
+    pub compensation: Option<Compensation>,
 }
 
-const PAYMENT_COLUMNS: &str =
+pub(crate) const PAYMENT_COLUMNS: &str =
     "payment_id, merchant_id, customer_id, amount_minor, currency, status, \
      state_version, request_fingerprint, payment_method, authorization_id, capture_id, \
-     created_at, updated_at";
+     correlation_id, created_at, updated_at, deadline_at, nudges, attention_since, \
+     attention_reason, compensation";
 
 /// A text column read as the domain type that parses it.
 fn parsed<T>(
@@ -41,7 +82,7 @@ fn parsed<T>(
     })
 }
 
-fn payment_from_row(r: &sqlx::postgres::PgRow) -> sqlx::Result<PaymentRow> {
+pub(crate) fn payment_from_row(r: &sqlx::postgres::PgRow) -> sqlx::Result<PaymentRow> {
     let status: String = r.try_get("status")?;
     Ok(PaymentRow {
         payment_id: r.try_get("payment_id")?,
@@ -57,9 +98,28 @@ fn payment_from_row(r: &sqlx::postgres::PgRow) -> sqlx::Result<PaymentRow> {
         payment_method: parsed(r, "payment_method", PaymentMethod::parse)?,
         authorization_id: r.try_get("authorization_id")?,
         capture_id: r.try_get("capture_id")?,
+        correlation_id: r.try_get("correlation_id")?,
         created_at: r.try_get("created_at")?,
         updated_at: r.try_get("updated_at")?,
+        deadline_at: r.try_get("deadline_at")?,
+        nudges: r.try_get("nudges")?,
+        attention_since: r.try_get("attention_since")?,
+        attention_reason: r.try_get("attention_reason")?,
+        compensation: r
+            .try_get::<Option<String>, _>("compensation")?
+            .map(|c| {
+                Compensation::parse(&c).ok_or_else(|| sqlx::Error::ColumnDecode {
+                    index: "compensation".into(),
+                    source: format!("unknown compensation {c:?}").into(),
+                })
+            })
+            .transpose()?,
     })
+}
+
+/// `deadline` as seconds for SQL (`make_interval(secs => $n)`); `None` stays NULL.
+fn seconds(deadline: Option<std::time::Duration>) -> Option<f64> {
+    deadline.map(|d| d.as_secs_f64())
 }
 
 /// Locks and returns the payment (for a saga step inside a transaction).
@@ -105,6 +165,8 @@ pub struct NewPayment<'a> {
     pub request_fingerprint: &'a str,
     pub correlation_id: &'a str,
     pub payment_method: &'a str,
+    /// How long it may wait in CREATED.
+    pub deadline: std::time::Duration,
 }
 
 /// Inserts a CREATED payment, its timeline row and its first event's outbox row, in one
@@ -120,8 +182,9 @@ pub async fn insert_payment(
         "WITH created AS (
              INSERT INTO payments (payment_id, merchant_id, customer_id, amount_minor, currency,
                                    status, idempotency_key, request_fingerprint, correlation_id,
-                                   payment_method)
-             VALUES ($1, $2, $3, $4, $5, 'CREATED', $6, $7, $8, $9)
+                                   payment_method, deadline_at)
+             VALUES ($1, $2, $3, $4, $5, 'CREATED', $6, $7, $8, $9,
+                     now() + make_interval(secs => $16))
              ON CONFLICT (merchant_id, idempotency_key) DO NOTHING
              RETURNING payment_id),
          timeline AS (
@@ -144,6 +207,7 @@ pub async fn insert_payment(
         .bind(p.payment_method);
     let inserted: i64 = requested
         .bind(query)
+        .bind(p.deadline.as_secs_f64())
         .fetch_one(&mut *conn)
         .await?
         .try_get(0)?;
@@ -170,25 +234,36 @@ pub enum TransitionFailure {
     Db(#[from] sqlx::Error),
 }
 
-/// Moves `payment` to `to`: checked against the transition table, written with
+/// One transition of a payment, as [`transition`] writes it.
+#[derive(Debug)]
+pub struct Transition<'a> {
+    pub to: PaymentStatus,
+    pub reason: &'a str,
+    /// The event that caused it (none for an operator's action).
+    pub event_id: Option<Uuid>,
+    pub facts: Facts<'a>,
+    /// How long the payment may wait in `to`; `None` for a terminal state.
+    pub deadline: Option<std::time::Duration>,
+    /// The command or event that follows, inserted into the outbox with the transition.
+    pub then: Option<&'a OutboxRow<'a>>,
+}
+
+/// Moves `payment` to `t.to`: checked against the transition table, written with
 /// compare-and-set on `(status, state_version)`, with its timeline row and, when given, the
 /// outbox row of the event that follows, all in one statement (one round trip): the timeline
-/// and outbox rows are inserted only if the compare-and-set matched.
+/// and outbox rows are inserted only if the compare-and-set matched. The new state's deadline
+/// is set and the count of re-sends and any flag for attention are cleared: the payment moved.
 pub async fn transition(
     conn: &mut PgConnection,
     payment: &PaymentRow,
-    to: PaymentStatus,
-    reason: &str,
-    event_id: Option<Uuid>,
-    facts: Facts<'_>,
-    then: Option<&OutboxRow<'_>>,
+    t: &Transition<'_>,
 ) -> Result<(), TransitionFailure> {
-    payment.status.transition_to(to)?;
-    let queue = if then.is_some() {
+    payment.status.transition_to(t.to)?;
+    let queue = if t.then.is_some() {
         format!(
             ", queued AS (
                  INSERT INTO outbox ({OUTBOX_COLUMNS})
-                 SELECT $10, $11, $12, $13, $14, $15 FROM moved)"
+                 SELECT $11, $12, $13, $14, $15, $16 FROM moved)"
         )
     } else {
         String::new()
@@ -201,7 +276,11 @@ pub async fn transition(
                     updated_at = now(),
                     authorization_id = COALESCE($2, authorization_id),
                     capture_id = COALESCE($3, capture_id),
-                    journal_transaction_id = COALESCE($4, journal_transaction_id)
+                    journal_transaction_id = COALESCE($4, journal_transaction_id),
+                    deadline_at = now() + make_interval(secs => $10),
+                    nudges = 0,
+                    attention_since = NULL,
+                    attention_reason = NULL
               WHERE payment_id = $5 AND status = $6 AND state_version = $7
           RETURNING payment_id),
          timeline AS (
@@ -210,16 +289,17 @@ pub async fn transition(
          SELECT count(*) FROM moved"
     );
     let query = sqlx::query(&sql)
-        .bind(to.as_str())
-        .bind(facts.authorization_id)
-        .bind(facts.capture_id)
-        .bind(facts.journal_transaction_id)
+        .bind(t.to.as_str())
+        .bind(t.facts.authorization_id)
+        .bind(t.facts.capture_id)
+        .bind(t.facts.journal_transaction_id)
         .bind(payment.payment_id)
         .bind(payment.status.as_str())
         .bind(payment.state_version)
-        .bind(reason)
-        .bind(event_id);
-    let query = match then {
+        .bind(t.reason)
+        .bind(t.event_id)
+        .bind(seconds(t.deadline));
+    let query = match t.then {
         Some(row) => row.bind(query),
         None => query,
     };
@@ -227,6 +307,122 @@ pub async fn transition(
     if moved != 1 {
         return Err(TransitionFailure::Conflict(payment.payment_id));
     }
+    Ok(())
+}
+
+/// Starts a compensation of `payment` (its state stays until the compensation's answer): the
+/// payment records which one and when it is overdue, the timeline says why, and the command
+/// goes to the outbox, in one statement. The caller holds the payment's row lock.
+pub async fn start_compensation(
+    conn: &mut PgConnection,
+    payment: &PaymentRow,
+    kind: Compensation,
+    reason: &str,
+    event_id: Option<Uuid>,
+    deadline: std::time::Duration,
+    command: &OutboxRow<'_>,
+) -> sqlx::Result<()> {
+    let sql = format!(
+        "WITH marked AS (
+             UPDATE payments
+                SET compensation = $2, deadline_at = now() + make_interval(secs => $3),
+                    nudges = 0, attention_since = NULL, attention_reason = NULL,
+                    updated_at = now()
+              WHERE payment_id = $1 AND state_version = $4
+          RETURNING payment_id, status),
+         timeline AS (
+             INSERT INTO payment_timeline (payment_id, from_state, to_state, reason, event_id, kind)
+             SELECT payment_id, status, status, $5, $6, 'STEP' FROM marked),
+         queued AS (
+             INSERT INTO outbox ({OUTBOX_COLUMNS})
+             SELECT $7, $8, $9, $10, $11, $12 FROM marked)
+         SELECT count(*) FROM marked"
+    );
+    let query = sqlx::query(&sql)
+        .bind(payment.payment_id)
+        .bind(kind.as_str())
+        .bind(deadline.as_secs_f64())
+        .bind(payment.state_version)
+        .bind(reason)
+        .bind(event_id);
+    let marked: i64 = command
+        .bind(query)
+        .fetch_one(&mut *conn)
+        .await?
+        .try_get(0)?;
+    if marked != 1 {
+        return Err(sqlx::Error::Protocol(format!(
+            "payment {} changed while its row was locked",
+            payment.payment_id
+        )));
+    }
+    Ok(())
+}
+
+/// The step of a payment was sent again (`command`, into the outbox): after its deadline
+/// (counted in `nudges`) or at an operator's request (`reset`: the count starts again). The
+/// payment is timed again and the timeline says why, in one statement.
+pub async fn resend(
+    conn: &mut PgConnection,
+    payment_id: Uuid,
+    status: PaymentStatus,
+    reason: &str,
+    deadline: std::time::Duration,
+    command: &OutboxRow<'_>,
+    reset: bool,
+) -> sqlx::Result<()> {
+    let sql = format!(
+        "WITH nudged AS (
+             UPDATE payments
+                SET nudges = CASE WHEN $11 THEN 0 ELSE nudges + 1 END,
+                    deadline_at = now() + make_interval(secs => $2),
+                    attention_since = NULL, attention_reason = NULL
+              WHERE payment_id = $1
+          RETURNING payment_id),
+         timeline AS (
+             INSERT INTO payment_timeline (payment_id, from_state, to_state, reason, kind)
+             SELECT payment_id, $3, $3, $4, 'STEP' FROM nudged),
+         queued AS (
+             INSERT INTO outbox ({OUTBOX_COLUMNS})
+             SELECT $5, $6, $7, $8, $9, $10 FROM nudged)
+         SELECT count(*) FROM nudged"
+    );
+    let query = sqlx::query(&sql)
+        .bind(payment_id)
+        .bind(deadline.as_secs_f64())
+        .bind(status.as_str())
+        .bind(reason);
+    command
+        .bind(query)
+        .bind(reset)
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// Flags `payment_id` as needing an operator, with why (and a timeline step).
+pub async fn flag_attention(
+    conn: &mut PgConnection,
+    payment_id: Uuid,
+    status: PaymentStatus,
+    reason: &str,
+    event_id: Option<Uuid>,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "WITH flagged AS (
+             UPDATE payments SET attention_since = COALESCE(attention_since, now()),
+                                 attention_reason = $3
+              WHERE payment_id = $1
+          RETURNING payment_id)
+         INSERT INTO payment_timeline (payment_id, from_state, to_state, reason, event_id, kind)
+         SELECT payment_id, $2, $2, 'needs attention: ' || $3, $4, 'STEP' FROM flagged",
+    )
+    .bind(payment_id)
+    .bind(status.as_str())
+    .bind(reason)
+    .bind(event_id)
+    .execute(conn)
+    .await?;
     Ok(())
 }
 

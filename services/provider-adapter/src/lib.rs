@@ -5,19 +5,23 @@
 //! its inbox transaction); the [`worker`] performs due operations with a timeout, retries
 //! timeouts on a back-off schedule, persists every attempt, and reports the outcome as an event.
 
+mod dev;
+pub mod policy;
 pub mod provider;
+mod replies;
 pub mod worker;
 
 use anyhow::anyhow;
 use prometheus::{IntCounterVec, Opts};
-use provider::{PaymentProvider, SimulatedProvider};
+use provider::ProviderOutcome;
+use provider::{Outage, PaymentProvider, SimulatedProvider};
 use sagapay_domain::events::{
     AuthorizeRequested, CaptureRequested, ProviderOperation, RefundRequested, VoidRequested,
 };
-use sagapay_domain::{Envelope, EventType};
-use sagapay_messaging::{Classification, Handler, HandlerError, MessageContext};
+use sagapay_domain::{AmountMinor, Currency, Envelope, EventType};
+use sagapay_messaging::{Classification, Handler, HandlerError, MessageContext, Outbox};
 use sagapay_service_kit::config::env_parse;
-use sagapay_service_kit::{CommonConfig, Platform, ServiceHandle};
+use sagapay_service_kit::{CommonConfig, Environment, OpsKey, Platform, ServiceHandle};
 use sqlx::PgConnection;
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,33 +55,56 @@ pub struct Config {
     pub retry: RetrySettings,
     /// How long the simulated provider's `pm_card_slow` takes.
     pub simulated_slow_delay: Duration,
+    /// `SAGAPAY_OPS_KEY`: the development routes (a simulated outage) require it.
+    pub ops_key: OpsKey,
 }
 
 impl Config {
     /// | variable | default |
     /// |---|---|
     /// | `SAGAPAY_PROVIDER_TIMEOUT_MS` | 2000 |
-    /// | `SAGAPAY_PROVIDER_BACKOFF_MS` | `1000,2000,4000` (attempts = entries + 1) |
+    /// | `SAGAPAY_PROVIDER_BACKOFF_MS` | `1000,2000,4000`: the short schedule (attempts = entries + 1) |
+    /// | `SAGAPAY_PROVIDER_LONG_BACKOFF_MS` | `5000,15000,30000,60000,120000,300000,600000`: then, the last step repeating |
+    /// | `SAGAPAY_PROVIDER_GIVE_UP_MS` | 86400000: captures, voids and refunds are given up after this |
+    /// | `SAGAPAY_PROVIDER_AUTHORIZE_GIVE_UP_MS` | 0: an authorization with an unknown outcome is asked about once |
     /// | `SAGAPAY_PROVIDER_SLOW_MS` | 500 |
     /// | `SAGAPAY_PROVIDER_CLAIM_TIMEOUT_MS` | 60000 (a crashed worker's operations are taken over after this) |
     pub fn from_env() -> anyhow::Result<Self> {
         let d = RetrySettings::default();
-        let backoff = match std::env::var("SAGAPAY_PROVIDER_BACKOFF_MS") {
-            Ok(v) if !v.is_empty() => v
-                .split(',')
-                .map(|ms| ms.trim().parse::<u64>().map(Duration::from_millis))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| anyhow!("SAGAPAY_PROVIDER_BACKOFF_MS={v:?}: {e}"))?,
-            _ => d.backoff.clone(),
+        let schedule = |name: &str, default: &[Duration]| -> anyhow::Result<Vec<Duration>> {
+            match std::env::var(name) {
+                Ok(v) if !v.is_empty() => {
+                    let steps = v
+                        .split(',')
+                        .map(|ms| ms.trim().parse::<u64>().map(Duration::from_millis))
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(|e| anyhow!("{name}={v:?}: {e}"))?;
+                    anyhow::ensure!(!steps.is_empty(), "{name} needs at least one step");
+                    Ok(steps)
+                }
+                _ => Ok(default.to_vec()),
+            }
         };
+        let ms = |name: &str, default: Duration| -> anyhow::Result<Duration> {
+            Ok(Duration::from_millis(env_parse(
+                name,
+                default.as_millis() as u64,
+            )?))
+        };
+        let common = CommonConfig::from_env(SERVICE, DEFAULT_PORT)?;
         Ok(Self {
-            common: CommonConfig::from_env(SERVICE, DEFAULT_PORT)?,
+            ops_key: OpsKey::from_env(common.environment)?,
+            common,
             retry: RetrySettings {
-                call_timeout: Duration::from_millis(env_parse(
-                    "SAGAPAY_PROVIDER_TIMEOUT_MS",
-                    2000,
-                )?),
-                backoff,
+                call_timeout: ms("SAGAPAY_PROVIDER_TIMEOUT_MS", d.call_timeout)?,
+                backoff: schedule("SAGAPAY_PROVIDER_BACKOFF_MS", &d.backoff)?,
+                long_backoff: schedule("SAGAPAY_PROVIDER_LONG_BACKOFF_MS", &d.long_backoff)?,
+                give_up_after: ms("SAGAPAY_PROVIDER_GIVE_UP_MS", d.give_up_after)?,
+                authorize_give_up_after: ms(
+                    "SAGAPAY_PROVIDER_AUTHORIZE_GIVE_UP_MS",
+                    d.authorize_give_up_after,
+                )?,
+                claim_timeout: ms("SAGAPAY_PROVIDER_CLAIM_TIMEOUT_MS", d.claim_timeout)?,
                 ..d
             },
             simulated_slow_delay: Duration::from_millis(env_parse(
@@ -96,15 +123,40 @@ impl Config {
                 ..RetrySettings::default()
             },
             simulated_slow_delay: Duration::from_millis(200),
+            ops_key: OpsKey::development(),
         }
     }
 }
 
-/// Schedules the operation a command asks for. Idempotent: one operation per payment and kind.
-struct CommandHandler;
+/// Schedules the operation a command asks for. Idempotent: one operation per payment and
+/// kind (and refund). A command for an operation that exists already (a step the saga sent
+/// again after its deadline, a replayed dead letter) is answered from the operation: with its
+/// outcome when it ended, by re-arming it when it was given up, and not at all while it is in
+/// progress (its outcome will answer).
+struct CommandHandler {
+    outbox: Outbox,
+    settings: RetrySettings,
+    provider: &'static str,
+}
+
+/// An operation as it stands, for answering a repeated command.
+#[derive(Debug, sqlx::FromRow)]
+struct Existing {
+    operation_id: Uuid,
+    status: String,
+    attempts: i32,
+    result_reference: Option<String>,
+    result_amount_minor: Option<i64>,
+    result_currency: Option<String>,
+    last_error: Option<String>,
+    /// A void or refund of the same payment exists (its authorization or capture is being
+    /// compensated, so it must not be re-armed).
+    compensated: bool,
+}
 
 impl CommandHandler {
     async fn schedule(
+        &self,
         conn: &mut PgConnection,
         env: &Envelope,
         ctx: &MessageContext,
@@ -112,12 +164,20 @@ impl CommandHandler {
         operation_key: String,
         request: OperationRequest,
     ) -> Result<(), HandlerError> {
+        // Captures, voids and refunds carry the authorization's card (a PSP knows it from
+        // the authorization; the simulated provider behaves by it).
         let inserted = sqlx::query(
             "INSERT INTO provider_operations (operation_id, payment_id, operation, request,
                                               source_event_id, correlation_id, headers,
                                               source_envelope, source_topic, source_partition, source_offset,
-                                              operation_key)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+                                              operation_key, give_up_at)
+             VALUES ($1, $2, $3,
+                     CASE WHEN $4->>'payment_method' = '' THEN
+                          jsonb_set($4, '{payment_method}', to_jsonb(COALESCE(
+                              (SELECT a.request->>'payment_method' FROM provider_operations a
+                                WHERE a.payment_id = $2 AND a.operation = 'AUTHORIZE'), '')))
+                     ELSE $4 END,
+                     $5, $6, $7, $8, $9, $10, $11, $12, now() + make_interval(secs => $13))
              ON CONFLICT (payment_id, operation, operation_key) DO NOTHING",
         )
         .bind(Uuid::now_v7())
@@ -131,14 +191,131 @@ impl CommandHandler {
         .bind(&ctx.topic)
         .bind(ctx.partition)
         .bind(ctx.offset)
-        .bind(operation_key)
-        .execute(conn)
+        .bind(&operation_key)
+        .bind(self.settings.give_up_after(operation).as_secs_f64())
+        .execute(&mut *conn)
         .await?
         .rows_affected();
         if inserted == 0 {
-            tracing::info!(payment_id = %env.payment_id, operation = operation.as_str(),
-                "operation already scheduled for this payment; command ignored");
+            self.answer_again(conn, env, ctx, operation, &operation_key, &request)
+                .await?;
         }
+        Ok(())
+    }
+
+    async fn answer_again(
+        &self,
+        conn: &mut PgConnection,
+        env: &Envelope,
+        ctx: &MessageContext,
+        operation: ProviderOperation,
+        operation_key: &str,
+        request: &OperationRequest,
+    ) -> Result<(), HandlerError> {
+        let existing: Existing = sqlx::query_as(
+            "SELECT o.operation_id, o.status, o.attempts, o.result_reference, o.result_amount_minor,
+                    o.result_currency, o.last_error,
+                    EXISTS (SELECT 1 FROM provider_operations c
+                             WHERE c.payment_id = o.payment_id AND c.operation IN ('VOID', 'REFUND')
+                               AND c.operation_key = '') AS compensated
+               FROM provider_operations o
+              WHERE o.payment_id = $1 AND o.operation = $2 AND o.operation_key = $3
+              FOR UPDATE",
+        )
+        .bind(env.payment_id)
+        .bind(operation.as_str())
+        .bind(operation_key)
+        .fetch_one(&mut *conn)
+        .await?;
+        let answering = replies::Answering {
+            payment_id: env.payment_id,
+            causation_id: env.event_id,
+            correlation_id: &env.correlation_id,
+            operation,
+            refund_id: (operation == ProviderOperation::Refund)
+                .then(|| Uuid::parse_str(operation_key).ok())
+                .flatten(),
+            reason: request.reason.as_deref().unwrap_or_default(),
+            provider: self.provider,
+        };
+        let last_error = existing.last_error.clone().unwrap_or_default();
+        let ending_outcome;
+        let ending = match existing.status.as_str() {
+            "PENDING" => {
+                tracing::info!(payment_id = %env.payment_id, operation = operation.as_str(),
+                    "operation in progress; the repeated command waits for its outcome");
+                return Ok(());
+            }
+            "SUCCEEDED" => {
+                let (Some(reference), Some(amount), Some(currency)) = (
+                    existing.result_reference.clone(),
+                    existing.result_amount_minor,
+                    existing.result_currency.as_deref(),
+                ) else {
+                    return Err(HandlerError::permanent(anyhow!(
+                        "operation {} succeeded without a recorded result",
+                        existing.operation_id
+                    )));
+                };
+                ending_outcome = ProviderOutcome::Succeeded {
+                    reference,
+                    amount_minor: AmountMinor::new(amount).map_err(HandlerError::permanent)?,
+                    currency: Currency::parse(currency).map_err(HandlerError::permanent)?,
+                };
+                replies::Ending::Outcome(&ending_outcome)
+            }
+            "DECLINED" => {
+                ending_outcome = ProviderOutcome::Declined {
+                    code: last_error.clone(),
+                };
+                replies::Ending::Outcome(&ending_outcome)
+            }
+            "NOT_PERFORMED" => replies::Ending::NotPerformed {
+                last_error: &last_error,
+            },
+            // Given up: a new command (a replayed dead letter, an operator's retry) tries
+            // again, unless the saga is undoing what this operation would do.
+            "EXHAUSTED" => {
+                let undone = existing.compensated
+                    && matches!(
+                        operation,
+                        ProviderOperation::Authorize | ProviderOperation::Capture
+                    );
+                if undone {
+                    tracing::info!(payment_id = %env.payment_id, operation = operation.as_str(),
+                        "operation given up and being compensated: not re-armed");
+                    return Ok(());
+                }
+                sqlx::query(
+                    "UPDATE provider_operations
+                        SET status = 'PENDING', attempts = 0, resolving = outcome_unknown,
+                            next_attempt_at = now(), claimed_until = NULL, claim_token = NULL,
+                            give_up_at = now() + make_interval(secs => $2),
+                            source_event_id = $3, updated_at = now()
+                      WHERE operation_id = $1",
+                )
+                .bind(existing.operation_id)
+                .bind(self.settings.give_up_after(operation).as_secs_f64())
+                .bind(env.event_id)
+                .execute(&mut *conn)
+                .await?;
+                tracing::warn!(payment_id = %env.payment_id, operation = operation.as_str(),
+                    previous_attempts = existing.attempts, "operation re-armed");
+                return Ok(());
+            }
+            other => {
+                return Err(HandlerError::permanent(anyhow!(
+                    "operation {} has unknown status {other}",
+                    existing.operation_id
+                )))
+            }
+        };
+        let event = answering.event(ending);
+        tracing::info!(payment_id = %env.payment_id, operation = operation.as_str(),
+            status = %existing.status, "repeated command answered with the operation's outcome");
+        self.outbox
+            .enqueue(conn, &event, &ctx.headers.propagated())
+            .await?;
         Ok(())
     }
 }
@@ -212,20 +389,33 @@ impl Handler for CommandHandler {
                 )))
             }
         };
-        Self::schedule(conn, env, ctx, operation, key, request).await
+        self.schedule(conn, env, ctx, operation, key, request).await
     }
 }
 
 /// Starts the adapter with the simulated provider.
 pub async fn start(config: Config) -> anyhow::Result<ServiceHandle> {
-    start_with(config, |pool, cfg| {
-        SimulatedProvider::new(pool, cfg.simulated_slow_delay)
-    })
+    let outage = Outage::default();
+    // The simulated outage exists in development only.
+    let api = match config.common.environment {
+        Environment::Development => dev::routes(outage.clone(), config.ops_key.clone()),
+        Environment::Production => axum::Router::new(),
+    };
+    start_with(
+        config,
+        move |pool, cfg| SimulatedProvider::new(pool, cfg.simulated_slow_delay, outage),
+        api,
+    )
     .await
 }
 
-/// Starts the adapter with the provider `make_provider` builds (from the service's pool).
-pub async fn start_with<P, F>(config: Config, make_provider: F) -> anyhow::Result<ServiceHandle>
+/// Starts the adapter with the provider `make_provider` builds (from the service's pool),
+/// serving `api` besides the common routes.
+pub async fn start_with<P, F>(
+    config: Config,
+    make_provider: F,
+    api: axum::Router,
+) -> anyhow::Result<ServiceHandle>
 where
     P: PaymentProvider,
     F: FnOnce(sqlx::PgPool, &Config) -> P,
@@ -259,10 +449,16 @@ where
     }
     let mut builder = platform.builder();
     platform.spawn_relay(&mut builder);
-    platform.spawn_consumer(&mut builder, Arc::new(CommandHandler), CONSUMES)?;
+    let provider = Arc::new(make_provider(platform.pool.clone(), &config));
+    let handler = CommandHandler {
+        outbox: platform.outbox.clone(),
+        settings: config.retry.clone(),
+        provider: provider.name(),
+    };
+    platform.spawn_consumer(&mut builder, Arc::new(handler), CONSUMES)?;
     let worker = Arc::new(Worker {
         pool: platform.pool.clone(),
-        provider: Arc::new(make_provider(platform.pool.clone(), &config)),
+        provider,
         outbox: platform.outbox.clone(),
         settings: config.retry.clone(),
         retries_total,
@@ -273,6 +469,6 @@ where
         messaging_metrics: platform.messaging_metrics.clone(),
     });
     builder.spawn("provider-worker", move |shutdown| worker.run(shutdown));
-    let router = platform.router(axum::Router::new());
+    let router = platform.router(api);
     builder.serve(config.common.http_addr, router).await
 }

@@ -25,10 +25,27 @@ pub struct ProviderRequest {
     pub reference: Option<String>,
 }
 
+/// What the provider did, as it reports it. A success says which amount and currency were
+/// moved: the saga checks them against the request and never applies a difference.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProviderOutcome {
-    Succeeded { reference: String },
-    Declined { code: String },
+    Succeeded {
+        reference: String,
+        amount_minor: AmountMinor,
+        currency: Currency,
+    },
+    Declined {
+        code: String,
+    },
+}
+
+/// The answer to a status query by idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProviderStatus {
+    /// The provider has the operation: this is what it did.
+    Found(ProviderOutcome),
+    /// The provider never received an operation with this key.
+    NotFound,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -36,8 +53,19 @@ pub enum ProviderError {
     /// No answer in time: the operation may or may not have happened at the provider.
     #[error("provider timed out")]
     Timeout,
+    /// The request never reached the provider (connection refused): it did not happen.
     #[error("provider unavailable: {0}")]
     Unavailable(String),
+    /// The provider answered with an error: whether it acted is not known.
+    #[error("provider failed: {0}")]
+    Failed(String),
+}
+
+impl ProviderError {
+    /// Whether the operation may have happened at the provider despite the error.
+    pub fn maybe_performed(&self) -> bool {
+        !matches!(self, ProviderError::Unavailable(_))
+    }
 }
 
 pub trait PaymentProvider: Send + Sync + 'static {
@@ -48,6 +76,13 @@ pub trait PaymentProvider: Send + Sync + 'static {
         &self,
         req: &ProviderRequest,
     ) -> impl Future<Output = Result<ProviderOutcome, ProviderError>> + Send;
+
+    /// What the provider did with `req.idempotency_key`, if anything (a PSP's "retrieve by
+    /// idempotency key"). The caller bounds it with its own timeout.
+    fn status(
+        &self,
+        req: &ProviderRequest,
+    ) -> impl Future<Output = Result<ProviderStatus, ProviderError>> + Send;
 }
 
 /// A provider simulated in-process, with durable books (tables `simulated_provider_*`) so
@@ -62,22 +97,59 @@ pub trait PaymentProvider: Send + Sync + 'static {
 /// | `pm_card_timeout` | authorized at the provider, but the answer never arrives (every attempt times out) |
 /// | `pm_card_fail_twice` | the first two attempts time out, the third is authorized |
 /// | `pm_card_slow` | authorized after `slow_delay` (below the adapter's timeout) |
+/// | `pm_card_capture_timeout` | authorized; the capture happens but its answers are lost (status queries answer) |
+/// | `pm_card_refund_timeout` | authorized and captured; a refund happens but the answers to its first three calls are lost |
+/// | `pm_card_amount_mismatch` | authorized; the capture moves one minor unit less than asked |
 /// | any other token | declined, `invalid_payment_method` |
 ///
-/// Capture, void and refund always succeed (once per idempotency key).
+/// Capture, void and refund otherwise succeed (once per idempotency key). Status queries
+/// answer from the books, except for `pm_card_timeout`, whose provider never answers at
+/// all. [`Outage`] takes the whole provider down for a while (connection refused), in
+/// development only.
 pub struct SimulatedProvider {
     books: PgPool,
     slow_delay: Duration,
+    outage: Outage,
+}
+
+/// Until when the simulated provider refuses every connection. Shared with the development
+/// route that starts an outage.
+#[derive(Debug, Clone, Default)]
+pub struct Outage(std::sync::Arc<std::sync::Mutex<Option<std::time::Instant>>>);
+
+impl Outage {
+    /// The provider refuses connections for `duration` from now.
+    pub fn start(&self, duration: Duration) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(std::time::Instant::now() + duration);
+    }
+
+    fn refusing(&self) -> Result<(), ProviderError> {
+        match *self.0.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some(until) if std::time::Instant::now() < until => Err(ProviderError::Unavailable(
+                "connection refused (simulated outage)".into(),
+            )),
+            _ => Ok(()),
+        }
+    }
 }
 
 impl SimulatedProvider {
-    pub fn new(books: PgPool, slow_delay: Duration) -> Self {
-        Self { books, slow_delay }
+    pub fn new(books: PgPool, slow_delay: Duration, outage: Outage) -> Self {
+        Self {
+            books,
+            slow_delay,
+            outage,
+        }
     }
 
-    /// Records the operation under its idempotency key; a repeated key returns the first
-    /// reference, as a PSP would.
-    async fn book(&self, req: &ProviderRequest) -> Result<String, ProviderError> {
+    /// Records the operation under its idempotency key (moving `amount_minor`); a repeated
+    /// key returns what the first call did, as a PSP would.
+    async fn book(
+        &self,
+        req: &ProviderRequest,
+        amount_minor: AmountMinor,
+    ) -> Result<ProviderOutcome, ProviderError> {
         let prefix = match req.operation {
             ProviderOperation::Authorize => "auth",
             ProviderOperation::Capture => "cap",
@@ -86,38 +158,79 @@ impl SimulatedProvider {
         };
         let reference = format!("{prefix}_{}", Uuid::now_v7().simple());
         // Books the operation unless the key was booked before, and answers the booked
-        // reference either way, in one statement. (A booking by a concurrent call that commits
-        // during the statement is not in its snapshot: then the reference is read again.)
-        let booked: Option<String> = sqlx::query_scalar(
+        // outcome either way, in one statement. (A booking by a concurrent call that commits
+        // during the statement is not in its snapshot: then it is read again.)
+        let booked: Option<Booked> = sqlx::query_as(
             "WITH booked AS (
                  INSERT INTO simulated_provider_operations
-                        (idempotency_key, operation, payment_id, amount_minor, currency, reference)
-                 VALUES ($1, $2, $3, $4, $5, $6)
+                        (idempotency_key, operation, payment_id, amount_minor, currency, reference,
+                         payment_method)
+                 VALUES ($1, $2, $3, $4, $5, $6, NULLIF($7, ''))
                  ON CONFLICT (idempotency_key) DO NOTHING
-                 RETURNING reference)
-             SELECT reference FROM booked
+                 RETURNING reference, amount_minor, currency, outcome, decline_code)
+             SELECT * FROM booked
              UNION ALL
-             SELECT reference FROM simulated_provider_operations WHERE idempotency_key = $1",
+             SELECT reference, amount_minor, currency, outcome, decline_code
+               FROM simulated_provider_operations WHERE idempotency_key = $1",
+        )
+        .bind(&req.idempotency_key)
+        .bind(req.operation.as_str())
+        .bind(req.payment_id)
+        .bind(amount_minor.get())
+        .bind(req.currency.as_str())
+        .bind(&reference)
+        .bind(&req.payment_method)
+        .fetch_optional(&self.books)
+        .await
+        .map_err(|e| ProviderError::Failed(e.to_string()))?;
+        match booked {
+            Some(b) => b.outcome(),
+            None => self
+                .booked(&req.idempotency_key)
+                .await?
+                .ok_or_else(|| ProviderError::Failed("booking vanished".into()))?
+                .outcome(),
+        }
+    }
+
+    /// Records a declined authorization, so that a status query answers it.
+    async fn book_decline(
+        &self,
+        req: &ProviderRequest,
+        code: &str,
+    ) -> Result<ProviderOutcome, ProviderError> {
+        sqlx::query(
+            "INSERT INTO simulated_provider_operations
+                    (idempotency_key, operation, payment_id, amount_minor, currency, reference,
+                     payment_method, outcome, decline_code)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'DECLINED', $8)
+             ON CONFLICT (idempotency_key) DO NOTHING",
         )
         .bind(&req.idempotency_key)
         .bind(req.operation.as_str())
         .bind(req.payment_id)
         .bind(req.amount_minor.get())
         .bind(req.currency.as_str())
-        .bind(&reference)
+        .bind(format!("decl_{}", Uuid::now_v7().simple()))
+        .bind(&req.payment_method)
+        .bind(code)
+        .execute(&self.books)
+        .await
+        .map_err(|e| ProviderError::Failed(e.to_string()))?;
+        Ok(ProviderOutcome::Declined {
+            code: code.to_owned(),
+        })
+    }
+
+    async fn booked(&self, idempotency_key: &str) -> Result<Option<Booked>, ProviderError> {
+        sqlx::query_as(
+            "SELECT reference, amount_minor, currency, outcome, decline_code
+               FROM simulated_provider_operations WHERE idempotency_key = $1",
+        )
+        .bind(idempotency_key)
         .fetch_optional(&self.books)
         .await
-        .map_err(|e| ProviderError::Unavailable(e.to_string()))?;
-        if let Some(reference) = booked {
-            return Ok(reference);
-        }
-        sqlx::query_scalar(
-            "SELECT reference FROM simulated_provider_operations WHERE idempotency_key = $1",
-        )
-        .bind(&req.idempotency_key)
-        .fetch_one(&self.books)
-        .await
-        .map_err(|e| ProviderError::Unavailable(e.to_string()))
+        .map_err(|e| ProviderError::Failed(e.to_string()))
     }
 
     /// Counts this call of the idempotency key; 1 for the first call.
@@ -130,7 +243,34 @@ impl SimulatedProvider {
         .bind(key)
         .fetch_one(&self.books)
         .await
-        .map_err(|e| ProviderError::Unavailable(e.to_string()))
+        .map_err(|e| ProviderError::Failed(e.to_string()))
+    }
+}
+
+/// One row of the simulated books.
+#[derive(Debug, sqlx::FromRow)]
+struct Booked {
+    reference: String,
+    amount_minor: i64,
+    currency: String,
+    outcome: String,
+    decline_code: Option<String>,
+}
+
+impl Booked {
+    fn outcome(self) -> Result<ProviderOutcome, ProviderError> {
+        let bad = |e: String| ProviderError::Failed(format!("unreadable booking: {e}"));
+        Ok(match self.outcome.as_str() {
+            "DECLINED" => ProviderOutcome::Declined {
+                code: self.decline_code.unwrap_or_default(),
+            },
+            _ => ProviderOutcome::Succeeded {
+                reference: self.reference,
+                amount_minor: AmountMinor::new(self.amount_minor)
+                    .map_err(|e| bad(e.to_string()))?,
+                currency: Currency::parse(&self.currency).map_err(|e| bad(e.to_string()))?,
+            },
+        })
     }
 }
 
@@ -146,23 +286,50 @@ impl PaymentProvider for SimulatedProvider {
     }
 
     async fn call(&self, req: &ProviderRequest) -> Result<ProviderOutcome, ProviderError> {
-        if req.operation != ProviderOperation::Authorize {
-            let reference = self.book(req).await?;
-            return Ok(ProviderOutcome::Succeeded { reference });
+        self.outage.refusing()?;
+        let card = req.payment_method.as_str();
+        match req.operation {
+            ProviderOperation::Authorize => {}
+            ProviderOperation::Capture => {
+                return match card {
+                    "pm_card_capture_timeout" => {
+                        // The capture happens; only its answer is lost.
+                        self.book(req, req.amount_minor).await?;
+                        hang().await
+                    }
+                    "pm_card_amount_mismatch" => {
+                        let less = AmountMinor::new(req.amount_minor.get() - 1)
+                            .unwrap_or(req.amount_minor);
+                        self.book(req, less).await
+                    }
+                    _ => self.book(req, req.amount_minor).await,
+                };
+            }
+            ProviderOperation::Refund if card == "pm_card_refund_timeout" => {
+                // The refund happens at once; the answers to its first three calls are lost.
+                let outcome = self.book(req, req.amount_minor).await?;
+                if self.count_call(&req.idempotency_key).await? <= 3 {
+                    return hang().await;
+                }
+                return Ok(outcome);
+            }
+            ProviderOperation::Void | ProviderOperation::Refund => {
+                return self.book(req, req.amount_minor).await;
+            }
         }
-        let decline = |code: &str| {
-            Ok(ProviderOutcome::Declined {
-                code: code.to_owned(),
-            })
-        };
-        match req.payment_method.as_str() {
-            "pm_card_ok" => {}
-            "pm_card_declined" => return decline("card_declined"),
-            "pm_card_insufficient_funds" => return decline("insufficient_funds"),
+        match card {
+            "pm_card_ok"
+            | "pm_card_capture_timeout"
+            | "pm_card_refund_timeout"
+            | "pm_card_amount_mismatch" => {}
+            "pm_card_declined" => return self.book_decline(req, "card_declined").await,
+            "pm_card_insufficient_funds" => {
+                return self.book_decline(req, "insufficient_funds").await
+            }
             "pm_card_timeout" => {
                 // The provider did authorize; only its answer is lost. That is why an
-                // unknown outcome must be voided, not just forgotten.
-                self.book(req).await?;
+                // unknown outcome is asked about, then voided, never just forgotten.
+                self.book(req, req.amount_minor).await?;
                 return hang().await;
             }
             "pm_card_fail_twice" => {
@@ -171,9 +338,21 @@ impl PaymentProvider for SimulatedProvider {
                 }
             }
             "pm_card_slow" => tokio::time::sleep(self.slow_delay).await,
-            _ => return decline("invalid_payment_method"),
+            _ => return self.book_decline(req, "invalid_payment_method").await,
         }
-        let reference = self.book(req).await?;
-        Ok(ProviderOutcome::Succeeded { reference })
+        self.book(req, req.amount_minor).await
+    }
+
+    async fn status(&self, req: &ProviderRequest) -> Result<ProviderStatus, ProviderError> {
+        self.outage.refusing()?;
+        if req.operation == ProviderOperation::Authorize && req.payment_method == "pm_card_timeout"
+        {
+            // This card's authorizations are never answered, not even when asked about.
+            return hang().await.map(ProviderStatus::Found);
+        }
+        Ok(match self.booked(&req.idempotency_key).await? {
+            Some(b) => ProviderStatus::Found(b.outcome()?),
+            None => ProviderStatus::NotFound,
+        })
     }
 }

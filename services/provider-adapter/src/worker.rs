@@ -1,18 +1,23 @@
 //! The operation worker: performs due provider operations, each bounded by a timeout, and
-//! retries timeouts and errors on a back-off schedule (1 s, 2 s, 4 s by default). Operations
-//! run concurrently, so a payment stuck in retries never holds up the others.
+//! decides after every attempt what comes next ([`crate::policy`]): the short retry schedule,
+//! a status query when the outcome is unknown, the long schedule for what must happen
+//! (captures, voids, refunds), or the end. Operations run concurrently, so a payment stuck in
+//! retries never holds up the others.
 //!
-//! Every attempt is persisted with its outcome and timing, in the same transaction as the
-//! operation's new state and, when it is final, the event that reports it.
+//! Every attempt (call or status query) is persisted with its outcome and timing, in the same
+//! transaction as the operation's new state and, when it is final, the event that reports it.
+//! A void waits while an authorization of its payment is still pending, so it can never run
+//! before the authorization it must undo.
 
-use crate::provider::{PaymentProvider, ProviderError, ProviderOutcome, ProviderRequest};
+use crate::policy::{self, Answer, Next, Progress};
+use crate::provider::{
+    PaymentProvider, ProviderError, ProviderOutcome, ProviderRequest, ProviderStatus,
+};
+use crate::replies::{Answering, Ending};
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use prometheus::{IntCounter, IntCounterVec};
-use sagapay_domain::events::{
-    PaymentAuthorized, PaymentCaptured, PaymentFailed, PaymentRefunded, PaymentReversed,
-    ProviderOperation, ProviderRetriesExhausted,
-};
+use sagapay_domain::events::ProviderOperation;
 use sagapay_domain::{AmountMinor, Currency, Envelope};
 use sagapay_messaging::deadletter::Origin;
 use sagapay_messaging::wakeup::Wakeup;
@@ -28,32 +33,7 @@ use uuid::Uuid;
 
 pub const NOTIFY_CHANNEL: &str = "sagapay_provider_operations";
 
-#[derive(Debug, Clone)]
-pub struct RetrySettings {
-    /// Bound on one provider call.
-    pub call_timeout: Duration,
-    /// Waits before the 2nd, 3rd, ... attempt; attempts allowed = `backoff.len() + 1`.
-    pub backoff: Vec<Duration>,
-    /// Operations in flight at once.
-    pub max_in_flight: usize,
-    /// How long a worker owns a claimed operation.
-    pub claim_timeout: Duration,
-}
-
-impl Default for RetrySettings {
-    fn default() -> Self {
-        Self {
-            call_timeout: Duration::from_secs(2),
-            backoff: vec![
-                Duration::from_secs(1),
-                Duration::from_secs(2),
-                Duration::from_secs(4),
-            ],
-            max_in_flight: 64,
-            claim_timeout: Duration::from_secs(60),
-        }
-    }
-}
+pub use crate::policy::RetrySettings;
 
 /// What an operation needs to call the provider; stored as JSON in `provider_operations`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -78,6 +58,11 @@ struct Claimed {
     source_event_id: Uuid,
     correlation_id: String,
     headers: MessageHeaders,
+    /// The next attempt is a status query.
+    resolving: bool,
+    /// An earlier attempt may have been performed.
+    outcome_unknown: bool,
+    give_up_at: Option<DateTime<Utc>>,
 }
 
 impl Claimed {
@@ -86,6 +71,18 @@ impl Claimed {
         match self.operation {
             ProviderOperation::Refund => Uuid::parse_str(&self.operation_key).ok(),
             _ => None,
+        }
+    }
+
+    fn answering<'a>(&'a self, provider: &'a str) -> Answering<'a> {
+        Answering {
+            payment_id: self.payment_id,
+            causation_id: self.source_event_id,
+            correlation_id: &self.correlation_id,
+            operation: self.operation,
+            refund_id: self.refund_id(),
+            reason: self.request.reason.as_deref().unwrap_or_default(),
+            provider,
         }
     }
 }
@@ -106,7 +103,7 @@ fn still_ours(rows: u64) -> anyhow::Result<()> {
     }
 }
 
-fn parse_operation(s: &str) -> anyhow::Result<ProviderOperation> {
+pub(crate) fn parse_operation(s: &str) -> anyhow::Result<ProviderOperation> {
     Ok(match s {
         "AUTHORIZE" => ProviderOperation::Authorize,
         "CAPTURE" => ProviderOperation::Capture,
@@ -182,24 +179,32 @@ impl<P: PaymentProvider> Worker<P> {
     async fn claim(&self, limit: i64) -> anyhow::Result<(Vec<Claimed>, Duration)> {
         let token = Uuid::new_v4();
         let rows = sqlx::query(
-            "WITH due AS (
-                 SELECT operation_id FROM provider_operations
-                  WHERE status = 'PENDING' AND next_attempt_at <= now()
-                    AND (claimed_until IS NULL OR claimed_until < now())
-                  ORDER BY next_attempt_at
+            "WITH ready AS (
+                 -- A void waits while an authorization of its payment is pending.
+                 SELECT o.operation_id, o.next_attempt_at FROM provider_operations o
+                  WHERE o.status = 'PENDING'
+                    AND (o.claimed_until IS NULL OR o.claimed_until < now())
+                    AND NOT (o.operation = 'VOID' AND EXISTS (
+                        SELECT 1 FROM provider_operations a
+                         WHERE a.payment_id = o.payment_id AND a.operation = 'AUTHORIZE'
+                           AND a.status = 'PENDING'))),
+             due AS (
+                 SELECT o.operation_id FROM provider_operations o JOIN ready USING (operation_id)
+                  WHERE o.next_attempt_at <= now()
+                  ORDER BY o.next_attempt_at
                   LIMIT $1
-                  FOR UPDATE SKIP LOCKED),
+                  FOR UPDATE OF o SKIP LOCKED),
              claimed AS (
                  UPDATE provider_operations o
                     SET claimed_until = now() + make_interval(secs => $2), claim_token = $3
                    FROM due WHERE o.operation_id = due.operation_id
                  RETURNING o.operation_id, o.payment_id, o.operation, o.operation_key, o.request,
-                           o.attempts, o.source_event_id, o.correlation_id, o.headers),
+                           o.attempts, o.source_event_id, o.correlation_id, o.headers,
+                           o.resolving, o.outcome_unknown, o.give_up_at),
              next AS (
                  SELECT EXTRACT(EPOCH FROM (min(next_attempt_at) - now()))::float8 AS next_due_s
-                   FROM provider_operations
-                  WHERE status = 'PENDING' AND (claimed_until IS NULL OR claimed_until < now())
-                    AND operation_id NOT IN (SELECT operation_id FROM due))
+                   FROM ready
+                  WHERE operation_id NOT IN (SELECT operation_id FROM due))
              SELECT next.next_due_s, claimed.* FROM next LEFT JOIN claimed ON true",
         )
         .bind(limit)
@@ -236,6 +241,9 @@ impl<P: PaymentProvider> Worker<P> {
                 source_event_id: r.try_get("source_event_id")?,
                 correlation_id: r.try_get("correlation_id")?,
                 headers: headers.0,
+                resolving: r.try_get("resolving")?,
+                outcome_unknown: r.try_get("outcome_unknown")?,
+                give_up_at: r.try_get("give_up_at")?,
             });
         }
         Ok((claimed, wait))
@@ -272,52 +280,54 @@ impl<P: PaymentProvider> Worker<P> {
         }
     }
 
-    async fn attempt(&self, op: &Claimed) -> anyhow::Result<()> {
-        let req = ProviderRequest {
+    fn request(&self, op: &Claimed) -> ProviderRequest {
+        ProviderRequest {
             payment_id: op.payment_id,
             operation: op.operation,
-            idempotency_key: if op.operation_key.is_empty() {
-                format!(
-                    "{}:{}",
-                    op.operation.as_str().to_ascii_lowercase(),
-                    op.payment_id
-                )
-            } else {
-                format!(
-                    "{}:{}:{}",
-                    op.operation.as_str().to_ascii_lowercase(),
-                    op.payment_id,
-                    op.operation_key
-                )
-            },
+            idempotency_key: idempotency_key(op.operation, op.payment_id, &op.operation_key),
             amount_minor: op.request.amount_minor,
             currency: op.request.currency,
             payment_method: op.request.payment_method.clone(),
             reference: op.request.reference.clone(),
-        };
+        }
+    }
+
+    /// One attempt: a call, or a status query when the outcome is unknown; then what the
+    /// policy decides, written with the attempt in one transaction.
+    async fn attempt(&self, op: &Claimed) -> anyhow::Result<()> {
+        let req = self.request(op);
         let started_at: DateTime<Utc> = Utc::now();
         let clock = Instant::now();
-        let result = match tokio::time::timeout(
-            self.settings.call_timeout,
-            self.provider.call(&req),
-        )
-        .await
-        {
-            Ok(r) => r,
-            Err(_) => Err(ProviderError::Timeout),
+        let limit = self.settings.call_timeout;
+        let answer = if op.resolving {
+            match tokio::time::timeout(limit, self.provider.status(&req)).await {
+                Ok(Ok(ProviderStatus::Found(outcome))) => Answer::Outcome(outcome),
+                Ok(Ok(ProviderStatus::NotFound)) => Answer::NotFound,
+                Ok(Err(e)) => Answer::Error(e),
+                Err(_) => Answer::Error(ProviderError::Timeout),
+            }
+        } else {
+            match tokio::time::timeout(limit, self.provider.call(&req)).await {
+                Ok(Ok(outcome)) => Answer::Outcome(outcome),
+                Ok(Err(e)) => Answer::Error(e),
+                Err(_) => Answer::Error(ProviderError::Timeout),
+            }
         };
         let latency_ms = clock.elapsed().as_millis().min(i32::MAX as u128) as i32;
         let attempt_no = op.attempts + 1;
-        let (outcome, reference, decline_code, error) = match &result {
-            Ok(ProviderOutcome::Succeeded { reference }) => {
+        let (outcome, reference, decline_code, error) = match &answer {
+            Answer::Outcome(ProviderOutcome::Succeeded { reference, .. }) => {
                 ("SUCCEEDED", Some(reference.clone()), None, None)
             }
-            Ok(ProviderOutcome::Declined { code }) => ("DECLINED", None, Some(code.clone()), None),
-            Err(e) => (
-                if matches!(e, ProviderError::Timeout) {
-                    "TIMEOUT"
-                } else {
-                    "ERROR"
+            Answer::Outcome(ProviderOutcome::Declined { code }) => {
+                ("DECLINED", None, Some(code.clone()), None)
+            }
+            Answer::NotFound => ("NOT_FOUND", None, None, None),
+            Answer::Error(e) => (
+                match e {
+                    ProviderError::Timeout => "TIMEOUT",
+                    ProviderError::Unavailable(_) => "UNAVAILABLE",
+                    ProviderError::Failed(_) => "ERROR",
                 },
                 None,
                 None,
@@ -330,8 +340,8 @@ impl<P: PaymentProvider> Worker<P> {
         sqlx::query(
             "INSERT INTO provider_attempts (payment_id, operation, attempt_no, provider, idempotency_key,
                  outcome, provider_reference, decline_code, error, started_at, finished_at, latency_ms,
-                 operation_id)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, now(), $11, $12)",
+                 operation_id, kind)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, now(), $11, $12, $13)",
         )
         .bind(op.payment_id)
         .bind(op.operation.as_str())
@@ -345,127 +355,116 @@ impl<P: PaymentProvider> Worker<P> {
         .bind(started_at)
         .bind(latency_ms)
         .bind(op.operation_id)
+        .bind(if op.resolving { "STATUS" } else { "CALL" })
         .execute(&mut *tx)
         .await?;
 
-        // Counted once the retry is committed, so a failed commit does not count it twice.
+        let last_error = error
+            .clone()
+            .or_else(|| decline_code.as_ref().map(|c| format!("declined: {c}")))
+            .unwrap_or_else(|| "not found at the provider".to_owned());
+        let progress = Progress {
+            operation: op.operation,
+            attempt_no,
+            resolving: op.resolving,
+            outcome_unknown: op.outcome_unknown,
+            past_give_up: op.give_up_at.is_some_and(|t| Utc::now() >= t),
+        };
+        let provider = self.provider.name();
+        let answering = op.answering(provider);
+        // Counted once the transaction commits, so a failed commit does not count twice.
         let mut retry_scheduled = false;
         let mut dead_lettered = false;
-        let max_attempts = self.settings.backoff.len() as i32 + 1;
-        let provider = self.provider.name().to_owned();
-        let reason = op.request.reason.clone().unwrap_or_default();
-        let event = match (result, op.operation) {
-            (Ok(ProviderOutcome::Succeeded { reference }), operation) => {
-                self.finish(&mut tx, op, attempt_no, "SUCCEEDED", Some(&reference), None)
-                    .await?;
-                let a = op.request.amount_minor;
-                let c = op.request.currency;
-                Some(match operation {
-                    ProviderOperation::Authorize => self.reply(
-                        op,
-                        &PaymentAuthorized {
-                            provider,
-                            authorization_id: reference,
-                            amount_minor: a,
-                            currency: c,
-                        },
+        let event = match policy::decide(progress, answer, &self.settings) {
+            Next::Done(outcome) => {
+                let (status, result) = match &outcome {
+                    ProviderOutcome::Succeeded {
+                        reference,
+                        amount_minor,
+                        currency,
+                    } => (
+                        "SUCCEEDED",
+                        Some((reference.as_str(), *amount_minor, *currency)),
                     ),
-                    ProviderOperation::Capture => self.reply(
-                        op,
-                        &PaymentCaptured {
-                            provider,
-                            capture_id: reference,
-                            amount_minor: a,
-                            currency: c,
-                        },
-                    ),
-                    ProviderOperation::Refund if op.refund_id().is_some() => self.reply(
-                        op,
-                        &PaymentRefunded {
-                            refund_id: op.refund_id().expect("checked"),
-                            provider,
-                            reference,
-                            amount_minor: a,
-                            currency: c,
-                        },
-                    ),
-                    ProviderOperation::Void | ProviderOperation::Refund => self.reply(
-                        op,
-                        &PaymentReversed {
-                            provider,
-                            operation,
-                            reference,
-                            reason,
-                        },
-                    ),
-                })
-            }
-            (Ok(ProviderOutcome::Declined { code }), ProviderOperation::Authorize) => {
-                self.finish(&mut tx, op, attempt_no, "DECLINED", None, Some(&code))
-                    .await?;
-                Some(self.reply(
-                    op,
-                    &PaymentFailed {
-                        provider,
-                        reason: format!("authorization declined: {code}"),
-                        decline_code: code,
-                    },
-                ))
-            }
-            (failure, operation) => {
-                let last_error = match failure {
-                    Ok(ProviderOutcome::Declined { code }) => format!("declined: {code}"),
-                    Err(e) => e.to_string(),
-                    Ok(ProviderOutcome::Succeeded { .. }) => unreachable!("handled above"),
+                    ProviderOutcome::Declined { .. } => ("DECLINED", None),
                 };
-                if attempt_no < max_attempts {
-                    let wait = self.settings.backoff[(attempt_no - 1) as usize];
-                    let updated = sqlx::query(
-                        "UPDATE provider_operations
-                            SET attempts = $2, next_attempt_at = now() + make_interval(secs => $3),
-                                claimed_until = NULL, claim_token = NULL, last_error = $4, updated_at = now()
-                          WHERE operation_id = $1 AND claim_token = $5 AND status = 'PENDING'
-                            AND attempts = $6",
-                    )
-                    .bind(op.operation_id)
-                    .bind(attempt_no)
-                    .bind(wait.as_secs_f64())
-                    .bind(&last_error)
-                    .bind(op.token)
-                    .bind(op.attempts)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                    still_ours(updated)?;
-                    retry_scheduled = true;
-                    tracing::warn!(payment_id = %op.payment_id, operation = operation.as_str(), attempt_no,
-                        retry_in_ms = wait.as_millis() as u64, error = %last_error, "provider attempt failed; retry scheduled");
-                    None
-                } else {
-                    self.finish(
-                        &mut tx,
-                        op,
-                        attempt_no,
-                        "EXHAUSTED",
-                        None,
-                        Some(&last_error),
-                    )
+                self.finish(
+                    &mut tx,
+                    op,
+                    attempt_no,
+                    status,
+                    result,
+                    decline_code.as_deref(),
+                )
+                .await?;
+                Some(answering.event(Ending::Outcome(&outcome)))
+            }
+            Next::NotPerformed => {
+                self.finish(
+                    &mut tx,
+                    op,
+                    attempt_no,
+                    "NOT_PERFORMED",
+                    None,
+                    Some(&last_error),
+                )
+                .await?;
+                tracing::warn!(payment_id = %op.payment_id, attempts = attempt_no, error = %last_error,
+                    "authorization never reached the provider: the payment fails");
+                Some(answering.event(Ending::NotPerformed {
+                    last_error: &last_error,
+                }))
+            }
+            Next::Again {
+                wait,
+                resolving,
+                unknown,
+            } => {
+                let updated = sqlx::query(
+                    "UPDATE provider_operations
+                        SET attempts = $2, next_attempt_at = now() + make_interval(secs => $3),
+                            claimed_until = NULL, claim_token = NULL, last_error = $4, updated_at = now(),
+                            resolving = $7, outcome_unknown = $8
+                      WHERE operation_id = $1 AND claim_token = $5 AND status = 'PENDING'
+                        AND attempts = $6",
+                )
+                .bind(op.operation_id)
+                .bind(attempt_no)
+                .bind(wait.as_secs_f64())
+                .bind(&last_error)
+                .bind(op.token)
+                .bind(op.attempts)
+                .bind(resolving)
+                .bind(unknown)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                still_ours(updated)?;
+                retry_scheduled = true;
+                tracing::warn!(payment_id = %op.payment_id, operation = op.operation.as_str(), attempt_no,
+                    retry_in_ms = wait.as_millis() as u64, status_query = resolving, error = %last_error,
+                    "provider attempt failed; next one scheduled");
+                None
+            }
+            Next::Exhausted { unknown } => {
+                self.finish(
+                    &mut tx,
+                    op,
+                    attempt_no,
+                    "EXHAUSTED",
+                    None,
+                    Some(&last_error),
+                )
+                .await?;
+                self.dead_letter(&mut tx, op, attempt_no, &last_error, unknown)
                     .await?;
-                    self.dead_letter(&mut tx, op, attempt_no, &last_error)
-                        .await?;
-                    dead_lettered = true;
-                    tracing::error!(payment_id = %op.payment_id, operation = operation.as_str(), attempts = attempt_no,
-                        error = %last_error, "provider retries exhausted");
-                    Some(self.reply(
-                        op,
-                        &ProviderRetriesExhausted {
-                            operation,
-                            attempts: attempt_no as u32,
-                            last_error,
-                            refund_id: op.refund_id(),
-                        },
-                    ))
-                }
+                dead_lettered = true;
+                tracing::error!(payment_id = %op.payment_id, operation = op.operation.as_str(), attempts = attempt_no,
+                    error = %last_error, outcome_unknown = unknown, "provider operation given up");
+                Some(answering.event(Ending::Exhausted {
+                    attempts: attempt_no as u32,
+                    last_error: &last_error,
+                }))
             }
         };
         if let Some(event) = event {
@@ -483,14 +482,17 @@ impl<P: PaymentProvider> Worker<P> {
         Ok(())
     }
 
-    /// Dead-letters the command whose operation ran out of attempts (RETRY_EXHAUSTED), so
-    /// operators see it next to every other failed message and can replay it.
+    /// Dead-letters the command whose operation was given up (RETRY_EXHAUSTED), so operators
+    /// see it next to every other failed message. The letter carries the command as a new
+    /// event (same payload, a new `event_id`): replaying it reaches the adapter's handler
+    /// (the original id is in its inbox) and re-arms the operation.
     async fn dead_letter(
         &self,
         tx: &mut sqlx::PgConnection,
         op: &Claimed,
         attempts: i32,
         last_error: &str,
+        unknown: bool,
     ) -> anyhow::Result<()> {
         let row = sqlx::query(
             "SELECT source_envelope::text AS envelope, source_topic, source_partition, source_offset
@@ -500,7 +502,17 @@ impl<P: PaymentProvider> Worker<P> {
         .fetch_one(&mut *tx)
         .await?;
         let envelope: Option<String> = row.try_get("envelope")?;
-        let envelope = envelope.unwrap_or_default();
+        let source = envelope
+            .as_deref()
+            .and_then(|e| Envelope::from_json(e.as_bytes()).ok());
+        let again = source.as_ref().map(|e| {
+            let mut again = e.clone();
+            again.event_id = Uuid::now_v7();
+            again.causation_id = Some(e.event_id);
+            again.occurred_at = Utc::now();
+            again
+        });
+        let value = again.as_ref().map(Envelope::to_json).unwrap_or_default();
         let key = op.payment_id.to_string();
         let mut letter = DeadLetter::new(
             &Origin {
@@ -515,49 +527,42 @@ impl<P: PaymentProvider> Worker<P> {
                     .unwrap_or(-1),
                 key: Some(key.as_bytes()),
                 headers: &op.headers.0,
-                value: envelope.as_bytes(),
+                value: &value,
             },
             crate::SERVICE,
             &format!(
-                "{} failed on all {attempts} attempts: {last_error}",
-                op.operation.as_str()
+                "{} given up after {attempts} attempts ({}): {last_error}; replay to try again",
+                op.operation.as_str(),
+                if unknown {
+                    "outcome unknown"
+                } else {
+                    "never performed"
+                }
             ),
             Classification::RetryExhausted,
         );
-        letter.event_id = Some(op.source_event_id.to_string());
-        letter.event_type = Envelope::from_json(envelope.as_bytes())
-            .ok()
-            .map(|e| e.event_type);
+        letter.event_id = again.as_ref().map(|e| e.event_id.to_string());
+        letter.event_type = again.map(|e| e.event_type);
         letter.attempts = Some(attempts as u32);
         self.outbox.enqueue_dead_letter(tx, &letter).await?;
         Ok(())
     }
 
-    fn reply<T: sagapay_domain::events::EventPayload>(
-        &self,
-        op: &Claimed,
-        payload: &T,
-    ) -> Envelope {
-        Envelope::new(
-            op.payment_id,
-            Some(op.source_event_id),
-            &op.correlation_id,
-            payload,
-        )
-    }
-
+    /// Ends the operation with `status` (and, for a success, what the provider reports it
+    /// did), while our claim holds.
     async fn finish(
         &self,
         tx: &mut sqlx::PgConnection,
         op: &Claimed,
         attempts: i32,
         status: &str,
-        reference: Option<&str>,
+        result: Option<(&str, AmountMinor, Currency)>,
         error: Option<&str>,
     ) -> anyhow::Result<()> {
         let updated = sqlx::query(
             "UPDATE provider_operations
                 SET status = $2, attempts = $3, result_reference = $4, last_error = $5,
+                    result_amount_minor = $8, result_currency = $9,
                     claimed_until = NULL, claim_token = NULL, updated_at = now()
               WHERE operation_id = $1 AND claim_token = $6 AND status = 'PENDING'
                 AND attempts = $7",
@@ -565,13 +570,30 @@ impl<P: PaymentProvider> Worker<P> {
         .bind(op.operation_id)
         .bind(status)
         .bind(attempts)
-        .bind(reference)
+        .bind(result.map(|r| r.0))
         .bind(error)
         .bind(op.token)
         .bind(op.attempts)
+        .bind(result.map(|r| r.1.get()))
+        .bind(result.map(|r| r.2.as_str().to_owned()))
         .execute(tx)
         .await?
         .rows_affected();
         still_ours(updated)
+    }
+}
+
+/// The idempotency key of an operation: the same for every attempt, so a repeat acts at most
+/// once at the provider. `<operation>:<payment_id>`, and `:<refund_id>` for merchant refunds.
+pub(crate) fn idempotency_key(
+    operation: ProviderOperation,
+    payment_id: Uuid,
+    operation_key: &str,
+) -> String {
+    let op = operation.as_str().to_ascii_lowercase();
+    if operation_key.is_empty() {
+        format!("{op}:{payment_id}")
+    } else {
+        format!("{op}:{payment_id}:{operation_key}")
     }
 }

@@ -19,7 +19,7 @@ use sagapay_domain::events::{
 use sagapay_domain::{Envelope, EventType, PaymentStatus};
 use sagapay_messaging::{Handler, HandlerError, MessageContext, Outbox};
 use sagapay_service_kit::config::{env_or, env_parse};
-use sagapay_service_kit::{CommonConfig, Environment, Platform, ServiceHandle};
+use sagapay_service_kit::{CommonConfig, OpsKey, Platform, ServiceHandle};
 use sqlx::PgConnection;
 use std::sync::Arc;
 
@@ -31,7 +31,7 @@ pub const PRODUCES: &[EventType] = &[
     EventType::RiskReviewRequired,
     EventType::RiskDenied,
 ];
-pub const DEV_OPS_KEY: &str = "dev-ops-secret";
+pub use sagapay_service_kit::ops_auth::DEV_OPS_KEY;
 
 mod embedded {
     refinery::embed_migrations!("../../migrations/risk");
@@ -42,13 +42,13 @@ pub struct Config {
     pub common: CommonConfig,
     pub thresholds: Thresholds,
     /// `SAGAPAY_OPS_KEY`: required in production; `dev-ops-secret` by default in development.
-    pub ops_key: String,
+    pub ops_key: OpsKey,
 }
 
 impl Config {
     /// | variable | default |
     /// |---|---|
-    /// | `SAGAPAY_RISK_REVIEW_AMOUNT_CENTS` | 100000 |
+    /// | `SAGAPAY_RISK_REVIEW_AMOUNT_CENTS` | per currency, `USD:100000,JPY:150000,...` over about $1,000 in each currency (a bare number is USD's, others follow by exponent) |
     /// | `SAGAPAY_RISK_VELOCITY_REVIEW_PER_HOUR` | 10 |
     /// | `SAGAPAY_RISK_VELOCITY_DENY_PER_HOUR` | 20 |
     /// | `SAGAPAY_RISK_RECENT_FAILURES_REVIEW` | 3 |
@@ -57,10 +57,11 @@ impl Config {
         let common = CommonConfig::from_env(SERVICE, DEFAULT_PORT)?;
         let d = Thresholds::default();
         let thresholds = Thresholds {
-            review_amount_minor: env_parse(
-                "SAGAPAY_RISK_REVIEW_AMOUNT_CENTS",
-                d.review_amount_minor,
-            )?,
+            review_amount: sagapay_domain::PerCurrency::parse_over(
+                &env_or("SAGAPAY_RISK_REVIEW_AMOUNT_CENTS", ""),
+                &d.review_amount,
+            )
+            .map_err(|e| anyhow::anyhow!("SAGAPAY_RISK_REVIEW_AMOUNT_CENTS: {e}"))?,
             velocity_review_per_hour: env_parse(
                 "SAGAPAY_RISK_VELOCITY_REVIEW_PER_HOUR",
                 d.velocity_review_per_hour,
@@ -74,17 +75,7 @@ impl Config {
                 d.recent_failures_review,
             )?,
         };
-        let ops_key = match common.environment {
-            Environment::Development => env_or("SAGAPAY_OPS_KEY", DEV_OPS_KEY),
-            Environment::Production => {
-                let key = env_or("SAGAPAY_OPS_KEY", "");
-                anyhow::ensure!(
-                    key.len() >= 16 && key != DEV_OPS_KEY,
-                    "SAGAPAY_OPS_KEY must be set to a secret of at least 16 characters in production"
-                );
-                key
-            }
-        };
+        let ops_key = OpsKey::from_env(common.environment)?;
         Ok(Self {
             common,
             thresholds,
@@ -96,7 +87,7 @@ impl Config {
         Self {
             common,
             thresholds: Thresholds::default(),
-            ops_key: DEV_OPS_KEY.to_owned(),
+            ops_key: OpsKey::development(),
         }
     }
 }
@@ -119,24 +110,39 @@ impl RiskHandler {
             .bind(req.customer_id.as_str())
             .execute(&mut *conn)
             .await?;
-        let (prior_last_hour, failures_last_24h): (i64, i64) = sqlx::query_as(
-            "SELECT
-                 (SELECT count(*) FROM risk_decisions
-                   WHERE customer_id = $1 AND decided_at > now() - interval '1 hour'),
-                 (SELECT count(*) FROM customer_outcomes
-                   WHERE customer_id = $1 AND occurred_at > now() - interval '24 hours')",
-        )
-        .bind(req.customer_id.as_str())
-        .fetch_one(&mut *conn)
-        .await?;
+        // The counts, and in the same statement the decision already taken for this payment if
+        // the request is a repeat (a step the orchestrator re-sent after its deadline).
+        let (prior_last_hour, failures_last_24h, earlier): (i64, i64, Option<String>) =
+            sqlx::query_as(
+                "SELECT
+                     (SELECT count(*) FROM risk_decisions
+                       WHERE customer_id = $1 AND decided_at > now() - interval '1 hour'),
+                     (SELECT count(*) FROM customer_outcomes
+                       WHERE customer_id = $1 AND occurred_at > now() - interval '24 hours'),
+                     (SELECT CASE WHEN r.status = 'APPROVED' THEN 'APPROVE'
+                                  WHEN r.status = 'DENIED' THEN 'DENY'
+                                  ELSE d.decision END
+                        FROM risk_decisions d LEFT JOIN risk_reviews r USING (payment_id)
+                       WHERE d.payment_id = $2)",
+            )
+            .bind(req.customer_id.as_str())
+            .bind(env.payment_id)
+            .fetch_one(&mut *conn)
+            .await?;
+        if let Some(decision) = earlier {
+            return self.answer_again(conn, env, ctx, &decision).await;
+        }
         let inputs = Inputs {
             amount_minor: req.amount_minor.get(),
-            currency: req.currency.as_str().to_owned(),
+            currency: req.currency,
             payments_last_hour: prior_last_hour + 1,
             failures_last_24h,
         };
         let (decision, reason) = rules::decide(&self.thresholds, &inputs);
-        let recorded = serde_json::json!({ "inputs": inputs, "thresholds": self.thresholds });
+        let recorded = serde_json::json!({
+            "inputs": inputs,
+            "thresholds": self.thresholds.applied(req.currency),
+        });
         sqlx::query(
             "INSERT INTO risk_decisions (payment_id, merchant_id, customer_id, decision, reason, inputs)
              VALUES ($1, $2, $3, $4, $5, $6)",
@@ -175,6 +181,30 @@ impl RiskHandler {
         };
         tracing::info!(payment_id = %env.payment_id, decision = decision.as_str(), "risk decision");
         self.outbox.enqueue(conn, &next, &headers).await?;
+        Ok(())
+    }
+
+    /// A repeated request for a payment already decided: the same answer again (a new event;
+    /// the orchestrator ignores what it has already applied). Nothing is counted twice.
+    async fn answer_again(
+        &self,
+        conn: &mut PgConnection,
+        env: &Envelope,
+        ctx: &MessageContext,
+        decision: &str,
+    ) -> Result<(), HandlerError> {
+        let reason = "already decided".to_owned();
+        let next = match decision {
+            "APPROVE" => env.follow_up(&RiskApproved { reason }),
+            "DENY" => env.follow_up(&RiskDenied { reason }),
+            _ => env.follow_up(&RiskReviewRequired {
+                reason: "already waiting for review".to_owned(),
+            }),
+        };
+        tracing::info!(payment_id = %env.payment_id, decision, "repeated request: decision sent again");
+        self.outbox
+            .enqueue(conn, &next, &ctx.headers.propagated())
+            .await?;
         Ok(())
     }
 
@@ -250,11 +280,13 @@ pub async fn start(config: Config) -> anyhow::Result<ServiceHandle> {
         thresholds: config.thresholds.clone(),
     });
     platform.spawn_consumer(&mut builder, handler, CONSUMES)?;
-    let api = ops::routes(ops::OpsState {
-        pool: platform.pool.clone(),
-        outbox: platform.outbox.clone(),
-        ops_key: Arc::from(config.ops_key.as_str()),
-    });
+    let api = ops::routes(
+        ops::OpsState {
+            pool: platform.pool.clone(),
+            outbox: platform.outbox.clone(),
+        },
+        config.ops_key.clone(),
+    );
     let router = platform.router(api);
     builder.serve(config.common.http_addr, router).await
 }

@@ -7,9 +7,8 @@
 //!   (deny). A second decision answers 409 with the one already taken.
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -18,49 +17,23 @@ use sagapay_domain::events::{RiskApproved, RiskDenied};
 use sagapay_domain::Envelope;
 use sagapay_messaging::{MessageHeaders, Outbox};
 use sagapay_service_kit::api_error::{ApiError, ErrorType};
+use sagapay_service_kit::ops_auth::{require_ops_key, OpsKey};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use sqlx::{PgPool, Row};
-use std::sync::Arc;
-use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
 #[derive(Clone)]
 pub struct OpsState {
     pub pool: PgPool,
     pub outbox: Outbox,
-    pub ops_key: Arc<str>,
 }
 
-pub fn routes(state: OpsState) -> Router {
-    Router::new()
+pub fn routes(state: OpsState, key: OpsKey) -> Router {
+    let routes = Router::new()
         .route("/ops/reviews", get(list_reviews))
         .route("/ops/reviews/{payment_id}/approve", post(approve))
-        .route("/ops/reviews/{payment_id}/deny", post(deny))
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            require_ops_key,
-        ))
-        .with_state(state)
-}
-
-/// Compares digests in constant time, so neither the key nor its length leaks through timing.
-fn key_matches(given: &str, expected: &str) -> bool {
-    let a = Sha256::digest(given.as_bytes());
-    let b = Sha256::digest(expected.as_bytes());
-    a.ct_eq(&b).into()
-}
-
-async fn require_ops_key(State(state): State<OpsState>, req: Request, next: Next) -> Response {
-    let given = ["x-ops-key", "x-api-key"]
-        .iter()
-        .find_map(|h| req.headers().get(*h))
-        .and_then(|v| v.to_str().ok());
-    match given {
-        Some(k) if key_matches(k, &state.ops_key) => next.run(req).await,
-        Some(_) => ApiError::unauthorized("invalid ops key").into_response(),
-        None => ApiError::unauthorized("missing x-ops-key header").into_response(),
-    }
+        .route("/ops/reviews/{payment_id}/deny", post(deny));
+    require_ops_key(routes, key).with_state(state)
 }
 
 #[derive(Debug, Deserialize)]
@@ -279,13 +252,6 @@ async fn decide(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn keys_compare_by_digest() {
-        assert!(key_matches("dev-ops-secret", "dev-ops-secret"));
-        assert!(!key_matches("dev-ops-secre", "dev-ops-secret"));
-        assert!(!key_matches("", "dev-ops-secret"));
-    }
 
     #[test]
     fn reviewers_are_named() {

@@ -83,6 +83,8 @@ pub struct StackOptions {
     pub gateway_redis_url: Option<String>,
     /// Every consumer's retry budget: (attempts, time) before RETRY_EXHAUSTED.
     pub consumer_retry: Option<(u32, Duration)>,
+    /// The orchestrator's deadlines (default: the service's defaults).
+    pub deadlines: Option<sagapay_orchestrator::deadlines::Deadlines>,
 }
 
 impl StackOptions {
@@ -400,12 +402,14 @@ async fn start_orchestrator_at(
 ) -> ServiceHandle {
     let mut common = options.config(sagapay_orchestrator::SERVICE, ns);
     common.http_addr = addr;
-    sagapay_orchestrator::start(sagapay_orchestrator::Config {
-        common,
-        relay_enabled,
-    })
-    .await
-    .expect("orchestrator starts")
+    let mut config = sagapay_orchestrator::Config::for_test(common);
+    config.relay_enabled = relay_enabled;
+    if let Some(deadlines) = &options.deadlines {
+        config.deadlines = deadlines.clone();
+    }
+    sagapay_orchestrator::start(config)
+        .await
+        .expect("orchestrator starts")
 }
 
 /// Drops the databases and topics of a namespace (best effort).

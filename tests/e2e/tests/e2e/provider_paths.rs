@@ -15,8 +15,10 @@ async fn pay(stack: &TestStack, key: &str, payment_method: &str, amount: i64) ->
         .await
 }
 
-#[derive(Debug)]
+#[derive(Debug, sqlx::FromRow)]
 struct Attempt {
+    /// CALL or STATUS (a status query).
+    kind: String,
     outcome: String,
     started_at: chrono::DateTime<chrono::Utc>,
     finished_at: chrono::DateTime<chrono::Utc>,
@@ -24,28 +26,15 @@ struct Attempt {
 }
 
 async fn attempts(pool: &PgPool, payment_id: &str, operation: &str) -> Vec<Attempt> {
-    let rows: Vec<(
-        String,
-        chrono::DateTime<chrono::Utc>,
-        chrono::DateTime<chrono::Utc>,
-        i32,
-    )> = sqlx::query_as(
-        "SELECT outcome, started_at, finished_at, latency_ms FROM provider_attempts
-              WHERE payment_id = $1 AND operation = $2 ORDER BY attempt_no",
+    sqlx::query_as(
+        "SELECT kind, outcome, started_at, finished_at, latency_ms FROM provider_attempts
+              WHERE payment_id = $1 AND operation = $2 ORDER BY attempt_id",
     )
     .bind(Uuid::parse_str(payment_id).unwrap())
     .bind(operation)
     .fetch_all(pool)
     .await
-    .unwrap();
-    rows.into_iter()
-        .map(|(outcome, started_at, finished_at, latency_ms)| Attempt {
-            outcome,
-            started_at,
-            finished_at,
-            latency_ms,
-        })
-        .collect()
+    .unwrap()
 }
 
 async fn provider_books(pool: &PgPool, payment_id: &str) -> Vec<String> {
@@ -58,8 +47,11 @@ async fn provider_books(pool: &PgPool, payment_id: &str) -> Vec<String> {
     .unwrap()
 }
 
+/// An authorization whose answers never come is retried after 1, 2 and 4 s; its outcome is
+/// then unknown, so the provider is asked (a status query) before anything is compensated;
+/// with no answer to that either, it is voided (by its idempotency key) and REVERSED.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn authorization_timeouts_are_retried_after_1_2_4_seconds_then_voided_and_reversed() {
+async fn authorization_timeouts_are_retried_after_1_2_4_seconds_asked_about_then_voided() {
     let stack = TestStack::spawn().await;
     let pid = pay(&stack, "timeout", "pm_card_timeout", 5_000).await;
     stack.wait_for_status(&pid, "REVERSED", WAIT).await;
@@ -67,8 +59,21 @@ async fn authorization_timeouts_are_retried_after_1_2_4_seconds_then_voided_and_
     let provider = stack.db("provider-adapter").await;
     let auth = attempts(&provider, &pid, "AUTHORIZE").await;
     assert_eq!(
-        auth.iter().map(|a| a.outcome.as_str()).collect::<Vec<_>>(),
-        ["TIMEOUT", "TIMEOUT", "TIMEOUT", "TIMEOUT"]
+        auth.iter()
+            .map(|a| (a.kind.as_str(), a.outcome.as_str()))
+            .collect::<Vec<_>>(),
+        [
+            ("CALL", "TIMEOUT"),
+            ("CALL", "TIMEOUT"),
+            ("CALL", "TIMEOUT"),
+            ("CALL", "TIMEOUT"),
+            ("STATUS", "TIMEOUT")
+        ]
+    );
+    let asked_after = (auth[4].started_at - auth[3].finished_at).as_seconds_f64();
+    assert!(
+        asked_after < 0.75,
+        "asked {asked_after:.3} s after the last call"
     );
     for (i, backoff_s) in [1.0, 2.0, 4.0].into_iter().enumerate() {
         let gap = (auth[i + 1].started_at - auth[i].finished_at).as_seconds_f64();
@@ -99,7 +104,7 @@ async fn authorization_timeouts_are_retried_after_1_2_4_seconds_then_voided_and_
         ]
     );
     assert!(
-        t[2].reason.contains("outcome unknown after 4 attempts"),
+        t[2].reason.contains("outcome unknown after 5 attempts"),
         "{}",
         t[2].reason
     );
@@ -115,7 +120,8 @@ async fn authorization_timeouts_are_retried_after_1_2_4_seconds_then_voided_and_
                 "retries_total{operation=\"AUTHORIZE\",service=\"provider-adapter\"}"
             )
             .await,
-        3.0
+        4.0,
+        "three calls again and one status query"
     );
     stack.teardown().await;
 }

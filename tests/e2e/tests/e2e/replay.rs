@@ -69,10 +69,13 @@ async fn replaying_a_dead_lettered_event_after_its_cause_is_fixed_completes_the_
     stack.teardown().await;
 }
 
-/// A timed-out authorization is dead-lettered RETRY_EXHAUSTED (and compensated). Its command
-/// was processed (the operation was scheduled), so replaying it changes nothing.
+/// A timed-out authorization is given up, dead-lettered RETRY_EXHAUSTED and voided. Its letter
+/// carries the command as a new event, so a replay reaches the adapter (a replay of the
+/// original bytes would be swallowed by the inbox) and would re-arm a given-up operation;
+/// this one is being compensated, so the replay authorizes nothing again: no new attempt, no
+/// new booking at the provider, the payment stays REVERSED.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn replaying_an_event_that_was_already_processed_has_no_second_effect() {
+async fn replaying_the_letter_of_a_voided_authorization_authorizes_nothing_again() {
     let stack = TestStack::spawn().await;
     let pid = stack
         .create_payment_id(json!({
@@ -98,7 +101,19 @@ async fn replaying_an_event_that_was_already_processed_has_no_second_effect() {
         letter.event_type.as_deref(),
         Some("provider.authorize.requested")
     );
-    assert!(letter.error.contains("4 attempts"), "{}", letter.error);
+    assert!(
+        letter
+            .error
+            .contains("given up after 5 attempts (outcome unknown)"),
+        "{}",
+        letter.error
+    );
+    let replayed = sagapay_domain::Envelope::from_json(&letter.original_value()).unwrap();
+    assert_eq!(letter.event_id, Some(replayed.event_id.to_string()));
+    assert!(
+        replayed.causation_id.is_some(),
+        "it points at the original command"
+    );
 
     let provider = stack.db("provider-adapter").await;
     let payment_uuid = Uuid::parse_str(&pid).unwrap();
@@ -108,16 +123,27 @@ async fn replaying_an_event_that_was_already_processed_has_no_second_effect() {
     let books_before =
         count("SELECT count(*) FROM simulated_provider_operations WHERE payment_id = $1").await;
 
-    let skipped = "duplicate_events_skipped_total{event_type=\"provider.authorize.requested\",service=\"provider-adapter\"}";
-    let skipped_before = stack.metric("provider-adapter", skipped).await;
+    let consumed = "events_consumed_total{event_type=\"provider.authorize.requested\",service=\"provider-adapter\"}";
+    let consumed_before = stack.metric("provider-adapter", consumed).await;
     assert_eq!(
         dlq::replay(&stack.kafka(), &letters, false).await.unwrap(),
         1
     );
-    eventually(WAIT, "the replayed event to be skipped", || async {
-        (stack.metric("provider-adapter", skipped).await > skipped_before).then_some(())
+    eventually(WAIT, "the replayed command to be handled", || async {
+        (stack.metric("provider-adapter", consumed).await > consumed_before).then_some(())
     })
     .await;
+    let status: String = sqlx::query_scalar(
+        "SELECT status FROM provider_operations WHERE payment_id = $1 AND operation = 'AUTHORIZE'",
+    )
+    .bind(payment_uuid)
+    .fetch_one(&provider)
+    .await
+    .unwrap();
+    assert_eq!(
+        status, "EXHAUSTED",
+        "not re-armed: the authorization was voided"
+    );
     assert_eq!(
         count("SELECT count(*) FROM provider_attempts WHERE payment_id = $1").await,
         attempts_before

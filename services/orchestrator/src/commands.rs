@@ -1,0 +1,211 @@
+//! The commands the saga sends, built from the payment as it is stored. The saga sends them
+//! as steps; the sweeper and an operator's retry send the outstanding one again. One builder
+//! per command, so a re-sent command is exactly the command the step sent.
+
+use crate::store::{Compensation, PaymentRow};
+use anyhow::{anyhow, Context};
+use sagapay_domain::events::{
+    AuthorizeRequested, CaptureRequested, LedgerPostRequested, LedgerRefundRequested,
+    PaymentFinalized, PaymentRequested, RefundRequested, VoidRequested,
+};
+use sagapay_domain::{AmountMinor, Currency, Envelope, PaymentStatus};
+use uuid::Uuid;
+
+pub fn amount(p: &PaymentRow) -> anyhow::Result<AmountMinor> {
+    AmountMinor::new(p.amount_minor).context("stored payment amount")
+}
+
+pub fn currency(p: &PaymentRow) -> anyhow::Result<Currency> {
+    Currency::parse(&p.currency).context("stored payment currency")
+}
+
+pub fn requested(p: &PaymentRow) -> anyhow::Result<PaymentRequested> {
+    Ok(PaymentRequested {
+        merchant_id: p.merchant_id,
+        customer_id: p.customer_id.clone(),
+        amount_minor: amount(p)?,
+        currency: currency(p)?,
+        payment_method: p.payment_method.clone(),
+    })
+}
+
+pub fn authorize(p: &PaymentRow) -> anyhow::Result<AuthorizeRequested> {
+    Ok(AuthorizeRequested {
+        merchant_id: p.merchant_id,
+        customer_id: p.customer_id.clone(),
+        amount_minor: amount(p)?,
+        currency: currency(p)?,
+        payment_method: p.payment_method.clone(),
+    })
+}
+
+pub fn capture(p: &PaymentRow, authorization_id: &str) -> anyhow::Result<CaptureRequested> {
+    Ok(CaptureRequested {
+        authorization_id: authorization_id.to_owned(),
+        amount_minor: amount(p)?,
+        currency: currency(p)?,
+    })
+}
+
+pub fn post(p: &PaymentRow, capture_id: &str) -> anyhow::Result<LedgerPostRequested> {
+    Ok(LedgerPostRequested {
+        merchant_id: p.merchant_id,
+        capture_id: capture_id.to_owned(),
+        amount_minor: amount(p)?,
+        currency: currency(p)?,
+    })
+}
+
+/// Voids the authorization; addressed by the authorization's idempotency key when its id is
+/// not known (an authorization whose outcome was never learnt).
+pub fn void(p: &PaymentRow, reason: &str) -> anyhow::Result<VoidRequested> {
+    Ok(VoidRequested {
+        authorization_id: p.authorization_id.clone(),
+        amount_minor: amount(p)?,
+        currency: currency(p)?,
+        reason: reason.to_owned(),
+    })
+}
+
+/// Refunds the whole capture (the saga's compensation; merchant refunds have their own).
+pub fn refund_capture(p: &PaymentRow, reason: &str) -> anyhow::Result<RefundRequested> {
+    Ok(RefundRequested {
+        capture_id: p
+            .capture_id
+            .clone()
+            .ok_or_else(|| anyhow!("payment {} has no capture to refund", p.payment_id))?,
+        amount_minor: amount(p)?,
+        currency: currency(p)?,
+        reason: reason.to_owned(),
+        refund_id: None,
+    })
+}
+
+pub fn finalized(
+    p: &PaymentRow,
+    status: PaymentStatus,
+    reason: &str,
+) -> anyhow::Result<PaymentFinalized> {
+    Ok(PaymentFinalized {
+        status,
+        merchant_id: p.merchant_id,
+        customer_id: p.customer_id.clone(),
+        amount_minor: amount(p)?,
+        currency: currency(p)?,
+        reason: reason.to_owned(),
+        created_at: p.created_at,
+    })
+}
+
+/// What a payment waits for.
+#[derive(Debug)]
+pub enum Outstanding {
+    /// A command whose answer moves it on: this one, as a new event.
+    Command(Envelope),
+    /// A person (a risk review): nothing to send.
+    Person,
+    /// Nothing: the payment is terminal.
+    Nothing,
+}
+
+/// A new event (its own id, no cause) in the payment's correlation.
+fn fresh<P: sagapay_domain::events::EventPayload>(p: &PaymentRow, payload: &P) -> Envelope {
+    Envelope::new(p.payment_id, None, &p.correlation_id, payload)
+}
+
+/// The command `p` waits on in its current state, built afresh (a new event id; every
+/// command is idempotent where it lands).
+pub fn outstanding(p: &PaymentRow) -> anyhow::Result<Outstanding> {
+    let missing = |what: &str| anyhow!("payment {} is {} without {what}", p.payment_id, p.status);
+    if let Some(kind) = p.compensation {
+        if p.status.is_terminal() {
+            return Ok(Outstanding::Nothing);
+        }
+        let reason = "compensation sent again after its deadline";
+        return Ok(Outstanding::Command(match kind {
+            Compensation::Void => fresh(p, &void(p, reason)?),
+            Compensation::Refund => fresh(p, &refund_capture(p, reason)?),
+        }));
+    }
+    Ok(match p.status {
+        PaymentStatus::Created => Outstanding::Command(fresh(p, &requested(p)?)),
+        PaymentStatus::RiskReview => Outstanding::Person,
+        PaymentStatus::Approved => Outstanding::Command(fresh(p, &authorize(p)?)),
+        PaymentStatus::Authorized => {
+            let authorization = p
+                .authorization_id
+                .as_deref()
+                .ok_or_else(|| missing("an authorization id"))?;
+            Outstanding::Command(fresh(p, &capture(p, authorization)?))
+        }
+        PaymentStatus::Captured => {
+            let capture_id = p
+                .capture_id
+                .as_deref()
+                .ok_or_else(|| missing("a capture id"))?;
+            Outstanding::Command(fresh(p, &post(p, capture_id)?))
+        }
+        PaymentStatus::Settled
+        | PaymentStatus::Failed
+        | PaymentStatus::Reversed
+        | PaymentStatus::PartiallyRefunded
+        | PaymentStatus::Refunded => Outstanding::Nothing,
+    })
+}
+
+/// A merchant refund in flight, as the sweeper reads it.
+#[derive(Debug, Clone)]
+pub struct RefundInFlight {
+    pub refund_id: Uuid,
+    pub payment_id: Uuid,
+    pub merchant_id: Uuid,
+    pub status: String,
+    pub amount_minor: i64,
+    pub currency: String,
+    pub reason: String,
+    pub capture_id: Option<String>,
+    pub correlation_id: String,
+    pub nudges: i32,
+}
+
+/// The command a refund waits on: the provider's refund (REQUESTED) or the ledger's posting
+/// (PROCESSED).
+pub fn refund_outstanding(r: &RefundInFlight) -> anyhow::Result<Option<Envelope>> {
+    let amount_minor = AmountMinor::new(r.amount_minor)?;
+    let currency = Currency::parse(&r.currency)?;
+    let fresh = |payload: &dyn Fn() -> anyhow::Result<Envelope>| payload().map(Some);
+    match r.status.as_str() {
+        "REQUESTED" => fresh(&|| {
+            let capture_id = r
+                .capture_id
+                .clone()
+                .ok_or_else(|| anyhow!("refund {} of a payment without a capture", r.refund_id))?;
+            Ok(Envelope::new(
+                r.payment_id,
+                None,
+                &r.correlation_id,
+                &RefundRequested {
+                    capture_id,
+                    amount_minor,
+                    currency,
+                    reason: r.reason.clone(),
+                    refund_id: Some(r.refund_id),
+                },
+            ))
+        }),
+        "PROCESSED" => fresh(&|| {
+            Ok(Envelope::new(
+                r.payment_id,
+                None,
+                &r.correlation_id,
+                &LedgerRefundRequested {
+                    refund_id: r.refund_id,
+                    merchant_id: r.merchant_id,
+                    amount_minor,
+                    currency,
+                },
+            ))
+        }),
+        _ => Ok(None),
+    }
+}
