@@ -329,11 +329,14 @@ async fn main() -> anyhow::Result<()> {
     let reconciliation = if args.no_reconcile {
         None
     } else {
-        let base = args.postgres_url.trim_end_matches('/');
+        // Every payment of the run is terminal: nothing needs a settling margin.
         Some(
             sagapayctl::reconcile::run(
-                &format!("{base}/{}", ns.database("orchestrator")),
-                &format!("{base}/{}", ns.database("ledger")),
+                &sagapayctl::reconcile::Databases::of(&args.postgres_url, &ns),
+                &sagapayctl::reconcile::Window {
+                    settling: std::time::Duration::ZERO,
+                    ..Default::default()
+                },
             )
             .await
             .context("reconciling")?,

@@ -4,7 +4,10 @@
 //! sagapayctl dlq list   [--classification C] [--service S] [--event-type T] [--json]
 //! sagapayctl dlq show   <partition:offset>
 //! sagapayctl dlq replay <partition:offset> | --all [--classification C] [--service S] [--event-type T] [--dry-run]
-//! sagapayctl reconcile [--json]
+//! sagapayctl reconcile [--since T] [--until T] [--settling-s N] [--json]
+//! sagapayctl payments stuck [--limit N] [--json]
+//! sagapayctl payments retry <payment id> [--by NAME]
+//! sagapayctl payments fail <payment id> --reason "..." [--by NAME]
 //! sagapayctl merchant create <name> [--json]     (prints the merchant's first API key, once)
 //! sagapayctl merchant list [--json]
 //! sagapayctl key create <merchant id or name> [--json]   (prints the new key, once)
@@ -15,7 +18,8 @@
 //!
 //! `--namespace` (or `SAGAPAY_NAMESPACE`, default `sagapay`), `--brokers` (or
 //! `SAGAPAY_KAFKA_BROKERS`, default `127.0.0.1:9092`) and `--postgres-url` (or
-//! `SAGAPAY_POSTGRES_URL`) choose the deployment.
+//! `SAGAPAY_POSTGRES_URL`) choose the deployment; `payments` talks to the orchestrator
+//! (`--orchestrator-url`, `SAGAPAY_ORCHESTRATOR_URL`) with the ops key (`SAGAPAY_OPS_KEY`).
 
 use clap::{Args, Parser, Subcommand};
 use sagapay_domain::Namespace;
@@ -48,6 +52,23 @@ struct Cli {
         global = true
     )]
     postgres_url: String,
+    /// The orchestrator, for `payments`.
+    #[arg(
+        long,
+        env = "SAGAPAY_ORCHESTRATOR_URL",
+        default_value = "http://127.0.0.1:8001",
+        global = true
+    )]
+    orchestrator_url: String,
+    /// The ops key, for `payments`.
+    #[arg(
+        long,
+        env = "SAGAPAY_OPS_KEY",
+        default_value = "dev-ops-secret",
+        hide_default_value = true,
+        global = true
+    )]
+    ops_key: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -57,12 +78,24 @@ enum Command {
     /// Dead letters: inspect and replay.
     #[command(subcommand)]
     Dlq(DlqCommand),
-    /// Check every settled payment against the ledger; exit 1 when anything differs.
+    /// Compare the provider's books, the payments and the ledger; exit 1 on any difference.
     Reconcile {
+        /// Payments created from (RFC 3339; default: the beginning).
+        #[arg(long)]
+        since: Option<chrono::DateTime<chrono::Utc>>,
+        /// Payments created before (RFC 3339; default: now, less the settling margin).
+        #[arg(long)]
+        until: Option<chrono::DateTime<chrono::Utc>>,
+        /// Leave out payments created in the last N seconds (they may still be moving).
+        #[arg(long, default_value_t = 60)]
+        settling_s: u64,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
+    /// Payments that stopped moving: list, retry, fail.
+    #[command(subcommand)]
+    Payments(PaymentsCommand),
     /// Merchants of the gateway.
     #[command(subcommand)]
     Merchant(MerchantCommand),
@@ -72,6 +105,33 @@ enum Command {
     /// The whole namespace (`--namespace`): its six databases and its Kafka topics.
     #[command(subcommand)]
     Namespace(NamespaceCommand),
+}
+
+#[derive(Subcommand)]
+enum PaymentsCommand {
+    /// Payments and refunds past their deadline or needing attention, with state and age.
+    Stuck {
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send a payment's outstanding step (and its refunds' in flight) again now.
+    Retry {
+        payment_id: uuid::Uuid,
+        /// Who asks (recorded in the payment's timeline).
+        #[arg(long, default_value = "sagapayctl")]
+        by: String,
+    },
+    /// End a payment as the saga would: fail it before a risk decision, void an
+    /// authorization, refund a capture.
+    Fail {
+        payment_id: uuid::Uuid,
+        #[arg(long)]
+        reason: String,
+        #[arg(long, default_value = "sagapayctl")]
+        by: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -181,6 +241,41 @@ fn print_new_key(key: &keys::NewKey) {
     eprintln!("Store the API key now: only its hash is kept, it cannot be shown again.");
 }
 
+fn print_stuck(stuck: &serde_json::Value) {
+    let text = |v: &serde_json::Value| v.as_str().map(str::to_owned).unwrap_or_else(|| "-".into());
+    println!(
+        "{:<36} {:<10} {:<18} {:>8} {:>8} {:>6}  WHY",
+        "PAYMENT ID", "KIND", "STATE", "AGE S", "OVERDUE", "NUDGES"
+    );
+    let empty = Vec::new();
+    for (kind, rows) in [
+        ("payment", &stuck["payments"]),
+        ("refund", &stuck["refunds"]),
+    ] {
+        for r in rows.as_array().unwrap_or(&empty) {
+            let state = match kind {
+                "refund" => format!("{} {}", text(&r["status"]), text(&r["refund_id"])),
+                _ => match r["compensation"].as_str() {
+                    Some(c) => format!("{} ({c})", text(&r["status"])),
+                    None => text(&r["status"]),
+                },
+            };
+            println!(
+                "{:<36} {:<10} {:<18} {:>8} {:>8} {:>6}  {}",
+                text(&r["payment_id"]),
+                kind,
+                state,
+                r["age_seconds"],
+                r["overdue_seconds"],
+                r["nudges"],
+                r["attention_reason"]
+                    .as_str()
+                    .unwrap_or("past its deadline")
+            );
+        }
+    }
+}
+
 fn print_table(entries: &[dlq::Entry]) {
     println!(
         "{:<10} {:<27} {:<16} {:<17} {:<29} {:<36} {:<8} ERROR",
@@ -227,21 +322,37 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             .await
             .map_err(|e| anyhow::anyhow!("connecting to the gateway database: {e}"))
     };
-    if let Command::Reconcile { json } = &cli.command {
+    if let Command::Reconcile {
+        since,
+        until,
+        settling_s,
+        json,
+    } = &cli.command
+    {
         let report = sagapayctl::reconcile::run(
-            &format!("{base}/{}", ns.database("orchestrator")),
-            &format!("{base}/{}", ns.database("ledger")),
+            &sagapayctl::reconcile::Databases::of(&base, &ns),
+            &sagapayctl::reconcile::Window {
+                since: *since,
+                until: *until,
+                settling: std::time::Duration::from_secs(*settling_s),
+            },
         )
         .await?;
         if *json {
             println!("{}", serde_json::to_string_pretty(&report)?);
         } else {
             for d in &report.differences {
-                println!("{}  {}", d.payment_id, d.problem);
+                println!("{}  {:<24} {}", d.payment_id, d.kind, d.problem);
             }
             println!(
-                "{} payments, {} postings, {} refunds checked: {} difference(s)",
+                "payments created before {}: {} checked, {} still moving; {} provider operations, \
+                 {} postings, {} refunds: {} difference(s)",
+                report
+                    .until
+                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
                 report.payments_checked,
+                report.in_flight,
+                report.provider_operations_checked,
                 report.postings_checked,
                 report.refunds_checked,
                 report.differences.len()
@@ -249,12 +360,45 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         anyhow::ensure!(
             report.differences.is_empty(),
-            "the ledger and the payments disagree"
+            "the provider, the payments and the ledger disagree"
         );
         return Ok(());
     }
+    let ops = sagapayctl::payments::Ops {
+        orchestrator_url: cli.orchestrator_url.trim_end_matches('/').to_owned(),
+        ops_key: cli.ops_key.clone(),
+    };
     match cli.command {
         Command::Reconcile { .. } => unreachable!("handled above"),
+        Command::Payments(PaymentsCommand::Stuck { limit, json }) => {
+            let stuck = ops.stuck(limit).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&stuck)?);
+            } else {
+                print_stuck(&stuck);
+            }
+        }
+        Command::Payments(PaymentsCommand::Retry { payment_id, by }) => {
+            let done = ops.retry(payment_id, &by).await?;
+            println!(
+                "payment {payment_id} ({}): sent again {}",
+                done["status"].as_str().unwrap_or("?"),
+                done["sent"]
+            );
+        }
+        Command::Payments(PaymentsCommand::Fail {
+            payment_id,
+            reason,
+            by,
+        }) => {
+            let done = ops.fail(payment_id, &reason, &by).await?;
+            println!(
+                "payment {payment_id} ({}): {} ({})",
+                done["status"].as_str().unwrap_or("?"),
+                done["action"].as_str().unwrap_or("?"),
+                done["sent"]
+            );
+        }
         Command::Namespace(NamespaceCommand::Drop { yes }) => {
             anyhow::ensure!(
                 yes,

@@ -139,10 +139,18 @@ async fn after_a_thousand_mixed_payments_and_refunds_everything_reconciles() {
     assert_eq!(report["imbalanced_transactions"], json!([]));
     assert_eq!(report["balance_mismatches"], json!([]));
 
-    let cfg = |s| sagapay_e2e::config(s, &stack.ns).database_url();
-    let cross = sagapayctl::reconcile::run(&cfg("orchestrator"), &cfg("ledger"))
-        .await
-        .unwrap();
+    let cross = sagapayctl::reconcile::run(
+        &sagapayctl::reconcile::Databases::of(
+            &sagapay_e2e::config("gateway", &stack.ns).postgres_url,
+            &stack.ns,
+        ),
+        &sagapayctl::reconcile::Window {
+            settling: Duration::ZERO,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
     assert_eq!(cross.payments_checked, PAYMENTS);
     assert_eq!(cross.refunds_checked as i64, n_refunds);
     assert_eq!(cross.differences, vec![]);
