@@ -424,6 +424,13 @@ pub struct PaymentRefunded {
     pub currency: Currency,
 }
 
+/// The id under which the ledger reverses a capture it posted although the saga was refunding
+/// it (an operator failed a CAPTURED payment and the ledger's posting came through after all):
+/// one per payment, so the reversal is posted once (`REFUND:<id>`).
+pub fn capture_reversal_id(payment_id: Uuid) -> Uuid {
+    Uuid::new_v5(&payment_id, b"capture-reversal")
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LedgerRefundRequested {

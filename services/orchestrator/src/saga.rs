@@ -188,6 +188,31 @@ impl Handler for Saga {
                 {
                     return Ok(());
                 }
+                if payment.compensation.is_some() {
+                    // Captured while being compensated (an operator failed it with the capture
+                    // in flight): recorded, never posted; the adapter turns the pending void
+                    // into the refund of this capture.
+                    let reason = format!(
+                        "captured by {} ({}) while being compensated: not posted, refunded",
+                        ev.provider, ev.capture_id
+                    );
+                    let facts = Facts {
+                        capture_id: Some(&ev.capture_id),
+                        ..Facts::default()
+                    };
+                    self.apply(
+                        conn,
+                        ctx,
+                        &payment,
+                        PaymentStatus::Captured,
+                        &reason,
+                        env,
+                        facts,
+                        None,
+                    )
+                    .await?;
+                    return Ok(());
+                }
                 let reason = format!("captured by {} ({})", ev.provider, ev.capture_id);
                 let facts = Facts {
                     capture_id: Some(&ev.capture_id),
@@ -213,6 +238,13 @@ impl Handler for Saga {
             }
             EventType::PaymentSettled => {
                 let ev: PaymentSettled = env.decode()?;
+                if payment.compensation == Some(Compensation::Refund) {
+                    // Posted after all, while the capture is being refunded (an operator failed
+                    // the payment with the posting in flight): the ledger reverses it.
+                    return self
+                        .reverse_posting(conn, &payment, env, &ev, &headers)
+                        .await;
+                }
                 if let Step::Ignore(why) = self.expect(&payment, &[PaymentStatus::Captured], env) {
                     return self.ignored(ctx, env, why);
                 }
@@ -350,6 +382,14 @@ impl Handler for Saga {
             }
             EventType::RefundPosted => {
                 let ev: RefundPosted = env.decode()?;
+                if ev.refund_id == sagapay_domain::events::capture_reversal_id(payment.payment_id) {
+                    let reason = format!(
+                        "capture posting reversed in the ledger ({})",
+                        ev.journal_transaction_id
+                    );
+                    store::record_step(conn, &payment, &reason, Some(env.event_id)).await?;
+                    return Ok(());
+                }
                 let allowed = [PaymentStatus::Settled, PaymentStatus::PartiallyRefunded];
                 if let Step::Ignore(why) = self.expect(&payment, &allowed, env) {
                     return self.ignored(ctx, env, why);
@@ -519,6 +559,31 @@ impl Saga {
             headers,
         )
         .await
+    }
+
+    /// The ledger posted a capture the saga is refunding: post its reversal (DR merchant
+    /// payable, CR provider clearing, as a refund), once per payment.
+    async fn reverse_posting(
+        &self,
+        conn: &mut PgConnection,
+        payment: &PaymentRow,
+        env: &Envelope,
+        ev: &PaymentSettled,
+        headers: &sagapay_messaging::MessageHeaders,
+    ) -> Result<(), HandlerError> {
+        let reason = format!(
+            "the ledger posted the capture ({}) while it was being refunded: reversing the posting",
+            ev.journal_transaction_id
+        );
+        store::record_step(conn, payment, &reason, Some(env.event_id)).await?;
+        let next = env.follow_up(&LedgerRefundRequested {
+            refund_id: sagapay_domain::events::capture_reversal_id(payment.payment_id),
+            merchant_id: payment.merchant_id,
+            amount_minor: ev.amount_minor,
+            currency: ev.currency,
+        });
+        self.outbox.enqueue(conn, &next, headers).await?;
+        Ok(())
     }
 
     /// Starts a compensation: the payment records it (and when it is overdue), the timeline

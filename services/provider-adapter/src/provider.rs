@@ -112,23 +112,41 @@ pub struct SimulatedProvider {
     outage: Outage,
 }
 
-/// Until when the simulated provider refuses every connection. Shared with the development
-/// route that starts an outage.
+/// Until when the simulated provider refuses connections (for every operation, or only
+/// some). Shared with the development route that starts an outage.
 #[derive(Debug, Clone, Default)]
-pub struct Outage(std::sync::Arc<std::sync::Mutex<Option<std::time::Instant>>>);
+pub struct Outage(std::sync::Arc<std::sync::Mutex<Option<OutageWindow>>>);
+
+#[derive(Debug, Clone)]
+struct OutageWindow {
+    until: std::time::Instant,
+    /// `None`: every operation.
+    operations: Option<Vec<ProviderOperation>>,
+}
 
 impl Outage {
-    /// The provider refuses connections for `duration` from now.
-    pub fn start(&self, duration: Duration) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some(std::time::Instant::now() + duration);
+    /// The provider refuses connections for `duration` from now (0 ends an outage), for
+    /// `operations` only when given.
+    pub fn start(&self, duration: Duration, operations: Option<Vec<ProviderOperation>>) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(OutageWindow {
+            until: std::time::Instant::now() + duration,
+            operations,
+        });
     }
 
-    fn refusing(&self) -> Result<(), ProviderError> {
-        match *self.0.lock().unwrap_or_else(|p| p.into_inner()) {
-            Some(until) if std::time::Instant::now() < until => Err(ProviderError::Unavailable(
-                "connection refused (simulated outage)".into(),
-            )),
+    fn refusing(&self, operation: ProviderOperation) -> Result<(), ProviderError> {
+        let window = self.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        match window {
+            Some(w)
+                if std::time::Instant::now() < w.until
+                    && w.operations
+                        .as_ref()
+                        .is_none_or(|ops| ops.contains(&operation)) =>
+            {
+                Err(ProviderError::Unavailable(
+                    "connection refused (simulated outage)".into(),
+                ))
+            }
             _ => Ok(()),
         }
     }
@@ -286,7 +304,7 @@ impl PaymentProvider for SimulatedProvider {
     }
 
     async fn call(&self, req: &ProviderRequest) -> Result<ProviderOutcome, ProviderError> {
-        self.outage.refusing()?;
+        self.outage.refusing(req.operation)?;
         let card = req.payment_method.as_str();
         match req.operation {
             ProviderOperation::Authorize => {}
@@ -344,7 +362,7 @@ impl PaymentProvider for SimulatedProvider {
     }
 
     async fn status(&self, req: &ProviderRequest) -> Result<ProviderStatus, ProviderError> {
-        self.outage.refusing()?;
+        self.outage.refusing(req.operation)?;
         if req.operation == ProviderOperation::Authorize && req.payment_method == "pm_card_timeout"
         {
             // This card's authorizations are never answered, not even when asked about.

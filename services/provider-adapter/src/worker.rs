@@ -6,8 +6,9 @@
 //!
 //! Every attempt (call or status query) is persisted with its outcome and timing, in the same
 //! transaction as the operation's new state and, when it is final, the event that reports it.
-//! A void waits while an authorization of its payment is still pending, so it can never run
-//! before the authorization it must undo.
+//! A void waits while an authorization or a capture of its payment is still pending, so it can
+//! never run before what it must undo; and a void of a payment whose capture went through
+//! refunds that capture instead (an authorization that was captured can only be refunded).
 
 use crate::policy::{self, Answer, Next, Progress};
 use crate::provider::{
@@ -186,7 +187,8 @@ impl<P: PaymentProvider> Worker<P> {
                     AND (o.claimed_until IS NULL OR o.claimed_until < now())
                     AND NOT (o.operation = 'VOID' AND EXISTS (
                         SELECT 1 FROM provider_operations a
-                         WHERE a.payment_id = o.payment_id AND a.operation = 'AUTHORIZE'
+                         WHERE a.payment_id = o.payment_id
+                           AND a.operation IN ('AUTHORIZE', 'CAPTURE')
                            AND a.status = 'PENDING'))),
              due AS (
                  SELECT o.operation_id FROM provider_operations o JOIN ready USING (operation_id)
@@ -280,8 +282,10 @@ impl<P: PaymentProvider> Worker<P> {
         }
     }
 
-    fn request(&self, op: &Claimed) -> ProviderRequest {
-        ProviderRequest {
+    /// What to ask the provider for `op`: the operation itself, except a void of a payment
+    /// whose capture went through, which becomes the refund of that capture.
+    async fn request(&self, op: &Claimed) -> anyhow::Result<ProviderRequest> {
+        let mut req = ProviderRequest {
             payment_id: op.payment_id,
             operation: op.operation,
             idempotency_key: idempotency_key(op.operation, op.payment_id, &op.operation_key),
@@ -289,13 +293,29 @@ impl<P: PaymentProvider> Worker<P> {
             currency: op.request.currency,
             payment_method: op.request.payment_method.clone(),
             reference: op.request.reference.clone(),
+        };
+        if op.operation == ProviderOperation::Void {
+            let captured: Option<String> = sqlx::query_scalar(
+                "SELECT result_reference FROM provider_operations
+                  WHERE payment_id = $1 AND operation = 'CAPTURE' AND status = 'SUCCEEDED'",
+            )
+            .bind(op.payment_id)
+            .fetch_optional(&self.pool)
+            .await?
+            .flatten();
+            if let Some(capture) = captured {
+                req.operation = ProviderOperation::Refund;
+                req.idempotency_key = idempotency_key(ProviderOperation::Refund, op.payment_id, "");
+                req.reference = Some(capture);
+            }
         }
+        Ok(req)
     }
 
     /// One attempt: a call, or a status query when the outcome is unknown; then what the
     /// policy decides, written with the attempt in one transaction.
     async fn attempt(&self, op: &Claimed) -> anyhow::Result<()> {
-        let req = self.request(op);
+        let req = self.request(op).await?;
         let started_at: DateTime<Utc> = Utc::now();
         let clock = Instant::now();
         let limit = self.settings.call_timeout;
@@ -371,7 +391,9 @@ impl<P: PaymentProvider> Worker<P> {
             past_give_up: op.give_up_at.is_some_and(|t| Utc::now() >= t),
         };
         let provider = self.provider.name();
-        let answering = op.answering(provider);
+        let mut answering = op.answering(provider);
+        // A void performed as the refund of a capture reports a refund.
+        answering.operation = req.operation;
         // Counted once the transaction commits, so a failed commit does not count twice.
         let mut retry_scheduled = false;
         let mut dead_lettered = false;

@@ -85,6 +85,8 @@ pub struct StackOptions {
     pub consumer_retry: Option<(u32, Duration)>,
     /// The orchestrator's deadlines (default: the service's defaults).
     pub deadlines: Option<sagapay_orchestrator::deadlines::Deadlines>,
+    /// The provider adapter's retry policy (default: the tests' default, 1 s calls).
+    pub provider_retry: Option<sagapay_provider_adapter::policy::RetrySettings>,
 }
 
 impl StackOptions {
@@ -124,9 +126,15 @@ impl TestStack {
             sagapay_risk::start(sagapay_risk::Config::for_test(
                 options.config(sagapay_risk::SERVICE, &ns)
             )),
-            sagapay_provider_adapter::start(sagapay_provider_adapter::Config::for_test(
-                options.config(sagapay_provider_adapter::SERVICE, &ns)
-            )),
+            sagapay_provider_adapter::start({
+                let mut p = sagapay_provider_adapter::Config::for_test(
+                    options.config(sagapay_provider_adapter::SERVICE, &ns),
+                );
+                if let Some(retry) = &options.provider_retry {
+                    p.retry = retry.clone();
+                }
+                p
+            }),
             start_ledger(&ns, &options, options.ledger_currencies.clone()),
             sagapay_notification::start(sagapay_notification::Config {
                 common: options.config(sagapay_notification::SERVICE, &ns),

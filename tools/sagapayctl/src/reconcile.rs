@@ -252,6 +252,14 @@ fn redact(url: &str) -> String {
     }
 }
 
+/// Whether the ledger reversed payment `id`'s capture posting (of `amount`) in full.
+fn reversal_posted(posts: &[&Posting], id: Uuid, amount: i64) -> bool {
+    let kind = format!("REFUND:{}", sagapay_domain::events::capture_reversal_id(id));
+    posts
+        .iter()
+        .any(|t| t.posting_kind == kind && t.moved_minor == amount)
+}
+
 /// The comparison itself, pure (unit-tested); `now` decides what is past its deadline.
 pub fn compare(s: &Snapshot, now: DateTime<Utc>) -> Report {
     let mut out = Vec::new();
@@ -377,6 +385,8 @@ pub fn compare(s: &Snapshot, now: DateTime<Utc>) -> Report {
                     p.status
                 ),
             ),
+            // A capture posted although the saga was refunding it: reversed in the ledger.
+            (false, _, false) if reversal_posted(posts, id, p.amount_minor) => {}
             (false, _, false) => diff(
                 id,
                 "posting_without_capture",

@@ -9,6 +9,7 @@ mod deadletter;
 mod edge;
 mod happy_path;
 mod ledger;
+mod limbo;
 mod out_of_order;
 mod poison;
 mod provider_paths;
