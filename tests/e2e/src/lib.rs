@@ -420,7 +420,6 @@ async fn start_orchestrator_at(
         .expect("orchestrator starts")
 }
 
-/// Drops the databases and topics of a namespace (best effort).
 /// A binary of the workspace, built next to the test binary (`cargo build --bins`, which
 /// `scripts/test.sh` runs before the tests).
 pub fn target_binary(name: &str) -> std::path::PathBuf {
@@ -574,14 +573,12 @@ pub fn free_port(range: std::ops::Range<u16>) -> u16 {
     }
 }
 
+/// Drops the databases and topics of a namespace (best effort).
 pub async fn cleanup_namespace(ns: &Namespace) {
     let base = config("gateway", ns);
     let _ = sagapay_service_kit::drop_namespace(&base.postgres_url, &base.kafka, ns).await;
 }
 
-/// Parses one sample from Prometheus text: `name_and_labels` is everything before the value,
-/// e.g. `duplicate_events_skipped_total{event_type="x",service="risk"}`; labels must be given
-/// in the order the exposition prints them (alphabetical).
 /// Makes database `db` refuse every new connection and drops its open ones, or accepts them
 /// again: an outage of one service's database while other tests share the server.
 pub async fn database_available(admin: &PgPool, db: &str, available: bool) {
@@ -625,6 +622,10 @@ pub async fn metric_at(http: &reqwest::Client, base_url: &str, name_and_labels: 
     metric_value(&text, name_and_labels)
 }
 
+/// Parses one sample from Prometheus text (0 when absent): `name_and_labels` is everything
+/// before the value, e.g. `duplicate_events_skipped_total{event_type="x",service="risk"}`;
+/// labels must be given in the order the exposition prints them: the metric's own labels in
+/// their declared order, then the registry's `service`.
 pub fn metric_value(text: &str, name_and_labels: &str) -> f64 {
     text.lines()
         .filter(|l| !l.starts_with('#'))

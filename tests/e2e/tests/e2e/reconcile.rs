@@ -156,3 +156,250 @@ async fn after_a_thousand_mixed_payments_and_refunds_everything_reconciles() {
     assert_eq!(cross.differences, vec![]);
     stack.teardown().await;
 }
+
+async fn three_way(stack: &TestStack) -> sagapayctl::reconcile::Report {
+    sagapayctl::reconcile::run(
+        &sagapayctl::reconcile::Databases::of(
+            &sagapay_e2e::config("gateway", &stack.ns).postgres_url,
+            &stack.ns,
+        ),
+        &sagapayctl::reconcile::Window {
+            settling: Duration::ZERO,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap()
+}
+
+/// A money movement planted at the "provider", outside the saga.
+async fn plant_at_provider(
+    pool: &sqlx::PgPool,
+    payment_id: uuid::Uuid,
+    operation: &str,
+    key: &str,
+    amount: i64,
+) {
+    sqlx::query(
+        "INSERT INTO simulated_provider_operations
+                (idempotency_key, operation, payment_id, amount_minor, currency, reference)
+         VALUES ($1, $2, $3, $4, 'USD', 'planted')",
+    )
+    .bind(key)
+    .bind(operation)
+    .bind(payment_id)
+    .bind(amount)
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+/// While payments are being made, the three-way reconciliation (with no settling margin:
+/// payments still moving are left out by their deadlines) finds nothing; afterwards, one
+/// difference of each kind is planted in the provider's books, the payments and the ledger,
+/// and the reconciliation reports exactly those.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reconciliation_during_load_is_clean_and_catches_each_planted_difference() {
+    use uuid::Uuid;
+    let stack = TestStack::spawn().await;
+    let load = {
+        let (http, gateway) = (stack.http.clone(), stack.gateway_url());
+        tokio::spawn(async move {
+            let mut pace = tokio::time::interval(Duration::from_millis(100));
+            let mut made = Vec::new();
+            for i in 0..80usize {
+                pace.tick().await;
+                let method = match i % 10 {
+                    0 | 5 => "pm_card_declined",
+                    3 => "pm_card_fail_twice",
+                    _ => "pm_card_ok",
+                };
+                let resp = http
+                    .post(format!("{gateway}/payments"))
+                    .header("x-api-key", DEV_API_KEY)
+                    .json(&json!({
+                        "customer_id": format!("load-{i}"), "amount_cents": 500 + i as i64,
+                        "currency": "USD", "idempotency_key": format!("load-{i}"),
+                        "payment_method": method
+                    }))
+                    .send()
+                    .await
+                    .unwrap();
+                let body: Value = resp.json().await.unwrap();
+                made.push(body["payment_id"].as_str().unwrap().to_owned());
+            }
+            made
+        })
+    };
+    let mut runs = 0;
+    while !load.is_finished() {
+        let report = three_way(&stack).await;
+        assert_eq!(report.differences, vec![], "a false difference during load");
+        runs += 1;
+    }
+    assert!(runs >= 3, "only {runs} reconciliations ran during the load");
+    let made = load.await.unwrap();
+    let orch = stack.db("orchestrator").await;
+    let statuses: Vec<(Uuid, String, Uuid, i64)> = eventually(
+        Duration::from_secs(60),
+        "every payment of the load to end",
+        || async {
+            let rows: Vec<(Uuid, String, Uuid, i64)> = sqlx::query_as(
+                "SELECT payment_id, status, merchant_id, amount_minor FROM payments",
+            )
+            .fetch_all(&orch)
+            .await
+            .unwrap();
+            (rows.len() == made.len()
+                && rows
+                    .iter()
+                    .all(|(_, s, _, _)| s == "SETTLED" || s == "FAILED"))
+            .then_some(rows)
+        },
+    )
+    .await;
+    let amount: std::collections::HashMap<Uuid, i64> =
+        statuses.iter().map(|(id, _, _, a)| (*id, *a)).collect();
+    let clean = three_way(&stack).await;
+    assert_eq!(clean.differences, vec![]);
+    assert_eq!(clean.payments_checked, made.len());
+
+    let of = |status: &str| -> Vec<Uuid> {
+        statuses
+            .iter()
+            .filter(|(_, s, _, _)| s == status)
+            .map(|(id, _, _, _)| *id)
+            .collect()
+    };
+    let (failed, settled) = (of("FAILED"), of("SETTLED"));
+    assert!(failed.len() >= 4 && settled.len() >= 3);
+    let merchant = statuses[0].2;
+    let a = |id: Uuid| amount[&id];
+    let provider = stack.db("provider-adapter").await;
+    let ledger = stack.db("ledger").await;
+    let stranger = Uuid::now_v7();
+    // A capture the saga never recorded; an authorization left open; a posting the provider
+    // never captured; payments whose amount and currency were changed; a refund at the
+    // provider nobody asked for; money of an unknown payment; a payment stuck in CAPTURED.
+    plant_at_provider(
+        &provider,
+        failed[0],
+        "AUTHORIZE",
+        &format!("planted-authorize:{}", failed[0]),
+        a(failed[0]),
+    )
+    .await;
+    plant_at_provider(
+        &provider,
+        failed[0],
+        "CAPTURE",
+        &format!("planted-capture:{}", failed[0]),
+        a(failed[0]),
+    )
+    .await;
+    plant_at_provider(
+        &provider,
+        failed[1],
+        "AUTHORIZE",
+        &format!("planted-authorize:{}", failed[1]),
+        a(failed[1]),
+    )
+    .await;
+    let mut tx = ledger.begin().await.unwrap();
+    let tid = Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO journal_transactions (transaction_id, payment_id, posting_kind, currency,
+                                           description, amount_minor, fee_minor)
+         VALUES ($1, $2, 'CAPTURE', 'USD', 'planted', $3, 0)",
+    )
+    .bind(tid)
+    .bind(failed[2])
+    .bind(a(failed[2]))
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO ledger_entries (transaction_id, account_id, direction, amount_minor, currency)
+         VALUES ($1, 'USD:provider_clearing', 'DEBIT', $3, 'USD'),
+                ($1, $2, 'CREDIT', $3, 'USD')",
+    )
+    .bind(tid)
+    .bind(format!("USD:merchant_payable:{merchant}"))
+    .bind(a(failed[2]))
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    sqlx::query("UPDATE payments SET amount_minor = amount_minor + 1 WHERE payment_id = $1")
+        .bind(settled[0])
+        .execute(&orch)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE payments SET currency = 'EUR' WHERE payment_id = $1")
+        .bind(settled[1])
+        .execute(&orch)
+        .await
+        .unwrap();
+    plant_at_provider(
+        &provider,
+        settled[2],
+        "REFUND",
+        &format!("refund:{}:{}", settled[2], Uuid::now_v7()),
+        100,
+    )
+    .await;
+    plant_at_provider(
+        &provider,
+        stranger,
+        "CAPTURE",
+        &format!("capture:{stranger}"),
+        700,
+    )
+    .await;
+    sqlx::query(
+        "UPDATE payments SET status = 'CAPTURED', deadline_at = now() - interval '1 hour'
+          WHERE payment_id = $1",
+    )
+    .bind(failed[3])
+    .execute(&orch)
+    .await
+    .unwrap();
+    plant_at_provider(
+        &provider,
+        failed[3],
+        "AUTHORIZE",
+        &format!("planted-authorize:{}", failed[3]),
+        a(failed[3]),
+    )
+    .await;
+    plant_at_provider(
+        &provider,
+        failed[3],
+        "CAPTURE",
+        &format!("planted-capture:{}", failed[3]),
+        a(failed[3]),
+    )
+    .await;
+
+    let report = three_way(&stack).await;
+    let mut found: Vec<(Uuid, &str)> = report
+        .differences
+        .iter()
+        .map(|d| (d.payment_id, d.kind))
+        .collect();
+    found.dedup();
+    let mut expected = vec![
+        (failed[0], "capture_without_posting"),
+        (failed[1], "authorization_open"),
+        (failed[2], "posting_without_capture"),
+        (failed[3], "captured_past_deadline"),
+        (settled[0], "amount_differs"),
+        (settled[1], "currency_differs"),
+        (settled[2], "refund_unrecorded"),
+        (stranger, "unknown_payment"),
+    ];
+    expected.sort();
+    found.sort();
+    assert_eq!(found, expected, "{:#?}", report.differences);
+    stack.teardown().await;
+}
