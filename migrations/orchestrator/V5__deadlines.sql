@@ -31,3 +31,4 @@ UPDATE refunds SET deadline_at = updated_at + interval '1 minute'
 
 CREATE INDEX refunds_deadline_idx ON refunds (deadline_at)
     WHERE deadline_at IS NOT NULL AND attention_since IS NULL;
+CREATE INDEX refunds_attention_idx ON refunds (attention_since) WHERE attention_since IS NOT NULL;

@@ -88,7 +88,8 @@ pub struct CreatePaymentBody {
     /// 1-64 characters of A-Z, a-z, 0-9, `_ - . : @`.
     #[schema(example = "cus_42")]
     customer_id: String,
-    /// Integer minor units, 1 to the configured maximum (default 100,000,000).
+    /// Integer minor units of the currency, 1 to the currency's maximum (about $1,000,000 by
+    /// default: 100,000,000 in USD, 150,000,000 in JPY).
     #[schema(example = 2500, minimum = 1)]
     amount_cents: i64,
     /// ISO 4217 code the platform supports: USD EUR GBP CHF CAD AUD SEK NOK DKK PLN JPY.
@@ -126,7 +127,7 @@ pub struct TimelineEntry {
 #[allow(dead_code)]
 pub struct Payment {
     payment_id: uuid::Uuid,
-    /// CREATED, APPROVED, REVIEW_REQUIRED, AUTHORIZED, CAPTURED, SETTLED, FAILED, REVERSED,
+    /// CREATED, RISK_REVIEW, APPROVED, AUTHORIZED, CAPTURED, SETTLED, FAILED, REVERSED,
     /// PARTIALLY_REFUNDED, REFUNDED.
     status: String,
     amount_cents: i64,
@@ -156,7 +157,8 @@ pub struct Refund {
     payment_id: uuid::Uuid,
     amount_cents: i64,
     currency: String,
-    /// PENDING, SUCCEEDED or FAILED.
+    /// REQUESTED (at the provider, or its outcome not known yet: it counts against what is
+    /// left to refund), PROCESSED (refunded, being posted), SUCCEEDED or FAILED (refused).
     status: String,
     reason: String,
     failure_reason: Option<String>,

@@ -142,15 +142,19 @@ async fn a_fifteen_second_provider_outage_leaves_no_money_in_limbo() {
             );
         }
     }
-    assert!(
-        by_status.get("SETTLED").copied().unwrap_or(0) >= 10,
-        "{by_status:?}"
-    );
-    assert!(
-        by_status.get("FAILED").copied().unwrap_or(0) >= 1,
-        "the outage refused some authorizations: {by_status:?}"
-    );
-    assert_no_card_hold(&stack.db("provider-adapter").await).await;
+    // Which payment ends how depends on when its attempts fell in the outage; that each one
+    // ended SETTLED or FAILED (for the outage), with the outage really refusing calls, does not.
+    let ended = by_status.get("SETTLED").copied().unwrap_or(0)
+        + by_status.get("FAILED").copied().unwrap_or(0);
+    assert_eq!(ended, 50, "{by_status:?}");
+    let provider = stack.db("provider-adapter").await;
+    let refused: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM provider_attempts WHERE outcome = 'UNAVAILABLE'")
+            .fetch_one(&provider)
+            .await
+            .unwrap();
+    assert!(refused > 0, "the outage refused no call");
+    assert_no_card_hold(&provider).await;
     let report = reconcile_now(&stack).await;
     assert_eq!(report.differences, vec![]);
     assert_eq!(report.payments_checked, 50);
