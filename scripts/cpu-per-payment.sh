@@ -13,31 +13,11 @@ cd "$SAGAPAY_ROOT"
 bin="$CARGO_TARGET_DIR/release/sagapay-loadtest"
 [ -x "$bin" ] || die "$bin is missing: run 'cargo build --release' first"
 
-# CPU ticks per part of the stack: the services by name, PostgreSQL, Kafka (the JVM), Redis.
-snapshot() {
-  local p comm fields
-  for p in /proc/[0-9]*; do
-    comm="$(tr -d '\0' <"$p/comm" 2>/dev/null)" || continue
-    fields="$(sed 's/.*) //' "$p/stat" 2>/dev/null)" || continue
-    set -- $fields
-    echo "$comm $(( ${12} + ${13} ))"
-  done | awk '{
-      n = $1
-      if (n ~ /^sagapay-loadtes/) next
-      else if (n ~ /^sagapay-/) g = n
-      else if (n == "postgres") g = "postgresql"
-      else if (n == "java") g = "kafka"
-      else if (n ~ /^redis/) g = "redis"
-      else next
-      t[g] += $2
-    } END { for (g in t) print g, t[g] }' | sort
-}
-
 before="$(mktemp)"; after="$(mktemp)"; out="$(mktemp)"
 trap 'rm -f "$before" "$after" "$out"' EXIT
-snapshot >"$before"
+cpu_snapshot >"$before"
 "$bin" --no-progress "$@" | tee "$out"
-snapshot >"$after"
+cpu_snapshot >"$after"
 payments="$(awk '/^payments/ {print $2; exit}' "$out")"
 [ -n "$payments" ] && [ "$payments" -gt 0 ] || die "the load test reported no payments"
 hz="$(getconf CLK_TCK)"

@@ -53,3 +53,26 @@ wait_until() {
     sleep 0.2
   done
 }
+
+# CPU ticks spent so far per part of the stack: the services by name, PostgreSQL, Kafka (the
+# JVM), Redis; one "<part> <ticks>" line each, sorted. Processes that start or stop between two
+# snapshots (the load test itself) are not counted.
+cpu_snapshot() {
+  local p comm fields
+  for p in /proc/[0-9]*; do
+    comm="$(tr -d '\0' <"$p/comm" 2>/dev/null)" || continue
+    fields="$(sed 's/.*) //' "$p/stat" 2>/dev/null)" || continue
+    # shellcheck disable=SC2086
+    set -- $fields
+    echo "$comm $(( ${12} + ${13} ))"
+  done | awk '{
+      n = $1
+      if (n ~ /^sagapay-loadtes/) next
+      else if (n ~ /^sagapay-/) g = n
+      else if (n == "postgres") g = "postgresql"
+      else if (n == "java") g = "kafka"
+      else if (n ~ /^redis/) g = "redis"
+      else next
+      t[g] += $2
+    } END { for (g in t) print g, t[g] }' | sort
+}
