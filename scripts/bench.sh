@@ -62,8 +62,8 @@ fi
 
 "$SAGAPAY_ROOT/scripts/stack.sh" up >/dev/null
 psql_q() { PGPASSWORD="$PG_PASSWORD" psql -h 127.0.0.1 -p "$PG_PORT" -U "$PG_USER" -d postgres -Atq -c "$1"; }
-psql_q "CREATE EXTENSION IF NOT EXISTS pg_stat_statements" >/dev/null \
-  || die "pg_stat_statements is not loaded: scripts/stack.sh up applies infra/postgres/sagapay.conf"
+psql_q "SELECT count(*) FROM pg_stat_statements" >/dev/null \
+  || die "pg_stat_statements is not available: scripts/stack.sh up installs it (infra/postgres/sagapay.conf)"
 
 # Kafka messages produced so far by the services of the running namespace.
 published() {
@@ -125,9 +125,10 @@ PY
     tail -n 1 "$results" | python3 -c '
 import json, sys
 r = json.loads(sys.stdin.read())
-print(f"  {r[\"build\"]:<4} round {r[\"round\"]}: {r[\"settled_per_s\"]:.1f} settled/s, SETTLED p50 {r[\"settled_p50_ms\"]:.0f} ms p99 {r[\"settled_p99_ms\"]:.0f} ms, "
-      f"API p99 {r[\"api_p99_ms\"]:.1f} ms, CPU {r[\"cpu_ms_total\"]:.1f} ms/payment, "
-      f"{r[\"statements_per_payment\"]:.1f} statements and {r[\"kafka_messages_per_payment\"]:.1f} Kafka messages per payment")' >&2
+print("  {build:<4} round {round}: {settled_per_s:.1f} settled/s, SETTLED p50 {settled_p50_ms:.0f} ms"
+      " p99 {settled_p99_ms:.0f} ms, API p99 {api_p99_ms:.1f} ms, CPU {cpu_ms_total:.1f} ms/payment,"
+      " {statements_per_payment:.1f} statements and {kafka_messages_per_payment:.1f} Kafka messages"
+      " per payment".format(**r))' >&2
   done
 done
 

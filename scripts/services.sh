@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Starts or stops the six SagaPay services from the release build, in the background.
-#   scripts/services.sh start | stop | status
-# Logs: .local/logs/<service>.log   PIDs: .local/run/<service>.pid
+#   scripts/services.sh start [--instances N] | stop | status
+# With --instances N (default 1), N instances of every service run side by side: instance i
+# listens on the service's port + 10 × (i - 1) (gateway 8000, 8010, ...), has the id i
+# (SAGAPAY_INSTANCE_ID: Kafka static group membership, the service_instance label of its
+# metrics and logs), and gateway i calls orchestrator i.
+# Logs: .local/logs/<service>[.<i>].log   PIDs: .local/run/<service>.<i>.pid
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -9,64 +13,108 @@ RUN_DIR="$LOCAL_DIR/run"
 LOG_DIR="$LOCAL_DIR/logs"
 BIN_DIR="$CARGO_TARGET_DIR/release"
 
-svc_pid() {
-  local pid; pid="$(cat "$RUN_DIR/$1.pid" 2>/dev/null || true)"
+port_of() { echo $((SERVICE_PORT[$1] + 10 * ($2 - 1))); }
+
+pid_of() {
+  local pid; pid="$(cat "$RUN_DIR/$1.$2.pid" 2>/dev/null || true)"
   if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then echo "$pid"; fi
 }
 
-ready() { curl -fsS -m 2 "http://127.0.0.1:${SERVICE_PORT[$1]}/ready" >/dev/null 2>&1; }
+ready() { curl -fsS -m 2 "http://127.0.0.1:$(port_of "$1" "$2")/ready" >/dev/null 2>&1; }
+
+# The instances this checkout started (from the pid files), 1 when none.
+running_instances() {
+  local n=1 f i
+  for f in "$RUN_DIR"/*.pid; do
+    [ -e "$f" ] || continue
+    i="${f%.pid}"; i="${i##*.}"
+    case "$i" in ''|*[!0-9]*) continue ;; esac
+    [ "$i" -gt "$n" ] && n="$i"
+  done
+  echo "$n"
+}
 
 start() {
+  local instances="$1" svc i port log
   mkdir -p "$RUN_DIR" "$LOG_DIR"
-  for svc in "${SERVICES[@]}"; do
-    if [ -n "$(svc_pid "$svc")" ]; then
-      log "$svc already running (pid $(svc_pid "$svc"))"
-      continue
-    fi
-    local bin="$BIN_DIR/sagapay-$svc"
-    [ -x "$bin" ] || die "$bin is missing: run 'cargo build --release' first"
-    if port_open "${SERVICE_PORT[$svc]}"; then
-      die "port ${SERVICE_PORT[$svc]} ($svc) is taken by another process"
-    fi
-    SAGAPAY_HTTP_ADDR="127.0.0.1:${SERVICE_PORT[$svc]}" nohup "$bin" >>"$LOG_DIR/$svc.log" 2>&1 &
-    echo $! > "$RUN_DIR/$svc.pid"
+  for i in $(seq 1 "$instances"); do
+    for svc in "${SERVICES[@]}"; do
+      if [ -n "$(pid_of "$svc" "$i")" ]; then
+        log "$svc/$i already running (pid $(pid_of "$svc" "$i"))"
+        continue
+      fi
+      local bin="$BIN_DIR/sagapay-$svc"
+      [ -x "$bin" ] || die "$bin is missing: run 'cargo build --release' first"
+      port="$(port_of "$svc" "$i")"
+      if port_open "$port"; then
+        die "port $port ($svc/$i) is taken by another process"
+      fi
+      if [ "$instances" -gt 1 ]; then log="$LOG_DIR/$svc.$i.log"; else log="$LOG_DIR/$svc.log"; fi
+      (
+        export SAGAPAY_HTTP_ADDR="127.0.0.1:$port"
+        export SAGAPAY_ORCHESTRATOR_URL="http://127.0.0.1:$(port_of orchestrator "$i")"
+        if [ "$instances" -gt 1 ]; then export SAGAPAY_INSTANCE_ID="$i"; fi
+        nohup "$bin" >>"$log" 2>&1 &
+        echo $! > "$RUN_DIR/$svc.$i.pid"
+      )
+    done
   done
-  for svc in "${SERVICES[@]}"; do
-    if ! wait_until 90 "$svc" ready "$svc"; then
-      tail -n 20 "$LOG_DIR/$svc.log" >&2 || true
-      die "$svc is not ready on port ${SERVICE_PORT[$svc]} after 90 s (log above: $LOG_DIR/$svc.log)"
-    fi
-    log "$svc ready on http://127.0.0.1:${SERVICE_PORT[$svc]}"
+  for i in $(seq 1 "$instances"); do
+    for svc in "${SERVICES[@]}"; do
+      if ! wait_until 90 "$svc/$i" ready "$svc" "$i"; then
+        tail -n 20 "$LOG_DIR/$svc"*.log >&2 || true
+        die "$svc/$i is not ready on port $(port_of "$svc" "$i") after 90 s (logs in $LOG_DIR)"
+      fi
+      log "$svc/$i ready on http://127.0.0.1:$(port_of "$svc" "$i")"
+    done
   done
 }
 
 stop() {
-  for svc in "${SERVICES[@]}"; do
-    local pid; pid="$(svc_pid "$svc")"
-    [ -n "$pid" ] || continue
-    log "stopping $svc (pid $pid)"
-    kill -TERM "$pid" 2>/dev/null || true
+  local f pid deadline
+  for f in "$RUN_DIR"/*.pid; do
+    [ -e "$f" ] || continue
+    pid="$(cat "$f" 2>/dev/null || true)"
+    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+      log "stopping $(basename "$f" .pid) (pid $pid)"
+      kill -TERM "$pid" 2>/dev/null || true
+    fi
   done
-  for svc in "${SERVICES[@]}"; do
-    local pid; pid="$(svc_pid "$svc")"
-    [ -n "$pid" ] || continue
-    local deadline=$((SECONDS + 20))
-    while kill -0 "$pid" 2>/dev/null && [ "$SECONDS" -lt "$deadline" ]; do sleep 0.2; done
-    kill -KILL "$pid" 2>/dev/null || true
-    rm -f "$RUN_DIR/$svc.pid"
+  for f in "$RUN_DIR"/*.pid; do
+    [ -e "$f" ] || continue
+    pid="$(cat "$f" 2>/dev/null || true)"
+    deadline=$((SECONDS + 20))
+    while [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null && [ "$SECONDS" -lt "$deadline" ]; do sleep 0.2; done
+    [ -n "$pid" ] && kill -KILL "$pid" 2>/dev/null || true
+    rm -f "$f"
   done
 }
 
 status() {
-  for svc in "${SERVICES[@]}"; do
-    if ready "$svc"; then state=ready; elif [ -n "$(svc_pid "$svc")" ]; then state=starting; else state=down; fi
-    printf '%-17s %-9s http://127.0.0.1:%s\n' "$svc" "$state" "${SERVICE_PORT[$svc]}"
+  local i svc state
+  for i in $(seq 1 "$(running_instances)"); do
+    for svc in "${SERVICES[@]}"; do
+      if ready "$svc" "$i"; then state=ready
+      elif [ -n "$(pid_of "$svc" "$i")" ]; then state=starting
+      else state=down; fi
+      printf '%-17s %-3s %-9s http://127.0.0.1:%s\n' "$svc" "$i" "$state" "$(port_of "$svc" "$i")"
+    done
   done
 }
 
+instances=1
 case "${1:-}" in
-  start) start ;;
+  start)
+    shift
+    while [ $# -gt 0 ]; do
+      case "$1" in
+        --instances) instances="$2"; shift 2 ;;
+        *) die "unknown option $1" ;;
+      esac
+    done
+    case "$instances" in ''|*[!0-9]*|0) die "--instances needs a number from 1" ;; esac
+    start "$instances" ;;
   stop) stop ;;
   status) status ;;
-  *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
+  *) echo "usage: $0 start [--instances N]|stop|status" >&2; exit 2 ;;
 esac

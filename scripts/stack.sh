@@ -58,6 +58,11 @@ BEGIN
   END IF;
 END
 \$\$;
+-- Statements per payment (scripts/bench.sh): every database's statistics, readable and
+-- resettable by the services' user.
+CREATE EXTENSION IF NOT EXISTS pg_stat_statements;
+GRANT pg_read_all_stats TO $PG_USER;
+GRANT EXECUTE ON FUNCTION pg_stat_statements_reset(oid, oid, bigint) TO $PG_USER;
 SQL
   PGPASSWORD="$PG_PASSWORD" psql -q -h 127.0.0.1 -p "$PG_PORT" -U "$PG_USER" -d postgres -c 'select 1' >/dev/null \
     || die "PostgreSQL answers but user $PG_USER cannot log in over TCP (check pg_hba.conf)"

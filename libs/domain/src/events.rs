@@ -1,8 +1,21 @@
 //! The event catalog: every message SagaPay services exchange over Kafka, with its envelope.
 //!
-//! Each event type is its own topic (`<namespace>.<event_type>`), keyed by `payment_id` so that
-//! one payment's events keep their order within a partition. Payloads are typed structs; the
-//! envelope carries them as JSON with an explicit `schema_version`.
+//! Topics are by destination, not by event type: each event travels on the [`Channel`] of the
+//! service that acts on it (`<namespace>.<channel>`), or on the payments stream that anyone may
+//! follow, keyed by `payment_id`. So all of one payment's messages to one service are in one
+//! partition, in the order they were sent. The event type stays in the envelope (and a
+//! header); consumers dispatch on it. Payloads are typed structs; the envelope carries them as
+//! JSON with an explicit `schema_version`.
+//!
+//! Readers are tolerant, so services can be upgraded one at a time (a rolling upgrade):
+//! - a consumer ignores fields it does not know, in the envelope and in payloads (an older
+//!   consumer processes a newer producer's event);
+//! - a field added to a payload is optional, with a default (a newer consumer processes an
+//!   older producer's event), and an optional field that is absent is omitted, not `null`;
+//! - adding such a field does not change `schema_version`. Removing or renaming a field,
+//!   changing its type or its meaning, or adding a required one does: the version goes up;
+//! - a consumer accepts the versions from 1 to the one it knows; a newer version is a
+//!   permanent failure (dead-lettered, and replayed once the consumer is upgraded).
 
 use crate::money::{AmountMinor, Currency};
 use crate::state::PaymentStatus;
@@ -13,7 +26,51 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 use uuid::Uuid;
 
-/// Every event type. The string form is the topic suffix and the `event_type` field.
+/// Where events travel: the inbound channel of the service that acts on them, or the payments
+/// stream (lifecycle events that several parties follow).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Channel {
+    /// Everything the saga reacts to: answers of risk, the provider adapter and the ledger.
+    Orchestrator,
+    /// Requests for a risk decision.
+    Risk,
+    /// Commands to the payment provider.
+    Provider,
+    /// Postings.
+    Ledger,
+    /// The payments' lifecycle, for notification, risk's history, analytics, merchants.
+    Payments,
+}
+
+impl Channel {
+    pub const ALL: [Channel; 5] = [
+        Channel::Orchestrator,
+        Channel::Risk,
+        Channel::Provider,
+        Channel::Ledger,
+        Channel::Payments,
+    ];
+
+    /// The topic suffix.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Channel::Orchestrator => "orchestrator",
+            Channel::Risk => "risk",
+            Channel::Provider => "provider",
+            Channel::Ledger => "ledger",
+            Channel::Payments => "payments",
+        }
+    }
+
+    /// A stream is read by parties that each follow the types they care about and pass over
+    /// the others; a service's own channel carries only what it must handle (anything else
+    /// is a dead letter).
+    pub fn is_stream(self) -> bool {
+        self == Channel::Payments
+    }
+}
+
+/// Every event type. The string form is the `event_type` field (and header).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum EventType {
     /// orchestrator -> risk: a payment was created and needs a risk decision.
@@ -112,6 +169,31 @@ impl EventType {
     pub fn parse(s: &str) -> Option<EventType> {
         Self::ALL.into_iter().find(|t| t.as_str() == s)
     }
+
+    /// The channel the event travels on.
+    pub fn channel(self) -> Channel {
+        use EventType::*;
+        match self {
+            PaymentRequested => Channel::Risk,
+            AuthorizeRequested | CaptureRequested | VoidRequested | RefundRequested => {
+                Channel::Provider
+            }
+            LedgerPostRequested | LedgerRefundRequested => Channel::Ledger,
+            RiskApproved
+            | RiskReviewRequired
+            | RiskDenied
+            | PaymentAuthorized
+            | PaymentFailed
+            | PaymentCaptured
+            | PaymentSettled
+            | LedgerPostFailed
+            | ProviderRetriesExhausted
+            | PaymentReversed
+            | PaymentRefunded
+            | RefundPosted => Channel::Orchestrator,
+            PaymentFinalized => Channel::Payments,
+        }
+    }
 }
 
 impl fmt::Display for EventType {
@@ -131,7 +213,6 @@ pub trait EventPayload: Serialize + DeserializeOwned {
 
 /// The envelope every Kafka message carries as its value.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Envelope {
     /// UUIDv7: unique, and ordered by creation time.
     pub event_id: Uuid,
@@ -140,6 +221,7 @@ pub struct Envelope {
     pub occurred_at: DateTime<Utc>,
     pub payment_id: Uuid,
     /// The event that caused this one; `None` for events caused by an API request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub causation_id: Option<Uuid>,
     /// Travels unchanged from the API request through every event of the payment.
     pub correlation_id: String,
@@ -154,7 +236,7 @@ pub enum DecodeError {
     Text(#[from] TextError),
     #[error("expected event type {expected}, got {actual}")]
     WrongType { expected: EventType, actual: String },
-    #[error("unsupported schema version {actual} for {event_type} (supported: {supported})")]
+    #[error("unsupported schema version {actual} for {event_type} (supported: 1 to {supported})")]
     SchemaVersion {
         event_type: EventType,
         actual: u16,
@@ -234,7 +316,9 @@ impl Envelope {
                 actual: self.event_type.clone(),
             });
         }
-        if self.schema_version != P::SCHEMA_VERSION {
+        // Older versions are read (what they lack has a default); a newer one changed the
+        // meaning of something and waits for this consumer's upgrade (then a replay).
+        if self.schema_version == 0 || self.schema_version > P::SCHEMA_VERSION {
             return Err(DecodeError::SchemaVersion {
                 event_type: P::EVENT_TYPE,
                 actual: self.schema_version,
@@ -262,7 +346,6 @@ macro_rules! catalog {
 pub const DEFAULT_PAYMENT_METHOD: &str = "pm_card_ok";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct PaymentRequested {
     pub merchant_id: Uuid,
     pub customer_id: CustomerId,
@@ -273,25 +356,21 @@ pub struct PaymentRequested {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RiskApproved {
     pub reason: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RiskReviewRequired {
     pub reason: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RiskDenied {
     pub reason: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct AuthorizeRequested {
     pub merchant_id: Uuid,
     pub customer_id: CustomerId,
@@ -299,10 +378,41 @@ pub struct AuthorizeRequested {
     pub currency: Currency,
     #[serde(default)]
     pub payment_method: PaymentMethod,
+    /// AUTOMATIC (default): the adapter captures as soon as the authorization succeeds, with
+    /// no command of the saga's; MANUAL: the capture waits for its command.
+    #[serde(default)]
+    pub capture_method: CaptureMethod,
+}
+
+/// When an authorization is captured.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum CaptureMethod {
+    /// By the provider adapter, right after the authorization.
+    #[default]
+    Automatic,
+    /// When the capture is asked for (`provider.capture.requested`).
+    Manual,
+}
+
+impl CaptureMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CaptureMethod::Automatic => "AUTOMATIC",
+            CaptureMethod::Manual => "MANUAL",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "AUTOMATIC" => Some(CaptureMethod::Automatic),
+            "MANUAL" => Some(CaptureMethod::Manual),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct PaymentFailed {
     pub provider: String,
     /// The provider's decline code, e.g. `card_declined`, `insufficient_funds`.
@@ -311,7 +421,6 @@ pub struct PaymentFailed {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct PaymentAuthorized {
     pub provider: String,
     pub authorization_id: String,
@@ -320,7 +429,6 @@ pub struct PaymentAuthorized {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct CaptureRequested {
     pub authorization_id: String,
     pub amount_minor: AmountMinor,
@@ -328,16 +436,18 @@ pub struct CaptureRequested {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct PaymentCaptured {
     pub provider: String,
     pub capture_id: String,
     pub amount_minor: AmountMinor,
     pub currency: Currency,
+    /// The authorization captured (so the saga can apply a capture that overtook its
+    /// authorization). Absent in events of older producers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorization_id: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct LedgerPostRequested {
     pub merchant_id: Uuid,
     pub capture_id: String,
@@ -346,7 +456,6 @@ pub struct LedgerPostRequested {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct PaymentSettled {
     pub journal_transaction_id: Uuid,
     pub amount_minor: AmountMinor,
@@ -354,7 +463,6 @@ pub struct PaymentSettled {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct LedgerPostFailed {
     pub reason: String,
 }
@@ -381,21 +489,20 @@ impl ProviderOperation {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ProviderRetriesExhausted {
     pub operation: ProviderOperation,
     pub attempts: u32,
     pub last_error: String,
     /// Set when the operation was a merchant-requested refund.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refund_id: Option<Uuid>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct VoidRequested {
     /// The authorization to void, when one is known; with an unknown outcome the void is
     /// addressed by the authorization's idempotency key instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authorization_id: Option<String>,
     pub amount_minor: AmountMinor,
     pub currency: Currency,
@@ -403,19 +510,17 @@ pub struct VoidRequested {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RefundRequested {
     pub capture_id: String,
     pub amount_minor: AmountMinor,
     pub currency: Currency,
     pub reason: String,
     /// A merchant-requested refund; `None` for the saga's own compensation (full refund).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refund_id: Option<Uuid>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct PaymentRefunded {
     pub refund_id: Uuid,
     pub provider: String,
@@ -432,7 +537,6 @@ pub fn capture_reversal_id(payment_id: Uuid) -> Uuid {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct LedgerRefundRequested {
     pub refund_id: Uuid,
     pub merchant_id: Uuid,
@@ -441,7 +545,6 @@ pub struct LedgerRefundRequested {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RefundPosted {
     pub refund_id: Uuid,
     pub journal_transaction_id: Uuid,
@@ -450,7 +553,6 @@ pub struct RefundPosted {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct PaymentReversed {
     pub provider: String,
     /// VOID or REFUND.
@@ -460,7 +562,6 @@ pub struct PaymentReversed {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct PaymentFinalized {
     pub status: PaymentStatus,
     pub merchant_id: Uuid,
@@ -588,6 +689,86 @@ mod tests {
         assert!(matches!(
             decoded.decode::<PaymentRequested>(),
             Err(DecodeError::Payload { .. })
+        ));
+    }
+
+    #[test]
+    fn every_channel_carries_something_and_commands_go_to_the_service_that_acts() {
+        for c in Channel::ALL {
+            assert!(
+                EventType::ALL.iter().any(|t| t.channel() == c),
+                "{c:?} is empty"
+            );
+        }
+        assert_eq!(EventType::AuthorizeRequested.channel(), Channel::Provider);
+        assert_eq!(EventType::PaymentCaptured.channel(), Channel::Orchestrator);
+        assert!(Channel::Payments.is_stream() && !Channel::Ledger.is_stream());
+    }
+
+    #[test]
+    fn an_older_consumer_reads_a_newer_producers_event() {
+        let mut newer = serde_json::to_value(Envelope::new(
+            Uuid::now_v7(),
+            None,
+            "c",
+            &LedgerPostFailed {
+                reason: "frozen".into(),
+            },
+        ))
+        .unwrap();
+        newer["partition_hint"] = serde_json::json!(3);
+        newer["payload"]["frozen_accounts"] = serde_json::json!(["USD:fee_revenue"]);
+        let env = Envelope::from_json(newer.to_string().as_bytes()).unwrap();
+        assert_eq!(env.decode::<LedgerPostFailed>().unwrap().reason, "frozen");
+    }
+
+    #[test]
+    fn a_newer_consumer_reads_an_older_producers_event() {
+        let older = serde_json::json!({
+            "event_id": Uuid::now_v7(), "event_type": "provider.authorize.requested",
+            "schema_version": 1, "occurred_at": "2026-11-01T00:00:00Z",
+            "payment_id": Uuid::now_v7(), "correlation_id": "c",
+            "payload": {"merchant_id": Uuid::now_v7(), "customer_id": "c1",
+                        "amount_minor": 100, "currency": "USD"}
+        });
+        let env = Envelope::from_json(older.to_string().as_bytes()).unwrap();
+        assert_eq!(env.causation_id, None);
+        let cmd: AuthorizeRequested = env.decode().unwrap();
+        assert_eq!(cmd.capture_method, CaptureMethod::Automatic);
+        assert_eq!(cmd.payment_method, PaymentMethod::default_card());
+        let captured = serde_json::json!({"provider": "p", "capture_id": "cap",
+                                          "amount_minor": 5, "currency": "USD"});
+        let captured: PaymentCaptured = serde_json::from_value(captured).unwrap();
+        assert_eq!(captured.authorization_id, None);
+    }
+
+    #[test]
+    fn absent_optional_fields_are_omitted() {
+        let env = Envelope::new(
+            Uuid::now_v7(),
+            None,
+            "c",
+            &VoidRequested {
+                authorization_id: None,
+                amount_minor: AmountMinor::new(5).unwrap(),
+                currency: Currency::parse("USD").unwrap(),
+                reason: "r".into(),
+            },
+        );
+        let json = serde_json::to_value(&env).unwrap();
+        assert!(json.get("causation_id").is_none(), "{json}");
+        assert!(json["payload"].get("authorization_id").is_none(), "{json}");
+    }
+
+    #[test]
+    fn older_schema_versions_are_read_and_newer_ones_refused() {
+        let mut env = Envelope::new(Uuid::now_v7(), None, "c", &requested());
+        env.schema_version = 0;
+        assert!(env.decode::<PaymentRequested>().is_err());
+        env.schema_version = 2;
+        assert!(matches!(
+            env.decode::<PaymentRequested>(),
+            Err(DecodeError::SchemaVersion { .. })
         ));
     }
 

@@ -10,7 +10,7 @@ pub mod per_currency;
 pub mod state;
 pub mod text;
 
-pub use events::{Envelope, EventType};
+pub use events::{Channel, Envelope, EventType};
 pub use money::{AmountMinor, Currency, MoneyError};
 pub use namespace::Namespace;
 pub use per_currency::PerCurrency;

@@ -1,6 +1,7 @@
 //! One namespace prefixes every topic, consumer group and database name, so that test suites
 //! run isolated (and in parallel) against one broker and one PostgreSQL server.
 
+use crate::events::{Channel, EventType};
 use std::fmt;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -32,9 +33,29 @@ impl Namespace {
         &self.0
     }
 
-    /// Kafka topic for an event type: `<namespace>.<event_type>`.
+    /// The Kafka topic an event type travels on: its channel's (`<namespace>.<channel>`).
+    /// A type the catalog does not know has no topic of its own: `<namespace>.<event_type>`,
+    /// which nothing creates.
     pub fn topic(&self, event_type: &str) -> String {
-        format!("{}.{}", self.0, event_type)
+        match EventType::parse(event_type) {
+            Some(t) => self.channel_topic(t.channel()),
+            None => format!("{}.{}", self.0, event_type),
+        }
+    }
+
+    /// The topic of a channel: `<namespace>.<channel>`.
+    pub fn channel_topic(&self, channel: Channel) -> String {
+        format!("{}.{}", self.0, channel.as_str())
+    }
+
+    /// Every topic of the namespace: its channels and its dead-letter topic.
+    pub fn all_topics(&self) -> Vec<String> {
+        let mut topics: Vec<String> = Channel::ALL
+            .iter()
+            .map(|c| self.channel_topic(*c))
+            .collect();
+        topics.push(self.dead_letter_topic());
+        topics
     }
 
     /// Consumer group of a service: `<namespace>.<service>`.
@@ -49,7 +70,7 @@ impl Namespace {
 
     /// The dead-letter topic shared by all services of this namespace.
     pub fn dead_letter_topic(&self) -> String {
-        self.topic("deadletter")
+        format!("{}.deadletter", self.0)
     }
 }
 
@@ -72,7 +93,9 @@ mod tests {
     #[test]
     fn names_derive_from_the_namespace() {
         let ns = Namespace::parse("t_42").unwrap();
-        assert_eq!(ns.topic("payments.requested"), "t_42.payments.requested");
+        assert_eq!(ns.topic("payments.requested"), "t_42.risk");
+        assert_eq!(ns.topic("payments.captured"), "t_42.orchestrator");
+        assert_eq!(ns.dead_letter_topic(), "t_42.deadletter");
         assert_eq!(ns.consumer_group("risk"), "t_42.risk");
         assert_eq!(ns.database("provider-adapter"), "t_42_provider_adapter");
     }

@@ -49,7 +49,7 @@ use anyhow::Context;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::FutureProducer;
-use sagapay_domain::Envelope;
+use sagapay_domain::{Envelope, EventType};
 use sqlx::{PgConnection, PgPool};
 use std::future::Future;
 use std::hash::{Hash, Hasher};
@@ -186,7 +186,11 @@ pub struct ConsumerSettings {
     /// Name recorded in the inbox and in dead letters: the service name.
     pub consumer_name: String,
     pub group_id: String,
+    /// The channels' topics (`<namespace>.<channel>`).
     pub topics: Vec<String>,
+    /// The event types the handler handles. Another type on the service's own channel is
+    /// dead-lettered; on a stream (the payments channel) it is passed over.
+    pub handles: Vec<EventType>,
     pub dead_letter_topic: String,
     pub retry_initial: Duration,
     pub retry_max: Duration,
@@ -474,7 +478,15 @@ impl<H: Handler> InboxConsumer<H> {
         for (i, d) in batch.iter().enumerate() {
             let mut ctx = MessageContext::new(&d.msg);
             // A message that is not an envelope is dead-lettered by the one-by-one path.
-            let envelope = parse(d.msg.payload().unwrap_or_default(), &ctx.topic).map_err(|_| i)?;
+            let parsed = parse(
+                d.msg.payload().unwrap_or_default(),
+                &ctx.topic,
+                &self.settings.handles,
+            )
+            .map_err(|_| i)?;
+            let Parsed::Handled(envelope) = parsed else {
+                continue; // another party's event on a stream
+            };
             if !self.handler.affects(&envelope) {
                 skipped.push(envelope);
                 continue;
@@ -490,6 +502,12 @@ impl<H: Handler> InboxConsumer<H> {
             return Ok(());
         }
         let mut tx = self.pool.begin().await.map_err(|_| 0usize)?;
+        // Every event of the batch goes into the inbox in one statement; those it did not
+        // insert were there already (or twice in the batch): duplicates, skipped.
+        let mut recorded = self
+            .record_batch_in_inbox(&mut tx, &items)
+            .await
+            .map_err(|_| 0usize)?;
         let mut fresh = Vec::with_capacity(items.len());
         for (i, envelope, ctx, span) in &items {
             let db_span = tracing::info_span!(
@@ -499,8 +517,8 @@ impl<H: Handler> InboxConsumer<H> {
                 db.system = "postgresql",
                 batch_size = batch.len()
             );
+            let inserted = recorded.remove(&envelope.event_id);
             let applied = async {
-                let inserted = self.record_in_inbox(&mut tx, envelope, ctx).await?;
                 if inserted {
                     self.handler.handle(&mut tx, envelope, ctx).await?;
                 }
@@ -549,6 +567,44 @@ impl<H: Handler> InboxConsumer<H> {
             .events_consumed_total
             .with_label_values(&[&envelope.event_type])
             .inc();
+    }
+
+    /// Records the events of a batch in the inbox, in one statement; returns the ids it
+    /// inserted (the others were there already, or are repeated in the batch).
+    async fn record_batch_in_inbox(
+        &self,
+        conn: &mut PgConnection,
+        items: &[(usize, Envelope, MessageContext, tracing::Span)],
+    ) -> sqlx::Result<std::collections::HashSet<uuid::Uuid>> {
+        let mut ids = Vec::with_capacity(items.len());
+        let mut types = Vec::with_capacity(items.len());
+        let mut topics = Vec::with_capacity(items.len());
+        let mut partitions = Vec::with_capacity(items.len());
+        let mut offsets = Vec::with_capacity(items.len());
+        for (_, envelope, ctx, _) in items {
+            ids.push(envelope.event_id);
+            types.push(envelope.event_type.as_str());
+            topics.push(ctx.topic.as_str());
+            partitions.push(ctx.partition);
+            offsets.push(ctx.offset);
+        }
+        let inserted: Vec<uuid::Uuid> = sqlx::query_scalar(
+            "INSERT INTO inbox (event_id, consumer, event_type, topic, kafka_partition, kafka_offset)
+             SELECT e, $2, t, tp, p, o
+               FROM UNNEST($1::uuid[], $3::text[], $4::text[], $5::int[], $6::bigint[])
+                    AS u(e, t, tp, p, o)
+             ON CONFLICT (event_id, consumer) DO NOTHING
+             RETURNING event_id",
+        )
+        .bind(&ids)
+        .bind(&self.settings.consumer_name)
+        .bind(&types)
+        .bind(&topics)
+        .bind(&partitions)
+        .bind(&offsets)
+        .fetch_all(conn)
+        .await?;
+        Ok(inserted.into_iter().collect())
     }
 
     /// Records the event in the inbox; false when it was there already (a duplicate).
@@ -601,8 +657,9 @@ impl<H: Handler> InboxConsumer<H> {
         let msg = &d.msg;
         let mut ctx = MessageContext::new(msg);
         let value = msg.payload().unwrap_or_default();
-        let envelope = match parse(value, &ctx.topic) {
-            Ok(env) => env,
+        let envelope = match parse(value, &ctx.topic, &self.settings.handles) {
+            Ok(Parsed::Handled(env)) => env,
+            Ok(Parsed::NotFollowed) => return Ok(Outcome::Done),
             Err(error) => {
                 let mut letter = self.letter(msg, &ctx, None, &error, Classification::NonRetryable);
                 (letter.event_id, letter.event_type) = identify(value);
@@ -836,19 +893,35 @@ fn identify(value: &[u8]) -> (Option<String>, Option<String>) {
     (ids.event_id.map(|id| id.to_string()), event_type)
 }
 
-/// Reads an envelope and checks it belongs on the topic it came from.
-fn parse(value: &[u8], topic: &str) -> Result<Envelope, String> {
+/// What a message is to this consumer.
+enum Parsed {
+    /// An envelope of a type it handles, on the right channel.
+    Handled(Envelope),
+    /// A type it does not follow, on a stream: passed over.
+    NotFollowed,
+}
+
+/// Reads an envelope and checks it belongs on the topic it came from and to this consumer.
+fn parse(value: &[u8], topic: &str, handles: &[EventType]) -> Result<Parsed, String> {
     let env = Envelope::from_json(value).map_err(|e| e.to_string())?;
-    if env.event_type().is_none() {
+    let Some(event_type) = env.event_type() else {
         return Err(format!("unknown event type {:?}", env.event_type));
-    }
-    if !topic.ends_with(&format!(".{}", env.event_type)) {
+    };
+    let channel = event_type.channel();
+    if !topic.ends_with(&format!(".{}", channel.as_str())) {
         return Err(format!(
-            "event type {} does not belong on topic {topic}",
-            env.event_type
+            "event type {} travels on the {} channel, not on topic {topic}",
+            env.event_type,
+            channel.as_str()
         ));
     }
-    Ok(env)
+    if handles.contains(&event_type) {
+        Ok(Parsed::Handled(env))
+    } else if channel.is_stream() {
+        Ok(Parsed::NotFollowed)
+    } else {
+        Err(format!("event type {} is not handled here", env.event_type))
+    }
 }
 
 #[cfg(test)]
@@ -857,18 +930,36 @@ mod tests {
     use sagapay_domain::events::RiskApproved;
 
     #[test]
-    fn parse_rejects_garbage_unknown_types_and_misrouted_events() {
-        assert!(parse(b"not json", "ns.risk.approved").is_err());
+    fn parse_rejects_garbage_unknown_types_misrouted_and_unhandled_events() {
+        let handles = [EventType::RiskApproved, EventType::PaymentFinalized];
+        let ok = |r: Result<Parsed, String>| matches!(r, Ok(Parsed::Handled(_)));
+        assert!(parse(b"not json", "ns.orchestrator", &handles).is_err());
         let env = Envelope::new(
             uuid::Uuid::now_v7(),
             None,
             "c",
             &RiskApproved { reason: "r".into() },
         );
-        assert!(parse(&env.to_json(), "ns.risk.approved").is_ok());
-        assert!(parse(&env.to_json(), "ns.payments.requested").is_err());
+        assert!(ok(parse(&env.to_json(), "ns.orchestrator", &handles)));
+        assert!(
+            parse(&env.to_json(), "ns.risk", &handles).is_err(),
+            "misrouted"
+        );
+        assert!(
+            parse(&env.to_json(), "ns.orchestrator", &[EventType::RiskDenied]).is_err(),
+            "not handled on the service's own channel"
+        );
         let mut unknown = env.clone();
         unknown.event_type = "risk.maybe".into();
-        assert!(parse(&unknown.to_json(), "ns.risk.maybe").is_err());
+        assert!(parse(&unknown.to_json(), "ns.orchestrator", &handles).is_err());
+        let mut other = env.clone();
+        other.event_type = "payments.finalized".into();
+        assert!(
+            matches!(
+                parse(&other.to_json(), "ns.payments", &[EventType::RiskApproved]),
+                Ok(Parsed::NotFollowed)
+            ),
+            "passed over on a stream"
+        );
     }
 }

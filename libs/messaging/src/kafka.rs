@@ -38,7 +38,7 @@ impl Default for KafkaSettings {
     fn default() -> Self {
         Self {
             brokers: "127.0.0.1:9092".into(),
-            partitions: 3,
+            partitions: 12,
             producer_overrides: Vec::new(),
             consumer_overrides: Vec::new(),
         }

@@ -70,6 +70,11 @@ impl Outbox {
         Ok(())
     }
 
+    /// The topic `envelope` is published to: its event type's channel.
+    pub fn topic(&self, envelope: &Envelope) -> String {
+        self.namespace.topic(&envelope.event_type)
+    }
+
     /// The outbox row of `envelope`, for a statement that inserts it together with the change
     /// that causes it (one round trip instead of two): list [`OUTBOX_COLUMNS`] and give the
     /// row's values with [`OutboxRow::bind`].

@@ -4,10 +4,11 @@
 //! | variable | default | meaning |
 //! |---|---|---|
 //! | `SAGAPAY_NAMESPACE` | `sagapay` | prefix of topics, consumer groups and databases |
+//! | `SAGAPAY_INSTANCE_ID` | none | this instance's id when several run (1-32 of `a-z 0-9 _ -`): Kafka static group membership, the `service_instance` label of metrics, `service_instance` in logs |
 //! | `SAGAPAY_ENVIRONMENT` | `development` | `development` or `production` |
 //! | `SAGAPAY_POSTGRES_URL` | `postgres://sagapay:sagapay@127.0.0.1:5432` | server, without database |
 //! | `SAGAPAY_KAFKA_BROKERS` | `127.0.0.1:9092` | bootstrap servers |
-//! | `SAGAPAY_KAFKA_PARTITIONS` | `3` | partitions of topics created by the service |
+//! | `SAGAPAY_KAFKA_PARTITIONS` | `12` | partitions of the channels a service creates (the most instances of one service that can share a channel) |
 //! | `SAGAPAY_KAFKA_PRODUCER_CONFIG` | empty | librdkafka producer properties over ours, `k=v,k=v` |
 //! | `SAGAPAY_KAFKA_CONSUMER_CONFIG` | empty | librdkafka consumer properties over ours, `k=v,k=v` |
 //! | `SAGAPAY_HTTP_ADDR` | `127.0.0.1:<service port>` | where the HTTP API listens |
@@ -35,6 +36,8 @@ pub enum Environment {
 pub struct CommonConfig {
     pub service: &'static str,
     pub namespace: Namespace,
+    /// This instance's id, when several instances of the service run.
+    pub instance_id: Option<String>,
     pub environment: Environment,
     /// `postgres://user:password@host:port`, without a database name.
     pub postgres_url: String,
@@ -101,14 +104,29 @@ impl CommonConfig {
         let http_addr = env_or("SAGAPAY_HTTP_ADDR", &format!("127.0.0.1:{default_port}"))
             .parse()
             .context("SAGAPAY_HTTP_ADDR")?;
+        let instance_id = match env_or("SAGAPAY_INSTANCE_ID", "") {
+            id if id.is_empty() => None,
+            id => {
+                anyhow::ensure!(
+                    id.len() <= 32
+                        && id.bytes().all(|b| b.is_ascii_lowercase()
+                            || b.is_ascii_digit()
+                            || b == b'_'
+                            || b == b'-'),
+                    "SAGAPAY_INSTANCE_ID must be 1-32 of a-z, 0-9, '_', '-', got {id:?}"
+                );
+                Some(id)
+            }
+        };
         Ok(Self {
             service,
             namespace,
+            instance_id,
             environment,
             postgres_url: env_or("SAGAPAY_POSTGRES_URL", DEFAULT_POSTGRES_URL),
             kafka: KafkaSettings {
                 brokers: env_or("SAGAPAY_KAFKA_BROKERS", "127.0.0.1:9092"),
-                partitions: env_parse("SAGAPAY_KAFKA_PARTITIONS", 3)?,
+                partitions: env_parse("SAGAPAY_KAFKA_PARTITIONS", 12)?,
                 producer_overrides: sagapay_messaging::kafka::parse_overrides(&env_or(
                     "SAGAPAY_KAFKA_PRODUCER_CONFIG",
                     "",
@@ -151,6 +169,7 @@ impl CommonConfig {
         Self {
             service,
             namespace,
+            instance_id: None,
             environment: Environment::Development,
             postgres_url: env_or("SAGAPAY_POSTGRES_URL", DEFAULT_POSTGRES_URL),
             kafka: KafkaSettings {

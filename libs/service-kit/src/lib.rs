@@ -39,10 +39,5 @@ pub async fn drop_namespace(
     for service in SERVICES {
         db::drop_database(postgres_url, &ns.database(service)).await?;
     }
-    let mut topics: Vec<String> = sagapay_domain::EventType::ALL
-        .iter()
-        .map(|t| ns.topic(t.as_str()))
-        .collect();
-    topics.push(ns.dead_letter_topic());
-    kafka.delete_topics(&topics).await
+    kafka.delete_topics(&ns.all_topics()).await
 }

@@ -8,7 +8,7 @@ use crate::runtime::ServiceBuilder;
 use axum::Router;
 use prometheus::Registry;
 use rdkafka::producer::FutureProducer;
-use sagapay_domain::EventType;
+use sagapay_domain::{Channel, EventType};
 use sagapay_messaging::{
     ConsumerHealth, ConsumerSettings, Handler, InboxConsumer, MessagingMetrics, Outbox, OutboxRelay,
 };
@@ -38,7 +38,7 @@ impl Platform {
         consumes: &[EventType],
         produces: &[EventType],
     ) -> anyhow::Result<Self> {
-        sagapay_telemetry::init(config.service);
+        sagapay_telemetry::init(config.service, config.instance_id.as_deref());
         let pool = db::prepare(&config, migrations).await?;
         let producer = config.kafka.producer(config.service)?;
         let mut topics: Vec<String> = consumes
@@ -50,14 +50,12 @@ impl Platform {
         topics.sort();
         topics.dedup();
         config.kafka.ensure_topics(&topics).await?;
-        let registry = Registry::new_custom(
-            None,
-            Some(
-                [("service".to_owned(), config.service.to_owned())]
-                    .into_iter()
-                    .collect(),
-            ),
-        )?;
+        let mut labels: std::collections::HashMap<String, String> =
+            [("service".to_owned(), config.service.to_owned())].into();
+        if let Some(instance) = &config.instance_id {
+            labels.insert("service_instance".to_owned(), instance.clone());
+        }
+        let registry = Registry::new_custom(None, Some(labels))?;
         let messaging_metrics = MessagingMetrics::register(&registry)?;
         let http_metrics = HttpMetrics::register(&registry)?;
         let outbox = Outbox::new(config.namespace.clone());
@@ -99,8 +97,14 @@ impl Platform {
         self.spawn_consumer_in_lanes(builder, handler, consumes, self.config.consumer_lanes)
     }
 
-    /// Starts an inbox consumer of `consumes` that runs `handler` in `lanes` lanes, for a
-    /// service whose handlers must not run in parallel with each other.
+    /// Starts the inbox consumers of `consumes`, each running `handler` in `lanes` lanes (one
+    /// lane: for a service whose handlers must not run in parallel with each other).
+    ///
+    /// One consumer, and one consumer group, per channel the service reads: `<ns>.<service>`
+    /// for its own channel, `<ns>.<service>.<channel>` for a stream it follows. So each
+    /// channel's partitions are shared evenly between the service's instances (a group
+    /// reading several topics balances partition counts across all of them, and could give
+    /// one instance all of the busy topic).
     pub fn spawn_consumer_in_lanes<H: Handler>(
         &self,
         builder: &mut ServiceBuilder,
@@ -109,31 +113,62 @@ impl Platform {
         lanes: usize,
     ) -> anyhow::Result<()> {
         assert!(lanes >= 1, "a consumer needs at least one lane");
-        let group_id = self.config.namespace.consumer_group(self.config.service);
-        let settings = ConsumerSettings {
-            consumer_name: self.config.service.to_owned(),
-            group_id,
-            topics: consumes.iter().map(|t| self.config.topic(*t)).collect(),
-            dead_letter_topic: self.config.namespace.dead_letter_topic(),
-            retry_initial: Duration::from_millis(100),
-            retry_max: Duration::from_secs(5),
-            retry_attempts: self.config.consumer_retry_attempts,
-            retry_budget: self.config.consumer_retry_budget,
-            lanes,
-            max_batch: self.config.consumer_batch,
-        };
         self.messaging_metrics
             .expect_events(consumes.iter().map(|t| t.as_str()));
-        let inbox = InboxConsumer::new(
-            &self.config.kafka,
-            self.producer.clone(),
-            self.pool.clone(),
-            handler,
-            settings,
-            self.messaging_metrics.clone(),
-        )?
-        .report_to(&self.consumer_health);
-        builder.spawn("inbox-consumer", move |shutdown| inbox.run(shutdown));
+        let mut channels: Vec<Channel> = consumes.iter().map(|t| t.channel()).collect();
+        channels.sort();
+        channels.dedup();
+        for channel in channels {
+            let ns = &self.config.namespace;
+            let group_id = if channel.is_stream() {
+                format!(
+                    "{}.{}",
+                    ns.consumer_group(self.config.service),
+                    channel.as_str()
+                )
+            } else {
+                ns.consumer_group(self.config.service)
+            };
+            let settings = ConsumerSettings {
+                consumer_name: self.config.service.to_owned(),
+                group_id,
+                topics: vec![ns.channel_topic(channel)],
+                handles: consumes
+                    .iter()
+                    .copied()
+                    .filter(|t| t.channel() == channel)
+                    .collect(),
+                dead_letter_topic: ns.dead_letter_topic(),
+                retry_initial: Duration::from_millis(100),
+                retry_max: Duration::from_secs(5),
+                retry_attempts: self.config.consumer_retry_attempts,
+                retry_budget: self.config.consumer_retry_budget,
+                lanes,
+                max_batch: self.config.consumer_batch,
+            };
+            // Static group membership: a restarted instance takes its partitions back at
+            // once, without waiting for the group to notice it left.
+            let mut kafka = self.config.kafka.clone();
+            if let Some(instance) = &self.config.instance_id {
+                kafka.consumer_overrides.insert(
+                    0,
+                    (
+                        "group.instance.id".to_owned(),
+                        format!("{}-{instance}", self.config.service),
+                    ),
+                );
+            }
+            let inbox = InboxConsumer::new(
+                &kafka,
+                self.producer.clone(),
+                self.pool.clone(),
+                handler.clone(),
+                settings,
+                self.messaging_metrics.clone(),
+            )?
+            .report_to(&self.consumer_health);
+            builder.spawn("inbox-consumer", move |shutdown| inbox.run(shutdown));
+        }
         Ok(())
     }
 

@@ -11,7 +11,7 @@ pub use traces::{continue_trace, new_traceparent, shutdown};
 /// JSON logs on stdout (see `logs`), filtered by `RUST_LOG` (default `info`), and OpenTelemetry
 /// traces when `OTEL_EXPORTER_OTLP_ENDPOINT` is set (see `traces`). Safe to call more than once
 /// (tests start several services in one process): later calls do nothing.
-pub fn init(service_name: &'static str) {
+pub fn init(service_name: &'static str, service_instance: Option<&str>) {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
@@ -19,7 +19,10 @@ pub fn init(service_name: &'static str) {
     });
     let fmt = tracing_subscriber::fmt::layer()
         .fmt_fields(logs::span_fields())
-        .event_format(logs::FlatJson { service_name });
+        .event_format(logs::FlatJson {
+            service_name,
+            service_instance: service_instance.map(str::to_owned),
+        });
     let otel = traces::provider(service_name)
         .map(|p| tracing_opentelemetry::layer().with_tracer(traces::tracer(&p)));
     let _ = tracing_subscriber::registry()

@@ -11,9 +11,10 @@ use tracing_subscriber::fmt::format::{FormatEvent, FormatFields, JsonFields, Wri
 use tracing_subscriber::fmt::{FmtContext, FormattedFields};
 use tracing_subscriber::registry::LookupSpan;
 
-/// The process's service, for lines logged outside any service span.
+/// The process's service (and instance, when several run), for every line.
 pub struct FlatJson {
     pub service_name: &'static str,
+    pub service_instance: Option<String>,
 }
 
 struct Fields<'a>(&'a mut Map<String, Value>);
@@ -61,6 +62,9 @@ where
             Value::from(event.metadata().level().as_str()),
         );
         line.insert("service_name".into(), Value::from(self.service_name));
+        if let Some(instance) = &self.service_instance {
+            line.insert("service_instance".into(), Value::from(instance.as_str()));
+        }
         // Span fields, outermost first, so inner spans override outer ones.
         if let Some(scope) = ctx.event_scope() {
             for span in scope.from_root() {

@@ -36,6 +36,7 @@ pub fn authorize(p: &PaymentRow) -> anyhow::Result<AuthorizeRequested> {
         amount_minor: amount(p)?,
         currency: currency(p)?,
         payment_method: p.payment_method.clone(),
+        capture_method: p.capture_method,
     })
 }
 

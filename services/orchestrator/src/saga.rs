@@ -2,15 +2,15 @@
 //! checked transition and enqueues the next command, so a step's effect, its inbox row and its
 //! follow-up event commit together or not at all.
 
+use crate::commands;
 use crate::deadlines::Deadlines;
 use crate::store::{self, Compensation, Facts, PaymentRow, Transition, TransitionFailure};
 use crate::SagaMetrics;
 use anyhow::anyhow;
 use sagapay_domain::events::{
-    AuthorizeRequested, CaptureRequested, LedgerPostFailed, LedgerPostRequested, PaymentAuthorized,
-    PaymentCaptured, PaymentFailed, PaymentFinalized, PaymentReversed, PaymentSettled,
-    ProviderOperation, ProviderRetriesExhausted, RefundRequested, RiskApproved, RiskDenied,
-    RiskReviewRequired, VoidRequested,
+    CaptureMethod, LedgerPostFailed, PaymentAuthorized, PaymentCaptured, PaymentFailed,
+    PaymentReversed, PaymentSettled, ProviderOperation, ProviderRetriesExhausted, RiskApproved,
+    RiskDenied, RiskReviewRequired,
 };
 use sagapay_domain::events::{LedgerRefundRequested, PaymentRefunded, RefundPosted};
 use sagapay_domain::{AmountMinor, Currency, Envelope, EventType, PaymentStatus};
@@ -55,13 +55,8 @@ impl Handler for Saga {
                     return self.ignored(ctx, env, why);
                 }
                 let reason = format!("risk approved: {}", ev.reason);
-                let next = env.follow_up(&AuthorizeRequested {
-                    merchant_id: payment.merchant_id,
-                    customer_id: payment.customer_id.clone(),
-                    amount_minor: amount(&payment)?,
-                    currency: currency(&payment)?,
-                    payment_method: payment.payment_method.clone(),
-                });
+                let next =
+                    env.follow_up(&commands::authorize(&payment).map_err(HandlerError::permanent)?);
                 self.apply(
                     conn,
                     ctx,
@@ -146,22 +141,22 @@ impl Handler for Saga {
                     authorization_id: Some(&ev.authorization_id),
                     ..Facts::default()
                 };
-                // A compensation already under way (an operator failed the payment while its
-                // authorization was in flight) voids this authorization: nothing is captured.
-                let (reason, next) = if payment.compensation.is_some() {
-                    let reason = format!(
+                // No command follows: the adapter captures an automatic payment by itself (its
+                // capture comes next on this channel), a manual one waits for its capture
+                // command, and one being compensated is voided.
+                let reason = match (payment.compensation, payment.capture_method) {
+                    (Some(_), _) => format!(
                         "authorized by {} ({}) while being compensated: not captured",
                         ev.provider, ev.authorization_id
-                    );
-                    (reason, None)
-                } else {
-                    let reason = format!("authorized by {} ({})", ev.provider, ev.authorization_id);
-                    let next = env.follow_up(&CaptureRequested {
-                        authorization_id: ev.authorization_id.clone(),
-                        amount_minor: amount(&payment)?,
-                        currency: currency(&payment)?,
-                    });
-                    (reason, Some(next))
+                    ),
+                    (None, CaptureMethod::Automatic) => format!(
+                        "authorized by {} ({}); captured automatically",
+                        ev.provider, ev.authorization_id
+                    ),
+                    (None, CaptureMethod::Manual) => format!(
+                        "authorized by {} ({}); waiting for the capture",
+                        ev.provider, ev.authorization_id
+                    ),
                 };
                 self.apply(
                     conn,
@@ -171,14 +166,14 @@ impl Handler for Saga {
                     &reason,
                     env,
                     facts,
-                    next.as_ref(),
+                    None,
                 )
                 .await?;
             }
             EventType::PaymentCaptured => {
                 let ev: PaymentCaptured = env.decode()?;
-                if let Step::Ignore(why) = self.expect(&payment, &[PaymentStatus::Authorized], env)
-                {
+                let allowed = [PaymentStatus::Authorized, PaymentStatus::Approved];
+                if let Step::Ignore(why) = self.expect(&payment, &allowed, env) {
                     return self.ignored(ctx, env, why);
                 }
                 let reported = (ev.amount_minor, ev.currency);
@@ -188,6 +183,40 @@ impl Handler for Saga {
                 {
                     return Ok(());
                 }
+                // The capture overtook its authorization (two relays of the adapter published
+                // them out of order): the authorization it names is applied first, the
+                // authorization's own event will be stale.
+                let payment = if payment.status == PaymentStatus::Approved {
+                    let Some(authorization_id) = ev.authorization_id.as_deref() else {
+                        return Err(HandlerError::permanent(anyhow!(
+                            "a capture without its authorization id, before the authorization"
+                        )));
+                    };
+                    let reason = format!(
+                        "authorized by {} ({authorization_id}), learnt from its capture",
+                        ev.provider
+                    );
+                    let facts = Facts {
+                        authorization_id: Some(authorization_id),
+                        ..Facts::default()
+                    };
+                    self.apply(
+                        conn,
+                        ctx,
+                        &payment,
+                        PaymentStatus::Authorized,
+                        &reason,
+                        env,
+                        facts,
+                        None,
+                    )
+                    .await?;
+                    store::load_for_update(conn, payment.payment_id)
+                        .await?
+                        .ok_or_else(|| HandlerError::permanent(anyhow!("payment vanished")))?
+                } else {
+                    payment
+                };
                 if payment.compensation.is_some() {
                     // Captured while being compensated (an operator failed it with the capture
                     // in flight): recorded, never posted; the adapter turns the pending void
@@ -218,12 +247,9 @@ impl Handler for Saga {
                     capture_id: Some(&ev.capture_id),
                     ..Facts::default()
                 };
-                let next = env.follow_up(&LedgerPostRequested {
-                    merchant_id: payment.merchant_id,
-                    capture_id: ev.capture_id.clone(),
-                    amount_minor: ev.amount_minor,
-                    currency: ev.currency,
-                });
+                let next = env.follow_up(
+                    &commands::post(&payment, &ev.capture_id).map_err(HandlerError::permanent)?,
+                );
                 self.apply(
                     conn,
                     ctx,
@@ -281,13 +307,13 @@ impl Handler for Saga {
                     "ledger refused the posting ({}): refunding the capture",
                     ev.reason
                 );
-                let next = env.follow_up(&RefundRequested {
-                    capture_id,
-                    amount_minor: amount(&payment)?,
-                    currency: currency(&payment)?,
-                    reason: format!("ledger refused the posting: {}", ev.reason),
-                    refund_id: None,
-                });
+                let mut refund = commands::refund_capture(
+                    &payment,
+                    &format!("ledger refused the posting: {}", ev.reason),
+                )
+                .map_err(HandlerError::permanent)?;
+                refund.capture_id = capture_id;
+                let next = env.follow_up(&refund);
                 self.compensate(
                     conn,
                     &payment,
@@ -543,12 +569,13 @@ impl Saga {
             "{op} outcome unknown after {} attempts ({}): voiding the authorization",
             ev.attempts, ev.last_error
         );
-        let next = env.follow_up(&VoidRequested {
-            authorization_id: payment.authorization_id.clone(),
-            amount_minor: amount(payment)?,
-            currency: currency(payment)?,
-            reason: format!("{op} outcome unknown after {} attempts", ev.attempts),
-        });
+        let next = env.follow_up(
+            &commands::void(
+                payment,
+                &format!("{op} outcome unknown after {} attempts", ev.attempts),
+            )
+            .map_err(HandlerError::permanent)?,
+        );
         self.compensate(
             conn,
             payment,
@@ -774,16 +801,10 @@ impl Saga {
         facts: Facts<'_>,
     ) -> Result<(), HandlerError> {
         debug_assert!(status.is_terminal());
-        let (amount_minor, currency) = (amount(payment)?, currency(payment)?);
-        let next = env.follow_up(&PaymentFinalized {
-            status,
-            merchant_id: payment.merchant_id,
-            customer_id: payment.customer_id.clone(),
-            amount_minor,
-            currency,
-            reason: reason.to_owned(),
-            created_at: payment.created_at,
-        });
+        let finalized =
+            commands::finalized(payment, status, reason).map_err(HandlerError::permanent)?;
+        let (amount_minor, currency) = (finalized.amount_minor, finalized.currency);
+        let next = env.follow_up(&finalized);
         self.apply(conn, ctx, payment, status, reason, env, facts, Some(&next))
             .await?;
         let elapsed_s = (chrono::Utc::now() - payment.created_at)
@@ -821,12 +842,4 @@ fn progress(s: PaymentStatus) -> u8 {
         | PaymentStatus::PartiallyRefunded
         | PaymentStatus::Refunded => 5,
     }
-}
-
-fn amount(p: &PaymentRow) -> Result<AmountMinor, HandlerError> {
-    AmountMinor::new(p.amount_minor).map_err(HandlerError::permanent)
-}
-
-fn currency(p: &PaymentRow) -> Result<Currency, HandlerError> {
-    Currency::parse(&p.currency).map_err(HandlerError::permanent)
 }

@@ -5,6 +5,7 @@
 //! re-sent step.
 
 use chrono::{DateTime, Utc};
+use sagapay_domain::events::CaptureMethod;
 use sagapay_domain::{CustomerId, PaymentMethod, PaymentStatus, TextError, TransitionError};
 use sagapay_messaging::{OutboxRow, OUTBOX_COLUMNS};
 use serde::Serialize;
@@ -62,13 +63,14 @@ pub struct PaymentRow {
     pub attention_since: Option<DateTime<Utc>>,
     pub attention_reason: Option<String>,
     pub compensation: Option<Compensation>,
+    pub capture_method: CaptureMethod,
 }
 
 pub(crate) const PAYMENT_COLUMNS: &str =
     "payment_id, merchant_id, customer_id, amount_minor, currency, status, \
      state_version, request_fingerprint, payment_method, authorization_id, capture_id, \
      correlation_id, created_at, updated_at, deadline_at, nudges, attention_since, \
-     attention_reason, compensation";
+     attention_reason, compensation, capture_method";
 
 /// A text column read as the domain type that parses it.
 fn parsed<T>(
@@ -114,6 +116,13 @@ pub(crate) fn payment_from_row(r: &sqlx::postgres::PgRow) -> sqlx::Result<Paymen
                 })
             })
             .transpose()?,
+        capture_method: {
+            let m: String = r.try_get("capture_method")?;
+            CaptureMethod::parse(&m).ok_or_else(|| sqlx::Error::ColumnDecode {
+                index: "capture_method".into(),
+                source: format!("unknown capture method {m:?}").into(),
+            })?
+        },
     })
 }
 

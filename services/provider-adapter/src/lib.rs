@@ -237,6 +237,10 @@ impl CommandHandler {
                 .flatten(),
             reason: request.reason.as_deref().unwrap_or_default(),
             provider: self.provider,
+            authorization_id: match operation {
+                ProviderOperation::Capture => request.reference.as_deref(),
+                _ => None,
+            },
         };
         let last_error = existing.last_error.clone().unwrap_or_default();
         let ending_outcome;
@@ -339,6 +343,7 @@ impl Handler for CommandHandler {
                         payment_method: c.payment_method.into(),
                         reference: None,
                         reason: None,
+                        capture_method: c.capture_method,
                     },
                 )
             }
@@ -352,6 +357,7 @@ impl Handler for CommandHandler {
                         payment_method: String::new(),
                         reference: Some(c.authorization_id),
                         reason: None,
+                        capture_method: Default::default(),
                     },
                 )
             }
@@ -365,6 +371,7 @@ impl Handler for CommandHandler {
                         payment_method: String::new(),
                         reference: c.authorization_id,
                         reason: Some(c.reason),
+                        capture_method: Default::default(),
                     },
                 )
             }
@@ -379,6 +386,7 @@ impl Handler for CommandHandler {
                         payment_method: String::new(),
                         reference: Some(c.capture_id),
                         reason: Some(c.reason),
+                        capture_method: Default::default(),
                     },
                 )
             }

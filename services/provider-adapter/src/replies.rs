@@ -24,6 +24,8 @@ pub struct Answering<'a> {
     /// The reason a void or refund was asked for.
     pub reason: &'a str,
     pub provider: &'a str,
+    /// The authorization a capture captures.
+    pub authorization_id: Option<&'a str>,
 }
 
 /// How the operation ended.
@@ -70,6 +72,7 @@ impl Answering<'_> {
                         capture_id: reference,
                         amount_minor,
                         currency,
+                        authorization_id: self.authorization_id.map(str::to_owned),
                     }),
                     (ProviderOperation::Refund, Some(refund_id)) => {
                         self.envelope(&PaymentRefunded {

@@ -18,7 +18,7 @@ use crate::replies::{Answering, Ending};
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use prometheus::{IntCounter, IntCounterVec};
-use sagapay_domain::events::ProviderOperation;
+use sagapay_domain::events::{CaptureMethod, CaptureRequested, ProviderOperation};
 use sagapay_domain::{AmountMinor, Currency, Envelope};
 use sagapay_messaging::deadletter::Origin;
 use sagapay_messaging::wakeup::Wakeup;
@@ -44,6 +44,9 @@ pub struct OperationRequest {
     pub payment_method: String,
     pub reference: Option<String>,
     pub reason: Option<String>,
+    /// For an authorization: whether the adapter captures it right after.
+    #[serde(default)]
+    pub capture_method: CaptureMethod,
 }
 
 #[derive(Debug, Clone)]
@@ -84,6 +87,10 @@ impl Claimed {
             refund_id: self.refund_id(),
             reason: self.request.reason.as_deref().unwrap_or_default(),
             provider,
+            authorization_id: match self.operation {
+                ProviderOperation::Capture => self.request.reference.as_deref(),
+                _ => None,
+            },
         }
     }
 }
@@ -419,6 +426,14 @@ impl<P: PaymentProvider> Worker<P> {
                     decline_code.as_deref(),
                 )
                 .await?;
+                if let (
+                    ProviderOperation::Authorize,
+                    CaptureMethod::Automatic,
+                    Some((authorization_id, ..)),
+                ) = (op.operation, op.request.capture_method, result)
+                {
+                    self.capture_next(&mut tx, op, authorization_id).await?;
+                }
                 Some(answering.event(Ending::Outcome(&outcome)))
             }
             Next::NotPerformed => {
@@ -501,6 +516,60 @@ impl<P: PaymentProvider> Worker<P> {
                 .with_label_values(&[op.operation.as_str()])
                 .inc();
         }
+        Ok(())
+    }
+
+    /// Automatic capture: schedules the capture of the authorization that just succeeded, in
+    /// the authorization's transaction, so that `payments.captured` follows
+    /// `payments.authorized` on the saga's channel with no command in between. Not when a void
+    /// of the payment was asked for meanwhile. The capture's command is recorded as if the saga
+    /// had sent it (a replay of its dead letter re-arms it).
+    async fn capture_next(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        op: &Claimed,
+        authorization_id: &str,
+    ) -> anyhow::Result<()> {
+        let command = Envelope::new(
+            op.payment_id,
+            Some(op.source_event_id),
+            &op.correlation_id,
+            &CaptureRequested {
+                authorization_id: authorization_id.to_owned(),
+                amount_minor: op.request.amount_minor,
+                currency: op.request.currency,
+            },
+        );
+        let request = OperationRequest {
+            reference: Some(authorization_id.to_owned()),
+            reason: None,
+            capture_method: CaptureMethod::Automatic,
+            ..op.request.clone()
+        };
+        sqlx::query(
+            "INSERT INTO provider_operations (operation_id, payment_id, operation, request,
+                                              source_event_id, correlation_id, headers,
+                                              source_envelope, source_topic, operation_key, give_up_at)
+             SELECT $1, $2, 'CAPTURE', $3, $4, $5, $6, $7, $8, '', now() + make_interval(secs => $9)
+              WHERE NOT EXISTS (SELECT 1 FROM provider_operations
+                                 WHERE payment_id = $2 AND operation = 'VOID')
+             ON CONFLICT (payment_id, operation, operation_key) DO NOTHING",
+        )
+        .bind(Uuid::now_v7())
+        .bind(op.payment_id)
+        .bind(sqlx::types::Json(&request))
+        .bind(command.event_id)
+        .bind(&op.correlation_id)
+        .bind(sqlx::types::Json(op.headers.propagated()))
+        .bind(sqlx::types::Json(&command))
+        .bind(self.outbox.topic(&command))
+        .bind(
+            self.settings
+                .give_up_after(ProviderOperation::Capture)
+                .as_secs_f64(),
+        )
+        .execute(tx)
+        .await?;
         Ok(())
     }
 

@@ -437,12 +437,15 @@ pub fn target_binary(name: &str) -> std::path::PathBuf {
 
 /// The six services as real processes (the debug binaries), each on a port of its own from a
 /// range given by the test, logging to files in a directory of the test's own. Killed when
-/// dropped.
+/// dropped. With several instances, instance `i` of a service has the id `i`
+/// (`SAGAPAY_INSTANCE_ID`) and gateway `i` calls orchestrator `i`; the methods without an
+/// instance act on instance 1.
 pub struct Processes {
     pub ns: Namespace,
-    pub ports: std::collections::HashMap<&'static str, u16>,
+    pub ports: std::collections::HashMap<(&'static str, u32), u16>,
     pub log_dir: std::path::PathBuf,
-    children: std::collections::HashMap<&'static str, std::process::Child>,
+    instances: u32,
+    children: std::collections::HashMap<(&'static str, u32), std::process::Child>,
     env: Vec<(String, String)>,
 }
 
@@ -450,15 +453,27 @@ impl Processes {
     /// Picks a port per service from `ports` (keep each test's range apart); `env` is added to
     /// every service's environment.
     pub fn new(ns: Namespace, ports: std::ops::Range<u16>, env: &[(&str, &str)]) -> Processes {
+        Self::with_instances(ns, ports, env, 1)
+    }
+
+    /// [`Processes::new`] with `instances` instances of every service.
+    pub fn with_instances(
+        ns: Namespace,
+        ports: std::ops::Range<u16>,
+        env: &[(&str, &str)],
+        instances: u32,
+    ) -> Processes {
         let mut chosen = std::collections::HashMap::new();
-        for s in SERVICES {
-            let port = loop {
-                let p = free_port(ports.clone());
-                if !chosen.values().any(|&q| q == p) {
-                    break p;
-                }
-            };
-            chosen.insert(s, port);
+        for i in 1..=instances {
+            for s in SERVICES {
+                let port = loop {
+                    let p = free_port(ports.clone());
+                    if !chosen.values().any(|&q| q == p) {
+                        break p;
+                    }
+                };
+                chosen.insert((s, i), port);
+            }
         }
         let log_dir = std::env::temp_dir().join(format!("sagapay-processes-{ns}"));
         std::fs::create_dir_all(&log_dir).expect("log directory");
@@ -466,6 +481,7 @@ impl Processes {
             ns,
             ports: chosen,
             log_dir,
+            instances,
             children: std::collections::HashMap::new(),
             env: env
                 .iter()
@@ -475,29 +491,56 @@ impl Processes {
     }
 
     pub fn url(&self, service: &str) -> String {
-        format!("http://127.0.0.1:{}", self.ports[service])
+        self.url_of(service, 1)
+    }
+
+    pub fn url_of(&self, service: &str, instance: u32) -> String {
+        let port = self
+            .ports
+            .iter()
+            .find(|((s, i), _)| *s == service && *i == instance)
+            .map(|(_, p)| *p)
+            .unwrap_or_else(|| panic!("no {service}/{instance}"));
+        format!("http://127.0.0.1:{port}")
     }
 
     pub fn start(&mut self, service: &'static str) {
+        self.start_instance(service, 1);
+    }
+
+    pub fn start_instance(&mut self, service: &'static str, instance: u32) {
+        let name = if self.instances > 1 {
+            format!("{service}.{instance}")
+        } else {
+            service.to_owned()
+        };
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.log_dir.join(format!("{service}.log")))
+            .open(self.log_dir.join(format!("{name}.log")))
             .expect("log file");
-        let child = std::process::Command::new(target_binary(&format!("sagapay-{service}")))
+        let mut command = std::process::Command::new(target_binary(&format!("sagapay-{service}")));
+        command
             .env("SAGAPAY_NAMESPACE", self.ns.as_str())
             .env(
                 "SAGAPAY_HTTP_ADDR",
-                format!("127.0.0.1:{}", self.ports[service]),
+                self.url_of(service, instance).trim_start_matches("http://"),
             )
-            .env("SAGAPAY_ORCHESTRATOR_URL", self.url("orchestrator"))
+            .env(
+                "SAGAPAY_ORCHESTRATOR_URL",
+                self.url_of("orchestrator", instance),
+            )
             .env("SAGAPAY_KAFKA_PARTITIONS", "2")
             .env("SAGAPAY_DB_POOL_SIZE", "5")
             .env("SAGAPAY_CONSUMER_LANES", "3")
             .env("SAGAPAY_OUTBOX_CLAIM_TIMEOUT_MS", "2000")
             .env("SAGAPAY_PROVIDER_CLAIM_TIMEOUT_MS", "3000")
             .env("SAGAPAY_PROVIDER_TIMEOUT_MS", "1000")
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", "warn");
+        if self.instances > 1 {
+            command.env("SAGAPAY_INSTANCE_ID", instance.to_string());
+        }
+        let child = command
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(std::process::Stdio::from(
                 log.try_clone().expect("log file"),
@@ -505,25 +548,31 @@ impl Processes {
             .stderr(std::process::Stdio::from(log))
             .spawn()
             .expect("spawn service");
-        self.children.insert(service, child);
+        self.children.insert((service, instance), child);
     }
 
     pub fn start_all(&mut self) {
-        for s in SERVICES {
-            self.start(s);
+        for i in 1..=self.instances {
+            for s in SERVICES {
+                self.start_instance(s, i);
+            }
         }
     }
 
     /// SIGKILL, no warning.
     pub fn kill(&mut self, service: &'static str) {
-        let mut child = self.children.remove(service).expect("running");
+        self.kill_instance(service, 1);
+    }
+
+    pub fn kill_instance(&mut self, service: &'static str, instance: u32) {
+        let mut child = self.children.remove(&(service, instance)).expect("running");
         child.kill().expect("SIGKILL"); // Child::kill sends SIGKILL on Unix
         child.wait().expect("reaped");
     }
 
     /// SIGTERM, then waits for the process to exit (a clean shutdown).
     pub fn terminate(&mut self, service: &'static str) {
-        let mut child = self.children.remove(service).expect("running");
+        let mut child = self.children.remove(&(service, 1)).expect("running");
         let _ = std::process::Command::new("kill")
             .args(["-TERM", &child.id().to_string()])
             .status();
@@ -531,10 +580,19 @@ impl Processes {
     }
 
     pub async fn wait_ready(&self, http: &reqwest::Client, service: &'static str) {
-        let url = format!("{}/ready", self.url(service));
+        self.wait_ready_instance(http, service, 1).await;
+    }
+
+    pub async fn wait_ready_instance(
+        &self,
+        http: &reqwest::Client,
+        service: &'static str,
+        instance: u32,
+    ) {
+        let url = format!("{}/ready", self.url_of(service, instance));
         eventually(
             Duration::from_secs(60),
-            &format!("{service} ready"),
+            &format!("{service}/{instance} ready"),
             || async {
                 match http.get(&url).send().await {
                     Ok(r) if r.status() == 200 => Some(()),
@@ -546,8 +604,10 @@ impl Processes {
     }
 
     pub async fn wait_all_ready(&self, http: &reqwest::Client) {
-        for s in SERVICES {
-            self.wait_ready(http, s).await;
+        for i in 1..=self.instances {
+            for s in SERVICES {
+                self.wait_ready_instance(http, s, i).await;
+            }
         }
     }
 }

@@ -36,7 +36,8 @@ pub struct Tracker {
 }
 
 impl Tracker {
-    /// Starts reading the namespace's `payments.finalized` from its current end; returns once
+    /// Starts reading the namespace's `payments.finalized` (on the payments stream) from its
+    /// current end; returns once
     /// the consumer is positioned, so no event of the run can be missed.
     pub async fn start(brokers: &str, ns: &Namespace) -> anyhow::Result<Tracker> {
         let topic = ns.topic(EventType::PaymentFinalized.as_str());
@@ -75,9 +76,11 @@ impl Tracker {
                 let Ok(msg) = consumer.recv().await else {
                     continue;
                 };
+                // The payments stream carries other lifecycle events too.
                 let Some(env) = msg
                     .payload()
                     .and_then(|b| serde_json::from_slice::<Envelope>(b).ok())
+                    .filter(|e| e.event_type() == Some(EventType::PaymentFinalized))
                 else {
                     continue;
                 };

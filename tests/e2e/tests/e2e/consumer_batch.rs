@@ -114,6 +114,7 @@ async fn a_batch_commits_together_and_a_bad_message_in_it_costs_nothing() {
             consumer_name: "risk".into(),
             group_id,
             topics: vec![topic.clone()],
+            handles: vec![sagapay_domain::EventType::RiskApproved],
             dead_letter_topic: ns.dead_letter_topic(),
             retry_initial: Duration::from_millis(50),
             retry_max: Duration::from_millis(200),

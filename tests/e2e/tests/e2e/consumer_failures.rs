@@ -109,6 +109,7 @@ fn settings(ns: &Namespace, topic: &str, lanes: usize, max_batch: usize) -> Cons
         consumer_name: "risk".into(),
         group_id: ns.consumer_group("risk"),
         topics: vec![topic.to_owned()],
+        handles: vec![sagapay_domain::EventType::RiskApproved],
         dead_letter_topic: ns.dead_letter_topic(),
         retry_initial: Duration::from_millis(20),
         retry_max: Duration::from_millis(100),

@@ -21,7 +21,7 @@ async fn sigkill_of_orchestrator_and_provider_adapter_loses_nothing_and_duplicat
         procs.wait_ready(&http, s).await;
     }
 
-    let gateway = format!("http://127.0.0.1:{}", procs.ports["gateway"]);
+    let gateway = procs.url("gateway");
     let mut ids = Vec::new();
     for i in 0..60 {
         // One in six needs two retries at the provider: some are mid-back-off at the kill.

@@ -21,4 +21,5 @@ mod refunds;
 mod relay;
 mod replay;
 mod risk_review;
+mod scale;
 mod traces;
