@@ -23,3 +23,4 @@ mod replay;
 mod risk_review;
 mod scale;
 mod traces;
+mod upgrades;
