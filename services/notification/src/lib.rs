@@ -73,7 +73,7 @@ impl Handler for NotificationHandler {
         .await?
         .rows_affected();
         if inserted == 1 {
-            tracing::info!(payment_id = %env.payment_id, kind = %kind, "merchant notified");
+            tracing::debug!(payment_id = %env.payment_id, kind = %kind, "merchant notified");
         }
         Ok(())
     }

@@ -109,7 +109,7 @@ async fn create_payment(
     )
     .await?;
     if inserted {
-        tracing::info!(payment_id = %payment_id, correlation_id = %ctx.correlation_id, "payment created");
+        tracing::debug!(payment_id = %payment_id, correlation_id = %ctx.correlation_id, "payment created");
         return Ok((
             StatusCode::CREATED,
             Json(Created {

@@ -775,7 +775,7 @@ impl Saga {
                     .transitions_total
                     .with_label_values(&[payment.status.as_str(), to.as_str()]);
                 ctx.after_commit(move || transitions.inc());
-                tracing::info!(payment_id = %payment.payment_id, from = %payment.status, to = %to, "transition");
+                tracing::debug!(payment_id = %payment.payment_id, from = %payment.status, to = %to, "transition");
                 Ok(())
             }
             // Never applied: the table says no. Counted by the caller's metric path.

@@ -179,7 +179,7 @@ impl RiskHandler {
                 env.follow_up(&RiskReviewRequired { reason })
             }
         };
-        tracing::info!(payment_id = %env.payment_id, decision = decision.as_str(), "risk decision");
+        tracing::debug!(payment_id = %env.payment_id, decision = decision.as_str(), "risk decision");
         self.outbox.enqueue(conn, &next, &headers).await?;
         Ok(())
     }

@@ -65,7 +65,8 @@ async fn one_payment_is_one_trace_across_all_six_services() {
             ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
             ("OTEL_BSP_SCHEDULE_DELAY", "200"),
-            ("RUST_LOG", "info"),
+            // The per-payment lines (created, each transition) are logged at debug.
+            ("RUST_LOG", "info,sagapay_orchestrator=debug"),
         ],
     );
     let http = reqwest::Client::new();
