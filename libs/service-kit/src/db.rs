@@ -26,10 +26,16 @@ pub async fn prepare(
         .options([("statement_timeout", statement_timeout.as_str())])
         .log_statements(tracing::log::LevelFilter::Trace)
         .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_millis(500));
+    // No ping before each checkout: that is a round trip per statement outside a transaction,
+    // and sqlx pings on every release anyway (a broken connection is dropped then). A
+    // connection that died in between fails its statement, which every caller already treats
+    // as transient (a consumer retries its batch, a relay or worker its cycle, the API
+    // answers 503 and the client retries with its idempotency key).
     PgPoolOptions::new()
         .max_connections(config.db_pool_size)
         .min_connections(1)
         .acquire_timeout(Duration::from_secs(5))
+        .test_before_acquire(false)
         .connect_with(options)
         .await
         .with_context(|| format!("connecting to database {db_name}"))

@@ -51,6 +51,46 @@ async fn the_database_rejects_altered_deleted_and_unbalanced_ledger_entries() {
         .execute(&mut conn)
         .await);
     assert!(e.contains("derived from ledger entries"), "{e}");
+    let e = err(sqlx::query("TRUNCATE account_balances CASCADE")
+        .execute(&mut conn)
+        .await);
+    assert!(e.contains("derived from ledger entries"), "{e}");
+
+    // A committed journal transaction is closed: a balanced pair of entries added to the
+    // payment's capture later is refused at once.
+    let e = err(sqlx::query(
+        "INSERT INTO ledger_entries (transaction_id, account_id, direction, amount_minor, currency)
+         SELECT transaction_id, a, d, 100, 'USD' FROM journal_transactions,
+                (VALUES ('USD:provider_clearing', 'DEBIT'), ('USD:fee_revenue', 'CREDIT')) AS x(a, d)
+          WHERE payment_id = $1",
+    )
+    .bind(Uuid::parse_str(&pid).unwrap())
+    .execute(&mut conn)
+    .await);
+    assert!(e.contains("already committed"), "{e}");
+
+    // An entry is in its account's currency, even inside a transaction that balances.
+    let mut tx = conn.begin().await.unwrap();
+    let tx_id = Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO journal_transactions (transaction_id, payment_id, posting_kind, currency, description)
+         VALUES ($1, $2, 'MANUAL', 'EUR', 'by hand')",
+    )
+    .bind(tx_id)
+    .bind(Uuid::now_v7())
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    let e = err(sqlx::query(
+        "INSERT INTO ledger_entries (transaction_id, account_id, direction, amount_minor, currency)
+         VALUES ($1, 'USD:provider_clearing', 'DEBIT', 100, 'EUR'),
+                ($1, 'USD:fee_revenue', 'CREDIT', 100, 'EUR')",
+    )
+    .bind(tx_id)
+    .execute(&mut *tx)
+    .await);
+    assert!(e.contains("cannot be posted to account"), "{e}");
+    tx.rollback().await.unwrap();
 
     // An unbalanced journal transaction: each statement succeeds, the commit fails.
     let mut tx = conn.begin().await.unwrap();
