@@ -22,7 +22,9 @@ use sagapay_domain::events::{CaptureMethod, CaptureRequested, ProviderOperation}
 use sagapay_domain::{AmountMinor, Currency, Envelope};
 use sagapay_messaging::deadletter::Origin;
 use sagapay_messaging::wakeup::Wakeup;
-use sagapay_messaging::{Classification, DeadLetter, MessageHeaders, MessagingMetrics, Outbox};
+use sagapay_messaging::{
+    Classification, DeadLetter, MessageHeaders, MessagingMetrics, Outbox, OutboxRow, OUTBOX_COLUMNS,
+};
 use serde::{Deserialize, Serialize};
 use sqlx::{PgPool, Row};
 use std::sync::Arc;
@@ -362,30 +364,6 @@ impl<P: PaymentProvider> Worker<P> {
             ),
         };
 
-        // The operation's row is updated only while our claim holds (`ClaimLost` otherwise).
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO provider_attempts (payment_id, operation, attempt_no, provider, idempotency_key,
-                 outcome, provider_reference, decline_code, error, started_at, finished_at, latency_ms,
-                 operation_id, kind)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, now(), $11, $12, $13)",
-        )
-        .bind(op.payment_id)
-        .bind(op.operation.as_str())
-        .bind(attempt_no)
-        .bind(self.provider.name())
-        .bind(&req.idempotency_key)
-        .bind(outcome)
-        .bind(&reference)
-        .bind(&decline_code)
-        .bind(&error)
-        .bind(started_at)
-        .bind(latency_ms)
-        .bind(op.operation_id)
-        .bind(if op.resolving { "STATUS" } else { "CALL" })
-        .execute(&mut *tx)
-        .await?;
-
         let last_error = error
             .clone()
             .or_else(|| decline_code.as_ref().map(|c| format!("declined: {c}")))
@@ -401,120 +379,126 @@ impl<P: PaymentProvider> Worker<P> {
         let mut answering = op.answering(provider);
         // A void performed as the refund of a capture reports a refund.
         answering.operation = req.operation;
-        // Counted once the transaction commits, so a failed commit does not count twice.
-        let mut retry_scheduled = false;
-        let mut dead_lettered = false;
-        let event = match policy::decide(progress, answer, &self.settings) {
+        let decision = policy::decide(progress, answer, &self.settings);
+        // What becomes of the operation's row, and the event that reports a final outcome.
+        let (change, event) = match &decision {
             Next::Done(outcome) => {
-                let (status, result) = match &outcome {
+                let change = match outcome {
                     ProviderOutcome::Succeeded {
                         reference,
                         amount_minor,
                         currency,
-                    } => (
-                        "SUCCEEDED",
-                        Some((reference.as_str(), *amount_minor, *currency)),
-                    ),
-                    ProviderOutcome::Declined { .. } => ("DECLINED", None),
+                    } => Change::Finish {
+                        status: "SUCCEEDED",
+                        result: Some((reference.as_str(), *amount_minor, *currency)),
+                        error: None,
+                    },
+                    ProviderOutcome::Declined { .. } => Change::Finish {
+                        status: "DECLINED",
+                        result: None,
+                        error: decline_code.as_deref(),
+                    },
                 };
-                self.finish(
-                    &mut tx,
-                    op,
-                    attempt_no,
-                    status,
-                    result,
-                    decline_code.as_deref(),
-                )
-                .await?;
-                if let (
-                    ProviderOperation::Authorize,
-                    CaptureMethod::Automatic,
-                    Some((authorization_id, ..)),
-                ) = (op.operation, op.request.capture_method, result)
-                {
-                    self.capture_next(&mut tx, op, authorization_id).await?;
-                }
-                Some(answering.event(Ending::Outcome(&outcome)))
+                (change, Some(answering.event(Ending::Outcome(outcome))))
             }
-            Next::NotPerformed => {
-                self.finish(
-                    &mut tx,
-                    op,
-                    attempt_no,
-                    "NOT_PERFORMED",
-                    None,
-                    Some(&last_error),
-                )
-                .await?;
-                tracing::warn!(payment_id = %op.payment_id, attempts = attempt_no, error = %last_error,
-                    "authorization never reached the provider: the payment fails");
+            Next::NotPerformed => (
+                Change::Finish {
+                    status: "NOT_PERFORMED",
+                    result: None,
+                    error: Some(&last_error),
+                },
                 Some(answering.event(Ending::NotPerformed {
                     last_error: &last_error,
-                }))
-            }
+                })),
+            ),
             Next::Again {
                 wait,
                 resolving,
                 unknown,
-            } => {
-                let updated = sqlx::query(
-                    "UPDATE provider_operations
-                        SET attempts = $2, next_attempt_at = now() + make_interval(secs => $3),
-                            claimed_until = NULL, claim_token = NULL, last_error = $4, updated_at = now(),
-                            resolving = $7, outcome_unknown = $8
-                      WHERE operation_id = $1 AND claim_token = $5 AND status = 'PENDING'
-                        AND attempts = $6",
-                )
-                .bind(op.operation_id)
-                .bind(attempt_no)
-                .bind(wait.as_secs_f64())
-                .bind(&last_error)
-                .bind(op.token)
-                .bind(op.attempts)
-                .bind(resolving)
-                .bind(unknown)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                still_ours(updated)?;
-                retry_scheduled = true;
-                tracing::warn!(payment_id = %op.payment_id, operation = op.operation.as_str(), attempt_no,
-                    retry_in_ms = wait.as_millis() as u64, status_query = resolving, error = %last_error,
-                    "provider attempt failed; next one scheduled");
-                None
-            }
-            Next::Exhausted { unknown } => {
-                self.finish(
-                    &mut tx,
-                    op,
-                    attempt_no,
-                    "EXHAUSTED",
-                    None,
-                    Some(&last_error),
-                )
-                .await?;
-                self.dead_letter(&mut tx, op, attempt_no, &last_error, unknown)
-                    .await?;
-                dead_lettered = true;
-                tracing::error!(payment_id = %op.payment_id, operation = op.operation.as_str(), attempts = attempt_no,
-                    error = %last_error, outcome_unknown = unknown, "provider operation given up");
+            } => (
+                Change::Again {
+                    wait: *wait,
+                    resolving: *resolving,
+                    unknown: *unknown,
+                    last_error: &last_error,
+                },
+                None,
+            ),
+            Next::Exhausted { .. } => (
+                Change::Finish {
+                    status: "EXHAUSTED",
+                    result: None,
+                    error: Some(&last_error),
+                },
                 Some(answering.event(Ending::Exhausted {
                     attempts: attempt_no as u32,
                     last_error: &last_error,
-                }))
-            }
+                })),
+            ),
         };
-        if let Some(event) = event {
-            self.outbox.enqueue(&mut tx, &event, &op.headers).await?;
+        // An automatic capture follows a successful authorization in its transaction.
+        let capture_after = match (&decision, op.operation, op.request.capture_method) {
+            (
+                Next::Done(ProviderOutcome::Succeeded { reference, .. }),
+                ProviderOperation::Authorize,
+                CaptureMethod::Automatic,
+            ) => Some(reference.as_str()),
+            _ => None,
+        };
+        let exhausted = match decision {
+            Next::Exhausted { unknown } => Some(unknown),
+            _ => None,
+        };
+        let attempt_row = AttemptRow {
+            provider,
+            idempotency_key: &req.idempotency_key,
+            outcome,
+            reference: reference.as_deref(),
+            decline_code: decline_code.as_deref(),
+            error: error.as_deref(),
+            started_at,
+            latency_ms,
+            kind: if op.resolving { "STATUS" } else { "CALL" },
+        };
+        let queued = event.as_ref().map(|e| self.outbox.row(e, &op.headers));
+        if capture_after.is_none() && exhausted.is_none() {
+            // The common case is one statement, committed on its own.
+            let mut conn = self.pool.acquire().await?;
+            record(&mut conn, op, &attempt_row, &change, queued.as_ref()).await?;
+        } else {
+            let mut tx = self.pool.begin().await?;
+            record(&mut tx, op, &attempt_row, &change, queued.as_ref()).await?;
+            if let Some(authorization_id) = capture_after {
+                self.capture_next(&mut tx, op, authorization_id).await?;
+            }
+            if let Some(unknown) = exhausted {
+                self.dead_letter(&mut tx, op, attempt_no, &last_error, unknown)
+                    .await?;
+            }
+            tx.commit().await?;
         }
-        tx.commit().await?;
-        if dead_lettered {
-            self.dead_letters_total.inc();
-        }
-        if retry_scheduled {
-            self.retries_total
-                .with_label_values(&[op.operation.as_str()])
-                .inc();
+        // Counted once written, so a failed write does not count twice.
+        match decision {
+            Next::Done(_) => {}
+            Next::NotPerformed => {
+                tracing::warn!(payment_id = %op.payment_id, attempts = attempt_no, error = %last_error,
+                    "authorization never reached the provider: the payment fails");
+            }
+            Next::Again {
+                wait, resolving, ..
+            } => {
+                self.retries_total
+                    .with_label_values(&[op.operation.as_str()])
+                    .inc();
+                tracing::warn!(payment_id = %op.payment_id, operation = op.operation.as_str(), attempt_no,
+                    retry_in_ms = wait.as_millis() as u64, status_query = resolving, error = %last_error,
+                    "provider attempt failed; next one scheduled");
+            }
+            Next::Exhausted { unknown } => {
+                self.dead_letters_total.inc();
+                tracing::error!(payment_id = %op.payment_id, operation = op.operation.as_str(), attempts = attempt_no,
+                    error = %last_error, outcome_unknown = unknown, "provider operation given up");
+            }
         }
         Ok(())
     }
@@ -638,40 +622,133 @@ impl<P: PaymentProvider> Worker<P> {
         self.outbox.enqueue_dead_letter(tx, &letter).await?;
         Ok(())
     }
+}
 
-    /// Ends the operation with `status` (and, for a success, what the provider reports it
-    /// did), while our claim holds.
-    async fn finish(
-        &self,
-        tx: &mut sqlx::PgConnection,
-        op: &Claimed,
-        attempts: i32,
-        status: &str,
-        result: Option<(&str, AmountMinor, Currency)>,
-        error: Option<&str>,
-    ) -> anyhow::Result<()> {
-        let updated = sqlx::query(
-            "UPDATE provider_operations
-                SET status = $2, attempts = $3, result_reference = $4, last_error = $5,
-                    result_amount_minor = $8, result_currency = $9,
-                    claimed_until = NULL, claim_token = NULL, updated_at = now()
-              WHERE operation_id = $1 AND claim_token = $6 AND status = 'PENDING'
-                AND attempts = $7",
-        )
+/// One attempt at an operation, as `provider_attempts` records it.
+struct AttemptRow<'a> {
+    provider: &'a str,
+    idempotency_key: &'a str,
+    outcome: &'a str,
+    reference: Option<&'a str>,
+    decline_code: Option<&'a str>,
+    error: Option<&'a str>,
+    started_at: DateTime<Utc>,
+    latency_ms: i32,
+    /// `CALL` or `STATUS` (a status query).
+    kind: &'a str,
+}
+
+/// What an attempt does to its operation.
+enum Change<'a> {
+    /// Ends it with `status` and, for a success, what the provider reports it did.
+    Finish {
+        status: &'a str,
+        result: Option<(&'a str, AmountMinor, Currency)>,
+        error: Option<&'a str>,
+    },
+    /// Schedules the next attempt (a status query when `resolving`).
+    Again {
+        wait: Duration,
+        resolving: bool,
+        unknown: bool,
+        last_error: &'a str,
+    },
+}
+
+/// Records an attempt in one statement (one round trip): the operation's change, made only
+/// while our claim holds (same token, the attempt count we read, still pending), and, only if
+/// it was made, the attempt's row and the outbox row of the event that reports the outcome.
+/// `ClaimLost` when the claim no longer holds: nothing is written.
+async fn record(
+    conn: &mut sqlx::PgConnection,
+    op: &Claimed,
+    attempt: &AttemptRow<'_>,
+    change: &Change<'_>,
+    then: Option<&OutboxRow<'_>>,
+) -> anyhow::Result<()> {
+    // $1-$3 the claim, $4-$14 the attempt, from $15 the change's values, then the event's.
+    let (set, change_values) = match change {
+        Change::Finish { .. } => (
+            "status = $15, result_reference = $16, last_error = $17,
+             result_amount_minor = $18, result_currency = $19",
+            5,
+        ),
+        Change::Again { .. } => (
+            "next_attempt_at = now() + make_interval(secs => $15), last_error = $16,
+             resolving = $17, outcome_unknown = $18",
+            4,
+        ),
+    };
+    let queue = match then {
+        Some(_) => {
+            let first = 15 + change_values;
+            let values: Vec<String> = (first..first + 6).map(|i| format!("${i}")).collect();
+            format!(
+                ", queued AS (INSERT INTO outbox ({OUTBOX_COLUMNS}) SELECT {} FROM updated)",
+                values.join(", ")
+            )
+        }
+        None => String::new(),
+    };
+    let sql = format!(
+        "WITH updated AS (
+             UPDATE provider_operations
+                SET {set}, attempts = $3 + 1, claimed_until = NULL, claim_token = NULL,
+                    updated_at = now()
+              WHERE operation_id = $1 AND claim_token = $2 AND status = 'PENDING'
+                AND attempts = $3
+          RETURNING operation_id),
+         attempt AS (
+             INSERT INTO provider_attempts (payment_id, operation, attempt_no, provider,
+                 idempotency_key, outcome, provider_reference, decline_code, error, started_at,
+                 finished_at, latency_ms, operation_id, kind)
+             SELECT $4, $5, $3 + 1, $6, $7, $8, $9, $10, $11, $12, now(), $13, operation_id, $14
+               FROM updated){queue}
+         SELECT count(*) FROM updated"
+    );
+    let query = sqlx::query(&sql)
         .bind(op.operation_id)
-        .bind(status)
-        .bind(attempts)
-        .bind(result.map(|r| r.0))
-        .bind(error)
         .bind(op.token)
         .bind(op.attempts)
-        .bind(result.map(|r| r.1.get()))
-        .bind(result.map(|r| r.2.as_str().to_owned()))
-        .execute(tx)
-        .await?
-        .rows_affected();
-        still_ours(updated)
-    }
+        .bind(op.payment_id)
+        .bind(op.operation.as_str())
+        .bind(attempt.provider)
+        .bind(attempt.idempotency_key)
+        .bind(attempt.outcome)
+        .bind(attempt.reference)
+        .bind(attempt.decline_code)
+        .bind(attempt.error)
+        .bind(attempt.started_at)
+        .bind(attempt.latency_ms)
+        .bind(attempt.kind);
+    let query = match change {
+        Change::Finish {
+            status,
+            result,
+            error,
+        } => query
+            .bind(*status)
+            .bind(result.map(|r| r.0))
+            .bind(*error)
+            .bind(result.map(|r| r.1.get()))
+            .bind(result.map(|r| r.2.as_str().to_owned())),
+        Change::Again {
+            wait,
+            resolving,
+            unknown,
+            last_error,
+        } => query
+            .bind(wait.as_secs_f64())
+            .bind(*last_error)
+            .bind(*resolving)
+            .bind(*unknown),
+    };
+    let query = match then {
+        Some(row) => row.bind(query),
+        None => query,
+    };
+    let updated: i64 = query.fetch_one(&mut *conn).await?.try_get(0)?;
+    still_ours(updated as u64)
 }
 
 /// The idempotency key of an operation: the same for every attempt, so a repeat acts at most
