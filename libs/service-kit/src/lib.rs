@@ -12,12 +12,14 @@ pub mod http;
 pub mod ops_auth;
 pub mod platform;
 pub mod runtime;
+pub mod service_auth;
 
 pub use api_error::ApiError;
 pub use config::{CommonConfig, Environment};
 pub use ops_auth::OpsKey;
 pub use platform::Platform;
 pub use runtime::{ServiceBuilder, ServiceHandle};
+pub use service_auth::{ServiceKeys, VerifiedCaller};
 
 /// The six services; each has the database `<namespace>_<service>` (see `Namespace::database`).
 pub const SERVICES: [&str; 6] = [

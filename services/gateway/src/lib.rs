@@ -13,7 +13,7 @@ pub mod validate;
 use anyhow::Context;
 use sagapay_domain::PerCurrency;
 use sagapay_service_kit::config::{env_or, env_parse};
-use sagapay_service_kit::{CommonConfig, Environment, Platform, ServiceHandle};
+use sagapay_service_kit::{CommonConfig, Environment, Platform, ServiceHandle, ServiceKeys};
 use std::time::Duration;
 
 pub const SERVICE: &str = "gateway";
@@ -48,6 +48,8 @@ pub struct Config {
     /// The idempotency fast path: `SAGAPAY_REDIS_URL` (default `redis://127.0.0.1:6379`; empty
     /// turns the fast path off and leaves only the durable guard).
     pub idempotency: idempotency::IdempotencySettings,
+    /// The keys it signs its calls to the orchestrator with (`SAGAPAY_INTERNAL_KEYS`).
+    pub service_keys: ServiceKeys,
 }
 
 /// About $1,000,000 in each currency.
@@ -77,6 +79,7 @@ impl Config {
             idempotency: idempotency::IdempotencySettings::new(
                 Some(env_or("SAGAPAY_REDIS_URL", DEFAULT_REDIS_URL)).filter(|u| !u.is_empty()),
             ),
+            service_keys: ServiceKeys::from_env(common.environment)?,
             common,
         })
     }
@@ -92,6 +95,7 @@ impl Config {
             rate_limit_per_second: 100_000,
             rate_limit_burst: 100_000,
             idempotency: idempotency::IdempotencySettings::new(Some(DEFAULT_REDIS_URL.into())),
+            service_keys: ServiceKeys::development(),
             common,
         }
     }
@@ -124,6 +128,7 @@ pub async fn start(config: Config) -> anyhow::Result<ServiceHandle> {
         pool: platform.pool.clone(),
         client,
         orchestrator_url: config.orchestrator_url.trim_end_matches('/').to_owned(),
+        service_keys: config.service_keys.clone(),
         max_amount: config.max_amount.clone(),
         rate_limit: std::sync::Arc::new(ratelimit::RateLimit::new(
             config.rate_limit_per_second,

@@ -13,6 +13,7 @@ use axum::{Extension, Router};
 use sagapay_domain::AmountMinor;
 use sagapay_service_kit::api_error::{ApiError, ErrorDocument, ErrorType};
 use sagapay_service_kit::http::{RequestContext, CORRELATION_ID, TRACEPARENT};
+use sagapay_service_kit::ServiceKeys;
 use serde_json::json;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -22,6 +23,7 @@ pub struct AppState {
     pub pool: PgPool,
     pub client: reqwest::Client,
     pub orchestrator_url: String,
+    pub service_keys: ServiceKeys,
     pub max_amount: sagapay_domain::PerCurrency,
     pub rate_limit: std::sync::Arc<crate::ratelimit::RateLimit>,
     pub idempotency: std::sync::Arc<IdempotencyCache>,
@@ -153,19 +155,20 @@ pub(crate) async fn create_payment(
         &req.payment_method,
     ]);
     let forwarded = json!({
-        "merchant_id": merchant.merchant_id,
         "customer_id": req.customer_id,
         "amount_cents": req.amount.get(),
         "currency": req.currency.as_str(),
         "idempotency_key": req.idempotency_key,
         "payment_method": req.payment_method,
     });
-    let call = state
-        .client
-        .post(format!("{}/internal/payments", state.orchestrator_url))
-        .header(CORRELATION_ID, &ctx.correlation_id)
-        .header(TRACEPARENT, &ctx.traceparent)
-        .json(&forwarded);
+    let call = internal(
+        &state,
+        &ctx,
+        reqwest::Method::POST,
+        "/internal/payments".to_owned(),
+        merchant.merchant_id,
+        Some(&forwarded),
+    );
     idempotent(
         &state,
         merchant,
@@ -202,18 +205,17 @@ pub(crate) async fn get_payment(
     let payment_id = Uuid::parse_str(&payment_id).map_err(|_| {
         ApiError::not_found("payment_not_found", "no such payment").with_param("payment_id")
     })?;
-    let resp = state
-        .client
-        .get(format!(
-            "{}/internal/payments/{payment_id}",
-            state.orchestrator_url
-        ))
-        .query(&[("merchant_id", merchant.merchant_id.to_string())])
-        .header(CORRELATION_ID, &ctx.correlation_id)
-        .header(TRACEPARENT, &ctx.traceparent)
-        .send()
-        .await
-        .map_err(upstream_unavailable)?;
+    let resp = internal(
+        &state,
+        &ctx,
+        reqwest::Method::GET,
+        format!("/internal/payments/{payment_id}"),
+        merchant.merchant_id,
+        None,
+    )
+    .send()
+    .await
+    .map_err(upstream_unavailable)?;
     Ok(upstream(resp).await?.into_response())
 }
 
@@ -258,20 +260,18 @@ pub(crate) async fn create_refund(
     let req = validate::refund_request(&body, header_key, AmountMinor::HARD_MAX_MINOR)?;
     let amount = req.amount.get().to_string();
     let fingerprint = idempotency::fingerprint(&[&amount, &req.reason]);
-    let call = state
-        .client
-        .post(format!(
-            "{}/internal/payments/{payment_id}/refunds",
-            state.orchestrator_url
-        ))
-        .header(CORRELATION_ID, &ctx.correlation_id)
-        .header(TRACEPARENT, &ctx.traceparent)
-        .json(&json!({
-            "merchant_id": merchant.merchant_id,
+    let call = internal(
+        &state,
+        &ctx,
+        reqwest::Method::POST,
+        format!("/internal/payments/{payment_id}/refunds"),
+        merchant.merchant_id,
+        Some(&json!({
             "amount_cents": req.amount.get(),
             "idempotency_key": req.idempotency_key,
             "reason": req.reason,
-        }));
+        })),
+    );
     idempotent(
         &state,
         merchant,
@@ -281,6 +281,46 @@ pub(crate) async fn create_refund(
         call,
     )
     .await
+}
+
+/// A call to the orchestrator's internal API for `merchant`, signed with the gateway's service
+/// credential (the merchant travels as the signed claim, never in the body).
+fn internal(
+    state: &AppState,
+    ctx: &RequestContext,
+    method: reqwest::Method,
+    path_and_query: String,
+    merchant: Uuid,
+    body: Option<&serde_json::Value>,
+) -> reqwest::RequestBuilder {
+    let bytes = body
+        .map(|b| serde_json::to_vec(b).expect("a JSON value serializes"))
+        .unwrap_or_default();
+    let signed = state.service_keys.sign(
+        crate::SERVICE,
+        method.as_str(),
+        &path_and_query,
+        Some(merchant),
+        &bytes,
+        chrono::Utc::now().timestamp(),
+    );
+    let mut call = state
+        .client
+        .request(
+            method,
+            format!("{}{path_and_query}", state.orchestrator_url),
+        )
+        .header(CORRELATION_ID, &ctx.correlation_id)
+        .header(TRACEPARENT, &ctx.traceparent);
+    for (name, value) in signed {
+        call = call.header(name, value);
+    }
+    if body.is_some() {
+        call = call
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(bytes);
+    }
+    call
 }
 
 /// Sends a creating request through the idempotency fast path (see `idempotency`).

@@ -1,4 +1,5 @@
-//! Read-only ledger API: accounts and balances, and reconciliation.
+//! Read-only ledger API: accounts and balances, and reconciliation. Every route needs the ops
+//! key (`x-ops-key`): it shows every merchant's balances.
 //!
 //! - `GET /accounts`: every account with its running balance.
 //! - `GET /accounts/{account_id}/balance`: one account's balance, with the sum of its entries
@@ -12,18 +13,19 @@ use axum::extract::{Path, State};
 use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
+use sagapay_service_kit::ops_auth::{require_ops_key, OpsKey};
 use sagapay_service_kit::ApiError;
 use serde::Serialize;
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
-pub fn routes(pool: PgPool) -> Router {
-    Router::new()
+pub fn routes(pool: PgPool, key: OpsKey) -> Router {
+    let routes = Router::new()
         .route("/accounts", get(list_accounts))
         .route("/accounts/{account_id}/balance", get(account_balance))
         .route("/reconciliation", get(reconcile_all))
-        .route("/reconciliation/{transaction_id}", get(reconcile_one))
-        .with_state(pool)
+        .route("/reconciliation/{transaction_id}", get(reconcile_one));
+    require_ops_key(routes, key).with_state(pool)
 }
 
 #[derive(Debug, Serialize)]

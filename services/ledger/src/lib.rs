@@ -22,7 +22,7 @@ use sagapay_domain::events::{
 };
 use sagapay_domain::{Currency, Envelope, EventType};
 use sagapay_messaging::{Handler, HandlerError, MessageContext, Outbox};
-use sagapay_service_kit::{CommonConfig, Platform, ServiceHandle};
+use sagapay_service_kit::{CommonConfig, OpsKey, Platform, ServiceHandle};
 use sqlx::PgConnection;
 use std::sync::Arc;
 use uuid::Uuid;
@@ -54,6 +54,9 @@ pub struct Config {
     /// (`USD:30,JPY:40,...`, over the default of about $0.30 in each currency; a bare number
     /// is USD's and the others follow by exponent).
     pub fees: fees::FeeSchedule,
+    /// `SAGAPAY_OPS_KEY`: the ledger's API (every merchant's balances, reconciliation) is for
+    /// operators only.
+    pub ops_key: OpsKey,
 }
 
 impl Config {
@@ -66,8 +69,10 @@ impl Config {
             _ => all_currencies(),
         };
         let d = fees::FeeSchedule::default();
+        let common = CommonConfig::from_env(SERVICE, DEFAULT_PORT)?;
         Ok(Self {
-            common: CommonConfig::from_env(SERVICE, DEFAULT_PORT)?,
+            ops_key: OpsKey::from_env(common.environment)?,
+            common,
             currencies,
             fees: fees::FeeSchedule {
                 bps: sagapay_service_kit::config::env_parse("SAGAPAY_FEE_BPS", d.bps)?,
@@ -85,6 +90,7 @@ impl Config {
             common,
             currencies: all_currencies(),
             fees: fees::FeeSchedule::default(),
+            ops_key: OpsKey::development(),
         }
     }
 }
@@ -377,6 +383,6 @@ pub async fn start(config: Config) -> anyhow::Result<ServiceHandle> {
     // of all its postings until it commits: two batches in parallel could take them in
     // opposite orders and deadlock. One lane posts batch after batch, never waiting on itself.
     platform.spawn_consumer_in_lanes(&mut builder, handler, CONSUMES, 1)?;
-    let router = platform.router(api::routes(platform.pool.clone()));
+    let router = platform.router(api::routes(platform.pool.clone(), config.ops_key.clone()));
     builder.serve(config.common.http_addr, router).await
 }

@@ -1,11 +1,12 @@
-//! The orchestrator's internal HTTP API, called by the gateway only (it listens on loopback;
-//! the gateway has already authenticated the merchant and validated the request). Requests
-//! are parsed again by the same domain types the gateway uses, so a caller that skips the
-//! gateway cannot store a field the gateway would refuse (nor grow an event past what Kafka
-//! accepts).
+//! The orchestrator's internal HTTP API, called by the gateway only: every route requires the
+//! gateway's service credential (`sagapay_service_kit::service_auth`), and the merchant a
+//! request acts for is the claim the gateway signed, never a field of the body or query.
+//! Requests are parsed again by the same domain types the gateway uses, so even a caller with
+//! the credential cannot store a field the gateway would refuse (nor grow an event past what
+//! Kafka accepts).
 
 use crate::store::{self, NewPayment};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -16,6 +17,7 @@ use sagapay_messaging::headers::TRACEPARENT;
 use sagapay_messaging::{MessageHeaders, Outbox};
 use sagapay_service_kit::api_error::{ApiError, ErrorType};
 use sagapay_service_kit::http::RequestContext;
+use sagapay_service_kit::service_auth::{require_service_credential, ServiceKeys, VerifiedCaller};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
@@ -29,15 +31,30 @@ pub struct AppState {
     pub metrics: crate::SagaMetrics,
 }
 
-pub fn routes(state: AppState) -> Router {
-    Router::new()
+/// The services that may call the internal API.
+const CALLERS: &[&str] = &["gateway"];
+
+pub fn routes(state: AppState, keys: ServiceKeys) -> Router {
+    let routes = Router::new()
         .route("/internal/payments", post(create_payment))
         .route("/internal/payments/{payment_id}", get(get_payment))
         .route(
             "/internal/payments/{payment_id}/refunds",
             post(crate::refunds::create),
+        );
+    require_service_credential(routes, keys, CALLERS).with_state(state)
+}
+
+/// The merchant the verified caller acts for; every internal route acts for one.
+pub(crate) fn merchant_of(caller: &VerifiedCaller) -> Result<Uuid, ApiError> {
+    caller.merchant.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            ErrorType::AuthenticationError,
+            "merchant_claim_missing",
+            "this route acts for a merchant: the signed sagapay-merchant claim is required",
         )
-        .with_state(state)
+    })
 }
 
 /// A payment request as the gateway forwards it, already validated there; it is parsed again
@@ -45,7 +62,6 @@ pub fn routes(state: AppState) -> Router {
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreatePayment {
-    pub merchant_id: Uuid,
     pub customer_id: CustomerId,
     pub amount_cents: AmountMinor,
     pub currency: Currency,
@@ -61,10 +77,10 @@ struct Created {
 }
 
 /// What identifies "the same request" for idempotency: everything but the key itself.
-fn fingerprint(req: &CreatePayment) -> String {
+fn fingerprint(merchant_id: Uuid, req: &CreatePayment) -> String {
     let canonical = format!(
         "{}\n{}\n{}\n{}\n{}",
-        req.merchant_id, req.customer_id, req.amount_cents, req.currency, req.payment_method
+        merchant_id, req.customer_id, req.amount_cents, req.currency, req.payment_method
     );
     hex::encode(Sha256::digest(canonical.as_bytes()))
 }
@@ -72,16 +88,18 @@ fn fingerprint(req: &CreatePayment) -> String {
 async fn create_payment(
     State(state): State<AppState>,
     Extension(ctx): Extension<RequestContext>,
+    Extension(caller): Extension<VerifiedCaller>,
     Json(req): Json<CreatePayment>,
 ) -> Result<Response, ApiError> {
-    let fp = fingerprint(&req);
+    let merchant_id = merchant_of(&caller)?;
+    let fp = fingerprint(merchant_id, &req);
     let payment_id = Uuid::now_v7();
     let envelope = Envelope::new(
         payment_id,
         None,
         &ctx.correlation_id,
         &PaymentRequested {
-            merchant_id: req.merchant_id,
+            merchant_id,
             customer_id: req.customer_id.clone(),
             amount_minor: req.amount_cents,
             currency: req.currency,
@@ -95,7 +113,7 @@ async fn create_payment(
         &mut conn,
         &NewPayment {
             payment_id,
-            merchant_id: req.merchant_id,
+            merchant_id,
             customer_id: &req.customer_id,
             amount_minor: req.amount_cents.get(),
             currency: req.currency.as_str(),
@@ -121,7 +139,7 @@ async fn create_payment(
     }
     // The key is taken. The unique constraint makes this the one durable answer, even when
     // two requests with the same key race: the loser reads the winner's committed row.
-    let existing = store::load_by_idempotency_key(&mut conn, req.merchant_id, &req.idempotency_key)
+    let existing = store::load_by_idempotency_key(&mut conn, merchant_id, &req.idempotency_key)
         .await?
         .ok_or_else(|| ApiError::internal("idempotency key taken but no payment found"))?;
     if existing.request_fingerprint != fp {
@@ -148,18 +166,14 @@ async fn create_payment(
     Ok(resp)
 }
 
-#[derive(Debug, Deserialize)]
-struct Owner {
-    merchant_id: Uuid,
-}
-
 async fn get_payment(
     State(state): State<AppState>,
+    Extension(caller): Extension<VerifiedCaller>,
     Path(payment_id): Path<Uuid>,
-    Query(owner): Query<Owner>,
 ) -> Result<Response, ApiError> {
+    let merchant_id = merchant_of(&caller)?;
     let mut conn = state.pool.acquire().await?;
-    match store::view(&mut conn, payment_id, owner.merchant_id).await? {
+    match store::view(&mut conn, payment_id, merchant_id).await? {
         Some(mut view) => {
             view.refunds = crate::refunds::list(&mut conn, payment_id).await?;
             Ok(Json(view).into_response())

@@ -14,7 +14,7 @@ mod sweeper;
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts};
 use sagapay_domain::events::ProviderOperation;
 use sagapay_domain::{EventType, PaymentStatus};
-use sagapay_service_kit::{CommonConfig, OpsKey, Platform, ServiceHandle};
+use sagapay_service_kit::{CommonConfig, OpsKey, Platform, ServiceHandle, ServiceKeys};
 use std::sync::Arc;
 
 pub const SERVICE: &str = "orchestrator";
@@ -61,6 +61,8 @@ pub struct Config {
     pub deadlines: deadlines::Deadlines,
     /// The credential of the ops routes (`SAGAPAY_OPS_KEY`).
     pub ops_key: OpsKey,
+    /// The keys internal calls are verified with (`SAGAPAY_INTERNAL_KEYS`).
+    pub service_keys: ServiceKeys,
 }
 
 impl Config {
@@ -68,6 +70,7 @@ impl Config {
         let common = CommonConfig::from_env(SERVICE, DEFAULT_PORT)?;
         Ok(Self {
             ops_key: OpsKey::from_env(common.environment)?,
+            service_keys: ServiceKeys::from_env(common.environment)?,
             deadlines: deadlines::Deadlines::from_env()?,
             relay_enabled: true,
             common,
@@ -81,6 +84,7 @@ impl Config {
             relay_enabled: true,
             deadlines: deadlines::Deadlines::default(),
             ops_key: OpsKey::development(),
+            service_keys: ServiceKeys::development(),
         }
     }
 }
@@ -261,6 +265,6 @@ pub async fn start(config: Config) -> anyhow::Result<ServiceHandle> {
         metrics,
     };
     let ops = ops::routes(state.clone(), config.ops_key.clone());
-    let router = platform.router(api::routes(state).merge(ops));
+    let router = platform.router(api::routes(state, config.service_keys.clone()).merge(ops));
     builder.serve(config.common.http_addr, router).await
 }

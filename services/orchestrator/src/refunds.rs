@@ -16,6 +16,7 @@ use sagapay_messaging::headers::TRACEPARENT;
 use sagapay_messaging::MessageHeaders;
 use sagapay_service_kit::api_error::{ApiError, ErrorType};
 use sagapay_service_kit::http::RequestContext;
+use sagapay_service_kit::VerifiedCaller;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sqlx::{PgConnection, Row};
@@ -26,7 +27,6 @@ use crate::api::AppState;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateRefund {
-    pub merchant_id: Uuid,
     pub amount_cents: AmountMinor,
     pub idempotency_key: IdempotencyKey,
     pub reason: RefundReason,
@@ -77,21 +77,23 @@ pub async fn list(conn: &mut PgConnection, payment_id: Uuid) -> sqlx::Result<Vec
 pub async fn create(
     State(state): State<AppState>,
     Extension(ctx): Extension<RequestContext>,
+    Extension(caller): Extension<VerifiedCaller>,
     Path(payment_id): Path<Uuid>,
     Json(req): Json<CreateRefund>,
 ) -> Result<Response, ApiError> {
+    let merchant_id = crate::api::merchant_of(&caller)?;
     let not_found = || {
         ApiError::not_found("payment_not_found", format!("no payment {payment_id}"))
             .with_param("payment_id")
     };
     let fingerprint = hex::encode(Sha256::digest(
-        format!("{}\n{}\n{}", req.merchant_id, req.amount_cents, req.reason).as_bytes(),
+        format!("{}\n{}\n{}", merchant_id, req.amount_cents, req.reason).as_bytes(),
     ));
     let mut tx = state.pool.begin().await?;
     // The lock that makes admission safe under concurrency.
     let payment: PaymentRow = store::load_for_update(&mut tx, payment_id)
         .await?
-        .filter(|p| p.merchant_id == req.merchant_id)
+        .filter(|p| p.merchant_id == merchant_id)
         .ok_or_else(not_found)?;
 
     if let Some(existing) = sqlx::query(&format!(
@@ -168,7 +170,7 @@ pub async fn create(
     )
     .bind(refund_id)
     .bind(payment_id)
-    .bind(req.merchant_id)
+    .bind(merchant_id)
     .bind(req.amount_cents.get())
     .bind(currency.as_str())
     .bind(req.reason.as_str())

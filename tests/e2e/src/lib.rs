@@ -337,6 +337,55 @@ impl TestStack {
         (status, resp.json().await.expect("JSON body"))
     }
 
+    /// A request to the orchestrator's internal API signed as `caller` with `keys`, acting for
+    /// `merchant` (what the gateway sends; tests use it to call the API the gateway's way or
+    /// to forge variations of it).
+    pub fn internal_request(
+        &self,
+        keys: &sagapay_service_kit::ServiceKeys,
+        caller: &str,
+        method: reqwest::Method,
+        path_and_query: &str,
+        merchant: Option<Uuid>,
+        body: Option<&Value>,
+    ) -> reqwest::RequestBuilder {
+        let bytes = body
+            .map(|b| serde_json::to_vec(b).unwrap())
+            .unwrap_or_default();
+        let signed = keys.sign(
+            caller,
+            method.as_str(),
+            path_and_query,
+            merchant,
+            &bytes,
+            chrono::Utc::now().timestamp(),
+        );
+        let mut req = self.http.request(
+            method,
+            format!("{}{path_and_query}", self.service_url("orchestrator")),
+        );
+        for (name, value) in signed {
+            req = req.header(name, value);
+        }
+        if body.is_some() {
+            req = req.header("content-type", "application/json").body(bytes);
+        }
+        req
+    }
+
+    /// `GET` on the ledger's ops API (`path` from the root), with the ops key: status and body.
+    pub async fn ledger_get(&self, path: &str) -> (u16, Value) {
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.service_url("ledger")))
+            .header("x-ops-key", DEV_OPS_KEY)
+            .send()
+            .await
+            .expect("GET on the ledger");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.expect("JSON body"))
+    }
+
     /// The payment's timeline as `(from_state, to_state, reason)`.
     pub async fn timeline(&self, payment_id: &str) -> Vec<TimelineRow> {
         self.get_payment(payment_id).await["timeline"]

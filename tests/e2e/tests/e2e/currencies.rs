@@ -3,24 +3,15 @@
 //! USD and JPY.
 
 use sagapay_e2e::TestStack;
-use serde_json::{json, Value};
+use serde_json::json;
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(40);
 
 async fn fee_revenue(stack: &TestStack, currency: &str) -> i64 {
-    let body: Value = stack
-        .http
-        .get(format!(
-            "{}/accounts/{currency}:fee_revenue/balance",
-            stack.service_url("ledger")
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, body) = stack
+        .ledger_get(&format!("/accounts/{currency}:fee_revenue/balance"))
+        .await;
     body["balance_minor"]
         .as_i64()
         .unwrap_or_else(|| panic!("{body}"))

@@ -1,17 +1,7 @@
 use sagapay_e2e::TestStack;
-use serde_json::{json, Value};
+use serde_json::json;
 use sqlx::{Connection, PgConnection};
 use uuid::Uuid;
-
-async fn ledger_get(stack: &TestStack, path: &str) -> (u16, Value) {
-    let resp = stack
-        .http
-        .get(format!("{}{path}", stack.service_url("ledger")))
-        .send()
-        .await
-        .unwrap();
-    (resp.status().as_u16(), resp.json().await.unwrap())
-}
 
 /// The ledger's rules hold even against SQL typed by hand.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -120,7 +110,7 @@ async fn the_database_rejects_altered_deleted_and_unbalanced_ledger_entries() {
     assert!(e.to_string().contains("unbalanced"), "{e}");
 
     // Nothing changed: the payment's posting is intact and everything reconciles.
-    let (status, report) = ledger_get(&stack, "/reconciliation").await;
+    let (status, report) = stack.ledger_get("/reconciliation").await;
     assert_eq!(status, 200);
     assert_eq!(report["transactions_checked"], 1);
     assert_eq!(report["imbalanced_count"], 0);
@@ -144,7 +134,7 @@ async fn balances_and_reconciliation_agree_with_the_entries() {
             .settled_payment(&format!("bal-{i}"), *amount, "USD")
             .await;
     }
-    let (status, report) = ledger_get(&stack, "/reconciliation").await;
+    let (status, report) = stack.ledger_get("/reconciliation").await;
     assert_eq!(status, 200);
     assert_eq!(
         (
@@ -158,12 +148,14 @@ async fn balances_and_reconciliation_agree_with_the_entries() {
     // Fees: 2.9 % half up + 30, capped at the amount: 103, 59, 10, 2930.
     let total: i64 = amounts.iter().sum();
     let fees = 103 + 59 + 10 + 2_930;
-    let (_, clearing) = ledger_get(&stack, "/accounts/USD:provider_clearing/balance").await;
+    let (_, clearing) = stack
+        .ledger_get("/accounts/USD:provider_clearing/balance")
+        .await;
     assert_eq!(clearing["balance_minor"], total);
     assert_eq!(clearing["consistent"], true);
-    let (_, revenue) = ledger_get(&stack, "/accounts/USD:fee_revenue/balance").await;
+    let (_, revenue) = stack.ledger_get("/accounts/USD:fee_revenue/balance").await;
     assert_eq!(revenue["balance_minor"], fees);
-    let (status, accounts) = ledger_get(&stack, "/accounts").await;
+    let (status, accounts) = stack.ledger_get("/accounts").await;
     assert_eq!(status, 200);
     let payable: i64 = accounts
         .as_array()
@@ -179,18 +171,20 @@ async fn balances_and_reconciliation_agree_with_the_entries() {
         .sum();
     assert_eq!(payable, total - fees, "merchant payable is net of fees");
 
-    let (status, missing) = ledger_get(&stack, "/accounts/USD:nothing/balance").await;
+    let (status, missing) = stack.ledger_get("/accounts/USD:nothing/balance").await;
     assert_eq!(status, 404, "{missing}");
     let ledger = stack.db("ledger").await;
     let tx_id: Uuid = sqlx::query_scalar("SELECT transaction_id FROM journal_transactions LIMIT 1")
         .fetch_one(&ledger)
         .await
         .unwrap();
-    let (status, one) = ledger_get(&stack, &format!("/reconciliation/{tx_id}")).await;
+    let (status, one) = stack.ledger_get(&format!("/reconciliation/{tx_id}")).await;
     assert_eq!(status, 200);
     assert_eq!(one["balanced"], true);
     assert_eq!(one["debits_minor"], one["credits_minor"]);
-    let (status, _) = ledger_get(&stack, &format!("/reconciliation/{}", Uuid::now_v7())).await;
+    let (status, _) = stack
+        .ledger_get(&format!("/reconciliation/{}", Uuid::now_v7()))
+        .await;
     assert_eq!(status, 404);
     stack.teardown().await;
 }

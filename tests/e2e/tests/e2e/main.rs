@@ -4,6 +4,7 @@
 mod consumer_batch;
 mod consumer_failures;
 mod crash;
+mod credentials;
 mod currencies;
 mod dashboards;
 mod deadletter;

@@ -10,6 +10,7 @@ use sagapay_e2e::{
     database_available, eventually, metric_value, outbox_envelopes, StackOptions, TestStack,
 };
 use sagapay_messaging::{Classification, DeadLetter};
+use sagapay_service_kit::ServiceKeys;
 use sagapayctl::dlq::{self, Filter};
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -492,9 +493,20 @@ async fn a_database_outage_is_retried_in_place_visible_and_bounded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_orchestrators_internal_api_applies_the_gateways_field_limits() {
     let stack = TestStack::spawn().await;
-    let url = format!("{}/internal/payments", stack.service_url("orchestrator"));
-    let valid = json!({"merchant_id": Uuid::now_v7(), "customer_id": "cust-1",
-                       "amount_cents": 100, "currency": "USD", "idempotency_key": "k1"});
+    let keys = ServiceKeys::development();
+    let merchant = Some(Uuid::now_v7());
+    let post = |body: &Value| {
+        stack.internal_request(
+            &keys,
+            "gateway",
+            reqwest::Method::POST,
+            "/internal/payments",
+            merchant,
+            Some(body),
+        )
+    };
+    let valid = json!({"customer_id": "cust-1", "amount_cents": 100, "currency": "USD",
+                       "idempotency_key": "k1"});
     let cases = [
         (
             "customer_id",
@@ -514,7 +526,7 @@ async fn the_orchestrators_internal_api_applies_the_gateways_field_limits() {
     for (field, value, code) in cases {
         let mut body = valid.clone();
         body[field] = value;
-        let resp = stack.http.post(&url).json(&body).send().await.unwrap();
+        let resp = post(&body).send().await.unwrap();
         let status = resp.status();
         assert!(status.is_client_error(), "{field}: {status}");
         let error: Value = resp.json().await.unwrap();
@@ -532,7 +544,7 @@ async fn the_orchestrators_internal_api_applies_the_gateways_field_limits() {
             .await
             .unwrap();
     assert_eq!((payments, outbox), (0, 0), "nothing was written");
-    let ok = stack.http.post(&url).json(&valid).send().await.unwrap();
+    let ok = post(&valid).send().await.unwrap();
     assert_eq!(ok.status(), 201, "the valid request still passes");
     let text = stack
         .http

@@ -124,15 +124,7 @@ async fn after_a_thousand_mixed_payments_and_refunds_everything_reconciles() {
     )
     .await;
 
-    let report: Value = stack
-        .http
-        .get(format!("{}/reconciliation", stack.service_url("ledger")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, report) = stack.ledger_get("/reconciliation").await;
     let settled = (PAYMENTS - PAYMENTS / 10) as i64;
     assert_eq!(report["transactions_checked"], settled + n_refunds);
     assert_eq!(report["imbalanced_count"], 0);

@@ -17,18 +17,6 @@ async fn refund(stack: &TestStack, pid: &str, amount: i64, key: &str) -> (u16, V
     (resp.status().as_u16(), resp.json().await.unwrap())
 }
 
-async fn ledger_get(stack: &TestStack, path: &str) -> Value {
-    stack
-        .http
-        .get(format!("{}{path}", stack.service_url("ledger")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_partial_then_a_full_refund_post_reversals_and_end_refunded() {
     let stack = TestStack::spawn().await;
@@ -83,9 +71,11 @@ async fn a_partial_then_a_full_refund_post_reversals_and_end_refunded() {
     assert_eq!(postings[0], ("CAPTURE".to_owned(), 10_000));
     assert!(postings[1].0.starts_with("REFUND:") && postings[1].1 == 3_000);
     assert!(postings[2].0.starts_with("REFUND:") && postings[2].1 == 7_000);
-    let clearing = ledger_get(&stack, "/accounts/USD:provider_clearing/balance").await;
+    let (_, clearing) = stack
+        .ledger_get("/accounts/USD:provider_clearing/balance")
+        .await;
     assert_eq!(clearing["balance_minor"], 0);
-    let report = ledger_get(&stack, "/reconciliation").await;
+    let (_, report) = stack.ledger_get("/reconciliation").await;
     assert_eq!(report["imbalanced_count"], 0);
     assert_eq!(report["balance_mismatches"], json!([]));
     let provider = stack.db("provider-adapter").await;
