@@ -58,10 +58,15 @@ impl ServiceBuilder {
         let span = tracing::info_span!("http", service_name = self.service);
         self.tasks.spawn(
             async move {
-                axum::serve(listener, router)
-                    .with_graceful_shutdown(async move { token.cancelled().await })
-                    .await
-                    .context("HTTP server failed")
+                // The peer's address is in each request's extensions (`ConnectInfo`), for
+                // limits per client address.
+                axum::serve(
+                    listener,
+                    router.into_make_service_with_connect_info::<SocketAddr>(),
+                )
+                .with_graceful_shutdown(async move { token.cancelled().await })
+                .await
+                .context("HTTP server failed")
             }
             .instrument(span),
         );

@@ -1,7 +1,9 @@
 //! API keys: stored as SHA-256 hashes, looked up by hash. Looking up by hash means no
 //! comparison ever touches the secret itself, so its timing reveals nothing about the key; the
-//! digest found is compared again in constant time before it is trusted. Every request is
-//! checked against the database, so a revoked key is refused from the next request on.
+//! digest found is compared again in constant time before it is trusted. A key found is
+//! trusted for at most a second without asking again (`keycache`), so a revoked key is
+//! refused within a second; a key not cached is looked up only within its client address's
+//! budget.
 //! Merchants and keys are managed by `keys` (through `sagapayctl`).
 
 use axum::extract::FromRequestParts;
@@ -54,17 +56,23 @@ pub async fn seed_dev_merchant(pool: &PgPool, key: &str) -> anyhow::Result<Uuid>
 }
 
 pub async fn authenticate(pool: &PgPool, key: &str) -> Result<Option<Merchant>, sqlx::Error> {
+    authenticate_digest(pool, &hash_key(key)).await
+}
+
+async fn authenticate_digest(
+    pool: &PgPool,
+    digest: &[u8],
+) -> Result<Option<Merchant>, sqlx::Error> {
     use subtle::ConstantTimeEq;
-    let digest = hash_key(key);
     let found: Option<(Uuid, Uuid, Vec<u8>)> = sqlx::query_as(
         "SELECT merchant_id, key_id, key_hash FROM api_keys
          WHERE key_hash = $1 AND revoked_at IS NULL",
     )
-    .bind(&digest)
+    .bind(digest)
     .fetch_optional(pool)
     .await?;
     Ok(found
-        .filter(|(_, _, stored)| bool::from(stored.as_slice().ct_eq(&digest)))
+        .filter(|(_, _, stored)| bool::from(stored.as_slice().ct_eq(digest)))
         .map(|(merchant_id, key_id, _)| Merchant {
             merchant_id,
             key_id,
@@ -75,9 +83,12 @@ pub async fn authenticate(pool: &PgPool, key: &str) -> Result<Option<Merchant>, 
 pub trait KeyStore {
     fn key_pool(&self) -> &PgPool;
     fn rate_limit(&self) -> &crate::ratelimit::RateLimit;
+    fn key_cache(&self) -> &crate::keycache::KeyCache;
+    fn lookup_budget(&self) -> &crate::keycache::LookupBudget;
 }
 
-/// Authenticates the request, then takes one token from its key's rate-limit bucket.
+/// Authenticates the request (from the cache, or from the database within the client
+/// address's lookup budget), then takes one token from its key's rate-limit bucket.
 impl<S: KeyStore + Send + Sync> FromRequestParts<S> for Merchant {
     type Rejection = axum::response::Response;
 
@@ -91,10 +102,29 @@ impl<S: KeyStore + Send + Sync> FromRequestParts<S> for Merchant {
             .ok_or_else(|| {
                 ApiError::unauthorized("missing or malformed x-api-key header").into_response()
             })?;
-        let merchant = authenticate(state.key_pool(), key)
-            .await
-            .map_err(|e| ApiError::from(e).into_response())?
-            .ok_or_else(|| ApiError::unauthorized("invalid API key").into_response())?;
+        let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
+        let merchant = match state.key_cache().get(&digest) {
+            Some(m) => m,
+            None => {
+                // Before any database work: a flood of unknown keys from one address stops here.
+                let peer = parts
+                    .extensions
+                    .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                    .map(|c| c.0.ip());
+                if let Some(address) = peer {
+                    state
+                        .lookup_budget()
+                        .take(address)
+                        .map_err(lookup_refusal)?;
+                }
+                let m = authenticate_digest(state.key_pool(), &digest)
+                    .await
+                    .map_err(|e| ApiError::from(e).into_response())?
+                    .ok_or_else(|| ApiError::unauthorized("invalid API key").into_response())?;
+                state.key_cache().put(digest, m);
+                m
+            }
+        };
         let remaining = state
             .rate_limit()
             .check(merchant.key_id)
@@ -104,4 +134,23 @@ impl<S: KeyStore + Send + Sync> FromRequestParts<S> for Merchant {
         }
         Ok(merchant)
     }
+}
+
+/// 429 for an address that spent its budget of key lookups.
+fn lookup_refusal(retry_after_s: u64) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let mut resp = ApiError::new(
+        axum::http::StatusCode::TOO_MANY_REQUESTS,
+        sagapay_service_kit::api_error::ErrorType::RateLimitError,
+        "too_many_key_lookups",
+        format!(
+            "too many requests with API keys not recently seen from this address; retry in {retry_after_s} s"
+        ),
+    )
+    .into_response();
+    resp.headers_mut().insert(
+        axum::http::header::RETRY_AFTER,
+        axum::http::HeaderValue::from(retry_after_s),
+    );
+    resp
 }

@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod idempotency;
+pub mod keycache;
 pub mod keys;
 mod openapi;
 pub mod ratelimit;
@@ -50,6 +51,13 @@ pub struct Config {
     pub idempotency: idempotency::IdempotencySettings,
     /// The keys it signs its calls to the orchestrator with (`SAGAPAY_INTERNAL_KEYS`).
     pub service_keys: ServiceKeys,
+    /// `SAGAPAY_KEY_CACHE_TTL_MS` (default and most 1,000; 0: off): how long a key found is
+    /// trusted without the database, so also how long a revoked key may still work.
+    pub key_cache_ttl_ms: u64,
+    /// Database lookups of keys not cached, per client address: `SAGAPAY_KEY_LOOKUPS_PER_SECOND`
+    /// (default 20) with room for `SAGAPAY_KEY_LOOKUPS_BURST` (default 100) at once.
+    pub key_lookups_per_second: u32,
+    pub key_lookups_burst: u32,
 }
 
 /// About $1,000,000 in each currency.
@@ -80,6 +88,9 @@ impl Config {
                 Some(env_or("SAGAPAY_REDIS_URL", DEFAULT_REDIS_URL)).filter(|u| !u.is_empty()),
             ),
             service_keys: ServiceKeys::from_env(common.environment)?,
+            key_cache_ttl_ms: env_parse("SAGAPAY_KEY_CACHE_TTL_MS", 1_000)?,
+            key_lookups_per_second: env_parse("SAGAPAY_KEY_LOOKUPS_PER_SECOND", 20)?,
+            key_lookups_burst: env_parse("SAGAPAY_KEY_LOOKUPS_BURST", 100)?,
             common,
         })
     }
@@ -96,6 +107,10 @@ impl Config {
             rate_limit_burst: 100_000,
             idempotency: idempotency::IdempotencySettings::new(Some(DEFAULT_REDIS_URL.into())),
             service_keys: ServiceKeys::development(),
+            key_cache_ttl_ms: 1_000,
+            // Tests that are not about floods send many keys from one address.
+            key_lookups_per_second: 100_000,
+            key_lookups_burst: 100_000,
             common,
         }
     }
@@ -134,6 +149,13 @@ pub async fn start(config: Config) -> anyhow::Result<ServiceHandle> {
             config.rate_limit_per_second,
             config.rate_limit_burst,
         )),
+        key_cache: std::sync::Arc::new(keycache::KeyCache::new(Duration::from_millis(
+            config.key_cache_ttl_ms,
+        ))),
+        lookup_budget: std::sync::Arc::new(keycache::LookupBudget::new(
+            config.key_lookups_per_second,
+            config.key_lookups_burst,
+        )),
         idempotency: std::sync::Arc::new(idempotency::IdempotencyCache::new(
             config.common.namespace.as_str(),
             config.idempotency.clone(),
@@ -141,13 +163,17 @@ pub async fn start(config: Config) -> anyhow::Result<ServiceHandle> {
         )?),
     };
     let limits = state.rate_limit.clone();
+    let budget = state.lookup_budget.clone();
     let router = platform.router(routes::routes(state, config.body_limit_bytes));
     let mut builder = platform.builder();
     builder.spawn("rate-limit-housekeeping", move |shutdown| async move {
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
-                _ = tokio::time::sleep(Duration::from_secs(60)) => limits.shrink(),
+                _ = tokio::time::sleep(Duration::from_secs(60)) => {
+                    limits.shrink();
+                    budget.shrink();
+                }
             }
         }
     });

@@ -26,6 +26,8 @@ pub struct AppState {
     pub service_keys: ServiceKeys,
     pub max_amount: sagapay_domain::PerCurrency,
     pub rate_limit: std::sync::Arc<crate::ratelimit::RateLimit>,
+    pub key_cache: std::sync::Arc<crate::keycache::KeyCache>,
+    pub lookup_budget: std::sync::Arc<crate::keycache::LookupBudget>,
     pub idempotency: std::sync::Arc<IdempotencyCache>,
 }
 
@@ -35,6 +37,12 @@ impl KeyStore for AppState {
     }
     fn rate_limit(&self) -> &crate::ratelimit::RateLimit {
         &self.rate_limit
+    }
+    fn key_cache(&self) -> &crate::keycache::KeyCache {
+        &self.key_cache
+    }
+    fn lookup_budget(&self) -> &crate::keycache::LookupBudget {
+        &self.lookup_budget
     }
 }
 

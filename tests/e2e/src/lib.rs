@@ -79,6 +79,9 @@ pub struct StackOptions {
     pub ledger_currencies: Option<Vec<sagapay_domain::Currency>>,
     /// Gateway rate limit per API key: (per second, burst). Default: practically none.
     pub gateway_rate_limit: Option<(u32, u32)>,
+    /// Gateway's database lookups of uncached keys per client address: (per second, burst).
+    /// Default: practically none.
+    pub gateway_key_lookups: Option<(u32, u32)>,
     /// Gateway's Redis for the idempotency fast path (default: the stack's Redis).
     pub gateway_redis_url: Option<String>,
     /// Every consumer's retry budget: (attempts, time) before RETRY_EXHAUSTED.
@@ -147,6 +150,10 @@ impl TestStack {
                 if let Some((per_second, burst)) = options.gateway_rate_limit {
                     g.rate_limit_per_second = per_second;
                     g.rate_limit_burst = burst;
+                }
+                if let Some((per_second, burst)) = options.gateway_key_lookups {
+                    g.key_lookups_per_second = per_second;
+                    g.key_lookups_burst = burst;
                 }
                 if let Some(url) = &options.gateway_redis_url {
                     g.idempotency.redis_url = Some(url.clone());
