@@ -62,6 +62,8 @@ END
 -- resettable by the services' user.
 CREATE EXTENSION IF NOT EXISTS pg_stat_statements;
 GRANT pg_read_all_stats TO $PG_USER;
+-- The production-mode test starts a service as a user of its own, with a real password.
+ALTER ROLE $PG_USER CREATEROLE;
 GRANT EXECUTE ON FUNCTION pg_stat_statements_reset(oid, oid, bigint) TO $PG_USER;
 SQL
   PGPASSWORD="$PG_PASSWORD" psql -q -h 127.0.0.1 -p "$PG_PORT" -U "$PG_USER" -d postgres -c 'select 1' >/dev/null \

@@ -9,12 +9,23 @@ cd "$SAGAPAY_ROOT"
 command -v cargo >/dev/null || die "cargo is not installed (https://rustup.rs)"
 
 # Databases of test namespaces from earlier, interrupted runs (tests drop their own).
+# Users a failed production-mode test left (their databases go below, then they do).
+prod_roles=$(PGPASSWORD="$PG_PASSWORD" psql -h 127.0.0.1 -p "$PG_PORT" -U "$PG_USER" -d postgres -Atq \
+  -c "SELECT rolname FROM pg_roles WHERE rolname ~ '^t_[0-9a-f]{12}_prod$'")
+for role in $prod_roles; do
+  PGPASSWORD="$PG_PASSWORD" psql -h 127.0.0.1 -p "$PG_PORT" -U "$PG_USER" -d postgres -q \
+    -c "GRANT \"$role\" TO \"$PG_USER\"" >/dev/null 2>&1 || true
+done
 PGPASSWORD="$PG_PASSWORD" psql -h 127.0.0.1 -p "$PG_PORT" -U "$PG_USER" -d postgres -Atq \
   -c "SELECT datname FROM pg_database WHERE datname ~ '^t_[0-9a-f]{12}_'" \
   | while read -r db; do
       PGPASSWORD="$PG_PASSWORD" psql -h 127.0.0.1 -p "$PG_PORT" -U "$PG_USER" -d postgres -q \
         -c "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null || true
     done
+for role in $prod_roles; do
+  PGPASSWORD="$PG_PASSWORD" psql -h 127.0.0.1 -p "$PG_PORT" -U "$PG_USER" -d postgres -q \
+    -c "DROP ROLE IF EXISTS \"$role\"" >/dev/null 2>&1 || true
+done
 
 # The end-to-end tests mostly wait on timers (retry back-off) and I/O; four at a time keeps
 # two cores busy without starving them.

@@ -20,6 +20,12 @@ pub struct KafkaSettings {
     pub producer_overrides: Vec<(String, String)>,
     /// librdkafka properties set on consumers after SagaPay's own.
     pub consumer_overrides: Vec<(String, String)>,
+    /// librdkafka properties of every client (producers, consumers, topic administration):
+    /// the connection's security (`security.protocol`, `sasl.mechanism`, `sasl.username`,
+    /// `sasl.password`, ...).
+    pub client_overrides: Vec<(String, String)>,
+    /// Replicas of the topics a service creates (1 on the one-broker local stack).
+    pub replication_factor: i32,
 }
 
 /// Parses `key=value,key=value` (librdkafka property overrides); empty input gives none.
@@ -41,6 +47,8 @@ impl Default for KafkaSettings {
             partitions: 12,
             producer_overrides: Vec::new(),
             consumer_overrides: Vec::new(),
+            client_overrides: Vec::new(),
+            replication_factor: 1,
         }
     }
 }
@@ -51,6 +59,9 @@ impl KafkaSettings {
         cfg.set("bootstrap.servers", &self.brokers)
             .set("socket.nagle.disable", "true")
             .set("log_level", "4");
+        for (k, v) in &self.client_overrides {
+            cfg.set(k, v);
+        }
         cfg
     }
 
@@ -117,12 +128,18 @@ impl KafkaSettings {
         self.base().create().context("creating Kafka admin client")
     }
 
-    /// Creates the topics that do not exist yet (one replica: the local stack has one broker).
+    /// Creates the topics that do not exist yet, with `replication_factor` replicas.
     pub async fn ensure_topics(&self, topics: &[String]) -> anyhow::Result<()> {
         let admin = self.admin()?;
         let new_topics: Vec<NewTopic<'_>> = topics
             .iter()
-            .map(|t| NewTopic::new(t, self.partitions, TopicReplication::Fixed(1)))
+            .map(|t| {
+                NewTopic::new(
+                    t,
+                    self.partitions,
+                    TopicReplication::Fixed(self.replication_factor),
+                )
+            })
             .collect();
         let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
         let results = admin

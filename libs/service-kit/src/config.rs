@@ -11,6 +11,10 @@
 //! | `SAGAPAY_KAFKA_PARTITIONS` | `12` | partitions of the channels a service creates (the most instances of one service that can share a channel) |
 //! | `SAGAPAY_KAFKA_PRODUCER_CONFIG` | empty | librdkafka producer properties over ours, `k=v,k=v` |
 //! | `SAGAPAY_KAFKA_CONSUMER_CONFIG` | empty | librdkafka consumer properties over ours, `k=v,k=v` |
+//! | `SAGAPAY_KAFKA_CLIENT_CONFIG` | empty | librdkafka properties of every client, `k=v,k=v`: the connection's security (`security.protocol=SASL_PLAINTEXT,sasl.mechanism=PLAIN,sasl.username=...`) |
+//! | `SAGAPAY_KAFKA_SASL_PASSWORD_FILE` | none | a file holding `sasl.password` (kept out of the environment) |
+//! | `SAGAPAY_KAFKA_REPLICATION_FACTOR` | `1` (development), `3` (production) | replicas of the topics a service creates |
+//! | `SAGAPAY_KAFKA_MIN_REPLICATION_FACTOR` | `1` (development), `3` (production) | production refuses to start with a replication factor below it |
 //! | `SAGAPAY_HTTP_ADDR` | `127.0.0.1:<service port>` | where the HTTP API listens |
 //! | `SAGAPAY_DB_POOL_SIZE` | `16` | connections in the service's pool |
 //! | `SAGAPAY_DB_STATEMENT_TIMEOUT_MS` | `30000` | longest any statement of the service may run (lock waits included) |
@@ -57,6 +61,44 @@ pub struct CommonConfig {
 }
 
 pub const DEFAULT_POSTGRES_URL: &str = "postgres://sagapay:sagapay@127.0.0.1:5432";
+
+/// Passwords production refuses: the local stack's.
+const DEVELOPMENT_PASSWORDS: [&str; 2] = ["sagapay", "postgres"];
+/// Services with ops routes.
+const USES_OPS_KEY: [&str; 4] = ["orchestrator", "risk", "ledger", "provider-adapter"];
+/// Services that sign or verify internal calls.
+const USES_INTERNAL_KEYS: [&str; 2] = ["gateway", "orchestrator"];
+
+fn default_replication(environment: Environment) -> i32 {
+    match environment {
+        Environment::Development => 1,
+        Environment::Production => 3,
+    }
+}
+
+/// The password of a `postgres://user:password@host` URL, if it has one.
+fn postgres_password(url: &str) -> Option<&str> {
+    let rest = url.split_once("://")?.1;
+    let userinfo = rest.split_once('@')?.0;
+    userinfo
+        .split_once(':')
+        .map(|(_, p)| p)
+        .filter(|p| !p.is_empty())
+}
+
+/// `SAGAPAY_KAFKA_CLIENT_CONFIG`, with `sasl.password` from `SAGAPAY_KAFKA_SASL_PASSWORD_FILE`.
+fn kafka_client_overrides() -> anyhow::Result<Vec<(String, String)>> {
+    let mut overrides =
+        sagapay_messaging::kafka::parse_overrides(&env_or("SAGAPAY_KAFKA_CLIENT_CONFIG", ""))
+            .context("SAGAPAY_KAFKA_CLIENT_CONFIG")?;
+    let file = env_or("SAGAPAY_KAFKA_SASL_PASSWORD_FILE", "");
+    if !file.is_empty() {
+        let password = std::fs::read_to_string(&file)
+            .with_context(|| format!("SAGAPAY_KAFKA_SASL_PASSWORD_FILE {file}"))?;
+        overrides.push(("sasl.password".to_owned(), password.trim().to_owned()));
+    }
+    Ok(overrides)
+}
 
 /// Reads `name`, or `default` when unset or empty.
 pub fn env_or(name: &str, default: &str) -> String {
@@ -118,7 +160,7 @@ impl CommonConfig {
                 Some(id)
             }
         };
-        Ok(Self {
+        let config = Self {
             service,
             namespace,
             instance_id,
@@ -137,6 +179,11 @@ impl CommonConfig {
                     "",
                 ))
                 .context("SAGAPAY_KAFKA_CONSUMER_CONFIG")?,
+                client_overrides: kafka_client_overrides()?,
+                replication_factor: env_parse(
+                    "SAGAPAY_KAFKA_REPLICATION_FACTOR",
+                    default_replication(environment),
+                )?,
             },
             http_addr,
             db_pool_size: env_parse("SAGAPAY_DB_POOL_SIZE", 16)?,
@@ -161,7 +208,53 @@ impl CommonConfig {
                 )?),
                 ..RelaySettings::default()
             },
-        })
+        };
+        if environment == Environment::Production {
+            let problems = config.production_problems()?;
+            anyhow::ensure!(
+                problems.is_empty(),
+                "production mode refuses to start {service}:\n  - {}",
+                problems.join("\n  - ")
+            );
+        }
+        Ok(config)
+    }
+
+    /// What production mode refuses in this service's settings, one sentence per problem
+    /// (the table in `docs/architecture.md`, "Production mode").
+    pub fn production_problems(&self) -> anyhow::Result<Vec<String>> {
+        let mut problems = Vec::new();
+        match postgres_password(&self.postgres_url) {
+            None => problems.push(
+                "SAGAPAY_POSTGRES_URL has no password: set the database user's password".to_owned(),
+            ),
+            Some(p) if DEVELOPMENT_PASSWORDS.contains(&p) => problems.push(
+                "SAGAPAY_POSTGRES_URL has the development password: set the database user's own"
+                    .to_owned(),
+            ),
+            Some(_) => {}
+        }
+        let minimum: i32 = env_parse(
+            "SAGAPAY_KAFKA_MIN_REPLICATION_FACTOR",
+            default_replication(Environment::Production),
+        )?;
+        if self.kafka.replication_factor < minimum {
+            problems.push(format!(
+                "SAGAPAY_KAFKA_REPLICATION_FACTOR is {}, below the minimum of {minimum} (SAGAPAY_KAFKA_MIN_REPLICATION_FACTOR): a broker's loss would lose events",
+                self.kafka.replication_factor
+            ));
+        }
+        if USES_OPS_KEY.contains(&self.service) {
+            if let Err(e) = crate::OpsKey::from_env(Environment::Production) {
+                problems.push(e.to_string());
+            }
+        }
+        if USES_INTERNAL_KEYS.contains(&self.service) {
+            if let Err(e) = crate::ServiceKeys::from_env(Environment::Production) {
+                problems.push(e.to_string());
+            }
+        }
+        Ok(problems)
     }
 
     /// Configuration for an in-process test: given namespace, ephemeral port, small pool.

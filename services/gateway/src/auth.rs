@@ -55,20 +55,23 @@ pub async fn seed_dev_merchant(pool: &PgPool, key: &str) -> anyhow::Result<Uuid>
     Ok(merchant_id)
 }
 
-pub async fn authenticate(pool: &PgPool, key: &str) -> Result<Option<Merchant>, sqlx::Error> {
-    authenticate_digest(pool, &hash_key(key)).await
-}
-
+/// The merchant whose live key has this digest. In production the development merchant's
+/// keys do not authenticate, even if a development run seeded one into this database.
 async fn authenticate_digest(
     pool: &PgPool,
     digest: &[u8],
+    production: bool,
 ) -> Result<Option<Merchant>, sqlx::Error> {
     use subtle::ConstantTimeEq;
     let found: Option<(Uuid, Uuid, Vec<u8>)> = sqlx::query_as(
-        "SELECT merchant_id, key_id, key_hash FROM api_keys
-         WHERE key_hash = $1 AND revoked_at IS NULL",
+        "SELECT k.merchant_id, k.key_id, k.key_hash
+           FROM api_keys k JOIN merchants m USING (merchant_id)
+          WHERE k.key_hash = $1 AND k.revoked_at IS NULL
+            AND NOT ($2 AND m.name = $3)",
     )
     .bind(digest)
+    .bind(production)
+    .bind(DEV_MERCHANT_NAME)
     .fetch_optional(pool)
     .await?;
     Ok(found
@@ -85,6 +88,8 @@ pub trait KeyStore {
     fn rate_limit(&self) -> &crate::ratelimit::RateLimit;
     fn key_cache(&self) -> &crate::keycache::KeyCache;
     fn lookup_budget(&self) -> &crate::keycache::LookupBudget;
+    /// Production mode: the development merchant's keys are refused.
+    fn production(&self) -> bool;
 }
 
 /// Authenticates the request (from the cache, or from the database within the client
@@ -117,7 +122,7 @@ impl<S: KeyStore + Send + Sync> FromRequestParts<S> for Merchant {
                         .take(address)
                         .map_err(lookup_refusal)?;
                 }
-                let m = authenticate_digest(state.key_pool(), &digest)
+                let m = authenticate_digest(state.key_pool(), &digest, state.production())
                     .await
                     .map_err(|e| ApiError::from(e).into_response())?
                     .ok_or_else(|| ApiError::unauthorized("invalid API key").into_response())?;

@@ -152,6 +152,7 @@ pub async fn start(config: Config) -> anyhow::Result<ServiceHandle> {
         key_cache: std::sync::Arc::new(keycache::KeyCache::new(Duration::from_millis(
             config.key_cache_ttl_ms,
         ))),
+        production: config.common.environment == Environment::Production,
         lookup_budget: std::sync::Arc::new(keycache::LookupBudget::new(
             config.key_lookups_per_second,
             config.key_lookups_burst,

@@ -28,6 +28,7 @@ pub struct AppState {
     pub rate_limit: std::sync::Arc<crate::ratelimit::RateLimit>,
     pub key_cache: std::sync::Arc<crate::keycache::KeyCache>,
     pub lookup_budget: std::sync::Arc<crate::keycache::LookupBudget>,
+    pub production: bool,
     pub idempotency: std::sync::Arc<IdempotencyCache>,
 }
 
@@ -43,6 +44,9 @@ impl KeyStore for AppState {
     }
     fn lookup_budget(&self) -> &crate::keycache::LookupBudget {
         &self.lookup_budget
+    }
+    fn production(&self) -> bool {
+        self.production
     }
 }
 

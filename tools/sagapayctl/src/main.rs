@@ -314,6 +314,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let ns = Namespace::parse(&cli.namespace)?;
     let kafka = KafkaSettings {
         brokers: cli.brokers.clone(),
+        // The services' connection security, when the cluster needs it.
+        client_overrides: sagapay_messaging::kafka::parse_overrides(
+            &std::env::var("SAGAPAY_KAFKA_CLIENT_CONFIG").unwrap_or_default(),
+        )
+        .map_err(|e| anyhow::anyhow!("SAGAPAY_KAFKA_CLIENT_CONFIG: {e}"))?,
         ..KafkaSettings::default()
     };
     let base = cli.postgres_url.trim_end_matches('/').to_owned();

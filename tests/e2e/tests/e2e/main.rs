@@ -14,6 +14,7 @@ mod ledger;
 mod limbo;
 mod out_of_order;
 mod poison;
+mod production;
 mod provider_paths;
 mod rate_limit;
 mod reconcile;

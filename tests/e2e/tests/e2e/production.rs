@@ -1,0 +1,228 @@
+//! Production mode refuses unsafe settings at start, one message per problem, and starts with
+//! safe ones; there the development merchant's keys do not authenticate.
+
+use sagapay_e2e::{config, eventually, free_port, fresh_namespace, target_binary};
+use sha2::{Digest, Sha256};
+use sqlx::postgres::PgPoolOptions;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+use uuid::Uuid;
+
+/// Runs `binary` in production mode with `env` (over a fresh namespace) and returns its exit
+/// status and standard error; it must exit by itself.
+fn refused(binary: &str, env: &[(&str, &str)]) -> String {
+    let ns = fresh_namespace();
+    let mut command = Command::new(target_binary(binary));
+    command
+        .env_clear()
+        .env("SAGAPAY_ENVIRONMENT", "production")
+        .env("SAGAPAY_NAMESPACE", ns.as_str())
+        .env("SAGAPAY_HTTP_ADDR", "127.0.0.1:0")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let out = command.output().expect("run the service");
+    assert!(!out.status.success(), "{binary} started with {env:?}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Stops the service when the test ends, passing or not.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn production_mode_names_every_unsafe_setting_and_exits() {
+    // Everything unsafe at once: each problem has its own line.
+    let err = refused(
+        "sagapay-orchestrator",
+        &[
+            (
+                "SAGAPAY_POSTGRES_URL",
+                "postgres://sagapay:sagapay@127.0.0.1:5432",
+            ),
+            ("SAGAPAY_KAFKA_REPLICATION_FACTOR", "1"),
+            ("SAGAPAY_OPS_KEY", "dev-ops-secret"),
+            ("SAGAPAY_INTERNAL_KEYS", "dev-internal-secret"),
+        ],
+    );
+    for expected in [
+        "production mode refuses to start orchestrator",
+        "SAGAPAY_POSTGRES_URL has the development password",
+        "SAGAPAY_KAFKA_REPLICATION_FACTOR is 1, below the minimum of 3",
+        "SAGAPAY_OPS_KEY must be set",
+        "every key of SAGAPAY_INTERNAL_KEYS must be a secret of at least 32 characters",
+    ] {
+        assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
+    }
+    // One at a time, the rest safe: only that one is named.
+    let strong = "x".repeat(40);
+    let safe = [
+        (
+            "SAGAPAY_POSTGRES_URL",
+            "postgres://sagapay:a-real-password@127.0.0.1:5432",
+        ),
+        ("SAGAPAY_KAFKA_REPLICATION_FACTOR", "3"),
+        ("SAGAPAY_OPS_KEY", strong.as_str()),
+        ("SAGAPAY_INTERNAL_KEYS", strong.as_str()),
+    ];
+    let cases: [(&str, &str, &str); 5] = [
+        (
+            "SAGAPAY_POSTGRES_URL",
+            "postgres://sagapay@127.0.0.1:5432",
+            "has no password",
+        ),
+        (
+            "SAGAPAY_KAFKA_REPLICATION_FACTOR",
+            "2",
+            "is 2, below the minimum of 3",
+        ),
+        ("SAGAPAY_OPS_KEY", "short", "SAGAPAY_OPS_KEY must be set"),
+        (
+            "SAGAPAY_INTERNAL_KEYS",
+            "",
+            "SAGAPAY_INTERNAL_KEYS (or SAGAPAY_INTERNAL_KEYS_FILE) must be set",
+        ),
+        (
+            "SAGAPAY_INTERNAL_KEYS",
+            "dev-internal-secret",
+            "at least 32 characters",
+        ),
+    ];
+    for (name, value, expected) in cases {
+        let env: Vec<(&str, &str)> = safe
+            .iter()
+            .map(|&(k, v)| if k == name { (k, value) } else { (k, v) })
+            .collect();
+        let err = refused("sagapay-orchestrator", &env);
+        assert!(
+            err.contains(expected),
+            "{name}={value:?}: missing {expected:?} in:\n{err}"
+        );
+        assert_eq!(
+            err.matches("\n  - ").count(),
+            1,
+            "{name}={value:?}: one problem only:\n{err}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn production_mode_starts_with_safe_settings_and_refuses_the_development_merchant() {
+    let ns = fresh_namespace();
+    let base = config("gateway", &ns).postgres_url;
+    let admin = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&format!("{}/postgres", base.trim_end_matches('/')))
+        .await
+        .unwrap();
+    // A database user of its own with a real password.
+    let role = format!("{}_prod", ns.as_str());
+    let password = Uuid::new_v4().simple().to_string();
+    sqlx::query(&format!(
+        "CREATE ROLE {role} LOGIN CREATEDB PASSWORD '{password}'"
+    ))
+    .execute(&admin)
+    .await
+    .unwrap();
+    let keys_file = std::env::temp_dir().join(format!("{}-internal-keys", ns.as_str()));
+    std::fs::write(&keys_file, format!("{}\n", "k".repeat(40))).unwrap();
+    let port = free_port(32_700..32_800);
+    let server = base
+        .split_once('@')
+        .expect("user@server")
+        .1
+        .trim_end_matches('/');
+    let prod_url = format!("postgres://{role}:{password}@{server}");
+    let child = Command::new(target_binary("sagapay-gateway"))
+        .env_clear()
+        .env("SAGAPAY_ENVIRONMENT", "production")
+        .env("SAGAPAY_NAMESPACE", ns.as_str())
+        .env("SAGAPAY_HTTP_ADDR", format!("127.0.0.1:{port}"))
+        .env("SAGAPAY_POSTGRES_URL", &prod_url)
+        .env("SAGAPAY_INTERNAL_KEYS_FILE", &keys_file)
+        // The local stack has one broker: the operator states the minimum it accepts.
+        .env("SAGAPAY_KAFKA_REPLICATION_FACTOR", "1")
+        .env("SAGAPAY_KAFKA_MIN_REPLICATION_FACTOR", "1")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut child = KillOnDrop(child);
+    let http = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{port}");
+    eventually(
+        Duration::from_secs(30),
+        "the gateway ready in production",
+        || async {
+            let resp = http.get(format!("{url}/ready")).send().await.ok()?;
+            (resp.status() == 200).then_some(())
+        },
+    )
+    .await;
+
+    // A development merchant and key in the database (as a development run would have seeded
+    // them), and a real merchant's key.
+    let db = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&format!("{prod_url}/{}", ns.database("gateway")))
+        .await
+        .unwrap();
+    for (name, key) in [("dev-merchant", "dev-secret"), ("acme", "sk_acme_real_key")] {
+        let merchant = Uuid::now_v7();
+        sqlx::query("INSERT INTO merchants (merchant_id, name) VALUES ($1, $2)")
+            .bind(merchant)
+            .bind(name)
+            .execute(&db)
+            .await
+            .unwrap();
+        sqlx::query("INSERT INTO api_keys (key_id, merchant_id, key_hash, key_prefix) VALUES ($1, $2, $3, $4)")
+            .bind(Uuid::now_v7())
+            .bind(merchant)
+            .bind(Sha256::digest(key.as_bytes()).to_vec())
+            .bind(&key[..4])
+            .execute(&db)
+            .await
+            .unwrap();
+    }
+    let status_with = |key: &'static str| {
+        let req = http
+            .get(format!("{url}/payments/{}", Uuid::now_v7()))
+            .header("x-api-key", key);
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(
+        status_with("dev-secret").await,
+        401,
+        "the development key in production"
+    );
+    // Authenticated: it went on to the orchestrator, which this test does not run (503).
+    assert_eq!(
+        status_with("sk_acme_real_key").await,
+        503,
+        "a real key authenticates"
+    );
+
+    child.0.kill().unwrap();
+    child.0.wait().unwrap();
+    db.close().await;
+    // Its databases belong to its user.
+    let mut kafka = config("gateway", &ns).kafka;
+    kafka.replication_factor = 1;
+    sagapay_service_kit::drop_namespace(&prod_url, &kafka, &ns)
+        .await
+        .unwrap();
+    let _ = std::fs::remove_file(&keys_file);
+    sqlx::query(&format!("DROP ROLE IF EXISTS {role}"))
+        .execute(&admin)
+        .await
+        .unwrap();
+}
