@@ -19,6 +19,9 @@ DROP TRIGGER ledger_entries_update_balance ON ledger_entries;
 DROP TRIGGER account_balances_guarded ON account_balances;
 DROP FUNCTION ledger_check_entry_balance();
 DROP FUNCTION ledger_apply_balance();
+-- Replaced by ledger_check_transaction_balanced below (no join: the transaction's currency is
+-- the trigger's row).
+DROP FUNCTION ledger_assert_balanced(UUID);
 
 -- At commit: the journal transaction's entries balance, in its own currency.
 CREATE FUNCTION ledger_check_transaction_balanced() RETURNS trigger LANGUAGE plpgsql AS $$

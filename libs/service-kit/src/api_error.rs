@@ -79,6 +79,15 @@ impl ApiError {
         )
     }
 
+    pub fn body_too_large(limit_bytes: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorType::InvalidRequestError,
+            "body_too_large",
+            format!("the request body is larger than {limit_bytes} bytes"),
+        )
+    }
+
     pub fn unauthorized(message: impl Into<String>) -> Self {
         Self::new(
             StatusCode::UNAUTHORIZED,

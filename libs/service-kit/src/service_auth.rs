@@ -275,15 +275,7 @@ async fn check(State(policy): State<Policy>, req: Request, next: Next) -> Respon
     }
     let bytes = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
         Ok(b) => b,
-        Err(_) => {
-            return ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                ErrorType::InvalidRequestError,
-                "body_too_large",
-                format!("a signed request's body is at most {MAX_BODY_BYTES} bytes"),
-            )
-            .into_response()
-        }
+        Err(_) => return ApiError::body_too_large(MAX_BODY_BYTES).into_response(),
     };
     let path_and_query = parts
         .uri
@@ -342,60 +334,45 @@ mod tests {
                 merchant: Some(m)
             })
         );
-        // Body, path, method, merchant, caller, key, time: each breaks it.
-        assert_eq!(
-            keys.verify(&h, "POST", "/internal/payments", b"{ }", NOW),
-            Err(CredentialError::Invalid)
-        );
-        assert_eq!(
-            keys.verify(&h, "POST", "/internal/payments?x=1", b"{}", NOW),
-            Err(CredentialError::Invalid)
-        );
-        assert_eq!(
-            keys.verify(&h, "PUT", "/internal/payments", b"{}", NOW),
-            Err(CredentialError::Invalid)
-        );
-        let mut forged = h.clone();
-        forged.insert(
-            MERCHANT,
-            HeaderValue::from_str(&Uuid::now_v7().to_string()).unwrap(),
-        );
-        assert_eq!(
-            keys.verify(&forged, "POST", "/internal/payments", b"{}", NOW),
-            Err(CredentialError::Invalid)
-        );
-        let mut twice = h.clone();
-        twice.append(
-            MERCHANT,
-            HeaderValue::from_str(&Uuid::now_v7().to_string()).unwrap(),
-        );
-        assert_eq!(
-            keys.verify(&twice, "POST", "/internal/payments", b"{}", NOW),
-            Err(CredentialError::Invalid)
-        );
-        let mut other = h.clone();
-        other.insert(CALLER, HeaderValue::from_static("risk"));
-        assert_eq!(
-            keys.verify(&other, "POST", "/internal/payments", b"{}", NOW),
-            Err(CredentialError::Invalid)
-        );
+        // Body, path, method, merchant, caller, key, time, headers: each breaks it.
+        let changed = |name: &'static str, value: &str, append: bool| {
+            let mut changed = h.clone();
+            let value = HeaderValue::from_str(value).unwrap();
+            if append {
+                changed.append(name, value);
+            } else {
+                changed.insert(name, value);
+            }
+            changed
+        };
+        let other_merchant = Uuid::now_v7().to_string();
         let stranger = ServiceKeys::new(&["k2-k2-k2-k2-k2-k2-k2-k2-k2-k2-k2-k2"]);
-        assert_eq!(
-            stranger.verify(&h, "POST", "/internal/payments", b"{}", NOW),
-            Err(CredentialError::Invalid)
-        );
-        assert_eq!(
-            keys.verify(&h, "POST", "/internal/payments", b"{}", NOW + 61),
-            Err(CredentialError::Expired)
-        );
-        assert_eq!(
-            keys.verify(&h, "POST", "/internal/payments", b"{}", NOW - 61),
-            Err(CredentialError::Expired)
-        );
-        assert_eq!(
-            keys.verify(&HeaderMap::new(), "POST", "/internal/payments", b"{}", NOW),
-            Err(CredentialError::Missing)
-        );
+        use CredentialError::{Expired, Invalid, Missing};
+        let merchant_changed = changed(MERCHANT, &other_merchant, false);
+        let merchant_twice = changed(MERCHANT, &other_merchant, true);
+        let caller_changed = changed(CALLER, "risk", false);
+        let p = "/internal/payments";
+        // (what, verifier, headers, method, path and query, body, now, expected)
+        #[rustfmt::skip]
+        let cases = [
+            ("body", &keys, &h, "POST", p, "{ }", NOW, Invalid),
+            ("query", &keys, &h, "POST", "/internal/payments?x=1", "{}", NOW, Invalid),
+            ("method", &keys, &h, "PUT", p, "{}", NOW, Invalid),
+            ("merchant", &keys, &merchant_changed, "POST", p, "{}", NOW, Invalid),
+            ("merchant twice", &keys, &merchant_twice, "POST", p, "{}", NOW, Invalid),
+            ("caller", &keys, &caller_changed, "POST", p, "{}", NOW, Invalid),
+            ("key", &stranger, &h, "POST", p, "{}", NOW, Invalid),
+            ("late", &keys, &h, "POST", p, "{}", NOW + 61, Expired),
+            ("early", &keys, &h, "POST", p, "{}", NOW - 61, Expired),
+            ("no headers", &keys, &HeaderMap::new(), "POST", p, "{}", NOW, Missing),
+        ];
+        for (what, verifier, headers, method, path, body, now, expected) in cases {
+            assert_eq!(
+                verifier.verify(headers, method, path, body.as_bytes(), now),
+                Err(expected),
+                "{what}"
+            );
+        }
     }
 
     #[test]

@@ -16,8 +16,8 @@ use uuid::Uuid;
 pub const API_KEY_HEADER: &str = "x-api-key";
 pub const DEV_MERCHANT_NAME: &str = "dev-merchant";
 
-pub fn hash_key(key: &str) -> Vec<u8> {
-    Sha256::digest(key.as_bytes()).to_vec()
+pub fn hash_key(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
 }
 
 /// The merchant a request is authenticated as, and the key it used.
@@ -87,7 +87,7 @@ pub trait KeyStore {
     fn key_pool(&self) -> &PgPool;
     fn rate_limit(&self) -> &crate::ratelimit::RateLimit;
     fn key_cache(&self) -> &crate::keycache::KeyCache;
-    fn lookup_budget(&self) -> &crate::keycache::LookupBudget;
+    fn lookup_budget(&self) -> &crate::ratelimit::RateLimit<std::net::IpAddr>;
     /// Production mode: the development merchant's keys are refused.
     fn production(&self) -> bool;
 }
@@ -107,7 +107,7 @@ impl<S: KeyStore + Send + Sync> FromRequestParts<S> for Merchant {
             .ok_or_else(|| {
                 ApiError::unauthorized("missing or malformed x-api-key header").into_response()
             })?;
-        let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
+        let digest = hash_key(key);
         let merchant = match state.key_cache().get(&digest) {
             Some(m) => m,
             None => {
@@ -119,7 +119,7 @@ impl<S: KeyStore + Send + Sync> FromRequestParts<S> for Merchant {
                 if let Some(address) = peer {
                     state
                         .lookup_budget()
-                        .take(address)
+                        .check(address)
                         .map_err(lookup_refusal)?;
                 }
                 let m = authenticate_digest(state.key_pool(), &digest, state.production())
@@ -143,19 +143,11 @@ impl<S: KeyStore + Send + Sync> FromRequestParts<S> for Merchant {
 
 /// 429 for an address that spent its budget of key lookups.
 fn lookup_refusal(retry_after_s: u64) -> axum::response::Response {
-    use axum::response::IntoResponse;
-    let mut resp = ApiError::new(
-        axum::http::StatusCode::TOO_MANY_REQUESTS,
-        sagapay_service_kit::api_error::ErrorType::RateLimitError,
+    crate::ratelimit::too_many_requests(
         "too_many_key_lookups",
-        format!(
+        &format!(
             "too many requests with API keys not recently seen from this address; retry in {retry_after_s} s"
         ),
+        retry_after_s,
     )
-    .into_response();
-    resp.headers_mut().insert(
-        axum::http::header::RETRY_AFTER,
-        axum::http::HeaderValue::from(retry_after_s),
-    );
-    resp
 }

@@ -1,18 +1,14 @@
 //! What stands between an anonymous flood and the key table: API keys found are cached in
 //! memory for at most a second (so a revocation takes effect within a second), and a key that
-//! is not cached is looked up in the database only within a budget per client address, checked
-//! before the lookup. A flood of random keys from one address gets 429 without touching
+//! is not cached is looked up in the database only within a budget per client address (a
+//! `RateLimit<IpAddr>`), checked before the lookup. A flood of random keys from one address gets 429 without touching
 //! PostgreSQL, while merchants whose keys are cached never spend that budget.
 //!
 //! Client address: the TCP peer. Behind a load balancer that is the balancer's address; the
 //! budget then applies per balancer, which is why it is generous by default.
 
 use crate::auth::Merchant;
-use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultKeyedRateLimiter, Quota};
 use std::collections::HashMap;
-use std::net::IpAddr;
-use std::num::NonZeroU32;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -59,39 +55,6 @@ impl KeyCache {
     }
 }
 
-/// Database lookups of keys per client address.
-pub struct LookupBudget {
-    limiter: DefaultKeyedRateLimiter<IpAddr>,
-    clock: DefaultClock,
-}
-
-impl LookupBudget {
-    pub fn new(per_second: u32, burst: u32) -> Self {
-        let per_second = NonZeroU32::new(per_second.max(1)).expect("at least 1");
-        let burst = NonZeroU32::new(burst.max(1)).expect("at least 1");
-        Self {
-            limiter: DefaultKeyedRateLimiter::keyed(
-                Quota::per_second(per_second).allow_burst(burst),
-            ),
-            clock: DefaultClock::default(),
-        }
-    }
-
-    /// Takes one lookup of `address`'s budget, or the seconds until one is available.
-    pub fn take(&self, address: IpAddr) -> Result<(), u64> {
-        self.limiter.check_key(&address).map_err(|not_until| {
-            let wait = not_until.wait_time_from(self.clock.now());
-            (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
-        })
-    }
-
-    /// Forgets addresses whose budget is full again (call now and then).
-    pub fn shrink(&self) {
-        self.limiter.retain_recent();
-        self.limiter.shrink_to_fit();
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -113,17 +76,5 @@ mod tests {
             std::thread::yield_now();
         }
         assert!(KeyCache::new(Duration::from_secs(60)).ttl <= MAX_TTL);
-    }
-
-    #[test]
-    fn the_budget_is_per_address() {
-        let budget = LookupBudget::new(1, 3);
-        let a: IpAddr = "127.0.0.2".parse().unwrap();
-        let b: IpAddr = "127.0.0.3".parse().unwrap();
-        for _ in 0..3 {
-            assert!(budget.take(a).is_ok());
-        }
-        assert!(budget.take(a).unwrap_err() >= 1);
-        assert!(budget.take(b).is_ok());
     }
 }

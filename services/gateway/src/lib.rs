@@ -153,7 +153,7 @@ pub async fn start(config: Config) -> anyhow::Result<ServiceHandle> {
             config.key_cache_ttl_ms,
         ))),
         production: config.common.environment == Environment::Production,
-        lookup_budget: std::sync::Arc::new(keycache::LookupBudget::new(
+        lookup_budget: std::sync::Arc::new(ratelimit::RateLimit::new(
             config.key_lookups_per_second,
             config.key_lookups_burst,
         )),

@@ -1,7 +1,7 @@
-//! Per-API-key rate limits: a token bucket (GCRA, `governor`) per key, refilled at
-//! `per_second` with room for `burst` at once. Over the limit a request gets 429 with
-//! `Retry-After`; every authenticated response carries `x-ratelimit-limit` and
-//! `x-ratelimit-remaining`.
+//! Rate limits: a token bucket (GCRA, `governor`) per key, refilled at `per_second` with room
+//! for `burst` at once. Keyed by API key (over the limit a request gets 429 `rate_limited`
+//! with `Retry-After`; every authenticated response carries `x-ratelimit-limit` and
+//! `x-ratelimit-remaining`) and by client address for key lookups (`keycache`).
 //!
 //! The buckets live in each gateway process. With N gateway instances behind a load balancer
 //! a key can get up to N times the configured rate; set the rate per instance accordingly (or
@@ -15,17 +15,18 @@ use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
 use governor::{DefaultKeyedRateLimiter, Quota};
 use sagapay_service_kit::api_error::{ApiError, ErrorType};
+use std::hash::Hash;
 use std::num::NonZeroU32;
 use std::sync::{Arc, OnceLock};
 use uuid::Uuid;
 
-pub struct RateLimit {
-    limiter: DefaultKeyedRateLimiter<Uuid, StateInformationMiddleware>,
+pub struct RateLimit<K: Hash + Eq + Clone = Uuid> {
+    limiter: DefaultKeyedRateLimiter<K, StateInformationMiddleware>,
     clock: DefaultClock,
     burst: u32,
 }
 
-impl RateLimit {
+impl<K: Hash + Eq + Clone> RateLimit<K> {
     pub fn new(per_second: u32, burst: u32) -> Self {
         let per_second = NonZeroU32::new(per_second.max(1)).expect("at least 1");
         let burst_nz = NonZeroU32::new(burst.max(1)).expect("at least 1");
@@ -38,10 +39,10 @@ impl RateLimit {
         }
     }
 
-    /// Takes one token of `key_id`'s bucket: the tokens left, or the seconds until one is
+    /// Takes one token of `key`'s bucket: the tokens left, or the seconds until one is
     /// available (rounded up).
-    pub fn check(&self, key_id: Uuid) -> Result<u32, u64> {
-        match self.limiter.check_key(&key_id) {
+    pub fn check(&self, key: K) -> Result<u32, u64> {
+        match self.limiter.check_key(&key) {
             Ok(snapshot) => Ok(snapshot.remaining_burst_capacity()),
             Err(not_until) => {
                 let wait = not_until.wait_time_from(self.clock.now());
@@ -50,17 +51,14 @@ impl RateLimit {
         }
     }
 
-    /// The 429 answer.
+    /// The 429 answer of an API key over its limit.
     pub fn refusal(&self, retry_after_s: u64) -> Response {
-        let mut resp = ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            ErrorType::RateLimitError,
+        let mut resp = too_many_requests(
             "rate_limited",
-            format!("too many requests for this API key; retry in {retry_after_s} s"),
-        )
-        .into_response();
+            &format!("too many requests for this API key; retry in {retry_after_s} s"),
+            retry_after_s,
+        );
         let h = resp.headers_mut();
-        h.insert("retry-after", HeaderValue::from(retry_after_s));
         h.insert("x-ratelimit-limit", HeaderValue::from(self.burst));
         h.insert("x-ratelimit-remaining", HeaderValue::from(0u32));
         resp
@@ -74,6 +72,20 @@ impl RateLimit {
     pub fn shrink(&self) {
         self.limiter.retain_recent();
     }
+}
+
+/// 429 with `code` and `Retry-After`.
+pub fn too_many_requests(code: &str, message: &str, retry_after_s: u64) -> Response {
+    let mut resp = ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        ErrorType::RateLimitError,
+        code,
+        message,
+    )
+    .into_response();
+    resp.headers_mut()
+        .insert("retry-after", HeaderValue::from(retry_after_s));
+    resp
 }
 
 /// Where the authentication extractor leaves `(limit, remaining)` for the response headers.
@@ -110,5 +122,16 @@ mod tests {
         assert_eq!(refused.headers()["retry-after"], "1");
         // Another key has its own bucket.
         assert_eq!(rl.check(Uuid::now_v7()).unwrap(), 2);
+    }
+
+    #[test]
+    fn buckets_can_be_per_client_address() {
+        let rl: RateLimit<std::net::IpAddr> = RateLimit::new(1, 3);
+        let (a, b) = ("127.0.0.2".parse().unwrap(), "127.0.0.3".parse().unwrap());
+        for _ in 0..3 {
+            assert!(rl.check(a).is_ok());
+        }
+        assert!(rl.check(a).unwrap_err() >= 1);
+        assert!(rl.check(b).is_ok());
     }
 }

@@ -27,7 +27,7 @@ pub struct AppState {
     pub max_amount: sagapay_domain::PerCurrency,
     pub rate_limit: std::sync::Arc<crate::ratelimit::RateLimit>,
     pub key_cache: std::sync::Arc<crate::keycache::KeyCache>,
-    pub lookup_budget: std::sync::Arc<crate::keycache::LookupBudget>,
+    pub lookup_budget: std::sync::Arc<crate::ratelimit::RateLimit<std::net::IpAddr>>,
     pub production: bool,
     pub idempotency: std::sync::Arc<IdempotencyCache>,
 }
@@ -42,7 +42,7 @@ impl KeyStore for AppState {
     fn key_cache(&self) -> &crate::keycache::KeyCache {
         &self.key_cache
     }
-    fn lookup_budget(&self) -> &crate::keycache::LookupBudget {
+    fn lookup_budget(&self) -> &crate::ratelimit::RateLimit<std::net::IpAddr> {
         &self.lookup_budget
     }
     fn production(&self) -> bool {
@@ -90,13 +90,7 @@ async fn refuse_oversized(
                 let drain = async { while let Some(Ok(_)) = stream.next().await {} };
                 let _ = tokio::time::timeout(std::time::Duration::from_secs(1), drain).await;
             }
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                ErrorType::InvalidRequestError,
-                "body_too_large",
-                format!("the request body is larger than {limit_bytes} bytes"),
-            )
-            .into_response()
+            ApiError::body_too_large(limit_bytes).into_response()
         }
         _ => next.run(req).await,
     }

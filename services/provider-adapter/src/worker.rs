@@ -4,8 +4,9 @@
 //! (captures, voids, refunds), or the end. Operations run concurrently, so a payment stuck in
 //! retries never holds up the others.
 //!
-//! Every attempt (call or status query) is persisted with its outcome and timing, in the same
-//! transaction as the operation's new state and, when it is final, the event that reports it.
+//! Every attempt (call or status query) is persisted with its outcome and timing in one
+//! statement with the operation's new state and, when it is final, the event that reports it
+//! (`record`), written only while the worker's claim holds.
 //! A void waits while an authorization or a capture of its payment is still pending, so it can
 //! never run before what it must undo; and a void of a payment whose capture went through
 //! refunds that capture instead (an authorization that was captured can only be refunded).

@@ -17,6 +17,25 @@ use uuid::Uuid;
 pub const DEV_API_KEY: &str = "dev-secret";
 pub const DEV_OPS_KEY: &str = "dev-ops-secret";
 
+/// Who signs a request of [`TestStack::signed_request`], and when.
+pub struct Signer<'a> {
+    pub keys: &'a sagapay_service_kit::ServiceKeys,
+    pub caller: &'a str,
+    /// Unix seconds.
+    pub signed_at: i64,
+}
+
+impl<'a> Signer<'a> {
+    /// `caller` signing with `keys` now.
+    pub fn now(keys: &'a sagapay_service_kit::ServiceKeys, caller: &'a str) -> Self {
+        Self {
+            keys,
+            caller,
+            signed_at: chrono::Utc::now().timestamp(),
+        }
+    }
+}
+
 /// A namespace no other test uses.
 pub fn fresh_namespace() -> Namespace {
     let id = Uuid::new_v4().simple().to_string();
@@ -344,13 +363,13 @@ impl TestStack {
         (status, resp.json().await.expect("JSON body"))
     }
 
-    /// A request to the orchestrator's internal API signed as `caller` with `keys`, acting for
-    /// `merchant` (what the gateway sends; tests use it to call the API the gateway's way or
-    /// to forge variations of it).
-    pub fn internal_request(
+    /// A request to `service` signed by `signer`, acting for `merchant` (what the gateway
+    /// sends the orchestrator; tests use it to call the internal API the gateway's way, or to
+    /// forge variations of it).
+    pub fn signed_request(
         &self,
-        keys: &sagapay_service_kit::ServiceKeys,
-        caller: &str,
+        service: &str,
+        signer: &Signer<'_>,
         method: reqwest::Method,
         path_and_query: &str,
         merchant: Option<Uuid>,
@@ -359,17 +378,17 @@ impl TestStack {
         let bytes = body
             .map(|b| serde_json::to_vec(b).unwrap())
             .unwrap_or_default();
-        let signed = keys.sign(
-            caller,
+        let signed = signer.keys.sign(
+            signer.caller,
             method.as_str(),
             path_and_query,
             merchant,
             &bytes,
-            chrono::Utc::now().timestamp(),
+            signer.signed_at,
         );
         let mut req = self.http.request(
             method,
-            format!("{}{path_and_query}", self.service_url("orchestrator")),
+            format!("{}{path_and_query}", self.service_url(service)),
         );
         for (name, value) in signed {
             req = req.header(name, value);
@@ -727,15 +746,27 @@ pub async fn count_rows(pool: &PgPool, sql: &str, payment_id: Uuid) -> i64 {
 
 /// One sample of the `/metrics` of the service at `base_url` (0 when absent).
 pub async fn metric_at(http: &reqwest::Client, base_url: &str, name_and_labels: &str) -> f64 {
-    let text = http
-        .get(format!("{base_url}/metrics"))
+    metric_value(&metrics_text(http, base_url).await, name_and_labels)
+}
+
+/// The Prometheus text a service at `base_url` serves on `/metrics`.
+pub async fn metrics_text(http: &reqwest::Client, base_url: &str) -> String {
+    http.get(format!("{base_url}/metrics"))
         .send()
         .await
         .expect("GET /metrics")
         .text()
         .await
-        .expect("metrics text");
-    metric_value(&text, name_and_labels)
+        .expect("metrics text")
+}
+
+/// Every sample of `name` whose labels contain `label` (`""`: all of them).
+pub fn metric_samples(text: &str, name: &str, label: &str) -> Vec<f64> {
+    let prefix = format!("{name}{{");
+    text.lines()
+        .filter(|l| l.starts_with(&prefix) && l.contains(label))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse().ok())
+        .collect()
 }
 
 /// Parses one sample from Prometheus text (0 when absent): `name_and_labels` is everything

@@ -3,7 +3,7 @@
 //! and the merchant it acts for only from the signed claim; ops routes take only the ops key.
 
 use reqwest::Method;
-use sagapay_e2e::{TestStack, DEV_API_KEY, DEV_OPS_KEY};
+use sagapay_e2e::{Signer, TestStack, DEV_API_KEY, DEV_OPS_KEY};
 use sagapay_service_kit::ServiceKeys;
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -50,245 +50,152 @@ async fn every_route_refuses_a_missing_or_wrong_credential_and_writes_nothing() 
     let payment = json!({"customer_id": "cust-1", "amount_cents": 100, "currency": "USD",
                          "idempotency_key": "cred-1"});
     let refund = json!({"amount_cents": 100, "idempotency_key": "cred-r1", "reason": "x"});
-    let internal: Vec<(Method, String, Option<Value>)> = vec![
-        (
-            Method::POST,
-            "/internal/payments".into(),
-            Some(payment.clone()),
-        ),
-        (Method::GET, format!("/internal/payments/{pid}"), None),
-        (
-            Method::POST,
-            format!("/internal/payments/{pid}/refunds"),
-            Some(refund.clone()),
-        ),
-    ];
-    let ops: Vec<(&str, Method, String, Option<Value>)> = vec![
-        (
-            "orchestrator",
-            Method::GET,
-            "/ops/payments/stuck".into(),
-            None,
-        ),
-        (
-            "orchestrator",
-            Method::POST,
-            format!("/ops/payments/{pid}/retry"),
-            None,
-        ),
-        (
-            "orchestrator",
-            Method::POST,
-            format!("/ops/payments/{pid}/fail"),
-            Some(json!({"reason": "x"})),
-        ),
+    // (service, method, path, body): the internal API first, then every ops route.
+    #[rustfmt::skip]
+    let routes: Vec<(&str, Method, String, Option<Value>)> = vec![
+        ("orchestrator", Method::POST, "/internal/payments".into(), Some(payment.clone())),
+        ("orchestrator", Method::GET, format!("/internal/payments/{pid}"), None),
+        ("orchestrator", Method::POST, format!("/internal/payments/{pid}/refunds"), Some(refund)),
+        ("orchestrator", Method::GET, "/ops/payments/stuck".into(), None),
+        ("orchestrator", Method::POST, format!("/ops/payments/{pid}/retry"), None),
+        ("orchestrator", Method::POST, format!("/ops/payments/{pid}/fail"), Some(json!({"reason": "x"}))),
         ("risk", Method::GET, "/ops/reviews".into(), None),
-        (
-            "risk",
-            Method::POST,
-            format!("/ops/reviews/{pid}/approve"),
-            Some(json!({"reviewed_by": "x"})),
-        ),
-        (
-            "risk",
-            Method::POST,
-            format!("/ops/reviews/{pid}/deny"),
-            Some(json!({"reviewed_by": "x"})),
-        ),
+        ("risk", Method::POST, format!("/ops/reviews/{pid}/approve"), Some(json!({"reviewed_by": "x"}))),
+        ("risk", Method::POST, format!("/ops/reviews/{pid}/deny"), Some(json!({"reviewed_by": "x"}))),
         ("ledger", Method::GET, "/accounts".into(), None),
-        (
-            "ledger",
-            Method::GET,
-            "/accounts/USD:fee_revenue/balance".into(),
-            None,
-        ),
+        ("ledger", Method::GET, "/accounts/USD:fee_revenue/balance".into(), None),
         ("ledger", Method::GET, "/reconciliation".into(), None),
-        (
-            "ledger",
-            Method::GET,
-            format!("/reconciliation/{}", Uuid::now_v7()),
-            None,
-        ),
-        (
-            "provider-adapter",
-            Method::POST,
-            "/dev/provider/outage".into(),
-            Some(json!({"seconds": 30})),
-        ),
+        ("ledger", Method::GET, format!("/reconciliation/{}", Uuid::now_v7()), None),
+        ("provider-adapter", Method::POST, "/dev/provider/outage".into(), Some(json!({"seconds": 30}))),
     ];
 
-    let expect = |what: &str, resp: reqwest::Response, status: u16, code: Option<&str>| {
-        let what = what.to_owned();
-        let code = code.map(str::to_owned);
-        async move {
-            let got = resp.status().as_u16();
-            let body: Value = resp.json().await.unwrap_or(Value::Null);
-            assert_eq!(got, status, "{what}: {body}");
-            assert!(
-                body["error"]["message"]
-                    .as_str()
-                    .is_some_and(|m| !m.is_empty()),
-                "{what}: {body}"
-            );
-            if let Some(code) = code {
-                assert_eq!(body["error"]["code"], code, "{what}: {body}");
-            }
-        }
-    };
     let dev = ServiceKeys::development();
     let stranger = ServiceKeys::new(&["a-key-this-deployment-never-had-0123456789"]);
-    let url = |service: &str, path: &str| format!("{}{path}", stack.service_url(service));
-    let with_body = |req: reqwest::RequestBuilder, body: &Option<Value>| match body {
-        Some(b) => req.json(b),
-        None => req,
-    };
-
-    for (method, path, body) in &internal {
-        let what = |how: &str| format!("{method} {path} {how}");
+    let gateway = Signer::now(&dev, "gateway");
+    for (service, method, path, body) in &routes {
+        let internal = path.starts_with("/internal/");
         let plain = || {
-            with_body(
-                stack
-                    .http
-                    .request(method.clone(), url("orchestrator", path)),
-                body,
-            )
+            let req = stack.http.request(
+                method.clone(),
+                format!("{}{path}", stack.service_url(service)),
+            );
+            match body {
+                Some(b) => req.json(b),
+                None => req,
+            }
         };
-        expect(
-            &what("without a credential"),
-            plain().send().await.unwrap(),
-            401,
-            Some("service_credential_missing"),
-        )
-        .await;
-        expect(
-            &what("with a merchant key"),
-            plain()
-                .header("x-api-key", DEV_API_KEY)
-                .send()
-                .await
-                .unwrap(),
-            401,
-            Some("service_credential_missing"),
-        )
-        .await;
-        expect(
-            &what("with the ops key"),
-            plain()
-                .header("x-ops-key", DEV_OPS_KEY)
-                .send()
-                .await
-                .unwrap(),
-            401,
-            Some("service_credential_missing"),
-        )
-        .await;
-        let signed = |keys: &ServiceKeys, caller: &str, claim: Option<Uuid>| {
-            stack.internal_request(keys, caller, method.clone(), path, claim, body.as_ref())
+        let signed = |signer: &Signer<'_>, claim: Option<Uuid>| {
+            stack.signed_request(service, signer, method.clone(), path, claim, body.as_ref())
         };
-        expect(
-            &what("signed with an unknown key"),
-            signed(&stranger, "gateway", Some(merchant))
-                .send()
-                .await
-                .unwrap(),
-            401,
-            Some("service_credential_invalid"),
-        )
-        .await;
-        expect(
-            &what("signed by another service"),
-            signed(&dev, "risk", Some(merchant)).send().await.unwrap(),
-            403,
-            Some("caller_not_allowed"),
-        )
-        .await;
-        expect(
-            &what("without a merchant claim"),
-            signed(&dev, "gateway", None).send().await.unwrap(),
-            401,
-            Some("merchant_claim_missing"),
-        )
-        .await;
-        // A valid request for one merchant, its claim swapped for another; and the claim
-        // given twice (the signed one and another).
-        let bytes = body
-            .as_ref()
-            .map(|b| serde_json::to_vec(b).unwrap())
-            .unwrap_or_default();
-        let now = chrono::Utc::now().timestamp();
-        let mut forged = with_body(
-            stack
-                .http
-                .request(method.clone(), url("orchestrator", path)),
-            body,
-        );
-        for (name, value) in dev.sign(
-            "gateway",
-            method.as_str(),
-            path,
-            Some(Uuid::now_v7()),
-            &bytes,
-            now,
-        ) {
-            let value = if name == "sagapay-merchant" {
-                merchant.to_string()
-            } else {
-                value
-            };
-            forged = forged.header(name, value);
+        // (how, request, status, error code where it is specific)
+        let missing = internal.then_some("service_credential_missing");
+        let mut attempts = vec![
+            ("without a credential", plain(), 401, missing),
+            (
+                "with a merchant key",
+                plain().header("x-api-key", DEV_API_KEY),
+                401,
+                missing,
+            ),
+        ];
+        if internal {
+            // A valid request for another merchant, its claim swapped for this one's.
+            let mut forged = signed(&gateway, Some(Uuid::now_v7())).build().unwrap();
+            forged
+                .headers_mut()
+                .insert("sagapay-merchant", merchant.to_string().parse().unwrap());
+            let invalid = Some("service_credential_invalid");
+            attempts.extend([
+                (
+                    "with the ops key",
+                    plain().header("x-ops-key", DEV_OPS_KEY),
+                    401,
+                    missing,
+                ),
+                (
+                    "signed with an unknown key",
+                    signed(&Signer::now(&stranger, "gateway"), Some(merchant)),
+                    401,
+                    invalid,
+                ),
+                (
+                    "signed by another service",
+                    signed(&Signer::now(&dev, "risk"), Some(merchant)),
+                    403,
+                    Some("caller_not_allowed"),
+                ),
+                (
+                    "without a merchant claim",
+                    signed(&gateway, None),
+                    401,
+                    Some("merchant_claim_missing"),
+                ),
+                (
+                    "with a forged merchant claim",
+                    reqwest::RequestBuilder::from_parts(stack.http.clone(), forged),
+                    401,
+                    invalid,
+                ),
+                (
+                    "with two merchant claims",
+                    signed(&gateway, Some(merchant))
+                        .header("sagapay-merchant", Uuid::now_v7().to_string()),
+                    401,
+                    invalid,
+                ),
+                (
+                    "signed two minutes ago",
+                    signed(
+                        &Signer {
+                            signed_at: gateway.signed_at - 120,
+                            ..Signer::now(&dev, "gateway")
+                        },
+                        Some(merchant),
+                    ),
+                    401,
+                    Some("service_credential_expired"),
+                ),
+            ]);
+        } else {
+            attempts.extend([
+                (
+                    "with a wrong ops key",
+                    plain().header("x-ops-key", "dev-ops-secreT"),
+                    401,
+                    None,
+                ),
+                (
+                    "with a service credential",
+                    signed(&gateway, Some(merchant)),
+                    401,
+                    None,
+                ),
+            ]);
         }
-        expect(
-            &what("with a forged merchant claim"),
-            forged.send().await.unwrap(),
-            401,
-            Some("service_credential_invalid"),
-        )
-        .await;
-        let twice = signed(&dev, "gateway", Some(merchant))
-            .header("sagapay-merchant", Uuid::now_v7().to_string());
-        expect(
-            &what("with two merchant claims"),
-            twice.send().await.unwrap(),
-            401,
-            Some("service_credential_invalid"),
-        )
-        .await;
-        // Signed two minutes ago: outside the window.
-        let bytes = body
-            .as_ref()
-            .map(|b| serde_json::to_vec(b).unwrap())
-            .unwrap_or_default();
-        let mut old = with_body(
-            stack
-                .http
-                .request(method.clone(), url("orchestrator", path)),
-            body,
-        );
-        for (name, value) in dev.sign(
-            "gateway",
-            method.as_str(),
-            path,
-            Some(merchant),
-            &bytes,
-            chrono::Utc::now().timestamp() - 120,
-        ) {
-            old = old.header(name, value);
+        for (how, request, status, code) in attempts {
+            let resp = request.send().await.unwrap();
+            let got = resp.status().as_u16();
+            let answer: Value = resp.json().await.unwrap_or(Value::Null);
+            let what = format!("{service} {method} {path} {how}: {answer}");
+            assert_eq!(got, status, "{what}");
+            assert!(
+                answer["error"]["message"]
+                    .as_str()
+                    .is_some_and(|m| !m.is_empty()),
+                "{what}"
+            );
+            if let Some(code) = code {
+                assert_eq!(answer["error"]["code"], code, "{what}");
+            }
         }
-        expect(
-            &what("signed too long ago"),
-            old.send().await.unwrap(),
-            401,
-            Some("service_credential_expired"),
-        )
-        .await;
     }
     // The merchant travels only as the claim: a body that names one is refused.
     let mut named = payment.clone();
     named["merchant_id"] = json!(merchant);
     let resp = stack
-        .internal_request(
-            &dev,
-            "gateway",
+        .signed_request(
+            "orchestrator",
+            &gateway,
             Method::POST,
             "/internal/payments",
             Some(merchant),
@@ -298,62 +205,6 @@ async fn every_route_refuses_a_missing_or_wrong_credential_and_writes_nothing() 
         .await
         .unwrap();
     assert!(resp.status().is_client_error(), "{}", resp.status());
-
-    for (service, method, path, body) in &ops {
-        let what = |how: &str| format!("{service} {method} {path} {how}");
-        let plain = || with_body(stack.http.request(method.clone(), url(service, path)), body);
-        expect(
-            &what("without a credential"),
-            plain().send().await.unwrap(),
-            401,
-            None,
-        )
-        .await;
-        expect(
-            &what("with a merchant key"),
-            plain()
-                .header("x-api-key", DEV_API_KEY)
-                .send()
-                .await
-                .unwrap(),
-            401,
-            None,
-        )
-        .await;
-        expect(
-            &what("with a wrong ops key"),
-            plain()
-                .header("x-ops-key", "dev-ops-secreT")
-                .send()
-                .await
-                .unwrap(),
-            401,
-            None,
-        )
-        .await;
-        let mut serviced = plain();
-        let bytes = body
-            .as_ref()
-            .map(|b| serde_json::to_vec(b).unwrap())
-            .unwrap_or_default();
-        for (name, value) in dev.sign(
-            "gateway",
-            method.as_str(),
-            path,
-            Some(merchant),
-            &bytes,
-            chrono::Utc::now().timestamp(),
-        ) {
-            serviced = serviced.header(name, value);
-        }
-        expect(
-            &what("with a service credential"),
-            serviced.send().await.unwrap(),
-            401,
-            None,
-        )
-        .await;
-    }
     assert_eq!(
         footprint(&stack, pid).await,
         before,
@@ -362,36 +213,23 @@ async fn every_route_refuses_a_missing_or_wrong_credential_and_writes_nothing() 
 
     // The right credentials still work: the gateway's signature for the payment's merchant
     // (another merchant's claim sees no such payment), and the ops key on the ledger.
-    let own = stack
-        .internal_request(
-            &dev,
-            "gateway",
+    let read = |claim: Uuid| {
+        stack.signed_request(
+            "orchestrator",
+            &gateway,
             Method::GET,
             &format!("/internal/payments/{pid}"),
-            Some(merchant),
+            Some(claim),
             None,
         )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(own.status(), 200);
-    let other = stack
-        .internal_request(
-            &dev,
-            "gateway",
-            Method::GET,
-            &format!("/internal/payments/{pid}"),
-            Some(Uuid::now_v7()),
-            None,
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(other.status(), 404);
+    };
+    assert_eq!(read(merchant).send().await.unwrap().status(), 200);
+    assert_eq!(read(Uuid::now_v7()).send().await.unwrap().status(), 404);
     let (status, _) = stack.ledger_get("/accounts").await;
     assert_eq!(status, 200);
     for open in ["/health", "/ready", "/metrics"] {
-        let resp = stack.http.get(url("ledger", open)).send().await.unwrap();
+        let url = format!("{}{open}", stack.service_url("ledger"));
+        let resp = stack.http.get(url).send().await.unwrap();
         assert_eq!(resp.status(), 200, "{open} stays open");
     }
     stack.teardown().await;

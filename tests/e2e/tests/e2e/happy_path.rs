@@ -161,15 +161,7 @@ async fn every_service_reports_health_readiness_and_metrics() {
                 .unwrap();
             assert_eq!(resp.status(), 200, "{service}{path}");
         }
-        let metrics = stack
-            .http
-            .get(format!("{base}/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = sagapay_e2e::metrics_text(&stack.http, &base).await;
         assert!(
             metrics.contains("http_requests_total"),
             "{service} exposes HTTP metrics"

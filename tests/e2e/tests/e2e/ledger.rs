@@ -3,6 +3,22 @@ use serde_json::json;
 use sqlx::{Connection, PgConnection};
 use uuid::Uuid;
 
+/// A journal transaction typed by hand, in `currency`, without entries yet: its id.
+async fn open_journal_transaction(conn: &mut PgConnection, currency: &str) -> Uuid {
+    let tx_id = Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO journal_transactions (transaction_id, payment_id, posting_kind, currency, description)
+         VALUES ($1, $2, 'MANUAL', $3, 'by hand')",
+    )
+    .bind(tx_id)
+    .bind(Uuid::now_v7())
+    .bind(currency)
+    .execute(conn)
+    .await
+    .unwrap();
+    tx_id
+}
+
 /// The ledger's rules hold even against SQL typed by hand.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_database_rejects_altered_deleted_and_unbalanced_ledger_entries() {
@@ -61,16 +77,7 @@ async fn the_database_rejects_altered_deleted_and_unbalanced_ledger_entries() {
 
     // An entry is in its account's currency, even inside a transaction that balances.
     let mut tx = conn.begin().await.unwrap();
-    let tx_id = Uuid::now_v7();
-    sqlx::query(
-        "INSERT INTO journal_transactions (transaction_id, payment_id, posting_kind, currency, description)
-         VALUES ($1, $2, 'MANUAL', 'EUR', 'by hand')",
-    )
-    .bind(tx_id)
-    .bind(Uuid::now_v7())
-    .execute(&mut *tx)
-    .await
-    .unwrap();
+    let tx_id = open_journal_transaction(&mut tx, "EUR").await;
     let e = err(sqlx::query(
         "INSERT INTO ledger_entries (transaction_id, account_id, direction, amount_minor, currency)
          VALUES ($1, 'USD:provider_clearing', 'DEBIT', 100, 'EUR'),
@@ -84,16 +91,7 @@ async fn the_database_rejects_altered_deleted_and_unbalanced_ledger_entries() {
 
     // An unbalanced journal transaction: each statement succeeds, the commit fails.
     let mut tx = conn.begin().await.unwrap();
-    let tx_id = Uuid::now_v7();
-    sqlx::query(
-        "INSERT INTO journal_transactions (transaction_id, payment_id, posting_kind, currency, description)
-         VALUES ($1, $2, 'MANUAL', 'USD', 'by hand')",
-    )
-    .bind(tx_id)
-    .bind(Uuid::now_v7())
-    .execute(&mut *tx)
-    .await
-    .unwrap();
+    let tx_id = open_journal_transaction(&mut tx, "USD").await;
     sqlx::query(
         "INSERT INTO ledger_entries (transaction_id, account_id, direction, amount_minor, currency)
          VALUES ($1, 'USD:provider_clearing', 'DEBIT', 100, 'USD'),

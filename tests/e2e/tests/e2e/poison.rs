@@ -7,7 +7,7 @@ use sagapay_domain::events::{
 };
 use sagapay_domain::{AmountMinor, Currency, CustomerId, Envelope, PaymentMethod, PaymentStatus};
 use sagapay_e2e::{
-    database_available, eventually, metric_value, outbox_envelopes, StackOptions, TestStack,
+    database_available, eventually, outbox_envelopes, Signer, StackOptions, TestStack,
 };
 use sagapay_messaging::{Classification, DeadLetter};
 use sagapay_service_kit::ServiceKeys;
@@ -351,19 +351,8 @@ async fn every_consumer_dead_letters_poison_and_keeps_settling_payments() {
 
 /// The samples of `name` whose labels contain `label`, from a service's `/metrics`.
 async fn samples(stack: &TestStack, service: &str, name: &str, label: &str) -> Vec<f64> {
-    let text = stack
-        .http
-        .get(format!("{}/metrics", stack.service_url(service)))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(label))
-        .filter_map(|l| l.rsplit_once(' ')?.1.parse().ok())
-        .collect()
+    let text = sagapay_e2e::metrics_text(&stack.http, &stack.service_url(service)).await;
+    sagapay_e2e::metric_samples(&text, name, label)
 }
 
 /// The ledger's database goes away while a payment waits for its posting. The message is
@@ -496,9 +485,9 @@ async fn the_orchestrators_internal_api_applies_the_gateways_field_limits() {
     let keys = ServiceKeys::development();
     let merchant = Some(Uuid::now_v7());
     let post = |body: &Value| {
-        stack.internal_request(
-            &keys,
-            "gateway",
+        stack.signed_request(
+            "orchestrator",
+            &Signer::now(&keys, "gateway"),
             reqwest::Method::POST,
             "/internal/payments",
             merchant,
@@ -546,17 +535,13 @@ async fn the_orchestrators_internal_api_applies_the_gateways_field_limits() {
     assert_eq!((payments, outbox), (0, 0), "nothing was written");
     let ok = post(&valid).send().await.unwrap();
     assert_eq!(ok.status(), 201, "the valid request still passes");
-    let text = stack
-        .http
-        .get(format!("{}/metrics", stack.service_url("orchestrator")))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
     assert_eq!(
-        metric_value(&text, "outbox_parked_total{service=\"orchestrator\"}"),
+        stack
+            .metric(
+                "orchestrator",
+                "outbox_parked_total{service=\"orchestrator\"}"
+            )
+            .await,
         0.0
     );
     stack.teardown().await;

@@ -15,17 +15,9 @@ const CONSUMERS: [&str; 5] = [
 
 /// Events a service instance consumed, all types together.
 async fn consumed(http: &reqwest::Client, base: &str) -> f64 {
-    let text = http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| l.starts_with("events_consumed_total{"))
-        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+    let text = sagapay_e2e::metrics_text(http, base).await;
+    sagapay_e2e::metric_samples(&text, "events_consumed_total", "")
+        .iter()
         .sum()
 }
 
