@@ -11,6 +11,8 @@ KAFKA_PORT=9092
 KAFKA_CONTROLLER_PORT=9093
 PG_USER=sagapay
 PG_PASSWORD=sagapay
+# The local server's TLS files and the CA that signed them (scripts/stack.sh).
+PG_TLS_DIR=/var/lib/postgresql/sagapay-tls
 
 SERVICES=(gateway orchestrator risk provider-adapter ledger notification)
 declare -A SERVICE_PORT=(

@@ -30,6 +30,7 @@ pg_up() {
     log "creating PostgreSQL $ver cluster 'main'"
     as_root pg_createcluster "$ver" main >/dev/null
   fi
+  pg_tls "$ver"
   local conf="/etc/postgresql/$ver/main/conf.d/sagapay.conf"
   local want; want="$(cat "$SAGAPAY_ROOT/infra/postgres/sagapay.conf")"
   if [ ! -f "$conf" ] || [ "$(cat "$conf")" != "$want" ]; then
@@ -69,6 +70,34 @@ SQL
   PGPASSWORD="$PG_PASSWORD" psql -q -h 127.0.0.1 -p "$PG_PORT" -U "$PG_USER" -d postgres -c 'select 1' >/dev/null \
     || die "PostgreSQL answers but user $PG_USER cannot log in over TCP (check pg_hba.conf)"
   log "PostgreSQL $ver ready on 127.0.0.1:$PG_PORT (user $PG_USER)"
+}
+
+# TLS for the local server: a certificate authority made once per machine (its key thrown
+# away after signing) and the server certificate it signed for localhost and 127.0.0.1, so
+# clients can connect with sslmode=verify-full&sslrootcert=$PG_TLS_DIR/ca.crt (what the
+# production-mode test does). infra/postgres/sagapay.conf names the server's files.
+pg_tls() {
+  as_root test -f "$PG_TLS_DIR/server.crt" && return 0
+  log "creating a local CA and the PostgreSQL server certificate in $PG_TLS_DIR"
+  local tmp; tmp="$(mktemp -d)"
+  (
+    cd "$tmp"
+    openssl req -x509 -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 \
+      -keyout ca.key -out ca.crt -days 3650 -subj "/CN=SagaPay local CA" 2>/dev/null
+    openssl req -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 \
+      -keyout server.key -out server.csr -subj "/CN=localhost" 2>/dev/null
+    printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' > server.ext
+    openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial \
+      -out server.crt -days 3650 -extfile server.ext 2>/dev/null
+  ) || { rm -rf "$tmp"; die "creating the PostgreSQL certificates failed"; }
+  as_root install -d -o postgres -g postgres -m 0755 "$PG_TLS_DIR"
+  as_root install -o postgres -g postgres -m 0600 "$tmp/server.key" "$PG_TLS_DIR/server.key"
+  as_root install -o postgres -g postgres -m 0644 "$tmp/server.crt" "$PG_TLS_DIR/server.crt"
+  as_root install -o postgres -g postgres -m 0644 "$tmp/ca.crt" "$PG_TLS_DIR/ca.crt"
+  rm -rf "$tmp"
+  if pg_ready; then
+    as_root pg_ctlcluster "$1" main reload
+  fi
 }
 
 pg_down() {

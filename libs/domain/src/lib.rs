@@ -4,6 +4,7 @@
 //! invalid once constructed) or a pure function over such values.
 
 pub mod events;
+pub mod merchant_events;
 pub mod money;
 pub mod namespace;
 pub mod per_currency;
@@ -11,6 +12,7 @@ pub mod state;
 pub mod text;
 
 pub use events::{Channel, Envelope, EventType};
+pub use merchant_events::MerchantEventType;
 pub use money::{AmountMinor, Currency, MoneyError};
 pub use namespace::Namespace;
 pub use per_currency::PerCurrency;

@@ -230,4 +230,24 @@ mod tests {
         assert!(parse_overrides("linger.ms").is_err());
         assert!(parse_overrides("=5").is_err());
     }
+
+    /// The build carries TLS and SASL: a client configured for an authenticated, encrypted
+    /// cluster is created (librdkafka refuses `SASL_SSL` outright when built without OpenSSL).
+    /// Nothing connects: the broker address is never dialled before the test ends.
+    #[tokio::test]
+    async fn clients_accept_sasl_over_tls() {
+        let settings = super::KafkaSettings {
+            brokers: "kafka.invalid:9093".into(),
+            client_overrides: parse_overrides(
+                "security.protocol=SASL_SSL,sasl.mechanisms=SCRAM-SHA-512,sasl.username=sagapay,\
+                 sasl.password=secret,ssl.endpoint.identification.algorithm=https",
+            )
+            .unwrap(),
+            ..Default::default()
+        };
+        let _producer = settings.producer("tls-check").expect("a SASL_SSL producer");
+        let _consumer = settings
+            .consumer("tls-check", "tls-check")
+            .expect("a SASL_SSL consumer");
+    }
 }

@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod migrations;
 pub mod outbox;
 pub mod partitions;
+pub mod postgres_url;
 pub mod wakeup;
 
 pub use consumer::{ConsumerSettings, Handler, HandlerError, InboxConsumer, MessageContext};

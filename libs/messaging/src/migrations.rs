@@ -13,10 +13,9 @@ const MIGRATION_LOCK_KEY: i64 = 0x5a6a_9a7e;
 
 /// Applies the messaging tables, then the service's migrations, to the database at `url`.
 pub async fn apply(url: &str, mut service_runner: refinery::Runner) -> anyhow::Result<()> {
-    let (mut client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+    let (mut client, conn_task) = crate::postgres_url::connect_migration_client(url)
         .await
         .context("connecting to run migrations")?;
-    let conn_task = tokio::spawn(connection);
     client
         .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK_KEY])
         .await?;

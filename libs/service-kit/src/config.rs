@@ -66,8 +66,11 @@ pub const DEFAULT_POSTGRES_URL: &str = "postgres://sagapay:sagapay@127.0.0.1:543
 const DEVELOPMENT_PASSWORDS: [&str; 2] = ["sagapay", "postgres"];
 /// Services with ops routes.
 const USES_OPS_KEY: [&str; 4] = ["orchestrator", "risk", "ledger", "provider-adapter"];
+/// Services with a Redis connection (the gateway's idempotency fast path), and its default.
+const USES_REDIS: [&str; 1] = ["gateway"];
+const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
 /// Services that sign or verify internal calls.
-const USES_INTERNAL_KEYS: [&str; 2] = ["gateway", "orchestrator"];
+const USES_INTERNAL_KEYS: [&str; 3] = ["gateway", "orchestrator", "notification"];
 
 fn default_replication(environment: Environment) -> i32 {
     match environment {
@@ -76,14 +79,11 @@ fn default_replication(environment: Environment) -> i32 {
     }
 }
 
-/// The password of a `postgres://user:password@host` URL, if it has one.
-fn postgres_password(url: &str) -> Option<&str> {
-    let rest = url.split_once("://")?.1;
-    let userinfo = rest.split_once('@')?.0;
-    userinfo
-        .split_once(':')
-        .map(|(_, p)| p)
-        .filter(|p| !p.is_empty())
+/// The password in a URL's user information (`scheme://user:password@host`), if any.
+fn url_password(url: &str) -> Option<String> {
+    // Still percent-encoded: enough to tell absent and development passwords apart.
+    let url = url::Url::parse(url).ok()?;
+    url.password().filter(|p| !p.is_empty()).map(str::to_owned)
 }
 
 /// `SAGAPAY_KAFKA_CLIENT_CONFIG`, with `sasl.password` from `SAGAPAY_KAFKA_SASL_PASSWORD_FILE`.
@@ -105,6 +105,15 @@ pub fn env_or(name: &str, default: &str) -> String {
     match std::env::var(name) {
         Ok(v) if !v.is_empty() => v,
         _ => default.to_owned(),
+    }
+}
+
+/// A setting that can be switched off: unset gives `default`, set but empty gives `None`.
+pub fn env_or_off(name: &str, default: &str) -> Option<String> {
+    match std::env::var(name) {
+        Ok(v) if v.is_empty() => None,
+        Ok(v) => Some(v),
+        Err(_) => Some(default.to_owned()),
     }
 }
 
@@ -224,15 +233,23 @@ impl CommonConfig {
     /// (the table in `docs/architecture.md`, "Production mode").
     pub fn production_problems(&self) -> anyhow::Result<Vec<String>> {
         let mut problems = Vec::new();
-        match postgres_password(&self.postgres_url) {
+        match url_password(&self.postgres_url) {
             None => problems.push(
                 "SAGAPAY_POSTGRES_URL has no password: set the database user's password".to_owned(),
             ),
-            Some(p) if DEVELOPMENT_PASSWORDS.contains(&p) => problems.push(
+            Some(p) if DEVELOPMENT_PASSWORDS.contains(&p.as_str()) => problems.push(
                 "SAGAPAY_POSTGRES_URL has the development password: set the database user's own"
                     .to_owned(),
             ),
             Some(_) => {}
+        }
+        match sagapay_messaging::postgres_url::tls_params(&self.postgres_url) {
+            Ok(tls) if tls.mode.authenticates_server() => {}
+            Ok(tls) => problems.push(format!(
+                "SAGAPAY_POSTGRES_URL has sslmode={}: production needs sslmode=verify-full (or verify-ca) and sslrootcert=<CA file>, so the database's identity is checked and nothing travels in clear",
+                tls.mode.as_str()
+            )),
+            Err(e) => problems.push(format!("SAGAPAY_POSTGRES_URL: {e:#}")),
         }
         let minimum: i32 = env_parse(
             "SAGAPAY_KAFKA_MIN_REPLICATION_FACTOR",
@@ -247,6 +264,14 @@ impl CommonConfig {
         if USES_OPS_KEY.contains(&self.service) {
             if let Err(e) = crate::OpsKey::from_env(Environment::Production) {
                 problems.push(e.to_string());
+            }
+        }
+        if USES_REDIS.contains(&self.service) {
+            let redis = env_or_off("SAGAPAY_REDIS_URL", DEFAULT_REDIS_URL);
+            if redis.is_some_and(|url| url_password(&url).is_none()) {
+                problems.push(
+                    "SAGAPAY_REDIS_URL has no password: set redis://:<password>@host (rediss:// for TLS), or leave it empty to turn the idempotency fast path off".to_owned(),
+                );
             }
         }
         if USES_INTERNAL_KEYS.contains(&self.service) {
@@ -286,11 +311,7 @@ impl CommonConfig {
     }
 
     pub fn database_url(&self) -> String {
-        format!(
-            "{}/{}",
-            self.postgres_url.trim_end_matches('/'),
-            self.database_name()
-        )
+        sagapay_messaging::postgres_url::with_database(&self.postgres_url, &self.database_name())
     }
 
     pub fn topic(&self, event_type: sagapay_domain::EventType) -> String {

@@ -2,6 +2,7 @@
 
 use crate::config::CommonConfig;
 use anyhow::Context;
+use sagapay_messaging::postgres_url::with_database;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
 use std::str::FromStr;
@@ -49,7 +50,7 @@ pub async fn ensure_database(postgres_url: &str, db_name: &str) -> anyhow::Resul
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),
         "database names come from a parsed Namespace and a service name"
     );
-    let url = format!("{}/postgres", postgres_url.trim_end_matches('/'));
+    let url = with_database(postgres_url, "postgres");
     let mut conn = PgConnection::connect(&url)
         .await
         .with_context(|| format!("connecting to PostgreSQL at {}", redact(postgres_url)))?;
@@ -76,7 +77,7 @@ pub async fn ensure_database(postgres_url: &str, db_name: &str) -> anyhow::Resul
 
 /// Drops a database (test clean-up); connections still open to it are terminated.
 pub async fn drop_database(postgres_url: &str, db_name: &str) -> anyhow::Result<()> {
-    let url = format!("{}/postgres", postgres_url.trim_end_matches('/'));
+    let url = with_database(postgres_url, "postgres");
     let mut conn = PgConnection::connect(&url).await?;
     sqlx::query(&format!(
         "DROP DATABASE IF EXISTS \"{db_name}\" WITH (FORCE)"

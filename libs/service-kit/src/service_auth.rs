@@ -66,6 +66,21 @@ pub struct VerifiedCaller {
     pub merchant: Option<Uuid>,
 }
 
+impl VerifiedCaller {
+    /// The merchant a route that acts for one must have been signed for (401
+    /// `merchant_claim_missing` otherwise).
+    pub fn acting_merchant(&self) -> Result<Uuid, ApiError> {
+        self.merchant.ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                ErrorType::AuthenticationError,
+                "merchant_claim_missing",
+                "this route acts for a merchant: the signed sagapay-merchant claim is required",
+            )
+        })
+    }
+}
+
 impl ServiceKeys {
     /// `SAGAPAY_INTERNAL_KEYS` (or `SAGAPAY_INTERNAL_KEYS_FILE`), checked for `environment`.
     pub fn from_env(environment: Environment) -> anyhow::Result<Self> {

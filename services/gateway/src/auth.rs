@@ -122,10 +122,19 @@ impl<S: KeyStore + Send + Sync> FromRequestParts<S> for Merchant {
                         .check(address)
                         .map_err(lookup_refusal)?;
                 }
+                // Across all addresses: a few lookups at once, never a queue for connections.
+                let permit = state.key_cache().lookup_permit().ok_or_else(|| {
+                    crate::ratelimit::too_many_requests(
+                        "too_many_key_lookups",
+                        "too many requests with API keys not recently seen; retry in 1 s",
+                        1,
+                    )
+                })?;
                 let m = authenticate_digest(state.key_pool(), &digest, state.production())
                     .await
                     .map_err(|e| ApiError::from(e).into_response())?
                     .ok_or_else(|| ApiError::unauthorized("invalid API key").into_response())?;
+                drop(permit);
                 state.key_cache().put(digest, m);
                 m
             }

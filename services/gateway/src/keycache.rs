@@ -4,6 +4,11 @@
 //! `RateLimit<IpAddr>`), checked before the lookup. A flood of random keys from one address gets 429 without touching
 //! PostgreSQL, while merchants whose keys are cached never spend that budget.
 //!
+//! A flood spread over many addresses, each within its budget, meets a second bound: at most
+//! `SAGAPAY_KEY_LOOKUPS_CONCURRENT` (default 4) lookups run at once on the whole instance, and
+//! a request finding none free is refused at once (429) rather than queued for a connection,
+//! so the flood holds at most that many of the pool's connections and payments keep the rest.
+//!
 //! Client address: the TCP peer. Behind a load balancer that is the balancer's address; the
 //! budget then applies per balancer, which is why it is generous by default.
 
@@ -20,15 +25,26 @@ const MAX_ENTRIES: usize = 100_000;
 pub struct KeyCache {
     ttl: Duration,
     entries: Mutex<HashMap<[u8; 32], (Merchant, Instant)>>,
+    lookups: tokio::sync::Semaphore,
 }
 
 impl KeyCache {
-    /// `ttl` is capped at [`MAX_TTL`]; zero turns the cache off.
-    pub fn new(ttl: Duration) -> Self {
+    /// `ttl` is capped at [`MAX_TTL`]; zero turns the cache off. At most `concurrent_lookups`
+    /// database lookups at once.
+    pub fn new(ttl: Duration, concurrent_lookups: usize) -> Self {
         Self {
             ttl: ttl.min(MAX_TTL),
             entries: Mutex::new(HashMap::new()),
+            lookups: tokio::sync::Semaphore::new(
+                concurrent_lookups.clamp(1, tokio::sync::Semaphore::MAX_PERMITS),
+            ),
         }
+    }
+
+    /// The right to look a key up in the database now, held until dropped; `None` when as many
+    /// lookups as allowed are running (the caller refuses rather than waits).
+    pub fn lookup_permit(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        self.lookups.try_acquire().ok()
     }
 
     pub fn get(&self, digest: &[u8; 32]) -> Option<Merchant> {
@@ -62,7 +78,7 @@ mod tests {
 
     #[test]
     fn a_cached_key_expires_within_its_ttl() {
-        let cache = KeyCache::new(Duration::from_millis(30));
+        let cache = KeyCache::new(Duration::from_millis(30), 1);
         let m = Merchant {
             merchant_id: Uuid::now_v7(),
             key_id: Uuid::now_v7(),
@@ -75,6 +91,16 @@ mod tests {
             assert!(Instant::now() < deadline, "the entry never expired");
             std::thread::yield_now();
         }
-        assert!(KeyCache::new(Duration::from_secs(60)).ttl <= MAX_TTL);
+        assert!(KeyCache::new(Duration::from_secs(60), 1).ttl <= MAX_TTL);
+    }
+
+    #[test]
+    fn lookups_beyond_the_cap_are_refused_not_queued() {
+        let cache = KeyCache::new(MAX_TTL, 2);
+        let first = cache.lookup_permit().expect("first");
+        let _second = cache.lookup_permit().expect("second");
+        assert!(cache.lookup_permit().is_none(), "a third at once");
+        drop(first);
+        assert!(cache.lookup_permit().is_some(), "freed by the first");
     }
 }

@@ -10,10 +10,11 @@ mod openapi;
 pub mod ratelimit;
 mod routes;
 pub mod validate;
+mod webhooks;
 
 use anyhow::Context;
 use sagapay_domain::PerCurrency;
-use sagapay_service_kit::config::{env_or, env_parse};
+use sagapay_service_kit::config::{env_or, env_or_off, env_parse};
 use sagapay_service_kit::{CommonConfig, Environment, Platform, ServiceHandle, ServiceKeys};
 use std::time::Duration;
 
@@ -30,6 +31,8 @@ pub struct Config {
     pub common: CommonConfig,
     /// `SAGAPAY_ORCHESTRATOR_URL`, default `http://127.0.0.1:8001`.
     pub orchestrator_url: String,
+    /// `SAGAPAY_NOTIFICATION_URL` (default `http://127.0.0.1:8005`): webhooks and events.
+    pub notification_url: String,
     /// `SAGAPAY_DEV_API_KEY`, default `dev-secret`: the development merchant's key, seeded only
     /// in development mode.
     pub dev_api_key: Option<String>,
@@ -58,6 +61,9 @@ pub struct Config {
     /// (default 20) with room for `SAGAPAY_KEY_LOOKUPS_BURST` (default 100) at once.
     pub key_lookups_per_second: u32,
     pub key_lookups_burst: u32,
+    /// `SAGAPAY_KEY_LOOKUPS_CONCURRENT` (default 4): key lookups at once on the instance, from
+    /// all addresses together; beyond it, 429 at once.
+    pub key_lookups_concurrent: usize,
 }
 
 /// About $1,000,000 in each currency.
@@ -74,6 +80,7 @@ impl Config {
         };
         Ok(Self {
             orchestrator_url: env_or("SAGAPAY_ORCHESTRATOR_URL", "http://127.0.0.1:8001"),
+            notification_url: env_or("SAGAPAY_NOTIFICATION_URL", "http://127.0.0.1:8005"),
             dev_api_key,
             max_amount: PerCurrency::parse_over(
                 &env_or("SAGAPAY_MAX_AMOUNT_CENTS", ""),
@@ -84,13 +91,15 @@ impl Config {
             orchestrator_timeout_ms: env_parse("SAGAPAY_ORCHESTRATOR_TIMEOUT_MS", 10_000)?,
             rate_limit_per_second: env_parse("SAGAPAY_RATE_LIMIT_PER_SECOND", 100)?,
             rate_limit_burst: env_parse("SAGAPAY_RATE_LIMIT_BURST", 200)?,
-            idempotency: idempotency::IdempotencySettings::new(
-                Some(env_or("SAGAPAY_REDIS_URL", DEFAULT_REDIS_URL)).filter(|u| !u.is_empty()),
-            ),
+            idempotency: idempotency::IdempotencySettings::new(env_or_off(
+                "SAGAPAY_REDIS_URL",
+                DEFAULT_REDIS_URL,
+            )),
             service_keys: ServiceKeys::from_env(common.environment)?,
             key_cache_ttl_ms: env_parse("SAGAPAY_KEY_CACHE_TTL_MS", 1_000)?,
             key_lookups_per_second: env_parse("SAGAPAY_KEY_LOOKUPS_PER_SECOND", 20)?,
             key_lookups_burst: env_parse("SAGAPAY_KEY_LOOKUPS_BURST", 100)?,
+            key_lookups_concurrent: env_parse("SAGAPAY_KEY_LOOKUPS_CONCURRENT", 4)?,
             common,
         })
     }
@@ -98,6 +107,8 @@ impl Config {
     pub fn for_test(common: CommonConfig, orchestrator_url: String) -> Self {
         Self {
             orchestrator_url,
+            // Set by whoever starts the notification service beside it.
+            notification_url: "http://127.0.0.1:8005".into(),
             dev_api_key: Some("dev-secret".into()),
             max_amount: default_max_amount(),
             body_limit_bytes: 16 * 1024,
@@ -111,6 +122,7 @@ impl Config {
             // Tests that are not about floods send many keys from one address.
             key_lookups_per_second: 100_000,
             key_lookups_burst: 100_000,
+            key_lookups_concurrent: 1_000,
             common,
         }
     }
@@ -143,15 +155,17 @@ pub async fn start(config: Config) -> anyhow::Result<ServiceHandle> {
         pool: platform.pool.clone(),
         client,
         orchestrator_url: config.orchestrator_url.trim_end_matches('/').to_owned(),
+        notification_url: config.notification_url.trim_end_matches('/').to_owned(),
         service_keys: config.service_keys.clone(),
         max_amount: config.max_amount.clone(),
         rate_limit: std::sync::Arc::new(ratelimit::RateLimit::new(
             config.rate_limit_per_second,
             config.rate_limit_burst,
         )),
-        key_cache: std::sync::Arc::new(keycache::KeyCache::new(Duration::from_millis(
-            config.key_cache_ttl_ms,
-        ))),
+        key_cache: std::sync::Arc::new(keycache::KeyCache::new(
+            Duration::from_millis(config.key_cache_ttl_ms),
+            config.key_lookups_concurrent,
+        )),
         production: config.common.environment == Environment::Production,
         lookup_budget: std::sync::Arc::new(ratelimit::RateLimit::new(
             config.key_lookups_per_second,

@@ -19,6 +19,13 @@ use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
         crate::routes::create_payment,
         crate::routes::get_payment,
         crate::routes::create_refund,
+        crate::webhooks::create_endpoint,
+        crate::webhooks::list_endpoints,
+        crate::webhooks::delete_endpoint,
+        crate::webhooks::roll_secret,
+        crate::webhooks::list_deliveries,
+        crate::webhooks::list_events,
+        crate::webhooks::get_event,
         document,
         health,
         ready,
@@ -28,6 +35,7 @@ use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
     tags(
         (name = "payments", description = "Create and read payments"),
         (name = "refunds", description = "Refund settled payments"),
+        (name = "webhooks", description = "Webhook endpoints, their deliveries, and the events they carry"),
         (name = "operations", description = "Probes, metrics and this document"),
     )
 )]

@@ -23,6 +23,7 @@ pub struct AppState {
     pub pool: PgPool,
     pub client: reqwest::Client,
     pub orchestrator_url: String,
+    pub notification_url: String,
     pub service_keys: ServiceKeys,
     pub max_amount: sagapay_domain::PerCurrency,
     pub rate_limit: std::sync::Arc<crate::ratelimit::RateLimit>,
@@ -55,6 +56,7 @@ pub fn routes(state: AppState, body_limit_bytes: usize) -> Router {
         .route("/payments", post(create_payment))
         .route("/payments/{payment_id}", get(get_payment))
         .route("/payments/{payment_id}/refunds", post(create_refund))
+        .merge(crate::webhooks::routes())
         .layer(DefaultBodyLimit::max(body_limit_bytes))
         .layer(axum::middleware::from_fn(crate::ratelimit::quota_headers))
         .layer(axum::middleware::from_fn_with_state(
@@ -96,7 +98,7 @@ async fn refuse_oversized(
     }
 }
 
-fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
+pub(crate) fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
     let ct = headers
         .get(axum::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -289,10 +291,18 @@ pub(crate) async fn create_refund(
     .await
 }
 
-/// A call to the orchestrator's internal API for `merchant`, signed with the gateway's service
+/// The services the gateway calls.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Peer {
+    Orchestrator,
+    Notification,
+}
+
+/// A call to a peer's internal API for `merchant`, signed with the gateway's service
 /// credential (the merchant travels as the signed claim, never in the body).
-fn internal(
+pub(crate) fn internal_to(
     state: &AppState,
+    peer: Peer,
     ctx: &RequestContext,
     method: reqwest::Method,
     path_and_query: String,
@@ -314,7 +324,13 @@ fn internal(
         .client
         .request(
             method,
-            format!("{}{path_and_query}", state.orchestrator_url),
+            format!(
+                "{}{path_and_query}",
+                match peer {
+                    Peer::Orchestrator => &state.orchestrator_url,
+                    Peer::Notification => &state.notification_url,
+                }
+            ),
         )
         .header(CORRELATION_ID, &ctx.correlation_id)
         .header(TRACEPARENT, &ctx.traceparent);
@@ -327,6 +343,26 @@ fn internal(
             .body(bytes);
     }
     call
+}
+
+/// [`internal_to`] the orchestrator.
+fn internal(
+    state: &AppState,
+    ctx: &RequestContext,
+    method: reqwest::Method,
+    path_and_query: String,
+    merchant: Uuid,
+    body: Option<&serde_json::Value>,
+) -> reqwest::RequestBuilder {
+    internal_to(
+        state,
+        Peer::Orchestrator,
+        ctx,
+        method,
+        path_and_query,
+        merchant,
+        body,
+    )
 }
 
 /// Sends a creating request through the idempotency fast path (see `idempotency`).
@@ -410,7 +446,7 @@ fn header_idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError>
         .transpose()
 }
 
-fn upstream_unavailable(e: reqwest::Error) -> ApiError {
+pub(crate) fn upstream_unavailable(e: reqwest::Error) -> ApiError {
     tracing::error!(error = %e, "orchestrator unreachable");
     ApiError::unavailable(
         "upstream_unavailable",
@@ -419,7 +455,7 @@ fn upstream_unavailable(e: reqwest::Error) -> ApiError {
 }
 
 /// A successful answer of the orchestrator, passed on as it is.
-struct Upstream {
+pub(crate) struct Upstream {
     status: StatusCode,
     body: Bytes,
     replayed: bool,
@@ -442,7 +478,7 @@ impl IntoResponse for Upstream {
 
 /// Reads the orchestrator's answer. Errors are re-issued as the gateway's own, so they carry
 /// the gateway's request id.
-async fn upstream(resp: reqwest::Response) -> Result<Upstream, ApiError> {
+pub(crate) async fn upstream(resp: reqwest::Response) -> Result<Upstream, ApiError> {
     let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     let replayed = resp.headers().contains_key("idempotent-replayed");
     let body = resp.bytes().await.map_err(upstream_unavailable)?;

@@ -1,16 +1,28 @@
-//! Notification tells merchants about payments that reached a terminal state: exactly one
-//! notification per payment and outcome, recorded durably (delivery is a log line for now;
-//! webhooks would be sent from these rows).
+//! Notification tells merchants what happened to their payments. For every payment that
+//! reached a terminal state it records, in the inbox transaction: the notification row (one
+//! per payment and outcome), the merchant event merchants read from `GET /events`, and one
+//! webhook delivery per endpoint subscribed to it (`events`). The dispatcher sends the
+//! deliveries, signed (`signature`), to destinations the environment allows
+//! (`destination`), retrying with backoff (`dispatcher`); the internal API serves endpoints,
+//! deliveries and events to the gateway (`api`).
 
 use anyhow::anyhow;
 use sagapay_domain::events::PaymentFinalized;
 use sagapay_domain::{Envelope, EventType};
 use sagapay_messaging::{Handler, HandlerError, MessageContext};
-use sagapay_service_kit::{CommonConfig, Platform, ServiceHandle};
+use sagapay_service_kit::config::env_parse;
+use sagapay_service_kit::{CommonConfig, Environment, Platform, ServiceHandle, ServiceKeys};
 use serde_json::json;
 use sqlx::PgConnection;
 use std::sync::Arc;
+use std::time::Duration;
 use uuid::Uuid;
+
+pub mod api;
+pub mod destination;
+pub mod dispatcher;
+pub mod events;
+pub mod signature;
 
 pub const SERVICE: &str = "notification";
 pub const DEFAULT_PORT: u16 = 8005;
@@ -20,16 +32,104 @@ mod embedded {
     refinery::embed_migrations!("../../migrations/notification");
 }
 
+/// How webhooks are sent.
+#[derive(Debug, Clone)]
+pub struct WebhookSettings {
+    /// `SAGAPAY_WEBHOOK_TIMEOUT_MS` (10,000): longest wait for a receiver's answer.
+    pub timeout: Duration,
+    /// `SAGAPAY_WEBHOOK_RETRY_INITIAL_MS` (60,000), doubled per failure up to
+    /// `SAGAPAY_WEBHOOK_RETRY_MAX_MS` (6 hours).
+    pub retry_initial: Duration,
+    pub retry_max: Duration,
+    /// `SAGAPAY_WEBHOOK_RETRY_FOR_MS` (3 days): no retry later than this after the event.
+    pub retry_for: Duration,
+    /// `SAGAPAY_WEBHOOK_DISABLE_AFTER_MS` (3 days): an endpoint without a success for this long
+    /// is disabled.
+    pub disable_after: Duration,
+    /// `SAGAPAY_WEBHOOK_ENDPOINT_CONCURRENCY` (4): deliveries in flight per endpoint.
+    pub endpoint_concurrency: usize,
+    /// Deliveries in flight in all, per instance.
+    pub in_flight: usize,
+    /// How often due retries are looked for when nothing wakes the dispatcher.
+    pub poll_interval: Duration,
+    /// `SAGAPAY_EVENT_RETENTION_DAYS` (30): how long events (and their deliveries) are kept.
+    pub event_retention: Duration,
+    /// Production: https to public addresses only.
+    pub policy: destination::Policy,
+}
+
+impl WebhookSettings {
+    fn from_env(environment: Environment) -> anyhow::Result<Self> {
+        let ms = |name: &str, default: u64| -> anyhow::Result<Duration> {
+            Ok(Duration::from_millis(env_parse(name, default)?))
+        };
+        Ok(Self {
+            timeout: ms("SAGAPAY_WEBHOOK_TIMEOUT_MS", 10_000)?,
+            retry_initial: ms("SAGAPAY_WEBHOOK_RETRY_INITIAL_MS", 60_000)?,
+            retry_max: ms("SAGAPAY_WEBHOOK_RETRY_MAX_MS", 6 * 3_600_000)?,
+            retry_for: ms("SAGAPAY_WEBHOOK_RETRY_FOR_MS", 3 * 86_400_000)?,
+            disable_after: ms("SAGAPAY_WEBHOOK_DISABLE_AFTER_MS", 3 * 86_400_000)?,
+            endpoint_concurrency: env_parse("SAGAPAY_WEBHOOK_ENDPOINT_CONCURRENCY", 4usize)?.max(1),
+            in_flight: 64,
+            poll_interval: Duration::from_secs(1),
+            event_retention: Duration::from_secs(
+                86_400 * env_parse("SAGAPAY_EVENT_RETENTION_DAYS", 30u64)?,
+            ),
+            policy: policy_of(environment),
+        })
+    }
+
+    /// Short retries for tests; the development destination policy.
+    pub fn for_test() -> Self {
+        Self {
+            timeout: Duration::from_secs(2),
+            retry_initial: Duration::from_millis(200),
+            retry_max: Duration::from_secs(1),
+            retry_for: Duration::from_secs(60),
+            disable_after: Duration::from_secs(3600),
+            endpoint_concurrency: 4,
+            in_flight: 64,
+            poll_interval: Duration::from_millis(100),
+            event_retention: Duration::from_secs(30 * 86_400),
+            policy: destination::Policy::Any,
+        }
+    }
+}
+
+fn policy_of(environment: Environment) -> destination::Policy {
+    match environment {
+        Environment::Development => destination::Policy::Any,
+        Environment::Production => destination::Policy::PublicHttps,
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub common: CommonConfig,
+    /// Verifies the gateway's calls (`SAGAPAY_INTERNAL_KEYS`).
+    pub service_keys: ServiceKeys,
+    pub webhooks: WebhookSettings,
 }
 
 impl Config {
     pub fn from_env() -> anyhow::Result<Self> {
+        let common = CommonConfig::from_env(SERVICE, DEFAULT_PORT)?;
         Ok(Self {
-            common: CommonConfig::from_env(SERVICE, DEFAULT_PORT)?,
+            service_keys: ServiceKeys::from_env(common.environment)?,
+            webhooks: WebhookSettings::from_env(common.environment)?,
+            common,
         })
+    }
+
+    pub fn for_test(common: CommonConfig) -> Self {
+        Self {
+            webhooks: WebhookSettings {
+                policy: policy_of(common.environment),
+                ..WebhookSettings::for_test()
+            },
+            service_keys: ServiceKeys::development(),
+            common,
+        }
     }
 }
 
@@ -75,6 +175,7 @@ impl Handler for NotificationHandler {
         if inserted == 1 {
             tracing::debug!(payment_id = %env.payment_id, kind = %kind, "merchant notified");
         }
+        events::record(conn, env, &ev).await?;
         Ok(())
     }
 }
@@ -90,6 +191,28 @@ pub async fn start(config: Config) -> anyhow::Result<ServiceHandle> {
     let mut builder = platform.builder();
     platform.spawn_relay(&mut builder);
     platform.spawn_consumer(&mut builder, Arc::new(NotificationHandler), CONSUMES)?;
-    let router = platform.router(axum::Router::new());
+    let dispatcher = dispatcher::Dispatcher {
+        pool: platform.pool.clone(),
+        settings: config.webhooks.clone(),
+        metrics: dispatcher::WebhookMetrics::register(&platform.registry)?,
+        wakeup: sagapay_messaging::wakeup::Wakeup::listen(
+            &platform.pool,
+            "webhook_deliveries",
+            &platform.messaging_metrics,
+        )
+        .await,
+        client: reqwest::Client::builder()
+            .timeout(config.webhooks.timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?,
+    };
+    builder.spawn("webhook-dispatcher", move |shutdown| {
+        dispatcher.run(shutdown)
+    });
+    let state = api::AppState {
+        pool: platform.pool.clone(),
+        policy: config.webhooks.policy,
+    };
+    let router = platform.router(api::routes(state, config.service_keys.clone()));
     builder.serve(config.common.http_addr, router).await
 }

@@ -47,14 +47,7 @@ pub fn routes(state: AppState, keys: ServiceKeys) -> Router {
 
 /// The merchant the verified caller acts for; every internal route acts for one.
 pub(crate) fn merchant_of(caller: &VerifiedCaller) -> Result<Uuid, ApiError> {
-    caller.merchant.ok_or_else(|| {
-        ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            ErrorType::AuthenticationError,
-            "merchant_claim_missing",
-            "this route acts for a merchant: the signed sagapay-merchant claim is required",
-        )
-    })
+    caller.acting_merchant()
 }
 
 /// A payment request as the gateway forwards it, already validated there; it is parsed again

@@ -142,9 +142,15 @@ impl TestStack {
 
     pub async fn spawn_with(options: StackOptions) -> TestStack {
         let ns = fresh_namespace();
-        let orchestrator =
-            start_orchestrator(&ns, &options, !options.orchestrator_relay_disabled).await;
-        let (risk, provider, ledger, notification, gateway) = tokio::join!(
+        // The gateway calls both: they start first.
+        let (orchestrator, notification) = tokio::join!(
+            start_orchestrator(&ns, &options, !options.orchestrator_relay_disabled),
+            sagapay_notification::start(sagapay_notification::Config::for_test(
+                options.config(sagapay_notification::SERVICE, &ns),
+            )),
+        );
+        let notification = notification.expect("notification starts");
+        let (risk, provider, ledger, gateway) = tokio::join!(
             sagapay_risk::start(sagapay_risk::Config::for_test(
                 options.config(sagapay_risk::SERVICE, &ns)
             )),
@@ -158,14 +164,12 @@ impl TestStack {
                 p
             }),
             start_ledger(&ns, &options, options.ledger_currencies.clone()),
-            sagapay_notification::start(sagapay_notification::Config {
-                common: options.config(sagapay_notification::SERVICE, &ns),
-            }),
             sagapay_gateway::start({
                 let mut g = sagapay_gateway::Config::for_test(
                     options.config(sagapay_gateway::SERVICE, &ns),
                     orchestrator.base_url(),
                 );
+                g.notification_url = notification.base_url();
                 if let Some((per_second, burst)) = options.gateway_rate_limit {
                     g.rate_limit_per_second = per_second;
                     g.rate_limit_burst = burst;
@@ -189,7 +193,7 @@ impl TestStack {
                 risk.expect("risk starts"),
                 provider.expect("provider-adapter starts"),
                 ledger.expect("ledger starts"),
-                notification.expect("notification starts"),
+                notification,
             ],
             http: reqwest::Client::new(),
         }
@@ -225,11 +229,9 @@ impl TestStack {
     /// A pool on the server's `postgres` database, for what no service database can do
     /// (switching a service's database off and on, watching its sessions).
     pub async fn admin_pool(&self) -> PgPool {
-        let url = format!(
-            "{}/postgres",
-            config("gateway", &self.ns)
-                .postgres_url
-                .trim_end_matches('/')
+        let url = sagapay_messaging::postgres_url::with_database(
+            &config("gateway", &self.ns).postgres_url,
+            "postgres",
         );
         PgPoolOptions::new()
             .max_connections(1)

@@ -321,11 +321,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("SAGAPAY_KAFKA_CLIENT_CONFIG: {e}"))?,
         ..KafkaSettings::default()
     };
-    let base = cli.postgres_url.trim_end_matches('/').to_owned();
     let gateway_db = || async {
-        sqlx::PgPool::connect(&format!("{base}/{}", ns.database("gateway")))
-            .await
-            .map_err(|e| anyhow::anyhow!("connecting to the gateway database: {e}"))
+        sqlx::PgPool::connect(&sagapay_messaging::postgres_url::with_database(
+            &cli.postgres_url,
+            &ns.database("gateway"),
+        ))
+        .await
+        .map_err(|e| anyhow::anyhow!("connecting to the gateway database: {e}"))
     };
     if let Command::Reconcile {
         since,
@@ -335,7 +337,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     } = &cli.command
     {
         let report = sagapayctl::reconcile::run(
-            &sagapayctl::reconcile::Databases::of(&base, &ns),
+            &sagapayctl::reconcile::Databases::of(&cli.postgres_url, &ns),
             &sagapayctl::reconcile::Window {
                 since: *since,
                 until: *until,
@@ -409,7 +411,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 yes,
                 "dropping namespace {ns} deletes its databases and topics: add --yes"
             );
-            sagapay_service_kit::drop_namespace(&base, &kafka, &ns).await?;
+            sagapay_service_kit::drop_namespace(&cli.postgres_url, &kafka, &ns).await?;
             println!("dropped namespace {ns}: its databases and topics");
         }
         Command::Merchant(MerchantCommand::Create { name, json }) => {

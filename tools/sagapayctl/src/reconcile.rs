@@ -47,8 +47,9 @@ pub struct Databases {
 impl Databases {
     /// The databases of namespace `ns` on the server at `postgres_url`.
     pub fn of(postgres_url: &str, ns: &sagapay_domain::Namespace) -> Self {
-        let base = postgres_url.trim_end_matches('/');
-        let url = |service: &str| format!("{base}/{}", ns.database(service));
+        let url = |service: &str| {
+            sagapay_messaging::postgres_url::with_database(postgres_url, &ns.database(service))
+        };
         Self {
             orchestrator: url("orchestrator"),
             ledger: url("ledger"),

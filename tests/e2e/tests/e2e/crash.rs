@@ -46,9 +46,10 @@ async fn sigkill_of_orchestrator_and_provider_adapter_loses_nothing_and_duplicat
         ids.push(body["payment_id"].as_str().unwrap().to_owned());
     }
     // Mid-flight: kill both without warning, then bring them back.
-    let orch_url = sagapay_e2e::config("gateway", &ns).postgres_url.clone()
-        + "/"
-        + &ns.database("orchestrator");
+    let orch_url = sagapay_messaging::postgres_url::with_database(
+        &sagapay_e2e::config("gateway", &ns).postgres_url,
+        &ns.database("orchestrator"),
+    );
     let orch = PgPoolOptions::new()
         .max_connections(1)
         .connect(&orch_url)
@@ -92,8 +93,10 @@ async fn sigkill_of_orchestrator_and_provider_adapter_loses_nothing_and_duplicat
     }
 
     let db = |service: &str| {
-        let url =
-            sagapay_e2e::config("gateway", &ns).postgres_url.clone() + "/" + &ns.database(service);
+        let url = sagapay_messaging::postgres_url::with_database(
+            &sagapay_e2e::config("gateway", &ns).postgres_url,
+            &ns.database(service),
+        );
         async move {
             PgPoolOptions::new()
                 .max_connections(1)

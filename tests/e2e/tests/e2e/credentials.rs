@@ -1,6 +1,7 @@
 //! Trust nothing inside: every route other than `/health`, `/ready` and `/metrics` needs the
 //! right credential. The orchestrator's internal API takes only the gateway's signed requests,
-//! and the merchant it acts for only from the signed claim; ops routes take only the ops key.
+//! and the merchant it acts for only from the signed claim (so does the notification
+//! service's); ops routes take only the ops key.
 
 use reqwest::Method;
 use sagapay_e2e::{Signer, TestStack, DEV_API_KEY, DEV_OPS_KEY};
@@ -21,6 +22,11 @@ async fn footprint(stack: &TestStack, pid: Uuid) -> Vec<i64> {
             "SELECT count(*) FROM provider_operations",
         ),
         ("risk", "SELECT count(*) FROM risk_decisions"),
+        ("notification", "SELECT count(*) FROM webhook_endpoints"),
+        (
+            "notification",
+            "SELECT count(*) FROM webhook_endpoints WHERE deleted_at IS NULL AND previous_secret IS NULL",
+        ),
     ] {
         let pool = stack.db(service).await;
         counts.push(sqlx::query_scalar(sql).fetch_one(&pool).await.unwrap());
@@ -45,6 +51,21 @@ async fn every_route_refuses_a_missing_or_wrong_credential_and_writes_nothing() 
             .fetch_one(&orchestrator)
             .await
             .unwrap();
+    // An endpoint of the merchant's, for the routes that name one.
+    let created: Value = stack
+        .http
+        .post(format!("{}/webhook_endpoints", stack.gateway_url()))
+        .header("x-api-key", DEV_API_KEY)
+        .json(&json!({"url": "http://127.0.0.1:9/hook", "enabled_events": ["payment.failed"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let endpoint_id = created["id"].as_str().expect("an endpoint").to_owned();
+    let endpoint =
+        json!({"url": "http://127.0.0.1:9/other", "enabled_events": ["payment.settled"]});
     let before = footprint(&stack, pid).await;
 
     let payment = json!({"customer_id": "cust-1", "amount_cents": 100, "currency": "USD",
@@ -56,6 +77,13 @@ async fn every_route_refuses_a_missing_or_wrong_credential_and_writes_nothing() 
         ("orchestrator", Method::POST, "/internal/payments".into(), Some(payment.clone())),
         ("orchestrator", Method::GET, format!("/internal/payments/{pid}"), None),
         ("orchestrator", Method::POST, format!("/internal/payments/{pid}/refunds"), Some(refund)),
+        ("notification", Method::POST, "/internal/webhook_endpoints".into(), Some(endpoint)),
+        ("notification", Method::GET, "/internal/webhook_endpoints".into(), None),
+        ("notification", Method::DELETE, format!("/internal/webhook_endpoints/{endpoint_id}"), None),
+        ("notification", Method::POST, format!("/internal/webhook_endpoints/{endpoint_id}/roll_secret"), None),
+        ("notification", Method::GET, format!("/internal/webhook_endpoints/{endpoint_id}/deliveries"), None),
+        ("notification", Method::GET, "/internal/events".into(), None),
+        ("notification", Method::GET, format!("/internal/events/evt_{}", pid.simple()), None),
         ("orchestrator", Method::GET, "/ops/payments/stuck".into(), None),
         ("orchestrator", Method::POST, format!("/ops/payments/{pid}/retry"), None),
         ("orchestrator", Method::POST, format!("/ops/payments/{pid}/fail"), Some(json!({"reason": "x"}))),

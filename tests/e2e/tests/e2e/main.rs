@@ -26,3 +26,4 @@ mod risk_review;
 mod scale;
 mod traces;
 mod upgrades;
+mod webhooks;

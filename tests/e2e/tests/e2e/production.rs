@@ -2,6 +2,7 @@
 //! safe ones; there the development merchant's keys do not authenticate.
 
 use sagapay_e2e::{config, eventually, free_port, fresh_namespace, target_binary};
+use sagapay_messaging::postgres_url::with_database;
 use sha2::{Digest, Sha256};
 use sqlx::postgres::PgPoolOptions;
 use std::process::{Command, Stdio};
@@ -56,6 +57,7 @@ fn production_mode_names_every_unsafe_setting_and_exits() {
     for expected in [
         "production mode refuses to start orchestrator",
         "SAGAPAY_POSTGRES_URL has the development password",
+        "SAGAPAY_POSTGRES_URL has sslmode=prefer: production needs sslmode=verify-full",
         "SAGAPAY_KAFKA_REPLICATION_FACTOR is 1, below the minimum of 3",
         "SAGAPAY_OPS_KEY must be set",
         "every key of SAGAPAY_INTERNAL_KEYS must be a secret of at least 32 characters",
@@ -67,17 +69,27 @@ fn production_mode_names_every_unsafe_setting_and_exits() {
     let safe = [
         (
             "SAGAPAY_POSTGRES_URL",
-            "postgres://sagapay:a-real-password@127.0.0.1:5432",
+            "postgres://sagapay:a-real-password@db.internal:5432?sslmode=verify-full&sslrootcert=/etc/sagapay/ca.crt",
         ),
         ("SAGAPAY_KAFKA_REPLICATION_FACTOR", "3"),
         ("SAGAPAY_OPS_KEY", strong.as_str()),
         ("SAGAPAY_INTERNAL_KEYS", strong.as_str()),
     ];
-    let cases: [(&str, &str, &str); 5] = [
+    let cases: [(&str, &str, &str); 7] = [
         (
             "SAGAPAY_POSTGRES_URL",
-            "postgres://sagapay@127.0.0.1:5432",
+            "postgres://sagapay@db.internal:5432?sslmode=verify-full",
             "has no password",
+        ),
+        (
+            "SAGAPAY_POSTGRES_URL",
+            "postgres://sagapay:a-real-password@db.internal:5432?sslmode=require",
+            "has sslmode=require: production needs sslmode=verify-full",
+        ),
+        (
+            "SAGAPAY_POSTGRES_URL",
+            "postgres://sagapay:a-real-password@db.internal:5432?sslmode=disable",
+            "has sslmode=disable: production needs sslmode=verify-full",
         ),
         (
             "SAGAPAY_KAFKA_REPLICATION_FACTOR",
@@ -112,6 +124,39 @@ fn production_mode_names_every_unsafe_setting_and_exits() {
             "{name}={value:?}: one problem only:\n{err}"
         );
     }
+    // The gateway's Redis (idempotency fast path) must authenticate, or be off.
+    let mut env = safe.to_vec();
+    env.push(("SAGAPAY_REDIS_URL", "redis://127.0.0.1:6379"));
+    let err = refused("sagapay-gateway", &env);
+    assert!(
+        err.contains("SAGAPAY_REDIS_URL has no password"),
+        "missing the Redis problem in:\n{err}"
+    );
+    assert_eq!(err.matches("\n  - ").count(), 1, "one problem only:\n{err}");
+}
+
+/// The CA that signed the local server's certificate (scripts/stack.sh).
+fn local_ca() -> String {
+    std::env::var("SAGAPAY_TEST_PG_CA")
+        .unwrap_or_else(|_| "/var/lib/postgresql/sagapay-tls/ca.crt".to_owned())
+}
+
+/// A CA of its own that signed nothing the server has.
+fn stranger_ca(dir: &std::path::Path) -> std::path::PathBuf {
+    let ca = dir.join("stranger-ca.crt");
+    let status = Command::new("openssl")
+        .args(["req", "-x509", "-new", "-nodes", "-newkey", "ec"])
+        .args(["-pkeyopt", "ec_paramgen_curve:prime256v1", "-days", "1"])
+        .args(["-subj", "/CN=stranger"])
+        .arg("-keyout")
+        .arg(dir.join("stranger-ca.key"))
+        .arg("-out")
+        .arg(&ca)
+        .stderr(Stdio::null())
+        .status()
+        .expect("run openssl");
+    assert!(status.success(), "openssl made no CA");
+    ca
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -120,7 +165,7 @@ async fn production_mode_starts_with_safe_settings_and_refuses_the_development_m
     let base = config("gateway", &ns).postgres_url;
     let admin = PgPoolOptions::new()
         .max_connections(1)
-        .connect(&format!("{}/postgres", base.trim_end_matches('/')))
+        .connect(&with_database(&base, "postgres"))
         .await
         .unwrap();
     // A database user of its own with a real password.
@@ -135,28 +180,60 @@ async fn production_mode_starts_with_safe_settings_and_refuses_the_development_m
     let keys_file = std::env::temp_dir().join(format!("{}-internal-keys", ns.as_str()));
     std::fs::write(&keys_file, format!("{}\n", "k".repeat(40))).unwrap();
     let port = free_port(32_700..32_800);
-    let server = base
-        .split_once('@')
-        .expect("user@server")
-        .1
-        .trim_end_matches('/');
-    let prod_url = format!("postgres://{role}:{password}@{server}");
-    let child = Command::new(target_binary("sagapay-gateway"))
-        .env_clear()
-        .env("SAGAPAY_ENVIRONMENT", "production")
-        .env("SAGAPAY_NAMESPACE", ns.as_str())
-        .env("SAGAPAY_HTTP_ADDR", format!("127.0.0.1:{port}"))
-        .env("SAGAPAY_POSTGRES_URL", &prod_url)
-        .env("SAGAPAY_INTERNAL_KEYS_FILE", &keys_file)
-        // The local stack has one broker: the operator states the minimum it accepts.
-        .env("SAGAPAY_KAFKA_REPLICATION_FACTOR", "1")
-        .env("SAGAPAY_KAFKA_MIN_REPLICATION_FACTOR", "1")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
+    let server_port = url::Url::parse(&base)
+        .expect("server URL")
+        .port()
+        .unwrap_or(5432);
+    // TLS with the server's identity checked: the certificate names localhost.
+    let url_with_ca = |ca: &str| {
+        format!("postgres://{role}:{password}@localhost:{server_port}?sslmode=verify-full&sslrootcert={ca}")
+    };
+    let gateway = |postgres_url: &str, stderr: Stdio| {
+        Command::new(target_binary("sagapay-gateway"))
+            .env_clear()
+            .env("SAGAPAY_ENVIRONMENT", "production")
+            .env("SAGAPAY_NAMESPACE", ns.as_str())
+            .env("SAGAPAY_HTTP_ADDR", format!("127.0.0.1:{port}"))
+            .env("SAGAPAY_POSTGRES_URL", postgres_url)
+            .env("SAGAPAY_INTERNAL_KEYS_FILE", &keys_file)
+            // The local Redis has no password: the idempotency fast path is off.
+            .env("SAGAPAY_REDIS_URL", "")
+            // The local stack has one broker: the operator states the minimum it accepts.
+            .env("SAGAPAY_KAFKA_REPLICATION_FACTOR", "1")
+            .env("SAGAPAY_KAFKA_MIN_REPLICATION_FACTOR", "1")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .unwrap()
+    };
+    // A server whose certificate the configured CA did not sign is not trusted.
+    let tmp = std::env::temp_dir().join(ns.as_str());
+    std::fs::create_dir_all(&tmp).unwrap();
+    let stranger = stranger_ca(&tmp);
+    let out = gateway(&url_with_ca(stranger.to_str().unwrap()), Stdio::piped())
+        .wait_with_output()
         .unwrap();
-    let mut child = KillOnDrop(child);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "started against an untrusted server");
+    assert!(err.contains("certificate verify failed"), "{err}");
+
+    // The migration client (tokio-postgres under refinery) checks the same way.
+    let attempt = sagapay_messaging::postgres_url::connect_migration_client(&with_database(
+        &url_with_ca(stranger.to_str().unwrap()),
+        "postgres",
+    ))
+    .await;
+    let Err(err) = attempt else {
+        panic!("the migration client trusted an unknown server");
+    };
+    assert!(
+        format!("{err:#}").contains("certificate verify failed"),
+        "{err:#}"
+    );
+
+    let prod_url = url_with_ca(&local_ca());
+    let mut child = KillOnDrop(gateway(&prod_url, Stdio::null()));
     let http = reqwest::Client::new();
     let url = format!("http://127.0.0.1:{port}");
     eventually(
@@ -169,11 +246,23 @@ async fn production_mode_starts_with_safe_settings_and_refuses_the_development_m
     )
     .await;
 
+    // Every session it holds is encrypted.
+    let (sessions, in_clear): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(*) FILTER (WHERE NOT s.ssl)
+         FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) WHERE a.usename = $1",
+    )
+    .bind(&role)
+    .fetch_one(&admin)
+    .await
+    .unwrap();
+    assert!(sessions > 0, "the gateway holds no session");
+    assert_eq!(in_clear, 0, "{in_clear} of {sessions} sessions without TLS");
+
     // A development merchant and key in the database (as a development run would have seeded
     // them), and a real merchant's key.
     let db = PgPoolOptions::new()
         .max_connections(1)
-        .connect(&format!("{prod_url}/{}", ns.database("gateway")))
+        .connect(&with_database(&prod_url, &ns.database("gateway")))
         .await
         .unwrap();
     for (name, key) in [("dev-merchant", "dev-secret"), ("acme", "sk_acme_real_key")] {
@@ -221,6 +310,7 @@ async fn production_mode_starts_with_safe_settings_and_refuses_the_development_m
         .await
         .unwrap();
     let _ = std::fs::remove_file(&keys_file);
+    let _ = std::fs::remove_dir_all(&tmp);
     sqlx::query(&format!("DROP ROLE IF EXISTS {role}"))
         .execute(&admin)
         .await

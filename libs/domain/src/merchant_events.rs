@@ -1,0 +1,81 @@
+//! The events merchants receive by webhook and read from `GET /events`: their types, as the
+//! public API spells them. One list, used by the gateway to validate subscriptions, by the
+//! notification service to name what it records, and by the API document.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum MerchantEventType {
+    #[serde(rename = "payment.settled")]
+    PaymentSettled,
+    #[serde(rename = "payment.failed")]
+    PaymentFailed,
+    #[serde(rename = "payment.reversed")]
+    PaymentReversed,
+    /// A refund that completed the payment's refunds (the payment is REFUNDED).
+    #[serde(rename = "refund.succeeded")]
+    RefundSucceeded,
+}
+
+impl MerchantEventType {
+    pub const ALL: [Self; 4] = [
+        Self::PaymentSettled,
+        Self::PaymentFailed,
+        Self::PaymentReversed,
+        Self::RefundSucceeded,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::PaymentSettled => "payment.settled",
+            Self::PaymentFailed => "payment.failed",
+            Self::PaymentReversed => "payment.reversed",
+            Self::RefundSucceeded => "refund.succeeded",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+
+    /// What a payment reaching the terminal `status` tells its merchant.
+    pub fn of_final_status(status: crate::PaymentStatus) -> Option<Self> {
+        use crate::PaymentStatus::*;
+        match status {
+            Settled => Some(Self::PaymentSettled),
+            Failed => Some(Self::PaymentFailed),
+            Reversed => Some(Self::PaymentReversed),
+            Refunded => Some(Self::RefundSucceeded),
+            Created | RiskReview | Approved | Authorized | Captured | PartiallyRefunded => None,
+        }
+    }
+}
+
+impl std::fmt::Display for MerchantEventType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_parse_back_and_match_serde() {
+        for t in MerchantEventType::ALL {
+            assert_eq!(MerchantEventType::parse(t.as_str()), Some(t));
+            assert_eq!(
+                serde_json::to_value(t).unwrap(),
+                serde_json::json!(t.as_str())
+            );
+        }
+        assert_eq!(MerchantEventType::parse("payment.SETTLED"), None);
+        let terminal = crate::PaymentStatus::ALL
+            .into_iter()
+            .filter(|s| s.is_terminal() && *s != crate::PaymentStatus::PartiallyRefunded);
+        for s in terminal {
+            assert!(MerchantEventType::of_final_status(s).is_some(), "{s:?}");
+        }
+    }
+}

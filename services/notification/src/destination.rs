@@ -1,0 +1,184 @@
+//! Where a webhook may be sent. Development allows any `http(s)` URL (the local stack's
+//! receivers are on loopback). Production allows only `https` URLs whose host resolves to
+//! public addresses, checked when the endpoint is registered and again at every delivery,
+//! and the delivery then connects to the addresses it checked (a name that resolves to a
+//! public address at the check and to 169.254.169.254 a moment later gains nothing).
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DestinationError {
+    #[error("url is not an absolute http(s) URL")]
+    NotAUrl,
+    #[error("url must use https")]
+    NotHttps,
+    #[error("url must not carry a user name or password")]
+    Credentials,
+    #[error("url's host {0} could not be resolved")]
+    Unresolved(String),
+    #[error("url's host resolves to {0}, which is not a public address")]
+    NotPublic(IpAddr),
+}
+
+/// What a URL must be, by environment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    /// Any http(s) URL (development).
+    Any,
+    /// https to public addresses only (production).
+    PublicHttps,
+}
+
+/// The URL's shape: absolute http(s), no credentials, https under [`Policy::PublicHttps`].
+pub fn check_syntax(raw: &str, policy: Policy) -> Result<url::Url, DestinationError> {
+    let url = url::Url::parse(raw).map_err(|_| DestinationError::NotAUrl)?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(DestinationError::NotAUrl);
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(DestinationError::Credentials);
+    }
+    if policy == Policy::PublicHttps && url.scheme() != "https" {
+        return Err(DestinationError::NotHttps);
+    }
+    Ok(url)
+}
+
+/// The addresses to connect to for `url`: resolved now, every one public under
+/// [`Policy::PublicHttps`].
+pub async fn resolve(url: &url::Url, policy: Policy) -> Result<Vec<SocketAddr>, DestinationError> {
+    let host = url.host_str().ok_or(DestinationError::NotAUrl)?;
+    let port = url
+        .port_or_known_default()
+        .ok_or(DestinationError::NotAUrl)?;
+    // IPv6 literals come bracketed from the URL.
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((bare, port))
+        .await
+        .map_err(|_| DestinationError::Unresolved(host.to_owned()))?
+        .collect();
+    if addrs.is_empty() {
+        return Err(DestinationError::Unresolved(host.to_owned()));
+    }
+    if policy == Policy::PublicHttps {
+        if let Some(bad) = addrs.iter().find(|a| !is_public(a.ip())) {
+            return Err(DestinationError::NotPublic(bad.ip()));
+        }
+    }
+    Ok(addrs)
+}
+
+/// Reachable on the public internet: not loopback, private, link-local (cloud metadata
+/// lives there), shared, documentation, benchmarking, multicast or reserved space.
+pub fn is_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => is_public_v4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => is_public_v4(v4),
+            None => is_public_v6(v6),
+        },
+    }
+}
+
+fn is_public_v4(ip: Ipv4Addr) -> bool {
+    let [a, b, c, _] = ip.octets();
+    !(ip.is_unspecified()
+        || ip.is_loopback()
+        || ip.is_private()
+        || ip.is_link_local()
+        || ip.is_broadcast()
+        || ip.is_documentation()
+        || ip.is_multicast()
+        || a == 0
+        || (a == 100 && (64..128).contains(&b)) // shared address space (carrier NAT)
+        || (a == 192 && b == 0 && c == 0) // IETF protocol assignments
+        || (a == 198 && (b == 18 || b == 19)) // benchmarking
+        || a >= 240) // reserved
+}
+
+fn is_public_v6(ip: Ipv6Addr) -> bool {
+    let first = ip.segments()[0];
+    !(ip.is_unspecified()
+        || ip.is_loopback()
+        || ip.is_multicast()
+        || (first & 0xfe00) == 0xfc00 // unique local
+        || (first & 0xffc0) == 0xfe80 // link-local
+        || (first == 0x2001 && ip.segments()[1] == 0x0db8) // documentation
+        || (first == 0x0064 && ip.segments()[1] == 0xff9b)) // NAT64 to anything
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_public_addresses_are_public() {
+        for (ip, public) in [
+            ("93.184.216.34", true),
+            ("8.8.8.8", true),
+            ("127.0.0.1", false),
+            ("10.1.2.3", false),
+            ("172.16.0.1", false),
+            ("192.168.1.1", false),
+            ("169.254.169.254", false),
+            ("100.64.0.1", false),
+            ("0.0.0.0", false),
+            ("255.255.255.255", false),
+            ("224.0.0.1", false),
+            ("198.18.0.1", false),
+            ("2606:4700::1111", true),
+            ("::1", false),
+            ("::", false),
+            ("fd00:ec2::254", false),
+            ("fe80::1", false),
+            ("::ffff:127.0.0.1", false),
+            ("::ffff:8.8.8.8", true),
+            ("2001:db8::1", false),
+        ] {
+            assert_eq!(is_public(ip.parse().unwrap()), public, "{ip}");
+        }
+    }
+
+    #[test]
+    fn urls_are_checked_by_policy() {
+        use DestinationError::*;
+        for (url, policy, expected) in [
+            ("https://hooks.example.com/x", Policy::PublicHttps, Ok(())),
+            (
+                "http://hooks.example.com/x",
+                Policy::PublicHttps,
+                Err(NotHttps),
+            ),
+            ("http://127.0.0.1:9000/x", Policy::Any, Ok(())),
+            ("ftp://example.com/x", Policy::Any, Err(NotAUrl)),
+            ("/relative", Policy::Any, Err(NotAUrl)),
+            (
+                "https://user:pw@example.com/",
+                Policy::Any,
+                Err(Credentials),
+            ),
+        ] {
+            assert_eq!(check_syntax(url, policy).map(|_| ()), expected, "{url}");
+        }
+    }
+
+    #[tokio::test]
+    async fn loopback_is_refused_in_production_at_resolution() {
+        for url in [
+            "https://127.0.0.1/x",
+            "https://localhost/x",
+            "https://[::1]/x",
+        ] {
+            let parsed = check_syntax(url, Policy::PublicHttps).unwrap();
+            assert!(
+                matches!(
+                    resolve(&parsed, Policy::PublicHttps).await,
+                    Err(DestinationError::NotPublic(_))
+                ),
+                "{url}"
+            );
+        }
+        let local = check_syntax("http://127.0.0.1:9/x", Policy::Any).unwrap();
+        assert_eq!(resolve(&local, Policy::Any).await.unwrap().len(), 1);
+    }
+}
