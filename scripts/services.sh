@@ -53,6 +53,7 @@ start() {
       (
         export SAGAPAY_HTTP_ADDR="127.0.0.1:$port"
         export SAGAPAY_ORCHESTRATOR_URL="http://127.0.0.1:$(port_of orchestrator "$i")"
+        export SAGAPAY_NOTIFICATION_URL="http://127.0.0.1:$(port_of notification "$i")"
         if [ "$instances" -gt 1 ]; then export SAGAPAY_INSTANCE_ID="$i"; fi
         nohup "$bin" >>"$log" 2>&1 &
         echo $! > "$RUN_DIR/$svc.$i.pid"
