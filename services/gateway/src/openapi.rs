@@ -18,6 +18,7 @@ use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
     paths(
         crate::routes::create_payment,
         crate::routes::get_payment,
+        crate::routes::list_payments,
         crate::routes::create_refund,
         crate::webhooks::create_endpoint,
         crate::webhooks::list_endpoints,

@@ -1,5 +1,6 @@
-//! Public routes: `POST /payments`, `GET /payments/{payment_id}`,
-//! `POST /payments/{payment_id}/refunds`, and `GET /openapi.json` describing them.
+//! Public routes: `POST /payments`, `GET /payments`, `GET /payments/{payment_id}`,
+//! `POST /payments/{payment_id}/refunds`, and `GET /openapi.json` describing them (the
+//! webhook and event routes are `webhooks`'s).
 
 use crate::auth::{KeyStore, Merchant};
 use crate::idempotency::{self, Begin, CachedResponse, IdempotencyCache};
@@ -53,7 +54,7 @@ impl KeyStore for AppState {
 
 pub fn routes(state: AppState, body_limit_bytes: usize) -> Router {
     Router::new()
-        .route("/payments", post(create_payment))
+        .route("/payments", post(create_payment).get(list_payments))
         .route("/payments/{payment_id}", get(get_payment))
         .route("/payments/{payment_id}/refunds", post(create_refund))
         .merge(crate::webhooks::routes())
@@ -218,6 +219,47 @@ pub(crate) async fn get_payment(
         &ctx,
         reqwest::Method::GET,
         format!("/internal/payments/{payment_id}"),
+        merchant.merchant_id,
+        None,
+    )
+    .send()
+    .await
+    .map_err(upstream_unavailable)?;
+    Ok(upstream(resp).await?.into_response())
+}
+
+/// The merchant's payments, newest first, a page at a time.
+#[utoipa::path(
+    get,
+    path = "/payments",
+    tag = "payments",
+    params(
+        ("limit" = Option<i64>, Query, description = "1 to 100, default 20"),
+        ("starting_after" = Option<String>, Query, description = "The last payment id of the previous page"),
+        ("status" = Option<String>, Query, description = "Only payments in this status"),
+        ("created_gte" = Option<i64>, Query, description = "Created at or after (unix seconds)"),
+        ("created_lt" = Option<i64>, Query, description = "Created before (unix seconds)"),
+    ),
+    security(("api_key" = [])),
+    responses(
+        (status = 200, description = "{\"data\": [payment without timeline], \"has_more\": bool}", content_type = "application/json"),
+        (status = 400, description = "Invalid filter or cursor", body = crate::openapi::ErrorResponse),
+        (status = 401, description = "Missing, invalid or revoked API key", body = crate::openapi::ErrorResponse),
+        (status = 429, description = "Rate limited", body = crate::openapi::ErrorResponse),
+    )
+)]
+pub(crate) async fn list_payments(
+    State(state): State<AppState>,
+    Extension(ctx): Extension<RequestContext>,
+    merchant: Merchant,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> Result<Response, ApiError> {
+    let query = crate::webhooks::query_suffix(query)?;
+    let resp = internal(
+        &state,
+        &ctx,
+        reqwest::Method::GET,
+        format!("/internal/payments{query}"),
         merchant.merchant_id,
         None,
     )

@@ -116,7 +116,7 @@ fn endpoint_path(raw: &str) -> Result<Uuid, ApiError> {
 
 /// The query string as received, if short enough to forward (the notification service
 /// parses it and refuses what it does not know).
-fn query_suffix(raw: Option<String>) -> Result<String, ApiError> {
+pub(crate) fn query_suffix(raw: Option<String>) -> Result<String, ApiError> {
     match raw.filter(|q| !q.is_empty()) {
         None => Ok(String::new()),
         Some(q) if q.len() <= 512 => Ok(format!("?{q}")),

@@ -12,7 +12,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use sagapay_domain::events::PaymentRequested;
-use sagapay_domain::{AmountMinor, Currency, CustomerId, Envelope, IdempotencyKey, PaymentMethod};
+use sagapay_domain::{
+    AmountMinor, Currency, CustomerId, Envelope, IdempotencyKey, PaymentMethod, PaymentStatus,
+};
 use sagapay_messaging::headers::TRACEPARENT;
 use sagapay_messaging::{MessageHeaders, Outbox};
 use sagapay_service_kit::api_error::{ApiError, ErrorType};
@@ -36,7 +38,10 @@ const CALLERS: &[&str] = &["gateway"];
 
 pub fn routes(state: AppState, keys: ServiceKeys) -> Router {
     let routes = Router::new()
-        .route("/internal/payments", post(create_payment))
+        .route(
+            "/internal/payments",
+            post(create_payment).get(list_payments),
+        )
         .route("/internal/payments/{payment_id}", get(get_payment))
         .route(
             "/internal/payments/{payment_id}/refunds",
@@ -157,6 +162,92 @@ async fn create_payment(
         axum::http::HeaderValue::from_static("true"),
     );
     Ok(resp)
+}
+
+/// `GET /payments`'s query, checked here whatever the gateway checked.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    limit: Option<i64>,
+    starting_after: Option<String>,
+    status: Option<String>,
+    created_gte: Option<i64>,
+    created_lt: Option<i64>,
+}
+
+impl ListQuery {
+    fn parse(self) -> Result<store::Listing, ApiError> {
+        let invalid = |code: &str, param: &str, message: &str| {
+            ApiError::invalid(code, message.to_owned()).with_param(param)
+        };
+        let limit = match self.limit.unwrap_or(20) {
+            l @ 1..=100 => l,
+            _ => {
+                return Err(invalid(
+                    "invalid_limit",
+                    "limit",
+                    "limit must be from 1 to 100",
+                ))
+            }
+        };
+        let status = self
+            .status
+            .map(|s| {
+                s.parse::<PaymentStatus>().map_err(|_| {
+                    invalid("invalid_status", "status", "status is not a payment status")
+                })
+            })
+            .transpose()?;
+        let time = |raw: Option<i64>, name: &str| {
+            raw.map(|s| {
+                chrono::DateTime::from_timestamp(s, 0)
+                    .ok_or_else(|| invalid("invalid_timestamp", name, "not a unix time in seconds"))
+            })
+            .transpose()
+        };
+        let starting_after = self
+            .starting_after
+            .map(|s| {
+                Uuid::parse_str(&s).map_err(|_| {
+                    invalid(
+                        "invalid_starting_after",
+                        "starting_after",
+                        "starting_after is not one of your payments",
+                    )
+                })
+            })
+            .transpose()?;
+        Ok(store::Listing {
+            status,
+            created_gte: time(self.created_gte, "created_gte")?,
+            created_lt: time(self.created_lt, "created_lt")?,
+            starting_after,
+            limit,
+        })
+    }
+}
+
+async fn list_payments(
+    State(state): State<AppState>,
+    Extension(caller): Extension<VerifiedCaller>,
+    query: Result<axum::extract::Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let merchant_id = merchant_of(&caller)?;
+    let listing = query
+        .map_err(|e| ApiError::invalid("invalid_query", e.body_text()))?
+        .0
+        .parse()?;
+    let mut conn = state.pool.acquire().await?;
+    let (data, has_more) = store::list(&mut conn, merchant_id, &listing)
+        .await?
+        .ok_or_else(|| {
+            ApiError::invalid(
+                "invalid_starting_after",
+                "starting_after is not one of your payments",
+            )
+            .with_param("starting_after")
+        })?;
+    Ok(Json(serde_json::json!({ "data": data, "has_more": has_more })).into_response())
 }
 
 async fn get_payment(

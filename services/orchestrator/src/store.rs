@@ -465,6 +465,92 @@ pub struct TimelineEntry {
     pub occurred_at: DateTime<Utc>,
 }
 
+/// A payment as listed (no timeline or refunds: `GET /payments/{id}` has those).
+#[derive(Debug, Serialize)]
+pub struct PaymentSummary {
+    pub payment_id: Uuid,
+    pub status: PaymentStatus,
+    pub amount_cents: i64,
+    pub currency: String,
+    pub customer_id: CustomerId,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Which of a merchant's payments to list.
+#[derive(Debug, Default)]
+pub struct Listing {
+    pub status: Option<PaymentStatus>,
+    pub created_gte: Option<DateTime<Utc>>,
+    pub created_lt: Option<DateTime<Utc>>,
+    /// The last payment of the previous page (one of this merchant's).
+    pub starting_after: Option<Uuid>,
+    pub limit: i64,
+}
+
+/// A page of the merchant's payments, newest first (creation time, then id), and whether
+/// more follow. `None` when `starting_after` is not one of the merchant's payments.
+pub async fn list(
+    conn: &mut PgConnection,
+    merchant_id: Uuid,
+    listing: &Listing,
+) -> sqlx::Result<Option<(Vec<PaymentSummary>, bool)>> {
+    let cursor: Option<DateTime<Utc>> = match listing.starting_after {
+        None => None,
+        Some(id) => {
+            let found: Option<DateTime<Utc>> = sqlx::query_scalar(
+                "SELECT created_at FROM payments WHERE payment_id = $1 AND merchant_id = $2",
+            )
+            .bind(id)
+            .bind(merchant_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+            match found {
+                None => return Ok(None),
+                some => some,
+            }
+        }
+    };
+    let sql = format!(
+        "SELECT {PAYMENT_COLUMNS} FROM payments
+          WHERE merchant_id = $1
+            AND ($2::text IS NULL OR status = $2)
+            AND ($3::timestamptz IS NULL OR created_at >= $3)
+            AND ($4::timestamptz IS NULL OR created_at < $4)
+            AND ($5::timestamptz IS NULL OR (created_at, payment_id) < ($5, $6))
+          ORDER BY created_at DESC, payment_id DESC
+          LIMIT $7"
+    );
+    let rows = sqlx::query(&sql)
+        .bind(merchant_id)
+        .bind(listing.status.map(|s| s.as_str()))
+        .bind(listing.created_gte)
+        .bind(listing.created_lt)
+        .bind(cursor)
+        .bind(listing.starting_after)
+        .bind(listing.limit + 1)
+        .fetch_all(&mut *conn)
+        .await?;
+    let has_more = rows.len() as i64 > listing.limit;
+    let page = rows
+        .iter()
+        .take(listing.limit as usize)
+        .map(|row| {
+            let p = payment_from_row(row)?;
+            Ok(PaymentSummary {
+                payment_id: p.payment_id,
+                status: p.status,
+                amount_cents: p.amount_minor,
+                currency: p.currency,
+                customer_id: p.customer_id,
+                created_at: p.created_at,
+                updated_at: p.updated_at,
+            })
+        })
+        .collect::<sqlx::Result<Vec<_>>>()?;
+    Ok(Some((page, has_more)))
+}
+
 /// The public view of a payment.
 #[derive(Debug, Serialize)]
 pub struct PaymentView {

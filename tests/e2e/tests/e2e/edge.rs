@@ -1135,8 +1135,16 @@ async fn the_openapi_document_lists_every_public_route() {
         .collect();
     let expected: BTreeSet<(String, String)> = [
         ("POST", "/payments"),
+        ("GET", "/payments"),
         ("GET", "/payments/{payment_id}"),
         ("POST", "/payments/{payment_id}/refunds"),
+        ("POST", "/webhook_endpoints"),
+        ("GET", "/webhook_endpoints"),
+        ("DELETE", "/webhook_endpoints/{endpoint_id}"),
+        ("POST", "/webhook_endpoints/{endpoint_id}/roll_secret"),
+        ("GET", "/webhook_endpoints/{endpoint_id}/deliveries"),
+        ("GET", "/events"),
+        ("GET", "/events/{event_id}"),
         ("GET", "/openapi.json"),
         ("GET", "/health"),
         ("GET", "/ready"),

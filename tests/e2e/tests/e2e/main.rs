@@ -12,6 +12,7 @@ mod edge;
 mod happy_path;
 mod ledger;
 mod limbo;
+mod listing;
 mod out_of_order;
 mod poison;
 mod production;
