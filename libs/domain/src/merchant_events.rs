@@ -12,16 +12,19 @@ pub enum MerchantEventType {
     PaymentFailed,
     #[serde(rename = "payment.reversed")]
     PaymentReversed,
+    #[serde(rename = "payment.canceled")]
+    PaymentCanceled,
     /// A refund that completed the payment's refunds (the payment is REFUNDED).
     #[serde(rename = "refund.succeeded")]
     RefundSucceeded,
 }
 
 impl MerchantEventType {
-    pub const ALL: [Self; 4] = [
+    pub const ALL: [Self; 5] = [
         Self::PaymentSettled,
         Self::PaymentFailed,
         Self::PaymentReversed,
+        Self::PaymentCanceled,
         Self::RefundSucceeded,
     ];
 
@@ -30,6 +33,7 @@ impl MerchantEventType {
             Self::PaymentSettled => "payment.settled",
             Self::PaymentFailed => "payment.failed",
             Self::PaymentReversed => "payment.reversed",
+            Self::PaymentCanceled => "payment.canceled",
             Self::RefundSucceeded => "refund.succeeded",
         }
     }
@@ -45,6 +49,7 @@ impl MerchantEventType {
             Settled => Some(Self::PaymentSettled),
             Failed => Some(Self::PaymentFailed),
             Reversed => Some(Self::PaymentReversed),
+            Canceled => Some(Self::PaymentCanceled),
             Refunded => Some(Self::RefundSucceeded),
             Created | RiskReview | Approved | Authorized | Captured | PartiallyRefunded => None,
         }

@@ -19,6 +19,9 @@ pub enum PaymentStatus {
     Reversed,
     PartiallyRefunded,
     Refunded,
+    /// A manually captured payment whose authorization was voided before any capture: by
+    /// the merchant, or because it was not captured in time.
+    Canceled,
 }
 
 use PaymentStatus::*;
@@ -38,6 +41,7 @@ pub const TRANSITIONS: &[(PaymentStatus, PaymentStatus)] = &[
     // provider capture
     (Authorized, Captured),
     (Authorized, Reversed), // capture failed: authorization voided
+    (Authorized, Canceled), // manual capture: voided by the merchant or on expiry
     // ledger
     (Captured, Settled),
     (Captured, Reversed), // ledger could not post: capture refunded
@@ -56,7 +60,7 @@ pub struct TransitionError {
 }
 
 impl PaymentStatus {
-    pub const ALL: [PaymentStatus; 10] = [
+    pub const ALL: [PaymentStatus; 11] = [
         Created,
         RiskReview,
         Approved,
@@ -67,6 +71,7 @@ impl PaymentStatus {
         Reversed,
         PartiallyRefunded,
         Refunded,
+        Canceled,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -81,6 +86,7 @@ impl PaymentStatus {
             Reversed => "REVERSED",
             PartiallyRefunded => "PARTIALLY_REFUNDED",
             Refunded => "REFUNDED",
+            Canceled => "CANCELED",
         }
     }
 
@@ -89,7 +95,7 @@ impl PaymentStatus {
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
-            Settled | Failed | Reversed | PartiallyRefunded | Refunded
+            Settled | Failed | Reversed | PartiallyRefunded | Refunded | Canceled
         )
     }
 

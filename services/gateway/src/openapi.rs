@@ -20,6 +20,8 @@ use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
         crate::routes::get_payment,
         crate::routes::list_payments,
         crate::routes::create_refund,
+        crate::routes::capture_payment,
+        crate::routes::cancel_payment,
         crate::webhooks::create_endpoint,
         crate::webhooks::list_endpoints,
         crate::webhooks::delete_endpoint,
@@ -110,6 +112,21 @@ pub struct CreatePaymentBody {
     /// `pm_card_declined`, `pm_card_insufficient_funds`, `pm_card_timeout`,
     /// `pm_card_fail_twice`, `pm_card_slow`).
     payment_method: Option<String>,
+    /// `automatic` (default: captured as soon as authorized) or `manual` (stops at
+    /// AUTHORIZED until `POST /payments/{id}/capture` or `/cancel`; voided if not captured
+    /// within the authorization's expiry, 7 days by default).
+    #[schema(example = "automatic")]
+    capture_method: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)]
+pub struct CaptureBody {
+    /// Integer minor units, at most the authorized amount (default: all of it).
+    #[schema(example = 1500, minimum = 1)]
+    amount_cents: Option<i64>,
+    /// Alternative to the `Idempotency-Key` header.
+    idempotency_key: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -137,9 +154,13 @@ pub struct TimelineEntry {
 pub struct Payment {
     payment_id: uuid::Uuid,
     /// CREATED, RISK_REVIEW, APPROVED, AUTHORIZED, CAPTURED, SETTLED, FAILED, REVERSED,
-    /// PARTIALLY_REFUNDED, REFUNDED.
+    /// PARTIALLY_REFUNDED, REFUNDED, CANCELED.
     status: String,
     amount_cents: i64,
+    /// What was captured, once it was (a manual capture may take less).
+    amount_captured_cents: Option<i64>,
+    /// `automatic` or `manual`.
+    capture_method: String,
     currency: String,
     customer_id: String,
     created_at: String,

@@ -11,6 +11,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Router};
+use sagapay_domain::events::CaptureMethod;
 use sagapay_domain::AmountMinor;
 use sagapay_service_kit::api_error::{ApiError, ErrorDocument, ErrorType};
 use sagapay_service_kit::http::{RequestContext, CORRELATION_ID, TRACEPARENT};
@@ -57,6 +58,8 @@ pub fn routes(state: AppState, body_limit_bytes: usize) -> Router {
         .route("/payments", post(create_payment).get(list_payments))
         .route("/payments/{payment_id}", get(get_payment))
         .route("/payments/{payment_id}/refunds", post(create_refund))
+        .route("/payments/{payment_id}/capture", post(capture_payment))
+        .route("/payments/{payment_id}/cancel", post(cancel_payment))
         .merge(crate::webhooks::routes())
         .layer(DefaultBodyLimit::max(body_limit_bytes))
         .layer(axum::middleware::from_fn(crate::ratelimit::quota_headers))
@@ -157,18 +160,24 @@ pub(crate) async fn create_payment(
     let header_key = header_idempotency_key(&headers)?;
     let req = validate::payment_request(&body, header_key, &state.max_amount)?;
     let amount = req.amount.get().to_string();
-    let fingerprint = idempotency::fingerprint(&[
+    let mut fingerprint_parts: Vec<&str> = vec![
         &req.customer_id,
         &amount,
         req.currency.as_str(),
         &req.payment_method,
-    ]);
+    ];
+    // Only when not the default: automatic payments keep their fingerprints.
+    if req.capture_method == CaptureMethod::Manual {
+        fingerprint_parts.push("manual");
+    }
+    let fingerprint = idempotency::fingerprint(&fingerprint_parts);
     let forwarded = json!({
         "customer_id": req.customer_id,
         "amount_cents": req.amount.get(),
         "currency": req.currency.as_str(),
         "idempotency_key": req.idempotency_key,
         "payment_method": req.payment_method,
+        "capture_method": req.capture_method,
     });
     let call = internal(
         &state,
@@ -338,6 +347,127 @@ pub(crate) async fn create_refund(
 pub(crate) enum Peer {
     Orchestrator,
     Notification,
+}
+
+/// Captures an authorized manual payment, all or part (`amount_cents`, at most the
+/// authorized amount); the rest of the hold is released.
+#[utoipa::path(
+    post,
+    path = "/payments/{payment_id}/capture",
+    tag = "payments",
+    request_body = crate::openapi::CaptureBody,
+    params(
+        ("payment_id" = String, Path, description = "The payment to capture"),
+        crate::openapi::IdempotencyKeyHeader,
+    ),
+    security(("api_key" = [])),
+    responses(
+        (status = 200, description = "Capture accepted (the payment goes on to CAPTURED and SETTLED), or the replay of the same request", body = crate::openapi::Payment),
+        (status = 400, description = "Invalid request", body = crate::openapi::ErrorResponse),
+        (status = 404, description = "No such payment for this merchant", body = crate::openapi::ErrorResponse),
+        (status = 409, description = "Not a manual payment, not AUTHORIZED, or already captured or canceled", body = crate::openapi::ErrorResponse),
+        (status = 422, description = "Amount above the authorized amount", body = crate::openapi::ErrorResponse),
+    )
+)]
+pub(crate) async fn capture_payment(
+    State(state): State<AppState>,
+    Extension(ctx): Extension<RequestContext>,
+    merchant: Merchant,
+    Path(payment_id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    manual_action(
+        &state,
+        &ctx,
+        merchant,
+        &payment_id,
+        &headers,
+        &body,
+        "capture",
+    )
+    .await
+}
+
+/// Cancels an authorized manual payment: its authorization is voided and it ends CANCELED.
+#[utoipa::path(
+    post,
+    path = "/payments/{payment_id}/cancel",
+    tag = "payments",
+    params(
+        ("payment_id" = String, Path, description = "The payment to cancel"),
+        crate::openapi::IdempotencyKeyHeader,
+    ),
+    security(("api_key" = [])),
+    responses(
+        (status = 200, description = "Cancel accepted (the payment goes on to CANCELED), or the replay of the same request", body = crate::openapi::Payment),
+        (status = 400, description = "Invalid request", body = crate::openapi::ErrorResponse),
+        (status = 404, description = "No such payment for this merchant", body = crate::openapi::ErrorResponse),
+        (status = 409, description = "Not a manual payment, not AUTHORIZED, or already captured or canceled", body = crate::openapi::ErrorResponse),
+    )
+)]
+pub(crate) async fn cancel_payment(
+    State(state): State<AppState>,
+    Extension(ctx): Extension<RequestContext>,
+    merchant: Merchant,
+    Path(payment_id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    manual_action(
+        &state,
+        &ctx,
+        merchant,
+        &payment_id,
+        &headers,
+        &body,
+        "cancel",
+    )
+    .await
+}
+
+/// A capture or cancel: checked here, sent through the idempotency fast path to the
+/// orchestrator, which records it once.
+async fn manual_action(
+    state: &AppState,
+    ctx: &RequestContext,
+    merchant: Merchant,
+    payment_id: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+    action: &str,
+) -> Result<Response, ApiError> {
+    let payment_id = Uuid::parse_str(payment_id).map_err(|_| {
+        ApiError::not_found("payment_not_found", "no such payment").with_param("payment_id")
+    })?;
+    if !body.is_empty() {
+        require_json(headers)?;
+    }
+    let header_key = header_idempotency_key(headers)?;
+    let req = validate::capture_request(body, header_key, action == "capture")?;
+    let amount = req.amount.map(|a| a.get().to_string()).unwrap_or_default();
+    let fingerprint = idempotency::fingerprint(&[action, &amount]);
+    let mut forwarded = json!({ "idempotency_key": req.idempotency_key });
+    if let Some(a) = req.amount {
+        forwarded["amount_cents"] = json!(a.get());
+    }
+    let call = internal(
+        state,
+        ctx,
+        reqwest::Method::POST,
+        format!("/internal/payments/{payment_id}/{action}"),
+        merchant.merchant_id,
+        Some(&forwarded),
+    );
+    idempotent(
+        state,
+        merchant,
+        &format!("{action}:{payment_id}"),
+        &req.idempotency_key,
+        &fingerprint,
+        call,
+    )
+    .await
 }
 
 /// A call to a peer's internal API for `merchant`, signed with the gateway's service

@@ -1,6 +1,7 @@
 //! Parsing the public payment request: every field is checked here and reported with its
 //! name, so a client learns exactly what to fix. Nothing invalid reaches the orchestrator.
 
+use sagapay_domain::events::CaptureMethod;
 use sagapay_domain::text::TextError;
 use sagapay_domain::{
     AmountMinor, Currency, CustomerId, IdempotencyKey, MoneyError, PaymentMethod, PerCurrency,
@@ -23,6 +24,7 @@ pub struct PaymentRequest {
     /// Provider token of the payment method; the simulated provider's test tokens are listed
     /// in the provider adapter's documentation.
     pub payment_method: PaymentMethod,
+    pub capture_method: CaptureMethod,
 }
 
 const FIELDS: &[&str] = &[
@@ -31,6 +33,7 @@ const FIELDS: &[&str] = &[
     "currency",
     "idempotency_key",
     "payment_method",
+    "capture_method",
 ];
 
 /// The domain's refusal of a text field as the edge's error: `code`, the rule, the field.
@@ -219,12 +222,60 @@ pub fn payment_request(
             .with_param("payment_method"))
         }
     };
+    let capture_method = match obj.get("capture_method") {
+        None | Some(Value::Null) => CaptureMethod::Automatic,
+        Some(Value::String(s)) if s == "automatic" => CaptureMethod::Automatic,
+        Some(Value::String(s)) if s == "manual" => CaptureMethod::Manual,
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "invalid_capture_method",
+                "capture_method must be \"automatic\" or \"manual\"",
+            )
+            .with_param("capture_method"))
+        }
+    };
     Ok(PaymentRequest {
         customer_id,
         amount,
         currency,
         idempotency_key,
         payment_method,
+        capture_method,
+    })
+}
+
+/// A capture request that parsed: what to capture (absent: all) and its key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CaptureRequest {
+    pub amount: Option<AmountMinor>,
+    pub idempotency_key: IdempotencyKey,
+}
+
+/// Parses `{amount_cents?, idempotency_key}` (capture) or `{idempotency_key}` (cancel, with
+/// `amount_allowed` false); the key may come from the header instead.
+pub fn capture_request(
+    body: &[u8],
+    header_key: Option<&str>,
+    amount_allowed: bool,
+) -> Result<CaptureRequest, ApiError> {
+    let fields: &[&str] = if amount_allowed {
+        &["amount_cents", "idempotency_key"]
+    } else {
+        &["idempotency_key"]
+    };
+    // An empty body is an empty object: every field is optional or in the header.
+    let obj = if body.iter().all(u8::is_ascii_whitespace) {
+        json_object(b"{}", fields)?
+    } else {
+        json_object(body, fields)?
+    };
+    let amount = match obj.get("amount_cents") {
+        None | Some(Value::Null) => None,
+        Some(_) => Some(amount_field(&obj, AmountMinor::HARD_MAX_MINOR)?),
+    };
+    Ok(CaptureRequest {
+        amount,
+        idempotency_key: request_idempotency_key(&obj, header_key)?,
     })
 }
 

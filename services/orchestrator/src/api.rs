@@ -11,7 +11,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
-use sagapay_domain::events::PaymentRequested;
+use sagapay_domain::events::{CaptureMethod, PaymentRequested};
 use sagapay_domain::{
     AmountMinor, Currency, CustomerId, Envelope, IdempotencyKey, PaymentMethod, PaymentStatus,
 };
@@ -46,6 +46,14 @@ pub fn routes(state: AppState, keys: ServiceKeys) -> Router {
         .route(
             "/internal/payments/{payment_id}/refunds",
             post(crate::refunds::create),
+        )
+        .route(
+            "/internal/payments/{payment_id}/capture",
+            post(crate::manual::capture),
+        )
+        .route(
+            "/internal/payments/{payment_id}/cancel",
+            post(crate::manual::cancel),
         );
     require_service_credential(routes, keys, CALLERS).with_state(state)
 }
@@ -66,6 +74,10 @@ pub struct CreatePayment {
     pub idempotency_key: IdempotencyKey,
     #[serde(default)]
     pub payment_method: PaymentMethod,
+    /// AUTOMATIC (default): captured when authorized; MANUAL: waits for the merchant's
+    /// capture or cancel.
+    #[serde(default)]
+    pub capture_method: CaptureMethod,
 }
 
 #[derive(Debug, Serialize)]
@@ -76,10 +88,15 @@ struct Created {
 
 /// What identifies "the same request" for idempotency: everything but the key itself.
 fn fingerprint(merchant_id: Uuid, req: &CreatePayment) -> String {
-    let canonical = format!(
+    let mut canonical = format!(
         "{}\n{}\n{}\n{}\n{}",
         merchant_id, req.customer_id, req.amount_cents, req.currency, req.payment_method
     );
+    // Only when not the default, so automatic payments keep the fingerprints they had
+    // before capture methods existed (a retry across the upgrade is still the same request).
+    if req.capture_method == CaptureMethod::Manual {
+        canonical.push_str("\nMANUAL");
+    }
     hex::encode(Sha256::digest(canonical.as_bytes()))
 }
 
@@ -119,6 +136,7 @@ async fn create_payment(
             request_fingerprint: &fp,
             correlation_id: &ctx.correlation_id,
             payment_method: &req.payment_method,
+            capture_method: req.capture_method,
             deadline: state.deadlines.created,
         },
         &state.outbox.row(&envelope, &headers),

@@ -40,10 +40,15 @@ pub fn authorize(p: &PaymentRow) -> anyhow::Result<AuthorizeRequested> {
     })
 }
 
+/// What is captured: the manual capture's amount, or the whole amount.
+pub fn captured(p: &PaymentRow) -> anyhow::Result<AmountMinor> {
+    AmountMinor::new(p.captured_minor()).context("stored capture amount")
+}
+
 pub fn capture(p: &PaymentRow, authorization_id: &str) -> anyhow::Result<CaptureRequested> {
     Ok(CaptureRequested {
         authorization_id: authorization_id.to_owned(),
-        amount_minor: amount(p)?,
+        amount_minor: captured(p)?,
         currency: currency(p)?,
     })
 }
@@ -52,7 +57,7 @@ pub fn post(p: &PaymentRow, capture_id: &str) -> anyhow::Result<LedgerPostReques
     Ok(LedgerPostRequested {
         merchant_id: p.merchant_id,
         capture_id: capture_id.to_owned(),
-        amount_minor: amount(p)?,
+        amount_minor: captured(p)?,
         currency: currency(p)?,
     })
 }
@@ -75,7 +80,7 @@ pub fn refund_capture(p: &PaymentRow, reason: &str) -> anyhow::Result<RefundRequ
             .capture_id
             .clone()
             .ok_or_else(|| anyhow!("payment {} has no capture to refund", p.payment_id))?,
-        amount_minor: amount(p)?,
+        amount_minor: captured(p)?,
         currency: currency(p)?,
         reason: reason.to_owned(),
         refund_id: None,
@@ -105,12 +110,15 @@ pub enum Outstanding {
     Command(Envelope),
     /// A person (a risk review): nothing to send.
     Person,
+    /// The merchant, who did not capture or cancel a manual payment in time: its
+    /// authorization is to be voided (the payment ends CANCELED).
+    Expired,
     /// Nothing: the payment is terminal.
     Nothing,
 }
 
 /// A new event (its own id, no cause) in the payment's correlation.
-fn fresh<P: sagapay_domain::events::EventPayload>(p: &PaymentRow, payload: &P) -> Envelope {
+pub fn fresh<P: sagapay_domain::events::EventPayload>(p: &PaymentRow, payload: &P) -> Envelope {
     Envelope::new(p.payment_id, None, &p.correlation_id, payload)
 }
 
@@ -132,6 +140,7 @@ pub fn outstanding(p: &PaymentRow) -> anyhow::Result<Outstanding> {
         PaymentStatus::Created => Outstanding::Command(fresh(p, &requested(p)?)),
         PaymentStatus::RiskReview => Outstanding::Person,
         PaymentStatus::Approved => Outstanding::Command(fresh(p, &authorize(p)?)),
+        PaymentStatus::Authorized if p.awaits_merchant() => Outstanding::Expired,
         PaymentStatus::Authorized => {
             let authorization = p
                 .authorization_id
@@ -150,7 +159,8 @@ pub fn outstanding(p: &PaymentRow) -> anyhow::Result<Outstanding> {
         | PaymentStatus::Failed
         | PaymentStatus::Reversed
         | PaymentStatus::PartiallyRefunded
-        | PaymentStatus::Refunded => Outstanding::Nothing,
+        | PaymentStatus::Refunded
+        | PaymentStatus::Canceled => Outstanding::Nothing,
     })
 }
 

@@ -14,6 +14,7 @@
 //! | RISK_REVIEW | a person (flagged, never re-sent) | 24 h |
 //! | APPROVED | the authorization | 2 min |
 //! | AUTHORIZED | the capture | 2 min |
+//! | AUTHORIZED, manual capture not yet asked for | the merchant's capture or cancel; then voided (CANCELED) | 7 days |
 //! | CAPTURED | the ledger's posting | 60 s |
 //! | any, compensating | the void or refund the saga started | 10 min |
 //! | a merchant refund, REQUESTED or PROCESSED | the provider's refund, the ledger's posting | 10 min |
@@ -29,6 +30,8 @@ pub struct Deadlines {
     pub risk_review: Duration,
     pub approved: Duration,
     pub authorized: Duration,
+    /// How long a manual payment's authorization waits for its merchant before it is voided.
+    pub manual_capture: Duration,
     pub captured: Duration,
     pub compensating: Duration,
     pub refund: Duration,
@@ -45,6 +48,7 @@ impl Default for Deadlines {
             risk_review: Duration::from_secs(24 * 3600),
             approved: Duration::from_secs(120),
             authorized: Duration::from_secs(120),
+            manual_capture: Duration::from_secs(7 * 24 * 3600),
             captured: Duration::from_secs(60),
             compensating: Duration::from_secs(600),
             refund: Duration::from_secs(600),
@@ -61,6 +65,7 @@ impl Deadlines {
     /// | `SAGAPAY_DEADLINE_RISK_REVIEW_MS` | 86400000 |
     /// | `SAGAPAY_DEADLINE_APPROVED_MS` | 120000 |
     /// | `SAGAPAY_DEADLINE_AUTHORIZED_MS` | 120000 |
+    /// | `SAGAPAY_AUTHORIZATION_EXPIRY_MS` | 604800000 (manual capture: voided after) |
     /// | `SAGAPAY_DEADLINE_CAPTURED_MS` | 60000 |
     /// | `SAGAPAY_DEADLINE_COMPENSATING_MS` | 600000 |
     /// | `SAGAPAY_DEADLINE_REFUND_MS` | 600000 |
@@ -79,6 +84,7 @@ impl Deadlines {
             risk_review: ms("SAGAPAY_DEADLINE_RISK_REVIEW_MS", d.risk_review)?,
             approved: ms("SAGAPAY_DEADLINE_APPROVED_MS", d.approved)?,
             authorized: ms("SAGAPAY_DEADLINE_AUTHORIZED_MS", d.authorized)?,
+            manual_capture: ms("SAGAPAY_AUTHORIZATION_EXPIRY_MS", d.manual_capture)?,
             captured: ms("SAGAPAY_DEADLINE_CAPTURED_MS", d.captured)?,
             compensating: ms("SAGAPAY_DEADLINE_COMPENSATING_MS", d.compensating)?,
             refund: ms("SAGAPAY_DEADLINE_REFUND_MS", d.refund)?,
@@ -87,12 +93,14 @@ impl Deadlines {
         })
     }
 
-    /// How long a payment may stay in `status` (with `compensation` in progress, if any);
-    /// `None` for a terminal state.
+    /// How long a payment may stay in `status` (with `compensation` in progress, if any;
+    /// `awaiting_merchant`: an authorized manual payment nobody acted on yet); `None` for a
+    /// terminal state.
     pub fn after(
         &self,
         status: PaymentStatus,
         compensation: Option<Compensation>,
+        awaiting_merchant: bool,
     ) -> Option<Duration> {
         if status.is_terminal() {
             return None;
@@ -104,6 +112,7 @@ impl Deadlines {
             PaymentStatus::Created => self.created,
             PaymentStatus::RiskReview => self.risk_review,
             PaymentStatus::Approved => self.approved,
+            PaymentStatus::Authorized if awaiting_merchant => self.manual_capture,
             PaymentStatus::Authorized => self.authorized,
             PaymentStatus::Captured => self.captured,
             // Terminal states returned above; SETTLED and PARTIALLY_REFUNDED are terminal
@@ -112,7 +121,8 @@ impl Deadlines {
             | PaymentStatus::Failed
             | PaymentStatus::Reversed
             | PaymentStatus::PartiallyRefunded
-            | PaymentStatus::Refunded => return None,
+            | PaymentStatus::Refunded
+            | PaymentStatus::Canceled => return None,
         })
     }
 }
@@ -126,18 +136,22 @@ mod tests {
         let d = Deadlines::default();
         for status in PaymentStatus::ALL {
             assert_eq!(
-                d.after(status, None).is_some(),
+                d.after(status, None, false).is_some(),
                 !status.is_terminal(),
                 "{status}"
             );
         }
         assert_eq!(
-            d.after(PaymentStatus::Authorized, Some(Compensation::Void)),
+            d.after(PaymentStatus::Authorized, Some(Compensation::Void), false),
             Some(d.compensating)
         );
         assert_eq!(
-            d.after(PaymentStatus::Settled, Some(Compensation::Refund)),
+            d.after(PaymentStatus::Settled, Some(Compensation::Refund), false),
             None
+        );
+        assert_eq!(
+            d.after(PaymentStatus::Authorized, None, true),
+            Some(d.manual_capture)
         );
     }
 }

@@ -5,6 +5,7 @@
 mod api;
 mod commands;
 pub mod deadlines;
+mod manual;
 mod ops;
 mod refunds;
 mod saga;

@@ -211,7 +211,11 @@ async fn retry(
         );
         let deadline = state
             .deadlines
-            .after(payment.status, payment.compensation)
+            .after(
+                payment.status,
+                payment.compensation,
+                payment.awaits_merchant(),
+            )
             .unwrap_or(state.deadlines.compensating);
         let row = state.outbox.row(&command, &MessageHeaders::default());
         store::resend(

@@ -143,7 +143,7 @@ pub async fn create(
     .bind(payment_id)
     .fetch_one(&mut *tx)
     .await?;
-    let remaining = payment.amount_minor - committed;
+    let remaining = payment.captured_minor() - committed;
     if req.amount_cents.get() > remaining {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -151,7 +151,9 @@ pub async fn create(
             "refund_exceeds_captured",
             format!(
                 "the refund of {} exceeds what is left to refund ({remaining} of {} {})",
-                req.amount_cents, payment.amount_minor, payment.currency
+                req.amount_cents,
+                payment.captured_minor(),
+                payment.currency
             ),
         )
         .with_param("amount_cents"));

@@ -4,7 +4,9 @@
 
 use crate::commands;
 use crate::deadlines::Deadlines;
-use crate::store::{self, Compensation, Facts, PaymentRow, Transition, TransitionFailure};
+use crate::store::{
+    self, Compensation, Facts, MerchantAction, PaymentRow, Transition, TransitionFailure,
+};
 use crate::SagaMetrics;
 use anyhow::anyhow;
 use sagapay_domain::events::{
@@ -177,8 +179,10 @@ impl Handler for Saga {
                     return self.ignored(ctx, env, why);
                 }
                 let reported = (ev.amount_minor, ev.currency);
+                // What was asked to be captured: a manual capture may take less.
+                let requested = (payment.captured_minor(), payment.currency.as_str());
                 if !self
-                    .reported_as_requested(conn, ctx, &payment, env, "capture", reported)
+                    .matches_request(conn, ctx, &payment, env, "capture", reported, requested)
                     .await?
                 {
                     return Ok(());
@@ -343,16 +347,20 @@ impl Handler for Saga {
                     "{what} by {} ({}): {}",
                     ev.provider, ev.reference, ev.reason
                 );
-                self.end(
-                    conn,
-                    ctx,
-                    &payment,
-                    PaymentStatus::Reversed,
-                    &reason,
-                    env,
-                    Facts::default(),
-                )
-                .await?;
+                // A manual payment's void that its merchant (or the expiry) asked for cancels
+                // it; any other reversal is the saga's compensation.
+                let canceled = ev.operation == ProviderOperation::Void
+                    && matches!(
+                        payment.merchant_action,
+                        Some(MerchantAction::Cancel | MerchantAction::Expire)
+                    );
+                let to = if canceled {
+                    PaymentStatus::Canceled
+                } else {
+                    PaymentStatus::Reversed
+                };
+                self.end(conn, ctx, &payment, to, &reason, env, Facts::default())
+                    .await?;
             }
             EventType::PaymentRefunded => {
                 let ev: PaymentRefunded = env.decode()?;
@@ -442,17 +450,20 @@ impl Handler for Saga {
                 .fetch_one(&mut *conn)
                 .await?;
                 assert!(
-                    refunded <= payment.amount_minor,
+                    refunded <= payment.captured_minor(),
                     "refunds admitted under the payment lock never exceed the amount"
                 );
-                let to = if refunded == payment.amount_minor {
+                let to = if refunded == payment.captured_minor() {
                     PaymentStatus::Refunded
                 } else {
                     PaymentStatus::PartiallyRefunded
                 };
                 let reason = format!(
                     "refund {} posted ({}): {refunded} of {} {} refunded",
-                    ev.refund_id, ev.journal_transaction_id, payment.amount_minor, payment.currency
+                    ev.refund_id,
+                    ev.journal_transaction_id,
+                    payment.captured_minor(),
+                    payment.currency
                 );
                 if to == PaymentStatus::Refunded {
                     self.end(conn, ctx, &payment, to, &reason, env, Facts::default())
@@ -765,7 +776,13 @@ impl Saga {
             reason,
             event_id: Some(env.event_id),
             facts,
-            deadline: self.deadlines.after(to, payment.compensation),
+            deadline: self.deadlines.after(
+                to,
+                payment.compensation,
+                to == PaymentStatus::Authorized
+                    && payment.capture_method == CaptureMethod::Manual
+                    && payment.merchant_action.is_none(),
+            ),
             then: queued.as_ref(),
         };
         match store::transition(conn, payment, &transition).await {
@@ -840,6 +857,7 @@ fn progress(s: PaymentStatus) -> u8 {
         | PaymentStatus::Failed
         | PaymentStatus::Reversed
         | PaymentStatus::PartiallyRefunded
-        | PaymentStatus::Refunded => 5,
+        | PaymentStatus::Refunded
+        | PaymentStatus::Canceled => 5,
     }
 }

@@ -39,6 +39,33 @@ impl Compensation {
     }
 }
 
+/// What was asked of a manually captured payment after its authorization, once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MerchantAction {
+    /// The merchant captured it (all or part).
+    Capture,
+    /// The merchant canceled it: the authorization is voided.
+    Cancel,
+    /// Nobody captured it in time: the authorization is voided.
+    Expire,
+}
+
+impl MerchantAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MerchantAction::Capture => "CAPTURE",
+            MerchantAction::Cancel => "CANCEL",
+            MerchantAction::Expire => "EXPIRE",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        [Self::Capture, Self::Cancel, Self::Expire]
+            .into_iter()
+            .find(|a| a.as_str() == s)
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct PaymentRow {
     pub payment_id: Uuid,
@@ -64,13 +91,33 @@ pub struct PaymentRow {
     pub attention_reason: Option<String>,
     pub compensation: Option<Compensation>,
     pub capture_method: CaptureMethod,
+    pub merchant_action: Option<MerchantAction>,
+    pub merchant_action_key: Option<String>,
+    /// What a manual capture takes, when it is less than the amount.
+    pub capture_amount_minor: Option<i64>,
+}
+
+impl PaymentRow {
+    /// What is (or will be) captured: the manual capture's amount, or the whole amount.
+    pub fn captured_minor(&self) -> i64 {
+        self.capture_amount_minor.unwrap_or(self.amount_minor)
+    }
+
+    /// An authorized manual payment nobody has acted on yet: it waits for its merchant.
+    pub fn awaits_merchant(&self) -> bool {
+        self.status == PaymentStatus::Authorized
+            && self.capture_method == CaptureMethod::Manual
+            && self.merchant_action.is_none()
+            && self.compensation.is_none()
+    }
 }
 
 pub(crate) const PAYMENT_COLUMNS: &str =
     "payment_id, merchant_id, customer_id, amount_minor, currency, status, \
      state_version, request_fingerprint, payment_method, authorization_id, capture_id, \
      correlation_id, created_at, updated_at, deadline_at, nudges, attention_since, \
-     attention_reason, compensation, capture_method";
+     attention_reason, compensation, capture_method, merchant_action, merchant_action_key, \
+     capture_amount_minor";
 
 /// A text column read as the domain type that parses it.
 fn parsed<T>(
@@ -123,6 +170,17 @@ pub(crate) fn payment_from_row(r: &sqlx::postgres::PgRow) -> sqlx::Result<Paymen
                 source: format!("unknown capture method {m:?}").into(),
             })?
         },
+        merchant_action: r
+            .try_get::<Option<String>, _>("merchant_action")?
+            .map(|a| {
+                MerchantAction::parse(&a).ok_or_else(|| sqlx::Error::ColumnDecode {
+                    index: "merchant_action".into(),
+                    source: format!("unknown merchant action {a:?}").into(),
+                })
+            })
+            .transpose()?,
+        merchant_action_key: r.try_get("merchant_action_key")?,
+        capture_amount_minor: r.try_get("capture_amount_minor")?,
     })
 }
 
@@ -174,6 +232,7 @@ pub struct NewPayment<'a> {
     pub request_fingerprint: &'a str,
     pub correlation_id: &'a str,
     pub payment_method: &'a str,
+    pub capture_method: CaptureMethod,
     /// How long it may wait in CREATED.
     pub deadline: std::time::Duration,
 }
@@ -191,9 +250,9 @@ pub async fn insert_payment(
         "WITH created AS (
              INSERT INTO payments (payment_id, merchant_id, customer_id, amount_minor, currency,
                                    status, idempotency_key, request_fingerprint, correlation_id,
-                                   payment_method, deadline_at)
+                                   payment_method, deadline_at, capture_method)
              VALUES ($1, $2, $3, $4, $5, 'CREATED', $6, $7, $8, $9,
-                     now() + make_interval(secs => $16))
+                     now() + make_interval(secs => $16), $17)
              ON CONFLICT (merchant_id, idempotency_key) DO NOTHING
              RETURNING payment_id),
          timeline AS (
@@ -217,6 +276,7 @@ pub async fn insert_payment(
     let inserted: i64 = requested
         .bind(query)
         .bind(p.deadline.as_secs_f64())
+        .bind(p.capture_method.as_str())
         .fetch_one(&mut *conn)
         .await?
         .try_get(0)?;
@@ -354,6 +414,65 @@ pub async fn start_compensation(
         .bind(payment.state_version)
         .bind(reason)
         .bind(event_id);
+    let marked: i64 = command
+        .bind(query)
+        .fetch_one(&mut *conn)
+        .await?
+        .try_get(0)?;
+    if marked != 1 {
+        return Err(sqlx::Error::Protocol(format!(
+            "payment {} changed while its row was locked",
+            payment.payment_id
+        )));
+    }
+    Ok(())
+}
+
+/// What a merchant (or the expiry) asked of a manual payment, recorded once: the action and
+/// its idempotency key, the amount to capture, the void as a compensation for a cancel, the
+/// new deadline, the timeline's step and the command, in one statement. The caller holds
+/// the payment's row lock and has checked the payment allows it.
+#[allow(clippy::too_many_arguments)]
+pub async fn record_merchant_action(
+    conn: &mut PgConnection,
+    payment: &PaymentRow,
+    action: MerchantAction,
+    key: Option<&str>,
+    capture_amount_minor: Option<i64>,
+    reason: &str,
+    deadline: std::time::Duration,
+    command: &OutboxRow<'_>,
+) -> sqlx::Result<()> {
+    let compensation = match action {
+        MerchantAction::Capture => None,
+        MerchantAction::Cancel | MerchantAction::Expire => Some(Compensation::Void.as_str()),
+    };
+    let sql = format!(
+        "WITH marked AS (
+             UPDATE payments
+                SET merchant_action = $2, merchant_action_key = $3, capture_amount_minor = $4,
+                    compensation = $5, deadline_at = now() + make_interval(secs => $6),
+                    nudges = 0, attention_since = NULL, attention_reason = NULL,
+                    updated_at = now()
+              WHERE payment_id = $1 AND state_version = $7 AND merchant_action IS NULL
+          RETURNING payment_id, status),
+         timeline AS (
+             INSERT INTO payment_timeline (payment_id, from_state, to_state, reason, event_id, kind)
+             SELECT payment_id, status, status, $8, NULL, 'STEP' FROM marked),
+         queued AS (
+             INSERT INTO outbox ({OUTBOX_COLUMNS})
+             SELECT $9, $10, $11, $12, $13, $14 FROM marked)
+         SELECT count(*) FROM marked"
+    );
+    let query = sqlx::query(&sql)
+        .bind(payment.payment_id)
+        .bind(action.as_str())
+        .bind(key)
+        .bind(capture_amount_minor)
+        .bind(compensation)
+        .bind(deadline.as_secs_f64())
+        .bind(payment.state_version)
+        .bind(reason);
     let marked: i64 = command
         .bind(query)
         .fetch_one(&mut *conn)
@@ -559,6 +678,10 @@ pub struct PaymentView {
     pub amount_cents: i64,
     pub currency: String,
     pub customer_id: CustomerId,
+    /// `automatic` or `manual`.
+    pub capture_method: &'static str,
+    /// What was captured, once it was (a manual capture may take less than the amount).
+    pub amount_captured_cents: Option<i64>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub timeline: Vec<TimelineEntry>,
@@ -602,10 +725,22 @@ pub async fn view(
         })
     })
     .collect::<sqlx::Result<Vec<_>>>()?;
+    let captured = matches!(
+        p.status,
+        PaymentStatus::Captured
+            | PaymentStatus::Settled
+            | PaymentStatus::PartiallyRefunded
+            | PaymentStatus::Refunded
+    );
     Ok(Some(PaymentView {
         payment_id: p.payment_id,
         status: p.status,
         amount_cents: p.amount_minor,
+        amount_captured_cents: captured.then(|| p.captured_minor()),
+        capture_method: match p.capture_method {
+            CaptureMethod::Automatic => "automatic",
+            CaptureMethod::Manual => "manual",
+        },
         currency: p.currency,
         customer_id: p.customer_id,
         created_at: p.created_at,

@@ -130,7 +130,11 @@ impl Sweeper {
             .unwrap_or(0);
         let deadline = self
             .deadlines
-            .after(payment.status, payment.compensation)
+            .after(
+                payment.status,
+                payment.compensation,
+                payment.awaits_merchant(),
+            )
             .unwrap_or(self.deadlines.compensating);
         match commands::outstanding(payment)? {
             Outstanding::Command(command) if payment.nudges < self.deadlines.max_nudges => {
@@ -162,6 +166,27 @@ impl Sweeper {
                 );
                 self.flag(conn, payment, &reason).await?;
                 Ok(false)
+            }
+            Outstanding::Expired => {
+                let reason = format!(
+                    "not captured within {} s of its authorization: voiding it",
+                    self.deadlines.manual_capture.as_secs()
+                );
+                tracing::info!(payment_id = %payment.payment_id, %reason, "authorization expired");
+                let command = commands::fresh(payment, &commands::void(payment, &reason)?);
+                let row = self.outbox.row(&command, &MessageHeaders::default());
+                store::record_merchant_action(
+                    conn,
+                    payment,
+                    store::MerchantAction::Expire,
+                    None,
+                    None,
+                    &reason,
+                    self.deadlines.compensating,
+                    &row,
+                )
+                .await?;
+                Ok(true)
             }
             Outstanding::Person => {
                 let reason = format!(

@@ -158,12 +158,13 @@ pub struct Snapshot {
 }
 
 const SETTLED_STATES: [&str; 3] = ["SETTLED", "PARTIALLY_REFUNDED", "REFUNDED"];
-const TERMINAL_STATES: [&str; 5] = [
+const TERMINAL_STATES: [&str; 6] = [
     "SETTLED",
     "PARTIALLY_REFUNDED",
     "REFUNDED",
     "FAILED",
     "REVERSED",
+    "CANCELED",
 ];
 
 /// Reads the three databases (orchestrator first) and compares them.
@@ -183,7 +184,9 @@ pub async fn run(dbs: &Databases, window: &Window) -> anyhow::Result<Report> {
     };
     let orch = connect(dbs.orchestrator.clone()).await?;
     let payments: Vec<Payment> = sqlx::query_as(
-        "SELECT payment_id, status, amount_minor, currency, deadline_at FROM payments
+        // What moves is what was captured: a manual capture may take less than the amount.
+        "SELECT payment_id, status, COALESCE(capture_amount_minor, amount_minor) AS amount_minor,
+                currency, deadline_at FROM payments
           WHERE ($1::timestamptz IS NULL OR created_at >= $1) AND created_at < $2",
     )
     .bind(since)

@@ -13,6 +13,7 @@ mod happy_path;
 mod ledger;
 mod limbo;
 mod listing;
+mod manual_capture;
 mod out_of_order;
 mod poison;
 mod production;
