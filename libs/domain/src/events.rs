@@ -115,10 +115,16 @@ pub enum EventType {
     RefundPosted,
     /// orchestrator -> anyone (notification): the payment reached a terminal state.
     PaymentFinalized,
+    /// orchestrator -> anyone (notification): a manual payment is authorized and waits for
+    /// its merchant's capture or cancel.
+    PaymentAwaitingCapture,
+    /// orchestrator -> anyone (notification): a merchant's refund is done (refunded and
+    /// posted).
+    RefundSucceeded,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 20] = [
+    pub const ALL: [EventType; 22] = [
         EventType::PaymentRequested,
         EventType::RiskApproved,
         EventType::RiskReviewRequired,
@@ -139,6 +145,8 @@ impl EventType {
         EventType::LedgerRefundRequested,
         EventType::RefundPosted,
         EventType::PaymentFinalized,
+        EventType::PaymentAwaitingCapture,
+        EventType::RefundSucceeded,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -163,6 +171,8 @@ impl EventType {
             EventType::LedgerRefundRequested => "ledger.refund.requested",
             EventType::RefundPosted => "refunds.posted",
             EventType::PaymentFinalized => "payments.finalized",
+            EventType::PaymentAwaitingCapture => "payments.awaiting_capture",
+            EventType::RefundSucceeded => "refunds.succeeded",
         }
     }
 
@@ -191,7 +201,7 @@ impl EventType {
             | PaymentReversed
             | PaymentRefunded
             | RefundPosted => Channel::Orchestrator,
-            PaymentFinalized => Channel::Payments,
+            PaymentFinalized | PaymentAwaitingCapture | RefundSucceeded => Channel::Payments,
         }
     }
 }
@@ -573,6 +583,26 @@ pub struct PaymentFinalized {
     pub created_at: DateTime<Utc>,
 }
 
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PaymentAwaitingCapture {
+    pub merchant_id: Uuid,
+    pub customer_id: CustomerId,
+    pub amount_minor: AmountMinor,
+    pub currency: Currency,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RefundSucceeded {
+    pub merchant_id: Uuid,
+    pub refund_id: Uuid,
+    pub amount_minor: AmountMinor,
+    pub currency: Currency,
+    pub reason: String,
+    /// The payment's status after it: PARTIALLY_REFUNDED or REFUNDED.
+    pub payment_status: PaymentStatus,
+}
+
 catalog! {
     PaymentRequested => PaymentRequested, version 1;
     RiskApproved => RiskApproved, version 1;
@@ -594,6 +624,8 @@ catalog! {
     PaymentRefunded => PaymentRefunded, version 1;
     LedgerRefundRequested => LedgerRefundRequested, version 1;
     RefundPosted => RefundPosted, version 1;
+    PaymentAwaitingCapture => PaymentAwaitingCapture, version 1;
+    RefundSucceeded => RefundSucceeded, version 1;
 }
 
 #[cfg(test)]

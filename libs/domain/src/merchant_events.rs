@@ -6,6 +6,9 @@ use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum MerchantEventType {
+    /// A manual payment waits for its capture.
+    #[serde(rename = "payment.authorized")]
+    PaymentAuthorized,
     #[serde(rename = "payment.settled")]
     PaymentSettled,
     #[serde(rename = "payment.failed")]
@@ -14,13 +17,14 @@ pub enum MerchantEventType {
     PaymentReversed,
     #[serde(rename = "payment.canceled")]
     PaymentCanceled,
-    /// A refund that completed the payment's refunds (the payment is REFUNDED).
+    /// A merchant's refund went through (refunded and posted).
     #[serde(rename = "refund.succeeded")]
     RefundSucceeded,
 }
 
 impl MerchantEventType {
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 6] = [
+        Self::PaymentAuthorized,
         Self::PaymentSettled,
         Self::PaymentFailed,
         Self::PaymentReversed,
@@ -30,6 +34,7 @@ impl MerchantEventType {
 
     pub fn as_str(self) -> &'static str {
         match self {
+            Self::PaymentAuthorized => "payment.authorized",
             Self::PaymentSettled => "payment.settled",
             Self::PaymentFailed => "payment.failed",
             Self::PaymentReversed => "payment.reversed",
@@ -50,8 +55,9 @@ impl MerchantEventType {
             Failed => Some(Self::PaymentFailed),
             Reversed => Some(Self::PaymentReversed),
             Canceled => Some(Self::PaymentCanceled),
-            Refunded => Some(Self::RefundSucceeded),
-            Created | RiskReview | Approved | Authorized | Captured | PartiallyRefunded => None,
+            // The refund that made it so is its own event (refund.succeeded).
+            Created | RiskReview | Approved | Authorized | Captured | PartiallyRefunded
+            | Refunded => None,
         }
     }
 }
@@ -76,9 +82,13 @@ mod tests {
             );
         }
         assert_eq!(MerchantEventType::parse("payment.SETTLED"), None);
-        let terminal = crate::PaymentStatus::ALL
-            .into_iter()
-            .filter(|s| s.is_terminal() && *s != crate::PaymentStatus::PartiallyRefunded);
+        let terminal = crate::PaymentStatus::ALL.into_iter().filter(|s| {
+            s.is_terminal()
+                && !matches!(
+                    s,
+                    crate::PaymentStatus::PartiallyRefunded | crate::PaymentStatus::Refunded
+                )
+        });
         for s in terminal {
             assert!(MerchantEventType::of_final_status(s).is_some(), "{s:?}");
         }

@@ -1,10 +1,14 @@
-//! From the saga's `payments.finalized` to what merchants see: one merchant event per payment
-//! outcome (`evt_` + the saga event's id, so a redelivered message names the same event), and
+//! From the saga's public events (`payments.finalized`, `payments.awaiting_capture`,
+//! `refunds.succeeded`) to what merchants see: one merchant event each (`evt_` + the saga
+//! event's id, so a redelivered message names the same event), and
 //! one webhook delivery per endpoint of that merchant subscribed to its type, written in one
 //! statement inside the inbox transaction. A crash anywhere leaves either all of it or none.
 
-use sagapay_domain::events::PaymentFinalized;
-use sagapay_domain::{Envelope, MerchantEventType};
+use sagapay_domain::events::{
+    DecodeError, PaymentAwaitingCapture, PaymentFinalized, RefundSucceeded,
+};
+use sagapay_domain::{Envelope, EventType, MerchantEventType, PaymentStatus};
+use sagapay_messaging::HandlerError;
 use serde_json::json;
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -15,33 +19,74 @@ pub fn event_id(source: Uuid) -> String {
 }
 
 /// The event as every delivery and `GET /events` show it.
-pub fn body(env: &Envelope, ev: &PaymentFinalized, kind: MerchantEventType) -> serde_json::Value {
+pub fn body(
+    env: &Envelope,
+    kind: MerchantEventType,
+    object: serde_json::Value,
+) -> serde_json::Value {
     json!({
         "id": event_id(env.event_id),
         "type": kind,
         "created": env.occurred_at.timestamp(),
-        "data": {
-            "object": {
+        "data": { "object": object }
+    })
+}
+
+/// What `env` tells its merchant, if anything: the merchant, the event's type and its object
+/// (the payment, or for refund events the refund).
+pub fn merchant_event(
+    env: &Envelope,
+) -> Result<Option<(Uuid, MerchantEventType, serde_json::Value)>, DecodeError> {
+    Ok(match env.event_type() {
+        Some(EventType::PaymentFinalized) => {
+            let ev: PaymentFinalized = env.decode()?;
+            MerchantEventType::of_final_status(ev.status).map(|kind| {
+                let object = json!({
+                    "payment_id": env.payment_id,
+                    "status": ev.status,
+                    "amount_cents": ev.amount_minor.get(),
+                    "currency": ev.currency,
+                    "customer_id": ev.customer_id,
+                    "created_at": ev.created_at,
+                    "reason": ev.reason,
+                });
+                (ev.merchant_id, kind, object)
+            })
+        }
+        Some(EventType::PaymentAwaitingCapture) => {
+            let ev: PaymentAwaitingCapture = env.decode()?;
+            let object = json!({
                 "payment_id": env.payment_id,
-                "status": ev.status,
+                "status": PaymentStatus::Authorized,
+                "capture_method": "manual",
                 "amount_cents": ev.amount_minor.get(),
                 "currency": ev.currency,
                 "customer_id": ev.customer_id,
                 "created_at": ev.created_at,
-                "reason": ev.reason,
-            }
+            });
+            Some((ev.merchant_id, MerchantEventType::PaymentAuthorized, object))
         }
+        Some(EventType::RefundSucceeded) => {
+            let ev: RefundSucceeded = env.decode()?;
+            let object = json!({
+                "refund_id": ev.refund_id,
+                "payment_id": env.payment_id,
+                "status": "SUCCEEDED",
+                "amount_cents": ev.amount_minor.get(),
+                "currency": ev.currency,
+                "reason": ev.reason,
+                "payment_status": ev.payment_status,
+            });
+            Some((ev.merchant_id, MerchantEventType::RefundSucceeded, object))
+        }
+        _ => None,
     })
 }
 
-/// Records the merchant event for `ev` (if its outcome is one merchants hear about) and its
-/// deliveries; nothing when the event was recorded before. Returns the deliveries created.
-pub async fn record(
-    conn: &mut PgConnection,
-    env: &Envelope,
-    ev: &PaymentFinalized,
-) -> sqlx::Result<u64> {
-    let Some(kind) = MerchantEventType::of_final_status(ev.status) else {
+/// Records the merchant event `env` makes (if any) and its deliveries; nothing when the
+/// event was recorded before. Returns the deliveries created.
+pub async fn record(conn: &mut PgConnection, env: &Envelope) -> Result<u64, HandlerError> {
+    let Some((merchant_id, kind, object)) = merchant_event(env)? else {
         return Ok(0);
     };
     let deliveries = sqlx::query(
@@ -57,10 +102,10 @@ pub async fn record(
             AND e.deleted_at IS NULL AND e.disabled_at IS NULL",
     )
     .bind(event_id(env.event_id))
-    .bind(ev.merchant_id)
+    .bind(merchant_id)
     .bind(kind.as_str())
     .bind(env.payment_id)
-    .bind(body(env, ev, kind))
+    .bind(body(env, kind, object))
     .execute(&mut *conn)
     .await?
     .rows_affected();

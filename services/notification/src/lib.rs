@@ -26,7 +26,11 @@ pub mod signature;
 
 pub const SERVICE: &str = "notification";
 pub const DEFAULT_PORT: u16 = 8005;
-pub const CONSUMES: &[EventType] = &[EventType::PaymentFinalized];
+pub const CONSUMES: &[EventType] = &[
+    EventType::PaymentFinalized,
+    EventType::PaymentAwaitingCapture,
+    EventType::RefundSucceeded,
+];
 
 mod embedded {
     refinery::embed_migrations!("../../migrations/notification");
@@ -142,12 +146,28 @@ impl Handler for NotificationHandler {
         env: &Envelope,
         _ctx: &MessageContext,
     ) -> Result<(), HandlerError> {
-        if env.event_type() != Some(EventType::PaymentFinalized) {
-            return Err(HandlerError::permanent(anyhow!(
-                "notification does not handle {}",
-                env.event_type
-            )));
+        match env.event_type() {
+            Some(EventType::PaymentFinalized) => self.notify_outcome(conn, env).await?,
+            Some(EventType::PaymentAwaitingCapture | EventType::RefundSucceeded) => {}
+            _ => {
+                return Err(HandlerError::permanent(anyhow!(
+                    "notification does not handle {}",
+                    env.event_type
+                )))
+            }
         }
+        events::record(conn, env).await?;
+        Ok(())
+    }
+}
+
+impl NotificationHandler {
+    /// The notification row of a payment's outcome (one per payment and outcome).
+    async fn notify_outcome(
+        &self,
+        conn: &mut PgConnection,
+        env: &Envelope,
+    ) -> Result<(), HandlerError> {
         let ev: PaymentFinalized = env.decode()?;
         let kind = format!("payment.{}", ev.status.as_str().to_ascii_lowercase());
         let payload = json!({
@@ -175,7 +195,6 @@ impl Handler for NotificationHandler {
         if inserted == 1 {
             tracing::debug!(payment_id = %env.payment_id, kind = %kind, "merchant notified");
         }
-        events::record(conn, env, &ev).await?;
         Ok(())
     }
 }

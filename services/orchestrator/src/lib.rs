@@ -51,6 +51,8 @@ pub const PRODUCES: &[EventType] = &[
     EventType::RefundRequested,
     EventType::LedgerRefundRequested,
     EventType::PaymentFinalized,
+    EventType::PaymentAwaitingCapture,
+    EventType::RefundSucceeded,
 ];
 
 #[derive(Debug, Clone)]

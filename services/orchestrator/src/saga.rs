@@ -14,7 +14,9 @@ use sagapay_domain::events::{
     PaymentReversed, PaymentSettled, ProviderOperation, ProviderRetriesExhausted, RiskApproved,
     RiskDenied, RiskReviewRequired,
 };
-use sagapay_domain::events::{LedgerRefundRequested, PaymentRefunded, RefundPosted};
+use sagapay_domain::events::{
+    LedgerRefundRequested, PaymentAwaitingCapture, PaymentRefunded, RefundPosted, RefundSucceeded,
+};
 use sagapay_domain::{AmountMinor, Currency, Envelope, EventType, PaymentStatus};
 use sagapay_messaging::{Handler, HandlerError, MessageContext, Outbox};
 use sqlx::PgConnection;
@@ -160,6 +162,23 @@ impl Handler for Saga {
                         ev.provider, ev.authorization_id
                     ),
                 };
+                // A manual payment tells its merchant it can be captured now.
+                let awaiting = (payment.compensation.is_none()
+                    && payment.capture_method == CaptureMethod::Manual)
+                    .then(|| {
+                        commands::amount(&payment)
+                            .and_then(|amount_minor| {
+                                Ok(env.follow_up(&PaymentAwaitingCapture {
+                                    merchant_id: payment.merchant_id,
+                                    customer_id: payment.customer_id.clone(),
+                                    amount_minor,
+                                    currency: commands::currency(&payment)?,
+                                    created_at: payment.created_at,
+                                }))
+                            })
+                            .map_err(HandlerError::permanent)
+                    })
+                    .transpose()?;
                 self.apply(
                     conn,
                     ctx,
@@ -168,7 +187,7 @@ impl Handler for Saga {
                     &reason,
                     env,
                     facts,
-                    None,
+                    awaiting.as_ref(),
                 )
                 .await?;
             }
@@ -465,6 +484,24 @@ impl Handler for Saga {
                     payment.captured_minor(),
                     payment.currency
                 );
+                // The merchant hears of the refund itself, whatever the payment's state.
+                let (refund_minor, refund_currency, refund_reason): (i64, String, String) =
+                    sqlx::query_as(
+                        "SELECT amount_minor, currency, reason FROM refunds WHERE refund_id = $1",
+                    )
+                    .bind(ev.refund_id)
+                    .fetch_one(&mut *conn)
+                    .await?;
+                let succeeded = env.follow_up(&RefundSucceeded {
+                    merchant_id: payment.merchant_id,
+                    refund_id: ev.refund_id,
+                    amount_minor: AmountMinor::new(refund_minor)
+                        .map_err(HandlerError::permanent)?,
+                    currency: Currency::parse(&refund_currency).map_err(HandlerError::permanent)?,
+                    reason: refund_reason,
+                    payment_status: to,
+                });
+                self.outbox.enqueue(conn, &succeeded, &headers).await?;
                 if to == PaymentStatus::Refunded {
                     self.end(conn, ctx, &payment, to, &reason, env, Facts::default())
                         .await?;

@@ -257,6 +257,50 @@ async fn manual_payments_are_captured_whole_or_in_part_canceled_and_refused_out_
         "{body}"
     );
 
+    // The merchant heard of each: authorized (manual), canceled, the refund.
+    let events_of = |kind: &'static str| {
+        let stack = &stack;
+        async move {
+            let resp = stack
+                .http
+                .get(format!(
+                    "{}/events?type={kind}&limit=100",
+                    stack.gateway_url()
+                ))
+                .header("x-api-key", DEV_API_KEY)
+                .send()
+                .await
+                .unwrap();
+            let body: Value = resp.json().await.unwrap();
+            body["data"].as_array().unwrap().clone()
+        }
+    };
+    sagapay_e2e::eventually(Duration::from_secs(30), "merchant events", || async {
+        let authorized = events_of("payment.authorized").await;
+        let cancels = events_of("payment.canceled").await;
+        let refunds = events_of("refund.succeeded").await;
+        let payments = |events: &[Value]| -> Vec<String> {
+            events
+                .iter()
+                .map(|e| {
+                    e["data"]["object"]["payment_id"]
+                        .as_str()
+                        .unwrap()
+                        .to_owned()
+                })
+                .collect()
+        };
+        let ok = [&whole, &part, &canceled]
+            .iter()
+            .all(|p| payments(&authorized).contains(p))
+            && payments(&cancels) == vec![canceled.clone()]
+            && refunds.len() == 1
+            && refunds[0]["data"]["object"]["amount_cents"] == 600
+            && refunds[0]["data"]["object"]["payment_status"] == "REFUNDED";
+        ok.then_some(())
+    })
+    .await;
+
     // Everything above agrees across the orchestrator, the provider and the ledger.
     let report = sagapayctl::reconcile::run(
         &sagapayctl::reconcile::Databases::of(
