@@ -22,6 +22,7 @@ pub mod api;
 pub mod destination;
 pub mod dispatcher;
 pub mod events;
+pub mod ops;
 pub mod signature;
 
 pub const SERVICE: &str = "notification";

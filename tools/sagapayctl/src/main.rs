@@ -105,6 +105,29 @@ enum Command {
     /// The whole namespace (`--namespace`): its six databases and its Kafka topics.
     #[command(subcommand)]
     Namespace(NamespaceCommand),
+    /// Webhook deliveries: what was sent where, with the last answer; send one again.
+    #[command(subcommand)]
+    Webhooks(WebhooksCommand),
+}
+
+#[derive(Subcommand)]
+enum WebhooksCommand {
+    /// The newest deliveries, with their status, attempts and last answer.
+    Deliveries {
+        #[arg(long)]
+        endpoint: Option<uuid::Uuid>,
+        #[arg(long)]
+        merchant: Option<uuid::Uuid>,
+        /// pending, delivered or failed.
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send a delivery again now (the receiver sees the same event id again).
+    Resend { delivery_id: uuid::Uuid },
 }
 
 #[derive(Subcommand)]
@@ -329,6 +352,77 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("connecting to the gateway database: {e}"))
     };
+    let notification_db = || async {
+        sqlx::PgPool::connect(&sagapay_messaging::postgres_url::with_database(
+            &cli.postgres_url,
+            &ns.database("notification"),
+        ))
+        .await
+        .map_err(|e| anyhow::anyhow!("connecting to the notification database: {e}"))
+    };
+    if let Command::Webhooks(command) = &cli.command {
+        use sagapay_notification::ops;
+        let pool = notification_db().await?;
+        match command {
+            WebhooksCommand::Deliveries {
+                endpoint,
+                merchant,
+                status,
+                limit,
+                json,
+            } => {
+                if let Some(s) = status {
+                    anyhow::ensure!(
+                        ["pending", "delivered", "failed"]
+                            .contains(&s.to_ascii_lowercase().as_str()),
+                        "--status is pending, delivered or failed"
+                    );
+                }
+                let rows = ops::list(
+                    &pool,
+                    &ops::Filter {
+                        endpoint_id: *endpoint,
+                        merchant_id: *merchant,
+                        status: status.clone(),
+                        limit: *limit,
+                    },
+                )
+                .await?;
+                if *json {
+                    println!("{}", serde_json::to_string_pretty(&rows)?);
+                } else {
+                    println!(
+                        "{:<36} {:<36} {:<18} {:<9} {:>3} {:>4} {:>7}  URL / LAST ERROR",
+                        "DELIVERY", "EVENT", "TYPE", "STATUS", "TRY", "CODE", "MS"
+                    );
+                    for d in &rows {
+                        println!(
+                            "{:<36} {:<36} {:<18} {:<9} {:>3} {:>4} {:>7}  {} {}",
+                            d.delivery_id,
+                            d.event_id,
+                            d.event_type,
+                            d.status,
+                            d.attempts,
+                            d.last_status_code
+                                .map(|c| c.to_string())
+                                .unwrap_or_default(),
+                            d.last_latency_ms.map(|c| c.to_string()).unwrap_or_default(),
+                            d.url,
+                            d.last_error.as_deref().unwrap_or(""),
+                        );
+                    }
+                }
+            }
+            WebhooksCommand::Resend { delivery_id } => {
+                anyhow::ensure!(
+                    ops::resend(&pool, *delivery_id).await?,
+                    "no delivery {delivery_id} to an endpoint that still exists"
+                );
+                println!("delivery {delivery_id} will be sent again now");
+            }
+        }
+        return Ok(());
+    }
     if let Command::Reconcile {
         since,
         until,
@@ -376,7 +470,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         ops_key: cli.ops_key.clone(),
     };
     match cli.command {
-        Command::Reconcile { .. } => unreachable!("handled above"),
+        Command::Reconcile { .. } | Command::Webhooks(_) => unreachable!("handled above"),
         Command::Payments(PaymentsCommand::Stuck { limit, json }) => {
             let stuck = ops.stuck(limit).await?;
             if json {

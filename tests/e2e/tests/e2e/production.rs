@@ -188,12 +188,17 @@ async fn production_mode_starts_with_safe_settings_and_refuses_the_development_m
     let url_with_ca = |ca: &str| {
         format!("postgres://{role}:{password}@localhost:{server_port}?sslmode=verify-full&sslrootcert={ca}")
     };
-    let gateway = |postgres_url: &str, stderr: Stdio| {
-        Command::new(target_binary("sagapay-gateway"))
+    let notification_port = free_port(32_700..32_800);
+    let run = |binary: &str, port: u16, postgres_url: &str, stderr: Stdio| {
+        Command::new(target_binary(binary))
             .env_clear()
             .env("SAGAPAY_ENVIRONMENT", "production")
             .env("SAGAPAY_NAMESPACE", ns.as_str())
             .env("SAGAPAY_HTTP_ADDR", format!("127.0.0.1:{port}"))
+            .env(
+                "SAGAPAY_NOTIFICATION_URL",
+                format!("http://127.0.0.1:{notification_port}"),
+            )
             .env("SAGAPAY_POSTGRES_URL", postgres_url)
             .env("SAGAPAY_INTERNAL_KEYS_FILE", &keys_file)
             // The local Redis has no password: the idempotency fast path is off.
@@ -207,6 +212,8 @@ async fn production_mode_starts_with_safe_settings_and_refuses_the_development_m
             .spawn()
             .unwrap()
     };
+    let gateway =
+        |postgres_url: &str, stderr: Stdio| run("sagapay-gateway", port, postgres_url, stderr);
     // A server whose certificate the configured CA did not sign is not trusted.
     let tmp = std::env::temp_dir().join(ns.as_str());
     std::fs::create_dir_all(&tmp).unwrap();
@@ -300,8 +307,56 @@ async fn production_mode_starts_with_safe_settings_and_refuses_the_development_m
         "a real key authenticates"
     );
 
+    // Webhooks in production go to https on public addresses only: the notification service
+    // refuses loopback, whatever the gateway let through.
+    let notification = KillOnDrop(run(
+        "sagapay-notification",
+        notification_port,
+        &prod_url,
+        Stdio::null(),
+    ));
+    eventually(
+        Duration::from_secs(30),
+        "the notification service ready in production",
+        || async {
+            let resp = http
+                .get(format!("http://127.0.0.1:{notification_port}/ready"))
+                .send()
+                .await
+                .ok()?;
+            (resp.status() == 200).then_some(())
+        },
+    )
+    .await;
+    for (endpoint, why) in [
+        ("http://127.0.0.1:9/hooks", "must use https"),
+        ("https://127.0.0.1/hooks", "not a public address"),
+        ("https://localhost/hooks", "not a public address"),
+        ("https://169.254.169.254/latest", "not a public address"),
+    ] {
+        let resp = http
+            .post(format!("{url}/webhook_endpoints"))
+            .header("x-api-key", "sk_acme_real_key")
+            .json(&serde_json::json!({"url": endpoint, "enabled_events": ["payment.settled"]}))
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let body: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (400, Some("invalid_url")),
+            "{endpoint}: {body}"
+        );
+        assert!(
+            body["error"]["message"].as_str().unwrap().contains(why),
+            "{endpoint}: {body}"
+        );
+    }
+
     child.0.kill().unwrap();
     child.0.wait().unwrap();
+    drop(notification);
     db.close().await;
     // Its databases belong to its user.
     let mut kafka = config("gateway", &ns).kafka;

@@ -458,5 +458,37 @@ async fn a_rolled_secret_signs_beside_the_new_one_and_deleted_endpoints_receive_
         rx.of("gone").is_empty(),
         "a deleted endpoint received an event"
     );
+
+    // An operator sends it again (sagapayctl webhooks resend): the same event arrives again.
+    let notification = stack.db("notification").await;
+    let listed = sagapay_notification::ops::list(
+        &notification,
+        &sagapay_notification::ops::Filter {
+            status: Some("delivered".into()),
+            limit: 10,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].last_status_code, Some(200));
+    assert!(
+        sagapay_notification::ops::resend(&notification, listed[0].delivery_id)
+            .await
+            .unwrap()
+    );
+    eventually(Duration::from_secs(30), "the event again", || async {
+        (rx.of("ok").len() == 2).then_some(())
+    })
+    .await;
+    let again = &rx.of("ok")[1];
+    assert_eq!(again.event()["id"], r.event()["id"]);
+    assert!(
+        !sagapay_notification::ops::resend(&notification, uuid::Uuid::now_v7())
+            .await
+            .unwrap(),
+        "no such delivery"
+    );
     stack.teardown().await;
 }
