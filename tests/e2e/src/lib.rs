@@ -107,6 +107,8 @@ pub struct StackOptions {
     pub consumer_retry: Option<(u32, Duration)>,
     /// The orchestrator's deadlines (default: the service's defaults).
     pub deadlines: Option<sagapay_orchestrator::deadlines::Deadlines>,
+    /// The notification service's webhook settings (default: the tests' short retries).
+    pub webhooks: Option<sagapay_notification::WebhookSettings>,
     /// The provider adapter's retry policy (default: the tests' default, 1 s calls).
     pub provider_retry: Option<sagapay_provider_adapter::policy::RetrySettings>,
 }
@@ -145,9 +147,15 @@ impl TestStack {
         // The gateway calls both: they start first.
         let (orchestrator, notification) = tokio::join!(
             start_orchestrator(&ns, &options, !options.orchestrator_relay_disabled),
-            sagapay_notification::start(sagapay_notification::Config::for_test(
-                options.config(sagapay_notification::SERVICE, &ns),
-            )),
+            sagapay_notification::start({
+                let mut n = sagapay_notification::Config::for_test(
+                    options.config(sagapay_notification::SERVICE, &ns),
+                );
+                if let Some(w) = &options.webhooks {
+                    n.webhooks = w.clone();
+                }
+                n
+            }),
         );
         let notification = notification.expect("notification starts");
         let (risk, provider, ledger, gateway) = tokio::join!(

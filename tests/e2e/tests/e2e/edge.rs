@@ -1138,6 +1138,8 @@ async fn the_openapi_document_lists_every_public_route() {
         ("GET", "/payments"),
         ("GET", "/payments/{payment_id}"),
         ("POST", "/payments/{payment_id}/refunds"),
+        ("POST", "/payments/{payment_id}/capture"),
+        ("POST", "/payments/{payment_id}/cancel"),
         ("POST", "/webhook_endpoints"),
         ("GET", "/webhook_endpoints"),
         ("DELETE", "/webhook_endpoints/{endpoint_id}"),

@@ -131,8 +131,6 @@ async fn delivered_rows_are_marked_by_the_next_claim_and_at_shutdown() {
         },
         metrics,
     );
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let running = tokio::spawn(relay.run(shutdown.clone()));
     let reader = topic_reader(&ns, &topic).unwrap();
     let outbox = Outbox::new(ns.clone());
     let published = |event_id: Uuid| {
@@ -147,8 +145,8 @@ async fn delivered_rows_are_marked_by_the_next_claim_and_at_shutdown() {
             .unwrap()
         }
     };
-    let commit_and_read = |reason: &'static str| {
-        let (pool, outbox, reader) = (pool.clone(), outbox.clone(), &reader);
+    let commit = |reason: &'static str| {
+        let (pool, outbox) = (pool.clone(), outbox.clone());
         async move {
             let envelope = Envelope::new(
                 Uuid::now_v7(),
@@ -164,32 +162,31 @@ async fn delivered_rows_are_marked_by_the_next_claim_and_at_shutdown() {
                 .await
                 .unwrap();
             tx.commit().await.unwrap();
-            let id = envelope.event_id.to_string();
+            envelope.event_id
+        }
+    };
+    let read = |event_id: Uuid| {
+        let reader = &reader;
+        async move {
+            let id = event_id.to_string();
             read_until(reader, Duration::from_secs(20), |p| {
                 Envelope::from_json(p)
                     .map(|e| e.event_id.to_string() == id)
                     .unwrap_or(false)
             })
             .await;
-            envelope.event_id
+            event_id
         }
     };
+    let commit_and_read = |reason: &'static str| async move { read(commit(reason).await).await };
 
-    // The relay has not started listening before its first pass; wait for that pass.
-    eventually(Duration::from_secs(10), "the relay to listen", || {
-        let pool = pool.clone();
-        async move {
-            let listening: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM pg_stat_activity
-                  WHERE datname = current_database() AND query LIKE 'LISTEN%'",
-            )
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-            (listening > 0).then_some(())
-        }
-    })
-    .await;
+    // A row waiting before the relay starts: its first pass (after it listens) publishes it,
+    // and with it read, that pass is over and no notification is pending (the row's was sent
+    // before anyone listened). From here on, each claim follows a notification.
+    let zeroth = commit("zeroth").await;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let running = tokio::spawn(relay.run(shutdown.clone()));
+    read(zeroth).await;
     let first = commit_and_read("first").await;
     assert!(
         !published(first).await,

@@ -33,7 +33,7 @@ impl Received {
 }
 
 /// How a receiver's path answers: `ok` 200; `flaky` 500 to the first request for each event,
-/// then 200; `hang` never answers.
+/// then 200; `down` always 500; `hang` never answers.
 #[derive(Default)]
 struct Receiver {
     requests: Mutex<HashMap<String, Vec<Received>>>,
@@ -78,6 +78,7 @@ async fn receive(
     };
     match path.as_str() {
         "flaky" if !seen_before => StatusCode::INTERNAL_SERVER_ERROR,
+        "down" => StatusCode::INTERNAL_SERVER_ERROR,
         "hang" => {
             tokio::time::sleep(Duration::from_secs(120)).await;
             StatusCode::OK
@@ -489,6 +490,77 @@ async fn a_rolled_secret_signs_beside_the_new_one_and_deleted_endpoints_receive_
             .await
             .unwrap(),
         "no such delivery"
+    );
+    stack.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_endpoint_failing_for_too_long_is_disabled_and_gets_no_more_events() {
+    let stack = TestStack::spawn_with(sagapay_e2e::StackOptions {
+        webhooks: Some(sagapay_notification::WebhookSettings {
+            retry_initial: Duration::from_millis(200),
+            retry_max: Duration::from_millis(400),
+            disable_after: Duration::from_secs(1),
+            ..sagapay_notification::WebhookSettings::for_test()
+        }),
+        ..Default::default()
+    })
+    .await;
+    let rx = Arc::new(Receiver::default());
+    let base = start_receiver(rx.clone()).await;
+    let (down_id, _) = register(&stack, &format!("{base}/down"), &["payment.settled"]).await;
+    stack.settled_payment("down-1", 100, "USD").await;
+    let endpoint = eventually(Duration::from_secs(30), "the endpoint disabled", || async {
+        let (_, listed) = call(
+            &stack,
+            reqwest::Method::GET,
+            "/webhook_endpoints",
+            DEV_API_KEY,
+            None,
+        )
+        .await;
+        listed["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["id"] == down_id.as_str() && e["status"] == "disabled")
+            .cloned()
+    })
+    .await;
+    assert!(
+        endpoint["disabled_reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("no successful delivery since"),
+        "{endpoint}"
+    );
+    assert!(rx.of("down").len() >= 2, "retried before it was disabled");
+    // Counted once its transaction committed, a moment after the endpoint reads disabled.
+    eventually(
+        Duration::from_secs(10),
+        "the disabled endpoint counted",
+        || async {
+            let n = stack
+                .metric(
+                    "notification",
+                    "webhook_endpoints_disabled_total{reason=\"failing\",service=\"notification\"}",
+                )
+                .await;
+            (n == 1.0).then_some(())
+        },
+    )
+    .await;
+    // A later event is recorded for the merchant but not queued for the disabled endpoint.
+    stack.settled_payment("down-2", 200, "USD").await;
+    let notification = stack.db("notification").await;
+    eventually(Duration::from_secs(30), "the second event", || async {
+        (count(&notification, "SELECT count(*) FROM merchant_events").await == 2).then_some(())
+    })
+    .await;
+    assert_eq!(
+        count(&notification, "SELECT count(*) FROM webhook_deliveries").await,
+        1,
+        "a delivery for a disabled endpoint"
     );
     stack.teardown().await;
 }
