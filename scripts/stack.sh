@@ -78,6 +78,7 @@ SQL
 # production-mode test does). infra/postgres/sagapay.conf names the server's files.
 pg_tls() {
   as_root test -f "$PG_TLS_DIR/server.crt" && return 0
+  command -v openssl >/dev/null || apt_install openssl
   log "creating a local CA and the PostgreSQL server certificate in $PG_TLS_DIR"
   local tmp; tmp="$(mktemp -d)"
   (
@@ -237,6 +238,11 @@ case "${1:-}" in
     kafka_up
     # Not a server of the stack: the dashboard test starts a Prometheus of its own.
     command -v prometheus >/dev/null || apt_install --no-install-recommends prometheus
+    # Not servers either: what building the services needs beyond Rust (OpenSSL's headers
+    # and pkg-config, for TLS to PostgreSQL, Kafka and Redis).
+    if ! command -v pkg-config >/dev/null || ! pkg-config --exists openssl 2>/dev/null; then
+      apt_install pkg-config libssl-dev
+    fi
     log "stack up in $((SECONDS - started)) s"
     ;;
   down)

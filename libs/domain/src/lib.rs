@@ -8,6 +8,7 @@ pub mod merchant_events;
 pub mod money;
 pub mod namespace;
 pub mod per_currency;
+pub mod refund;
 pub mod state;
 pub mod text;
 
@@ -16,5 +17,6 @@ pub use merchant_events::MerchantEventType;
 pub use money::{AmountMinor, Currency, MoneyError};
 pub use namespace::Namespace;
 pub use per_currency::PerCurrency;
+pub use refund::RefundStatus;
 pub use state::{PaymentStatus, TransitionError};
 pub use text::{CustomerId, IdempotencyKey, PaymentMethod, RefundReason, TextError};

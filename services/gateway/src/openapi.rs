@@ -133,8 +133,7 @@ pub struct CaptureBody {
 #[allow(dead_code)]
 pub struct PaymentCreated {
     payment_id: uuid::Uuid,
-    #[schema(example = "CREATED")]
-    status: String,
+    status: sagapay_domain::PaymentStatus,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -153,9 +152,7 @@ pub struct TimelineEntry {
 #[allow(dead_code)]
 pub struct Payment {
     payment_id: uuid::Uuid,
-    /// CREATED, RISK_REVIEW, APPROVED, AUTHORIZED, CAPTURED, SETTLED, FAILED, REVERSED,
-    /// PARTIALLY_REFUNDED, REFUNDED, CANCELED.
-    status: String,
+    status: sagapay_domain::PaymentStatus,
     amount_cents: i64,
     /// What was captured, once it was (a manual capture may take less).
     amount_captured_cents: Option<i64>,
@@ -187,9 +184,7 @@ pub struct Refund {
     payment_id: uuid::Uuid,
     amount_cents: i64,
     currency: String,
-    /// REQUESTED (at the provider, or its outcome not known yet: it counts against what is
-    /// left to refund), PROCESSED (refunded, being posted), SUCCEEDED or FAILED (refused).
-    status: String,
+    status: sagapay_domain::RefundStatus,
     reason: String,
     failure_reason: Option<String>,
     created_at: String,

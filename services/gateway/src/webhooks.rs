@@ -45,7 +45,7 @@ pub struct CreateEndpointBody {
     #[schema(example = "https://shop.example.com/sagapay/webhooks")]
     pub url: String,
     /// The event types to receive.
-    #[schema(example = json!(["payment.settled", "payment.failed"]))]
+    #[schema(value_type = Vec<MerchantEventType>, example = json!(["payment.settled", "payment.failed"]))]
     pub enabled_events: Vec<MerchantEventTypeName>,
 }
 

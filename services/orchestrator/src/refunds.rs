@@ -10,7 +10,7 @@ use axum::{Extension, Json};
 use chrono::{DateTime, Utc};
 use sagapay_domain::events::RefundRequested;
 use sagapay_domain::{
-    AmountMinor, Currency, Envelope, IdempotencyKey, PaymentStatus, RefundReason,
+    AmountMinor, Currency, Envelope, IdempotencyKey, PaymentStatus, RefundReason, RefundStatus,
 };
 use sagapay_messaging::headers::TRACEPARENT;
 use sagapay_messaging::MessageHeaders;
@@ -38,7 +38,7 @@ pub struct RefundView {
     pub payment_id: Uuid,
     pub amount_cents: i64,
     pub currency: String,
-    pub status: String,
+    pub status: RefundStatus,
     pub reason: String,
     pub failure_reason: Option<String>,
     pub created_at: DateTime<Utc>,
@@ -51,7 +51,13 @@ fn view_from_row(r: &sqlx::postgres::PgRow) -> sqlx::Result<RefundView> {
         payment_id: r.try_get("payment_id")?,
         amount_cents: r.try_get("amount_minor")?,
         currency: r.try_get("currency")?,
-        status: r.try_get("status")?,
+        status: {
+            let s: String = r.try_get("status")?;
+            s.parse()
+                .map_err(|e: sagapay_domain::refund::UnknownRefundStatus| {
+                    sqlx::Error::Decode(e.into())
+                })?
+        },
         reason: r.try_get("reason")?,
         failure_reason: r.try_get("failure_reason")?,
         created_at: r.try_get("created_at")?,

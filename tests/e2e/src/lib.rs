@@ -87,6 +87,20 @@ pub struct TestStack {
     pub orchestrator: Option<ServiceHandle>,
     pub others: Vec<ServiceHandle>,
     pub http: reqwest::Client,
+    /// This stack's share of the machine (see [`StackOptions::alone`]); released when the
+    /// stack is dropped.
+    _share: MachineShare,
+}
+
+/// Stacks share the machine; a test that measures latency runs alone. Every stack holds a
+/// read share, a stack started `alone` the write share: it waits for the running stacks to
+/// end, and stacks started after it wait for it (the lock is fair).
+static MACHINE: std::sync::LazyLock<std::sync::Arc<tokio::sync::RwLock<()>>> =
+    std::sync::LazyLock::new(Default::default);
+
+enum MachineShare {
+    Shared(#[allow(dead_code)] tokio::sync::OwnedRwLockReadGuard<()>),
+    Alone(#[allow(dead_code)] tokio::sync::OwnedRwLockWriteGuard<()>),
 }
 
 /// Which parts of the stack to start differently.
@@ -107,6 +121,8 @@ pub struct StackOptions {
     pub consumer_retry: Option<(u32, Duration)>,
     /// The orchestrator's deadlines (default: the service's defaults).
     pub deadlines: Option<sagapay_orchestrator::deadlines::Deadlines>,
+    /// Run with no other test stack on the machine (for tests that measure latency).
+    pub alone: bool,
     /// The notification service's webhook settings (default: the tests' short retries).
     pub webhooks: Option<sagapay_notification::WebhookSettings>,
     /// The provider adapter's retry policy (default: the tests' default, 1 s calls).
@@ -143,6 +159,11 @@ impl TestStack {
     }
 
     pub async fn spawn_with(options: StackOptions) -> TestStack {
+        let share = if options.alone {
+            MachineShare::Alone(MACHINE.clone().write_owned().await)
+        } else {
+            MachineShare::Shared(MACHINE.clone().read_owned().await)
+        };
         let ns = fresh_namespace();
         // The gateway calls both: they start first.
         let (orchestrator, notification) = tokio::join!(
@@ -204,6 +225,7 @@ impl TestStack {
                 notification,
             ],
             http: reqwest::Client::new(),
+            _share: share,
         }
     }
 

@@ -1186,6 +1186,58 @@ async fn the_openapi_document_lists_every_public_route() {
     stack.teardown().await;
 }
 
+/// The document's enums are the domain's: every payment status, refund status and merchant
+/// event type, and nothing else (they once drifted: REVIEW_REQUIRED, PENDING).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_document_states_the_domain_enums() {
+    let stack = TestStack::spawn().await;
+    let doc = send(
+        stack
+            .http
+            .get(format!("{}/openapi.json", stack.gateway_url())),
+    )
+    .await;
+    let schemas = &doc.body["components"]["schemas"];
+    let listed = |name: &str| -> Vec<String> {
+        schemas[name]["enum"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no enum schema {name}: {}", schemas[name]))
+            .iter()
+            .map(|v| v.as_str().unwrap().to_owned())
+            .collect()
+    };
+    let names = |all: &[&str]| all.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        listed("PaymentStatus"),
+        names(&sagapay_domain::PaymentStatus::ALL.map(|s| s.as_str()))
+    );
+    assert_eq!(
+        listed("RefundStatus"),
+        names(&sagapay_domain::RefundStatus::ALL.map(|s| s.as_str()))
+    );
+    assert_eq!(
+        listed("MerchantEventType"),
+        names(&sagapay_domain::MerchantEventType::ALL.map(|s| s.as_str()))
+    );
+    // Where they are used, they are referenced, not restated as free text.
+    for (schema, field, target) in [
+        ("Payment", "status", "PaymentStatus"),
+        ("PaymentCreated", "status", "PaymentStatus"),
+        ("Refund", "status", "RefundStatus"),
+    ] {
+        assert_eq!(
+            schemas[schema]["properties"][field]["$ref"],
+            format!("#/components/schemas/{target}"),
+            "{schema}.{field}"
+        );
+    }
+    assert_eq!(
+        schemas["CreateEndpointBody"]["properties"]["enabled_events"]["items"]["$ref"],
+        "#/components/schemas/MerchantEventType"
+    );
+    stack.teardown().await;
+}
+
 /// An orchestrator that accepts connections and never answers.
 async fn hung_orchestrator() -> (String, tokio::task::JoinHandle<()>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

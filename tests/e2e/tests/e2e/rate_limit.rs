@@ -70,6 +70,8 @@ async fn a_flood_of_random_keys_from_one_address_gets_429_and_the_merchant_sees_
     let (per_second, burst) = (20u32, 100u32);
     let stack = TestStack::spawn_with(StackOptions {
         gateway_key_lookups: Some((per_second, burst)),
+        // It measures the merchant's latency: no other test's stack beside it.
+        alone: true,
         ..StackOptions::default()
     })
     .await;

@@ -50,6 +50,10 @@ async fn delivering_every_event_of_a_settled_payment_again_changes_nothing() {
     })
     .await;
     let before = effects(&stack, pid).await;
+    // A provider call that timed out on a busy machine is tried again: at least one attempt
+    // per operation (authorize, capture), whatever the count, and the redelivery adds none.
+    let attempts = before[3].1;
+    assert!(attempts >= 2, "{before:?}");
     assert_eq!(
         before,
         vec![
@@ -58,7 +62,7 @@ async fn delivering_every_event_of_a_settled_payment_again_changes_nothing() {
             // (the adapter captures by itself: no capture command)
             ("orchestrator outbox", 4),
             ("risk decisions", 1),
-            ("provider attempts", 2),
+            ("provider attempts", attempts),
             ("provider operations", 2),
             ("journal transactions", 1),
             ("ledger entries", 3),
