@@ -4,6 +4,7 @@
 //! convenience for callers, not this service's defence.
 
 use crate::destination::{self, Policy};
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
@@ -294,6 +295,12 @@ struct Page {
     created_lt: Option<i64>,
 }
 
+/// The query string, or 400 in the API's error shape (not axum's plain-text rejection).
+fn checked_query(page: Result<Query<Page>, QueryRejection>) -> Result<Page, ApiError> {
+    page.map(|Query(p)| p)
+        .map_err(|e| ApiError::invalid("invalid_query", e.body_text()))
+}
+
 fn limit(raw: Option<i64>) -> Result<i64, ApiError> {
     match raw.unwrap_or(20) {
         l @ 1..=100 => Ok(l),
@@ -320,10 +327,11 @@ async fn list_deliveries(
     State(state): State<AppState>,
     Extension(caller): Extension<VerifiedCaller>,
     Path(raw): Path<String>,
-    Query(page): Query<Page>,
+    page: Result<Query<Page>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let merchant = caller.acting_merchant()?;
     let id = endpoint_id(&raw)?;
+    let page = checked_query(page)?;
     let limit = limit(page.limit)?;
     let owned: bool = sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM webhook_endpoints WHERE endpoint_id = $1 AND merchant_id = $2)",
@@ -382,9 +390,10 @@ fn event_not_found() -> ApiError {
 async fn list_events(
     State(state): State<AppState>,
     Extension(caller): Extension<VerifiedCaller>,
-    Query(page): Query<Page>,
+    page: Result<Query<Page>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let merchant = caller.acting_merchant()?;
+    let page = checked_query(page)?;
     let limit = limit(page.limit)?;
     let event_type = page
         .event_type

@@ -170,5 +170,21 @@ async fn pages_walk_every_payment_and_event_once_while_new_ones_arrive() {
             "{query}: {err}"
         );
     }
+    for (query, code) in [
+        ("limit=abc", "invalid_query"),
+        ("sort=asc", "invalid_query"),
+        ("type=payment.exploded", "invalid_type"),
+        (
+            "starting_after=evt_00000000000000000000000000000000",
+            "invalid_starting_after",
+        ),
+    ] {
+        let (status, err) = get(&stack, &format!("/events?{query}"), DEV_API_KEY).await;
+        assert_eq!(
+            (status, err["error"]["code"].as_str()),
+            (400, Some(code)),
+            "{query}: {err}"
+        );
+    }
     stack.teardown().await;
 }
