@@ -223,18 +223,16 @@ pub(crate) async fn get_payment(
     let payment_id = Uuid::parse_str(&payment_id).map_err(|_| {
         ApiError::not_found("payment_not_found", "no such payment").with_param("payment_id")
     })?;
-    let resp = internal(
+    forward(
         &state,
+        Peer::Orchestrator,
         &ctx,
+        merchant,
         reqwest::Method::GET,
         format!("/internal/payments/{payment_id}"),
-        merchant.merchant_id,
         None,
     )
-    .send()
     .await
-    .map_err(upstream_unavailable)?;
-    Ok(upstream(resp).await?.into_response())
 }
 
 /// The merchant's payments, newest first, a page at a time.
@@ -264,18 +262,16 @@ pub(crate) async fn list_payments(
     axum::extract::RawQuery(query): axum::extract::RawQuery,
 ) -> Result<Response, ApiError> {
     let query = crate::webhooks::query_suffix(query)?;
-    let resp = internal(
+    forward(
         &state,
+        Peer::Orchestrator,
         &ctx,
+        merchant,
         reqwest::Method::GET,
         format!("/internal/payments{query}"),
-        merchant.merchant_id,
         None,
     )
-    .send()
     .await
-    .map_err(upstream_unavailable)?;
-    Ok(upstream(resp).await?.into_response())
 }
 
 /// Refunds all or part of a settled payment.
@@ -472,7 +468,7 @@ async fn manual_action(
 
 /// A call to a peer's internal API for `merchant`, signed with the gateway's service
 /// credential (the merchant travels as the signed claim, never in the body).
-pub(crate) fn internal_to(
+fn internal_to(
     state: &AppState,
     peer: Peer,
     ctx: &RequestContext,
@@ -515,6 +511,32 @@ pub(crate) fn internal_to(
             .body(bytes);
     }
     call
+}
+
+/// A read or write a peer answers for the merchant, its answer passed on (errors re-issued
+/// as the gateway's own).
+pub(crate) async fn forward(
+    state: &AppState,
+    peer: Peer,
+    ctx: &RequestContext,
+    merchant: Merchant,
+    method: reqwest::Method,
+    path_and_query: String,
+    body: Option<&serde_json::Value>,
+) -> Result<Response, ApiError> {
+    let resp = internal_to(
+        state,
+        peer,
+        ctx,
+        method,
+        path_and_query,
+        merchant.merchant_id,
+        body,
+    )
+    .send()
+    .await
+    .map_err(upstream_unavailable)?;
+    Ok(upstream(resp).await?.into_response())
 }
 
 /// [`internal_to`] the orchestrator.
@@ -618,7 +640,7 @@ fn header_idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError>
         .transpose()
 }
 
-pub(crate) fn upstream_unavailable(e: reqwest::Error) -> ApiError {
+fn upstream_unavailable(e: reqwest::Error) -> ApiError {
     tracing::error!(error = %e, "orchestrator unreachable");
     ApiError::unavailable(
         "upstream_unavailable",
@@ -627,7 +649,7 @@ pub(crate) fn upstream_unavailable(e: reqwest::Error) -> ApiError {
 }
 
 /// A successful answer of the orchestrator, passed on as it is.
-pub(crate) struct Upstream {
+struct Upstream {
     status: StatusCode,
     body: Bytes,
     replayed: bool,
@@ -650,7 +672,7 @@ impl IntoResponse for Upstream {
 
 /// Reads the orchestrator's answer. Errors are re-issued as the gateway's own, so they carry
 /// the gateway's request id.
-pub(crate) async fn upstream(resp: reqwest::Response) -> Result<Upstream, ApiError> {
+async fn upstream(resp: reqwest::Response) -> Result<Upstream, ApiError> {
     let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     let replayed = resp.headers().contains_key("idempotent-replayed");
     let body = resp.bytes().await.map_err(upstream_unavailable)?;

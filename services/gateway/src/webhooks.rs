@@ -4,11 +4,11 @@
 //! (shape, sizes, known event types), then forward it signed for the merchant.
 
 use crate::auth::Merchant;
-use crate::routes::{internal_to, require_json, upstream, upstream_unavailable, AppState, Peer};
+use crate::routes::{forward, require_json, AppState, Peer};
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::HeaderMap;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::{delete, get, post};
 use axum::{Extension, Router};
 use sagapay_domain::MerchantEventType;
@@ -127,29 +127,6 @@ pub(crate) fn query_suffix(raw: Option<String>) -> Result<String, ApiError> {
     }
 }
 
-async fn forward(
-    state: &AppState,
-    ctx: &RequestContext,
-    merchant: Merchant,
-    method: reqwest::Method,
-    path_and_query: String,
-    body: Option<&serde_json::Value>,
-) -> Result<Response, ApiError> {
-    let resp = internal_to(
-        state,
-        Peer::Notification,
-        ctx,
-        method,
-        path_and_query,
-        merchant.merchant_id,
-        body,
-    )
-    .send()
-    .await
-    .map_err(upstream_unavailable)?;
-    Ok(upstream(resp).await?.into_response())
-}
-
 /// Registers a webhook endpoint; the answer carries its signing secret, shown this once.
 #[utoipa::path(
     post,
@@ -176,6 +153,7 @@ pub(crate) async fn create_endpoint(
     let checked = check_new_endpoint(&body)?;
     forward(
         &state,
+        Peer::Notification,
         &ctx,
         merchant,
         reqwest::Method::POST,
@@ -195,6 +173,7 @@ pub(crate) async fn list_endpoints(
 ) -> Result<Response, ApiError> {
     forward(
         &state,
+        Peer::Notification,
         &ctx,
         merchant,
         reqwest::Method::GET,
@@ -221,6 +200,7 @@ pub(crate) async fn delete_endpoint(
     let id = endpoint_path(&raw)?;
     forward(
         &state,
+        Peer::Notification,
         &ctx,
         merchant,
         reqwest::Method::DELETE,
@@ -261,6 +241,7 @@ pub(crate) async fn roll_secret(
     };
     forward(
         &state,
+        Peer::Notification,
         &ctx,
         merchant,
         reqwest::Method::POST,
@@ -291,6 +272,7 @@ pub(crate) async fn list_deliveries(
     let query = query_suffix(query)?;
     forward(
         &state,
+        Peer::Notification,
         &ctx,
         merchant,
         reqwest::Method::GET,
@@ -323,6 +305,7 @@ pub(crate) async fn list_events(
     let query = query_suffix(query)?;
     forward(
         &state,
+        Peer::Notification,
         &ctx,
         merchant,
         reqwest::Method::GET,
@@ -356,6 +339,7 @@ pub(crate) async fn get_event(
     }
     forward(
         &state,
+        Peer::Notification,
         &ctx,
         merchant,
         reqwest::Method::GET,

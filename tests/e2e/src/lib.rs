@@ -294,6 +294,22 @@ impl TestStack {
         self.others.push(fresh);
     }
 
+    /// `sagapayctl reconcile` over the whole namespace, nothing left out as still settling.
+    pub async fn reconcile(&self) -> sagapayctl::reconcile::Report {
+        sagapayctl::reconcile::run(
+            &sagapayctl::reconcile::Databases::of(
+                &config("gateway", &self.ns).postgres_url,
+                &self.ns,
+            ),
+            &sagapayctl::reconcile::Window {
+                settling: Duration::ZERO,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("reconciliation runs")
+    }
+
     /// A new merchant with its first API key, made the way `sagapayctl merchant create` makes
     /// them: `(merchant_id, key)`.
     pub async fn merchant(&self, name: &str) -> (Uuid, String) {

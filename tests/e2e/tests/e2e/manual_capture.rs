@@ -302,18 +302,7 @@ async fn manual_payments_are_captured_whole_or_in_part_canceled_and_refused_out_
     .await;
 
     // Everything above agrees across the orchestrator, the provider and the ledger.
-    let report = sagapayctl::reconcile::run(
-        &sagapayctl::reconcile::Databases::of(
-            &sagapay_e2e::config("gateway", &stack.ns).postgres_url,
-            &stack.ns,
-        ),
-        &sagapayctl::reconcile::Window {
-            settling: Duration::ZERO,
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let report = stack.reconcile().await;
     assert_eq!(report.differences, vec![]);
     assert!(report.payments_checked >= 4, "{report:?}");
     stack.teardown().await;

@@ -131,37 +131,11 @@ async fn after_a_thousand_mixed_payments_and_refunds_everything_reconciles() {
     assert_eq!(report["imbalanced_transactions"], json!([]));
     assert_eq!(report["balance_mismatches"], json!([]));
 
-    let cross = sagapayctl::reconcile::run(
-        &sagapayctl::reconcile::Databases::of(
-            &sagapay_e2e::config("gateway", &stack.ns).postgres_url,
-            &stack.ns,
-        ),
-        &sagapayctl::reconcile::Window {
-            settling: Duration::ZERO,
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let cross = stack.reconcile().await;
     assert_eq!(cross.payments_checked, PAYMENTS);
     assert_eq!(cross.refunds_checked as i64, n_refunds);
     assert_eq!(cross.differences, vec![]);
     stack.teardown().await;
-}
-
-async fn three_way(stack: &TestStack) -> sagapayctl::reconcile::Report {
-    sagapayctl::reconcile::run(
-        &sagapayctl::reconcile::Databases::of(
-            &sagapay_e2e::config("gateway", &stack.ns).postgres_url,
-            &stack.ns,
-        ),
-        &sagapayctl::reconcile::Window {
-            settling: Duration::ZERO,
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap()
 }
 
 /// A money movement planted at the "provider", outside the saga.
@@ -227,7 +201,7 @@ async fn a_reconciliation_during_load_is_clean_and_catches_each_planted_differen
     // are still moving: at least three, however slow each is on a busy machine.
     let mut runs = 0;
     while !load.is_finished() || runs < 3 {
-        let report = three_way(&stack).await;
+        let report = stack.reconcile().await;
         assert_eq!(report.differences, vec![], "a false difference during load");
         runs += 1;
     }
@@ -253,7 +227,7 @@ async fn a_reconciliation_during_load_is_clean_and_catches_each_planted_differen
     .await;
     let amount: std::collections::HashMap<Uuid, i64> =
         statuses.iter().map(|(id, _, _, a)| (*id, *a)).collect();
-    let clean = three_way(&stack).await;
+    let clean = stack.reconcile().await;
     assert_eq!(clean.differences, vec![]);
     assert_eq!(clean.payments_checked, made.len());
 
@@ -374,7 +348,7 @@ async fn a_reconciliation_during_load_is_clean_and_catches_each_planted_differen
     )
     .await;
 
-    let report = three_way(&stack).await;
+    let report = stack.reconcile().await;
     let mut found: Vec<(Uuid, &str)> = report
         .differences
         .iter()
