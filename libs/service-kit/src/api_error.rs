@@ -136,6 +136,20 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// A JSON request body as `T`, or 400 `invalid_body` saying why.
+pub fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::invalid("invalid_body", format!("invalid request body: {e}")))
+}
+
+/// A query string that does not parse: 400 `invalid_query` in the API's shape (axum's own
+/// rejection is plain text, which callers through the gateway would see as a failure).
+impl From<axum::extract::rejection::QueryRejection> for ApiError {
+    fn from(e: axum::extract::rejection::QueryRejection) -> Self {
+        ApiError::invalid("invalid_query", e.body_text())
+    }
+}
+
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
         tracing::error!(error = %e, "database error");

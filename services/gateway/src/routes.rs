@@ -345,6 +345,23 @@ pub(crate) enum Peer {
     Notification,
 }
 
+/// What a merchant may do with an authorized manual payment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ManualAction {
+    Capture,
+    Cancel,
+}
+
+impl ManualAction {
+    /// Its path segment, and its name in the idempotency scope and fingerprint.
+    fn as_str(self) -> &'static str {
+        match self {
+            ManualAction::Capture => "capture",
+            ManualAction::Cancel => "cancel",
+        }
+    }
+}
+
 /// Captures an authorized manual payment, all or part (`amount_cents`, at most the
 /// authorized amount); the rest of the hold is released.
 #[utoipa::path(
@@ -380,7 +397,7 @@ pub(crate) async fn capture_payment(
         &payment_id,
         &headers,
         &body,
-        "capture",
+        ManualAction::Capture,
     )
     .await
 }
@@ -417,7 +434,7 @@ pub(crate) async fn cancel_payment(
         &payment_id,
         &headers,
         &body,
-        "cancel",
+        ManualAction::Cancel,
     )
     .await
 }
@@ -431,7 +448,7 @@ async fn manual_action(
     payment_id: &str,
     headers: &HeaderMap,
     body: &[u8],
-    action: &str,
+    action: ManualAction,
 ) -> Result<Response, ApiError> {
     let payment_id = Uuid::parse_str(payment_id).map_err(|_| {
         ApiError::not_found("payment_not_found", "no such payment").with_param("payment_id")
@@ -440,7 +457,8 @@ async fn manual_action(
         require_json(headers)?;
     }
     let header_key = header_idempotency_key(headers)?;
-    let req = validate::capture_request(body, header_key, action == "capture")?;
+    let req = validate::capture_request(body, header_key, action == ManualAction::Capture)?;
+    let action = action.as_str();
     let amount = req.amount.map(|a| a.get().to_string()).unwrap_or_default();
     let fingerprint = idempotency::fingerprint(&[action, &amount]);
     let mut forwarded = json!({ "idempotency_key": req.idempotency_key });

@@ -12,7 +12,7 @@ use axum::response::Response;
 use axum::routing::{delete, get, post};
 use axum::{Extension, Router};
 use sagapay_domain::MerchantEventType;
-use sagapay_service_kit::api_error::ApiError;
+use sagapay_service_kit::api_error::{json_body, ApiError};
 use sagapay_service_kit::http::RequestContext;
 use serde::Deserialize;
 use serde_json::json;
@@ -55,15 +55,10 @@ pub struct CreateEndpointBody {
 #[schema(value_type = String, example = "payment.settled")]
 pub struct MerchantEventTypeName(String);
 
-fn invalid_body(message: impl Into<String>) -> ApiError {
-    ApiError::invalid("invalid_body", message)
-}
-
 /// The edge's check of a new endpoint: the shape, the URL's length and scheme, known event
 /// types. The notification service checks again, and resolves the host in production.
 fn check_new_endpoint(body: &[u8]) -> Result<serde_json::Value, ApiError> {
-    let req: CreateEndpointBody = serde_json::from_slice(body)
-        .map_err(|e| invalid_body(format!("invalid request body: {e}")))?;
+    let req: CreateEndpointBody = json_body(body)?;
     if req.url.is_empty() || req.url.len() > 2048 {
         return Err(
             ApiError::invalid("invalid_url", "url must be 1 to 2048 characters").with_param("url"),
@@ -236,8 +231,7 @@ pub(crate) async fn roll_secret(
     let roll: Roll = if body.is_empty() {
         Roll { expires_in_s: None }
     } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| invalid_body(format!("invalid request body: {e}")))?
+        json_body(&body)?
     };
     forward(
         &state,

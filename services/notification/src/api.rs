@@ -11,7 +11,7 @@ use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use chrono::{DateTime, Utc};
 use sagapay_domain::MerchantEventType;
-use sagapay_service_kit::api_error::{ApiError, ErrorType};
+use sagapay_service_kit::api_error::{json_body, ApiError, ErrorType};
 use sagapay_service_kit::service_auth::{require_service_credential, ServiceKeys, VerifiedCaller};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -142,8 +142,7 @@ async fn create_endpoint(
     body: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let merchant = caller.acting_merchant()?;
-    let req: CreateEndpoint = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::invalid("invalid_body", format!("invalid request body: {e}")))?;
+    let req: CreateEndpoint = json_body(&body)?;
     let url = check_url(&req.url, state.policy).await?;
     let types = parse_enabled_events(&req.enabled_events)?;
     let secret = new_secret()?;
@@ -250,8 +249,7 @@ async fn roll_secret(
     let req: RollSecret = if body.is_empty() {
         RollSecret { expires_in_s: None }
     } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| ApiError::invalid("invalid_body", format!("invalid request body: {e}")))?
+        json_body(&body)?
     };
     let grace_s = req.expires_in_s.unwrap_or(DEFAULT_ROLL_GRACE_S);
     if !(0..=MAX_ROLL_GRACE_S).contains(&grace_s) {
@@ -295,12 +293,6 @@ struct Page {
     created_lt: Option<i64>,
 }
 
-/// The query string, or 400 in the API's error shape (not axum's plain-text rejection).
-fn checked_query(page: Result<Query<Page>, QueryRejection>) -> Result<Page, ApiError> {
-    page.map(|Query(p)| p)
-        .map_err(|e| ApiError::invalid("invalid_query", e.body_text()))
-}
-
 fn limit(raw: Option<i64>) -> Result<i64, ApiError> {
     match raw.unwrap_or(20) {
         l @ 1..=100 => Ok(l),
@@ -331,7 +323,7 @@ async fn list_deliveries(
 ) -> Result<Json<Value>, ApiError> {
     let merchant = caller.acting_merchant()?;
     let id = endpoint_id(&raw)?;
-    let page = checked_query(page)?;
+    let Query(page) = page?;
     let limit = limit(page.limit)?;
     let owned: bool = sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM webhook_endpoints WHERE endpoint_id = $1 AND merchant_id = $2)",
@@ -393,7 +385,7 @@ async fn list_events(
     page: Result<Query<Page>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let merchant = caller.acting_merchant()?;
-    let page = checked_query(page)?;
+    let Query(page) = page?;
     let limit = limit(page.limit)?;
     let event_type = page
         .event_type

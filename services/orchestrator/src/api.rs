@@ -251,10 +251,7 @@ async fn list_payments(
     query: Result<axum::extract::Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let merchant_id = merchant_of(&caller)?;
-    let listing = query
-        .map_err(|e| ApiError::invalid("invalid_query", e.body_text()))?
-        .0
-        .parse()?;
+    let listing = query?.0.parse()?;
     let mut conn = state.pool.acquire().await?;
     let (data, has_more) = store::list(&mut conn, merchant_id, &listing)
         .await?

@@ -18,7 +18,7 @@ use sagapay_domain::events::CaptureMethod;
 use sagapay_domain::{AmountMinor, IdempotencyKey, PaymentStatus};
 use sagapay_messaging::headers::TRACEPARENT;
 use sagapay_messaging::MessageHeaders;
-use sagapay_service_kit::api_error::{ApiError, ErrorType};
+use sagapay_service_kit::api_error::{json_body, ApiError, ErrorType};
 use sagapay_service_kit::http::RequestContext;
 use sagapay_service_kit::service_auth::VerifiedCaller;
 use serde::Deserialize;
@@ -48,11 +48,6 @@ fn conflict(code: &str, message: String) -> ApiError {
     )
 }
 
-fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::invalid("invalid_body", format!("invalid request body: {e}")))
-}
-
 pub async fn capture(
     State(state): State<AppState>,
     Extension(ctx): Extension<RequestContext>,
@@ -60,7 +55,7 @@ pub async fn capture(
     Path(payment_id): Path<Uuid>,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    let req: CaptureBody = parse(&body)?;
+    let req: CaptureBody = json_body(&body)?;
     act(
         &state,
         &ctx,
@@ -80,7 +75,7 @@ pub async fn cancel(
     Path(payment_id): Path<Uuid>,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    let req: CancelBody = parse(&body)?;
+    let req: CancelBody = json_body(&body)?;
     act(
         &state,
         &ctx,

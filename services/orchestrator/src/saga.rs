@@ -447,20 +447,21 @@ impl Handler for Saga {
                 if let Step::Ignore(why) = self.expect(&payment, &allowed, env) {
                     return self.ignored(ctx, env, why);
                 }
-                let updated = sqlx::query(
+                // The refund itself comes back for the merchant's event (below).
+                let updated: Option<(i64, String, String)> = sqlx::query_as(
                     "UPDATE refunds SET status = 'SUCCEEDED', journal_transaction_id = $2, updated_at = now(),
                                         deadline_at = NULL, attention_since = NULL, attention_reason = NULL
-                      WHERE refund_id = $1 AND payment_id = $3 AND status = 'PROCESSED'",
+                      WHERE refund_id = $1 AND payment_id = $3 AND status = 'PROCESSED'
+                  RETURNING amount_minor, currency, reason",
                 )
                 .bind(ev.refund_id)
                 .bind(ev.journal_transaction_id)
                 .bind(payment.payment_id)
-                .execute(&mut *conn)
-                .await?
-                .rows_affected();
-                if updated == 0 {
+                .fetch_optional(&mut *conn)
+                .await?;
+                let Some((refund_minor, refund_currency, refund_reason)) = updated else {
                     return self.ignored(ctx, env, "stale");
-                }
+                };
                 let refunded: i64 = sqlx::query_scalar(
                     "SELECT COALESCE(sum(amount_minor), 0)::bigint FROM refunds
                       WHERE payment_id = $1 AND status = 'SUCCEEDED'",
@@ -485,13 +486,6 @@ impl Handler for Saga {
                     payment.currency
                 );
                 // The merchant hears of the refund itself, whatever the payment's state.
-                let (refund_minor, refund_currency, refund_reason): (i64, String, String) =
-                    sqlx::query_as(
-                        "SELECT amount_minor, currency, reason FROM refunds WHERE refund_id = $1",
-                    )
-                    .bind(ev.refund_id)
-                    .fetch_one(&mut *conn)
-                    .await?;
                 let succeeded = env.follow_up(&RefundSucceeded {
                     merchant_id: payment.merchant_id,
                     refund_id: ev.refund_id,

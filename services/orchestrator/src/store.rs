@@ -419,13 +419,18 @@ pub async fn start_compensation(
         .fetch_one(&mut *conn)
         .await?
         .try_get(0)?;
-    if marked != 1 {
-        return Err(sqlx::Error::Protocol(format!(
-            "payment {} changed while its row was locked",
-            payment.payment_id
-        )));
+    locked_row_marked(marked, payment.payment_id)
+}
+
+/// A statement on a payment whose row the caller locked must have found it unchanged.
+fn locked_row_marked(marked: i64, payment_id: Uuid) -> sqlx::Result<()> {
+    if marked == 1 {
+        Ok(())
+    } else {
+        Err(sqlx::Error::Protocol(format!(
+            "payment {payment_id} changed while its row was locked"
+        )))
     }
-    Ok(())
 }
 
 /// What a merchant (or the expiry) asked of a manual payment, recorded once: the action and
@@ -478,13 +483,7 @@ pub async fn record_merchant_action(
         .fetch_one(&mut *conn)
         .await?
         .try_get(0)?;
-    if marked != 1 {
-        return Err(sqlx::Error::Protocol(format!(
-            "payment {} changed while its row was locked",
-            payment.payment_id
-        )));
-    }
-    Ok(())
+    locked_row_marked(marked, payment.payment_id)
 }
 
 /// The step of a payment was sent again (`command`, into the outbox): after its deadline
