@@ -351,9 +351,7 @@ macro_rules! catalog {
     };
 }
 
-/// The payment method a payment is charged to: an opaque token the provider understands
-/// (for the simulated provider, one of its test tokens; see the provider adapter).
-pub const DEFAULT_PAYMENT_METHOD: &str = "pm_card_ok";
+pub use crate::text::DEFAULT_PAYMENT_METHOD;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PaymentRequested {

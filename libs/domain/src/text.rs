@@ -197,10 +197,15 @@ impl RefundReason {
     }
 }
 
+/// The payment method a payment is charged to when a request names none: an opaque token the
+/// provider understands (for the simulated provider, one of its test tokens; see the provider
+/// adapter).
+pub const DEFAULT_PAYMENT_METHOD: &str = "pm_card_ok";
+
 impl PaymentMethod {
     /// The default card of the simulated provider, used when a request names none.
     pub fn default_card() -> Self {
-        Self(crate::events::DEFAULT_PAYMENT_METHOD.to_owned())
+        Self(DEFAULT_PAYMENT_METHOD.to_owned())
     }
 }
 

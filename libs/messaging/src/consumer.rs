@@ -40,7 +40,8 @@
 
 use crate::deadletter::{self, Classification, DeadLetter, Origin};
 use crate::failure::{self, Retry};
-use crate::headers::{MessageHeaders, TRACEPARENT};
+use crate::handler::{Handler, HandlerError, MessageContext};
+use crate::headers::TRACEPARENT;
 use crate::kafka::KafkaSettings;
 use crate::lag::LagReporter;
 use crate::metrics::MessagingMetrics;
@@ -51,7 +52,6 @@ use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::FutureProducer;
 use sagapay_domain::{Envelope, EventType};
 use sqlx::{PgConnection, PgPool};
-use std::future::Future;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -60,126 +60,6 @@ use tracing::Instrument;
 
 /// How often lag and stalls are reported.
 const LAG_REPORT_INTERVAL: Duration = Duration::from_secs(1);
-
-/// Where a message came from, and its headers.
-#[derive(Debug)]
-pub struct MessageContext {
-    pub topic: String,
-    pub partition: i32,
-    pub offset: i64,
-    pub headers: MessageHeaders,
-    after_commit: AfterCommit,
-}
-
-impl MessageContext {
-    fn new(msg: &OwnedMessage) -> Self {
-        Self {
-            topic: msg.topic().to_owned(),
-            partition: msg.partition(),
-            offset: msg.offset(),
-            headers: MessageHeaders::from_kafka(msg.headers()),
-            after_commit: AfterCommit::default(),
-        }
-    }
-
-    /// Runs `effect` once the transaction the handler ran in has committed, and never if it
-    /// rolls back (a batch split after a later message failed, a retried attempt). For
-    /// effects outside the database that must happen once per applied event: metrics, mostly.
-    pub fn after_commit(&self, effect: impl FnOnce() + Send + 'static) {
-        self.after_commit.push(Box::new(effect));
-    }
-}
-
-type Effect = Box<dyn FnOnce() + Send>;
-
-/// Effects waiting for their transaction's commit.
-#[derive(Default)]
-struct AfterCommit(std::sync::Mutex<Vec<Effect>>);
-
-impl std::fmt::Debug for AfterCommit {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AfterCommit")
-            .field("waiting", &self.lock().len())
-            .finish()
-    }
-}
-
-impl AfterCommit {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Effect>> {
-        // A panicking effect cannot leave the list half-changed: recover it.
-        self.0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    fn push(&self, effect: Effect) {
-        self.lock().push(effect);
-    }
-
-    /// The transaction committed: run what waited for it.
-    fn run(&self) {
-        let effects = std::mem::take(&mut *self.lock());
-        for effect in effects {
-            effect();
-        }
-    }
-
-    /// The transaction rolled back: forget what waited for it.
-    fn discard(&self) {
-        self.lock().clear();
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum HandlerError {
-    /// Worth retrying: the same message may succeed later (database down, lost race).
-    #[error("transient: {0:#}")]
-    Transient(anyhow::Error),
-    /// Never worth retrying: the message itself is wrong.
-    #[error("permanent: {0:#}")]
-    Permanent(anyhow::Error),
-}
-
-impl HandlerError {
-    pub fn permanent(e: impl Into<anyhow::Error>) -> Self {
-        HandlerError::Permanent(e.into())
-    }
-    pub fn transient(e: impl Into<anyhow::Error>) -> Self {
-        HandlerError::Transient(e.into())
-    }
-}
-
-impl From<sqlx::Error> for HandlerError {
-    fn from(e: sqlx::Error) -> Self {
-        HandlerError::Transient(e.into())
-    }
-}
-
-impl From<sagapay_domain::events::DecodeError> for HandlerError {
-    fn from(e: sagapay_domain::events::DecodeError) -> Self {
-        HandlerError::Permanent(e.into())
-    }
-}
-
-/// A service's reaction to events. It runs inside the transaction that also records the
-/// event in the inbox; it must do all its writes through `conn` (including outbox rows).
-pub trait Handler: Send + Sync + 'static {
-    fn handle<'a>(
-        &'a self,
-        conn: &'a mut PgConnection,
-        envelope: &'a Envelope,
-        ctx: &'a MessageContext,
-    ) -> impl Future<Output = Result<(), HandlerError>> + Send + 'a;
-
-    /// Whether `envelope` would change anything in this service. One that would not is
-    /// acknowledged without a transaction or an inbox row (handling nothing twice is still
-    /// nothing). Say false only for events the handler is sure to ignore; when in doubt (an
-    /// undecodable payload, say), true, so the handler sees it and refuses it properly.
-    fn affects(&self, envelope: &Envelope) -> bool {
-        let _ = envelope;
-        true
-    }
-}
 
 #[derive(Debug, Clone)]
 pub struct ConsumerSettings {

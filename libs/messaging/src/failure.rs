@@ -26,7 +26,7 @@
 //! Transient is the default because it is bounded: after the consumer's retry budget the
 //! message is dead-lettered as `RETRY_EXHAUSTED` and the partition moves on.
 
-use crate::consumer::HandlerError;
+use crate::handler::HandlerError;
 
 /// Whether trying the same message again can help.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

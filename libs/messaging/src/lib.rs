@@ -11,6 +11,7 @@
 pub mod consumer;
 pub mod deadletter;
 pub mod failure;
+pub mod handler;
 pub mod headers;
 pub mod kafka;
 mod lag;
@@ -21,8 +22,9 @@ pub mod partitions;
 pub mod postgres_url;
 pub mod wakeup;
 
-pub use consumer::{ConsumerSettings, Handler, HandlerError, InboxConsumer, MessageContext};
+pub use consumer::{ConsumerSettings, InboxConsumer};
 pub use deadletter::{Classification, DeadLetter};
+pub use handler::{Handler, HandlerError, MessageContext};
 pub use headers::MessageHeaders;
 pub use kafka::KafkaSettings;
 pub use metrics::MessagingMetrics;

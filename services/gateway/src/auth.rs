@@ -86,7 +86,7 @@ async fn authenticate_digest(
 pub trait KeyStore {
     fn key_pool(&self) -> &PgPool;
     fn rate_limit(&self) -> &crate::ratelimit::RateLimit;
-    fn key_cache(&self) -> &crate::keycache::KeyCache;
+    fn key_cache(&self) -> &crate::keycache::KeyCache<Merchant>;
     fn lookup_budget(&self) -> &crate::ratelimit::RateLimit<std::net::IpAddr>;
     /// Production mode: the development merchant's keys are refused.
     fn production(&self) -> bool;

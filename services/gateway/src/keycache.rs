@@ -12,7 +12,6 @@
 //! Client address: the TCP peer. Behind a load balancer that is the balancer's address; the
 //! budget then applies per balancer, which is why it is generous by default.
 
-use crate::auth::Merchant;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -22,13 +21,15 @@ pub const MAX_TTL: Duration = Duration::from_secs(1);
 /// Most keys kept (beyond it, expired entries are dropped, then the whole cache if needed).
 const MAX_ENTRIES: usize = 100_000;
 
-pub struct KeyCache {
+/// Keeps what a key's digest was found to be (for the gateway, the authenticated merchant:
+/// `KeyCache<auth::Merchant>`).
+pub struct KeyCache<V> {
     ttl: Duration,
-    entries: Mutex<HashMap<[u8; 32], (Merchant, Instant)>>,
+    entries: Mutex<HashMap<[u8; 32], (V, Instant)>>,
     lookups: tokio::sync::Semaphore,
 }
 
-impl KeyCache {
+impl<V: Copy> KeyCache<V> {
     /// `ttl` is capped at [`MAX_TTL`]; zero turns the cache off. At most `concurrent_lookups`
     /// database lookups at once.
     pub fn new(ttl: Duration, concurrent_lookups: usize) -> Self {
@@ -47,7 +48,7 @@ impl KeyCache {
         self.lookups.try_acquire().ok()
     }
 
-    pub fn get(&self, digest: &[u8; 32]) -> Option<Merchant> {
+    pub fn get(&self, digest: &[u8; 32]) -> Option<V> {
         let entries = self.entries.lock().expect("key cache lock");
         entries
             .get(digest)
@@ -55,7 +56,7 @@ impl KeyCache {
             .map(|(m, _)| *m)
     }
 
-    pub fn put(&self, digest: [u8; 32], merchant: Merchant) {
+    pub fn put(&self, digest: [u8; 32], found: V) {
         if self.ttl.is_zero() {
             return;
         }
@@ -67,18 +68,19 @@ impl KeyCache {
                 entries.clear();
             }
         }
-        entries.insert(digest, (merchant, Instant::now()));
+        entries.insert(digest, (found, Instant::now()));
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::Merchant;
     use uuid::Uuid;
 
     #[test]
     fn a_cached_key_expires_within_its_ttl() {
-        let cache = KeyCache::new(Duration::from_millis(30), 1);
+        let cache = KeyCache::<Merchant>::new(Duration::from_millis(30), 1);
         let m = Merchant {
             merchant_id: Uuid::now_v7(),
             key_id: Uuid::now_v7(),
@@ -91,12 +93,12 @@ mod tests {
             assert!(Instant::now() < deadline, "the entry never expired");
             std::thread::yield_now();
         }
-        assert!(KeyCache::new(Duration::from_secs(60), 1).ttl <= MAX_TTL);
+        assert!(KeyCache::<Merchant>::new(Duration::from_secs(60), 1).ttl <= MAX_TTL);
     }
 
     #[test]
     fn lookups_beyond_the_cap_are_refused_not_queued() {
-        let cache = KeyCache::new(MAX_TTL, 2);
+        let cache = KeyCache::<Merchant>::new(MAX_TTL, 2);
         let first = cache.lookup_permit().expect("first");
         let _second = cache.lookup_permit().expect("second");
         assert!(cache.lookup_permit().is_none(), "a third at once");

@@ -7,8 +7,11 @@ pub mod idempotency;
 pub mod keycache;
 pub mod keys;
 mod openapi;
+mod peer;
 pub mod ratelimit;
 mod routes;
+mod schemas;
+mod state;
 pub mod validate;
 mod webhooks;
 
@@ -151,7 +154,7 @@ pub async fn start(config: Config) -> anyhow::Result<ServiceHandle> {
         .connect_timeout(Duration::from_secs(2))
         .build()
         .context("building HTTP client")?;
-    let state = routes::AppState {
+    let state = state::AppState {
         pool: platform.pool.clone(),
         client,
         orchestrator_url: config.orchestrator_url.trim_end_matches('/').to_owned(),
@@ -179,7 +182,10 @@ pub async fn start(config: Config) -> anyhow::Result<ServiceHandle> {
     };
     let limits = state.rate_limit.clone();
     let budget = state.lookup_budget.clone();
-    let router = platform.router(routes::routes(state, config.body_limit_bytes));
+    let router = platform.router(
+        routes::routes(state, config.body_limit_bytes)
+            .route("/openapi.json", axum::routing::get(openapi::document)),
+    );
     let mut builder = platform.builder();
     builder.spawn("rate-limit-housekeeping", move |shutdown| async move {
         loop {

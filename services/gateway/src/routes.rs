@@ -1,9 +1,13 @@
 //! Public routes: `POST /payments`, `GET /payments`, `GET /payments/{payment_id}`,
-//! `POST /payments/{payment_id}/refunds`, and `GET /openapi.json` describing them (the
-//! webhook and event routes are `webhooks`'s).
+//! `POST /payments/{payment_id}/refunds`, capture and cancel (the webhook and event routes
+//! are `webhooks`'s, `GET /openapi.json` describing them all is `openapi`'s).
 
-use crate::auth::{KeyStore, Merchant};
-use crate::idempotency::{self, Begin, CachedResponse, IdempotencyCache};
+use crate::auth::Merchant;
+use crate::idempotency::{self, Begin, CachedResponse};
+use crate::peer::{
+    forward, internal, require_json, upstream, upstream_unavailable, Peer, Upstream,
+};
+use crate::state::AppState;
 use crate::validate;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, State};
@@ -13,45 +17,10 @@ use axum::routing::{get, post};
 use axum::{Extension, Router};
 use sagapay_domain::events::CaptureMethod;
 use sagapay_domain::AmountMinor;
-use sagapay_service_kit::api_error::{ApiError, ErrorDocument, ErrorType};
-use sagapay_service_kit::http::{RequestContext, CORRELATION_ID, TRACEPARENT};
-use sagapay_service_kit::ServiceKeys;
+use sagapay_service_kit::api_error::{ApiError, ErrorType};
+use sagapay_service_kit::http::RequestContext;
 use serde_json::json;
-use sqlx::PgPool;
 use uuid::Uuid;
-
-#[derive(Clone)]
-pub struct AppState {
-    pub pool: PgPool,
-    pub client: reqwest::Client,
-    pub orchestrator_url: String,
-    pub notification_url: String,
-    pub service_keys: ServiceKeys,
-    pub max_amount: sagapay_domain::PerCurrency,
-    pub rate_limit: std::sync::Arc<crate::ratelimit::RateLimit>,
-    pub key_cache: std::sync::Arc<crate::keycache::KeyCache>,
-    pub lookup_budget: std::sync::Arc<crate::ratelimit::RateLimit<std::net::IpAddr>>,
-    pub production: bool,
-    pub idempotency: std::sync::Arc<IdempotencyCache>,
-}
-
-impl KeyStore for AppState {
-    fn key_pool(&self) -> &PgPool {
-        &self.pool
-    }
-    fn rate_limit(&self) -> &crate::ratelimit::RateLimit {
-        &self.rate_limit
-    }
-    fn key_cache(&self) -> &crate::keycache::KeyCache {
-        &self.key_cache
-    }
-    fn lookup_budget(&self) -> &crate::ratelimit::RateLimit<std::net::IpAddr> {
-        &self.lookup_budget
-    }
-    fn production(&self) -> bool {
-        self.production
-    }
-}
 
 pub fn routes(state: AppState, body_limit_bytes: usize) -> Router {
     Router::new()
@@ -67,7 +36,6 @@ pub fn routes(state: AppState, body_limit_bytes: usize) -> Router {
             body_limit_bytes,
             refuse_oversized,
         ))
-        .route("/openapi.json", get(crate::openapi::document))
         .with_state(state)
 }
 
@@ -102,51 +70,25 @@ async fn refuse_oversized(
     }
 }
 
-pub(crate) fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
-    let ct = headers
-        .get(axum::http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let mut parts = ct.split(';').map(str::trim);
-    let mime = parts.next().unwrap_or("");
-    // JSON is UTF-8 (RFC 8259); a charset, if named, must say so.
-    let utf8 = parts.all(|p| {
-        p.split_once('=').is_none_or(|(k, v)| {
-            !k.trim().eq_ignore_ascii_case("charset")
-                || v.trim().trim_matches('"').eq_ignore_ascii_case("utf-8")
-        })
-    });
-    if mime.eq_ignore_ascii_case("application/json") && utf8 {
-        Ok(())
-    } else {
-        Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ErrorType::InvalidRequestError,
-            "unsupported_media_type",
-            "send the body as application/json (UTF-8)",
-        ))
-    }
-}
-
 /// Creates a payment. The answer is `201` with the payment id, also for a retry with the
 /// same key and body (then with `idempotent-replayed: true`).
 #[utoipa::path(
     post,
     path = "/payments",
     tag = "payments",
-    request_body = crate::openapi::CreatePaymentBody,
-    params(crate::openapi::IdempotencyKeyHeader),
+    request_body = crate::schemas::CreatePaymentBody,
+    params(crate::schemas::IdempotencyKeyHeader),
     security(("api_key" = [])),
     responses(
-        (status = 201, description = "Created, or the replay of an earlier identical request", body = crate::openapi::PaymentCreated),
-        (status = 400, description = "Invalid request", body = crate::openapi::ErrorResponse),
-        (status = 401, description = "Missing, invalid or revoked API key", body = crate::openapi::ErrorResponse),
-        (status = 409, description = "The same request is still in flight", body = crate::openapi::ErrorResponse),
-        (status = 413, description = "Body too large", body = crate::openapi::ErrorResponse),
-        (status = 415, description = "Not application/json", body = crate::openapi::ErrorResponse),
-        (status = 422, description = "Idempotency key reused with a different request", body = crate::openapi::ErrorResponse),
-        (status = 429, description = "Rate limited", body = crate::openapi::ErrorResponse),
-        (status = 503, description = "Try again with the same idempotency key", body = crate::openapi::ErrorResponse),
+        (status = 201, description = "Created, or the replay of an earlier identical request", body = crate::schemas::PaymentCreated),
+        (status = 400, description = "Invalid request", body = crate::schemas::ErrorResponse),
+        (status = 401, description = "Missing, invalid or revoked API key", body = crate::schemas::ErrorResponse),
+        (status = 409, description = "The same request is still in flight", body = crate::schemas::ErrorResponse),
+        (status = 413, description = "Body too large", body = crate::schemas::ErrorResponse),
+        (status = 415, description = "Not application/json", body = crate::schemas::ErrorResponse),
+        (status = 422, description = "Idempotency key reused with a different request", body = crate::schemas::ErrorResponse),
+        (status = 429, description = "Rate limited", body = crate::schemas::ErrorResponse),
+        (status = 503, description = "Try again with the same idempotency key", body = crate::schemas::ErrorResponse),
     )
 )]
 pub(crate) async fn create_payment(
@@ -207,10 +149,10 @@ pub(crate) async fn create_payment(
     params(("payment_id" = String, Path, description = "The payment's id")),
     security(("api_key" = [])),
     responses(
-        (status = 200, description = "The payment", body = crate::openapi::Payment),
-        (status = 401, description = "Missing, invalid or revoked API key", body = crate::openapi::ErrorResponse),
-        (status = 404, description = "No such payment for this merchant", body = crate::openapi::ErrorResponse),
-        (status = 429, description = "Rate limited", body = crate::openapi::ErrorResponse),
+        (status = 200, description = "The payment", body = crate::schemas::Payment),
+        (status = 401, description = "Missing, invalid or revoked API key", body = crate::schemas::ErrorResponse),
+        (status = 404, description = "No such payment for this merchant", body = crate::schemas::ErrorResponse),
+        (status = 429, description = "Rate limited", body = crate::schemas::ErrorResponse),
     )
 )]
 pub(crate) async fn get_payment(
@@ -250,9 +192,9 @@ pub(crate) async fn get_payment(
     security(("api_key" = [])),
     responses(
         (status = 200, description = "{\"data\": [payment without timeline], \"has_more\": bool}", content_type = "application/json"),
-        (status = 400, description = "Invalid filter or cursor", body = crate::openapi::ErrorResponse),
-        (status = 401, description = "Missing, invalid or revoked API key", body = crate::openapi::ErrorResponse),
-        (status = 429, description = "Rate limited", body = crate::openapi::ErrorResponse),
+        (status = 400, description = "Invalid filter or cursor", body = crate::schemas::ErrorResponse),
+        (status = 401, description = "Missing, invalid or revoked API key", body = crate::schemas::ErrorResponse),
+        (status = 429, description = "Rate limited", body = crate::schemas::ErrorResponse),
     )
 )]
 pub(crate) async fn list_payments(
@@ -261,7 +203,7 @@ pub(crate) async fn list_payments(
     merchant: Merchant,
     axum::extract::RawQuery(query): axum::extract::RawQuery,
 ) -> Result<Response, ApiError> {
-    let query = crate::webhooks::query_suffix(query)?;
+    let query = crate::peer::query_suffix(query)?;
     forward(
         &state,
         Peer::Orchestrator,
@@ -279,23 +221,23 @@ pub(crate) async fn list_payments(
     post,
     path = "/payments/{payment_id}/refunds",
     tag = "refunds",
-    request_body = crate::openapi::CreateRefundBody,
+    request_body = crate::schemas::CreateRefundBody,
     params(
         ("payment_id" = String, Path, description = "The payment to refund"),
-        crate::openapi::IdempotencyKeyHeader,
+        crate::schemas::IdempotencyKeyHeader,
     ),
     security(("api_key" = [])),
     responses(
-        (status = 201, description = "Refund accepted, or the replay of an earlier identical request", body = crate::openapi::Refund),
-        (status = 400, description = "Invalid request", body = crate::openapi::ErrorResponse),
-        (status = 401, description = "Missing, invalid or revoked API key", body = crate::openapi::ErrorResponse),
-        (status = 404, description = "No such payment for this merchant", body = crate::openapi::ErrorResponse),
-        (status = 409, description = "The payment cannot be refunded now, or the same request is in flight", body = crate::openapi::ErrorResponse),
-        (status = 413, description = "Body too large", body = crate::openapi::ErrorResponse),
-        (status = 415, description = "Not application/json", body = crate::openapi::ErrorResponse),
-        (status = 422, description = "Amount above what is left to refund, or idempotency key reused", body = crate::openapi::ErrorResponse),
-        (status = 429, description = "Rate limited", body = crate::openapi::ErrorResponse),
-        (status = 503, description = "Try again with the same idempotency key", body = crate::openapi::ErrorResponse),
+        (status = 201, description = "Refund accepted, or the replay of an earlier identical request", body = crate::schemas::Refund),
+        (status = 400, description = "Invalid request", body = crate::schemas::ErrorResponse),
+        (status = 401, description = "Missing, invalid or revoked API key", body = crate::schemas::ErrorResponse),
+        (status = 404, description = "No such payment for this merchant", body = crate::schemas::ErrorResponse),
+        (status = 409, description = "The payment cannot be refunded now, or the same request is in flight", body = crate::schemas::ErrorResponse),
+        (status = 413, description = "Body too large", body = crate::schemas::ErrorResponse),
+        (status = 415, description = "Not application/json", body = crate::schemas::ErrorResponse),
+        (status = 422, description = "Amount above what is left to refund, or idempotency key reused", body = crate::schemas::ErrorResponse),
+        (status = 429, description = "Rate limited", body = crate::schemas::ErrorResponse),
+        (status = 503, description = "Try again with the same idempotency key", body = crate::schemas::ErrorResponse),
     )
 )]
 pub(crate) async fn create_refund(
@@ -338,13 +280,6 @@ pub(crate) async fn create_refund(
     .await
 }
 
-/// The services the gateway calls.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Peer {
-    Orchestrator,
-    Notification,
-}
-
 /// What a merchant may do with an authorized manual payment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ManualAction {
@@ -368,18 +303,18 @@ impl ManualAction {
     post,
     path = "/payments/{payment_id}/capture",
     tag = "payments",
-    request_body = crate::openapi::CaptureBody,
+    request_body = crate::schemas::CaptureBody,
     params(
         ("payment_id" = String, Path, description = "The payment to capture"),
-        crate::openapi::IdempotencyKeyHeader,
+        crate::schemas::IdempotencyKeyHeader,
     ),
     security(("api_key" = [])),
     responses(
-        (status = 200, description = "Capture accepted (the payment goes on to CAPTURED and SETTLED), or the replay of the same request", body = crate::openapi::Payment),
-        (status = 400, description = "Invalid request", body = crate::openapi::ErrorResponse),
-        (status = 404, description = "No such payment for this merchant", body = crate::openapi::ErrorResponse),
-        (status = 409, description = "Not a manual payment, not AUTHORIZED, or already captured or canceled", body = crate::openapi::ErrorResponse),
-        (status = 422, description = "Amount above the authorized amount", body = crate::openapi::ErrorResponse),
+        (status = 200, description = "Capture accepted (the payment goes on to CAPTURED and SETTLED), or the replay of the same request", body = crate::schemas::Payment),
+        (status = 400, description = "Invalid request", body = crate::schemas::ErrorResponse),
+        (status = 404, description = "No such payment for this merchant", body = crate::schemas::ErrorResponse),
+        (status = 409, description = "Not a manual payment, not AUTHORIZED, or already captured or canceled", body = crate::schemas::ErrorResponse),
+        (status = 422, description = "Amount above the authorized amount", body = crate::schemas::ErrorResponse),
     )
 )]
 pub(crate) async fn capture_payment(
@@ -409,14 +344,14 @@ pub(crate) async fn capture_payment(
     tag = "payments",
     params(
         ("payment_id" = String, Path, description = "The payment to cancel"),
-        crate::openapi::IdempotencyKeyHeader,
+        crate::schemas::IdempotencyKeyHeader,
     ),
     security(("api_key" = [])),
     responses(
-        (status = 200, description = "Cancel accepted (the payment goes on to CANCELED), or the replay of the same request", body = crate::openapi::Payment),
-        (status = 400, description = "Invalid request", body = crate::openapi::ErrorResponse),
-        (status = 404, description = "No such payment for this merchant", body = crate::openapi::ErrorResponse),
-        (status = 409, description = "Not a manual payment, not AUTHORIZED, or already captured or canceled", body = crate::openapi::ErrorResponse),
+        (status = 200, description = "Cancel accepted (the payment goes on to CANCELED), or the replay of the same request", body = crate::schemas::Payment),
+        (status = 400, description = "Invalid request", body = crate::schemas::ErrorResponse),
+        (status = 404, description = "No such payment for this merchant", body = crate::schemas::ErrorResponse),
+        (status = 409, description = "Not a manual payment, not AUTHORIZED, or already captured or canceled", body = crate::schemas::ErrorResponse),
     )
 )]
 pub(crate) async fn cancel_payment(
@@ -482,99 +417,6 @@ async fn manual_action(
         call,
     )
     .await
-}
-
-/// A call to a peer's internal API for `merchant`, signed with the gateway's service
-/// credential (the merchant travels as the signed claim, never in the body).
-fn internal_to(
-    state: &AppState,
-    peer: Peer,
-    ctx: &RequestContext,
-    method: reqwest::Method,
-    path_and_query: String,
-    merchant: Uuid,
-    body: Option<&serde_json::Value>,
-) -> reqwest::RequestBuilder {
-    let bytes = body
-        .map(|b| serde_json::to_vec(b).expect("a JSON value serializes"))
-        .unwrap_or_default();
-    let signed = state.service_keys.sign(
-        crate::SERVICE,
-        method.as_str(),
-        &path_and_query,
-        Some(merchant),
-        &bytes,
-        chrono::Utc::now().timestamp(),
-    );
-    let mut call = state
-        .client
-        .request(
-            method,
-            format!(
-                "{}{path_and_query}",
-                match peer {
-                    Peer::Orchestrator => &state.orchestrator_url,
-                    Peer::Notification => &state.notification_url,
-                }
-            ),
-        )
-        .header(CORRELATION_ID, &ctx.correlation_id)
-        .header(TRACEPARENT, &ctx.traceparent);
-    for (name, value) in signed {
-        call = call.header(name, value);
-    }
-    if body.is_some() {
-        call = call
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(bytes);
-    }
-    call
-}
-
-/// A read or write a peer answers for the merchant, its answer passed on (errors re-issued
-/// as the gateway's own).
-pub(crate) async fn forward(
-    state: &AppState,
-    peer: Peer,
-    ctx: &RequestContext,
-    merchant: Merchant,
-    method: reqwest::Method,
-    path_and_query: String,
-    body: Option<&serde_json::Value>,
-) -> Result<Response, ApiError> {
-    let resp = internal_to(
-        state,
-        peer,
-        ctx,
-        method,
-        path_and_query,
-        merchant.merchant_id,
-        body,
-    )
-    .send()
-    .await
-    .map_err(upstream_unavailable)?;
-    Ok(upstream(resp).await?.into_response())
-}
-
-/// [`internal_to`] the orchestrator.
-fn internal(
-    state: &AppState,
-    ctx: &RequestContext,
-    method: reqwest::Method,
-    path_and_query: String,
-    merchant: Uuid,
-    body: Option<&serde_json::Value>,
-) -> reqwest::RequestBuilder {
-    internal_to(
-        state,
-        Peer::Orchestrator,
-        ctx,
-        method,
-        path_and_query,
-        merchant,
-        body,
-    )
 }
 
 /// Sends a creating request through the idempotency fast path (see `idempotency`).
@@ -656,58 +498,4 @@ fn header_idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError>
             })
         })
         .transpose()
-}
-
-fn upstream_unavailable(e: reqwest::Error) -> ApiError {
-    tracing::error!(error = %e, "orchestrator unreachable");
-    ApiError::unavailable(
-        "upstream_unavailable",
-        "the payment service is unavailable; retry with the same idempotency key",
-    )
-}
-
-/// A successful answer of the orchestrator, passed on as it is.
-struct Upstream {
-    status: StatusCode,
-    body: Bytes,
-    replayed: bool,
-}
-
-impl IntoResponse for Upstream {
-    fn into_response(self) -> Response {
-        let mut out = (self.status, self.body).into_response();
-        out.headers_mut().insert(
-            axum::http::header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        if self.replayed {
-            out.headers_mut()
-                .insert("idempotent-replayed", HeaderValue::from_static("true"));
-        }
-        out
-    }
-}
-
-/// Reads the orchestrator's answer. Errors are re-issued as the gateway's own, so they carry
-/// the gateway's request id.
-async fn upstream(resp: reqwest::Response) -> Result<Upstream, ApiError> {
-    let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-    let replayed = resp.headers().contains_key("idempotent-replayed");
-    let body = resp.bytes().await.map_err(upstream_unavailable)?;
-    if status.is_client_error() || status.is_server_error() {
-        return Err(match serde_json::from_slice::<ErrorDocument>(&body) {
-            Ok(doc) => ApiError {
-                status,
-                body: doc.error,
-            },
-            Err(_) => {
-                ApiError::unavailable("upstream_error", "the payment service failed; retry later")
-            }
-        });
-    }
-    Ok(Upstream {
-        status,
-        body,
-        replayed,
-    })
 }

@@ -4,7 +4,8 @@
 //! (shape, sizes, known event types), then forward it signed for the merchant.
 
 use crate::auth::Merchant;
-use crate::routes::{forward, require_json, AppState, Peer};
+use crate::peer::{forward, query_suffix, require_json, Peer};
+use crate::state::AppState;
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::HeaderMap;
@@ -109,19 +110,6 @@ fn endpoint_path(raw: &str) -> Result<Uuid, ApiError> {
     })
 }
 
-/// The query string as received, if short enough to forward (the notification service
-/// parses it and refuses what it does not know).
-pub(crate) fn query_suffix(raw: Option<String>) -> Result<String, ApiError> {
-    match raw.filter(|q| !q.is_empty()) {
-        None => Ok(String::new()),
-        Some(q) if q.len() <= 512 => Ok(format!("?{q}")),
-        Some(_) => Err(ApiError::invalid(
-            "invalid_query",
-            "the query string is longer than 512 characters",
-        )),
-    }
-}
-
 /// Registers a webhook endpoint; the answer carries its signing secret, shown this once.
 #[utoipa::path(
     post,
@@ -131,10 +119,10 @@ pub(crate) fn query_suffix(raw: Option<String>) -> Result<String, ApiError> {
     security(("api_key" = [])),
     responses(
         (status = 201, description = "The endpoint, with its secret (whsec_...) shown once", content_type = "application/json"),
-        (status = 400, description = "Invalid URL or event types", body = crate::openapi::ErrorResponse),
-        (status = 401, description = "Missing, invalid or revoked API key", body = crate::openapi::ErrorResponse),
-        (status = 409, description = "Too many endpoints", body = crate::openapi::ErrorResponse),
-        (status = 415, description = "Not application/json", body = crate::openapi::ErrorResponse),
+        (status = 400, description = "Invalid URL or event types", body = crate::schemas::ErrorResponse),
+        (status = 401, description = "Missing, invalid or revoked API key", body = crate::schemas::ErrorResponse),
+        (status = 409, description = "Too many endpoints", body = crate::schemas::ErrorResponse),
+        (status = 415, description = "Not application/json", body = crate::schemas::ErrorResponse),
     )
 )]
 pub(crate) async fn create_endpoint(
@@ -184,7 +172,7 @@ pub(crate) async fn list_endpoints(
     security(("api_key" = [])),
     responses(
         (status = 200, description = "Deleted", content_type = "application/json"),
-        (status = 404, description = "No such endpoint for this merchant", body = crate::openapi::ErrorResponse),
+        (status = 404, description = "No such endpoint for this merchant", body = crate::schemas::ErrorResponse),
     ))]
 pub(crate) async fn delete_endpoint(
     State(state): State<AppState>,
@@ -212,8 +200,8 @@ pub(crate) async fn delete_endpoint(
     security(("api_key" = [])),
     responses(
         (status = 200, description = "{\"id\", \"secret\", \"previous_secret_expires\"}", content_type = "application/json"),
-        (status = 400, description = "Invalid expires_in_s", body = crate::openapi::ErrorResponse),
-        (status = 404, description = "No such endpoint for this merchant", body = crate::openapi::ErrorResponse),
+        (status = 400, description = "Invalid expires_in_s", body = crate::schemas::ErrorResponse),
+        (status = 404, description = "No such endpoint for this merchant", body = crate::schemas::ErrorResponse),
     ))]
 pub(crate) async fn roll_secret(
     State(state): State<AppState>,
@@ -253,7 +241,7 @@ pub(crate) async fn roll_secret(
     security(("api_key" = [])),
     responses(
         (status = 200, description = "{\"data\": [delivery]}", content_type = "application/json"),
-        (status = 404, description = "No such endpoint for this merchant", body = crate::openapi::ErrorResponse),
+        (status = 404, description = "No such endpoint for this merchant", body = crate::schemas::ErrorResponse),
     ))]
 pub(crate) async fn list_deliveries(
     State(state): State<AppState>,
@@ -288,7 +276,7 @@ pub(crate) async fn list_deliveries(
     security(("api_key" = [])),
     responses(
         (status = 200, description = "{\"data\": [event], \"has_more\": bool}", content_type = "application/json"),
-        (status = 400, description = "Invalid filter or cursor", body = crate::openapi::ErrorResponse),
+        (status = 400, description = "Invalid filter or cursor", body = crate::schemas::ErrorResponse),
     ))]
 pub(crate) async fn list_events(
     State(state): State<AppState>,
@@ -315,7 +303,7 @@ pub(crate) async fn list_events(
     security(("api_key" = [])),
     responses(
         (status = 200, description = "The event", content_type = "application/json"),
-        (status = 404, description = "No such event for this merchant", body = crate::openapi::ErrorResponse),
+        (status = 404, description = "No such event for this merchant", body = crate::schemas::ErrorResponse),
     ))]
 pub(crate) async fn get_event(
     State(state): State<AppState>,

@@ -3,14 +3,10 @@
 //! the next step's command through its outbox.
 
 mod api;
-mod commands;
-pub mod deadlines;
-mod manual;
-mod ops;
-mod refunds;
 mod saga;
 mod store;
-mod sweeper;
+
+pub use saga::deadlines;
 
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts};
 use sagapay_domain::events::ProviderOperation;
@@ -254,7 +250,7 @@ pub async fn start(config: Config) -> anyhow::Result<ServiceHandle> {
         deadlines: config.deadlines.clone(),
     });
     platform.spawn_consumer(&mut builder, saga, CONSUMES)?;
-    let sweeper = sweeper::Sweeper {
+    let sweeper = saga::sweeper::Sweeper {
         pool: platform.pool.clone(),
         outbox: platform.outbox.clone(),
         deadlines: config.deadlines.clone(),
@@ -267,7 +263,7 @@ pub async fn start(config: Config) -> anyhow::Result<ServiceHandle> {
         deadlines: config.deadlines.clone(),
         metrics,
     };
-    let ops = ops::routes(state.clone(), config.ops_key.clone());
+    let ops = api::ops::routes(state.clone(), config.ops_key.clone());
     let router = platform.router(api::routes(state, config.service_keys.clone()).merge(ops));
     builder.serve(config.common.http_addr, router).await
 }

@@ -1,8 +1,10 @@
 //! The orchestrator's tables: payments (with compare-and-set transitions) and their timeline.
 //!
 //! Every write that moves a payment also sets when its next step is overdue
-//! (`deadline_at`, see [`crate::deadlines`]): a transition, the start of a compensation, a
-//! re-sent step.
+//! (`deadline_at`, see [`crate::saga::deadlines`]): a transition, the start of a compensation, a
+//! re-sent step. Merchant refunds have their own table and module ([`refunds`]).
+
+pub mod refunds;
 
 use chrono::{DateTime, Utc};
 use sagapay_domain::events::CaptureMethod;
@@ -684,7 +686,7 @@ pub struct PaymentView {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub timeline: Vec<TimelineEntry>,
-    pub refunds: Vec<crate::refunds::RefundView>,
+    pub refunds: Vec<refunds::RefundView>,
 }
 
 /// The payment with its timeline, if it exists and belongs to `merchant_id`.

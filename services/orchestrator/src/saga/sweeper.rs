@@ -10,8 +10,8 @@
 //! operation's outcome, the ledger with the existing posting), and the saga ignores an
 //! answer it has already applied.
 
-use crate::commands::{self, Outstanding, RefundInFlight};
-use crate::deadlines::Deadlines;
+use crate::saga::commands::{self, Outstanding, RefundInFlight};
+use crate::saga::deadlines::Deadlines;
 use crate::store::{self, PaymentRow, PAYMENT_COLUMNS};
 use crate::SagaMetrics;
 use anyhow::Context;

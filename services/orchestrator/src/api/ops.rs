@@ -10,8 +10,8 @@
 //!   payment as the saga would: before a risk decision it fails at once; an authorization is
 //!   voided and a capture refunded, and the payment ends REVERSED when the provider confirms.
 
-use crate::api::AppState;
-use crate::commands::{self, Outstanding};
+use super::state::AppState;
+use crate::saga::commands::{self, Outstanding};
 use crate::store::{self, Compensation, PaymentRow, Transition, PAYMENT_COLUMNS};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;

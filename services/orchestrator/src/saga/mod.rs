@@ -2,13 +2,16 @@
 //! checked transition and enqueues the next command, so a step's effect, its inbox row and its
 //! follow-up event commit together or not at all.
 
-use crate::commands;
-use crate::deadlines::Deadlines;
+pub mod commands;
+pub mod deadlines;
+pub(crate) mod sweeper;
+
 use crate::store::{
     self, Compensation, Facts, MerchantAction, PaymentRow, Transition, TransitionFailure,
 };
 use crate::SagaMetrics;
 use anyhow::anyhow;
+use deadlines::Deadlines;
 use sagapay_domain::events::{
     CaptureMethod, LedgerPostFailed, PaymentAuthorized, PaymentCaptured, PaymentFailed,
     PaymentReversed, PaymentSettled, ProviderOperation, ProviderRetriesExhausted, RiskApproved,

@@ -7,8 +7,8 @@
 //! same request again is answered as the first, any other is refused with 409. Nothing acted
 //! on within the authorization's expiry is voided by the sweeper (also CANCELED).
 
-use crate::api::AppState;
-use crate::commands;
+use super::state::AppState;
+use crate::saga::commands;
 use crate::store::{self, MerchantAction, PaymentRow};
 use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode};
@@ -218,7 +218,7 @@ async fn act(
     let mut view = store::view(&mut tx, payment_id, merchant_id)
         .await?
         .ok_or_else(not_found)?;
-    view.refunds = crate::refunds::list(&mut tx, payment_id).await?;
+    view.refunds = store::refunds::list(&mut tx, payment_id).await?;
     tx.commit().await?;
     let mut resp = (StatusCode::OK, Json(view)).into_response();
     if replay {

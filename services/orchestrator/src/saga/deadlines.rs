@@ -1,5 +1,5 @@
 //! Deadlines: how long a payment may wait in each state for the answer to its outstanding
-//! command before the sweeper ([`crate::sweeper`]) re-sends that command.
+//! command before the sweeper ([`crate::saga::sweeper`]) re-sends that command.
 //!
 //! Why every state has one: the saga moves only when an answer arrives, and an answer can be
 //! lost for many reasons (a message parked as a dead letter, an event deleted by hand, a

@@ -1,67 +1,23 @@
-//! The orchestrator's internal HTTP API, called by the gateway only: every route requires the
-//! gateway's service credential (`sagapay_service_kit::service_auth`), and the merchant a
-//! request acts for is the claim the gateway signed, never a field of the body or query.
-//! Requests are parsed again by the same domain types the gateway uses, so even a caller with
-//! the credential cannot store a field the gateway would refuse (nor grow an event past what
-//! Kafka accepts).
+//! Creating, reading and listing payments (`/internal/payments...`).
 
+use super::state::{merchant_of, AppState};
 use crate::store::{self, NewPayment};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Extension, Json, Router};
+use axum::{Extension, Json};
 use sagapay_domain::events::{CaptureMethod, PaymentRequested};
 use sagapay_domain::{
     AmountMinor, Currency, CustomerId, Envelope, IdempotencyKey, PaymentMethod, PaymentStatus,
 };
 use sagapay_messaging::headers::TRACEPARENT;
-use sagapay_messaging::{MessageHeaders, Outbox};
+use sagapay_messaging::MessageHeaders;
 use sagapay_service_kit::api_error::{ApiError, ErrorType};
 use sagapay_service_kit::http::RequestContext;
-use sagapay_service_kit::service_auth::{require_service_credential, ServiceKeys, VerifiedCaller};
+use sagapay_service_kit::service_auth::VerifiedCaller;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use sqlx::PgPool;
 use uuid::Uuid;
-
-#[derive(Clone)]
-pub struct AppState {
-    pub pool: PgPool,
-    pub outbox: Outbox,
-    pub deadlines: crate::deadlines::Deadlines,
-    pub metrics: crate::SagaMetrics,
-}
-
-/// The services that may call the internal API.
-const CALLERS: &[&str] = &["gateway"];
-
-pub fn routes(state: AppState, keys: ServiceKeys) -> Router {
-    let routes = Router::new()
-        .route(
-            "/internal/payments",
-            post(create_payment).get(list_payments),
-        )
-        .route("/internal/payments/{payment_id}", get(get_payment))
-        .route(
-            "/internal/payments/{payment_id}/refunds",
-            post(crate::refunds::create),
-        )
-        .route(
-            "/internal/payments/{payment_id}/capture",
-            post(crate::manual::capture),
-        )
-        .route(
-            "/internal/payments/{payment_id}/cancel",
-            post(crate::manual::cancel),
-        );
-    require_service_credential(routes, keys, CALLERS).with_state(state)
-}
-
-/// The merchant the verified caller acts for; every internal route acts for one.
-pub(crate) fn merchant_of(caller: &VerifiedCaller) -> Result<Uuid, ApiError> {
-    caller.acting_merchant()
-}
 
 /// A payment request as the gateway forwards it, already validated there; it is parsed again
 /// here (the orchestrator trusts no caller with its invariants).
@@ -100,7 +56,7 @@ fn fingerprint(merchant_id: Uuid, req: &CreatePayment) -> String {
     hex::encode(Sha256::digest(canonical.as_bytes()))
 }
 
-async fn create_payment(
+pub(super) async fn create_payment(
     State(state): State<AppState>,
     Extension(ctx): Extension<RequestContext>,
     Extension(caller): Extension<VerifiedCaller>,
@@ -185,7 +141,7 @@ async fn create_payment(
 /// `GET /payments`'s query, checked here whatever the gateway checked.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ListQuery {
+pub(super) struct ListQuery {
     limit: Option<i64>,
     starting_after: Option<String>,
     status: Option<String>,
@@ -245,7 +201,7 @@ impl ListQuery {
     }
 }
 
-async fn list_payments(
+pub(super) async fn list_payments(
     State(state): State<AppState>,
     Extension(caller): Extension<VerifiedCaller>,
     query: Result<axum::extract::Query<ListQuery>, axum::extract::rejection::QueryRejection>,
@@ -265,7 +221,7 @@ async fn list_payments(
     Ok(Json(serde_json::json!({ "data": data, "has_more": has_more })).into_response())
 }
 
-async fn get_payment(
+pub(super) async fn get_payment(
     State(state): State<AppState>,
     Extension(caller): Extension<VerifiedCaller>,
     Path(payment_id): Path<Uuid>,
@@ -274,7 +230,7 @@ async fn get_payment(
     let mut conn = state.pool.acquire().await?;
     match store::view(&mut conn, payment_id, merchant_id).await? {
         Some(mut view) => {
-            view.refunds = crate::refunds::list(&mut conn, payment_id).await?;
+            view.refunds = store::refunds::list(&mut conn, payment_id).await?;
             Ok(Json(view).into_response())
         }
         None => Err(
