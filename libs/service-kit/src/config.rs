@@ -16,6 +16,8 @@
 //! | `SAGAPAY_KAFKA_REPLICATION_FACTOR` | `1` (development), `3` (production) | replicas of the topics a service creates |
 //! | `SAGAPAY_KAFKA_MIN_REPLICATION_FACTOR` | `1` (development), `3` (production) | production refuses to start with a replication factor below it |
 //! | `SAGAPAY_HTTP_ADDR` | `127.0.0.1:<service port>` | where the HTTP API listens |
+//! | `SAGAPAY_HTTP_BODY_LIMIT_BYTES` | `1048576` | largest request body any route reads (413 above; the gateway's routes allow 16 KiB) |
+//! | `SAGAPAY_HTTP_REQUEST_TIMEOUT_MS` | `30000` | longest a request may take before it is answered 503 `request_timeout` and its handler dropped |
 //! | `SAGAPAY_DB_POOL_SIZE` | `16` | connections in the service's pool |
 //! | `SAGAPAY_DB_STATEMENT_TIMEOUT_MS` | `30000` | longest any statement of the service may run (lock waits included) |
 //! | `SAGAPAY_CONSUMER_LANES` | CPUs (2 to 8) | Kafka messages a service handles at once (by payment; below the pool size); the ledger always uses one |
@@ -47,6 +49,7 @@ pub struct CommonConfig {
     pub postgres_url: String,
     pub kafka: KafkaSettings,
     pub http_addr: SocketAddr,
+    pub http_limits: crate::http::HttpLimits,
     pub db_pool_size: u32,
     /// `statement_timeout` of the service's connections.
     pub db_statement_timeout: std::time::Duration,
@@ -195,6 +198,18 @@ impl CommonConfig {
                 )?,
             },
             http_addr,
+            http_limits: crate::http::HttpLimits {
+                body_bytes: env_parse(
+                    "SAGAPAY_HTTP_BODY_LIMIT_BYTES",
+                    crate::http::HttpLimits::default().body_bytes,
+                )?,
+                request_timeout: std::time::Duration::from_millis(env_parse(
+                    "SAGAPAY_HTTP_REQUEST_TIMEOUT_MS",
+                    crate::http::HttpLimits::default()
+                        .request_timeout
+                        .as_millis() as u64,
+                )?),
+            },
             db_pool_size: env_parse("SAGAPAY_DB_POOL_SIZE", 16)?,
             db_statement_timeout: std::time::Duration::from_millis(env_parse(
                 "SAGAPAY_DB_STATEMENT_TIMEOUT_MS",
@@ -296,6 +311,7 @@ impl CommonConfig {
                 ..KafkaSettings::default()
             },
             http_addr: "127.0.0.1:0".parse().expect("valid address"),
+            http_limits: crate::http::HttpLimits::default(),
             db_pool_size: 5,
             db_statement_timeout: std::time::Duration::from_secs(30),
             consumer_lanes: 3,

@@ -1,10 +1,10 @@
 //! HTTP plumbing every service shares: `/health`, `/ready`, `/metrics`, and the middleware that
-//! gives each request an id, a correlation id and a trace context, measures it, and renders
-//! errors in the one error shape.
+//! gives each request an id, a correlation id and a trace context, bounds its body and its
+//! time, measures it, and renders errors in the one error shape (see [`instrument`]).
 
 use crate::api_error::{ErrorBody, ErrorDocument};
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -14,8 +14,13 @@ use rdkafka::producer::FutureProducer;
 use sagapay_telemetry::HttpMetrics;
 use serde_json::json;
 use sqlx::PgPool;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
-use tracing::Instrument;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::request_id::PropagateRequestIdLayer;
+use tower_http::set_header::SetRequestHeaderLayer;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
 use uuid::Uuid;
 
 pub const REQUEST_ID: &str = "x-request-id";
@@ -118,12 +123,63 @@ async fn metrics(State(s): State<OpsState>) -> Response {
         .into_response()
 }
 
-/// Wraps `router` (all routes of the service) with the request-context and metrics middleware.
-pub fn instrument(router: Router, metrics: HttpMetrics) -> Router {
-    router.layer(axum::middleware::from_fn_with_state(
-        metrics,
-        request_context,
-    ))
+/// Limits every service's HTTP server applies to every request.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpLimits {
+    /// Largest request body read (`SAGAPAY_HTTP_BODY_LIMIT_BYTES`); larger: 413. A route may
+    /// allow less (the gateway's 16 KiB).
+    pub body_bytes: usize,
+    /// Longest a request may take (`SAGAPAY_HTTP_REQUEST_TIMEOUT_MS`); longer: 503
+    /// `request_timeout`, and the handler is dropped (its transaction rolls back).
+    pub request_timeout: Duration,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        Self {
+            body_bytes: 1 << 20,
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Wraps `router` (all routes of the service) in the middleware every request passes, from
+/// the outside in:
+/// - a fresh request id (`req_<uuid v7>`) in `x-request-id`, replacing any the client sent (an
+///   id in our logs and error bodies is always ours), and the same header on the answer
+///   (tower-http's `set_header` and `request_id`);
+/// - the request's span (tower-http's `trace`), continuing the caller's trace (`traceparent`);
+/// - [`request_context`]: the correlation id, the [`RequestContext`] handlers read, the one
+///   error shape for errors made outside the handlers, and the HTTP metrics;
+/// - a request timeout and a body limit (tower-http's `timeout` and `limit`), inside the
+///   above so their refusals are measured and shaped like any other.
+pub fn instrument(router: Router, metrics: HttpMetrics, limits: HttpLimits) -> Router {
+    let request_id = HeaderName::from_static(REQUEST_ID);
+    router
+        .layer(RequestBodyLimitLayer::new(limits.body_bytes))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            limits.request_timeout,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            metrics,
+            request_context,
+        ))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(request_span)
+                .on_response(
+                    |resp: &Response, _latency: Duration, span: &tracing::Span| {
+                        span.record("http.response.status_code", resp.status().as_u16());
+                    },
+                ),
+        )
+        .layer(axum::middleware::from_fn(trace_slot))
+        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(SetRequestHeaderLayer::overriding(
+            request_id,
+            |_: &Request| HeaderValue::from_str(&format!("req_{}", Uuid::now_v7().simple())).ok(),
+        ))
 }
 
 fn valid_id(v: &str) -> bool {
@@ -134,20 +190,29 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-async fn request_context(
-    State(metrics): State<HttpMetrics>,
-    mut req: Request,
-    next: Next,
-) -> Response {
-    let started = Instant::now();
-    let method = req.method().as_str().to_owned();
-    let route = req
-        .extensions()
+/// The `traceparent` a request passes on, set when its span is made: the span continues the
+/// caller's trace and its own id is what goes on, so it is known only once the span exists,
+/// and the span is made from a `&Request` (tower-http's `MakeSpan`) that cannot carry it.
+#[derive(Clone, Default)]
+struct TraceSlot(Arc<OnceLock<String>>);
+
+async fn trace_slot(mut req: Request, next: Next) -> Response {
+    req.extensions_mut().insert(TraceSlot::default());
+    next.run(req).await
+}
+
+fn route_of(req: &Request) -> String {
+    req.extensions()
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
-    let headers = req.headers();
-    let request_id = format!("req_{}", Uuid::now_v7().simple());
+        .unwrap_or_else(|| "unmatched".to_owned())
+}
+
+/// The span of one request, in the caller's trace when it sent a valid `traceparent`.
+fn request_span(req: &Request) -> tracing::Span {
+    let method = req.method().as_str();
+    let route = route_of(req);
+    let request_id = header_str(req.headers(), REQUEST_ID).unwrap_or_default();
     let span = tracing::info_span!(
         "http.request",
         otel.name = format!("{method} {route}"),
@@ -159,18 +224,39 @@ async fn request_context(
         trace_id = tracing::field::Empty,
         span_id = tracing::field::Empty,
     );
-    let traceparent = sagapay_telemetry::continue_trace(&span, header_str(headers, TRACEPARENT));
+    let traceparent =
+        sagapay_telemetry::continue_trace(&span, header_str(req.headers(), TRACEPARENT));
+    if let Some(slot) = req.extensions().get::<TraceSlot>() {
+        let _ = slot.0.set(traceparent);
+    }
+    span
+}
+
+async fn request_context(
+    State(metrics): State<HttpMetrics>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let started = Instant::now();
+    let method = req.method().as_str().to_owned();
+    let route = route_of(&req);
+    let headers = req.headers();
     let ctx = RequestContext {
-        request_id,
+        request_id: header_str(headers, REQUEST_ID)
+            .map(str::to_owned)
+            .unwrap_or_else(|| format!("req_{}", Uuid::now_v7().simple())),
         correlation_id: header_str(headers, CORRELATION_ID)
             .filter(|v| valid_id(v))
             .map(str::to_owned)
             .unwrap_or_else(|| Uuid::now_v7().to_string()),
-        traceparent,
+        traceparent: req
+            .extensions()
+            .get::<TraceSlot>()
+            .and_then(|slot| slot.0.get().cloned())
+            .unwrap_or_else(sagapay_telemetry::new_traceparent),
     };
     req.extensions_mut().insert(ctx.clone());
-    let mut resp = next.run(req).instrument(span.clone()).await;
-    span.record("http.response.status_code", resp.status().as_u16());
+    let mut resp = next.run(req).await;
 
     let mut error = resp.extensions_mut().remove::<ErrorBody>();
     if error.is_none() && is_foreign_error(&resp) {
@@ -197,9 +283,6 @@ async fn request_context(
             }
         }
         resp = fresh;
-    }
-    if let Ok(v) = HeaderValue::from_str(&ctx.request_id) {
-        resp.headers_mut().insert(REQUEST_ID, v);
     }
     if let Ok(v) = HeaderValue::from_str(&ctx.correlation_id) {
         resp.headers_mut().insert(CORRELATION_ID, v);
@@ -244,6 +327,11 @@ fn foreign_error(status: StatusCode, reason: &str) -> ErrorBody {
             ErrorType::InvalidRequestError,
             "route_not_found",
             "no such route".to_owned(),
+        ),
+        StatusCode::SERVICE_UNAVAILABLE => (
+            ErrorType::ApiError,
+            "request_timeout",
+            "the request took longer than this service allows; retry it (with the same idempotency key)".to_owned(),
         ),
         StatusCode::METHOD_NOT_ALLOWED => (
             ErrorType::InvalidRequestError,

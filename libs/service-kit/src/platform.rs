@@ -183,6 +183,10 @@ impl Platform {
                 consumers: self.consumer_health.clone(),
             },
         );
-        http::instrument(api.merge(ops), self.http_metrics.clone())
+        http::instrument(
+            api.merge(ops),
+            self.http_metrics.clone(),
+            self.config.http_limits,
+        )
     }
 }

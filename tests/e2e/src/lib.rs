@@ -127,6 +127,8 @@ pub struct StackOptions {
     pub webhooks: Option<sagapay_notification::WebhookSettings>,
     /// The provider adapter's retry policy (default: the tests' default, 1 s calls).
     pub provider_retry: Option<sagapay_provider_adapter::policy::RetrySettings>,
+    /// The orchestrator's request timeout (default: the service's).
+    pub orchestrator_request_timeout: Option<Duration>,
 }
 
 impl StackOptions {
@@ -533,6 +535,9 @@ async fn start_orchestrator_at(
 ) -> ServiceHandle {
     let mut common = options.config(sagapay_orchestrator::SERVICE, ns);
     common.http_addr = addr;
+    if let Some(timeout) = options.orchestrator_request_timeout {
+        common.http_limits.request_timeout = timeout;
+    }
     let mut config = sagapay_orchestrator::Config::for_test(common);
     config.relay_enabled = relay_enabled;
     if let Some(deadlines) = &options.deadlines {

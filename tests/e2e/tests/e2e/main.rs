@@ -10,6 +10,7 @@ mod dashboards;
 mod deadletter;
 mod edge;
 mod happy_path;
+mod http_limits;
 mod ledger;
 mod limbo;
 mod listing;
