@@ -486,6 +486,8 @@ pub enum ProviderOperation {
 }
 
 impl ProviderOperation {
+    pub const ALL: [Self; 4] = [Self::Authorize, Self::Capture, Self::Void, Self::Refund];
+
     pub fn as_str(self) -> &'static str {
         match self {
             ProviderOperation::Authorize => "AUTHORIZE",
@@ -493,6 +495,10 @@ impl ProviderOperation {
             ProviderOperation::Void => "VOID",
             ProviderOperation::Refund => "REFUND",
         }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|o| o.as_str() == s)
     }
 }
 

@@ -1,7 +1,8 @@
 //! SagaPay's domain: money, identifiers, the payment state machine and the event catalog.
 //!
 //! This crate does no I/O. Everything here is a value that parses (and so cannot be
-//! invalid once constructed) or a pure function over such values.
+//! invalid once constructed) or a pure function over such values; with the `sqlx` feature,
+//! also how each is stored (`sql`).
 
 pub mod events;
 pub mod merchant_events;
@@ -9,6 +10,8 @@ pub mod money;
 pub mod namespace;
 pub mod per_currency;
 pub mod refund;
+#[cfg(feature = "sqlx")]
+pub mod sql;
 pub mod state;
 pub mod text;
 

@@ -36,6 +36,12 @@ impl RefundStatus {
     }
 }
 
+impl std::fmt::Display for RefundStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("unknown refund status {0:?}")]
 pub struct UnknownRefundStatus(pub String);

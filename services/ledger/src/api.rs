@@ -9,6 +9,7 @@
 //!   running balances checked against their entries.
 //! - `GET /reconciliation/{transaction_id}`: one journal transaction and its entries.
 
+use crate::book::{AccountKind, Direction};
 use axum::extract::{Path, State};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -31,7 +32,7 @@ pub fn routes(pool: PgPool, key: OpsKey) -> Router {
 #[derive(Debug, Serialize)]
 pub struct AccountView {
     pub account_id: String,
-    pub kind: String,
+    pub kind: AccountKind,
     pub currency: String,
     pub merchant_id: Option<Uuid>,
     pub frozen: bool,
@@ -43,13 +44,6 @@ pub struct AccountView {
     pub entries: i64,
 }
 
-fn normal_balance(kind: &str, debits: i64, credits: i64) -> i64 {
-    match kind {
-        "ASSET" | "EXPENSE" => debits - credits,
-        _ => credits - debits,
-    }
-}
-
 const ACCOUNT_SQL: &str =
     "SELECT a.account_id, a.kind, a.currency, a.merchant_id, a.frozen_at IS NOT NULL AS frozen,
         COALESCE(b.debits_minor, 0) AS debits_minor, COALESCE(b.credits_minor, 0) AS credits_minor,
@@ -57,12 +51,12 @@ const ACCOUNT_SQL: &str =
    FROM accounts a LEFT JOIN account_balances b USING (account_id)";
 
 fn account_from_row(r: &sqlx::postgres::PgRow) -> sqlx::Result<AccountView> {
-    let kind: String = r.try_get("kind")?;
+    let kind: AccountKind = r.try_get("kind")?;
     let debits: i64 = r.try_get("debits_minor")?;
     let credits: i64 = r.try_get("credits_minor")?;
     Ok(AccountView {
         account_id: r.try_get("account_id")?,
-        balance_minor: normal_balance(&kind, debits, credits),
+        balance_minor: kind.normal_balance(debits, credits),
         kind,
         currency: r.try_get("currency")?,
         merchant_id: r.try_get("merchant_id")?,
@@ -213,7 +207,7 @@ async fn reconcile_all(State(pool): State<PgPool>) -> Result<Json<Report>, ApiEr
 #[derive(Debug, Serialize)]
 struct EntryView {
     account_id: String,
-    direction: String,
+    direction: Direction,
     amount_minor: i64,
 }
 
@@ -263,14 +257,14 @@ async fn reconcile_one(
         })
     })
     .collect::<sqlx::Result<Vec<_>>>()?;
-    let sum = |dir: &str| -> i64 {
+    let sum = |dir: Direction| -> i64 {
         entries
             .iter()
             .filter(|e| e.direction == dir)
             .map(|e| e.amount_minor)
             .sum()
     };
-    let (debits, credits) = (sum("DEBIT"), sum("CREDIT"));
+    let (debits, credits) = (sum(Direction::Debit), sum(Direction::Credit));
     Ok(Json(TransactionView {
         transaction_id,
         payment_id: t.try_get("payment_id")?,

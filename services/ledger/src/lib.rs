@@ -14,9 +14,11 @@
 //! (An entry of zero is not written: a fee of 0, or a fee that takes the whole amount.)
 
 pub mod api;
+pub mod book;
 pub mod fees;
 
 use anyhow::anyhow;
+use book::{AccountKind, Entry};
 use sagapay_domain::events::{
     LedgerPostFailed, LedgerPostRequested, LedgerRefundRequested, PaymentSettled, RefundPosted,
 };
@@ -138,9 +140,9 @@ async fn ensure_accounts(
     let frozen: Vec<String> = sqlx::query_scalar(
         "WITH opened AS (
              INSERT INTO accounts (account_id, kind, currency, merchant_id, description)
-             VALUES ($1, 'ASSET', $4, NULL, 'funds owed by the payment provider'),
-                    ($2, 'LIABILITY', $4, $5, 'funds owed to the merchant'),
-                    ($3, 'REVENUE', $4, NULL, 'platform fees')
+             VALUES ($1, $7, $4, NULL, 'funds owed by the payment provider'),
+                    ($2, $8, $4, $5, 'funds owed to the merchant'),
+                    ($3, $9, $4, NULL, 'platform fees')
              ON CONFLICT (account_id) DO NOTHING)
          SELECT account_id FROM accounts
           WHERE account_id = ANY($6) AND frozen_at IS NOT NULL
@@ -156,6 +158,9 @@ async fn ensure_accounts(
     } else {
         Vec::new()
     })
+    .bind(AccountKind::Asset)
+    .bind(AccountKind::Liability)
+    .bind(AccountKind::Revenue)
     .fetch_all(conn)
     .await?;
     Ok((accounts, frozen))
@@ -169,13 +174,13 @@ async fn insert_entries(
     conn: &mut PgConnection,
     transaction_id: Uuid,
     currency: Currency,
-    entries: &[(&str, &str, i64)],
+    entries: &[Entry<'_>],
 ) -> sqlx::Result<()> {
-    let mut entries: Vec<&(&str, &str, i64)> = entries.iter().filter(|e| e.2 > 0).collect();
-    entries.sort_by_key(|e| e.0);
-    let accounts: Vec<&str> = entries.iter().map(|e| e.0).collect();
-    let directions: Vec<&str> = entries.iter().map(|e| e.1).collect();
-    let amounts: Vec<i64> = entries.iter().map(|e| e.2).collect();
+    let mut entries: Vec<&Entry> = entries.iter().filter(|e| e.amount_minor > 0).collect();
+    entries.sort_by_key(|e| e.account_id);
+    let accounts: Vec<&str> = entries.iter().map(|e| e.account_id).collect();
+    let directions: Vec<&str> = entries.iter().map(|e| e.direction.as_str()).collect();
+    let amounts: Vec<i64> = entries.iter().map(|e| e.amount_minor).collect();
     sqlx::query(
         "INSERT INTO ledger_entries (transaction_id, account_id, direction, amount_minor, currency)
          SELECT $1, a, d, m, $5 FROM unnest($2::text[], $3::text[], $4::bigint[]) AS e(a, d, m)",
@@ -234,8 +239,8 @@ impl LedgerHandler {
             Some(id) => {
                 let amount = cmd.amount_minor.get();
                 let entries = [
-                    (payable.as_str(), "DEBIT", amount),
-                    (clearing.as_str(), "CREDIT", amount),
+                    Entry::debit(&payable, amount),
+                    Entry::credit(&clearing, amount),
                 ];
                 insert_entries(conn, id, cmd.currency, &entries).await?;
                 id
@@ -331,9 +336,9 @@ impl Handler for LedgerHandler {
                 debug_assert!(fee >= 0 && net >= 0 && fee + net == amount);
                 // Entries of zero are not written (the schema requires positive amounts).
                 let entries = [
-                    (clearing.as_str(), "DEBIT", amount),
-                    (payable.as_str(), "CREDIT", net),
-                    (revenue.as_str(), "CREDIT", fee),
+                    Entry::debit(&clearing, amount),
+                    Entry::credit(&payable, net),
+                    Entry::credit(&revenue, fee),
                 ];
                 insert_entries(conn, id, cmd.currency, &entries).await?;
                 id

@@ -8,6 +8,7 @@
 mod dev;
 pub mod policy;
 pub mod provider;
+pub mod records;
 mod replies;
 pub mod worker;
 
@@ -15,6 +16,7 @@ use anyhow::anyhow;
 use prometheus::{IntCounterVec, Opts};
 use provider::ProviderOutcome;
 use provider::{Outage, PaymentProvider, SimulatedProvider};
+use records::{OperationKey, OperationStatus};
 use sagapay_domain::events::{
     AuthorizeRequested, CaptureRequested, ProviderOperation, RefundRequested, VoidRequested,
 };
@@ -143,11 +145,11 @@ struct CommandHandler {
 #[derive(Debug, sqlx::FromRow)]
 struct Existing {
     operation_id: Uuid,
-    status: String,
+    status: OperationStatus,
     attempts: i32,
     result_reference: Option<String>,
-    result_amount_minor: Option<i64>,
-    result_currency: Option<String>,
+    result_amount_minor: Option<AmountMinor>,
+    result_currency: Option<Currency>,
     last_error: Option<String>,
     /// A void or refund of the same payment exists (its authorization or capture is being
     /// compensated, so it must not be re-armed).
@@ -161,7 +163,7 @@ impl CommandHandler {
         env: &Envelope,
         ctx: &MessageContext,
         operation: ProviderOperation,
-        operation_key: String,
+        operation_key: OperationKey,
         request: OperationRequest,
     ) -> Result<(), HandlerError> {
         // Captures, voids and refunds carry the authorization's card (a PSP knows it from
@@ -191,13 +193,13 @@ impl CommandHandler {
         .bind(&ctx.topic)
         .bind(ctx.partition)
         .bind(ctx.offset)
-        .bind(&operation_key)
+        .bind(operation_key)
         .bind(self.settings.give_up_after(operation).as_secs_f64())
         .execute(&mut *conn)
         .await?
         .rows_affected();
         if inserted == 0 {
-            self.answer_again(conn, env, ctx, operation, &operation_key, &request)
+            self.answer_again(conn, env, ctx, operation, operation_key, &request)
                 .await?;
         }
         Ok(())
@@ -209,7 +211,7 @@ impl CommandHandler {
         env: &Envelope,
         ctx: &MessageContext,
         operation: ProviderOperation,
-        operation_key: &str,
+        operation_key: OperationKey,
         request: &OperationRequest,
     ) -> Result<(), HandlerError> {
         let existing: Existing = sqlx::query_as(
@@ -232,9 +234,9 @@ impl CommandHandler {
             causation_id: env.event_id,
             correlation_id: &env.correlation_id,
             operation,
-            refund_id: (operation == ProviderOperation::Refund)
-                .then(|| Uuid::parse_str(operation_key).ok())
-                .flatten(),
+            refund_id: operation_key
+                .0
+                .filter(|_| operation == ProviderOperation::Refund),
             reason: request.reason.as_deref().unwrap_or_default(),
             provider: self.provider,
             authorization_id: match operation {
@@ -244,17 +246,17 @@ impl CommandHandler {
         };
         let last_error = existing.last_error.clone().unwrap_or_default();
         let ending_outcome;
-        let ending = match existing.status.as_str() {
-            "PENDING" => {
+        let ending = match existing.status {
+            OperationStatus::Pending => {
                 tracing::info!(payment_id = %env.payment_id, operation = operation.as_str(),
                     "operation in progress; the repeated command waits for its outcome");
                 return Ok(());
             }
-            "SUCCEEDED" => {
+            OperationStatus::Succeeded => {
                 let (Some(reference), Some(amount), Some(currency)) = (
                     existing.result_reference.clone(),
                     existing.result_amount_minor,
-                    existing.result_currency.as_deref(),
+                    existing.result_currency,
                 ) else {
                     return Err(HandlerError::permanent(anyhow!(
                         "operation {} succeeded without a recorded result",
@@ -263,23 +265,23 @@ impl CommandHandler {
                 };
                 ending_outcome = ProviderOutcome::Succeeded {
                     reference,
-                    amount_minor: AmountMinor::new(amount).map_err(HandlerError::permanent)?,
-                    currency: Currency::parse(currency).map_err(HandlerError::permanent)?,
+                    amount_minor: amount,
+                    currency,
                 };
                 replies::Ending::Outcome(&ending_outcome)
             }
-            "DECLINED" => {
+            OperationStatus::Declined => {
                 ending_outcome = ProviderOutcome::Declined {
                     code: last_error.clone(),
                 };
                 replies::Ending::Outcome(&ending_outcome)
             }
-            "NOT_PERFORMED" => replies::Ending::NotPerformed {
+            OperationStatus::NotPerformed => replies::Ending::NotPerformed {
                 last_error: &last_error,
             },
             // Given up: a new command (a replayed dead letter, an operator's retry) tries
             // again, unless the saga is undoing what this operation would do.
-            "EXHAUSTED" => {
+            OperationStatus::Exhausted => {
                 let undone = existing.compensated
                     && matches!(
                         operation,
@@ -307,12 +309,6 @@ impl CommandHandler {
                     previous_attempts = existing.attempts, "operation re-armed");
                 return Ok(());
             }
-            other => {
-                return Err(HandlerError::permanent(anyhow!(
-                    "operation {} has unknown status {other}",
-                    existing.operation_id
-                )))
-            }
         };
         let event = answering.event(ending);
         tracing::info!(payment_id = %env.payment_id, operation = operation.as_str(),
@@ -331,7 +327,7 @@ impl Handler for CommandHandler {
         env: &Envelope,
         ctx: &MessageContext,
     ) -> Result<(), HandlerError> {
-        let mut key = String::new();
+        let mut key = OperationKey::NONE;
         let (operation, request) = match env.event_type() {
             Some(EventType::AuthorizeRequested) => {
                 let c: AuthorizeRequested = env.decode()?;
@@ -377,7 +373,7 @@ impl Handler for CommandHandler {
             }
             Some(EventType::RefundRequested) => {
                 let c: RefundRequested = env.decode()?;
-                key = c.refund_id.map(|id| id.to_string()).unwrap_or_default();
+                key = OperationKey::refund(c.refund_id);
                 (
                     ProviderOperation::Refund,
                     OperationRequest {

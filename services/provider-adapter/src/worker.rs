@@ -15,6 +15,7 @@ use crate::policy::{self, Answer, Next, Progress};
 use crate::provider::{
     PaymentProvider, ProviderError, ProviderOutcome, ProviderRequest, ProviderStatus,
 };
+use crate::records::{AttemptKind, AttemptOutcome, OperationKey, OperationStatus};
 use crate::replies::{Answering, Ending};
 use anyhow::Context;
 use chrono::{DateTime, Utc};
@@ -57,8 +58,7 @@ struct Claimed {
     operation_id: Uuid,
     payment_id: Uuid,
     operation: ProviderOperation,
-    /// The refund id for merchant refunds, else empty.
-    operation_key: String,
+    operation_key: OperationKey,
     request: OperationRequest,
     attempts: i32,
     token: Uuid,
@@ -76,7 +76,7 @@ impl Claimed {
     /// The merchant refund this operation performs, if it is one.
     fn refund_id(&self) -> Option<Uuid> {
         match self.operation {
-            ProviderOperation::Refund => Uuid::parse_str(&self.operation_key).ok(),
+            ProviderOperation::Refund => self.operation_key.0,
             _ => None,
         }
     }
@@ -112,16 +112,6 @@ fn still_ours(rows: u64) -> anyhow::Result<()> {
     } else {
         Err(ClaimLost.into())
     }
-}
-
-pub(crate) fn parse_operation(s: &str) -> anyhow::Result<ProviderOperation> {
-    Ok(match s {
-        "AUTHORIZE" => ProviderOperation::Authorize,
-        "CAPTURE" => ProviderOperation::Capture,
-        "VOID" => ProviderOperation::Void,
-        "REFUND" => ProviderOperation::Refund,
-        other => anyhow::bail!("unknown operation {other}"),
-    })
 }
 
 pub struct Worker<P> {
@@ -245,7 +235,7 @@ impl<P: PaymentProvider> Worker<P> {
             claimed.push(Claimed {
                 operation_id,
                 payment_id: r.try_get("payment_id")?,
-                operation: parse_operation(r.try_get("operation")?)?,
+                operation: r.try_get("operation")?,
                 operation_key: r.try_get("operation_key")?,
                 request: request.0,
                 attempts: r.try_get("attempts")?,
@@ -298,7 +288,7 @@ impl<P: PaymentProvider> Worker<P> {
         let mut req = ProviderRequest {
             payment_id: op.payment_id,
             operation: op.operation,
-            idempotency_key: idempotency_key(op.operation, op.payment_id, &op.operation_key),
+            idempotency_key: idempotency_key(op.operation, op.payment_id, op.operation_key),
             amount_minor: op.request.amount_minor,
             currency: op.request.currency,
             payment_method: op.request.payment_method.clone(),
@@ -315,7 +305,8 @@ impl<P: PaymentProvider> Worker<P> {
             .flatten();
             if let Some(capture) = captured {
                 req.operation = ProviderOperation::Refund;
-                req.idempotency_key = idempotency_key(ProviderOperation::Refund, op.payment_id, "");
+                req.idempotency_key =
+                    idempotency_key(ProviderOperation::Refund, op.payment_id, OperationKey::NONE);
                 req.reference = Some(capture);
             }
         }
@@ -346,18 +337,21 @@ impl<P: PaymentProvider> Worker<P> {
         let latency_ms = clock.elapsed().as_millis().min(i32::MAX as u128) as i32;
         let attempt_no = op.attempts + 1;
         let (outcome, reference, decline_code, error) = match &answer {
-            Answer::Outcome(ProviderOutcome::Succeeded { reference, .. }) => {
-                ("SUCCEEDED", Some(reference.clone()), None, None)
-            }
+            Answer::Outcome(ProviderOutcome::Succeeded { reference, .. }) => (
+                AttemptOutcome::Succeeded,
+                Some(reference.clone()),
+                None,
+                None,
+            ),
             Answer::Outcome(ProviderOutcome::Declined { code }) => {
-                ("DECLINED", None, Some(code.clone()), None)
+                (AttemptOutcome::Declined, None, Some(code.clone()), None)
             }
-            Answer::NotFound => ("NOT_FOUND", None, None, None),
+            Answer::NotFound => (AttemptOutcome::NotFound, None, None, None),
             Answer::Error(e) => (
                 match e {
-                    ProviderError::Timeout => "TIMEOUT",
-                    ProviderError::Unavailable(_) => "UNAVAILABLE",
-                    ProviderError::Failed(_) => "ERROR",
+                    ProviderError::Timeout => AttemptOutcome::Timeout,
+                    ProviderError::Unavailable(_) => AttemptOutcome::Unavailable,
+                    ProviderError::Failed(_) => AttemptOutcome::Error,
                 },
                 None,
                 None,
@@ -390,12 +384,12 @@ impl<P: PaymentProvider> Worker<P> {
                         amount_minor,
                         currency,
                     } => Change::Finish {
-                        status: "SUCCEEDED",
+                        status: OperationStatus::Succeeded,
                         result: Some((reference.as_str(), *amount_minor, *currency)),
                         error: None,
                     },
                     ProviderOutcome::Declined { .. } => Change::Finish {
-                        status: "DECLINED",
+                        status: OperationStatus::Declined,
                         result: None,
                         error: decline_code.as_deref(),
                     },
@@ -404,7 +398,7 @@ impl<P: PaymentProvider> Worker<P> {
             }
             Next::NotPerformed => (
                 Change::Finish {
-                    status: "NOT_PERFORMED",
+                    status: OperationStatus::NotPerformed,
                     result: None,
                     error: Some(&last_error),
                 },
@@ -427,7 +421,7 @@ impl<P: PaymentProvider> Worker<P> {
             ),
             Next::Exhausted { .. } => (
                 Change::Finish {
-                    status: "EXHAUSTED",
+                    status: OperationStatus::Exhausted,
                     result: None,
                     error: Some(&last_error),
                 },
@@ -459,7 +453,11 @@ impl<P: PaymentProvider> Worker<P> {
             error: error.as_deref(),
             started_at,
             latency_ms,
-            kind: if op.resolving { "STATUS" } else { "CALL" },
+            kind: if op.resolving {
+                AttemptKind::Status
+            } else {
+                AttemptKind::Call
+            },
         };
         let queued = event.as_ref().map(|e| self.outbox.row(e, &op.headers));
         if capture_after.is_none() && exhausted.is_none() {
@@ -629,21 +627,20 @@ impl<P: PaymentProvider> Worker<P> {
 struct AttemptRow<'a> {
     provider: &'a str,
     idempotency_key: &'a str,
-    outcome: &'a str,
+    outcome: AttemptOutcome,
     reference: Option<&'a str>,
     decline_code: Option<&'a str>,
     error: Option<&'a str>,
     started_at: DateTime<Utc>,
     latency_ms: i32,
-    /// `CALL` or `STATUS` (a status query).
-    kind: &'a str,
+    kind: AttemptKind,
 }
 
 /// What an attempt does to its operation.
 enum Change<'a> {
     /// Ends it with `status` and, for a success, what the provider reports it did.
     Finish {
-        status: &'a str,
+        status: OperationStatus,
         result: Option<(&'a str, AmountMinor, Currency)>,
         error: Option<&'a str>,
     },
@@ -712,7 +709,7 @@ async fn record(
         .bind(op.token)
         .bind(op.attempts)
         .bind(op.payment_id)
-        .bind(op.operation.as_str())
+        .bind(op.operation)
         .bind(attempt.provider)
         .bind(attempt.idempotency_key)
         .bind(attempt.outcome)
@@ -731,8 +728,8 @@ async fn record(
             .bind(*status)
             .bind(result.map(|r| r.0))
             .bind(*error)
-            .bind(result.map(|r| r.1.get()))
-            .bind(result.map(|r| r.2.as_str().to_owned())),
+            .bind(result.map(|r| r.1))
+            .bind(result.map(|r| r.2)),
         Change::Again {
             wait,
             resolving,
@@ -757,12 +754,11 @@ async fn record(
 pub(crate) fn idempotency_key(
     operation: ProviderOperation,
     payment_id: Uuid,
-    operation_key: &str,
+    operation_key: OperationKey,
 ) -> String {
     let op = operation.as_str().to_ascii_lowercase();
-    if operation_key.is_empty() {
-        format!("{op}:{payment_id}")
-    } else {
-        format!("{op}:{payment_id}:{operation_key}")
+    match operation_key.0 {
+        None => format!("{op}:{payment_id}"),
+        Some(refund_id) => format!("{op}:{payment_id}:{refund_id}"),
     }
 }

@@ -143,7 +143,7 @@ async fn act(
         .await?
         .filter(|p| p.merchant_id == merchant_id)
         .ok_or_else(not_found)?;
-    let amount_minor = amount.map(|a| a.get()).unwrap_or(payment.amount_minor);
+    let amount_minor = amount.unwrap_or(payment.amount_minor);
     // The same request again (same action, key and amount): answered as the first was.
     let replay = payment.merchant_action == Some(action)
         && payment.merchant_action_key.as_deref() == Some(key.as_str())

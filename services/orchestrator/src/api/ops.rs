@@ -231,13 +231,7 @@ async fn retry(
         sent.push(command.event_type.clone());
     }
     // Refunds of the payment still in flight go again too.
-    let refunds: Vec<Uuid> = sqlx::query_scalar(
-        "SELECT refund_id FROM refunds WHERE payment_id = $1 AND status IN ('REQUESTED', 'PROCESSED')
-          FOR UPDATE",
-    )
-    .bind(payment_id)
-    .fetch_all(&mut *tx)
-    .await?;
+    let refunds = store::refunds::lock_in_flight(&mut tx, payment_id).await?;
     for refund_id in refunds {
         sqlx::query(
             "UPDATE refunds SET nudges = 0, attention_since = NULL, attention_reason = NULL,

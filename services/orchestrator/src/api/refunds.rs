@@ -8,9 +8,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use sagapay_domain::events::RefundRequested;
-use sagapay_domain::{
-    AmountMinor, Currency, Envelope, IdempotencyKey, PaymentStatus, RefundReason,
-};
+use sagapay_domain::{AmountMinor, Envelope, IdempotencyKey, PaymentStatus, RefundReason};
 use sagapay_messaging::headers::TRACEPARENT;
 use sagapay_messaging::MessageHeaders;
 use sagapay_service_kit::api_error::{ApiError, ErrorType};
@@ -87,7 +85,7 @@ pub async fn create(
         ));
     }
     let committed = store::refunds::committed_minor(&mut tx, payment_id).await?;
-    let remaining = payment.captured_minor() - committed;
+    let remaining = payment.captured_minor().get() - committed;
     if req.amount_cents.get() > remaining {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -106,8 +104,7 @@ pub async fn create(
         .capture_id
         .clone()
         .ok_or_else(|| ApiError::internal("settled payment without capture"))?;
-    let currency =
-        Currency::parse(&payment.currency).map_err(|e| ApiError::internal(e.to_string()))?;
+    let currency = payment.currency;
     let refund = store::refunds::insert(
         &mut tx,
         store::refunds::NewRefund {

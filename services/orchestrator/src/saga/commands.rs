@@ -3,20 +3,20 @@
 //! per command, so a re-sent command is exactly the command the step sent.
 
 use crate::store::{Compensation, PaymentRow};
-use anyhow::{anyhow, Context};
+use anyhow::anyhow;
 use sagapay_domain::events::{
     AuthorizeRequested, CaptureRequested, LedgerPostRequested, LedgerRefundRequested,
     PaymentFinalized, PaymentRequested, RefundRequested, VoidRequested,
 };
-use sagapay_domain::{AmountMinor, Currency, Envelope, PaymentStatus};
+use sagapay_domain::{AmountMinor, Currency, Envelope, PaymentStatus, RefundStatus};
 use uuid::Uuid;
 
 pub fn amount(p: &PaymentRow) -> anyhow::Result<AmountMinor> {
-    AmountMinor::new(p.amount_minor).context("stored payment amount")
+    Ok(p.amount_minor)
 }
 
 pub fn currency(p: &PaymentRow) -> anyhow::Result<Currency> {
-    Currency::parse(&p.currency).context("stored payment currency")
+    Ok(p.currency)
 }
 
 pub fn requested(p: &PaymentRow) -> anyhow::Result<PaymentRequested> {
@@ -42,7 +42,7 @@ pub fn authorize(p: &PaymentRow) -> anyhow::Result<AuthorizeRequested> {
 
 /// What is captured: the manual capture's amount, or the whole amount.
 pub fn captured(p: &PaymentRow) -> anyhow::Result<AmountMinor> {
-    AmountMinor::new(p.captured_minor()).context("stored capture amount")
+    Ok(p.captured_minor())
 }
 
 pub fn capture(p: &PaymentRow, authorization_id: &str) -> anyhow::Result<CaptureRequested> {
@@ -170,9 +170,9 @@ pub struct RefundInFlight {
     pub refund_id: Uuid,
     pub payment_id: Uuid,
     pub merchant_id: Uuid,
-    pub status: String,
-    pub amount_minor: i64,
-    pub currency: String,
+    pub status: RefundStatus,
+    pub amount_minor: AmountMinor,
+    pub currency: Currency,
     pub reason: String,
     pub capture_id: Option<String>,
     pub correlation_id: String,
@@ -182,11 +182,10 @@ pub struct RefundInFlight {
 /// The command a refund waits on: the provider's refund (REQUESTED) or the ledger's posting
 /// (PROCESSED).
 pub fn refund_outstanding(r: &RefundInFlight) -> anyhow::Result<Option<Envelope>> {
-    let amount_minor = AmountMinor::new(r.amount_minor)?;
-    let currency = Currency::parse(&r.currency)?;
+    let (amount_minor, currency) = (r.amount_minor, r.currency);
     let fresh = |payload: &dyn Fn() -> anyhow::Result<Envelope>| payload().map(Some);
-    match r.status.as_str() {
-        "REQUESTED" => fresh(&|| {
+    match r.status {
+        RefundStatus::Requested => fresh(&|| {
             let capture_id = r
                 .capture_id
                 .clone()
@@ -204,7 +203,7 @@ pub fn refund_outstanding(r: &RefundInFlight) -> anyhow::Result<Option<Envelope>
                 },
             ))
         }),
-        "PROCESSED" => fresh(&|| {
+        RefundStatus::Processed => fresh(&|| {
             Ok(Envelope::new(
                 r.payment_id,
                 None,
@@ -217,6 +216,6 @@ pub fn refund_outstanding(r: &RefundInFlight) -> anyhow::Result<Option<Envelope>
                 },
             ))
         }),
-        _ => Ok(None),
+        RefundStatus::Succeeded | RefundStatus::Failed => Ok(None),
     }
 }

@@ -20,7 +20,7 @@ use sagapay_domain::events::{
 use sagapay_domain::events::{
     LedgerRefundRequested, PaymentAwaitingCapture, PaymentRefunded, RefundPosted, RefundSucceeded,
 };
-use sagapay_domain::{AmountMinor, Currency, Envelope, EventType, PaymentStatus};
+use sagapay_domain::{AmountMinor, Currency, Envelope, EventType, PaymentStatus, RefundStatus};
 use sagapay_messaging::{Handler, HandlerError, MessageContext, Outbox};
 use sqlx::PgConnection;
 
@@ -202,7 +202,7 @@ impl Handler for Saga {
                 }
                 let reported = (ev.amount_minor, ev.currency);
                 // What was asked to be captured: a manual capture may take less.
-                let requested = (payment.captured_minor(), payment.currency.as_str());
+                let requested = (payment.captured_minor(), payment.currency);
                 if !self
                     .matches_request(conn, ctx, &payment, env, "capture", reported, requested)
                     .await?
@@ -386,42 +386,32 @@ impl Handler for Saga {
             }
             EventType::PaymentRefunded => {
                 let ev: PaymentRefunded = env.decode()?;
-                let refund: Option<(String, i64, String)> = sqlx::query_as(
-                    "SELECT status, amount_minor, currency FROM refunds
-                      WHERE refund_id = $1 AND payment_id = $2 FOR UPDATE",
-                )
-                .bind(ev.refund_id)
-                .bind(payment.payment_id)
-                .fetch_optional(&mut *conn)
-                .await?;
-                let Some((status, requested_minor, requested_currency)) = refund else {
+                let Some(refund) =
+                    store::refunds::lock(conn, ev.refund_id, payment.payment_id).await?
+                else {
                     return Err(HandlerError::permanent(anyhow!(
                         "unknown refund {} of payment {}",
                         ev.refund_id,
                         payment.payment_id
                     )));
                 };
-                if status != "REQUESTED" {
+                if refund.status != RefundStatus::Requested {
                     return self.ignored(ctx, env, "stale");
                 }
                 let reported = (ev.amount_minor, ev.currency);
-                let requested = (requested_minor, requested_currency.as_str());
+                let requested = (refund.amount_minor, refund.currency);
                 if !self
                     .matches_request(conn, ctx, &payment, env, "refund", reported, requested)
                     .await?
                 {
                     return Ok(());
                 }
-                sqlx::query(
-                    "UPDATE refunds SET status = 'PROCESSED', provider_reference = $2, updated_at = now(),
-                                        deadline_at = now() + make_interval(secs => $3), nudges = 0,
-                                        attention_since = NULL, attention_reason = NULL
-                      WHERE refund_id = $1",
+                store::refunds::mark_processed(
+                    conn,
+                    ev.refund_id,
+                    &ev.reference,
+                    self.deadlines.refund,
                 )
-                .bind(ev.refund_id)
-                .bind(&ev.reference)
-                .bind(self.deadlines.refund.as_secs_f64())
-                .execute(&mut *conn)
                 .await?;
                 let reason = format!(
                     "refund {} refunded by {} ({})",
@@ -451,32 +441,22 @@ impl Handler for Saga {
                     return self.ignored(ctx, env, why);
                 }
                 // The refund itself comes back for the merchant's event (below).
-                let updated: Option<(i64, String, String)> = sqlx::query_as(
-                    "UPDATE refunds SET status = 'SUCCEEDED', journal_transaction_id = $2, updated_at = now(),
-                                        deadline_at = NULL, attention_since = NULL, attention_reason = NULL
-                      WHERE refund_id = $1 AND payment_id = $3 AND status = 'PROCESSED'
-                  RETURNING amount_minor, currency, reason",
+                let Some(posted) = store::refunds::mark_succeeded(
+                    conn,
+                    ev.refund_id,
+                    payment.payment_id,
+                    ev.journal_transaction_id,
                 )
-                .bind(ev.refund_id)
-                .bind(ev.journal_transaction_id)
-                .bind(payment.payment_id)
-                .fetch_optional(&mut *conn)
-                .await?;
-                let Some((refund_minor, refund_currency, refund_reason)) = updated else {
+                .await?
+                else {
                     return self.ignored(ctx, env, "stale");
                 };
-                let refunded: i64 = sqlx::query_scalar(
-                    "SELECT COALESCE(sum(amount_minor), 0)::bigint FROM refunds
-                      WHERE payment_id = $1 AND status = 'SUCCEEDED'",
-                )
-                .bind(payment.payment_id)
-                .fetch_one(&mut *conn)
-                .await?;
+                let refunded = store::refunds::succeeded_minor(conn, payment.payment_id).await?;
                 assert!(
-                    refunded <= payment.captured_minor(),
+                    refunded <= payment.captured_minor().get(),
                     "refunds admitted under the payment lock never exceed the amount"
                 );
-                let to = if refunded == payment.captured_minor() {
+                let to = if refunded == payment.captured_minor().get() {
                     PaymentStatus::Refunded
                 } else {
                     PaymentStatus::PartiallyRefunded
@@ -492,10 +472,9 @@ impl Handler for Saga {
                 let succeeded = env.follow_up(&RefundSucceeded {
                     merchant_id: payment.merchant_id,
                     refund_id: ev.refund_id,
-                    amount_minor: AmountMinor::new(refund_minor)
-                        .map_err(HandlerError::permanent)?,
-                    currency: Currency::parse(&refund_currency).map_err(HandlerError::permanent)?,
-                    reason: refund_reason,
+                    amount_minor: posted.amount_minor,
+                    currency: posted.currency,
+                    reason: posted.reason,
                     payment_status: to,
                 });
                 self.outbox.enqueue(conn, &succeeded, &headers).await?;
@@ -547,15 +526,7 @@ impl Saga {
                  counted against the refundable amount",
                 ev.attempts, ev.last_error
             );
-            sqlx::query(
-                "UPDATE refunds SET attention_since = COALESCE(attention_since, now()),
-                                    attention_reason = $2, updated_at = now()
-                  WHERE refund_id = $1 AND status = 'REQUESTED'",
-            )
-            .bind(refund_id)
-            .bind(&reason)
-            .execute(&mut *conn)
-            .await?;
+            store::refunds::flag_outcome_unknown(conn, refund_id, &reason).await?;
             store::record_step(conn, payment, &reason, Some(env.event_id)).await?;
             return Ok(());
         }
@@ -705,7 +676,7 @@ impl Saga {
             env,
             what,
             reported,
-            (payment.amount_minor, &payment.currency),
+            (payment.amount_minor, payment.currency),
         )
         .await
     }
@@ -720,9 +691,9 @@ impl Saga {
         env: &Envelope,
         what: &'static str,
         (amount, currency): (AmountMinor, Currency),
-        (expected_amount, expected_currency): (i64, &str),
+        (expected_amount, expected_currency): (AmountMinor, Currency),
     ) -> Result<bool, HandlerError> {
-        if amount.get() == expected_amount && currency.as_str() == expected_currency {
+        if amount == expected_amount && currency == expected_currency {
             return Ok(true);
         }
         let reason = format!(

@@ -8,7 +8,9 @@ pub mod refunds;
 
 use chrono::{DateTime, Utc};
 use sagapay_domain::events::CaptureMethod;
-use sagapay_domain::{CustomerId, PaymentMethod, PaymentStatus, TextError, TransitionError};
+use sagapay_domain::{
+    AmountMinor, Currency, CustomerId, PaymentMethod, PaymentStatus, TextError, TransitionError,
+};
 use sagapay_messaging::{OutboxRow, OUTBOX_COLUMNS};
 use serde::Serialize;
 use sqlx::{PgConnection, Row};
@@ -41,6 +43,8 @@ impl Compensation {
     }
 }
 
+sagapay_domain::sql_text!(Compensation, Compensation::parse);
+
 /// What was asked of a manually captured payment after its authorization, once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MerchantAction {
@@ -68,13 +72,15 @@ impl MerchantAction {
     }
 }
 
+sagapay_domain::sql_text!(MerchantAction, MerchantAction::parse);
+
 #[derive(Debug, Clone)]
 pub struct PaymentRow {
     pub payment_id: Uuid,
     pub merchant_id: Uuid,
     pub customer_id: CustomerId,
-    pub amount_minor: i64,
-    pub currency: String,
+    pub amount_minor: AmountMinor,
+    pub currency: Currency,
     pub status: PaymentStatus,
     pub state_version: i32,
     pub request_fingerprint: String,
@@ -96,12 +102,12 @@ pub struct PaymentRow {
     pub merchant_action: Option<MerchantAction>,
     pub merchant_action_key: Option<String>,
     /// What a manual capture takes, when it is less than the amount.
-    pub capture_amount_minor: Option<i64>,
+    pub capture_amount_minor: Option<AmountMinor>,
 }
 
 impl PaymentRow {
     /// What is (or will be) captured: the manual capture's amount, or the whole amount.
-    pub fn captured_minor(&self) -> i64 {
+    pub fn captured_minor(&self) -> AmountMinor {
         self.capture_amount_minor.unwrap_or(self.amount_minor)
     }
 
@@ -134,16 +140,13 @@ fn parsed<T>(
 }
 
 pub(crate) fn payment_from_row(r: &sqlx::postgres::PgRow) -> sqlx::Result<PaymentRow> {
-    let status: String = r.try_get("status")?;
     Ok(PaymentRow {
         payment_id: r.try_get("payment_id")?,
         merchant_id: r.try_get("merchant_id")?,
         customer_id: parsed(r, "customer_id", CustomerId::parse)?,
         amount_minor: r.try_get("amount_minor")?,
         currency: r.try_get("currency")?,
-        status: status
-            .parse()
-            .map_err(|e: sagapay_domain::state::UnknownStatus| sqlx::Error::Decode(e.into()))?,
+        status: r.try_get("status")?,
         state_version: r.try_get("state_version")?,
         request_fingerprint: r.try_get("request_fingerprint")?,
         payment_method: parsed(r, "payment_method", PaymentMethod::parse)?,
@@ -156,31 +159,9 @@ pub(crate) fn payment_from_row(r: &sqlx::postgres::PgRow) -> sqlx::Result<Paymen
         nudges: r.try_get("nudges")?,
         attention_since: r.try_get("attention_since")?,
         attention_reason: r.try_get("attention_reason")?,
-        compensation: r
-            .try_get::<Option<String>, _>("compensation")?
-            .map(|c| {
-                Compensation::parse(&c).ok_or_else(|| sqlx::Error::ColumnDecode {
-                    index: "compensation".into(),
-                    source: format!("unknown compensation {c:?}").into(),
-                })
-            })
-            .transpose()?,
-        capture_method: {
-            let m: String = r.try_get("capture_method")?;
-            CaptureMethod::parse(&m).ok_or_else(|| sqlx::Error::ColumnDecode {
-                index: "capture_method".into(),
-                source: format!("unknown capture method {m:?}").into(),
-            })?
-        },
-        merchant_action: r
-            .try_get::<Option<String>, _>("merchant_action")?
-            .map(|a| {
-                MerchantAction::parse(&a).ok_or_else(|| sqlx::Error::ColumnDecode {
-                    index: "merchant_action".into(),
-                    source: format!("unknown merchant action {a:?}").into(),
-                })
-            })
-            .transpose()?,
+        compensation: r.try_get("compensation")?,
+        capture_method: r.try_get("capture_method")?,
+        merchant_action: r.try_get("merchant_action")?,
         merchant_action_key: r.try_get("merchant_action_key")?,
         capture_amount_minor: r.try_get("capture_amount_minor")?,
     })
@@ -445,7 +426,7 @@ pub async fn record_merchant_action(
     payment: &PaymentRow,
     action: MerchantAction,
     key: Option<&str>,
-    capture_amount_minor: Option<i64>,
+    capture_amount_minor: Option<AmountMinor>,
     reason: &str,
     deadline: std::time::Duration,
     command: &OutboxRow<'_>,
@@ -590,8 +571,8 @@ pub struct TimelineEntry {
 pub struct PaymentSummary {
     pub payment_id: Uuid,
     pub status: PaymentStatus,
-    pub amount_cents: i64,
-    pub currency: String,
+    pub amount_cents: AmountMinor,
+    pub currency: Currency,
     pub customer_id: CustomerId,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -676,13 +657,13 @@ pub async fn list(
 pub struct PaymentView {
     pub payment_id: Uuid,
     pub status: PaymentStatus,
-    pub amount_cents: i64,
-    pub currency: String,
+    pub amount_cents: AmountMinor,
+    pub currency: Currency,
     pub customer_id: CustomerId,
     /// `automatic` or `manual`.
     pub capture_method: &'static str,
     /// What was captured, once it was (a manual capture may take less than the amount).
-    pub amount_captured_cents: Option<i64>,
+    pub amount_captured_cents: Option<AmountMinor>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub timeline: Vec<TimelineEntry>,

@@ -11,8 +11,8 @@ use uuid::Uuid;
 pub struct RefundView {
     pub refund_id: Uuid,
     pub payment_id: Uuid,
-    pub amount_cents: i64,
-    pub currency: String,
+    pub amount_cents: AmountMinor,
+    pub currency: Currency,
     pub status: RefundStatus,
     pub reason: String,
     pub failure_reason: Option<String>,
@@ -33,13 +33,7 @@ fn from_row(r: &sqlx::postgres::PgRow) -> sqlx::Result<StoredRefund> {
             payment_id: r.try_get("payment_id")?,
             amount_cents: r.try_get("amount_minor")?,
             currency: r.try_get("currency")?,
-            status: {
-                let s: String = r.try_get("status")?;
-                s.parse()
-                    .map_err(|e: sagapay_domain::refund::UnknownRefundStatus| {
-                        sqlx::Error::Decode(e.into())
-                    })?
-            },
+            status: r.try_get("status")?,
             reason: r.try_get("reason")?,
             failure_reason: r.try_get("failure_reason")?,
             created_at: r.try_get("created_at")?,
@@ -88,9 +82,10 @@ pub async fn by_idempotency_key(
 pub async fn committed_minor(conn: &mut PgConnection, payment_id: Uuid) -> sqlx::Result<i64> {
     sqlx::query_scalar(
         "SELECT COALESCE(sum(amount_minor), 0)::bigint FROM refunds
-          WHERE payment_id = $1 AND status <> 'FAILED'",
+          WHERE payment_id = $1 AND status <> $2",
     )
     .bind(payment_id)
+    .bind(RefundStatus::Failed)
     .fetch_one(conn)
     .await
 }
@@ -119,8 +114,8 @@ pub async fn insert(conn: &mut PgConnection, new: NewRefund<'_>) -> sqlx::Result
     .bind(Uuid::now_v7())
     .bind(new.payment_id)
     .bind(new.merchant_id)
-    .bind(new.amount.get())
-    .bind(new.currency.as_str())
+    .bind(new.amount)
+    .bind(new.currency)
     .bind(new.reason.as_str())
     .bind(new.idempotency_key.as_str())
     .bind(new.request_fingerprint)
@@ -128,4 +123,134 @@ pub async fn insert(conn: &mut PgConnection, new: NewRefund<'_>) -> sqlx::Result
     .fetch_one(conn)
     .await?;
     Ok(from_row(&row)?.view)
+}
+
+/// What the saga checks a provider's refund answer against.
+pub struct RequestedRefund {
+    pub status: RefundStatus,
+    pub amount_minor: AmountMinor,
+    pub currency: Currency,
+}
+
+/// Locks the refund of `payment_id` and returns what was requested, if it exists.
+pub async fn lock(
+    conn: &mut PgConnection,
+    refund_id: Uuid,
+    payment_id: Uuid,
+) -> sqlx::Result<Option<RequestedRefund>> {
+    let row: Option<(RefundStatus, AmountMinor, Currency)> = sqlx::query_as(
+        "SELECT status, amount_minor, currency FROM refunds
+          WHERE refund_id = $1 AND payment_id = $2 FOR UPDATE",
+    )
+    .bind(refund_id)
+    .bind(payment_id)
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.map(|(status, amount_minor, currency)| RequestedRefund {
+        status,
+        amount_minor,
+        currency,
+    }))
+}
+
+/// The provider refunded it: PROCESSED, waiting for the ledger's posting until `deadline`.
+pub async fn mark_processed(
+    conn: &mut PgConnection,
+    refund_id: Uuid,
+    provider_reference: &str,
+    deadline: std::time::Duration,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE refunds SET status = $4, provider_reference = $2, updated_at = now(),
+                            deadline_at = now() + make_interval(secs => $3), nudges = 0,
+                            attention_since = NULL, attention_reason = NULL
+          WHERE refund_id = $1",
+    )
+    .bind(refund_id)
+    .bind(provider_reference)
+    .bind(deadline.as_secs_f64())
+    .bind(RefundStatus::Processed)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// A refund posted in the ledger.
+pub struct PostedRefund {
+    pub amount_minor: AmountMinor,
+    pub currency: Currency,
+    pub reason: String,
+}
+
+/// The ledger posted the PROCESSED refund: SUCCEEDED. `None` when it was not PROCESSED (a
+/// stale or repeated posting).
+pub async fn mark_succeeded(
+    conn: &mut PgConnection,
+    refund_id: Uuid,
+    payment_id: Uuid,
+    journal_transaction_id: Uuid,
+) -> sqlx::Result<Option<PostedRefund>> {
+    let row: Option<(AmountMinor, Currency, String)> = sqlx::query_as(
+        "UPDATE refunds SET status = $4, journal_transaction_id = $2, updated_at = now(),
+                            deadline_at = NULL, attention_since = NULL, attention_reason = NULL
+          WHERE refund_id = $1 AND payment_id = $3 AND status = $5
+      RETURNING amount_minor, currency, reason",
+    )
+    .bind(refund_id)
+    .bind(journal_transaction_id)
+    .bind(payment_id)
+    .bind(RefundStatus::Succeeded)
+    .bind(RefundStatus::Processed)
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.map(|(amount_minor, currency, reason)| PostedRefund {
+        amount_minor,
+        currency,
+        reason,
+    }))
+}
+
+/// What the payment's succeeded refunds add up to.
+pub async fn succeeded_minor(conn: &mut PgConnection, payment_id: Uuid) -> sqlx::Result<i64> {
+    sqlx::query_scalar(
+        "SELECT COALESCE(sum(amount_minor), 0)::bigint FROM refunds
+          WHERE payment_id = $1 AND status = $2",
+    )
+    .bind(payment_id)
+    .bind(RefundStatus::Succeeded)
+    .fetch_one(conn)
+    .await
+}
+
+/// The provider never told whether a REQUESTED refund happened: flagged for an operator, left
+/// REQUESTED (so it keeps counting against what is left to refund).
+pub async fn flag_outcome_unknown(
+    conn: &mut PgConnection,
+    refund_id: Uuid,
+    reason: &str,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE refunds SET attention_since = COALESCE(attention_since, now()),
+                            attention_reason = $2, updated_at = now()
+          WHERE refund_id = $1 AND status = $3",
+    )
+    .bind(refund_id)
+    .bind(reason)
+    .bind(RefundStatus::Requested)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The payment's refunds still in flight (REQUESTED or PROCESSED), locked.
+pub async fn lock_in_flight(conn: &mut PgConnection, payment_id: Uuid) -> sqlx::Result<Vec<Uuid>> {
+    sqlx::query_scalar(
+        "SELECT refund_id FROM refunds WHERE payment_id = $1 AND status IN ($2, $3)
+          FOR UPDATE",
+    )
+    .bind(payment_id)
+    .bind(RefundStatus::Requested)
+    .bind(RefundStatus::Processed)
+    .fetch_all(conn)
+    .await
 }
