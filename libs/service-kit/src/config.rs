@@ -1,34 +1,12 @@
 //! Configuration shared by all services, from environment variables. Every default works
-//! against `scripts/stack.sh up`.
-//!
-//! | variable | default | meaning |
-//! |---|---|---|
-//! | `SAGAPAY_NAMESPACE` | `sagapay` | prefix of topics, consumer groups and databases |
-//! | `SAGAPAY_INSTANCE_ID` | none | this instance's id when several run (1-32 of `a-z 0-9 _ -`): Kafka static group membership, the `service_instance` label of metrics, `service_instance` in logs |
-//! | `SAGAPAY_ENVIRONMENT` | `development` | `development` or `production` |
-//! | `SAGAPAY_POSTGRES_URL` | `postgres://sagapay:sagapay@127.0.0.1:5432` | server, without database |
-//! | `SAGAPAY_KAFKA_BROKERS` | `127.0.0.1:9092` | bootstrap servers |
-//! | `SAGAPAY_KAFKA_PARTITIONS` | `12` | partitions of the channels a service creates (the most instances of one service that can share a channel) |
-//! | `SAGAPAY_KAFKA_PRODUCER_CONFIG` | empty | librdkafka producer properties over ours, `k=v,k=v` |
-//! | `SAGAPAY_KAFKA_CONSUMER_CONFIG` | empty | librdkafka consumer properties over ours, `k=v,k=v` |
-//! | `SAGAPAY_KAFKA_CLIENT_CONFIG` | empty | librdkafka properties of every client, `k=v,k=v`: the connection's security (`security.protocol=SASL_PLAINTEXT,sasl.mechanism=PLAIN,sasl.username=...`) |
-//! | `SAGAPAY_KAFKA_SASL_PASSWORD_FILE` | none | a file holding `sasl.password` (kept out of the environment) |
-//! | `SAGAPAY_KAFKA_REPLICATION_FACTOR` | `1` (development), `3` (production) | replicas of the topics a service creates |
-//! | `SAGAPAY_KAFKA_MIN_REPLICATION_FACTOR` | `1` (development), `3` (production) | production refuses to start with a replication factor below it |
-//! | `SAGAPAY_HTTP_ADDR` | `127.0.0.1:<service port>` | where the HTTP API listens |
-//! | `SAGAPAY_HTTP_BODY_LIMIT_BYTES` | `1048576` | largest request body any route reads (413 above; the gateway's routes allow 16 KiB) |
-//! | `SAGAPAY_HTTP_REQUEST_TIMEOUT_MS` | `30000` | longest a request may take before it is answered 503 `request_timeout` and its handler dropped |
-//! | `SAGAPAY_DB_POOL_SIZE` | `16` | connections in the service's pool |
-//! | `SAGAPAY_DB_STATEMENT_TIMEOUT_MS` | `30000` | longest any statement of the service may run (lock waits included) |
-//! | `SAGAPAY_CONSUMER_LANES` | CPUs (2 to 8) | Kafka messages a service handles at once (by payment; below the pool size); the ledger always uses one |
-//! | `SAGAPAY_CONSUMER_BATCH` | `32` | most messages waiting for a lane that share one transaction (1: none) |
-//! | `SAGAPAY_OUTBOX_CLAIM_TIMEOUT_MS` | `30000` | how long a crashed relay's claimed rows wait before another relay takes them |
-//! | `SAGAPAY_CONSUMER_RETRY_ATTEMPTS` | `10` | a message failing transiently is dead-lettered as RETRY_EXHAUSTED once it failed this many times and for `SAGAPAY_CONSUMER_RETRY_BUDGET_MS` |
-//! | `SAGAPAY_CONSUMER_RETRY_BUDGET_MS` | `120000` | see `SAGAPAY_CONSUMER_RETRY_ATTEMPTS` |
+//! against `scripts/stack.sh up`. Each variable is documented once, in the settings catalogue
+//! (`crate::settings`, rendered as `docs/configuration.md`); the readers here refuse a name
+//! that is not in it, and a service refuses to start with an unknown `SAGAPAY_*` variable.
 
 use anyhow::Context;
 use sagapay_domain::Namespace;
 use sagapay_messaging::{ConsumerSettings, KafkaSettings, RelaySettings};
+use secrecy::{ExposeSecret, SecretString};
 use std::net::SocketAddr;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,8 +23,9 @@ pub struct CommonConfig {
     /// This instance's id, when several instances of the service run.
     pub instance_id: Option<String>,
     pub environment: Environment,
-    /// `postgres://user:password@host:port`, without a database name.
-    pub postgres_url: String,
+    /// `postgres://user:password@host:port`, without a database name (a secret: it holds the
+    /// password).
+    pub postgres_url: SecretString,
     pub kafka: KafkaSettings,
     pub http_addr: SocketAddr,
     pub http_limits: crate::http::HttpLimits,
@@ -103,8 +82,16 @@ fn kafka_client_overrides() -> anyhow::Result<Vec<(String, String)>> {
     Ok(overrides)
 }
 
-/// Reads `name`, or `default` when unset or empty.
+/// `SAGAPAY_POSTGRES_URL`, or the local stack's.
+fn postgres_url_from_env() -> SecretString {
+    crate::settings::secret("SAGAPAY_POSTGRES_URL")
+        .unwrap_or_else(|| SecretString::from(DEFAULT_POSTGRES_URL))
+}
+
+/// Reads `name`, or `default` when unset or empty. `name` must be in the settings catalogue
+/// (`crate::settings`), with `default` as its documented default.
 pub fn env_or(name: &str, default: &str) -> String {
+    crate::settings::check_default(name, &default);
     match std::env::var(name) {
         Ok(v) if !v.is_empty() => v,
         _ => default.to_owned(),
@@ -113,6 +100,7 @@ pub fn env_or(name: &str, default: &str) -> String {
 
 /// A setting that can be switched off: unset gives `default`, set but empty gives `None`.
 pub fn env_or_off(name: &str, default: &str) -> Option<String> {
+    crate::settings::check_default(name, &default);
     match std::env::var(name) {
         Ok(v) if v.is_empty() => None,
         Ok(v) => Some(v),
@@ -131,11 +119,15 @@ fn default_consumer_lanes() -> usize {
         .clamp(2, 8)
 }
 
-/// Reads and parses `name`, or `default` when unset.
-pub fn env_parse<T: std::str::FromStr>(name: &str, default: T) -> anyhow::Result<T>
+/// Reads and parses `name`, or `default` when unset or empty (see [`env_or`]).
+pub fn env_parse<T: std::str::FromStr + std::fmt::Display>(
+    name: &str,
+    default: T,
+) -> anyhow::Result<T>
 where
     T::Err: std::fmt::Display,
 {
+    crate::settings::check_default(name, &default);
     match std::env::var(name) {
         Ok(v) if !v.is_empty() => v
             .parse()
@@ -144,9 +136,48 @@ where
     }
 }
 
+/// A duration setting in milliseconds (`..._MS`), or `default` when unset or empty.
+pub fn env_ms(name: &str, default: std::time::Duration) -> anyhow::Result<std::time::Duration> {
+    Ok(std::time::Duration::from_millis(env_parse(
+        name,
+        default.as_millis() as u64,
+    )?))
+}
+
+/// A schedule in milliseconds, `1000,2000,4000` (at least one step), or `default` when unset
+/// or empty.
+pub fn env_ms_list(
+    name: &str,
+    default: &[std::time::Duration],
+) -> anyhow::Result<Vec<std::time::Duration>> {
+    let documented: Vec<String> = default.iter().map(|d| d.as_millis().to_string()).collect();
+    let text = env_or(name, &documented.join(","));
+    let steps = text
+        .split(',')
+        .map(|ms| {
+            ms.trim()
+                .parse::<u64>()
+                .map(std::time::Duration::from_millis)
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!("{name}={text:?}: {e}"))?;
+    anyhow::ensure!(!steps.is_empty(), "{name} needs at least one step");
+    Ok(steps)
+}
+
 impl CommonConfig {
     /// Configuration of `service` from the environment; `default_port` is its well-known port.
     pub fn from_env(service: &'static str, default_port: u16) -> anyhow::Result<Self> {
+        let unknown = crate::settings::unknown_in_environment();
+        anyhow::ensure!(
+            unknown.is_empty(),
+            "{service} refuses to start: unknown setting(s) {} (every setting is listed in docs/configuration.md)",
+            unknown
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
         let namespace = Namespace::parse(&env_or("SAGAPAY_NAMESPACE", Namespace::DEFAULT))?;
         let environment = match env_or("SAGAPAY_ENVIRONMENT", "development").as_str() {
             "development" => Environment::Development,
@@ -177,7 +208,7 @@ impl CommonConfig {
             namespace,
             instance_id,
             environment,
-            postgres_url: env_or("SAGAPAY_POSTGRES_URL", DEFAULT_POSTGRES_URL),
+            postgres_url: postgres_url_from_env(),
             kafka: KafkaSettings {
                 brokers: env_or("SAGAPAY_KAFKA_BROKERS", "127.0.0.1:9092"),
                 partitions: env_parse("SAGAPAY_KAFKA_PARTITIONS", 12)?,
@@ -248,7 +279,7 @@ impl CommonConfig {
     /// (the table in `docs/architecture.md`, "Production mode").
     pub fn production_problems(&self) -> anyhow::Result<Vec<String>> {
         let mut problems = Vec::new();
-        match url_password(&self.postgres_url) {
+        match url_password(self.postgres_url.expose_secret()) {
             None => problems.push(
                 "SAGAPAY_POSTGRES_URL has no password: set the database user's password".to_owned(),
             ),
@@ -258,7 +289,7 @@ impl CommonConfig {
             ),
             Some(_) => {}
         }
-        match sagapay_messaging::postgres_url::tls_params(&self.postgres_url) {
+        match sagapay_messaging::postgres_url::tls_params(self.postgres_url.expose_secret()) {
             Ok(tls) if tls.mode.authenticates_server() => {}
             Ok(tls) => problems.push(format!(
                 "SAGAPAY_POSTGRES_URL has sslmode={}: production needs sslmode=verify-full (or verify-ca) and sslrootcert=<CA file>, so the database's identity is checked and nothing travels in clear",
@@ -304,7 +335,7 @@ impl CommonConfig {
             namespace,
             instance_id: None,
             environment: Environment::Development,
-            postgres_url: env_or("SAGAPAY_POSTGRES_URL", DEFAULT_POSTGRES_URL),
+            postgres_url: postgres_url_from_env(),
             kafka: KafkaSettings {
                 brokers: env_or("SAGAPAY_KAFKA_BROKERS", "127.0.0.1:9092"),
                 partitions: 2,
@@ -326,8 +357,12 @@ impl CommonConfig {
         self.namespace.database(self.service)
     }
 
-    pub fn database_url(&self) -> String {
-        sagapay_messaging::postgres_url::with_database(&self.postgres_url, &self.database_name())
+    /// The service's own database's URL (it holds the password: for connecting only).
+    pub fn database_url(&self) -> SecretString {
+        SecretString::from(sagapay_messaging::postgres_url::with_database(
+            self.postgres_url.expose_secret(),
+            &self.database_name(),
+        ))
     }
 
     pub fn topic(&self, event_type: sagapay_domain::EventType) -> String {

@@ -3,6 +3,7 @@
 use crate::config::CommonConfig;
 use anyhow::Context;
 use sagapay_messaging::postgres_url::with_database;
+use secrecy::ExposeSecret;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
 use std::str::FromStr;
@@ -15,14 +16,14 @@ pub async fn prepare(
     migrations: refinery::Runner,
 ) -> anyhow::Result<PgPool> {
     let db_name = config.database_name();
-    ensure_database(&config.postgres_url, &db_name).await?;
-    sagapay_messaging::migrations::apply(&config.database_url(), migrations)
+    ensure_database(config.postgres_url.expose_secret(), &db_name).await?;
+    sagapay_messaging::migrations::apply(config.database_url().expose_secret(), migrations)
         .await
         .with_context(|| format!("migrating database {db_name}"))?;
     // No statement waits forever (on a lock, say): a consumer's handler that would block its
     // lane silently fails instead (SQLSTATE 57014), is retried, and shows as a stall.
     let statement_timeout = format!("{}ms", config.db_statement_timeout.as_millis());
-    let options = PgConnectOptions::from_str(&config.database_url())?
+    let options = PgConnectOptions::from_str(config.database_url().expose_secret())?
         .application_name(config.service)
         .options([("statement_timeout", statement_timeout.as_str())])
         .log_statements(tracing::log::LevelFilter::Trace)

@@ -168,6 +168,8 @@ pub fn instrument(router: Router, metrics: HttpMetrics, limits: HttpLimits) -> R
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(request_span)
+                // A 5xx is counted (`http_requests_total`) and logged by what caused it.
+                .on_failure(())
                 .on_response(
                     |resp: &Response, _latency: Duration, span: &tracing::Span| {
                         span.record("http.response.status_code", resp.status().as_u16());

@@ -13,6 +13,7 @@ pub mod ops_auth;
 pub mod platform;
 pub mod runtime;
 pub mod service_auth;
+pub mod settings;
 
 pub use api_error::ApiError;
 pub use config::{CommonConfig, Environment};

@@ -12,21 +12,16 @@ use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
+use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
 
 pub const DEV_OPS_KEY: &str = "dev-ops-secret";
 
-/// The ops key of this deployment.
-#[derive(Clone)]
-pub struct OpsKey(Arc<str>);
-
-impl std::fmt::Debug for OpsKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("OpsKey(***)")
-    }
-}
+/// The ops key of this deployment (a `secrecy` secret: never printed, wiped when dropped).
+#[derive(Clone, Debug)]
+pub struct OpsKey(Arc<SecretString>);
 
 impl OpsKey {
     /// `SAGAPAY_OPS_KEY`, checked for `environment`.
@@ -45,7 +40,7 @@ impl OpsKey {
     }
 
     pub fn new(key: &str) -> Self {
-        Self(Arc::from(key))
+        Self(Arc::new(SecretString::from(key)))
     }
 
     /// The development key, for tests.
@@ -55,7 +50,7 @@ impl OpsKey {
 
     /// Whether `given` is this key (compared as digests, in constant time).
     pub fn matches(&self, given: &str) -> bool {
-        secret_matches(given, &self.0)
+        secret_matches(given, self.0.expose_secret())
     }
 }
 
@@ -96,6 +91,10 @@ mod tests {
         assert!(key.matches("a-long-enough-secret"));
         assert!(!key.matches("a-long-enough-secreT"));
         assert!(!key.matches(""));
-        assert_eq!(format!("{key:?}"), "OpsKey(***)");
+        let shown = format!("{key:?}");
+        assert!(
+            !shown.contains("a-long-enough") && shown.contains("REDACTED"),
+            "{shown}"
+        );
     }
 }

@@ -29,6 +29,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use hmac::{Hmac, Mac};
+use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
@@ -49,14 +50,9 @@ pub const MIN_KEY_LEN: usize = 32;
 const MAX_BODY_BYTES: usize = 1024 * 1024;
 
 /// The keys services sign and verify internal requests with (the first signs).
-#[derive(Clone)]
-pub struct ServiceKeys(Arc<[Box<str>]>);
-
-impl std::fmt::Debug for ServiceKeys {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ServiceKeys({} key(s), ***)", self.0.len())
-    }
-}
+/// Each key a `secrecy` secret: never printed, wiped when dropped.
+#[derive(Clone, Debug)]
+pub struct ServiceKeys(Arc<[SecretString]>);
 
 /// Who called, as its verified credential says.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,23 +81,26 @@ impl ServiceKeys {
     /// `SAGAPAY_INTERNAL_KEYS` (or `SAGAPAY_INTERNAL_KEYS_FILE`), checked for `environment`.
     pub fn from_env(environment: Environment) -> anyhow::Result<Self> {
         let raw = match (
-            std::env::var("SAGAPAY_INTERNAL_KEYS").ok().filter(|v| !v.is_empty()),
-            std::env::var("SAGAPAY_INTERNAL_KEYS_FILE").ok().filter(|v| !v.is_empty()),
+            crate::settings::secret("SAGAPAY_INTERNAL_KEYS"),
+            Some(crate::config::env_or("SAGAPAY_INTERNAL_KEYS_FILE", "")).filter(|v| !v.is_empty()),
         ) {
             (Some(_), Some(_)) => anyhow::bail!(
                 "set SAGAPAY_INTERNAL_KEYS or SAGAPAY_INTERNAL_KEYS_FILE, not both"
             ),
             (Some(v), None) => v,
-            (None, Some(path)) => std::fs::read_to_string(&path)
-                .map_err(|e| anyhow::anyhow!("SAGAPAY_INTERNAL_KEYS_FILE {path}: {e}"))?,
+            (None, Some(path)) => SecretString::from(
+                std::fs::read_to_string(&path)
+                    .map_err(|e| anyhow::anyhow!("SAGAPAY_INTERNAL_KEYS_FILE {path}: {e}"))?,
+            ),
             (None, None) => match environment {
-                Environment::Development => DEV_INTERNAL_KEY.to_owned(),
+                Environment::Development => SecretString::from(DEV_INTERNAL_KEY),
                 Environment::Production => anyhow::bail!(
                     "SAGAPAY_INTERNAL_KEYS (or SAGAPAY_INTERNAL_KEYS_FILE) must be set in production"
                 ),
             },
         };
         let keys: Vec<&str> = raw
+            .expose_secret()
             .split(',')
             .map(str::trim)
             .filter(|k| !k.is_empty())
@@ -120,7 +119,7 @@ impl ServiceKeys {
 
     pub fn new(keys: &[&str]) -> Self {
         assert!(!keys.is_empty(), "at least one key");
-        Self(keys.iter().map(|k| Box::from(*k)).collect())
+        Self(keys.iter().map(|k| SecretString::from(*k)).collect())
     }
 
     /// The development key, for tests.
@@ -141,7 +140,7 @@ impl ServiceKeys {
     ) -> [(&'static str, String); 4] {
         let merchant_text = merchant.map(|m| m.to_string()).unwrap_or_default();
         let signature = mac(
-            &self.0[0],
+            self.0[0].expose_secret(),
             &signed_text(
                 caller,
                 now_unix,
@@ -199,7 +198,7 @@ impl ServiceKeys {
             body,
         );
         let matched = self.0.iter().fold(false, |found, key| {
-            found | bool::from(mac(key, &text).ct_eq(&given))
+            found | bool::from(mac(key.expose_secret(), &text).ct_eq(&given))
         });
         if !matched {
             return Err(CredentialError::Invalid);
@@ -402,6 +401,10 @@ mod tests {
         let h = headers(both.sign("gateway", "GET", "/p", None, b"", NOW));
         assert!(new.verify(&h, "GET", "/p", b"", NOW).is_ok());
         assert!(old.verify(&h, "GET", "/p", b"", NOW).is_err());
-        assert_eq!(format!("{both:?}"), "ServiceKeys(2 key(s), ***)");
+        let shown = format!("{both:?}");
+        assert!(
+            !shown.contains("new") && !shown.contains("old") && shown.contains("REDACTED"),
+            "{shown}"
+        );
     }
 }

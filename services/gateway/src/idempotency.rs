@@ -16,6 +16,7 @@
 
 use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::sync::Mutex;
@@ -27,8 +28,8 @@ pub const RESPONSE_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 
 #[derive(Debug, Clone)]
 pub struct IdempotencySettings {
-    /// `SAGAPAY_REDIS_URL`; `None` turns the fast path off.
-    pub redis_url: Option<String>,
+    /// `SAGAPAY_REDIS_URL` (a secret: it holds the password); `None` turns the fast path off.
+    pub redis_url: Option<SecretString>,
     /// Longest wait for one Redis command before going the durable path.
     pub timeout: Duration,
     /// How long an in-flight claim holds a key when its gateway never finishes.
@@ -40,7 +41,7 @@ pub struct IdempotencySettings {
 impl IdempotencySettings {
     pub fn new(redis_url: Option<String>) -> Self {
         Self {
-            redis_url,
+            redis_url: redis_url.map(SecretString::from),
             timeout: Duration::from_millis(500),
             claim_ttl: Duration::from_secs(30),
             backoff: Duration::from_secs(1),
@@ -157,7 +158,7 @@ impl IdempotencyCache {
         let conn = match &settings.redis_url {
             None => None,
             Some(url) => {
-                let client = redis::Client::open(url.as_str())?;
+                let client = redis::Client::open(url.expose_secret())?;
                 let config = ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(settings.timeout))
                     .set_response_timeout(Some(settings.timeout))

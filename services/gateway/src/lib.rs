@@ -19,6 +19,7 @@ use anyhow::Context;
 use sagapay_domain::PerCurrency;
 use sagapay_service_kit::config::{env_or, env_or_off, env_parse};
 use sagapay_service_kit::{CommonConfig, Environment, Platform, ServiceHandle, ServiceKeys};
+use secrecy::{ExposeSecret, SecretString};
 use std::time::Duration;
 
 pub const SERVICE: &str = "gateway";
@@ -38,7 +39,7 @@ pub struct Config {
     pub notification_url: String,
     /// `SAGAPAY_DEV_API_KEY`, default `dev-secret`: the development merchant's key, seeded only
     /// in development mode.
-    pub dev_api_key: Option<String>,
+    pub dev_api_key: Option<SecretString>,
     /// `SAGAPAY_MAX_AMOUNT_CENTS`: the largest payment per currency, in its minor units
     /// (`USD:100000000,JPY:150000000,...`); default about $1,000,000 in each currency. A bare
     /// number is USD's, and the others follow by exponent.
@@ -78,7 +79,10 @@ impl Config {
     pub fn from_env() -> anyhow::Result<Self> {
         let common = CommonConfig::from_env(SERVICE, DEFAULT_PORT)?;
         let dev_api_key = match common.environment {
-            Environment::Development => Some(env_or("SAGAPAY_DEV_API_KEY", "dev-secret")),
+            Environment::Development => Some(SecretString::from(env_or(
+                "SAGAPAY_DEV_API_KEY",
+                "dev-secret",
+            ))),
             Environment::Production => None,
         };
         Ok(Self {
@@ -112,7 +116,7 @@ impl Config {
             orchestrator_url,
             // Set by whoever starts the notification service beside it.
             notification_url: "http://127.0.0.1:8005".into(),
-            dev_api_key: Some("dev-secret".into()),
+            dev_api_key: Some(SecretString::from("dev-secret")),
             max_amount: default_max_amount(),
             body_limit_bytes: 16 * 1024,
             orchestrator_timeout_ms: 10_000,
@@ -144,7 +148,7 @@ pub async fn start(config: Config) -> anyhow::Result<ServiceHandle> {
             config.common.environment == Environment::Development,
             "the development API key is accepted only in development mode"
         );
-        auth::seed_dev_merchant(&platform.pool, key).await?;
+        auth::seed_dev_merchant(&platform.pool, key.expose_secret()).await?;
     }
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(64)

@@ -63,12 +63,13 @@ pub struct Config {
 
 impl Config {
     pub fn from_env() -> anyhow::Result<Self> {
-        let currencies = match std::env::var("SAGAPAY_LEDGER_CURRENCIES") {
-            Ok(v) if !v.is_empty() => v
+        let currencies = match sagapay_service_kit::config::env_or("SAGAPAY_LEDGER_CURRENCIES", "")
+        {
+            v if v.is_empty() => all_currencies(),
+            v => v
                 .split(',')
                 .map(|c| Currency::parse(c.trim()))
                 .collect::<Result<Vec<_>, _>>()?,
-            _ => all_currencies(),
         };
         let d = fees::FeeSchedule::default();
         let common = CommonConfig::from_env(SERVICE, DEFAULT_PORT)?;

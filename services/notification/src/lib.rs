@@ -10,7 +10,7 @@ use anyhow::anyhow;
 use sagapay_domain::events::PaymentFinalized;
 use sagapay_domain::{Envelope, EventType};
 use sagapay_messaging::{Handler, HandlerError, MessageContext};
-use sagapay_service_kit::config::env_parse;
+use sagapay_service_kit::config::{env_ms, env_parse};
 use sagapay_service_kit::{CommonConfig, Environment, Platform, ServiceHandle, ServiceKeys};
 use serde_json::json;
 use sqlx::PgConnection;
@@ -65,9 +65,7 @@ pub struct WebhookSettings {
 
 impl WebhookSettings {
     fn from_env(environment: Environment) -> anyhow::Result<Self> {
-        let ms = |name: &str, default: u64| -> anyhow::Result<Duration> {
-            Ok(Duration::from_millis(env_parse(name, default)?))
-        };
+        let ms = |name: &str, default_ms: u64| env_ms(name, Duration::from_millis(default_ms));
         Ok(Self {
             timeout: ms("SAGAPAY_WEBHOOK_TIMEOUT_MS", 10_000)?,
             retry_initial: ms("SAGAPAY_WEBHOOK_RETRY_INITIAL_MS", 60_000)?,

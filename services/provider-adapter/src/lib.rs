@@ -22,7 +22,7 @@ use sagapay_domain::events::{
 };
 use sagapay_domain::{AmountMinor, Currency, Envelope, EventType};
 use sagapay_messaging::{Classification, Handler, HandlerError, MessageContext, Outbox};
-use sagapay_service_kit::config::env_parse;
+use sagapay_service_kit::config::{env_ms, env_ms_list};
 use sagapay_service_kit::{CommonConfig, Environment, OpsKey, Platform, ServiceHandle};
 use sqlx::PgConnection;
 use std::sync::Arc;
@@ -62,37 +62,11 @@ pub struct Config {
 }
 
 impl Config {
-    /// | variable | default |
-    /// |---|---|
-    /// | `SAGAPAY_PROVIDER_TIMEOUT_MS` | 2000 |
-    /// | `SAGAPAY_PROVIDER_BACKOFF_MS` | `1000,2000,4000`: the short schedule (attempts = entries + 1) |
-    /// | `SAGAPAY_PROVIDER_LONG_BACKOFF_MS` | `5000,15000,30000,60000,120000,300000,600000`: then, the last step repeating |
-    /// | `SAGAPAY_PROVIDER_GIVE_UP_MS` | 86400000: captures, voids and refunds are given up after this |
-    /// | `SAGAPAY_PROVIDER_AUTHORIZE_GIVE_UP_MS` | 0: an authorization with an unknown outcome is asked about once |
-    /// | `SAGAPAY_PROVIDER_SLOW_MS` | 500 |
-    /// | `SAGAPAY_PROVIDER_CLAIM_TIMEOUT_MS` | 60000 (a crashed worker's operations are taken over after this) |
+    /// The adapter's settings (`SAGAPAY_PROVIDER_*`, see `docs/configuration.md`).
     pub fn from_env() -> anyhow::Result<Self> {
         let d = RetrySettings::default();
-        let schedule = |name: &str, default: &[Duration]| -> anyhow::Result<Vec<Duration>> {
-            match std::env::var(name) {
-                Ok(v) if !v.is_empty() => {
-                    let steps = v
-                        .split(',')
-                        .map(|ms| ms.trim().parse::<u64>().map(Duration::from_millis))
-                        .collect::<Result<Vec<_>, _>>()
-                        .map_err(|e| anyhow!("{name}={v:?}: {e}"))?;
-                    anyhow::ensure!(!steps.is_empty(), "{name} needs at least one step");
-                    Ok(steps)
-                }
-                _ => Ok(default.to_vec()),
-            }
-        };
-        let ms = |name: &str, default: Duration| -> anyhow::Result<Duration> {
-            Ok(Duration::from_millis(env_parse(
-                name,
-                default.as_millis() as u64,
-            )?))
-        };
+        let ms = env_ms;
+        let schedule = env_ms_list;
         let common = CommonConfig::from_env(SERVICE, DEFAULT_PORT)?;
         Ok(Self {
             ops_key: OpsKey::from_env(common.environment)?,
@@ -109,10 +83,7 @@ impl Config {
                 claim_timeout: ms("SAGAPAY_PROVIDER_CLAIM_TIMEOUT_MS", d.claim_timeout)?,
                 ..d
             },
-            simulated_slow_delay: Duration::from_millis(env_parse(
-                "SAGAPAY_PROVIDER_SLOW_MS",
-                500,
-            )?),
+            simulated_slow_delay: env_ms("SAGAPAY_PROVIDER_SLOW_MS", Duration::from_millis(500))?,
         })
     }
 

@@ -46,13 +46,7 @@ pub struct Config {
 }
 
 impl Config {
-    /// | variable | default |
-    /// |---|---|
-    /// | `SAGAPAY_RISK_REVIEW_AMOUNT_CENTS` | per currency, `USD:100000,JPY:150000,...` over about $1,000 in each currency (a bare number is USD's, others follow by exponent) |
-    /// | `SAGAPAY_RISK_VELOCITY_REVIEW_PER_HOUR` | 10 |
-    /// | `SAGAPAY_RISK_VELOCITY_DENY_PER_HOUR` | 20 |
-    /// | `SAGAPAY_RISK_RECENT_FAILURES_REVIEW` | 3 |
-    /// | `SAGAPAY_OPS_KEY` | `dev-ops-secret` (development only) |
+    /// Risk's settings (`SAGAPAY_RISK_*`, see `docs/configuration.md`).
     pub fn from_env() -> anyhow::Result<Self> {
         let common = CommonConfig::from_env(SERVICE, DEFAULT_PORT)?;
         let d = Thresholds::default();

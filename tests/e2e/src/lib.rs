@@ -42,6 +42,15 @@ pub fn fresh_namespace() -> Namespace {
     Namespace::parse(&format!("t_{}", &id[..12])).expect("valid namespace")
 }
 
+/// The PostgreSQL server the tests use (`SAGAPAY_POSTGRES_URL`, without a database).
+pub fn postgres_server_url() -> String {
+    use secrecy::ExposeSecret;
+    config("gateway", &fresh_namespace())
+        .postgres_url
+        .expose_secret()
+        .to_owned()
+}
+
 pub fn config(service: &'static str, ns: &Namespace) -> CommonConfig {
     let mut c = CommonConfig::for_test(service, ns.clone());
     // Keep claims short so tests of crashed relays do not wait long.
@@ -210,7 +219,7 @@ impl TestStack {
                     g.key_lookups_burst = burst;
                 }
                 if let Some(url) = &options.gateway_redis_url {
-                    g.idempotency.redis_url = Some(url.clone());
+                    g.idempotency.redis_url = Some(secrecy::SecretString::from(url.clone()));
                 }
                 g
             }),
@@ -250,10 +259,11 @@ impl TestStack {
 
     /// A pool on a service's database, for assertions.
     pub async fn db(&self, service: &'static str) -> PgPool {
+        use secrecy::ExposeSecret;
         let url = config(service, &self.ns).database_url();
         PgPoolOptions::new()
             .max_connections(2)
-            .connect(&url)
+            .connect(url.expose_secret())
             .await
             .expect("connect to service database")
     }
@@ -261,10 +271,8 @@ impl TestStack {
     /// A pool on the server's `postgres` database, for what no service database can do
     /// (switching a service's database off and on, watching its sessions).
     pub async fn admin_pool(&self) -> PgPool {
-        let url = sagapay_messaging::postgres_url::with_database(
-            &config("gateway", &self.ns).postgres_url,
-            "postgres",
-        );
+        let url =
+            sagapay_messaging::postgres_url::with_database(&postgres_server_url(), "postgres");
         PgPoolOptions::new()
             .max_connections(1)
             .connect(&url)
@@ -299,10 +307,7 @@ impl TestStack {
     /// `sagapayctl reconcile` over the whole namespace, nothing left out as still settling.
     pub async fn reconcile(&self) -> sagapayctl::reconcile::Report {
         sagapayctl::reconcile::run(
-            &sagapayctl::reconcile::Databases::of(
-                &config("gateway", &self.ns).postgres_url,
-                &self.ns,
-            ),
+            &sagapayctl::reconcile::Databases::of(&postgres_server_url(), &self.ns),
             &sagapayctl::reconcile::Window {
                 settling: Duration::ZERO,
                 ..Default::default()
@@ -764,7 +769,7 @@ pub fn free_port(range: std::ops::Range<u16>) -> u16 {
 /// Drops the databases and topics of a namespace (best effort).
 pub async fn cleanup_namespace(ns: &Namespace) {
     let base = config("gateway", ns);
-    let _ = sagapay_service_kit::drop_namespace(&base.postgres_url, &base.kafka, ns).await;
+    let _ = sagapay_service_kit::drop_namespace(&postgres_server_url(), &base.kafka, ns).await;
 }
 
 /// Makes database `db` refuse every new connection and drops its open ones, or accepts them

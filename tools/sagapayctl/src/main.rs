@@ -108,6 +108,8 @@ enum Command {
     /// Webhook deliveries: what was sent where, with the last answer; send one again.
     #[command(subcommand)]
     Webhooks(WebhooksCommand),
+    /// Every setting of every service, as the Markdown of `docs/configuration.md`.
+    Settings,
 }
 
 #[derive(Subcommand)]
@@ -334,12 +336,16 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Command::Settings = cli.command {
+        print!("{}", sagapay_service_kit::settings::markdown());
+        return Ok(());
+    }
     let ns = Namespace::parse(&cli.namespace)?;
     let kafka = KafkaSettings {
         brokers: cli.brokers.clone(),
         // The services' connection security, when the cluster needs it.
         client_overrides: sagapay_messaging::kafka::parse_overrides(
-            &std::env::var("SAGAPAY_KAFKA_CLIENT_CONFIG").unwrap_or_default(),
+            &sagapay_service_kit::config::env_or("SAGAPAY_KAFKA_CLIENT_CONFIG", ""),
         )
         .map_err(|e| anyhow::anyhow!("SAGAPAY_KAFKA_CLIENT_CONFIG: {e}"))?,
         ..KafkaSettings::default()
@@ -470,7 +476,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         ops_key: cli.ops_key.clone(),
     };
     match cli.command {
-        Command::Reconcile { .. } | Command::Webhooks(_) => unreachable!("handled above"),
+        Command::Reconcile { .. } | Command::Webhooks(_) | Command::Settings => {
+            unreachable!("handled above")
+        }
         Command::Payments(PaymentsCommand::Stuck { limit, json }) => {
             let stuck = ops.stuck(limit).await?;
             if json {

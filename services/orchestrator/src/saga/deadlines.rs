@@ -21,7 +21,7 @@
 
 use crate::store::Compensation;
 use sagapay_domain::PaymentStatus;
-use sagapay_service_kit::config::env_parse;
+use sagapay_service_kit::config::{env_ms, env_parse};
 use std::time::Duration;
 
 #[derive(Debug, Clone)]
@@ -59,26 +59,10 @@ impl Default for Deadlines {
 }
 
 impl Deadlines {
-    /// | variable | default |
-    /// |---|---|
-    /// | `SAGAPAY_DEADLINE_CREATED_MS` | 60000 |
-    /// | `SAGAPAY_DEADLINE_RISK_REVIEW_MS` | 86400000 |
-    /// | `SAGAPAY_DEADLINE_APPROVED_MS` | 120000 |
-    /// | `SAGAPAY_DEADLINE_AUTHORIZED_MS` | 120000 |
-    /// | `SAGAPAY_AUTHORIZATION_EXPIRY_MS` | 604800000 (manual capture: voided after) |
-    /// | `SAGAPAY_DEADLINE_CAPTURED_MS` | 60000 |
-    /// | `SAGAPAY_DEADLINE_COMPENSATING_MS` | 600000 |
-    /// | `SAGAPAY_DEADLINE_REFUND_MS` | 600000 |
-    /// | `SAGAPAY_DEADLINE_NUDGES` | 3 (re-sends before a payment needs attention) |
-    /// | `SAGAPAY_SWEEP_INTERVAL_MS` | 1000 |
+    /// The deadlines' settings (`SAGAPAY_DEADLINE_*`, see `docs/configuration.md`).
     pub fn from_env() -> anyhow::Result<Self> {
         let d = Self::default();
-        let ms = |name: &str, default: Duration| -> anyhow::Result<Duration> {
-            Ok(Duration::from_millis(env_parse(
-                name,
-                default.as_millis() as u64,
-            )?))
-        };
+        let ms = env_ms;
         Ok(Self {
             created: ms("SAGAPAY_DEADLINE_CREATED_MS", d.created)?,
             risk_review: ms("SAGAPAY_DEADLINE_RISK_REVIEW_MS", d.risk_review)?,

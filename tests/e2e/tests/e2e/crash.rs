@@ -47,7 +47,7 @@ async fn sigkill_of_orchestrator_and_provider_adapter_loses_nothing_and_duplicat
     }
     // Mid-flight: kill both without warning, then bring them back.
     let orch_url = sagapay_messaging::postgres_url::with_database(
-        &sagapay_e2e::config("gateway", &ns).postgres_url,
+        &sagapay_e2e::postgres_server_url(),
         &ns.database("orchestrator"),
     );
     let orch = PgPoolOptions::new()
@@ -94,7 +94,7 @@ async fn sigkill_of_orchestrator_and_provider_adapter_loses_nothing_and_duplicat
 
     let db = |service: &str| {
         let url = sagapay_messaging::postgres_url::with_database(
-            &sagapay_e2e::config("gateway", &ns).postgres_url,
+            &sagapay_e2e::postgres_server_url(),
             &ns.database(service),
         );
         async move {

@@ -93,10 +93,7 @@ fn sagapayctl(stack: &TestStack, args: &[&str]) -> String {
     let out = Command::new(target_binary("sagapayctl"))
         .args(args)
         .env("SAGAPAY_NAMESPACE", stack.ns.as_str())
-        .env(
-            "SAGAPAY_POSTGRES_URL",
-            config("gateway", &stack.ns).postgres_url,
-        )
+        .env("SAGAPAY_POSTGRES_URL", sagapay_e2e::postgres_server_url())
         .output()
         .expect("run sagapayctl");
     assert!(

@@ -25,7 +25,9 @@ async fn the_database_rejects_altered_deleted_and_unbalanced_ledger_entries() {
     let stack = TestStack::spawn().await;
     let pid = stack.settled_payment("sql", 5_000, "USD").await;
     let url = sagapay_e2e::config("ledger", &stack.ns).database_url();
-    let mut conn = PgConnection::connect(&url).await.unwrap();
+    let mut conn = PgConnection::connect(secrecy::ExposeSecret::expose_secret(&url))
+        .await
+        .unwrap();
 
     let err = |r: Result<sqlx::postgres::PgQueryResult, sqlx::Error>| -> String {
         match r {

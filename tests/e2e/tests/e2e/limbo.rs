@@ -88,10 +88,7 @@ async fn assert_no_card_hold(provider: &PgPool) {
 
 async fn reconcile_now(stack: &TestStack) -> reconcile::Report {
     reconcile::run(
-        &Databases::of(
-            &sagapay_e2e::config("gateway", &stack.ns).postgres_url,
-            &stack.ns,
-        ),
+        &Databases::of(&sagapay_e2e::postgres_server_url(), &stack.ns),
         &Window {
             settling: Duration::ZERO,
             ..Window::default()

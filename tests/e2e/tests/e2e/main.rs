@@ -27,6 +27,7 @@ mod relay;
 mod replay;
 mod risk_review;
 mod scale;
+mod settings;
 mod traces;
 mod upgrades;
 mod webhooks;

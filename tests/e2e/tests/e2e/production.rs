@@ -162,7 +162,7 @@ fn stranger_ca(dir: &std::path::Path) -> std::path::PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn production_mode_starts_with_safe_settings_and_refuses_the_development_merchant() {
     let ns = fresh_namespace();
-    let base = config("gateway", &ns).postgres_url;
+    let base = sagapay_e2e::postgres_server_url();
     let admin = PgPoolOptions::new()
         .max_connections(1)
         .connect(&with_database(&base, "postgres"))

@@ -167,7 +167,7 @@ async fn two_instances_share_the_work_and_losing_one_of_each_loses_nothing() {
         async move {
             sqlx::postgres::PgPoolOptions::new()
                 .max_connections(1)
-                .connect(&url)
+                .connect(secrecy::ExposeSecret::expose_secret(&url))
                 .await
                 .unwrap()
         }
