@@ -5,6 +5,7 @@
 //! also how each is stored (`sql`).
 
 pub mod events;
+pub mod fingerprint;
 pub mod merchant_events;
 pub mod money;
 pub mod namespace;
@@ -16,6 +17,7 @@ pub mod state;
 pub mod text;
 
 pub use events::{Channel, Envelope, EventType};
+pub use fingerprint::request_fingerprint;
 pub use merchant_events::MerchantEventType;
 pub use money::{AmountMinor, Currency, MoneyError};
 pub use namespace::Namespace;

@@ -557,7 +557,8 @@ impl<H: Handler> InboxConsumer<H> {
         let key = d.key();
         let outcome = async {
             self.observe_queue_delay(&envelope);
-            let mut backoff = self.settings.retry_initial;
+            let mut delays =
+                failure::retry_delays(self.settings.retry_initial, self.settings.retry_max);
             let mut attempts: u32 = 0;
             let mut first_failure: Option<Instant> = None;
             loop {
@@ -578,6 +579,7 @@ impl<H: Handler> InboxConsumer<H> {
                     Retry::Permanent => Classification::NonRetryable,
                     Retry::Transient if exhausted => Classification::RetryExhausted,
                     Retry::Transient => {
+                        let backoff = delays.next().unwrap_or(self.settings.retry_max);
                         self.metrics
                             .handler_retries_total
                             .with_label_values(&[&envelope.event_type])
@@ -600,7 +602,6 @@ impl<H: Handler> InboxConsumer<H> {
                             _ = shutdown.cancelled() => return Ok(Outcome::Stopped),
                             _ = tokio::time::sleep(backoff) => {}
                         }
-                        backoff = (backoff * 2).min(self.settings.retry_max);
                         continue;
                     }
                 };

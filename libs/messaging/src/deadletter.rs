@@ -166,7 +166,8 @@ pub async fn publish(
 ) -> anyhow::Result<()> {
     let mut value = letter.to_json();
     let key = letter.original_key.clone().unwrap_or_default();
-    let (mut backoff, backoff_max) = retry;
+    let (initial, most) = retry;
+    let mut delays = crate::failure::retry_delays(initial, most);
     loop {
         let record = FutureRecord::to(topic).key(&key).payload(&value);
         match producer
@@ -186,11 +187,11 @@ pub async fn publish(
             }
             Err((e, _)) => {
                 tracing::warn!(error = %e, "dead-letter publish failed; retrying");
+                let backoff = delays.next().unwrap_or(most);
                 tokio::select! {
                     _ = shutdown.cancelled() => anyhow::bail!("shutdown while dead-lettering"),
                     _ = tokio::time::sleep(backoff) => {}
                 }
-                backoff = (backoff * 2).min(backoff_max);
             }
         }
     }

@@ -106,9 +106,37 @@ pub fn classify(error: &HandlerError) -> Classified {
     }
 }
 
+/// The waits between retries of a transient failure: `initial`, doubled each time, at most
+/// `max`, for ever (the caller decides when to give up). One schedule for the consumer's
+/// retries in place and the dead-letter publisher's.
+pub fn retry_delays(
+    initial: std::time::Duration,
+    max: std::time::Duration,
+) -> impl Iterator<Item = std::time::Duration> {
+    use backon::BackoffBuilder;
+    backon::ExponentialBuilder::default()
+        .with_min_delay(initial)
+        .with_max_delay(max)
+        .with_factor(2.0)
+        .without_max_times()
+        .build()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_delays_double_up_to_the_most() {
+        use std::time::Duration;
+        let ms = |v: u64| Duration::from_millis(v);
+        // backon multiplies in floating point: whole milliseconds are what the schedule says.
+        let delays: Vec<u128> = retry_delays(ms(100), ms(1000))
+            .take(6)
+            .map(|d| d.as_millis())
+            .collect();
+        assert_eq!(delays, [100, 200, 400, 800, 1000, 1000]);
+    }
 
     #[test]
     fn sqlstates_are_classified_by_what_they_mean() {

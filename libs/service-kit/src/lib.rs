@@ -7,6 +7,7 @@
 
 pub mod api_error;
 pub mod config;
+pub mod constant_time;
 pub mod db;
 pub mod http;
 pub mod ops_auth;

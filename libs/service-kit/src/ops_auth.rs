@@ -13,9 +13,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use secrecy::{ExposeSecret, SecretString};
-use sha2::{Digest, Sha256};
 use std::sync::Arc;
-use subtle::ConstantTimeEq;
 
 pub const DEV_OPS_KEY: &str = "dev-ops-secret";
 
@@ -50,15 +48,8 @@ impl OpsKey {
 
     /// Whether `given` is this key (compared as digests, in constant time).
     pub fn matches(&self, given: &str) -> bool {
-        secret_matches(given, self.0.expose_secret())
+        crate::constant_time::secret_matches(given, self.0.expose_secret())
     }
-}
-
-/// Compares two secrets as SHA-256 digests in constant time.
-pub fn secret_matches(given: &str, expected: &str) -> bool {
-    let a = Sha256::digest(given.as_bytes());
-    let b = Sha256::digest(expected.as_bytes());
-    a.ct_eq(&b).into()
 }
 
 /// `router`'s routes, each requiring the ops key (401 in the one error shape otherwise).

@@ -32,7 +32,6 @@ use hmac::{Hmac, Mac};
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
-use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
 pub const CALLER: &str = "sagapay-caller";
@@ -198,7 +197,7 @@ impl ServiceKeys {
             body,
         );
         let matched = self.0.iter().fold(false, |found, key| {
-            found | bool::from(mac(key.expose_secret(), &text).ct_eq(&given))
+            found | crate::constant_time::bytes_equal(&mac(key.expose_secret(), &text), &given)
         });
         if !matched {
             return Err(CredentialError::Invalid);

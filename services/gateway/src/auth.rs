@@ -62,7 +62,6 @@ async fn authenticate_digest(
     digest: &[u8],
     production: bool,
 ) -> Result<Option<Merchant>, sqlx::Error> {
-    use subtle::ConstantTimeEq;
     let found: Option<(Uuid, Uuid, Vec<u8>)> = sqlx::query_as(
         "SELECT k.merchant_id, k.key_id, k.key_hash
            FROM api_keys k JOIN merchants m USING (merchant_id)
@@ -75,7 +74,7 @@ async fn authenticate_digest(
     .fetch_optional(pool)
     .await?;
     Ok(found
-        .filter(|(_, _, stored)| bool::from(stored.as_slice().ct_eq(digest)))
+        .filter(|(_, _, stored)| sagapay_service_kit::constant_time::bytes_equal(stored, digest))
         .map(|(merchant_id, key_id, _)| Merchant {
             merchant_id,
             key_id,

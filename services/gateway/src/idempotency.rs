@@ -119,15 +119,8 @@ enum RedisTrouble {
     Corrupt(#[from] serde_json::Error),
 }
 
-/// Hex SHA-256 of `parts`, each terminated by a newline: what identifies "the same request".
-pub fn fingerprint(parts: &[&str]) -> String {
-    let mut h = Sha256::new();
-    for p in parts {
-        h.update(p.as_bytes());
-        h.update(b"\n");
-    }
-    hex::encode(h.finalize())
-}
+/// What identifies "the same request": the domain's one fingerprint.
+pub use sagapay_domain::request_fingerprint as fingerprint;
 
 impl IdempotencyCache {
     /// Never fails on an unreachable Redis: the connection is made on first use.
@@ -168,7 +161,10 @@ impl IdempotencyCache {
         };
         Ok(Self {
             conn,
-            prefix: format!("{namespace}:idempotency"),
+            // `v2`: fingerprints are the domain's since; an entry of the earlier format is
+            // never compared with a new one (a retry across the upgrade goes the durable
+            // path, which answers it).
+            prefix: format!("{namespace}:idempotency:v2"),
             settings,
             resting_until: Mutex::new(None),
             metrics,

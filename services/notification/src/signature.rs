@@ -29,7 +29,6 @@ fn mac(secret: &str, t: i64, body: &[u8]) -> [u8; 32] {
 /// A receiver's check, as the README shows it: one of the `v1` values is the HMAC with
 /// `secret`, and `t` is within `tolerance_s` of `now`.
 pub fn verify(header: &str, secret: &str, body: &[u8], now: i64, tolerance_s: i64) -> bool {
-    use subtle::ConstantTimeEq;
     let mut t = None;
     let mut candidates = Vec::new();
     for part in header.split(',') {
@@ -46,7 +45,7 @@ pub fn verify(header: &str, secret: &str, body: &[u8], now: i64, tolerance_s: i6
     let expected = mac(secret, t, body);
     candidates
         .iter()
-        .any(|c| bool::from(c.as_slice().ct_eq(&expected)))
+        .any(|c| sagapay_service_kit::constant_time::bytes_equal(c, &expected))
 }
 
 #[cfg(test)]

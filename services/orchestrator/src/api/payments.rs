@@ -16,7 +16,6 @@ use sagapay_service_kit::api_error::{ApiError, ErrorType};
 use sagapay_service_kit::http::RequestContext;
 use sagapay_service_kit::service_auth::VerifiedCaller;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 /// A payment request as the gateway forwards it, already validated there; it is parsed again
@@ -44,16 +43,20 @@ struct Created {
 
 /// What identifies "the same request" for idempotency: everything but the key itself.
 fn fingerprint(merchant_id: Uuid, req: &CreatePayment) -> String {
-    let mut canonical = format!(
-        "{}\n{}\n{}\n{}\n{}",
-        merchant_id, req.customer_id, req.amount_cents, req.currency, req.payment_method
-    );
+    let (merchant, amount) = (merchant_id.to_string(), req.amount_cents.to_string());
+    let mut parts = vec![
+        merchant.as_str(),
+        req.customer_id.as_str(),
+        amount.as_str(),
+        req.currency.as_str(),
+        req.payment_method.as_str(),
+    ];
     // Only when not the default, so automatic payments keep the fingerprints they had
     // before capture methods existed (a retry across the upgrade is still the same request).
     if req.capture_method == CaptureMethod::Manual {
-        canonical.push_str("\nMANUAL");
+        parts.push("MANUAL");
     }
-    hex::encode(Sha256::digest(canonical.as_bytes()))
+    sagapay_domain::request_fingerprint(&parts)
 }
 
 pub(super) async fn create_payment(

@@ -15,7 +15,6 @@ use sagapay_service_kit::api_error::{ApiError, ErrorType};
 use sagapay_service_kit::http::RequestContext;
 use sagapay_service_kit::VerifiedCaller;
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::state::AppState;
@@ -40,9 +39,11 @@ pub async fn create(
         ApiError::not_found("payment_not_found", format!("no payment {payment_id}"))
             .with_param("payment_id")
     };
-    let fingerprint = hex::encode(Sha256::digest(
-        format!("{}\n{}\n{}", merchant_id, req.amount_cents, req.reason).as_bytes(),
-    ));
+    let fingerprint = sagapay_domain::request_fingerprint(&[
+        &merchant_id.to_string(),
+        &req.amount_cents.to_string(),
+        req.reason.as_str(),
+    ]);
     let mut tx = state.pool.begin().await?;
     // The lock that makes admission safe under concurrency.
     let payment: PaymentRow = store::load_for_update(&mut tx, payment_id)
