@@ -1,6 +1,7 @@
 //! End-to-end tests on the real stack (`scripts/stack.sh up` must be running).
 //! One test binary, so the services are linked once.
 
+mod architecture;
 mod consumer_batch;
 mod consumer_failures;
 mod crash;
