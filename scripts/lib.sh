@@ -14,11 +14,14 @@ PG_PASSWORD=sagapay
 # The local server's TLS files and the CA that signed them (scripts/stack.sh).
 PG_TLS_DIR=/var/lib/postgresql/sagapay-tls
 
-SERVICES=(gateway orchestrator risk provider-adapter ledger notification)
-declare -A SERVICE_PORT=(
-  [gateway]=8000 [orchestrator]=8001 [risk]=8002
-  [provider-adapter]=8003 [ledger]=8004 [notification]=8005
-)
+# The services and their ports, from the one list (infra/services.tsv).
+SERVICES=()
+declare -A SERVICE_PORT=()
+while IFS=$'\t' read -r name port; do
+  case "$name" in '' | '#'*) continue ;; esac
+  SERVICES+=("$name")
+  SERVICE_PORT[$name]=$port
+done < "$SAGAPAY_ROOT/infra/services.tsv"
 
 log() { printf '\033[1;34m[sagapay]\033[0m %s\n' "$*" >&2; }
 warn() { printf '\033[1;33m[sagapay]\033[0m %s\n' "$*" >&2; }

@@ -3,6 +3,7 @@
 # one demo payment followed to its final state.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+GATEWAY="http://127.0.0.1:${SERVICE_PORT[gateway]}"
 cd "$SAGAPAY_ROOT"
 
 "$SAGAPAY_ROOT/scripts/stack.sh" up
@@ -15,7 +16,7 @@ cargo build --release --locked --bins -q
 API_KEY="${SAGAPAY_DEV_API_KEY:-dev-secret}"
 KEY="demo-$(date +%s)-$RANDOM"
 log "creating a demo payment (idempotency key $KEY)"
-created="$(curl -fsS -X POST http://127.0.0.1:8000/payments \
+created="$(curl -fsS -X POST $GATEWAY/payments \
   -H 'content-type: application/json' -H "x-api-key: $API_KEY" \
   -d "{\"customer_id\":\"cust-demo\",\"amount_cents\":2500,\"currency\":\"USD\",\"idempotency_key\":\"$KEY\"}")" \
   || die "POST /payments failed"
@@ -23,7 +24,7 @@ echo "$created"
 payment_id="$(printf '%s' "$created" | python3 -c 'import json,sys; print(json.load(sys.stdin)["payment_id"])')"
 
 terminal() {
-  curl -fsS -H "x-api-key: $API_KEY" "http://127.0.0.1:8000/payments/$payment_id" \
+  curl -fsS -H "x-api-key: $API_KEY" "$GATEWAY/payments/$payment_id" \
     | python3 -c 'import json,sys; s=json.load(sys.stdin)["status"]; sys.exit(0 if s in ("SETTLED","FAILED","REVERSED") else 1)'
 }
 wait_until 30 "payment $payment_id" terminal \
@@ -37,17 +38,17 @@ print("  timeline:")
 for t in p["timeline"]:
     print("    %s  %10s -> %-10s  %s" % (t["occurred_at"], t["from_state"] or "-", t["to_state"], t["reason"]))
 PY
-final="$(curl -fsS -H "x-api-key: $API_KEY" "http://127.0.0.1:8000/payments/$payment_id")"
+final="$(curl -fsS -H "x-api-key: $API_KEY" "$GATEWAY/payments/$payment_id")"
 printf '%s' "$final" | python3 -c "$SHOW"
 status="$(printf '%s' "$final" | python3 -c 'import json,sys; print(json.load(sys.stdin)["status"])')"
 [ "$status" = "SETTLED" ] || die "the demo payment ended $status, not SETTLED"
 cat <<EOT
 
 Try one yourself:
-  curl -X POST http://127.0.0.1:8000/payments \\
+  curl -X POST $GATEWAY/payments \\
     -H 'content-type: application/json' -H 'x-api-key: $API_KEY' \\
     -d '{"customer_id":"cust-1","amount_cents":2500,"currency":"USD","idempotency_key":"my-first-payment"}'
-  curl -H 'x-api-key: $API_KEY' http://127.0.0.1:8000/payments/<payment_id>
+  curl -H 'x-api-key: $API_KEY' $GATEWAY/payments/<payment_id>
 
 Services: scripts/services.sh status    Logs: .local/logs/    Stop everything: scripts/down.sh
 EOT

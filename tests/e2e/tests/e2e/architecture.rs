@@ -169,3 +169,50 @@ fn the_loop_finder_finds_a_loop() {
     assert!(!names("use crate::stores;", "crate::", "store"));
     assert!(names_in_braces("use crate::{api, store::Row};", "store"));
 }
+
+/// `infra/services.tsv` is the one list of services and ports the scripts read; the Rust
+/// constants and the Prometheus configuration say the same.
+#[test]
+fn the_service_list_is_one_list() {
+    let listed: Vec<(String, u16)> =
+        std::fs::read_to_string(workspace().join("infra/services.tsv"))
+            .unwrap()
+            .lines()
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(|l| {
+                let (name, port) = l.split_once('\t').expect("service<TAB>port");
+                (name.to_owned(), port.parse().expect("a port"))
+            })
+            .collect();
+    let in_rust: Vec<(String, u16)> = [
+        (sagapay_gateway::SERVICE, sagapay_gateway::DEFAULT_PORT),
+        (
+            sagapay_orchestrator::SERVICE,
+            sagapay_orchestrator::DEFAULT_PORT,
+        ),
+        (sagapay_risk::SERVICE, sagapay_risk::DEFAULT_PORT),
+        (
+            sagapay_provider_adapter::SERVICE,
+            sagapay_provider_adapter::DEFAULT_PORT,
+        ),
+        (sagapay_ledger::SERVICE, sagapay_ledger::DEFAULT_PORT),
+        (
+            sagapay_notification::SERVICE,
+            sagapay_notification::DEFAULT_PORT,
+        ),
+    ]
+    .into_iter()
+    .map(|(s, p)| (s.to_owned(), p))
+    .collect();
+    assert_eq!(listed, in_rust);
+    let names: Vec<&str> = listed.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, sagapay_service_kit::SERVICES);
+    let prometheus =
+        std::fs::read_to_string(workspace().join("infra/prometheus/prometheus.yml")).unwrap();
+    for (name, port) in &listed {
+        assert!(
+            prometheus.contains(&format!("- {name}:{port}")),
+            "prometheus.yml does not scrape {name}:{port}"
+        );
+    }
+}
