@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 /// Broad category, as a client would branch on it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorType {
     InvalidRequestError,
@@ -21,10 +22,12 @@ pub enum ErrorType {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorBody {
     #[serde(rename = "type")]
     pub kind: ErrorType,
     /// Machine-readable, stable: clients branch on it.
+    #[cfg_attr(feature = "openapi", schema(example = "invalid_amount"))]
     pub code: String,
     /// For humans; may change.
     pub message: String,
@@ -118,6 +121,8 @@ impl ApiError {
 
 /// The full JSON document of an error response.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", schema(as = ErrorResponse))]
 pub struct ErrorDocument {
     pub error: ErrorBody,
     pub request_id: Option<String>,

@@ -191,7 +191,7 @@ pub(crate) async fn get_payment(
     ),
     security(("api_key" = [])),
     responses(
-        (status = 200, description = "{\"data\": [payment without timeline], \"has_more\": bool}", content_type = "application/json"),
+        (status = 200, description = "A page of payments, newest first", body = crate::schemas::PaymentPage),
         (status = 400, description = "Invalid filter or cursor", body = crate::schemas::ErrorResponse),
         (status = 401, description = "Missing, invalid or revoked API key", body = crate::schemas::ErrorResponse),
         (status = 429, description = "Rate limited", body = crate::schemas::ErrorResponse),

@@ -1,5 +1,10 @@
-//! The wire types of the gateway's public API as its OpenAPI document names them. The parsing
-//! itself is `validate`'s, which reports every field it refuses by name.
+//! The request bodies of the gateway's public API as its OpenAPI document names them: what
+//! `validate` accepts (it parses the JSON itself, to report every field it refuses by name).
+//! Answers are the types the orchestrator sends (`sagapay_api_models`) and the error shape
+//! every service sends (`sagapay_service_kit::api_error::ErrorDocument`, as ErrorResponse).
+
+pub use sagapay_api_models::{Payment, PaymentCreated, PaymentPage, Refund};
+pub use sagapay_service_kit::api_error::ErrorDocument as ErrorResponse;
 
 use serde::Serialize;
 use utoipa::{IntoParams, ToSchema};
@@ -49,43 +54,6 @@ pub struct CaptureBody {
 
 #[derive(Serialize, ToSchema)]
 #[allow(dead_code)]
-pub struct PaymentCreated {
-    payment_id: uuid::Uuid,
-    status: sagapay_domain::PaymentStatus,
-}
-
-#[derive(Serialize, ToSchema)]
-#[allow(dead_code)]
-pub struct TimelineEntry {
-    /// TRANSITION (a state change) or STEP (a saga step that did not change the state).
-    kind: String,
-    from_state: Option<String>,
-    to_state: String,
-    reason: String,
-    event_id: Option<uuid::Uuid>,
-    occurred_at: String,
-}
-
-#[derive(Serialize, ToSchema)]
-#[allow(dead_code)]
-pub struct Payment {
-    payment_id: uuid::Uuid,
-    status: sagapay_domain::PaymentStatus,
-    amount_cents: i64,
-    /// What was captured, once it was (a manual capture may take less).
-    amount_captured_cents: Option<i64>,
-    /// `automatic` or `manual`.
-    capture_method: String,
-    currency: String,
-    customer_id: String,
-    created_at: String,
-    updated_at: String,
-    timeline: Vec<TimelineEntry>,
-    refunds: Vec<Refund>,
-}
-
-#[derive(Serialize, ToSchema)]
-#[allow(dead_code)]
 pub struct CreateRefundBody {
     /// Integer minor units, at most what is left to refund.
     #[schema(example = 1000, minimum = 1)]
@@ -93,41 +61,4 @@ pub struct CreateRefundBody {
     /// Up to 200 characters.
     reason: Option<String>,
     idempotency_key: Option<String>,
-}
-
-#[derive(Serialize, ToSchema)]
-#[allow(dead_code)]
-pub struct Refund {
-    refund_id: uuid::Uuid,
-    payment_id: uuid::Uuid,
-    amount_cents: i64,
-    currency: String,
-    status: sagapay_domain::RefundStatus,
-    reason: String,
-    failure_reason: Option<String>,
-    created_at: String,
-    updated_at: String,
-}
-
-#[derive(Serialize, ToSchema)]
-#[allow(dead_code)]
-pub struct ErrorBody {
-    /// invalid_request_error, authentication_error, rate_limit_error, idempotency_error,
-    /// conflict_error, api_error.
-    #[serde(rename = "type")]
-    #[schema(rename = "type")]
-    kind: String,
-    /// Stable, machine-readable: clients branch on it.
-    #[schema(example = "invalid_amount")]
-    code: String,
-    message: String,
-    /// The request field at fault, when there is one.
-    param: Option<String>,
-}
-
-#[derive(Serialize, ToSchema)]
-#[allow(dead_code)]
-pub struct ErrorResponse {
-    error: ErrorBody,
-    request_id: Option<String>,
 }

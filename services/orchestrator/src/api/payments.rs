@@ -6,6 +6,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
+use sagapay_api_models::{PaymentCreated as Created, PaymentPage};
 use sagapay_domain::events::{CaptureMethod, PaymentRequested};
 use sagapay_domain::{
     AmountMinor, Currency, CustomerId, Envelope, IdempotencyKey, PaymentMethod, PaymentStatus,
@@ -33,12 +34,6 @@ pub struct CreatePayment {
     /// capture or cancel.
     #[serde(default)]
     pub capture_method: CaptureMethod,
-}
-
-#[derive(Debug, Serialize)]
-struct Created {
-    payment_id: Uuid,
-    status: sagapay_domain::PaymentStatus,
 }
 
 /// What identifies "the same request" for idempotency: everything but the key itself.
@@ -221,7 +216,7 @@ pub(super) async fn list_payments(
             )
             .with_param("starting_after")
         })?;
-    Ok(Json(serde_json::json!({ "data": data, "has_more": has_more })).into_response())
+    Ok(Json(PaymentPage { data, has_more }).into_response())
 }
 
 pub(super) async fn get_payment(

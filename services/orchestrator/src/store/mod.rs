@@ -12,7 +12,6 @@ use sagapay_domain::{
     AmountMinor, Currency, CustomerId, PaymentMethod, PaymentStatus, TextError, TransitionError,
 };
 use sagapay_messaging::{OutboxRow, OUTBOX_COLUMNS};
-use serde::Serialize;
 use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
@@ -556,27 +555,7 @@ pub async fn record_step(
     Ok(())
 }
 
-#[derive(Debug, Serialize)]
-pub struct TimelineEntry {
-    pub kind: String,
-    pub from_state: Option<String>,
-    pub to_state: String,
-    pub reason: String,
-    pub event_id: Option<Uuid>,
-    pub occurred_at: DateTime<Utc>,
-}
-
-/// A payment as listed (no timeline or refunds: `GET /payments/{id}` has those).
-#[derive(Debug, Serialize)]
-pub struct PaymentSummary {
-    pub payment_id: Uuid,
-    pub status: PaymentStatus,
-    pub amount_cents: AmountMinor,
-    pub currency: Currency,
-    pub customer_id: CustomerId,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-}
+pub use sagapay_api_models::{Payment as PaymentView, PaymentSummary, TimelineEntry};
 
 /// Which of a merchant's payments to list.
 #[derive(Debug, Default)]
@@ -652,24 +631,6 @@ pub async fn list(
     Ok(Some((page, has_more)))
 }
 
-/// The public view of a payment.
-#[derive(Debug, Serialize)]
-pub struct PaymentView {
-    pub payment_id: Uuid,
-    pub status: PaymentStatus,
-    pub amount_cents: AmountMinor,
-    pub currency: Currency,
-    pub customer_id: CustomerId,
-    /// `automatic` or `manual`.
-    pub capture_method: &'static str,
-    /// What was captured, once it was (a manual capture may take less than the amount).
-    pub amount_captured_cents: Option<AmountMinor>,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-    pub timeline: Vec<TimelineEntry>,
-    pub refunds: Vec<refunds::RefundView>,
-}
-
 /// The payment with its timeline, if it exists and belongs to `merchant_id`.
 pub async fn view(
     conn: &mut PgConnection,
@@ -719,10 +680,7 @@ pub async fn view(
         status: p.status,
         amount_cents: p.amount_minor,
         amount_captured_cents: captured.then(|| p.captured_minor()),
-        capture_method: match p.capture_method {
-            CaptureMethod::Automatic => "automatic",
-            CaptureMethod::Manual => "manual",
-        },
+        capture_method: p.capture_method.into(),
         currency: p.currency,
         customer_id: p.customer_id,
         created_at: p.created_at,

@@ -1,24 +1,12 @@
 //! The `refunds` table: merchant refunds of a settled payment, read and admitted here (the
 //! HTTP handler decides, this module only reads and writes).
 
-use chrono::{DateTime, Utc};
 use sagapay_domain::{AmountMinor, Currency, IdempotencyKey, RefundReason, RefundStatus};
-use serde::Serialize;
 use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
-#[derive(Debug, Serialize)]
-pub struct RefundView {
-    pub refund_id: Uuid,
-    pub payment_id: Uuid,
-    pub amount_cents: AmountMinor,
-    pub currency: Currency,
-    pub status: RefundStatus,
-    pub reason: String,
-    pub failure_reason: Option<String>,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-}
+/// The API's view of a refund.
+pub use sagapay_api_models::Refund as RefundView;
 
 /// A stored refund and the fingerprint of the request that created it.
 pub struct StoredRefund {
