@@ -4,6 +4,7 @@
 
 pub mod commands;
 pub mod deadlines;
+mod steps;
 pub(crate) mod sweeper;
 
 use crate::store::{
@@ -18,7 +19,8 @@ use sagapay_domain::events::{
     RiskDenied, RiskReviewRequired,
 };
 use sagapay_domain::events::{
-    LedgerRefundRequested, PaymentAwaitingCapture, PaymentRefunded, RefundPosted, RefundSucceeded,
+    EventPayload, LedgerRefundRequested, PaymentAwaitingCapture, PaymentRefunded, RefundPosted,
+    RefundSucceeded,
 };
 use sagapay_domain::{AmountMinor, Currency, Envelope, EventType, PaymentStatus, RefundStatus};
 use sagapay_messaging::{Handler, HandlerError, MessageContext, Outbox};
@@ -56,11 +58,9 @@ impl Handler for Saga {
         let headers = ctx.headers.propagated();
         match event_type {
             EventType::RiskApproved => {
-                let ev: RiskApproved = env.decode()?;
-                let allowed = [PaymentStatus::Created, PaymentStatus::RiskReview];
-                if let Step::Ignore(why) = self.expect(&payment, &allowed, env) {
-                    return self.ignored(ctx, env, why);
-                }
+                let Some(ev) = self.accept::<RiskApproved>(&payment, env, ctx)? else {
+                    return Ok(());
+                };
                 let reason = format!("risk approved: {}", ev.reason);
                 let next =
                     env.follow_up(&commands::authorize(&payment).map_err(HandlerError::permanent)?);
@@ -77,10 +77,9 @@ impl Handler for Saga {
                 .await?;
             }
             EventType::RiskReviewRequired => {
-                let ev: RiskReviewRequired = env.decode()?;
-                if let Step::Ignore(why) = self.expect(&payment, &[PaymentStatus::Created], env) {
-                    return self.ignored(ctx, env, why);
-                }
+                let Some(ev) = self.accept::<RiskReviewRequired>(&payment, env, ctx)? else {
+                    return Ok(());
+                };
                 let reason = format!("risk review required: {}", ev.reason);
                 self.apply(
                     conn,
@@ -95,11 +94,9 @@ impl Handler for Saga {
                 .await?;
             }
             EventType::RiskDenied => {
-                let ev: RiskDenied = env.decode()?;
-                let allowed = [PaymentStatus::Created, PaymentStatus::RiskReview];
-                if let Step::Ignore(why) = self.expect(&payment, &allowed, env) {
-                    return self.ignored(ctx, env, why);
-                }
+                let Some(ev) = self.accept::<RiskDenied>(&payment, env, ctx)? else {
+                    return Ok(());
+                };
                 let reason = format!("risk denied: {}", ev.reason);
                 self.end(
                     conn,
@@ -113,10 +110,9 @@ impl Handler for Saga {
                 .await?;
             }
             EventType::PaymentFailed => {
-                let ev: PaymentFailed = env.decode()?;
-                if let Step::Ignore(why) = self.expect(&payment, &[PaymentStatus::Approved], env) {
-                    return self.ignored(ctx, env, why);
-                }
+                let Some(ev) = self.accept::<PaymentFailed>(&payment, env, ctx)? else {
+                    return Ok(());
+                };
                 let reason = format!(
                     "declined by {} ({}): {}",
                     ev.provider, ev.decline_code, ev.reason
@@ -133,10 +129,9 @@ impl Handler for Saga {
                 .await?;
             }
             EventType::PaymentAuthorized => {
-                let ev: PaymentAuthorized = env.decode()?;
-                if let Step::Ignore(why) = self.expect(&payment, &[PaymentStatus::Approved], env) {
-                    return self.ignored(ctx, env, why);
-                }
+                let Some(ev) = self.accept::<PaymentAuthorized>(&payment, env, ctx)? else {
+                    return Ok(());
+                };
                 let reported = (ev.amount_minor, ev.currency);
                 if !self
                     .reported_as_requested(conn, ctx, &payment, env, "authorization", reported)
@@ -195,11 +190,9 @@ impl Handler for Saga {
                 .await?;
             }
             EventType::PaymentCaptured => {
-                let ev: PaymentCaptured = env.decode()?;
-                let allowed = [PaymentStatus::Authorized, PaymentStatus::Approved];
-                if let Step::Ignore(why) = self.expect(&payment, &allowed, env) {
-                    return self.ignored(ctx, env, why);
-                }
+                let Some(ev) = self.accept::<PaymentCaptured>(&payment, env, ctx)? else {
+                    return Ok(());
+                };
                 let reported = (ev.amount_minor, ev.currency);
                 // What was asked to be captured: a manual capture may take less.
                 let requested = (payment.captured_minor(), payment.currency);
@@ -297,7 +290,7 @@ impl Handler for Saga {
                         .reverse_posting(conn, &payment, env, &ev, &headers)
                         .await;
                 }
-                if let Step::Ignore(why) = self.expect(&payment, &[PaymentStatus::Captured], env) {
+                if let Step::Ignore(why) = self.expect(&payment, applies_in(event_type), env) {
                     return self.ignored(ctx, env, why);
                 }
                 let reason = format!("ledger posted ({})", ev.journal_transaction_id);
@@ -322,10 +315,9 @@ impl Handler for Saga {
                     .await?;
             }
             EventType::LedgerPostFailed => {
-                let ev: LedgerPostFailed = env.decode()?;
-                if let Step::Ignore(why) = self.expect(&payment, &[PaymentStatus::Captured], env) {
-                    return self.ignored(ctx, env, why);
-                }
+                let Some(ev) = self.accept::<LedgerPostFailed>(&payment, env, ctx)? else {
+                    return Ok(());
+                };
                 let capture_id = payment.capture_id.clone().ok_or_else(|| {
                     HandlerError::permanent(anyhow!("captured payment without capture_id"))
                 })?;
@@ -352,15 +344,9 @@ impl Handler for Saga {
                 .await?;
             }
             EventType::PaymentReversed => {
-                let ev: PaymentReversed = env.decode()?;
-                let allowed = [
-                    PaymentStatus::Approved,
-                    PaymentStatus::Authorized,
-                    PaymentStatus::Captured,
-                ];
-                if let Step::Ignore(why) = self.expect(&payment, &allowed, env) {
-                    return self.ignored(ctx, env, why);
-                }
+                let Some(ev) = self.accept::<PaymentReversed>(&payment, env, ctx)? else {
+                    return Ok(());
+                };
                 let what = match ev.operation {
                     ProviderOperation::Refund => "capture refunded",
                     _ => "authorization voided",
@@ -436,8 +422,7 @@ impl Handler for Saga {
                     store::record_step(conn, &payment, &reason, Some(env.event_id)).await?;
                     return Ok(());
                 }
-                let allowed = [PaymentStatus::Settled, PaymentStatus::PartiallyRefunded];
-                if let Step::Ignore(why) = self.expect(&payment, &allowed, env) {
+                if let Step::Ignore(why) = self.expect(&payment, applies_in(event_type), env) {
                     return self.ignored(ctx, env, why);
                 }
                 // The refund itself comes back for the merchant's event (below).
@@ -717,6 +702,27 @@ impl Saga {
         Ok(false)
     }
 
+    /// Reads the event's payload, then checks the payment's state against the event's row
+    /// of [`steps::STEPS`]: `None` when the event does not apply now (recorded as ignored,
+    /// see [`Saga::expect`]). A payload that does not decode is refused first, whatever the
+    /// state.
+    fn accept<P: EventPayload>(
+        &self,
+        payment: &PaymentRow,
+        env: &Envelope,
+        ctx: &MessageContext,
+    ) -> Result<Option<P>, HandlerError> {
+        let ev: P = env.decode()?;
+        debug_assert_eq!(
+            steps::of(P::EVENT_TYPE).map(|r| r.checked),
+            Some(steps::Checked::OnArrival)
+        );
+        match self.expect(payment, applies_in(P::EVENT_TYPE), env) {
+            Step::Apply => Ok(Some(ev)),
+            Step::Ignore(why) => self.ignored(ctx, env, why).map(|()| None),
+        }
+    }
+
     /// Whether an event applies to the payment as it is now. Events that do not are never
     /// applied; they are recorded in the inbox and counted by reason:
     /// - `stale`: the payment is already past the state the event expects (a late duplicate
@@ -775,6 +781,13 @@ impl Saga {
         facts: Facts<'_>,
         then: Option<&Envelope>,
     ) -> Result<(), HandlerError> {
+        debug_assert!(
+            env.event_type()
+                .and_then(steps::of)
+                .is_some_and(|r| r.moves_to.contains(&to)),
+            "{} moved a payment to {to}, which its row of the steps table does not name",
+            env.event_type
+        );
         let queued = then.map(|next| self.outbox.row(next, &ctx.headers.propagated()));
         let transition = Transition {
             to,
@@ -865,4 +878,9 @@ fn progress(s: PaymentStatus) -> u8 {
         | PaymentStatus::Refunded
         | PaymentStatus::Canceled => 5,
     }
+}
+
+/// The states `event` applies in ([`steps::STEPS`]).
+fn applies_in(event: EventType) -> &'static [PaymentStatus] {
+    steps::of(event).map_or(&[], |r| r.applies_in)
 }
