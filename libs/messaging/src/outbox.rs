@@ -265,9 +265,9 @@ impl OutboxRelay {
                     }
                     return Ok(());
                 }
-                // A notification, or the listener back after a break: drain either way.
-                _ = wakeup.next() => {}
-                _ = tokio::time::sleep(wait) => {}
+                // A notification, the listener back after a break, or the polling interval:
+                // drain either way.
+                _ = wakeup.next_or(Some(tokio::time::Instant::now() + wait)) => {}
             }
         }
     }

@@ -15,13 +15,15 @@ use sqlx::PgPool;
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// Why [`Wakeup::next`] returned.
+/// Why [`Wakeup::next`] or [`Wakeup::next_or`] returned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Wake {
     /// One or more notifications arrived (a burst is coalesced into one wake-up).
     Notified,
     /// The listener is back after a broken connection; notifications may have been missed.
     Reconnected,
+    /// The deadline of [`Wakeup::next_or`] passed: the polling fallback, or work coming due.
+    Deadline,
 }
 
 pub struct Wakeup {
@@ -78,6 +80,22 @@ impl Wakeup {
     /// Whether a listener is connected now.
     pub fn is_listening(&self) -> bool {
         self.listener.is_some()
+    }
+
+    /// Waits for the next notification, the listener's return, or `deadline` (none: no
+    /// timer), whichever comes first: what the loops that claim work (the outbox relay, the
+    /// provider worker, the webhook dispatcher) wait on between claims, each of which also
+    /// answers every reason the same way, by looking for work. Cancel-safe, like [`next`].
+    ///
+    /// [`next`]: Wakeup::next
+    pub async fn next_or(&mut self, deadline: Option<Instant>) -> Wake {
+        match deadline {
+            Some(at) => tokio::select! {
+                wake = self.next() => wake,
+                _ = tokio::time::sleep_until(at) => Wake::Deadline,
+            },
+            None => self.next().await,
+        }
     }
 
     /// Waits for the next notification, or for the listener to come back after a break.

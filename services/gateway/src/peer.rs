@@ -118,26 +118,6 @@ pub(crate) async fn forward(
     Ok(upstream(resp).await?.into_response())
 }
 
-/// [`internal_to`] the orchestrator.
-pub(crate) fn internal(
-    state: &AppState,
-    ctx: &RequestContext,
-    method: reqwest::Method,
-    path_and_query: String,
-    merchant: Uuid,
-    body: Option<&serde_json::Value>,
-) -> reqwest::RequestBuilder {
-    internal_to(
-        state,
-        Peer::Orchestrator,
-        ctx,
-        method,
-        path_and_query,
-        merchant,
-        body,
-    )
-}
-
 pub(crate) fn upstream_unavailable(e: reqwest::Error) -> ApiError {
     tracing::error!(error = %e, "orchestrator unreachable");
     ApiError::unavailable(

@@ -5,7 +5,7 @@
 use crate::auth::Merchant;
 use crate::idempotency::{self, Begin, CachedResponse};
 use crate::peer::{
-    forward, internal, require_json, upstream, upstream_unavailable, Peer, Upstream,
+    forward, internal_to, require_json, upstream, upstream_unavailable, Peer, Upstream,
 };
 use crate::state::AppState;
 use crate::validate;
@@ -121,8 +121,9 @@ pub(crate) async fn create_payment(
         "payment_method": req.payment_method,
         "capture_method": req.capture_method,
     });
-    let call = internal(
+    let call = internal_to(
         &state,
+        Peer::Orchestrator,
         &ctx,
         reqwest::Method::POST,
         "/internal/payments".to_owned(),
@@ -257,8 +258,9 @@ pub(crate) async fn create_refund(
     let req = validate::refund_request(&body, header_key, AmountMinor::HARD_MAX_MINOR)?;
     let amount = req.amount.get().to_string();
     let fingerprint = idempotency::fingerprint(&[&amount, &req.reason]);
-    let call = internal(
+    let call = internal_to(
         &state,
+        Peer::Orchestrator,
         &ctx,
         reqwest::Method::POST,
         format!("/internal/payments/{payment_id}/refunds"),
@@ -400,8 +402,9 @@ async fn manual_action(
     if let Some(a) = req.amount {
         forwarded["amount_cents"] = json!(a.get());
     }
-    let call = internal(
+    let call = internal_to(
         state,
+        Peer::Orchestrator,
         ctx,
         reqwest::Method::POST,
         format!("/internal/payments/{payment_id}/{action}"),

@@ -208,9 +208,10 @@ impl Dispatcher {
             // more), a retry coming due (polled), or shutdown.
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
-                _ = self.wakeup.next() => {}
+                _ = self.wakeup.next_or(Some(
+                    tokio::time::Instant::now() + self.settings.poll_interval,
+                )) => {}
                 _ = finished.notified() => {}
-                _ = tokio::time::sleep(self.settings.poll_interval) => {}
             }
         }
     }

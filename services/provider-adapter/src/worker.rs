@@ -155,18 +155,17 @@ impl<P: PaymentProvider> Worker<P> {
                 };
                 wake_at = tokio::time::Instant::now() + wait;
             }
+            let timer = (in_flight.len() < self.settings.max_in_flight).then_some(wake_at);
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {
                     claim_now |= backlog;
                 }
-                // A burst of notifications, or the listener back after a PostgreSQL restart
-                // (what it missed may be due): one claim answers either.
-                _ = wakeup.next() => claim_now = true,
-                // With no room, only a finished operation can let a claim run; the timer
-                // (possibly already past) would spin.
-                _ = tokio::time::sleep_until(wake_at),
-                    if in_flight.len() < self.settings.max_in_flight => claim_now = true,
+                // A burst of notifications, the listener back after a PostgreSQL restart (what
+                // it missed may be due), or the next operation coming due: one claim answers
+                // each. With no room, only a finished operation can let a claim run, so there
+                // is no timer then (one already past would spin).
+                _ = wakeup.next_or(timer) => claim_now = true,
             }
         }
         // Unfinished attempts are abandoned; their claims expire and they run again.

@@ -99,6 +99,35 @@ pub struct TestStack {
     /// This stack's share of the machine (see [`StackOptions::alone`]); released when the
     /// stack is dropped.
     _share: MachineShare,
+    /// Set by [`TestStack::teardown`]; a stack dropped without it (a failed assertion, an
+    /// early return) is cleaned up by `Drop`.
+    torn_down: bool,
+}
+
+/// A stack dropped without [`TestStack::teardown`] (its test failed, or returned early) still
+/// leaves nothing behind: its namespace's databases (their connections terminated) and topics
+/// are dropped here. `teardown` remains the way to end a test that passed, because it also
+/// checks that every service stops cleanly.
+impl Drop for TestStack {
+    fn drop(&mut self) {
+        if self.torn_down {
+            return;
+        }
+        let ns = self.ns.clone();
+        // Drop runs inside the test's runtime, which cannot block on a future: the cleanup gets
+        // a thread and a runtime of its own, and is waited for.
+        let cleanup =
+            std::thread::spawn(move || {
+                match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt.block_on(cleanup_namespace(&ns)),
+                    Err(e) => eprintln!("cleaning up {}: no runtime: {e}", ns.as_str()),
+                }
+            });
+        let _ = cleanup.join();
+    }
 }
 
 /// Stacks share the machine; a test that measures latency runs alone. Every stack holds a
@@ -237,6 +266,7 @@ impl TestStack {
             ],
             http: reqwest::Client::new(),
             _share: share,
+            torn_down: false,
         }
     }
 
@@ -520,6 +550,7 @@ impl TestStack {
             }
         }
         cleanup_namespace(&self.ns).await;
+        self.torn_down = true;
     }
 }
 

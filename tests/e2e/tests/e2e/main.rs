@@ -11,6 +11,7 @@ mod dashboards;
 mod deadletter;
 mod edge;
 mod happy_path;
+mod harness;
 mod http_limits;
 mod ledger;
 mod limbo;

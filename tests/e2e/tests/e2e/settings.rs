@@ -7,14 +7,7 @@ use sagapay_e2e::{cleanup_namespace, eventually, free_port, fresh_namespace, tar
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-const SERVICES: [&str; 6] = [
-    "gateway",
-    "orchestrator",
-    "risk",
-    "provider-adapter",
-    "ledger",
-    "notification",
-];
+use sagapay_service_kit::SERVICES;
 
 fn command(service: &str, ns: &str, port: u16) -> Command {
     let mut command = Command::new(target_binary(&format!("sagapay-{service}")));
