@@ -9,5 +9,6 @@ pub mod refunds;
 
 pub use payments::{
     CaptureMethod, Payment, PaymentCreated, PaymentPage, PaymentSummary, TimelineEntry,
+    TimelineKind,
 };
 pub use refunds::Refund;

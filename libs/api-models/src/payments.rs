@@ -34,14 +34,41 @@ impl From<sagapay_domain::events::CaptureMethod> for CaptureMethod {
     }
 }
 
+/// What a timeline entry records.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum TimelineKind {
+    /// A change of state.
+    Transition,
+    /// A saga step that did not change the state (a command sent again, a refund posted).
+    Step,
+}
+
+impl TimelineKind {
+    pub const ALL: [Self; 2] = [Self::Transition, Self::Step];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Transition => "TRANSITION",
+            Self::Step => "STEP",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
 /// One step of a payment's history.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TimelineEntry {
-    /// TRANSITION (a state change) or STEP (a saga step that did not change the state).
-    pub kind: String,
-    pub from_state: Option<String>,
-    pub to_state: String,
+    pub kind: TimelineKind,
+    /// The state before a transition; none for the payment's creation.
+    pub from_state: Option<PaymentStatus>,
+    /// The state after a transition, or the state a step happened in.
+    pub to_state: PaymentStatus,
     pub reason: String,
     pub event_id: Option<Uuid>,
     pub occurred_at: DateTime<Utc>,
@@ -98,6 +125,17 @@ pub struct PaymentPage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timeline_kinds_parse_back_and_match_serde() {
+        for k in TimelineKind::ALL {
+            assert_eq!(TimelineKind::parse(k.as_str()), Some(k));
+            assert_eq!(
+                serde_json::to_value(k).unwrap(),
+                serde_json::json!(k.as_str())
+            );
+        }
+    }
 
     #[test]
     fn capture_methods_are_lowercase_on_the_wire() {

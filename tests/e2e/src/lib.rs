@@ -533,6 +533,32 @@ impl TestStack {
         .await
     }
 
+    /// The payment as the API's own type (`GET /payments/{id}`, parsed into
+    /// `sagapay_api_models::Payment`: an answer the type does not describe fails here).
+    pub async fn payment(&self, payment_id: &str) -> sagapay_api_models::Payment {
+        let body = self.get_payment(payment_id).await;
+        serde_json::from_value(body.clone())
+            .unwrap_or_else(|e| panic!("GET /payments/{payment_id} is not a Payment ({e}): {body}"))
+    }
+
+    /// Waits until the payment is `status` (at most `timeout`) and returns it typed.
+    pub async fn wait_for(
+        &self,
+        payment_id: &str,
+        status: sagapay_domain::PaymentStatus,
+        timeout: Duration,
+    ) -> sagapay_api_models::Payment {
+        eventually(
+            timeout,
+            &format!("payment {payment_id} to be {status}"),
+            || async {
+                let p = self.payment(payment_id).await;
+                (p.status == status).then_some(p)
+            },
+        )
+        .await
+    }
+
     /// The value of one sample of a service's `/metrics`, 0 when absent.
     pub async fn metric(&self, service: &str, name_and_labels: &str) -> f64 {
         metric_at(&self.http, &self.service_url(service), name_and_labels).await

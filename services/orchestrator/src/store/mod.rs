@@ -555,7 +555,7 @@ pub async fn record_step(
     Ok(())
 }
 
-pub use sagapay_api_models::{Payment as PaymentView, PaymentSummary, TimelineEntry};
+pub use sagapay_api_models::{Payment as PaymentView, PaymentSummary, TimelineEntry, TimelineKind};
 
 /// Which of a merchant's payments to list.
 #[derive(Debug, Default)]
@@ -658,8 +658,12 @@ pub async fn view(
     .await?
     .iter()
     .map(|r| {
+        let kind: String = r.try_get("kind")?;
         Ok(TimelineEntry {
-            kind: r.try_get("kind")?,
+            kind: TimelineKind::parse(&kind).ok_or_else(|| sqlx::Error::ColumnDecode {
+                index: "kind".into(),
+                source: format!("{kind:?} is not a timeline kind").into(),
+            })?,
             from_state: r.try_get("from_state")?,
             to_state: r.try_get("to_state")?,
             reason: r.try_get("reason")?,

@@ -1,3 +1,4 @@
+use sagapay_domain::PaymentStatus::{self, *};
 use sagapay_e2e::{eventually, TestStack};
 use serde_json::json;
 use std::time::Duration;
@@ -20,38 +21,26 @@ async fn a_payment_settles_with_the_exact_timeline_balanced_ledger_and_one_notif
         .to_owned();
 
     let payment = stack
-        .wait_for_status(&payment_id, "SETTLED", Duration::from_secs(30))
+        .wait_for(&payment_id, Settled, Duration::from_secs(30))
         .await;
-    assert_eq!(payment["amount_cents"], 2500);
-    assert_eq!(payment["currency"], "USD");
-    let steps: Vec<(Option<String>, String)> = payment["timeline"]
-        .as_array()
-        .expect("timeline")
+    assert_eq!(payment.amount_cents.get(), 2500);
+    assert_eq!(payment.currency.as_str(), "USD");
+    let steps: Vec<(Option<PaymentStatus>, PaymentStatus)> = payment
+        .timeline
         .iter()
-        .map(|t| {
-            (
-                t["from_state"].as_str().map(str::to_owned),
-                t["to_state"].as_str().expect("to_state").to_owned(),
-            )
-        })
+        .map(|t| (t.from_state, t.to_state))
         .collect();
     let expected = [
-        (None, "CREATED"),
-        (Some("CREATED"), "APPROVED"),
-        (Some("APPROVED"), "AUTHORIZED"),
-        (Some("AUTHORIZED"), "CAPTURED"),
-        (Some("CAPTURED"), "SETTLED"),
+        (None, Created),
+        (Some(Created), Approved),
+        (Some(Approved), Authorized),
+        (Some(Authorized), Captured),
+        (Some(Captured), Settled),
     ];
-    assert_eq!(
-        steps,
-        expected
-            .iter()
-            .map(|(f, t)| (f.map(str::to_owned), t.to_string()))
-            .collect::<Vec<_>>()
-    );
+    assert_eq!(steps, expected);
     // Every transition after creation names the event that caused it.
-    for t in &payment["timeline"].as_array().unwrap()[1..] {
-        assert!(t["event_id"].is_string(), "{t}");
+    for t in &payment.timeline[1..] {
+        assert!(t.event_id.is_some(), "{t:?}");
     }
 
     // Ledger: one journal transaction; debits equal credits equal the amount; the platform

@@ -1,3 +1,5 @@
+use sagapay_api_models::TimelineKind;
+use sagapay_domain::{PaymentStatus, RefundStatus};
 use sagapay_e2e::{TestStack, DEV_API_KEY};
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -42,20 +44,21 @@ async fn a_partial_then_a_full_refund_post_reversals_and_end_refunded() {
 
     let (status, second) = refund(&stack, &pid, 7_000, "r2").await;
     assert_eq!(status, 201, "{second}");
-    let p = stack.wait_for_status(&pid, "REFUNDED", WAIT).await;
-    let refunds = p["refunds"].as_array().unwrap();
-    assert_eq!(refunds.len(), 2);
-    assert!(refunds.iter().all(|r| r["status"] == "SUCCEEDED"));
-    let transitions: Vec<&str> = p["timeline"]
-        .as_array()
-        .unwrap()
+    let p = stack.wait_for(&pid, PaymentStatus::Refunded, WAIT).await;
+    assert_eq!(p.refunds.len(), 2);
+    assert!(p
+        .refunds
         .iter()
-        .filter(|t| t["kind"] == "TRANSITION")
-        .map(|t| t["to_state"].as_str().unwrap())
+        .all(|r| r.status == RefundStatus::Succeeded));
+    let transitions: Vec<PaymentStatus> = p
+        .timeline
+        .iter()
+        .filter(|t| t.kind == TimelineKind::Transition)
+        .map(|t| t.to_state)
         .collect();
     assert_eq!(
         &transitions[transitions.len() - 2..],
-        ["PARTIALLY_REFUNDED", "REFUNDED"]
+        [PaymentStatus::PartiallyRefunded, PaymentStatus::Refunded]
     );
 
     // Ledger: one posting per refund, and the provider's clearing account is back to zero.
