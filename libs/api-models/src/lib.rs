@@ -6,9 +6,15 @@
 
 pub mod payments;
 pub mod refunds;
+pub mod webhooks;
 
 pub use payments::{
     CaptureMethod, Payment, PaymentCreated, PaymentPage, PaymentSummary, TimelineEntry,
     TimelineKind,
 };
 pub use refunds::Refund;
+pub use webhooks::{
+    DeliveryStatus, EndpointStatus, EventData, EventPage, MerchantEvent, RolledSecret,
+    WebhookDelivery, WebhookDeliveryList, WebhookEndpoint, WebhookEndpointDeleted,
+    WebhookEndpointList,
+};

@@ -118,7 +118,7 @@ fn endpoint_path(raw: &str) -> Result<Uuid, ApiError> {
     request_body = CreateEndpointBody,
     security(("api_key" = [])),
     responses(
-        (status = 201, description = "The endpoint, with its secret (whsec_...) shown once", content_type = "application/json"),
+        (status = 201, description = "The endpoint, with its secret (whsec_...) shown once", body = sagapay_api_models::WebhookEndpoint),
         (status = 400, description = "Invalid URL or event types", body = crate::schemas::ErrorResponse),
         (status = 401, description = "Missing, invalid or revoked API key", body = crate::schemas::ErrorResponse),
         (status = 409, description = "Too many endpoints", body = crate::schemas::ErrorResponse),
@@ -148,7 +148,7 @@ pub(crate) async fn create_endpoint(
 
 /// The merchant's webhook endpoints (without secrets).
 #[utoipa::path(get, path = "/webhook_endpoints", tag = "webhooks", security(("api_key" = [])),
-    responses((status = 200, description = "{\"data\": [endpoint]}", content_type = "application/json")))]
+    responses((status = 200, description = "The merchant's endpoints", body = sagapay_api_models::WebhookEndpointList)))]
 pub(crate) async fn list_endpoints(
     State(state): State<AppState>,
     Extension(ctx): Extension<RequestContext>,
@@ -171,7 +171,7 @@ pub(crate) async fn list_endpoints(
     params(("endpoint_id" = String, Path, description = "The endpoint's id")),
     security(("api_key" = [])),
     responses(
-        (status = 200, description = "Deleted", content_type = "application/json"),
+        (status = 200, description = "Deleted", body = sagapay_api_models::WebhookEndpointDeleted),
         (status = 404, description = "No such endpoint for this merchant", body = crate::schemas::ErrorResponse),
     ))]
 pub(crate) async fn delete_endpoint(
@@ -199,7 +199,7 @@ pub(crate) async fn delete_endpoint(
     params(("endpoint_id" = String, Path, description = "The endpoint's id")),
     security(("api_key" = [])),
     responses(
-        (status = 200, description = "{\"id\", \"secret\", \"previous_secret_expires\"}", content_type = "application/json"),
+        (status = 200, description = "The new secret; the previous one signs too until it expires", body = sagapay_api_models::RolledSecret),
         (status = 400, description = "Invalid expires_in_s", body = crate::schemas::ErrorResponse),
         (status = 404, description = "No such endpoint for this merchant", body = crate::schemas::ErrorResponse),
     ))]
@@ -240,7 +240,7 @@ pub(crate) async fn roll_secret(
            ("limit" = Option<i64>, Query, description = "1 to 100, default 20")),
     security(("api_key" = [])),
     responses(
-        (status = 200, description = "{\"data\": [delivery]}", content_type = "application/json"),
+        (status = 200, description = "The endpoint's newest deliveries", body = sagapay_api_models::WebhookDeliveryList),
         (status = 404, description = "No such endpoint for this merchant", body = crate::schemas::ErrorResponse),
     ))]
 pub(crate) async fn list_deliveries(
@@ -275,7 +275,7 @@ pub(crate) async fn list_deliveries(
     ),
     security(("api_key" = [])),
     responses(
-        (status = 200, description = "{\"data\": [event], \"has_more\": bool}", content_type = "application/json"),
+        (status = 200, description = "A page of events, newest first", body = sagapay_api_models::EventPage),
         (status = 400, description = "Invalid filter or cursor", body = crate::schemas::ErrorResponse),
     ))]
 pub(crate) async fn list_events(
@@ -302,7 +302,7 @@ pub(crate) async fn list_events(
     params(("event_id" = String, Path, description = "evt_...")),
     security(("api_key" = [])),
     responses(
-        (status = 200, description = "The event", content_type = "application/json"),
+        (status = 200, description = "The event", body = sagapay_api_models::MerchantEvent),
         (status = 404, description = "No such event for this merchant", body = crate::schemas::ErrorResponse),
     ))]
 pub(crate) async fn get_event(

@@ -10,11 +10,14 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use chrono::{DateTime, Utc};
+use sagapay_api_models::{
+    DeliveryStatus, EndpointStatus, EventPage, MerchantEvent, RolledSecret, WebhookDelivery,
+    WebhookDeliveryList, WebhookEndpoint, WebhookEndpointDeleted, WebhookEndpointList,
+};
 use sagapay_domain::MerchantEventType;
 use sagapay_service_kit::api_error::{json_body, ApiError, ErrorType};
 use sagapay_service_kit::service_auth::{require_service_credential, ServiceKeys, VerifiedCaller};
 use serde::Deserialize;
-use serde_json::{json, Value};
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
@@ -120,17 +123,31 @@ fn new_secret() -> Result<String, ApiError> {
     ))
 }
 
-fn endpoint_json(r: &sqlx::postgres::PgRow) -> sqlx::Result<Value> {
+fn endpoint_view(r: &sqlx::postgres::PgRow) -> sqlx::Result<WebhookEndpoint> {
     let created: DateTime<Utc> = r.try_get("created_at")?;
     let disabled_at: Option<DateTime<Utc>> = r.try_get("disabled_at")?;
-    Ok(json!({
-        "id": r.try_get::<Uuid, _>("endpoint_id")?,
-        "url": r.try_get::<String, _>("url")?,
-        "enabled_events": r.try_get::<Vec<String>, _>("enabled_events")?,
-        "status": if disabled_at.is_some() { "disabled" } else { "enabled" },
-        "disabled_reason": r.try_get::<Option<String>, _>("disabled_reason")?,
-        "created": created.timestamp(),
-    }))
+    Ok(WebhookEndpoint {
+        id: r.try_get("endpoint_id")?,
+        url: r.try_get("url")?,
+        enabled_events: r
+            .try_get::<Vec<String>, _>("enabled_events")?
+            .iter()
+            .map(|t| {
+                MerchantEventType::parse(t).ok_or_else(|| sqlx::Error::ColumnDecode {
+                    index: "enabled_events".into(),
+                    source: format!("{t:?} is not a merchant event type").into(),
+                })
+            })
+            .collect::<sqlx::Result<_>>()?,
+        status: if disabled_at.is_some() {
+            EndpointStatus::Disabled
+        } else {
+            EndpointStatus::Enabled
+        },
+        disabled_reason: r.try_get("disabled_reason")?,
+        created: created.timestamp(),
+        secret: None,
+    })
 }
 
 const ENDPOINT_COLUMNS: &str =
@@ -140,7 +157,7 @@ async fn create_endpoint(
     State(state): State<AppState>,
     Extension(caller): Extension<VerifiedCaller>,
     body: axum::body::Bytes,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<WebhookEndpoint>), ApiError> {
     let merchant = caller.acting_merchant()?;
     let req: CreateEndpoint = json_body(&body)?;
     let url = check_url(&req.url, state.policy).await?;
@@ -173,16 +190,18 @@ async fn create_endpoint(
             ),
         )
     })?;
-    let mut view = endpoint_json(&row)?;
     // Shown once: only the signing needs it from now on.
-    view["secret"] = json!(secret);
+    let view = WebhookEndpoint {
+        secret: Some(secret),
+        ..endpoint_view(&row)?
+    };
     Ok((StatusCode::CREATED, Json(view)))
 }
 
 async fn list_endpoints(
     State(state): State<AppState>,
     Extension(caller): Extension<VerifiedCaller>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<WebhookEndpointList>, ApiError> {
     let merchant = caller.acting_merchant()?;
     let rows = sqlx::query(&format!(
         "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints
@@ -193,9 +212,9 @@ async fn list_endpoints(
     .await?;
     let data = rows
         .iter()
-        .map(endpoint_json)
+        .map(endpoint_view)
         .collect::<sqlx::Result<Vec<_>>>()?;
-    Ok(Json(json!({ "data": data })))
+    Ok(Json(WebhookEndpointList { data }))
 }
 
 fn endpoint_not_found() -> ApiError {
@@ -212,7 +231,7 @@ async fn delete_endpoint(
     State(state): State<AppState>,
     Extension(caller): Extension<VerifiedCaller>,
     Path(raw): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<WebhookEndpointDeleted>, ApiError> {
     let merchant = caller.acting_merchant()?;
     let id = endpoint_id(&raw)?;
     let deleted = sqlx::query(
@@ -227,7 +246,7 @@ async fn delete_endpoint(
     if deleted == 0 {
         return Err(endpoint_not_found());
     }
-    Ok(Json(json!({ "id": id, "deleted": true })))
+    Ok(Json(WebhookEndpointDeleted { id, deleted: true }))
 }
 
 #[derive(Debug, Deserialize)]
@@ -243,7 +262,7 @@ async fn roll_secret(
     Extension(caller): Extension<VerifiedCaller>,
     Path(raw): Path<String>,
     body: axum::body::Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<RolledSecret>, ApiError> {
     let merchant = caller.acting_merchant()?;
     let id = endpoint_id(&raw)?;
     let req: RollSecret = if body.is_empty() {
@@ -275,11 +294,11 @@ async fn roll_secret(
     .await?
     .ok_or_else(endpoint_not_found)?;
     let expires: DateTime<Utc> = row.try_get("previous_secret_expires_at")?;
-    Ok(Json(json!({
-        "id": id,
-        "secret": secret,
-        "previous_secret_expires": expires.timestamp(),
-    })))
+    Ok(Json(RolledSecret {
+        id,
+        secret,
+        previous_secret_expires: expires.timestamp(),
+    }))
 }
 
 #[derive(Debug, Deserialize)]
@@ -320,7 +339,7 @@ async fn list_deliveries(
     Extension(caller): Extension<VerifiedCaller>,
     Path(raw): Path<String>,
     page: Result<Query<Page>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<WebhookDeliveryList>, ApiError> {
     let merchant = caller.acting_merchant()?;
     let id = endpoint_id(&raw)?;
     let Query(page) = page?;
@@ -355,22 +374,34 @@ async fn list_deliveries(
                 Ok(r.try_get::<Option<DateTime<Utc>>, _>(c)?
                     .map(|t| t.timestamp()))
             };
-            Ok(json!({
-                "id": r.try_get::<Uuid, _>("delivery_id")?,
-                "event_id": r.try_get::<String, _>("event_id")?,
-                "event_type": r.try_get::<String, _>("event_type")?,
-                "status": status.to_ascii_lowercase(),
-                "attempts": r.try_get::<i32, _>("attempts")?,
-                "last_status_code": r.try_get::<Option<i32>, _>("last_status_code")?,
-                "last_error": r.try_get::<Option<String>, _>("last_error")?,
-                "last_latency_ms": r.try_get::<Option<i32>, _>("last_latency_ms")?,
-                "last_attempt": unix("last_attempt_at")?,
-                "next_attempt": if status == "PENDING" { unix("next_attempt_at")? } else { None },
-                "delivered": unix("delivered_at")?,
-            }))
+            let event_type: String = r.try_get("event_type")?;
+            let decode = |column: &str, what: String| sqlx::Error::ColumnDecode {
+                index: column.into(),
+                source: what.into(),
+            };
+            Ok(WebhookDelivery {
+                id: r.try_get("delivery_id")?,
+                event_id: r.try_get("event_id")?,
+                event_type: MerchantEventType::parse(&event_type).ok_or_else(|| {
+                    decode("event_type", format!("{event_type:?} is not an event type"))
+                })?,
+                status: DeliveryStatus::parse_stored(&status)
+                    .ok_or_else(|| decode("status", format!("{status:?} is not a status")))?,
+                attempts: r.try_get("attempts")?,
+                last_status_code: r.try_get("last_status_code")?,
+                last_error: r.try_get("last_error")?,
+                last_latency_ms: r.try_get("last_latency_ms")?,
+                last_attempt: unix("last_attempt_at")?,
+                next_attempt: if status == "PENDING" {
+                    unix("next_attempt_at")?
+                } else {
+                    None
+                },
+                delivered: unix("delivered_at")?,
+            })
         })
         .collect::<sqlx::Result<Vec<_>>>()?;
-    Ok(Json(json!({ "data": data })))
+    Ok(Json(WebhookDeliveryList { data }))
 }
 
 fn event_not_found() -> ApiError {
@@ -383,7 +414,7 @@ async fn list_events(
     State(state): State<AppState>,
     Extension(caller): Extension<VerifiedCaller>,
     page: Result<Query<Page>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<EventPage>, ApiError> {
     let merchant = caller.acting_merchant()?;
     let Query(page) = page?;
     let limit = limit(page.limit)?;
@@ -416,7 +447,7 @@ async fn list_events(
             })?,
         ),
     };
-    let rows: Vec<(Value,)> = sqlx::query_as(
+    let rows: Vec<(sqlx::types::Json<MerchantEvent>,)> = sqlx::query_as(
         "SELECT body FROM merchant_events
           WHERE merchant_id = $1
             AND ($2::text IS NULL OR event_type = $2)
@@ -436,25 +467,25 @@ async fn list_events(
     .fetch_all(&state.pool)
     .await?;
     let has_more = rows.len() as i64 > limit;
-    let data: Vec<Value> = rows
+    let data: Vec<MerchantEvent> = rows
         .into_iter()
         .take(limit as usize)
-        .map(|(b,)| b)
+        .map(|(b,)| b.0)
         .collect();
-    Ok(Json(json!({ "data": data, "has_more": has_more })))
+    Ok(Json(EventPage { data, has_more }))
 }
 
 async fn get_event(
     State(state): State<AppState>,
     Extension(caller): Extension<VerifiedCaller>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<MerchantEvent>, ApiError> {
     let merchant = caller.acting_merchant()?;
-    let body: Option<(Value,)> =
+    let body: Option<(sqlx::types::Json<MerchantEvent>,)> =
         sqlx::query_as("SELECT body FROM merchant_events WHERE event_id = $1 AND merchant_id = $2")
             .bind(&id)
             .bind(merchant)
             .fetch_optional(&state.pool)
             .await?;
-    body.map(|(b,)| Json(b)).ok_or_else(event_not_found)
+    body.map(|(b,)| Json(b.0)).ok_or_else(event_not_found)
 }

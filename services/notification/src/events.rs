@@ -4,6 +4,7 @@
 //! one webhook delivery per endpoint of that merchant subscribed to its type, written in one
 //! statement inside the inbox transaction. A crash anywhere leaves either all of it or none.
 
+use sagapay_api_models::{EventData, MerchantEvent};
 use sagapay_domain::events::{
     DecodeError, PaymentAwaitingCapture, PaymentFinalized, RefundSucceeded,
 };
@@ -24,12 +25,13 @@ pub fn body(
     kind: MerchantEventType,
     object: serde_json::Value,
 ) -> serde_json::Value {
-    json!({
-        "id": event_id(env.event_id),
-        "type": kind,
-        "created": env.occurred_at.timestamp(),
-        "data": { "object": object }
-    })
+    let event = MerchantEvent {
+        id: event_id(env.event_id),
+        event_type: kind,
+        created: env.occurred_at.timestamp(),
+        data: EventData { object },
+    };
+    serde_json::to_value(event).expect("a merchant event serializes")
 }
 
 /// What `env` tells its merchant, if anything: the merchant, the event's type and its object
