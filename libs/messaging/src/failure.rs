@@ -107,8 +107,9 @@ pub fn classify(error: &HandlerError) -> Classified {
 }
 
 /// The waits between retries of a transient failure: `initial`, doubled each time, at most
-/// `max`, for ever (the caller decides when to give up). One schedule for the consumer's
-/// retries in place and the dead-letter publisher's.
+/// `max`, in whole milliseconds, for ever (the caller decides when to give up). One schedule
+/// for the consumer's retries in place, the dead-letter publisher's and the webhook
+/// dispatcher's.
 pub fn retry_delays(
     initial: std::time::Duration,
     max: std::time::Duration,
@@ -120,6 +121,8 @@ pub fn retry_delays(
         .with_factor(2.0)
         .without_max_times()
         .build()
+        // backon multiplies in floating point: keep the schedule in whole milliseconds.
+        .map(|d| std::time::Duration::from_millis((d.as_secs_f64() * 1000.0).round() as u64))
 }
 
 #[cfg(test)]
@@ -130,12 +133,11 @@ mod tests {
     fn retry_delays_double_up_to_the_most() {
         use std::time::Duration;
         let ms = |v: u64| Duration::from_millis(v);
-        // backon multiplies in floating point: whole milliseconds are what the schedule says.
-        let delays: Vec<u128> = retry_delays(ms(100), ms(1000))
-            .take(6)
-            .map(|d| d.as_millis())
-            .collect();
-        assert_eq!(delays, [100, 200, 400, 800, 1000, 1000]);
+        let delays: Vec<Duration> = retry_delays(ms(100), ms(1000)).take(6).collect();
+        assert_eq!(
+            delays,
+            [ms(100), ms(200), ms(400), ms(800), ms(1000), ms(1000)]
+        );
     }
 
     #[test]

@@ -82,6 +82,18 @@ impl ApiError {
         )
     }
 
+    /// 422: the idempotency key was used before for a different `what` (the same request
+    /// again is answered as the first was; see [`replayed`]).
+    pub fn idempotency_key_reused(what: &str) -> Self {
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorType::IdempotencyError,
+            "idempotency_key_reused",
+            format!("this idempotency key was already used for a different {what}"),
+        )
+        .with_param("idempotency_key")
+    }
+
     pub fn body_too_large(limit_bytes: usize) -> Self {
         Self::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -163,4 +175,14 @@ impl From<sqlx::Error> for ApiError {
             "the service's database is unavailable; retry later",
         )
     }
+}
+
+/// Marks `resp` as the replay of an earlier identical request (`idempotent-replayed: true`):
+/// how every SagaPay API tells a client its retry changed nothing.
+pub fn replayed(mut resp: Response) -> Response {
+    resp.headers_mut().insert(
+        "idempotent-replayed",
+        axum::http::HeaderValue::from_static("true"),
+    );
+    resp
 }

@@ -141,10 +141,10 @@ impl IntoResponse for Upstream {
             HeaderValue::from_static("application/json"),
         );
         if self.replayed {
-            out.headers_mut()
-                .insert("idempotent-replayed", HeaderValue::from_static("true"));
+            sagapay_service_kit::api_error::replayed(out)
+        } else {
+            out
         }
-        out
     }
 }
 

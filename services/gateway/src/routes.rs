@@ -478,13 +478,7 @@ async fn idempotent(
 }
 
 fn key_reused() -> ApiError {
-    ApiError::new(
-        StatusCode::UNPROCESSABLE_ENTITY,
-        ErrorType::IdempotencyError,
-        "idempotency_key_reused",
-        "this idempotency key was already used for a different request",
-    )
-    .with_param("idempotency_key")
+    ApiError::idempotency_key_reused("request")
 }
 
 /// The `Idempotency-Key` header, if sent (validated with the body by `validate`).

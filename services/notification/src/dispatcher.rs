@@ -31,8 +31,10 @@ fn lease(settings: &WebhookSettings) -> Duration {
 /// The wait before attempt `attempts + 1` after `attempts` failed ones: `initial` doubled
 /// per failure, at most `max`.
 pub fn retry_delay(attempts: i32, initial: Duration, max: Duration) -> Duration {
-    let doublings = attempts.saturating_sub(1).clamp(0, 30) as u32;
-    initial.saturating_mul(1u32 << doublings).min(max)
+    let doublings = attempts.saturating_sub(1).clamp(0, 64) as usize;
+    sagapay_messaging::failure::retry_delays(initial, max)
+        .nth(doublings)
+        .unwrap_or(max)
 }
 
 #[derive(Clone)]

@@ -11,14 +11,14 @@ use super::state::AppState;
 use crate::saga::commands;
 use crate::store::{self, MerchantAction, PaymentRow};
 use axum::extract::{Path, State};
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use sagapay_domain::events::CaptureMethod;
 use sagapay_domain::{AmountMinor, IdempotencyKey, PaymentStatus};
 use sagapay_messaging::headers::TRACEPARENT;
 use sagapay_messaging::MessageHeaders;
-use sagapay_service_kit::api_error::{json_body, ApiError, ErrorType};
+use sagapay_service_kit::api_error::{json_body, replayed, ApiError, ErrorType};
 use sagapay_service_kit::http::RequestContext;
 use sagapay_service_kit::service_auth::VerifiedCaller;
 use serde::Deserialize;
@@ -220,10 +220,6 @@ async fn act(
         .ok_or_else(not_found)?;
     view.refunds = store::refunds::list(&mut tx, payment_id).await?;
     tx.commit().await?;
-    let mut resp = (StatusCode::OK, Json(view)).into_response();
-    if replay {
-        resp.headers_mut()
-            .insert("idempotent-replayed", HeaderValue::from_static("true"));
-    }
-    Ok(resp)
+    let resp = (StatusCode::OK, Json(view)).into_response();
+    Ok(if replay { replayed(resp) } else { resp })
 }

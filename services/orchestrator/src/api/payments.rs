@@ -13,7 +13,7 @@ use sagapay_domain::{
 };
 use sagapay_messaging::headers::TRACEPARENT;
 use sagapay_messaging::MessageHeaders;
-use sagapay_service_kit::api_error::{ApiError, ErrorType};
+use sagapay_service_kit::api_error::{replayed, ApiError};
 use sagapay_service_kit::http::RequestContext;
 use sagapay_service_kit::service_auth::VerifiedCaller;
 use serde::{Deserialize, Serialize};
@@ -113,15 +113,9 @@ pub(super) async fn create_payment(
         .await?
         .ok_or_else(|| ApiError::internal("idempotency key taken but no payment found"))?;
     if existing.request_fingerprint != fp {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            ErrorType::IdempotencyError,
-            "idempotency_key_reused",
-            "this idempotency key was already used for a different request",
-        )
-        .with_param("idempotency_key"));
+        return Err(ApiError::idempotency_key_reused("request"));
     }
-    let mut resp = (
+    let resp = (
         StatusCode::CREATED,
         Json(Created {
             payment_id: existing.payment_id,
@@ -129,11 +123,7 @@ pub(super) async fn create_payment(
         }),
     )
         .into_response();
-    resp.headers_mut().insert(
-        "idempotent-replayed",
-        axum::http::HeaderValue::from_static("true"),
-    );
-    Ok(resp)
+    Ok(replayed(resp))
 }
 
 /// `GET /payments`'s query, checked here whatever the gateway checked.

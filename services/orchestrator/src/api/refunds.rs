@@ -11,7 +11,7 @@ use sagapay_domain::events::RefundRequested;
 use sagapay_domain::{AmountMinor, Envelope, IdempotencyKey, PaymentStatus, RefundReason};
 use sagapay_messaging::headers::TRACEPARENT;
 use sagapay_messaging::MessageHeaders;
-use sagapay_service_kit::api_error::{ApiError, ErrorType};
+use sagapay_service_kit::api_error::{replayed, ApiError, ErrorType};
 use sagapay_service_kit::http::RequestContext;
 use sagapay_service_kit::VerifiedCaller;
 use serde::Deserialize;
@@ -55,20 +55,11 @@ pub async fn create(
         store::refunds::by_idempotency_key(&mut tx, payment_id, &req.idempotency_key).await?
     {
         if existing.request_fingerprint != fingerprint {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                ErrorType::IdempotencyError,
-                "idempotency_key_reused",
-                "this idempotency key was already used for a different refund",
-            )
-            .with_param("idempotency_key"));
+            return Err(ApiError::idempotency_key_reused("refund"));
         }
-        let mut resp = (StatusCode::CREATED, Json(existing.view)).into_response();
-        resp.headers_mut().insert(
-            "idempotent-replayed",
-            axum::http::HeaderValue::from_static("true"),
-        );
-        return Ok(resp);
+        return Ok(replayed(
+            (StatusCode::CREATED, Json(existing.view)).into_response(),
+        ));
     }
 
     if !matches!(

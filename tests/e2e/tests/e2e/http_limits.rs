@@ -49,24 +49,17 @@ async fn a_request_stuck_past_its_timeout_is_answered_503_and_changes_nothing() 
     );
     holder.rollback().await.unwrap();
 
-    // The dropped handler's transaction never committed.
-    let refunds: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM refunds WHERE payment_id = $1::uuid")
+    let refunds = || {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM refunds WHERE payment_id = $1::uuid")
             .bind(&pid)
             .fetch_one(&orchestrator)
-            .await
-            .unwrap();
-    assert_eq!(refunds, 0);
+    };
+    // The dropped handler's transaction never committed.
+    assert_eq!(refunds().await.unwrap(), 0);
     // The same request again, now the row is free, is admitted once.
     let resp = refund().await.unwrap();
     assert_eq!(resp.status().as_u16(), 201);
-    let refunds: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM refunds WHERE payment_id = $1::uuid")
-            .bind(&pid)
-            .fetch_one(&orchestrator)
-            .await
-            .unwrap();
-    assert_eq!(refunds, 1);
+    assert_eq!(refunds().await.unwrap(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
