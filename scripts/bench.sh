@@ -79,6 +79,8 @@ published() {
 results="$bench_dir/results-$(date +%Y%m%d-%H%M%S).jsonl"
 : >"$results"
 export SAGAPAY_RATE_LIMIT_PER_SECOND=1000000 SAGAPAY_RATE_LIMIT_BURST=1000000
+# A run that fails (the load test, a service) leaves no services behind for the next one.
+trap '"$SAGAPAY_ROOT/scripts/services.sh" stop >/dev/null 2>&1 || true' EXIT
 for round in $(seq 1 "$rounds"); do
   for b in rev tree; do
     target="${TARGET[$b]}"
