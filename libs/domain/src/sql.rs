@@ -7,8 +7,8 @@
 //! [`sql_text!`](crate::sql_text) and [`stored_enum!`](crate::stored_enum) are exported for
 //! the services' own enums, so one mapping serves them all.
 
-/// Stores `$ty` as TEXT through its `as_str()`, and reads it back with `$parse`
-/// (`fn(&str) -> Option<$ty>`).
+/// Stores `$ty` as TEXT (and a `Vec<$ty>` as TEXT[]) through its `as_str()`, and reads it
+/// back with `$parse` (`fn(&str) -> Option<$ty>`).
 #[macro_export]
 macro_rules! sql_text {
     ($ty:ty, $parse:expr) => {
@@ -18,6 +18,14 @@ macro_rules! sql_text {
             }
             fn compatible(ty: &::sqlx::postgres::PgTypeInfo) -> bool {
                 <&str as ::sqlx::Type<::sqlx::Postgres>>::compatible(ty)
+            }
+        }
+        impl ::sqlx::postgres::PgHasArrayType for $ty {
+            fn array_type_info() -> ::sqlx::postgres::PgTypeInfo {
+                <&str as ::sqlx::postgres::PgHasArrayType>::array_type_info()
+            }
+            fn array_compatible(ty: &::sqlx::postgres::PgTypeInfo) -> bool {
+                <&str as ::sqlx::postgres::PgHasArrayType>::array_compatible(ty)
             }
         }
         impl<'q> ::sqlx::Encode<'q, ::sqlx::Postgres> for $ty {

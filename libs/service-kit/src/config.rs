@@ -83,7 +83,7 @@ fn kafka_client_overrides() -> anyhow::Result<Vec<(String, String)>> {
 }
 
 /// `SAGAPAY_POSTGRES_URL`, or the local stack's.
-fn postgres_url_from_env() -> SecretString {
+pub fn postgres_url_from_env() -> SecretString {
     crate::settings::secret("SAGAPAY_POSTGRES_URL")
         .unwrap_or_else(|| SecretString::from(DEFAULT_POSTGRES_URL))
 }
@@ -234,33 +234,31 @@ impl CommonConfig {
                     "SAGAPAY_HTTP_BODY_LIMIT_BYTES",
                     crate::http::HttpLimits::default().body_bytes,
                 )?,
-                request_timeout: std::time::Duration::from_millis(env_parse(
+                request_timeout: env_ms(
                     "SAGAPAY_HTTP_REQUEST_TIMEOUT_MS",
-                    crate::http::HttpLimits::default()
-                        .request_timeout
-                        .as_millis() as u64,
-                )?),
+                    crate::http::HttpLimits::default().request_timeout,
+                )?,
             },
             db_pool_size: env_parse("SAGAPAY_DB_POOL_SIZE", 16)?,
-            db_statement_timeout: std::time::Duration::from_millis(env_parse(
+            db_statement_timeout: env_ms(
                 "SAGAPAY_DB_STATEMENT_TIMEOUT_MS",
-                30_000,
-            )?),
+                std::time::Duration::from_secs(30),
+            )?,
             consumer_lanes: env_parse("SAGAPAY_CONSUMER_LANES", default_consumer_lanes())?,
             consumer_batch: env_parse("SAGAPAY_CONSUMER_BATCH", 32)?,
             consumer_retry_attempts: env_parse(
                 "SAGAPAY_CONSUMER_RETRY_ATTEMPTS",
                 ConsumerSettings::DEFAULT_RETRY_ATTEMPTS,
             )?,
-            consumer_retry_budget: std::time::Duration::from_millis(env_parse(
+            consumer_retry_budget: env_ms(
                 "SAGAPAY_CONSUMER_RETRY_BUDGET_MS",
-                ConsumerSettings::DEFAULT_RETRY_BUDGET.as_millis() as u64,
-            )?),
+                ConsumerSettings::DEFAULT_RETRY_BUDGET,
+            )?,
             relay: RelaySettings {
-                claim_timeout: std::time::Duration::from_millis(env_parse(
+                claim_timeout: env_ms(
                     "SAGAPAY_OUTBOX_CLAIM_TIMEOUT_MS",
-                    30_000,
-                )?),
+                    std::time::Duration::from_secs(30),
+                )?,
                 ..RelaySettings::default()
             },
         };

@@ -180,8 +180,13 @@ pub fn instrument(router: Router, metrics: HttpMetrics, limits: HttpLimits) -> R
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestHeaderLayer::overriding(
             request_id,
-            |_: &Request| HeaderValue::from_str(&format!("req_{}", Uuid::now_v7().simple())).ok(),
+            |_: &Request| HeaderValue::from_str(&new_request_id()).ok(),
         ))
+}
+
+/// A request id of this service's own: `req_` and a UUID v7.
+fn new_request_id() -> String {
+    format!("req_{}", Uuid::now_v7().simple())
 }
 
 fn valid_id(v: &str) -> bool {
@@ -246,7 +251,7 @@ async fn request_context(
     let ctx = RequestContext {
         request_id: header_str(headers, REQUEST_ID)
             .map(str::to_owned)
-            .unwrap_or_else(|| format!("req_{}", Uuid::now_v7().simple())),
+            .unwrap_or_else(new_request_id),
         correlation_id: header_str(headers, CORRELATION_ID)
             .filter(|v| valid_id(v))
             .map(str::to_owned)

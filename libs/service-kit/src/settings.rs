@@ -213,10 +213,12 @@ pub(crate) fn known(name: &str) -> &'static Setting {
     find(name).unwrap_or_else(|| panic!("{name} is read but not in the settings catalogue"))
 }
 
-/// In debug builds: the default the code passes is the one the catalogue documents.
+/// Refuses a name the catalogue does not have (a bug: a setting nobody documented) and, in
+/// debug builds, a default the code passes that is not the one the catalogue documents.
 pub(crate) fn check_default(name: &str, code_default: &dyn std::fmt::Display) {
+    let setting = known(name);
     if cfg!(debug_assertions) {
-        if let Value(documented) = known(name).default {
+        if let Value(documented) = setting.default {
             let code_default = code_default.to_string();
             assert_eq!(
                 documented, code_default,

@@ -119,9 +119,6 @@ enum RedisTrouble {
     Corrupt(#[from] serde_json::Error),
 }
 
-/// What identifies "the same request": the domain's one fingerprint.
-pub use sagapay_domain::request_fingerprint as fingerprint;
-
 impl IdempotencyCache {
     /// Never fails on an unreachable Redis: the connection is made on first use.
     pub fn new(
@@ -368,12 +365,6 @@ return 0
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn fingerprints_separate_their_parts() {
-        assert_ne!(fingerprint(&["ab", "c"]), fingerprint(&["a", "bc"]));
-        assert_eq!(fingerprint(&["a", "b"]), fingerprint(&["a", "b"]));
-    }
 
     #[test]
     fn a_claim_and_an_answer_read_back() {

@@ -3,7 +3,7 @@
 //! are `webhooks`'s, `GET /openapi.json` describing them all is `openapi`'s).
 
 use crate::auth::Merchant;
-use crate::idempotency::{self, Begin, CachedResponse};
+use crate::idempotency::{Begin, CachedResponse};
 use crate::peer::{
     forward, internal_to, require_json, upstream, upstream_unavailable, Peer, Upstream,
 };
@@ -112,7 +112,7 @@ pub(crate) async fn create_payment(
     if req.capture_method == CaptureMethod::Manual {
         fingerprint_parts.push("manual");
     }
-    let fingerprint = idempotency::fingerprint(&fingerprint_parts);
+    let fingerprint = sagapay_domain::request_fingerprint(&fingerprint_parts);
     let forwarded = json!({
         "customer_id": req.customer_id,
         "amount_cents": req.amount.get(),
@@ -257,7 +257,7 @@ pub(crate) async fn create_refund(
     // What is left to refund bounds the amount; the orchestrator checks it.
     let req = validate::refund_request(&body, header_key, AmountMinor::HARD_MAX_MINOR)?;
     let amount = req.amount.get().to_string();
-    let fingerprint = idempotency::fingerprint(&[&amount, &req.reason]);
+    let fingerprint = sagapay_domain::request_fingerprint(&[&amount, &req.reason]);
     let call = internal_to(
         &state,
         Peer::Orchestrator,
@@ -397,7 +397,7 @@ async fn manual_action(
     let req = validate::capture_request(body, header_key, action == ManualAction::Capture)?;
     let action = action.as_str();
     let amount = req.amount.map(|a| a.get().to_string()).unwrap_or_default();
-    let fingerprint = idempotency::fingerprint(&[action, &amount]);
+    let fingerprint = sagapay_domain::request_fingerprint(&[action, &amount]);
     let mut forwarded = json!({ "idempotency_key": req.idempotency_key });
     if let Some(a) = req.amount {
         forwarded["amount_cents"] = json!(a.get());

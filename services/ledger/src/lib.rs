@@ -180,7 +180,7 @@ async fn insert_entries(
     let mut entries: Vec<&Entry> = entries.iter().filter(|e| e.amount_minor > 0).collect();
     entries.sort_by_key(|e| e.account_id);
     let accounts: Vec<&str> = entries.iter().map(|e| e.account_id).collect();
-    let directions: Vec<&str> = entries.iter().map(|e| e.direction.as_str()).collect();
+    let directions: Vec<book::Direction> = entries.iter().map(|e| e.direction).collect();
     let amounts: Vec<i64> = entries.iter().map(|e| e.amount_minor).collect();
     sqlx::query(
         "INSERT INTO ledger_entries (transaction_id, account_id, direction, amount_minor, currency)

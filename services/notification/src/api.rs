@@ -129,16 +129,7 @@ fn endpoint_view(r: &sqlx::postgres::PgRow) -> sqlx::Result<WebhookEndpoint> {
     Ok(WebhookEndpoint {
         id: r.try_get("endpoint_id")?,
         url: r.try_get("url")?,
-        enabled_events: r
-            .try_get::<Vec<String>, _>("enabled_events")?
-            .iter()
-            .map(|t| {
-                MerchantEventType::parse(t).ok_or_else(|| sqlx::Error::ColumnDecode {
-                    index: "enabled_events".into(),
-                    source: format!("{t:?} is not a merchant event type").into(),
-                })
-            })
-            .collect::<sqlx::Result<_>>()?,
+        enabled_events: r.try_get("enabled_events")?,
         status: if disabled_at.is_some() {
             EndpointStatus::Disabled
         } else {
@@ -374,19 +365,16 @@ async fn list_deliveries(
                 Ok(r.try_get::<Option<DateTime<Utc>>, _>(c)?
                     .map(|t| t.timestamp()))
             };
-            let event_type: String = r.try_get("event_type")?;
-            let decode = |column: &str, what: String| sqlx::Error::ColumnDecode {
-                index: column.into(),
-                source: what.into(),
-            };
             Ok(WebhookDelivery {
                 id: r.try_get("delivery_id")?,
                 event_id: r.try_get("event_id")?,
-                event_type: MerchantEventType::parse(&event_type).ok_or_else(|| {
-                    decode("event_type", format!("{event_type:?} is not an event type"))
+                event_type: r.try_get("event_type")?,
+                status: DeliveryStatus::parse_stored(&status).ok_or_else(|| {
+                    sqlx::Error::ColumnDecode {
+                        index: "status".into(),
+                        source: format!("{status:?} is not a delivery status").into(),
+                    }
                 })?,
-                status: DeliveryStatus::parse_stored(&status)
-                    .ok_or_else(|| decode("status", format!("{status:?} is not a status")))?,
                 attempts: r.try_get("attempts")?,
                 last_status_code: r.try_get("last_status_code")?,
                 last_error: r.try_get("last_error")?,

@@ -65,22 +65,20 @@ impl Config {
     /// The adapter's settings (`SAGAPAY_PROVIDER_*`, see `docs/configuration.md`).
     pub fn from_env() -> anyhow::Result<Self> {
         let d = RetrySettings::default();
-        let ms = env_ms;
-        let schedule = env_ms_list;
         let common = CommonConfig::from_env(SERVICE, DEFAULT_PORT)?;
         Ok(Self {
             ops_key: OpsKey::from_env(common.environment)?,
             common,
             retry: RetrySettings {
-                call_timeout: ms("SAGAPAY_PROVIDER_TIMEOUT_MS", d.call_timeout)?,
-                backoff: schedule("SAGAPAY_PROVIDER_BACKOFF_MS", &d.backoff)?,
-                long_backoff: schedule("SAGAPAY_PROVIDER_LONG_BACKOFF_MS", &d.long_backoff)?,
-                give_up_after: ms("SAGAPAY_PROVIDER_GIVE_UP_MS", d.give_up_after)?,
-                authorize_give_up_after: ms(
+                call_timeout: env_ms("SAGAPAY_PROVIDER_TIMEOUT_MS", d.call_timeout)?,
+                backoff: env_ms_list("SAGAPAY_PROVIDER_BACKOFF_MS", &d.backoff)?,
+                long_backoff: env_ms_list("SAGAPAY_PROVIDER_LONG_BACKOFF_MS", &d.long_backoff)?,
+                give_up_after: env_ms("SAGAPAY_PROVIDER_GIVE_UP_MS", d.give_up_after)?,
+                authorize_give_up_after: env_ms(
                     "SAGAPAY_PROVIDER_AUTHORIZE_GIVE_UP_MS",
                     d.authorize_give_up_after,
                 )?,
-                claim_timeout: ms("SAGAPAY_PROVIDER_CLAIM_TIMEOUT_MS", d.claim_timeout)?,
+                claim_timeout: env_ms("SAGAPAY_PROVIDER_CLAIM_TIMEOUT_MS", d.claim_timeout)?,
                 ..d
             },
             simulated_slow_delay: env_ms("SAGAPAY_PROVIDER_SLOW_MS", Duration::from_millis(500))?,

@@ -45,8 +45,7 @@ pub fn fresh_namespace() -> Namespace {
 /// The PostgreSQL server the tests use (`SAGAPAY_POSTGRES_URL`, without a database).
 pub fn postgres_server_url() -> String {
     use secrecy::ExposeSecret;
-    config("gateway", &fresh_namespace())
-        .postgres_url
+    sagapay_service_kit::config::postgres_url_from_env()
         .expose_secret()
         .to_owned()
 }

@@ -175,8 +175,7 @@ async fn act(
                 };
                 let command = commands::fresh(
                     &capturing,
-                    &commands::capture(&capturing, &authorization_id)
-                        .map_err(|e| ApiError::internal(e.to_string()))?,
+                    &commands::capture(&capturing, &authorization_id),
                 );
                 let reason = format!(
                     "capture of {amount_minor} of {} {} requested by the merchant",
@@ -196,11 +195,7 @@ async fn act(
             }
             MerchantAction::Cancel | MerchantAction::Expire => {
                 let reason = "canceled by the merchant: voiding the authorization";
-                let command = commands::fresh(
-                    &payment,
-                    &commands::void(&payment, reason)
-                        .map_err(|e| ApiError::internal(e.to_string()))?,
-                );
+                let command = commands::fresh(&payment, &commands::void(&payment, reason));
                 store::record_merchant_action(
                     &mut tx,
                     &payment,

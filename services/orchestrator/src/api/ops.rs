@@ -301,13 +301,9 @@ async fn fail(
     let (action, sent) = match payment.status {
         // Nothing happened at the provider yet: the payment fails now.
         PaymentStatus::Created | PaymentStatus::RiskReview => {
-            let finalized =
-                commands::finalized(&payment, PaymentStatus::Failed, &reason).map_err(internal)?;
-            let event = sagapay_domain::Envelope::new(
-                payment_id,
-                None,
-                &payment.correlation_id,
-                &finalized,
+            let event = commands::fresh(
+                &payment,
+                &commands::finalized(&payment, PaymentStatus::Failed, &reason),
             );
             let row = state.outbox.row(&event, &MessageHeaders::default());
             store::transition(
@@ -328,9 +324,7 @@ async fn fail(
         }
         // An authorization may exist (or be in flight): void it.
         PaymentStatus::Approved | PaymentStatus::Authorized => {
-            let void = commands::void(&payment, &reason).map_err(internal)?;
-            let command =
-                sagapay_domain::Envelope::new(payment_id, None, &payment.correlation_id, &void);
+            let command = commands::fresh(&payment, &commands::void(&payment, &reason));
             start(
                 &state,
                 &mut tx,
@@ -344,8 +338,7 @@ async fn fail(
         }
         PaymentStatus::Captured => {
             let refund = commands::refund_capture(&payment, &reason).map_err(internal)?;
-            let command =
-                sagapay_domain::Envelope::new(payment_id, None, &payment.correlation_id, &refund);
+            let command = commands::fresh(&payment, &refund);
             start(
                 &state,
                 &mut tx,

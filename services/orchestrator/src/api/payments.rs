@@ -1,6 +1,6 @@
 //! Creating, reading and listing payments (`/internal/payments...`).
 
-use super::state::{merchant_of, AppState};
+use super::state::AppState;
 use crate::store::{self, NewPayment};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -60,7 +60,7 @@ pub(super) async fn create_payment(
     Extension(caller): Extension<VerifiedCaller>,
     Json(req): Json<CreatePayment>,
 ) -> Result<Response, ApiError> {
-    let merchant_id = merchant_of(&caller)?;
+    let merchant_id = caller.acting_merchant()?;
     let fp = fingerprint(merchant_id, &req);
     let payment_id = Uuid::now_v7();
     let envelope = Envelope::new(
@@ -194,7 +194,7 @@ pub(super) async fn list_payments(
     Extension(caller): Extension<VerifiedCaller>,
     query: Result<axum::extract::Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let merchant_id = merchant_of(&caller)?;
+    let merchant_id = caller.acting_merchant()?;
     let listing = query?.0.parse()?;
     let mut conn = state.pool.acquire().await?;
     let (data, has_more) = store::list(&mut conn, merchant_id, &listing)
@@ -214,7 +214,7 @@ pub(super) async fn get_payment(
     Extension(caller): Extension<VerifiedCaller>,
     Path(payment_id): Path<Uuid>,
 ) -> Result<Response, ApiError> {
-    let merchant_id = merchant_of(&caller)?;
+    let merchant_id = caller.acting_merchant()?;
     let mut conn = state.pool.acquire().await?;
     match store::view(&mut conn, payment_id, merchant_id).await? {
         Some(mut view) => {

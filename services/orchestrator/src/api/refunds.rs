@@ -34,7 +34,7 @@ pub async fn create(
     Path(payment_id): Path<Uuid>,
     Json(req): Json<CreateRefund>,
 ) -> Result<Response, ApiError> {
-    let merchant_id = super::state::merchant_of(&caller)?;
+    let merchant_id = caller.acting_merchant()?;
     let not_found = || {
         ApiError::not_found("payment_not_found", format!("no payment {payment_id}"))
             .with_param("payment_id")

@@ -1,10 +1,8 @@
-//! What every handler of the orchestrator's API is given, and who it acts for.
+//! What every handler of the orchestrator's API is given. (Who it acts for is the verified
+//! caller's signed claim: `VerifiedCaller::acting_merchant`.)
 
 use sagapay_messaging::Outbox;
-use sagapay_service_kit::api_error::ApiError;
-use sagapay_service_kit::service_auth::VerifiedCaller;
 use sqlx::PgPool;
-use uuid::Uuid;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -12,9 +10,4 @@ pub struct AppState {
     pub outbox: Outbox,
     pub deadlines: crate::saga::deadlines::Deadlines,
     pub metrics: crate::SagaMetrics,
-}
-
-/// The merchant the verified caller acts for; every internal route acts for one.
-pub(crate) fn merchant_of(caller: &VerifiedCaller) -> Result<Uuid, ApiError> {
-    caller.acting_merchant()
 }

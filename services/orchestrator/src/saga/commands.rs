@@ -11,66 +11,54 @@ use sagapay_domain::events::{
 use sagapay_domain::{AmountMinor, Currency, Envelope, PaymentStatus, RefundStatus};
 use uuid::Uuid;
 
-pub fn amount(p: &PaymentRow) -> anyhow::Result<AmountMinor> {
-    Ok(p.amount_minor)
-}
-
-pub fn currency(p: &PaymentRow) -> anyhow::Result<Currency> {
-    Ok(p.currency)
-}
-
-pub fn requested(p: &PaymentRow) -> anyhow::Result<PaymentRequested> {
-    Ok(PaymentRequested {
+pub fn requested(p: &PaymentRow) -> PaymentRequested {
+    PaymentRequested {
         merchant_id: p.merchant_id,
         customer_id: p.customer_id.clone(),
-        amount_minor: amount(p)?,
-        currency: currency(p)?,
+        amount_minor: p.amount_minor,
+        currency: p.currency,
         payment_method: p.payment_method.clone(),
-    })
+    }
 }
 
-pub fn authorize(p: &PaymentRow) -> anyhow::Result<AuthorizeRequested> {
-    Ok(AuthorizeRequested {
+pub fn authorize(p: &PaymentRow) -> AuthorizeRequested {
+    AuthorizeRequested {
         merchant_id: p.merchant_id,
         customer_id: p.customer_id.clone(),
-        amount_minor: amount(p)?,
-        currency: currency(p)?,
+        amount_minor: p.amount_minor,
+        currency: p.currency,
         payment_method: p.payment_method.clone(),
         capture_method: p.capture_method,
-    })
+    }
 }
 
-/// What is captured: the manual capture's amount, or the whole amount.
-pub fn captured(p: &PaymentRow) -> anyhow::Result<AmountMinor> {
-    Ok(p.captured_minor())
-}
-
-pub fn capture(p: &PaymentRow, authorization_id: &str) -> anyhow::Result<CaptureRequested> {
-    Ok(CaptureRequested {
+/// Captures what is to be captured: the manual capture's amount, or the whole amount.
+pub fn capture(p: &PaymentRow, authorization_id: &str) -> CaptureRequested {
+    CaptureRequested {
         authorization_id: authorization_id.to_owned(),
-        amount_minor: captured(p)?,
-        currency: currency(p)?,
-    })
+        amount_minor: p.captured_minor(),
+        currency: p.currency,
+    }
 }
 
-pub fn post(p: &PaymentRow, capture_id: &str) -> anyhow::Result<LedgerPostRequested> {
-    Ok(LedgerPostRequested {
+pub fn post(p: &PaymentRow, capture_id: &str) -> LedgerPostRequested {
+    LedgerPostRequested {
         merchant_id: p.merchant_id,
         capture_id: capture_id.to_owned(),
-        amount_minor: captured(p)?,
-        currency: currency(p)?,
-    })
+        amount_minor: p.captured_minor(),
+        currency: p.currency,
+    }
 }
 
 /// Voids the authorization; addressed by the authorization's idempotency key when its id is
 /// not known (an authorization whose outcome was never learnt).
-pub fn void(p: &PaymentRow, reason: &str) -> anyhow::Result<VoidRequested> {
-    Ok(VoidRequested {
+pub fn void(p: &PaymentRow, reason: &str) -> VoidRequested {
+    VoidRequested {
         authorization_id: p.authorization_id.clone(),
-        amount_minor: amount(p)?,
-        currency: currency(p)?,
+        amount_minor: p.amount_minor,
+        currency: p.currency,
         reason: reason.to_owned(),
-    })
+    }
 }
 
 /// Refunds the whole capture (the saga's compensation; merchant refunds have their own).
@@ -80,27 +68,23 @@ pub fn refund_capture(p: &PaymentRow, reason: &str) -> anyhow::Result<RefundRequ
             .capture_id
             .clone()
             .ok_or_else(|| anyhow!("payment {} has no capture to refund", p.payment_id))?,
-        amount_minor: captured(p)?,
-        currency: currency(p)?,
+        amount_minor: p.captured_minor(),
+        currency: p.currency,
         reason: reason.to_owned(),
         refund_id: None,
     })
 }
 
-pub fn finalized(
-    p: &PaymentRow,
-    status: PaymentStatus,
-    reason: &str,
-) -> anyhow::Result<PaymentFinalized> {
-    Ok(PaymentFinalized {
+pub fn finalized(p: &PaymentRow, status: PaymentStatus, reason: &str) -> PaymentFinalized {
+    PaymentFinalized {
         status,
         merchant_id: p.merchant_id,
         customer_id: p.customer_id.clone(),
-        amount_minor: amount(p)?,
-        currency: currency(p)?,
+        amount_minor: p.amount_minor,
+        currency: p.currency,
         reason: reason.to_owned(),
         created_at: p.created_at,
-    })
+    }
 }
 
 /// What a payment waits for.
@@ -132,28 +116,28 @@ pub fn outstanding(p: &PaymentRow) -> anyhow::Result<Outstanding> {
         }
         let reason = "compensation sent again after its deadline";
         return Ok(Outstanding::Command(match kind {
-            Compensation::Void => fresh(p, &void(p, reason)?),
+            Compensation::Void => fresh(p, &void(p, reason)),
             Compensation::Refund => fresh(p, &refund_capture(p, reason)?),
         }));
     }
     Ok(match p.status {
-        PaymentStatus::Created => Outstanding::Command(fresh(p, &requested(p)?)),
+        PaymentStatus::Created => Outstanding::Command(fresh(p, &requested(p))),
         PaymentStatus::RiskReview => Outstanding::Person,
-        PaymentStatus::Approved => Outstanding::Command(fresh(p, &authorize(p)?)),
+        PaymentStatus::Approved => Outstanding::Command(fresh(p, &authorize(p))),
         PaymentStatus::Authorized if p.awaits_merchant() => Outstanding::Expired,
         PaymentStatus::Authorized => {
             let authorization = p
                 .authorization_id
                 .as_deref()
                 .ok_or_else(|| missing("an authorization id"))?;
-            Outstanding::Command(fresh(p, &capture(p, authorization)?))
+            Outstanding::Command(fresh(p, &capture(p, authorization)))
         }
         PaymentStatus::Captured => {
             let capture_id = p
                 .capture_id
                 .as_deref()
                 .ok_or_else(|| missing("a capture id"))?;
-            Outstanding::Command(fresh(p, &post(p, capture_id)?))
+            Outstanding::Command(fresh(p, &post(p, capture_id)))
         }
         PaymentStatus::Settled
         | PaymentStatus::Failed

@@ -62,18 +62,17 @@ impl Deadlines {
     /// The deadlines' settings (`SAGAPAY_DEADLINE_*`, see `docs/configuration.md`).
     pub fn from_env() -> anyhow::Result<Self> {
         let d = Self::default();
-        let ms = env_ms;
         Ok(Self {
-            created: ms("SAGAPAY_DEADLINE_CREATED_MS", d.created)?,
-            risk_review: ms("SAGAPAY_DEADLINE_RISK_REVIEW_MS", d.risk_review)?,
-            approved: ms("SAGAPAY_DEADLINE_APPROVED_MS", d.approved)?,
-            authorized: ms("SAGAPAY_DEADLINE_AUTHORIZED_MS", d.authorized)?,
-            manual_capture: ms("SAGAPAY_AUTHORIZATION_EXPIRY_MS", d.manual_capture)?,
-            captured: ms("SAGAPAY_DEADLINE_CAPTURED_MS", d.captured)?,
-            compensating: ms("SAGAPAY_DEADLINE_COMPENSATING_MS", d.compensating)?,
-            refund: ms("SAGAPAY_DEADLINE_REFUND_MS", d.refund)?,
+            created: env_ms("SAGAPAY_DEADLINE_CREATED_MS", d.created)?,
+            risk_review: env_ms("SAGAPAY_DEADLINE_RISK_REVIEW_MS", d.risk_review)?,
+            approved: env_ms("SAGAPAY_DEADLINE_APPROVED_MS", d.approved)?,
+            authorized: env_ms("SAGAPAY_DEADLINE_AUTHORIZED_MS", d.authorized)?,
+            manual_capture: env_ms("SAGAPAY_AUTHORIZATION_EXPIRY_MS", d.manual_capture)?,
+            captured: env_ms("SAGAPAY_DEADLINE_CAPTURED_MS", d.captured)?,
+            compensating: env_ms("SAGAPAY_DEADLINE_COMPENSATING_MS", d.compensating)?,
+            refund: env_ms("SAGAPAY_DEADLINE_REFUND_MS", d.refund)?,
             max_nudges: env_parse("SAGAPAY_DEADLINE_NUDGES", d.max_nudges)?,
-            sweep_interval: ms("SAGAPAY_SWEEP_INTERVAL_MS", d.sweep_interval)?,
+            sweep_interval: env_ms("SAGAPAY_SWEEP_INTERVAL_MS", d.sweep_interval)?,
         })
     }
 

@@ -62,8 +62,7 @@ impl Handler for Saga {
                     return Ok(());
                 };
                 let reason = format!("risk approved: {}", ev.reason);
-                let next =
-                    env.follow_up(&commands::authorize(&payment).map_err(HandlerError::permanent)?);
+                let next = env.follow_up(&commands::authorize(&payment));
                 self.apply(
                     conn,
                     ctx,
@@ -164,19 +163,14 @@ impl Handler for Saga {
                 let awaiting = (payment.compensation.is_none()
                     && payment.capture_method == CaptureMethod::Manual)
                     .then(|| {
-                        commands::amount(&payment)
-                            .and_then(|amount_minor| {
-                                Ok(env.follow_up(&PaymentAwaitingCapture {
-                                    merchant_id: payment.merchant_id,
-                                    customer_id: payment.customer_id.clone(),
-                                    amount_minor,
-                                    currency: commands::currency(&payment)?,
-                                    created_at: payment.created_at,
-                                }))
-                            })
-                            .map_err(HandlerError::permanent)
-                    })
-                    .transpose()?;
+                        env.follow_up(&PaymentAwaitingCapture {
+                            merchant_id: payment.merchant_id,
+                            customer_id: payment.customer_id.clone(),
+                            amount_minor: payment.amount_minor,
+                            currency: payment.currency,
+                            created_at: payment.created_at,
+                        })
+                    });
                 self.apply(
                     conn,
                     ctx,
@@ -266,9 +260,7 @@ impl Handler for Saga {
                     capture_id: Some(&ev.capture_id),
                     ..Facts::default()
                 };
-                let next = env.follow_up(
-                    &commands::post(&payment, &ev.capture_id).map_err(HandlerError::permanent)?,
-                );
+                let next = env.follow_up(&commands::post(&payment, &ev.capture_id));
                 self.apply(
                     conn,
                     ctx,
@@ -570,13 +562,10 @@ impl Saga {
             "{op} outcome unknown after {} attempts ({}): voiding the authorization",
             ev.attempts, ev.last_error
         );
-        let next = env.follow_up(
-            &commands::void(
-                payment,
-                &format!("{op} outcome unknown after {} attempts", ev.attempts),
-            )
-            .map_err(HandlerError::permanent)?,
-        );
+        let next = env.follow_up(&commands::void(
+            payment,
+            &format!("{op} outcome unknown after {} attempts", ev.attempts),
+        ));
         self.compensate(
             conn,
             payment,
@@ -836,8 +825,7 @@ impl Saga {
         facts: Facts<'_>,
     ) -> Result<(), HandlerError> {
         debug_assert!(status.is_terminal());
-        let finalized =
-            commands::finalized(payment, status, reason).map_err(HandlerError::permanent)?;
+        let finalized = commands::finalized(payment, status, reason);
         let (amount_minor, currency) = (finalized.amount_minor, finalized.currency);
         let next = env.follow_up(&finalized);
         self.apply(conn, ctx, payment, status, reason, env, facts, Some(&next))

@@ -173,7 +173,7 @@ impl Sweeper {
                     self.deadlines.manual_capture.as_secs()
                 );
                 tracing::info!(payment_id = %payment.payment_id, %reason, "authorization expired");
-                let command = commands::fresh(payment, &commands::void(payment, &reason)?);
+                let command = commands::fresh(payment, &commands::void(payment, &reason));
                 let row = self.outbox.row(&command, &MessageHeaders::default());
                 store::record_merchant_action(
                     conn,
