@@ -11,6 +11,16 @@ KAFKA_PORT=9092
 KAFKA_CONTROLLER_PORT=9093
 PG_USER=sagapay
 PG_PASSWORD=sagapay
+# The Kafka cluster `scripts/stack.sh up` started (one node or three): its brokers and the
+# replication its topics need, for the services and tests started from these scripts. A
+# setting already in the environment wins.
+CLUSTER_ENV="$LOCAL_DIR/kafka/cluster.env"
+if [ -f "$CLUSTER_ENV" ]; then
+  while IFS='=' read -r name value; do
+    case "$name" in SAGAPAY_KAFKA_BROKERS | SAGAPAY_KAFKA_REPLICATION_FACTOR) ;; *) continue ;; esac
+    [ -n "${!name:-}" ] || export "$name=$value"
+  done < "$CLUSTER_ENV"
+fi
 # The local server's TLS files and the CA that signed them (scripts/stack.sh).
 PG_TLS_DIR=/var/lib/postgresql/sagapay-tls
 

@@ -3,8 +3,9 @@
 #   scripts/services.sh start [--instances N] | stop | status
 # With --instances N (default 1), N instances of every service run side by side: instance i
 # listens on the service's port + 10 × (i - 1) (gateway 8000, 8010, ...), has the id i
-# (SAGAPAY_INSTANCE_ID: Kafka static group membership, the service_instance label of its
-# metrics and logs), and gateway i calls orchestrator i.
+# (SAGAPAY_INSTANCE_ID: Kafka static group membership, so a restarted instance takes its
+# partitions back at once; the service_instance label of its metrics and logs), and gateway i
+# calls orchestrator i.
 # Logs: .local/logs/<service>[.<i>].log   PIDs: .local/run/<service>.<i>.pid
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -54,7 +55,7 @@ start() {
         export SAGAPAY_HTTP_ADDR="127.0.0.1:$port"
         export SAGAPAY_ORCHESTRATOR_URL="http://127.0.0.1:$(port_of orchestrator "$i")"
         export SAGAPAY_NOTIFICATION_URL="http://127.0.0.1:$(port_of notification "$i")"
-        if [ "$instances" -gt 1 ]; then export SAGAPAY_INSTANCE_ID="$i"; fi
+        export SAGAPAY_INSTANCE_ID="$i"
         nohup "$bin" >>"$log" 2>&1 &
         echo $! > "$RUN_DIR/$svc.$i.pid"
       )

@@ -3,6 +3,9 @@
 # (KRaft, one combined broker+controller) from Maven Central, run on the machine's JDK.
 #
 #   scripts/stack.sh up       install what is missing, start what is stopped, wait for health
+#   scripts/stack.sh up --brokers 3
+#                             Kafka as a cluster of three nodes (KRaft, three replicas, two in
+#                             sync for a write); the services find it through .local/kafka/cluster.env
 #   scripts/stack.sh down     stop Kafka, Redis and PostgreSQL
 #   scripts/stack.sh status   say what answers
 #
@@ -138,19 +141,36 @@ redis_down() {
 }
 
 # ---------------------------------------------------------------- Kafka
+# One node (the default: .local/kafka/{data,logs}, port 9092) or three (--brokers 3:
+# .local/kafka/cluster3/node-<i>/, ports 9092, 9094, 9096, three replicas, two in sync for a
+# write). Every node is made from infra/kafka/server.properties. The services find the
+# cluster through $CLUSTER_ENV, which `up` writes and scripts/lib.sh reads.
+
+# node_dir NODES I: where node I of a cluster of NODES keeps its data, logs and pid.
+node_dir() { if [ "$1" -eq 1 ]; then echo "$KAFKA_DIR"; else echo "$KAFKA_DIR/cluster$1/node-$2"; fi; }
+node_port() { echo $((KAFKA_PORT + 2 * ($1 - 1))); }
+
 kafka_pid() {
   local pid
-  pid="$(cat "$KAFKA_DIR/kafka.pid" 2>/dev/null || true)"
+  pid="$(cat "$1/kafka.pid" 2>/dev/null || true)"
   if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then echo "$pid"; fi
 }
 
 # Started: the port answers, our process lives, and it logged its start (or was seen started
 # before: started.pid, since the log rolls over and drops old lines).
 kafka_ready() {
-  local pid; pid="$(kafka_pid)"
-  port_open "$KAFKA_PORT" && [ -n "$pid" ] || return 1
-  [ "$(cat "$KAFKA_DIR/started.pid" 2>/dev/null)" = "$pid" ] \
-    || grep -qs "Kafka Server started" "$KAFKA_DIR/logs"/server.log*
+  local dir="$1" port="$2" pid; pid="$(kafka_pid "$dir")"
+  port_open "$port" && [ -n "$pid" ] || return 1
+  [ "$(cat "$dir/started.pid" 2>/dev/null)" = "$pid" ] \
+    || grep -qs "Kafka Server started" "$dir/logs"/server.log*
+}
+
+# The cluster that runs now (1 or 3 nodes), or nothing.
+kafka_running_nodes() {
+  local n
+  for n in 1 3; do
+    if [ -n "$(kafka_pid "$(node_dir "$n" 1)")" ]; then echo "$n"; return; fi
+  done
 }
 
 kafka_resolve() {
@@ -167,51 +187,91 @@ kafka_resolve() {
   echo "$sum" > "$stamp"
 }
 
-kafka_up() {
-  if kafka_ready; then
-    kafka_pid > "$KAFKA_DIR/started.pid"
-    log "Kafka already running on 127.0.0.1:$KAFKA_PORT"
+# kafka_properties NODES I: node I's server.properties from the template.
+kafka_properties() {
+  local nodes="$1" i="$2" dir voters="" v replicas=1 min_isr=1
+  dir="$(node_dir "$nodes" "$i")"
+  for v in $(seq 1 "$nodes"); do
+    voters="${voters:+$voters,}$v@127.0.0.1:$(( $(node_port "$v") + 1 ))"
+  done
+  if [ "$nodes" -eq 3 ]; then replicas=3; min_isr=2; fi
+  sed -e "s|@NODE_ID@|$i|" -e "s|@VOTERS@|$voters|" \
+    -e "s|@PORT@|$(node_port "$i")|" -e "s|@CONTROLLER_PORT@|$(( $(node_port "$i") + 1 ))|" \
+    -e "s|@DATA_DIR@|$dir/data|" -e "s|@REPLICAS@|$replicas|" -e "s|@MIN_ISR@|$min_isr|" \
+    "$SAGAPAY_ROOT/infra/kafka/server.properties" > "$dir/server.properties"
+}
+
+# kafka_tool DIR ARGS...: one of Kafka's tools (java with the broker's class path, logging into DIR/logs).
+kafka_tool() {
+  local dir="$1"; shift
+  java -Xms512m -Xmx1g -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -Djava.awt.headless=true \
+    -Dlog4j2.configurationFile="$SAGAPAY_ROOT/infra/kafka/log4j2.properties" \
+    -Dkafka.logs.dir="$dir/logs" -cp "$KAFKA_DIR/libs/*" "$@"
+}
+
+kafka_start_node() {
+  local nodes="$1" i="$2" cluster_id="$3" dir port
+  dir="$(node_dir "$nodes" "$i")"; port="$(node_port "$i")"
+  if kafka_ready "$dir" "$port"; then
+    kafka_pid "$dir" > "$dir/started.pid"
     return 0
   fi
-  if port_open "$KAFKA_PORT"; then
-    die "something else listens on 127.0.0.1:$KAFKA_PORT; stop it first"
+  port_open "$port" && die "something else listens on 127.0.0.1:$port; stop it first"
+  mkdir -p "$dir/data" "$dir/logs"
+  kafka_properties "$nodes" "$i"
+  if [ ! -f "$dir/data/meta.properties" ]; then
+    log "formatting KRaft storage of node $i"
+    kafka_tool "$dir" kafka.tools.StorageTool format -t "$cluster_id" -c "$dir/server.properties" \
+      >"$dir/logs/format.log" 2>&1 \
+      || { cat "$dir/logs/format.log" >&2; die "formatting Kafka storage failed"; }
+  fi
+  log "starting Kafka node $i of $nodes (127.0.0.1:$port)"
+  rm -f "$dir/logs"/server.log.* "$dir/started.pid"
+  : > "$dir/logs/server.log"
+  # A subshell that becomes java (exec), so the pid recorded is the broker's own.
+  ( exec > "$dir/logs/stdout.log" 2>&1; exec nohup java -Xms512m -Xmx1g -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
+      -Djava.awt.headless=true -Dlog4j2.configurationFile="$SAGAPAY_ROOT/infra/kafka/log4j2.properties" \
+      -Dkafka.logs.dir="$dir/logs" -cp "$KAFKA_DIR/libs/*" kafka.Kafka "$dir/server.properties" ) &
+  echo $! > "$dir/kafka.pid"
+}
+
+kafka_up() {
+  local nodes="$1" running i dir cluster_id
+  running="$(kafka_running_nodes)"
+  if [ -n "$running" ] && [ "$running" != "$nodes" ]; then
+    die "a Kafka of $running node(s) runs; stop it first (scripts/stack.sh down), then up --brokers $nodes"
   fi
   kafka_resolve
   local java_major
   java_major="$(java -XshowSettings:properties -version 2>&1 | awk -F' = ' '/java.specification.version/ {print $2}')"
   [ "${java_major%%.*}" -ge 17 ] || die "Kafka 4 needs Java 17 or newer, found $java_major"
-  mkdir -p "$KAFKA_DIR/data" "$KAFKA_DIR/logs"
-  sed -e "s|@DATA_DIR@|$KAFKA_DIR/data|" "$SAGAPAY_ROOT/infra/kafka/server.properties" \
-    > "$KAFKA_DIR/server.properties"
-  local cp="$KAFKA_DIR/libs/*"
-  local log_opts=(-Dlog4j2.configurationFile="$SAGAPAY_ROOT/infra/kafka/log4j2.properties"
-    -Dkafka.logs.dir="$KAFKA_DIR/logs")
-  if [ ! -f "$KAFKA_DIR/data/meta.properties" ]; then
-    log "formatting KRaft storage"
-    local cluster_id
-    cluster_id="$(java -cp "$cp" "${log_opts[@]}" kafka.tools.StorageTool random-uuid)"
-    java -cp "$cp" "${log_opts[@]}" kafka.tools.StorageTool format \
-      -t "$cluster_id" -c "$KAFKA_DIR/server.properties" >"$KAFKA_DIR/logs/format.log" 2>&1 \
-      || { cat "$KAFKA_DIR/logs/format.log" >&2; die "formatting Kafka storage failed"; }
+  mkdir -p "$(node_dir "$nodes" 1)"
+  # Every node of a cluster is formatted with the same id.
+  local id_file; id_file="$(dirname "$(node_dir "$nodes" 1)")/cluster.id"
+  [ "$nodes" -eq 1 ] && id_file="$KAFKA_DIR/cluster.id"
+  if [ ! -f "$id_file" ]; then
+    kafka_tool "$KAFKA_DIR" kafka.tools.StorageTool random-uuid > "$id_file"
   fi
-  log "starting Kafka (KRaft, broker+controller)"
-  rm -f "$KAFKA_DIR/logs"/server.log.* "$KAFKA_DIR/started.pid"
-  : > "$KAFKA_DIR/logs/server.log"
-  nohup java -Xms512m -Xmx1g -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
-    -Djava.awt.headless=true "${log_opts[@]}" \
-    -cp "$cp" kafka.Kafka "$KAFKA_DIR/server.properties" \
-    >"$KAFKA_DIR/logs/stdout.log" 2>&1 &
-  echo $! > "$KAFKA_DIR/kafka.pid"
-  wait_until 90 "Kafka" kafka_ready || {
-    tail -n 40 "$KAFKA_DIR/logs/stdout.log" "$KAFKA_DIR/logs/server.log" >&2 2>/dev/null || true
-    die "Kafka did not start on 127.0.0.1:$KAFKA_PORT within 90 s (logs above, $KAFKA_DIR/logs)"
-  }
-  kafka_pid > "$KAFKA_DIR/started.pid"
-  log "Kafka ready on 127.0.0.1:$KAFKA_PORT"
+  cluster_id="$(cat "$id_file")"
+  for i in $(seq 1 "$nodes"); do kafka_start_node "$nodes" "$i" "$cluster_id"; done
+  for i in $(seq 1 "$nodes"); do
+    dir="$(node_dir "$nodes" "$i")"
+    wait_until 90 "Kafka node $i" kafka_ready "$dir" "$(node_port "$i")" || {
+      tail -n 40 "$dir/logs/stdout.log" "$dir/logs/server.log" >&2 2>/dev/null || true
+      die "Kafka node $i did not start on 127.0.0.1:$(node_port "$i") within 90 s (logs above, $dir/logs)"
+    }
+    kafka_pid "$dir" > "$dir/started.pid"
+  done
+  # What the services need to find this cluster (scripts/lib.sh reads it).
+  local brokers="" replicas=1
+  for i in $(seq 1 "$nodes"); do brokers="${brokers:+$brokers,}127.0.0.1:$(node_port "$i")"; done
+  [ "$nodes" -eq 3 ] && replicas=3
+  printf 'SAGAPAY_KAFKA_BROKERS=%s\nSAGAPAY_KAFKA_REPLICATION_FACTOR=%s\n' "$brokers" "$replicas" > "$CLUSTER_ENV"
+  log "Kafka ready: $nodes node(s) on $brokers"
 }
 
-kafka_down() {
-  local pid; pid="$(kafka_pid)"
+kafka_stop_node() {
+  local dir="$1" pid; pid="$(kafka_pid "$dir")"
   if [ -n "$pid" ]; then
     log "stopping Kafka (pid $pid)"
     kill "$pid" 2>/dev/null || true
@@ -219,23 +279,53 @@ kafka_down() {
     while kill -0 "$pid" 2>/dev/null && [ "$SECONDS" -lt "$deadline" ]; do sleep 0.2; done
     kill -9 "$pid" 2>/dev/null || true
   fi
-  rm -f "$KAFKA_DIR/kafka.pid"
+  rm -f "$dir/kafka.pid"
+}
+
+kafka_down() {
+  local i
+  for i in 3 2 1; do kafka_stop_node "$(node_dir 3 "$i")"; done
+  kafka_stop_node "$(node_dir 1 1)"
+  rm -f "$CLUSTER_ENV"
 }
 
 status() {
   local rc=0
   if pg_ready; then echo "postgresql  up    127.0.0.1:$PG_PORT"; else echo "postgresql  down"; rc=1; fi
   if redis_ready; then echo "redis       up    127.0.0.1:$REDIS_PORT"; else echo "redis       down"; rc=1; fi
-  if kafka_ready; then echo "kafka       up    127.0.0.1:$KAFKA_PORT (pid $(kafka_pid))"; else echo "kafka       down"; rc=1; fi
+  local nodes i dir; nodes="$(kafka_running_nodes)"
+  if [ -z "$nodes" ]; then echo "kafka       down"; rc=1; fi
+  for i in $(seq 1 "${nodes:-0}"); do
+    dir="$(node_dir "$nodes" "$i")"
+    if kafka_ready "$dir" "$(node_port "$i")"; then
+      echo "kafka       up    127.0.0.1:$(node_port "$i") (node $i of $nodes, pid $(kafka_pid "$dir"))"
+    else echo "kafka       down  node $i of $nodes"; rc=1; fi
+  done
   return $rc
 }
 
-case "${1:-}" in
+brokers=""
+command="${1:-}"
+[ $# -gt 0 ] && shift
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --brokers) brokers="${2:-}"; shift 2 ;;
+    *) die "unknown option $1" ;;
+  esac
+done
+case "$brokers" in
+  # Without --brokers: the cluster that runs, or one node.
+  '') brokers="$(kafka_running_nodes)"; brokers="${brokers:-1}" ;;
+  1|3) ;;
+  *) die "--brokers is 1 or 3" ;;
+esac
+
+case "$command" in
   up)
     started=$SECONDS
     pg_up
     redis_up
-    kafka_up
+    kafka_up "$brokers"
     # Not a server of the stack: the dashboard test starts a Prometheus of its own.
     command -v prometheus >/dev/null || apt_install --no-install-recommends prometheus
     # Not servers either: what building the services needs beyond Rust (OpenSSL's headers
@@ -251,5 +341,5 @@ case "${1:-}" in
     pg_down
     ;;
   status) status ;;
-  *) echo "usage: $0 up|down|status" >&2; exit 2 ;;
+  *) echo "usage: $0 up [--brokers 1|3]|down|status" >&2; exit 2 ;;
 esac

@@ -29,4 +29,4 @@ pub use headers::MessageHeaders;
 pub use kafka::KafkaSettings;
 pub use metrics::MessagingMetrics;
 pub use outbox::{Outbox, OutboxRelay, OutboxRow, RelaySettings, OUTBOX_COLUMNS};
-pub use partitions::{ConsumerHealth, StallReport};
+pub use partitions::{ConsumerHealth, NotConsuming, StallReport};

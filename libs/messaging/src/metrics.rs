@@ -29,6 +29,8 @@ pub struct MessagingMetrics {
     pub consumer_stalled_seconds: GaugeVec,
     /// 1 while a LISTEN connection wakes the channel's worker, 0 while it only polls.
     pub listener_connected: IntGaugeVec,
+    /// Kafka consumers replaced by a new one after a fatal error (a fenced static member).
+    pub consumer_replacements_total: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -133,6 +135,14 @@ impl MessagingMetrics {
                 ),
                 &["channel"],
             )?,
+            consumer_replacements_total: IntCounterVec::new(
+                Opts::new(
+                    "consumer_replacements_total",
+                    "Kafka consumers replaced by a new one after a fatal error of their client \
+                     (a static member fenced after a broker restart, ...)",
+                ),
+                &["group"],
+            )?,
         };
         registry.register(Box::new(m.outbox_published_total.clone()))?;
         registry.register(Box::new(m.outbox_publish_errors_total.clone()))?;
@@ -150,6 +160,7 @@ impl MessagingMetrics {
         registry.register(Box::new(m.consumer_lag_messages.clone()))?;
         registry.register(Box::new(m.consumer_stalled_seconds.clone()))?;
         registry.register(Box::new(m.listener_connected.clone()))?;
+        registry.register(Box::new(m.consumer_replacements_total.clone()))?;
         for classification in Classification::ALL {
             m.dlq_published_total
                 .with_label_values(&[classification.as_str()])

@@ -148,6 +148,12 @@ impl PartitionTable {
         }
     }
 
+    /// Every partition is gone at once (the consumer that owned them failed and is replaced):
+    /// work still running on them finishes as abandoned, like after a revocation.
+    pub(crate) fn revoke_all(&self) {
+        self.lock().assigned.clear();
+    }
+
     /// A message of `key` at `offset` was received: it is pending in the current generation,
     /// which is returned; `None` when the partition is not assigned (the message is dropped).
     pub(crate) fn received(&self, key: &PartitionKey, offset: i64) -> Option<u64> {
@@ -269,21 +275,64 @@ pub struct StallReport {
     pub last_error: String,
 }
 
-/// A consumer's name and its partitions.
-type Registered = (String, Arc<PartitionTable>);
+/// Whether a consumer is reading its channel (what `/ready` needs of it).
+#[derive(Debug, Clone)]
+pub(crate) enum RunState {
+    /// Subscribed, polling, its lanes running (also while it waits for an assignment or
+    /// for the broker: librdkafka reconnects by itself).
+    Consuming,
+    /// Its Kafka client failed for good (a fatal error) and is being replaced by a new one.
+    Replacing { since: Instant, reason: String },
+    /// Stopped at shutdown.
+    Stopped,
+}
 
-/// The stalls of a service's consumers, for `/ready`. Cloning shares the view.
+/// A consumer that is not reading its channel, as `/ready` reports it.
+#[derive(Debug, Clone, Serialize)]
+pub struct NotConsuming {
+    pub consumer: String,
+    pub group: String,
+    /// `replacing` or `stopped`.
+    pub state: &'static str,
+    pub seconds: f64,
+    pub reason: String,
+}
+
+/// One consumer as [`ConsumerHealth`] sees it.
+#[derive(Debug)]
+pub(crate) struct Registered {
+    name: String,
+    group: String,
+    table: Arc<PartitionTable>,
+    state: Arc<Mutex<RunState>>,
+}
+
+/// The consumers of a service (their stalls and whether they run), for `/ready`. Cloning
+/// shares the view.
 #[derive(Debug, Clone, Default)]
 pub struct ConsumerHealth {
     consumers: Arc<Mutex<Vec<Registered>>>,
 }
 
 impl ConsumerHealth {
-    pub(crate) fn register(&self, consumer: &str, table: Arc<PartitionTable>) {
+    /// Adds a consumer; the returned state is what it updates as it runs.
+    pub(crate) fn register(
+        &self,
+        consumer: &str,
+        group: &str,
+        table: Arc<PartitionTable>,
+    ) -> Arc<Mutex<RunState>> {
+        let state = Arc::new(Mutex::new(RunState::Consuming));
         self.consumers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push((consumer.to_owned(), table));
+            .push(Registered {
+                name: consumer.to_owned(),
+                group: group.to_owned(),
+                table,
+                state: state.clone(),
+            });
+        state
     }
 
     /// Every message currently failing and being retried, oldest partition first.
@@ -291,7 +340,36 @@ impl ConsumerHealth {
         let consumers = self.consumers.lock().unwrap_or_else(|p| p.into_inner());
         consumers
             .iter()
-            .flat_map(|(name, table)| table.stall_reports(name))
+            .flat_map(|c| c.table.stall_reports(&c.name))
+            .collect()
+    }
+
+    /// The consumers not reading their channel now (being replaced after a fatal error, or
+    /// stopped). A service with any is not ready.
+    pub fn not_consuming(&self) -> Vec<NotConsuming> {
+        let now = Instant::now();
+        let consumers = self.consumers.lock().unwrap_or_else(|p| p.into_inner());
+        consumers
+            .iter()
+            .filter_map(|c| {
+                let state = c.state.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                let (state, seconds, reason) = match state {
+                    RunState::Consuming => return None,
+                    RunState::Replacing { since, reason } => (
+                        "replacing",
+                        now.saturating_duration_since(since).as_secs_f64(),
+                        reason,
+                    ),
+                    RunState::Stopped => ("stopped", 0.0, String::new()),
+                };
+                Some(NotConsuming {
+                    consumer: c.name.clone(),
+                    group: c.group.clone(),
+                    state,
+                    seconds,
+                    reason,
+                })
+            })
             .collect()
     }
 }

@@ -40,7 +40,13 @@ pub struct CommonConfig {
     pub consumer_retry_attempts: u32,
     pub consumer_retry_budget: std::time::Duration,
     pub relay: RelaySettings,
+    /// How long a starting service waits for PostgreSQL and Kafka to answer.
+    pub startup_wait: std::time::Duration,
 }
+
+/// The default of `SAGAPAY_STARTUP_WAIT_MS`: longer than a PostgreSQL restart or failover and
+/// a broker's restart, short enough that a wrong address ends the start within minutes.
+pub const DEFAULT_STARTUP_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
 
 pub const DEFAULT_POSTGRES_URL: &str = "postgres://sagapay:sagapay@127.0.0.1:5432";
 
@@ -261,6 +267,7 @@ impl CommonConfig {
                 )?,
                 ..RelaySettings::default()
             },
+            startup_wait: env_ms("SAGAPAY_STARTUP_WAIT_MS", DEFAULT_STARTUP_WAIT)?,
         };
         if environment == Environment::Production {
             let problems = config.production_problems()?;
@@ -337,6 +344,12 @@ impl CommonConfig {
             kafka: KafkaSettings {
                 brokers: env_or("SAGAPAY_KAFKA_BROKERS", "127.0.0.1:9092"),
                 partitions: 2,
+                // Three on the local stack's three-node cluster (scripts/stack.sh up --brokers 3).
+                replication_factor: env_parse(
+                    "SAGAPAY_KAFKA_REPLICATION_FACTOR",
+                    default_replication(Environment::Development),
+                )
+                .unwrap_or(1),
                 ..KafkaSettings::default()
             },
             http_addr: "127.0.0.1:0".parse().expect("valid address"),
@@ -348,6 +361,7 @@ impl CommonConfig {
             consumer_retry_attempts: ConsumerSettings::DEFAULT_RETRY_ATTEMPTS,
             consumer_retry_budget: ConsumerSettings::DEFAULT_RETRY_BUDGET,
             relay: RelaySettings::default(),
+            startup_wait: DEFAULT_STARTUP_WAIT,
         }
     }
 

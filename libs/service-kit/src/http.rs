@@ -42,8 +42,11 @@ pub struct RequestContext {
 pub struct Readiness {
     pub pool: PgPool,
     pub producer: FutureProducer,
-    /// Reported in the body, never in the status code (see `ready`).
+    /// Stalls are reported in the body, never in the status code (see `ready`); a consumer
+    /// that is not consuming (its client being replaced) makes the answer 503.
     pub consumers: sagapay_messaging::ConsumerHealth,
+    /// A background task that ended makes the answer 503.
+    pub tasks: crate::runtime::TaskHealth,
 }
 
 #[derive(Clone)]
@@ -70,21 +73,30 @@ async fn health(State(s): State<OpsState>) -> Json<serde_json::Value> {
     Json(json!({"status": "ok", "service": s.service}))
 }
 
-/// 200 when the database and Kafka answer within 2 s, else 503. A consumer retrying a message
-/// in place is named in the body (`checks.consumer: "stalled"` and `stalled_consumers`) but
-/// keeps the answer 200: what a stall needs is a person (alerts fire on
-/// `consumer_stalled_seconds`), not fewer instances. A 503 would make a load balancer take the
-/// orchestrator's API out of service because one payment's event is stuck, and a restart
-/// (what an orchestrator does to an instance that stays unready) only redelivers the same
-/// message to the same failure; every instance stuck on it would go down together.
+/// 200 when the database and Kafka answer within 2 s, the Kafka producer has not failed
+/// fatally, every background task runs and every consumer consumes; else 503, with what is
+/// wrong in the body (`checks`, `ended_tasks`, `not_consuming`).
+///
+/// A consumer retrying a message in place is named in the body (`checks.consumer: "stalled"`
+/// and `stalled_consumers`) but keeps the answer 200: what a stall needs is a person (alerts
+/// fire on `consumer_stalled_seconds`), not fewer instances. A 503 would make a load balancer
+/// take the orchestrator's API out of service because one payment's event is stuck, and a
+/// restart (what an orchestrator does to an instance that stays unready) only redelivers the
+/// same message to the same failure; every instance stuck on it would go down together.
 async fn ready(State(s): State<OpsState>) -> Response {
+    use rdkafka::producer::Producer;
     let timeout = Duration::from_secs(2);
     let db_ok = tokio::time::timeout(timeout, sqlx::query("SELECT 1").execute(&s.readiness.pool))
         .await
         .map(|r| r.is_ok())
         .unwrap_or(false);
-    let kafka_ok = sagapay_messaging::kafka::reachable(&s.readiness.producer, timeout).await;
-    let status = if db_ok && kafka_ok {
+    let producer_fatal = s.readiness.producer.client().fatal_error();
+    let kafka_ok = producer_fatal.is_none()
+        && sagapay_messaging::kafka::reachable(&s.readiness.producer, timeout).await;
+    let ended = s.readiness.tasks.ended();
+    let not_consuming = s.readiness.consumers.not_consuming();
+    let running = ended.is_empty() && not_consuming.is_empty();
+    let status = if db_ok && kafka_ok && running {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
@@ -96,6 +108,11 @@ async fn ready(State(s): State<OpsState>) -> Response {
         (true, true) => "ready",
         (true, false) => "degraded",
     };
+    let consumer = match (not_consuming.is_empty(), stalls.is_empty()) {
+        (false, _) => "not_consuming",
+        (true, false) => "stalled",
+        (true, true) => "ok",
+    };
     (
         status,
         Json(json!({
@@ -104,8 +121,12 @@ async fn ready(State(s): State<OpsState>) -> Response {
             "checks": {
                 "database": word(db_ok),
                 "kafka": word(kafka_ok),
-                "consumer": if stalls.is_empty() { "ok" } else { "stalled" },
+                "tasks": word(ended.is_empty()),
+                "consumer": consumer,
             },
+            "kafka_producer_fatal": producer_fatal.map(|(code, reason)| format!("{code:?}: {reason}")),
+            "ended_tasks": ended,
+            "not_consuming": not_consuming,
             "stalled_consumers": stalls,
         })),
     )

@@ -15,12 +15,13 @@ pub mod platform;
 pub mod runtime;
 pub mod service_auth;
 pub mod settings;
+pub mod startup;
 
 pub use api_error::ApiError;
 pub use config::{CommonConfig, Environment};
 pub use ops_auth::OpsKey;
 pub use platform::Platform;
-pub use runtime::{ServiceBuilder, ServiceHandle};
+pub use runtime::{ServiceBuilder, ServiceHandle, TaskHealth};
 pub use service_auth::{ServiceKeys, VerifiedCaller};
 
 /// The six services; each has the database `<namespace>_<service>` (see `Namespace::database`).

@@ -2,9 +2,9 @@
 //! metrics registry, the outbox relay and an inbox consumer.
 
 use crate::config::CommonConfig;
-use crate::db;
+use crate::{db, startup};
 use crate::http::{self, Readiness};
-use crate::runtime::ServiceBuilder;
+use crate::runtime::{ServiceBuilder, TaskHealth};
 use axum::Router;
 use prometheus::Registry;
 use rdkafka::producer::FutureProducer;
@@ -25,21 +25,31 @@ pub struct Platform {
     pub messaging_metrics: MessagingMetrics,
     pub http_metrics: HttpMetrics,
     pub outbox: Outbox,
-    /// The stalls of this service's consumers, for `/ready`.
+    /// The stalls of this service's consumers, and whether they run, for `/ready`.
     pub consumer_health: ConsumerHealth,
+    /// Whether each background task still runs, for `/ready`.
+    pub task_health: TaskHealth,
 }
 
 impl Platform {
     /// Prepares the database and Kafka for a service that consumes `consumes` and publishes
-    /// `produces`. Topics (and the dead-letter topic) are created when absent.
+    /// `produces` (waiting for each to answer, see [`crate::startup`]). Topics (and the
+    /// dead-letter topic) are created when absent. `migrations` makes the service's
+    /// migration runner (once per attempt).
     pub async fn init(
         config: CommonConfig,
-        migrations: refinery::Runner,
+        migrations: fn() -> refinery::Runner,
         consumes: &[EventType],
         produces: &[EventType],
     ) -> anyhow::Result<Self> {
         sagapay_telemetry::init(config.service, config.instance_id.as_deref());
-        let pool = db::prepare(&config, migrations).await?;
+        let pool = startup::wait_for(
+            "PostgreSQL",
+            config.startup_wait,
+            startup::postgres_may_pass,
+            || db::prepare(&config, migrations()),
+        )
+        .await?;
         let producer = config.kafka.producer(config.service)?;
         let mut topics: Vec<String> = consumes
             .iter()
@@ -49,7 +59,13 @@ impl Platform {
         topics.push(config.namespace.dead_letter_topic());
         topics.sort();
         topics.dedup();
-        config.kafka.ensure_topics(&topics).await?;
+        startup::wait_for(
+            "Kafka",
+            config.startup_wait,
+            startup::kafka_may_pass,
+            || config.kafka.ensure_topics(&topics),
+        )
+        .await?;
         let mut labels: std::collections::HashMap<String, String> =
             [("service".to_owned(), config.service.to_owned())].into();
         if let Some(instance) = &config.instance_id {
@@ -68,11 +84,14 @@ impl Platform {
             http_metrics,
             outbox,
             consumer_health: ConsumerHealth::default(),
+            task_health: TaskHealth::default(),
         })
     }
 
     pub fn builder(&self) -> ServiceBuilder {
-        ServiceBuilder::new(self.config.service)
+        let mut builder = ServiceBuilder::new(self.config.service, self.task_health.clone());
+        watch_producer(&mut builder, self.producer.clone());
+        builder
     }
 
     /// Starts the outbox relay of this service's database.
@@ -181,6 +200,7 @@ impl Platform {
                 pool: self.pool.clone(),
                 producer: self.producer.clone(),
                 consumers: self.consumer_health.clone(),
+                tasks: self.task_health.clone(),
             },
         );
         http::instrument(
@@ -189,4 +209,27 @@ impl Platform {
             self.config.http_limits,
         )
     }
+}
+
+/// How often the producer is asked whether it failed fatally.
+const PRODUCER_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// A task that ends, with the error, when the service's Kafka producer fails fatally (an
+/// idempotent producer whose sequence librdkafka cannot repair: it would never deliver
+/// again). The producer is shared by the relay, the dead-letter publisher and readiness, so
+/// it is not replaced in place: the process stops with the reason in its log and its
+/// supervisor starts a new one (a fresh producer id; the outbox keeps what was not sent).
+fn watch_producer(builder: &mut ServiceBuilder, producer: FutureProducer) {
+    use rdkafka::producer::Producer;
+    builder.spawn("kafka-producer-watch", move |shutdown| async move {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(PRODUCER_CHECK_INTERVAL) => {}
+            }
+            if let Some((code, reason)) = producer.client().fatal_error() {
+                anyhow::bail!("the Kafka producer failed fatally ({code:?}: {reason}); stopping so the supervisor restarts the service");
+            }
+        }
+    });
 }

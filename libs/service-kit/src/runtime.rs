@@ -1,28 +1,77 @@
 //! Running a service: its background tasks (relay, consumer) and its HTTP server share one
 //! cancellation token; stopping the service cancels it and waits for every task.
+//!
+//! No task ends quietly: a task that returns (with an error or without, before shutdown) is
+//! marked ended in [`TaskHealth`], so `/ready` answers 503 from that moment, and
+//! [`ServiceHandle::run_until_stopped`] stops the whole process with the task's name and
+//! error in the log, for its supervisor to restart. Tasks that can recover from a failure do
+//! so inside (the outbox relay retries its pass, a consumer replaces its Kafka client).
 
 use anyhow::Context;
 use axum::Router;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+/// The background tasks of a service and whether each still runs (what `/ready` checks).
+/// Cloning shares the view.
+#[derive(Debug, Clone, Default)]
+pub struct TaskHealth {
+    tasks: Arc<Mutex<Vec<(&'static str, Arc<AtomicBool>)>>>,
+}
+
+impl TaskHealth {
+    fn register(&self, task: &'static str) -> Arc<AtomicBool> {
+        let running = Arc::new(AtomicBool::new(true));
+        self.tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((task, running.clone()));
+        running
+    }
+
+    /// The tasks that ended, by name.
+    pub fn ended(&self) -> Vec<&'static str> {
+        self.tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(_, running)| !running.load(Ordering::Relaxed))
+            .map(|(task, _)| *task)
+            .collect()
+    }
+}
+
+/// Marks its task ended when dropped: when the task returns, fails or panics.
+struct RunningFlag(Arc<AtomicBool>);
+
+impl Drop for RunningFlag {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Relaxed);
+    }
+}
+
 pub struct ServiceBuilder {
     service: &'static str,
     shutdown: CancellationToken,
     tasks: JoinSet<anyhow::Result<()>>,
+    health: TaskHealth,
 }
 
 impl ServiceBuilder {
-    pub fn new(service: &'static str) -> Self {
+    /// A builder whose tasks report to `health` (the one `/ready` reads).
+    pub fn new(service: &'static str, health: TaskHealth) -> Self {
         Self {
             service,
             shutdown: CancellationToken::new(),
             tasks: JoinSet::new(),
+            health,
         }
     }
 
@@ -38,9 +87,21 @@ impl ServiceBuilder {
     {
         let span = tracing::info_span!("task", service_name = self.service, task);
         let fut = f(self.shutdown.clone());
+        let running = RunningFlag(self.health.register(task));
+        let shutdown = self.shutdown.clone();
         self.tasks.spawn(
-            async move { fut.await.with_context(|| format!("task {task} failed")) }
-                .instrument(span),
+            async move {
+                let _running = running;
+                let result = fut.await;
+                if !shutdown.is_cancelled() {
+                    match &result {
+                        Ok(()) => tracing::error!(task, "task ended before shutdown"),
+                        Err(e) => tracing::error!(task, error = %format!("{e:#}"), "task failed"),
+                    }
+                }
+                result.with_context(|| format!("task {task} failed"))
+            }
+            .instrument(span),
         );
     }
 

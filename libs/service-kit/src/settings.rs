@@ -96,6 +96,8 @@ catalogue! {
         "see `SAGAPAY_CONSUMER_RETRY_ATTEMPTS`";
     "SAGAPAY_OUTBOX_CLAIM_TIMEOUT_MS", Value("30000"), "every service", false,
         "how long a crashed relay's claimed rows wait before another relay takes them";
+    "SAGAPAY_STARTUP_WAIT_MS", Value("120000"), "every service", false,
+        "how long a starting service waits for PostgreSQL and Kafka to answer (retrying with back-off, logging what it waits for) before it gives up and exits; Redis is never waited for";
     // Credentials.
     "SAGAPAY_OPS_KEY", Computed("`dev-ops-secret` in development; required in production"), "orchestrator, risk, ledger, provider-adapter, sagapayctl", true,
         "the operators' key (`x-ops-key`) of the ops routes, 16+ characters";

@@ -109,34 +109,7 @@ impl<S: KeyStore + Send + Sync> FromRequestParts<S> for Merchant {
         let digest = hash_key(key);
         let merchant = match state.key_cache().get(&digest) {
             Some(m) => m,
-            None => {
-                // Before any database work: a flood of unknown keys from one address stops here.
-                let peer = parts
-                    .extensions
-                    .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-                    .map(|c| c.0.ip());
-                if let Some(address) = peer {
-                    state
-                        .lookup_budget()
-                        .check(address)
-                        .map_err(lookup_refusal)?;
-                }
-                // Across all addresses: a few lookups at once, never a queue for connections.
-                let permit = state.key_cache().lookup_permit().ok_or_else(|| {
-                    crate::ratelimit::too_many_requests(
-                        "too_many_key_lookups",
-                        "too many requests with API keys not recently seen; retry in 1 s",
-                        1,
-                    )
-                })?;
-                let m = authenticate_digest(state.key_pool(), &digest, state.production())
-                    .await
-                    .map_err(|e| ApiError::from(e).into_response())?
-                    .ok_or_else(|| ApiError::unauthorized("invalid API key").into_response())?;
-                drop(permit);
-                state.key_cache().put(digest, m);
-                m
-            }
+            None => look_up(state, parts, digest).await?,
         };
         let remaining = state
             .rate_limit()
@@ -146,6 +119,84 @@ impl<S: KeyStore + Send + Sync> FromRequestParts<S> for Merchant {
             let _ = slot.0.set((state.rate_limit().burst(), remaining));
         }
         Ok(merchant)
+    }
+}
+
+/// The merchant of a key the cache does not hold: the answer of the lookup of that key
+/// already running, or a lookup of this request's own, within its address's budget and the
+/// instance's lookup slots (see `keycache`).
+async fn look_up<S: KeyStore>(
+    state: &S,
+    parts: &Parts,
+    digest: [u8; 32],
+) -> Result<Merchant, axum::response::Response> {
+    use crate::keycache::{follow, Flight};
+    use axum::response::IntoResponse;
+    // A leader that goes without an answer (its own request refused or cancelled) leaves its
+    // followers to look again; twice is enough for that to be rare, then the request is
+    // answered as unavailable rather than queued.
+    for _ in 0..3 {
+        let leader = match state.key_cache().flight(digest) {
+            Flight::Follow(answer) => match follow(answer).await {
+                Some(found) => return merchant_found(found),
+                None => continue,
+            },
+            Flight::Lead(leader) => leader,
+        };
+        // Before any database work: a flood of unknown keys from one address stops here.
+        let peer = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip());
+        if let Some(address) = peer {
+            state
+                .lookup_budget()
+                .check(address)
+                .map_err(lookup_refusal)?;
+        }
+        // Across all addresses: a few lookups at once, never a queue for connections.
+        let permit = state.key_cache().lookup_permit().ok_or_else(|| {
+            crate::ratelimit::too_many_requests(
+                "too_many_key_lookups",
+                "too many requests with API keys not recently seen; retry in 1 s",
+                1,
+            )
+        })?;
+        let found = authenticate_digest(state.key_pool(), &digest, state.production()).await;
+        drop(permit);
+        return match found {
+            Ok(found) => {
+                leader.finish(Ok(found));
+                merchant_found(Ok(found))
+            }
+            Err(e) => {
+                leader.finish(Err(()));
+                Err(ApiError::from(e).into_response())
+            }
+        };
+    }
+    Err(key_check_unavailable())
+}
+
+/// 503 for a request whose key could not be checked (the database did not answer).
+fn key_check_unavailable() -> axum::response::Response {
+    use axum::response::IntoResponse;
+    ApiError::unavailable(
+        "database_unavailable",
+        "the API key could not be checked now; retry later",
+    )
+    .into_response()
+}
+
+/// The answer to a request whose key's lookup found `found`.
+fn merchant_found(
+    found: crate::keycache::Found<Merchant>,
+) -> Result<Merchant, axum::response::Response> {
+    use axum::response::IntoResponse;
+    match found {
+        Ok(Some(m)) => Ok(m),
+        Ok(None) => Err(ApiError::unauthorized("invalid API key").into_response()),
+        Err(()) => Err(key_check_unavailable()),
     }
 }
 

@@ -138,7 +138,7 @@ impl Config {
 pub async fn start(config: Config) -> anyhow::Result<ServiceHandle> {
     let platform = Platform::init(
         config.common.clone(),
-        embedded::migrations::runner(),
+        embedded::migrations::runner,
         &[],
         &[],
     )

@@ -372,7 +372,7 @@ impl Handler for LedgerHandler {
 pub async fn start(config: Config) -> anyhow::Result<ServiceHandle> {
     let platform = Platform::init(
         config.common.clone(),
-        embedded::migrations::runner(),
+        embedded::migrations::runner,
         CONSUMES,
         PRODUCES,
     )

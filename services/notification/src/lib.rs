@@ -201,7 +201,7 @@ impl NotificationHandler {
 pub async fn start(config: Config) -> anyhow::Result<ServiceHandle> {
     let platform = Platform::init(
         config.common.clone(),
-        embedded::migrations::runner(),
+        embedded::migrations::runner,
         CONSUMES,
         &[],
     )

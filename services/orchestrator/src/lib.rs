@@ -234,7 +234,7 @@ impl SagaMetrics {
 pub async fn start(config: Config) -> anyhow::Result<ServiceHandle> {
     let platform = Platform::init(
         config.common.clone(),
-        embedded::migrations::runner(),
+        embedded::migrations::runner,
         CONSUMES,
         PRODUCES,
     )

@@ -395,7 +395,7 @@ where
 {
     let platform = Platform::init(
         config.common.clone(),
-        embedded::migrations::runner(),
+        embedded::migrations::runner,
         CONSUMES,
         PRODUCES,
     )

@@ -262,7 +262,7 @@ fn counts_as_failure(status: PaymentStatus) -> bool {
 pub async fn start(config: Config) -> anyhow::Result<ServiceHandle> {
     let platform = Platform::init(
         config.common.clone(),
-        embedded::migrations::runner(),
+        embedded::migrations::runner,
         CONSUMES,
         PRODUCES,
     )

@@ -2,6 +2,9 @@
 //! Kafka of `scripts/stack.sh`, isolated by a fresh namespace (its own databases, topics and
 //! consumer groups), so tests run in parallel against one broker and one server.
 
+pub mod chaos;
+pub mod servers;
+
 use anyhow::Context;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::Message;
@@ -134,6 +137,12 @@ impl Drop for TestStack {
 /// end, and stacks started after it wait for it (the lock is fair).
 static MACHINE: std::sync::LazyLock<std::sync::Arc<tokio::sync::RwLock<()>>> =
     std::sync::LazyLock::new(Default::default);
+
+/// Holds the machine alone until dropped (stacks started meanwhile wait, and this waits for
+/// the running ones): for tests that load the whole machine or measure time.
+pub async fn machine_alone() -> tokio::sync::OwnedRwLockWriteGuard<()> {
+    MACHINE.clone().write_owned().await
+}
 
 enum MachineShare {
     Shared(#[allow(dead_code)] tokio::sync::OwnedRwLockReadGuard<()>),
@@ -718,6 +727,10 @@ impl Processes {
             .env(
                 "SAGAPAY_ORCHESTRATOR_URL",
                 self.url_of("orchestrator", instance),
+            )
+            .env(
+                "SAGAPAY_NOTIFICATION_URL",
+                self.url_of("notification", instance),
             )
             .env("SAGAPAY_KAFKA_PARTITIONS", "2")
             .env("SAGAPAY_DB_POOL_SIZE", "5")

@@ -48,14 +48,15 @@ use crate::handler::Handler;
 use crate::kafka::KafkaSettings;
 use crate::lag::LagReporter;
 use crate::metrics::MessagingMetrics;
-use crate::partitions::{ConsumerHealth, PartitionKey, PartitionTable, Tracking};
+use crate::partitions::{ConsumerHealth, PartitionKey, PartitionTable, RunState, Tracking};
 use anyhow::Context;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::FutureProducer;
 use sagapay_domain::EventType;
 use sqlx::PgPool;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -102,13 +103,18 @@ impl ConsumerSettings {
 }
 
 pub struct InboxConsumer<H> {
-    consumer: Arc<StreamConsumer<Tracking>>,
+    kafka: KafkaSettings,
+    /// The Kafka client of the first session, made by `new` (so a configuration it refuses
+    /// fails the service's start); later sessions make their own.
+    first: Option<StreamConsumer<Tracking>>,
     partitions: Arc<PartitionTable>,
     producer: FutureProducer,
     pool: PgPool,
     handler: Arc<H>,
     settings: ConsumerSettings,
     metrics: MessagingMetrics,
+    /// What `/ready` sees of this consumer (registered by [`InboxConsumer::report_to`]).
+    state: Arc<Mutex<RunState>>,
 }
 
 /// What became of a message a lane took.
@@ -142,6 +148,27 @@ struct Finished {
     outcome: Outcome,
 }
 
+/// How one Kafka client's life ended.
+enum SessionEnd {
+    /// Shutdown: offsets stored and committed.
+    Shutdown,
+    /// librdkafka raised a fatal error: this client will never consume again.
+    Fatal(String),
+}
+
+/// How often the poll loop asks librdkafka whether the client failed fatally, also while it
+/// waits for a full lane (a fatal error raised by a background commit or heartbeat reaches
+/// `recv` only when the loop calls it).
+const FATAL_CHECK_INTERVAL: Duration = Duration::from_millis(500);
+/// The pause between attempts to create a client, and before a failed client is replaced when
+/// the one before it failed too (the first replacement is at once). It doubles, up to
+/// [`REPLACE_DELAY_MAX`], while replacements keep failing within [`HEALTHY_SESSION`] of their
+/// start: two processes configured with the same instance id fence each other forever, and
+/// must not do it in a tight loop.
+const REPLACE_DELAY: Duration = Duration::from_secs(1);
+const REPLACE_DELAY_MAX: Duration = Duration::from_secs(30);
+const HEALTHY_SESSION: Duration = Duration::from_secs(60);
+
 impl<H: Handler> InboxConsumer<H> {
     /// A consumer of `settings.topics` in group `settings.group_id`.
     pub fn new(
@@ -153,68 +180,161 @@ impl<H: Handler> InboxConsumer<H> {
         metrics: MessagingMetrics,
     ) -> anyhow::Result<Self> {
         let partitions = Arc::new(PartitionTable::default());
-        let consumer = kafka.consumer_with_context(
-            &settings.group_id,
-            &settings.consumer_name,
-            Tracking {
-                table: partitions.clone(),
-            },
-        )?;
-        Ok(Self {
-            consumer: Arc::new(consumer),
+        let mut this = Self {
+            kafka: kafka.clone(),
+            first: None,
             partitions,
             producer,
             pool,
             handler,
             settings,
             metrics,
-        })
+            state: Arc::new(Mutex::new(RunState::Consuming)),
+        };
+        this.first = Some(this.client()?);
+        Ok(this)
     }
 
-    /// Lets `health` (what `/ready` reads) see this consumer's stalls.
-    pub fn report_to(self, health: &ConsumerHealth) -> Self {
-        health.register(&self.settings.consumer_name, self.partitions.clone());
+    /// A new Kafka client of the group, reporting rebalances to this consumer's table.
+    fn client(&self) -> anyhow::Result<StreamConsumer<Tracking>> {
+        self.kafka.consumer_with_context(
+            &self.settings.group_id,
+            &self.settings.consumer_name,
+            Tracking {
+                table: self.partitions.clone(),
+            },
+        )
+    }
+
+    /// Lets `health` (what `/ready` reads) see this consumer's stalls and whether it runs.
+    pub fn report_to(mut self, health: &ConsumerHealth) -> Self {
+        self.state = health.register(
+            &self.settings.consumer_name,
+            &self.settings.group_id,
+            self.partitions.clone(),
+        );
         self
     }
 
-    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+    fn set_state(&self, state: RunState) {
+        *self.state.lock().unwrap_or_else(|p| p.into_inner()) = state;
+    }
+
+    /// Consumes until shutdown. A Kafka client that fails fatally (librdkafka gives up on it
+    /// for good: a static member fenced after a broker restart, see `docs/architecture.md`)
+    /// is dropped with everything its lanes were doing, and a new client joins the group in
+    /// its place; the partitions' generations fence the old lanes' late outcomes, and what
+    /// they had not committed is redelivered (the inbox absorbs repeats). Returns an error
+    /// only when a lane fails (the service then stops: its supervisor restarts it).
+    pub async fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let mut client = self.first.take();
+        let this = Arc::new(self);
+        // The last replacement's pause, while replacements follow each other quickly.
+        let mut last_delay: Option<Duration> = None;
+        loop {
+            let consumer = match client.take() {
+                Some(c) => c,
+                None => match this.client() {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::error!(error = %format!("{e:#}"), group = %this.settings.group_id,
+                            "creating a Kafka consumer failed; trying again");
+                        if pause(&shutdown, REPLACE_DELAY).await {
+                            return Ok(());
+                        }
+                        continue;
+                    }
+                },
+            };
+            this.set_state(RunState::Consuming);
+            let started = std::time::Instant::now();
+            match this.clone().session(Arc::new(consumer), &shutdown).await? {
+                SessionEnd::Shutdown => {
+                    this.set_state(RunState::Stopped);
+                    return Ok(());
+                }
+                SessionEnd::Fatal(reason) => {
+                    let delay = match last_delay {
+                        Some(d) if started.elapsed() < HEALTHY_SESSION => {
+                            (d * 2).clamp(REPLACE_DELAY, REPLACE_DELAY_MAX)
+                        }
+                        _ => Duration::ZERO,
+                    };
+                    last_delay = Some(delay);
+                    tracing::error!(group = %this.settings.group_id, %reason,
+                        replace_in_ms = delay.as_millis() as u64,
+                        "Kafka consumer failed fatally; replacing it with a new one (if this \
+                         repeats, another process may have the same SAGAPAY_INSTANCE_ID)");
+                    this.metrics
+                        .consumer_replacements_total
+                        .with_label_values(&[&this.settings.group_id])
+                        .inc();
+                    this.set_state(RunState::Replacing {
+                        since: std::time::Instant::now(),
+                        reason,
+                    });
+                    if pause(&shutdown, delay).await {
+                        this.set_state(RunState::Stopped);
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+
+    /// One Kafka client's life: subscribes, spreads what it receives over the lanes and
+    /// stores offsets, until shutdown or a fatal error of the client.
+    async fn session(
+        self: Arc<Self>,
+        consumer: Arc<StreamConsumer<Tracking>>,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<SessionEnd> {
         let topics: Vec<&str> = self.settings.topics.iter().map(String::as_str).collect();
-        self.consumer
+        consumer
             .subscribe(&topics)
             .context("subscribing to topics")?;
-        let this = Arc::new(self);
-        // Stopped with the consumer, also when it stops on a lane's error.
-        let reporter_stop = shutdown.child_token();
+        // The session's own stop: shutdown, or the end of this client.
+        let stop = shutdown.child_token();
         let reporter = tokio::spawn(
             LagReporter {
-                consumer: this.consumer.clone(),
-                table: this.partitions.clone(),
-                metrics: this.metrics.clone(),
+                consumer: consumer.clone(),
+                table: self.partitions.clone(),
+                metrics: self.metrics.clone(),
                 interval: LAG_REPORT_INTERVAL,
             }
-            .run(reporter_stop.clone()),
+            .run(stop.clone()),
         );
-        let lanes = this.settings.lanes.max(1);
+        let lanes = self.settings.lanes.max(1);
         let (finished_tx, mut finished_rx) = tokio::sync::mpsc::unbounded_channel::<Finished>();
         let mut lane_txs = Vec::with_capacity(lanes);
         let mut lane_tasks = Vec::with_capacity(lanes);
         for _ in 0..lanes {
             let (tx, rx) = tokio::sync::mpsc::channel::<Delivery>(64);
             lane_txs.push(tx);
-            lane_tasks.push(tokio::spawn(this.clone().lane(
+            lane_tasks.push(tokio::spawn(self.clone().lane(
                 rx,
                 finished_tx.clone(),
-                shutdown.clone(),
+                stop.clone(),
             )));
         }
         drop(finished_tx);
-        loop {
+        let mut fatal_check = tokio::time::interval(FATAL_CHECK_INTERVAL);
+        let end = loop {
             tokio::select! {
-                _ = shutdown.cancelled() => break,
-                Some(f) = finished_rx.recv() => this.finish(f),
-                msg = this.consumer.recv() => {
+                _ = shutdown.cancelled() => break SessionEnd::Shutdown,
+                Some(f) = finished_rx.recv() => self.finish(&consumer, f),
+                _ = fatal_check.tick() => {
+                    if let Some(reason) = fatal_error(&consumer) {
+                        break SessionEnd::Fatal(reason);
+                    }
+                }
+                msg = consumer.recv() => {
                     let msg = match msg {
                         Ok(m) => m.detach(),
+                        Err(KafkaError::MessageConsumptionFatal(code)) => {
+                            break SessionEnd::Fatal(fatal_error(&consumer)
+                                .unwrap_or_else(|| code.to_string()));
+                        }
                         Err(e) => {
                             tracing::warn!(error = %e, "Kafka consumer error");
                             continue;
@@ -222,21 +342,28 @@ impl<H: Handler> InboxConsumer<H> {
                     };
                     let key = (msg.topic().to_owned(), msg.partition());
                     // A message of a partition revoked since it was fetched is not ours.
-                    let Some(generation) = this.partitions.received(&key, msg.offset()) else {
+                    let Some(generation) = self.partitions.received(&key, msg.offset()) else {
                         continue;
                     };
                     let lane = lane_of(&msg, lanes);
                     // Waits while the lane is full: back-pressure on the partition reads.
-                    tokio::select! {
-                        _ = shutdown.cancelled() => break,
-                        sent = lane_txs[lane].send(Delivery { msg, generation }) => {
-                            if sent.is_err() {
-                                break; // the lane stopped on an error; reported below
-                            }
-                        }
+                    let delivery = Delivery { msg, generation };
+                    let sent = tokio::select! {
+                        _ = shutdown.cancelled() => break SessionEnd::Shutdown,
+                        sent = lane_txs[lane].send(delivery) => sent,
+                        reason = wait_fatal(&consumer) => break SessionEnd::Fatal(reason),
+                    };
+                    if sent.is_err() {
+                        break SessionEnd::Shutdown; // the lane stopped on an error; reported below
                     }
                 }
             }
+        };
+        if matches!(end, SessionEnd::Fatal(_)) {
+            // The client is dead: its partitions are no longer ours. Lanes abandon what they
+            // retry, and outcomes still arriving count for nothing.
+            self.partitions.revoke_all();
+            stop.cancel();
         }
         // Let the lanes finish the message each is on, then store what finished.
         drop(lane_txs);
@@ -249,18 +376,20 @@ impl<H: Handler> InboxConsumer<H> {
             }
         }
         while let Ok(f) = finished_rx.try_recv() {
-            this.finish(f);
+            self.finish(&consumer, f);
         }
-        reporter_stop.cancel();
+        stop.cancel();
         let _ = reporter.await;
-        // Commit what was stored; anything not committed is redelivered and deduplicated.
-        if let Err(e) = this.consumer.commit_consumer_state(CommitMode::Sync) {
-            tracing::debug!(error = %e, "final offset commit");
+        if let Some(e) = failure {
+            return Err(e);
         }
-        match failure {
-            Some(e) => Err(e),
-            None => Ok(()),
+        if matches!(end, SessionEnd::Shutdown) {
+            // Commit what was stored; anything not committed is redelivered and deduplicated.
+            if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+                tracing::debug!(error = %e, "final offset commit");
+            }
         }
+        Ok(end)
     }
 
     /// One lane: takes the messages waiting for it, a batch at a time, until its channel
@@ -305,17 +434,43 @@ impl<H: Handler> InboxConsumer<H> {
     }
 
     /// Records a finished message and stores the partition's offset as far as it is contiguous.
-    fn finish(&self, f: Finished) {
+    fn finish(&self, consumer: &StreamConsumer<Tracking>, f: Finished) {
         if f.outcome != Outcome::Done {
             return;
         }
         if let Some(through) = self.partitions.finished(&f.key, f.generation, f.offset) {
             // librdkafka commits `through + 1`, the next offset to read. Storing fails for a
             // partition no longer assigned; its messages are redelivered to the new owner.
-            if let Err(e) = self.consumer.store_offset(&f.key.0, f.key.1, through) {
+            if let Err(e) = consumer.store_offset(&f.key.0, f.key.1, through) {
                 tracing::debug!(error = %e, topic = %f.key.0, partition = f.key.1, "offset not stored");
             }
         }
+    }
+}
+
+/// The fatal error librdkafka set on the client, if any, as text.
+fn fatal_error(consumer: &StreamConsumer<Tracking>) -> Option<String> {
+    consumer
+        .client()
+        .fatal_error()
+        .map(|(code, reason)| format!("{code:?}: {reason}"))
+}
+
+/// Resolves once the client has a fatal error (checked every [`FATAL_CHECK_INTERVAL`]).
+async fn wait_fatal(consumer: &StreamConsumer<Tracking>) -> String {
+    loop {
+        tokio::time::sleep(FATAL_CHECK_INTERVAL).await;
+        if let Some(reason) = fatal_error(consumer) {
+            return reason;
+        }
+    }
+}
+
+/// Sleeps `delay`; true when shutdown came first.
+async fn pause(shutdown: &CancellationToken, delay: Duration) -> bool {
+    tokio::select! {
+        _ = shutdown.cancelled() => true,
+        _ = tokio::time::sleep(delay) => false,
     }
 }
 
