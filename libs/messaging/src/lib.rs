@@ -20,6 +20,7 @@ pub mod migrations;
 pub mod outbox;
 pub mod partitions;
 pub mod postgres_url;
+pub mod relay_producer;
 pub mod wakeup;
 
 pub use consumer::{ConsumerSettings, InboxConsumer};
@@ -30,3 +31,4 @@ pub use kafka::KafkaSettings;
 pub use metrics::MessagingMetrics;
 pub use outbox::{Outbox, OutboxRelay, OutboxRow, RelaySettings, OUTBOX_COLUMNS};
 pub use partitions::{ConsumerHealth, NotConsuming, StallReport};
+pub use relay_producer::RelayProducer;

@@ -31,6 +31,8 @@ pub struct MessagingMetrics {
     pub listener_connected: IntGaugeVec,
     /// Kafka consumers replaced by a new one after a fatal error (a fenced static member).
     pub consumer_replacements_total: IntCounterVec,
+    /// The outbox relay's producer replaced after a fatal error or a stall.
+    pub outbox_producer_replacements_total: IntCounter,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -143,6 +145,11 @@ impl MessagingMetrics {
                 ),
                 &["group"],
             )?,
+            outbox_producer_replacements_total: IntCounter::with_opts(Opts::new(
+                "outbox_producer_replacements_total",
+                "The outbox relay's Kafka producer replaced by a new one after a fatal error \
+                 or after delivering nothing for a minute while the broker answered",
+            ))?,
         };
         registry.register(Box::new(m.outbox_published_total.clone()))?;
         registry.register(Box::new(m.outbox_publish_errors_total.clone()))?;
@@ -161,6 +168,7 @@ impl MessagingMetrics {
         registry.register(Box::new(m.consumer_stalled_seconds.clone()))?;
         registry.register(Box::new(m.listener_connected.clone()))?;
         registry.register(Box::new(m.consumer_replacements_total.clone()))?;
+        registry.register(Box::new(m.outbox_producer_replacements_total.clone()))?;
         for classification in Classification::ALL {
             m.dlq_published_total
                 .with_label_values(&[classification.as_str()])

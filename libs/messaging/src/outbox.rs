@@ -22,6 +22,7 @@
 
 use crate::headers::{self, MessageHeaders};
 use crate::metrics::MessagingMetrics;
+use crate::relay_producer::RelayProducer;
 use crate::wakeup::Wakeup;
 use anyhow::Context;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -214,15 +215,28 @@ pub struct ClaimedBatch {
 
 pub struct OutboxRelay {
     pool: PgPool,
-    producer: FutureProducer,
+    producer: RelayProducer,
     settings: RelaySettings,
     metrics: MessagingMetrics,
 }
 
 impl OutboxRelay {
+    /// A relay publishing with `producer`, which it never replaces (see
+    /// [`OutboxRelay::with_producer`]).
     pub fn new(
         pool: PgPool,
         producer: FutureProducer,
+        settings: RelaySettings,
+        metrics: MessagingMetrics,
+    ) -> Self {
+        Self::with_producer(pool, RelayProducer::fixed(producer), settings, metrics)
+    }
+
+    /// A relay publishing with `producer` (replaced when it fails or stalls, if it is
+    /// [`RelayProducer::replaceable`]).
+    pub fn with_producer(
+        pool: PgPool,
+        producer: RelayProducer,
         settings: RelaySettings,
         metrics: MessagingMetrics,
     ) -> Self {
@@ -232,6 +246,11 @@ impl OutboxRelay {
             settings,
             metrics,
         }
+    }
+
+    /// The producer the relay sends with now.
+    pub fn producer(&self) -> FutureProducer {
+        self.producer.get()
     }
 
     /// Runs until `shutdown` is cancelled: drains the outbox whenever a commit notifies, and
@@ -247,6 +266,7 @@ impl OutboxRelay {
                 Ok(()) => {}
                 Err(e) => tracing::warn!(error = %format!("{e:#}"), "outbox relay pass failed"),
             }
+            self.producer.replace_if_broken(&self.metrics).await;
             if last_housekeeping.elapsed() >= Duration::from_secs(1) {
                 self.housekeeping().await;
                 last_housekeeping = std::time::Instant::now();
@@ -381,6 +401,7 @@ impl OutboxRelay {
     /// failed get their claim released after a short back-off; the delivered ones are returned
     /// for marking.
     pub async fn publish(&self, batch: ClaimedBatch) -> anyhow::Result<Published> {
+        let producer = self.producer.get();
         let mut pending = Vec::with_capacity(batch.rows.len());
         for row in &batch.rows {
             // One produce span per message, in the trace the row was written in; the consumer
@@ -410,7 +431,7 @@ impl OutboxRelay {
                 .headers(headers.to_kafka());
             // Enqueue everything before awaiting anything: librdkafka batches per partition
             // and the idempotent producer keeps their order.
-            match self.producer.send_result(record) {
+            match producer.send_result(record) {
                 Ok(delivery) => pending.push((row, Ok(delivery))),
                 Err((e, _)) => {
                     tracing::warn!(error = %e, event_id = %row.event_id, "enqueue to producer failed");
@@ -420,6 +441,7 @@ impl OutboxRelay {
         }
         let mut delivered = Vec::with_capacity(pending.len());
         let mut failed = Vec::new();
+        let mut first_error: Option<String> = None;
         let mut parked: Vec<(&ClaimedRow, KafkaError)> = Vec::new();
         for (row, delivery) in pending {
             let outcome = match delivery {
@@ -433,8 +455,18 @@ impl OutboxRelay {
             match outcome {
                 Ok(()) => delivered.push(row.id),
                 Err(Some(e)) if refused_for_good(&e) => parked.push((row, e)),
-                Err(_) => failed.push(row.id),
+                Err(e) => {
+                    first_error.get_or_insert_with(|| {
+                        e.map_or("delivery canceled".to_owned(), |e| e.to_string())
+                    });
+                    failed.push(row.id);
+                }
             }
+        }
+        self.producer.outcome(delivered.len(), failed.len());
+        if let Some(error) = &first_error {
+            tracing::warn!(%error, failed = failed.len(), delivered = delivered.len(),
+                "outbox rows not delivered; they are retried");
         }
         self.park(&parked, batch.token).await?;
         self.metrics

@@ -2,15 +2,16 @@
 //! metrics registry, the outbox relay and an inbox consumer.
 
 use crate::config::CommonConfig;
-use crate::{db, startup};
 use crate::http::{self, Readiness};
 use crate::runtime::{ServiceBuilder, TaskHealth};
+use crate::{db, startup};
 use axum::Router;
 use prometheus::Registry;
 use rdkafka::producer::FutureProducer;
 use sagapay_domain::{Channel, EventType};
 use sagapay_messaging::{
-    ConsumerHealth, ConsumerSettings, Handler, InboxConsumer, MessagingMetrics, Outbox, OutboxRelay,
+    ConsumerHealth, ConsumerSettings, Handler, InboxConsumer, MessagingMetrics, Outbox,
+    OutboxRelay, RelayProducer,
 };
 use sagapay_telemetry::HttpMetrics;
 use sqlx::PgPool;
@@ -94,15 +95,21 @@ impl Platform {
         builder
     }
 
-    /// Starts the outbox relay of this service's database.
-    pub fn spawn_relay(&self, builder: &mut ServiceBuilder) {
-        let relay = OutboxRelay::new(
+    /// Starts the outbox relay of this service's database, with a producer of its own that it
+    /// replaces when it fails or stalls (`sagapay_messaging::relay_producer`).
+    pub fn spawn_relay(&self, builder: &mut ServiceBuilder) -> anyhow::Result<()> {
+        let producer = RelayProducer::replaceable(
+            &self.config.kafka,
+            &format!("{}-relay", self.config.service),
+        )?;
+        let relay = OutboxRelay::with_producer(
             self.pool.clone(),
-            self.producer.clone(),
+            producer,
             self.config.relay.clone(),
             self.messaging_metrics.clone(),
         );
         builder.spawn("outbox-relay", move |shutdown| relay.run(shutdown));
+        Ok(())
     }
 
     /// Starts an inbox consumer of `consumes` that runs `handler` in the configured number of

@@ -23,8 +23,11 @@ use tracing::Instrument;
 /// Cloning shares the view.
 #[derive(Debug, Clone, Default)]
 pub struct TaskHealth {
-    tasks: Arc<Mutex<Vec<(&'static str, Arc<AtomicBool>)>>>,
+    tasks: Arc<Mutex<Vec<Task>>>,
 }
+
+/// A task's name, and whether it still runs.
+type Task = (&'static str, Arc<AtomicBool>);
 
 impl TaskHealth {
     fn register(&self, task: &'static str) -> Arc<AtomicBool> {

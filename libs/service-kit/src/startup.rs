@@ -35,8 +35,12 @@ where
         let error = match attempt().await {
             Ok(value) => {
                 if attempts > 1 {
-                    tracing::info!(waited_for = what, attempts, waited_ms = started.elapsed().as_millis() as u64,
-                        "dependency answered");
+                    tracing::info!(
+                        waited_for = what,
+                        attempts,
+                        waited_ms = started.elapsed().as_millis() as u64,
+                        "dependency answered"
+                    );
                 }
                 return Ok(value);
             }
@@ -127,24 +131,38 @@ mod tests {
         assert!(postgres_may_pass(&refused()));
         let eof = sqlx::Error::Tls("TLS connection: unexpected EOF".into());
         assert!(postgres_may_pass(&anyhow::Error::new(eof)));
-        let verify = sqlx::Error::Tls("error:0A000086:SSL routines::certificate verify failed".into());
+        let verify =
+            sqlx::Error::Tls("error:0A000086:SSL routines::certificate verify failed".into());
         assert!(!postgres_may_pass(&anyhow::Error::new(verify)));
-        assert!(!postgres_may_pass(&anyhow::anyhow!("password authentication failed")));
-        assert!(!postgres_may_pass(&anyhow::Error::new(sqlx::Error::RowNotFound)));
+        assert!(!postgres_may_pass(&anyhow::anyhow!(
+            "password authentication failed"
+        )));
+        assert!(!postgres_may_pass(&anyhow::Error::new(
+            sqlx::Error::RowNotFound
+        )));
         let config = rdkafka::error::KafkaError::ClientCreation("bad property".into());
-        assert!(!kafka_may_pass(&anyhow::Error::new(config).context("creating Kafka producer")));
-        assert!(kafka_may_pass(&anyhow::anyhow!("topics not visible in metadata")));
+        assert!(!kafka_may_pass(
+            &anyhow::Error::new(config).context("creating Kafka producer")
+        ));
+        assert!(kafka_may_pass(&anyhow::anyhow!(
+            "topics not visible in metadata"
+        )));
     }
 
     #[tokio::test]
     async fn waits_while_the_failure_may_pass_then_answers() {
         let calls = AtomicU32::new(0);
-        let value = wait_for("PostgreSQL", Duration::from_secs(10), postgres_may_pass, || async {
-            match calls.fetch_add(1, Ordering::SeqCst) {
-                0 | 1 => Err(refused()),
-                _ => Ok(7),
-            }
-        })
+        let value = wait_for(
+            "PostgreSQL",
+            Duration::from_secs(10),
+            postgres_may_pass,
+            || async {
+                match calls.fetch_add(1, Ordering::SeqCst) {
+                    0 | 1 => Err(refused()),
+                    _ => Ok(7),
+                }
+            },
+        )
         .await
         .expect("answered on the third attempt");
         assert_eq!((value, calls.load(Ordering::SeqCst)), (7, 3));
@@ -153,22 +171,38 @@ mod tests {
     #[tokio::test]
     async fn gives_up_at_once_on_what_cannot_pass_and_after_the_budget_on_the_rest() {
         let calls = AtomicU32::new(0);
-        let err = wait_for("PostgreSQL", Duration::from_secs(10), postgres_may_pass, || async {
-            calls.fetch_add(1, Ordering::SeqCst);
-            Err::<(), _>(anyhow::anyhow!("password authentication failed"))
-        })
+        let err = wait_for(
+            "PostgreSQL",
+            Duration::from_secs(10),
+            postgres_may_pass,
+            || async {
+                calls.fetch_add(1, Ordering::SeqCst);
+                Err::<(), _>(anyhow::anyhow!("password authentication failed"))
+            },
+        )
         .await
         .unwrap_err();
         assert_eq!(calls.load(Ordering::SeqCst), 1, "{err:#}");
 
         let calls = AtomicU32::new(0);
-        let err = wait_for("PostgreSQL", Duration::from_millis(500), postgres_may_pass, || async {
-            calls.fetch_add(1, Ordering::SeqCst);
-            Err::<(), _>(refused())
-        })
+        let err = wait_for(
+            "PostgreSQL",
+            Duration::from_millis(500),
+            postgres_may_pass,
+            || async {
+                calls.fetch_add(1, Ordering::SeqCst);
+                Err::<(), _>(refused())
+            },
+        )
         .await
         .unwrap_err();
-        assert!(calls.load(Ordering::SeqCst) >= 2, "retried within the budget");
-        assert!(format!("{err:#}").contains("did not answer within"), "{err:#}");
+        assert!(
+            calls.load(Ordering::SeqCst) >= 2,
+            "retried within the budget"
+        );
+        assert!(
+            format!("{err:#}").contains("did not answer within"),
+            "{err:#}"
+        );
     }
 }

@@ -138,7 +138,7 @@ async fn look_up<S: KeyStore>(
     for _ in 0..3 {
         let leader = match state.key_cache().flight(digest) {
             Flight::Follow(answer) => match follow(answer).await {
-                Some(found) => return merchant_found(found),
+                Some(found) => return merchant_found(found).map_err(|e| e.into_response()),
                 None => continue,
             },
             Flight::Lead(leader) => leader,
@@ -167,7 +167,7 @@ async fn look_up<S: KeyStore>(
         return match found {
             Ok(found) => {
                 leader.finish(Ok(found));
-                merchant_found(Ok(found))
+                merchant_found(Ok(found)).map_err(|e| e.into_response())
             }
             Err(e) => {
                 leader.finish(Err(()));
@@ -175,28 +175,23 @@ async fn look_up<S: KeyStore>(
             }
         };
     }
-    Err(key_check_unavailable())
+    Err(key_check_unavailable().into_response())
 }
 
 /// 503 for a request whose key could not be checked (the database did not answer).
-fn key_check_unavailable() -> axum::response::Response {
-    use axum::response::IntoResponse;
+fn key_check_unavailable() -> ApiError {
     ApiError::unavailable(
         "database_unavailable",
         "the API key could not be checked now; retry later",
     )
-    .into_response()
 }
 
 /// The answer to a request whose key's lookup found `found`.
-fn merchant_found(
-    found: crate::keycache::Found<Merchant>,
-) -> Result<Merchant, axum::response::Response> {
-    use axum::response::IntoResponse;
+fn merchant_found(found: crate::keycache::Found<Merchant>) -> Result<Merchant, Box<ApiError>> {
     match found {
         Ok(Some(m)) => Ok(m),
-        Ok(None) => Err(ApiError::unauthorized("invalid API key").into_response()),
-        Err(()) => Err(key_check_unavailable()),
+        Ok(None) => Err(Box::new(ApiError::unauthorized("invalid API key"))),
+        Err(()) => Err(Box::new(key_check_unavailable())),
     }
 }
 

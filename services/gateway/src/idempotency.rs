@@ -11,8 +11,11 @@
 //! constraint on `(merchant_id, idempotency_key)`. When Redis is unreachable or slow, the
 //! request goes the durable path (and is counted in `idempotency_redis_unavailable_total`);
 //! after a failure Redis is left alone for a second, so an outage costs one short timeout per
-//! second and not one per request. A claim of a gateway that died expires after
-//! `claim_ttl` (30 s).
+//! second and not one per request. A claim of a gateway that died expires after `claim_ttl`:
+//! the longest its request could still be waiting for the orchestrator, and 2 s more. Past
+//! that its claimant has given up or is gone, and a retry may go: the orchestrator's unique
+//! constraint still answers it once. (A fixed 30 s refused every retry of a merchant whose
+//! request a crashed gateway held for half a minute.)
 
 use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -32,18 +35,20 @@ pub struct IdempotencySettings {
     pub redis_url: Option<SecretString>,
     /// Longest wait for one Redis command before going the durable path.
     pub timeout: Duration,
-    /// How long an in-flight claim holds a key when its gateway never finishes.
+    /// How long an in-flight claim holds a key when its gateway never finishes: the
+    /// orchestrator timeout and 2 s.
     pub claim_ttl: Duration,
     /// After a Redis failure, how long requests go the durable path without trying Redis.
     pub backoff: Duration,
 }
 
 impl IdempotencySettings {
-    pub fn new(redis_url: Option<String>) -> Self {
+    /// Settings of a gateway that waits at most `orchestrator_timeout` for its answers.
+    pub fn new(redis_url: Option<String>, orchestrator_timeout: Duration) -> Self {
         Self {
             redis_url: redis_url.map(SecretString::from),
             timeout: Duration::from_millis(500),
-            claim_ttl: Duration::from_secs(30),
+            claim_ttl: orchestrator_timeout + Duration::from_secs(2),
             backoff: Duration::from_secs(1),
         }
     }

@@ -85,6 +85,7 @@ impl Config {
             ))),
             Environment::Production => None,
         };
+        let orchestrator_timeout_ms = env_parse("SAGAPAY_ORCHESTRATOR_TIMEOUT_MS", 10_000)?;
         Ok(Self {
             orchestrator_url: env_or("SAGAPAY_ORCHESTRATOR_URL", "http://127.0.0.1:8001"),
             notification_url: env_or("SAGAPAY_NOTIFICATION_URL", "http://127.0.0.1:8005"),
@@ -95,13 +96,13 @@ impl Config {
             )
             .map_err(|e| anyhow::anyhow!("SAGAPAY_MAX_AMOUNT_CENTS: {e}"))?,
             body_limit_bytes: 16 * 1024,
-            orchestrator_timeout_ms: env_parse("SAGAPAY_ORCHESTRATOR_TIMEOUT_MS", 10_000)?,
+            orchestrator_timeout_ms,
             rate_limit_per_second: env_parse("SAGAPAY_RATE_LIMIT_PER_SECOND", 100)?,
             rate_limit_burst: env_parse("SAGAPAY_RATE_LIMIT_BURST", 200)?,
-            idempotency: idempotency::IdempotencySettings::new(env_or_off(
-                "SAGAPAY_REDIS_URL",
-                DEFAULT_REDIS_URL,
-            )),
+            idempotency: idempotency::IdempotencySettings::new(
+                env_or_off("SAGAPAY_REDIS_URL", DEFAULT_REDIS_URL),
+                Duration::from_millis(orchestrator_timeout_ms),
+            ),
             service_keys: ServiceKeys::from_env(common.environment)?,
             key_cache_ttl_ms: env_parse("SAGAPAY_KEY_CACHE_TTL_MS", 1_000)?,
             key_lookups_per_second: env_parse("SAGAPAY_KEY_LOOKUPS_PER_SECOND", 20)?,
@@ -123,7 +124,10 @@ impl Config {
             // Tests that are not about rate limits must not hit them.
             rate_limit_per_second: 100_000,
             rate_limit_burst: 100_000,
-            idempotency: idempotency::IdempotencySettings::new(Some(DEFAULT_REDIS_URL.into())),
+            idempotency: idempotency::IdempotencySettings::new(
+                Some(DEFAULT_REDIS_URL.into()),
+                Duration::from_secs(10),
+            ),
             service_keys: ServiceKeys::development(),
             key_cache_ttl_ms: 1_000,
             // Tests that are not about floods send many keys from one address.

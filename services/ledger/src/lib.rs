@@ -378,7 +378,7 @@ pub async fn start(config: Config) -> anyhow::Result<ServiceHandle> {
     )
     .await?;
     let mut builder = platform.builder();
-    platform.spawn_relay(&mut builder);
+    platform.spawn_relay(&mut builder)?;
     let handler = Arc::new(LedgerHandler {
         outbox: platform.outbox.clone(),
         currencies: config.currencies.clone(),

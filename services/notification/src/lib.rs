@@ -207,7 +207,7 @@ pub async fn start(config: Config) -> anyhow::Result<ServiceHandle> {
     )
     .await?;
     let mut builder = platform.builder();
-    platform.spawn_relay(&mut builder);
+    platform.spawn_relay(&mut builder)?;
     platform.spawn_consumer(&mut builder, Arc::new(NotificationHandler), CONSUMES)?;
     let dispatcher = dispatcher::Dispatcher {
         pool: platform.pool.clone(),

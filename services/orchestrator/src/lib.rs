@@ -242,7 +242,7 @@ pub async fn start(config: Config) -> anyhow::Result<ServiceHandle> {
     let metrics = SagaMetrics::register(&platform.registry)?;
     let mut builder = platform.builder();
     if config.relay_enabled {
-        platform.spawn_relay(&mut builder);
+        platform.spawn_relay(&mut builder)?;
     }
     let saga = Arc::new(saga::Saga {
         outbox: platform.outbox.clone(),

@@ -421,7 +421,7 @@ where
             .inc_by(0);
     }
     let mut builder = platform.builder();
-    platform.spawn_relay(&mut builder);
+    platform.spawn_relay(&mut builder)?;
     let provider = Arc::new(make_provider(platform.pool.clone(), &config));
     let handler = CommandHandler {
         outbox: platform.outbox.clone(),

@@ -268,7 +268,7 @@ pub async fn start(config: Config) -> anyhow::Result<ServiceHandle> {
     )
     .await?;
     let mut builder = platform.builder();
-    platform.spawn_relay(&mut builder);
+    platform.spawn_relay(&mut builder)?;
     let handler = Arc::new(RiskHandler {
         outbox: platform.outbox.clone(),
         thresholds: config.thresholds.clone(),

@@ -41,7 +41,8 @@ impl ChaosStack {
     pub async fn start(brokers: usize, ports: std::ops::Range<u16>) -> ChaosStack {
         let (kafka, postgres) = tokio::task::block_in_place(|| {
             (
-                KafkaCluster::start(brokers, ports.clone()).expect("a Kafka cluster of the test's own"),
+                KafkaCluster::start(brokers, ports.clone())
+                    .expect("a Kafka cluster of the test's own"),
                 PgServer::start(ports.clone()).expect("a PostgreSQL server of the test's own"),
             )
         });
@@ -127,6 +128,11 @@ impl ChaosStack {
     /// returns the measurements. `faults` is the time window faults were injected in.
     pub async fn verify(&self, accepted: &[Accepted], faults: (Instant, Instant)) -> Report {
         let ids: Vec<Uuid> = accepted.iter().map(|a| a.payment_id).collect();
+        let rate_limited: u32 = accepted.iter().map(|a| a.rate_limited).sum();
+        assert_eq!(
+            rate_limited, 0,
+            "the merchant's valid key got 429 (around gateway restarts?)"
+        );
         self.wait_terminal(&ids, Duration::from_secs(120)).await;
         let orchestrator = self.db("orchestrator").await;
         let statuses: Vec<(String, i64)> = sqlx::query_as(
@@ -146,9 +152,11 @@ impl ChaosStack {
             ids.len(),
             "every payment of the load settles (good cards, ordinary amounts): {statuses:?}"
         );
+        // Counts read the moment the last payment ended could miss a duplicate still in
+        // flight: first the stack goes quiet.
+        self.wait_quiet().await;
         self.exactly_once(&ids).await;
         self.books_agree().await;
-        self.outboxes_drained().await;
         for s in SERVICES {
             self.procs.wait_ready(&self.http, s).await;
         }
@@ -198,9 +206,16 @@ impl ChaosStack {
                 .fetch_all(&pool)
                 .await
                 .unwrap_or_else(|e| panic!("{sql}: {e}"));
-            assert_eq!(counts.len(), ids.len(), "{service}: one row per payment: {sql}");
+            assert_eq!(
+                counts.len(),
+                ids.len(),
+                "{service}: one row per payment: {sql}"
+            );
             let more: Vec<_> = counts.iter().filter(|(_, n)| *n != 1).collect();
-            assert!(more.is_empty(), "{service}: exactly one each: {sql}: {more:?}");
+            assert!(
+                more.is_empty(),
+                "{service}: exactly one each: {sql}: {more:?}"
+            );
             let others: i64 = sqlx::query_scalar(
                 &sql.replace("payment_id, count(*)", "count(*)")
                     .replace("= ANY($1)", "<> ALL($1)")
@@ -210,7 +225,10 @@ impl ChaosStack {
             .fetch_one(&pool)
             .await
             .unwrap();
-            assert_eq!(others, 0, "{service}: nothing for payments nobody made: {sql}");
+            assert_eq!(
+                others, 0,
+                "{service}: nothing for payments nobody made: {sql}"
+            );
         }
     }
 
@@ -243,25 +261,49 @@ impl ChaosStack {
         );
     }
 
-    /// Every outbox published everything (the relays caught up after the faults).
-    async fn outboxes_drained(&self) {
+    /// Waits until the stack is quiet: every outbox published everything (the relays caught
+    /// up after the faults) and every consumer has read its channels to the end, without a
+    /// break for longer than the lag is reported (every second).
+    async fn wait_quiet(&self) {
+        let mut pools = Vec::new();
         for service in SERVICES {
-            let pool = self.db(service).await;
-            eventually(
-                Duration::from_secs(30),
-                &format!("{service}'s outbox drained"),
-                || async {
-                    let pending: i64 = sqlx::query_scalar(
-                        "SELECT count(*) FROM outbox WHERE published_at IS NULL",
-                    )
-                    .fetch_one(&pool)
-                    .await
-                    .ok()?;
-                    (pending == 0).then_some(())
-                },
-            )
-            .await;
+            pools.push((service, self.db(service).await));
         }
+        let quiet = || async {
+            for (service, pool) in &pools {
+                let pending: i64 =
+                    sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+                        .fetch_one(pool)
+                        .await
+                        .ok()?;
+                if pending > 0 {
+                    return None;
+                }
+                if CONSUMERS.contains(service) {
+                    let text = crate::metrics_text(&self.http, &self.procs.url(service)).await;
+                    let lag = crate::metric_samples(&text, "consumer_lag_messages", "");
+                    if lag.is_empty() || lag.iter().any(|l| *l > 0.0) {
+                        return None;
+                    }
+                }
+            }
+            Some(())
+        };
+        let quiet_since = std::cell::Cell::new(None::<Instant>);
+        eventually(
+            Duration::from_secs(60),
+            "the stack quiet for a second",
+            || async {
+                if quiet().await.is_none() {
+                    quiet_since.set(None);
+                    return None;
+                }
+                let since = quiet_since.get().unwrap_or_else(Instant::now);
+                quiet_since.set(Some(since));
+                (since.elapsed() >= Duration::from_millis(1100)).then_some(())
+            },
+        )
+        .await;
     }
 
     /// Time from creation to the terminal state of the payments created while faults were
@@ -334,6 +376,8 @@ pub struct Accepted {
     pub sent_at: Instant,
     /// Requests it took (more than one: the gateway was down or answered 5xx).
     pub attempts: u32,
+    /// Answers 429 among them (a valid key within its rate limit should never get one).
+    pub rate_limited: u32,
 }
 
 /// Payments created at a steady rate until stopped.
@@ -380,7 +424,8 @@ impl Load {
 }
 
 /// Creates one payment the way a careful client does: the same idempotency key until the
-/// gateway accepts it (no answer, 5xx and 429 are retried every 200 ms, for two minutes).
+/// gateway accepts it (no answer, 5xx, 429 and 409 `idempotency_request_in_progress` are
+/// retried every 200 ms, for two minutes).
 async fn pay(http: &reqwest::Client, gateway: &str, key: &str) -> Accepted {
     let sent_at = Instant::now();
     let body = serde_json::json!({
@@ -388,6 +433,7 @@ async fn pay(http: &reqwest::Client, gateway: &str, key: &str) -> Accepted {
         "currency": "USD", "idempotency_key": key
     });
     let mut attempts = 0;
+    let mut rate_limited = 0;
     let mut last = String::new();
     while sent_at.elapsed() < Duration::from_secs(120) {
         attempts += 1;
@@ -405,10 +451,24 @@ async fn pay(http: &reqwest::Client, gateway: &str, key: &str) -> Accepted {
                     payment_id: Uuid::parse_str(id).expect("a UUID"),
                     sent_at,
                     attempts,
+                    rate_limited,
                 };
             }
             Ok(resp) if resp.status().is_server_error() || resp.status() == 429 => {
-                last = format!("{} {}", resp.status(), resp.text().await.unwrap_or_default());
+                rate_limited += u32::from(resp.status() == 429);
+                last = format!(
+                    "{} {}",
+                    resp.status(),
+                    resp.text().await.unwrap_or_default()
+                );
+            }
+            Ok(resp) if resp.status() == 409 => {
+                let text = resp.text().await.unwrap_or_default();
+                assert!(
+                    text.contains("idempotency_request_in_progress"),
+                    "payment {key} refused: 409 {text}"
+                );
+                last = format!("409 {text}");
             }
             Ok(resp) => panic!(
                 "payment {key} refused: {} {}",

@@ -161,6 +161,8 @@ pub struct StackOptions {
     /// Gateway's database lookups of uncached keys per client address: (per second, burst).
     /// Default: practically none.
     pub gateway_key_lookups: Option<(u32, u32)>,
+    /// Gateway's uncached key lookups at once on the instance (default: practically none).
+    pub gateway_key_lookups_concurrent: Option<usize>,
     /// Gateway's Redis for the idempotency fast path (default: the stack's Redis).
     pub gateway_redis_url: Option<String>,
     /// Every consumer's retry budget: (attempts, time) before RETRY_EXHAUSTED.
@@ -254,6 +256,9 @@ impl TestStack {
                 if let Some((per_second, burst)) = options.gateway_key_lookups {
                     g.key_lookups_per_second = per_second;
                     g.key_lookups_burst = burst;
+                }
+                if let Some(concurrent) = options.gateway_key_lookups_concurrent {
+                    g.key_lookups_concurrent = concurrent;
                 }
                 if let Some(url) = &options.gateway_redis_url {
                     g.idempotency.redis_url = Some(secrecy::SecretString::from(url.clone()));

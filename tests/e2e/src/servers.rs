@@ -22,10 +22,8 @@ pub fn repo_root() -> PathBuf {
 
 /// A directory of the test's own under the system's temporary directory.
 fn scratch_dir(what: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "sagapay-{what}-{}",
-        uuid::Uuid::new_v4().simple()
-    ));
+    let dir =
+        std::env::temp_dir().join(format!("sagapay-{what}-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).expect("scratch directory");
     dir
 }
@@ -34,7 +32,10 @@ fn scratch_dir(what: &str) -> PathBuf {
 fn wait(timeout: Duration, what: &str, mut ready: impl FnMut() -> bool) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     while !ready() {
-        anyhow::ensure!(Instant::now() < deadline, "{what} not ready after {timeout:?}");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{what} not ready after {timeout:?}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     Ok(())
@@ -110,8 +111,7 @@ impl KafkaCluster {
         let (replicas, min_isr) = if nodes == 3 { ("3", "2") } else { ("1", "1") };
         let cluster_id = {
             use base64::Engine;
-            base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .encode(uuid::Uuid::new_v4().as_bytes())
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(uuid::Uuid::new_v4().as_bytes())
         };
         let mut cluster = KafkaCluster {
             dir: dir.clone(),
@@ -200,13 +200,17 @@ impl KafkaCluster {
         };
         let producer = settings.producer("cluster-check")?;
         let want = self.nodes.len();
-        wait(Duration::from_secs(90), "every Kafka node in the metadata", || {
-            use rdkafka::producer::Producer;
-            producer
-                .client()
-                .fetch_metadata(None, Duration::from_secs(2))
-                .is_ok_and(|md| md.brokers().len() == want)
-        })
+        wait(
+            Duration::from_secs(90),
+            "every Kafka node in the metadata",
+            || {
+                use rdkafka::producer::Producer;
+                producer
+                    .client()
+                    .fetch_metadata(None, Duration::from_secs(2))
+                    .is_ok_and(|md| md.brokers().len() == want)
+            },
+        )
     }
 
     /// SIGKILL of node `node` (0-based): no warning, nothing flushed.
@@ -257,7 +261,12 @@ fn java(logs: &Path) -> Command {
     let root = repo_root();
     let mut command = Command::new("java");
     command
-        .args(["-Xms128m", "-Xmx512m", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20"])
+        .args([
+            "-Xms128m",
+            "-Xmx512m",
+            "-XX:+UseG1GC",
+            "-XX:MaxGCPauseMillis=20",
+        ])
         .arg("-Djava.awt.headless=true")
         .arg(format!(
             "-Dlog4j2.configurationFile={}",

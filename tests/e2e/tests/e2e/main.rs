@@ -2,7 +2,6 @@
 //! One test binary, so the services are linked once.
 
 mod architecture;
-mod chaos;
 mod consumer_batch;
 mod consumer_failures;
 mod crash;

@@ -154,3 +154,45 @@ async fn a_flood_of_random_keys_from_one_address_gets_429_and_the_merchant_sees_
     );
     stack.teardown().await;
 }
+
+/// A gateway that just started knows no key. A burst of one merchant's requests, far more than
+/// the instance's lookup slots and its address's lookup budget, is one database lookup: the
+/// first request looks the key up and the rest wait for its answer. None gets 429 (before
+/// single flight, every request past the fourth was refused with `too_many_key_lookups`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cold_gateway_answers_a_burst_of_one_valid_key_without_429() {
+    let stack = TestStack::spawn_with(StackOptions {
+        // The production defaults: 20 lookups a second per address, 100 at once, 4 slots.
+        gateway_key_lookups: Some((20, 100)),
+        gateway_key_lookups_concurrent: Some(4),
+        ..StackOptions::default()
+    })
+    .await;
+    let url = format!("{}/payments/{}", stack.gateway_url(), Uuid::now_v7());
+    let statuses: Vec<u16> = futures::stream::iter(0..300)
+        .map(|_| {
+            let (http, url) = (stack.http.clone(), url.clone());
+            async move {
+                http.get(&url)
+                    .header("x-api-key", DEV_API_KEY)
+                    .send()
+                    .await
+                    .expect("GET")
+                    .status()
+                    .as_u16()
+            }
+        })
+        .buffer_unordered(300)
+        .collect()
+        .await;
+    let refused = statuses.iter().filter(|s| **s == 429).count();
+    assert_eq!(
+        refused, 0,
+        "429s for a valid key on a cold gateway: {refused} of 300"
+    );
+    assert!(
+        statuses.iter().all(|s| *s == 404),
+        "every request was authenticated and reached the route"
+    );
+    stack.teardown().await;
+}

@@ -3,7 +3,9 @@ use sagapay_domain::Envelope;
 use sagapay_e2e::{
     config, eventually, fresh_namespace, read_until, topic_reader, StackOptions, TestStack,
 };
-use sagapay_messaging::{MessageHeaders, MessagingMetrics, Outbox, OutboxRelay, RelaySettings};
+use sagapay_messaging::{
+    MessageHeaders, MessagingMetrics, Outbox, OutboxRelay, RelayProducer, RelaySettings,
+};
 use serde_json::json;
 use std::time::Duration;
 use uuid::Uuid;
@@ -207,6 +209,67 @@ async fn delivered_rows_are_marked_by_the_next_claim_and_at_shutdown() {
     running.await.unwrap().unwrap();
     assert!(published(second).await, "marked at shutdown");
 
+    pool.close().await;
+    sagapay_e2e::cleanup_namespace(&ns).await;
+}
+
+/// librdkafka declares the relay's idempotent producer failed for good (injected as librdkafka
+/// would raise it on a sequence it cannot repair): every send fails from then on. The relay
+/// replaces it with a new producer, and the row waiting is published; nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_relay_replaces_a_producer_that_failed_fatally_and_publishes_what_waited() {
+    use rdkafka::producer::Producer;
+    let (ns, common, pool, topic) = outbox_only_namespace().await;
+    let registry = prometheus::Registry::new();
+    let metrics = MessagingMetrics::register(&registry).unwrap();
+    let relay = OutboxRelay::with_producer(
+        pool.clone(),
+        RelayProducer::replaceable(&common.kafka, "relay-test").unwrap(),
+        RelaySettings::default(),
+        metrics.clone(),
+    );
+    let broken = relay.producer();
+    let reason = std::ffi::CString::new("injected by the test").unwrap();
+    // SAFETY: the client pointer is live (`broken` holds the producer) and the reason is a
+    // NUL-terminated string that outlives the call, which copies it.
+    unsafe {
+        rdkafka::bindings::rd_kafka_test_fatal_error(
+            broken.client().native_ptr(),
+            rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER,
+            reason.as_ptr(),
+        );
+    }
+    assert!(
+        broken.client().fatal_error().is_some(),
+        "the injection took"
+    );
+
+    let envelope = Envelope::new(
+        Uuid::now_v7(),
+        None,
+        "corr",
+        &RiskApproved { reason: "t".into() },
+    );
+    let mut tx = pool.begin().await.unwrap();
+    Outbox::new(ns.clone())
+        .enqueue(&mut tx, &envelope, &MessageHeaders::default())
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let reader = topic_reader(&ns, &topic).unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let running = tokio::spawn(relay.run(shutdown.clone()));
+    let id = envelope.event_id.to_string();
+    read_until(&reader, Duration::from_secs(30), |p| {
+        Envelope::from_json(p)
+            .map(|e| e.event_id.to_string() == id)
+            .unwrap_or(false)
+    })
+    .await;
+    assert_eq!(metrics.outbox_producer_replacements_total.get(), 1);
+    shutdown.cancel();
+    running.await.unwrap().unwrap();
+    drop(broken);
     pool.close().await;
     sagapay_e2e::cleanup_namespace(&ns).await;
 }

@@ -6,7 +6,9 @@
 //! every service is ready; and the time to terminal and the longest time any consumer went
 //! without consuming stay within the recovery target.
 //!
-//! Each runs alone: it loads the machine, and the latency it measures is its own.
+//! A test binary of its own: cargo runs the suite's binaries one after another, so nothing else
+//! of the suite shares the machine with these (they load it, and the latency they measure must
+//! be their own), and within it they take turns (`machine_alone`).
 //! `scripts/chaos.sh --duration-s N --rate R` runs the fault mix for longer (a soak).
 
 use sagapay_e2e::chaos::{ChaosStack, Load, Report, CONSUMERS};
@@ -99,7 +101,10 @@ async fn broker_restarts_under_load_fence_no_consumer_for_good() {
     tokio::task::block_in_place(|| stack.kafka.stop(0));
     pause(Duration::from_secs(12)).await;
     tokio::task::block_in_place(|| stack.kafka.restart(0).expect("the broker starts again"));
-    eprintln!("chaos: broker back after 12 s away at {:.1} s", began.elapsed().as_secs_f64());
+    eprintln!(
+        "chaos: broker back after 12 s away at {:.1} s",
+        began.elapsed().as_secs_f64()
+    );
     pause(Duration::from_secs(8)).await;
     let accepted = load.finish().await;
     let report = stack.verify(&accepted, (began, restarts_ended)).await;
@@ -140,11 +145,17 @@ async fn faults_under_load_lose_nothing_and_duplicate_nothing() {
     while began.elapsed() < duration {
         pause(Duration::from_secs(5)).await;
         let service = sagapay_e2e::SERVICES[dice.below(sagapay_e2e::SERVICES.len())];
-        eprintln!("chaos: {:.1} s: SIGKILL {service}", began.elapsed().as_secs_f64());
+        eprintln!(
+            "chaos: {:.1} s: SIGKILL {service}",
+            began.elapsed().as_secs_f64()
+        );
         stack.kill_and_restart(service);
         if !broker_done && began.elapsed() >= broker_at {
             broker_done = true;
-            eprintln!("chaos: {:.1} s: SIGKILL the broker", began.elapsed().as_secs_f64());
+            eprintln!(
+                "chaos: {:.1} s: SIGKILL the broker",
+                began.elapsed().as_secs_f64()
+            );
             tokio::task::block_in_place(|| {
                 stack.kafka.kill(0);
                 stack.kafka.restart(0).expect("the broker starts again");
@@ -152,10 +163,11 @@ async fn faults_under_load_lose_nothing_and_duplicate_nothing() {
         }
         if !postgres_done && began.elapsed() >= postgres_at {
             postgres_done = true;
-            eprintln!("chaos: {:.1} s: restart PostgreSQL", began.elapsed().as_secs_f64());
-            tokio::task::block_in_place(|| {
-                stack.postgres.restart().expect("PostgreSQL restarts")
-            });
+            eprintln!(
+                "chaos: {:.1} s: restart PostgreSQL",
+                began.elapsed().as_secs_f64()
+            );
+            tokio::task::block_in_place(|| stack.postgres.restart().expect("PostgreSQL restarts"));
         }
     }
     let ended = Instant::now();
