@@ -510,6 +510,11 @@ pub struct ProviderRetriesExhausted {
     /// Set when the operation was a merchant-requested refund.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refund_id: Option<Uuid>,
+    /// Set when the provider refused a capture, void or refund (it did not happen, as a PSP
+    /// refuses a capture above the authorization or a refund above what is left captured):
+    /// its decline code. Absent: the operation's outcome is unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decline_code: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -573,6 +578,13 @@ pub struct PaymentReversed {
     pub operation: ProviderOperation,
     pub reference: String,
     pub reason: String,
+    /// What the provider reversed: the authorization voided, or the capture refunded (the
+    /// saga checks it against what it authorized or captured). Absent from adapters older than
+    /// this field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amount_minor: Option<AmountMinor>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub currency: Option<Currency>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -580,8 +592,13 @@ pub struct PaymentFinalized {
     pub status: PaymentStatus,
     pub merchant_id: Uuid,
     pub customer_id: CustomerId,
+    /// The payment's amount: what was asked for and authorized.
     pub amount_minor: AmountMinor,
     pub currency: Currency,
+    /// What was captured, when the payment was (a manual capture may take less than the
+    /// amount; a settled payment moved this, not `amount_minor`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amount_captured_minor: Option<AmountMinor>,
     pub reason: String,
     /// When the payment was created, so consumers can measure end-to-end time.
     pub created_at: DateTime<Utc>,

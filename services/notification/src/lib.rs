@@ -173,6 +173,7 @@ impl NotificationHandler {
             "payment_id": env.payment_id,
             "status": ev.status,
             "amount_cents": ev.amount_minor.get(),
+            "amount_captured_cents": ev.amount_captured_minor.map(|a| a.get()),
             "currency": ev.currency,
             "customer_id": ev.customer_id,
             "reason": ev.reason,

@@ -144,7 +144,8 @@ impl SagaMetrics {
         let finalized_amount_minor_total = IntCounterVec::new(
             Opts::new(
                 "payments_finalized_amount_minor_total",
-                "Amounts of payments that reached a terminal state, in minor units of currency",
+                "Amounts of payments that reached a terminal state, in minor units of currency: \
+                 what was captured for SETTLED, what was asked for otherwise",
             ),
             &["status", "currency"],
         )?;

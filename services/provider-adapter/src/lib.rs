@@ -212,6 +212,7 @@ impl CommandHandler {
                 ProviderOperation::Capture => request.reference.as_deref(),
                 _ => None,
             },
+            attempts: u32::try_from(existing.attempts).unwrap_or(0),
         };
         let last_error = existing.last_error.clone().unwrap_or_default();
         let ending_outcome;

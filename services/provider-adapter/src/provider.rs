@@ -161,35 +161,68 @@ impl SimulatedProvider {
         }
     }
 
-    /// Records the operation under its idempotency key (moving `amount_minor`); a repeated
-    /// key returns what the first call did, as a PSP would.
+    /// Records the operation under its idempotency key (moving `amount_minor`), unless a PSP
+    /// would refuse it (see [`refusal`]): then it is recorded as declined with the reason's
+    /// code. A repeated key returns what the first call did, as a PSP would. The payment's
+    /// operations are booked one at a time (a transaction-scoped lock on the payment), so two
+    /// refunds at once cannot both fit in what is left captured.
     async fn book(
         &self,
         req: &ProviderRequest,
         amount_minor: AmountMinor,
     ) -> Result<ProviderOutcome, ProviderError> {
+        let failed = |e: sqlx::Error| ProviderError::Failed(e.to_string());
+        let mut tx = self.books.begin().await.map_err(failed)?;
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1::text, 7))")
+            .bind(req.payment_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(failed)?;
+        if let Some(b) = booked_in(&mut tx, &req.idempotency_key).await? {
+            tx.commit().await.map_err(failed)?;
+            return b.outcome();
+        }
+        let books: Vec<(String, String, i64, String)> = sqlx::query_as(
+            "SELECT operation, outcome, amount_minor, currency
+               FROM simulated_provider_operations WHERE payment_id = $1",
+        )
+        .bind(req.payment_id)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(failed)?;
+        let books: Vec<BookEntry> = books
+            .into_iter()
+            .filter(|(_, outcome, _, _)| outcome != "DECLINED")
+            .filter_map(|(op, _, amount, currency)| {
+                Some(BookEntry {
+                    operation: ProviderOperation::parse(&op)?,
+                    amount_minor: amount,
+                    currency,
+                })
+            })
+            .collect();
         let prefix = match req.operation {
             ProviderOperation::Authorize => "auth",
             ProviderOperation::Capture => "cap",
             ProviderOperation::Void => "void",
             ProviderOperation::Refund => "re",
         };
-        let reference = format!("{prefix}_{}", Uuid::now_v7().simple());
-        // Books the operation unless the key was booked before, and answers the booked
-        // outcome either way, in one statement. (A booking by a concurrent call that commits
-        // during the statement is not in its snapshot: then it is read again.)
-        let booked: Option<Booked> = sqlx::query_as(
-            "WITH booked AS (
-                 INSERT INTO simulated_provider_operations
-                        (idempotency_key, operation, payment_id, amount_minor, currency, reference,
-                         payment_method)
-                 VALUES ($1, $2, $3, $4, $5, $6, NULLIF($7, ''))
-                 ON CONFLICT (idempotency_key) DO NOTHING
-                 RETURNING reference, amount_minor, currency, outcome, decline_code)
-             SELECT * FROM booked
-             UNION ALL
-             SELECT reference, amount_minor, currency, outcome, decline_code
-               FROM simulated_provider_operations WHERE idempotency_key = $1",
+        let refused = refusal(
+            req.operation,
+            amount_minor.get(),
+            req.currency.as_str(),
+            &books,
+        );
+        let (reference, outcome) = match refused {
+            Some(_) => (format!("decl_{}", Uuid::now_v7().simple()), "DECLINED"),
+            None => (format!("{prefix}_{}", Uuid::now_v7().simple()), "SUCCEEDED"),
+        };
+        let booked: Booked = sqlx::query_as(
+            "INSERT INTO simulated_provider_operations
+                    (idempotency_key, operation, payment_id, amount_minor, currency, reference,
+                     payment_method, outcome, decline_code)
+             VALUES ($1, $2, $3, $4, $5, $6, NULLIF($7, ''), $8, $9)
+             RETURNING reference, amount_minor, currency, outcome, decline_code",
         )
         .bind(&req.idempotency_key)
         .bind(req.operation.as_str())
@@ -198,17 +231,13 @@ impl SimulatedProvider {
         .bind(req.currency.as_str())
         .bind(&reference)
         .bind(&req.payment_method)
-        .fetch_optional(&self.books)
+        .bind(outcome)
+        .bind(refused)
+        .fetch_one(&mut *tx)
         .await
-        .map_err(|e| ProviderError::Failed(e.to_string()))?;
-        match booked {
-            Some(b) => b.outcome(),
-            None => self
-                .booked(&req.idempotency_key)
-                .await?
-                .ok_or_else(|| ProviderError::Failed("booking vanished".into()))?
-                .outcome(),
-        }
+        .map_err(failed)?;
+        tx.commit().await.map_err(failed)?;
+        booked.outcome()
     }
 
     /// Records a declined authorization, so that a status query answers it.
@@ -241,14 +270,12 @@ impl SimulatedProvider {
     }
 
     async fn booked(&self, idempotency_key: &str) -> Result<Option<Booked>, ProviderError> {
-        sqlx::query_as(
-            "SELECT reference, amount_minor, currency, outcome, decline_code
-               FROM simulated_provider_operations WHERE idempotency_key = $1",
-        )
-        .bind(idempotency_key)
-        .fetch_optional(&self.books)
-        .await
-        .map_err(|e| ProviderError::Failed(e.to_string()))
+        let mut conn = self
+            .books
+            .acquire()
+            .await
+            .map_err(|e| ProviderError::Failed(e.to_string()))?;
+        booked_in(&mut conn, idempotency_key).await
     }
 
     /// Counts this call of the idempotency key; 1 for the first call.
@@ -262,6 +289,70 @@ impl SimulatedProvider {
         .fetch_one(&self.books)
         .await
         .map_err(|e| ProviderError::Failed(e.to_string()))
+    }
+}
+
+/// What the simulated books hold under `idempotency_key`.
+async fn booked_in(
+    conn: &mut sqlx::PgConnection,
+    idempotency_key: &str,
+) -> Result<Option<Booked>, ProviderError> {
+    sqlx::query_as(
+        "SELECT reference, amount_minor, currency, outcome, decline_code
+           FROM simulated_provider_operations WHERE idempotency_key = $1",
+    )
+    .bind(idempotency_key)
+    .fetch_optional(conn)
+    .await
+    .map_err(|e| ProviderError::Failed(e.to_string()))
+}
+
+/// An operation the books record as done for a payment.
+#[derive(Debug, Clone)]
+struct BookEntry {
+    operation: ProviderOperation,
+    amount_minor: i64,
+    currency: String,
+}
+
+/// Why a PSP would refuse `operation` of `amount_minor` in `currency` for a payment whose
+/// operations done so far are `books`, as a decline code; `None` when it would do it:
+/// - a capture needs an authorization, not voided, not captured before (one capture per
+///   payment), in its currency and at most its amount;
+/// - a void needs an authorization that was not captured (a captured payment is refunded);
+/// - a refund needs a capture, in its currency, and at most what the capture took less
+///   what was refunded already.
+fn refusal(
+    operation: ProviderOperation,
+    amount_minor: i64,
+    currency: &str,
+    books: &[BookEntry],
+) -> Option<&'static str> {
+    let done = |op: ProviderOperation| books.iter().filter(move |b| b.operation == op);
+    let total = |op: ProviderOperation| done(op).map(|b| b.amount_minor).sum::<i64>();
+    let authorization = done(ProviderOperation::Authorize).next();
+    let capture = done(ProviderOperation::Capture).next();
+    match operation {
+        ProviderOperation::Authorize => None,
+        ProviderOperation::Capture => match authorization {
+            None => Some("authorization_not_found"),
+            Some(_) if done(ProviderOperation::Void).next().is_some() => {
+                Some("authorization_voided")
+            }
+            Some(_) if capture.is_some() => Some("already_captured"),
+            Some(a) if a.currency != currency => Some("currency_mismatch"),
+            Some(a) if amount_minor > a.amount_minor => Some("amount_exceeds_authorization"),
+            Some(_) => None,
+        },
+        ProviderOperation::Void => capture.map(|_| "already_captured"),
+        ProviderOperation::Refund => match capture {
+            None => Some("charge_not_captured"),
+            Some(c) if c.currency != currency => Some("currency_mismatch"),
+            Some(c) if amount_minor > c.amount_minor - total(ProviderOperation::Refund) => {
+                Some("amount_exceeds_captured")
+            }
+            Some(_) => None,
+        },
     }
 }
 
@@ -372,5 +463,49 @@ impl PaymentProvider for SimulatedProvider {
             Some(b) => ProviderStatus::Found(b.outcome()?),
             None => ProviderStatus::NotFound,
         })
+    }
+}
+
+#[cfg(test)]
+mod refusal_tests {
+    use super::{refusal, BookEntry};
+    use sagapay_domain::events::ProviderOperation::{self, Authorize, Capture, Refund, Void};
+
+    fn books(done: &[(ProviderOperation, i64)]) -> Vec<BookEntry> {
+        done.iter()
+            .map(|(operation, amount_minor)| BookEntry {
+                operation: *operation,
+                amount_minor: *amount_minor,
+                currency: "USD".into(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_simulated_provider_refuses_what_a_psp_refuses() {
+        let authorized = books(&[(Authorize, 10_000)]);
+        let captured = books(&[(Authorize, 10_000), (Capture, 4_000)]);
+        let refunded = books(&[(Authorize, 10_000), (Capture, 4_000), (Refund, 3_000)]);
+        let voided = books(&[(Authorize, 10_000), (Void, 10_000)]);
+        #[rustfmt::skip]
+        let cases: [(&str, ProviderOperation, i64, &str, &[BookEntry], Option<&str>); 14] = [
+            ("capture in full", Capture, 10_000, "USD", &authorized, None),
+            ("capture in part", Capture, 4_000, "USD", &authorized, None),
+            ("capture above the authorization", Capture, 10_001, "USD", &authorized, Some("amount_exceeds_authorization")),
+            ("capture in another currency", Capture, 100, "EUR", &authorized, Some("currency_mismatch")),
+            ("capture without an authorization", Capture, 100, "USD", &[], Some("authorization_not_found")),
+            ("a second capture", Capture, 100, "USD", &captured, Some("already_captured")),
+            ("capture of a voided authorization", Capture, 100, "USD", &voided, Some("authorization_voided")),
+            ("void before a capture", Void, 10_000, "USD", &authorized, None),
+            ("void after a capture", Void, 10_000, "USD", &captured, Some("already_captured")),
+            ("refund of what was captured", Refund, 4_000, "USD", &captured, None),
+            ("refund of what was authorized, above the capture", Refund, 10_000, "USD", &captured, Some("amount_exceeds_captured")),
+            ("refund of what is left", Refund, 1_000, "USD", &refunded, None),
+            ("refund above what is left", Refund, 1_001, "USD", &refunded, Some("amount_exceeds_captured")),
+            ("refund without a capture", Refund, 100, "USD", &authorized, Some("charge_not_captured")),
+        ];
+        for (what, op, amount, currency, books, expected) in cases {
+            assert_eq!(refusal(op, amount, currency, books), expected, "{what}");
+        }
     }
 }

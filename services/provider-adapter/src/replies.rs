@@ -26,6 +26,8 @@ pub struct Answering<'a> {
     pub provider: &'a str,
     /// The authorization a capture captures.
     pub authorization_id: Option<&'a str>,
+    /// Attempts made so far.
+    pub attempts: u32,
 }
 
 /// How the operation ended.
@@ -89,14 +91,31 @@ impl Answering<'_> {
                             operation,
                             reference,
                             reason: self.reason.to_owned(),
+                            amount_minor: Some(amount_minor),
+                            currency: Some(currency),
                         }),
                 }
             }
-            Ending::Outcome(ProviderOutcome::Declined { code }) => self.envelope(&PaymentFailed {
-                provider,
-                reason: format!("authorization declined: {code}"),
-                decline_code: code.clone(),
-            }),
+            Ending::Outcome(ProviderOutcome::Declined { code })
+                if self.operation == ProviderOperation::Authorize =>
+            {
+                self.envelope(&PaymentFailed {
+                    provider,
+                    reason: format!("authorization declined: {code}"),
+                    decline_code: code.clone(),
+                })
+            }
+            // A capture, void or refund the provider refused did not happen; the payment is
+            // not failed by it (it was authorized): the saga decides what follows.
+            Ending::Outcome(ProviderOutcome::Declined { code }) => {
+                self.envelope(&ProviderRetriesExhausted {
+                    operation: self.operation,
+                    attempts: self.attempts,
+                    last_error: format!("declined by {provider}: {code}"),
+                    refund_id: self.refund_id,
+                    decline_code: Some(code.clone()),
+                })
+            }
             Ending::NotPerformed { last_error } => self.envelope(&PaymentFailed {
                 provider,
                 decline_code: "provider_unavailable".into(),
@@ -110,6 +129,7 @@ impl Answering<'_> {
                 attempts,
                 last_error: last_error.chars().take(500).collect(),
                 refund_id: self.refund_id,
+                decline_code: None,
             }),
         }
     }

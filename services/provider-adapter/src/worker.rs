@@ -94,6 +94,7 @@ impl Claimed {
                 ProviderOperation::Capture => self.request.reference.as_deref(),
                 _ => None,
             },
+            attempts: u32::try_from(self.attempts).unwrap_or(0),
         }
     }
 }
@@ -282,7 +283,9 @@ impl<P: PaymentProvider> Worker<P> {
     }
 
     /// What to ask the provider for `op`: the operation itself, except a void of a payment
-    /// whose capture went through, which becomes the refund of that capture.
+    /// whose capture went through, which becomes the refund of that capture, for exactly what
+    /// the capture took (a partial capture takes less than was authorized, and a provider
+    /// refuses to pay back more than it captured).
     async fn request(&self, op: &Claimed) -> anyhow::Result<ProviderRequest> {
         let mut req = ProviderRequest {
             payment_id: op.payment_id,
@@ -294,19 +297,26 @@ impl<P: PaymentProvider> Worker<P> {
             reference: op.request.reference.clone(),
         };
         if op.operation == ProviderOperation::Void {
-            let captured: Option<String> = sqlx::query_scalar(
-                "SELECT result_reference FROM provider_operations
-                  WHERE payment_id = $1 AND operation = 'CAPTURE' AND status = 'SUCCEEDED'",
-            )
-            .bind(op.payment_id)
-            .fetch_optional(&self.pool)
-            .await?
-            .flatten();
-            if let Some(capture) = captured {
+            let captured: Option<(Option<String>, Option<AmountMinor>, Option<Currency>)> =
+                sqlx::query_as(
+                    "SELECT result_reference, result_amount_minor, result_currency
+                       FROM provider_operations
+                      WHERE payment_id = $1 AND operation = 'CAPTURE' AND status = 'SUCCEEDED'",
+                )
+                .bind(op.payment_id)
+                .fetch_optional(&self.pool)
+                .await?;
+            if let Some((reference, amount, currency)) = captured {
+                let (Some(reference), Some(amount), Some(currency)) = (reference, amount, currency)
+                else {
+                    anyhow::bail!("a succeeded capture without its reference and amount");
+                };
                 req.operation = ProviderOperation::Refund;
                 req.idempotency_key =
                     idempotency_key(ProviderOperation::Refund, op.payment_id, OperationKey::NONE);
-                req.reference = Some(capture);
+                req.reference = Some(reference);
+                req.amount_minor = amount;
+                req.currency = currency;
             }
         }
         Ok(req)
@@ -373,6 +383,7 @@ impl<P: PaymentProvider> Worker<P> {
         let mut answering = op.answering(provider);
         // A void performed as the refund of a capture reports a refund.
         answering.operation = req.operation;
+        answering.attempts = u32::try_from(attempt_no).unwrap_or(0);
         let decision = policy::decide(progress, answer, &self.settings);
         // What becomes of the operation's row, and the event that reports a final outcome.
         let (change, event) = match &decision {

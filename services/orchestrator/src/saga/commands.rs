@@ -82,6 +82,7 @@ pub fn finalized(p: &PaymentRow, status: PaymentStatus, reason: &str) -> Payment
         customer_id: p.customer_id.clone(),
         amount_minor: p.amount_minor,
         currency: p.currency,
+        amount_captured_minor: p.captured_in(status),
         reason: reason.to_owned(),
         created_at: p.created_at,
     }

@@ -339,10 +339,33 @@ impl Handler for Saga {
                 let Some(ev) = self.accept::<PaymentReversed>(&payment, env, ctx)? else {
                     return Ok(());
                 };
-                let what = match ev.operation {
-                    ProviderOperation::Refund => "capture refunded",
-                    _ => "authorization voided",
+                let (what, expected) = match ev.operation {
+                    ProviderOperation::Refund => ("capture refunded", payment.captured_minor()),
+                    _ => ("authorization voided", payment.amount_minor),
                 };
+                // The amount reversed must be what was captured (or authorized): a reversal of
+                // more, or of less, is not what the saga asked for and waits for an operator.
+                if let (Some(amount), Some(currency)) = (ev.amount_minor, ev.currency) {
+                    let kind = match ev.operation {
+                        ProviderOperation::Refund => "reversal refund",
+                        _ => "void",
+                    };
+                    let expected = (expected, payment.currency);
+                    if !self
+                        .matches_request(
+                            conn,
+                            ctx,
+                            &payment,
+                            env,
+                            kind,
+                            (amount, currency),
+                            expected,
+                        )
+                        .await?
+                    {
+                        return Ok(());
+                    }
+                }
                 let reason = format!(
                     "{what} by {} ({}): {}",
                     ev.provider, ev.reference, ev.reason
@@ -484,6 +507,52 @@ impl Handler for Saga {
 
 impl Saga {
     /// A provider operation's outcome is unknown after every attempt: compensate.
+    /// The provider refused a capture, void or refund: it did not happen. A merchant's refund
+    /// fails (what it held of the refundable amount is free again); anything else is a bug of
+    /// ours the provider caught (a capture above the authorization, a refund above what is
+    /// left captured), and an operator decides, with the decline in the payment's reason.
+    async fn on_declined(
+        &self,
+        conn: &mut PgConnection,
+        ctx: &MessageContext,
+        payment: &PaymentRow,
+        ev: &ProviderRetriesExhausted,
+        code: &str,
+        env: &Envelope,
+    ) -> Result<(), HandlerError> {
+        let op = ev.operation.as_str();
+        if let Some(refund_id) = ev.refund_id {
+            let reason = format!("refund {refund_id} declined by the provider: {code}");
+            store::refunds::mark_failed(conn, refund_id, &reason).await?;
+            store::record_step(conn, payment, &reason, Some(env.event_id)).await?;
+            return Ok(());
+        }
+        if ev.operation == ProviderOperation::Authorize {
+            return Err(HandlerError::permanent(anyhow!(
+                "a declined authorization is reported as payments.failed, not as {}",
+                env.event_type
+            )));
+        }
+        let reason = format!("{op} declined by the provider ({code}): it did not happen");
+        tracing::error!(payment_id = %payment.payment_id, %reason, "provider refused an operation");
+        let failed = self
+            .metrics
+            .compensations_failed_total
+            .with_label_values(&[op]);
+        if payment.compensation.is_some() {
+            ctx.after_commit(move || failed.inc());
+        }
+        store::flag_attention(
+            conn,
+            payment.payment_id,
+            payment.status,
+            &reason,
+            Some(env.event_id),
+        )
+        .await?;
+        Ok(())
+    }
+
     async fn on_retries_exhausted(
         &self,
         conn: &mut PgConnection,
@@ -494,6 +563,9 @@ impl Saga {
         headers: &sagapay_messaging::MessageHeaders,
     ) -> Result<(), HandlerError> {
         let op = ev.operation.as_str();
+        if let Some(code) = &ev.decline_code {
+            return self.on_declined(conn, ctx, payment, ev, code, env).await;
+        }
         if let Some(refund_id) = ev.refund_id {
             // The provider never told whether the refund happened: it is not failed (a second
             // refund could then pay the customer twice). It stays REQUESTED, so it keeps
@@ -826,7 +898,14 @@ impl Saga {
     ) -> Result<(), HandlerError> {
         debug_assert!(status.is_terminal());
         let finalized = commands::finalized(payment, status, reason);
-        let (amount_minor, currency) = (finalized.amount_minor, finalized.currency);
+        // A settled payment moved what was captured; the others what was asked for.
+        let amount_minor = match status {
+            PaymentStatus::Settled => finalized
+                .amount_captured_minor
+                .unwrap_or(finalized.amount_minor),
+            _ => finalized.amount_minor,
+        };
+        let currency = finalized.currency;
         let next = env.follow_up(&finalized);
         self.apply(conn, ctx, payment, status, reason, env, facts, Some(&next))
             .await?;

@@ -110,6 +110,21 @@ impl PaymentRow {
         self.capture_amount_minor.unwrap_or(self.amount_minor)
     }
 
+    /// What the payment holds captured when it is in `status`: the captured amount in the
+    /// states that keep a capture (captured, settled, refunded in part or whole), none before
+    /// a capture or after it was reversed. The one rule of `amount_captured_cents`, for
+    /// `GET /payments/{id}` and for the events that announce the payment.
+    pub fn captured_in(&self, status: PaymentStatus) -> Option<AmountMinor> {
+        matches!(
+            status,
+            PaymentStatus::Captured
+                | PaymentStatus::Settled
+                | PaymentStatus::PartiallyRefunded
+                | PaymentStatus::Refunded
+        )
+        .then(|| self.captured_minor())
+    }
+
     /// An authorized manual payment nobody has acted on yet: it waits for its merchant.
     pub fn awaits_merchant(&self) -> bool {
         self.status == PaymentStatus::Authorized
@@ -672,18 +687,11 @@ pub async fn view(
         })
     })
     .collect::<sqlx::Result<Vec<_>>>()?;
-    let captured = matches!(
-        p.status,
-        PaymentStatus::Captured
-            | PaymentStatus::Settled
-            | PaymentStatus::PartiallyRefunded
-            | PaymentStatus::Refunded
-    );
     Ok(Some(PaymentView {
         payment_id: p.payment_id,
         status: p.status,
         amount_cents: p.amount_minor,
-        amount_captured_cents: captured.then(|| p.captured_minor()),
+        amount_captured_cents: p.captured_in(p.status),
         capture_method: p.capture_method.into(),
         currency: p.currency,
         customer_id: p.customer_id,

@@ -230,6 +230,27 @@ pub async fn flag_outcome_unknown(
     Ok(())
 }
 
+/// The provider refused a REQUESTED refund: it did not happen, so it fails and no longer
+/// counts against what is left to refund.
+pub async fn mark_failed(
+    conn: &mut PgConnection,
+    refund_id: Uuid,
+    reason: &str,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE refunds SET status = $3, failure_reason = $2, updated_at = now(),
+                            deadline_at = NULL, attention_since = NULL, attention_reason = NULL
+          WHERE refund_id = $1 AND status = $4",
+    )
+    .bind(refund_id)
+    .bind(reason)
+    .bind(RefundStatus::Failed)
+    .bind(RefundStatus::Requested)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// The payment's refunds still in flight (REQUESTED or PROCESSED), locked.
 pub async fn lock_in_flight(conn: &mut PgConnection, payment_id: Uuid) -> sqlx::Result<Vec<Uuid>> {
     sqlx::query_scalar(

@@ -29,6 +29,7 @@ mod relay;
 mod replay;
 mod risk_review;
 mod scale;
+mod seams;
 mod settings;
 mod traces;
 mod upgrades;

@@ -89,6 +89,7 @@ fn poisons(decided: Uuid) -> Vec<Poison> {
         customer_id: CustomerId::parse("cust-poison").unwrap(),
         amount_minor: amount,
         currency,
+        amount_captured_minor: Some(amount),
         reason: "settled".into(),
         created_at: chrono::Utc::now(),
     });

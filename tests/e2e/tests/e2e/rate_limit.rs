@@ -156,9 +156,10 @@ async fn a_flood_of_random_keys_from_one_address_gets_429_and_the_merchant_sees_
 }
 
 /// A gateway that just started knows no key. A burst of one merchant's requests, far more than
-/// the instance's lookup slots and its address's lookup budget, is one database lookup: the
-/// first request looks the key up and the rest wait for its answer. None gets 429 (before
-/// single flight, every request past the fourth was refused with `too_many_key_lookups`).
+/// the instance's lookup slots (4) and its address's lookup budget, arrives while the key
+/// table is slow (locked by the test): it is one database lookup, the first request's, and
+/// the rest wait for its answer. None gets 429. Before single flight, every request past the
+/// fourth was refused with `too_many_key_lookups` while the first four waited.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_cold_gateway_answers_a_burst_of_one_valid_key_without_429() {
     let stack = TestStack::spawn_with(StackOptions {
@@ -168,23 +169,59 @@ async fn a_cold_gateway_answers_a_burst_of_one_valid_key_without_429() {
         ..StackOptions::default()
     })
     .await;
+    let gateway_db = stack.db("gateway").await;
+    let mut lock = gateway_db.begin().await.unwrap();
+    sqlx::query("LOCK TABLE api_keys IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
     let url = format!("{}/payments/{}", stack.gateway_url(), Uuid::now_v7());
-    let statuses: Vec<u16> = futures::stream::iter(0..300)
-        .map(|_| {
-            let (http, url) = (stack.http.clone(), url.clone());
-            async move {
-                http.get(&url)
-                    .header("x-api-key", DEV_API_KEY)
-                    .send()
-                    .await
-                    .expect("GET")
-                    .status()
-                    .as_u16()
-            }
-        })
-        .buffer_unordered(300)
-        .collect()
-        .await;
+    let burst = tokio::spawn({
+        let (http, url) = (stack.http.clone(), url.clone());
+        async move {
+            futures::stream::iter(0..300)
+                .map(|_| {
+                    let (http, url) = (http.clone(), url.clone());
+                    async move {
+                        http.get(&url)
+                            .header("x-api-key", DEV_API_KEY)
+                            .send()
+                            .await
+                            .expect("GET")
+                            .status()
+                            .as_u16()
+                    }
+                })
+                .buffer_unordered(300)
+                .collect::<Vec<u16>>()
+                .await
+        }
+    });
+    // The first lookup waits on the lock; the burst arrives meanwhile (a request arriving
+    // after the lock is gone finds the key cached, which decides nothing either way).
+    let since = sagapay_e2e::eventually(
+        std::time::Duration::from_secs(20),
+        "a key lookup waiting on the locked table",
+        || async {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
+                  WHERE c.relname = 'api_keys' AND NOT l.granted",
+            )
+            .fetch_one(&gateway_db)
+            .await
+            .ok()?;
+            (waiting > 0).then(Instant::now)
+        },
+    )
+    .await;
+    sagapay_e2e::eventually(
+        std::time::Duration::from_secs(5),
+        "the burst to arrive",
+        || async { (since.elapsed() >= std::time::Duration::from_secs(1)).then_some(()) },
+    )
+    .await;
+    lock.rollback().await.unwrap();
+    let statuses = burst.await.unwrap();
     let refused = statuses.iter().filter(|s| **s == 429).count();
     assert_eq!(
         refused, 0,

@@ -1,0 +1,192 @@
+//! Features that are each right alone, tried together: each test is named after a defect that
+//! combination had (issue 24), and fails on the revision before its fix.
+
+use sagapay_e2e::{eventually, StackOptions, TestStack, DEV_API_KEY, DEV_OPS_KEY};
+use sagapay_provider_adapter::policy::RetrySettings;
+use serde_json::{json, Value};
+use std::time::Duration;
+use uuid::Uuid;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// Takes the simulated provider down for `seconds` (0 ends it), for `operations`.
+async fn outage(stack: &TestStack, seconds: u64, operations: &[&str]) {
+    let resp = stack
+        .http
+        .post(format!(
+            "{}/dev/provider/outage",
+            stack.service_url("provider-adapter")
+        ))
+        .header("x-ops-key", DEV_OPS_KEY)
+        .json(&json!({ "seconds": seconds, "operations": operations }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+}
+
+/// What the simulated provider's books did for a payment: (operation, amount), oldest first.
+async fn books(stack: &TestStack, pid: &str) -> Vec<(String, i64)> {
+    let provider = stack.db("provider-adapter").await;
+    sqlx::query_as(
+        "SELECT operation, amount_minor FROM simulated_provider_operations
+          WHERE payment_id = $1 AND outcome = 'SUCCEEDED' ORDER BY created_at",
+    )
+    .bind(Uuid::parse_str(pid).unwrap())
+    .fetch_all(&provider)
+    .await
+    .unwrap()
+}
+
+/// A manual payment of 10000, a capture of 4000 asked while the provider's captures fail, then
+/// an operator's fail: the void waits for the capture, the capture goes through for 4000, and
+/// the void becomes the refund of that capture. It refunds 4000, what was captured (it
+/// refunded 10000, the authorized amount: the provider paid back more than it took), and the
+/// payment ends REVERSED with the books agreeing three ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_operator_fail_after_a_partial_capture_refunds_what_was_captured_not_what_was_authorized(
+) {
+    let stack = TestStack::spawn_with(StackOptions {
+        provider_retry: Some(RetrySettings {
+            call_timeout: Duration::from_secs(1),
+            long_backoff: vec![Duration::from_secs(1)],
+            give_up_after: Duration::from_secs(120),
+            ..RetrySettings::default()
+        }),
+        ..StackOptions::default()
+    })
+    .await;
+    let pid = stack
+        .create_payment_id(json!({
+            "customer_id": "cust-partial-fail", "amount_cents": 10_000, "currency": "USD",
+            "idempotency_key": "partial-fail", "capture_method": "manual"
+        }))
+        .await;
+    stack
+        .wait_for_status(&pid, "AUTHORIZED", Duration::from_secs(40))
+        .await;
+    outage(&stack, 60, &["CAPTURE"]).await;
+    let captured = stack
+        .http
+        .post(format!("{}/payments/{pid}/capture", stack.gateway_url()))
+        .header("x-api-key", DEV_API_KEY)
+        .header("idempotency-key", "partial-fail-capture")
+        .json(&json!({ "amount_cents": 4_000 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(captured.status(), 200, "{}", captured.text().await.unwrap());
+    // The capture is being tried (and refused by the outage) when the operator fails it.
+    let provider = stack.db("provider-adapter").await;
+    eventually(WAIT, "the capture to be attempted", || async {
+        let tried: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM provider_attempts a JOIN provider_operations o USING (operation_id)
+              WHERE o.payment_id = $1 AND o.operation = 'CAPTURE'",
+        )
+        .bind(Uuid::parse_str(&pid).unwrap())
+        .fetch_one(&provider)
+        .await
+        .ok()?;
+        (tried > 0).then_some(())
+    })
+    .await;
+    let ops = sagapayctl::payments::Ops {
+        orchestrator_url: stack.service_url("orchestrator"),
+        ops_key: DEV_OPS_KEY.into(),
+    };
+    let failed: Value = ops
+        .fail(Uuid::parse_str(&pid).unwrap(), "merchant asked", "ops-ann")
+        .await
+        .unwrap();
+    assert!(failed["action"].is_string(), "{failed}");
+    outage(&stack, 0, &["CAPTURE"]).await;
+    let reversed = stack.wait_for_status(&pid, "REVERSED", WAIT).await;
+    assert_eq!(
+        books(&stack, &pid).await,
+        vec![
+            ("AUTHORIZE".to_owned(), 10_000),
+            ("CAPTURE".to_owned(), 4_000),
+            ("REFUND".to_owned(), 4_000)
+        ],
+        "the provider refunds what it captured: {reversed}"
+    );
+    let report = stack.reconcile().await;
+    assert_eq!(report.differences, vec![], "three-way reconciliation");
+    stack.teardown().await;
+}
+
+/// A manual payment of 10000 captured for 4000 settles with 4000 moved: the merchant's
+/// `payment.settled` event says so (`amount_captured_cents`, as `GET /payments/{id}` does),
+/// and so do the notification and the finalized-amount metric. They said 10000, the amount
+/// authorized, though only 4000 was ever taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_partial_capture_is_announced_with_what_was_captured() {
+    let stack = TestStack::spawn().await;
+    let pid = stack
+        .create_payment_id(json!({
+            "customer_id": "cust-partial-news", "amount_cents": 10_000, "currency": "USD",
+            "idempotency_key": "partial-news", "capture_method": "manual"
+        }))
+        .await;
+    stack
+        .wait_for_status(&pid, "AUTHORIZED", Duration::from_secs(40))
+        .await;
+    let captured = stack
+        .http
+        .post(format!("{}/payments/{pid}/capture", stack.gateway_url()))
+        .header("x-api-key", DEV_API_KEY)
+        .header("idempotency-key", "partial-news-capture")
+        .json(&json!({ "amount_cents": 4_000 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(captured.status(), 200);
+    let settled = stack.wait_for_status(&pid, "SETTLED", WAIT).await;
+    assert_eq!(settled["amount_captured_cents"], 4_000);
+    let event = eventually(WAIT, "the payment.settled event", || async {
+        let body: Value = stack
+            .http
+            .get(format!(
+                "{}/events?type=payment.settled&limit=10",
+                stack.gateway_url()
+            ))
+            .header("x-api-key", DEV_API_KEY)
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        body["data"]
+            .as_array()?
+            .iter()
+            .find(|e| e["data"]["object"]["payment_id"] == pid.as_str())
+            .cloned()
+    })
+    .await;
+    let object = &event["data"]["object"];
+    assert_eq!(
+        (&object["amount_cents"], &object["amount_captured_cents"]),
+        (&json!(10_000), &json!(4_000)),
+        "{event}"
+    );
+    let notification = stack.db("notification").await;
+    let payload: Value =
+        sqlx::query_scalar("SELECT payload FROM notifications WHERE payment_id = $1")
+            .bind(Uuid::parse_str(&pid).unwrap())
+            .fetch_one(&notification)
+            .await
+            .unwrap();
+    assert_eq!(payload["amount_captured_cents"], 4_000, "{payload}");
+    let moved = stack
+        .metric(
+            "orchestrator",
+            "payments_finalized_amount_minor_total{currency=\"USD\",status=\"SETTLED\",service=\"orchestrator\"}",
+        )
+        .await;
+    assert_eq!(
+        moved, 4_000.0,
+        "the settled amount counted is the captured one"
+    );
+    stack.teardown().await;
+}
