@@ -487,8 +487,17 @@ mod refusal_tests {
         let captured = books(&[(Authorize, 10_000), (Capture, 4_000)]);
         let refunded = books(&[(Authorize, 10_000), (Capture, 4_000), (Refund, 3_000)]);
         let voided = books(&[(Authorize, 10_000), (Void, 10_000)]);
+        // (what, operation, amount, currency, books, refusal)
+        type Case<'a> = (
+            &'a str,
+            ProviderOperation,
+            i64,
+            &'a str,
+            &'a [BookEntry],
+            Option<&'a str>,
+        );
         #[rustfmt::skip]
-        let cases: [(&str, ProviderOperation, i64, &str, &[BookEntry], Option<&str>); 14] = [
+        let cases: [Case; 14] = [
             ("capture in full", Capture, 10_000, "USD", &authorized, None),
             ("capture in part", Capture, 4_000, "USD", &authorized, None),
             ("capture above the authorization", Capture, 10_001, "USD", &authorized, Some("amount_exceeds_authorization")),
