@@ -6,7 +6,9 @@
 //! The rules count from PostgreSQL, in the handler's transaction: a redelivered
 //! `payments.requested` is skipped by the inbox and so never counts twice, and a customer's
 //! payments are decided one at a time (advisory lock per customer), so two concurrent payments
-//! cannot both slip under a velocity limit.
+//! cannot both slip under a velocity limit. A customer is a merchant's: the id is the
+//! merchant's own (two merchants' `cust-1` are different people), so everything counts per
+//! merchant and customer.
 
 pub mod ops;
 pub mod rules;
@@ -100,7 +102,8 @@ impl RiskHandler {
     ) -> Result<(), HandlerError> {
         let req: PaymentRequested = env.decode()?;
         // One decision at a time per customer, so counts cannot race.
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1 || '/' || $2, 0))")
+            .bind(req.merchant_id.to_string())
             .bind(req.customer_id.as_str())
             .execute(&mut *conn)
             .await?;
@@ -110,9 +113,11 @@ impl RiskHandler {
             sqlx::query_as(
                 "SELECT
                      (SELECT count(*) FROM risk_decisions
-                       WHERE customer_id = $1 AND decided_at > now() - interval '1 hour'),
+                       WHERE merchant_id = $3 AND customer_id = $1
+                         AND decided_at > now() - interval '1 hour'),
                      (SELECT count(*) FROM customer_outcomes
-                       WHERE customer_id = $1 AND occurred_at > now() - interval '24 hours'),
+                       WHERE merchant_id = $3 AND customer_id = $1
+                         AND occurred_at > now() - interval '24 hours'),
                      (SELECT CASE WHEN r.status = 'APPROVED' THEN 'APPROVE'
                                   WHEN r.status = 'DENIED' THEN 'DENY'
                                   ELSE d.decision END
@@ -121,6 +126,7 @@ impl RiskHandler {
             )
             .bind(req.customer_id.as_str())
             .bind(env.payment_id)
+            .bind(req.merchant_id)
             .fetch_one(&mut *conn)
             .await?;
         if let Some(decision) = earlier {
@@ -210,10 +216,11 @@ impl RiskHandler {
         let ev: PaymentFinalized = env.decode()?;
         if counts_as_failure(ev.status) {
             sqlx::query(
-                "INSERT INTO customer_outcomes (payment_id, customer_id, status, occurred_at)
-                 VALUES ($1, $2, $3, $4) ON CONFLICT (payment_id) DO NOTHING",
+                "INSERT INTO customer_outcomes (payment_id, merchant_id, customer_id, status, occurred_at)
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (payment_id) DO NOTHING",
             )
             .bind(env.payment_id)
+            .bind(ev.merchant_id)
             .bind(ev.customer_id.as_str())
             .bind(ev.status.as_str())
             .bind(env.occurred_at)

@@ -452,11 +452,16 @@ pub fn compare(s: &Snapshot, now: DateTime<Utc>) -> Report {
         {
             by_refund.entry(r.0).or_default().0.push(r.1.amount_minor);
         }
+        // A capture reversal (`REFUND:<capture_reversal_id>`, the ledger undoing a capture it
+        // posted while the saga refunded it) is no merchant refund: it is checked with the
+        // capture above.
+        let reversal = sagapay_domain::events::capture_reversal_id(id);
         for t in posts {
             if let Some(refund_id) = t
                 .posting_kind
                 .strip_prefix("REFUND:")
                 .and_then(|r| Uuid::parse_str(r).ok())
+                .filter(|r| *r != reversal)
             {
                 by_refund
                     .entry(refund_id)
@@ -626,6 +631,30 @@ mod tests {
         let r = compare(&s, Utc::now());
         assert_eq!(kinds(&r), vec![]);
         assert_eq!((r.payments_checked, r.refunds_checked), (4, 1));
+    }
+
+    /// An operator failed a CAPTURED payment while its posting was in flight: the capture was
+    /// refunded at the provider, and the ledger reversed the posting that came through after
+    /// all (`REFUND:<capture_reversal_id>`). Nothing differs: the reversal is no merchant
+    /// refund (it was reported as `refund_not_at_provider`).
+    #[test]
+    fn a_capture_reversal_is_not_a_refund_missing_at_the_provider() {
+        let id = Uuid::from_u128(5);
+        let reversal = sagapay_domain::events::capture_reversal_id(id);
+        let s = Snapshot {
+            payments: vec![payment(5, "REVERSED", 100)],
+            refunds: vec![],
+            provider: vec![
+                op(5, "AUTHORIZE", 100),
+                op(5, "CAPTURE", 100),
+                op(5, "REFUND", 100),
+            ],
+            postings: vec![
+                post(5, "CAPTURE", 100),
+                post(5, &format!("REFUND:{reversal}"), 100),
+            ],
+        };
+        assert_eq!(kinds(&compare(&s, Utc::now())), vec![]);
     }
 
     #[test]

@@ -190,3 +190,65 @@ async fn a_partial_capture_is_announced_with_what_was_captured() {
     );
     stack.teardown().await;
 }
+
+/// Customer ids are each merchant's own. Three declines of merchant A's `cust-shared` send
+/// A's next payment for that customer to review (the recent-failures rule), and leave
+/// merchant B's first payment for its own `cust-shared` alone: it settles. Counts were by
+/// customer id alone, and B's payment went to review.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn risk_counts_a_customer_per_merchant() {
+    let stack = TestStack::spawn().await;
+    let (_, key_b) = stack.merchant("merchant-b").await;
+    let pay = |key: &str, idempotency_key: &str, method: &str| {
+        let (http, url, key) = (stack.http.clone(), stack.gateway_url(), key.to_owned());
+        let body = json!({
+            "customer_id": "cust-shared", "amount_cents": 1_000, "currency": "USD",
+            "idempotency_key": idempotency_key, "payment_method": method
+        });
+        async move {
+            let resp = http
+                .post(format!("{url}/payments"))
+                .header("x-api-key", key)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 201);
+            let created: Value = resp.json().await.unwrap();
+            created["payment_id"].as_str().unwrap().to_owned()
+        }
+    };
+    for i in 0..3 {
+        let pid = pay(DEV_API_KEY, &format!("a-declined-{i}"), "pm_card_declined").await;
+        stack.wait_for_status(&pid, "FAILED", WAIT).await;
+    }
+    // Risk has counted the three failures (it reads them from payments.finalized).
+    let risk = stack.db("risk").await;
+    eventually(WAIT, "risk to record the failures", || async {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM customer_outcomes")
+            .fetch_one(&risk)
+            .await
+            .ok()?;
+        (n == 3).then_some(())
+    })
+    .await;
+    let of_b = pay(&key_b, "b-first", "pm_card_ok").await;
+    let settled = eventually(WAIT, "merchant B's payment to end", || async {
+        let p: Value = stack
+            .http
+            .get(format!("{}/payments/{of_b}", stack.gateway_url()))
+            .header("x-api-key", &key_b)
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        matches!(p["status"].as_str(), Some("SETTLED" | "RISK_REVIEW")).then_some(p)
+    })
+    .await;
+    assert_eq!(settled["status"], "SETTLED", "{settled}");
+    let of_a = pay(DEV_API_KEY, "a-next", "pm_card_ok").await;
+    stack.wait_for_status(&of_a, "RISK_REVIEW", WAIT).await;
+    stack.teardown().await;
+}
