@@ -96,15 +96,24 @@ fn is_public_v4(ip: Ipv4Addr) -> bool {
         || a >= 240) // reserved
 }
 
+/// Only global unicast (2000::/3) is public: everything outside it is not (loopback,
+/// unspecified, IPv4-compatible `::/96`, NAT64 `64:ff9b::/96`, unique local, site-local
+/// `fec0::/10`, link-local, multicast), and inside it neither are the ranges that lead
+/// somewhere else or nowhere: 6to4 `2002::/16` and Teredo `2001::/32` (each embeds an IPv4
+/// address, which may be private), benchmarking `2001:2::/48`, ORCHID `2001:10::/28` and
+/// `2001:20::/28`, documentation `2001:db8::/32` and `3fff::/20`. An allow-list: a new special
+/// range outside 2000::/3 is refused without a change here.
 fn is_public_v6(ip: Ipv6Addr) -> bool {
-    let first = ip.segments()[0];
-    !(ip.is_unspecified()
-        || ip.is_loopback()
-        || ip.is_multicast()
-        || (first & 0xfe00) == 0xfc00 // unique local
-        || (first & 0xffc0) == 0xfe80 // link-local
-        || (first == 0x2001 && ip.segments()[1] == 0x0db8) // documentation
-        || (first == 0x0064 && ip.segments()[1] == 0xff9b)) // NAT64 to anything
+    let [first, second, third, ..] = ip.segments();
+    let global_unicast = (first & 0xe000) == 0x2000;
+    global_unicast
+        && !(first == 0x2002 // 6to4
+            || (first == 0x2001 && second == 0x0000) // Teredo
+            || (first == 0x2001 && second == 0x0002 && third == 0) // benchmarking
+            || (first == 0x2001 && (second & 0xffe0) == 0x0020) // ORCHIDv2 (and 2001:30::/28)
+            || (first == 0x2001 && (second & 0xfff0) == 0x0010) // ORCHID
+            || (first == 0x2001 && second == 0x0db8) // documentation
+            || (first & 0xfff0) == 0x3ff0) // documentation (3fff::/20)
 }
 
 #[cfg(test)]
@@ -137,6 +146,26 @@ mod tests {
         ] {
             assert_eq!(is_public(ip.parse().unwrap()), public, "{ip}");
         }
+    }
+
+    /// IPv6 forms that lead to private IPv4 space, or nowhere public, were taken as public.
+    #[test]
+    fn ipv4_compatible_6to4_and_site_local_destinations_are_refused() {
+        for ip in [
+            "::a9fe:a9fe",                          // IPv4-compatible: 169.254.169.254
+            "::7f00:1",                             // IPv4-compatible: 127.0.0.1
+            "2002:a9fe:a9fe::1",                    // 6to4 of 169.254.169.254
+            "2002:a00:1::1",                        // 6to4 of 10.0.0.1
+            "fec0::1",                              // site-local
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2", // Teredo
+            "2001:2::1",                            // benchmarking
+            "2001:20::1",                           // ORCHIDv2
+            "3fff::1",                              // documentation
+            "64:ff9b::a9fe:a9fe",                   // NAT64
+        ] {
+            assert!(!is_public(ip.parse().unwrap()), "{ip} is not public");
+        }
+        assert!(is_public("2a00:1450:4001:81b::200e".parse().unwrap()));
     }
 
     #[test]
