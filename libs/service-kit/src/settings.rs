@@ -195,6 +195,10 @@ catalogue! {
         "an endpoint without a success for this long is disabled";
     "SAGAPAY_WEBHOOK_ENDPOINT_CONCURRENCY", Value("4"), "notification", false,
         "deliveries in flight per endpoint";
+    "SAGAPAY_WEBHOOK_MERCHANT_CONCURRENCY", Value("16"), "notification", false,
+        "webhook deliveries in flight per merchant, all its endpoints together, per instance (one merchant's slow endpoints hold at most this many of the instance's 64)";
+    "SAGAPAY_WEBHOOK_CA_FILE", Unset, "notification", false,
+        "a PEM bundle of CAs trusted for webhook receivers besides the public roots (Mozilla's): for receivers behind a private CA";
     "SAGAPAY_EVENT_RETENTION_DAYS", Value("30"), "notification", false,
         "how long events and their deliveries are kept";
     // Scripts and tests.

@@ -3,6 +3,10 @@
 //! (`OTEL_BSP_SCHEDULE_DELAY`, default 5 s); when it is not set nothing is exported and no
 //! exporter runs.
 //!
+//! The endpoint may be `https://`: the exporter's client speaks TLS (rustls on ring, with the
+//! host's trust store, so a collector behind a private CA is trusted once its CA is installed
+//! on the host, or named by `SSL_CERT_FILE`).
+//!
 //! W3C trace context travels in `traceparent` headers, in HTTP and in Kafka messages: the
 //! HTTP middleware and the inbox consumer make their span a child of the `traceparent` they
 //! received (`continue_trace`), and what they pass on is their own span's context, so one
@@ -23,6 +27,8 @@ pub const ENDPOINT_ENV: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
 /// Builds the exporting tracer provider if `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
 pub(crate) fn provider(service_name: &'static str) -> Option<SdkTracerProvider> {
     std::env::var(ENDPOINT_ENV).ok().filter(|v| !v.is_empty())?;
+    // The exporter's client names no crypto provider of its own: ring, the one compiled in.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let exporter = match opentelemetry_otlp::SpanExporter::builder()
         .with_http()
         .build()

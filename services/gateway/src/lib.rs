@@ -154,7 +154,10 @@ pub async fn start(config: Config) -> anyhow::Result<ServiceHandle> {
         );
         auth::seed_dev_merchant(&platform.pool, key.expose_secret()).await?;
     }
+    // Calls to the orchestrator and the notification service go straight to them: a proxy of
+    // the environment (`HTTPS_PROXY`, ...) has no business between services.
     let client = reqwest::Client::builder()
+        .no_proxy()
         .pool_max_idle_per_host(64)
         .pool_idle_timeout(Duration::from_secs(90))
         .tcp_nodelay(true)

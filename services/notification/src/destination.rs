@@ -68,6 +68,16 @@ pub async fn resolve(url: &url::Url, policy: Policy) -> Result<Vec<SocketAddr>, 
     Ok(addrs)
 }
 
+/// The address a URL's host names literally (`https://203.0.113.7/`, `https://[::1]/`), if
+/// it is one: such a host is never resolved, so it is checked as it is.
+pub fn literal_ip(url: &url::Url) -> Option<IpAddr> {
+    match url.host()? {
+        url::Host::Ipv4(v4) => Some(IpAddr::V4(v4)),
+        url::Host::Ipv6(v6) => Some(IpAddr::V6(v6)),
+        url::Host::Domain(_) => None,
+    }
+}
+
 /// Reachable on the public internet: not loopback, private, link-local (cloud metadata
 /// lives there), shared, documentation, benchmarking, multicast or reserved space.
 pub fn is_public(ip: IpAddr) -> bool {

@@ -7,10 +7,15 @@
 //! deduplicate by event id).
 //!
 //! Slow or dead endpoints delay no one else: every delivery runs in a task of its own with a
-//! timeout, at most `endpoint_concurrency` at once per endpoint (an endpoint with deliveries
-//! in flight is not claimed for again until they finish) and `in_flight` in all. A failure
-//! is retried with exponential backoff until `retry_for` after the event; an endpoint with
-//! no success for `disable_after` is disabled (its pending deliveries then fail).
+//! timeout that bounds all of it (the lookup of the receiver's address, the connection, TLS
+//! and the answer; see `client`), at most `endpoint_concurrency` at once per endpoint and
+//! `merchant_concurrency` per merchant (an endpoint or merchant at its bound is not claimed
+//! for again until deliveries finish), and `in_flight` in all: one merchant with many slow
+//! endpoints holds at most its share of the instance, and every other merchant's deliveries
+//! keep going. A claim's lease outlives the longest attempt, so a delivery is never sent
+//! again while its first attempt may still be running. A failure is retried with exponential
+//! backoff until `retry_for` after the event; an endpoint with no success for `disable_after`
+//! is disabled (its pending deliveries then fail).
 
 use crate::destination::{self, Policy};
 use crate::WebhookSettings;
@@ -23,9 +28,38 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-/// How long a claim lasts: longer than any delivery's timeout.
+/// How long a claim lasts: the longest attempt (the timeout bounds all of it), and as long
+/// again plus 5 s to record its outcome.
 fn lease(settings: &WebhookSettings) -> Duration {
     settings.timeout * 2 + Duration::from_secs(5)
+}
+
+/// Deliveries in flight on this instance, per endpoint and per merchant.
+#[derive(Debug, Default)]
+struct InFlight {
+    endpoints: HashMap<Uuid, usize>,
+    merchants: HashMap<Uuid, usize>,
+}
+
+impl InFlight {
+    fn started(&mut self, endpoint: Uuid, merchant: Uuid) {
+        *self.endpoints.entry(endpoint).or_default() += 1;
+        *self.merchants.entry(merchant).or_default() += 1;
+    }
+
+    fn finished(&mut self, endpoint: Uuid, merchant: Uuid) {
+        for (map, key) in [
+            (&mut self.endpoints, endpoint),
+            (&mut self.merchants, merchant),
+        ] {
+            if let Some(n) = map.get_mut(&key) {
+                *n -= 1;
+                if *n == 0 {
+                    map.remove(&key);
+                }
+            }
+        }
+    }
 }
 
 /// The wait before attempt `attempts + 1` after `attempts` failed ones: `initial` doubled
@@ -105,7 +139,7 @@ pub struct Dispatcher {
     pub settings: WebhookSettings,
     pub metrics: WebhookMetrics,
     pub wakeup: Wakeup,
-    /// Shared client for development (no address pinning needed there).
+    /// The delivery client (`crate::client::build`).
     pub client: reqwest::Client,
 }
 
@@ -113,6 +147,7 @@ pub struct Dispatcher {
 struct Claimed {
     delivery_id: Uuid,
     endpoint_id: Uuid,
+    merchant_id: Uuid,
     attempts: i32,
     url: String,
     secrets: Vec<String>,
@@ -138,7 +173,7 @@ impl Attempt {
 
 impl Dispatcher {
     pub async fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let in_flight: Arc<Mutex<HashMap<Uuid, usize>>> = Arc::default();
+        let in_flight: Arc<Mutex<InFlight>> = Arc::default();
         let finished = Arc::new(tokio::sync::Notify::new());
         let permits = Arc::new(tokio::sync::Semaphore::new(self.settings.in_flight));
         let this = Arc::new(Shared {
@@ -162,12 +197,13 @@ impl Dispatcher {
             let claimed = if free == 0 {
                 Vec::new()
             } else {
-                let busy: Vec<(Uuid, usize)> = in_flight
-                    .lock()
-                    .expect("lock")
-                    .iter()
-                    .map(|(id, n)| (*id, *n))
-                    .collect();
+                let busy = {
+                    let f = in_flight.lock().expect("lock");
+                    Busy {
+                        endpoints: f.endpoints.iter().map(|(id, n)| (*id, *n)).collect(),
+                        merchants: f.merchants.iter().map(|(id, n)| (*id, *n)).collect(),
+                    }
+                };
                 match this.claim(&busy, free).await {
                     Ok(c) => c,
                     Err(e) => {
@@ -179,26 +215,15 @@ impl Dispatcher {
             let got = claimed.len();
             for delivery in claimed {
                 let permit = permits.clone().acquire_owned().await?;
-                *in_flight
-                    .lock()
-                    .expect("lock")
-                    .entry(delivery.endpoint_id)
-                    .or_default() += 1;
+                let (endpoint, merchant) = (delivery.endpoint_id, delivery.merchant_id);
+                in_flight.lock().expect("lock").started(endpoint, merchant);
                 let (this, in_flight, finished) =
                     (this.clone(), in_flight.clone(), finished.clone());
                 tokio::spawn(async move {
-                    let endpoint = delivery.endpoint_id;
                     if let Err(e) = this.deliver(delivery).await {
                         tracing::warn!(error = %e, "recording a webhook delivery failed");
                     }
-                    let mut map = in_flight.lock().expect("lock");
-                    if let Some(n) = map.get_mut(&endpoint) {
-                        *n -= 1;
-                        if *n == 0 {
-                            map.remove(&endpoint);
-                        }
-                    }
-                    drop(map);
+                    in_flight.lock().expect("lock").finished(endpoint, merchant);
                     drop(permit);
                     finished.notify_one();
                 });
@@ -219,6 +244,12 @@ impl Dispatcher {
     }
 }
 
+/// Deliveries in flight per endpoint and per merchant, as the claim counts them.
+struct Busy {
+    endpoints: Vec<(Uuid, usize)>,
+    merchants: Vec<(Uuid, usize)>,
+}
+
 struct Shared {
     pool: PgPool,
     settings: WebhookSettings,
@@ -227,33 +258,51 @@ struct Shared {
 }
 
 impl Shared {
-    /// Leases up to `limit` due deliveries, at most `endpoint_concurrency` per endpoint
-    /// counting the deliveries in flight (`busy`: endpoint and how many).
-    async fn claim(&self, busy: &[(Uuid, usize)], limit: usize) -> sqlx::Result<Vec<Claimed>> {
+    /// Leases up to `limit` due deliveries, at most `endpoint_concurrency` per endpoint and
+    /// `merchant_concurrency` per merchant, counting the deliveries in flight (`busy`).
+    async fn claim(&self, busy: &Busy, limit: usize) -> sqlx::Result<Vec<Claimed>> {
         let per_endpoint = self.settings.endpoint_concurrency;
-        let full: Vec<Uuid> = busy
-            .iter()
-            .filter(|(_, n)| *n >= per_endpoint)
-            .map(|(id, _)| *id)
-            .collect();
-        let (busy_ids, busy_counts): (Vec<Uuid>, Vec<i64>) =
-            busy.iter().map(|(id, n)| (*id, *n as i64)).unzip();
+        let per_merchant = self.settings.merchant_concurrency;
+        let full = |counts: &[(Uuid, usize)], bound: usize| -> Vec<Uuid> {
+            counts
+                .iter()
+                .filter(|(_, n)| *n >= bound)
+                .map(|(id, _)| *id)
+                .collect()
+        };
+        let (full_endpoints, full_merchants) = (
+            full(&busy.endpoints, per_endpoint),
+            full(&busy.merchants, per_merchant),
+        );
+        let split = |counts: &[(Uuid, usize)]| -> (Vec<Uuid>, Vec<i64>) {
+            counts.iter().map(|(id, n)| (*id, *n as i64)).unzip()
+        };
+        let (endpoint_ids, endpoint_counts) = split(&busy.endpoints);
+        let (merchant_ids, merchant_counts) = split(&busy.merchants);
         let rows = sqlx::query(
             "WITH candidates AS (
-                 SELECT delivery_id, endpoint_id, next_attempt_at FROM webhook_deliveries
-                  WHERE status = 'PENDING' AND next_attempt_at <= now()
-                    AND (claimed_until IS NULL OR claimed_until < now())
-                    AND NOT (endpoint_id = ANY ($1))
-                  ORDER BY next_attempt_at
+                 SELECT d.delivery_id, d.endpoint_id, e.merchant_id, d.next_attempt_at
+                   FROM webhook_deliveries d JOIN webhook_endpoints e USING (endpoint_id)
+                  WHERE d.status = 'PENDING' AND d.next_attempt_at <= now()
+                    AND (d.claimed_until IS NULL OR d.claimed_until < now())
+                    AND NOT (d.endpoint_id = ANY ($1)) AND NOT (e.merchant_id = ANY ($7))
+                  ORDER BY d.next_attempt_at
                   LIMIT 256
-                  FOR UPDATE SKIP LOCKED),
+                  FOR UPDATE OF d SKIP LOCKED),
              picked AS (
                  SELECT delivery_id FROM (
-                     SELECT delivery_id, endpoint_id, next_attempt_at, row_number() OVER
-                            (PARTITION BY endpoint_id ORDER BY next_attempt_at) AS nth
+                     SELECT delivery_id, endpoint_id, merchant_id, next_attempt_at,
+                            row_number() OVER (PARTITION BY endpoint_id ORDER BY next_attempt_at)
+                                AS nth_of_endpoint,
+                            row_number() OVER (PARTITION BY merchant_id ORDER BY next_attempt_at)
+                                AS nth_of_merchant
                        FROM candidates) c
-                  WHERE nth <= $2 - coalesce((SELECT b.n FROM unnest($5::uuid[], $6::int8[]) AS b(id, n)
-                                               WHERE b.id = c.endpoint_id), 0)
+                  WHERE nth_of_endpoint <= $2 - coalesce(
+                            (SELECT b.n FROM unnest($5::uuid[], $6::int8[]) AS b(id, n)
+                              WHERE b.id = c.endpoint_id), 0)
+                    AND nth_of_merchant <= $8 - coalesce(
+                            (SELECT b.n FROM unnest($9::uuid[], $10::int8[]) AS b(id, n)
+                              WHERE b.id = c.merchant_id), 0)
                   ORDER BY next_attempt_at
                   LIMIT $3)
              UPDATE webhook_deliveries d
@@ -261,19 +310,23 @@ impl Shared {
                FROM picked, webhook_endpoints e, merchant_events ev
               WHERE d.delivery_id = picked.delivery_id
                 AND e.endpoint_id = d.endpoint_id AND ev.event_id = d.event_id
-             RETURNING d.delivery_id, d.endpoint_id, d.attempts, e.url, e.secret,
+             RETURNING d.delivery_id, d.endpoint_id, e.merchant_id, d.attempts, e.url, e.secret,
                        CASE WHEN e.previous_secret_expires_at > now() THEN e.previous_secret END
                            AS previous_secret,
                        CASE WHEN e.deleted_at IS NOT NULL THEN 'endpoint deleted'
                             WHEN e.disabled_at IS NOT NULL THEN 'endpoint disabled' END AS gone,
                        ev.body::text AS body, ev.created_at AS event_created_at",
         )
-        .bind(&full)
+        .bind(&full_endpoints)
         .bind(per_endpoint as i64)
         .bind(limit as i64)
         .bind(lease(&self.settings).as_secs_f64())
-        .bind(&busy_ids)
-        .bind(&busy_counts)
+        .bind(&endpoint_ids)
+        .bind(&endpoint_counts)
+        .bind(&full_merchants)
+        .bind(per_merchant as i64)
+        .bind(&merchant_ids)
+        .bind(&merchant_counts)
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
@@ -284,6 +337,7 @@ impl Shared {
                 Ok(Claimed {
                     delivery_id: r.try_get("delivery_id")?,
                     endpoint_id: r.try_get("endpoint_id")?,
+                    merchant_id: r.try_get("merchant_id")?,
                     attempts: r.try_get("attempts")?,
                     url: r.try_get("url")?,
                     secrets,
@@ -303,8 +357,10 @@ impl Shared {
         self.record(&d, &attempt).await
     }
 
-    /// One POST of the event, signed, within the timeout; never an error (a failure is an
-    /// outcome).
+    /// One POST of the event, signed, within the timeout (which bounds the lookup of the
+    /// receiver's address too); never an error (a failure is an outcome). Under the
+    /// production policy the client's resolver refuses names of private addresses, and an
+    /// address written in the URL is checked here.
     async fn send(&self, d: &Claimed) -> Attempt {
         let started = Instant::now();
         let failed = |error: String| Attempt {
@@ -316,29 +372,18 @@ impl Shared {
             Ok(u) => u,
             Err(e) => return failed(e.to_string()),
         };
-        // Connect only to the addresses just checked (production), or resolve as usual.
-        let client = match self.settings.policy {
-            Policy::Any => self.client.clone(),
-            Policy::PublicHttps => match destination::resolve(&url, self.settings.policy).await {
-                Ok(addrs) => {
-                    let host = url.host_str().unwrap_or_default().to_owned();
-                    match reqwest::Client::builder()
-                        .timeout(self.settings.timeout)
-                        .redirect(reqwest::redirect::Policy::none())
-                        .resolve_to_addrs(&host, &addrs)
-                        .build()
-                    {
-                        Ok(c) => c,
-                        Err(e) => return failed(format!("building the client: {e}")),
-                    }
+        if self.settings.policy == Policy::PublicHttps {
+            if let Some(ip) = destination::literal_ip(&url) {
+                if !destination::is_public(ip) {
+                    return failed(destination::DestinationError::NotPublic(ip).to_string());
                 }
-                Err(e) => return failed(e.to_string()),
-            },
-        };
+            }
+        }
         let now = chrono::Utc::now().timestamp();
         let secrets: Vec<&str> = d.secrets.iter().map(String::as_str).collect();
         let signature = crate::signature::header(&secrets, now, d.body.as_bytes());
-        let result = client
+        let result = self
+            .client
             .post(url)
             .timeout(self.settings.timeout)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
@@ -357,7 +402,7 @@ impl Shared {
                 "no answer within {} ms",
                 self.settings.timeout.as_millis()
             )),
-            Err(e) => failed(format!("{e}")),
+            Err(e) => failed(crate::client::describe(&e)),
         }
     }
 

@@ -10,7 +10,7 @@ use anyhow::anyhow;
 use sagapay_domain::events::PaymentFinalized;
 use sagapay_domain::{Envelope, EventType};
 use sagapay_messaging::{Handler, HandlerError, MessageContext};
-use sagapay_service_kit::config::{env_ms, env_parse};
+use sagapay_service_kit::config::{env_ms, env_or, env_parse};
 use sagapay_service_kit::{CommonConfig, Environment, Platform, ServiceHandle, ServiceKeys};
 use serde_json::json;
 use sqlx::PgConnection;
@@ -19,6 +19,7 @@ use std::time::Duration;
 use uuid::Uuid;
 
 pub mod api;
+pub mod client;
 pub mod destination;
 pub mod dispatcher;
 pub mod events;
@@ -53,6 +54,11 @@ pub struct WebhookSettings {
     pub disable_after: Duration,
     /// `SAGAPAY_WEBHOOK_ENDPOINT_CONCURRENCY` (4): deliveries in flight per endpoint.
     pub endpoint_concurrency: usize,
+    /// `SAGAPAY_WEBHOOK_MERCHANT_CONCURRENCY` (16): deliveries in flight per merchant, all its
+    /// endpoints together (a quarter of an instance's `in_flight`).
+    pub merchant_concurrency: usize,
+    /// `SAGAPAY_WEBHOOK_CA_FILE`: a PEM bundle of CAs trusted besides the public roots.
+    pub ca_file: Option<std::path::PathBuf>,
     /// Deliveries in flight in all, per instance.
     pub in_flight: usize,
     /// How often due retries are looked for when nothing wakes the dispatcher.
@@ -73,6 +79,11 @@ impl WebhookSettings {
             retry_for: ms("SAGAPAY_WEBHOOK_RETRY_FOR_MS", 3 * 86_400_000)?,
             disable_after: ms("SAGAPAY_WEBHOOK_DISABLE_AFTER_MS", 3 * 86_400_000)?,
             endpoint_concurrency: env_parse("SAGAPAY_WEBHOOK_ENDPOINT_CONCURRENCY", 4usize)?.max(1),
+            merchant_concurrency: env_parse("SAGAPAY_WEBHOOK_MERCHANT_CONCURRENCY", 16usize)?
+                .max(1),
+            ca_file: Some(env_or("SAGAPAY_WEBHOOK_CA_FILE", ""))
+                .filter(|f| !f.is_empty())
+                .map(std::path::PathBuf::from),
             in_flight: 64,
             poll_interval: Duration::from_secs(1),
             event_retention: Duration::from_secs(
@@ -91,6 +102,8 @@ impl WebhookSettings {
             retry_for: Duration::from_secs(60),
             disable_after: Duration::from_secs(3600),
             endpoint_concurrency: 4,
+            merchant_concurrency: 16,
+            ca_file: None,
             in_flight: 64,
             poll_interval: Duration::from_millis(100),
             event_retention: Duration::from_secs(30 * 86_400),
@@ -220,10 +233,11 @@ pub async fn start(config: Config) -> anyhow::Result<ServiceHandle> {
             &platform.messaging_metrics,
         )
         .await,
-        client: reqwest::Client::builder()
-            .timeout(config.webhooks.timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()?,
+        client: client::build(
+            config.webhooks.policy,
+            config.webhooks.timeout,
+            config.webhooks.ca_file.as_deref(),
+        )?,
     };
     builder.spawn("webhook-dispatcher", move |shutdown| {
         dispatcher.run(shutdown)

@@ -4,6 +4,7 @@
 
 pub mod chaos;
 pub mod servers;
+pub mod tls;
 
 use anyhow::Context;
 use rdkafka::consumer::{Consumer, StreamConsumer};

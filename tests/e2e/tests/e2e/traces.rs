@@ -1,5 +1,7 @@
 //! One payment is one trace across all six services: the services run as real processes
-//! exporting OTLP/HTTP (JSON) to a receiver in this test, and the trace id the client sent in
+//! exporting OTLP/HTTP (JSON) over https to a receiver in this test (behind a CA of the test's
+//! own, trusted through `SSL_CERT_FILE` as a host's trust store would trust it; the exporter
+//! could not speak TLS before), and the trace id the client sent in
 //! `traceparent` must come back in spans from every service. Their JSON logs carry the same
 //! trace id and the payment id at the top level.
 
@@ -50,12 +52,14 @@ async fn receive(State(spans): State<Spans>, Json(req): Json<Value>) -> Json<Val
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_payment_is_one_trace_across_all_six_services() {
     let spans: Spans = Arc::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let ca = sagapay_e2e::tls::TestCa::new("collector CA");
+    let ca_dir = std::env::temp_dir().join(format!("sagapay-otlp-ca-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&ca_dir).unwrap();
+    let ca_file = ca.write(&ca_dir, "ca.pem");
     let app = Router::new()
         .route("/v1/traces", post(receive))
         .with_state(spans.clone());
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let endpoint = sagapay_e2e::tls::serve_https(app, &ca.server(&["127.0.0.1"])).await;
 
     let ns = fresh_namespace();
     let mut procs = Processes::new(
@@ -63,6 +67,7 @@ async fn one_payment_is_one_trace_across_all_six_services() {
         25_000..30_000,
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("SSL_CERT_FILE", ca_file.to_str().unwrap()),
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
             ("OTEL_BSP_SCHEDULE_DELAY", "200"),
             // The per-payment lines (created, each transition) are logged at debug.

@@ -564,3 +564,153 @@ async fn an_endpoint_failing_for_too_long_is_disabled_and_gets_no_more_events() 
     );
     stack.teardown().await;
 }
+
+/// The receiver as an HTTPS server with `cert`, serving the same paths as `start_receiver`.
+async fn start_https_receiver(rx: Arc<Receiver>, cert: &sagapay_e2e::tls::ServerCert) -> String {
+    let app = axum::Router::new()
+        .route("/{path}", post(receive))
+        .with_state(rx);
+    sagapay_e2e::tls::serve_https(app, cert).await
+}
+
+/// Deliveries over https (production allows nothing else; the client had no TLS at all, so
+/// every delivery failed). The receiver's certificate is signed by a CA of the test's own,
+/// trusted through `SAGAPAY_WEBHOOK_CA_FILE`: the event is delivered and its signature
+/// verifies. A second receiver presents a certificate of a CA nobody trusts: each attempt
+/// fails, and the delivery says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn webhooks_are_delivered_over_https_and_an_unverified_receiver_fails_with_its_reason() {
+    let dir = std::env::temp_dir().join(format!("sagapay-webhook-ca-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca = sagapay_e2e::tls::TestCa::new("webhook receivers' CA");
+    let stranger = sagapay_e2e::tls::TestCa::new("a CA nobody trusts");
+    let stack = TestStack::spawn_with(sagapay_e2e::StackOptions {
+        webhooks: Some(sagapay_notification::WebhookSettings {
+            ca_file: Some(ca.write(&dir, "ca.pem")),
+            ..sagapay_notification::WebhookSettings::for_test()
+        }),
+        ..Default::default()
+    })
+    .await;
+    let trusted = Arc::new(Receiver::default());
+    let trusted_base =
+        start_https_receiver(trusted.clone(), &ca.server(&["127.0.0.1", "localhost"])).await;
+    let untrusted = Arc::new(Receiver::default());
+    let untrusted_base =
+        start_https_receiver(untrusted.clone(), &stranger.server(&["127.0.0.1"])).await;
+    assert!(trusted_base.starts_with("https://"), "{trusted_base}");
+    let (_, secret) = register(&stack, &format!("{trusted_base}/ok"), &["payment.settled"]).await;
+    let (untrusted_id, _) = register(
+        &stack,
+        &format!("{untrusted_base}/ok"),
+        &["payment.settled"],
+    )
+    .await;
+
+    let pid = stack.settled_payment("wh-tls", 1_234, "USD").await;
+    let got = eventually(Duration::from_secs(30), "the https delivery", || async {
+        trusted.of("ok").into_iter().next()
+    })
+    .await;
+    assert!(signed_with(&got.signature, &secret, &got.body), "{got:?}");
+    assert_eq!(got.event()["data"]["object"]["payment_id"], pid.as_str());
+
+    let failure = eventually(
+        Duration::from_secs(30),
+        "a failed https attempt",
+        || async {
+            let (status, body) = call(
+                &stack,
+                reqwest::Method::GET,
+                &format!("/webhook_endpoints/{untrusted_id}/deliveries"),
+                DEV_API_KEY,
+                None,
+            )
+            .await;
+            assert_eq!(status, 200, "{body}");
+            let d = body["data"].as_array()?.first()?.clone();
+            d["last_error"].as_str().map(str::to_owned)
+        },
+    )
+    .await;
+    assert!(
+        failure.to_ascii_lowercase().contains("certificate"),
+        "the reason names the certificate: {failure}"
+    );
+    assert!(
+        untrusted.of("ok").is_empty(),
+        "nothing reached the unverified receiver"
+    );
+    stack.teardown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// One merchant with 16 endpoints that never answer, and events enough to fill every one of
+/// them, holds at most its share of an instance's deliveries (16 of 64): another merchant's
+/// delivery goes out at once, not after the first merchant's deliveries time out. Before the
+/// bound per merchant, the first merchant's 16 endpoints took all 64 slots (4 each).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_merchant_with_many_slow_endpoints_does_not_hold_up_another_merchants_deliveries() {
+    let stack = TestStack::spawn_with(sagapay_e2e::StackOptions {
+        webhooks: Some(sagapay_notification::WebhookSettings {
+            // Slow receivers hold their slot this long.
+            timeout: Duration::from_secs(60),
+            ..sagapay_notification::WebhookSettings::for_test()
+        }),
+        ..Default::default()
+    })
+    .await;
+    let rx = Arc::new(Receiver::default());
+    let base = start_receiver(rx.clone()).await;
+    for _ in 0..16 {
+        register(&stack, &format!("{base}/hang"), &["payment.settled"]).await;
+    }
+    let (_, key_b) = stack.merchant("webhook-merchant-b").await;
+    let (status, body) = call(
+        &stack,
+        reqwest::Method::POST,
+        "/webhook_endpoints",
+        &key_b,
+        Some(json!({ "url": format!("{base}/ok"), "enabled_events": ["payment.settled"] })),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    // Five settled payments of the first merchant: 80 deliveries to slow endpoints.
+    for i in 0..5 {
+        stack
+            .settled_payment(&format!("wh-slow-{i}"), 1_000 + i, "USD")
+            .await;
+    }
+    eventually(
+        Duration::from_secs(30),
+        "the slow endpoints busy",
+        || async { (rx.of("hang").len() >= 16).then_some(()) },
+    )
+    .await;
+    let resp = stack
+        .http
+        .post(format!("{}/payments", stack.gateway_url()))
+        .header("x-api-key", &key_b)
+        .json(
+            &json!({"customer_id": "cust-b", "amount_cents": 700, "currency": "USD",
+                      "idempotency_key": "wh-b"}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let started = Instant::now();
+    eventually(
+        Duration::from_secs(20),
+        "the other merchant's delivery, while the slow ones hang",
+        || async { (!rx.of("ok").is_empty()).then_some(()) },
+    )
+    .await;
+    let hanging = rx.of("hang").len();
+    assert!(
+        hanging <= 16,
+        "the slow merchant held at most 16 deliveries at once: {hanging} requests reached it"
+    );
+    assert!(started.elapsed() < Duration::from_secs(20));
+    stack.teardown().await;
+}
