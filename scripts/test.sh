@@ -32,6 +32,19 @@ done
 export RUST_TEST_THREADS="${RUST_TEST_THREADS:-4}"
 # Services started in-process by the tests log to stdout; keep CI output to what matters.
 export RUST_LOG="${RUST_LOG:-warn}"
+# While the suite runs, every default service port is taken: by the README's services when
+# they run (scripts/up.sh), by a sentinel answering 418 otherwise. So no test can pass only
+# because a default port is free, or only because something answers there.
+free_defaults=()
+for svc in "${SERVICES[@]}"; do
+  port_open "${SERVICE_PORT[$svc]}" || free_defaults+=("${SERVICE_PORT[$svc]}")
+done
+if [ "${#free_defaults[@]}" -gt 0 ]; then
+  python3 "$SAGAPAY_ROOT/scripts/port-sentinel.py" "${free_defaults[@]}" &
+  sentinel=$!
+  trap 'kill "$sentinel" 2>/dev/null || true' EXIT
+  wait_until 10 "port sentinel" port_open "${free_defaults[0]}" || die "the port sentinel did not start"
+fi
 started=$SECONDS
 # The process-level tests run the services' binaries.
 cargo build --workspace --locked --bins

@@ -129,6 +129,8 @@ pub async fn connect_migration_client(
     let mut tls = native_tls::TlsConnector::builder();
     if let Some(path) = &params.root_cert {
         let pem = std::fs::read(path).with_context(|| format!("reading sslrootcert {path}"))?;
+        // As libpq: the CA given is the only one trusted (not the system's roots besides).
+        tls.disable_built_in_roots(true);
         tls.add_root_certificate(
             native_tls::Certificate::from_pem(&pem)
                 .with_context(|| format!("sslrootcert {path} is not a PEM certificate"))?,

@@ -841,6 +841,33 @@ pub fn free_port(range: std::ops::Range<u16>) -> u16 {
     }
 }
 
+/// `n` different free ports in `range`.
+pub fn free_ports(range: std::ops::Range<u16>, n: usize) -> Vec<u16> {
+    let mut chosen: Vec<u16> = Vec::with_capacity(n);
+    while chosen.len() < n {
+        let p = free_port(range.clone());
+        if !chosen.contains(&p) {
+            chosen.push(p);
+        }
+    }
+    chosen
+}
+
+/// A port of the test's own where nothing answers: connections are accepted and dropped at
+/// once (a peer that is down, without relying on a port nobody else uses, such as a default
+/// one). Held until the returned guard is dropped.
+pub fn dead_peer() -> (u16, std::net::TcpListener) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("address").port();
+    let accepting = listener.try_clone().expect("listener");
+    std::thread::spawn(move || {
+        for conn in accepting.incoming() {
+            drop(conn);
+        }
+    });
+    (port, listener)
+}
+
 /// Drops the databases and topics of a namespace (best effort).
 pub async fn cleanup_namespace(ns: &Namespace) {
     let base = config("gateway", ns);

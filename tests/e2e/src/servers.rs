@@ -286,13 +286,40 @@ pub struct PgServer {
     dir: PathBuf,
     port: u16,
     bin: PathBuf,
+    /// Serves TLS with this certificate (files in `dir`).
+    tls: bool,
 }
 
 impl PgServer {
     pub fn start(ports: std::ops::Range<u16>) -> anyhow::Result<Self> {
+        Self::start_with(ports, None)
+    }
+
+    /// A server that also speaks TLS, presenting `cert`.
+    pub fn start_with_tls(
+        ports: std::ops::Range<u16>,
+        cert: &crate::tls::ServerCert,
+    ) -> anyhow::Result<Self> {
+        Self::start_with(ports, Some(cert))
+    }
+
+    fn start_with(
+        ports: std::ops::Range<u16>,
+        cert: Option<&crate::tls::ServerCert>,
+    ) -> anyhow::Result<Self> {
         let bin = pg_bin_dir()?;
         let dir = scratch_dir("postgres");
         let data = dir.join("data");
+        if let Some(cert) = cert {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::write(dir.join("server.crt"), &cert.cert_pem)?;
+            std::fs::write(dir.join("server.key"), &cert.key_pem)?;
+            // PostgreSQL refuses a key others can read.
+            std::fs::set_permissions(
+                dir.join("server.key"),
+                std::fs::Permissions::from_mode(0o600),
+            )?;
+        }
         if as_root() {
             let status = Command::new("chown")
                 .args(["-R", "postgres:postgres"])
@@ -310,7 +337,12 @@ impl PgServer {
             .context("initdb")?;
         anyhow::ensure!(status.success(), "initdb: {status}");
         let port = crate::free_port(ports);
-        let server = PgServer { dir, port, bin };
+        let server = PgServer {
+            dir,
+            port,
+            bin,
+            tls: cert.is_some(),
+        };
         server.pg_ctl(&["start"])?;
         Ok(server)
     }
@@ -320,17 +352,27 @@ impl PgServer {
         format!("postgres://sagapay:sagapay@127.0.0.1:{}", self.port)
     }
 
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     /// A fast restart: connections are cut, the server is back when this returns.
     pub fn restart(&self) -> anyhow::Result<()> {
         self.pg_ctl(&["restart", "-m", "fast"])
     }
 
     fn pg_ctl(&self, action: &[&str]) -> anyhow::Result<()> {
-        let options = format!(
+        let mut options = format!(
             "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c max_connections=300",
             self.port,
             self.dir.display()
         );
+        if self.tls {
+            options.push_str(&format!(
+                " -c ssl=on -c ssl_cert_file={0}/server.crt -c ssl_key_file={0}/server.key",
+                self.dir.display()
+            ));
+        }
         let status = pg_command(&self.bin, "pg_ctl")
             .arg("-D")
             .arg(self.dir.join("data"))

@@ -179,7 +179,13 @@ async fn production_mode_starts_with_safe_settings_and_refuses_the_development_m
     .unwrap();
     let keys_file = std::env::temp_dir().join(format!("{}-internal-keys", ns.as_str()));
     std::fs::write(&keys_file, format!("{}\n", "k".repeat(40))).unwrap();
-    let port = free_port(32_700..32_800);
+    // Ports of the test's own, apart (below the ephemeral range, and not the services'
+    // defaults, which a running stack may hold).
+    let [port, notification_port]: [u16; 2] = sagapay_e2e::free_ports(12_000..13_000, 2)
+        .try_into()
+        .unwrap();
+    // No orchestrator: its address is a port of the test's that drops every connection.
+    let (orchestrator_port, _orchestrator) = sagapay_e2e::dead_peer();
     let server_port = url::Url::parse(&base)
         .expect("server URL")
         .port()
@@ -188,7 +194,6 @@ async fn production_mode_starts_with_safe_settings_and_refuses_the_development_m
     let url_with_ca = |ca: &str| {
         format!("postgres://{role}:{password}@localhost:{server_port}?sslmode=verify-full&sslrootcert={ca}")
     };
-    let notification_port = free_port(32_700..32_800);
     let run = |binary: &str, port: u16, postgres_url: &str, stderr: Stdio| {
         Command::new(target_binary(binary))
             .env_clear()
@@ -198,6 +203,10 @@ async fn production_mode_starts_with_safe_settings_and_refuses_the_development_m
             .env(
                 "SAGAPAY_NOTIFICATION_URL",
                 format!("http://127.0.0.1:{notification_port}"),
+            )
+            .env(
+                "SAGAPAY_ORCHESTRATOR_URL",
+                format!("http://127.0.0.1:{orchestrator_port}"),
             )
             .env("SAGAPAY_POSTGRES_URL", postgres_url)
             .env("SAGAPAY_INTERNAL_KEYS_FILE", &keys_file)
@@ -300,7 +309,7 @@ async fn production_mode_starts_with_safe_settings_and_refuses_the_development_m
         401,
         "the development key in production"
     );
-    // Authenticated: it went on to the orchestrator, which this test does not run (503).
+    // Authenticated: it went on to the orchestrator, which is down (503).
     assert_eq!(
         status_with("sk_acme_real_key").await,
         503,
@@ -370,4 +379,126 @@ async fn production_mode_starts_with_safe_settings_and_refuses_the_development_m
         .execute(&admin)
         .await
         .unwrap();
+}
+
+/// `sslmode=verify-ca` checks the server's chain but not its name, so the CA it trusts is all
+/// that stands between the service and anyone presenting a certificate. Given `sslrootcert`,
+/// that CA is the only one trusted, as libpq does: a server whose certificate a CA of the
+/// host's trust store signed is refused (it was accepted: sqlx added `sslrootcert` to the
+/// system's roots). The host's store is stood in for by `SSL_CERT_FILE` (OpenSSL's), which
+/// the control run shows is honoured: without `sslrootcert` the same server is trusted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_ca_trusts_only_the_sslrootcert_it_is_given() {
+    let dir = std::env::temp_dir().join(format!("sagapay-verify-ca-{}", Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let system_ca = sagapay_e2e::tls::TestCa::new("a CA the host trusts");
+    let our_ca = sagapay_e2e::tls::TestCa::new("the database's CA");
+    let system_file = system_ca.write(&dir, "system.pem");
+    let our_file = our_ca.write(&dir, "ours.pem");
+    let server = tokio::task::block_in_place(|| {
+        sagapay_e2e::servers::PgServer::start_with_tls(
+            13_000..13_500,
+            &system_ca.server(&["localhost", "127.0.0.1"]),
+        )
+    })
+    .expect("a PostgreSQL server of the test's own, with TLS");
+    let ns = fresh_namespace();
+    let port = free_port(13_500..14_000);
+    let gateway = |query: &str| {
+        Command::new(target_binary("sagapay-gateway"))
+            .env_clear()
+            .env("SAGAPAY_NAMESPACE", ns.as_str())
+            .env("SAGAPAY_HTTP_ADDR", format!("127.0.0.1:{port}"))
+            .env("SAGAPAY_POSTGRES_URL", format!("{}?{query}", server.url()))
+            .env("SAGAPAY_REDIS_URL", "")
+            .env("SAGAPAY_STARTUP_WAIT_MS", "5000")
+            .env("SSL_CERT_FILE", &system_file)
+            .env("SSL_CERT_DIR", &dir)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // Given our CA, the server (signed by the host's) is refused.
+    let out = gateway(&format!(
+        "sslmode=verify-ca&sslrootcert={}",
+        our_file.display()
+    ))
+    .wait_with_output()
+    .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "started against a server its CA did not sign"
+    );
+    assert!(err.contains("certificate verify failed"), "{err}");
+    // Refused by the service's own client (sqlx), at its first connection: not only later by
+    // the migrations' client.
+    assert!(
+        err.contains("connecting to PostgreSQL") && !err.contains("migrating database"),
+        "{err}"
+    );
+    // The migrations' client (tokio-postgres), in a process whose OpenSSL store is the same
+    // stand-in: it refuses too.
+    let probe = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--ignored",
+            "--exact",
+            "production::migration_client_in_a_process_of_its_own",
+            "--nocapture",
+        ])
+        .env("SSL_CERT_FILE", &system_file)
+        .env("SSL_CERT_DIR", &dir)
+        .env(
+            "PROBE_POSTGRES_URL",
+            with_database(
+                &format!(
+                    "{}?sslmode=verify-ca&sslrootcert={}",
+                    server.url(),
+                    our_file.display()
+                ),
+                "postgres",
+            ),
+        )
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&probe.stdout);
+    assert!(
+        said.contains("MIGRATION CLIENT REFUSED") && said.contains("certificate verify failed"),
+        "{said}"
+    );
+
+    // Control: without sslrootcert, the host's store is what verifies, and it trusts the server.
+    let child = std::sync::Mutex::new(KillOnDrop(gateway("sslmode=verify-ca")));
+    let http = reqwest::Client::new();
+    eventually(Duration::from_secs(60), "the gateway ready", || async {
+        if let Ok(Some(status)) = child.lock().unwrap().0.try_wait() {
+            panic!("the gateway exited ({status}) although the host's store trusts the server");
+        }
+        let resp = http
+            .get(format!("http://127.0.0.1:{port}/ready"))
+            .send()
+            .await
+            .ok()?;
+        (resp.status() == 200).then_some(())
+    })
+    .await;
+    drop(child);
+    sagapay_e2e::cleanup_namespace(&ns).await;
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Run by `verify_ca_trusts_only_the_sslrootcert_it_is_given` in a process of its own (its
+/// OpenSSL trust store set by the environment, which a test cannot change in its own process):
+/// connects the migrations' client to `PROBE_POSTGRES_URL` and says what happened.
+#[tokio::test]
+#[ignore = "a helper process of verify_ca_trusts_only_the_sslrootcert_it_is_given"]
+async fn migration_client_in_a_process_of_its_own() {
+    let url = std::env::var("PROBE_POSTGRES_URL").expect("PROBE_POSTGRES_URL");
+    match sagapay_messaging::postgres_url::connect_migration_client(&url).await {
+        Ok(_) => println!("MIGRATION CLIENT CONNECTED"),
+        Err(e) => println!("MIGRATION CLIENT REFUSED: {e:#}"),
+    }
 }
