@@ -57,8 +57,10 @@ const USES_OPS_KEY: [&str; 4] = ["orchestrator", "risk", "ledger", "provider-ada
 /// Services with a Redis connection (the gateway's idempotency fast path), and its default.
 const USES_REDIS: [&str; 1] = ["gateway"];
 const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
-/// Services that sign or verify internal calls.
-const USES_INTERNAL_KEYS: [&str; 3] = ["gateway", "orchestrator", "notification"];
+/// Services that sign calls to other services, and services that receive them (from the
+/// gateway).
+const SIGNS_CALLS: [&str; 1] = ["gateway"];
+const RECEIVES_CALLS: [&str; 2] = ["orchestrator", "notification"];
 
 fn default_replication(environment: Environment) -> i32 {
     match environment {
@@ -325,8 +327,13 @@ impl CommonConfig {
                 );
             }
         }
-        if USES_INTERNAL_KEYS.contains(&self.service) {
-            if let Err(e) = crate::ServiceKeys::from_env(Environment::Production) {
+        if SIGNS_CALLS.contains(&self.service) {
+            if let Err(e) = crate::ServiceSigner::from_env(self.service, Environment::Production) {
+                problems.push(e.to_string());
+            }
+        }
+        if RECEIVES_CALLS.contains(&self.service) {
+            if let Err(e) = crate::TrustedCallers::from_env(Environment::Production, &[]) {
                 problems.push(e.to_string());
             }
         }

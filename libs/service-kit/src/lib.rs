@@ -22,7 +22,7 @@ pub use config::{CommonConfig, Environment};
 pub use ops_auth::OpsKey;
 pub use platform::Platform;
 pub use runtime::{ServiceBuilder, ServiceHandle, TaskHealth};
-pub use service_auth::{ServiceKeys, VerifiedCaller};
+pub use service_auth::{NonceStore, ServiceSigner, TrustedCallers, VerifiedCaller};
 
 /// The six services; each has the database `<namespace>_<service>` (see `Namespace::database`).
 pub const SERVICES: [&str; 6] = [

@@ -101,10 +101,12 @@ catalogue! {
     // Credentials.
     "SAGAPAY_OPS_KEY", Computed("`dev-ops-secret` in development; required in production"), "orchestrator, risk, ledger, provider-adapter, sagapayctl", true,
         "the operators' key (`x-ops-key`) of the ops routes, 16+ characters";
-    "SAGAPAY_INTERNAL_KEYS", Computed("the development key in development; required in production"), "gateway, orchestrator, notification", true,
-        "keys of the gateway's signed calls to the orchestrator and the notification service, 32+ characters, comma separated: the first signs, any verifies";
-    "SAGAPAY_INTERNAL_KEYS_FILE", Unset, "gateway, orchestrator, notification", false,
-        "a file holding `SAGAPAY_INTERNAL_KEYS` instead (not both)";
+    "SAGAPAY_SERVICE_SIGNING_KEY", Computed("the service's development key in development; required in production"), "gateway", true,
+        "this service's own Ed25519 private key (base64 of its 32-byte seed; `sagapayctl service-key generate` makes one): its calls to other services are signed with it, as itself";
+    "SAGAPAY_SERVICE_SIGNING_KEY_FILE", Unset, "gateway", false,
+        "a file holding `SAGAPAY_SERVICE_SIGNING_KEY` instead (not both)";
+    "SAGAPAY_TRUSTED_CALLERS", Computed("the development keys of the callers in development; required in production"), "orchestrator, notification", false,
+        "the services that may call this one and their Ed25519 public keys: `gateway=<base64>[ <base64>]`, comma separated by service; any key listed verifies (two during a rotation)";
     // Gateway.
     "SAGAPAY_ORCHESTRATOR_URL", Value("http://127.0.0.1:8001"), "gateway, sagapayctl", false,
         "the orchestrator's internal API";

@@ -18,7 +18,7 @@ mod webhooks;
 use anyhow::Context;
 use sagapay_domain::PerCurrency;
 use sagapay_service_kit::config::{env_or, env_or_off, env_parse};
-use sagapay_service_kit::{CommonConfig, Environment, Platform, ServiceHandle, ServiceKeys};
+use sagapay_service_kit::{CommonConfig, Environment, Platform, ServiceHandle, ServiceSigner};
 use secrecy::{ExposeSecret, SecretString};
 use std::time::Duration;
 
@@ -56,8 +56,8 @@ pub struct Config {
     /// The idempotency fast path: `SAGAPAY_REDIS_URL` (default `redis://127.0.0.1:6379`; empty
     /// turns the fast path off and leaves only the durable guard).
     pub idempotency: idempotency::IdempotencySettings,
-    /// The keys it signs its calls to the orchestrator with (`SAGAPAY_INTERNAL_KEYS`).
-    pub service_keys: ServiceKeys,
+    /// The gateway's signing key (`SAGAPAY_SERVICE_SIGNING_KEY`).
+    pub signer: ServiceSigner,
     /// `SAGAPAY_KEY_CACHE_TTL_MS` (default and most 1,000; 0: off): how long a key found is
     /// trusted without the database, so also how long a revoked key may still work.
     pub key_cache_ttl_ms: u64,
@@ -103,7 +103,7 @@ impl Config {
                 env_or_off("SAGAPAY_REDIS_URL", DEFAULT_REDIS_URL),
                 Duration::from_millis(orchestrator_timeout_ms),
             ),
-            service_keys: ServiceKeys::from_env(common.environment)?,
+            signer: ServiceSigner::from_env(SERVICE, common.environment)?,
             key_cache_ttl_ms: env_parse("SAGAPAY_KEY_CACHE_TTL_MS", 1_000)?,
             key_lookups_per_second: env_parse("SAGAPAY_KEY_LOOKUPS_PER_SECOND", 20)?,
             key_lookups_burst: env_parse("SAGAPAY_KEY_LOOKUPS_BURST", 100)?,
@@ -128,7 +128,7 @@ impl Config {
                 Some(DEFAULT_REDIS_URL.into()),
                 Duration::from_secs(10),
             ),
-            service_keys: ServiceKeys::development(),
+            signer: ServiceSigner::development(SERVICE),
             key_cache_ttl_ms: 1_000,
             // Tests that are not about floods send many keys from one address.
             key_lookups_per_second: 100_000,
@@ -170,7 +170,7 @@ pub async fn start(config: Config) -> anyhow::Result<ServiceHandle> {
         client,
         orchestrator_url: config.orchestrator_url.trim_end_matches('/').to_owned(),
         notification_url: config.notification_url.trim_end_matches('/').to_owned(),
-        service_keys: config.service_keys.clone(),
+        signer: config.signer.clone(),
         max_amount: config.max_amount.clone(),
         rate_limit: std::sync::Arc::new(ratelimit::RateLimit::new(
             config.rate_limit_per_second,

@@ -59,8 +59,7 @@ pub(crate) fn internal_to(
     let bytes = body
         .map(|b| serde_json::to_vec(b).expect("a JSON value serializes"))
         .unwrap_or_default();
-    let signed = state.service_keys.sign(
-        crate::SERVICE,
+    let signed = state.signer.sign(
         method.as_str(),
         &path_and_query,
         Some(merchant),

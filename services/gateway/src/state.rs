@@ -3,7 +3,7 @@
 
 use crate::auth::KeyStore;
 use crate::idempotency::IdempotencyCache;
-use sagapay_service_kit::ServiceKeys;
+use sagapay_service_kit::ServiceSigner;
 use sqlx::PgPool;
 
 #[derive(Clone)]
@@ -12,7 +12,8 @@ pub struct AppState {
     pub client: reqwest::Client,
     pub orchestrator_url: String,
     pub notification_url: String,
-    pub service_keys: ServiceKeys,
+    /// The gateway's own key: its calls to other services are signed with it.
+    pub signer: ServiceSigner,
     pub max_amount: sagapay_domain::PerCurrency,
     pub rate_limit: std::sync::Arc<crate::ratelimit::RateLimit>,
     pub key_cache: std::sync::Arc<crate::keycache::KeyCache<crate::auth::Merchant>>,

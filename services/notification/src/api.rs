@@ -16,13 +16,15 @@ use sagapay_api_models::{
 };
 use sagapay_domain::MerchantEventType;
 use sagapay_service_kit::api_error::{json_body, ApiError, ErrorType};
-use sagapay_service_kit::service_auth::{require_service_credential, ServiceKeys, VerifiedCaller};
+use sagapay_service_kit::service_auth::{
+    require_service_credential, NonceStore, TrustedCallers, VerifiedCaller,
+};
 use serde::Deserialize;
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
 /// Who may call: the gateway only.
-const CALLERS: &[&str] = &["gateway"];
+pub const CALLERS: &[&str] = &["gateway"];
 /// Most endpoints a merchant may have.
 pub const MAX_ENDPOINTS: i64 = 16;
 /// Longest a rolled secret may stay valid beside the new one.
@@ -35,7 +37,7 @@ pub struct AppState {
     pub policy: Policy,
 }
 
-pub fn routes(state: AppState, keys: ServiceKeys) -> Router {
+pub fn routes(state: AppState, trusted: TrustedCallers, nonces: NonceStore) -> Router {
     let routes = Router::new()
         .route(
             "/internal/webhook_endpoints",
@@ -55,7 +57,7 @@ pub fn routes(state: AppState, keys: ServiceKeys) -> Router {
         )
         .route("/internal/events", get(list_events))
         .route("/internal/events/{event_id}", get(get_event));
-    require_service_credential(routes, keys, CALLERS).with_state(state)
+    require_service_credential(routes, trusted, nonces, CALLERS).with_state(state)
 }
 
 /// A new endpoint as the gateway forwards it.

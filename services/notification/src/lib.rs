@@ -11,7 +11,9 @@ use sagapay_domain::events::PaymentFinalized;
 use sagapay_domain::{Envelope, EventType};
 use sagapay_messaging::{Handler, HandlerError, MessageContext};
 use sagapay_service_kit::config::{env_ms, env_or, env_parse};
-use sagapay_service_kit::{CommonConfig, Environment, Platform, ServiceHandle, ServiceKeys};
+use sagapay_service_kit::{
+    CommonConfig, Environment, NonceStore, Platform, ServiceHandle, TrustedCallers,
+};
 use serde_json::json;
 use sqlx::PgConnection;
 use std::sync::Arc;
@@ -122,8 +124,8 @@ fn policy_of(environment: Environment) -> destination::Policy {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub common: CommonConfig,
-    /// Verifies the gateway's calls (`SAGAPAY_INTERNAL_KEYS`).
-    pub service_keys: ServiceKeys,
+    /// The services allowed to call the internal API, and their keys (`SAGAPAY_TRUSTED_CALLERS`).
+    pub trusted_callers: TrustedCallers,
     pub webhooks: WebhookSettings,
 }
 
@@ -131,7 +133,7 @@ impl Config {
     pub fn from_env() -> anyhow::Result<Self> {
         let common = CommonConfig::from_env(SERVICE, DEFAULT_PORT)?;
         Ok(Self {
-            service_keys: ServiceKeys::from_env(common.environment)?,
+            trusted_callers: TrustedCallers::from_env(common.environment, api::CALLERS)?,
             webhooks: WebhookSettings::from_env(common.environment)?,
             common,
         })
@@ -143,7 +145,7 @@ impl Config {
                 policy: policy_of(common.environment),
                 ..WebhookSettings::for_test()
             },
-            service_keys: ServiceKeys::development(),
+            trusted_callers: TrustedCallers::development(api::CALLERS),
             common,
         }
     }
@@ -246,6 +248,10 @@ pub async fn start(config: Config) -> anyhow::Result<ServiceHandle> {
         pool: platform.pool.clone(),
         policy: config.webhooks.policy,
     };
-    let router = platform.router(api::routes(state, config.service_keys.clone()));
+    let router = platform.router(api::routes(
+        state,
+        config.trusted_callers.clone(),
+        NonceStore::new(platform.pool.clone()),
+    ));
     builder.serve(config.common.http_addr, router).await
 }

@@ -11,7 +11,9 @@ pub use saga::deadlines;
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts};
 use sagapay_domain::events::ProviderOperation;
 use sagapay_domain::{EventType, PaymentStatus};
-use sagapay_service_kit::{CommonConfig, OpsKey, Platform, ServiceHandle, ServiceKeys};
+use sagapay_service_kit::{
+    CommonConfig, NonceStore, OpsKey, Platform, ServiceHandle, TrustedCallers,
+};
 use std::sync::Arc;
 
 pub const SERVICE: &str = "orchestrator";
@@ -60,8 +62,8 @@ pub struct Config {
     pub deadlines: deadlines::Deadlines,
     /// The credential of the ops routes (`SAGAPAY_OPS_KEY`).
     pub ops_key: OpsKey,
-    /// The keys internal calls are verified with (`SAGAPAY_INTERNAL_KEYS`).
-    pub service_keys: ServiceKeys,
+    /// The services allowed to call the internal API, and their keys (`SAGAPAY_TRUSTED_CALLERS`).
+    pub trusted_callers: TrustedCallers,
 }
 
 impl Config {
@@ -69,7 +71,7 @@ impl Config {
         let common = CommonConfig::from_env(SERVICE, DEFAULT_PORT)?;
         Ok(Self {
             ops_key: OpsKey::from_env(common.environment)?,
-            service_keys: ServiceKeys::from_env(common.environment)?,
+            trusted_callers: TrustedCallers::from_env(common.environment, api::CALLERS)?,
             deadlines: deadlines::Deadlines::from_env()?,
             relay_enabled: true,
             common,
@@ -83,7 +85,7 @@ impl Config {
             relay_enabled: true,
             deadlines: deadlines::Deadlines::default(),
             ops_key: OpsKey::development(),
-            service_keys: ServiceKeys::development(),
+            trusted_callers: TrustedCallers::development(api::CALLERS),
         }
     }
 }
@@ -265,6 +267,13 @@ pub async fn start(config: Config) -> anyhow::Result<ServiceHandle> {
         metrics,
     };
     let ops = api::ops::routes(state.clone(), config.ops_key.clone());
-    let router = platform.router(api::routes(state, config.service_keys.clone()).merge(ops));
+    let router = platform.router(
+        api::routes(
+            state,
+            config.trusted_callers.clone(),
+            NonceStore::new(platform.pool.clone()),
+        )
+        .merge(ops),
+    );
     builder.serve(config.common.http_addr, router).await
 }

@@ -21,20 +21,19 @@ use uuid::Uuid;
 pub const DEV_API_KEY: &str = "dev-secret";
 pub const DEV_OPS_KEY: &str = "dev-ops-secret";
 
-/// Who signs a request of [`TestStack::signed_request`], and when.
+/// Who signs a request of [`TestStack::signed_request`] (a service, with its own key), and
+/// when.
 pub struct Signer<'a> {
-    pub keys: &'a sagapay_service_kit::ServiceKeys,
-    pub caller: &'a str,
+    pub key: &'a sagapay_service_kit::ServiceSigner,
     /// Unix seconds.
     pub signed_at: i64,
 }
 
 impl<'a> Signer<'a> {
-    /// `caller` signing with `keys` now.
-    pub fn now(keys: &'a sagapay_service_kit::ServiceKeys, caller: &'a str) -> Self {
+    /// `key`'s service signing now.
+    pub fn now(key: &'a sagapay_service_kit::ServiceSigner) -> Self {
         Self {
-            keys,
-            caller,
+            key,
             signed_at: chrono::Utc::now().timestamp(),
         }
     }
@@ -477,8 +476,7 @@ impl TestStack {
         let bytes = body
             .map(|b| serde_json::to_vec(b).unwrap())
             .unwrap_or_default();
-        let signed = signer.keys.sign(
-            signer.caller,
+        let signed = signer.key.sign(
             method.as_str(),
             path_and_query,
             merchant,

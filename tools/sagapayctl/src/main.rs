@@ -110,6 +110,16 @@ enum Command {
     Webhooks(WebhooksCommand),
     /// Every setting of every service, as the Markdown of `docs/configuration.md`.
     Settings,
+    /// Service identity keys (the Ed25519 keys services sign their calls to each other with).
+    #[command(subcommand)]
+    ServiceKey(ServiceKeyCommand),
+}
+
+#[derive(Subcommand)]
+enum ServiceKeyCommand {
+    /// A new key pair for `service`: the private key (its SAGAPAY_SERVICE_SIGNING_KEY, shown
+    /// once) and the public key its receivers list in SAGAPAY_TRUSTED_CALLERS.
+    Generate { service: String },
 }
 
 #[derive(Subcommand)]
@@ -340,6 +350,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         print!("{}", sagapay_service_kit::settings::markdown());
         return Ok(());
     }
+    if let Command::ServiceKey(ServiceKeyCommand::Generate { service }) = &cli.command {
+        let (private, public) = sagapay_service_kit::service_auth::generate_key_pair()?;
+        println!("# {service}: keep the private key secret (it is shown once).");
+        println!("SAGAPAY_SERVICE_SIGNING_KEY={private}");
+        println!("# Its receivers trust it with (add it beside the old key while rotating):");
+        println!("SAGAPAY_TRUSTED_CALLERS={service}={public}");
+        return Ok(());
+    }
     let ns = Namespace::parse(&cli.namespace)?;
     let kafka = KafkaSettings {
         brokers: cli.brokers.clone(),
@@ -476,7 +494,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         ops_key: cli.ops_key.clone(),
     };
     match cli.command {
-        Command::Reconcile { .. } | Command::Webhooks(_) | Command::Settings => {
+        Command::Reconcile { .. }
+        | Command::Webhooks(_)
+        | Command::Settings
+        | Command::ServiceKey(_) => {
             unreachable!("handled above")
         }
         Command::Payments(PaymentsCommand::Stuck { limit, json }) => {

@@ -20,13 +20,13 @@ pub use state::AppState;
 
 use axum::routing::{get, post};
 use axum::Router;
-use sagapay_service_kit::service_auth::{require_service_credential, ServiceKeys};
+use sagapay_service_kit::service_auth::{require_service_credential, NonceStore, TrustedCallers};
 
 /// The services that may call the internal API.
-const CALLERS: &[&str] = &["gateway"];
+pub const CALLERS: &[&str] = &["gateway"];
 
 /// The internal API's routes, each behind the gateway's service credential.
-pub fn routes(state: AppState, keys: ServiceKeys) -> Router {
+pub fn routes(state: AppState, trusted: TrustedCallers, nonces: NonceStore) -> Router {
     let routes = Router::new()
         .route(
             "/internal/payments",
@@ -48,5 +48,5 @@ pub fn routes(state: AppState, keys: ServiceKeys) -> Router {
             "/internal/payments/{payment_id}/cancel",
             post(manual::cancel),
         );
-    require_service_credential(routes, keys, CALLERS).with_state(state)
+    require_service_credential(routes, trusted, nonces, CALLERS).with_state(state)
 }

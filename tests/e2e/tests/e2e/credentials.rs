@@ -5,7 +5,7 @@
 
 use reqwest::Method;
 use sagapay_e2e::{Signer, TestStack, DEV_API_KEY, DEV_OPS_KEY};
-use sagapay_service_kit::ServiceKeys;
+use sagapay_service_kit::ServiceSigner;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
@@ -97,9 +97,18 @@ async fn every_route_refuses_a_missing_or_wrong_credential_and_writes_nothing() 
         ("provider-adapter", Method::POST, "/dev/provider/outage".into(), Some(json!({"seconds": 30}))),
     ];
 
-    let dev = ServiceKeys::development();
-    let stranger = ServiceKeys::new(&["a-key-this-deployment-never-had-0123456789"]);
-    let gateway = Signer::now(&dev, "gateway");
+    let dev = ServiceSigner::development("gateway");
+    // A key this deployment never had, naming itself the gateway.
+    let stranger = ServiceSigner::from_seed(
+        "gateway",
+        &sagapay_service_kit::service_auth::generate_key_pair()
+            .unwrap()
+            .0,
+    )
+    .unwrap();
+    // Another service, signing with its own (development) key.
+    let risk = ServiceSigner::development("risk");
+    let gateway = Signer::now(&dev);
     for (service, method, path, body) in &routes {
         let internal = path.starts_with("/internal/");
         let plain = || {
@@ -142,15 +151,15 @@ async fn every_route_refuses_a_missing_or_wrong_credential_and_writes_nothing() 
                 ),
                 (
                     "signed with an unknown key",
-                    signed(&Signer::now(&stranger, "gateway"), Some(merchant)),
+                    signed(&Signer::now(&stranger), Some(merchant)),
                     401,
                     invalid,
                 ),
                 (
-                    "signed by another service",
-                    signed(&Signer::now(&dev, "risk"), Some(merchant)),
-                    403,
-                    Some("caller_not_allowed"),
+                    "signed by another service, whose key this one does not hold",
+                    signed(&Signer::now(&risk), Some(merchant)),
+                    401,
+                    invalid,
                 ),
                 (
                     "without a merchant claim",
@@ -176,7 +185,7 @@ async fn every_route_refuses_a_missing_or_wrong_credential_and_writes_nothing() 
                     signed(
                         &Signer {
                             signed_at: gateway.signed_at - 120,
-                            ..Signer::now(&dev, "gateway")
+                            ..Signer::now(&dev)
                         },
                         Some(merchant),
                     ),
@@ -260,5 +269,97 @@ async fn every_route_refuses_a_missing_or_wrong_credential_and_writes_nothing() 
         let resp = stack.http.get(url).send().await.unwrap();
         assert_eq!(resp.status(), 200, "{open} stays open");
     }
+    stack.teardown().await;
+}
+
+/// A signed internal request is accepted once. Captured and sent again within its time
+/// window, a `roll_secret` of the gateway's was answered again, with the merchant's new
+/// webhook secret; now the second use is refused (401 `service_credential_replayed`) and
+/// changes nothing, on the notification service and on the orchestrator alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replayed_internal_request_is_refused_and_hands_out_nothing() {
+    let stack = TestStack::spawn().await;
+    let gateway_db = stack.db("gateway").await;
+    let merchant: Uuid =
+        sqlx::query_scalar("SELECT merchant_id FROM merchants WHERE name = 'dev-merchant'")
+            .fetch_one(&gateway_db)
+            .await
+            .unwrap();
+    let created: Value = stack
+        .http
+        .post(format!("{}/webhook_endpoints", stack.gateway_url()))
+        .header("x-api-key", DEV_API_KEY)
+        .json(&json!({"url": "http://127.0.0.1:9/hooks", "enabled_events": ["payment.settled"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let endpoint = created["id"].as_str().unwrap().to_owned();
+    let key = ServiceSigner::development("gateway");
+    let roll = stack
+        .signed_request(
+            "notification",
+            &Signer::now(&key),
+            Method::POST,
+            &format!("/internal/webhook_endpoints/{endpoint}/roll_secret"),
+            Some(merchant),
+            Some(&json!({"expires_in_s": 0})),
+        )
+        .build()
+        .unwrap();
+    let captured = roll.try_clone().expect("a request with a body in memory");
+    let first = stack.http.execute(roll).await.unwrap();
+    assert_eq!(first.status(), 200, "{}", first.text().await.unwrap());
+    let notification = stack.db("notification").await;
+    let secret = || async {
+        sqlx::query_scalar::<_, String>(
+            "SELECT secret FROM webhook_endpoints WHERE endpoint_id = $1::uuid",
+        )
+        .bind(&endpoint)
+        .fetch_one(&notification)
+        .await
+        .unwrap()
+    };
+    let after_first = secret().await;
+    let again = stack.http.execute(captured).await.unwrap();
+    assert_eq!(again.status(), 401);
+    let body: Value = again.json().await.unwrap();
+    assert_eq!(
+        body["error"]["code"], "service_credential_replayed",
+        "{body}"
+    );
+    assert!(!body.to_string().contains("whsec_"), "{body}");
+    assert_eq!(
+        secret().await,
+        after_first,
+        "the replay rolled the secret again"
+    );
+
+    // The orchestrator refuses a replayed payment creation the same way.
+    let create = stack
+        .signed_request(
+            "orchestrator",
+            &Signer::now(&key),
+            Method::POST,
+            "/internal/payments",
+            Some(merchant),
+            Some(
+                &json!({"customer_id": "cust-replay", "amount_cents": 100, "currency": "USD",
+                         "idempotency_key": "replayed-create"}),
+            ),
+        )
+        .build()
+        .unwrap();
+    let captured = create.try_clone().unwrap();
+    assert_eq!(stack.http.execute(create).await.unwrap().status(), 201);
+    let again = stack.http.execute(captured).await.unwrap();
+    assert_eq!(again.status(), 401);
+    let body: Value = again.json().await.unwrap();
+    assert_eq!(
+        body["error"]["code"], "service_credential_replayed",
+        "{body}"
+    );
     stack.teardown().await;
 }

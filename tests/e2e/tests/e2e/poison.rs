@@ -10,7 +10,7 @@ use sagapay_e2e::{
     database_available, eventually, outbox_envelopes, Signer, StackOptions, TestStack,
 };
 use sagapay_messaging::{Classification, DeadLetter};
-use sagapay_service_kit::ServiceKeys;
+use sagapay_service_kit::ServiceSigner;
 use sagapayctl::dlq::{self, Filter};
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -483,12 +483,12 @@ async fn a_database_outage_is_retried_in_place_visible_and_bounded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_orchestrators_internal_api_applies_the_gateways_field_limits() {
     let stack = TestStack::spawn().await;
-    let keys = ServiceKeys::development();
+    let gateway = ServiceSigner::development("gateway");
     let merchant = Some(Uuid::now_v7());
     let post = |body: &Value| {
         stack.signed_request(
             "orchestrator",
-            &Signer::now(&keys, "gateway"),
+            &Signer::now(&gateway),
             reqwest::Method::POST,
             "/internal/payments",
             merchant,

@@ -51,7 +51,6 @@ fn production_mode_names_every_unsafe_setting_and_exits() {
             ),
             ("SAGAPAY_KAFKA_REPLICATION_FACTOR", "1"),
             ("SAGAPAY_OPS_KEY", "dev-ops-secret"),
-            ("SAGAPAY_INTERNAL_KEYS", "dev-internal-secret"),
         ],
     );
     for expected in [
@@ -60,12 +59,18 @@ fn production_mode_names_every_unsafe_setting_and_exits() {
         "SAGAPAY_POSTGRES_URL has sslmode=prefer: production needs sslmode=verify-full",
         "SAGAPAY_KAFKA_REPLICATION_FACTOR is 1, below the minimum of 3",
         "SAGAPAY_OPS_KEY must be set",
-        "every key of SAGAPAY_INTERNAL_KEYS must be a secret of at least 32 characters",
+        "SAGAPAY_TRUSTED_CALLERS must be set in production",
     ] {
         assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
     }
     // One at a time, the rest safe: only that one is named.
     let strong = "x".repeat(40);
+    let (_, gateway_public) = sagapay_service_kit::service_auth::generate_key_pair().unwrap();
+    let trusted = format!("gateway={gateway_public}");
+    let dev_trusted = format!(
+        "gateway={}",
+        sagapay_service_kit::ServiceSigner::development("gateway").public_key()
+    );
     let safe = [
         (
             "SAGAPAY_POSTGRES_URL",
@@ -73,7 +78,7 @@ fn production_mode_names_every_unsafe_setting_and_exits() {
         ),
         ("SAGAPAY_KAFKA_REPLICATION_FACTOR", "3"),
         ("SAGAPAY_OPS_KEY", strong.as_str()),
-        ("SAGAPAY_INTERNAL_KEYS", strong.as_str()),
+        ("SAGAPAY_TRUSTED_CALLERS", trusted.as_str()),
     ];
     let cases: [(&str, &str, &str); 7] = [
         (
@@ -98,14 +103,14 @@ fn production_mode_names_every_unsafe_setting_and_exits() {
         ),
         ("SAGAPAY_OPS_KEY", "short", "SAGAPAY_OPS_KEY must be set"),
         (
-            "SAGAPAY_INTERNAL_KEYS",
+            "SAGAPAY_TRUSTED_CALLERS",
             "",
-            "SAGAPAY_INTERNAL_KEYS (or SAGAPAY_INTERNAL_KEYS_FILE) must be set",
+            "SAGAPAY_TRUSTED_CALLERS must be set in production",
         ),
         (
-            "SAGAPAY_INTERNAL_KEYS",
-            "dev-internal-secret",
-            "at least 32 characters",
+            "SAGAPAY_TRUSTED_CALLERS",
+            dev_trusted.as_str(),
+            "trusts the development key of gateway",
         ),
     ];
     for (name, value, expected) in cases {
@@ -125,7 +130,9 @@ fn production_mode_names_every_unsafe_setting_and_exits() {
         );
     }
     // The gateway's Redis (idempotency fast path) must authenticate, or be off.
+    let (gateway_seed, _) = sagapay_service_kit::service_auth::generate_key_pair().unwrap();
     let mut env = safe.to_vec();
+    env.push(("SAGAPAY_SERVICE_SIGNING_KEY", gateway_seed.as_str()));
     env.push(("SAGAPAY_REDIS_URL", "redis://127.0.0.1:6379"));
     let err = refused("sagapay-gateway", &env);
     assert!(
@@ -177,8 +184,12 @@ async fn production_mode_starts_with_safe_settings_and_refuses_the_development_m
     .execute(&admin)
     .await
     .unwrap();
-    let keys_file = std::env::temp_dir().join(format!("{}-internal-keys", ns.as_str()));
-    std::fs::write(&keys_file, format!("{}\n", "k".repeat(40))).unwrap();
+    // The gateway's own signing key, in a file (the container convention), and its public key
+    // trusted by the notification service.
+    let (gateway_seed, gateway_public) =
+        sagapay_service_kit::service_auth::generate_key_pair().unwrap();
+    let keys_file = std::env::temp_dir().join(format!("{}-signing-key", ns.as_str()));
+    std::fs::write(&keys_file, format!("{gateway_seed}\n")).unwrap();
     // Ports of the test's own, apart (below the ephemeral range, and not the services'
     // defaults, which a running stack may hold).
     let [port, notification_port]: [u16; 2] = sagapay_e2e::free_ports(12_000..13_000, 2)
@@ -209,7 +220,11 @@ async fn production_mode_starts_with_safe_settings_and_refuses_the_development_m
                 format!("http://127.0.0.1:{orchestrator_port}"),
             )
             .env("SAGAPAY_POSTGRES_URL", postgres_url)
-            .env("SAGAPAY_INTERNAL_KEYS_FILE", &keys_file)
+            .env("SAGAPAY_SERVICE_SIGNING_KEY_FILE", &keys_file)
+            .env(
+                "SAGAPAY_TRUSTED_CALLERS",
+                format!("gateway={gateway_public}"),
+            )
             // The local Redis has no password: the idempotency fast path is off.
             .env("SAGAPAY_REDIS_URL", "")
             // The local stack has one broker: the operator states the minimum it accepts.

@@ -1,0 +1,5 @@
+//! The migrations in `migrations/risk` are embedded at compile time (refinery's
+//! `embed_migrations!`): a migration added there must rebuild this crate.
+fn main() {
+    println!("cargo:rerun-if-changed=../../migrations/risk");
+}
