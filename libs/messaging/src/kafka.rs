@@ -58,10 +58,12 @@ impl KafkaSettings {
         let mut cfg = ClientConfig::new();
         cfg.set("bootstrap.servers", &self.brokers)
             .set("socket.nagle.disable", "true")
-            // Reconnect to a broker that went away at least every second (librdkafka's
-            // default backs off to 10 s): after a broker restart every client is back within
-            // a second of the broker, not up to 10 s later.
-            .set("reconnect.backoff.max.ms", "1000")
+            // Reconnect to a broker that went away at least twice a second (librdkafka's
+            // default backs off to 10 s), and back off failed requests as little: after a
+            // broker restart every client is back within half a second of the broker, not up
+            // to 10 s later (docs/architecture.md, "Recovery").
+            .set("reconnect.backoff.max.ms", "500")
+            .set("retry.backoff.max.ms", "500")
             .set("log_level", "4");
         for (k, v) in &self.client_overrides {
             cfg.set(k, v);
@@ -120,6 +122,8 @@ impl KafkaSettings {
             // wait costs no latency; it only spares an idle consumer a fetch every 50 ms.
             .set("fetch.wait.max.ms", "500")
             .set("partition.assignment.strategy", "cooperative-sticky")
+            // After a failed fetch (the broker away), try again soon (default 500 ms).
+            .set("fetch.error.backoff.ms", "100")
             // Belt and braces for topics created after the subscription: notice them soon.
             .set("topic.metadata.refresh.interval.ms", "10000");
         for (k, v) in &self.consumer_overrides {

@@ -261,49 +261,13 @@ impl ChaosStack {
         );
     }
 
-    /// Waits until the stack is quiet: every outbox published everything (the relays caught
-    /// up after the faults) and every consumer has read its channels to the end, without a
-    /// break for longer than the lag is reported (every second).
+    /// Waits until the stack is quiet (see [`crate::wait_quiet`]).
     async fn wait_quiet(&self) {
-        let mut pools = Vec::new();
-        for service in SERVICES {
-            pools.push((service, self.db(service).await));
+        let mut services = Vec::new();
+        for s in SERVICES {
+            services.push((s, self.procs.url(s), self.db(s).await));
         }
-        let quiet = || async {
-            for (service, pool) in &pools {
-                let pending: i64 =
-                    sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
-                        .fetch_one(pool)
-                        .await
-                        .ok()?;
-                if pending > 0 {
-                    return None;
-                }
-                if CONSUMERS.contains(service) {
-                    let text = crate::metrics_text(&self.http, &self.procs.url(service)).await;
-                    let lag = crate::metric_samples(&text, "consumer_lag_messages", "");
-                    if lag.is_empty() || lag.iter().any(|l| *l > 0.0) {
-                        return None;
-                    }
-                }
-            }
-            Some(())
-        };
-        let quiet_since = std::cell::Cell::new(None::<Instant>);
-        eventually(
-            Duration::from_secs(60),
-            "the stack quiet for a second",
-            || async {
-                if quiet().await.is_none() {
-                    quiet_since.set(None);
-                    return None;
-                }
-                let since = quiet_since.get().unwrap_or_else(Instant::now);
-                quiet_since.set(Some(since));
-                (since.elapsed() >= Duration::from_millis(1100)).then_some(())
-            },
-        )
-        .await;
+        crate::wait_quiet(&self.http, &services).await;
     }
 
     /// Time from creation to the terminal state of the payments created while faults were

@@ -571,6 +571,15 @@ impl TestStack {
         .await
     }
 
+    /// Waits until every service of the stack is quiet (see [`wait_quiet`]).
+    pub async fn wait_quiet(&self) {
+        let mut services = Vec::new();
+        for s in SERVICES {
+            services.push((s, self.service_url(s), self.db(s).await));
+        }
+        wait_quiet(&self.http, &services).await;
+    }
+
     /// The value of one sample of a service's `/metrics`, 0 when absent.
     pub async fn metric(&self, service: &str, name_and_labels: &str) -> f64 {
         metric_at(&self.http, &self.service_url(service), name_and_labels).await
@@ -837,6 +846,46 @@ pub fn free_port(range: std::ops::Range<u16>) -> u16 {
             return port;
         }
     }
+}
+
+/// Waits until a stack is quiet: every service's outbox published everything and every
+/// consumer read its channels to the end, without a break for longer than consumer lag is
+/// reported (every second). Exactly-once counts are read after it: read the moment a
+/// threshold is reached, a duplicate arriving a moment later would pass unseen. `services` are
+/// each a name, its base URL and a pool on its database.
+pub async fn wait_quiet(http: &reqwest::Client, services: &[(&str, String, PgPool)]) {
+    let quiet = || async {
+        for (_, url, pool) in services {
+            let pending: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+                    .fetch_one(pool)
+                    .await
+                    .ok()?;
+            if pending > 0 {
+                return None;
+            }
+            let lag = metric_samples(&metrics_text(http, url).await, "consumer_lag_messages", "");
+            if lag.iter().any(|l| *l > 0.0) {
+                return None;
+            }
+        }
+        Some(())
+    };
+    let quiet_since = std::cell::Cell::new(None::<Instant>);
+    eventually(
+        Duration::from_secs(60),
+        "the stack quiet for a second",
+        || async {
+            if quiet().await.is_none() {
+                quiet_since.set(None);
+                return None;
+            }
+            let since = quiet_since.get().unwrap_or_else(Instant::now);
+            quiet_since.set(Some(since));
+            (since.elapsed() >= Duration::from_millis(1100)).then_some(())
+        },
+    )
+    .await;
 }
 
 /// `n` different free ports in `range`.

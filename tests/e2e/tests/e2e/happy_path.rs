@@ -91,7 +91,18 @@ async fn a_payment_settles_with_the_exact_timeline_balanced_ledger_and_one_notif
         (count_notifications().await > 0).then_some(())
     })
     .await;
+    // Counted again once nothing is in flight: a duplicate a moment later would show.
+    stack.wait_quiet().await;
     assert_eq!(count_notifications().await, 1);
+    assert_eq!(
+        sagapay_e2e::count_rows(
+            &ledger,
+            "SELECT count(*) FROM journal_transactions WHERE payment_id = $1",
+            pid,
+        )
+        .await,
+        1
+    );
     let kind: String = sqlx::query_scalar("SELECT kind FROM notifications WHERE payment_id = $1")
         .bind(pid)
         .fetch_one(&notification)

@@ -457,6 +457,7 @@ async fn operators_list_retry_and_fail_stuck_payments() {
         })
         .await;
     }
+    // Exactly the two flagged (the one in review waits a day before its deadline).
     eventually(WAIT, "the gauge to count both", || async {
         let n = stack
             .metric(
@@ -464,7 +465,7 @@ async fn operators_list_retry_and_fail_stuck_payments() {
                 "payments_needing_attention{service=\"orchestrator\"}",
             )
             .await;
-        (n >= 2.0).then_some(())
+        (n == 2.0).then_some(())
     })
     .await;
     // Fail: the payment under review fails at once; the captured one is refunded.

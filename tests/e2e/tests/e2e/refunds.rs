@@ -111,6 +111,35 @@ async fn twenty_concurrent_refunds_never_exceed_the_captured_amount() {
         .map(|r| r["amount_cents"].as_i64().unwrap())
         .sum();
     assert_eq!(total, 10_000);
+    // What the API says is what moved: ten refunds at the provider and ten postings in the
+    // ledger, 10,000 each, counted once nothing is in flight.
+    stack.wait_quiet().await;
+    let id = Uuid::parse_str(&pid).unwrap();
+    let provider = stack.db("provider-adapter").await;
+    let (at_provider, refunded): (i64, Option<i64>) = sqlx::query_as(
+        "SELECT count(*), sum(amount_minor)::bigint FROM simulated_provider_operations
+          WHERE payment_id = $1 AND operation = 'REFUND' AND outcome = 'SUCCEEDED'",
+    )
+    .bind(id)
+    .fetch_one(&provider)
+    .await
+    .unwrap();
+    assert_eq!(
+        (at_provider, refunded),
+        (10, Some(10_000)),
+        "the provider's refunds"
+    );
+    let ledger = stack.db("ledger").await;
+    let postings: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM journal_transactions
+          WHERE payment_id = $1 AND posting_kind LIKE 'REFUND:%'",
+    )
+    .bind(id)
+    .fetch_one(&ledger)
+    .await
+    .unwrap();
+    assert_eq!(postings, 10, "one refund posting each");
+    assert_eq!(stack.reconcile().await.differences, vec![]);
     stack.teardown().await;
 }
 
