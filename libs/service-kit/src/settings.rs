@@ -201,6 +201,8 @@ catalogue! {
         "webhook deliveries in flight per merchant, all its endpoints together, per instance (one merchant's slow endpoints hold at most this many of the instance's 64)";
     "SAGAPAY_WEBHOOK_CA_FILE", Unset, "notification", false,
         "a PEM bundle of CAs trusted for webhook receivers besides the public roots (Mozilla's): for receivers behind a private CA";
+    "SAGAPAY_WEBHOOK_ALLOWED_NETWORKS", Unset, "notification (production)", false,
+        "networks webhook receivers may be in although they are not public, CIDRs comma separated (a private network the operator trusts); https is still required";
     "SAGAPAY_EVENT_RETENTION_DAYS", Value("30"), "notification", false,
         "how long events and their deliveries are kept";
     // Scripts and tests.

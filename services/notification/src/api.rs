@@ -98,7 +98,7 @@ pub fn parse_enabled_events(raw: &[String]) -> Result<Vec<MerchantEventType>, Ap
 }
 
 /// A URL webhooks may be sent to under `policy` (resolved now, too, in production).
-pub async fn check_url(raw: &str, policy: Policy) -> Result<url::Url, ApiError> {
+pub async fn check_url(raw: &str, policy: &Policy) -> Result<url::Url, ApiError> {
     let invalid = |e: destination::DestinationError| {
         ApiError::invalid("invalid_url", e.to_string()).with_param("url")
     };
@@ -109,7 +109,7 @@ pub async fn check_url(raw: &str, policy: Policy) -> Result<url::Url, ApiError> 
         );
     }
     let url = destination::check_syntax(raw, policy).map_err(invalid)?;
-    if policy == Policy::PublicHttps {
+    if policy.https_only() {
         destination::resolve(&url, policy).await.map_err(invalid)?;
     }
     Ok(url)
@@ -153,7 +153,7 @@ async fn create_endpoint(
 ) -> Result<(StatusCode, Json<WebhookEndpoint>), ApiError> {
     let merchant = caller.acting_merchant()?;
     let req: CreateEndpoint = json_body(&body)?;
-    let url = check_url(&req.url, state.policy).await?;
+    let url = check_url(&req.url, &state.policy).await?;
     let types = parse_enabled_events(&req.enabled_events)?;
     let secret = new_secret()?;
     let names: Vec<&str> = types.iter().map(|t| t.as_str()).collect();

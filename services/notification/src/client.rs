@@ -21,14 +21,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Resolves names for deliveries, refusing what the policy refuses.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct CheckedResolver {
     pub policy: Policy,
 }
 
 impl Resolve for CheckedResolver {
     fn resolve(&self, name: Name) -> Resolving {
-        let policy = self.policy;
+        let policy = self.policy.clone();
         Box::pin(async move {
             // The port is the URL's; the resolver's answer only carries addresses.
             let addrs: Vec<std::net::SocketAddr> =
@@ -39,11 +39,9 @@ impl Resolve for CheckedResolver {
                 ))
                     as Box<dyn std::error::Error + Send + Sync>);
             }
-            if policy == Policy::PublicHttps {
-                if let Some(bad) = addrs.iter().find(|a| !destination::is_public(a.ip())) {
-                    return Err(Box::new(destination::DestinationError::NotPublic(bad.ip()))
-                        as Box<dyn std::error::Error + Send + Sync>);
-                }
+            if let Some(bad) = addrs.iter().find(|a| !policy.permits(a.ip())) {
+                return Err(Box::new(destination::DestinationError::NotPublic(bad.ip()))
+                    as Box<dyn std::error::Error + Send + Sync>);
             }
             Ok(Box::new(addrs.into_iter()) as Addrs)
         })
@@ -133,7 +131,7 @@ mod tests {
     #[tokio::test]
     async fn the_production_resolver_refuses_private_addresses() {
         let resolver = CheckedResolver {
-            policy: Policy::PublicHttps,
+            policy: Policy::PUBLIC_HTTPS,
         };
         let refused = resolver
             .resolve("localhost".parse().unwrap())

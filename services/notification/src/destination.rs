@@ -21,16 +21,35 @@ pub enum DestinationError {
 }
 
 /// What a URL must be, by environment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Policy {
     /// Any http(s) URL (development).
     Any,
-    /// https to public addresses only (production).
-    PublicHttps,
+    /// https to public addresses only (production), and to the networks the operator named
+    /// besides (`SAGAPAY_WEBHOOK_ALLOWED_NETWORKS`: receivers on a private network it trusts).
+    PublicHttps { also: Vec<ipnet::IpNet> },
+}
+
+impl Policy {
+    /// The production policy: public addresses only.
+    pub const PUBLIC_HTTPS: Policy = Policy::PublicHttps { also: Vec::new() };
+
+    /// Whether only https is allowed.
+    pub fn https_only(&self) -> bool {
+        matches!(self, Policy::PublicHttps { .. })
+    }
+
+    /// Whether a delivery may connect to `ip`.
+    pub fn permits(&self, ip: IpAddr) -> bool {
+        match self {
+            Policy::Any => true,
+            Policy::PublicHttps { also } => is_public(ip) || also.iter().any(|n| n.contains(&ip)),
+        }
+    }
 }
 
 /// The URL's shape: absolute http(s), no credentials, https under [`Policy::PublicHttps`].
-pub fn check_syntax(raw: &str, policy: Policy) -> Result<url::Url, DestinationError> {
+pub fn check_syntax(raw: &str, policy: &Policy) -> Result<url::Url, DestinationError> {
     let url = url::Url::parse(raw).map_err(|_| DestinationError::NotAUrl)?;
     if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
         return Err(DestinationError::NotAUrl);
@@ -38,15 +57,14 @@ pub fn check_syntax(raw: &str, policy: Policy) -> Result<url::Url, DestinationEr
     if !url.username().is_empty() || url.password().is_some() {
         return Err(DestinationError::Credentials);
     }
-    if policy == Policy::PublicHttps && url.scheme() != "https" {
+    if policy.https_only() && url.scheme() != "https" {
         return Err(DestinationError::NotHttps);
     }
     Ok(url)
 }
 
-/// The addresses to connect to for `url`: resolved now, every one public under
-/// [`Policy::PublicHttps`].
-pub async fn resolve(url: &url::Url, policy: Policy) -> Result<Vec<SocketAddr>, DestinationError> {
+/// The addresses to connect to for `url`: resolved now, every one permitted by `policy`.
+pub async fn resolve(url: &url::Url, policy: &Policy) -> Result<Vec<SocketAddr>, DestinationError> {
     let host = url.host_str().ok_or(DestinationError::NotAUrl)?;
     let port = url
         .port_or_known_default()
@@ -60,10 +78,8 @@ pub async fn resolve(url: &url::Url, policy: Policy) -> Result<Vec<SocketAddr>, 
     if addrs.is_empty() {
         return Err(DestinationError::Unresolved(host.to_owned()));
     }
-    if policy == Policy::PublicHttps {
-        if let Some(bad) = addrs.iter().find(|a| !is_public(a.ip())) {
-            return Err(DestinationError::NotPublic(bad.ip()));
-        }
+    if let Some(bad) = addrs.iter().find(|a| !policy.permits(a.ip())) {
+        return Err(DestinationError::NotPublic(bad.ip()));
     }
     Ok(addrs)
 }
@@ -182,10 +198,10 @@ mod tests {
     fn urls_are_checked_by_policy() {
         use DestinationError::*;
         for (url, policy, expected) in [
-            ("https://hooks.example.com/x", Policy::PublicHttps, Ok(())),
+            ("https://hooks.example.com/x", Policy::PUBLIC_HTTPS, Ok(())),
             (
                 "http://hooks.example.com/x",
-                Policy::PublicHttps,
+                Policy::PUBLIC_HTTPS,
                 Err(NotHttps),
             ),
             ("http://127.0.0.1:9000/x", Policy::Any, Ok(())),
@@ -197,7 +213,7 @@ mod tests {
                 Err(Credentials),
             ),
         ] {
-            assert_eq!(check_syntax(url, policy).map(|_| ()), expected, "{url}");
+            assert_eq!(check_syntax(url, &policy).map(|_| ()), expected, "{url}");
         }
     }
 
@@ -208,16 +224,23 @@ mod tests {
             "https://localhost/x",
             "https://[::1]/x",
         ] {
-            let parsed = check_syntax(url, Policy::PublicHttps).unwrap();
+            let parsed = check_syntax(url, &Policy::PUBLIC_HTTPS).unwrap();
             assert!(
                 matches!(
-                    resolve(&parsed, Policy::PublicHttps).await,
+                    resolve(&parsed, &Policy::PUBLIC_HTTPS).await,
                     Err(DestinationError::NotPublic(_))
                 ),
                 "{url}"
             );
         }
-        let local = check_syntax("http://127.0.0.1:9/x", Policy::Any).unwrap();
-        assert_eq!(resolve(&local, Policy::Any).await.unwrap().len(), 1);
+        let local = check_syntax("http://127.0.0.1:9/x", &Policy::Any).unwrap();
+        assert_eq!(resolve(&local, &Policy::Any).await.unwrap().len(), 1);
+        // A network the operator allowed is permitted, https still required.
+        let allowed = Policy::PublicHttps {
+            also: vec!["127.0.0.0/8".parse().unwrap()],
+        };
+        assert_eq!(resolve(&local, &allowed).await.unwrap().len(), 1);
+        assert!(!allowed.permits("10.0.0.1".parse().unwrap()));
+        assert!(check_syntax("http://127.0.0.1/x", &allowed).is_err());
     }
 }

@@ -17,7 +17,7 @@
 //! backoff until `retry_for` after the event; an endpoint with no success for `disable_after`
 //! is disabled (its pending deliveries then fail).
 
-use crate::destination::{self, Policy};
+use crate::destination;
 use crate::WebhookSettings;
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
 use sagapay_messaging::wakeup::Wakeup;
@@ -368,15 +368,13 @@ impl Shared {
             error: Some(error),
             latency: started.elapsed(),
         };
-        let url = match destination::check_syntax(&d.url, self.settings.policy) {
+        let url = match destination::check_syntax(&d.url, &self.settings.policy) {
             Ok(u) => u,
             Err(e) => return failed(e.to_string()),
         };
-        if self.settings.policy == Policy::PublicHttps {
-            if let Some(ip) = destination::literal_ip(&url) {
-                if !destination::is_public(ip) {
-                    return failed(destination::DestinationError::NotPublic(ip).to_string());
-                }
+        if let Some(ip) = destination::literal_ip(&url) {
+            if !self.settings.policy.permits(ip) {
+                return failed(destination::DestinationError::NotPublic(ip).to_string());
             }
         }
         let now = chrono::Utc::now().timestamp();

@@ -91,7 +91,7 @@ impl WebhookSettings {
             event_retention: Duration::from_secs(
                 86_400 * env_parse("SAGAPAY_EVENT_RETENTION_DAYS", 30u64)?,
             ),
-            policy: policy_of(environment),
+            policy: policy_of(environment, &env_or("SAGAPAY_WEBHOOK_ALLOWED_NETWORKS", ""))?,
         })
     }
 
@@ -114,11 +114,23 @@ impl WebhookSettings {
     }
 }
 
-fn policy_of(environment: Environment) -> destination::Policy {
-    match environment {
+/// The destinations webhooks may go to: anything in development; in production https to
+/// public addresses, and to the networks of `allowed` (CIDRs, comma separated) besides.
+fn policy_of(environment: Environment, allowed: &str) -> anyhow::Result<destination::Policy> {
+    Ok(match environment {
         Environment::Development => destination::Policy::Any,
-        Environment::Production => destination::Policy::PublicHttps,
-    }
+        Environment::Production => destination::Policy::PublicHttps {
+            also: allowed
+                .split(',')
+                .map(str::trim)
+                .filter(|n| !n.is_empty())
+                .map(|n| {
+                    n.parse()
+                        .map_err(|e| anyhow::anyhow!("SAGAPAY_WEBHOOK_ALLOWED_NETWORKS {n:?}: {e}"))
+                })
+                .collect::<anyhow::Result<_>>()?,
+        },
+    })
 }
 
 #[derive(Debug, Clone)]
@@ -142,7 +154,7 @@ impl Config {
     pub fn for_test(common: CommonConfig) -> Self {
         Self {
             webhooks: WebhookSettings {
-                policy: policy_of(common.environment),
+                policy: policy_of(common.environment, "").expect("no network to parse"),
                 ..WebhookSettings::for_test()
             },
             trusted_callers: TrustedCallers::development(api::CALLERS),
@@ -236,7 +248,7 @@ pub async fn start(config: Config) -> anyhow::Result<ServiceHandle> {
         )
         .await,
         client: client::build(
-            config.webhooks.policy,
+            config.webhooks.policy.clone(),
             config.webhooks.timeout,
             config.webhooks.ca_file.as_deref(),
         )?,
@@ -246,7 +258,7 @@ pub async fn start(config: Config) -> anyhow::Result<ServiceHandle> {
     });
     let state = api::AppState {
         pool: platform.pool.clone(),
-        policy: config.webhooks.policy,
+        policy: config.webhooks.policy.clone(),
     };
     let router = platform.router(api::routes(
         state,

@@ -20,6 +20,7 @@ mod manual_capture;
 mod out_of_order;
 mod poison;
 mod production;
+mod production_profile;
 mod provider_paths;
 mod rate_limit;
 mod reconcile;
