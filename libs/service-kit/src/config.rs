@@ -76,8 +76,28 @@ fn url_password(url: &str) -> Option<String> {
     url.password().filter(|p| !p.is_empty()).map(str::to_owned)
 }
 
-/// `SAGAPAY_KAFKA_CLIENT_CONFIG`, with `sasl.password` from `SAGAPAY_KAFKA_SASL_PASSWORD_FILE`.
-fn kafka_client_overrides() -> anyhow::Result<Vec<(String, String)>> {
+/// What production refuses in the gateway's Redis URL: no password, no TLS (the password and
+/// the cached answers would cross the network in clear), or certificate checks turned off
+/// (`#insecure`).
+fn redis_problems(url: &str) -> Vec<String> {
+    let mut problems = Vec::new();
+    if url_password(url).is_none() {
+        problems.push("SAGAPAY_REDIS_URL has no password: set rediss://:<password>@host, or leave it empty to turn the idempotency fast path off".to_owned());
+    }
+    let parsed = url::Url::parse(url).ok();
+    if parsed.as_ref().is_none_or(|u| u.scheme() != "rediss") {
+        problems
+            .push("SAGAPAY_REDIS_URL is not rediss://: production needs TLS to Redis".to_owned());
+    }
+    if parsed.is_some_and(|u| u.fragment().is_some()) {
+        problems.push("SAGAPAY_REDIS_URL has a #fragment (#insecure turns certificate checks off): production refuses it".to_owned());
+    }
+    problems
+}
+
+/// `SAGAPAY_KAFKA_CLIENT_CONFIG`, with `sasl.password` from `SAGAPAY_KAFKA_SASL_PASSWORD_FILE`:
+/// the connection's security of every Kafka client, the services' and the tools'.
+pub fn kafka_client_overrides() -> anyhow::Result<Vec<(String, String)>> {
     let mut overrides =
         sagapay_messaging::kafka::parse_overrides(&env_or("SAGAPAY_KAFKA_CLIENT_CONFIG", ""))
             .context("SAGAPAY_KAFKA_CLIENT_CONFIG")?;
@@ -297,7 +317,13 @@ impl CommonConfig {
             Some(_) => {}
         }
         match sagapay_messaging::postgres_url::tls_params(self.postgres_url.expose_secret()) {
-            Ok(tls) if tls.mode.authenticates_server() => {}
+            Ok(tls) if tls.mode.authenticates_server() && tls.root_cert.is_some() => {}
+            // Without sslrootcert, verify-ca and verify-full trust every CA of the host's
+            // store, and verify-ca checks no name: any public certificate would pass.
+            Ok(tls) if tls.mode.authenticates_server() => problems.push(format!(
+                "SAGAPAY_POSTGRES_URL has sslmode={} without sslrootcert: production needs sslrootcert=<CA file>, the only CA trusted for the database",
+                tls.mode.as_str()
+            )),
             Ok(tls) => problems.push(format!(
                 "SAGAPAY_POSTGRES_URL has sslmode={}: production needs sslmode=verify-full (or verify-ca) and sslrootcert=<CA file>, so the database's identity is checked and nothing travels in clear",
                 tls.mode.as_str()
@@ -320,11 +346,8 @@ impl CommonConfig {
             }
         }
         if USES_REDIS.contains(&self.service) {
-            let redis = env_or_off("SAGAPAY_REDIS_URL", DEFAULT_REDIS_URL);
-            if redis.is_some_and(|url| url_password(&url).is_none()) {
-                problems.push(
-                    "SAGAPAY_REDIS_URL has no password: set redis://:<password>@host (rediss:// for TLS), or leave it empty to turn the idempotency fast path off".to_owned(),
-                );
+            if let Some(url) = env_or_off("SAGAPAY_REDIS_URL", DEFAULT_REDIS_URL) {
+                problems.extend(redis_problems(&url));
             }
         }
         if SIGNS_CALLS.contains(&self.service) {
@@ -386,5 +409,23 @@ impl CommonConfig {
 
     pub fn topic(&self, event_type: sagapay_domain::EventType) -> String {
         self.namespace.topic(event_type.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redis_problems;
+
+    #[test]
+    fn production_redis_needs_a_password_tls_and_certificate_checks() {
+        assert!(redis_problems("rediss://:pw@redis.internal:6380").is_empty());
+        for (url, says) in [
+            ("redis://127.0.0.1:6379", "no password"),
+            ("redis://:pw@redis.internal:6379", "not rediss://"),
+            ("rediss://:pw@redis.internal:6380/#insecure", "#fragment"),
+        ] {
+            let problems = redis_problems(url).join("\n");
+            assert!(problems.contains(says), "{url}: {problems}");
+        }
     }
 }

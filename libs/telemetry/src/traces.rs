@@ -14,6 +14,7 @@
 
 use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+use opentelemetry_otlp::WithHttpConfig;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use std::collections::HashMap;
@@ -29,8 +30,30 @@ pub(crate) fn provider(service_name: &'static str) -> Option<SdkTracerProvider> 
     std::env::var(ENDPOINT_ENV).ok().filter(|v| !v.is_empty())?;
     // The exporter's client names no crypto provider of its own: ring, the one compiled in.
     let _ = rustls::crypto::ring::default_provider().install_default();
+    // The exporter's own client reads proxy settings from the environment; spans name
+    // payments, so they go straight to the collector. (A blocking client is built off the
+    // async threads, as the exporter builds its own.)
+    let client = match std::thread::spawn(|| {
+        reqwest_otlp::blocking::Client::builder()
+            .no_proxy()
+            .timeout(std::time::Duration::from_secs(10))
+            .build()
+    })
+    .join()
+    {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            eprintln!("OTLP exporter not started: {e}");
+            return None;
+        }
+        Err(_) => {
+            eprintln!("OTLP exporter not started: building its client panicked");
+            return None;
+        }
+    };
     let exporter = match opentelemetry_otlp::SpanExporter::builder()
         .with_http()
+        .with_http_client(client)
         .build()
     {
         Ok(e) => e,

@@ -147,7 +147,8 @@ impl SagaMetrics {
             Opts::new(
                 "payments_finalized_amount_minor_total",
                 "Amounts of payments that reached a terminal state, in minor units of currency: \
-                 what was captured for SETTLED, what was asked for otherwise",
+                 what was captured for those that kept a capture (settled, refunded), what was asked for \
+                 otherwise",
             ),
             &["status", "currency"],
         )?;

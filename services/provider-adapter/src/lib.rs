@@ -123,6 +123,8 @@ struct Existing {
     /// A void or refund of the same payment exists (its authorization or capture is being
     /// compensated, so it must not be re-armed).
     compensated: bool,
+    /// A capture of the payment succeeded (a void of it was performed as its refund).
+    captured: bool,
 }
 
 impl CommandHandler {
@@ -188,7 +190,10 @@ impl CommandHandler {
                     o.result_currency, o.last_error,
                     EXISTS (SELECT 1 FROM provider_operations c
                              WHERE c.payment_id = o.payment_id AND c.operation IN ('VOID', 'REFUND')
-                               AND c.operation_key = '') AS compensated
+                               AND c.operation_key = '') AS compensated,
+                    EXISTS (SELECT 1 FROM provider_operations c
+                             WHERE c.payment_id = o.payment_id AND c.operation = 'CAPTURE'
+                               AND c.status = 'SUCCEEDED') AS captured
                FROM provider_operations o
               WHERE o.payment_id = $1 AND o.operation = $2 AND o.operation_key = $3
               FOR UPDATE",
@@ -202,7 +207,12 @@ impl CommandHandler {
             payment_id: env.payment_id,
             causation_id: env.event_id,
             correlation_id: &env.correlation_id,
-            operation,
+            // A void performed as the refund of the capture that went through (see the
+            // worker's `request`) reports a refund, the second time as the first.
+            operation: match operation {
+                ProviderOperation::Void if existing.captured => ProviderOperation::Refund,
+                other => other,
+            },
             refund_id: operation_key
                 .0
                 .filter(|_| operation == ProviderOperation::Refund),

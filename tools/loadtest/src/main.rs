@@ -249,11 +249,18 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     let client = reqwest::Client::builder()
+        // Straight to the gateway: it carries the API key and the ops key.
+        .no_proxy()
         .pool_max_idle_per_host(1024)
         .tcp_nodelay(true)
         .timeout(Duration::from_secs(30))
         .build()?;
-    let tracker = Tracker::start(&args.brokers, &ns).await?;
+    let tracker = Tracker::start(
+        &args.brokers,
+        &sagapay_service_kit::config::kafka_client_overrides()?,
+        &ns,
+    )
+    .await?;
     let progress = if args.no_progress {
         ProgressBar::hidden()
     } else {

@@ -39,9 +39,18 @@ impl Tracker {
     /// Starts reading the namespace's `payments.finalized` (on the payments stream) from its
     /// current end; returns once
     /// the consumer is positioned, so no event of the run can be missed.
-    pub async fn start(brokers: &str, ns: &Namespace) -> anyhow::Result<Tracker> {
+    pub async fn start(
+        brokers: &str,
+        security: &[(String, String)],
+        ns: &Namespace,
+    ) -> anyhow::Result<Tracker> {
         let topic = ns.topic(EventType::PaymentFinalized.as_str());
-        let consumer: StreamConsumer = ClientConfig::new()
+        let mut config = ClientConfig::new();
+        // The cluster's connection security (`SAGAPAY_KAFKA_CLIENT_CONFIG`), as the services'.
+        for (k, v) in security {
+            config.set(k, v);
+        }
+        let consumer: StreamConsumer = config
             .set("bootstrap.servers", brokers)
             .set(
                 "group.id",

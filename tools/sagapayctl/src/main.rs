@@ -361,11 +361,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let ns = Namespace::parse(&cli.namespace)?;
     let kafka = KafkaSettings {
         brokers: cli.brokers.clone(),
-        // The services' connection security, when the cluster needs it.
-        client_overrides: sagapay_messaging::kafka::parse_overrides(
-            &sagapay_service_kit::config::env_or("SAGAPAY_KAFKA_CLIENT_CONFIG", ""),
-        )
-        .map_err(|e| anyhow::anyhow!("SAGAPAY_KAFKA_CLIENT_CONFIG: {e}"))?,
+        // The services' connection security, when the cluster needs it (the SASL password
+        // from its file too).
+        client_overrides: sagapay_service_kit::config::kafka_client_overrides()?,
         ..KafkaSettings::default()
     };
     let gateway_db = || async {

@@ -898,13 +898,11 @@ impl Saga {
     ) -> Result<(), HandlerError> {
         debug_assert!(status.is_terminal());
         let finalized = commands::finalized(payment, status, reason);
-        // A settled payment moved what was captured; the others what was asked for.
-        let amount_minor = match status {
-            PaymentStatus::Settled => finalized
-                .amount_captured_minor
-                .unwrap_or(finalized.amount_minor),
-            _ => finalized.amount_minor,
-        };
+        // A payment that kept its capture (settled, refunded in part or whole) moved what was
+        // captured; the others what was asked for.
+        let amount_minor = finalized
+            .amount_captured_minor
+            .unwrap_or(finalized.amount_minor);
         let currency = finalized.currency;
         let next = env.follow_up(&finalized);
         self.apply(conn, ctx, payment, status, reason, env, facts, Some(&next))

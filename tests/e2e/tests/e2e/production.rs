@@ -80,11 +80,16 @@ fn production_mode_names_every_unsafe_setting_and_exits() {
         ("SAGAPAY_OPS_KEY", strong.as_str()),
         ("SAGAPAY_TRUSTED_CALLERS", trusted.as_str()),
     ];
-    let cases: [(&str, &str, &str); 7] = [
+    let cases: [(&str, &str, &str); 8] = [
         (
             "SAGAPAY_POSTGRES_URL",
-            "postgres://sagapay@db.internal:5432?sslmode=verify-full",
+            "postgres://sagapay@db.internal:5432?sslmode=verify-full&sslrootcert=/etc/sagapay/ca.crt",
             "has no password",
+        ),
+        (
+            "SAGAPAY_POSTGRES_URL",
+            "postgres://sagapay:a-real-password@db.internal:5432?sslmode=verify-ca",
+            "has sslmode=verify-ca without sslrootcert",
         ),
         (
             "SAGAPAY_POSTGRES_URL",

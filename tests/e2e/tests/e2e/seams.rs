@@ -112,6 +112,48 @@ async fn an_operator_fail_after_a_partial_capture_refunds_what_was_captured_not_
     );
     let report = stack.reconcile().await;
     assert_eq!(report.differences, vec![], "three-way reconciliation");
+
+    // The void sent again (what the sweeper or an operator does when its answer is lost):
+    // the adapter answers it as the first time, the refund of what was captured. (It answered
+    // a void of the captured amount, which the saga flagged as a mismatch: the payment could
+    // never end.)
+    let id = Uuid::parse_str(&pid).unwrap();
+    let again = sagapay_domain::Envelope::new(
+        id,
+        None,
+        "void-again",
+        &sagapay_domain::events::VoidRequested {
+            authorization_id: None,
+            amount_minor: sagapay_domain::AmountMinor::new(10_000).unwrap(),
+            currency: sagapay_domain::Currency::parse("USD").unwrap(),
+            reason: "sent again".into(),
+        },
+    );
+    stack
+        .publish_raw("provider.void.requested", &pid, &again.to_json())
+        .await;
+    let answers = eventually(WAIT, "the second answer to the void", || async {
+        let answers: Vec<_> = sagapay_e2e::outbox_envelopes(&provider, id)
+            .await
+            .into_iter()
+            .filter(|(_, e)| e.event_type == "payments.reversed")
+            .map(|(_, e)| e.payload)
+            .collect();
+        (answers.len() == 2).then_some(answers)
+    })
+    .await;
+    for answer in &answers {
+        assert_eq!(
+            (&answer["operation"], &answer["amount_minor"]),
+            (&json!("REFUND"), &json!(4_000)),
+            "{answers:?}"
+        );
+    }
+    assert_eq!(
+        books(&stack, &pid).await.len(),
+        3,
+        "nothing more at the provider"
+    );
     stack.teardown().await;
 }
 
