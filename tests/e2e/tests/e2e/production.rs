@@ -134,17 +134,23 @@ fn production_mode_names_every_unsafe_setting_and_exits() {
             "{name}={value:?}: one problem only:\n{err}"
         );
     }
-    // The gateway's Redis (idempotency fast path) must authenticate, or be off.
+    // The gateway's Redis (idempotency fast path) must authenticate over TLS, or be off.
     let (gateway_seed, _) = sagapay_service_kit::service_auth::generate_key_pair().unwrap();
-    let mut env = safe.to_vec();
-    env.push(("SAGAPAY_SERVICE_SIGNING_KEY", gateway_seed.as_str()));
-    env.push(("SAGAPAY_REDIS_URL", "redis://127.0.0.1:6379"));
-    let err = refused("sagapay-gateway", &env);
-    assert!(
-        err.contains("SAGAPAY_REDIS_URL has no password"),
-        "missing the Redis problem in:\n{err}"
-    );
-    assert_eq!(err.matches("\n  - ").count(), 1, "one problem only:\n{err}");
+    for (redis, says) in [
+        (
+            "rediss://127.0.0.1:6380",
+            "SAGAPAY_REDIS_URL has no password",
+        ),
+        ("redis://:a-password@127.0.0.1:6379", "is not rediss://"),
+        ("rediss://:a-password@127.0.0.1:6380/#insecure", "#fragment"),
+    ] {
+        let mut env = safe.to_vec();
+        env.push(("SAGAPAY_SERVICE_SIGNING_KEY", gateway_seed.as_str()));
+        env.push(("SAGAPAY_REDIS_URL", redis));
+        let err = refused("sagapay-gateway", &env);
+        assert!(err.contains(says), "{redis}: missing {says:?} in:\n{err}");
+        assert_eq!(err.matches("\n  - ").count(), 1, "one problem only:\n{err}");
+    }
 }
 
 /// The CA that signed the local server's certificate (scripts/stack.sh).
