@@ -152,14 +152,15 @@ impl ChaosStack {
             ids.len(),
             "every payment of the load settles (good cards, ordinary amounts): {statuses:?}"
         );
-        // Counts read the moment the last payment ended could miss a duplicate still in
-        // flight: first the stack goes quiet.
-        self.wait_quiet().await;
-        self.exactly_once(&ids).await;
-        self.books_agree().await;
+        // A service SIGKILLed near the end may still be starting: every service ready first
+        // (the promise), then the stack quiet, since counts read the moment the last payment
+        // ended could miss a duplicate still in flight.
         for s in SERVICES {
             self.procs.wait_ready(&self.http, s).await;
         }
+        self.wait_quiet().await;
+        self.exactly_once(&ids).await;
+        self.books_agree().await;
         Report {
             accepted: accepted.len(),
             to_terminal_during_faults: self

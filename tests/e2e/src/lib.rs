@@ -864,7 +864,9 @@ pub async fn wait_quiet(http: &reqwest::Client, services: &[(&str, String, PgPoo
             if pending > 0 {
                 return None;
             }
-            let lag = metric_samples(&metrics_text(http, url).await, "consumer_lag_messages", "");
+            // A service that does not answer (restarting) is not quiet.
+            let text = http.get(format!("{url}/metrics")).send().await.ok()?.text().await.ok()?;
+            let lag = metric_samples(&text, "consumer_lag_messages", "");
             if lag.iter().any(|l| *l > 0.0) {
                 return None;
             }
