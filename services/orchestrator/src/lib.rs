@@ -3,8 +3,10 @@
 //! the next step's command through its outbox.
 
 mod api;
-mod saga;
-mod store;
+pub mod saga;
+#[cfg(test)]
+mod simulation;
+pub mod store;
 
 pub use saga::deadlines;
 
@@ -24,20 +26,7 @@ mod embedded {
 }
 
 /// Events the orchestrator reacts to.
-pub const CONSUMES: &[EventType] = &[
-    EventType::RiskApproved,
-    EventType::RiskReviewRequired,
-    EventType::RiskDenied,
-    EventType::PaymentAuthorized,
-    EventType::PaymentFailed,
-    EventType::PaymentCaptured,
-    EventType::PaymentSettled,
-    EventType::LedgerPostFailed,
-    EventType::ProviderRetriesExhausted,
-    EventType::PaymentReversed,
-    EventType::PaymentRefunded,
-    EventType::RefundPosted,
-];
+pub use saga::consumed::CONSUMES;
 
 /// Events the orchestrator publishes.
 pub const PRODUCES: &[EventType] = &[
@@ -248,24 +237,23 @@ pub async fn start(config: Config) -> anyhow::Result<ServiceHandle> {
     if config.relay_enabled {
         platform.spawn_relay(&mut builder)?;
     }
-    let saga = Arc::new(saga::Saga {
+    let shell = saga::shell::Shell {
         outbox: platform.outbox.clone(),
-        metrics: metrics.clone(),
+        metrics,
         deadlines: config.deadlines.clone(),
+    };
+    let saga = Arc::new(saga::Saga {
+        shell: shell.clone(),
     });
     platform.spawn_consumer(&mut builder, saga, CONSUMES)?;
     let sweeper = saga::sweeper::Sweeper {
         pool: platform.pool.clone(),
-        outbox: platform.outbox.clone(),
-        deadlines: config.deadlines.clone(),
-        metrics: metrics.clone(),
+        shell: shell.clone(),
     };
     builder.spawn("deadline-sweeper", move |shutdown| sweeper.run(shutdown));
     let state = api::AppState {
         pool: platform.pool.clone(),
-        outbox: platform.outbox.clone(),
-        deadlines: config.deadlines.clone(),
-        metrics,
+        shell,
     };
     let ops = api::ops::routes(state.clone(), config.ops_key.clone());
     let router = platform.router(

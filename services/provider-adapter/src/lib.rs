@@ -137,6 +137,14 @@ impl CommandHandler {
         operation_key: OperationKey,
         request: OperationRequest,
     ) -> Result<(), HandlerError> {
+        if operation == ProviderOperation::Capture && voided(conn, env.payment_id).await? {
+            // A capture asked after the payment's void was asked for (a replayed dead letter,
+            // a command delayed past an operator's fail): the authorization is, or will be,
+            // gone, and a provider refuses it. Found by the simulator.
+            tracing::warn!(payment_id = %env.payment_id,
+                "capture asked after the payment's void: not performed");
+            return Ok(());
+        }
         // Captures, voids and refunds carry the authorization's card (a PSP knows it from
         // the authorization; the simulated provider behaves by it).
         let inserted = sqlx::query(
@@ -298,6 +306,17 @@ impl CommandHandler {
             .await?;
         Ok(())
     }
+}
+
+/// Whether a void of the payment was asked for.
+async fn voided(conn: &mut PgConnection, payment_id: Uuid) -> sqlx::Result<bool> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM provider_operations
+                         WHERE payment_id = $1 AND operation = 'VOID')",
+    )
+    .bind(payment_id)
+    .fetch_one(conn)
+    .await
 }
 
 impl Handler for CommandHandler {

@@ -865,7 +865,14 @@ pub async fn wait_quiet(http: &reqwest::Client, services: &[(&str, String, PgPoo
                 return None;
             }
             // A service that does not answer (restarting) is not quiet.
-            let text = http.get(format!("{url}/metrics")).send().await.ok()?.text().await.ok()?;
+            let text = http
+                .get(format!("{url}/metrics"))
+                .send()
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
             let lag = metric_samples(&text, "consumer_lag_messages", "");
             if lag.iter().any(|l| *l > 0.0) {
                 return None;

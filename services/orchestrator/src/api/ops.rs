@@ -11,17 +11,18 @@
 //!   voided and a capture refunded, and the payment ends REVERSED when the provider confirms.
 
 use super::state::AppState;
-use crate::saga::commands::{self, Outstanding};
-use crate::store::{self, Compensation, PaymentRow, Transition, PAYMENT_COLUMNS};
+use crate::saga::decide::decide;
+use crate::saga::decision::{Decision, Effect, Input, OperatorRequest, RefundEffect};
+use crate::saga::shell::Origin;
+use crate::store::{self, Compensation, PaymentRow, PAYMENT_COLUMNS};
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use sagapay_domain::PaymentStatus;
 use sagapay_messaging::MessageHeaders;
-use sagapay_service_kit::api_error::{ApiError, ErrorType};
+use sagapay_service_kit::api_error::ApiError;
 use sagapay_service_kit::ops_auth::{require_ops_key, OpsKey};
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
@@ -181,13 +182,34 @@ fn not_found(payment_id: Uuid) -> ApiError {
         .with_param("payment_id")
 }
 
-fn conflict(code: &str, message: String) -> ApiError {
-    ApiError::new(
-        StatusCode::CONFLICT,
-        ErrorType::ConflictError,
-        code,
-        message,
-    )
+/// Decides an operator's request for the payment and writes it; what was sent, and the
+/// decision.
+async fn act(
+    state: &AppState,
+    payment_id: Uuid,
+    request: OperatorRequest,
+) -> Result<(PaymentStatus, Decision), ApiError> {
+    let mut tx = state.pool.begin().await?;
+    let (row, payment) = state
+        .shell
+        .load(&mut tx, payment_id)
+        .await?
+        .ok_or_else(|| not_found(payment_id))?;
+    let input = Input::Operator(request);
+    let decision = decide(&payment, &input, Utc::now(), &state.shell.deadlines)?;
+    let origin = Origin {
+        cause: None,
+        correlation_id: &payment.terms.correlation_id,
+        headers: MessageHeaders::default(),
+        refund_request: None,
+    };
+    let after = state
+        .shell
+        .commit(&mut tx, &row, &payment, &decision, &origin)
+        .await?;
+    tx.commit().await?;
+    after.into_iter().for_each(|f| f());
+    Ok((payment.status(), decision))
 }
 
 async fn retry(
@@ -197,66 +219,26 @@ async fn retry(
 ) -> Result<Response, ApiError> {
     let req = body.map(|Json(b)| b).unwrap_or_default();
     let who = operator(req.requested_by)?;
-    let mut tx = state.pool.begin().await?;
-    let payment = store::load_for_update(&mut tx, payment_id)
-        .await?
-        .ok_or_else(|| not_found(payment_id))?;
-    let mut sent = Vec::new();
-    if let Outstanding::Command(command) =
-        commands::outstanding(&payment).map_err(|e| ApiError::internal(e.to_string()))?
-    {
-        let reason = format!(
-            "{who} asked to retry: {} sent again in {}",
-            command.event_type, payment.status
-        );
-        let deadline = state
-            .deadlines
-            .after(
-                payment.status,
-                payment.compensation,
-                payment.awaits_merchant(),
-            )
-            .unwrap_or(state.deadlines.compensating);
-        let row = state.outbox.row(&command, &MessageHeaders::default());
-        store::resend(
-            &mut tx,
-            payment_id,
-            payment.status,
-            &reason,
-            deadline,
-            &row,
-            true,
-        )
-        .await?;
-        sent.push(command.event_type.clone());
+    let (status, decision) = act(
+        &state,
+        payment_id,
+        OperatorRequest::Retry { who: who.clone() },
+    )
+    .await?;
+    let mut sent: Vec<String> = decision
+        .send
+        .iter()
+        .map(|c| c.event_type().to_string())
+        .collect();
+    for effect in &decision.effects {
+        if let Effect::Refund(RefundEffect::Rearm { refund_id }) = effect {
+            sent.push(format!("refund {refund_id} (by the next sweep)"));
+        }
     }
-    // Refunds of the payment still in flight go again too.
-    let refunds = store::refunds::lock_in_flight(&mut tx, payment_id).await?;
-    for refund_id in refunds {
-        sqlx::query(
-            "UPDATE refunds SET nudges = 0, attention_since = NULL, attention_reason = NULL,
-                                deadline_at = now()
-              WHERE refund_id = $1",
-        )
-        .bind(refund_id)
-        .execute(&mut *tx)
-        .await?;
-        sent.push(format!("refund {refund_id} (by the next sweep)"));
-    }
-    if sent.is_empty() {
-        return Err(conflict(
-            "nothing_to_retry",
-            format!(
-                "payment {payment_id} is {} and waits for nothing",
-                payment.status
-            ),
-        ));
-    }
-    tx.commit().await?;
     tracing::warn!(%payment_id, operator = %who, ?sent, "operator retry");
     Ok(Json(Action {
         payment_id,
-        status: payment.status,
+        status,
         action: "resent",
         sent,
     })
@@ -277,121 +259,32 @@ async fn fail(
         )
         .with_param("reason"));
     }
-    let mut tx = state.pool.begin().await?;
-    let payment = store::load_for_update(&mut tx, payment_id)
-        .await?
-        .ok_or_else(|| not_found(payment_id))?;
-    if payment.status.is_terminal() {
-        return Err(conflict(
-            "payment_not_failable",
-            format!("payment {payment_id} is already {}", payment.status),
-        ));
-    }
-    if let Some(kind) = payment.compensation {
-        return Err(conflict(
-            "payment_not_failable",
-            format!(
-                "payment {payment_id} is already being compensated ({})",
-                kind.as_str()
-            ),
-        ));
-    }
-    let reason = format!("failed by {who}: {why}");
-    let internal = |e: anyhow::Error| ApiError::internal(e.to_string());
-    let (action, sent) = match payment.status {
-        // Nothing happened at the provider yet: the payment fails now.
-        PaymentStatus::Created | PaymentStatus::RiskReview => {
-            let event = commands::fresh(
-                &payment,
-                &commands::finalized(&payment, PaymentStatus::Failed, &reason),
-            );
-            let row = state.outbox.row(&event, &MessageHeaders::default());
-            store::transition(
-                &mut tx,
-                &payment,
-                &Transition {
-                    to: PaymentStatus::Failed,
-                    reason: &reason,
-                    event_id: None,
-                    facts: store::Facts::default(),
-                    deadline: None,
-                    then: Some(&row),
-                },
-            )
-            .await
-            .map_err(|e| ApiError::internal(e.to_string()))?;
-            ("failed", event.event_type.clone())
-        }
-        // An authorization may exist (or be in flight): void it.
-        PaymentStatus::Approved | PaymentStatus::Authorized => {
-            let command = commands::fresh(&payment, &commands::void(&payment, &reason));
-            start(
-                &state,
-                &mut tx,
-                &payment,
-                Compensation::Void,
-                &reason,
-                &command,
-            )
-            .await?;
-            ("voiding", command.event_type.clone())
-        }
-        PaymentStatus::Captured => {
-            let refund = commands::refund_capture(&payment, &reason).map_err(internal)?;
-            let command = commands::fresh(&payment, &refund);
-            start(
-                &state,
-                &mut tx,
-                &payment,
-                Compensation::Refund,
-                &reason,
-                &command,
-            )
-            .await?;
-            ("refunding", command.event_type.clone())
-        }
-        terminal => unreachable!("{terminal} is terminal, checked above"),
+    let request = OperatorRequest::Fail {
+        who: who.clone(),
+        why: why.to_owned(),
     };
-    tx.commit().await?;
-    if action == "failed" {
-        state
-            .metrics
-            .transitions_total
-            .with_label_values(&[payment.status.as_str(), PaymentStatus::Failed.as_str()])
-            .inc();
-    }
+    let (status, decision) = act(&state, payment_id, request).await?;
+    let action = match decision.effects.first() {
+        Some(Effect::Compensate {
+            kind: Compensation::Void,
+            ..
+        }) => "voiding",
+        Some(Effect::Compensate {
+            kind: Compensation::Refund,
+            ..
+        }) => "refunding",
+        _ => "failed",
+    };
     tracing::warn!(%payment_id, operator = %who, action, "operator failed the payment");
     Ok(Json(Action {
         payment_id,
-        status: if action == "failed" {
-            PaymentStatus::Failed
-        } else {
-            payment.status
-        },
+        status: decision.moves_to().unwrap_or(status),
         action,
-        sent: vec![sent],
+        sent: decision
+            .send
+            .iter()
+            .map(|c| c.event_type().to_string())
+            .collect(),
     })
     .into_response())
-}
-
-async fn start(
-    state: &AppState,
-    conn: &mut sqlx::PgConnection,
-    payment: &PaymentRow,
-    kind: Compensation,
-    reason: &str,
-    command: &sagapay_domain::Envelope,
-) -> Result<(), ApiError> {
-    let row = state.outbox.row(command, &MessageHeaders::default());
-    store::start_compensation(
-        conn,
-        payment,
-        kind,
-        reason,
-        None,
-        state.deadlines.compensating,
-        &row,
-    )
-    .await?;
-    Ok(())
 }

@@ -91,9 +91,9 @@ pub(super) async fn create_payment(
             correlation_id: &ctx.correlation_id,
             payment_method: &req.payment_method,
             capture_method: req.capture_method,
-            deadline: state.deadlines.created,
+            deadline: state.shell.deadlines.created,
         },
-        &state.outbox.row(&envelope, &headers),
+        &state.shell.outbox.row(&envelope, &headers),
     )
     .await?;
     if inserted {

@@ -2,16 +2,18 @@
 //! saga (provider refund, then ledger posting). The payment row is locked while a refund is
 //! admitted, so concurrent requests can never refund more than was captured.
 
-use crate::store::{self, PaymentRow};
+use crate::saga::decide::decide;
+use crate::saga::decision::{Input, MerchantRequest};
+use crate::saga::shell::Origin;
+use crate::store;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use sagapay_domain::events::RefundRequested;
-use sagapay_domain::{AmountMinor, Envelope, IdempotencyKey, PaymentStatus, RefundReason};
+use sagapay_domain::{AmountMinor, IdempotencyKey, RefundReason};
 use sagapay_messaging::headers::TRACEPARENT;
 use sagapay_messaging::MessageHeaders;
-use sagapay_service_kit::api_error::{replayed, ApiError, ErrorType};
+use sagapay_service_kit::api_error::{replayed, ApiError};
 use sagapay_service_kit::http::RequestContext;
 use sagapay_service_kit::VerifiedCaller;
 use serde::Deserialize;
@@ -46,11 +48,12 @@ pub async fn create(
     ]);
     let mut tx = state.pool.begin().await?;
     // The lock that makes admission safe under concurrency.
-    let payment: PaymentRow = store::load_for_update(&mut tx, payment_id)
+    let (row, payment) = state
+        .shell
+        .load(&mut tx, payment_id)
         .await?
-        .filter(|p| p.merchant_id == merchant_id)
+        .filter(|(row, _)| row.merchant_id == merchant_id)
         .ok_or_else(not_found)?;
-
     if let Some(existing) =
         store::refunds::by_idempotency_key(&mut tx, payment_id, &req.idempotency_key).await?
     {
@@ -61,82 +64,31 @@ pub async fn create(
             (StatusCode::CREATED, Json(existing.view)).into_response(),
         ));
     }
-
-    if !matches!(
-        payment.status,
-        PaymentStatus::Settled | PaymentStatus::PartiallyRefunded
-    ) {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            ErrorType::ConflictError,
-            "payment_not_refundable",
-            format!(
-                "only a settled payment can be refunded; this one is {}",
-                payment.status
-            ),
-        ));
-    }
-    let committed = store::refunds::committed_minor(&mut tx, payment_id).await?;
-    let remaining = payment.captured_minor().get() - committed;
-    if req.amount_cents.get() > remaining {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            ErrorType::InvalidRequestError,
-            "refund_exceeds_captured",
-            format!(
-                "the refund of {} exceeds what is left to refund ({remaining} of {} {})",
-                req.amount_cents,
-                payment.captured_minor(),
-                payment.currency
-            ),
-        )
-        .with_param("amount_cents"));
-    }
-    let capture_id = payment
-        .capture_id
-        .clone()
-        .ok_or_else(|| ApiError::internal("settled payment without capture"))?;
-    let currency = payment.currency;
-    let refund = store::refunds::insert(
-        &mut tx,
-        store::refunds::NewRefund {
-            payment_id,
-            merchant_id,
-            amount: req.amount_cents,
-            currency,
-            reason: &req.reason,
-            idempotency_key: &req.idempotency_key,
-            request_fingerprint: &fingerprint,
-            deadline: state.deadlines.refund,
-        },
-    )
-    .await?;
-    let refund_id = refund.refund_id;
-    store::record_step(
-        &mut tx,
-        &payment,
-        &format!(
-            "refund {refund_id} of {} requested: {}",
-            req.amount_cents, req.reason
-        ),
-        None,
-    )
-    .await?;
-    let envelope = Envelope::new(
-        payment_id,
-        None,
-        &ctx.correlation_id,
-        &RefundRequested {
-            capture_id,
-            amount_minor: req.amount_cents,
-            currency,
-            reason: req.reason.to_string(),
-            refund_id: Some(refund_id),
-        },
-    );
+    let refund_id = Uuid::now_v7();
+    let input = Input::Merchant(MerchantRequest::Refund {
+        refund_id,
+        amount: req.amount_cents,
+        reason: req.reason.to_string(),
+    });
+    let decision = decide(&payment, &input, chrono::Utc::now(), &state.shell.deadlines)?;
     let mut headers = MessageHeaders::default();
     headers.set(TRACEPARENT, ctx.traceparent.clone());
-    state.outbox.enqueue(&mut tx, &envelope, &headers).await?;
+    let origin = Origin {
+        cause: None,
+        correlation_id: &ctx.correlation_id,
+        headers,
+        refund_request: Some((&req.idempotency_key, &fingerprint)),
+    };
+    let after = state
+        .shell
+        .commit(&mut tx, &row, &payment, &decision, &origin)
+        .await?;
+    let refund = store::refunds::list(&mut tx, payment_id)
+        .await?
+        .into_iter()
+        .find(|r| r.refund_id == refund_id)
+        .ok_or_else(|| ApiError::internal("the refund admitted is not stored"))?;
     tx.commit().await?;
+    after.into_iter().for_each(|f| f());
     Ok((StatusCode::CREATED, Json(refund)).into_response())
 }

@@ -124,14 +124,6 @@ impl PaymentRow {
         )
         .then(|| self.captured_minor())
     }
-
-    /// An authorized manual payment nobody has acted on yet: it waits for its merchant.
-    pub fn awaits_merchant(&self) -> bool {
-        self.status == PaymentStatus::Authorized
-            && self.capture_method == CaptureMethod::Manual
-            && self.merchant_action.is_none()
-            && self.compensation.is_none()
-    }
 }
 
 pub(crate) const PAYMENT_COLUMNS: &str =
@@ -547,6 +539,15 @@ pub async fn flag_attention(
     .bind(event_id)
     .execute(conn)
     .await?;
+    Ok(())
+}
+
+/// The payment ended since its deadline was set: nothing waits.
+pub async fn clear_deadline(conn: &mut PgConnection, payment_id: Uuid) -> sqlx::Result<()> {
+    sqlx::query("UPDATE payments SET deadline_at = NULL WHERE payment_id = $1")
+        .bind(payment_id)
+        .execute(conn)
+        .await?;
     Ok(())
 }
 

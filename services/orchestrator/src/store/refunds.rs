@@ -65,21 +65,9 @@ pub async fn by_idempotency_key(
     .transpose()
 }
 
-/// What the payment's refunds hold against its captured amount: all but the failed ones
-/// (one whose outcome is unknown still counts).
-pub async fn committed_minor(conn: &mut PgConnection, payment_id: Uuid) -> sqlx::Result<i64> {
-    sqlx::query_scalar(
-        "SELECT COALESCE(sum(amount_minor), 0)::bigint FROM refunds
-          WHERE payment_id = $1 AND status <> $2",
-    )
-    .bind(payment_id)
-    .bind(RefundStatus::Failed)
-    .fetch_one(conn)
-    .await
-}
-
 /// A refund being admitted.
 pub struct NewRefund<'a> {
+    pub refund_id: Uuid,
     pub payment_id: Uuid,
     pub merchant_id: Uuid,
     pub amount: AmountMinor,
@@ -99,7 +87,7 @@ pub async fn insert(conn: &mut PgConnection, new: NewRefund<'_>) -> sqlx::Result
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now() + make_interval(secs => $9))
          RETURNING {REFUND_COLUMNS}"
     ))
-    .bind(Uuid::now_v7())
+    .bind(new.refund_id)
     .bind(new.payment_id)
     .bind(new.merchant_id)
     .bind(new.amount)
@@ -111,34 +99,6 @@ pub async fn insert(conn: &mut PgConnection, new: NewRefund<'_>) -> sqlx::Result
     .fetch_one(conn)
     .await?;
     Ok(from_row(&row)?.view)
-}
-
-/// What the saga checks a provider's refund answer against.
-pub struct RequestedRefund {
-    pub status: RefundStatus,
-    pub amount_minor: AmountMinor,
-    pub currency: Currency,
-}
-
-/// Locks the refund of `payment_id` and returns what was requested, if it exists.
-pub async fn lock(
-    conn: &mut PgConnection,
-    refund_id: Uuid,
-    payment_id: Uuid,
-) -> sqlx::Result<Option<RequestedRefund>> {
-    let row: Option<(RefundStatus, AmountMinor, Currency)> = sqlx::query_as(
-        "SELECT status, amount_minor, currency FROM refunds
-          WHERE refund_id = $1 AND payment_id = $2 FOR UPDATE",
-    )
-    .bind(refund_id)
-    .bind(payment_id)
-    .fetch_optional(conn)
-    .await?;
-    Ok(row.map(|(status, amount_minor, currency)| RequestedRefund {
-        status,
-        amount_minor,
-        currency,
-    }))
 }
 
 /// The provider refunded it: PROCESSED, waiting for the ledger's posting until `deadline`.
@@ -163,26 +123,19 @@ pub async fn mark_processed(
     Ok(())
 }
 
-/// A refund posted in the ledger.
-pub struct PostedRefund {
-    pub amount_minor: AmountMinor,
-    pub currency: Currency,
-    pub reason: String,
-}
-
-/// The ledger posted the PROCESSED refund: SUCCEEDED. `None` when it was not PROCESSED (a
+/// The ledger posted the PROCESSED refund: SUCCEEDED. False when it was not PROCESSED (a
 /// stale or repeated posting).
 pub async fn mark_succeeded(
     conn: &mut PgConnection,
     refund_id: Uuid,
     payment_id: Uuid,
     journal_transaction_id: Uuid,
-) -> sqlx::Result<Option<PostedRefund>> {
-    let row: Option<(AmountMinor, Currency, String)> = sqlx::query_as(
+) -> sqlx::Result<bool> {
+    let row: Option<(Uuid,)> = sqlx::query_as(
         "UPDATE refunds SET status = $4, journal_transaction_id = $2, updated_at = now(),
                             deadline_at = NULL, attention_since = NULL, attention_reason = NULL
           WHERE refund_id = $1 AND payment_id = $3 AND status = $5
-      RETURNING amount_minor, currency, reason",
+      RETURNING refund_id",
     )
     .bind(refund_id)
     .bind(journal_transaction_id)
@@ -191,23 +144,7 @@ pub async fn mark_succeeded(
     .bind(RefundStatus::Processed)
     .fetch_optional(conn)
     .await?;
-    Ok(row.map(|(amount_minor, currency, reason)| PostedRefund {
-        amount_minor,
-        currency,
-        reason,
-    }))
-}
-
-/// What the payment's succeeded refunds add up to.
-pub async fn succeeded_minor(conn: &mut PgConnection, payment_id: Uuid) -> sqlx::Result<i64> {
-    sqlx::query_scalar(
-        "SELECT COALESCE(sum(amount_minor), 0)::bigint FROM refunds
-          WHERE payment_id = $1 AND status = $2",
-    )
-    .bind(payment_id)
-    .bind(RefundStatus::Succeeded)
-    .fetch_one(conn)
-    .await
+    Ok(row.is_some())
 }
 
 /// The provider never told whether a REQUESTED refund happened: flagged for an operator, left
@@ -251,15 +188,96 @@ pub async fn mark_failed(
     Ok(())
 }
 
-/// The payment's refunds still in flight (REQUESTED or PROCESSED), locked.
-pub async fn lock_in_flight(conn: &mut PgConnection, payment_id: Uuid) -> sqlx::Result<Vec<Uuid>> {
-    sqlx::query_scalar(
-        "SELECT refund_id FROM refunds WHERE payment_id = $1 AND status IN ($2, $3)
-          FOR UPDATE",
+/// A refund as the saga decides on it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct RefundRow {
+    pub refund_id: Uuid,
+    pub status: RefundStatus,
+    pub amount_minor: AmountMinor,
+    pub currency: Currency,
+    pub reason: String,
+    pub nudges: i32,
+}
+
+/// The payment's refunds, oldest first (the caller holds the payment's lock, which every
+/// writer of a refund takes first).
+pub async fn rows(conn: &mut PgConnection, payment_id: Uuid) -> sqlx::Result<Vec<RefundRow>> {
+    sqlx::query_as(
+        "SELECT refund_id, status, amount_minor, currency, reason, nudges FROM refunds
+          WHERE payment_id = $1 ORDER BY created_at, refund_id",
     )
     .bind(payment_id)
-    .bind(RefundStatus::Requested)
-    .bind(RefundStatus::Processed)
     .fetch_all(conn)
     .await
+}
+
+/// An operator's retry: due again now, its count of re-sends and any flag cleared.
+pub async fn rearm(conn: &mut PgConnection, refund_id: Uuid) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE refunds SET nudges = 0, attention_since = NULL, attention_reason = NULL,
+                            deadline_at = now()
+          WHERE refund_id = $1",
+    )
+    .bind(refund_id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The refund's step sent again after its deadline (`command`, into the outbox), timed
+/// again, with the timeline's step, in one statement.
+pub async fn resend(
+    conn: &mut PgConnection,
+    refund_id: Uuid,
+    reason: &str,
+    deadline: std::time::Duration,
+    command: &sagapay_messaging::OutboxRow<'_>,
+) -> sqlx::Result<()> {
+    let sql = format!(
+        "WITH nudged AS (
+             UPDATE refunds SET nudges = nudges + 1,
+                                deadline_at = now() + make_interval(secs => $2)
+              WHERE refund_id = $1 RETURNING payment_id),
+         timeline AS (
+             INSERT INTO payment_timeline (payment_id, from_state, to_state, reason, kind)
+             SELECT n.payment_id, p.status, p.status, $3, 'STEP'
+               FROM nudged n JOIN payments p USING (payment_id)),
+         queued AS (
+             INSERT INTO outbox ({})
+             SELECT $4, $5, $6, $7, $8, $9 FROM nudged)
+         SELECT count(*) FROM nudged",
+        sagapay_messaging::OUTBOX_COLUMNS
+    );
+    let query = sqlx::query(&sql)
+        .bind(refund_id)
+        .bind(deadline.as_secs_f64())
+        .bind(reason);
+    command.bind(query).fetch_one(conn).await?;
+    Ok(())
+}
+
+/// No answer after every re-send: the refund waits for an operator.
+pub async fn flag(conn: &mut PgConnection, refund_id: Uuid, reason: &str) -> sqlx::Result<()> {
+    sqlx::query(
+        "WITH flagged AS (
+             UPDATE refunds SET attention_since = now(), attention_reason = $2
+              WHERE refund_id = $1 RETURNING payment_id)
+         INSERT INTO payment_timeline (payment_id, from_state, to_state, reason, kind)
+         SELECT f.payment_id, p.status, p.status, 'needs attention: ' || $2, 'STEP'
+           FROM flagged f JOIN payments p USING (payment_id)",
+    )
+    .bind(refund_id)
+    .bind(reason)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The refund ended since its deadline was set: nothing waits.
+pub async fn clear_deadline(conn: &mut PgConnection, refund_id: Uuid) -> sqlx::Result<()> {
+    sqlx::query("UPDATE refunds SET deadline_at = NULL WHERE refund_id = $1")
+        .bind(refund_id)
+        .execute(conn)
+        .await?;
+    Ok(())
 }

@@ -1,0 +1,88 @@
+//! The simulator in the test suite: a fixed number of seeds on every run, each deliberate
+//! bug found within them, and a replay of any seed (`scripts/simulate.sh`).
+
+use super::{run, Config};
+use crate::saga::decide::mutation::{self, Mutation};
+use std::time::Instant;
+
+/// Seeds every test run explores (`SAGAPAY_SIM_SEEDS` changes it; `scripts/simulate.sh`).
+const CI_SEEDS: u64 = 2000;
+
+fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
+/// Runs `seeds` seeds from `first`; the first failure, with its trace, or how many passed.
+fn explore(first: u64, seeds: u64) -> Result<u64, Box<super::Failure>> {
+    let config = Config::default();
+    for seed in first..first + seeds {
+        run(seed, &config)?;
+    }
+    Ok(seeds)
+}
+
+/// The seeds of the suite (or `SAGAPAY_SIM_SEED` alone, or `SAGAPAY_SIM_SEEDS` from
+/// `SAGAPAY_SIM_FIRST`): every invariant holds in each.
+#[test]
+fn every_seed_keeps_every_invariant() {
+    let (first, seeds) = match env_u64("SAGAPAY_SIM_SEED") {
+        Some(seed) => (seed, 1),
+        None => (
+            env_u64("SAGAPAY_SIM_FIRST").unwrap_or(1),
+            env_u64("SAGAPAY_SIM_SEEDS").unwrap_or(CI_SEEDS),
+        ),
+    };
+    let started = Instant::now();
+    let mut decisions = 0;
+    let mut steps = 0;
+    let config = Config::default();
+    for seed in first..first + seeds {
+        match run(seed, &config) {
+            Ok(s) => {
+                decisions += s.decisions;
+                steps += s.steps;
+            }
+            Err(failure) => panic!("{failure}"),
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    eprintln!(
+        "simulation: {seeds} seeds from {first} in {elapsed:.1} s ({:.0} seeds/s), {steps} steps, \
+         {decisions} decisions of the saga",
+        seeds as f64 / elapsed
+    );
+}
+
+/// Each deliberate bug makes the simulation fail within the suite's seeds: the simulator's
+/// power, measured on every run.
+#[test]
+fn every_deliberate_bug_is_found_within_the_suite_seeds() {
+    for m in [
+        Mutation::RefundBoundByAuthorized,
+        Mutation::DeadlineRecapturesSettled,
+        Mutation::VoidIgnoresPendingCapture,
+        Mutation::OverRefundBeforeFix,
+        Mutation::LatePostingKept,
+    ] {
+        mutation::set(Some(m));
+        let found = explore(1, CI_SEEDS);
+        mutation::set(None);
+        match found {
+            Ok(n) => panic!("{m:?} survived {n} seeds: the simulator lost its power"),
+            Err(failure) => eprintln!(
+                "simulation: {m:?} found by seed {} at step {}: {}",
+                failure.seed, failure.step, failure.violation
+            ),
+        }
+    }
+}
+
+/// A run is a function of its seed: the same seed, the same trace.
+#[test]
+fn a_seed_replays_exactly() {
+    let config = Config::default();
+    let once = super::World::new(7, config.clone());
+    let twice = super::World::new(7, config);
+    let (a, b) = (once.run(), twice.run());
+    assert_eq!(format!("{a:?}"), format!("{b:?}"));
+}
