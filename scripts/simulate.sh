@@ -11,16 +11,16 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$SAGAPAY_ROOT"
 
-unset SAGAPAY_SIM_SEED SAGAPAY_SIM_SEEDS SAGAPAY_SIM_FIRST
+unset SIM_SEED SIM_SEEDS SIM_FIRST
 while [ $# -gt 0 ]; do
   case "$1" in
-    --seed) export SAGAPAY_SIM_SEED="$2"; shift 2 ;;
-    --seeds) export SAGAPAY_SIM_SEEDS="$2"; shift 2 ;;
-    --first) export SAGAPAY_SIM_FIRST="$2"; shift 2 ;;
+    --seed) export SIM_SEED="$2"; shift 2 ;;
+    --seeds) export SIM_SEEDS="$2"; shift 2 ;;
+    --first) export SIM_FIRST="$2"; shift 2 ;;
     *) die "usage: $0 [--seed S | --seeds N [--first F]]" ;;
   esac
 done
-[ -n "${SAGAPAY_SIM_SEED:-}${SAGAPAY_SIM_SEEDS:-}" ] || die "usage: $0 [--seed S | --seeds N [--first F]]"
+[ -n "${SIM_SEED:-}${SIM_SEEDS:-}" ] || die "usage: $0 [--seed S | --seeds N [--first F]]"
 
 # Optimised: long explorations are many seeds.
 cargo test --release --locked -p sagapay-orchestrator --lib \

@@ -5,7 +5,7 @@ use super::{run, Config};
 use crate::saga::decide::mutation::{self, Mutation};
 use std::time::Instant;
 
-/// Seeds every test run explores (`SAGAPAY_SIM_SEEDS` changes it; `scripts/simulate.sh`).
+/// Seeds every test run explores (`SIM_SEEDS` changes it; `scripts/simulate.sh`).
 const CI_SEEDS: u64 = 2000;
 
 fn env_u64(name: &str) -> Option<u64> {
@@ -21,15 +21,15 @@ fn explore(first: u64, seeds: u64) -> Result<u64, Box<super::Failure>> {
     Ok(seeds)
 }
 
-/// The seeds of the suite (or `SAGAPAY_SIM_SEED` alone, or `SAGAPAY_SIM_SEEDS` from
-/// `SAGAPAY_SIM_FIRST`): every invariant holds in each.
+/// The seeds of the suite (or `SIM_SEED` alone, or `SIM_SEEDS` from
+/// `SIM_FIRST`): every invariant holds in each.
 #[test]
 fn every_seed_keeps_every_invariant() {
-    let (first, seeds) = match env_u64("SAGAPAY_SIM_SEED") {
+    let (first, seeds) = match env_u64("SIM_SEED") {
         Some(seed) => (seed, 1),
         None => (
-            env_u64("SAGAPAY_SIM_FIRST").unwrap_or(1),
-            env_u64("SAGAPAY_SIM_SEEDS").unwrap_or(CI_SEEDS),
+            env_u64("SIM_FIRST").unwrap_or(1),
+            env_u64("SIM_SEEDS").unwrap_or(CI_SEEDS),
         ),
     };
     let started = Instant::now();
