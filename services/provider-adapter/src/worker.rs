@@ -442,12 +442,20 @@ impl<P: PaymentProvider> Worker<P> {
             ),
         };
         // An automatic capture follows a successful authorization in its transaction.
+        // Not when the provider authorized another amount than was asked: the saga flags that
+        // payment for an operator, and a capture of the amount asked would be refused.
         let capture_after = match (&decision, op.operation, op.request.capture_method) {
             (
-                Next::Done(ProviderOutcome::Succeeded { reference, .. }),
+                Next::Done(ProviderOutcome::Succeeded {
+                    reference,
+                    amount_minor,
+                    currency,
+                }),
                 ProviderOperation::Authorize,
                 CaptureMethod::Automatic,
-            ) => Some(reference.as_str()),
+            ) if (*amount_minor, *currency) == (op.request.amount_minor, op.request.currency) => {
+                Some(reference.as_str())
+            }
             _ => None,
         };
         let exhausted = match decision {

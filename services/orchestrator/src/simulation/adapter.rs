@@ -97,7 +97,15 @@ impl Psp {
         format!("{}:{what}:{:?}", op.payment, op.refund_id)
     }
 
-    fn call(&mut self, op: &Op, amount: AmountMinor, dice: &mut Dice) -> ProviderOutcome {
+    /// `faults`: now and then the provider authorizes another amount than was asked (a
+    /// partial authorization the merchant never opted into).
+    fn call(
+        &mut self,
+        op: &Op,
+        amount: AmountMinor,
+        dice: &mut Dice,
+        faults: bool,
+    ) -> ProviderOutcome {
         let key = Self::key(op);
         if let Some(done) = self.by_key.get(&key) {
             return done.clone();
@@ -125,6 +133,13 @@ impl Psp {
                 Some("amount_above_captured")
             }
             ProviderOperation::Refund => None,
+        };
+        let partial =
+            faults && operation == ProviderOperation::Authorize && a > 1 && dice.chance(2);
+        let (a, amount) = if partial {
+            (a - 1, AmountMinor::new(a - 1).expect("positive"))
+        } else {
+            (a, amount)
         };
         let outcome = match refused {
             Some(code) => {
@@ -377,33 +392,38 @@ impl Adapter {
             Next::Exhausted { .. } => op.status = OpStatus::Exhausted,
         }
         let events: Vec<Event> = report(&op).into_iter().collect();
+        self.ops[i] = op;
+        self.capture_next(i, now);
+        events
+    }
+
+    /// Automatic capture: the capture of an authorization that just succeeded, unless the
+    /// provider authorized another amount than was asked (as the adapter), or a void of the
+    /// payment was asked for (`command` checks).
+    fn capture_next(&mut self, i: usize, now: u64) {
+        let op = &self.ops[i];
         let automatic = op.operation == ProviderOperation::Authorize
             && op.status == OpStatus::Succeeded
-            && op.capture_method == CaptureMethod::Automatic;
-        let (payment, amount, reference) = (
-            op.payment,
-            op.amount,
-            op.result.as_ref().map(|r| r.0.clone()),
-        );
-        self.ops[i] = op;
-        if automatic
-            && self
-                .find(payment, ProviderOperation::Capture, None)
-                .is_none()
+            && op.capture_method == CaptureMethod::Automatic
+            && op.result.as_ref().is_some_and(|r| r.1 == op.amount);
+        if !automatic
+            || self
+                .find(op.payment, ProviderOperation::Capture, None)
+                .is_some()
         {
-            let capture = Request {
-                payment,
-                operation: ProviderOperation::Capture,
-                refund_id: None,
-                amount,
-                reference,
-                reason: String::new(),
-                capture_method: CaptureMethod::Automatic,
-                declined_card: false,
-            };
-            self.command(capture, now); // not after a void (`command` checks)
+            return;
         }
-        events
+        let capture = Request {
+            payment: op.payment,
+            operation: ProviderOperation::Capture,
+            refund_id: None,
+            amount: op.amount,
+            reference: op.result.as_ref().map(|r| r.0.clone()),
+            reason: String::new(),
+            capture_method: CaptureMethod::Automatic,
+            declined_card: false,
+        };
+        self.command(capture, now);
     }
 }
 
@@ -430,7 +450,7 @@ fn ask(
         8..=12 => return Some(Answer::Error(ProviderError::Unavailable("refused".into()))),
         _ => {}
     }
-    let outcome = psp.call(op, amount, dice);
+    let outcome = psp.call(op, amount, dice, faults);
     match roll {
         13..=20 => {
             trace.push(format!(

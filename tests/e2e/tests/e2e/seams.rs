@@ -294,3 +294,71 @@ async fn risk_counts_a_customer_per_merchant() {
     stack.wait_for_status(&of_a, "RISK_REVIEW", WAIT).await;
     stack.teardown().await;
 }
+
+/// Found by the simulator (issue 25, seed 3702): a capture command that reaches the adapter
+/// after the payment's void (a dead letter replayed after an operator failed the payment) is
+/// not performed. It was: the provider refused to capture a voided authorization and the
+/// adapter kept trying for a day.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_capture_asked_after_the_void_is_not_performed() {
+    let stack = TestStack::spawn().await;
+    let pid = stack
+        .create_payment_id(json!({
+            "customer_id": "cust-late-capture", "amount_cents": 5_000, "currency": "USD",
+            "idempotency_key": "late-capture", "capture_method": "manual"
+        }))
+        .await;
+    stack.wait_for_status(&pid, "AUTHORIZED", WAIT).await;
+    let id = Uuid::parse_str(&pid).unwrap();
+    let ops = sagapayctl::payments::Ops {
+        orchestrator_url: stack.service_url("orchestrator"),
+        ops_key: DEV_OPS_KEY.into(),
+    };
+    ops.fail(id, "customer called", "ops-ann").await.unwrap();
+    stack.wait_for_status(&pid, "REVERSED", WAIT).await;
+    let provider = stack.db("provider-adapter").await;
+    let authorization_id: String = sqlx::query_scalar(
+        "SELECT result_reference FROM provider_operations
+          WHERE payment_id = $1 AND operation = 'AUTHORIZE'",
+    )
+    .bind(id)
+    .fetch_one(&provider)
+    .await
+    .unwrap();
+    let late = sagapay_domain::Envelope::new(
+        id,
+        None,
+        "late-capture",
+        &sagapay_domain::events::CaptureRequested {
+            authorization_id,
+            amount_minor: sagapay_domain::AmountMinor::new(5_000).unwrap(),
+            currency: sagapay_domain::Currency::parse("USD").unwrap(),
+        },
+    );
+    stack
+        .publish_raw("provider.capture.requested", &pid, &late.to_json())
+        .await;
+    eventually(WAIT, "the adapter to consume the late capture", || async {
+        let seen: i64 = sqlx::query_scalar("SELECT count(*) FROM inbox WHERE event_id = $1")
+            .bind(late.event_id)
+            .fetch_one(&provider)
+            .await
+            .ok()?;
+        (seen == 1).then_some(())
+    })
+    .await;
+    let captures: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM provider_operations WHERE payment_id = $1 AND operation = 'CAPTURE'",
+    )
+    .bind(id)
+    .fetch_one(&provider)
+    .await
+    .unwrap();
+    assert_eq!(captures, 0, "no capture operation for a voided payment");
+    assert_eq!(
+        books(&stack, &pid).await,
+        vec![("AUTHORIZE".to_owned(), 5_000), ("VOID".to_owned(), 5_000)],
+        "the provider authorized and voided, nothing else"
+    );
+    stack.teardown().await;
+}
