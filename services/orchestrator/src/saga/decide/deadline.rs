@@ -57,7 +57,8 @@ pub fn payment(s: &PaymentState, now: DateTime<Utc>, d: &Deadlines) -> Decided {
             Decision::of(Effect::Act { manual, reason }).send(void)
         }
         Outstanding::Person => {
-            let reason = format!("waiting for a person in {status} for more than {waited} s");
+            let allowed = d.after(status, None, false).map_or(0, |a| a.as_secs());
+            let reason = format!("waiting for a person in {status} for more than {allowed} s");
             Decision::of(Effect::Flag {
                 reason,
                 kind: FlagKind::Overdue,
