@@ -147,6 +147,13 @@ impl IntoResponse for ApiError {
             request_id: None,
         };
         let mut resp = (self.status, axum::Json(doc)).into_response();
+        // Every 503 is worth retrying (with the same idempotency key): say when.
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            resp.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            );
+        }
         // The request-context middleware re-renders the body with the request id.
         resp.extensions_mut().insert(self.body);
         resp

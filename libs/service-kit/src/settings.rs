@@ -153,6 +153,8 @@ catalogue! {
         "re-sends of an overdue step before the payment needs an operator";
     "SAGAPAY_SWEEP_INTERVAL_MS", Value("1000"), "orchestrator", false,
         "how often the sweeper looks for payments past their deadline";
+    "SAGAPAY_ADMISSION_MAX_IN_FLIGHT", Value("256"), "orchestrator", false,
+        "payments in the automatic pipeline (waiting for risk, authorization, capture or posting) from which new payments are refused with 503 `overloaded` and `Retry-After` (0: off); reads, refunds, captures and replays still pass";
     // Risk.
     "SAGAPAY_RISK_REVIEW_AMOUNT_CENTS", Computed("about $1,000 in each currency"), "risk", false,
         "amounts above it go to review, per currency, `USD:100000,JPY:150000,...` (a bare number is USD's)";

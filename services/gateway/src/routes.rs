@@ -88,7 +88,7 @@ async fn refuse_oversized(
         (status = 415, description = "Not application/json", body = crate::schemas::ErrorResponse),
         (status = 422, description = "Idempotency key reused with a different request", body = crate::schemas::ErrorResponse),
         (status = 429, description = "Rate limited", body = crate::schemas::ErrorResponse),
-        (status = 503, description = "Try again with the same idempotency key", body = crate::schemas::ErrorResponse),
+        (status = 503, description = "Try again with the same idempotency key after `Retry-After`: a service is unavailable, or the pipeline is behind (`overloaded`)", body = crate::schemas::ErrorResponse),
     )
 )]
 pub(crate) async fn create_payment(

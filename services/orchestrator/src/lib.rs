@@ -2,6 +2,7 @@
 //! durable idempotency), reacts to each step's outcome with one checked transition, and sends
 //! the next step's command through its outbox.
 
+pub mod admission;
 mod api;
 pub mod saga;
 #[cfg(test)]
@@ -53,6 +54,9 @@ pub struct Config {
     pub ops_key: OpsKey,
     /// The services allowed to call the internal API, and their keys (`SAGAPAY_TRUSTED_CALLERS`).
     pub trusted_callers: TrustedCallers,
+    /// Payments in flight above which new ones are refused (`SAGAPAY_ADMISSION_MAX_IN_FLIGHT`,
+    /// 0: off; see [`admission`]).
+    pub admission_max_in_flight: i64,
 }
 
 impl Config {
@@ -62,6 +66,7 @@ impl Config {
             ops_key: OpsKey::from_env(common.environment)?,
             trusted_callers: TrustedCallers::from_env(common.environment, api::CALLERS)?,
             deadlines: deadlines::Deadlines::from_env()?,
+            admission_max_in_flight: admission::Admission::limit_from_env()?,
             relay_enabled: true,
             common,
         })
@@ -75,6 +80,7 @@ impl Config {
             deadlines: deadlines::Deadlines::default(),
             ops_key: OpsKey::development(),
             trusted_callers: TrustedCallers::development(api::CALLERS),
+            admission_max_in_flight: admission::Admission::DEFAULT_LIMIT,
         }
     }
 }
@@ -251,9 +257,16 @@ pub async fn start(config: Config) -> anyhow::Result<ServiceHandle> {
         shell: shell.clone(),
     };
     builder.spawn("deadline-sweeper", move |shutdown| sweeper.run(shutdown));
+    let admission =
+        admission::Admission::register(&platform.registry, config.admission_max_in_flight)?;
+    let (sampler, pool) = (admission.clone(), platform.pool.clone());
+    builder.spawn("admission-sampler", move |shutdown| {
+        sampler.run(pool, shutdown)
+    });
     let state = api::AppState {
         pool: platform.pool.clone(),
         shell,
+        admission,
     };
     let ops = api::ops::routes(state.clone(), config.ops_key.clone());
     let router = platform.router(

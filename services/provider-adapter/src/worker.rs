@@ -10,6 +10,10 @@
 //! A void waits while an authorization or a capture of its payment is still pending, so it can
 //! never run before what it must undo; and a void of a payment whose capture went through
 //! refunds that capture instead (an authorization that was captured can only be refunded).
+//!
+//! Under a backlog, operations that finish a payment (captures, voids, refunds) are claimed
+//! before authorizations, which start one: otherwise new authorizations starve the captures
+//! of payments already authorized, settlement collapses and cards stay on hold.
 
 use crate::policy::{self, Answer, Next, Progress};
 use crate::provider::{
@@ -193,7 +197,9 @@ impl<P: PaymentProvider> Worker<P> {
              due AS (
                  SELECT o.operation_id FROM provider_operations o JOIN ready USING (operation_id)
                   WHERE o.next_attempt_at <= now()
-                  ORDER BY o.next_attempt_at
+                  -- Finish before you start: under a backlog, what completes a payment
+                  -- (capture, void, refund) goes before a new authorization.
+                  ORDER BY o.operation = 'AUTHORIZE', o.next_attempt_at
                   LIMIT $1
                   FOR UPDATE OF o SKIP LOCKED),
              claimed AS (

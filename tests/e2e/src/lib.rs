@@ -177,6 +177,8 @@ pub struct StackOptions {
     pub provider_retry: Option<sagapay_provider_adapter::policy::RetrySettings>,
     /// The orchestrator's request timeout (default: the service's).
     pub orchestrator_request_timeout: Option<Duration>,
+    /// The orchestrator's admission limit, payments in flight (default: the service's).
+    pub admission_max_in_flight: Option<i64>,
 }
 
 impl StackOptions {
@@ -403,8 +405,6 @@ impl TestStack {
         (status, resp.json().await.expect("JSON body"))
     }
 
-    /// Creates a payment (customer `cust-<key>`, idempotency key `key`) and waits until it is
-    /// SETTLED; its id.
     /// Creates a payment that must be accepted (201) and returns its id.
     pub async fn create_payment_id(&self, body: Value) -> String {
         let (status, created) = self.create_payment(body).await;
@@ -415,6 +415,8 @@ impl TestStack {
             .to_owned()
     }
 
+    /// Creates a payment (customer `cust-<key>`, idempotency key `key`) and waits until it is
+    /// SETTLED; its id.
     pub async fn settled_payment(&self, key: &str, amount_minor: i64, currency: &str) -> String {
         let pid = self
             .create_payment_id(serde_json::json!({
@@ -625,6 +627,9 @@ async fn start_orchestrator_at(
     config.relay_enabled = relay_enabled;
     if let Some(deadlines) = &options.deadlines {
         config.deadlines = deadlines.clone();
+    }
+    if let Some(limit) = options.admission_max_in_flight {
+        config.admission_max_in_flight = limit;
     }
     sagapay_orchestrator::start(config)
         .await

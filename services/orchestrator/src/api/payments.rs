@@ -1,6 +1,7 @@
 //! Creating, reading and listing payments (`/internal/payments...`).
 
 use super::state::AppState;
+use crate::admission::Verdict;
 use crate::store::{self, NewPayment};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -62,6 +63,14 @@ pub(super) async fn create_payment(
 ) -> Result<Response, ApiError> {
     let merchant_id = caller.acting_merchant()?;
     let fp = fingerprint(merchant_id, &req);
+    let mut conn = state.pool.acquire().await?;
+    if let Verdict::Overloaded { in_flight, limit } = state.admission.check() {
+        // A retry of a payment already accepted is answered as before; only new work waits.
+        return match existing(&mut conn, merchant_id, &req, &fp).await? {
+            Some(resp) => Ok(resp),
+            None => Err(overloaded(in_flight, limit)),
+        };
+    }
     let payment_id = Uuid::now_v7();
     let envelope = Envelope::new(
         payment_id,
@@ -77,7 +86,6 @@ pub(super) async fn create_payment(
     );
     let mut headers = MessageHeaders::default();
     headers.set(TRACEPARENT, ctx.traceparent.clone());
-    let mut conn = state.pool.acquire().await?;
     let inserted = store::insert_payment(
         &mut conn,
         &NewPayment {
@@ -97,33 +105,55 @@ pub(super) async fn create_payment(
     )
     .await?;
     if inserted {
+        state.admission.accepted();
         tracing::debug!(payment_id = %payment_id, correlation_id = %ctx.correlation_id, "payment created");
-        return Ok((
-            StatusCode::CREATED,
-            Json(Created {
-                payment_id,
-                status: sagapay_domain::PaymentStatus::Created,
-            }),
-        )
-            .into_response());
+        let created = Created {
+            payment_id,
+            status: PaymentStatus::Created,
+        };
+        return Ok((StatusCode::CREATED, Json(created)).into_response());
     }
     // The key is taken. The unique constraint makes this the one durable answer, even when
     // two requests with the same key race: the loser reads the winner's committed row.
-    let existing = store::load_by_idempotency_key(&mut conn, merchant_id, &req.idempotency_key)
+    existing(&mut conn, merchant_id, &req, &fp)
         .await?
-        .ok_or_else(|| ApiError::internal("idempotency key taken but no payment found"))?;
+        .ok_or_else(|| ApiError::internal("idempotency key taken but no payment found"))
+}
+
+/// The answer to a retry of a payment already created with this key (201, marked replayed),
+/// 422 when the key was used for another request, `None` when the key is new.
+async fn existing(
+    conn: &mut sqlx::PgConnection,
+    merchant_id: Uuid,
+    req: &CreatePayment,
+    fp: &str,
+) -> Result<Option<Response>, ApiError> {
+    let Some(existing) =
+        store::load_by_idempotency_key(conn, merchant_id, &req.idempotency_key).await?
+    else {
+        return Ok(None);
+    };
     if existing.request_fingerprint != fp {
         return Err(ApiError::idempotency_key_reused("request"));
     }
-    let resp = (
-        StatusCode::CREATED,
-        Json(Created {
-            payment_id: existing.payment_id,
-            status: existing.status,
-        }),
+    let created = Created {
+        payment_id: existing.payment_id,
+        status: existing.status,
+    };
+    Ok(Some(replayed(
+        (StatusCode::CREATED, Json(created)).into_response(),
+    )))
+}
+
+/// 503 `overloaded`: the pipeline is behind; the merchant retries with the same key.
+fn overloaded(in_flight: i64, limit: i64) -> ApiError {
+    ApiError::unavailable(
+        "overloaded",
+        format!(
+            "the payment pipeline is behind ({in_flight} payments in flight, at most {limit}); \
+             retry with the same idempotency key"
+        ),
     )
-        .into_response();
-    Ok(replayed(resp))
 }
 
 /// `GET /payments`'s query, checked here whatever the gateway checked.

@@ -18,6 +18,7 @@ mod limbo;
 mod listing;
 mod manual_capture;
 mod out_of_order;
+mod overload;
 mod poison;
 mod production;
 mod production_profile;

@@ -1,0 +1,163 @@
+//! Admission control: a new payment is refused (503 `overloaded`, `Retry-After`) while the
+//! pipeline holds more payments in flight than it can finish within their deadlines, instead
+//! of accepted into a queue that only grows. Under overload, accepting everything makes every
+//! payment slow and leaves thousands of authorizations on hold; refusing the excess quickly
+//! keeps the accepted ones fast and tells the merchant to come back.
+//!
+//! "In flight" is what the automatic pipeline still has to do: payments waiting for risk
+//! (CREATED), for their authorization (APPROVED), for their capture (AUTHORIZED, automatic
+//! capture) or for their posting (CAPTURED). Payments waiting for a person (RISK_REVIEW, a
+//! manual capture not yet asked for) are not the pipeline's work and do not count.
+//!
+//! The count is sampled from the database by one background task (every
+//! [`Admission::SAMPLE_EVERY`]) and raised locally by each payment accepted in between, so a
+//! burst between two samples cannot overshoot by more than one sample's arrivals on each
+//! instance. Only creation is refused: reads, refunds, captures, cancels and idempotent
+//! replays of payments already accepted always pass.
+
+use anyhow::Context;
+use prometheus::{IntCounter, IntGauge, Registry};
+use sagapay_service_kit::config::env_parse;
+use sqlx::PgPool;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// What the admission check decided for one new payment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Admit,
+    /// Refused: `in_flight` payments are in the pipeline, `limit` at most.
+    Overloaded {
+        in_flight: i64,
+        limit: i64,
+    },
+}
+
+/// The decision, pure: a payment is admitted while fewer than `limit` are in flight; a limit
+/// of 0 turns admission control off.
+pub fn verdict(in_flight: i64, limit: i64) -> Verdict {
+    if limit == 0 || in_flight < limit {
+        Verdict::Admit
+    } else {
+        Verdict::Overloaded { in_flight, limit }
+    }
+}
+
+#[derive(Clone)]
+pub struct Admission {
+    in_flight: Arc<AtomicI64>,
+    limit: i64,
+    gauge: IntGauge,
+    refused: IntCounter,
+}
+
+impl Admission {
+    pub const SAMPLE_EVERY: Duration = Duration::from_millis(100);
+    /// The default limit: the deepest closed loop the benchmarks run (256) passes untouched.
+    pub const DEFAULT_LIMIT: i64 = 256;
+
+    /// `SAGAPAY_ADMISSION_MAX_IN_FLIGHT` (0: off).
+    pub fn limit_from_env() -> anyhow::Result<i64> {
+        let limit: i64 = env_parse("SAGAPAY_ADMISSION_MAX_IN_FLIGHT", Self::DEFAULT_LIMIT)?;
+        anyhow::ensure!(
+            limit >= 0,
+            "SAGAPAY_ADMISSION_MAX_IN_FLIGHT must be 0 (off) or more, not {limit}"
+        );
+        Ok(limit)
+    }
+
+    pub fn register(registry: &Registry, limit: i64) -> anyhow::Result<Self> {
+        let gauge = IntGauge::new(
+            "admission_payments_in_flight",
+            "Payments the automatic pipeline still has to finish, as admission control sees them",
+        )?;
+        let refused = IntCounter::new(
+            "admission_refused_total",
+            "New payments refused with 503 overloaded",
+        )?;
+        registry.register(Box::new(gauge.clone()))?;
+        registry.register(Box::new(refused.clone()))?;
+        Ok(Self {
+            in_flight: Arc::new(AtomicI64::new(0)),
+            limit,
+            gauge,
+            refused,
+        })
+    }
+
+    /// Whether one more payment may be accepted now.
+    pub fn check(&self) -> Verdict {
+        let v = verdict(self.in_flight.load(Ordering::Relaxed), self.limit);
+        if v != Verdict::Admit {
+            self.refused.inc();
+        }
+        v
+    }
+
+    /// A payment was accepted: counted until the next sample sees it.
+    pub fn accepted(&self) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Samples the pipeline's depth until `shutdown`. A failed sample keeps the last count
+    /// (the database being down refuses creation on its own).
+    pub async fn run(self, pool: PgPool, shutdown: CancellationToken) -> anyhow::Result<()> {
+        loop {
+            match in_flight(&pool).await {
+                Ok(n) => {
+                    self.in_flight.store(n, Ordering::Relaxed);
+                    self.gauge.set(n);
+                }
+                Err(e) => tracing::debug!(error = %format!("{e:#}"), "admission sample failed"),
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(Self::SAMPLE_EVERY) => {}
+            }
+        }
+    }
+}
+
+/// The payments in the automatic pipeline (see the module's header).
+async fn in_flight(pool: &PgPool) -> anyhow::Result<i64> {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM payments
+          WHERE status IN ('CREATED', 'APPROVED', 'AUTHORIZED', 'CAPTURED')
+            AND (status <> 'AUTHORIZED' OR capture_method = 'AUTOMATIC')",
+    )
+    .fetch_one(pool)
+    .await
+    .context("counting payments in flight")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admits_below_the_limit_and_refuses_at_it() {
+        assert_eq!(verdict(0, 3), Verdict::Admit);
+        assert_eq!(verdict(2, 3), Verdict::Admit);
+        assert_eq!(
+            verdict(3, 3),
+            Verdict::Overloaded {
+                in_flight: 3,
+                limit: 3
+            }
+        );
+        assert_eq!(
+            verdict(10, 3),
+            Verdict::Overloaded {
+                in_flight: 10,
+                limit: 3
+            }
+        );
+    }
+
+    #[test]
+    fn a_limit_of_zero_is_off() {
+        assert_eq!(verdict(1_000_000, 0), Verdict::Admit);
+    }
+}
