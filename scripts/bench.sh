@@ -11,7 +11,8 @@
 # --total at --concurrency; or open loop with --open-rate), then the services stopped and the
 # namespace dropped. Per run it records settled/s, SETTLED p50/p99, API p99, the CPU each
 # part of the stack spent per payment (/proc), PostgreSQL statements per payment
-# (pg_stat_statements) and Kafka messages per payment (the relays' outbox_published_total).
+# (pg_stat_statements), Kafka messages per payment (the relays' outbox_published_total) and
+# how the payments ended (SETTLED, http_503 refused, not_terminal, ...).
 # It prints every run, then the medians per build; the JSON of every run goes to
 # .local/bench/results-<time>.json.
 set -euo pipefail
@@ -121,6 +122,7 @@ print(json.dumps({
     "api_p99_ms": s["api_latency"]["p99_ms"],
     "cpu_ms_per_payment": dict(sorted(cpu.items())), "cpu_ms_total": sum(cpu.values()),
     "statements_per_payment": int(statements) / n, "kafka_messages_per_payment": int(messages) / n,
+    "by_status": s["by_status"],
 }))
 PY
     rm -f "$cpu_before" "$cpu_after" "$summary"
@@ -130,7 +132,7 @@ r = json.loads(sys.stdin.read())
 print("  {build:<4} round {round}: {settled_per_s:.1f} settled/s, SETTLED p50 {settled_p50_ms:.0f} ms"
       " p99 {settled_p99_ms:.0f} ms, API p99 {api_p99_ms:.1f} ms, CPU {cpu_ms_total:.1f} ms/payment,"
       " {statements_per_payment:.1f} statements and {kafka_messages_per_payment:.1f} Kafka messages"
-      " per payment".format(**r))' >&2
+      " per payment; {by_status}".format(**r))' >&2
   done
 done
 
