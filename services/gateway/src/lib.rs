@@ -11,6 +11,7 @@ mod peer;
 pub mod ratelimit;
 mod routes;
 mod schemas;
+pub mod shedding;
 mod state;
 pub mod validate;
 mod webhooks;
@@ -190,6 +191,7 @@ pub async fn start(config: Config) -> anyhow::Result<ServiceHandle> {
             config.idempotency.clone(),
             &platform.registry,
         )?),
+        shedding: std::sync::Arc::new(shedding::Shedding::register(&platform.registry)?),
     };
     let limits = state.rate_limit.clone();
     let budget = state.lookup_budget.clone();

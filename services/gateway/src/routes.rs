@@ -137,6 +137,7 @@ pub(crate) async fn create_payment(
         &req.idempotency_key,
         &fingerprint,
         call,
+        Work::NewPayment,
     )
     .await
 }
@@ -278,6 +279,7 @@ pub(crate) async fn create_refund(
         &req.idempotency_key,
         &fingerprint,
         call,
+        Work::OnPayment,
     )
     .await
 }
@@ -418,8 +420,17 @@ async fn manual_action(
         &req.idempotency_key,
         &fingerprint,
         call,
+        Work::OnPayment,
     )
     .await
+}
+
+/// What a creating request asks for: new work, which may be shed under overload (see
+/// `shedding`), or work on a payment already accepted, which never is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Work {
+    NewPayment,
+    OnPayment,
 }
 
 /// Sends a creating request through the idempotency fast path (see `idempotency`).
@@ -430,6 +441,7 @@ async fn idempotent(
     idempotency_key: &str,
     fingerprint: &str,
     call: reqwest::RequestBuilder,
+    work: Work,
 ) -> Result<Response, ApiError> {
     let claim = match state
         .idempotency
@@ -458,6 +470,11 @@ async fn idempotent(
                 .insert("retry-after", HeaderValue::from_static("1"));
             return Ok(resp);
         }
+        // A new key while the orchestrator says it is overloaded: refused here, key given back.
+        Begin::Claimed(claim) if work == Work::NewPayment && state.shedding.sheds() => {
+            state.idempotency.finish(claim, None).await;
+            return Err(shed());
+        }
         Begin::Claimed(claim) | Begin::Durable(Some(claim)) => Some(claim),
         Begin::Durable(None) => None,
     };
@@ -465,6 +482,13 @@ async fn idempotent(
         Ok(resp) => upstream(resp).await,
         Err(e) => Err(upstream_unavailable(e)),
     };
+    if work == Work::NewPayment {
+        if let Err(e) = &answer {
+            if e.body.code == OVERLOADED {
+                state.shedding.overloaded();
+            }
+        }
+    }
     if let Some(claim) = claim {
         let cached = answer.as_ref().ok().and_then(|a| {
             Some(CachedResponse {
@@ -475,6 +499,17 @@ async fn idempotent(
         state.idempotency.finish(claim, cached).await;
     }
     Ok(answer?.into_response())
+}
+
+/// The orchestrator's code for a pipeline that is behind.
+const OVERLOADED: &str = "overloaded";
+
+/// 503 `overloaded`, answered by the gateway during a shedding window.
+fn shed() -> ApiError {
+    ApiError::unavailable(
+        OVERLOADED,
+        "the payment pipeline is behind; retry with the same idempotency key",
+    )
 }
 
 fn key_reused() -> ApiError {

@@ -20,6 +20,8 @@ pub struct AppState {
     pub lookup_budget: std::sync::Arc<crate::ratelimit::RateLimit<std::net::IpAddr>>,
     pub production: bool,
     pub idempotency: std::sync::Arc<IdempotencyCache>,
+    /// Refuses new payments here for a moment after the orchestrator said `overloaded`.
+    pub shedding: std::sync::Arc<crate::shedding::Shedding>,
 }
 
 impl KeyStore for AppState {

@@ -1,7 +1,8 @@
 //! Under overload. Admission control: while the pipeline holds its limit of payments in
 //! flight, a new payment is refused at once with 503 `overloaded` and `Retry-After`, and
 //! changes nothing; what was already accepted (reads, idempotent replays) still passes; once
-//! the pipeline drains, the same request with the same key is accepted and settles. Finish
+//! the pipeline drains, the same request with the same key is accepted and settles; right
+//! after the orchestrator's refusal the gateway refuses new payments itself. Finish
 //! before you start: with authorizations and a capture due at once, the provider worker
 //! performs the capture first, whatever their due times.
 
@@ -97,6 +98,17 @@ async fn a_full_pipeline_refuses_new_payments_fast_and_accepts_them_once_drained
     assert_eq!(status, 503);
     assert_eq!(body["error"]["code"], "overloaded", "{body}");
     assert_eq!(retry_after.as_deref(), Some("1"), "{body}");
+    // Refused at once by the gateway itself for a moment after the orchestrator's refusal
+    // (the same answer, without the internal call).
+    let shed = "payments_shed_total{service=\"gateway\"}";
+    eventually(WAIT, "a refusal made by the gateway", || async {
+        let (status, retry_after, body) = post(&stack, &refused).await;
+        assert_eq!(status, 503, "{body}");
+        assert_eq!(body["error"]["code"], "overloaded", "{body}");
+        assert_eq!(retry_after.as_deref(), Some("1"), "{body}");
+        (stack.metric("gateway", shed).await >= 1.0).then_some(())
+    })
+    .await;
     assert_eq!(payments_with_key(&stack, "adm-3").await, 0);
     let refusals = "admission_refused_total{service=\"orchestrator\"}";
     assert!(stack.metric("orchestrator", refusals).await >= 1.0);
