@@ -392,17 +392,9 @@ impl TestStack {
         config("gateway", &self.ns).kafka
     }
 
+    /// POST /payments as a careful client (see [`create_payment_at`]).
     pub async fn create_payment(&self, body: Value) -> (reqwest::StatusCode, Value) {
-        let resp = self
-            .http
-            .post(format!("{}/payments", self.gateway_url()))
-            .header("x-api-key", DEV_API_KEY)
-            .json(&body)
-            .send()
-            .await
-            .expect("POST /payments");
-        let status = resp.status();
-        (status, resp.json().await.expect("JSON body"))
+        create_payment_at(&self.http, &self.gateway_url(), &body).await
     }
 
     /// Creates a payment that must be accepted (201) and returns its id.
@@ -634,6 +626,38 @@ async fn start_orchestrator_at(
     sagapay_orchestrator::start(config)
         .await
         .expect("orchestrator starts")
+}
+
+/// POST /payments with the development key, as a careful merchant does it: a 503
+/// `overloaded` (admission control: the pipeline is behind) is retried with the same body and
+/// idempotency key after its `Retry-After`, for up to a minute; any other answer is returned.
+pub async fn create_payment_at(
+    http: &reqwest::Client,
+    gateway: &str,
+    body: &Value,
+) -> (reqwest::StatusCode, Value) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let resp = http
+            .post(format!("{gateway}/payments"))
+            .header("x-api-key", DEV_API_KEY)
+            .json(body)
+            .send()
+            .await
+            .expect("POST /payments");
+        let status = resp.status();
+        let retry_after = resp
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        let answer: Value = resp.json().await.expect("JSON body");
+        let overloaded = status == 503 && answer["error"]["code"] == "overloaded";
+        if !overloaded || std::time::Instant::now() >= deadline {
+            return (status, answer);
+        }
+        // The back-off the server asked for (a client's retry policy, not a synchronisation).
+        tokio::time::sleep(Duration::from_secs(retry_after.unwrap_or(1))).await;
+    }
 }
 
 /// A binary of the workspace, built next to the test binary (`cargo build --bins`, which
