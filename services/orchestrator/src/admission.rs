@@ -89,11 +89,12 @@ impl Admission {
 
     /// Whether one more payment may be accepted now.
     pub fn check(&self) -> Verdict {
-        let v = verdict(self.in_flight.load(Ordering::Relaxed), self.limit);
-        if v != Verdict::Admit {
-            self.refused.inc();
-        }
-        v
+        verdict(self.in_flight.load(Ordering::Relaxed), self.limit)
+    }
+
+    /// A new payment was refused (a replay answered while overloaded is not counted).
+    pub fn refused(&self) {
+        self.refused.inc();
     }
 
     /// A payment was accepted: counted until the next sample sees it.

@@ -392,6 +392,31 @@ impl TestStack {
         config("gateway", &self.ns).kafka
     }
 
+    /// Takes the simulated provider down for `seconds` (0 ends it), for `operations` or all.
+    pub async fn provider_outage(&self, seconds: u64, operations: Option<&[&str]>) {
+        let mut body = serde_json::json!({ "seconds": seconds });
+        if let Some(ops) = operations {
+            body["operations"] = serde_json::json!(ops);
+        }
+        let resp = self
+            .http
+            .post(format!(
+                "{}/dev/provider/outage",
+                self.service_url("provider-adapter")
+            ))
+            .header("x-ops-key", DEV_OPS_KEY)
+            .json(&body)
+            .send()
+            .await
+            .expect("POST /dev/provider/outage");
+        assert_eq!(
+            resp.status(),
+            200,
+            "{}",
+            resp.text().await.unwrap_or_default()
+        );
+    }
+
     /// POST /payments as a careful client (see [`create_payment_at`]).
     pub async fn create_payment(&self, body: Value) -> (reqwest::StatusCode, Value) {
         create_payment_at(&self.http, &self.gateway_url(), &body).await

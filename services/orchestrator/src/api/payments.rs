@@ -68,7 +68,10 @@ pub(super) async fn create_payment(
         // A retry of a payment already accepted is answered as before; only new work waits.
         return match existing(&mut conn, merchant_id, &req, &fp).await? {
             Some(resp) => Ok(resp),
-            None => Err(overloaded(in_flight, limit)),
+            None => {
+                state.admission.refused();
+                Err(overloaded(in_flight, limit))
+            }
         };
     }
     let payment_id = Uuid::now_v7();

@@ -41,26 +41,6 @@ async fn pay(stack: &TestStack, key: &str, method: &str, amount: i64) -> String 
         .await
 }
 
-/// Takes the simulated provider down for `seconds` (0 ends it), for `operations` or all.
-async fn outage(stack: &TestStack, seconds: u64, operations: Option<&[&str]>) {
-    let mut body = json!({ "seconds": seconds });
-    if let Some(ops) = operations {
-        body["operations"] = json!(ops);
-    }
-    let resp = stack
-        .http
-        .post(format!(
-            "{}/dev/provider/outage",
-            stack.service_url("provider-adapter")
-        ))
-        .header("x-ops-key", DEV_OPS_KEY)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
-}
-
 async fn wait_terminal(stack: &TestStack, pid: &str) -> Value {
     eventually(WAIT * 2, &format!("payment {pid} to end"), || async {
         let p = stack.get_payment(pid).await;
@@ -113,7 +93,7 @@ async fn a_fifteen_second_provider_outage_leaves_no_money_in_limbo() {
     for i in 0..10 {
         pids.push(pay(&stack, &format!("outage-{i}"), "pm_card_ok", 1_000 + i).await);
     }
-    outage(&stack, 15, None).await;
+    stack.provider_outage(15, None).await;
     // The other 40 arrive during the outage, four a second (a load, not a synchronisation).
     let mut pace = tokio::time::interval(Duration::from_millis(250));
     for i in 10..50 {
@@ -330,7 +310,7 @@ async fn a_replayed_retry_exhausted_void_completes() {
         ..StackOptions::default()
     })
     .await;
-    outage(&stack, 600, Some(&["VOID"])).await;
+    stack.provider_outage(600, Some(&["VOID"])).await;
     // Its authorization is never answered: it is given up and voided, and the void is refused.
     let pid = pay(&stack, "void-parked", "pm_card_timeout", 3_100).await;
     let voids = Filter {
@@ -367,7 +347,7 @@ async fn a_replayed_retry_exhausted_void_completes() {
     })
     .await;
     assert_eq!(flagged["status"], "APPROVED");
-    outage(&stack, 0, None).await;
+    stack.provider_outage(0, None).await;
     assert_eq!(
         dlq::replay(&stack.kafka(), &letters, false).await.unwrap(),
         1

@@ -6,7 +6,7 @@
 //! before you start: with authorizations and a capture due at once, the provider worker
 //! performs the capture first, whatever their due times.
 
-use sagapay_e2e::{eventually, StackOptions, TestStack, DEV_API_KEY, DEV_OPS_KEY};
+use sagapay_e2e::{eventually, StackOptions, TestStack, DEV_API_KEY};
 use sagapay_provider_adapter::policy::RetrySettings;
 use serde_json::{json, Value};
 use sqlx::PgPool;
@@ -48,26 +48,6 @@ async fn post(stack: &TestStack, body: &Value) -> (u16, Option<String>, Value) {
     (status, retry_after, resp.json().await.expect("JSON body"))
 }
 
-async fn authorization_outage(stack: &TestStack, seconds: u64) {
-    outage(stack, seconds, &["AUTHORIZE"]).await;
-}
-
-/// The simulated provider refuses `operations` for `seconds` (0 ends the outage).
-async fn outage(stack: &TestStack, seconds: u64, operations: &[&str]) {
-    let resp = stack
-        .http
-        .post(format!(
-            "{}/dev/provider/outage",
-            stack.service_url("provider-adapter")
-        ))
-        .header("x-ops-key", DEV_OPS_KEY)
-        .json(&json!({ "seconds": seconds, "operations": operations }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
-}
-
 async fn payments_with_key(stack: &TestStack, key: &str) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM payments WHERE idempotency_key = $1")
         .bind(key)
@@ -84,7 +64,7 @@ async fn a_full_pipeline_refuses_new_payments_fast_and_accepts_them_once_drained
         ..StackOptions::default()
     })
     .await;
-    authorization_outage(&stack, 120).await;
+    stack.provider_outage(120, Some(&["AUTHORIZE"])).await;
     let first = stack.create_payment_id(payment("adm-1")).await;
     let second = stack.create_payment_id(payment("adm-2")).await;
 
@@ -125,7 +105,7 @@ async fn a_full_pipeline_refuses_new_payments_fast_and_accepts_them_once_drained
 
     // The provider back, the pipeline drains; the refused request, retried with its key, is
     // accepted and settles, and so do the first two.
-    authorization_outage(&stack, 0).await;
+    stack.provider_outage(0, Some(&["AUTHORIZE"])).await;
     for pid in [&first, &second] {
         stack.wait_for_status(pid, "SETTLED", WAIT).await;
     }
@@ -167,10 +147,12 @@ async fn a_due_capture_goes_before_older_authorizations() {
     let adapter = stack.db("provider-adapter").await;
     // One payment authorized whose capture the provider refuses, then four whose
     // authorizations it refuses: all pending at once.
-    outage(&stack, 120, &["CAPTURE"]).await;
+    stack.provider_outage(120, Some(&["CAPTURE"])).await;
     let first = stack.create_payment_id(payment("prio-a")).await;
     stack.wait_for_status(&first, "AUTHORIZED", WAIT).await;
-    outage(&stack, 120, &["AUTHORIZE", "CAPTURE"]).await;
+    stack
+        .provider_outage(120, Some(&["AUTHORIZE", "CAPTURE"]))
+        .await;
     let mut later = Vec::new();
     for i in 0..4 {
         later.push(
@@ -193,7 +175,9 @@ async fn a_due_capture_goes_before_older_authorizations() {
     .execute(&adapter)
     .await
     .unwrap();
-    outage(&stack, 0, &["AUTHORIZE", "CAPTURE"]).await;
+    stack
+        .provider_outage(0, Some(&["AUTHORIZE", "CAPTURE"]))
+        .await;
     sqlx::query(
         "UPDATE provider_operations
             SET claim_token = NULL, claimed_until = NULL,

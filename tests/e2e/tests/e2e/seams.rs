@@ -9,22 +9,6 @@ use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(60);
 
-/// Takes the simulated provider down for `seconds` (0 ends it), for `operations`.
-async fn outage(stack: &TestStack, seconds: u64, operations: &[&str]) {
-    let resp = stack
-        .http
-        .post(format!(
-            "{}/dev/provider/outage",
-            stack.service_url("provider-adapter")
-        ))
-        .header("x-ops-key", DEV_OPS_KEY)
-        .json(&json!({ "seconds": seconds, "operations": operations }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
-}
-
 /// What the simulated provider's books did for a payment: (operation, amount), oldest first.
 async fn books(stack: &TestStack, pid: &str) -> Vec<(String, i64)> {
     let provider = stack.db("provider-adapter").await;
@@ -65,7 +49,7 @@ async fn an_operator_fail_after_a_partial_capture_refunds_what_was_captured_not_
     stack
         .wait_for_status(&pid, "AUTHORIZED", Duration::from_secs(40))
         .await;
-    outage(&stack, 60, &["CAPTURE"]).await;
+    stack.provider_outage(60, Some(&["CAPTURE"])).await;
     let captured = stack
         .http
         .post(format!("{}/payments/{pid}/capture", stack.gateway_url()))
@@ -99,7 +83,7 @@ async fn an_operator_fail_after_a_partial_capture_refunds_what_was_captured_not_
         .await
         .unwrap();
     assert!(failed["action"].is_string(), "{failed}");
-    outage(&stack, 0, &["CAPTURE"]).await;
+    stack.provider_outage(0, Some(&["CAPTURE"])).await;
     let reversed = stack.wait_for_status(&pid, "REVERSED", WAIT).await;
     assert_eq!(
         books(&stack, &pid).await,
