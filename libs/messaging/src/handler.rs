@@ -112,12 +112,35 @@ impl From<sagapay_domain::events::DecodeError> for HandlerError {
 
 /// A service's reaction to events. It runs inside the transaction that also records the
 /// event in the inbox; it must do all its writes through `conn` (including outbox rows).
+///
+/// A batch (see `crate::consumer`) is handled in one transaction: first [`Handler::prepare`]
+/// once, with every event of the batch the inbox took as new, then [`Handler::handle`] for
+/// each in order, with what `prepare` loaded. That is where a handler reads, in one statement
+/// for the whole batch, what it would otherwise read once per event (the saga's payments).
 pub trait Handler: Send + Sync + 'static {
+    /// What [`Handler::prepare`] loads for a batch; `()` for a handler that loads per event.
+    type Prepared: Default + Send;
+
+    /// Loads what the events of a batch need, in the batch's transaction, before any is
+    /// handled. A message handled on its own (a retry, a batch of one) gets
+    /// `Prepared::default()` instead, so `handle` must load for itself what it does not find
+    /// there; and it must take (not copy) what it uses, so that a second event of the same
+    /// entity in the batch reads the first one's changes.
+    fn prepare<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        envelopes: &'a [&'a Envelope],
+    ) -> impl Future<Output = Result<Self::Prepared, HandlerError>> + Send + 'a {
+        let _ = (conn, envelopes);
+        async { Ok(Self::Prepared::default()) }
+    }
+
     fn handle<'a>(
         &'a self,
         conn: &'a mut PgConnection,
         envelope: &'a Envelope,
         ctx: &'a MessageContext,
+        prepared: &'a mut Self::Prepared,
     ) -> impl Future<Output = Result<(), HandlerError>> + Send + 'a;
 
     /// Whether `envelope` would change anything in this service. One that would not is

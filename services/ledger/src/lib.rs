@@ -268,11 +268,14 @@ impl LedgerHandler {
 }
 
 impl Handler for LedgerHandler {
+    type Prepared = ();
+
     async fn handle(
         &self,
         conn: &mut PgConnection,
         env: &Envelope,
         ctx: &MessageContext,
+        _prepared: &mut (),
     ) -> Result<(), HandlerError> {
         match env.event_type() {
             Some(EventType::LedgerPostRequested) => {}

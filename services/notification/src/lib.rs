@@ -166,11 +166,14 @@ impl Config {
 struct NotificationHandler;
 
 impl Handler for NotificationHandler {
+    type Prepared = ();
+
     async fn handle(
         &self,
         conn: &mut PgConnection,
         env: &Envelope,
         _ctx: &MessageContext,
+        _prepared: &mut (),
     ) -> Result<(), HandlerError> {
         match env.event_type() {
             Some(EventType::PaymentFinalized) => self.notify_outcome(conn, env).await?,

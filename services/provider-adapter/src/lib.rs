@@ -320,11 +320,14 @@ async fn voided(conn: &mut PgConnection, payment_id: Uuid) -> sqlx::Result<bool>
 }
 
 impl Handler for CommandHandler {
+    type Prepared = ();
+
     async fn handle(
         &self,
         conn: &mut PgConnection,
         env: &Envelope,
         ctx: &MessageContext,
+        _prepared: &mut (),
     ) -> Result<(), HandlerError> {
         let mut key = OperationKey::NONE;
         let (operation, request) = match env.event_type() {

@@ -232,11 +232,14 @@ impl RiskHandler {
 }
 
 impl Handler for RiskHandler {
+    type Prepared = ();
+
     async fn handle(
         &self,
         conn: &mut PgConnection,
         env: &Envelope,
         ctx: &MessageContext,
+        _prepared: &mut (),
     ) -> Result<(), HandlerError> {
         match env.event_type() {
             Some(EventType::PaymentRequested) => self.assess(conn, env, ctx).await,

@@ -91,6 +91,21 @@ impl<H: Handler> InboxConsumer<H> {
             .record_batch_in_inbox(&mut tx, &items)
             .await
             .map_err(|_| 0usize)?;
+        // The events the inbox took as new, each once (an event repeated in the batch is a
+        // duplicate at its second place).
+        let mut seen = std::collections::HashSet::with_capacity(recorded.len());
+        let new_events: Vec<&Envelope> = items
+            .iter()
+            .map(|(_, envelope, _, _)| envelope)
+            .filter(|e| recorded.contains(&e.event_id) && seen.insert(e.event_id))
+            .collect();
+        let mut prepared = match self.handler.prepare(&mut tx, &new_events).await {
+            Ok(prepared) => prepared,
+            Err(e) => {
+                tracing::debug!(error = %e, batch_size = batch.len(), "batch preparation failed");
+                return Err(0);
+            }
+        };
         let mut fresh = Vec::with_capacity(items.len());
         for (i, envelope, ctx, span) in &items {
             let db_span = tracing::info_span!(
@@ -103,7 +118,9 @@ impl<H: Handler> InboxConsumer<H> {
             let inserted = recorded.remove(&envelope.event_id);
             let applied = async {
                 if inserted {
-                    self.handler.handle(&mut tx, envelope, ctx).await?;
+                    self.handler
+                        .handle(&mut tx, envelope, ctx, &mut prepared)
+                        .await?;
                 }
                 Ok::<bool, HandlerError>(inserted)
             }

@@ -137,7 +137,10 @@ impl<H: Handler> InboxConsumer<H> {
                 self.count_duplicate(envelope, &tracing::Span::current());
                 return Ok(());
             }
-            self.handler.handle(&mut tx, envelope, ctx).await?;
+            let mut prepared = H::Prepared::default();
+            self.handler
+                .handle(&mut tx, envelope, ctx, &mut prepared)
+                .await?;
             tx.commit().await?;
             ctx.after_commit.run();
             self.count_consumed(envelope);

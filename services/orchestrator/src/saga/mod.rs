@@ -15,24 +15,54 @@ pub mod shell;
 pub mod state;
 pub(crate) mod sweeper;
 
+use crate::store::PaymentRow;
 use consumed::Event;
 use decision::{Input, RefusalKind};
 use sagapay_domain::Envelope;
 use sagapay_messaging::{Handler, HandlerError, MessageContext};
 use shell::{CommitError, Origin, Shell};
 use sqlx::PgConnection;
+use std::collections::HashMap;
+use uuid::Uuid;
 
 /// The consumer's handler: decode, load, decide, commit.
 pub struct Saga {
     pub shell: Shell,
 }
 
+/// The payments of a consumer's batch, read and locked in one statement before its first
+/// event is handled. An event takes its payment's row out, so a second event of the same
+/// payment in the batch reads the row again, with the first one's changes.
+#[derive(Default)]
+pub struct BatchPayments(HashMap<Uuid, PaymentRow>);
+
 impl Handler for Saga {
+    type Prepared = BatchPayments;
+
+    async fn prepare(
+        &self,
+        conn: &mut PgConnection,
+        envelopes: &[&Envelope],
+    ) -> Result<BatchPayments, HandlerError> {
+        let mut ids: Vec<Uuid> = envelopes.iter().map(|e| e.payment_id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.len() < 2 {
+            // One payment: its handler's own read costs the same and keeps a single path.
+            return Ok(BatchPayments::default());
+        }
+        let rows = crate::store::load_many_for_update(conn, &ids).await?;
+        Ok(BatchPayments(
+            rows.into_iter().map(|r| (r.payment_id, r)).collect(),
+        ))
+    }
+
     async fn handle(
         &self,
         conn: &mut PgConnection,
         env: &Envelope,
         ctx: &MessageContext,
+        batch: &mut BatchPayments,
     ) -> Result<(), HandlerError> {
         let permanent = |why: String| HandlerError::permanent(anyhow::anyhow!(why));
         let event = Event::decode(env).ok_or_else(|| {
@@ -41,11 +71,12 @@ impl Handler for Saga {
                 env.event_type
             ))
         })??;
-        let (row, state) = self
-            .shell
-            .load(conn, env.payment_id)
-            .await?
-            .ok_or_else(|| permanent(format!("unknown payment {}", env.payment_id)))?;
+        let loaded = match batch.0.remove(&env.payment_id) {
+            Some(row) => Some(self.shell.state_of(conn, row).await?),
+            None => self.shell.load(conn, env.payment_id).await?,
+        };
+        let (row, state) =
+            loaded.ok_or_else(|| permanent(format!("unknown payment {}", env.payment_id)))?;
         let now = chrono::Utc::now();
         let decision = decide::decide(&state, &Input::Event(event), now, &self.shell.deadlines)
             .map_err(|r| permanent(r.to_string()))?;

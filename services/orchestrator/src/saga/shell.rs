@@ -59,6 +59,17 @@ impl Shell {
         let Some(row) = store::load_for_update(conn, payment_id).await? else {
             return Ok(None);
         };
+        self.state_of(conn, row).await.map(Some)
+    }
+
+    /// The state of the payment `row` (read and locked by the caller): the row and, once the
+    /// payment is settled, its refunds.
+    pub async fn state_of(
+        &self,
+        conn: &mut PgConnection,
+        row: PaymentRow,
+    ) -> Result<(PaymentRow, PaymentState), CommitError> {
+        let payment_id = row.payment_id;
         let refunds = if matches!(
             row.status,
             PaymentStatus::Settled | PaymentStatus::PartiallyRefunded | PaymentStatus::Refunded
@@ -79,7 +90,7 @@ impl Shell {
             Vec::<Refund>::new()
         };
         let state = PaymentState::from_row(&row, refunds).map_err(CommitError::Broken)?;
-        Ok(Some((row, state)))
+        Ok((row, state))
     }
 
     /// Writes `d` for the payment read as `row` / `s`.

@@ -193,6 +193,26 @@ pub async fn load_for_update(
         .transpose()
 }
 
+/// Locks and returns the payments among `payment_ids` that exist, in one statement: a batch
+/// of the consumer reads every payment it will change at once. The rows are locked in
+/// payment id order, so two transactions locking overlapping sets cannot deadlock.
+pub async fn load_many_for_update(
+    conn: &mut PgConnection,
+    payment_ids: &[Uuid],
+) -> sqlx::Result<Vec<PaymentRow>> {
+    let sql = format!(
+        "SELECT {PAYMENT_COLUMNS} FROM payments WHERE payment_id = ANY($1)
+          ORDER BY payment_id FOR UPDATE"
+    );
+    sqlx::query(&sql)
+        .bind(payment_ids)
+        .fetch_all(conn)
+        .await?
+        .iter()
+        .map(payment_from_row)
+        .collect()
+}
+
 pub async fn load_by_idempotency_key(
     conn: &mut PgConnection,
     merchant_id: Uuid,

@@ -21,20 +21,46 @@ struct Recorder {
 }
 
 impl Handler for Recorder {
+    /// The new events of the batch, as `prepare` was given them.
+    type Prepared = Vec<Uuid>;
+
+    async fn prepare(
+        &self,
+        _conn: &mut PgConnection,
+        envelopes: &[&Envelope],
+    ) -> Result<Vec<Uuid>, HandlerError> {
+        let ids: Vec<Uuid> = envelopes.iter().map(|e| e.event_id).collect();
+        let distinct: std::collections::HashSet<&Uuid> = ids.iter().collect();
+        assert_eq!(
+            distinct.len(),
+            ids.len(),
+            "prepare is given each new event once"
+        );
+        Ok(ids)
+    }
+
     async fn handle<'a>(
         &'a self,
         conn: &'a mut PgConnection,
         envelope: &'a Envelope,
         ctx: &'a MessageContext,
+        prepared: &'a mut Vec<Uuid>,
     ) -> Result<(), HandlerError> {
+        // Taken, as a handler must: what it found prepared was loaded for this event.
+        let was_prepared = prepared
+            .iter()
+            .position(|id| *id == envelope.event_id)
+            .map(|at| prepared.swap_remove(at))
+            .is_some();
         if envelope.event_id == self.refused {
             return Err(HandlerError::permanent(anyhow::anyhow!(
                 "refused by the test"
             )));
         }
-        sqlx::query("INSERT INTO handled (event_id, kafka_offset) VALUES ($1, $2)")
+        sqlx::query("INSERT INTO handled (event_id, kafka_offset, prepared) VALUES ($1, $2, $3)")
             .bind(envelope.event_id)
             .bind(ctx.offset)
+            .bind(was_prepared)
             .execute(conn)
             .await?;
         let (effects, event_id) = (self.effects.clone(), envelope.event_id);
@@ -50,7 +76,8 @@ impl Handler for Recorder {
 /// refused one is dead-lettered, the repeat is counted as a duplicate, batches of two or more
 /// were committed, and the committed offset covers all 30 messages. Effects a handler asks to
 /// run after commit ran once per applied event, although the first ten were handled in a
-/// transaction that rolled back before they were committed again.
+/// transaction that rolled back before they were committed again. The handler's `prepare` ran
+/// for the committed batches with their new events, each once (the repeat is not new).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_batch_commits_together_and_a_bad_message_in_it_costs_nothing() {
     let ns = fresh_namespace();
@@ -58,10 +85,13 @@ async fn a_batch_commits_together_and_a_bad_message_in_it_costs_nothing() {
     let pool = sagapay_service_kit::db::prepare(&common, refinery::Runner::new(&[]))
         .await
         .unwrap();
-    sqlx::query("CREATE TABLE handled (event_id UUID NOT NULL, kafka_offset BIGINT NOT NULL)")
-        .execute(&pool)
-        .await
-        .unwrap();
+    sqlx::query(
+        "CREATE TABLE handled (event_id UUID NOT NULL, kafka_offset BIGINT NOT NULL,
+                                prepared BOOLEAN NOT NULL)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
     let topic = ns.topic("risk.approved");
     common
         .kafka
@@ -150,6 +180,14 @@ async fn a_batch_commits_together_and_a_bad_message_in_it_costs_nothing() {
     .await;
     let handled_ids: Vec<Uuid> = handled.iter().map(|(id, _)| *id).collect();
     assert_eq!(handled_ids, expected, "each applied once, in offset order");
+    let prepared: i64 = sqlx::query_scalar("SELECT count(*) FROM handled WHERE prepared")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(
+        prepared >= 2,
+        "the events of a committed batch were prepared together ({prepared} were)"
+    );
     let after_commit = eventually(
         Duration::from_secs(10),
         "after-commit effects of the 28 applied events",

@@ -25,11 +25,14 @@ const WAIT: Duration = Duration::from_secs(60);
 struct Refuser;
 
 impl Handler for Refuser {
+    type Prepared = ();
+
     async fn handle<'a>(
         &'a self,
         conn: &'a mut PgConnection,
         envelope: &'a Envelope,
         ctx: &'a MessageContext,
+        _prepared: &'a mut (),
     ) -> Result<(), HandlerError> {
         let command: RiskApproved = envelope.decode()?;
         let sql = match command.reason.as_str() {
@@ -271,11 +274,14 @@ struct SlowRecorder {
 }
 
 impl Handler for SlowRecorder {
+    type Prepared = ();
+
     async fn handle<'a>(
         &'a self,
         conn: &'a mut PgConnection,
         envelope: &'a Envelope,
         ctx: &'a MessageContext,
+        _prepared: &'a mut (),
     ) -> Result<(), HandlerError> {
         sqlx::query(
             "INSERT INTO handled (event_id, consumer, kafka_partition, kafka_offset)
