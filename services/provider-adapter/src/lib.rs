@@ -51,6 +51,12 @@ mod embedded {
     refinery::embed_migrations!("../../migrations/provider-adapter");
 }
 
+/// The provider adapter's schema, for a test that uses its tables (the simulated provider's
+/// books) without running the service.
+pub fn migrations() -> refinery::Runner {
+    embedded::migrations::runner()
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub common: CommonConfig,

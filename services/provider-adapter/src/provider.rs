@@ -164,43 +164,66 @@ impl SimulatedProvider {
     /// Records the operation under its idempotency key (moving `amount_minor`), unless a PSP
     /// would refuse it (see [`refusal`]): then it is recorded as declined with the reason's
     /// code. A repeated key returns what the first call did, as a PSP would. The payment's
-    /// operations are booked one at a time (a transaction-scoped lock on the payment), so two
-    /// refunds at once cannot both fit in what is left captured.
+    /// operations are booked one after another: each is decided on the books it read and
+    /// inserted as their next entry (`book_seq`), and one whose place was taken meanwhile is
+    /// decided again, so two refunds at once cannot both fit in what is left captured.
     async fn book(
         &self,
         req: &ProviderRequest,
         amount_minor: AmountMinor,
     ) -> Result<ProviderOutcome, ProviderError> {
         let failed = |e: sqlx::Error| ProviderError::Failed(e.to_string());
-        let mut tx = self.books.begin().await.map_err(failed)?;
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1::text, 7))")
+        for _ in 0..BOOKING_ATTEMPTS {
+            let read: Vec<BookRow> = sqlx::query_as(
+                "SELECT idempotency_key, operation, outcome, amount_minor, currency, reference,
+                        decline_code, book_seq
+                   FROM simulated_provider_operations
+                  WHERE payment_id = $1 OR idempotency_key = $2",
+            )
             .bind(req.payment_id)
-            .execute(&mut *tx)
+            .bind(&req.idempotency_key)
+            .fetch_all(&self.books)
             .await
             .map_err(failed)?;
-        if let Some(b) = booked_in(&mut tx, &req.idempotency_key).await? {
-            tx.commit().await.map_err(failed)?;
-            return b.outcome();
+            if let Some(done) = read
+                .iter()
+                .find(|r| r.idempotency_key == req.idempotency_key)
+            {
+                return done.booked().outcome();
+            }
+            let next_seq = read
+                .iter()
+                .filter_map(|r| r.book_seq)
+                .max()
+                .map_or(0, |s| s + 1);
+            let books: Vec<BookEntry> = read.iter().filter_map(BookRow::entry).collect();
+            match self
+                .insert_booking(req, amount_minor, &books, next_seq)
+                .await
+            {
+                Ok(Some(booked)) => return booked.outcome(),
+                // The key was booked meanwhile (a concurrent call of it), or the payment's
+                // next entry was: read again.
+                Ok(None) => continue,
+                Err(e) if is_unique_violation(&e) => continue,
+                Err(e) => return Err(failed(e)),
+            }
         }
-        let books: Vec<(String, String, i64, String)> = sqlx::query_as(
-            "SELECT operation, outcome, amount_minor, currency
-               FROM simulated_provider_operations WHERE payment_id = $1",
-        )
-        .bind(req.payment_id)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(failed)?;
-        let books: Vec<BookEntry> = books
-            .into_iter()
-            .filter(|(_, outcome, _, _)| outcome != "DECLINED")
-            .filter_map(|(op, _, amount, currency)| {
-                Some(BookEntry {
-                    operation: ProviderOperation::parse(&op)?,
-                    amount_minor: amount,
-                    currency,
-                })
-            })
-            .collect();
+        Err(ProviderError::Failed(format!(
+            "{} booking attempts for payment {} lost to concurrent operations",
+            BOOKING_ATTEMPTS, req.payment_id
+        )))
+    }
+
+    /// Inserts the operation, decided on `books`, as the payment's entry `seq`; `None` when
+    /// its idempotency key is booked already.
+    async fn insert_booking(
+        &self,
+        req: &ProviderRequest,
+        amount_minor: AmountMinor,
+        books: &[BookEntry],
+        seq: i32,
+    ) -> sqlx::Result<Option<Booked>> {
         let prefix = match req.operation {
             ProviderOperation::Authorize => "auth",
             ProviderOperation::Capture => "cap",
@@ -211,17 +234,18 @@ impl SimulatedProvider {
             req.operation,
             amount_minor.get(),
             req.currency.as_str(),
-            &books,
+            books,
         );
         let (reference, outcome) = match refused {
             Some(_) => (format!("decl_{}", Uuid::now_v7().simple()), "DECLINED"),
             None => (format!("{prefix}_{}", Uuid::now_v7().simple()), "SUCCEEDED"),
         };
-        let booked: Booked = sqlx::query_as(
+        sqlx::query_as(
             "INSERT INTO simulated_provider_operations
                     (idempotency_key, operation, payment_id, amount_minor, currency, reference,
-                     payment_method, outcome, decline_code)
-             VALUES ($1, $2, $3, $4, $5, $6, NULLIF($7, ''), $8, $9)
+                     payment_method, outcome, decline_code, book_seq)
+             VALUES ($1, $2, $3, $4, $5, $6, NULLIF($7, ''), $8, $9, $10)
+             ON CONFLICT (idempotency_key) DO NOTHING
              RETURNING reference, amount_minor, currency, outcome, decline_code",
         )
         .bind(&req.idempotency_key)
@@ -233,11 +257,9 @@ impl SimulatedProvider {
         .bind(&req.payment_method)
         .bind(outcome)
         .bind(refused)
-        .fetch_one(&mut *tx)
+        .bind(seq)
+        .fetch_optional(&self.books)
         .await
-        .map_err(failed)?;
-        tx.commit().await.map_err(failed)?;
-        booked.outcome()
     }
 
     /// Records a declined authorization, so that a status query answers it.
@@ -305,6 +327,50 @@ async fn booked_in(
     .fetch_optional(conn)
     .await
     .map_err(|e| ProviderError::Failed(e.to_string()))
+}
+
+/// How many times [`SimulatedProvider::book`] decides again after a concurrent operation of
+/// the same payment took the place it was deciding for.
+const BOOKING_ATTEMPTS: usize = 16;
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .is_some_and(|d| d.code().as_deref() == Some("23505"))
+}
+
+/// One row of the books as [`SimulatedProvider::book`] reads them.
+#[derive(Debug, sqlx::FromRow)]
+struct BookRow {
+    idempotency_key: String,
+    operation: String,
+    outcome: String,
+    amount_minor: i64,
+    currency: String,
+    reference: String,
+    decline_code: Option<String>,
+    book_seq: Option<i32>,
+}
+
+impl BookRow {
+    /// The operation as the refusal rules see it: done, unless it was declined.
+    fn entry(&self) -> Option<BookEntry> {
+        (self.outcome != "DECLINED").then_some(())?;
+        Some(BookEntry {
+            operation: ProviderOperation::parse(&self.operation)?,
+            amount_minor: self.amount_minor,
+            currency: self.currency.trim_end().to_owned(),
+        })
+    }
+
+    fn booked(&self) -> Booked {
+        Booked {
+            reference: self.reference.clone(),
+            amount_minor: self.amount_minor,
+            currency: self.currency.clone(),
+            outcome: self.outcome.clone(),
+            decline_code: self.decline_code.clone(),
+        }
+    }
 }
 
 /// An operation the books record as done for a payment.

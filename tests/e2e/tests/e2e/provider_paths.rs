@@ -249,3 +249,76 @@ async fn a_ledger_refusal_after_capture_refunds_the_capture_and_reverses() {
     assert_eq!(kinds, ["payment.reversed"]);
     stack.teardown().await;
 }
+
+/// The simulated provider books the operations of one payment one after another, as a PSP
+/// does, without a lock: eight refunds of 3,000 called at once on a capture of 10,000, each
+/// under its own key, leave three refunded and five declined `amount_exceeds_captured`
+/// (9,000 refunded, never 24,000), and a key called again answers what its first call did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn refunds_at_once_at_the_simulated_provider_never_exceed_the_capture() {
+    use sagapay_domain::events::ProviderOperation::{Authorize, Capture, Refund};
+    use sagapay_domain::{AmountMinor, Currency};
+    use sagapay_provider_adapter::provider::{
+        Outage, PaymentProvider, ProviderOutcome, ProviderRequest, SimulatedProvider,
+    };
+    let ns = sagapay_e2e::fresh_namespace();
+    let common = sagapay_e2e::config("provider-adapter", &ns);
+    let pool = sagapay_service_kit::db::prepare(&common, sagapay_provider_adapter::migrations())
+        .await
+        .unwrap();
+    let provider = SimulatedProvider::new(pool.clone(), Duration::ZERO, Outage::default());
+    let payment_id = Uuid::now_v7();
+    let request = |operation, key: &str, amount| ProviderRequest {
+        payment_id,
+        operation,
+        idempotency_key: key.to_owned(),
+        amount_minor: AmountMinor::new(amount).unwrap(),
+        currency: Currency::parse("USD").unwrap(),
+        payment_method: "pm_card_ok".into(),
+        reference: None,
+    };
+    let succeeded = |o: &ProviderOutcome| matches!(o, ProviderOutcome::Succeeded { .. });
+    for (operation, key) in [(Authorize, "authorize"), (Capture, "capture")] {
+        let outcome = provider
+            .call(&request(operation, key, 10_000))
+            .await
+            .unwrap();
+        assert!(succeeded(&outcome), "{key}: {outcome:?}");
+    }
+    let refunds: Vec<ProviderRequest> = (0..8)
+        .map(|i| request(Refund, &format!("refund-{i}"), 3_000))
+        .collect();
+    let outcomes: Vec<ProviderOutcome> =
+        futures::future::join_all(refunds.iter().map(|r| provider.call(r)))
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+    let refunded = outcomes.iter().filter(|o| succeeded(o)).count();
+    let refused = outcomes
+        .iter()
+        .filter(|o| {
+            matches!(o, ProviderOutcome::Declined { code } if code == "amount_exceeds_captured")
+        })
+        .count();
+    assert_eq!((refunded, refused), (3, 5), "{outcomes:#?}");
+    let books: i64 = sqlx::query_scalar(
+        "SELECT sum(amount_minor)::bigint FROM simulated_provider_operations
+          WHERE payment_id = $1 AND operation = 'REFUND' AND outcome = 'SUCCEEDED'",
+    )
+    .bind(payment_id)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(books, 9_000);
+    for (r, first) in refunds.iter().zip(&outcomes) {
+        assert_eq!(
+            &provider.call(r).await.unwrap(),
+            first,
+            "{} again",
+            r.idempotency_key
+        );
+    }
+    pool.close().await;
+    sagapay_e2e::cleanup_namespace(&ns).await;
+}
