@@ -5,8 +5,9 @@
 #   scripts/bench.sh REV [--rounds 3] [--total 3000] [--concurrency 64]
 #                        [--open-rate R --duration-s 30] [--skip-build]
 #
-# Both are built in release into target directories of their own (.local/bench/), REV from a
-# git worktree. Then, for each round and for each build in turn: a fresh namespace, the six
+# Both are built in release into target directories of their own (.local/bench/, one per
+# revision), REV from a git worktree; both are driven by this tree's load test (a closed
+# loop retries 503 overloaded after its Retry-After, as a careful merchant does). Then, for each round and for each build in turn: a fresh namespace, the six
 # services of that build, 200 warm-up payments, counters reset, the run (closed loop:
 # --total at --concurrency; or open loop with --open-rate), then the services stopped and the
 # namespace dropped. Per run it records settled/s, SETTLED p50/p99, API p99, the CPU each
@@ -45,7 +46,8 @@ sha="$(git rev-parse --short "$rev^{commit}")" || die "unknown revision $rev"
 bench_dir="$LOCAL_DIR/bench"
 mkdir -p "$bench_dir"
 worktree="$bench_dir/rev-$sha"
-declare -A TARGET=([tree]="$bench_dir/tree-target" [rev]="$bench_dir/rev-target")
+# A target directory per revision, so --skip-build can never run another revision's binaries.
+declare -A TARGET=([tree]="$bench_dir/tree-target" [rev]="$bench_dir/rev-$sha-target")
 declare -A SOURCE=([tree]="$SAGAPAY_ROOT" [rev]="$worktree")
 declare -A LABEL=([tree]="this tree ($(git rev-parse --short HEAD)$(git diff --quiet HEAD || echo +changes))" [rev]="$rev ($sha)")
 
@@ -60,6 +62,14 @@ if [ "$skip_build" -eq 0 ]; then
     (cd "${SOURCE[$b]}" && CARGO_TARGET_DIR="${TARGET[$b]}" cargo build --release --locked --bins -q)
   done
 fi
+
+for b in rev tree; do
+  [ -x "${TARGET[$b]}/release/sagapay-gateway" ] || die "no release build in ${TARGET[$b]}: run without --skip-build"
+done
+# One load generator for both builds (this tree's), so they are measured alike. In a closed
+# loop it retries a 503 overloaded after its Retry-After, as a careful merchant does: the
+# run measures what the stack settles behind its admission control, not what it refuses.
+loadtest="${TARGET[tree]}/release/sagapay-loadtest"
 
 "$SAGAPAY_ROOT/scripts/stack.sh" up >/dev/null
 psql_q() { PGPASSWORD="$PG_PASSWORD" psql -h 127.0.0.1 -p "$PG_PORT" -U "$PG_USER" -d postgres -Atq -c "$1"; }
@@ -89,7 +99,7 @@ for round in $(seq 1 "$rounds"); do
     export SAGAPAY_NAMESPACE="$ns"
     log "round $round/$rounds: ${LABEL[$b]} in namespace $ns"
     CARGO_TARGET_DIR="$target" "$SAGAPAY_ROOT/scripts/services.sh" start >/dev/null
-    "$target/release/sagapay-loadtest" --no-progress --no-reconcile --total 200 --concurrency 16 >/dev/null
+    "$loadtest" --no-progress --no-reconcile --total 200 --concurrency 16 >/dev/null
     psql_q "SELECT pg_stat_statements_reset()" >/dev/null
     sent_before="$(published)"
     cpu_before="$(mktemp)"; cpu_after="$(mktemp)"; summary="$(mktemp)"
@@ -97,9 +107,9 @@ for round in $(seq 1 "$rounds"); do
     if [ -n "$open_rate" ]; then
       load=(--rate "$open_rate" --duration-s "$duration_s")
     else
-      load=(--total "$total" --concurrency "$concurrency")
+      load=(--total "$total" --concurrency "$concurrency" --retry-overloaded)
     fi
-    "$target/release/sagapay-loadtest" --no-progress --no-reconcile "${load[@]}" --json "$summary" >/dev/null
+    "$loadtest" --no-progress --no-reconcile "${load[@]}" --json "$summary" >/dev/null
     cpu_snapshot >"$cpu_after"
     sent_after="$(published)"
     statements="$(psql_q "SELECT coalesce(sum(s.calls), 0) FROM pg_stat_statements s

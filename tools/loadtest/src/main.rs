@@ -68,6 +68,12 @@ struct Args {
     duration_s: u64,
     #[arg(long, value_enum, default_value_t = Scenario::Approve)]
     scenario: Scenario,
+    /// Answer a 503 (`overloaded`) as a careful merchant does: the same request, same key,
+    /// again after its `Retry-After`, until the payment's timeout. The payment's time to its
+    /// terminal state counts from the first attempt. A closed loop then measures what the
+    /// stack settles behind its admission control instead of what it refuses.
+    #[arg(long)]
+    retry_overloaded: bool,
     /// Give up on a payment that is not terminal this long after its POST.
     #[arg(long, default_value_t = 60_000)]
     timeout_ms: u64,
@@ -149,22 +155,23 @@ impl Run {
     async fn one_payment(&self, i: usize) -> Sample {
         let kind = Kind::of(self.args.scenario, i);
         let sent_at = chrono::Utc::now();
-        let started = Instant::now();
-        let resp = self
-            .client
-            .post(format!("{}/payments", self.args.base_url))
-            .header("x-api-key", &self.args.api_key)
-            .header("idempotency-key", format!("{}-{i}", self.tag))
-            .json(&json!({
-                // A customer per payment: the velocity rules must not turn load into reviews.
-                "customer_id": format!("{}-{i}", self.tag),
-                "amount_cents": kind.amount_minor(),
-                "currency": "USD",
-                "payment_method": kind.payment_method(),
-            }))
-            .send()
-            .await;
-        let api_ms = started.elapsed().as_secs_f64() * 1e3;
+        let first = Instant::now();
+        let (resp, api_ms) = loop {
+            let started = Instant::now();
+            let resp = self.post_payment(kind, i).await;
+            let api_ms = started.elapsed().as_secs_f64() * 1e3;
+            match &resp {
+                Ok(r) if r.status().as_u16() == 503 && self.args.retry_overloaded => {
+                    let wait = retry_after(r);
+                    if first.elapsed() + wait < Duration::from_millis(self.args.timeout_ms) {
+                        tokio::time::sleep(wait).await;
+                        continue;
+                    }
+                }
+                _ => {}
+            }
+            break (resp, api_ms);
+        };
         let failed = |status: String| Sample {
             api_ms: Some(api_ms),
             terminal_ms: None,
@@ -204,6 +211,23 @@ impl Run {
         }
     }
 
+    /// The i-th payment's POST (its idempotency key is the same on every attempt).
+    async fn post_payment(&self, kind: Kind, i: usize) -> reqwest::Result<reqwest::Response> {
+        self.client
+            .post(format!("{}/payments", self.args.base_url))
+            .header("x-api-key", &self.args.api_key)
+            .header("idempotency-key", format!("{}-{i}", self.tag))
+            .json(&json!({
+                // A customer per payment: the velocity rules must not turn load into reviews.
+                "customer_id": format!("{}-{i}", self.tag),
+                "amount_cents": kind.amount_minor(),
+                "currency": "USD",
+                "payment_method": kind.payment_method(),
+            }))
+            .send()
+            .await
+    }
+
     /// Waits (polling the review queue's answer) until the review exists, then approves it.
     async fn approve_review(&self, payment_id: uuid::Uuid) {
         let deadline = Instant::now() + Duration::from_millis(self.args.timeout_ms);
@@ -225,6 +249,15 @@ impl Run {
             }
         }
     }
+}
+
+/// The wait a 503 asks for (`Retry-After` in seconds), 1 s when it names none.
+fn retry_after(r: &reqwest::Response) -> Duration {
+    r.headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map_or(Duration::from_secs(1), Duration::from_secs)
 }
 
 #[tokio::main]
