@@ -171,6 +171,7 @@ impl Platform {
                 retry_budget: self.config.consumer_retry_budget,
                 lanes,
                 max_batch: self.config.consumer_batch,
+                linger: self.config.consumer_linger,
             };
             // Static group membership: a restarted instance takes its partitions back at
             // once, without waiting for the group to notice it left.

@@ -90,12 +90,16 @@ catalogue! {
         "Kafka messages a service handles at once (by payment; below the pool size); the ledger always uses one";
     "SAGAPAY_CONSUMER_BATCH", Value("32"), "every service", false,
         "most messages waiting for a lane that share one transaction (1: none)";
+    "SAGAPAY_CONSUMER_LINGER_MS", Value("2"), "every service", false,
+        "how long a lane that found more than one message waiting waits for more before its transaction starts (a lane that found one never waits; 0: never)";
     "SAGAPAY_CONSUMER_RETRY_ATTEMPTS", Value("10"), "every service", false,
         "a message failing transiently is dead-lettered as RETRY_EXHAUSTED once it failed this many times and for `SAGAPAY_CONSUMER_RETRY_BUDGET_MS`";
     "SAGAPAY_CONSUMER_RETRY_BUDGET_MS", Value("120000"), "every service", false,
         "see `SAGAPAY_CONSUMER_RETRY_ATTEMPTS`";
     "SAGAPAY_OUTBOX_CLAIM_TIMEOUT_MS", Value("30000"), "every service", false,
         "how long a crashed relay's claimed rows wait before another relay takes them";
+    "SAGAPAY_OUTBOX_LINGER_MS", Value("2"), "every service", false,
+        "how long a busy relay (its last claim found more than one row) waits after a commit's notification before it claims, so the commits of that moment share one claim and one produce (0: never)";
     "SAGAPAY_STARTUP_WAIT_MS", Value("120000"), "every service", false,
         "how long a starting service waits for PostgreSQL and Kafka to answer (retrying with back-off, logging what it waits for) before it gives up and exits; Redis is never waited for";
     // Credentials.

@@ -91,6 +91,10 @@ pub struct ConsumerSettings {
     /// Most messages a lane handles in one database transaction (those already waiting for it);
     /// 1 turns batching off.
     pub max_batch: usize,
+    /// How long a lane that found a backlog (more than one message waiting) waits for more
+    /// before it starts the batch: a busy lane pays its transaction's fixed costs for more
+    /// messages. A lane that found one message never waits. Zero: never.
+    pub linger: Duration,
 }
 
 impl ConsumerSettings {
@@ -407,10 +411,18 @@ impl<H: Handler> InboxConsumer<H> {
             }
             // Whatever else already waits for this lane shares the transaction.
             let mut batch = vec![first];
-            while batch.len() < max_batch {
-                match rx.try_recv() {
-                    Ok(d) => batch.push(d),
-                    Err(_) => break,
+            take_waiting(&mut rx, &mut batch, max_batch);
+            if batch.len() >= 2 && !self.settings.linger.is_zero() {
+                // A backlog: what arrives within the linger joins it.
+                let until = tokio::time::Instant::now() + self.settings.linger;
+                while batch.len() < max_batch {
+                    match tokio::time::timeout_at(until, rx.recv()).await {
+                        Ok(Some(d)) => {
+                            batch.push(d);
+                            take_waiting(&mut rx, &mut batch, max_batch);
+                        }
+                        Ok(None) | Err(_) => break,
+                    }
                 }
             }
             // Messages of partitions revoked while they waited are the new owner's.
@@ -449,6 +461,20 @@ impl<H: Handler> InboxConsumer<H> {
 }
 
 /// The fatal error librdkafka set on the client, if any, as text.
+/// Moves the messages already waiting in `rx` into `batch`, up to `max_batch` in all.
+fn take_waiting(
+    rx: &mut tokio::sync::mpsc::Receiver<Delivery>,
+    batch: &mut Vec<Delivery>,
+    max_batch: usize,
+) {
+    while batch.len() < max_batch {
+        match rx.try_recv() {
+            Ok(d) => batch.push(d),
+            Err(_) => break,
+        }
+    }
+}
+
 fn fatal_error(consumer: &StreamConsumer<Tracking>) -> Option<String> {
     consumer
         .client()

@@ -152,6 +152,7 @@ async fn a_batch_commits_together_and_a_bad_message_in_it_costs_nothing() {
             retry_budget: Duration::from_secs(60),
             lanes: 1,
             max_batch: 32,
+            linger: Duration::from_millis(5),
         },
         metrics.clone(),
     )

@@ -120,6 +120,7 @@ fn settings(ns: &Namespace, topic: &str, lanes: usize, max_batch: usize) -> Cons
         retry_budget: Duration::from_millis(300),
         lanes,
         max_batch,
+        linger: Duration::ZERO,
     }
 }
 
