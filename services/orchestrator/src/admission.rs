@@ -10,13 +10,19 @@
 //! manual capture not yet asked for) are not the pipeline's work and do not count.
 //!
 //! The count is sampled from the database by one background task (every
-//! [`Admission::SAMPLE_EVERY`]) and raised locally by each payment accepted in between, so a
-//! burst between two samples cannot overshoot by more than one sample's arrivals on each
-//! instance. Only creation is refused: reads, refunds, captures, cancels and idempotent
+//! [`Admission::SAMPLE_EVERY`]) and, between two samples, moved locally by what this instance
+//! does: raised by each payment it accepts, lowered by each payment whose transition it commits
+//! out of the pipeline (settled, declined, sent to review, ...). Without the lowering, a
+//! closed loop exactly as deep as the limit was refused a sample's settlements' worth of
+//! payments every 100 ms, and each refused payment came back a second later: refusals that
+//! cost CPU and left the pipeline shallower than the limit. Other instances' moves reach the
+//! count at the next sample. Only creation is refused: reads, refunds, captures, cancels and idempotent
 //! replays of payments already accepted always pass.
 
 use anyhow::Context;
 use prometheus::{IntCounter, IntGauge, Registry};
+use sagapay_domain::events::CaptureMethod;
+use sagapay_domain::PaymentStatus;
 use sagapay_service_kit::config::env_parse;
 use sqlx::PgPool;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -33,6 +39,22 @@ pub enum Verdict {
         in_flight: i64,
         limit: i64,
     },
+}
+
+/// Whether a payment in `status` is the automatic pipeline's work (see the module's header;
+/// the same rule as the sampling query's).
+pub fn in_pipeline(status: PaymentStatus, capture: CaptureMethod) -> bool {
+    match status {
+        PaymentStatus::Created | PaymentStatus::Approved | PaymentStatus::Captured => true,
+        PaymentStatus::Authorized => capture == CaptureMethod::Automatic,
+        PaymentStatus::RiskReview
+        | PaymentStatus::Settled
+        | PaymentStatus::Failed
+        | PaymentStatus::Reversed
+        | PaymentStatus::PartiallyRefunded
+        | PaymentStatus::Refunded
+        | PaymentStatus::Canceled => false,
+    }
 }
 
 /// The decision, pure: a payment is admitted while fewer than `limit` are in flight; a limit
@@ -102,6 +124,15 @@ impl Admission {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A transition of a payment captured `capture` from `from` to `to` committed here: the
+    /// count follows it until the next sample.
+    pub fn moved(&self, from: PaymentStatus, to: PaymentStatus, capture: CaptureMethod) {
+        let delta = i64::from(in_pipeline(to, capture)) - i64::from(in_pipeline(from, capture));
+        if delta != 0 {
+            self.in_flight.fetch_add(delta, Ordering::Relaxed);
+        }
+    }
+
     /// Samples the pipeline's depth until `shutdown`. A failed sample keeps the last count
     /// (the database being down refuses creation on its own).
     pub async fn run(self, pool: PgPool, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -155,6 +186,46 @@ mod tests {
                 limit: 3
             }
         );
+    }
+
+    #[test]
+    fn the_pipeline_holds_what_it_still_has_to_do_alone() {
+        use CaptureMethod::{Automatic, Manual};
+        use PaymentStatus::*;
+        for status in [Created, Approved, Captured] {
+            assert!(
+                in_pipeline(status, Automatic) && in_pipeline(status, Manual),
+                "{status:?}"
+            );
+        }
+        assert!(in_pipeline(Authorized, Automatic));
+        assert!(!in_pipeline(Authorized, Manual), "waits for the merchant");
+        for status in [
+            RiskReview,
+            Settled,
+            Failed,
+            Reversed,
+            PartiallyRefunded,
+            Refunded,
+            Canceled,
+        ] {
+            assert!(!in_pipeline(status, Automatic), "{status:?}");
+        }
+    }
+
+    #[test]
+    fn a_settlement_lowers_the_count_and_a_review_approved_raises_it() {
+        let admission = Admission::register(&Registry::new(), 2).unwrap();
+        admission.accepted();
+        admission.accepted();
+        assert!(matches!(admission.check(), Verdict::Overloaded { .. }));
+        let auto = CaptureMethod::Automatic;
+        admission.moved(PaymentStatus::Captured, PaymentStatus::Settled, auto);
+        assert_eq!(admission.check(), Verdict::Admit);
+        admission.moved(PaymentStatus::Approved, PaymentStatus::Authorized, auto);
+        assert_eq!(admission.check(), Verdict::Admit, "still in the pipeline");
+        admission.moved(PaymentStatus::RiskReview, PaymentStatus::Approved, auto);
+        assert!(matches!(admission.check(), Verdict::Overloaded { .. }));
     }
 
     #[test]

@@ -243,10 +243,13 @@ pub async fn start(config: Config) -> anyhow::Result<ServiceHandle> {
     if config.relay_enabled {
         platform.spawn_relay(&mut builder)?;
     }
+    let admission =
+        admission::Admission::register(&platform.registry, config.admission_max_in_flight)?;
     let shell = saga::shell::Shell {
         outbox: platform.outbox.clone(),
         metrics,
         deadlines: config.deadlines.clone(),
+        admission: admission.clone(),
     };
     let saga = Arc::new(saga::Saga {
         shell: shell.clone(),
@@ -257,8 +260,6 @@ pub async fn start(config: Config) -> anyhow::Result<ServiceHandle> {
         shell: shell.clone(),
     };
     builder.spawn("deadline-sweeper", move |shutdown| sweeper.run(shutdown));
-    let admission =
-        admission::Admission::register(&platform.registry, config.admission_max_in_flight)?;
     let (sampler, pool) = (admission.clone(), platform.pool.clone());
     builder.spawn("admission-sampler", move |shutdown| {
         sampler.run(pool, shutdown)

@@ -21,6 +21,8 @@ pub struct Shell {
     pub outbox: Outbox,
     pub(crate) metrics: SagaMetrics,
     pub deadlines: Deadlines,
+    /// Follows the transitions this instance commits between its samples.
+    pub(crate) admission: crate::admission::Admission,
 }
 
 /// Where an input came from: what its commands follow and the headers they carry.
@@ -291,7 +293,14 @@ impl Writer<'_, '_> {
         let moved = m
             .transitions_total
             .with_label_values(&[from.as_str(), to.as_str()]);
-        self.after.push(Box::new(move || moved.inc()));
+        let (admission, capture) = (
+            self.shell.admission.clone(),
+            self.state.terms.capture_method,
+        );
+        self.after.push(Box::new(move || {
+            moved.inc();
+            admission.moved(from, to, capture);
+        }));
         if !to.is_terminal() {
             return;
         }

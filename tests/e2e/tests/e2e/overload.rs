@@ -2,7 +2,8 @@
 //! flight, a new payment is refused at once with 503 `overloaded` and `Retry-After`, and
 //! changes nothing; what was already accepted (reads, idempotent replays) still passes; once
 //! the pipeline drains, the same request with the same key is accepted and settles; right
-//! after the orchestrator's refusal the gateway refuses new payments itself. Finish
+//! after the orchestrator's refusal the gateway refuses new payments itself; a merchant that
+//! keeps exactly the limit in flight is never refused. Finish
 //! before you start: with authorizations and a capture due at once, the provider worker
 //! performs the capture first, whatever their due times.
 
@@ -120,6 +121,48 @@ async fn a_full_pipeline_refuses_new_payments_fast_and_accepts_them_once_drained
         .to_owned();
     stack.wait_for_status(&third, "SETTLED", WAIT).await;
     assert_eq!(payments_with_key(&stack, "adm-3").await, 1);
+    stack.teardown().await;
+}
+
+/// A merchant that keeps exactly as many payments in flight as the limit allows is never
+/// refused: four workers each make five payments one after another (the next as soon as the
+/// last one is SETTLED) against a limit of four. The orchestrator lowers its count when it
+/// commits a settlement, not only at its next sample (every 100 ms): before, the next payment
+/// of a worker came within a sample of the last one's settlement and was refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_closed_loop_as_deep_as_the_limit_is_never_refused() {
+    let stack = TestStack::spawn_with(StackOptions {
+        admission_max_in_flight: Some(4),
+        ..StackOptions::default()
+    })
+    .await;
+    let worker = |w: usize| {
+        let stack = &stack;
+        async move {
+            let mut refused = Vec::new();
+            for i in 0..5 {
+                let (status, _, body) = post(stack, &payment(&format!("loop-{w}-{i}"))).await;
+                if status != 201 {
+                    refused.push(body);
+                    continue;
+                }
+                let pid = body["payment_id"].as_str().expect("payment_id");
+                stack.wait_for_status(pid, "SETTLED", WAIT).await;
+            }
+            refused
+        }
+    };
+    let refused: Vec<Value> = futures::future::join_all((0..4).map(worker))
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    assert!(
+        refused.is_empty(),
+        "refused at the limit's depth: {refused:#?}"
+    );
+    let refusals = "admission_refused_total{service=\"orchestrator\"}";
+    assert_eq!(stack.metric("orchestrator", refusals).await, 0.0);
     stack.teardown().await;
 }
 
