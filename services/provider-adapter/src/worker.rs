@@ -141,6 +141,13 @@ impl<P: PaymentProvider> Worker<P> {
         let mut backlog = false;
         let mut wake_at = tokio::time::Instant::now();
         loop {
+            // Every operation that finished frees its place now, not one per turn of the
+            // loop: a set full of finished operations left room for one claim of one
+            // operation per turn, and the worker performed one operation per claim's round
+            // trip with 60 places free and hundreds of operations due.
+            while in_flight.try_join_next().is_some() {
+                claim_now |= backlog;
+            }
             let room = self.settings.max_in_flight.saturating_sub(in_flight.len());
             if claim_now && room > 0 {
                 claim_now = false;
