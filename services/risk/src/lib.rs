@@ -19,7 +19,7 @@ use sagapay_domain::events::{
     PaymentFinalized, PaymentRequested, RiskApproved, RiskDenied, RiskReviewRequired,
 };
 use sagapay_domain::{Envelope, EventType, PaymentStatus};
-use sagapay_messaging::{Handler, HandlerError, MessageContext, Outbox};
+use sagapay_messaging::{Handler, HandlerError, MessageContext, Outbox, OUTBOX_COLUMNS};
 use sagapay_service_kit::config::{env_or, env_parse};
 use sagapay_service_kit::{CommonConfig, OpsKey, Platform, ServiceHandle};
 use sqlx::PgConnection;
@@ -143,44 +143,54 @@ impl RiskHandler {
             "inputs": inputs,
             "thresholds": self.thresholds.applied(req.currency),
         });
-        sqlx::query(
-            "INSERT INTO risk_decisions (payment_id, merchant_id, customer_id, decision, reason, inputs)
-             VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(env.payment_id)
-        .bind(req.merchant_id)
-        .bind(req.customer_id.as_str())
-        .bind(decision.as_str())
-        .bind(&reason)
-        .bind(&recorded)
-        .execute(&mut *conn)
-        .await?;
         let headers = ctx.headers.propagated();
         let next = match decision {
-            Decision::Approve => env.follow_up(&RiskApproved { reason }),
-            Decision::Deny => env.follow_up(&RiskDenied { reason }),
-            Decision::Review => {
-                sqlx::query(
-                    "INSERT INTO risk_reviews (payment_id, merchant_id, customer_id, amount_minor, currency,
-                                               reason, source_event_id, correlation_id, headers)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-                )
-                .bind(env.payment_id)
-                .bind(req.merchant_id)
-                .bind(req.customer_id.as_str())
-                .bind(req.amount_minor.get())
-                .bind(req.currency.as_str())
-                .bind(&reason)
-                .bind(env.event_id)
-                .bind(&env.correlation_id)
-                .bind(sqlx::types::Json(&headers))
-                .execute(&mut *conn)
-                .await?;
-                env.follow_up(&RiskReviewRequired { reason })
-            }
+            Decision::Approve => env.follow_up(&RiskApproved {
+                reason: reason.clone(),
+            }),
+            Decision::Deny => env.follow_up(&RiskDenied {
+                reason: reason.clone(),
+            }),
+            Decision::Review => env.follow_up(&RiskReviewRequired {
+                reason: reason.clone(),
+            }),
         };
+        // The decision and its answer in one statement.
+        let row = self.outbox.row(&next, &headers);
+        let sql = format!(
+            "WITH decided AS (
+                 INSERT INTO risk_decisions
+                        (payment_id, merchant_id, customer_id, decision, reason, inputs)
+                 VALUES ($1, $2, $3, $4, $5, $6))
+             INSERT INTO outbox ({OUTBOX_COLUMNS}) VALUES ($7, $8, $9, $10, $11, $12)"
+        );
+        let decided = sqlx::query(&sql)
+            .bind(env.payment_id)
+            .bind(req.merchant_id)
+            .bind(req.customer_id.as_str())
+            .bind(decision.as_str())
+            .bind(&reason)
+            .bind(&recorded);
+        row.bind(decided).execute(&mut *conn).await?;
+        if decision == Decision::Review {
+            sqlx::query(
+                "INSERT INTO risk_reviews (payment_id, merchant_id, customer_id, amount_minor, currency,
+                                           reason, source_event_id, correlation_id, headers)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            )
+            .bind(env.payment_id)
+            .bind(req.merchant_id)
+            .bind(req.customer_id.as_str())
+            .bind(req.amount_minor.get())
+            .bind(req.currency.as_str())
+            .bind(&reason)
+            .bind(env.event_id)
+            .bind(&env.correlation_id)
+            .bind(sqlx::types::Json(&headers))
+            .execute(&mut *conn)
+            .await?;
+        }
         tracing::debug!(payment_id = %env.payment_id, decision = decision.as_str(), "risk decision");
-        self.outbox.enqueue(conn, &next, &headers).await?;
         Ok(())
     }
 
