@@ -460,7 +460,6 @@ impl<H: Handler> InboxConsumer<H> {
     }
 }
 
-/// The fatal error librdkafka set on the client, if any, as text.
 /// Moves the messages already waiting in `rx` into `batch`, up to `max_batch` in all.
 fn take_waiting(
     rx: &mut tokio::sync::mpsc::Receiver<Delivery>,
@@ -475,6 +474,7 @@ fn take_waiting(
     }
 }
 
+/// The fatal error librdkafka set on the client, if any, as text.
 fn fatal_error(consumer: &StreamConsumer<Tracking>) -> Option<String> {
     consumer
         .client()
