@@ -258,7 +258,6 @@ fn remove_unless_failed(dir: &Path, what: &str) {
     }
 }
 
-/// `java` with the broker's class path and logging, logging into `logs`.
 /// A cluster id as Kafka's own `random-uuid` makes it: a random UUID in URL-safe base64 that
 /// does not begin with `-` (the StorageTool's argument parser reads such an id as an option
 /// and refuses to format: one id in 64, a chaos run in 22 failed so before this).
@@ -273,6 +272,7 @@ fn cluster_id() -> String {
     }
 }
 
+/// `java` with the broker's class path and logging, logging into `logs`.
 fn java(logs: &Path) -> Command {
     let root = repo_root();
     let mut command = Command::new("java");
