@@ -121,10 +121,13 @@ pub enum EventType {
     /// orchestrator -> anyone (notification): a merchant's refund is done (refunded and
     /// posted).
     RefundSucceeded,
+    /// orchestrator -> anyone (notification): the provider refused a merchant's refund; it
+    /// did not happen and what it held of the refundable amount is free again.
+    RefundFailed,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 22] = [
+    pub const ALL: [EventType; 23] = [
         EventType::PaymentRequested,
         EventType::RiskApproved,
         EventType::RiskReviewRequired,
@@ -147,6 +150,7 @@ impl EventType {
         EventType::PaymentFinalized,
         EventType::PaymentAwaitingCapture,
         EventType::RefundSucceeded,
+        EventType::RefundFailed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -173,6 +177,7 @@ impl EventType {
             EventType::PaymentFinalized => "payments.finalized",
             EventType::PaymentAwaitingCapture => "payments.awaiting_capture",
             EventType::RefundSucceeded => "refunds.succeeded",
+            EventType::RefundFailed => "refunds.failed",
         }
     }
 
@@ -201,7 +206,9 @@ impl EventType {
             | PaymentReversed
             | PaymentRefunded
             | RefundPosted => Channel::Orchestrator,
-            PaymentFinalized | PaymentAwaitingCapture | RefundSucceeded => Channel::Payments,
+            PaymentFinalized | PaymentAwaitingCapture | RefundSucceeded | RefundFailed => {
+                Channel::Payments
+            }
         }
     }
 }
@@ -624,6 +631,20 @@ pub struct RefundSucceeded {
     pub payment_status: PaymentStatus,
 }
 
+/// A merchant's refund the provider refused: it did not happen.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RefundFailed {
+    pub merchant_id: Uuid,
+    pub refund_id: Uuid,
+    pub amount_minor: AmountMinor,
+    pub currency: Currency,
+    pub reason: String,
+    /// The provider's decline code.
+    pub decline_code: String,
+    /// The payment's status, unchanged by the refund.
+    pub payment_status: PaymentStatus,
+}
+
 catalog! {
     PaymentRequested => PaymentRequested, version 1;
     RiskApproved => RiskApproved, version 1;
@@ -647,6 +668,7 @@ catalog! {
     RefundPosted => RefundPosted, version 1;
     PaymentAwaitingCapture => PaymentAwaitingCapture, version 1;
     RefundSucceeded => RefundSucceeded, version 1;
+    RefundFailed => RefundFailed, version 1;
 }
 
 #[cfg(test)]

@@ -21,16 +21,20 @@ pub enum MerchantEventType {
     /// A merchant's refund went through (refunded and posted).
     #[serde(rename = "refund.succeeded")]
     RefundSucceeded,
+    /// The provider refused a merchant's refund: it did not happen.
+    #[serde(rename = "refund.failed")]
+    RefundFailed,
 }
 
 impl MerchantEventType {
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 7] = [
         Self::PaymentAuthorized,
         Self::PaymentSettled,
         Self::PaymentFailed,
         Self::PaymentReversed,
         Self::PaymentCanceled,
         Self::RefundSucceeded,
+        Self::RefundFailed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -41,6 +45,7 @@ impl MerchantEventType {
             Self::PaymentReversed => "payment.reversed",
             Self::PaymentCanceled => "payment.canceled",
             Self::RefundSucceeded => "refund.succeeded",
+            Self::RefundFailed => "refund.failed",
         }
     }
 

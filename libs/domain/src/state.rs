@@ -43,6 +43,7 @@ pub const TRANSITIONS: &[(PaymentStatus, PaymentStatus)] = &[
     (Authorized, Captured),
     (Authorized, Reversed), // capture failed: authorization voided
     (Authorized, Canceled), // manual capture: voided by the merchant or on expiry
+    (Authorized, Failed),   // the provider refused the void: an operator ends it, uncaptured
     // ledger
     (Captured, Settled),
     (Captured, Reversed), // ledger could not post: capture refunded

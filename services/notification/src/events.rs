@@ -6,7 +6,7 @@
 
 use sagapay_api_models::{EventData, MerchantEvent};
 use sagapay_domain::events::{
-    DecodeError, PaymentAwaitingCapture, PaymentFinalized, RefundSucceeded,
+    DecodeError, PaymentAwaitingCapture, PaymentFinalized, RefundFailed, RefundSucceeded,
 };
 use sagapay_domain::{Envelope, EventType, MerchantEventType, PaymentStatus};
 use sagapay_messaging::HandlerError;
@@ -82,6 +82,20 @@ pub fn merchant_event(
                 "payment_status": ev.payment_status,
             });
             Some((ev.merchant_id, MerchantEventType::RefundSucceeded, object))
+        }
+        Some(EventType::RefundFailed) => {
+            let ev: RefundFailed = env.decode()?;
+            let object = json!({
+                "refund_id": ev.refund_id,
+                "payment_id": env.payment_id,
+                "status": "FAILED",
+                "amount_cents": ev.amount_minor.get(),
+                "currency": ev.currency,
+                "reason": ev.reason,
+                "failure_code": ev.decline_code,
+                "payment_status": ev.payment_status,
+            });
+            Some((ev.merchant_id, MerchantEventType::RefundFailed, object))
         }
         _ => None,
     })

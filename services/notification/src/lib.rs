@@ -34,6 +34,7 @@ pub const CONSUMES: &[EventType] = &[
     EventType::PaymentFinalized,
     EventType::PaymentAwaitingCapture,
     EventType::RefundSucceeded,
+    EventType::RefundFailed,
 ];
 
 mod embedded {
@@ -177,7 +178,11 @@ impl Handler for NotificationHandler {
     ) -> Result<(), HandlerError> {
         match env.event_type() {
             Some(EventType::PaymentFinalized) => self.notify_outcome(conn, env).await?,
-            Some(EventType::PaymentAwaitingCapture | EventType::RefundSucceeded) => {}
+            Some(
+                EventType::PaymentAwaitingCapture
+                | EventType::RefundSucceeded
+                | EventType::RefundFailed,
+            ) => {}
             _ => {
                 return Err(HandlerError::permanent(anyhow!(
                     "notification does not handle {}",

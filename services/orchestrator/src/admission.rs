@@ -4,20 +4,30 @@
 //! payment slow and leaves thousands of authorizations on hold; refusing the excess quickly
 //! keeps the accepted ones fast and tells the merchant to come back.
 //!
+//! Two limits, in the spirit of Stripe's concurrent-requests limiter inside its load shedder:
+//! the pipeline's (`SAGAPAY_ADMISSION_MAX_IN_FLIGHT`, protects the platform) and, inside it,
+//! each merchant's share (`SAGAPAY_ADMISSION_MERCHANT_MAX_IN_FLIGHT`, by default half the
+//! pipeline's; per merchant in the table `merchant_limits`, set by `sagapayctl merchant
+//! limit`), so one merchant whose payments are slow (cards that time out, a burst) is refused
+//! at its share while the others are served. A refusal says which limit it hit (header
+//! `sagapay-overload-scope`: `merchant` or `pipeline`), so the gateway sheds only that
+//! merchant or everyone.
+//!
 //! "In flight" is what the automatic pipeline still has to do: payments waiting for risk
 //! (CREATED), for their authorization (APPROVED), for their capture (AUTHORIZED, automatic
-//! capture) or for their posting (CAPTURED). Payments waiting for a person (RISK_REVIEW, a
-//! manual capture not yet asked for) are not the pipeline's work and do not count.
+//! capture) or for their posting (CAPTURED). Payments waiting for a person hold no place: in
+//! review, a manual capture not yet asked for, and any payment flagged for an operator (a
+//! capture of another amount, a refused void, a step that was never answered). A flagged
+//! payment leaves the count when it is flagged and comes back if an operator retries it.
 //!
-//! The count is sampled from the database by one background task (every
+//! The counts are sampled from the database by one background task (every
 //! [`Admission::SAMPLE_EVERY`]) and, between two samples, moved locally by what this instance
-//! does: raised by each payment it accepts, lowered by each payment whose transition it commits
-//! out of the pipeline (settled, declined, sent to review, ...). Without the lowering, a
-//! closed loop exactly as deep as the limit was refused a sample's settlements' worth of
-//! payments every 100 ms, and each refused payment came back a second later: refusals that
-//! cost CPU and left the pipeline shallower than the limit. Other instances' moves reach the
-//! count at the next sample. Only creation is refused: reads, refunds, captures, cancels and idempotent
-//! replays of payments already accepted always pass.
+//! does: raised by each payment it accepts, moved by each decision it commits that takes a
+//! payment in or out of the pipeline (settled, declined, flagged, retried, ...). Without the
+//! local moves, a closed loop exactly as deep as the limit was refused a sample's
+//! settlements' worth of payments every 100 ms. Other instances' moves reach the counts at the
+//! next sample. Only creation is refused: reads, refunds, captures, cancels, operators'
+//! requests and idempotent replays of payments already accepted always pass.
 
 use anyhow::Context;
 use prometheus::{IntCounter, IntGauge, Registry};
@@ -25,25 +35,49 @@ use sagapay_domain::events::CaptureMethod;
 use sagapay_domain::PaymentStatus;
 use sagapay_service_kit::config::env_parse;
 use sqlx::PgPool;
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// Which limit a refusal hit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// The pipeline's, shared by every merchant.
+    Pipeline,
+    /// The merchant's own share.
+    Merchant,
+}
+
+impl Scope {
+    /// As the `sagapay-overload-scope` header says it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Pipeline => "pipeline",
+            Scope::Merchant => "merchant",
+        }
+    }
+}
 
 /// What the admission check decided for one new payment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
     Admit,
-    /// Refused: `in_flight` payments are in the pipeline, `limit` at most.
+    /// Refused: `in_flight` payments are in flight within `scope`, `limit` at most.
     Overloaded {
+        scope: Scope,
         in_flight: i64,
         limit: i64,
     },
 }
 
 /// Whether a payment in `status` is the automatic pipeline's work (see the module's header;
-/// the same rule as the sampling query's).
-pub fn in_pipeline(status: PaymentStatus, capture: CaptureMethod) -> bool {
+/// the same rule as the sampling query's). A parked payment (flagged for an operator) never is.
+pub fn in_pipeline(status: PaymentStatus, capture: CaptureMethod, parked: bool) -> bool {
+    if parked {
+        return false;
+    }
     match status {
         PaymentStatus::Created | PaymentStatus::Approved | PaymentStatus::Captured => true,
         PaymentStatus::Authorized => capture == CaptureMethod::Automatic,
@@ -57,22 +91,49 @@ pub fn in_pipeline(status: PaymentStatus, capture: CaptureMethod) -> bool {
     }
 }
 
-/// The decision, pure: a payment is admitted while fewer than `limit` are in flight; a limit
-/// of 0 turns admission control off.
-pub fn verdict(in_flight: i64, limit: i64) -> Verdict {
-    if limit == 0 || in_flight < limit {
-        Verdict::Admit
-    } else {
-        Verdict::Overloaded { in_flight, limit }
+/// The limits in force: the pipeline's and a merchant's (0: no limit of that kind).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub pipeline: i64,
+    pub merchant: i64,
+}
+
+/// The decision, pure: a payment is admitted while fewer than the pipeline's limit are in
+/// flight and fewer than its merchant's limit are its merchant's. A limit of 0 is off.
+pub fn verdict(total: i64, merchant: i64, limits: Limits) -> Verdict {
+    if limits.pipeline > 0 && total >= limits.pipeline {
+        return Verdict::Overloaded {
+            scope: Scope::Pipeline,
+            in_flight: total,
+            limit: limits.pipeline,
+        };
     }
+    if limits.merchant > 0 && merchant >= limits.merchant {
+        return Verdict::Overloaded {
+            scope: Scope::Merchant,
+            in_flight: merchant,
+            limit: limits.merchant,
+        };
+    }
+    Verdict::Admit
+}
+
+/// The pipeline's depth, in all and per merchant, and the merchants' own limits.
+#[derive(Debug, Default)]
+struct Counts {
+    total: i64,
+    per_merchant: HashMap<Uuid, i64>,
+    limits: HashMap<Uuid, i64>,
 }
 
 #[derive(Clone)]
 pub struct Admission {
-    in_flight: Arc<AtomicI64>,
+    counts: Arc<Mutex<Counts>>,
     limit: i64,
+    merchant_default: i64,
     gauge: IntGauge,
     refused: IntCounter,
+    refused_merchant: IntCounter,
 }
 
 impl Admission {
@@ -90,7 +151,31 @@ impl Admission {
         Ok(limit)
     }
 
-    pub fn register(registry: &Registry, limit: i64) -> anyhow::Result<Self> {
+    /// A merchant's default share of `limit`: half of it (rounded up), so that one merchant
+    /// alone can never take every place.
+    pub fn default_share(limit: i64) -> i64 {
+        (limit + 1) / 2
+    }
+
+    /// `SAGAPAY_ADMISSION_MERCHANT_MAX_IN_FLIGHT` (0: no share of its own; default: half of
+    /// the pipeline's `limit`).
+    pub fn merchant_limit_from_env(limit: i64) -> anyhow::Result<i64> {
+        let share: i64 = env_parse(
+            "SAGAPAY_ADMISSION_MERCHANT_MAX_IN_FLIGHT",
+            Self::default_share(limit),
+        )?;
+        anyhow::ensure!(
+            share >= 0,
+            "SAGAPAY_ADMISSION_MERCHANT_MAX_IN_FLIGHT must be 0 (none) or more, not {share}"
+        );
+        Ok(share)
+    }
+
+    pub fn register(
+        registry: &Registry,
+        limit: i64,
+        merchant_default: i64,
+    ) -> anyhow::Result<Self> {
         let gauge = IntGauge::new(
             "admission_payments_in_flight",
             "Payments the automatic pipeline still has to finish, as admission control sees them",
@@ -99,48 +184,78 @@ impl Admission {
             "admission_refused_total",
             "New payments refused with 503 overloaded",
         )?;
+        let refused_merchant = IntCounter::new(
+            "admission_merchant_refused_total",
+            "New payments refused with 503 overloaded at their merchant's own limit",
+        )?;
         registry.register(Box::new(gauge.clone()))?;
         registry.register(Box::new(refused.clone()))?;
+        registry.register(Box::new(refused_merchant.clone()))?;
         Ok(Self {
-            in_flight: Arc::new(AtomicI64::new(0)),
+            counts: Arc::new(Mutex::new(Counts::default())),
             limit,
+            merchant_default,
             gauge,
             refused,
+            refused_merchant,
         })
     }
 
-    /// Whether one more payment may be accepted now.
-    pub fn check(&self) -> Verdict {
-        verdict(self.in_flight.load(Ordering::Relaxed), self.limit)
+    fn lock(&self) -> std::sync::MutexGuard<'_, Counts> {
+        self.counts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether one more payment of `merchant` may be accepted now.
+    pub fn check(&self, merchant: Uuid) -> Verdict {
+        let counts = self.lock();
+        let own = counts.per_merchant.get(&merchant).copied().unwrap_or(0);
+        let limits = Limits {
+            pipeline: self.limit,
+            merchant: counts
+                .limits
+                .get(&merchant)
+                .copied()
+                .unwrap_or(self.merchant_default),
+        };
+        verdict(counts.total, own, limits)
+    }
+
+    /// `merchant`'s payments in flight and the default share (for the ops routes).
+    pub fn merchant(&self, merchant: Uuid) -> (i64, i64) {
+        let counts = self.lock();
+        let own = counts.per_merchant.get(&merchant).copied().unwrap_or(0);
+        (own, self.merchant_default)
     }
 
     /// A new payment was refused (a replay answered while overloaded is not counted).
-    pub fn refused(&self) {
+    pub fn refused(&self, scope: Scope) {
         self.refused.inc();
-    }
-
-    /// A payment was accepted: counted until the next sample sees it.
-    pub fn accepted(&self) {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// A transition of a payment captured `capture` from `from` to `to` committed here: the
-    /// count follows it until the next sample.
-    pub fn moved(&self, from: PaymentStatus, to: PaymentStatus, capture: CaptureMethod) {
-        let delta = i64::from(in_pipeline(to, capture)) - i64::from(in_pipeline(from, capture));
-        if delta != 0 {
-            self.in_flight.fetch_add(delta, Ordering::Relaxed);
+        if scope == Scope::Merchant {
+            self.refused_merchant.inc();
         }
     }
 
-    /// Samples the pipeline's depth until `shutdown`. A failed sample keeps the last count
+    /// A payment of `merchant` was accepted: counted until the next sample sees it.
+    pub fn accepted(&self, merchant: Uuid) {
+        self.moved(merchant, 1);
+    }
+
+    /// A decision committed here took a payment of `merchant` into the pipeline (+1) or out
+    /// of it (-1): the counts follow it until the next sample.
+    pub fn moved(&self, merchant: Uuid, delta: i64) {
+        let mut counts = self.lock();
+        counts.total += delta;
+        *counts.per_merchant.entry(merchant).or_insert(0) += delta;
+    }
+
+    /// Samples the pipeline's depth until `shutdown`. A failed sample keeps the last counts
     /// (the database being down refuses creation on its own).
     pub async fn run(self, pool: PgPool, shutdown: CancellationToken) -> anyhow::Result<()> {
         loop {
-            match in_flight(&pool).await {
-                Ok(n) => {
-                    self.in_flight.store(n, Ordering::Relaxed);
-                    self.gauge.set(n);
+            match sample(&pool).await {
+                Ok(sampled) => {
+                    self.gauge.set(sampled.total);
+                    *self.lock() = sampled;
                 }
                 Err(e) => tracing::debug!(error = %format!("{e:#}"), "admission sample failed"),
             }
@@ -158,48 +273,114 @@ fn pipeline_keys() -> (Vec<&'static str>, Vec<&'static str>) {
     PaymentStatus::ALL
         .into_iter()
         .flat_map(|s| [CaptureMethod::Automatic, CaptureMethod::Manual].map(|c| (s, c)))
-        .filter(|(s, c)| in_pipeline(*s, *c))
+        .filter(|(s, c)| in_pipeline(*s, *c, false))
         .map(|(s, c)| (s.as_str(), c.as_str()))
         .unzip()
 }
 
-/// The payments in the automatic pipeline (see the module's header).
-async fn in_flight(pool: &PgPool) -> anyhow::Result<i64> {
+/// The payments in the automatic pipeline per merchant (see the module's header), and the
+/// merchants' own limits, in one statement.
+async fn sample(pool: &PgPool) -> anyhow::Result<Counts> {
     let (statuses, captures) = pipeline_keys();
-    sqlx::query_scalar(
-        "SELECT count(*) FROM payments p
-           JOIN unnest($1::text[], $2::text[]) AS k(status, capture_method)
-             ON p.status = k.status AND p.capture_method = k.capture_method",
+    let rows: Vec<(Uuid, i64, Option<i32>)> = sqlx::query_as(
+        "WITH counted AS (
+             SELECT p.merchant_id, count(*) AS n FROM payments p
+               JOIN unnest($1::text[], $2::text[]) AS k(status, capture_method)
+                 ON p.status = k.status AND p.capture_method = k.capture_method
+              WHERE p.attention_since IS NULL
+              GROUP BY p.merchant_id)
+         SELECT COALESCE(c.merchant_id, l.merchant_id), COALESCE(c.n, 0), l.max_in_flight
+           FROM counted c FULL JOIN merchant_limits l USING (merchant_id)",
     )
     .bind(&statuses)
     .bind(&captures)
-    .fetch_one(pool)
+    .fetch_all(pool)
     .await
-    .context("counting payments in flight")
+    .context("counting payments in flight")?;
+    let mut counts = Counts::default();
+    for (merchant, n, limit) in rows {
+        counts.total += n;
+        if n > 0 {
+            counts.per_merchant.insert(merchant, n);
+        }
+        if let Some(limit) = limit {
+            counts.limits.insert(merchant, i64::from(limit));
+        }
+    }
+    Ok(counts)
+}
+
+/// Sets `merchant`'s own limit (`sagapayctl merchant limit`); `None` gives it the default
+/// share again.
+pub async fn set_merchant_limit(
+    pool: &PgPool,
+    merchant: Uuid,
+    max_in_flight: Option<i32>,
+    by: &str,
+) -> sqlx::Result<()> {
+    match max_in_flight {
+        Some(limit) => {
+            sqlx::query(
+                "INSERT INTO merchant_limits (merchant_id, max_in_flight, updated_by)
+                 VALUES ($1, $2, $3)
+                 ON CONFLICT (merchant_id) DO UPDATE
+                    SET max_in_flight = $2, updated_by = $3, updated_at = now()",
+            )
+            .bind(merchant)
+            .bind(limit)
+            .bind(by)
+            .execute(pool)
+            .await?;
+        }
+        None => {
+            sqlx::query("DELETE FROM merchant_limits WHERE merchant_id = $1")
+                .bind(merchant)
+                .execute(pool)
+                .await?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn limits(pipeline: i64, merchant: i64) -> Limits {
+        Limits { pipeline, merchant }
+    }
+
     #[test]
-    fn admits_below_the_limit_and_refuses_at_it() {
-        assert_eq!(verdict(0, 3), Verdict::Admit);
-        assert_eq!(verdict(2, 3), Verdict::Admit);
+    fn admits_below_the_limits_and_refuses_at_either() {
+        assert_eq!(verdict(0, 0, limits(3, 2)), Verdict::Admit);
+        assert_eq!(verdict(2, 1, limits(3, 2)), Verdict::Admit);
+        let pipeline = |in_flight, limit| Verdict::Overloaded {
+            scope: Scope::Pipeline,
+            in_flight,
+            limit,
+        };
+        assert_eq!(verdict(3, 0, limits(3, 2)), pipeline(3, 3));
+        assert_eq!(verdict(10, 10, limits(3, 2)), pipeline(10, 3));
         assert_eq!(
-            verdict(3, 3),
+            verdict(2, 2, limits(3, 2)),
             Verdict::Overloaded {
-                in_flight: 3,
-                limit: 3
+                scope: Scope::Merchant,
+                in_flight: 2,
+                limit: 2
             }
         );
-        assert_eq!(
-            verdict(10, 3),
+    }
+
+    #[test]
+    fn a_limit_of_zero_is_off() {
+        assert_eq!(verdict(1_000_000, 1_000_000, limits(0, 0)), Verdict::Admit);
+        assert!(matches!(
+            verdict(1_000, 5, limits(0, 5)),
             Verdict::Overloaded {
-                in_flight: 10,
-                limit: 3
+                scope: Scope::Merchant,
+                ..
             }
-        );
+        ));
     }
 
     #[test]
@@ -209,9 +390,18 @@ mod tests {
         let waiting_for_the_pipeline = [Created, Approved, Captured];
         for status in PaymentStatus::ALL {
             let always = waiting_for_the_pipeline.contains(&status);
-            assert_eq!(in_pipeline(status, Manual), always, "{status:?}, manual");
+            assert_eq!(
+                in_pipeline(status, Manual, false),
+                always,
+                "{status:?}, manual"
+            );
             let automatic = always || status == Authorized;
-            assert_eq!(in_pipeline(status, Automatic), automatic, "{status:?}");
+            assert_eq!(
+                in_pipeline(status, Automatic, false),
+                automatic,
+                "{status:?}"
+            );
+            assert!(!in_pipeline(status, Automatic, true), "{status:?} parked");
         }
         let (statuses, captures) = pipeline_keys();
         assert_eq!(statuses.len(), 7, "{statuses:?} {captures:?}");
@@ -226,22 +416,34 @@ mod tests {
     }
 
     #[test]
-    fn a_settlement_lowers_the_count_and_a_review_approved_raises_it() {
-        let admission = Admission::register(&Registry::new(), 2).unwrap();
-        admission.accepted();
-        admission.accepted();
-        assert!(matches!(admission.check(), Verdict::Overloaded { .. }));
-        let auto = CaptureMethod::Automatic;
-        admission.moved(PaymentStatus::Captured, PaymentStatus::Settled, auto);
-        assert_eq!(admission.check(), Verdict::Admit);
-        admission.moved(PaymentStatus::Approved, PaymentStatus::Authorized, auto);
-        assert_eq!(admission.check(), Verdict::Admit, "still in the pipeline");
-        admission.moved(PaymentStatus::RiskReview, PaymentStatus::Approved, auto);
-        assert!(matches!(admission.check(), Verdict::Overloaded { .. }));
-    }
-
-    #[test]
-    fn a_limit_of_zero_is_off() {
-        assert_eq!(verdict(1_000_000, 0), Verdict::Admit);
+    fn moves_follow_each_merchant_and_the_pipeline() {
+        let admission = Admission::register(&Registry::new(), 3, 2).unwrap();
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        admission.accepted(a);
+        admission.accepted(a);
+        assert!(matches!(
+            admission.check(a),
+            Verdict::Overloaded {
+                scope: Scope::Merchant,
+                ..
+            }
+        ));
+        assert_eq!(
+            admission.check(b),
+            Verdict::Admit,
+            "another merchant is served"
+        );
+        admission.accepted(b);
+        assert!(matches!(
+            admission.check(b),
+            Verdict::Overloaded {
+                scope: Scope::Pipeline,
+                ..
+            }
+        ));
+        admission.moved(a, -1); // settled, or flagged for an operator
+        assert_eq!(admission.check(a), Verdict::Admit);
+        admission.moved(a, 1); // an operator retried it
+        assert!(matches!(admission.check(b), Verdict::Overloaded { .. }));
     }
 }

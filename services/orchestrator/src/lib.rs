@@ -41,6 +41,7 @@ pub const PRODUCES: &[EventType] = &[
     EventType::PaymentFinalized,
     EventType::PaymentAwaitingCapture,
     EventType::RefundSucceeded,
+    EventType::RefundFailed,
 ];
 
 #[derive(Debug, Clone)]
@@ -57,16 +58,22 @@ pub struct Config {
     /// Payments in flight above which new ones are refused (`SAGAPAY_ADMISSION_MAX_IN_FLIGHT`,
     /// 0: off; see [`admission`]).
     pub admission_max_in_flight: i64,
+    /// A merchant's default share of it (`SAGAPAY_ADMISSION_MERCHANT_MAX_IN_FLIGHT`, 0: none).
+    pub admission_merchant_max_in_flight: i64,
 }
 
 impl Config {
     pub fn from_env() -> anyhow::Result<Self> {
         let common = CommonConfig::from_env(SERVICE, DEFAULT_PORT)?;
+        let admission_max_in_flight = admission::Admission::limit_from_env()?;
         Ok(Self {
             ops_key: OpsKey::from_env(common.environment)?,
             trusted_callers: TrustedCallers::from_env(common.environment, api::CALLERS)?,
             deadlines: deadlines::Deadlines::from_env()?,
-            admission_max_in_flight: admission::Admission::limit_from_env()?,
+            admission_max_in_flight,
+            admission_merchant_max_in_flight: admission::Admission::merchant_limit_from_env(
+                admission_max_in_flight,
+            )?,
             relay_enabled: true,
             common,
         })
@@ -81,6 +88,9 @@ impl Config {
             ops_key: OpsKey::development(),
             trusted_callers: TrustedCallers::development(api::CALLERS),
             admission_max_in_flight: admission::Admission::DEFAULT_LIMIT,
+            admission_merchant_max_in_flight: admission::Admission::default_share(
+                admission::Admission::DEFAULT_LIMIT,
+            ),
         }
     }
 }
@@ -243,8 +253,11 @@ pub async fn start(config: Config) -> anyhow::Result<ServiceHandle> {
     if config.relay_enabled {
         platform.spawn_relay(&mut builder)?;
     }
-    let admission =
-        admission::Admission::register(&platform.registry, config.admission_max_in_flight)?;
+    let admission = admission::Admission::register(
+        &platform.registry,
+        config.admission_max_in_flight,
+        config.admission_merchant_max_in_flight,
+    )?;
     let shell = saga::shell::Shell {
         outbox: platform.outbox.clone(),
         metrics,

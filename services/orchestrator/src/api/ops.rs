@@ -8,7 +8,15 @@
 //!   and the flag cleared;
 //! - `POST /ops/payments/{id}/fail` `{"reason": "...", "requested_by": "..."}`: ends the
 //!   payment as the saga would: before a risk decision it fails at once; an authorization is
-//!   voided and a capture refunded, and the payment ends REVERSED when the provider confirms.
+//!   voided and a capture refunded, and the payment ends REVERSED when the provider confirms;
+//!   a payment whose capture of another amount is parked ends REVERSED once exactly what the
+//!   provider took is refunded; one whose void the provider refused ends FAILED (nothing was
+//!   captured; the hold lapses at the issuer);
+//! - `POST /ops/payments/{id}/accept` `{"reason": "...", "requested_by": "..."}`: keeps a
+//!   capture the provider made of another amount than was asked: posted for what was
+//!   captured, the payment settles for it;
+//! - `GET|PUT /ops/merchants/{id}/limits` `{"max_in_flight": N | null, "requested_by": "..."}`:
+//!   a merchant's own share of admission control (null: the default share again).
 
 use super::state::AppState;
 use crate::saga::decide::decide;
@@ -32,7 +40,12 @@ pub fn routes(state: AppState, key: OpsKey) -> Router {
     let routes = Router::new()
         .route("/ops/payments/stuck", get(stuck))
         .route("/ops/payments/{payment_id}/retry", post(retry))
-        .route("/ops/payments/{payment_id}/fail", post(fail));
+        .route("/ops/payments/{payment_id}/fail", post(fail))
+        .route("/ops/payments/{payment_id}/accept", post(accept))
+        .route(
+            "/ops/merchants/{merchant_id}/limits",
+            get(merchant_limits).put(set_merchant_limits),
+        );
     require_ops_key(routes, key).with_state(state)
 }
 
@@ -148,11 +161,28 @@ struct RetryRequest {
     requested_by: Option<String>,
 }
 
+/// An operator's request that ends a payment: why, and who asks.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FailRequest {
     reason: String,
     requested_by: Option<String>,
+}
+
+impl FailRequest {
+    /// Who asks and why, checked.
+    fn who_and_why(self) -> Result<(String, String), ApiError> {
+        let who = operator(self.requested_by)?;
+        let why = self.reason.trim();
+        if why.is_empty() || why.chars().count() > 500 || why.chars().any(char::is_control) {
+            return Err(ApiError::invalid(
+                "invalid_reason",
+                "reason must be 1-500 printable characters",
+            )
+            .with_param("reason"));
+        }
+        Ok((who, why.to_owned()))
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -250,18 +280,10 @@ async fn fail(
     Path(payment_id): Path<Uuid>,
     Json(req): Json<FailRequest>,
 ) -> Result<Response, ApiError> {
-    let who = operator(req.requested_by)?;
-    let why = req.reason.trim();
-    if why.is_empty() || why.chars().count() > 500 || why.chars().any(char::is_control) {
-        return Err(ApiError::invalid(
-            "invalid_reason",
-            "reason must be 1-500 printable characters",
-        )
-        .with_param("reason"));
-    }
+    let (who, why) = req.who_and_why()?;
     let request = OperatorRequest::Fail {
         who: who.clone(),
-        why: why.to_owned(),
+        why,
     };
     let (status, decision) = act(&state, payment_id, request).await?;
     let action = match decision.effects.first() {
@@ -287,4 +309,90 @@ async fn fail(
             .collect(),
     })
     .into_response())
+}
+
+async fn accept(
+    State(state): State<AppState>,
+    Path(payment_id): Path<Uuid>,
+    Json(req): Json<FailRequest>,
+) -> Result<Response, ApiError> {
+    let (who, why) = req.who_and_why()?;
+    let request = OperatorRequest::Accept {
+        who: who.clone(),
+        why,
+    };
+    let (status, decision) = act(&state, payment_id, request).await?;
+    tracing::warn!(%payment_id, operator = %who, "operator accepted the capture");
+    Ok(Json(Action {
+        payment_id,
+        status: decision.moves_to().unwrap_or(status),
+        action: "accepted",
+        sent: decision
+            .send
+            .iter()
+            .map(|c| c.event_type().to_string())
+            .collect(),
+    })
+    .into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitsRequest {
+    /// The merchant's own limit of payments in flight (0: no limit of its own); null: the
+    /// default share.
+    max_in_flight: Option<i32>,
+    requested_by: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct Limits {
+    merchant_id: Uuid,
+    /// The merchant's own limit, when it has one.
+    max_in_flight: Option<i32>,
+    /// What applies when it has none.
+    default_max_in_flight: i64,
+    /// Its payments in flight now, as admission sees them.
+    in_flight: i64,
+}
+
+async fn limits_of(state: &AppState, merchant_id: Uuid) -> Result<Limits, ApiError> {
+    let own: Option<i32> =
+        sqlx::query_scalar("SELECT max_in_flight FROM merchant_limits WHERE merchant_id = $1")
+            .bind(merchant_id)
+            .fetch_optional(&state.pool)
+            .await?;
+    let (in_flight, default_max_in_flight) = state.admission.merchant(merchant_id);
+    Ok(Limits {
+        merchant_id,
+        max_in_flight: own,
+        default_max_in_flight,
+        in_flight,
+    })
+}
+
+async fn merchant_limits(
+    State(state): State<AppState>,
+    Path(merchant_id): Path<Uuid>,
+) -> Result<Json<Limits>, ApiError> {
+    Ok(Json(limits_of(&state, merchant_id).await?))
+}
+
+async fn set_merchant_limits(
+    State(state): State<AppState>,
+    Path(merchant_id): Path<Uuid>,
+    Json(req): Json<LimitsRequest>,
+) -> Result<Json<Limits>, ApiError> {
+    let who = operator(req.requested_by)?;
+    if req.max_in_flight.is_some_and(|n| n < 0) {
+        return Err(ApiError::invalid(
+            "invalid_max_in_flight",
+            "max_in_flight must be 0 (no limit of its own) or more, or null (the default share)",
+        )
+        .with_param("max_in_flight"));
+    }
+    crate::admission::set_merchant_limit(&state.pool, merchant_id, req.max_in_flight, &who).await?;
+    tracing::warn!(%merchant_id, operator = %who, max_in_flight = ?req.max_in_flight,
+        "merchant admission limit set");
+    Ok(Json(limits_of(&state, merchant_id).await?))
 }

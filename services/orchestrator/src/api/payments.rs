@@ -1,7 +1,7 @@
 //! Creating, reading and listing payments (`/internal/payments...`).
 
 use super::state::AppState;
-use crate::admission::Verdict;
+use crate::admission::{Scope, Verdict};
 use crate::store::{self, NewPayment};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -64,13 +64,18 @@ pub(super) async fn create_payment(
     let merchant_id = caller.acting_merchant()?;
     let fp = fingerprint(merchant_id, &req);
     let mut conn = state.pool.acquire().await?;
-    if let Verdict::Overloaded { in_flight, limit } = state.admission.check() {
+    if let Verdict::Overloaded {
+        scope,
+        in_flight,
+        limit,
+    } = state.admission.check(merchant_id)
+    {
         // A retry of a payment already accepted is answered as before; only new work waits.
         return match existing(&mut conn, merchant_id, &req, &fp).await? {
             Some(resp) => Ok(resp),
             None => {
-                state.admission.refused();
-                Err(overloaded(in_flight, limit))
+                state.admission.refused(scope);
+                Ok(overloaded(scope, in_flight, limit))
             }
         };
     }
@@ -108,7 +113,7 @@ pub(super) async fn create_payment(
     )
     .await?;
     if inserted {
-        state.admission.accepted();
+        state.admission.accepted(merchant_id);
         tracing::debug!(payment_id = %payment_id, correlation_id = %ctx.correlation_id, "payment created");
         let created = Created {
             payment_id,
@@ -148,16 +153,30 @@ async fn existing(
     )))
 }
 
-/// 503 `overloaded`: the pipeline is behind; the merchant retries with the same key.
-fn overloaded(in_flight: i64, limit: i64) -> ApiError {
-    ApiError::unavailable(
-        "overloaded",
-        format!(
+/// 503 `overloaded`: the pipeline, or the merchant's share of it, is full; the merchant
+/// retries with the same key. The header `sagapay-overload-scope` says which, so the gateway
+/// sheds only this merchant's new payments, or everyone's.
+fn overloaded(scope: Scope, in_flight: i64, limit: i64) -> Response {
+    let message = match scope {
+        Scope::Pipeline => format!(
             "the payment pipeline is behind ({in_flight} payments in flight, at most {limit}); \
              retry with the same idempotency key"
         ),
-    )
+        Scope::Merchant => format!(
+            "this merchant has {in_flight} payments in flight, its limit is {limit}; retry \
+             with the same idempotency key"
+        ),
+    };
+    let mut resp = ApiError::unavailable("overloaded", message).into_response();
+    resp.headers_mut().insert(
+        OVERLOAD_SCOPE,
+        axum::http::HeaderValue::from_static(scope.as_str()),
+    );
+    resp
 }
+
+/// Which limit a 503 `overloaded` hit: `merchant` or `pipeline`.
+pub const OVERLOAD_SCOPE: &str = "sagapay-overload-scope";
 
 /// `GET /payments`'s query, checked here whatever the gateway checked.
 #[derive(Debug, Deserialize)]

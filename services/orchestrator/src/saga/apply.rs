@@ -44,6 +44,7 @@ fn effect_on(mut s: PaymentState, effect: &Effect) -> Result<PaymentState, Strin
             s.attention = false;
         }
         Effect::Flag { .. } => s.attention = true,
+        Effect::Mismatch(m) => s.mismatch = Some(m.clone()),
         Effect::ClearDeadline => s.due = None,
         Effect::Refund(r) => refund_effect(&mut s, r)?,
     }

@@ -6,11 +6,11 @@
 
 use super::consumed::Event;
 use super::state::Manual;
-use crate::store::Compensation;
+use crate::store::{Compensation, ProviderMismatch};
 use sagapay_domain::events::{
     AuthorizeRequested, CaptureRequested, EventPayload, LedgerPostRequested, LedgerRefundRequested,
-    PaymentAwaitingCapture, PaymentFinalized, PaymentRequested, ProviderOperation, RefundRequested,
-    RefundSucceeded, VoidRequested,
+    PaymentAwaitingCapture, PaymentFinalized, PaymentRequested, ProviderOperation, RefundFailed,
+    RefundRequested, RefundSucceeded, VoidRequested,
 };
 use sagapay_domain::{AmountMinor, Envelope, PaymentStatus};
 use uuid::Uuid;
@@ -50,6 +50,9 @@ pub enum OperatorRequest {
     Retry { who: String },
     /// Fail the payment: at once before the provider was asked, else by compensating.
     Fail { who: String, why: String },
+    /// Keep what the provider captured when it captured another amount than was asked: the
+    /// payment is posted and settles for what was captured.
+    Accept { who: String, why: String },
 }
 
 /// The decision: effects in order, then what is sent.
@@ -132,6 +135,9 @@ pub enum Effect {
         reason: String,
         kind: FlagKind,
     },
+    /// The provider moved another amount than was asked: recorded, never applied (a flag
+    /// follows).
+    Mismatch(ProviderMismatch),
     /// Nothing waits any more: the deadline is cleared.
     ClearDeadline,
     Refund(RefundEffect),
@@ -196,6 +202,7 @@ pub enum Command {
     Finalized(PaymentFinalized),
     AwaitingCapture(PaymentAwaitingCapture),
     RefundSucceeded(RefundSucceeded),
+    RefundFailed(RefundFailed),
 }
 
 impl Command {
@@ -230,6 +237,7 @@ impl Command {
             Command::Finalized(p) => wrap(p, id, c, corr),
             Command::AwaitingCapture(p) => wrap(p, id, c, corr),
             Command::RefundSucceeded(p) => wrap(p, id, c, corr),
+            Command::RefundFailed(p) => wrap(p, id, c, corr),
         }
     }
 
@@ -246,6 +254,7 @@ impl Command {
             Command::Finalized(_) => PaymentFinalized::EVENT_TYPE,
             Command::AwaitingCapture(_) => PaymentAwaitingCapture::EVENT_TYPE,
             Command::RefundSucceeded(_) => RefundSucceeded::EVENT_TYPE,
+            Command::RefundFailed(_) => RefundFailed::EVENT_TYPE,
         }
     }
 }

@@ -137,6 +137,18 @@ impl Shell {
         for env in rest {
             self.outbox.enqueue(w.conn, env, &origin.headers).await?;
         }
+        // Admission follows the payment in or out of the pipeline (a move, a flag, an
+        // operator's retry) once this commits.
+        let place = |st: &PaymentState| {
+            let parked = st.attention;
+            crate::admission::in_pipeline(st.status(), st.terms.capture_method, parked)
+        };
+        let delta = i64::from(place(&w.state)) - i64::from(place(s));
+        if delta != 0 {
+            let (admission, merchant) = (self.admission.clone(), s.terms.merchant_id);
+            w.after
+                .push(Box::new(move || admission.moved(merchant, delta)));
+        }
         Ok(w.after)
     }
 }
@@ -234,6 +246,9 @@ impl Writer<'_, '_> {
                 }
             }
             Effect::Flag { reason, kind } => self.flag(reason, *kind).await?,
+            Effect::Mismatch(m) => {
+                store::record_mismatch(self.conn, self.row.payment_id, m).await?
+            }
             Effect::ClearDeadline => store::clear_deadline(self.conn, self.row.payment_id).await?,
             Effect::Refund(r) => self.refund(r, command, origin).await?,
         }
@@ -293,14 +308,7 @@ impl Writer<'_, '_> {
         let moved = m
             .transitions_total
             .with_label_values(&[from.as_str(), to.as_str()]);
-        let (admission, capture) = (
-            self.shell.admission.clone(),
-            self.state.terms.capture_method,
-        );
-        self.after.push(Box::new(move || {
-            moved.inc();
-            admission.moved(from, to, capture);
-        }));
+        self.after.push(Box::new(move || moved.inc()));
         if !to.is_terminal() {
             return;
         }

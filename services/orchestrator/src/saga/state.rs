@@ -5,9 +5,9 @@
 //! (an authorized payment without its authorization, a settled one still being compensated),
 //! so [`super::decide`] never has to ask whether an `Option` is set.
 
-use crate::store::{Compensation, MerchantAction, PaymentRow};
+use crate::store::{Compensation, MerchantAction, PaymentRow, ProviderMismatch};
 use chrono::{DateTime, Utc};
-use sagapay_domain::events::CaptureMethod;
+use sagapay_domain::events::{CaptureMethod, ProviderOperation};
 use sagapay_domain::{
     AmountMinor, Currency, CustomerId, PaymentMethod, PaymentStatus, RefundStatus,
 };
@@ -101,6 +101,9 @@ pub struct PaymentState {
     pub due: Option<DateTime<Utc>>,
     /// Flagged for an operator.
     pub attention: bool,
+    /// An authorization or capture the provider reported for another amount than was asked
+    /// (never applied; an operator fails or accepts the payment with it).
+    pub mismatch: Option<ProviderMismatch>,
     /// Its merchant refunds (loaded for settled payments, the only ones that have any).
     pub refunds: Vec<Refund>,
 }
@@ -142,6 +145,7 @@ impl PaymentState {
             nudges: row.nudges,
             due: row.deadline_at,
             attention: row.attention_since.is_some(),
+            mismatch: row.provider_mismatch.clone(),
             refunds,
         })
     }
@@ -180,12 +184,36 @@ impl PaymentState {
         }
     }
 
-    /// What is (or will be) captured: a manual capture's amount, or the whole amount.
+    /// What is (or will be) captured: what the provider took when it captured another
+    /// amount than was asked (see `PaymentRow::captured_minor`), else a manual capture's
+    /// amount, else the whole amount.
     pub fn to_capture(&self) -> AmountMinor {
+        self.mismatch
+            .as_ref()
+            .and_then(ProviderMismatch::captured)
+            .unwrap_or_else(|| self.to_capture_asked())
+    }
+
+    /// What the payment asked to capture: a manual capture's amount, else the whole amount.
+    pub fn to_capture_asked(&self) -> AmountMinor {
         self.manual
             .as_ref()
             .and_then(|m| m.capture_amount)
             .unwrap_or(self.terms.amount)
+    }
+
+    /// What the provider holds authorized: what it reported when it authorized another
+    /// amount than was asked, else the amount (a void releases it).
+    pub fn to_void(&self) -> AmountMinor {
+        match &self.mismatch {
+            Some(m) if m.operation == ProviderOperation::Authorize => m.amount,
+            _ => self.terms.amount,
+        }
+    }
+
+    /// Parked: waiting for an operator, not for the pipeline.
+    pub fn parked(&self) -> bool {
+        self.attention || self.stage == Stage::RiskReview
     }
 
     /// What the payment holds captured in `status` (see `PaymentRow::captured_in`).

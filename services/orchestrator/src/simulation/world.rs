@@ -314,6 +314,7 @@ impl World {
             nudges: 0,
             due: None,
             attention: false,
+            mismatch: None,
             refunds: Vec::new(),
         };
         self.trace.push(format!(
@@ -671,7 +672,10 @@ impl World {
                 }
                 Effect::ClearDeadline => t.due = None,
                 Effect::Refund(r) => refund_due(t, r, ms(dl.refund), now),
-                Effect::Ignore(_) | Effect::Step { .. } | Effect::Flag { .. } => {}
+                Effect::Ignore(_)
+                | Effect::Step { .. }
+                | Effect::Flag { .. }
+                | Effect::Mismatch(_) => {}
             }
         }
         s.due = None;
@@ -711,9 +715,10 @@ fn route(c: &Command) -> To {
             To::Adapter
         }
         Command::Post(_) | Command::PostRefund(_) => To::Ledger,
-        Command::Finalized(_) | Command::AwaitingCapture(_) | Command::RefundSucceeded(_) => {
-            To::Notification
-        }
+        Command::Finalized(_)
+        | Command::AwaitingCapture(_)
+        | Command::RefundSucceeded(_)
+        | Command::RefundFailed(_) => To::Notification,
     }
 }
 
@@ -721,7 +726,10 @@ fn route(c: &Command) -> To {
 fn refund_work(c: &Command) -> bool {
     match c {
         Command::Refund(r) => r.refund_id.is_some(),
-        Command::PostRefund(_) | Command::RefundSucceeded(_) | Command::Finalized(_) => true,
+        Command::PostRefund(_)
+        | Command::RefundSucceeded(_)
+        | Command::RefundFailed(_)
+        | Command::Finalized(_) => true,
         _ => false,
     }
 }

@@ -7,7 +7,7 @@
 pub mod refunds;
 
 use chrono::{DateTime, Utc};
-use sagapay_domain::events::CaptureMethod;
+use sagapay_domain::events::{CaptureMethod, ProviderOperation};
 use sagapay_domain::{
     AmountMinor, Currency, CustomerId, PaymentMethod, PaymentStatus, TextError, TransitionError,
 };
@@ -102,12 +102,35 @@ pub struct PaymentRow {
     pub merchant_action_key: Option<String>,
     /// What a manual capture takes, when it is less than the amount.
     pub capture_amount_minor: Option<AmountMinor>,
+    /// What the provider reported when it moved another amount than was asked for.
+    pub provider_mismatch: Option<ProviderMismatch>,
+}
+
+/// An authorization or capture the provider reported for another amount than was asked:
+/// never applied, recorded for the operator who ends the payment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderMismatch {
+    pub operation: ProviderOperation,
+    pub reference: String,
+    pub amount: AmountMinor,
+}
+
+impl ProviderMismatch {
+    /// What a capture of another amount took at the provider, if this is one.
+    pub fn captured(&self) -> Option<AmountMinor> {
+        (self.operation == ProviderOperation::Capture).then_some(self.amount)
+    }
 }
 
 impl PaymentRow {
-    /// What is (or will be) captured: the manual capture's amount, or the whole amount.
+    /// What is (or will be) captured: what the provider took when it captured another
+    /// amount than was asked, else the manual capture's amount, else the whole amount.
     pub fn captured_minor(&self) -> AmountMinor {
-        self.capture_amount_minor.unwrap_or(self.amount_minor)
+        self.provider_mismatch
+            .as_ref()
+            .and_then(ProviderMismatch::captured)
+            .or(self.capture_amount_minor)
+            .unwrap_or(self.amount_minor)
     }
 
     /// What the payment holds captured when it is in `status`: the captured amount in the
@@ -131,7 +154,8 @@ pub(crate) const PAYMENT_COLUMNS: &str =
      state_version, request_fingerprint, payment_method, authorization_id, capture_id, \
      correlation_id, created_at, updated_at, deadline_at, nudges, attention_since, \
      attention_reason, compensation, capture_method, merchant_action, merchant_action_key, \
-     capture_amount_minor";
+     capture_amount_minor, provider_mismatch, provider_mismatch_reference, \
+     provider_mismatch_minor";
 
 /// A text column read as the domain type that parses it.
 fn parsed<T>(
@@ -170,6 +194,21 @@ pub(crate) fn payment_from_row(r: &sqlx::postgres::PgRow) -> sqlx::Result<Paymen
         merchant_action: r.try_get("merchant_action")?,
         merchant_action_key: r.try_get("merchant_action_key")?,
         capture_amount_minor: r.try_get("capture_amount_minor")?,
+        provider_mismatch: mismatch_from_row(r)?,
+    })
+}
+
+fn mismatch_from_row(r: &sqlx::postgres::PgRow) -> sqlx::Result<Option<ProviderMismatch>> {
+    let operation: Option<ProviderOperation> = r.try_get("provider_mismatch")?;
+    let reference: Option<String> = r.try_get("provider_mismatch_reference")?;
+    let amount: Option<AmountMinor> = r.try_get("provider_mismatch_minor")?;
+    Ok(match (operation, reference, amount) {
+        (Some(operation), Some(reference), Some(amount)) => Some(ProviderMismatch {
+            operation,
+            reference,
+            amount,
+        }),
+        _ => None,
     })
 }
 
@@ -557,6 +596,27 @@ pub async fn flag_attention(
     .bind(status.as_str())
     .bind(reason)
     .bind(event_id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Records what the provider reported when it moved another amount than was asked for (the
+/// flag that follows says so in the timeline).
+pub async fn record_mismatch(
+    conn: &mut PgConnection,
+    payment_id: Uuid,
+    mismatch: &ProviderMismatch,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE payments SET provider_mismatch = $2, provider_mismatch_reference = $3,
+                             provider_mismatch_minor = $4
+          WHERE payment_id = $1",
+    )
+    .bind(payment_id)
+    .bind(mismatch.operation)
+    .bind(&mismatch.reference)
+    .bind(mismatch.amount)
     .execute(conn)
     .await?;
     Ok(())

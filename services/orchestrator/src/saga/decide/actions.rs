@@ -41,6 +41,7 @@ pub fn operator(s: &PaymentState, request: &OperatorRequest) -> Decided {
     match request {
         OperatorRequest::Retry { who } => retry(s, who),
         OperatorRequest::Fail { who, why } => fail(s, &format!("failed by {who}: {why}")),
+        OperatorRequest::Accept { who, why } => accept(s, who, why),
     }
 }
 
@@ -211,7 +212,9 @@ fn in_flight(status: RefundStatus) -> bool {
 }
 
 /// An operator fails the payment: at once when the provider was not asked yet; by voiding
-/// the authorization (which may exist, or be in flight); by refunding the capture.
+/// the authorization (which may exist, or be in flight); by refunding the capture. A payment
+/// parked because the provider refused its void ends FAILED: nothing was captured, and the
+/// authorization lapses at the card's issuer.
 fn fail(s: &PaymentState, reason: &str) -> Decided {
     if s.status().is_terminal() {
         return Err(Refusal::conflict(
@@ -220,6 +223,13 @@ fn fail(s: &PaymentState, reason: &str) -> Decided {
         ));
     }
     if let Some(kind) = s.compensation() {
+        if s.attention && kind == Compensation::Void {
+            let reason = format!(
+                "{reason}; the provider did not void the authorization: nothing was \
+                 captured, the hold lapses at the card's issuer"
+            );
+            return Ok(end(s, PaymentStatus::Failed, reason, Facts::default()));
+        }
         return Err(Refusal::conflict(
             "payment_not_failable",
             format!(
@@ -247,4 +257,60 @@ fn fail(s: &PaymentState, reason: &str) -> Decided {
             .send(commands::refund_capture(s, capture_id, reason)),
         terminal => unreachable!("{terminal:?} is terminal, checked above"),
     })
+}
+
+/// An operator keeps a capture the provider made of another amount than was asked: the
+/// payment is captured for what the provider took, posted for it, and settles.
+fn accept(s: &PaymentState, who: &str, why: &str) -> Decided {
+    let Some((reference, captured)) = s
+        .mismatch
+        .as_ref()
+        .and_then(|m| Some((m.reference.as_str(), m.captured()?)))
+    else {
+        return Err(Refusal::conflict(
+            "nothing_to_accept",
+            format!(
+                "payment {} has no capture of another amount to accept",
+                s.terms.payment_id
+            ),
+        ));
+    };
+    if !matches!(s.stage, Stage::Authorized { voiding: false, .. }) {
+        return Err(Refusal::conflict(
+            "payment_not_acceptable",
+            format!(
+                "payment {} is {}{}; a capture is accepted only while AUTHORIZED",
+                s.terms.payment_id,
+                s.status(),
+                if s.compensation().is_some() {
+                    " and being voided"
+                } else {
+                    ""
+                }
+            ),
+        ));
+    }
+    if captured > s.terms.amount {
+        return Err(Refusal::unprocessable(
+            "capture_exceeds_authorized",
+            format!(
+                "the provider captured {captured}, more than the authorized {} {}: fail the \
+                 payment to refund it",
+                s.terms.amount, s.terms.currency
+            ),
+        ));
+    }
+    let reason = format!(
+        "capture {reference} of {captured} {} accepted by {who} ({} was asked): {why}",
+        s.terms.currency,
+        s.to_capture_asked()
+    );
+    let facts = Facts {
+        capture_id: Some(reference.to_owned()),
+        ..Facts::default()
+    };
+    Ok(
+        Decision::of(super::moved(PaymentStatus::Captured, reason, facts))
+            .send(commands::post(s, reference)),
+    )
 }

@@ -6,12 +6,12 @@ use super::{end, expect, expect_in, moved, Decided};
 use crate::saga::commands;
 use crate::saga::decision::{Decision, Effect, Facts, FlagKind, RefundEffect, Refusal};
 use crate::saga::state::{PaymentState, Stage};
-use crate::store::{Compensation, MerchantAction};
+use crate::store::{Compensation, MerchantAction, ProviderMismatch};
 use sagapay_domain::events::{
     capture_reversal_id, CaptureMethod, EventPayload, LedgerPostFailed, PaymentAuthorized,
     PaymentAwaitingCapture, PaymentCaptured, PaymentFailed, PaymentRefunded, PaymentReversed,
-    PaymentSettled, ProviderOperation, ProviderRetriesExhausted, RefundPosted, RefundSucceeded,
-    RiskApproved, RiskDenied, RiskReviewRequired,
+    PaymentSettled, ProviderOperation, ProviderRetriesExhausted, RefundFailed, RefundPosted,
+    RefundSucceeded, RiskApproved, RiskDenied, RiskReviewRequired,
 };
 use sagapay_domain::{AmountMinor, Currency, PaymentStatus, RefundStatus};
 
@@ -42,6 +42,33 @@ fn differs(
         reason,
         kind: FlagKind::AmountMismatch(what),
     }))
+}
+
+/// The provider authorized or captured another amount than was asked: recorded (what it
+/// holds, for the operator who ends the payment) and flagged, never applied.
+fn mismatched(
+    operation: ProviderOperation,
+    reference: &str,
+    reported: (AmountMinor, Currency),
+    expected: (AmountMinor, Currency),
+) -> Option<Decision> {
+    let what = match operation {
+        ProviderOperation::Authorize => "authorization",
+        _ => "capture",
+    };
+    let flag = differs(what, reported, expected)?;
+    // Another currency cannot be settled or refunded as this payment's: flagged only.
+    if reported.1 != expected.1 {
+        return Some(flag);
+    }
+    let mismatch = ProviderMismatch {
+        operation,
+        reference: reference.to_owned(),
+        amount: reported.0,
+    };
+    let mut decision = Decision::of(Effect::Mismatch(mismatch));
+    decision.effects.extend(flag.effects);
+    Some(decision)
 }
 
 pub fn risk_approved(s: &PaymentState, ev: &RiskApproved) -> Decided {
@@ -84,7 +111,9 @@ pub fn payment_failed(s: &PaymentState, ev: &PaymentFailed) -> Decided {
 pub fn payment_authorized(s: &PaymentState, ev: &PaymentAuthorized) -> Decided {
     expected!(s, PaymentAuthorized);
     let requested = (s.terms.amount, s.terms.currency);
-    if let Some(flag) = differs("authorization", (ev.amount_minor, ev.currency), requested) {
+    let reported = (ev.amount_minor, ev.currency);
+    let authorization = ProviderOperation::Authorize;
+    if let Some(flag) = mismatched(authorization, &ev.authorization_id, reported, requested) {
         return Ok(flag);
     }
     let voiding = s.compensation().is_some();
@@ -125,8 +154,12 @@ pub fn payment_authorized(s: &PaymentState, ev: &PaymentAuthorized) -> Decided {
 /// order) applies the authorization it names first.
 pub fn payment_captured(s: &PaymentState, ev: &PaymentCaptured) -> Decided {
     expected!(s, PaymentCaptured);
-    let requested = (s.to_capture(), s.terms.currency);
-    if let Some(flag) = differs("capture", (ev.amount_minor, ev.currency), requested) {
+    // Against what was asked, not what a mismatch recorded: a capture of another amount
+    // answered again is flagged again, never applied.
+    let requested = (s.to_capture_asked(), s.terms.currency);
+    let reported = (ev.amount_minor, ev.currency);
+    let capture = ProviderOperation::Capture;
+    if let Some(flag) = mismatched(capture, &ev.capture_id, reported, requested) {
         return Ok(flag);
     }
     let mut decision = Decision::default();
@@ -229,7 +262,7 @@ pub fn payment_reversed(s: &PaymentState, ev: &PaymentReversed) -> Decided {
     expected!(s, PaymentReversed);
     let (what, kind, expected) = match ev.operation {
         ProviderOperation::Refund => ("capture refunded", "reversal refund", s.to_capture()),
-        _ => ("authorization voided", "void", s.terms.amount),
+        _ => ("authorization voided", "void", s.to_void()),
     };
     if let (Some(amount), Some(currency)) = (ev.amount_minor, ev.currency) {
         let checked = !mutation::active(Mutation::ReversalAmountUnchecked)
@@ -411,31 +444,80 @@ pub fn provider_retries_exhausted(s: &PaymentState, ev: &ProviderRetriesExhauste
     }
 }
 
-/// The provider refused a capture, void or refund: it did not happen. A merchant's refund
-/// fails (what it held of the refundable amount is free again); anything else is a bug of
-/// ours the provider caught, and an operator decides, with the decline in the reason.
+/// The provider refused a capture, void or refund: it did not happen (see each path).
 fn declined(s: &PaymentState, ev: &ProviderRetriesExhausted, code: &str) -> Decided {
     if let Some(refund_id) = ev.refund_id {
-        let reason = format!("refund {refund_id} declined by the provider: {code}");
-        return Ok(Decision::of(Effect::Refund(RefundEffect::Failed {
-            refund_id,
-            reason: reason.clone(),
-        }))
-        .then(Effect::Step { reason }));
+        return refund_declined(s, refund_id, code);
     }
-    if ev.operation == ProviderOperation::Authorize {
-        return Err(Refusal::broken(
+    match ev.operation {
+        ProviderOperation::Authorize => Err(Refusal::broken(
             "a declined authorization is reported as payments.failed, not as retries exhausted"
                 .into(),
-        ));
+        )),
+        ProviderOperation::Capture => capture_declined(s, code),
+        ProviderOperation::Void | ProviderOperation::Refund => {
+            let reason = format!(
+                "{} declined by the provider ({code}): it did not happen",
+                ev.operation.as_str()
+            );
+            let kind = match s.compensation() {
+                Some(_) => FlagKind::CompensationFailed(ev.operation),
+                None => FlagKind::CaptureUnresolved,
+            };
+            Ok(Decision::of(Effect::Flag { reason, kind }))
+        }
     }
-    let reason = format!(
-        "{} declined by the provider ({code}): it did not happen",
-        ev.operation.as_str()
-    );
-    let kind = match s.compensation() {
-        Some(_) => FlagKind::CompensationFailed(ev.operation),
-        None => FlagKind::CaptureUnresolved,
+}
+
+/// A merchant's refund the provider refused fails: what it held of the refundable amount is
+/// free again, and the merchant hears of it (`refund.failed`).
+fn refund_declined(s: &PaymentState, refund_id: uuid::Uuid, code: &str) -> Decided {
+    let Some(refund) = s.refund(refund_id) else {
+        return Err(Refusal::broken(format!(
+            "unknown refund {refund_id} of payment {}",
+            s.terms.payment_id
+        )));
     };
-    Ok(Decision::of(Effect::Flag { reason, kind }))
+    if refund.status != RefundStatus::Requested {
+        return Ok(Decision::of(Effect::Ignore(
+            crate::saga::decision::Ignored::Stale,
+        )));
+    }
+    let reason = format!("refund {refund_id} declined by the provider: {code}");
+    let failed = crate::saga::decision::Command::RefundFailed(RefundFailed {
+        merchant_id: s.terms.merchant_id,
+        refund_id,
+        amount_minor: refund.amount,
+        currency: refund.currency,
+        reason: refund.reason.clone(),
+        decline_code: code.to_owned(),
+        payment_status: s.status(),
+    });
+    Ok(Decision::of(Effect::Refund(RefundEffect::Failed {
+        refund_id,
+        reason: reason.clone(),
+    }))
+    .then(Effect::Step { reason })
+    .send(failed))
+}
+
+/// The provider refused to capture the authorization (expired, or refused by the issuer):
+/// nothing was captured, and the hold on the customer's card is released by voiding the
+/// authorization; the payment ends REVERSED (or is flagged if the void is refused too).
+fn capture_declined(s: &PaymentState, code: &str) -> Decided {
+    if let Err(ignored) = expect_in(s, &[PaymentStatus::Authorized]) {
+        return Ok(ignored);
+    }
+    if s.compensation().is_some() {
+        // A void is already under way: it releases the authorization.
+        let reason = format!("capture declined by the provider ({code}) while being voided");
+        return Ok(Decision::of(Effect::Step { reason }));
+    }
+    let reason = format!("capture declined by the provider ({code}): voiding the authorization");
+    let why = format!("capture declined by the provider: {code}");
+    Ok(Decision::of(Effect::Compensate {
+        kind: Compensation::Void,
+        reason,
+    })
+    .send(commands::void(s, &why)))
 }

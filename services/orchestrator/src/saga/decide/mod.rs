@@ -141,3 +141,5 @@ pub fn finalized(s: &PaymentState, status: PaymentStatus, reason: &str) -> Payme
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_parked;

@@ -19,15 +19,15 @@ use sagapay_domain::{
 };
 use uuid::Uuid;
 
-fn minor(n: i64) -> AmountMinor {
+pub(super) fn minor(n: i64) -> AmountMinor {
     AmountMinor::new(n).unwrap()
 }
 
-fn usd() -> Currency {
+pub(super) fn usd() -> Currency {
     Currency::parse("USD").unwrap()
 }
 
-fn payment(stage: Stage, capture_method: CaptureMethod) -> PaymentState {
+pub(super) fn payment(stage: Stage, capture_method: CaptureMethod) -> PaymentState {
     PaymentState {
         terms: Terms {
             payment_id: Uuid::from_u64_pair(1, 1),
@@ -45,15 +45,16 @@ fn payment(stage: Stage, capture_method: CaptureMethod) -> PaymentState {
         nudges: 0,
         due: None,
         attention: false,
+        mismatch: None,
         refunds: Vec::new(),
     }
 }
 
-fn decided(s: &PaymentState, input: Input) -> Decision {
+pub(super) fn decided(s: &PaymentState, input: Input) -> Decision {
     decide(s, &input, Utc::now(), &Deadlines::default()).expect("a decision")
 }
 
-fn authorized(voiding: bool) -> Stage {
+pub(super) fn authorized(voiding: bool) -> Stage {
     Stage::Authorized {
         authorization_id: "auth-1".into(),
         voiding,
