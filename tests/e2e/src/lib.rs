@@ -179,6 +179,8 @@ pub struct StackOptions {
     pub orchestrator_request_timeout: Option<Duration>,
     /// The orchestrator's admission limit, payments in flight (default: the service's).
     pub admission_max_in_flight: Option<i64>,
+    /// A merchant's default share of it (default: the service's, half of the limit; 0: none).
+    pub admission_merchant_max_in_flight: Option<i64>,
 }
 
 impl StackOptions {
@@ -647,6 +649,11 @@ async fn start_orchestrator_at(
     }
     if let Some(limit) = options.admission_max_in_flight {
         config.admission_max_in_flight = limit;
+        config.admission_merchant_max_in_flight =
+            sagapay_orchestrator::admission::Admission::default_share(limit);
+    }
+    if let Some(share) = options.admission_merchant_max_in_flight {
+        config.admission_merchant_max_in_flight = share;
     }
     sagapay_orchestrator::start(config)
         .await

@@ -8,6 +8,8 @@
 //! sagapayctl payments stuck [--limit N] [--json]
 //! sagapayctl payments retry <payment id> [--by NAME]
 //! sagapayctl payments fail <payment id> --reason "..." [--by NAME]
+//! sagapayctl payments accept <payment id> --reason "..." [--by NAME]
+//! sagapayctl merchant limit <merchant id or name> --max-in-flight N | --default [--by NAME]
 //! sagapayctl merchant create <name> [--json]     (prints the merchant's first API key, once)
 //! sagapayctl merchant list [--json]
 //! sagapayctl key create <merchant id or name> [--json]   (prints the new key, once)
@@ -159,8 +161,17 @@ enum PaymentsCommand {
         by: String,
     },
     /// End a payment as the saga would: fail it before a risk decision, void an
-    /// authorization, refund a capture.
+    /// authorization, refund a capture (of another amount: exactly what the provider took).
     Fail {
+        payment_id: uuid::Uuid,
+        #[arg(long)]
+        reason: String,
+        #[arg(long, default_value = "sagapayctl")]
+        by: String,
+    },
+    /// Keep a capture the provider made of another amount than was asked: the payment is
+    /// posted for what was captured and settles.
+    Accept {
         payment_id: uuid::Uuid,
         #[arg(long)]
         reason: String,
@@ -191,6 +202,18 @@ enum MerchantCommand {
     List {
         #[arg(long)]
         json: bool,
+    },
+    /// A merchant's own share of admission control: at most N of its payments in flight
+    /// (0: no limit of its own), or the default share again.
+    Limit {
+        /// Merchant id or name.
+        merchant: String,
+        #[arg(long, conflicts_with = "default", required_unless_present = "default")]
+        max_in_flight: Option<u32>,
+        #[arg(long)]
+        default: bool,
+        #[arg(long, default_value = "sagapayctl")]
+        by: String,
     },
 }
 
@@ -525,6 +548,40 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 done["status"].as_str().unwrap_or("?"),
                 done["action"].as_str().unwrap_or("?"),
                 done["sent"]
+            );
+        }
+        Command::Payments(PaymentsCommand::Accept {
+            payment_id,
+            reason,
+            by,
+        }) => {
+            let done = ops.accept(payment_id, &reason, &by).await?;
+            println!(
+                "payment {payment_id} ({}): accepted ({})",
+                done["status"].as_str().unwrap_or("?"),
+                done["sent"]
+            );
+        }
+        Command::Merchant(MerchantCommand::Limit {
+            merchant,
+            max_in_flight,
+            default: _,
+            by,
+        }) => {
+            let merchant = keys::find_merchant(&gateway_db().await?, &merchant).await?;
+            let limits = ops
+                .set_merchant_limit(merchant.merchant_id, max_in_flight, &by)
+                .await?;
+            println!(
+                "merchant {} ({}): at most {} payments in flight ({} now)",
+                merchant.merchant_id,
+                merchant.name,
+                match limits["max_in_flight"].as_i64() {
+                    Some(0) => "unlimited by its own share:".to_owned(),
+                    Some(n) => n.to_string(),
+                    None => format!("{} (the default share)", limits["default_max_in_flight"]),
+                },
+                limits["in_flight"]
             );
         }
         Command::Namespace(NamespaceCommand::Drop { yes }) => {

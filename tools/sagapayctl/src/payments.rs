@@ -1,6 +1,7 @@
 //! Payments that stopped moving, through the orchestrator's ops routes (ops key required):
 //! `stuck` lists them, `retry` sends their outstanding step again, `fail` ends them as the
-//! saga would (void before capture, refund after).
+//! saga would (void before capture, refund after), `accept` keeps a capture of another
+//! amount; and merchants' shares of admission control.
 
 use anyhow::Context;
 use serde_json::{json, Value};
@@ -62,14 +63,54 @@ impl Ops {
         reason: &str,
         requested_by: &str,
     ) -> anyhow::Result<Value> {
+        self.end(payment_id, "fail", reason, requested_by).await
+    }
+
+    /// Keeps a capture the provider made of another amount than was asked (posted for it).
+    pub async fn accept(
+        &self,
+        payment_id: Uuid,
+        reason: &str,
+        requested_by: &str,
+    ) -> anyhow::Result<Value> {
+        self.end(payment_id, "accept", reason, requested_by).await
+    }
+
+    async fn end(
+        &self,
+        payment_id: Uuid,
+        verb: &str,
+        reason: &str,
+        requested_by: &str,
+    ) -> anyhow::Result<Value> {
         let client = client()?;
         self.send(
             client
                 .post(format!(
-                    "{}/ops/payments/{payment_id}/fail",
+                    "{}/ops/payments/{payment_id}/{verb}",
                     self.orchestrator_url
                 ))
                 .json(&json!({ "reason": reason, "requested_by": requested_by })),
+        )
+        .await
+    }
+
+    /// A merchant's own share of admission control: `Some(n)` sets it (0: no limit of its
+    /// own), `None` gives it the default share again.
+    pub async fn set_merchant_limit(
+        &self,
+        merchant_id: Uuid,
+        max_in_flight: Option<u32>,
+        requested_by: &str,
+    ) -> anyhow::Result<Value> {
+        let client = client()?;
+        self.send(
+            client
+                .put(format!(
+                    "{}/ops/merchants/{merchant_id}/limits",
+                    self.orchestrator_url
+                ))
+                .json(&json!({ "max_in_flight": max_in_flight, "requested_by": requested_by })),
         )
         .await
     }

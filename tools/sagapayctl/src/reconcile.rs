@@ -184,8 +184,12 @@ pub async fn run(dbs: &Databases, window: &Window) -> anyhow::Result<Report> {
     };
     let orch = connect(dbs.orchestrator.clone()).await?;
     let payments: Vec<Payment> = sqlx::query_as(
-        // What moves is what was captured: a manual capture may take less than the amount.
-        "SELECT payment_id, status, COALESCE(capture_amount_minor, amount_minor) AS amount_minor,
+        // What moves is what was captured: a manual capture may take less than the amount, and
+        // a capture of another amount that an operator failed or accepted took what the
+        // provider reported.
+        "SELECT payment_id, status,
+                CASE WHEN provider_mismatch = 'CAPTURE' THEN provider_mismatch_minor
+                     ELSE COALESCE(capture_amount_minor, amount_minor) END AS amount_minor,
                 currency, deadline_at FROM payments
           WHERE ($1::timestamptz IS NULL OR created_at >= $1) AND created_at < $2",
     )

@@ -61,6 +61,8 @@ async fn payments_with_key(stack: &TestStack, key: &str) -> i64 {
 async fn a_full_pipeline_refuses_new_payments_fast_and_accepts_them_once_drained() {
     let stack = TestStack::spawn_with(StackOptions {
         admission_max_in_flight: Some(2),
+        // The pipeline's limit alone (merchants' shares have tests of their own: parked.rs).
+        admission_merchant_max_in_flight: Some(0),
         provider_retry: Some(patient_authorizations()),
         ..StackOptions::default()
     })
@@ -133,6 +135,7 @@ async fn a_full_pipeline_refuses_new_payments_fast_and_accepts_them_once_drained
 async fn a_closed_loop_as_deep_as_the_limit_is_never_refused() {
     let stack = TestStack::spawn_with(StackOptions {
         admission_max_in_flight: Some(4),
+        admission_merchant_max_in_flight: Some(0),
         ..StackOptions::default()
     })
     .await;
