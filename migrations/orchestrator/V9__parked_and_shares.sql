@@ -11,6 +11,12 @@ ALTER TABLE payments
         (provider_mismatch IS NULL) = (provider_mismatch_reference IS NULL)
         AND (provider_mismatch IS NULL) = (provider_mismatch_minor IS NULL));
 
+-- Why a payment waits for an operator, as a kind the saga decides on (the reason stays the
+-- words): an operator may fail a payment whose void the provider refused (nothing was
+-- captured), not one whose void is merely unanswered.
+ALTER TABLE payments ADD COLUMN attention_kind TEXT CHECK (attention_kind IN (
+    'OVERDUE', 'AMOUNT_MISMATCH', 'COMPENSATION_FAILED', 'CAPTURE_UNRESOLVED', 'VOID_DECLINED'));
+
 -- Each merchant's share of admission control: at most max_in_flight of its payments in the
 -- automatic pipeline at once (inside the global limit). A merchant without a row has the
 -- default share (SAGAPAY_ADMISSION_MERCHANT_MAX_IN_FLIGHT). Set by `sagapayctl merchant limit`.

@@ -25,11 +25,13 @@ fn effect_on(mut s: PaymentState, effect: &Effect) -> Result<PaymentState, Strin
             s.stage = moved(&s, *to, facts)?;
             s.nudges = 0;
             s.attention = false;
+            s.void_refused = false;
         }
         Effect::Compensate { kind, .. } => {
             s.stage = compensating(&s, *kind)?;
             s.nudges = 0;
             s.attention = false;
+            s.void_refused = false;
         }
         Effect::Act { manual, .. } => {
             if manual.action != crate::store::MerchantAction::Capture {
@@ -38,12 +40,17 @@ fn effect_on(mut s: PaymentState, effect: &Effect) -> Result<PaymentState, Strin
             s.manual = Some(manual.clone());
             s.nudges = 0;
             s.attention = false;
+            s.void_refused = false;
         }
         Effect::Resend { reset, .. } => {
             s.nudges = if *reset { 0 } else { s.nudges + 1 };
             s.attention = false;
+            s.void_refused = false;
         }
-        Effect::Flag { .. } => s.attention = true,
+        Effect::Flag { kind, .. } => {
+            s.attention = true;
+            s.void_refused = *kind == super::decision::FlagKind::VoidDeclined;
+        }
         Effect::Mismatch(m) => s.mismatch = Some(m.clone()),
         Effect::ClearDeadline => s.due = None,
         Effect::Refund(r) => refund_effect(&mut s, r)?,

@@ -55,12 +55,13 @@ pub fn post(s: &PaymentState, capture_id: &str) -> Command {
     })
 }
 
-/// Voids the authorization; addressed by the authorization's idempotency key when its id is
-/// not known (an authorization whose outcome was never learnt).
+/// Voids the authorization, for what the provider holds authorized; addressed by the
+/// authorization's idempotency key when its id is not known (an authorization whose outcome
+/// was never learnt).
 pub fn void(s: &PaymentState, reason: &str) -> Command {
     Command::Void(VoidRequested {
         authorization_id: s.authorization_id().map(str::to_owned),
-        amount_minor: s.terms.amount,
+        amount_minor: s.to_void(),
         currency: s.terms.currency,
         reason: reason.to_owned(),
     })

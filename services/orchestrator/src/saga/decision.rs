@@ -99,6 +99,22 @@ pub enum FlagKind {
     CompensationFailed(ProviderOperation),
     /// A capture's outcome is unknown, or the provider refused a capture.
     CaptureUnresolved,
+    /// The provider refused to void the authorization (nothing was captured): an operator
+    /// may end the payment, the hold lapsing at the card's issuer.
+    VoidDeclined,
+}
+
+impl FlagKind {
+    /// As `payments.attention_kind` stores it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FlagKind::Overdue => "OVERDUE",
+            FlagKind::AmountMismatch(_) => "AMOUNT_MISMATCH",
+            FlagKind::CompensationFailed(_) => "COMPENSATION_FAILED",
+            FlagKind::CaptureUnresolved => "CAPTURE_UNRESOLVED",
+            FlagKind::VoidDeclined => "VOID_DECLINED",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

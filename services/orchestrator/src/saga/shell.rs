@@ -139,11 +139,7 @@ impl Shell {
         }
         // Admission follows the payment in or out of the pipeline (a move, a flag, an
         // operator's retry) once this commits.
-        let place = |st: &PaymentState| {
-            let parked = st.attention;
-            crate::admission::in_pipeline(st.status(), st.terms.capture_method, parked)
-        };
-        let delta = i64::from(place(&w.state)) - i64::from(place(s));
+        let delta = i64::from(w.state.holds_place()) - i64::from(s.holds_place());
         if delta != 0 {
             let (admission, merchant) = (self.admission.clone(), s.terms.merchant_id);
             w.after
@@ -335,7 +331,8 @@ impl Writer<'_, '_> {
     async fn flag(&mut self, reason: &str, kind: FlagKind) -> Result<(), CommitError> {
         let (id, status) = (self.row.payment_id, self.row.status);
         tracing::error!(payment_id = %id, %reason, ?kind, "payment needs attention");
-        store::flag_attention(self.conn, id, status, reason, self.event_id).await?;
+        let why = (kind.as_str(), reason);
+        store::flag_attention(self.conn, id, status, why, self.event_id).await?;
         let m = &self.shell.metrics;
         let counter = match kind {
             FlagKind::Overdue => m
@@ -347,6 +344,9 @@ impl Writer<'_, '_> {
             FlagKind::CompensationFailed(op) => m
                 .compensations_failed_total
                 .with_label_values(&[op.as_str()]),
+            FlagKind::VoidDeclined => m
+                .compensations_failed_total
+                .with_label_values(&[sagapay_domain::events::ProviderOperation::Void.as_str()]),
             FlagKind::CaptureUnresolved => return Ok(()),
         };
         self.after.push(Box::new(move || counter.inc()));

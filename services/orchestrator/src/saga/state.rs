@@ -5,6 +5,8 @@
 //! (an authorized payment without its authorization, a settled one still being compensated),
 //! so [`super::decide`] never has to ask whether an `Option` is set.
 
+use super::decide::mutation::{self, Mutation};
+use super::decision::FlagKind;
 use crate::store::{Compensation, MerchantAction, PaymentRow, ProviderMismatch};
 use chrono::{DateTime, Utc};
 use sagapay_domain::events::{CaptureMethod, ProviderOperation};
@@ -101,6 +103,8 @@ pub struct PaymentState {
     pub due: Option<DateTime<Utc>>,
     /// Flagged for an operator.
     pub attention: bool,
+    /// Flagged because the provider refused to void the authorization (nothing captured).
+    pub void_refused: bool,
     /// An authorization or capture the provider reported for another amount than was asked
     /// (never applied; an operator fails or accepts the payment with it).
     pub mismatch: Option<ProviderMismatch>,
@@ -145,6 +149,8 @@ impl PaymentState {
             nudges: row.nudges,
             due: row.deadline_at,
             attention: row.attention_since.is_some(),
+            void_refused: row.attention_since.is_some()
+                && row.attention_kind.as_deref() == Some(FlagKind::VoidDeclined.as_str()),
             mismatch: row.provider_mismatch.clone(),
             refunds,
         })
@@ -211,9 +217,11 @@ impl PaymentState {
         }
     }
 
-    /// Parked: waiting for an operator, not for the pipeline.
-    pub fn parked(&self) -> bool {
-        self.attention || self.stage == Stage::RiskReview
+    /// Whether the payment holds a place in admission control: the pipeline still has work
+    /// to do for it and it is not parked for an operator (`crate::admission`'s rule).
+    pub fn holds_place(&self) -> bool {
+        let parked = self.attention && !mutation::active(Mutation::ParkedHoldsPlace);
+        crate::admission::in_pipeline(self.status(), self.terms.capture_method, parked)
     }
 
     /// What the payment holds captured in `status` (see `PaymentRow::captured_in`).

@@ -134,6 +134,15 @@ impl Psp {
             }
             ProviderOperation::Refund => None,
         };
+        // Now and then the provider refuses a merchant's refund (the card's account is
+        // closed, the charge disputed): a decline of its own, not a bug of ours.
+        if faults && refused.is_none() && op.refund_id.is_some() && dice.chance(10) {
+            let outcome = ProviderOutcome::Declined {
+                code: "refund_declined".into(),
+            };
+            self.by_key.insert(key, outcome.clone());
+            return outcome;
+        }
         let partial =
             faults && operation == ProviderOperation::Authorize && a > 1 && dice.chance(2);
         let (a, amount) = if partial {

@@ -4,6 +4,7 @@
 use super::adapter::OpStatus;
 use super::world::World;
 use crate::saga::state::Stage;
+use sagapay_domain::events::CaptureMethod;
 use sagapay_domain::{PaymentStatus, RefundStatus};
 
 /// After every step: at the provider captured ≤ authorized, refunded ≤ captured, at most one
@@ -36,6 +37,7 @@ pub fn always(w: &World) -> Result<(), String> {
             return Err(format!("{p}: captured {} times", b.captures));
         }
     }
+    admission_follows(w)?;
     for (p, posted) in &w.ledger.books {
         if let Some((_, amount, _)) = &posted.capture {
             let at_provider = w.psp.books.get(p).and_then(|b| b.captured);
@@ -90,6 +92,72 @@ pub fn at_rest(w: &World) -> Result<(), String> {
         let flagged = s.attention || !t.refund_flagged.is_empty();
         if !flagged {
             books_agree(w, *p, status, &t.state)?;
+        }
+    }
+    Ok(())
+}
+
+/// Admission's count of each merchant equals a recount by its rule as the spec states it:
+/// payments the automatic pipeline still has to finish (waiting for risk, authorization,
+/// capture or posting) that are not parked for an operator. A parked payment holds no place.
+fn admission_follows(w: &World) -> Result<(), String> {
+    let mut recount: std::collections::BTreeMap<uuid::Uuid, i64> = Default::default();
+    for t in w.payments.values() {
+        let s = &t.state;
+        let pipeline = match s.status() {
+            PaymentStatus::Created | PaymentStatus::Approved | PaymentStatus::Captured => true,
+            PaymentStatus::Authorized => s.terms.capture_method == CaptureMethod::Automatic,
+            _ => false,
+        };
+        *recount.entry(s.terms.merchant_id).or_insert(0) += i64::from(pipeline && !s.attention);
+    }
+    for (merchant, counted) in &w.admission {
+        let actual = recount.get(merchant).copied().unwrap_or(0);
+        if *counted != actual {
+            return Err(format!(
+                "admission counts {counted} places for merchant {merchant}, its pipeline holds {actual}"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Once operators ended the parked payments: every payment ended, the books agree for each,
+/// and every refund the provider declined failed (the refusal reached the saga).
+pub fn ended(w: &World) -> Result<(), String> {
+    at_rest(w)?;
+    for (p, t) in &w.payments {
+        if !t.state.status().is_terminal() {
+            return Err(format!(
+                "{p} is still {} after operators ended every parked payment",
+                t.state.status()
+            ));
+        }
+        books_agree(w, *p, t.state.status(), &t.state)?;
+    }
+    for op in w
+        .adapter
+        .ops
+        .iter()
+        .filter(|o| o.status == OpStatus::Declined)
+    {
+        let Some(refund_id) = op.refund_id else {
+            continue;
+        };
+        let refund = w.payments[&op.payment].state.refund(refund_id);
+        if refund.is_none_or(|r| r.status != RefundStatus::Failed) {
+            return Err(format!(
+                "{}: refund {refund_id} was declined by the provider but is {:?}",
+                op.payment,
+                refund.map(|r| r.status)
+            ));
+        }
+        if w.notification.refunds_failed.get(&refund_id) != Some(&1) {
+            return Err(format!(
+                "{}: refund {refund_id} declined, announced {:?} times",
+                op.payment,
+                w.notification.refunds_failed.get(&refund_id)
+            ));
         }
     }
     Ok(())

@@ -116,6 +116,10 @@ pub struct Summary {
     pub decisions: usize,
     pub terminal: usize,
     pub flagged: usize,
+    /// New payments refused because their merchant held its share of admission.
+    pub refused: usize,
+    /// Payments parked for an operator that an operator ended once the faults stopped.
+    pub ended_by_operators: usize,
 }
 
 /// Runs seed `seed`.

@@ -152,6 +152,9 @@ pub struct Notification {
     /// Each payment's `payments.finalized` events received: message id and status.
     pub finalized: BTreeMap<Uuid, BTreeMap<u64, PaymentStatus>>,
     pub refunds_succeeded: BTreeMap<Uuid, BTreeSet<Uuid>>,
+    /// `refunds.failed` announcements received per refund (each message once: the inbox
+    /// drops a redelivery, so two here are two announcements).
+    pub refunds_failed: BTreeMap<Uuid, u32>,
 }
 
 impl Notification {
@@ -169,6 +172,7 @@ impl Notification {
                     .or_default()
                     .insert(r.refund_id);
             }
+            Command::RefundFailed(r) => *self.refunds_failed.entry(r.refund_id).or_insert(0) += 1,
             _ => {}
         }
     }

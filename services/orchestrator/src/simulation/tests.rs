@@ -33,24 +33,37 @@ fn every_seed_keeps_every_invariant() {
         ),
     };
     let started = Instant::now();
-    let mut decisions = 0;
-    let mut steps = 0;
+    let mut total = super::Summary::default();
     let config = Config::default();
     for seed in first..first + seeds {
         match run(seed, &config) {
             Ok(s) => {
-                decisions += s.decisions;
-                steps += s.steps;
+                total.decisions += s.decisions;
+                total.steps += s.steps;
+                total.refused += s.refused;
+                total.ended_by_operators += s.ended_by_operators;
+                total.flagged += s.flagged;
             }
             Err(failure) => panic!("{failure}"),
         }
     }
     let elapsed = started.elapsed().as_secs_f64();
     eprintln!(
-        "simulation: {seeds} seeds from {first} in {elapsed:.1} s ({:.0} seeds/s), {steps} steps, \
-         {decisions} decisions of the saga",
-        seeds as f64 / elapsed
+        "simulation: {seeds} seeds from {first} in {elapsed:.1} s ({:.0} seeds/s), {} steps, \
+         {} decisions of the saga; {} payments refused at their merchant's share, {} parked \
+         at rest, {} ended by operators",
+        seeds as f64 / elapsed,
+        total.steps,
+        total.decisions,
+        total.refused,
+        total.flagged,
+        total.ended_by_operators
     );
+    // The suite's seeds reach what the invariants are about (not vacuously true).
+    if seeds >= CI_SEEDS {
+        assert!(total.refused > 0, "no seed refused a payment at its share");
+        assert!(total.ended_by_operators > 0, "no seed parked a payment");
+    }
 }
 
 /// Each deliberate bug makes the simulation fail within the suite's seeds: the simulator's
@@ -63,6 +76,8 @@ fn every_deliberate_bug_is_found_within_the_suite_seeds() {
         Mutation::VoidIgnoresPendingCapture,
         Mutation::OverRefundBeforeFix,
         Mutation::LatePostingKept,
+        Mutation::ParkedHoldsPlace,
+        Mutation::DeclinedRefundPending,
     ] {
         mutation::set(Some(m));
         let found = explore(1, CI_SEEDS);

@@ -82,7 +82,14 @@ pub struct World {
     /// Payment id and status of anything sent for a payment that had already ended, other
     /// than what its refunds need (checked by the invariants).
     pub sent_after_end: Vec<String>,
+    /// Admission control's count of each merchant's payments in the pipeline, followed
+    /// decision by decision as the shell follows it (checked against a recount).
+    pub admission: BTreeMap<Uuid, i64>,
 }
+
+/// Each merchant's share of admission control in the simulated world: a new payment of a
+/// merchant holding this many places is refused (and asked for again later).
+pub const SHARE: i64 = 2;
 
 fn deadlines() -> Deadlines {
     Deadlines {
@@ -116,6 +123,7 @@ impl World {
             trace: Vec::new(),
             summary: Summary::default(),
             sent_after_end: Vec::new(),
+            admission: BTreeMap::new(),
         }
     }
 
@@ -128,29 +136,98 @@ impl World {
         self.trace
             .push(format!("t={} faults stop; settling", self.now));
         self.replay_dead_letters();
-        let mut quiet = false;
-        for _ in 0..self.config.settle_steps {
-            if !self.settling_step() {
-                quiet = true;
-                break;
-            }
-            self.check(invariants::always)?;
-        }
-        if !quiet {
-            let busy = self.busy();
-            return Err(self.failure(format!(
-                "nothing settles: still busy after every settling step: {busy}"
-            )));
-        }
+        self.settle()?;
         self.check(invariants::at_rest)?;
+        self.summary.flagged = self.payments.values().filter(|t| t.state.attention).count();
+        self.end_parked()?;
         self.summary.steps = self.step;
         self.summary.terminal = self
             .payments
             .values()
             .filter(|t| t.state.status().is_terminal())
             .count();
-        self.summary.flagged = self.payments.values().filter(|t| t.state.attention).count();
         Ok(self.summary)
+    }
+
+    /// Steps until nothing is left to do (no faults any more); a failure if that never comes.
+    fn settle(&mut self) -> Result<(), Box<Failure>> {
+        for _ in 0..self.config.settle_steps {
+            if !self.settling_step() {
+                return Ok(());
+            }
+            self.check(invariants::always)?;
+        }
+        let busy = self.busy();
+        Err(self.failure(format!(
+            "nothing settles: still busy after every settling step: {busy}"
+        )))
+    }
+
+    /// Once at rest, operators end every payment parked for one: a capture of another amount
+    /// accepted or failed (at random), anything else failed, and what cannot be failed now
+    /// (a compensation under way) retried; then everything settles again. A few rounds, since
+    /// a retry can park a payment again on the way (its answer repeated); after them every
+    /// payment must have ended, with the books agreeing.
+    fn end_parked(&mut self) -> Result<(), Box<Failure>> {
+        for round in 0..3 {
+            let parked: Vec<Uuid> = (self.payments.iter())
+                .filter(|(_, t)| t.state.attention && !t.state.status().is_terminal())
+                .map(|(p, _)| *p)
+                .collect();
+            if parked.is_empty() {
+                break;
+            }
+            self.trace.push(format!(
+                "t={} operators end {} parked payment(s), round {}",
+                self.now,
+                parked.len(),
+                round + 1
+            ));
+            for p in parked {
+                self.end_one(p)?;
+            }
+            self.settle()?;
+            self.check(invariants::always)?;
+        }
+        self.check(invariants::ended)
+    }
+
+    /// An operator ends parked payment `p` (see [`Self::end_parked`]).
+    fn end_one(&mut self, p: Uuid) -> Result<(), Box<Failure>> {
+        let s = self.payments[&p].state.clone();
+        let captured_other = s.mismatch.as_ref().is_some_and(|m| m.captured().is_some());
+        let who = "ops".to_owned();
+        let why = "ending a parked payment".to_owned();
+        let request = if captured_other && self.dice.chance(50) {
+            OperatorRequest::Accept { who, why }
+        } else {
+            OperatorRequest::Fail { who, why }
+        };
+        let input = Input::Operator(request);
+        match decide(&s, &input, self.clock(), &self.deadlines) {
+            Ok(_) => {}
+            Err(r) if r.kind == RefusalKind::Conflict => {
+                self.trace.push(format!(
+                    "  {p}: {} refused ({}), retried",
+                    r.code, r.message
+                ));
+                let retry = OperatorRequest::Retry { who: "ops".into() };
+                self.summary.ended_by_operators += 1;
+                self.orchestrate(p, Input::Operator(retry));
+                return Ok(());
+            }
+            Err(r) => {
+                return Err(self.failure(format!(
+                    "{p} parked in {}: an operator cannot end it: {r}",
+                    s.status()
+                )))
+            }
+        }
+        self.trace
+            .push(format!("t={} an operator ends {p}: {input:?}", self.now));
+        self.summary.ended_by_operators += 1;
+        self.orchestrate(p, input);
+        Ok(())
     }
 
     /// What is still going on (for a run that does not settle).
@@ -284,11 +361,21 @@ impl World {
     }
 
     fn create_payment(&mut self) {
+        let merchant_id = Uuid::from_u64_pair(1, self.dice.below(2));
+        let holds = self.admission.get(&merchant_id).copied().unwrap_or(0);
+        if holds >= SHARE {
+            self.trace.push(format!(
+                "t={} merchant {merchant_id} refused: {holds} places held, its share",
+                self.now
+            ));
+            self.summary.refused += 1;
+            return;
+        }
         let payment_id = Uuid::from_u64_pair(self.dice.next(), self.dice.next());
         let manual = self.dice.chance(35);
         let terms = Terms {
             payment_id,
-            merchant_id: Uuid::from_u64_pair(1, self.dice.below(2)),
+            merchant_id,
             customer_id: CustomerId::parse(format!("cust-{}", self.dice.below(5)))
                 .expect("customer"),
             amount: AmountMinor::new(self.dice.between(100, 10_000)).expect("amount"),
@@ -314,6 +401,7 @@ impl World {
             nudges: 0,
             due: None,
             attention: false,
+            void_refused: false,
             mismatch: None,
             refunds: Vec::new(),
         };
@@ -332,6 +420,7 @@ impl World {
             },
         );
         self.order.push(payment_id);
+        *self.admission.entry(merchant_id).or_insert(0) += 1;
         self.send(payment_id, To::Orchestrator, Body::Command(requested));
     }
 
@@ -649,6 +738,10 @@ impl World {
                 .push(format!("{p}: the decision does not apply: {e}"));
             return;
         }
+        // Admission follows the payment as the shell does once the decision commits.
+        let after = &self.payments[&p].state;
+        let delta = i64::from(after.holds_place()) - i64::from(state.holds_place());
+        *self.admission.entry(state.terms.merchant_id).or_insert(0) += delta;
         for c in decision.send {
             self.send(p, To::Orchestrator, Body::Command(c));
         }

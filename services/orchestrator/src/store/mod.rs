@@ -96,6 +96,8 @@ pub struct PaymentRow {
     /// Set when the payment needs an operator, with why.
     pub attention_since: Option<DateTime<Utc>>,
     pub attention_reason: Option<String>,
+    /// Why it waits for an operator, as a kind (`FlagKind::as_str`).
+    pub attention_kind: Option<String>,
     pub compensation: Option<Compensation>,
     pub capture_method: CaptureMethod,
     pub merchant_action: Option<MerchantAction>,
@@ -155,7 +157,7 @@ pub(crate) const PAYMENT_COLUMNS: &str =
      correlation_id, created_at, updated_at, deadline_at, nudges, attention_since, \
      attention_reason, compensation, capture_method, merchant_action, merchant_action_key, \
      capture_amount_minor, provider_mismatch, provider_mismatch_reference, \
-     provider_mismatch_minor";
+     provider_mismatch_minor, attention_kind";
 
 /// A text column read as the domain type that parses it.
 fn parsed<T>(
@@ -189,6 +191,7 @@ pub(crate) fn payment_from_row(r: &sqlx::postgres::PgRow) -> sqlx::Result<Paymen
         nudges: r.try_get("nudges")?,
         attention_since: r.try_get("attention_since")?,
         attention_reason: r.try_get("attention_reason")?,
+        attention_kind: r.try_get("attention_kind")?,
         compensation: r.try_get("compensation")?,
         capture_method: r.try_get("capture_method")?,
         merchant_action: r.try_get("merchant_action")?,
@@ -575,18 +578,19 @@ pub async fn resend(
     Ok(())
 }
 
-/// Flags `payment_id` as needing an operator, with why (and a timeline step).
+/// Flags `payment_id` as needing an operator, with why (`kind`, and the words in `reason`;
+/// a timeline step says it too).
 pub async fn flag_attention(
     conn: &mut PgConnection,
     payment_id: Uuid,
     status: PaymentStatus,
-    reason: &str,
+    (kind, reason): (&str, &str),
     event_id: Option<Uuid>,
 ) -> sqlx::Result<()> {
     sqlx::query(
         "WITH flagged AS (
              UPDATE payments SET attention_since = COALESCE(attention_since, now()),
-                                 attention_reason = $3
+                                 attention_reason = $3, attention_kind = $5
               WHERE payment_id = $1
           RETURNING payment_id)
          INSERT INTO payment_timeline (payment_id, from_state, to_state, reason, event_id, kind)
@@ -596,6 +600,7 @@ pub async fn flag_attention(
     .bind(status.as_str())
     .bind(reason)
     .bind(event_id)
+    .bind(kind)
     .execute(conn)
     .await?;
     Ok(())

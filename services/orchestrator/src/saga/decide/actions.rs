@@ -223,7 +223,7 @@ fn fail(s: &PaymentState, reason: &str) -> Decided {
         ));
     }
     if let Some(kind) = s.compensation() {
-        if s.attention && kind == Compensation::Void {
+        if s.void_refused && kind == Compensation::Void {
             let reason = format!(
                 "{reason}; the provider did not void the authorization: nothing was \
                  captured, the hold lapses at the card's issuer"

@@ -264,7 +264,13 @@ pub fn payment_reversed(s: &PaymentState, ev: &PaymentReversed) -> Decided {
         ProviderOperation::Refund => ("capture refunded", "reversal refund", s.to_capture()),
         _ => ("authorization voided", "void", s.to_void()),
     };
-    if let (Some(amount), Some(currency)) = (ev.amount_minor, ev.currency) {
+    // A void releases the whole authorization whatever amount it names: the one asked for,
+    // or (asked before the provider's authorization of another amount was known) the
+    // amount of the payment.
+    let asked_before = ev.operation == ProviderOperation::Void
+        && ev.amount_minor == Some(s.terms.amount)
+        && ev.currency == Some(s.terms.currency);
+    if let (Some(amount), Some(currency), false) = (ev.amount_minor, ev.currency, asked_before) {
         let checked = !mutation::active(Mutation::ReversalAmountUnchecked)
             && !mutation::active(Mutation::OverRefundBeforeFix);
         let expected = (expected, s.terms.currency);
@@ -379,7 +385,8 @@ pub fn refund_posted(s: &PaymentState, ev: &RefundPosted) -> Decided {
 /// The adapter gave an operation up: declined by the provider, or its outcome unknown after
 /// every attempt.
 pub fn provider_retries_exhausted(s: &PaymentState, ev: &ProviderRetriesExhausted) -> Decided {
-    if let Some(code) = &ev.decline_code {
+    let unknown = ev.refund_id.is_some() && mutation::active(Mutation::DeclinedRefundPending);
+    if let Some(code) = ev.decline_code.as_ref().filter(|_| !unknown) {
         return declined(s, ev, code);
     }
     let op = ev.operation.as_str();
@@ -455,6 +462,28 @@ fn declined(s: &PaymentState, ev: &ProviderRetriesExhausted, code: &str) -> Deci
                 .into(),
         )),
         ProviderOperation::Capture => capture_declined(s, code),
+        // The provider says the authorization was captured: a capture whose outcome we never
+        // learnt went through. An operator resolves it (reconciliation shows the capture).
+        ProviderOperation::Void if code == "already_captured" => {
+            let reason = format!(
+                "void declined by the provider ({code}): the authorization was captured \
+                 although no capture is known here"
+            );
+            Ok(Decision::of(Effect::Flag {
+                reason,
+                kind: FlagKind::CaptureUnresolved,
+            }))
+        }
+        ProviderOperation::Void if s.compensation().is_some() => {
+            let reason = format!(
+                "void declined by the provider ({code}): nothing was captured; the hold \
+                 lapses at the card's issuer unless it is voided (an operator may fail it)"
+            );
+            Ok(Decision::of(Effect::Flag {
+                reason,
+                kind: FlagKind::VoidDeclined,
+            }))
+        }
         ProviderOperation::Void | ProviderOperation::Refund => {
             let reason = format!(
                 "{} declined by the provider ({code}): it did not happen",

@@ -20,6 +20,12 @@ pub enum Mutation {
     /// The revision before the over-refund's fix: the adapter turned a void after a capture
     /// into a refund of the authorized amount, and the saga did not check the amount.
     OverRefundBeforeFix,
+    /// A payment flagged for an operator keeps its place in admission control (the bug that
+    /// locked every merchant out once enough payments were parked).
+    ParkedHoldsPlace,
+    /// A merchant refund the provider declined is kept as if its outcome were unknown: it
+    /// stays REQUESTED, holds its amount and is never announced.
+    DeclinedRefundPending,
 }
 
 #[cfg(test)]

@@ -45,6 +45,7 @@ pub(super) fn payment(stage: Stage, capture_method: CaptureMethod) -> PaymentSta
         nudges: 0,
         due: None,
         attention: false,
+        void_refused: false,
         mismatch: None,
         refunds: Vec::new(),
     }

@@ -194,7 +194,7 @@ fn a_refused_void_is_flagged_and_an_operator_can_end_it() {
         matches!(
             d.effects.as_slice(),
             [Effect::Flag {
-                kind: FlagKind::CompensationFailed(ProviderOperation::Void),
+                kind: FlagKind::VoidDeclined,
                 ..
             }]
         ),
@@ -207,9 +207,26 @@ fn a_refused_void_is_flagged_and_an_operator_can_end_it() {
     };
     let ended = decided(&parked, operator(fail.clone()));
     assert_eq!(ended.moves_to(), Some(PaymentStatus::Failed), "{ended:?}");
-    // Not while the void is still being tried (not parked).
-    let refused = decide(&s, &operator(fail), Utc::now(), &Deadlines::default());
+    // Not while the void is still being tried, nor when it is flagged for another reason
+    // (unanswered: the void may still happen, or the provider says it was captured).
+    let refused = decide(
+        &s,
+        &operator(fail.clone()),
+        Utc::now(),
+        &Deadlines::default(),
+    );
     assert_eq!(refused.unwrap_err().kind, RefusalKind::Conflict);
+    let captured = Input::Event(Event::ProviderRetriesExhausted(ProviderRetriesExhausted {
+        operation: ProviderOperation::Void,
+        attempts: 1,
+        last_error: "declined".into(),
+        refund_id: None,
+        decline_code: Some("already_captured".into()),
+    }));
+    let flagged = apply(&s, &decided(&s, captured)).unwrap();
+    assert!(flagged.attention && !flagged.void_refused);
+    let refused = decide(&flagged, &operator(fail), Utc::now(), &Deadlines::default());
+    assert_eq!(refused.unwrap_err().code, "payment_not_failable");
 }
 
 #[test]
