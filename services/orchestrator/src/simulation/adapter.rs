@@ -500,7 +500,12 @@ fn report(op: &Op) -> Option<Event> {
             attempts: op.attempts as u32,
             last_error: op.last_error.clone(),
             refund_id: op.refund_id,
-            decline_code: Some(op.last_error.clone()),
+            // The bare code, as the adapter reports it (its last error says "declined: ...").
+            decline_code: Some(
+                (op.last_error.strip_prefix("declined: "))
+                    .unwrap_or(&op.last_error)
+                    .to_owned(),
+            ),
         }),
         OpStatus::NotPerformed => Event::PaymentFailed(PaymentFailed {
             provider,
