@@ -158,7 +158,9 @@ catalogue! {
     "SAGAPAY_SWEEP_INTERVAL_MS", Value("1000"), "orchestrator", false,
         "how often the sweeper looks for payments past their deadline";
     "SAGAPAY_ADMISSION_MAX_IN_FLIGHT", Value("256"), "orchestrator", false,
-        "payments in the automatic pipeline (waiting for risk, authorization, capture or posting) from which new payments are refused with 503 `overloaded` and `Retry-After` (0: off); reads, refunds, captures and replays still pass";
+        "payments in the automatic pipeline (waiting for risk, authorization, capture or posting; not those parked for an operator) from which new payments are refused with 503 `overloaded` and `Retry-After` (0: off); reads, refunds, captures and replays still pass";
+    "SAGAPAY_ADMISSION_MERCHANT_MAX_IN_FLIGHT", Computed("half of SAGAPAY_ADMISSION_MAX_IN_FLIGHT"), "orchestrator", false,
+        "one merchant's payments in the automatic pipeline from which its new payments are refused with 503 `overloaded` (header `sagapay-overload-scope: merchant`) while other merchants are served (0: no share of its own); `sagapayctl merchant limit` sets it per merchant";
     // Risk.
     "SAGAPAY_RISK_REVIEW_AMOUNT_CENTS", Computed("about $1,000 in each currency"), "risk", false,
         "amounts above it go to review, per currency, `USD:100000,JPY:150000,...` (a bare number is USD's)";
@@ -183,6 +185,8 @@ catalogue! {
         "how long an authorization with an unknown outcome is asked about (0: once)";
     "SAGAPAY_PROVIDER_CLAIM_TIMEOUT_MS", Value("60000"), "provider-adapter", false,
         "a crashed worker's operations are taken over after this";
+    "SAGAPAY_PROVIDER_MERCHANT_MAX_IN_FLIGHT", Value("32"), "provider-adapter", false,
+        "provider operations of one merchant in flight at once per instance, of its 64 (0: no bound of its own): a merchant whose calls hang holds at most this many places, the others keep the rest";
     // Ledger.
     "SAGAPAY_LEDGER_CURRENCIES", Computed("every supported currency"), "ledger", false,
         "currencies the ledger keeps accounts in, comma separated";

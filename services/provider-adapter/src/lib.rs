@@ -13,7 +13,7 @@ mod replies;
 pub mod worker;
 
 use anyhow::anyhow;
-use prometheus::{IntCounterVec, Opts};
+use prometheus::{IntCounterVec, IntGauge, Opts};
 use provider::ProviderOutcome;
 use provider::{Outage, PaymentProvider, SimulatedProvider};
 use records::{OperationKey, OperationStatus};
@@ -22,7 +22,7 @@ use sagapay_domain::events::{
 };
 use sagapay_domain::{AmountMinor, Currency, Envelope, EventType};
 use sagapay_messaging::{Classification, Handler, HandlerError, MessageContext, Outbox};
-use sagapay_service_kit::config::{env_ms, env_ms_list};
+use sagapay_service_kit::config::{env_ms, env_ms_list, env_parse};
 use sagapay_service_kit::{CommonConfig, Environment, OpsKey, Platform, ServiceHandle};
 use sqlx::PgConnection;
 use std::sync::Arc;
@@ -85,6 +85,10 @@ impl Config {
                     d.authorize_give_up_after,
                 )?,
                 claim_timeout: env_ms("SAGAPAY_PROVIDER_CLAIM_TIMEOUT_MS", d.claim_timeout)?,
+                max_in_flight_per_merchant: env_parse(
+                    "SAGAPAY_PROVIDER_MERCHANT_MAX_IN_FLIGHT",
+                    d.max_in_flight_per_merchant,
+                )?,
                 ..d
             },
             simulated_slow_delay: env_ms("SAGAPAY_PROVIDER_SLOW_MS", Duration::from_millis(500))?,
@@ -133,16 +137,97 @@ struct Existing {
     captured: bool,
 }
 
+/// The operation a command asks for.
+struct Asked {
+    operation: ProviderOperation,
+    operation_key: OperationKey,
+    request: OperationRequest,
+    /// The merchant, which an authorization's command names; the payment's other operations
+    /// take it from the authorization's row (the worker shares its places by merchant).
+    merchant_id: Option<Uuid>,
+}
+
+impl Asked {
+    /// What `env`'s command asks for. A capture, void or refund names no card and no
+    /// merchant: they are the authorization's (see `schedule`).
+    fn from_command(env: &Envelope) -> Result<Self, HandlerError> {
+        let request = |amount_minor, currency, reference, reason| OperationRequest {
+            amount_minor,
+            currency,
+            payment_method: String::new(),
+            reference,
+            reason,
+            capture_method: Default::default(),
+        };
+        let (operation, operation_key, request, merchant_id) = match env.event_type() {
+            Some(EventType::AuthorizeRequested) => {
+                let c: AuthorizeRequested = env.decode()?;
+                let request = OperationRequest {
+                    payment_method: c.payment_method.into(),
+                    capture_method: c.capture_method,
+                    ..request(c.amount_minor, c.currency, None, None)
+                };
+                let merchant_id = Some(c.merchant_id);
+                (
+                    ProviderOperation::Authorize,
+                    OperationKey::NONE,
+                    request,
+                    merchant_id,
+                )
+            }
+            Some(EventType::CaptureRequested) => {
+                let c: CaptureRequested = env.decode()?;
+                let request = request(c.amount_minor, c.currency, Some(c.authorization_id), None);
+                (
+                    ProviderOperation::Capture,
+                    OperationKey::NONE,
+                    request,
+                    None,
+                )
+            }
+            Some(EventType::VoidRequested) => {
+                let c: VoidRequested = env.decode()?;
+                let (reference, reason) = (c.authorization_id, Some(c.reason));
+                let request = request(c.amount_minor, c.currency, reference, reason);
+                (ProviderOperation::Void, OperationKey::NONE, request, None)
+            }
+            Some(EventType::RefundRequested) => {
+                let c: RefundRequested = env.decode()?;
+                let (reference, reason) = (Some(c.capture_id), Some(c.reason));
+                let request = request(c.amount_minor, c.currency, reference, reason);
+                let key = OperationKey::refund(c.refund_id);
+                (ProviderOperation::Refund, key, request, None)
+            }
+            _ => {
+                return Err(HandlerError::permanent(anyhow!(
+                    "provider-adapter does not handle {}",
+                    env.event_type
+                )))
+            }
+        };
+        Ok(Self {
+            operation,
+            operation_key,
+            request,
+            merchant_id,
+        })
+    }
+}
+
 impl CommandHandler {
     async fn schedule(
         &self,
         conn: &mut PgConnection,
         env: &Envelope,
         ctx: &MessageContext,
-        operation: ProviderOperation,
-        operation_key: OperationKey,
-        request: OperationRequest,
+        asked: Asked,
     ) -> Result<(), HandlerError> {
+        let Asked {
+            operation,
+            operation_key,
+            request,
+            merchant_id,
+        } = asked;
         if operation == ProviderOperation::Capture && voided(conn, env.payment_id).await? {
             // A capture asked after the payment's void was asked for (a replayed dead letter,
             // a command delayed past an operator's fail): the authorization is, or will be,
@@ -152,19 +237,24 @@ impl CommandHandler {
             return Ok(());
         }
         // Captures, voids and refunds carry the authorization's card (a PSP knows it from
-        // the authorization; the simulated provider behaves by it).
+        // the authorization; the simulated provider behaves by it) and its merchant (for an
+        // authorization recorded before merchants were, from its command).
         let inserted = sqlx::query(
             "INSERT INTO provider_operations (operation_id, payment_id, operation, request,
                                               source_event_id, correlation_id, headers,
                                               source_envelope, source_topic, source_partition, source_offset,
-                                              operation_key, give_up_at)
+                                              operation_key, give_up_at, merchant_id)
              VALUES ($1, $2, $3,
                      CASE WHEN $4->>'payment_method' = '' THEN
                           jsonb_set($4, '{payment_method}', to_jsonb(COALESCE(
                               (SELECT a.request->>'payment_method' FROM provider_operations a
                                 WHERE a.payment_id = $2 AND a.operation = 'AUTHORIZE'), '')))
                      ELSE $4 END,
-                     $5, $6, $7, $8, $9, $10, $11, $12, now() + make_interval(secs => $13))
+                     $5, $6, $7, $8, $9, $10, $11, $12, now() + make_interval(secs => $13),
+                     COALESCE($14, (SELECT COALESCE(a.merchant_id,
+                                                    (a.source_envelope #>> '{payload,merchant_id}')::uuid)
+                                      FROM provider_operations a
+                                     WHERE a.payment_id = $2 AND a.operation = 'AUTHORIZE')))
              ON CONFLICT (payment_id, operation, operation_key) DO NOTHING",
         )
         .bind(Uuid::now_v7())
@@ -180,6 +270,7 @@ impl CommandHandler {
         .bind(ctx.offset)
         .bind(operation_key)
         .bind(self.settings.give_up_after(operation).as_secs_f64())
+        .bind(merchant_id)
         .execute(&mut *conn)
         .await?
         .rows_affected();
@@ -264,6 +355,10 @@ impl CommandHandler {
                 };
                 replies::Ending::Outcome(&ending_outcome)
             }
+            // A refusal is an answer, the second time as the first: a declined authorization
+            // fails the payment again, a declined capture, void or refund is reported again
+            // (`provider.retries_exhausted` with its decline code, the attempts it took), never
+            // re-armed: the provider would refuse the same key again.
             OperationStatus::Declined => {
                 ending_outcome = ProviderOutcome::Declined {
                     code: last_error.clone(),
@@ -335,73 +430,8 @@ impl Handler for CommandHandler {
         ctx: &MessageContext,
         _prepared: &mut (),
     ) -> Result<(), HandlerError> {
-        let mut key = OperationKey::NONE;
-        let (operation, request) = match env.event_type() {
-            Some(EventType::AuthorizeRequested) => {
-                let c: AuthorizeRequested = env.decode()?;
-                (
-                    ProviderOperation::Authorize,
-                    OperationRequest {
-                        amount_minor: c.amount_minor,
-                        currency: c.currency,
-                        payment_method: c.payment_method.into(),
-                        reference: None,
-                        reason: None,
-                        capture_method: c.capture_method,
-                    },
-                )
-            }
-            Some(EventType::CaptureRequested) => {
-                let c: CaptureRequested = env.decode()?;
-                (
-                    ProviderOperation::Capture,
-                    OperationRequest {
-                        amount_minor: c.amount_minor,
-                        currency: c.currency,
-                        payment_method: String::new(),
-                        reference: Some(c.authorization_id),
-                        reason: None,
-                        capture_method: Default::default(),
-                    },
-                )
-            }
-            Some(EventType::VoidRequested) => {
-                let c: VoidRequested = env.decode()?;
-                (
-                    ProviderOperation::Void,
-                    OperationRequest {
-                        amount_minor: c.amount_minor,
-                        currency: c.currency,
-                        payment_method: String::new(),
-                        reference: c.authorization_id,
-                        reason: Some(c.reason),
-                        capture_method: Default::default(),
-                    },
-                )
-            }
-            Some(EventType::RefundRequested) => {
-                let c: RefundRequested = env.decode()?;
-                key = OperationKey::refund(c.refund_id);
-                (
-                    ProviderOperation::Refund,
-                    OperationRequest {
-                        amount_minor: c.amount_minor,
-                        currency: c.currency,
-                        payment_method: String::new(),
-                        reference: Some(c.capture_id),
-                        reason: Some(c.reason),
-                        capture_method: Default::default(),
-                    },
-                )
-            }
-            _ => {
-                return Err(HandlerError::permanent(anyhow!(
-                    "provider-adapter does not handle {}",
-                    env.event_type
-                )))
-            }
-        };
-        self.schedule(conn, env, ctx, operation, key, request).await
+        let asked = Asked::from_command(env)?;
+        self.schedule(conn, env, ctx, asked).await
     }
 }
 
@@ -459,6 +489,14 @@ where
             .with_label_values(&[operation.as_str()])
             .inc_by(0);
     }
+    let merchants_at_cap = IntGauge::new(
+        "provider_merchants_at_cap",
+        "Merchants whose due provider operations waited at the worker's last claim because \
+         they held their cap of its places (SAGAPAY_PROVIDER_MERCHANT_MAX_IN_FLIGHT)",
+    )?;
+    platform
+        .registry
+        .register(Box::new(merchants_at_cap.clone()))?;
     let mut builder = platform.builder();
     platform.spawn_relay(&mut builder)?;
     let provider = Arc::new(make_provider(platform.pool.clone(), &config));
@@ -478,6 +516,7 @@ where
             .messaging_metrics
             .dlq_published_total
             .with_label_values(&[Classification::RetryExhausted.as_str()]),
+        merchants_at_cap,
         messaging_metrics: platform.messaging_metrics.clone(),
     });
     builder.spawn("provider-worker", move |shutdown| worker.run(shutdown));

@@ -2,7 +2,12 @@
 //! path is a row of a table test.
 //!
 //! The rules, as a payments engineer would state them:
-//! - a success or a decline is final, whatever else happened before;
+//! - a success or a decline is final, for every operation, whatever else happened before (a
+//!   call's answer or a status query's): **a refusal is an answer**. A provider that declines
+//!   a capture, void or refund has said what it did (nothing), and asking again under the
+//!   same idempotency key gets the same answer, so retrying it for a day only hides it; the
+//!   saga hears the decline at once (`provider.retries_exhausted` with its `decline_code`) and
+//!   decides what follows;
 //! - a failed attempt is retried on the short schedule (1 s, 2 s, 4 s by default);
 //! - **unknown is not failed**: when an attempt timed out (or the provider answered with an
 //!   error), the operation may have happened, so once the short schedule is spent the
@@ -12,9 +17,10 @@
 //!   operation is simply called again;
 //! - an authorization refused every time (connection refused: it never reached the provider)
 //!   is `NOT_PERFORMED` at once: the customer is waiting and no money moved;
-//! - captures, voids and refunds must happen: they keep being tried, or asked about, on the
-//!   long schedule (seconds, then minutes apart) until they are known, and are given up
-//!   only after `give_up_after` (a day by default), when an operator decides;
+//! - captures, voids and refunds must happen: while their outcome is unknown or the provider
+//!   cannot be reached, they keep being tried, or asked about, on the long schedule (seconds,
+//!   then minutes apart), and are given up only after `give_up_after` (a day by default),
+//!   when an operator decides;
 //! - an authorization whose outcome is still unknown after one status query (or
 //!   `authorize_give_up_after`) is given up: the saga voids it.
 
@@ -37,6 +43,10 @@ pub struct RetrySettings {
     pub authorize_give_up_after: Duration,
     /// Operations in flight at once.
     pub max_in_flight: usize,
+    /// Operations of one merchant in flight at once in one worker (0: no bound but
+    /// `max_in_flight`), so that a merchant whose calls all hang (each holding its place for
+    /// `call_timeout`) leaves the rest of the places to the others.
+    pub max_in_flight_per_merchant: usize,
     /// How long a worker owns a claimed operation.
     pub claim_timeout: Duration,
 }
@@ -57,6 +67,7 @@ impl Default for RetrySettings {
             give_up_after: Duration::from_secs(24 * 3600),
             authorize_give_up_after: Duration::ZERO,
             max_in_flight: 64,
+            max_in_flight_per_merchant: 32,
             claim_timeout: Duration::from_secs(60),
         }
     }
@@ -68,6 +79,15 @@ impl RetrySettings {
         match operation {
             ProviderOperation::Authorize => self.authorize_give_up_after,
             _ => self.give_up_after,
+        }
+    }
+
+    /// How many operations of one merchant a worker runs at once: the setting, within
+    /// `max_in_flight`.
+    pub fn merchant_cap(&self) -> usize {
+        match self.max_in_flight_per_merchant {
+            0 => self.max_in_flight,
+            n => n.min(self.max_in_flight),
         }
     }
 
@@ -131,15 +151,9 @@ pub enum Next {
 pub fn decide(p: Progress, answer: Answer, s: &RetrySettings) -> Next {
     let authorize = p.operation == ProviderOperation::Authorize;
     let error = match answer {
-        Answer::Outcome(outcome @ ProviderOutcome::Succeeded { .. }) => return Next::Done(outcome),
-        Answer::Outcome(outcome @ ProviderOutcome::Declined { .. }) if authorize => {
-            return Next::Done(outcome)
-        }
-        // The provider refuses to capture, void or refund: nothing happened; tried again
-        // on the schedule (and given up in the end).
-        Answer::Outcome(ProviderOutcome::Declined { code }) => {
-            ProviderError::Unavailable(format!("declined: {code}"))
-        }
+        // A success, or a refusal of any operation (to a call or found by a status query):
+        // the provider said what it did.
+        Answer::Outcome(outcome) => return Next::Done(outcome),
         Answer::NotFound if authorize => {
             return Next::Exhausted {
                 unknown: p.outcome_unknown,
@@ -346,14 +360,61 @@ mod tests {
                 again(0, false, false),
             ),
             (
-                "a declined refund is tried again",
+                "a declined refund is final: a refusal is an answer",
                 at(Refund, 1),
                 Answer::Outcome(declined()),
-                again(1, false, false),
+                Next::Done(declined()),
+            ),
+            (
+                "a declined capture is final",
+                at(Capture, 2),
+                Answer::Outcome(declined()),
+                Next::Done(declined()),
+            ),
+            (
+                "a declined void is final, even after an earlier timeout",
+                unknown_before(at(Void, 3)),
+                Answer::Outcome(declined()),
+                Next::Done(declined()),
+            ),
+            (
+                "a status query that finds a declined capture is final",
+                resolving(at(Capture, 5)),
+                Answer::Outcome(declined()),
+                Next::Done(declined()),
+            ),
+            (
+                "a status query that finds a declined refund is final, past its window too",
+                given_up(resolving(at(Refund, 30))),
+                Answer::Outcome(declined()),
+                Next::Done(declined()),
+            ),
+            (
+                "a status query that finds a declined void is final",
+                resolving(at(Void, 5)),
+                Answer::Outcome(declined()),
+                Next::Done(declined()),
             ),
         ];
         for (what, progress, answer, expected) in table {
             assert_eq!(decide(progress, answer, &s()), expected, "{what}");
         }
+    }
+
+    #[test]
+    fn a_merchant_holds_at_most_its_cap_within_the_worker() {
+        let with = |max_in_flight, max_in_flight_per_merchant| RetrySettings {
+            max_in_flight,
+            max_in_flight_per_merchant,
+            ..s()
+        };
+        assert_eq!(s().merchant_cap(), 32, "half the places by default");
+        assert_eq!(with(64, 10).merchant_cap(), 10);
+        assert_eq!(
+            with(1, 32).merchant_cap(),
+            1,
+            "never more than the worker runs"
+        );
+        assert_eq!(with(64, 0).merchant_cap(), 64, "0: no cap of its own");
     }
 }

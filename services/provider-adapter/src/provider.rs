@@ -100,12 +100,16 @@ pub trait PaymentProvider: Send + Sync + 'static {
 /// | `pm_card_capture_timeout` | authorized; the capture happens but its answers are lost (status queries answer) |
 /// | `pm_card_refund_timeout` | authorized and captured; a refund happens but the answers to its first three calls are lost |
 /// | `pm_card_amount_mismatch` | authorized; the capture moves one minor unit less than asked |
+/// | `pm_card_capture_declined` | authorized; the capture is declined, `authorization_expired` (the hold lapsed at the issuer before the capture) |
+/// | `pm_card_void_declined` | authorized; a void is declined, `reversal_not_supported` (the issuer takes no reversal: the hold stays until it lapses); a void after a capture is performed as its refund, which succeeds |
+/// | `pm_card_refund_fails` | authorized and captured; every refund is declined, `charge_disputed` (the cardholder disputed the charge: the money goes back through the dispute): a merchant's refunds and a compensation's (a void after the capture) alike |
 /// | any other token | declined, `invalid_payment_method` |
 ///
-/// Capture, void and refund otherwise succeed (once per idempotency key). Status queries
-/// answer from the books, except for `pm_card_timeout`, whose provider never answers at
-/// all. [`Outage`] takes the whole provider down for a while (connection refused), in
-/// development only.
+/// Capture, void and refund otherwise succeed (once per idempotency key), unless a PSP would
+/// refuse them ([`refusal`]). Every operation is booked, declines included, so a status query
+/// and a repeated idempotency key answer what the first call did. Status queries answer from
+/// the books, except for `pm_card_timeout`, whose provider never answers at all. [`Outage`]
+/// takes the whole provider down for a while (connection refused), in development only.
 pub struct SimulatedProvider {
     books: PgPool,
     slow_delay: Duration,
@@ -232,6 +236,7 @@ impl SimulatedProvider {
         };
         let refused = refusal(
             req.operation,
+            &req.payment_method,
             amount_minor.get(),
             req.currency.as_str(),
             books,
@@ -381,15 +386,18 @@ struct BookEntry {
     currency: String,
 }
 
-/// Why a PSP would refuse `operation` of `amount_minor` in `currency` for a payment whose
-/// operations done so far are `books`, as a decline code; `None` when it would do it:
+/// Why a PSP would refuse `operation` of `amount_minor` in `currency` with the card `card` for
+/// a payment whose operations done so far are `books`, as a decline code; `None` when it would
+/// do it:
 /// - a capture needs an authorization, not voided, not captured before (one capture per
 ///   payment), in its currency and at most its amount;
 /// - a void needs an authorization that was not captured (a captured payment is refunded);
 /// - a refund needs a capture, in its currency, and at most what the capture took less
-///   what was refunded already.
+///   what was refunded already;
+/// - then the test cards that refuse one kind of operation ([`card_refusal`]).
 fn refusal(
     operation: ProviderOperation,
+    card: &str,
     amount_minor: i64,
     currency: &str,
     books: &[BookEntry],
@@ -398,7 +406,7 @@ fn refusal(
     let total = |op: ProviderOperation| done(op).map(|b| b.amount_minor).sum::<i64>();
     let authorization = done(ProviderOperation::Authorize).next();
     let capture = done(ProviderOperation::Capture).next();
-    match operation {
+    let books_refuse = match operation {
         ProviderOperation::Authorize => None,
         ProviderOperation::Capture => match authorization {
             None => Some("authorization_not_found"),
@@ -419,6 +427,19 @@ fn refusal(
             }
             Some(_) => None,
         },
+    };
+    books_refuse.or_else(|| card_refusal(card, operation))
+}
+
+/// The decline of the test cards that authorize normally and then refuse one kind of
+/// operation. A void after a capture is asked of the provider as a refund: only
+/// `pm_card_refund_fails` refuses it.
+fn card_refusal(card: &str, operation: ProviderOperation) -> Option<&'static str> {
+    match (card, operation) {
+        ("pm_card_capture_declined", ProviderOperation::Capture) => Some("authorization_expired"),
+        ("pm_card_void_declined", ProviderOperation::Void) => Some("reversal_not_supported"),
+        ("pm_card_refund_fails", ProviderOperation::Refund) => Some("charge_disputed"),
+        _ => None,
     }
 }
 
@@ -496,7 +517,10 @@ impl PaymentProvider for SimulatedProvider {
             "pm_card_ok"
             | "pm_card_capture_timeout"
             | "pm_card_refund_timeout"
-            | "pm_card_amount_mismatch" => {}
+            | "pm_card_amount_mismatch"
+            | "pm_card_capture_declined"
+            | "pm_card_void_declined"
+            | "pm_card_refund_fails" => {}
             "pm_card_declined" => return self.book_decline(req, "card_declined").await,
             "pm_card_insufficient_funds" => {
                 return self.book_decline(req, "insufficient_funds").await
@@ -553,34 +577,59 @@ mod refusal_tests {
         let captured = books(&[(Authorize, 10_000), (Capture, 4_000)]);
         let refunded = books(&[(Authorize, 10_000), (Capture, 4_000), (Refund, 3_000)]);
         let voided = books(&[(Authorize, 10_000), (Void, 10_000)]);
-        // (what, operation, amount, currency, books, refusal)
+        // (what, operation, card, amount, currency, books, refusal)
         type Case<'a> = (
             &'a str,
             ProviderOperation,
+            &'a str,
             i64,
             &'a str,
             &'a [BookEntry],
             Option<&'a str>,
         );
+        let ok = "pm_card_ok";
+        let (capture_declined, void_declined, refund_fails) = (
+            "pm_card_capture_declined",
+            "pm_card_void_declined",
+            "pm_card_refund_fails",
+        );
         #[rustfmt::skip]
-        let cases: [Case; 14] = [
-            ("capture in full", Capture, 10_000, "USD", &authorized, None),
-            ("capture in part", Capture, 4_000, "USD", &authorized, None),
-            ("capture above the authorization", Capture, 10_001, "USD", &authorized, Some("amount_exceeds_authorization")),
-            ("capture in another currency", Capture, 100, "EUR", &authorized, Some("currency_mismatch")),
-            ("capture without an authorization", Capture, 100, "USD", &[], Some("authorization_not_found")),
-            ("a second capture", Capture, 100, "USD", &captured, Some("already_captured")),
-            ("capture of a voided authorization", Capture, 100, "USD", &voided, Some("authorization_voided")),
-            ("void before a capture", Void, 10_000, "USD", &authorized, None),
-            ("void after a capture", Void, 10_000, "USD", &captured, Some("already_captured")),
-            ("refund of what was captured", Refund, 4_000, "USD", &captured, None),
-            ("refund of what was authorized, above the capture", Refund, 10_000, "USD", &captured, Some("amount_exceeds_captured")),
-            ("refund of what is left", Refund, 1_000, "USD", &refunded, None),
-            ("refund above what is left", Refund, 1_001, "USD", &refunded, Some("amount_exceeds_captured")),
-            ("refund without a capture", Refund, 100, "USD", &authorized, Some("charge_not_captured")),
+        let cases: [Case; 27] = [
+            ("capture in full", Capture, ok, 10_000, "USD", &authorized, None),
+            ("capture in part", Capture, ok, 4_000, "USD", &authorized, None),
+            ("capture above the authorization", Capture, ok, 10_001, "USD", &authorized, Some("amount_exceeds_authorization")),
+            ("capture in another currency", Capture, ok, 100, "EUR", &authorized, Some("currency_mismatch")),
+            ("capture without an authorization", Capture, ok, 100, "USD", &[], Some("authorization_not_found")),
+            ("a second capture", Capture, ok, 100, "USD", &captured, Some("already_captured")),
+            ("capture of a voided authorization", Capture, ok, 100, "USD", &voided, Some("authorization_voided")),
+            ("void before a capture", Void, ok, 10_000, "USD", &authorized, None),
+            ("void after a capture", Void, ok, 10_000, "USD", &captured, Some("already_captured")),
+            ("refund of what was captured", Refund, ok, 4_000, "USD", &captured, None),
+            ("refund of what was authorized, above the capture", Refund, ok, 10_000, "USD", &captured, Some("amount_exceeds_captured")),
+            ("refund of what is left", Refund, ok, 1_000, "USD", &refunded, None),
+            ("refund above what is left", Refund, ok, 1_001, "USD", &refunded, Some("amount_exceeds_captured")),
+            ("refund without a capture", Refund, ok, 100, "USD", &authorized, Some("charge_not_captured")),
+            // The cards that authorize, then refuse one kind of operation.
+            ("a card whose capture is declined authorizes", Authorize, capture_declined, 10_000, "USD", &[], None),
+            ("its capture is declined", Capture, capture_declined, 10_000, "USD", &authorized, Some("authorization_expired")),
+            ("its void succeeds", Void, capture_declined, 10_000, "USD", &authorized, None),
+            ("a card whose void is declined authorizes", Authorize, void_declined, 10_000, "USD", &[], None),
+            ("and captures", Capture, void_declined, 10_000, "USD", &authorized, None),
+            ("its void is declined", Void, void_declined, 10_000, "USD", &authorized, Some("reversal_not_supported")),
+            ("its void after a capture is a refund, which succeeds", Refund, void_declined, 4_000, "USD", &captured, None),
+            ("a card that refuses refunds authorizes", Authorize, refund_fails, 10_000, "USD", &[], None),
+            ("and captures", Capture, refund_fails, 10_000, "USD", &authorized, None),
+            ("and voids", Void, refund_fails, 10_000, "USD", &authorized, None),
+            ("its merchant refund is declined", Refund, refund_fails, 1_000, "USD", &captured, Some("charge_disputed")),
+            ("so is its void after a capture (a refund)", Refund, refund_fails, 4_000, "USD", &captured, Some("charge_disputed")),
+            ("what the books refuse is refused for that first", Refund, refund_fails, 100, "USD", &authorized, Some("charge_not_captured")),
         ];
-        for (what, op, amount, currency, books, expected) in cases {
-            assert_eq!(refusal(op, amount, currency, books), expected, "{what}");
+        for (what, op, card, amount, currency, books, expected) in cases {
+            assert_eq!(
+                refusal(op, card, amount, currency, books),
+                expected,
+                "{what}"
+            );
         }
     }
 }

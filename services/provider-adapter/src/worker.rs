@@ -11,9 +11,11 @@
 //! never run before what it must undo; and a void of a payment whose capture went through
 //! refunds that capture instead (an authorization that was captured can only be refunded).
 //!
-//! Under a backlog, operations that finish a payment (captures, voids, refunds) are claimed
-//! before authorizations, which start one: otherwise new authorizations starve the captures
-//! of payments already authorized, settlement collapses and cards stay on hold.
+//! Under a backlog, operations that finish a payment (captures, voids, refunds, and status
+//! queries) are claimed before authorizations, which start one: otherwise new authorizations
+//! starve the captures of payments already authorized, settlement collapses and cards stay on
+//! hold. And the worker's places are shared among merchants ([`claim`]): one merchant whose
+//! calls all hang holds at most its cap of them, and the others keep going.
 
 use crate::policy::{self, Answer, Next, Progress};
 use crate::provider::{
@@ -21,9 +23,9 @@ use crate::provider::{
 };
 use crate::records::{AttemptKind, AttemptOutcome, OperationKey, OperationStatus};
 use crate::replies::{Answering, Ending};
-use anyhow::Context;
 use chrono::{DateTime, Utc};
-use prometheus::{IntCounter, IntCounterVec};
+use claim::{Backlog, MerchantPlaces};
+use prometheus::{IntCounter, IntCounterVec, IntGauge};
 use sagapay_domain::events::{CaptureMethod, CaptureRequested, ProviderOperation};
 use sagapay_domain::{AmountMinor, Currency, Envelope};
 use sagapay_messaging::deadletter::Origin;
@@ -39,6 +41,8 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
+
+mod claim;
 
 pub const NOTIFY_CHANNEL: &str = "sagapay_provider_operations";
 
@@ -61,6 +65,8 @@ pub struct OperationRequest {
 struct Claimed {
     operation_id: Uuid,
     payment_id: Uuid,
+    /// None for an operation recorded before merchants were.
+    merchant_id: Option<Uuid>,
     operation: ProviderOperation,
     operation_key: OperationKey,
     request: OperationRequest,
@@ -77,6 +83,12 @@ struct Claimed {
 }
 
 impl Claimed {
+    /// The merchant whose share of the worker's places the operation takes (one anonymous
+    /// merchant for the operations recorded before merchants were, as the claim counts them).
+    fn merchant(&self) -> Uuid {
+        self.merchant_id.unwrap_or(Uuid::nil())
+    }
+
     /// The merchant refund this operation performs, if it is one.
     fn refund_id(&self) -> Option<Uuid> {
         match self.operation {
@@ -127,6 +139,8 @@ pub struct Worker<P> {
     pub retries_total: IntCounterVec,
     /// `dlq_published_total{classification="RETRY_EXHAUSTED"}` of the service.
     pub dead_letters_total: IntCounter,
+    /// Merchants whose due operations waited at the last claim because they held their cap.
+    pub merchants_at_cap: IntGauge,
     pub messaging_metrics: MessagingMetrics,
 }
 
@@ -134,31 +148,36 @@ impl<P: PaymentProvider> Worker<P> {
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) -> anyhow::Result<()> {
         let mut wakeup = Wakeup::listen(&self.pool, NOTIFY_CHANNEL, &self.messaging_metrics).await;
         let mut in_flight: JoinSet<()> = JoinSet::new();
+        // Whose operation each task performs: a merchant's share of the places.
+        let mut places = MerchantPlaces::default();
         // Claim when something may have become due (a notification, the timer) or when a
-        // finished operation frees room while the last claim left due operations behind.
-        // Nothing is queried for an operation that finishes with nothing waiting.
+        // finished operation frees a place the last claim's leftovers can take: it ran out of
+        // room, or the operation's merchant had due operations waiting for its cap. Nothing is
+        // queried for an operation that finishes with nothing waiting for its place.
         let mut claim_now = true;
-        let mut backlog = false;
+        let mut backlog = Backlog::default();
         let mut wake_at = tokio::time::Instant::now();
         loop {
             // Every operation that finished frees its place now, not one per turn of the
             // loop: a set full of finished operations left room for one claim of one
             // operation per turn, and the worker performed one operation per claim's round
             // trip with 60 places free and hundreds of operations due.
-            while in_flight.try_join_next().is_some() {
-                claim_now |= backlog;
+            while let Some(done) = in_flight.try_join_next_with_id() {
+                claim_now |= backlog.freed_by(places.finished(&task_of(done)));
             }
             let room = self.settings.max_in_flight.saturating_sub(in_flight.len());
             if claim_now && room > 0 {
                 claim_now = false;
-                let wait = match self.claim(room as i64).await {
-                    Ok((ops, wait)) => {
-                        backlog = ops.len() == room;
-                        for op in ops {
-                            let me = self.clone();
-                            in_flight.spawn(async move { me.perform(op).await });
+                let wait = match self.claim(room, &places).await {
+                    Ok(claim) => {
+                        backlog = Backlog::after(claim.ops.len(), room, &claim.deferred);
+                        self.merchants_at_cap.set(claim.deferred.len() as i64);
+                        for op in claim.ops {
+                            let (merchant, me) = (op.merchant(), self.clone());
+                            let task = in_flight.spawn(async move { me.perform(op).await });
+                            places.started(task.id(), merchant);
                         }
-                        wait
+                        claim.wait
                     }
                     Err(e) => {
                         tracing::warn!(error = %format!("{e:#}"), "claiming provider operations failed");
@@ -170,98 +189,20 @@ impl<P: PaymentProvider> Worker<P> {
             let timer = (in_flight.len() < self.settings.max_in_flight).then_some(wake_at);
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {
-                    claim_now |= backlog;
+                Some(done) = in_flight.join_next_with_id(), if !in_flight.is_empty() => {
+                    claim_now |= backlog.freed_by(places.finished(&task_of(done)));
                 }
                 // A burst of notifications, the listener back after a PostgreSQL restart (what
                 // it missed may be due), or the next operation coming due: one claim answers
                 // each. With no room, only a finished operation can let a claim run, so there
-                // is no timer then (one already past would spin).
+                // is no timer then (one already past would spin); nor for the due operations of
+                // a merchant at its cap (the claim leaves them out of the wait).
                 _ = wakeup.next_or(timer) => claim_now = true,
             }
         }
         // Unfinished attempts are abandoned; their claims expire and they run again.
         in_flight.abort_all();
         Ok(())
-    }
-
-    /// Claims up to `limit` due operations and, in the same statement, finds when the earliest
-    /// operation left unclaimed is due: the wait before the next claim, capped at 250 ms
-    /// (the polling fallback).
-    async fn claim(&self, limit: i64) -> anyhow::Result<(Vec<Claimed>, Duration)> {
-        let token = Uuid::new_v4();
-        let rows = sqlx::query(
-            "WITH ready AS (
-                 -- A void waits while an authorization of its payment is pending.
-                 SELECT o.operation_id, o.next_attempt_at FROM provider_operations o
-                  WHERE o.status = 'PENDING'
-                    AND (o.claimed_until IS NULL OR o.claimed_until < now())
-                    AND NOT (o.operation = 'VOID' AND EXISTS (
-                        SELECT 1 FROM provider_operations a
-                         WHERE a.payment_id = o.payment_id
-                           AND a.operation IN ('AUTHORIZE', 'CAPTURE')
-                           AND a.status = 'PENDING'))),
-             due AS (
-                 SELECT o.operation_id FROM provider_operations o JOIN ready USING (operation_id)
-                  WHERE o.next_attempt_at <= now()
-                  -- Finish before you start: under a backlog, what completes a payment
-                  -- (capture, void, refund) goes before a new authorization.
-                  ORDER BY o.operation = 'AUTHORIZE', o.next_attempt_at
-                  LIMIT $1
-                  FOR UPDATE OF o SKIP LOCKED),
-             claimed AS (
-                 UPDATE provider_operations o
-                    SET claimed_until = now() + make_interval(secs => $2), claim_token = $3
-                   FROM due WHERE o.operation_id = due.operation_id
-                 RETURNING o.operation_id, o.payment_id, o.operation, o.operation_key, o.request,
-                           o.attempts, o.source_event_id, o.correlation_id, o.headers,
-                           o.resolving, o.outcome_unknown, o.give_up_at),
-             next AS (
-                 SELECT EXTRACT(EPOCH FROM (min(next_attempt_at) - now()))::float8 AS next_due_s
-                   FROM ready
-                  WHERE operation_id NOT IN (SELECT operation_id FROM due))
-             SELECT next.next_due_s, claimed.* FROM next LEFT JOIN claimed ON true",
-        )
-        .bind(limit)
-        .bind(self.settings.claim_timeout.as_secs_f64())
-        .bind(token)
-        .fetch_all(&self.pool)
-        .await
-        .context("claiming due operations")?;
-        let cap = Duration::from_millis(250);
-        let next_due_s: Option<f64> = match rows.first() {
-            Some(r) => r.try_get("next_due_s")?,
-            None => None,
-        };
-        let wait = match next_due_s {
-            Some(s) if s <= 0.0 => Duration::from_millis(1),
-            Some(s) => Duration::from_secs_f64(s).min(cap),
-            None => cap,
-        };
-        let mut claimed = Vec::with_capacity(rows.len());
-        for r in &rows {
-            let Some(operation_id) = r.try_get::<Option<Uuid>, _>("operation_id")? else {
-                continue; // nothing was claimed: the one row carries only the next due time
-            };
-            let request: sqlx::types::Json<OperationRequest> = r.try_get("request")?;
-            let headers: sqlx::types::Json<MessageHeaders> = r.try_get("headers")?;
-            claimed.push(Claimed {
-                operation_id,
-                payment_id: r.try_get("payment_id")?,
-                operation: r.try_get("operation")?,
-                operation_key: r.try_get("operation_key")?,
-                request: request.0,
-                attempts: r.try_get("attempts")?,
-                token,
-                source_event_id: r.try_get("source_event_id")?,
-                correlation_id: r.try_get("correlation_id")?,
-                headers: headers.0,
-                resolving: r.try_get("resolving")?,
-                outcome_unknown: r.try_get("outcome_unknown")?,
-                give_up_at: r.try_get("give_up_at")?,
-            });
-        }
-        Ok((claimed, wait))
     }
 
     async fn perform(&self, mut op: Claimed) {
@@ -508,7 +449,27 @@ impl<P: PaymentProvider> Worker<P> {
             tx.commit().await?;
         }
         // Counted once written, so a failed write does not count twice.
+        self.counted(op, req.operation, &decision, attempt_no, &last_error);
+        Ok(())
+    }
+
+    /// The metrics and the log of an attempt's decision, once it is written. `operation` is
+    /// what the provider was asked (a void after a capture is its refund).
+    fn counted(
+        &self,
+        op: &Claimed,
+        operation: ProviderOperation,
+        decision: &Next,
+        attempt_no: i32,
+        last_error: &str,
+    ) {
         match decision {
+            Next::Done(ProviderOutcome::Declined { code })
+                if operation != ProviderOperation::Authorize =>
+            {
+                tracing::warn!(payment_id = %op.payment_id, operation = operation.as_str(), attempts = attempt_no,
+                    decline_code = %code, "the provider refused the operation: reported to the saga");
+            }
             Next::Done(_) => {}
             Next::NotPerformed => {
                 tracing::warn!(payment_id = %op.payment_id, attempts = attempt_no, error = %last_error,
@@ -530,14 +491,13 @@ impl<P: PaymentProvider> Worker<P> {
                     error = %last_error, outcome_unknown = unknown, "provider operation given up");
             }
         }
-        Ok(())
     }
 
     /// Automatic capture: schedules the capture of the authorization that just succeeded, in
     /// the authorization's transaction, so that `payments.captured` follows
     /// `payments.authorized` on the saga's channel with no command in between. Not when a void
     /// of the payment was asked for meanwhile. The capture's command is recorded as if the saga
-    /// had sent it (a replay of its dead letter re-arms it).
+    /// had sent it (a replay of its dead letter re-arms it). It is the authorization's merchant's.
     async fn capture_next(
         &self,
         tx: &mut sqlx::PgConnection,
@@ -563,8 +523,10 @@ impl<P: PaymentProvider> Worker<P> {
         sqlx::query(
             "INSERT INTO provider_operations (operation_id, payment_id, operation, request,
                                               source_event_id, correlation_id, headers,
-                                              source_envelope, source_topic, operation_key, give_up_at)
-             SELECT $1, $2, 'CAPTURE', $3, $4, $5, $6, $7, $8, '', now() + make_interval(secs => $9)
+                                              source_envelope, source_topic, operation_key, give_up_at,
+                                              merchant_id)
+             SELECT $1, $2, 'CAPTURE', $3, $4, $5, $6, $7, $8, '', now() + make_interval(secs => $9),
+                    $10
               WHERE NOT EXISTS (SELECT 1 FROM provider_operations
                                  WHERE payment_id = $2 AND operation = 'VOID')
              ON CONFLICT (payment_id, operation, operation_key) DO NOTHING",
@@ -582,6 +544,7 @@ impl<P: PaymentProvider> Worker<P> {
                 .give_up_after(ProviderOperation::Capture)
                 .as_secs_f64(),
         )
+        .bind(op.merchant_id)
         .execute(tx)
         .await?;
         Ok(())
@@ -778,6 +741,14 @@ async fn record(
     };
     let updated: i64 = query.fetch_one(&mut *conn).await?.try_get(0)?;
     still_ours(updated as u64)
+}
+
+/// The task an operation ran in, whether it ended or panicked.
+fn task_of(done: Result<(tokio::task::Id, ()), tokio::task::JoinError>) -> tokio::task::Id {
+    match done {
+        Ok((task, ())) => task,
+        Err(e) => e.id(),
+    }
 }
 
 /// The idempotency key of an operation: the same for every attempt, so a repeat acts at most
