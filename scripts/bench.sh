@@ -4,6 +4,12 @@
 #
 #   scripts/bench.sh REV [--rounds 3] [--total 3000] [--concurrency 64]
 #                        [--open-rate R --duration-s 30] [--skip-build]
+#                        [--fairness [--a-rate 40] [--b-rate 10]]
+#
+# --fairness: two merchants at once, open loop for --duration-s: A sends payments whose
+# cards time out (pm_card_timeout: retried, asked about, voided) at --a-rate, B good cards at
+# --b-rate without retrying a refusal; a run records B's payments (how they ended: SETTLED
+# or http_503 refused) and B's time to SETTLED. What one slow merchant costs another.
 #
 # Both are built in release into target directories of their own (.local/bench/, one per
 # revision), REV from a git worktree; both are driven by this tree's load test (a closed
@@ -27,6 +33,9 @@ concurrency=64
 open_rate=""
 duration_s=30
 skip_build=0
+fairness=0
+a_rate=40
+b_rate=10
 while [ $# -gt 0 ]; do
   case "$1" in
     --rounds) rounds="$2"; shift 2 ;;
@@ -35,6 +44,9 @@ while [ $# -gt 0 ]; do
     --open-rate) open_rate="$2"; shift 2 ;;
     --duration-s) duration_s="$2"; shift 2 ;;
     --skip-build) skip_build=1; shift ;;
+    --fairness) fairness=1; shift ;;
+    --a-rate) a_rate="$2"; shift 2 ;;
+    --b-rate) b_rate="$2"; shift 2 ;;
     -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     -*) die "unknown option $1" ;;
     *) [ -z "$rev" ] || die "one revision only"; rev="$1"; shift ;;
@@ -87,6 +99,25 @@ published() {
   echo "$sum"
 }
 
+# A fairness run (--fairness): merchants A and B of namespace $2 made with build $1's
+# sagapayctl; A's slow payments and B's good ones at once; B's summary into $3.
+fairness_run() {
+  local target="$1" ns="$2" summary="$3" key_a key_b a_pid
+  new_key() {
+    "$target/release/sagapayctl" --namespace "$ns" merchant create "$1" --json \
+      | python3 -c 'import json, sys; print(json.load(sys.stdin)["key"]["secret"])'
+  }
+  key_a="$(new_key "Slow Cards Ltd")"
+  key_b="$(new_key "Good Cards Ltd")"
+  "$loadtest" --no-progress --no-reconcile --api-key "$key_a" --scenario timeout \
+    --rate "$a_rate" --duration-s "$duration_s" --timeout-ms 120000 >/dev/null 2>&1 &
+  a_pid=$!
+  "$loadtest" --no-progress --no-reconcile --api-key "$key_b" \
+    --rate "$b_rate" --duration-s "$duration_s" --json "$summary" >/dev/null
+  kill "$a_pid" 2>/dev/null || true
+  wait "$a_pid" 2>/dev/null || true
+}
+
 results="$bench_dir/results-$(date +%Y%m%d-%H%M%S).jsonl"
 : >"$results"
 export SAGAPAY_RATE_LIMIT_PER_SECOND=1000000 SAGAPAY_RATE_LIMIT_BURST=1000000
@@ -98,6 +129,15 @@ for round in $(seq 1 "$rounds"); do
     ns="bench_${b}_${round}_$(date +%s)"
     export SAGAPAY_NAMESPACE="$ns"
     log "round $round/$rounds: ${LABEL[$b]} in namespace $ns"
+    # One merchant's closed loop measures the pipeline, not a merchant's share of it: a
+    # build that has shares (a setting the other refuses) gives the merchant no share of
+    # its own, except in a fairness run, which is about shares.
+    if [ "$fairness" -eq 0 ] && grep -q SAGAPAY_ADMISSION_MERCHANT_MAX_IN_FLIGHT \
+        "${SOURCE[$b]}/libs/service-kit/src/settings.rs"; then
+      export SAGAPAY_ADMISSION_MERCHANT_MAX_IN_FLIGHT=0
+    else
+      unset SAGAPAY_ADMISSION_MERCHANT_MAX_IN_FLIGHT
+    fi
     CARGO_TARGET_DIR="$target" "$SAGAPAY_ROOT/scripts/services.sh" start >/dev/null
     "$loadtest" --no-progress --no-reconcile --total 200 --concurrency 16 >/dev/null
     psql_q "SELECT pg_stat_statements_reset()" >/dev/null
@@ -109,7 +149,11 @@ for round in $(seq 1 "$rounds"); do
     else
       load=(--total "$total" --concurrency "$concurrency" --retry-overloaded)
     fi
-    "$loadtest" --no-progress --no-reconcile "${load[@]}" --json "$summary" >/dev/null
+    if [ "$fairness" -eq 1 ]; then
+      fairness_run "$target" "$ns" "$summary"
+    else
+      "$loadtest" --no-progress --no-reconcile "${load[@]}" --json "$summary" >/dev/null
+    fi
     cpu_snapshot >"$cpu_after"
     sent_after="$(published)"
     statements="$(psql_q "SELECT coalesce(sum(s.calls), 0) FROM pg_stat_statements s

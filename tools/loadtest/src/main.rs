@@ -4,6 +4,7 @@
 //! sagapay-loadtest --total 1000 --concurrency 32            # closed loop
 //! sagapay-loadtest --rate 300 --duration-s 60               # open loop
 //! sagapay-loadtest --rate 50 --duration-s 30 --scenario mix # review, decline, timeout too
+//! sagapay-loadtest --rate 40 --api-key KEY --scenario timeout # a merchant whose cards hang
 //! ```
 //!
 //! Closed loop: `--concurrency` workers each create a payment, wait for its terminal state and
@@ -39,6 +40,9 @@ enum Scenario {
     /// 88% approve, 4% manual review (approved by the load test), 4% declined,
     /// 2% provider timeouts (retried, then voided), 2% failing twice then succeeding.
     Mix,
+    /// Every payment with a card whose authorizations time out (retried, asked about, then
+    /// voided: REVERSED): a merchant whose payments are slow, for fairness runs.
+    Timeout,
 }
 
 #[derive(Parser, Debug, Clone)]
@@ -112,8 +116,10 @@ enum Kind {
 impl Kind {
     /// Deterministic and evenly spread: payment `i` falls in bucket `(i * 37) % 100`.
     fn of(scenario: Scenario, i: usize) -> Kind {
-        if scenario == Scenario::Approve {
-            return Kind::Approve;
+        match scenario {
+            Scenario::Approve => return Kind::Approve,
+            Scenario::Timeout => return Kind::Timeout,
+            Scenario::Mix => {}
         }
         match (i * 37) % 100 {
             0..=3 => Kind::Review,
