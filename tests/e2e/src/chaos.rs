@@ -64,6 +64,10 @@ impl ChaosStack {
                 // payments/s; a 429 left is the key lookups' (the defect the check is for).
                 ("SAGAPAY_RATE_LIMIT_PER_SECOND", "100000"),
                 ("SAGAPAY_RATE_LIMIT_BURST", "100000"),
+                // One merchant's load: its share as deep as the pipeline's limit (256), as
+                // before shares existed, so the times measure recovery from the faults, not a
+                // merchant's share during them (shares have tests of their own: parked.rs).
+                ("SAGAPAY_ADMISSION_MERCHANT_MAX_IN_FLIGHT", "256"),
                 // What a failed run needs to be understood (the logs are kept then).
                 ("RUST_LOG", "info,librdkafka=warn,rdkafka=warn,sqlx=warn"),
             ],
