@@ -16,6 +16,13 @@
 //! that its claimant has given up or is gone, and a retry may go: the orchestrator's unique
 //! constraint still answers it once. (A fixed 30 s refused every retry of a merchant whose
 //! request a crashed gateway held for half a minute.)
+//!
+//! A request that went to the orchestrator without an outcome the gateway could read (no
+//! answer in time, the connection lost, a 5xx other than `overloaded`) gives its key back like
+//! any failure, but leaves a marker beside it (`<key>:forwarded`, kept as long as answers
+//! are): the orchestrator may hold the key, so its retry is never shed (see `shedding`). The
+//! marker is a key of its own, so an entry keeps its format and a gateway of an earlier
+//! version, which never reads the marker, treats the key as before.
 
 use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -28,6 +35,9 @@ use uuid::Uuid;
 
 /// How long a finished answer is replayed.
 pub const RESPONSE_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+/// How long the gateway remembers that a key went to the orchestrator with an unknown
+/// outcome: as long as an answer would have been replayed.
+pub const FORWARDED_TTL: Duration = RESPONSE_TTL;
 
 #[derive(Debug, Clone)]
 pub struct IdempotencySettings {
@@ -80,6 +90,13 @@ pub struct Claim {
     redis_key: String,
     token: String,
     fingerprint: String,
+}
+
+impl Claim {
+    /// Where [`IdempotencyCache::remember_forwarded`] marks the key.
+    fn forwarded_key(&self) -> String {
+        format!("{}:forwarded", self.redis_key)
+    }
 }
 
 /// What to do with a request.
@@ -346,6 +363,43 @@ impl IdempotencyCache {
             self.trouble("finish", &e);
         }
     }
+
+    /// Remembers that `claim`'s request went to the orchestrator and its outcome is unknown
+    /// here: the orchestrator may hold the key, so a retry must reach it even while this
+    /// gateway sheds. Call it before [`IdempotencyCache::finish`] gives the key back, so that a
+    /// retry never finds neither. Best effort: one attempt, none while Redis rests (a retry
+    /// that finds no marker is shed as before, and comes back after `Retry-After`).
+    pub async fn remember_forwarded(&self, claim: &Claim) {
+        let Some(conn) = &self.conn else { return };
+        if self.resting() {
+            return;
+        }
+        let mut set = redis::cmd("SET");
+        set.arg(claim.forwarded_key())
+            .arg("1")
+            .arg("PX")
+            .arg(FORWARDED_TTL.as_millis() as u64);
+        if let Err(e) = self.run::<()>(conn, set).await {
+            self.trouble("remember forwarded", &e);
+        }
+    }
+
+    /// Whether an earlier attempt with `claim`'s key went to the orchestrator with an unknown
+    /// outcome (asked only while shedding). When Redis does not answer: true, the request is
+    /// forwarded; one call to the orchestrator costs less than refusing a merchant a payment
+    /// the orchestrator may hold.
+    pub async fn was_forwarded(&self, claim: &Claim) -> bool {
+        let Some(conn) = &self.conn else { return true };
+        let mut exists = redis::cmd("EXISTS");
+        exists.arg(claim.forwarded_key());
+        match self.run::<i64>(conn, exists).await {
+            Ok(found) => found > 0,
+            Err(e) => {
+                self.trouble("was forwarded", &e);
+                true
+            }
+        }
+    }
 }
 
 /// Replaces KEYS[1] with ARGV[2] (for ARGV[3] ms) if it still holds the claim marked ARGV[1].
@@ -392,5 +446,20 @@ mod tests {
         };
         let back: Entry = serde_json::from_str(&serde_json::to_string(&done).unwrap()).unwrap();
         assert_eq!(back.response.unwrap().status, 201);
+    }
+
+    #[test]
+    fn the_forwarded_marker_sits_beside_its_key() {
+        let claim = Claim {
+            redis_key: "ns:idempotency:v2:m:payments:abc".into(),
+            token: "t".into(),
+            fingerprint: "f".into(),
+        };
+        assert_eq!(
+            claim.forwarded_key(),
+            "ns:idempotency:v2:m:payments:abc:forwarded"
+        );
+        // An entry's key ends in the key's hash: never in `:forwarded`.
+        assert_ne!(claim.forwarded_key(), claim.redis_key);
     }
 }

@@ -7,6 +7,7 @@ use crate::idempotency::{Begin, CachedResponse};
 use crate::peer::{
     forward, internal_to, require_json, upstream, upstream_unavailable, Peer, Upstream,
 };
+use crate::shedding::Scope;
 use crate::state::AppState;
 use crate::validate;
 use axum::body::Bytes;
@@ -448,49 +449,31 @@ async fn idempotent(
         .begin(merchant.merchant_id, scope, idempotency_key, fingerprint)
         .await
     {
-        Begin::Replay(cached) => {
-            return Ok(Upstream {
-                status: StatusCode::from_u16(cached.status).unwrap_or(StatusCode::OK),
-                body: Bytes::from(cached.body),
-                replayed: true,
-            }
-            .into_response())
-        }
+        Begin::Replay(cached) => return Ok(replay(cached)),
         Begin::Reused => return Err(key_reused()),
-        Begin::InFlight => {
-            let mut resp = ApiError::new(
-                StatusCode::CONFLICT,
-                ErrorType::IdempotencyError,
-                "idempotency_request_in_progress",
-                "a request with this idempotency key is still being processed; retry shortly",
-            )
-            .with_param("idempotency_key")
-            .into_response();
-            resp.headers_mut()
-                .insert("retry-after", HeaderValue::from_static("1"));
-            return Ok(resp);
-        }
-        // A new key while the orchestrator says it is overloaded: refused here, key given back.
-        Begin::Claimed(claim) if work == Work::NewPayment && state.shedding.sheds() => {
-            state.idempotency.finish(claim, None).await;
-            return Err(shed());
+        Begin::InFlight => return Ok(in_flight()),
+        Begin::Claimed(claim) if work == Work::NewPayment => {
+            if let Err(window) = admit(state, merchant.merchant_id, &claim).await {
+                // Refused here, key given back.
+                state.idempotency.finish(claim, None).await;
+                return Ok(window.mark(shed(window).into_response()));
+            }
+            Some(claim)
         }
         Begin::Claimed(claim) | Begin::Durable(Some(claim)) => Some(claim),
         Begin::Durable(None) => None,
     };
-    let answer = match call.send().await {
-        Ok(resp) => upstream(resp).await,
-        Err(e) => Err(upstream_unavailable(e)),
-    };
+    let sent = send(call).await;
     if work == Work::NewPayment {
-        if let Err(e) = &answer {
-            if e.body.code == OVERLOADED {
-                state.shedding.overloaded();
-            }
+        if let Some(overload) = sent.overloaded {
+            state.shedding.overloaded(overload, merchant.merchant_id);
         }
     }
     if let Some(claim) = claim {
-        let cached = answer.as_ref().ok().and_then(|a| {
+        if work == Work::NewPayment && sent.unknown {
+            state.idempotency.remember_forwarded(&claim).await;
+        }
+        let cached = sent.answer.as_ref().ok().and_then(|a| {
             Some(CachedResponse {
                 status: a.status.as_u16(),
                 body: String::from_utf8(a.body.to_vec()).ok()?,
@@ -498,18 +481,124 @@ async fn idempotent(
         });
         state.idempotency.finish(claim, cached).await;
     }
-    Ok(answer?.into_response())
+    match (sent.answer, sent.overloaded) {
+        (Ok(answer), _) => Ok(answer.into_response()),
+        // The merchant hears which limit it hit, as the orchestrator said it.
+        (Err(e), Some(scope)) => Ok(scope.mark(e.into_response())),
+        (Err(e), None) => Err(e),
+    }
+}
+
+/// A new payment while this gateway sheds: refused here when a window covers its merchant,
+/// unless an earlier attempt with its key reached the orchestrator with an unknown outcome.
+/// Then the orchestrator may hold the payment and is asked (it answers replays even while
+/// overloaded); a refusal here would turn a payment that exists into a 503 for every retry
+/// of the window.
+async fn admit(
+    state: &AppState,
+    merchant_id: Uuid,
+    claim: &crate::idempotency::Claim,
+) -> Result<(), Scope> {
+    let Some(window) = state.shedding.window(merchant_id) else {
+        return Ok(());
+    };
+    if state.idempotency.was_forwarded(claim).await {
+        state.shedding.bypassed();
+        return Ok(());
+    }
+    state.shedding.shed(window);
+    Err(window)
+}
+
+/// An answer replayed from the fast path, as it was.
+fn replay(cached: CachedResponse) -> Response {
+    Upstream {
+        status: StatusCode::from_u16(cached.status).unwrap_or(StatusCode::OK),
+        body: Bytes::from(cached.body),
+        replayed: true,
+    }
+    .into_response()
+}
+
+/// 409: the same request is still being processed.
+fn in_flight() -> Response {
+    let mut resp = ApiError::new(
+        StatusCode::CONFLICT,
+        ErrorType::IdempotencyError,
+        "idempotency_request_in_progress",
+        "a request with this idempotency key is still being processed; retry shortly",
+    )
+    .with_param("idempotency_key")
+    .into_response();
+    resp.headers_mut()
+        .insert("retry-after", HeaderValue::from_static("1"));
+    resp
+}
+
+/// The orchestrator's answer to a creating request, and what the gateway learns from it.
+struct Sent {
+    answer: Result<Upstream, ApiError>,
+    /// It answered 503 `overloaded`: whose limit it hit (its `sagapay-overload-scope`).
+    overloaded: Option<Scope>,
+    /// It may have acted on the request without the gateway knowing how (see
+    /// [`outcome_unknown`]).
+    unknown: bool,
+}
+
+async fn send(call: reqwest::RequestBuilder) -> Sent {
+    match call.send().await {
+        Ok(resp) => {
+            let header = resp
+                .headers()
+                .get(Scope::HEADER)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let answer = upstream(resp).await;
+            let (status, code) = match &answer {
+                Ok(a) => (a.status, None),
+                Err(e) => (e.status, Some(e.body.code.as_str())),
+            };
+            let unknown = outcome_unknown(status, code);
+            let overloaded =
+                (code == Some(OVERLOADED)).then(|| Scope::from_header(header.as_deref()));
+            Sent {
+                answer,
+                overloaded,
+                unknown,
+            }
+        }
+        // A connection never made carried nothing; any other failure may have come after
+        // the orchestrator read the request (a timeout, a connection lost).
+        Err(e) => Sent {
+            unknown: !e.is_connect(),
+            answer: Err(upstream_unavailable(e)),
+            overloaded: None,
+        },
+    }
+}
+
+/// Pure: whether an answer leaves the request's outcome unknown. An answer the orchestrator
+/// gave (2xx, a 4xx refusal, 503 `overloaded`, which changes nothing) is known; a 5xx of
+/// another kind (its own request timeout, an internal error, the answer unreadable) or a 408
+/// may come after the payment was written.
+fn outcome_unknown(status: StatusCode, code: Option<&str>) -> bool {
+    let failed = status.is_server_error() || status == StatusCode::REQUEST_TIMEOUT;
+    failed && code != Some(OVERLOADED)
 }
 
 /// The orchestrator's code for a pipeline that is behind.
 const OVERLOADED: &str = "overloaded";
 
-/// 503 `overloaded`, answered by the gateway during a shedding window.
-fn shed() -> ApiError {
-    ApiError::unavailable(
-        OVERLOADED,
-        "the payment pipeline is behind; retry with the same idempotency key",
-    )
+/// 503 `overloaded`, answered by the gateway during a shedding window of `scope`.
+fn shed(scope: Scope) -> ApiError {
+    let message = match scope {
+        Scope::Pipeline => "the payment pipeline is behind; retry with the same idempotency key",
+        Scope::Merchant => {
+            "this merchant has as many payments in flight as its limit allows; retry with the \
+             same idempotency key"
+        }
+    };
+    ApiError::unavailable(OVERLOADED, message)
 }
 
 fn key_reused() -> ApiError {
@@ -530,4 +619,40 @@ fn header_idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError>
             })
         })
         .transpose()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_answers_that_may_follow_a_write_leave_the_outcome_unknown() {
+        let unknown = |status: u16, code: Option<&str>| {
+            outcome_unknown(StatusCode::from_u16(status).unwrap(), code)
+        };
+        // The orchestrator answered: known.
+        assert!(!unknown(201, None));
+        assert!(!unknown(200, None));
+        assert!(!unknown(422, Some("idempotency_key_reused")));
+        assert!(!unknown(409, Some("idempotency_request_in_progress")));
+        assert!(!unknown(503, Some(OVERLOADED)));
+        // It may have written the payment first.
+        assert!(unknown(503, Some("request_timeout")));
+        assert!(unknown(503, Some("upstream_unavailable")));
+        assert!(unknown(503, Some("upstream_error")));
+        assert!(unknown(500, Some("internal_error")));
+        assert!(unknown(504, None));
+        assert!(unknown(408, Some("request_timeout")));
+    }
+
+    #[test]
+    fn a_shed_answer_is_overloaded_and_says_whose_limit() {
+        for scope in [Scope::Pipeline, Scope::Merchant] {
+            let e = shed(scope);
+            assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(e.body.code, OVERLOADED);
+        }
+        assert!(shed(Scope::Merchant).body.message.contains("this merchant"));
+        assert!(shed(Scope::Pipeline).body.message.contains("pipeline"));
+    }
 }

@@ -9,11 +9,19 @@
 //! cannot both slip under a velocity limit. A customer is a merchant's: the id is the
 //! merchant's own (two merchants' `cust-1` are different people), so everything counts per
 //! merchant and customer.
+//!
+//! The consumer handles a batch of messages in one transaction, and runs several lanes at
+//! once. Locks taken per payment in arrival order made two lanes holding [X, Y] and [Y, X]
+//! wait for each other until PostgreSQL killed one (a deadlock, a second of `deadlock_timeout`
+//! and the batch done again). So a batch takes every lock it needs before its first decision,
+//! in one statement and one global order (see [`lock_in_order`]): lanes may wait for each
+//! other, never in a circle. Deadlocks risk still hits are counted (`risk_deadlocks_total`).
 
 pub mod ops;
 pub mod rules;
 
 use anyhow::anyhow;
+use prometheus::{IntCounter, Registry};
 use rules::{Decision, Inputs, Thresholds};
 use sagapay_domain::events::{
     PaymentFinalized, PaymentRequested, RiskApproved, RiskDenied, RiskReviewRequired,
@@ -23,7 +31,9 @@ use sagapay_messaging::{Handler, HandlerError, MessageContext, Outbox, OUTBOX_CO
 use sagapay_service_kit::config::{env_or, env_parse};
 use sagapay_service_kit::{CommonConfig, OpsKey, Platform, ServiceHandle};
 use sqlx::PgConnection;
+use std::collections::HashSet;
 use std::sync::Arc;
+use uuid::Uuid;
 
 pub const SERVICE: &str = "risk";
 pub const DEFAULT_PORT: u16 = 8002;
@@ -91,6 +101,95 @@ impl Config {
 struct RiskHandler {
     outbox: Outbox,
     thresholds: Thresholds,
+    metrics: RiskMetrics,
+}
+
+/// Risk's own metrics.
+#[derive(Clone)]
+struct RiskMetrics {
+    deadlocks: IntCounter,
+}
+
+impl RiskMetrics {
+    fn register(registry: &Registry) -> anyhow::Result<Self> {
+        let deadlocks = IntCounter::new(
+            "risk_deadlocks_total",
+            "Deadlocks (SQLSTATE 40P01) risk's consumer transactions hit; each was rolled \
+             back and done again",
+        )?;
+        registry.register(Box::new(deadlocks.clone()))?;
+        Ok(Self { deadlocks })
+    }
+
+    /// Counts `result`'s failure if it is a deadlock, and passes it on.
+    fn observe<T>(&self, result: Result<T, HandlerError>) -> Result<T, HandlerError> {
+        if let Err(e) = &result {
+            if is_deadlock(e) {
+                self.deadlocks.inc();
+            }
+        }
+        result
+    }
+}
+
+/// Whether `e` is PostgreSQL's deadlock detector killing the transaction.
+fn is_deadlock(e: &HandlerError) -> bool {
+    sagapay_messaging::failure::classify(e).sqlstate.as_deref() == Some(DEADLOCK_DETECTED)
+}
+
+/// SQLSTATE `deadlock_detected`.
+const DEADLOCK_DETECTED: &str = "40P01";
+
+/// A merchant's customer: what risk counts by, and locks.
+type CustomerKey = (Uuid, String);
+
+/// The customers whose locks the transaction holds: those of a batch's `payments.requested`,
+/// taken by [`Handler::prepare`]. Empty for a message handled alone, which locks for itself.
+#[derive(Default)]
+struct Locked(HashSet<CustomerKey>);
+
+/// Takes the advisory locks of `customers` for the rest of the transaction, in one statement
+/// and one global order: ascending lock key (the `bigint` hash of `merchant/customer`). Every
+/// transaction of risk takes its locks this way, so a transaction only ever waits for a lock
+/// whose key is above every key it holds, and a circle of waits cannot form.
+///
+/// Why the calls happen in that order: `pg_advisory_xact_lock(k)` is a volatile output
+/// expression of a SELECT with an ORDER BY that does not reference it, and PostgreSQL
+/// (since 9.6, documented in the SELECT reference, "SELECT List") evaluates such expressions
+/// after the sort, row by row in the sorted order; EXPLAIN VERBOSE shows the call in a node
+/// above the Sort (or above the sorted DISTINCT, whose order the planner then keeps).
+/// Equal keys (two customers whose hashes collide) are locked once: the same lock.
+async fn lock_in_order(conn: &mut PgConnection, customers: &[&CustomerKey]) -> sqlx::Result<()> {
+    let (merchants, ids): (Vec<String>, Vec<&str>) = customers
+        .iter()
+        .map(|(m, c)| (m.to_string(), c.as_str()))
+        .unzip();
+    sqlx::query(
+        "SELECT pg_advisory_xact_lock(k)
+           FROM (SELECT DISTINCT hashtextextended(m || '/' || c, 0) AS k
+                   FROM unnest($1::text[], $2::text[]) AS u(m, c)) AS keys
+          ORDER BY k",
+    )
+    .bind(&merchants)
+    .bind(&ids)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The customers of the `payments.requested` among `envelopes`, each once, sorted (for a
+/// deterministic statement; the lock order is the statement's own). An event that does not
+/// decode is left out: `handle` refuses it.
+fn customers_of(envelopes: &[&Envelope]) -> Vec<CustomerKey> {
+    let mut customers: Vec<CustomerKey> = envelopes
+        .iter()
+        .filter(|e| e.event_type() == Some(EventType::PaymentRequested))
+        .filter_map(|e| e.decode::<PaymentRequested>().ok())
+        .map(|req| (req.merchant_id, req.customer_id.as_str().to_owned()))
+        .collect();
+    customers.sort_unstable();
+    customers.dedup();
+    customers
 }
 
 impl RiskHandler {
@@ -99,14 +198,16 @@ impl RiskHandler {
         conn: &mut PgConnection,
         env: &Envelope,
         ctx: &MessageContext,
+        locked: &mut Locked,
     ) -> Result<(), HandlerError> {
         let req: PaymentRequested = env.decode()?;
-        // One decision at a time per customer, so counts cannot race.
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1 || '/' || $2, 0))")
-            .bind(req.merchant_id.to_string())
-            .bind(req.customer_id.as_str())
-            .execute(&mut *conn)
-            .await?;
+        // One decision at a time per customer, so counts cannot race: the batch took the lock
+        // already, or this message is alone and takes it.
+        let customer = (req.merchant_id, req.customer_id.as_str().to_owned());
+        if !locked.0.contains(&customer) {
+            lock_in_order(conn, &[&customer]).await?;
+            locked.0.insert(customer);
+        }
         // The counts, and in the same statement the decision already taken for this payment if
         // the request is a repeat (a step the orchestrator re-sent after its deadline).
         let (prior_last_hour, failures_last_24h, earlier): (i64, i64, Option<String>) =
@@ -138,7 +239,20 @@ impl RiskHandler {
             payments_last_hour: prior_last_hour + 1,
             failures_last_24h,
         };
-        let (decision, reason) = rules::decide(&self.thresholds, &inputs);
+        self.decide(conn, env, ctx, &req, &inputs).await
+    }
+
+    /// Decides by the rules over `inputs`, and records the decision with its answer (and the
+    /// review, if it is one).
+    async fn decide(
+        &self,
+        conn: &mut PgConnection,
+        env: &Envelope,
+        ctx: &MessageContext,
+        req: &PaymentRequested,
+        inputs: &Inputs,
+    ) -> Result<(), HandlerError> {
+        let (decision, reason) = rules::decide(&self.thresholds, inputs);
         let recorded = serde_json::json!({
             "inputs": inputs,
             "thresholds": self.thresholds.applied(req.currency),
@@ -242,23 +356,41 @@ impl RiskHandler {
 }
 
 impl Handler for RiskHandler {
-    type Prepared = ();
+    type Prepared = Locked;
+
+    /// Locks the customers of the batch's payment requests, all at once and in order (see
+    /// [`lock_in_order`]), before the first decision.
+    async fn prepare(
+        &self,
+        conn: &mut PgConnection,
+        envelopes: &[&Envelope],
+    ) -> Result<Locked, HandlerError> {
+        let customers = customers_of(envelopes);
+        if customers.is_empty() {
+            return Ok(Locked::default());
+        }
+        let keys: Vec<&CustomerKey> = customers.iter().collect();
+        let locked = lock_in_order(conn, &keys).await.map_err(HandlerError::from);
+        self.metrics.observe(locked)?;
+        Ok(Locked(customers.into_iter().collect()))
+    }
 
     async fn handle(
         &self,
         conn: &mut PgConnection,
         env: &Envelope,
         ctx: &MessageContext,
-        _prepared: &mut (),
+        locked: &mut Locked,
     ) -> Result<(), HandlerError> {
-        match env.event_type() {
-            Some(EventType::PaymentRequested) => self.assess(conn, env, ctx).await,
+        let handled = match env.event_type() {
+            Some(EventType::PaymentRequested) => self.assess(conn, env, ctx, locked).await,
             Some(EventType::PaymentFinalized) => self.record_outcome(conn, env).await,
             _ => Err(HandlerError::permanent(anyhow!(
                 "risk does not handle {}",
                 env.event_type
             ))),
-        }
+        };
+        self.metrics.observe(handled)
     }
 
     /// Only failed and reversed outcomes feed the velocity rules; a settled payment's
@@ -292,6 +424,7 @@ pub async fn start(config: Config) -> anyhow::Result<ServiceHandle> {
     let handler = Arc::new(RiskHandler {
         outbox: platform.outbox.clone(),
         thresholds: config.thresholds.clone(),
+        metrics: RiskMetrics::register(&platform.registry)?,
     });
     platform.spawn_consumer(&mut builder, handler, CONSUMES)?;
     let api = ops::routes(
@@ -303,4 +436,108 @@ pub async fn start(config: Config) -> anyhow::Result<ServiceHandle> {
     );
     let router = platform.router(api);
     builder.serve(config.common.http_addr, router).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sagapay_domain::{AmountMinor, Currency, CustomerId, PaymentMethod};
+
+    fn requested(merchant: Uuid, customer: &str) -> Envelope {
+        Envelope::new(
+            Uuid::now_v7(),
+            None,
+            "test",
+            &PaymentRequested {
+                merchant_id: merchant,
+                customer_id: CustomerId::parse(customer).unwrap(),
+                amount_minor: AmountMinor::new(1500).unwrap(),
+                currency: Currency::parse("USD").unwrap(),
+                payment_method: PaymentMethod::default(),
+            },
+        )
+    }
+
+    #[test]
+    fn a_batch_locks_each_customer_of_its_requests_once() {
+        let (m1, m2) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        let mut undecodable = requested(m1, "cust-z");
+        undecodable.payload = serde_json::json!({ "merchant_id": "not a uuid" });
+        let mut finalized = requested(m1, "cust-f");
+        finalized.event_type = EventType::PaymentFinalized.as_str().to_owned();
+        let batch = [
+            requested(m2, "cust-b"),
+            requested(m1, "cust-b"),
+            requested(m2, "cust-b"),
+            requested(m1, "cust-a"),
+            undecodable,
+            finalized,
+        ];
+        let refs: Vec<&Envelope> = batch.iter().collect();
+        assert_eq!(
+            customers_of(&refs),
+            vec![
+                (m1, "cust-a".to_owned()),
+                (m1, "cust-b".to_owned()),
+                (m2, "cust-b".to_owned()),
+            ],
+            "each (merchant, customer) once; two merchants' cust-b are two customers"
+        );
+        assert!(customers_of(&[]).is_empty());
+    }
+
+    /// A database error with a SQLSTATE, as PostgreSQL sends one.
+    #[derive(Debug)]
+    struct Refused(&'static str);
+
+    impl std::fmt::Display for Refused {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "refused with {}", self.0)
+        }
+    }
+
+    impl std::error::Error for Refused {}
+
+    impl sqlx::error::DatabaseError for Refused {
+        fn message(&self) -> &str {
+            "refused"
+        }
+        fn code(&self) -> Option<std::borrow::Cow<'_, str>> {
+            Some(self.0.into())
+        }
+        fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+            self
+        }
+        fn kind(&self) -> sqlx::error::ErrorKind {
+            sqlx::error::ErrorKind::Other
+        }
+    }
+
+    fn refused(code: &'static str) -> HandlerError {
+        sqlx::Error::Database(Box::new(Refused(code))).into()
+    }
+
+    #[test]
+    fn only_deadlocks_are_counted_as_deadlocks() {
+        let metrics = RiskMetrics::register(&Registry::new()).unwrap();
+        assert!(metrics.observe(Err::<(), _>(refused("40P01"))).is_err());
+        assert_eq!(metrics.deadlocks.get(), 1);
+        for other in [
+            refused("40001"),
+            refused("23505"),
+            HandlerError::transient(anyhow!("pool timed out")),
+            HandlerError::permanent(anyhow!("not an envelope")),
+        ] {
+            assert!(!is_deadlock(&other), "{other}");
+            let _ = metrics.observe(Err::<(), _>(other));
+        }
+        assert!(metrics.observe(Ok(())).is_ok());
+        assert_eq!(metrics.deadlocks.get(), 1);
+    }
 }

@@ -150,6 +150,7 @@ async fn a_merchant_at_its_share_is_refused_while_another_is_served() {
     )
     .await;
     assert!(resp.headers().contains_key("retry-after"));
+    assert_eq!(resp.headers()["sagapay-overload-scope"], "merchant");
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["error"]["code"], "overloaded", "{body}");
     assert!(
