@@ -203,5 +203,35 @@ fn books_agree(
     if status == PaymentStatus::Canceled && b.captured.is_some() {
         return Err(format!("{p} is CANCELED and was captured"));
     }
+    // No card hold left: an authorization of a payment that ended without keeping a capture
+    // was voided (or captured, and the capture refunded).
+    let ended_empty = matches!(
+        status,
+        PaymentStatus::Failed | PaymentStatus::Reversed | PaymentStatus::Canceled
+    );
+    if ended_empty && b.authorized.is_some() && !b.voided && b.captured.is_none() {
+        return Err(format!(
+            "{p} is {status} and its authorization of {:?} is still open at the provider",
+            b.authorized
+        ));
+    }
+    // The merchant heard of exactly the refunds that succeeded.
+    let heard = w
+        .notification
+        .refunds_succeeded
+        .get(&p)
+        .cloned()
+        .unwrap_or_default();
+    let succeeded_ids: std::collections::BTreeSet<uuid::Uuid> = s
+        .refunds
+        .iter()
+        .filter(|r| r.status == RefundStatus::Succeeded)
+        .map(|r| r.refund_id)
+        .collect();
+    if heard != succeeded_ids {
+        return Err(format!(
+            "{p}: refunds succeeded {succeeded_ids:?}, its merchant heard of {heard:?}"
+        ));
+    }
     Ok(())
 }

@@ -66,28 +66,41 @@ fn every_seed_keeps_every_invariant() {
     }
 }
 
-/// Each deliberate bug makes the simulation fail within the suite's seeds: the simulator's
-/// power, measured on every run.
+/// Each deliberate bug makes the simulation fail within the suite's seeds, and by the
+/// invariant it is about (a failure for another reason would not show the simulator's power):
+/// the simulator's power, measured on every run.
 #[test]
 fn every_deliberate_bug_is_found_within_the_suite_seeds() {
-    for m in [
-        Mutation::RefundBoundByAuthorized,
-        Mutation::DeadlineRecapturesSettled,
-        Mutation::VoidIgnoresPendingCapture,
-        Mutation::OverRefundBeforeFix,
-        Mutation::LatePostingKept,
-        Mutation::ParkedHoldsPlace,
-        Mutation::DeclinedRefundPending,
+    // The bug, and words of the violation of the invariant that must catch it.
+    let refused = "the provider refused what the platform asked";
+    for (m, caught_by) in [
+        (Mutation::RefundBoundByAuthorized, refused),
+        (Mutation::DeadlineRecapturesSettled, "is SETTLED and sent"),
+        (Mutation::VoidIgnoresPendingCapture, refused),
+        (Mutation::OverRefundBeforeFix, refused),
+        (Mutation::LatePostingKept, "the ledger"),
+        (Mutation::ParkedHoldsPlace, "admission counts"),
+        (
+            Mutation::DeclinedRefundPending,
+            "was declined by the provider but is",
+        ),
     ] {
         mutation::set(Some(m));
         let found = explore(1, CI_SEEDS);
         mutation::set(None);
         match found {
             Ok(n) => panic!("{m:?} survived {n} seeds: the simulator lost its power"),
-            Err(failure) => eprintln!(
-                "simulation: {m:?} found by seed {} at step {}: {}",
-                failure.seed, failure.step, failure.violation
-            ),
+            Err(failure) => {
+                eprintln!(
+                    "simulation: {m:?} found by seed {} at step {}: {}",
+                    failure.seed, failure.step, failure.violation
+                );
+                assert!(
+                    failure.violation.contains(caught_by),
+                    "{m:?} was caught by another invariant than its own ({caught_by:?}): {}",
+                    failure.violation
+                );
+            }
         }
     }
 }
