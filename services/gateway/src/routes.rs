@@ -89,7 +89,11 @@ async fn refuse_oversized(
         (status = 415, description = "Not application/json", body = crate::schemas::ErrorResponse),
         (status = 422, description = "Idempotency key reused with a different request", body = crate::schemas::ErrorResponse),
         (status = 429, description = "Rate limited", body = crate::schemas::ErrorResponse),
-        (status = 503, description = "Try again with the same idempotency key after `Retry-After`: a service is unavailable, or the pipeline is behind (`overloaded`)", body = crate::schemas::ErrorResponse),
+        (status = 503, description = "Try again with the same idempotency key after `Retry-After`: a service is unavailable, or the pipeline or this merchant's share of it is full (`overloaded`)", body = crate::schemas::ErrorResponse,
+            headers(
+                ("Retry-After" = u32, description = "Seconds to wait before the retry"),
+                ("sagapay-overload-scope" = String, description = "With `overloaded`: `merchant` (this merchant's own limit of payments in flight) or `pipeline` (the platform's)"),
+            )),
     )
 )]
 pub(crate) async fn create_payment(
