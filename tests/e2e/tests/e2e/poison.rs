@@ -277,11 +277,15 @@ async fn every_consumer_dead_letters_poison_and_keeps_settling_payments() {
     stack.wait_for_status(&pid, "SETTLED", SETTLE).await;
 
     let expected_letters: usize = poisons.iter().map(|p| p.services.len()).sum();
-    let all = eventually(WAIT, "a dead letter for every poison message", || async {
+    eventually(WAIT, "a dead letter for every poison message", || async {
         let l = letters(&stack).await;
         (l.len() >= expected_letters).then_some(l)
     })
     .await;
+    // Counted once nothing is left in flight (a second letter for one message would arrive
+    // after the first), not the moment the count was reached.
+    stack.wait_quiet().await;
+    let all = letters(&stack).await;
     assert_eq!(
         all.len(),
         expected_letters,

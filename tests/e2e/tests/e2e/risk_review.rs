@@ -109,11 +109,14 @@ async fn review_then_deny_fails_the_payment_and_notifies_once() {
         timeline[2]
     );
     let notifications = stack.db("notification").await;
-    let kinds = eventually(WAIT, "the failure notification", || async {
+    eventually(WAIT, "the failure notification", || async {
         let k = notification_kinds(&notifications, &pid).await;
         (!k.is_empty()).then_some(k)
     })
     .await;
+    // Once: counted when nothing is left in flight, not the moment the first arrived.
+    stack.wait_quiet().await;
+    let kinds = notification_kinds(&notifications, &pid).await;
     assert_eq!(kinds, ["payment.failed"]);
     stack.teardown().await;
 }

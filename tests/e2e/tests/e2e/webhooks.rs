@@ -331,7 +331,13 @@ async fn webhooks_are_signed_delivered_once_retried_and_listed() {
     )
     .await;
     assert_eq!(status, 200, "{deliveries}");
-    for d in deliveries["data"].as_array().unwrap() {
+    let listed = deliveries["data"].as_array().unwrap();
+    assert_eq!(
+        listed.len(),
+        3,
+        "one delivery per settled payment: {deliveries}"
+    );
+    for d in listed {
         assert_eq!(
             (d["status"].as_str(), d["attempts"].as_i64()),
             (Some("delivered"), Some(2)),
