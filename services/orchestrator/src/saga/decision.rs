@@ -112,7 +112,7 @@ impl FlagKind {
             FlagKind::AmountMismatch(_) => "AMOUNT_MISMATCH",
             FlagKind::CompensationFailed(_) => "COMPENSATION_FAILED",
             FlagKind::CaptureUnresolved => "CAPTURE_UNRESOLVED",
-            FlagKind::VoidDeclined => "VOID_DECLINED",
+            FlagKind::VoidDeclined => crate::store::ATTENTION_VOID_DECLINED,
         }
     }
 }

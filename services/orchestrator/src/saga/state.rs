@@ -6,7 +6,6 @@
 //! so [`super::decide`] never has to ask whether an `Option` is set.
 
 use super::decide::mutation::{self, Mutation};
-use super::decision::FlagKind;
 use crate::store::{Compensation, MerchantAction, PaymentRow, ProviderMismatch};
 use chrono::{DateTime, Utc};
 use sagapay_domain::events::{CaptureMethod, ProviderOperation};
@@ -150,7 +149,7 @@ impl PaymentState {
             due: row.deadline_at,
             attention: row.attention_since.is_some(),
             void_refused: row.attention_since.is_some()
-                && row.attention_kind.as_deref() == Some(FlagKind::VoidDeclined.as_str()),
+                && row.attention_kind.as_deref() == Some(crate::store::ATTENTION_VOID_DECLINED),
             mismatch: row.provider_mismatch.clone(),
             refunds,
         })

@@ -108,6 +108,10 @@ pub struct PaymentRow {
     pub provider_mismatch: Option<ProviderMismatch>,
 }
 
+/// `payments.attention_kind` of a payment whose void the provider refused: the one kind the
+/// saga decides on (an operator may then fail the payment).
+pub const ATTENTION_VOID_DECLINED: &str = "VOID_DECLINED";
+
 /// An authorization or capture the provider reported for another amount than was asked:
 /// never applied, recorded for the operator who ends the payment.
 #[derive(Debug, Clone, PartialEq, Eq)]
