@@ -1,9 +1,9 @@
 //! The provider worker is fair: one merchant whose cards all time out (each attempt holds a
 //! place of the worker for the whole call timeout) never takes every place. Merchant A has
 //! twenty authorizations due at once, older than merchant B's, on a worker of four places;
-//! A holds at most its cap of two, so B's authorization is attempted at once and B settles
-//! while A's first attempts are still being made. Claimed first-due first-served, B's
-//! authorization waited behind all twenty of A's.
+//! A holds at most its cap of two, so B's authorization is attempted as soon as it is due,
+//! with no attempt of A's going first. Claimed first-due first-served, B's authorization
+//! waited behind every one of A's still due.
 
 use sagapay_e2e::{eventually, StackOptions, TestStack};
 use sagapay_provider_adapter::policy::RetrySettings;
@@ -74,35 +74,53 @@ async fn a_merchant_whose_cards_hang_holds_its_share_of_the_provider_not_all_of_
         (status == "SETTLED").then_some(())
     })
     .await;
-    // How many of A's attempts had started when B's authorization was attempted.
-    let before_b: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM provider_attempts a
-          WHERE a.payment_id <> $1 AND a.started_at < (
-                SELECT min(started_at) FROM provider_attempts
-                 WHERE payment_id = $1 AND operation = 'AUTHORIZE')",
-    )
-    .bind(b)
-    .fetch_one(&provider)
-    .await
-    .unwrap();
-    let first_attempts_of_a: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM provider_attempts WHERE payment_id <> $1 AND attempt_no = 1",
+    // Attempts are recorded when they end: wait until one of A's started well after B's
+    // first attempt (A's calls end within their 1 s timeout), so every attempt of A's that
+    // started before B's is recorded and counted below.
+    eventually(WAIT, "A's attempts recorded past B's first", || async {
+        let later: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM provider_attempts
+              WHERE payment_id <> $1 AND started_at > (
+                    SELECT min(started_at) + interval '1.5 seconds' FROM provider_attempts
+                     WHERE payment_id = $1 AND operation = 'AUTHORIZE')",
+        )
+        .bind(b)
+        .fetch_one(&provider)
+        .await
+        .unwrap();
+        (later > 0).then_some(())
+    })
+    .await;
+    // How many of A's attempts the worker started between B's authorization becoming due
+    // (its operation scheduled) and B's first attempt: with A at its cap and places free,
+    // none but what claims already under way took (A's two places, a cycle or two). First
+    // due, first served, B waited behind every one of A's authorizations still due. Counted
+    // from the operation's scheduling, not from the payment's creation, so a slow pipeline
+    // before the adapter (a busy machine) cannot change the count.
+    let overtaking: i64 = sqlx::query_scalar(
+        "WITH b AS (
+             SELECT o.created_at AS due_at,
+                    (SELECT min(a.started_at) FROM provider_attempts a
+                      WHERE a.operation_id = o.operation_id) AS first_attempt
+               FROM provider_operations o
+              WHERE o.payment_id = $1 AND o.operation = 'AUTHORIZE')
+         SELECT count(*) FROM provider_attempts a, b
+          WHERE a.payment_id <> $1 AND a.started_at > b.due_at
+            AND a.started_at < b.first_attempt",
     )
     .bind(b)
     .fetch_one(&provider)
     .await
     .unwrap();
     assert!(
-        before_b <= 6,
-        "B's authorization waited for {before_b} of A's attempts (A's cap is 2 of 4 places)"
+        overtaking <= 4,
+        "{overtaking} of A's attempts started while B's authorization was due \
+         (A's cap is 2 of 4 places)"
     );
-    assert!(
-        first_attempts_of_a < 20,
-        "B settled only after all of A's first attempts ({first_attempts_of_a})"
-    );
-    // The cap held: never more than two of A's calls at once.
-    let most_at_once: i64 = sqlx::query_scalar(
-        "SELECT max(n) FROM (
+    // The cap held: never more than two of A's calls at once (over every attempt recorded,
+    // several rounds of A's two places by now).
+    let (attempts, most_at_once): (i64, Option<i64>) = sqlx::query_as(
+        "SELECT count(*), max(n) FROM (
              SELECT (SELECT count(*) FROM provider_attempts o
                       WHERE o.payment_id <> $1 AND o.started_at <= a.started_at
                         AND o.finished_at > a.started_at) AS n
@@ -112,6 +130,11 @@ async fn a_merchant_whose_cards_hang_holds_its_share_of_the_provider_not_all_of_
     .fetch_one(&provider)
     .await
     .unwrap();
-    assert!(most_at_once <= 2, "A held {most_at_once} places at once");
+    eprintln!("fairness: {overtaking} of A's attempts went before B's; {attempts} of A's recorded, at most {most_at_once:?} at once");
+    assert!(attempts >= 2, "A's attempts recorded: {attempts}");
+    assert!(
+        most_at_once.is_some_and(|n| n <= 2),
+        "A held {most_at_once:?} places at once"
+    );
     stack.teardown().await;
 }
