@@ -364,6 +364,17 @@ impl TestStack {
         .expect("reconciliation runs")
     }
 
+    /// POST /payments with `api_key` (another merchant's than the development one).
+    pub async fn post_payment_as(&self, api_key: &str, body: &Value) -> reqwest::Response {
+        self.http
+            .post(format!("{}/payments", self.gateway_url()))
+            .header("x-api-key", api_key)
+            .json(body)
+            .send()
+            .await
+            .expect("POST /payments")
+    }
+
     /// A new merchant with its first API key, made the way `sagapayctl merchant create` makes
     /// them: `(merchant_id, key)`.
     pub async fn merchant(&self, name: &str) -> (Uuid, String) {

@@ -161,15 +161,15 @@ struct RetryRequest {
     requested_by: Option<String>,
 }
 
-/// An operator's request that ends a payment: why, and who asks.
+/// An operator's request that ends a payment (fail, accept): why, and who asks.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct FailRequest {
+struct EndRequest {
     reason: String,
     requested_by: Option<String>,
 }
 
-impl FailRequest {
+impl EndRequest {
     /// Who asks and why, checked.
     fn who_and_why(self) -> Result<(String, String), ApiError> {
         let who = operator(self.requested_by)?;
@@ -193,6 +193,28 @@ struct Action {
     action: &'static str,
     /// The commands sent.
     sent: Vec<String>,
+}
+
+impl Action {
+    /// What an operator's fail or accept did: the status it moved the payment to (or the
+    /// one it stays in) and the commands it sent.
+    fn ended(
+        payment_id: Uuid,
+        status: PaymentStatus,
+        action: &'static str,
+        decision: &Decision,
+    ) -> Action {
+        Action {
+            payment_id,
+            status: decision.moves_to().unwrap_or(status),
+            action,
+            sent: decision
+                .send
+                .iter()
+                .map(|c| c.event_type().to_string())
+                .collect(),
+        }
+    }
 }
 
 fn operator(requested_by: Option<String>) -> Result<String, ApiError> {
@@ -278,7 +300,7 @@ async fn retry(
 async fn fail(
     State(state): State<AppState>,
     Path(payment_id): Path<Uuid>,
-    Json(req): Json<FailRequest>,
+    Json(req): Json<EndRequest>,
 ) -> Result<Response, ApiError> {
     let (who, why) = req.who_and_why()?;
     let request = OperatorRequest::Fail {
@@ -298,23 +320,13 @@ async fn fail(
         _ => "failed",
     };
     tracing::warn!(%payment_id, operator = %who, action, "operator failed the payment");
-    Ok(Json(Action {
-        payment_id,
-        status: decision.moves_to().unwrap_or(status),
-        action,
-        sent: decision
-            .send
-            .iter()
-            .map(|c| c.event_type().to_string())
-            .collect(),
-    })
-    .into_response())
+    Ok(Json(Action::ended(payment_id, status, action, &decision)).into_response())
 }
 
 async fn accept(
     State(state): State<AppState>,
     Path(payment_id): Path<Uuid>,
-    Json(req): Json<FailRequest>,
+    Json(req): Json<EndRequest>,
 ) -> Result<Response, ApiError> {
     let (who, why) = req.who_and_why()?;
     let request = OperatorRequest::Accept {
@@ -323,17 +335,7 @@ async fn accept(
     };
     let (status, decision) = act(&state, payment_id, request).await?;
     tracing::warn!(%payment_id, operator = %who, "operator accepted the capture");
-    Ok(Json(Action {
-        payment_id,
-        status: decision.moves_to().unwrap_or(status),
-        action: "accepted",
-        sent: decision
-            .send
-            .iter()
-            .map(|c| c.event_type().to_string())
-            .collect(),
-    })
-    .into_response())
+    Ok(Json(Action::ended(payment_id, status, "accepted", &decision)).into_response())
 }
 
 #[derive(Debug, Deserialize)]

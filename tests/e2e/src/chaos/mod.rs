@@ -1155,6 +1155,19 @@ mod tests {
         }
     }
 
+    /// The load's accepted payments, as the ones `payments` measures.
+    fn accepted_of(payments: &[PaymentTimes]) -> Vec<Accepted> {
+        payments
+            .iter()
+            .map(|p| Accepted {
+                payment_id: p.payment_id,
+                sent_at: Instant::now(),
+                attempts: 1,
+                rate_limited: 0,
+            })
+            .collect()
+    }
+
     #[test]
     #[should_panic(expected = "a report of no payment created in the window")]
     fn a_report_of_no_payment_is_refused() {
@@ -1166,15 +1179,7 @@ mod tests {
     fn a_report_of_no_payment_in_the_window_is_refused() {
         let mut run = load(0);
         let payments = vec![times(-5.0, -1.0), times(61.0, 63.0)];
-        run.accepted = payments
-            .iter()
-            .map(|p| Accepted {
-                payment_id: p.payment_id,
-                sent_at: Instant::now(),
-                attempts: 1,
-                rate_limited: 0,
-            })
-            .collect();
+        run.accepted = accepted_of(&payments);
         Report::new(&run, span(0.0, 60.0), payments, gaps(), Vec::new());
     }
 
@@ -1187,15 +1192,7 @@ mod tests {
             times(61.0, 90.0),
         ];
         let mut run = load(0);
-        run.accepted = payments
-            .iter()
-            .map(|p| Accepted {
-                payment_id: p.payment_id,
-                sent_at: Instant::now(),
-                attempts: 1,
-                rate_limited: 0,
-            })
-            .collect();
+        run.accepted = accepted_of(&payments);
         let r = Report::new(&run, span(0.0, 60.0), payments, gaps(), Vec::new());
         assert_eq!((r.accepted, r.measured), (4, 2));
         assert_eq!(r.percentile(1.0), Duration::from_secs(3));

@@ -47,16 +47,12 @@ async fn a_merchant_whose_cards_hang_holds_its_share_of_the_provider_not_all_of_
     .await;
     let (_, b_key) = stack.merchant("Good Cards Ltd").await;
     let resp = stack
-        .http
-        .post(format!("{}/payments", stack.gateway_url()))
-        .header("x-api-key", &b_key)
-        .json(
+        .post_payment_as(
+            &b_key,
             &json!({"customer_id": "b-1", "amount_cents": 1200, "currency": "USD",
                       "idempotency_key": "good-1"}),
         )
-        .send()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(resp.status(), 201);
     let b: Uuid = resp.json::<serde_json::Value>().await.unwrap()["payment_id"]
         .as_str()

@@ -15,14 +15,7 @@ const WAIT: Duration = Duration::from_secs(60);
 async fn create(stack: &TestStack, api_key: &str, body: &Value) -> Result<String, Value> {
     let deadline = std::time::Instant::now() + WAIT;
     loop {
-        let resp = stack
-            .http
-            .post(format!("{}/payments", stack.gateway_url()))
-            .header("x-api-key", api_key)
-            .json(body)
-            .send()
-            .await
-            .expect("POST /payments");
+        let resp = stack.post_payment_as(api_key, body).await;
         let status = resp.status().as_u16();
         let answer: Value = resp.json().await.expect("JSON body");
         if status == 201 {
@@ -137,14 +130,7 @@ async fn a_merchant_at_its_share_is_refused_while_another_is_served() {
         WAIT,
         "the third refused at the merchant's share",
         || async {
-            let resp = stack
-                .http
-                .post(format!("{}/payments", stack.gateway_url()))
-                .header("x-api-key", DEV_API_KEY)
-                .json(&third)
-                .send()
-                .await
-                .unwrap();
+            let resp = stack.post_payment_as(DEV_API_KEY, &third).await;
             (resp.status() == 503).then_some(resp)
         },
     )
@@ -163,16 +149,12 @@ async fn a_merchant_at_its_share_is_refused_while_another_is_served() {
     // Another merchant is accepted at once, inside the pipeline's limit.
     let (_, other_key) = stack.merchant("Second Ltd").await;
     let resp = stack
-        .http
-        .post(format!("{}/payments", stack.gateway_url()))
-        .header("x-api-key", &other_key)
-        .json(
+        .post_payment_as(
+            &other_key,
             &json!({"customer_id": "c", "amount_cents": 700, "currency": "USD",
                       "idempotency_key": "other-share"}),
         )
-        .send()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(resp.status(), 201, "{}", resp.text().await.unwrap());
     let refused = "admission_merchant_refused_total{service=\"orchestrator\"}";
     assert!(stack.metric("orchestrator", refused).await >= 1.0);

@@ -47,14 +47,7 @@ fn payment(key: &str) -> Value {
 
 /// POST /payments for the merchant of `api_key`: the status and the body.
 async fn post(stack: &TestStack, api_key: &str, body: &Value) -> (u16, Value) {
-    let resp = stack
-        .http
-        .post(format!("{}/payments", stack.gateway_url()))
-        .header("x-api-key", api_key)
-        .json(body)
-        .send()
-        .await
-        .expect("POST /payments");
+    let resp = stack.post_payment_as(api_key, body).await;
     let status = resp.status().as_u16();
     (status, resp.json().await.expect("JSON body"))
 }
