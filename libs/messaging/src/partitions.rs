@@ -154,6 +154,11 @@ impl PartitionTable {
         self.lock().assigned.clear();
     }
 
+    /// Whether any partition is assigned to this consumer now.
+    pub(crate) fn holds_any(&self) -> bool {
+        !self.lock().assigned.is_empty()
+    }
+
     /// A message of `key` at `offset` was received: it is pending in the current generation,
     /// which is returned; `None` when the partition is not assigned (the message is dropped).
     pub(crate) fn received(&self, key: &PartitionKey, offset: i64) -> Option<u64> {

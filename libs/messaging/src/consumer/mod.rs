@@ -61,6 +61,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 mod batch;
+mod membership;
 mod parse;
 mod retry;
 
@@ -156,7 +157,8 @@ struct Finished {
 enum SessionEnd {
     /// Shutdown: offsets stored and committed.
     Shutdown,
-    /// librdkafka raised a fatal error: this client will never consume again.
+    /// librdkafka raised a fatal error, or the client was left outside its group
+    /// ([`membership`]): this client will never consume again.
     Fatal(String),
 }
 
@@ -323,12 +325,16 @@ impl<H: Handler> InboxConsumer<H> {
         }
         drop(finished_tx);
         let mut fatal_check = tokio::time::interval(FATAL_CHECK_INTERVAL);
+        let mut membership = membership::Watch::new(&self.settings.group_id);
         let end = loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break SessionEnd::Shutdown,
                 Some(f) = finished_rx.recv() => self.finish(&consumer, f),
                 _ = fatal_check.tick() => {
                     if let Some(reason) = fatal_error(&consumer) {
+                        break SessionEnd::Fatal(reason);
+                    }
+                    if let Some(reason) = membership.tick(&consumer, self.partitions.holds_any()) {
                         break SessionEnd::Fatal(reason);
                     }
                 }
