@@ -45,6 +45,17 @@ if [ "${#free_defaults[@]}" -gt 0 ]; then
   trap 'kill "$sentinel" 2>/dev/null || true' EXIT
   wait_until 10 "port sentinel" port_open "${free_defaults[0]}" || die "the port sentinel did not start"
 fi
+# The contract test's judge (tests/e2e/tests/e2e/contract.rs): Schemathesis, pinned, in a
+# virtual environment of its own.
+SCHEMATHESIS_VERSION=4.32.5
+st="$LOCAL_DIR/st-venv/bin/st"
+if ! "$st" --version 2>/dev/null | grep -qF "$SCHEMATHESIS_VERSION"; then
+  log "installing Schemathesis $SCHEMATHESIS_VERSION"
+  python3 -m venv "$LOCAL_DIR/st-venv" 2>/dev/null \
+    || { apt_install python3-venv && python3 -m venv "$LOCAL_DIR/st-venv"; }
+  "$LOCAL_DIR/st-venv/bin/pip" install -q "schemathesis==$SCHEMATHESIS_VERSION"
+fi
+export SAGAPAY_SCHEMATHESIS="$st"
 started=$SECONDS
 # The process-level tests run the services' binaries.
 cargo build --workspace --locked --bins

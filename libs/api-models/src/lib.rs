@@ -5,16 +5,23 @@
 //! currencies, customer ids).
 
 pub mod payments;
+pub mod queries;
 pub mod refunds;
+pub mod requests;
 pub mod webhooks;
 
 pub use payments::{
     CaptureMethod, Payment, PaymentCreated, PaymentPage, PaymentSummary, TimelineEntry,
     TimelineKind,
 };
+pub use queries::{ListDeliveriesQuery, ListEventsQuery, ListPaymentsQuery};
 pub use refunds::Refund;
+pub use requests::{
+    CancelRequest, CaptureRequest, CreatePaymentRequest, CreateRefundRequest, FieldCodes,
+    Idempotent,
+};
 pub use webhooks::{
-    DeliveryStatus, EndpointStatus, EventData, EventPage, MerchantEvent, RolledSecret,
-    WebhookDelivery, WebhookDeliveryList, WebhookEndpoint, WebhookEndpointDeleted,
-    WebhookEndpointList,
+    CreateWebhookEndpointRequest, DeliveryStatus, EndpointStatus, EventData, EventPage,
+    MerchantEvent, RollSecretRequest, RolledSecret, WebhookDelivery, WebhookDeliveryList,
+    WebhookEndpoint, WebhookEndpointDeleted, WebhookEndpointList,
 };

@@ -15,11 +15,12 @@ pub struct PaymentCreated {
 }
 
 /// When a payment is captured.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum CaptureMethod {
-    /// As soon as it is authorized.
+    /// As soon as it is authorized (the default).
+    #[default]
     Automatic,
     /// When the merchant asks (`POST /payments/{id}/capture`), or never (cancel, expiry).
     Manual,
@@ -30,6 +31,15 @@ impl From<sagapay_domain::events::CaptureMethod> for CaptureMethod {
         match m {
             sagapay_domain::events::CaptureMethod::Automatic => CaptureMethod::Automatic,
             sagapay_domain::events::CaptureMethod::Manual => CaptureMethod::Manual,
+        }
+    }
+}
+
+impl From<CaptureMethod> for sagapay_domain::events::CaptureMethod {
+    fn from(m: CaptureMethod) -> Self {
+        match m {
+            CaptureMethod::Automatic => sagapay_domain::events::CaptureMethod::Automatic,
+            CaptureMethod::Manual => sagapay_domain::events::CaptureMethod::Manual,
         }
     }
 }

@@ -11,6 +11,8 @@ pub mod money;
 pub mod namespace;
 pub mod per_currency;
 pub mod refund;
+#[cfg(feature = "openapi")]
+mod schema;
 #[cfg(feature = "sqlx")]
 pub mod sql;
 pub mod state;

@@ -16,9 +16,43 @@ pub enum MoneyError {
 }
 
 /// A strictly positive amount in minor units. Zero and negative amounts cannot be built.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "i64", into = "i64")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(into = "i64")]
 pub struct AmountMinor(i64);
+
+/// Any JSON number is read: a whole number written with a fraction (`2500.0`, an integer to
+/// JSON Schema) is that number; a fraction or a number beyond `i64` is refused as an amount
+/// (with the amount's rule) rather than as a value of the wrong type.
+impl<'de> Deserialize<'de> for AmountMinor {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Minor;
+        impl serde::de::Visitor<'_> for Minor {
+            type Value = AmountMinor;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an integer number of minor units")
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<AmountMinor, E> {
+                AmountMinor::new(v).map_err(E::custom)
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<AmountMinor, E> {
+                let v = i64::try_from(v).unwrap_or(i64::MAX);
+                AmountMinor::new(v).map_err(E::custom)
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<AmountMinor, E> {
+                // Exact: every whole f64 up to 2^53 is an integer; beyond the hard maximum
+                // (far below 2^53) nothing is an amount anyway.
+                if v.fract() == 0.0 && v >= 1.0 && v <= AmountMinor::HARD_MAX_MINOR as f64 {
+                    return AmountMinor::new(v as i64).map_err(E::custom);
+                }
+                Err(E::custom(format_args!(
+                    "amount must be a whole number of minor units, 1 to {}",
+                    AmountMinor::HARD_MAX_MINOR
+                )))
+            }
+        }
+        d.deserialize_any(Minor)
+    }
+}
 
 impl AmountMinor {
     /// Largest amount any single payment may carry, whatever the configured limit:

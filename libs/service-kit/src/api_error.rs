@@ -73,6 +73,17 @@ impl ApiError {
         )
     }
 
+    /// 422: well formed, refused by a rule that depends on configuration or state (an amount
+    /// above its currency's limit, a refund above what is left).
+    pub fn unprocessable(code: &str, message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorType::InvalidRequestError,
+            code,
+            message,
+        )
+    }
+
     pub fn not_found(code: &str, message: impl Into<String>) -> Self {
         Self::new(
             StatusCode::NOT_FOUND,

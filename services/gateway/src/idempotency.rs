@@ -180,10 +180,10 @@ impl IdempotencyCache {
         };
         Ok(Self {
             conn,
-            // `v2`: fingerprints are the domain's since; an entry of the earlier format is
-            // never compared with a new one (a retry across the upgrade goes the durable
-            // path, which answers it).
-            prefix: format!("{namespace}:idempotency:v2"),
+            // `v3`: fingerprints are the requests' own (`sagapay_api_models::requests`), the
+            // orchestrator's too; an entry of an earlier format is never compared with a new
+            // one (a retry across the upgrade goes the durable path, which answers it).
+            prefix: format!("{namespace}:idempotency:v3"),
             settings,
             resting_until: Mutex::new(None),
             metrics,
@@ -451,13 +451,13 @@ mod tests {
     #[test]
     fn the_forwarded_marker_sits_beside_its_key() {
         let claim = Claim {
-            redis_key: "ns:idempotency:v2:m:payments:abc".into(),
+            redis_key: "ns:idempotency:v3:m:payments:abc".into(),
             token: "t".into(),
             fingerprint: "f".into(),
         };
         assert_eq!(
             claim.forwarded_key(),
-            "ns:idempotency:v2:m:payments:abc:forwarded"
+            "ns:idempotency:v3:m:payments:abc:forwarded"
         );
         // An entry's key ends in the key's hash: never in `:forwarded`.
         assert_ne!(claim.forwarded_key(), claim.redis_key);

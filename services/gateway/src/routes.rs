@@ -16,11 +16,12 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Router};
-use sagapay_domain::events::CaptureMethod;
-use sagapay_domain::AmountMinor;
+use sagapay_api_models::requests::manual_action_fingerprint;
+use sagapay_api_models::{
+    CancelRequest, CaptureRequest, CreatePaymentRequest, CreateRefundRequest,
+};
 use sagapay_service_kit::api_error::{ApiError, ErrorType};
 use sagapay_service_kit::http::RequestContext;
-use serde_json::json;
 use uuid::Uuid;
 
 pub fn routes(state: AppState, body_limit_bytes: usize) -> Router {
@@ -77,8 +78,7 @@ async fn refuse_oversized(
     post,
     path = "/payments",
     tag = "payments",
-    request_body = crate::schemas::CreatePaymentBody,
-    params(crate::schemas::IdempotencyKeyHeader),
+    request_body = CreatePaymentRequest,
     security(("api_key" = [])),
     responses(
         (status = 201, description = "Created, or the replay of an earlier identical request", body = crate::schemas::PaymentCreated),
@@ -87,7 +87,7 @@ async fn refuse_oversized(
         (status = 409, description = "The same request is still in flight", body = crate::schemas::ErrorResponse),
         (status = 413, description = "Body too large", body = crate::schemas::ErrorResponse),
         (status = 415, description = "Not application/json", body = crate::schemas::ErrorResponse),
-        (status = 422, description = "Idempotency key reused with a different request", body = crate::schemas::ErrorResponse),
+        (status = 422, description = "Idempotency key reused with a different request, or the amount above its currency's limit (`invalid_amount`)", body = crate::schemas::ErrorResponse),
         (status = 429, description = "Rate limited", body = crate::schemas::ErrorResponse),
         (status = 503, description = "Try again with the same idempotency key after `Retry-After`: a service is unavailable, or the pipeline or this merchant's share of it is full (`overloaded`)", body = crate::schemas::ErrorResponse,
             headers(
@@ -105,27 +105,10 @@ pub(crate) async fn create_payment(
 ) -> Result<Response, ApiError> {
     require_json(&headers)?;
     let header_key = header_idempotency_key(&headers)?;
-    let req = validate::payment_request(&body, header_key, &state.max_amount)?;
-    let amount = req.amount.get().to_string();
-    let mut fingerprint_parts: Vec<&str> = vec![
-        &req.customer_id,
-        &amount,
-        req.currency.as_str(),
-        &req.payment_method,
-    ];
-    // Only when not the default: automatic payments keep their fingerprints.
-    if req.capture_method == CaptureMethod::Manual {
-        fingerprint_parts.push("manual");
-    }
-    let fingerprint = sagapay_domain::request_fingerprint(&fingerprint_parts);
-    let forwarded = json!({
-        "customer_id": req.customer_id,
-        "amount_cents": req.amount.get(),
-        "currency": req.currency.as_str(),
-        "idempotency_key": req.idempotency_key,
-        "payment_method": req.payment_method,
-        "capture_method": req.capture_method,
-    });
+    let req: CreatePaymentRequest = validate::request(&body, header_key)?;
+    validate::within_limit(req.amount_cents, req.currency, &state.max_amount)?;
+    let fingerprint = req.fingerprint(merchant.merchant_id);
+    let forwarded = serde_json::to_value(&req).expect("a request serializes");
     let call = internal_to(
         &state,
         Peer::Orchestrator,
@@ -189,19 +172,12 @@ pub(crate) async fn get_payment(
     get,
     path = "/payments",
     tag = "payments",
-    params(
-        ("limit" = Option<i64>, Query, description = "1 to 100, default 20"),
-        ("starting_after" = Option<String>, Query, description = "The last payment id of the previous page"),
-        ("status" = Option<String>, Query, description = "Only payments in this status"),
-        ("created_gte" = Option<i64>, Query, description = "Created at or after (unix seconds)"),
-        ("created_lt" = Option<i64>, Query, description = "Created before (unix seconds)"),
-    ),
+    params(sagapay_api_models::ListPaymentsQuery),
     security(("api_key" = [])),
     responses(
         (status = 200, description = "A page of payments, newest first", body = crate::schemas::PaymentPage),
         (status = 400, description = "Invalid filter or cursor", body = crate::schemas::ErrorResponse),
-        (status = 401, description = "Missing, invalid or revoked API key", body = crate::schemas::ErrorResponse),
-        (status = 429, description = "Rate limited", body = crate::schemas::ErrorResponse),
+        (status = 404, description = "The cursor names no payment of this merchant", body = crate::schemas::ErrorResponse),
     )
 )]
 pub(crate) async fn list_payments(
@@ -228,11 +204,8 @@ pub(crate) async fn list_payments(
     post,
     path = "/payments/{payment_id}/refunds",
     tag = "refunds",
-    request_body = crate::schemas::CreateRefundBody,
-    params(
-        ("payment_id" = String, Path, description = "The payment to refund"),
-        crate::schemas::IdempotencyKeyHeader,
-    ),
+    request_body = CreateRefundRequest,
+    params(("payment_id" = String, Path, description = "The payment to refund")),
     security(("api_key" = [])),
     responses(
         (status = 201, description = "Refund accepted, or the replay of an earlier identical request", body = crate::schemas::Refund),
@@ -261,9 +234,8 @@ pub(crate) async fn create_refund(
     require_json(&headers)?;
     let header_key = header_idempotency_key(&headers)?;
     // What is left to refund bounds the amount; the orchestrator checks it.
-    let req = validate::refund_request(&body, header_key, AmountMinor::HARD_MAX_MINOR)?;
-    let amount = req.amount.get().to_string();
-    let fingerprint = sagapay_domain::request_fingerprint(&[&amount, &req.reason]);
+    let req: CreateRefundRequest = validate::request(&body, header_key)?;
+    let fingerprint = req.fingerprint(merchant.merchant_id);
     let call = internal_to(
         &state,
         Peer::Orchestrator,
@@ -271,11 +243,7 @@ pub(crate) async fn create_refund(
         reqwest::Method::POST,
         format!("/internal/payments/{payment_id}/refunds"),
         merchant.merchant_id,
-        Some(&json!({
-            "amount_cents": req.amount.get(),
-            "idempotency_key": req.idempotency_key,
-            "reason": req.reason,
-        })),
+        Some(&serde_json::to_value(&req).expect("a request serializes")),
     );
     idempotent(
         &state,
@@ -312,11 +280,8 @@ impl ManualAction {
     post,
     path = "/payments/{payment_id}/capture",
     tag = "payments",
-    request_body = crate::schemas::CaptureBody,
-    params(
-        ("payment_id" = String, Path, description = "The payment to capture"),
-        crate::schemas::IdempotencyKeyHeader,
-    ),
+    request_body = CaptureRequest,
+    params(("payment_id" = String, Path, description = "The payment to capture")),
     security(("api_key" = [])),
     responses(
         (status = 200, description = "Capture accepted (the payment goes on to CAPTURED and SETTLED), or the replay of the same request", body = crate::schemas::Payment),
@@ -351,10 +316,8 @@ pub(crate) async fn capture_payment(
     post,
     path = "/payments/{payment_id}/cancel",
     tag = "payments",
-    params(
-        ("payment_id" = String, Path, description = "The payment to cancel"),
-        crate::schemas::IdempotencyKeyHeader,
-    ),
+    request_body = CancelRequest,
+    params(("payment_id" = String, Path, description = "The payment to cancel")),
     security(("api_key" = [])),
     responses(
         (status = 200, description = "Cancel accepted (the payment goes on to CANCELED), or the replay of the same request", body = crate::schemas::Payment),
@@ -401,14 +364,23 @@ async fn manual_action(
         require_json(headers)?;
     }
     let header_key = header_idempotency_key(headers)?;
-    let req = validate::capture_request(body, header_key, action == ManualAction::Capture)?;
+    let (forwarded, amount, key) = match action {
+        ManualAction::Capture => {
+            let req: CaptureRequest = validate::request(body, header_key)?;
+            (
+                serde_json::to_value(&req),
+                req.amount_cents,
+                req.idempotency_key,
+            )
+        }
+        ManualAction::Cancel => {
+            let req: CancelRequest = validate::request(body, header_key)?;
+            (serde_json::to_value(&req), None, req.idempotency_key)
+        }
+    };
+    let forwarded = forwarded.expect("a request serializes");
     let action = action.as_str();
-    let amount = req.amount.map(|a| a.get().to_string()).unwrap_or_default();
-    let fingerprint = sagapay_domain::request_fingerprint(&[action, &amount]);
-    let mut forwarded = json!({ "idempotency_key": req.idempotency_key });
-    if let Some(a) = req.amount {
-        forwarded["amount_cents"] = json!(a.get());
-    }
+    let fingerprint = manual_action_fingerprint(action, amount);
     let call = internal_to(
         state,
         Peer::Orchestrator,
@@ -422,7 +394,7 @@ async fn manual_action(
         state,
         merchant,
         &format!("{action}:{payment_id}"),
-        &req.idempotency_key,
+        &key,
         &fingerprint,
         call,
         Work::OnPayment,

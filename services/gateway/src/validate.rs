@@ -1,505 +1,388 @@
-//! Parsing the public payment request: every field is checked here and reported with its
-//! name, so a client learns exactly what to fix. Nothing invalid reaches the orchestrator.
+//! Parsing the public requests at the edge: a body becomes its type from
+//! `sagapay_api_models::requests` (serde; each field a domain type that checks its own rule),
+//! and a refusal names the field (`param`) and a machine-readable code, so a client learns
+//! exactly what to fix. Nothing invalid reaches the services behind the gateway, which parse
+//! the same types again.
+//!
+//! The codes: `malformed_json` (not JSON), `invalid_body` (not an object, a field twice),
+//! `missing_field`, `unknown_field`, `invalid_type` (a JSON value of the wrong kind), and
+//! otherwise the field's own code ([`FieldCodes`]: `invalid_amount`, `unsupported_currency`,
+//! ...). The idempotency key is required in the body; the `Idempotency-Key` header, an
+//! older spelling of it, is taken in its place when the body has none, and must agree when
+//! both are sent.
 
-use sagapay_domain::events::CaptureMethod;
-use sagapay_domain::text::TextError;
-use sagapay_domain::{
-    AmountMinor, Currency, CustomerId, IdempotencyKey, MoneyError, PaymentMethod, PerCurrency,
-    RefundReason,
-};
+use sagapay_api_models::{FieldCodes, Idempotent};
+use sagapay_domain::{AmountMinor, IdempotencyKey, PerCurrency};
 use sagapay_service_kit::ApiError;
+use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
-pub use sagapay_domain::text::{
-    CUSTOMER_ID_MAX, IDEMPOTENCY_KEY_MAX, PAYMENT_METHOD_MAX, REFUND_REASON_MAX_CHARS as REASON_MAX,
-};
-
-/// A payment request that parsed.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PaymentRequest {
-    pub customer_id: CustomerId,
-    pub amount: AmountMinor,
-    pub currency: Currency,
-    pub idempotency_key: IdempotencyKey,
-    /// Provider token of the payment method; the simulated provider's test tokens are listed
-    /// in the provider adapter's documentation.
-    pub payment_method: PaymentMethod,
-    pub capture_method: CaptureMethod,
-}
-
-const FIELDS: &[&str] = &[
-    "customer_id",
-    "amount_cents",
-    "currency",
-    "idempotency_key",
-    "payment_method",
-    "capture_method",
-];
-
-/// The domain's refusal of a text field as the edge's error: `code`, the rule, the field.
-fn refused(code: &str, param: &str, e: TextError) -> ApiError {
-    let message = match e {
-        TextError::Invalid { field, rule } => format!("{field} must be {rule}"),
-        other => other.to_string(),
-    };
-    ApiError::invalid(code, message).with_param(param)
-}
-
-/// `customer_id`: 1-64 characters of `A-Z a-z 0-9 _ - . : @` ([`CustomerId`]).
-pub fn customer_id(raw: &str) -> Result<CustomerId, ApiError> {
-    CustomerId::parse(raw).map_err(|e| refused("invalid_customer_id", "customer_id", e))
-}
-
-/// Idempotency key: 1-255 printable ASCII characters ([`IdempotencyKey`]).
-pub fn idempotency_key(raw: &str, param: &str) -> Result<IdempotencyKey, ApiError> {
-    IdempotencyKey::parse(raw).map_err(|e| refused("invalid_idempotency_key", param, e))
-}
-
-/// A JSON object that names each key once. `serde_json::Value` keeps the last of repeated
-/// keys silently; parsers disagree on which one wins, so a body that repeats a key is refused.
-struct UniqueKeys(Map<String, Value>);
-
-impl<'de> serde::Deserialize<'de> for UniqueKeys {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Object;
-        impl<'de> serde::de::Visitor<'de> for Object {
-            type Value = UniqueKeys;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                mut access: A,
-            ) -> Result<UniqueKeys, A::Error> {
-                let mut out = Map::new();
-                while let Some(key) = access.next_key::<String>()? {
-                    if out.contains_key(&key) {
-                        return Err(serde::de::Error::custom(format_args!(
-                            "the field {:?} appears more than once",
-                            key.chars().take(64).collect::<String>()
-                        )));
-                    }
-                    let value: Value = access.next_value()?;
-                    out.insert(key, value);
-                }
-                Ok(UniqueKeys(out))
-            }
-        }
-        d.deserialize_map(Object)
-    }
-}
-
-/// The body as a JSON object whose keys are all in `allowed`, each once.
-fn json_object(body: &[u8], allowed: &[&str]) -> Result<Map<String, Value>, ApiError> {
-    let UniqueKeys(obj) = serde_json::from_slice(body).map_err(|e| match e.classify() {
-        serde_json::error::Category::Data => ApiError::invalid(
-            "invalid_body",
-            format!("the body must be a JSON object: {e}"),
-        ),
-        _ => ApiError::invalid("malformed_json", format!("the body is not valid JSON: {e}")),
-    })?;
-    if let Some(unknown) = obj.keys().find(|k| !allowed.contains(&k.as_str())) {
-        return Err(ApiError::invalid(
-            "unknown_field",
-            format!(
-                "unknown field {:?}; allowed: {}",
-                unknown.chars().take(64).collect::<String>(),
-                allowed.join(", ")
-            ),
-        )
-        .with_param(unknown.chars().take(64).collect::<String>()));
-    }
-    Ok(obj)
-}
-
-/// The request's idempotency key: the `Idempotency-Key` header or the body's
-/// `idempotency_key` (they must agree when both are sent); one of them is required.
-fn request_idempotency_key(
-    obj: &Map<String, Value>,
-    header_key: Option<&str>,
-) -> Result<IdempotencyKey, ApiError> {
-    let body_key = match obj.get("idempotency_key") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(idempotency_key(s, "idempotency_key")?),
-        Some(_) => {
-            return Err(
-                ApiError::invalid("invalid_type", "idempotency_key must be a string")
-                    .with_param("idempotency_key"),
-            )
-        }
+/// The body as `T`; `header_key` is the `Idempotency-Key` header, if sent.
+pub fn request<T>(body: &[u8], header_key: Option<&str>) -> Result<T, ApiError>
+where
+    T: DeserializeOwned + FieldCodes + Idempotent,
+{
+    // An empty body is an empty object (a cancel may carry nothing but the header).
+    let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        body
     };
     let header_key = header_key
-        .map(|k| idempotency_key(k, "Idempotency-Key"))
+        .map(|k| {
+            IdempotencyKey::parse(k).map_err(|e| {
+                ApiError::invalid("invalid_idempotency_key", e.to_string())
+                    .with_param("Idempotency-Key")
+            })
+        })
         .transpose()?;
-    match (header_key, body_key) {
-        (Some(h), Some(b)) if h != b => Err(ApiError::invalid(
-            "idempotency_key_mismatch",
-            "the Idempotency-Key header and the body's idempotency_key differ",
-        )
-        .with_param("idempotency_key")),
-        (Some(k), _) | (None, Some(k)) => Ok(k),
-        (None, None) => Err(ApiError::invalid(
-            "idempotency_key_required",
-            "send an Idempotency-Key header (or idempotency_key in the body): it is what makes a retried request safe",
-        )
-        .with_param("idempotency_key")),
+    let req = match (parse::<T>(body), &header_key) {
+        (Ok(req), _) => req,
+        (Err(f), Some(key)) if f.missing().as_deref() == Some("idempotency_key") => {
+            with_key(body, key).map_err(refusal::<T>)?
+        }
+        (Err(f), _) => return Err(refusal::<T>(f)),
+    };
+    if let Some(h) = header_key {
+        if &h != req.idempotency_key() {
+            return Err(ApiError::invalid(
+                "idempotency_key_mismatch",
+                "the Idempotency-Key header and the body's idempotency_key differ",
+            )
+            .with_param("idempotency_key"));
+        }
+    }
+    Ok(req)
+}
+
+/// A body without an idempotency key as `T` (an empty body is an empty object).
+pub fn body<T: DeserializeOwned + FieldCodes>(body: &[u8]) -> Result<T, ApiError> {
+    let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        body
+    };
+    parse(body).map_err(refusal::<T>)
+}
+
+/// Why serde refused a body, and where.
+struct Failure {
+    /// The refused value's path ("amount_cents", "enabled_events[3]"; "." for the body).
+    path: String,
+    inner: serde_json::Error,
+}
+
+impl Failure {
+    fn whole(inner: serde_json::Error) -> Self {
+        Self {
+            path: ".".into(),
+            inner,
+        }
+    }
+
+    /// The field serde found missing, if that is the error.
+    fn missing(&self) -> Option<String> {
+        quoted_after(&message(&self.inner), "missing field `")
     }
 }
 
-fn field<'a>(obj: &'a Map<String, Value>, name: &str) -> Result<&'a Value, ApiError> {
-    obj.get(name).ok_or_else(|| {
-        ApiError::invalid("missing_field", format!("{name} is required")).with_param(name)
-    })
-}
-
-fn string_field<'a>(obj: &'a Map<String, Value>, name: &str) -> Result<&'a str, ApiError> {
-    field(obj, name)?.as_str().ok_or_else(|| {
-        ApiError::invalid("invalid_type", format!("{name} must be a string")).with_param(name)
-    })
-}
-
-/// `amount_cents`: an integer number of minor units, 1 to `max_minor`.
-fn amount_field(obj: &Map<String, Value>, max_minor: i64) -> Result<AmountMinor, ApiError> {
-    let raw = match field(obj, "amount_cents")? {
-        Value::Number(n) => n.as_i64().ok_or_else(|| {
-            ApiError::invalid(
-                "invalid_amount",
-                "amount_cents must be a whole number of minor units within range",
-            )
-            .with_param("amount_cents")
-        })?,
-        _ => {
-            return Err(
-                ApiError::invalid("invalid_type", "amount_cents must be an integer")
-                    .with_param("amount_cents"),
-            )
-        }
-    };
-    AmountMinor::new_with_max(raw, max_minor).map_err(|e| {
-        let msg = match e {
-            MoneyError::NotPositive(_) => "amount_cents must be at least 1".to_owned(),
-            MoneyError::AboveMaximum { max_minor, .. } => {
-                format!("amount_cents must be at most {max_minor}")
+/// The whole body (trailing bytes included) as `T`, which must be written as an object
+/// (serde would also read a struct from an array of its fields' values).
+fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, Failure> {
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    if first.is_some_and(|b| *b != b'{') {
+        let kind: serde_json::Value = serde_json::from_slice(body).map_err(Failure::whole)?;
+        return Err(Failure::whole(serde::de::Error::custom(format_args!(
+            "expected an object, found {}",
+            match kind {
+                Value::Array(_) => "an array",
+                Value::String(_) => "a string",
+                Value::Number(_) => "a number",
+                Value::Bool(_) => "a boolean",
+                _ => "null",
             }
-            other => other.to_string(),
-        };
-        ApiError::invalid("invalid_amount", msg).with_param("amount_cents")
+        ))));
+    }
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let t: T = serde_path_to_error::deserialize(&mut de).map_err(|e| Failure {
+        path: e.path().to_string(),
+        inner: e.into_inner(),
+    })?;
+    de.end().map_err(Failure::whole)?;
+    Ok(t)
+}
+
+/// The body again, with the header's key as its `idempotency_key` (the body parsed up to the
+/// missing key, so it is an object of known, distinct fields).
+fn with_key<T: DeserializeOwned>(body: &[u8], key: &IdempotencyKey) -> Result<T, Failure> {
+    let mut obj: Map<String, Value> = serde_json::from_slice(body).map_err(Failure::whole)?;
+    obj.insert("idempotency_key".into(), Value::String(key.as_str().into()));
+    serde_path_to_error::deserialize(Value::Object(obj)).map_err(|e| Failure {
+        path: e.path().to_string(),
+        inner: e.into_inner(),
     })
 }
 
-/// Parses the JSON body; `header_key` is the `Idempotency-Key` header, if sent.
-/// `max_amount` bounds `amount_cents` in the request's currency.
-pub fn payment_request(
-    body: &[u8],
-    header_key: Option<&str>,
-    max_amount: &PerCurrency,
-) -> Result<PaymentRequest, ApiError> {
-    let obj = json_object(body, FIELDS)?;
-    let customer_id = customer_id(string_field(&obj, "customer_id")?)?;
+/// serde_json's message without its position (" at line 1 column 9").
+fn message(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    match text.rsplit_once(" at line ") {
+        Some((msg, _)) => msg.to_owned(),
+        None => text,
+    }
+}
 
-    let currency = Currency::parse(string_field(&obj, "currency")?).map_err(|_| {
-        ApiError::invalid(
-            "unsupported_currency",
+/// The name between backticks after `prefix`, when `msg` starts with it.
+fn quoted_after(msg: &str, prefix: &str) -> Option<String> {
+    let rest = msg.strip_prefix(prefix)?;
+    Some(rest.split('`').next()?.chars().take(64).collect())
+}
+
+/// The 400 for a body serde refused.
+fn refusal<T: FieldCodes>(Failure { path, inner }: Failure) -> ApiError {
+    use serde_json::error::Category;
+    let msg = message(&inner);
+    if !matches!(inner.classify(), Category::Data) {
+        return ApiError::invalid(
+            "malformed_json",
+            format!("the body is not valid JSON: {msg}"),
+        );
+    }
+    if let Some(field) = quoted_after(&msg, "missing field `") {
+        return missing_field(&field);
+    }
+    if let Some(field) = quoted_after(&msg, "unknown field `") {
+        return ApiError::invalid("unknown_field", msg).with_param(field);
+    }
+    if let Some(field) = quoted_after(&msg, "duplicate field `") {
+        return ApiError::invalid(
+            "invalid_body",
+            format!("the field {field:?} appears more than once"),
+        );
+    }
+    // The refused value's field: the first step of its path ("enabled_events[3]" and
+    // "enabled_events" are both the field enabled_events).
+    let field: String = path.split(['.', '[']).next().unwrap_or_default().to_owned();
+    if field.is_empty() || field == "?" {
+        return ApiError::invalid(
+            "invalid_body",
+            format!("the body must be a JSON object: {msg}"),
+        );
+    }
+    let code = if msg.starts_with("invalid type:") {
+        "invalid_type"
+    } else {
+        T::field_code(&field).unwrap_or("invalid_value")
+    };
+    let message = if msg.starts_with(&field) {
+        msg
+    } else {
+        format!("{field}: {msg}")
+    };
+    ApiError::invalid(code, message).with_param(field)
+}
+
+fn missing_field(field: &str) -> ApiError {
+    if field == "idempotency_key" {
+        return ApiError::invalid(
+            "idempotency_key_required",
+            "idempotency_key is required (or an Idempotency-Key header): it is what makes a \
+             retried request safe",
+        )
+        .with_param("idempotency_key");
+    }
+    ApiError::invalid("missing_field", format!("{field} is required")).with_param(field)
+}
+
+/// The amount within the limit of its currency (`max` of the gateway's settings). Above it, the
+/// request is well formed and refused by policy: 422, as for any amount the state of things
+/// refuses (a refund above what is left), with the field's code.
+pub fn within_limit(
+    amount: AmountMinor,
+    currency: sagapay_domain::Currency,
+    max: &PerCurrency,
+) -> Result<(), ApiError> {
+    let max_minor = max.minor_for(currency).min(AmountMinor::HARD_MAX_MINOR);
+    if amount.get() > max_minor {
+        return Err(ApiError::unprocessable(
+            "invalid_amount",
             format!(
-                "currency must be one of {}",
-                Currency::supported().collect::<Vec<_>>().join(", ")
+                "amount_cents must be at most {max_minor} in {}",
+                currency.as_str()
             ),
         )
-        .with_param("currency")
-    })?;
-    let amount = amount_field(&obj, max_amount.minor_for(currency))?;
-
-    let idempotency_key = request_idempotency_key(&obj, header_key)?;
-    let payment_method = match obj.get("payment_method") {
-        None | Some(Value::Null) => PaymentMethod::default_card(),
-        Some(Value::String(s)) => PaymentMethod::parse(s.as_str())
-            .map_err(|e| refused("invalid_payment_method", "payment_method", e))?,
-        Some(_) => {
-            return Err(ApiError::invalid(
-                "invalid_payment_method",
-                format!("payment_method must be a token of 1-{PAYMENT_METHOD_MAX} characters of a-z, 0-9, '_'"),
-            )
-            .with_param("payment_method"))
-        }
-    };
-    let capture_method = match obj.get("capture_method") {
-        None | Some(Value::Null) => CaptureMethod::Automatic,
-        Some(Value::String(s)) if s == "automatic" => CaptureMethod::Automatic,
-        Some(Value::String(s)) if s == "manual" => CaptureMethod::Manual,
-        Some(_) => {
-            return Err(ApiError::invalid(
-                "invalid_capture_method",
-                "capture_method must be \"automatic\" or \"manual\"",
-            )
-            .with_param("capture_method"))
-        }
-    };
-    Ok(PaymentRequest {
-        customer_id,
-        amount,
-        currency,
-        idempotency_key,
-        payment_method,
-        capture_method,
-    })
-}
-
-/// A capture request that parsed: what to capture (absent: all) and its key.
-#[derive(Debug, Clone, PartialEq)]
-pub struct CaptureRequest {
-    pub amount: Option<AmountMinor>,
-    pub idempotency_key: IdempotencyKey,
-}
-
-/// Parses `{amount_cents?, idempotency_key}` (capture) or `{idempotency_key}` (cancel, with
-/// `amount_allowed` false); the key may come from the header instead.
-pub fn capture_request(
-    body: &[u8],
-    header_key: Option<&str>,
-    amount_allowed: bool,
-) -> Result<CaptureRequest, ApiError> {
-    let fields: &[&str] = if amount_allowed {
-        &["amount_cents", "idempotency_key"]
-    } else {
-        &["idempotency_key"]
-    };
-    // An empty body is an empty object: every field is optional or in the header.
-    let obj = if body.iter().all(u8::is_ascii_whitespace) {
-        json_object(b"{}", fields)?
-    } else {
-        json_object(body, fields)?
-    };
-    let amount = match obj.get("amount_cents") {
-        None | Some(Value::Null) => None,
-        Some(_) => Some(amount_field(&obj, AmountMinor::HARD_MAX_MINOR)?),
-    };
-    Ok(CaptureRequest {
-        amount,
-        idempotency_key: request_idempotency_key(&obj, header_key)?,
-    })
-}
-
-/// A refund request that parsed.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RefundRequest {
-    pub amount: AmountMinor,
-    pub idempotency_key: IdempotencyKey,
-    pub reason: RefundReason,
-}
-
-const REFUND_FIELDS: &[&str] = &["amount_cents", "idempotency_key", "reason"];
-
-/// Parses `{amount_cents, idempotency_key, reason}`; the key may come from the header instead.
-pub fn refund_request(
-    body: &[u8],
-    header_key: Option<&str>,
-    max_amount_minor: i64,
-) -> Result<RefundRequest, ApiError> {
-    let obj = json_object(body, REFUND_FIELDS)?;
-    let amount = amount_field(&obj, max_amount_minor)?;
-    let reason = match obj.get("reason") {
-        None | Some(Value::Null) => RefundReason::requested_by_customer(),
-        Some(Value::String(r)) => {
-            RefundReason::parse(r.as_str()).map_err(|e| refused("invalid_reason", "reason", e))?
-        }
-        Some(_) => {
-            return Err(ApiError::invalid(
-                "invalid_reason",
-                format!("reason must be 1-{REASON_MAX} printable characters"),
-            )
-            .with_param("reason"))
-        }
-    };
-    let idempotency_key = request_idempotency_key(&obj, header_key)?;
-    Ok(RefundRequest {
-        amount,
-        idempotency_key,
-        reason,
-    })
+        .with_param("amount_cents"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sagapay_api_models::{
+        CancelRequest, CreatePaymentRequest, CreateRefundRequest, CreateWebhookEndpointRequest,
+    };
 
-    fn max(usd_minor: i64) -> PerCurrency {
-        PerCurrency::from_pairs(&[("USD", usd_minor)]).unwrap()
+    fn payment(
+        body: &str,
+        header: Option<&str>,
+    ) -> Result<CreatePaymentRequest, (String, Option<String>)> {
+        request(body.as_bytes(), header).map_err(|e| (e.body.code, e.body.param))
     }
 
-    fn parse(body: &str) -> Result<PaymentRequest, String> {
-        payment_request(body.as_bytes(), None, &max(1_000_000)).map_err(|e| e.body.code)
+    fn code(body: &str) -> String {
+        payment(body, None).unwrap_err().0
     }
 
     #[test]
-    fn a_valid_request_parses() {
-        let r = parse(r#"{"customer_id":"cust-1","amount_cents":2500,"currency":"USD","idempotency_key":"k1"}"#).unwrap();
-        assert_eq!(r.amount.get(), 2500);
-        assert_eq!(r.currency.as_str(), "USD");
-        assert_eq!(r.idempotency_key.as_str(), "k1");
+    fn a_valid_request_parses_with_its_defaults() {
+        let r = payment(
+            r#"{"customer_id":"cust-1","amount_cents":2500,"currency":"USD","idempotency_key":"k1"}"#,
+            None,
+        )
+        .unwrap();
+        assert_eq!((r.amount_cents.get(), r.currency.as_str()), (2500, "USD"));
         assert_eq!(r.payment_method.as_str(), "pm_card_ok");
+        // JSON Schema's integers include 2500.0.
+        let whole =
+            r#"{"customer_id":"c","amount_cents":2500.0,"currency":"USD","idempotency_key":"k"}"#;
+        assert_eq!(payment(whole, None).unwrap().amount_cents.get(), 2500);
     }
 
     #[test]
-    fn each_bad_field_is_named() {
+    fn each_refusal_names_its_field_and_code() {
+        let base = |extra: &str| {
+            format!(r#"{{"customer_id":"c","currency":"USD","idempotency_key":"k"{extra}}}"#)
+        };
         let cases = [
-            (r#"{"#, "malformed_json"),
-            (r#"[]"#, "invalid_body"),
+            ("{".to_owned(), "malformed_json"),
+            ("[]".to_owned(), "invalid_body"),
+            (r#"["c", 1, "USD", "k"]"#.to_owned(), "invalid_body"),
+            ("null".to_owned(), "invalid_body"),
+            ("\u{feff}{}".to_owned(), "malformed_json"),
             (
-                r#"{"customer_id":"c","amount_cents":-1,"amount_cents":100,"currency":"USD","idempotency_key":"k"}"#,
+                base(r#","amount_cents":1,"amount_cents":2"#),
                 "invalid_body",
             ),
-            ("\u{feff}{}", "malformed_json"),
+            (base(r#","amount_cents":1,"x":1"#), "unknown_field"),
+            (base(""), "missing_field"),
+            (base(r#","amount_cents":0"#), "invalid_amount"),
+            (base(r#","amount_cents":-5"#), "invalid_amount"),
+            (base(r#","amount_cents":2.5"#), "invalid_amount"),
             (
-                r#"{"customer_id":"c","amount_cents":1,"currency":"USD","idempotency_key":"k","x":1}"#,
-                "unknown_field",
+                base(r#","amount_cents":99999999999999999999"#),
+                "invalid_amount",
+            ),
+            (base(r#","amount_cents":"100""#), "invalid_type"),
+            (
+                base(r#","amount_cents":1,"payment_method":"PM-1""#),
+                "invalid_payment_method",
             ),
             (
-                r#"{"amount_cents":1,"currency":"USD","idempotency_key":"k"}"#,
-                "missing_field",
+                base(r#","amount_cents":1,"payment_method":7"#),
+                "invalid_type",
             ),
             (
-                r#"{"customer_id":"a b","amount_cents":1,"currency":"USD","idempotency_key":"k"}"#,
+                base(r#","amount_cents":1,"payment_method":null"#),
+                "invalid_type",
+            ),
+            (
+                base(r#","amount_cents":1,"capture_method":"later""#),
+                "invalid_capture_method",
+            ),
+            (
+                r#"{"customer_id":"a b","amount_cents":1,"currency":"USD","idempotency_key":"k"}"#
+                    .into(),
                 "invalid_customer_id",
             ),
             (
-                r#"{"customer_id":"c","amount_cents":0,"currency":"USD","idempotency_key":"k"}"#,
-                "invalid_amount",
-            ),
-            (
-                r#"{"customer_id":"c","amount_cents":-5,"currency":"USD","idempotency_key":"k"}"#,
-                "invalid_amount",
-            ),
-            (
-                r#"{"customer_id":"c","amount_cents":2.5,"currency":"USD","idempotency_key":"k"}"#,
-                "invalid_amount",
-            ),
-            (
-                r#"{"customer_id":"c","amount_cents":99999999999999999999,"currency":"USD","idempotency_key":"k"}"#,
-                "invalid_amount",
-            ),
-            (
-                r#"{"customer_id":"c","amount_cents":1000001,"currency":"USD","idempotency_key":"k"}"#,
-                "invalid_amount",
-            ),
-            (
-                r#"{"customer_id":"c","amount_cents":"100","currency":"USD","idempotency_key":"k"}"#,
-                "invalid_type",
-            ),
-            (
-                r#"{"customer_id":"c","amount_cents":1,"currency":"usd","idempotency_key":"k"}"#,
+                r#"{"customer_id":"c","amount_cents":1,"currency":"usd","idempotency_key":"k"}"#
+                    .into(),
                 "unsupported_currency",
             ),
             (
-                r#"{"customer_id":"c","amount_cents":1,"currency":"USD"}"#,
+                r#"{"customer_id":"c","amount_cents":1,"currency":"USD"}"#.into(),
                 "idempotency_key_required",
             ),
             (
-                r#"{"customer_id":"c","amount_cents":1,"currency":"USD","idempotency_key":""}"#,
+                r#"{"customer_id":"c","amount_cents":1,"currency":"USD","idempotency_key":""}"#
+                    .into(),
                 "invalid_idempotency_key",
-            ),
-            (
-                r#"{"customer_id":"c","amount_cents":1,"currency":"USD","idempotency_key":"k\u0000"}"#,
-                "invalid_idempotency_key",
-            ),
-            (
-                r#"{"customer_id":"c","amount_cents":1,"currency":"USD","idempotency_key":"k","payment_method":"PM-1"}"#,
-                "invalid_payment_method",
-            ),
-            (
-                r#"{"customer_id":"c","amount_cents":1,"currency":"USD","idempotency_key":"k","payment_method":7}"#,
-                "invalid_payment_method",
             ),
         ];
-        for (body, code) in cases {
-            assert_eq!(parse(body).unwrap_err(), code, "body {body}");
+        for (body, expected) in cases {
+            assert_eq!(code(&body), expected, "body {body}");
         }
+        let (_, param) = payment(&base(r#","amount_cents":0"#), None).unwrap_err();
+        assert_eq!(param.as_deref(), Some("amount_cents"));
+        let (_, param) = payment(&base(r#","amount_cents":1,"x":1"#), None).unwrap_err();
+        assert_eq!(param.as_deref(), Some("x"));
     }
 
     #[test]
-    fn the_amount_limit_is_the_currencys_own() {
-        let limits = PerCurrency::from_pairs(&[("USD", 1_000), ("JPY", 5_000)]).unwrap();
-        let body = |amount: i64, currency: &str| {
-            format!(
-                r#"{{"customer_id":"c","amount_cents":{amount},"currency":"{currency}","idempotency_key":"k"}}"#
-            )
-        };
-        let code =
-            |b: String| payment_request(b.as_bytes(), None, &limits).map_err(|e| e.body.code);
-        assert!(code(body(1_000, "USD")).is_ok());
-        assert_eq!(code(body(1_001, "USD")).unwrap_err(), "invalid_amount");
-        assert!(code(body(5_000, "JPY")).is_ok(), "stated for JPY");
-        assert!(
-            code(body(10_000, "KWD")).is_ok(),
-            "USD's 10.00 at exponent 3"
-        );
-        assert_eq!(code(body(10_001, "KWD")).unwrap_err(), "invalid_amount");
-    }
-
-    #[test]
-    fn refund_requests_parse_strictly() {
-        let ok = refund_request(
-            br#"{"amount_cents":500,"idempotency_key":"r1","reason":"damaged"}"#,
-            None,
-            1_000_000,
-        )
-        .unwrap();
-        assert_eq!((ok.amount.get(), ok.reason.as_str()), (500, "damaged"));
-        let default_reason =
-            refund_request(br#"{"amount_cents":1}"#, Some("r2"), 1_000_000).unwrap();
-        assert_eq!(default_reason.reason.as_str(), "requested_by_customer");
-        for (body, code) in [
-            (
-                r#"{"amount_cents":0,"idempotency_key":"k"}"#,
-                "invalid_amount",
-            ),
-            (
-                r#"{"amount_cents":-1,"idempotency_key":"k"}"#,
-                "invalid_amount",
-            ),
-            (
-                r#"{"amount_cents":"5","idempotency_key":"k"}"#,
-                "invalid_type",
-            ),
-            (r#"{"amount_cents":5}"#, "idempotency_key_required"),
-            (
-                r#"{"amount_cents":5,"idempotency_key":"k","x":1}"#,
-                "unknown_field",
-            ),
-            (
-                r#"{"amount_cents":5,"idempotency_key":"k","reason":""}"#,
-                "invalid_reason",
-            ),
-        ] {
-            assert_eq!(
-                refund_request(body.as_bytes(), None, 1_000_000)
-                    .unwrap_err()
-                    .body
-                    .code,
-                code,
-                "{body}"
-            );
-        }
-    }
-
-    #[test]
-    fn header_and_body_keys_must_agree() {
-        let body =
-            br#"{"customer_id":"c","amount_cents":1,"currency":"USD","idempotency_key":"a"}"#;
-        assert!(payment_request(body, Some("a"), &max(10)).is_ok());
+    fn the_header_key_stands_in_for_a_missing_body_key_and_must_agree_with_a_present_one() {
+        let with = r#"{"customer_id":"c","amount_cents":1,"currency":"USD","idempotency_key":"a"}"#;
+        let without = r#"{"customer_id":"c","amount_cents":1,"currency":"USD"}"#;
+        assert!(payment(with, Some("a")).is_ok());
         assert_eq!(
-            payment_request(body, Some("b"), &max(10))
-                .unwrap_err()
-                .body
-                .code,
+            payment(with, Some("b")).unwrap_err().0,
             "idempotency_key_mismatch"
         );
-        let no_key = br#"{"customer_id":"c","amount_cents":1,"currency":"USD"}"#;
         assert_eq!(
-            payment_request(no_key, Some("h"), &max(10))
+            payment(without, Some("h"))
                 .unwrap()
                 .idempotency_key
                 .as_str(),
             "h"
         );
+        assert_eq!(
+            payment(without, Some("\u{7f}")).unwrap_err().0,
+            "invalid_idempotency_key"
+        );
+        // A cancel may carry nothing but the header.
+        let cancel: CancelRequest = request(b"", Some("c-1")).unwrap();
+        assert_eq!(cancel.idempotency_key.as_str(), "c-1");
+    }
+
+    #[test]
+    fn refunds_and_endpoints_report_their_own_codes() {
+        let refund =
+            |b: &str| request::<CreateRefundRequest>(b.as_bytes(), None).map_err(|e| e.body.code);
+        assert_eq!(
+            refund(r#"{"amount_cents":5,"idempotency_key":"k"}"#)
+                .unwrap()
+                .reason
+                .as_str(),
+            "requested_by_customer"
+        );
+        assert_eq!(
+            refund(r#"{"amount_cents":5,"idempotency_key":"k","reason":""}"#).unwrap_err(),
+            "invalid_reason"
+        );
+        let endpoint =
+            |b: &str| body::<CreateWebhookEndpointRequest>(b.as_bytes()).map_err(|e| e.body.code);
+        assert_eq!(
+            endpoint(r#"{"url":"https://a","enabled_events":["payment.exploded"]}"#).unwrap_err(),
+            "invalid_enabled_events"
+        );
+        assert_eq!(
+            endpoint(r#"{"url":"https://a"}"#).unwrap_err(),
+            "missing_field"
+        );
+    }
+
+    #[test]
+    fn an_amount_above_its_currencys_limit_is_refused_by_policy() {
+        let limits = PerCurrency::from_pairs(&[("USD", 1_000), ("JPY", 5_000)]).unwrap();
+        let usd = sagapay_domain::Currency::parse("USD").unwrap();
+        let jpy = sagapay_domain::Currency::parse("JPY").unwrap();
+        let amount = |a| AmountMinor::new(a).unwrap();
+        assert!(within_limit(amount(1_000), usd, &limits).is_ok());
+        let refused = within_limit(amount(1_001), usd, &limits).unwrap_err();
+        assert_eq!(
+            (refused.status.as_u16(), refused.body.code.as_str()),
+            (422, "invalid_amount")
+        );
+        assert!(within_limit(amount(5_000), jpy, &limits).is_ok());
     }
 }

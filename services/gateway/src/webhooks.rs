@@ -6,16 +6,17 @@
 use crate::auth::Merchant;
 use crate::peer::{forward, query_suffix, require_json, Peer};
 use crate::state::AppState;
+use crate::validate;
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::routing::{delete, get, post};
 use axum::{Extension, Router};
-use sagapay_domain::MerchantEventType;
-use sagapay_service_kit::api_error::{json_body, ApiError};
+use sagapay_api_models::webhooks::{webhook_url_ok, WEBHOOK_URL_MAX, WEBHOOK_URL_PATTERN};
+use sagapay_api_models::{CreateWebhookEndpointRequest, RollSecretRequest};
+use sagapay_service_kit::api_error::ApiError;
 use sagapay_service_kit::http::RequestContext;
-use serde::Deserialize;
 use serde_json::json;
 use uuid::Uuid;
 
@@ -38,41 +39,20 @@ pub fn routes() -> Router<AppState> {
         .route("/events/{event_id}", get(get_event))
 }
 
-/// A new webhook endpoint.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CreateEndpointBody {
-    /// Where events are POSTed; `https` to a public address in production.
-    #[schema(example = "https://shop.example.com/sagapay/webhooks")]
-    pub url: String,
-    /// The event types to receive.
-    #[schema(value_type = Vec<MerchantEventType>, example = json!(["payment.settled", "payment.failed"]))]
-    pub enabled_events: Vec<MerchantEventTypeName>,
-}
-
-/// An event type merchants can subscribe to.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(transparent)]
-#[schema(value_type = String, example = "payment.settled")]
-pub struct MerchantEventTypeName(String);
-
-/// The edge's check of a new endpoint: the shape, the URL's length and scheme, known event
-/// types. The notification service checks again, and resolves the host in production.
-fn check_new_endpoint(body: &[u8]) -> Result<serde_json::Value, ApiError> {
-    let req: CreateEndpointBody = json_body(body)?;
-    if req.url.is_empty() || req.url.len() > 2048 {
-        return Err(
-            ApiError::invalid("invalid_url", "url must be 1 to 2048 characters").with_param("url"),
-        );
-    }
-    match url::Url::parse(&req.url) {
-        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => {}
-        _ => {
-            return Err(
-                ApiError::invalid("invalid_url", "url is not an absolute http(s) URL")
-                    .with_param("url"),
-            )
-        }
+/// The edge's check of a new endpoint: the shape, the URL by the documented pattern, 1 to 32
+/// known event types. The notification service checks again, and resolves the host in
+/// production.
+fn check_new_endpoint(body: &[u8]) -> Result<CreateWebhookEndpointRequest, ApiError> {
+    let req: CreateWebhookEndpointRequest = validate::body(body)?;
+    if !webhook_url_ok(&req.url) {
+        return Err(ApiError::invalid(
+            "invalid_url",
+            format!(
+                "url must be an absolute http(s) URL of at most {WEBHOOK_URL_MAX} characters \
+                 matching {WEBHOOK_URL_PATTERN}"
+            ),
+        )
+        .with_param("url"));
     }
     if req.enabled_events.is_empty() || req.enabled_events.len() > 32 {
         return Err(ApiError::invalid(
@@ -81,25 +61,7 @@ fn check_new_endpoint(body: &[u8]) -> Result<serde_json::Value, ApiError> {
         )
         .with_param("enabled_events"));
     }
-    if let Some(unknown) = req
-        .enabled_events
-        .iter()
-        .find(|t| MerchantEventType::parse(&t.0).is_none())
-    {
-        return Err(ApiError::invalid(
-            "invalid_enabled_events",
-            format!(
-                "unknown event type {:?}; known: {}",
-                unknown.0.chars().take(64).collect::<String>(),
-                MerchantEventType::ALL.map(|t| t.as_str()).join(", ")
-            ),
-        )
-        .with_param("enabled_events"));
-    }
-    Ok(json!({
-        "url": req.url,
-        "enabled_events": req.enabled_events.iter().map(|t| t.0.as_str()).collect::<Vec<_>>(),
-    }))
+    Ok(req)
 }
 
 /// Path ids are UUIDs; anything else names nothing of this merchant's.
@@ -115,7 +77,7 @@ fn endpoint_path(raw: &str) -> Result<Uuid, ApiError> {
     post,
     path = "/webhook_endpoints",
     tag = "webhooks",
-    request_body = CreateEndpointBody,
+    request_body = CreateWebhookEndpointRequest,
     security(("api_key" = [])),
     responses(
         (status = 201, description = "The endpoint, with its secret (whsec_...) shown once", body = sagapay_api_models::WebhookEndpoint),
@@ -141,7 +103,7 @@ pub(crate) async fn create_endpoint(
         merchant,
         reqwest::Method::POST,
         "/internal/webhook_endpoints".into(),
-        Some(&checked),
+        Some(&serde_json::to_value(&checked).expect("a request serializes")),
     )
     .await
 }
@@ -196,6 +158,7 @@ pub(crate) async fn delete_endpoint(
 /// A new signing secret; the old one keeps signing beside it for `expires_in_s` (default a
 /// day, at most a week), so receivers can switch without missing an event.
 #[utoipa::path(post, path = "/webhook_endpoints/{endpoint_id}/roll_secret", tag = "webhooks",
+    request_body(content = RollSecretRequest, description = "Optional: an empty body rolls with the default overlap"),
     params(("endpoint_id" = String, Path, description = "The endpoint's id")),
     security(("api_key" = [])),
     responses(
@@ -211,16 +174,7 @@ pub(crate) async fn roll_secret(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let id = endpoint_path(&raw)?;
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct Roll {
-        expires_in_s: Option<i64>,
-    }
-    let roll: Roll = if body.is_empty() {
-        Roll { expires_in_s: None }
-    } else {
-        json_body(&body)?
-    };
+    let roll: RollSecretRequest = validate::body(&body)?;
     forward(
         &state,
         Peer::Notification,
@@ -237,7 +191,7 @@ pub(crate) async fn roll_secret(
 /// and latency.
 #[utoipa::path(get, path = "/webhook_endpoints/{endpoint_id}/deliveries", tag = "webhooks",
     params(("endpoint_id" = String, Path, description = "The endpoint's id"),
-           ("limit" = Option<i64>, Query, description = "1 to 100, default 20")),
+           sagapay_api_models::ListDeliveriesQuery),
     security(("api_key" = [])),
     responses(
         (status = 200, description = "The endpoint's newest deliveries", body = sagapay_api_models::WebhookDeliveryList),
@@ -266,17 +220,12 @@ pub(crate) async fn list_deliveries(
 
 /// The merchant's events, newest first: the same objects, with the same ids, as the webhooks.
 #[utoipa::path(get, path = "/events", tag = "webhooks",
-    params(
-        ("limit" = Option<i64>, Query, description = "1 to 100, default 20"),
-        ("starting_after" = Option<String>, Query, description = "The last event id of the previous page"),
-        ("type" = Option<String>, Query, description = "Only events of this type"),
-        ("created_gte" = Option<i64>, Query, description = "Recorded at or after (unix seconds)"),
-        ("created_lt" = Option<i64>, Query, description = "Recorded before (unix seconds)"),
-    ),
+    params(sagapay_api_models::ListEventsQuery),
     security(("api_key" = [])),
     responses(
         (status = 200, description = "A page of events, newest first", body = sagapay_api_models::EventPage),
         (status = 400, description = "Invalid filter or cursor", body = crate::schemas::ErrorResponse),
+        (status = 404, description = "The cursor names no event of this merchant", body = crate::schemas::ErrorResponse),
     ))]
 pub(crate) async fn list_events(
     State(state): State<AppState>,

@@ -11,8 +11,9 @@ use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use chrono::{DateTime, Utc};
 use sagapay_api_models::{
-    DeliveryStatus, EndpointStatus, EventPage, MerchantEvent, RolledSecret, WebhookDelivery,
-    WebhookDeliveryList, WebhookEndpoint, WebhookEndpointDeleted, WebhookEndpointList,
+    DeliveryStatus, EndpointStatus, EventPage, ListDeliveriesQuery, ListEventsQuery, MerchantEvent,
+    RolledSecret, WebhookDelivery, WebhookDeliveryList, WebhookEndpoint, WebhookEndpointDeleted,
+    WebhookEndpointList,
 };
 use sagapay_domain::MerchantEventType;
 use sagapay_service_kit::api_error::{json_body, ApiError, ErrorType};
@@ -294,32 +295,18 @@ async fn roll_secret(
     }))
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Page {
-    limit: Option<i64>,
-    starting_after: Option<String>,
-    #[serde(rename = "type")]
-    event_type: Option<String>,
-    created_gte: Option<i64>,
-    created_lt: Option<i64>,
-}
-
 fn limit(raw: Option<i64>) -> Result<i64, ApiError> {
-    match raw.unwrap_or(20) {
-        l @ 1..=100 => Ok(l),
-        _ => Err(
-            ApiError::invalid("invalid_limit", "limit must be from 1 to 100").with_param("limit"),
-        ),
-    }
+    sagapay_api_models::queries::page_limit(raw).ok_or_else(|| {
+        ApiError::invalid("invalid_limit", "limit must be from 1 to 100").with_param("limit")
+    })
 }
 
 fn timestamp(raw: Option<i64>, name: &str) -> Result<Option<DateTime<Utc>>, ApiError> {
     raw.map(|s| {
-        DateTime::from_timestamp(s, 0).ok_or_else(|| {
+        sagapay_api_models::queries::filter_time(s).ok_or_else(|| {
             ApiError::invalid(
                 "invalid_timestamp",
-                format!("{name} is not a unix time in seconds"),
+                format!("{name} is not a unix time in seconds from 0 to 253402300799"),
             )
             .with_param(name)
         })
@@ -331,7 +318,7 @@ async fn list_deliveries(
     State(state): State<AppState>,
     Extension(caller): Extension<VerifiedCaller>,
     Path(raw): Path<String>,
-    page: Result<Query<Page>, QueryRejection>,
+    page: Result<Query<ListDeliveriesQuery>, QueryRejection>,
 ) -> Result<Json<WebhookDeliveryList>, ApiError> {
     let merchant = caller.acting_merchant()?;
     let id = endpoint_id(&raw)?;
@@ -403,7 +390,7 @@ fn event_not_found() -> ApiError {
 async fn list_events(
     State(state): State<AppState>,
     Extension(caller): Extension<VerifiedCaller>,
-    page: Result<Query<Page>, QueryRejection>,
+    page: Result<Query<ListEventsQuery>, QueryRejection>,
 ) -> Result<Json<EventPage>, ApiError> {
     let merchant = caller.acting_merchant()?;
     let Query(page) = page?;
@@ -432,7 +419,8 @@ async fn list_events(
             .fetch_optional(&state.pool)
             .await?
             .ok_or_else(|| {
-                ApiError::invalid("invalid_starting_after", "starting_after is not one of your events")
+                // Well-formed or not, a cursor that names no event of this merchant.
+                ApiError::not_found("invalid_starting_after", "starting_after is not one of your events")
                     .with_param("starting_after")
             })?,
         ),

@@ -22,23 +22,10 @@ use sagapay_messaging::MessageHeaders;
 use sagapay_service_kit::api_error::{json_body, replayed, ApiError};
 use sagapay_service_kit::http::RequestContext;
 use sagapay_service_kit::service_auth::VerifiedCaller;
-use serde::Deserialize;
 use uuid::Uuid;
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CaptureBody {
-    /// At most the authorized amount; absent: all of it.
-    #[serde(default)]
-    pub amount_cents: Option<AmountMinor>,
-    pub idempotency_key: IdempotencyKey,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CancelBody {
-    pub idempotency_key: IdempotencyKey,
-}
+/// The public API's own types, as the gateway forwards them, parsed again.
+pub use sagapay_api_models::{CancelRequest as CancelBody, CaptureRequest as CaptureBody};
 
 pub async fn capture(
     State(state): State<AppState>,

@@ -7,53 +7,20 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
+use sagapay_api_models::queries::{filter_time, page_limit};
 use sagapay_api_models::{PaymentCreated as Created, PaymentPage};
-use sagapay_domain::events::{CaptureMethod, PaymentRequested};
-use sagapay_domain::{
-    AmountMinor, Currency, CustomerId, Envelope, IdempotencyKey, PaymentMethod, PaymentStatus,
-};
+use sagapay_domain::events::PaymentRequested;
+use sagapay_domain::{Envelope, PaymentStatus};
 use sagapay_messaging::headers::TRACEPARENT;
 use sagapay_messaging::MessageHeaders;
 use sagapay_service_kit::api_error::{replayed, ApiError};
 use sagapay_service_kit::http::RequestContext;
 use sagapay_service_kit::service_auth::VerifiedCaller;
-use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-/// A payment request as the gateway forwards it, already validated there; it is parsed again
-/// here (the orchestrator trusts no caller with its invariants).
-#[derive(Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreatePayment {
-    pub customer_id: CustomerId,
-    pub amount_cents: AmountMinor,
-    pub currency: Currency,
-    pub idempotency_key: IdempotencyKey,
-    #[serde(default)]
-    pub payment_method: PaymentMethod,
-    /// AUTOMATIC (default): captured when authorized; MANUAL: waits for the merchant's
-    /// capture or cancel.
-    #[serde(default)]
-    pub capture_method: CaptureMethod,
-}
-
-/// What identifies "the same request" for idempotency: everything but the key itself.
-fn fingerprint(merchant_id: Uuid, req: &CreatePayment) -> String {
-    let (merchant, amount) = (merchant_id.to_string(), req.amount_cents.to_string());
-    let mut parts = vec![
-        merchant.as_str(),
-        req.customer_id.as_str(),
-        amount.as_str(),
-        req.currency.as_str(),
-        req.payment_method.as_str(),
-    ];
-    // Only when not the default, so automatic payments keep the fingerprints they had
-    // before capture methods existed (a retry across the upgrade is still the same request).
-    if req.capture_method == CaptureMethod::Manual {
-        parts.push("MANUAL");
-    }
-    sagapay_domain::request_fingerprint(&parts)
-}
+/// A payment request as the gateway forwards it, already validated there: the public API's
+/// own type, parsed again here (the orchestrator trusts no caller with its invariants).
+pub use sagapay_api_models::CreatePaymentRequest as CreatePayment;
 
 pub(super) async fn create_payment(
     State(state): State<AppState>,
@@ -62,7 +29,7 @@ pub(super) async fn create_payment(
     Json(req): Json<CreatePayment>,
 ) -> Result<Response, ApiError> {
     let merchant_id = caller.acting_merchant()?;
-    let fp = fingerprint(merchant_id, &req);
+    let fp = req.fingerprint(merchant_id);
     let mut conn = state.pool.acquire().await?;
     if let Verdict::Overloaded {
         scope,
@@ -106,7 +73,7 @@ pub(super) async fn create_payment(
             request_fingerprint: &fp,
             correlation_id: &ctx.correlation_id,
             payment_method: &req.payment_method,
-            capture_method: req.capture_method,
+            capture_method: req.capture_method.into(),
             deadline: state.shell.deadlines.created,
         },
         &state.shell.outbox.row(&envelope, &headers),
@@ -178,67 +145,54 @@ fn overloaded(scope: Scope, in_flight: i64, limit: i64) -> Response {
 /// Which limit a 503 `overloaded` hit: `merchant` or `pipeline`.
 pub const OVERLOAD_SCOPE: &str = "sagapay-overload-scope";
 
-/// `GET /payments`'s query, checked here whatever the gateway checked.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct ListQuery {
-    limit: Option<i64>,
-    starting_after: Option<String>,
-    status: Option<String>,
-    created_gte: Option<i64>,
-    created_lt: Option<i64>,
-}
+/// `GET /payments`'s query (the public API's type), checked here: the gateway passes it on.
+pub(super) use sagapay_api_models::ListPaymentsQuery as ListQuery;
 
-impl ListQuery {
-    fn parse(self) -> Result<store::Listing, ApiError> {
-        let invalid = |code: &str, param: &str, message: &str| {
-            ApiError::invalid(code, message.to_owned()).with_param(param)
-        };
-        let limit = match self.limit.unwrap_or(20) {
-            l @ 1..=100 => l,
-            _ => {
-                return Err(invalid(
-                    "invalid_limit",
-                    "limit",
-                    "limit must be from 1 to 100",
-                ))
-            }
-        };
-        let status = self
-            .status
-            .map(|s| {
-                s.parse::<PaymentStatus>().map_err(|_| {
-                    invalid("invalid_status", "status", "status is not a payment status")
-                })
-            })
-            .transpose()?;
-        let time = |raw: Option<i64>, name: &str| {
-            raw.map(|s| {
-                chrono::DateTime::from_timestamp(s, 0)
-                    .ok_or_else(|| invalid("invalid_timestamp", name, "not a unix time in seconds"))
-            })
-            .transpose()
-        };
-        let starting_after = self
-            .starting_after
-            .map(|s| {
-                Uuid::parse_str(&s).map_err(|_| {
-                    invalid(
-                        "invalid_starting_after",
-                        "starting_after",
-                        "starting_after is not one of your payments",
-                    )
-                })
-            })
-            .transpose()?;
-        Ok(store::Listing {
-            status,
-            created_gte: time(self.created_gte, "created_gte")?,
-            created_lt: time(self.created_lt, "created_lt")?,
-            starting_after,
-            limit,
+/// The listing a query asks for, or the 400 naming what is wrong with it.
+fn listing(q: ListQuery) -> Result<store::Listing, ApiError> {
+    let invalid = |code: &str, param: &str, message: &str| {
+        ApiError::invalid(code, message.to_owned()).with_param(param)
+    };
+    let limit = page_limit(q.limit)
+        .ok_or_else(|| invalid("invalid_limit", "limit", "limit must be from 1 to 100"))?;
+    let status = q
+        .status
+        .map(|s| {
+            s.parse::<PaymentStatus>()
+                .map_err(|_| invalid("invalid_status", "status", "status is not a payment status"))
         })
-    }
+        .transpose()?;
+    let time = |raw: Option<i64>, name: &str| {
+        raw.map(|s| {
+            filter_time(s).ok_or_else(|| {
+                invalid(
+                    "invalid_timestamp",
+                    name,
+                    "not a unix time in seconds from 0 to 253402300799",
+                )
+            })
+        })
+        .transpose()
+    };
+    let starting_after = q
+        .starting_after
+        .map(|s| {
+            Uuid::parse_str(&s).map_err(|_| {
+                invalid(
+                    "invalid_starting_after",
+                    "starting_after",
+                    "starting_after is not a payment id",
+                )
+            })
+        })
+        .transpose()?;
+    Ok(store::Listing {
+        status,
+        created_gte: time(q.created_gte, "created_gte")?,
+        created_lt: time(q.created_lt, "created_lt")?,
+        starting_after,
+        limit,
+    })
 }
 
 pub(super) async fn list_payments(
@@ -247,12 +201,13 @@ pub(super) async fn list_payments(
     query: Result<axum::extract::Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let merchant_id = caller.acting_merchant()?;
-    let listing = query?.0.parse()?;
+    let listing = listing(query?.0)?;
     let mut conn = state.pool.acquire().await?;
     let (data, has_more) = store::list(&mut conn, merchant_id, &listing)
         .await?
         .ok_or_else(|| {
-            ApiError::invalid(
+            // A well-formed cursor that names no payment of this merchant: not found.
+            ApiError::not_found(
                 "invalid_starting_after",
                 "starting_after is not one of your payments",
             )

@@ -10,24 +10,17 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use sagapay_domain::{AmountMinor, IdempotencyKey, RefundReason};
 use sagapay_messaging::headers::TRACEPARENT;
 use sagapay_messaging::MessageHeaders;
 use sagapay_service_kit::api_error::{replayed, ApiError};
 use sagapay_service_kit::http::RequestContext;
 use sagapay_service_kit::VerifiedCaller;
-use serde::Deserialize;
 use uuid::Uuid;
 
 use super::state::AppState;
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreateRefund {
-    pub amount_cents: AmountMinor,
-    pub idempotency_key: IdempotencyKey,
-    pub reason: RefundReason,
-}
+/// A refund request as the gateway forwards it: the public API's own type, parsed again.
+pub use sagapay_api_models::CreateRefundRequest as CreateRefund;
 
 pub async fn create(
     State(state): State<AppState>,
@@ -41,11 +34,7 @@ pub async fn create(
         ApiError::not_found("payment_not_found", format!("no payment {payment_id}"))
             .with_param("payment_id")
     };
-    let fingerprint = sagapay_domain::request_fingerprint(&[
-        &merchant_id.to_string(),
-        &req.amount_cents.to_string(),
-        req.reason.as_str(),
-    ]);
+    let fingerprint = req.fingerprint(merchant_id);
     let mut tx = state.pool.begin().await?;
     // The lock that makes admission safe under concurrency.
     let (row, payment) = state

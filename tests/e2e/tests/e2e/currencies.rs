@@ -74,7 +74,8 @@ async fn the_review_threshold_is_stated_per_currency() {
     let (status, refused) = stack
         .create_payment(make("max-usd", 149_000_000, "USD"))
         .await;
-    assert_eq!(status, 400);
+    // Well formed, above the currency's configured limit: refused by policy.
+    assert_eq!(status, 422);
     assert_eq!(refused["error"]["code"], "invalid_amount");
     stack.teardown().await;
 }

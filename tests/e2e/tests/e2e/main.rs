@@ -4,6 +4,7 @@
 mod architecture;
 mod consumer_batch;
 mod consumer_failures;
+mod contract;
 mod crash;
 mod credentials;
 mod currencies;

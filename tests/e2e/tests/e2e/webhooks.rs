@@ -174,7 +174,7 @@ async fn webhooks_are_signed_delivered_once_retried_and_listed() {
             json!({"url": format!("{base}/ok"), "enabled_events": []}),
             "invalid_enabled_events",
         ),
-        (json!({"url": format!("{base}/ok")}), "invalid_body"),
+        (json!({"url": format!("{base}/ok")}), "missing_field"),
     ] {
         let (status, err) = call(
             &stack,
