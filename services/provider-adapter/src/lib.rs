@@ -9,7 +9,7 @@ mod dev;
 pub mod policy;
 pub mod provider;
 pub mod records;
-mod replies;
+pub mod replies;
 pub mod worker;
 
 use anyhow::anyhow;
@@ -228,7 +228,7 @@ impl CommandHandler {
             request,
             merchant_id,
         } = asked;
-        if operation == ProviderOperation::Capture && voided(conn, env.payment_id).await? {
+        if !policy::scheduled_after_void(operation) && voided(conn, env.payment_id).await? {
             // A capture asked after the payment's void was asked for (a replayed dead letter,
             // a command delayed past an operator's fail): the authorization is, or will be,
             // gone, and a provider refuses it. Found by the simulator.
@@ -308,16 +308,58 @@ impl CommandHandler {
         .bind(operation_key)
         .fetch_one(&mut *conn)
         .await?;
-        let answering = replies::Answering {
+        let (payment_id, op) = (env.payment_id, operation.as_str());
+        match policy::repeated(existing.status, operation, existing.compensated) {
+            policy::Repeated::Waits => {
+                tracing::info!(%payment_id, operation = op,
+                    "operation in progress; the repeated command waits for its outcome");
+                return Ok(());
+            }
+            policy::Repeated::Left => {
+                tracing::info!(%payment_id, operation = op,
+                    "operation given up and being compensated: not re-armed");
+                return Ok(());
+            }
+            policy::Repeated::Rearmed => {
+                return self.rearm(conn, env, operation, &existing).await;
+            }
+            policy::Repeated::Answered => {}
+        }
+        let answering = self.answering(env, operation, operation_key, request, &existing);
+        let last_error = existing.last_error.clone().unwrap_or_default();
+        let outcome = recorded_outcome(&existing)?;
+        let ending = match &outcome {
+            Some(outcome) => replies::Ending::Outcome(outcome),
+            None => replies::Ending::NotPerformed {
+                last_error: &last_error,
+            },
+        };
+        let event = answering.event(ending);
+        tracing::info!(%payment_id, operation = op, status = %existing.status,
+            "repeated command answered with the operation's outcome");
+        self.outbox
+            .enqueue(conn, &event, &ctx.headers.propagated())
+            .await?;
+        Ok(())
+    }
+
+    /// Who the answer to a repeated command for an existing operation is for, and what it
+    /// reports.
+    fn answering<'a>(
+        &'a self,
+        env: &'a Envelope,
+        operation: ProviderOperation,
+        operation_key: OperationKey,
+        request: &'a OperationRequest,
+        existing: &Existing,
+    ) -> replies::Answering<'a> {
+        replies::Answering {
             payment_id: env.payment_id,
             causation_id: env.event_id,
             correlation_id: &env.correlation_id,
             // A void performed as the refund of the capture that went through (see the
             // worker's `request`) reports a refund, the second time as the first.
-            operation: match operation {
-                ProviderOperation::Void if existing.captured => ProviderOperation::Refund,
-                other => other,
-            },
+            operation: policy::reported_as(operation, existing.captured),
             refund_id: operation_key
                 .0
                 .filter(|_| operation == ProviderOperation::Refund),
@@ -328,85 +370,68 @@ impl CommandHandler {
                 _ => None,
             },
             attempts: u32::try_from(existing.attempts).unwrap_or(0),
-        };
-        let last_error = existing.last_error.clone().unwrap_or_default();
-        let ending_outcome;
-        let ending = match existing.status {
-            OperationStatus::Pending => {
-                tracing::info!(payment_id = %env.payment_id, operation = operation.as_str(),
-                    "operation in progress; the repeated command waits for its outcome");
-                return Ok(());
-            }
-            OperationStatus::Succeeded => {
-                let (Some(reference), Some(amount), Some(currency)) = (
-                    existing.result_reference.clone(),
-                    existing.result_amount_minor,
-                    existing.result_currency,
-                ) else {
-                    return Err(HandlerError::permanent(anyhow!(
-                        "operation {} succeeded without a recorded result",
-                        existing.operation_id
-                    )));
-                };
-                ending_outcome = ProviderOutcome::Succeeded {
-                    reference,
-                    amount_minor: amount,
-                    currency,
-                };
-                replies::Ending::Outcome(&ending_outcome)
-            }
-            // A refusal is an answer, the second time as the first: a declined authorization
-            // fails the payment again, a declined capture, void or refund is reported again
-            // (`provider.retries_exhausted` with its decline code, the attempts it took), never
-            // re-armed: the provider would refuse the same key again.
-            OperationStatus::Declined => {
-                ending_outcome = ProviderOutcome::Declined {
-                    code: last_error.clone(),
-                };
-                replies::Ending::Outcome(&ending_outcome)
-            }
-            OperationStatus::NotPerformed => replies::Ending::NotPerformed {
-                last_error: &last_error,
-            },
-            // Given up: a new command (a replayed dead letter, an operator's retry) tries
-            // again, unless the saga is undoing what this operation would do.
-            OperationStatus::Exhausted => {
-                let undone = existing.compensated
-                    && matches!(
-                        operation,
-                        ProviderOperation::Authorize | ProviderOperation::Capture
-                    );
-                if undone {
-                    tracing::info!(payment_id = %env.payment_id, operation = operation.as_str(),
-                        "operation given up and being compensated: not re-armed");
-                    return Ok(());
-                }
-                sqlx::query(
-                    "UPDATE provider_operations
-                        SET status = 'PENDING', attempts = 0, resolving = outcome_unknown,
-                            next_attempt_at = now(), claimed_until = NULL, claim_token = NULL,
-                            give_up_at = now() + make_interval(secs => $2),
-                            source_event_id = $3, updated_at = now()
-                      WHERE operation_id = $1",
-                )
-                .bind(existing.operation_id)
-                .bind(self.settings.give_up_after(operation).as_secs_f64())
-                .bind(env.event_id)
-                .execute(&mut *conn)
-                .await?;
-                tracing::warn!(payment_id = %env.payment_id, operation = operation.as_str(),
-                    previous_attempts = existing.attempts, "operation re-armed");
-                return Ok(());
-            }
-        };
-        let event = answering.event(ending);
-        tracing::info!(payment_id = %env.payment_id, operation = operation.as_str(),
-            status = %existing.status, "repeated command answered with the operation's outcome");
-        self.outbox
-            .enqueue(conn, &event, &ctx.headers.propagated())
-            .await?;
+        }
+    }
+
+    /// Tries an operation that was given up again (a replayed dead letter, an operator's
+    /// retry), from the start of its schedules.
+    async fn rearm(
+        &self,
+        conn: &mut PgConnection,
+        env: &Envelope,
+        operation: ProviderOperation,
+        existing: &Existing,
+    ) -> Result<(), HandlerError> {
+        sqlx::query(
+            "UPDATE provider_operations
+                SET status = 'PENDING', attempts = 0, resolving = outcome_unknown,
+                    next_attempt_at = now(), claimed_until = NULL, claim_token = NULL,
+                    give_up_at = now() + make_interval(secs => $2),
+                    source_event_id = $3, updated_at = now()
+              WHERE operation_id = $1",
+        )
+        .bind(existing.operation_id)
+        .bind(self.settings.give_up_after(operation).as_secs_f64())
+        .bind(env.event_id)
+        .execute(&mut *conn)
+        .await?;
+        tracing::warn!(payment_id = %env.payment_id, operation = operation.as_str(),
+            previous_attempts = existing.attempts, "operation re-armed");
         Ok(())
     }
+}
+
+/// An ended operation's outcome as its row records it, for answering a repeated command: a
+/// success with its result; a refusal with its code (its last error): a refusal is an answer,
+/// the second time as the first, so a declined authorization fails the payment again and a
+/// declined capture, void or refund is reported again (`provider.retries_exhausted` with its
+/// decline code), never re-armed; `None` for one never performed.
+fn recorded_outcome(existing: &Existing) -> Result<Option<ProviderOutcome>, HandlerError> {
+    Ok(match existing.status {
+        OperationStatus::Succeeded => {
+            let (Some(reference), Some(amount_minor), Some(currency)) = (
+                existing.result_reference.clone(),
+                existing.result_amount_minor,
+                existing.result_currency,
+            ) else {
+                return Err(HandlerError::permanent(anyhow!(
+                    "operation {} succeeded without a recorded result",
+                    existing.operation_id
+                )));
+            };
+            Some(ProviderOutcome::Succeeded {
+                reference,
+                amount_minor,
+                currency,
+            })
+        }
+        OperationStatus::Declined => Some(ProviderOutcome::Declined {
+            code: existing.last_error.clone().unwrap_or_default(),
+        }),
+        OperationStatus::NotPerformed | OperationStatus::Pending | OperationStatus::Exhausted => {
+            None
+        }
+    })
 }
 
 /// Whether a void of the payment was asked for.

@@ -23,10 +23,27 @@
 //!   when an operator decides;
 //! - an authorization whose outcome is still unknown after one status query (or
 //!   `authorize_give_up_after`) is given up: the saga voids it.
+//!
+//! And what the adapter decides around its attempts, each a pure function here so that the
+//! worker, the command handler and the orchestrator's simulator (whose model of this adapter
+//! calls these very functions, not a copy of them) decide alike:
+//! - a void waits while an authorization or capture of its payment is pending
+//!   ([`VOID_WAITS_FOR`], from which the worker's claim is written), and a void of a payment
+//!   whose capture went through is performed as the refund of that capture, for exactly what
+//!   it took ([`performed`]);
+//! - an automatic payment's capture follows its authorization, only for the amount asked
+//!   ([`captures_after`]), and no capture is scheduled once a void was asked for
+//!   ([`scheduled_after_void`]);
+//! - a command for an operation that exists already waits for it, gets its outcome again, or
+//!   re-arms it when it was given up, unless the saga is undoing what it would do
+//!   ([`repeated`]).
 
-use crate::provider::{ProviderError, ProviderOutcome};
-use sagapay_domain::events::ProviderOperation;
+use crate::provider::{ProviderError, ProviderOutcome, ProviderRequest};
+use crate::records::{OperationKey, OperationStatus};
+use sagapay_domain::events::{CaptureMethod, ProviderOperation};
+use sagapay_domain::{AmountMinor, Currency};
 use std::time::Duration;
+use uuid::Uuid;
 
 #[derive(Debug, Clone)]
 pub struct RetrySettings {
@@ -199,10 +216,148 @@ pub fn decide(p: Progress, answer: Answer, s: &RetrySettings) -> Next {
     }
 }
 
+/// The operations a void waits for: while one of these of its payment is pending, the void is
+/// not attempted (it must never run before what it undoes). The worker's claim is written
+/// from this list (`worker::claim`).
+pub const VOID_WAITS_FOR: [ProviderOperation; 2] =
+    [ProviderOperation::Authorize, ProviderOperation::Capture];
+
+/// Whether an operation `operation` waits, given the operations of its payment still pending.
+pub fn waits(
+    operation: ProviderOperation,
+    pending: impl IntoIterator<Item = ProviderOperation>,
+) -> bool {
+    operation == ProviderOperation::Void && pending.into_iter().any(|p| VOID_WAITS_FOR.contains(&p))
+}
+
+/// The idempotency key of an operation: the same for every attempt, so a repeat acts at most
+/// once at the provider. `<operation>:<payment_id>`, and `:<refund_id>` for merchant refunds.
+pub fn idempotency_key(
+    operation: ProviderOperation,
+    payment_id: Uuid,
+    operation_key: OperationKey,
+) -> String {
+    let op = operation.as_str().to_ascii_lowercase();
+    match operation_key.0 {
+        None => format!("{op}:{payment_id}"),
+        Some(refund_id) => format!("{op}:{payment_id}:{refund_id}"),
+    }
+}
+
+/// What a succeeded capture took at the provider (its operation's recorded result).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Taken {
+    pub reference: String,
+    pub amount_minor: AmountMinor,
+    pub currency: Currency,
+}
+
+/// What the provider is asked for `req`: the request itself, except a void of a payment whose
+/// capture went through (`captured`), which becomes the refund of that capture, for exactly
+/// what the capture took (a partial capture takes less than was authorized, and a provider
+/// refuses to pay back more than it captured), under the refund's key.
+pub fn performed(mut req: ProviderRequest, captured: Option<Taken>) -> ProviderRequest {
+    let Some(taken) = captured.filter(|_| req.operation == ProviderOperation::Void) else {
+        return req;
+    };
+    req.operation = ProviderOperation::Refund;
+    req.idempotency_key = idempotency_key(
+        ProviderOperation::Refund,
+        req.payment_id,
+        OperationKey::NONE,
+    );
+    req.reference = Some(taken.reference);
+    req.amount_minor = taken.amount_minor;
+    req.currency = taken.currency;
+    req
+}
+
+/// Whether a command for `operation` is scheduled once a void of its payment was asked for
+/// (a replayed dead letter, a command delayed past an operator's fail): a capture is not, the
+/// authorization is (or will be) gone and a provider refuses it; an automatic capture is not
+/// scheduled either.
+pub fn scheduled_after_void(operation: ProviderOperation) -> bool {
+    operation != ProviderOperation::Capture
+}
+
+/// The authorization an automatic capture follows, if one does: the authorization `next`
+/// reports succeeded, of an automatic payment, for the amount and currency `asked`. Not when
+/// the provider authorized another amount: the saga flags that payment for an operator, and
+/// a capture of the amount asked would be refused.
+pub fn captures_after(
+    next: &Next,
+    operation: ProviderOperation,
+    capture_method: CaptureMethod,
+    asked: (AmountMinor, Currency),
+) -> Option<&str> {
+    match (next, operation, capture_method) {
+        (
+            Next::Done(ProviderOutcome::Succeeded {
+                reference,
+                amount_minor,
+                currency,
+            }),
+            ProviderOperation::Authorize,
+            CaptureMethod::Automatic,
+        ) if (*amount_minor, *currency) == asked => Some(reference.as_str()),
+        _ => None,
+    }
+}
+
+/// What a command for an operation that exists already gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Repeated {
+    /// In progress: its outcome will answer.
+    Waits,
+    /// Ended: its outcome is reported again (a refusal too: the provider would refuse the
+    /// same key again, so it is never re-armed).
+    Answered,
+    /// Given up: tried again from the start of its schedules.
+    Rearmed,
+    /// Given up, and the saga is undoing what it would do: left as it is.
+    Left,
+}
+
+/// What a command for an existing operation `operation` in `status` gets; `compensated`: a
+/// void or a refund of the capture of its payment exists (the saga is undoing the payment).
+pub fn repeated(
+    status: OperationStatus,
+    operation: ProviderOperation,
+    compensated: bool,
+) -> Repeated {
+    match status {
+        OperationStatus::Pending => Repeated::Waits,
+        OperationStatus::Succeeded | OperationStatus::Declined | OperationStatus::NotPerformed => {
+            Repeated::Answered
+        }
+        OperationStatus::Exhausted => {
+            let undone = compensated
+                && matches!(
+                    operation,
+                    ProviderOperation::Authorize | ProviderOperation::Capture
+                );
+            if undone {
+                Repeated::Left
+            } else {
+                Repeated::Rearmed
+            }
+        }
+    }
+}
+
+/// The operation a repeated command's answer reports: a void of a payment whose capture
+/// went through was performed as the refund of that capture (see [`performed`]) and reports
+/// a refund, the second time as the first.
+pub fn reported_as(operation: ProviderOperation, captured: bool) -> ProviderOperation {
+    match operation {
+        ProviderOperation::Void if captured => ProviderOperation::Refund,
+        other => other,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sagapay_domain::{AmountMinor, Currency};
     use ProviderOperation::{Authorize, Capture, Refund, Void};
 
     fn s() -> RetrySettings {
@@ -399,6 +554,95 @@ mod tests {
         for (what, progress, answer, expected) in table {
             assert_eq!(decide(progress, answer, &s()), expected, "{what}");
         }
+    }
+
+    fn request(operation: ProviderOperation) -> ProviderRequest {
+        let payment_id = Uuid::from_u128(7);
+        ProviderRequest {
+            payment_id,
+            operation,
+            idempotency_key: idempotency_key(operation, payment_id, OperationKey::NONE),
+            amount_minor: AmountMinor::new(1000).unwrap(),
+            currency: Currency::parse("USD").unwrap(),
+            payment_method: "pm_card_ok".into(),
+            reference: Some("auth-1".into()),
+        }
+    }
+
+    #[test]
+    fn a_void_after_a_capture_refunds_exactly_what_the_capture_took() {
+        let taken = Taken {
+            reference: "cap-1".into(),
+            amount_minor: AmountMinor::new(400).unwrap(),
+            currency: Currency::parse("USD").unwrap(),
+        };
+        let refund = performed(request(Void), Some(taken.clone()));
+        assert_eq!(refund.operation, Refund);
+        assert_eq!(refund.amount_minor.get(), 400, "not the 1000 authorized");
+        assert_eq!(refund.reference.as_deref(), Some("cap-1"));
+        assert_eq!(
+            refund.idempotency_key,
+            format!("refund:{}", Uuid::from_u128(7))
+        );
+        assert_eq!(
+            performed(request(Void), None),
+            request(Void),
+            "nothing captured"
+        );
+        assert_eq!(
+            performed(request(Capture), Some(taken)),
+            request(Capture),
+            "only a void becomes a refund"
+        );
+        assert!(waits(Void, [Refund, Capture]));
+        assert!(!waits(Void, [Refund, Void]));
+        assert!(!waits(Capture, [Authorize]));
+    }
+
+    #[test]
+    fn automatic_capture_follows_only_an_authorization_of_the_amount_asked() {
+        let usd = Currency::parse("USD").unwrap();
+        let asked = (AmountMinor::new(5).unwrap(), usd);
+        let done = Next::Done(ok());
+        assert_eq!(
+            captures_after(&done, Authorize, CaptureMethod::Automatic, asked),
+            Some("r")
+        );
+        let other = (AmountMinor::new(6).unwrap(), usd);
+        assert_eq!(
+            captures_after(&done, Authorize, CaptureMethod::Automatic, other),
+            None
+        );
+        assert_eq!(
+            captures_after(&done, Authorize, CaptureMethod::Manual, asked),
+            None
+        );
+        assert_eq!(
+            captures_after(
+                &Next::Done(declined()),
+                Authorize,
+                CaptureMethod::Automatic,
+                asked
+            ),
+            None
+        );
+        assert!(!scheduled_after_void(Capture));
+        assert!(scheduled_after_void(Refund));
+    }
+
+    #[test]
+    fn a_repeated_command_waits_is_answered_or_re_arms() {
+        use OperationStatus::*;
+        assert_eq!(repeated(Pending, Capture, false), Repeated::Waits);
+        for status in [Succeeded, Declined, NotPerformed] {
+            assert_eq!(repeated(status, Refund, true), Repeated::Answered);
+        }
+        assert_eq!(repeated(Exhausted, Capture, false), Repeated::Rearmed);
+        assert_eq!(repeated(Exhausted, Capture, true), Repeated::Left);
+        assert_eq!(repeated(Exhausted, Authorize, true), Repeated::Left);
+        assert_eq!(repeated(Exhausted, Void, true), Repeated::Rearmed);
+        assert_eq!(reported_as(Void, true), Refund);
+        assert_eq!(reported_as(Void, false), Void);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::future::Future;
 use std::time::Duration;
 use uuid::Uuid;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProviderRequest {
     pub payment_id: Uuid,
     pub operation: ProviderOperation,

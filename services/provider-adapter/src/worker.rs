@@ -17,7 +17,7 @@
 //! hold. And the worker's places are shared among merchants ([`claim`]): one merchant whose
 //! calls all hang holds at most its cap of them, and the others keep going.
 
-use crate::policy::{self, Answer, Next, Progress};
+use crate::policy::{self, idempotency_key, Answer, Next, Progress, Taken};
 use crate::provider::{
     PaymentProvider, ProviderError, ProviderOutcome, ProviderRequest, ProviderStatus,
 };
@@ -241,7 +241,7 @@ impl<P: PaymentProvider> Worker<P> {
     /// the capture took (a partial capture takes less than was authorized, and a provider
     /// refuses to pay back more than it captured).
     async fn request(&self, op: &Claimed) -> anyhow::Result<ProviderRequest> {
-        let mut req = ProviderRequest {
+        let req = ProviderRequest {
             payment_id: op.payment_id,
             operation: op.operation,
             idempotency_key: idempotency_key(op.operation, op.payment_id, op.operation_key),
@@ -250,30 +250,28 @@ impl<P: PaymentProvider> Worker<P> {
             payment_method: op.request.payment_method.clone(),
             reference: op.request.reference.clone(),
         };
-        if op.operation == ProviderOperation::Void {
-            let captured: Option<(Option<String>, Option<AmountMinor>, Option<Currency>)> =
-                sqlx::query_as(
-                    "SELECT result_reference, result_amount_minor, result_currency
-                       FROM provider_operations
-                      WHERE payment_id = $1 AND operation = 'CAPTURE' AND status = 'SUCCEEDED'",
-                )
-                .bind(op.payment_id)
-                .fetch_optional(&self.pool)
-                .await?;
-            if let Some((reference, amount, currency)) = captured {
-                let (Some(reference), Some(amount), Some(currency)) = (reference, amount, currency)
-                else {
-                    anyhow::bail!("a succeeded capture without its reference and amount");
-                };
-                req.operation = ProviderOperation::Refund;
-                req.idempotency_key =
-                    idempotency_key(ProviderOperation::Refund, op.payment_id, OperationKey::NONE);
-                req.reference = Some(reference);
-                req.amount_minor = amount;
-                req.currency = currency;
-            }
+        if op.operation != ProviderOperation::Void {
+            return Ok(req);
         }
-        Ok(req)
+        let captured: Option<(Option<String>, Option<AmountMinor>, Option<Currency>)> =
+            sqlx::query_as(
+                "SELECT result_reference, result_amount_minor, result_currency
+                   FROM provider_operations
+                  WHERE payment_id = $1 AND operation = 'CAPTURE' AND status = 'SUCCEEDED'",
+            )
+            .bind(op.payment_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        let taken = match captured {
+            None => None,
+            Some((Some(reference), Some(amount_minor), Some(currency))) => Some(Taken {
+                reference,
+                amount_minor,
+                currency,
+            }),
+            Some(_) => anyhow::bail!("a succeeded capture without its reference and amount"),
+        };
+        Ok(policy::performed(req, taken))
     }
 
     /// One attempt: a call, or a status query when the outcome is unknown; then what the
@@ -398,20 +396,9 @@ impl<P: PaymentProvider> Worker<P> {
         // An automatic capture follows a successful authorization in its transaction.
         // Not when the provider authorized another amount than was asked: the saga flags that
         // payment for an operator, and a capture of the amount asked would be refused.
-        let capture_after = match (&decision, op.operation, op.request.capture_method) {
-            (
-                Next::Done(ProviderOutcome::Succeeded {
-                    reference,
-                    amount_minor,
-                    currency,
-                }),
-                ProviderOperation::Authorize,
-                CaptureMethod::Automatic,
-            ) if (*amount_minor, *currency) == (op.request.amount_minor, op.request.currency) => {
-                Some(reference.as_str())
-            }
-            _ => None,
-        };
+        let asked = (op.request.amount_minor, op.request.currency);
+        let capture_after =
+            policy::captures_after(&decision, op.operation, op.request.capture_method, asked);
         let exhausted = match decision {
             Next::Exhausted { unknown } => Some(unknown),
             _ => None,
@@ -748,19 +735,5 @@ fn task_of(done: Result<(tokio::task::Id, ()), tokio::task::JoinError>) -> tokio
     match done {
         Ok((task, ())) => task,
         Err(e) => e.id(),
-    }
-}
-
-/// The idempotency key of an operation: the same for every attempt, so a repeat acts at most
-/// once at the provider. `<operation>:<payment_id>`, and `:<refund_id>` for merchant refunds.
-pub(crate) fn idempotency_key(
-    operation: ProviderOperation,
-    payment_id: Uuid,
-    operation_key: OperationKey,
-) -> String {
-    let op = operation.as_str().to_ascii_lowercase();
-    match operation_key.0 {
-        None => format!("{op}:{payment_id}"),
-        Some(refund_id) => format!("{op}:{payment_id}:{refund_id}"),
     }
 }

@@ -1,36 +1,41 @@
-//! The provider adapter's model (its operations table and worker, with the real retry
-//! policy deciding after every attempt) and the payment provider's (books that refuse what a
-//! PSP refuses: a capture above the authorization, a second capture, a capture or void after
-//! a void or capture, a refund above what is left captured).
+//! The provider adapter's model and the payment provider's.
+//!
+//! The adapter: its operations table and its worker, as data in memory (one operation per
+//! payment, kind and refund; one due operation attempted per step). Every decision in it is
+//! the adapter's own function, called here as the adapter calls it, never restated:
+//! `sagapay_provider_adapter::policy` decides what follows an attempt (`decide`), whether a
+//! void waits (`waits`), what a void after a capture performs (`performed`), whether an
+//! automatic capture follows (`captures_after`), whether a capture is scheduled after a void
+//! (`scheduled_after_void`) and what a repeated command gets (`repeated`, `reported_as`);
+//! `sagapay_provider_adapter::replies` builds the event that reports an outcome, decoded here
+//! as the orchestrator decodes it. What is the model's own: the table as a `Vec`, the order
+//! of due operations (random), and the faults (timeouts before or after the provider acted,
+//! refused connections, a worker that crashes after the provider acted).
+//!
+//! The provider: books per payment, idempotent by the adapter's key, refusing what a PSP
+//! refuses (a capture above the authorization, a second capture, a capture or void after a
+//! void or capture, a refund above what is left captured), with faults of its own while the
+//! faults last (see [`Psp::call`]).
 
 use super::Dice;
 use crate::saga::consumed::Event;
-use crate::saga::decide::mutation::{self, Mutation};
-use sagapay_domain::events::{
-    CaptureMethod, PaymentAuthorized, PaymentCaptured, PaymentFailed, PaymentRefunded,
-    PaymentReversed, ProviderOperation, ProviderRetriesExhausted,
+use sagapay_domain::events::{CaptureMethod, ProviderOperation};
+use sagapay_domain::{AmountMinor, Currency, Envelope};
+use sagapay_provider_adapter::policy::{
+    self, Answer, Next, Progress, Repeated, RetrySettings, Taken,
 };
-use sagapay_domain::{AmountMinor, Currency};
-use sagapay_provider_adapter::policy::{self, Answer, Next, Progress, RetrySettings};
-use sagapay_provider_adapter::provider::{ProviderError, ProviderOutcome};
+use sagapay_provider_adapter::provider::{ProviderError, ProviderOutcome, ProviderRequest};
+use sagapay_provider_adapter::records::{OperationKey, OperationStatus};
+use sagapay_provider_adapter::replies::{Answering, Ending};
 use std::collections::BTreeMap;
 use std::time::Duration;
 use uuid::Uuid;
 
 const PROVIDER: &str = "simulated";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OpStatus {
-    Pending,
-    Succeeded,
-    Declined,
-    NotPerformed,
-    Exhausted,
-}
-
-/// One provider operation the adapter owns, as its table holds it.
+/// A command for the adapter (what the saga's command asks for).
 #[derive(Debug, Clone)]
-pub struct Op {
+pub struct Request {
     pub payment: Uuid,
     pub operation: ProviderOperation,
     pub refund_id: Option<Uuid>,
@@ -38,23 +43,387 @@ pub struct Op {
     pub reference: Option<String>,
     pub reason: String,
     pub capture_method: CaptureMethod,
-    pub declined_card: bool,
-    pub status: OpStatus,
+    pub payment_method: String,
+}
+
+/// One provider operation the adapter owns, as its table holds it.
+#[derive(Debug, Clone)]
+pub struct Op {
+    pub asked: Request,
+    pub status: OperationStatus,
     pub attempts: i32,
     pub resolving: bool,
     pub unknown: bool,
     pub next_at: u64,
     pub give_up_at: u64,
-    pub result: Option<(String, AmountMinor)>,
+    /// What a succeeded operation did at the provider.
+    pub result: Option<Taken>,
+    /// As the adapter stores it: a refusal's code, or the last attempt's error.
     pub last_error: String,
-    /// Performed as the refund of a capture (a void after the capture went through).
-    pub as_refund: bool,
+}
+
+impl Op {
+    pub fn payment(&self) -> Uuid {
+        self.asked.payment
+    }
+
+    pub fn operation(&self) -> ProviderOperation {
+        self.asked.operation
+    }
+
+    /// The merchant refund it performs, if it is one.
+    pub fn refund_id(&self) -> Option<Uuid> {
+        self.asked
+            .refund_id
+            .filter(|_| self.operation() == ProviderOperation::Refund)
+    }
 }
 
 /// The adapter's operations: one per payment, operation and refund.
 #[derive(Debug, Default)]
 pub struct Adapter {
     pub ops: Vec<Op>,
+}
+
+pub fn settings() -> RetrySettings {
+    RetrySettings {
+        give_up_after: Duration::from_secs(3600),
+        ..RetrySettings::default()
+    }
+}
+
+pub fn usd() -> Currency {
+    Currency::parse("USD").expect("USD")
+}
+
+/// The orchestrator's event in an envelope the adapter built.
+fn decoded(env: Envelope) -> Event {
+    match Event::decode(&env) {
+        Some(Ok(event)) => event,
+        other => unreachable!("the adapter reported what the saga cannot read: {other:?}"),
+    }
+}
+
+impl Adapter {
+    fn find(&self, r: &Request) -> Option<usize> {
+        self.ops.iter().position(|o| {
+            o.payment() == r.payment && o.operation() == r.operation && o.refund_id() == r.refund_id
+        })
+    }
+
+    fn of(&self, payment: Uuid) -> impl Iterator<Item = &Op> {
+        self.ops.iter().filter(move |o| o.payment() == payment)
+    }
+
+    /// What the payment's capture took, once it succeeded.
+    fn captured(&self, payment: Uuid) -> Option<Taken> {
+        self.of(payment)
+            .find(|o| {
+                o.operation() == ProviderOperation::Capture
+                    && o.status == OperationStatus::Succeeded
+            })
+            .and_then(|o| o.result.clone())
+    }
+
+    /// A capture asked once a void of its payment was asked for, which is not scheduled
+    /// (`policy::scheduled_after_void`).
+    fn after_void(&self, r: &Request) -> bool {
+        !policy::scheduled_after_void(r.operation)
+            && self
+                .of(r.payment)
+                .any(|o| o.operation() == ProviderOperation::Void)
+    }
+
+    fn insert(&mut self, r: &Request, now: u64) {
+        self.ops.push(Op {
+            asked: r.clone(),
+            status: OperationStatus::Pending,
+            attempts: 0,
+            resolving: false,
+            unknown: false,
+            next_at: now,
+            give_up_at: now + settings().give_up_after(r.operation).as_millis() as u64,
+            result: None,
+            last_error: String::new(),
+        });
+    }
+
+    /// A command: not performed (a capture after the payment's void), a new operation, or
+    /// the existing one waited for, answered again, re-armed or left, as the adapter's policy
+    /// says.
+    pub fn command(&mut self, r: Request, now: u64) -> Vec<Event> {
+        if self.after_void(&r) {
+            return Vec::new();
+        }
+        let Some(i) = self.find(&r) else {
+            self.insert(&r, now);
+            return Vec::new();
+        };
+        let compensated = self.of(r.payment).any(|o| {
+            o.refund_id().is_none()
+                && matches!(
+                    o.operation(),
+                    ProviderOperation::Void | ProviderOperation::Refund
+                )
+        });
+        let op = &self.ops[i];
+        match policy::repeated(op.status, op.operation(), compensated) {
+            Repeated::Waits | Repeated::Left => Vec::new(),
+            Repeated::Rearmed => {
+                let op = &mut self.ops[i];
+                op.status = OperationStatus::Pending;
+                op.attempts = 0;
+                op.resolving = op.unknown;
+                op.next_at = now;
+                op.give_up_at = now + settings().give_up_after(op.operation()).as_millis() as u64;
+                Vec::new()
+            }
+            Repeated::Answered => vec![self.answer_again(i, &r)],
+        }
+    }
+
+    /// The outcome of ended operation `i` again, for a repeated command `r`.
+    fn answer_again(&self, i: usize, r: &Request) -> Event {
+        let op = &self.ops[i];
+        let captured = self.captured(op.payment()).is_some();
+        let answering = Answering {
+            operation: policy::reported_as(op.operation(), captured),
+            attempts: op.attempts as u32,
+            ..answering(r)
+        };
+        let outcome = match (op.status, &op.result) {
+            (OperationStatus::Succeeded, Some(t)) => Some(ProviderOutcome::Succeeded {
+                reference: t.reference.clone(),
+                amount_minor: t.amount_minor,
+                currency: t.currency,
+            }),
+            (OperationStatus::Declined, _) => Some(ProviderOutcome::Declined {
+                code: op.last_error.clone(),
+            }),
+            _ => None,
+        };
+        decoded(answering.event(match &outcome {
+            Some(outcome) => Ending::Outcome(outcome),
+            None => Ending::NotPerformed {
+                last_error: &op.last_error,
+            },
+        }))
+    }
+
+    /// An operation due now that may run (see `policy::waits`), picked at random.
+    pub fn due(&self, now: u64, dice: &mut Dice) -> Option<usize> {
+        let ready: Vec<usize> = (0..self.ops.len())
+            .filter(|&i| {
+                let o = &self.ops[i];
+                o.status == OperationStatus::Pending && o.next_at <= now && !self.waits(o)
+            })
+            .collect();
+        (!ready.is_empty()).then(|| ready[dice.below(ready.len() as u64) as usize])
+    }
+
+    fn waits(&self, o: &Op) -> bool {
+        let pending = self
+            .of(o.payment())
+            .filter(|p| p.status == OperationStatus::Pending)
+            .map(Op::operation);
+        policy::waits(o.operation(), pending)
+    }
+
+    /// The next time an operation of the adapter may run (a void waiting for another
+    /// operation runs after it).
+    pub fn next_due(&self) -> Option<u64> {
+        self.ops
+            .iter()
+            .filter(|o| o.status == OperationStatus::Pending && !self.waits(o))
+            .map(|o| o.next_at)
+            .min()
+    }
+
+    pub fn pending(&self) -> bool {
+        self.ops
+            .iter()
+            .any(|o| o.status == OperationStatus::Pending)
+    }
+
+    /// One attempt of operation `i`: a call (or a status query), then the policy. `faults`:
+    /// whether this attempt may time out, fail, or crash the worker after the provider acted.
+    pub fn attempt(
+        &mut self,
+        i: usize,
+        psp: &mut Psp,
+        dice: &mut Dice,
+        now: u64,
+        faults: bool,
+        trace: &mut Vec<String>,
+    ) -> Vec<Event> {
+        let req = self.request(i);
+        let merchant_refund = self.ops[i].refund_id().is_some();
+        let asked = Asked {
+            req: &req,
+            resolving: self.ops[i].resolving,
+            merchant_refund,
+        };
+        let Some(answer) = ask(asked, psp, dice, faults, trace) else {
+            // The worker crashed after the provider acted: its claim expires, it runs again.
+            self.ops[i].next_at = now + 3000;
+            return Vec::new();
+        };
+        self.conclude(i, &req, answer, now, trace)
+    }
+
+    /// What operation `i` asks the provider (`policy::performed`: a void after a capture is
+    /// the refund of what the capture took).
+    fn request(&self, i: usize) -> ProviderRequest {
+        let a = &self.ops[i].asked;
+        let key = OperationKey::refund(self.ops[i].refund_id());
+        let req = ProviderRequest {
+            payment_id: a.payment,
+            operation: a.operation,
+            idempotency_key: policy::idempotency_key(a.operation, a.payment, key),
+            amount_minor: a.amount,
+            currency: usd(),
+            payment_method: a.payment_method.clone(),
+            reference: a.reference.clone(),
+        };
+        policy::performed(req, self.captured(a.payment))
+    }
+
+    /// After an attempt: what the policy decides, the operation's new state, the event that
+    /// reports its end, and an automatic payment's capture after its authorization.
+    fn conclude(
+        &mut self,
+        i: usize,
+        req: &ProviderRequest,
+        answer: Answer,
+        now: u64,
+        trace: &mut Vec<String>,
+    ) -> Vec<Event> {
+        let op = &self.ops[i];
+        let attempt_no = op.attempts + 1;
+        let progress = Progress {
+            operation: op.operation(),
+            attempt_no,
+            resolving: op.resolving,
+            outcome_unknown: op.unknown,
+            past_give_up: now >= op.give_up_at,
+        };
+        // As the worker words it.
+        let last_error = match &answer {
+            Answer::Error(e) => e.to_string(),
+            Answer::NotFound => "not found at the provider".into(),
+            Answer::Outcome(ProviderOutcome::Declined { code }) => format!("declined: {code}"),
+            Answer::Outcome(_) => String::new(),
+        };
+        let next = policy::decide(progress, answer, &settings());
+        trace.push(format!("  policy: {next:?}"));
+        let asked = op.asked.clone();
+        let answering = Answering {
+            operation: req.operation,
+            attempts: attempt_no as u32,
+            ..answering(&asked)
+        };
+        let event = self.ops[i].after(&next, now, last_error, &answering);
+        // The adapter's automatic capture, in the authorization's transaction: unless it
+        // exists, or a void was asked for.
+        let amount = (asked.amount, usd());
+        let capture = policy::captures_after(&next, asked.operation, asked.capture_method, amount);
+        if let Some(authorization_id) = capture {
+            let capture = Request {
+                operation: ProviderOperation::Capture,
+                refund_id: None,
+                reference: Some(authorization_id.to_owned()),
+                reason: String::new(),
+                ..asked.clone()
+            };
+            if !self.after_void(&capture) && self.find(&capture).is_none() {
+                self.insert(&capture, now);
+            }
+        }
+        event.into_iter().collect()
+    }
+}
+
+impl Op {
+    /// The operation after the policy decided `next`, as the worker records it, and the event
+    /// that reports its end.
+    fn after(
+        &mut self,
+        next: &Next,
+        now: u64,
+        last_error: String,
+        answering: &Answering<'_>,
+    ) -> Option<Event> {
+        self.attempts += 1;
+        self.last_error = last_error;
+        let ending = match next {
+            Next::Done(outcome) => {
+                match outcome {
+                    ProviderOutcome::Succeeded {
+                        reference,
+                        amount_minor,
+                        currency,
+                    } => {
+                        self.status = OperationStatus::Succeeded;
+                        self.result = Some(Taken {
+                            reference: reference.clone(),
+                            amount_minor: *amount_minor,
+                            currency: *currency,
+                        });
+                    }
+                    ProviderOutcome::Declined { code } => {
+                        self.status = OperationStatus::Declined;
+                        self.last_error = code.clone();
+                    }
+                }
+                Ending::Outcome(outcome)
+            }
+            Next::NotPerformed => {
+                self.status = OperationStatus::NotPerformed;
+                Ending::NotPerformed {
+                    last_error: &self.last_error,
+                }
+            }
+            Next::Again {
+                wait,
+                resolving,
+                unknown,
+            } => {
+                self.next_at = now + wait.as_millis() as u64;
+                self.resolving = *resolving;
+                self.unknown = *unknown;
+                return None;
+            }
+            Next::Exhausted { .. } => {
+                self.status = OperationStatus::Exhausted;
+                Ending::Exhausted {
+                    attempts: self.attempts as u32,
+                    last_error: &self.last_error,
+                }
+            }
+        };
+        Some(decoded(answering.event(ending)))
+    }
+}
+
+/// Who an operation's events answer, as the adapter fills it in (the operation reported and
+/// the attempts are the caller's).
+fn answering(r: &Request) -> Answering<'_> {
+    Answering {
+        payment_id: r.payment,
+        causation_id: Uuid::nil(),
+        correlation_id: "simulation",
+        operation: r.operation,
+        refund_id: r
+            .refund_id
+            .filter(|_| r.operation == ProviderOperation::Refund),
+        reason: &r.reason,
+        provider: PROVIDER,
+        authorization_id: match r.operation {
+            ProviderOperation::Capture => r.reference.as_deref(),
+            _ => None,
+        },
+        attempts: 0,
+    }
 }
 
 /// The provider's books for one payment.
@@ -65,6 +434,8 @@ pub struct Books {
     pub captured: Option<i64>,
     pub captures: u32,
     pub refunded: i64,
+    /// Each refund it made, by the adapter's idempotency key, and what it was asked for.
+    pub refunds: BTreeMap<String, (i64, i64)>,
 }
 
 /// The payment provider.
@@ -76,49 +447,14 @@ pub struct Psp {
     pub refusals: Vec<String>,
 }
 
-pub fn settings() -> RetrySettings {
-    RetrySettings {
-        give_up_after: Duration::from_secs(3600),
-        ..RetrySettings::default()
-    }
-}
-
-fn usd() -> Currency {
-    Currency::parse("USD").expect("USD")
-}
-
 impl Psp {
-    fn key(op: &Op) -> String {
-        let what = if op.as_refund {
-            "REFUND"
-        } else {
-            op.operation.as_str()
-        };
-        format!("{}:{what}:{:?}", op.payment, op.refund_id)
-    }
-
-    /// `faults`: now and then the provider authorizes another amount than was asked (a
-    /// partial authorization the merchant never opted into).
-    fn call(
-        &mut self,
-        op: &Op,
-        amount: AmountMinor,
-        dice: &mut Dice,
-        faults: bool,
-    ) -> ProviderOutcome {
-        let key = Self::key(op);
-        if let Some(done) = self.by_key.get(&key) {
-            return done.clone();
-        }
-        let b = self.books.entry(op.payment).or_default();
-        let a = amount.get();
-        let operation = if op.as_refund {
-            ProviderOperation::Refund
-        } else {
-            op.operation
-        };
-        let refused = match operation {
-            ProviderOperation::Authorize if op.declined_card => Some("card_declined"),
+    /// What a PSP refuses outright, by its books.
+    fn refuses(b: &Books, req: &ProviderRequest) -> Option<&'static str> {
+        let a = req.amount_minor.get();
+        match req.operation {
+            ProviderOperation::Authorize if req.payment_method == "pm_card_declined" => {
+                Some("card_declined")
+            }
             ProviderOperation::Authorize if b.voided => Some("authorization_voided"),
             ProviderOperation::Authorize => None,
             ProviderOperation::Capture if b.voided => Some("authorization_voided"),
@@ -133,322 +469,122 @@ impl Psp {
                 Some("amount_above_captured")
             }
             ProviderOperation::Refund => None,
-        };
-        // Now and then the provider refuses a merchant's refund (the card's account is
-        // closed, the charge disputed): a decline of its own, not a bug of ours.
-        if faults && refused.is_none() && op.refund_id.is_some() && dice.chance(10) {
-            let outcome = ProviderOutcome::Declined {
-                code: "refund_declined".into(),
-            };
-            self.by_key.insert(key, outcome.clone());
-            return outcome;
         }
-        let partial =
-            faults && operation == ProviderOperation::Authorize && a > 1 && dice.chance(2);
-        let (a, amount) = if partial {
-            (a - 1, AmountMinor::new(a - 1).expect("positive"))
-        } else {
-            (a, amount)
+    }
+
+    /// A call. `faults`: now and then the provider authorizes another amount than was asked
+    /// (a partial authorization the merchant never opted into), pays back less than asked
+    /// when it reverses a capture (a fee it withholds: the saga flags the payment and never
+    /// applies the reversal, see `invariants::left_to_reconcile`), and declines of its own
+    /// accord a merchant's refund (the card's account closed, the charge disputed), a capture
+    /// (the authorization expired) or a void (reversals not supported for the card): a
+    /// refusal is an answer, which the adapter's policy reports at once.
+    fn call(
+        &mut self,
+        req: &ProviderRequest,
+        merchant_refund: bool,
+        dice: &mut Dice,
+        faults: bool,
+    ) -> ProviderOutcome {
+        if let Some(done) = self.by_key.get(&req.idempotency_key) {
+            return done.clone();
+        }
+        let b = self.books.entry(req.payment_id).or_default();
+        let refused = Self::refuses(b, req);
+        let own = match req.operation {
+            _ if !faults || refused.is_some() => None,
+            ProviderOperation::Refund if merchant_refund => {
+                dice.chance(10).then_some("refund_declined")
+            }
+            ProviderOperation::Capture => dice.chance(2).then_some("authorization_expired"),
+            ProviderOperation::Void => dice.chance(2).then_some("reversal_not_supported"),
+            _ => None,
         };
-        let outcome = match refused {
-            Some(code) => {
-                if operation != ProviderOperation::Authorize {
+        let outcome = match (refused, own) {
+            (Some(code), _) => {
+                if req.operation != ProviderOperation::Authorize {
+                    let (p, a) = (req.payment_id, req.amount_minor);
+                    let operation = req.operation;
                     self.refusals
-                        .push(format!("{} {operation:?} of {a}: {code}", op.payment));
+                        .push(format!("{p} {operation:?} of {a}: {code}"));
                 }
                 ProviderOutcome::Declined { code: code.into() }
             }
-            None => {
-                match operation {
-                    ProviderOperation::Authorize => b.authorized = Some(a),
-                    ProviderOperation::Capture => {
-                        b.captured = Some(a);
-                        b.captures += 1;
-                    }
-                    ProviderOperation::Void => b.voided = true,
-                    ProviderOperation::Refund => b.refunded += a,
-                }
-                ProviderOutcome::Succeeded {
-                    reference: format!("{}-{:x}", operation.as_str().to_lowercase(), dice.next()),
-                    amount_minor: amount,
-                    currency: usd(),
-                }
+            (None, Some(code)) => ProviderOutcome::Declined { code: code.into() },
+            (None, None) => {
+                let short = faults
+                    && req.amount_minor.get() > 1
+                    && match req.operation {
+                        ProviderOperation::Authorize => dice.chance(2),
+                        ProviderOperation::Refund if !merchant_refund => dice.chance(3),
+                        _ => false,
+                    };
+                let amount = req.amount_minor.get() - i64::from(short);
+                Self::perform(b, req, amount, dice)
             }
         };
-        self.by_key.insert(key, outcome.clone());
+        self.by_key
+            .insert(req.idempotency_key.clone(), outcome.clone());
         outcome
     }
 
-    fn status(&self, op: &Op) -> Option<ProviderOutcome> {
-        self.by_key.get(&Self::key(op)).cloned()
-    }
-}
-
-/// A command for the adapter.
-pub struct Request {
-    pub payment: Uuid,
-    pub operation: ProviderOperation,
-    pub refund_id: Option<Uuid>,
-    pub amount: AmountMinor,
-    pub reference: Option<String>,
-    pub reason: String,
-    pub capture_method: CaptureMethod,
-    pub declined_card: bool,
-}
-
-impl Adapter {
-    fn find(
-        &self,
-        payment: Uuid,
-        operation: ProviderOperation,
-        refund_id: Option<Uuid>,
-    ) -> Option<usize> {
-        self.ops.iter().position(|o| {
-            o.payment == payment && o.operation == operation && o.refund_id == refund_id
-        })
-    }
-
-    /// A command: a new operation, or the existing one answered again (its outcome), re-armed
-    /// (given up, unless the saga is undoing what it would do) or left to finish.
-    pub fn command(&mut self, r: Request, now: u64) -> Vec<Event> {
-        let voided = self
-            .ops
-            .iter()
-            .any(|o| o.payment == r.payment && o.operation == ProviderOperation::Void);
-        if r.operation == ProviderOperation::Capture && voided {
-            return Vec::new(); // asked after the void: not performed
-        }
-        let Some(i) = self.find(r.payment, r.operation, r.refund_id) else {
-            self.ops.push(Op {
-                payment: r.payment,
-                operation: r.operation,
-                refund_id: r.refund_id,
-                amount: r.amount,
-                reference: r.reference,
-                reason: r.reason,
-                capture_method: r.capture_method,
-                declined_card: r.declined_card,
-                status: OpStatus::Pending,
-                attempts: 0,
-                resolving: false,
-                unknown: false,
-                next_at: now,
-                give_up_at: now + settings().give_up_after(r.operation).as_millis() as u64,
-                result: None,
-                last_error: String::new(),
-                as_refund: false,
-            });
-            return Vec::new();
-        };
-        let compensated = self.ops.iter().any(|o| {
-            o.payment == r.payment
-                && o.refund_id.is_none()
-                && matches!(
-                    o.operation,
-                    ProviderOperation::Void | ProviderOperation::Refund
-                )
-        });
-        let op = &mut self.ops[i];
-        match op.status {
-            OpStatus::Pending => Vec::new(),
-            OpStatus::Exhausted => {
-                let undone = compensated
-                    && matches!(
-                        op.operation,
-                        ProviderOperation::Authorize | ProviderOperation::Capture
-                    );
-                if !undone {
-                    op.status = OpStatus::Pending;
-                    op.attempts = 0;
-                    op.resolving = op.unknown;
-                    op.next_at = now;
-                    op.give_up_at = now + settings().give_up_after(op.operation).as_millis() as u64;
-                }
-                Vec::new()
-            }
-            _ => report(op).into_iter().collect(),
-        }
-    }
-
-    /// An operation due now that may run: a void waits while an authorization or a capture
-    /// of its payment is pending.
-    pub fn due(&self, now: u64, dice: &mut Dice) -> Option<usize> {
-        let ready: Vec<usize> = (0..self.ops.len())
-            .filter(|&i| {
-                let o = &self.ops[i];
-                o.status == OpStatus::Pending && o.next_at <= now && !self.waits(o)
-            })
-            .collect();
-        (!ready.is_empty()).then(|| ready[dice.below(ready.len() as u64) as usize])
-    }
-
-    fn waits(&self, o: &Op) -> bool {
-        if o.operation != ProviderOperation::Void {
-            return false;
-        }
-        let ignore_capture = mutation::active(Mutation::VoidIgnoresPendingCapture);
-        self.ops.iter().any(|p| {
-            p.payment == o.payment
-                && p.status == OpStatus::Pending
-                && (p.operation == ProviderOperation::Authorize
-                    || (p.operation == ProviderOperation::Capture && !ignore_capture))
-        })
-    }
-
-    /// The next time an operation of the adapter may run (a void waiting for another
-    /// operation runs after it).
-    pub fn next_due(&self) -> Option<u64> {
-        self.ops
-            .iter()
-            .filter(|o| o.status == OpStatus::Pending && !self.waits(o))
-            .map(|o| o.next_at)
-            .min()
-    }
-
-    pub fn pending(&self) -> bool {
-        self.ops.iter().any(|o| o.status == OpStatus::Pending)
-    }
-
-    /// One attempt of operation `i`: a call (or a status query), then the policy. `faults`:
-    /// whether this attempt may time out, fail, or crash the worker after the provider acted.
-    pub fn attempt(
-        &mut self,
-        i: usize,
-        psp: &mut Psp,
+    /// Does `req` for `amount` (what it asked for, unless a fault says otherwise).
+    fn perform(
+        b: &mut Books,
+        req: &ProviderRequest,
+        amount: i64,
         dice: &mut Dice,
-        now: u64,
-        faults: bool,
-        trace: &mut Vec<String>,
-    ) -> Vec<Event> {
-        let (op, amount) = self.as_performed(i);
-        let Some(answer) = ask(&op, amount, psp, dice, faults, trace) else {
-            // The worker crashed after the provider acted: its claim expires, it runs again.
-            self.ops[i].next_at = now + 3000;
-            return Vec::new();
-        };
-        self.conclude(i, op, answer, now, trace)
-    }
-
-    /// What operation `i` asks the provider: itself, except a void of a payment whose
-    /// capture went through, which becomes the refund of that capture, for what it took.
-    fn as_performed(&self, i: usize) -> (Op, AmountMinor) {
-        let mut op = self.ops[i].clone();
-        let mut amount = op.amount;
-        if op.operation != ProviderOperation::Void {
-            return (op, amount);
-        }
-        let captured = self.ops.iter().find(|c| {
-            c.payment == op.payment
-                && c.operation == ProviderOperation::Capture
-                && c.status == OpStatus::Succeeded
-        });
-        if let Some((reference, taken)) = captured.and_then(|c| c.result.clone()) {
-            op.as_refund = true;
-            op.reference = Some(reference);
-            if !mutation::active(Mutation::OverRefundBeforeFix) {
-                amount = taken;
+    ) -> ProviderOutcome {
+        match req.operation {
+            ProviderOperation::Authorize => b.authorized = Some(amount),
+            ProviderOperation::Capture => {
+                b.captured = Some(amount);
+                b.captures += 1;
+            }
+            ProviderOperation::Void => b.voided = true,
+            ProviderOperation::Refund => {
+                b.refunded += amount;
+                let asked = req.amount_minor.get();
+                b.refunds
+                    .insert(req.idempotency_key.clone(), (amount, asked));
             }
         }
-        (op, amount)
+        ProviderOutcome::Succeeded {
+            reference: format!(
+                "{}-{:x}",
+                req.operation.as_str().to_lowercase(),
+                dice.next()
+            ),
+            amount_minor: AmountMinor::new(amount).expect("positive"),
+            currency: req.currency,
+        }
     }
 
-    /// After an attempt: what the policy decides, the operation's new state, the event that
-    /// reports its end, and an automatic payment's capture after its authorization.
-    fn conclude(
-        &mut self,
-        i: usize,
-        mut op: Op,
-        answer: Answer,
-        now: u64,
-        trace: &mut Vec<String>,
-    ) -> Vec<Event> {
-        let progress = Progress {
-            operation: op.operation,
-            attempt_no: op.attempts + 1,
-            resolving: op.resolving,
-            outcome_unknown: op.unknown,
-            past_give_up: now >= op.give_up_at,
-        };
-        op.last_error = match &answer {
-            Answer::Error(e) => e.to_string(),
-            Answer::NotFound => "not found at the provider".into(),
-            Answer::Outcome(ProviderOutcome::Declined { code }) => format!("declined: {code}"),
-            Answer::Outcome(_) => String::new(),
-        };
-        let next = policy::decide(progress, answer, &settings());
-        trace.push(format!("  policy: {next:?}"));
-        op.attempts += 1;
-        match next {
-            Next::Done(ProviderOutcome::Succeeded {
-                reference,
-                amount_minor,
-                ..
-            }) => {
-                op.status = OpStatus::Succeeded;
-                op.result = Some((reference, amount_minor));
-            }
-            Next::Done(ProviderOutcome::Declined { .. }) => op.status = OpStatus::Declined,
-            Next::NotPerformed => op.status = OpStatus::NotPerformed,
-            Next::Again {
-                wait,
-                resolving,
-                unknown,
-            } => {
-                op.next_at = now + wait.as_millis() as u64;
-                op.resolving = resolving;
-                op.unknown = unknown;
-            }
-            Next::Exhausted { .. } => op.status = OpStatus::Exhausted,
-        }
-        let events: Vec<Event> = report(&op).into_iter().collect();
-        self.ops[i] = op;
-        self.capture_next(i, now);
-        events
+    fn status(&self, req: &ProviderRequest) -> Option<ProviderOutcome> {
+        self.by_key.get(&req.idempotency_key).cloned()
     }
+}
 
-    /// Automatic capture: the capture of an authorization that just succeeded, unless the
-    /// provider authorized another amount than was asked (as the adapter), or a void of the
-    /// payment was asked for (`command` checks).
-    fn capture_next(&mut self, i: usize, now: u64) {
-        let op = &self.ops[i];
-        let automatic = op.operation == ProviderOperation::Authorize
-            && op.status == OpStatus::Succeeded
-            && op.capture_method == CaptureMethod::Automatic
-            && op.result.as_ref().is_some_and(|r| r.1 == op.amount);
-        if !automatic
-            || self
-                .find(op.payment, ProviderOperation::Capture, None)
-                .is_some()
-        {
-            return;
-        }
-        let capture = Request {
-            payment: op.payment,
-            operation: ProviderOperation::Capture,
-            refund_id: None,
-            amount: op.amount,
-            reference: op.result.as_ref().map(|r| r.0.clone()),
-            reason: String::new(),
-            capture_method: CaptureMethod::Automatic,
-            declined_card: false,
-        };
-        self.command(capture, now);
-    }
+/// What one attempt asks.
+struct Asked<'a> {
+    req: &'a ProviderRequest,
+    /// A status query, not a call.
+    resolving: bool,
+    merchant_refund: bool,
 }
 
 /// One call of the provider (or a status query when the outcome is unknown), with the
 /// faults of the network and the worker: `None` when the worker crashed after the provider
 /// acted (the attempt is not recorded).
 fn ask(
-    op: &Op,
-    amount: AmountMinor,
+    asked: Asked<'_>,
     psp: &mut Psp,
     dice: &mut Dice,
     faults: bool,
     trace: &mut Vec<String>,
 ) -> Option<Answer> {
-    if op.resolving {
-        return Some(match psp.status(op) {
+    if asked.resolving {
+        return Some(match psp.status(asked.req) {
             Some(outcome) => Answer::Outcome(outcome),
             None => Answer::NotFound,
         });
@@ -459,7 +595,7 @@ fn ask(
         8..=12 => return Some(Answer::Error(ProviderError::Unavailable("refused".into()))),
         _ => {}
     }
-    let outcome = psp.call(op, amount, dice, faults);
+    let outcome = psp.call(asked.req, asked.merchant_refund, dice, faults);
     match roll {
         13..=20 => {
             trace.push(format!(
@@ -475,85 +611,4 @@ fn ask(
         }
         _ => Some(Answer::Outcome(outcome)),
     }
-}
-
-/// The event that reports an operation's end (as the adapter's `replies` build it).
-fn report(op: &Op) -> Option<Event> {
-    let operation = if op.as_refund {
-        ProviderOperation::Refund
-    } else {
-        op.operation
-    };
-    let provider = PROVIDER.to_owned();
-    Some(match op.status {
-        OpStatus::Pending => return None,
-        OpStatus::Succeeded => return succeeded(op, operation),
-        OpStatus::Declined if operation == ProviderOperation::Authorize => {
-            Event::PaymentFailed(PaymentFailed {
-                provider,
-                decline_code: "card_declined".into(),
-                reason: "authorization declined".into(),
-            })
-        }
-        OpStatus::Declined => Event::ProviderRetriesExhausted(ProviderRetriesExhausted {
-            operation,
-            attempts: op.attempts as u32,
-            last_error: op.last_error.clone(),
-            refund_id: op.refund_id,
-            // The bare code, as the adapter reports it (its last error says "declined: ...").
-            decline_code: Some(
-                (op.last_error.strip_prefix("declined: "))
-                    .unwrap_or(&op.last_error)
-                    .to_owned(),
-            ),
-        }),
-        OpStatus::NotPerformed => Event::PaymentFailed(PaymentFailed {
-            provider,
-            decline_code: "provider_unavailable".into(),
-            reason: format!("the provider could not be reached: {}", op.last_error),
-        }),
-        OpStatus::Exhausted => Event::ProviderRetriesExhausted(ProviderRetriesExhausted {
-            operation,
-            attempts: op.attempts as u32,
-            last_error: op.last_error.clone(),
-            refund_id: op.refund_id,
-            decline_code: None,
-        }),
-    })
-}
-
-/// The event that reports a succeeded operation.
-fn succeeded(op: &Op, operation: ProviderOperation) -> Option<Event> {
-    let provider = PROVIDER.to_owned();
-    let (reference, amount) = op.result.clone()?;
-    Some(match (operation, op.refund_id) {
-        (ProviderOperation::Authorize, _) => Event::PaymentAuthorized(PaymentAuthorized {
-            provider,
-            authorization_id: reference,
-            amount_minor: amount,
-            currency: usd(),
-        }),
-        (ProviderOperation::Capture, _) => Event::PaymentCaptured(PaymentCaptured {
-            provider,
-            capture_id: reference,
-            amount_minor: amount,
-            currency: usd(),
-            authorization_id: op.reference.clone(),
-        }),
-        (ProviderOperation::Refund, Some(refund_id)) => Event::PaymentRefunded(PaymentRefunded {
-            refund_id,
-            provider,
-            reference,
-            amount_minor: amount,
-            currency: usd(),
-        }),
-        (operation, _) => Event::PaymentReversed(PaymentReversed {
-            provider,
-            operation,
-            reference,
-            reason: op.reason.clone(),
-            amount_minor: Some(amount),
-            currency: Some(usd()),
-        }),
-    })
 }

@@ -1,98 +1,164 @@
-//! What must hold in the simulated world: after every step ([`always`]) and once the
-//! faults stopped and everything came to rest ([`at_rest`]).
+//! What must hold in the simulated world, each rule with a name ([`Invariant`]), so that a
+//! failing seed says which rule broke and a deliberate bug's test says which rule caught it:
+//! after every step ([`always`]), once the faults stopped and everything came to rest
+//! ([`at_rest`]), and once operators ended every parked payment ([`ended`]).
+//!
+//! The books are compared for every payment, parked ones included: what a payment's state
+//! says the provider did, it did ([`Invariant::StateMatchesProvider`]), and every ledger
+//! posting is one the provider's books back ([`Invariant::LedgerPostingsMatchProvider`]).
+//! The totals ([`Invariant::StatusMatchesProvider`], [`Invariant::LedgerMatchesProvider`])
+//! and the card hold ([`Invariant::NoOpenAuthorization`]) wait for a payment that is not
+//! parked: a parked payment waits for an operator, and its ledger may lag its provider until
+//! one acts. Announcements and postings are counted per payment in the models' rows, which
+//! can hold a second one (`models`).
 
-use super::adapter::OpStatus;
-use super::world::World;
-use crate::saga::state::Stage;
-use sagapay_domain::events::CaptureMethod;
+use super::world::{Tracked, World};
+use crate::saga::decision::FlagKind;
+use crate::saga::state::{PaymentState, Stage};
+use sagapay_domain::events::{capture_reversal_id, CaptureMethod, ProviderOperation};
 use sagapay_domain::{PaymentStatus, RefundStatus};
+use sagapay_provider_adapter::policy::idempotency_key;
+use sagapay_provider_adapter::records::{OperationKey, OperationStatus};
+use std::collections::BTreeMap;
+use uuid::Uuid;
 
-/// After every step: at the provider captured ≤ authorized, refunded ≤ captured, at most one
-/// capture, and nothing asked that a provider refuses; in the ledger only what was captured,
-/// for what was captured; nothing but refund work sent for a payment that ended; every
-/// decision applicable (its moves in the transition table).
-pub fn always(w: &World) -> Result<(), String> {
-    if let Some(v) = w.sent_after_end.first() {
-        return Err(v.clone());
+use super::adapter::Books;
+use super::models::{Heard, Kind};
+
+/// The rules, by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Invariant {
+    /// Every decision applies (its moves in the transition table) and the saga refuses
+    /// nothing as broken.
+    DecisionsApply,
+    /// Nothing but its refunds' work is sent for a payment that ended.
+    NothingSentAfterEnd,
+    /// The provider is never asked what it refuses (its refusal is a bug of ours it caught).
+    ProviderNeverRefuses,
+    /// At the provider: captured ≤ authorized, refunded ≤ captured, at most one capture.
+    ProviderBooksHold,
+    /// Admission's count of each merchant equals a recount by its rule.
+    AdmissionFollows,
+    /// The ledger posts a capture only as the provider captured it, for what it captured.
+    LedgerPostsWhatWasCaptured,
+    /// Postings per payment: at most one of the capture, one per refund; and each message a
+    /// service acted on, it acted on once (its inbox). Counted at rest: a row stays.
+    PostedOnce,
+    /// At rest: no message in flight, no operation pending, and every payment ended or
+    /// parked for an operator.
+    Settles,
+    /// One `payments.finalized` per terminal state a payment reached, none otherwise; at
+    /// most one `payments.awaiting_capture`.
+    FinalizedOnce,
+    /// Each refund that succeeded announced once as succeeded, each that failed once as
+    /// failed, and nothing else announced.
+    RefundAnnouncedOnce,
+    /// What a payment's state says the provider did, it did: the capture it holds, its
+    /// authorization, each refund it counts as made (and none it counts as failed).
+    StateMatchesProvider,
+    /// Every ledger posting is backed: a refund's by the provider's refund of that amount,
+    /// the reversal of a capture posting by that posting.
+    LedgerPostingsMatchProvider,
+    /// What the provider holds is what the status says: the capture less the succeeded
+    /// refunds when settled or refunded, nothing when failed, reversed or canceled.
+    StatusMatchesProvider,
+    /// The ledger holds what the provider holds.
+    LedgerMatchesProvider,
+    /// A payment that ended without its capture left no authorization open at the provider
+    /// (unless the provider refused to void it: the hold then lapses at the card's issuer).
+    NoOpenAuthorization,
+    /// Once operators ended every parked payment, every payment ended (but one whose
+    /// reversal the provider performed for another amount: reconciled by hand).
+    OperatorsEndParked,
+    /// A refund the provider declined is FAILED.
+    DeclinedRefundFails,
+}
+
+/// A rule broken, and how.
+#[derive(Debug, Clone)]
+pub struct Violation {
+    pub invariant: Invariant,
+    pub detail: String,
+}
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "[{:?}] {}", self.invariant, self.detail)
+    }
+}
+
+pub type Checked = Result<(), Violation>;
+
+fn broke(invariant: Invariant, detail: String) -> Checked {
+    Err(Violation { invariant, detail })
+}
+
+/// After every step.
+pub fn always(w: &World) -> Checked {
+    if let Some((invariant, detail)) = w.breaches.first() {
+        return broke(*invariant, detail.clone());
     }
     if let Some(r) = w.psp.refusals.first() {
-        return Err(format!("the provider refused what the platform asked: {r}"));
+        let detail = format!("the provider refused what the platform asked: {r}");
+        return broke(Invariant::ProviderNeverRefuses, detail);
     }
     for (p, b) in &w.psp.books {
-        if let Some(captured) = b.captured {
-            if b.authorized.is_none_or(|a| captured > a) {
-                return Err(format!(
-                    "{p}: captured {captured} of an authorization of {:?}",
-                    b.authorized
-                ));
-            }
-        }
-        if b.refunded > b.captured.unwrap_or(0) {
-            return Err(format!(
-                "{p}: refunded {} of a capture of {:?}",
-                b.refunded, b.captured
-            ));
-        }
-        if b.captures > 1 {
-            return Err(format!("{p}: captured {} times", b.captures));
-        }
+        provider_books_hold(*p, b)?;
     }
     admission_follows(w)?;
-    for (p, posted) in &w.ledger.books {
-        if let Some((_, amount, _)) = &posted.capture {
-            let at_provider = w.psp.books.get(p).and_then(|b| b.captured);
-            if at_provider != Some(amount.get()) {
-                return Err(format!(
-                    "{p}: the ledger posted {amount}, the provider captured {at_provider:?}"
-                ));
-            }
+    for posting in &w.ledger.journal {
+        let Kind::Capture = posting.kind else {
+            continue;
+        };
+        let at_provider = w.psp.books.get(&posting.payment).and_then(|b| b.captured);
+        if at_provider != Some(posting.amount.get()) {
+            let detail = format!(
+                "{}: the ledger posted {}, the provider captured {at_provider:?}",
+                posting.payment, posting.amount
+            );
+            return broke(Invariant::LedgerPostsWhatWasCaptured, detail);
         }
     }
     Ok(())
 }
 
-/// Once at rest: every payment ended or waits for an operator with a reason; no operation
-/// pending, no message in flight; one `payments.finalized` per terminal state the payment
-/// reached (settled, then refunded) and none for the others; the ledger equal to the provider's books; each status what the provider did.
-pub fn at_rest(w: &World) -> Result<(), String> {
-    always(w)?;
-    if !w.queue.is_empty() || w.adapter.pending() {
-        return Err("at rest with messages in flight or operations pending".into());
+fn provider_books_hold(p: Uuid, b: &Books) -> Checked {
+    let captured = b.captured.unwrap_or(0);
+    let detail = if b.captured.is_some() && b.authorized.is_none_or(|a| captured > a) {
+        format!(
+            "{p}: captured {captured} of an authorization of {:?}",
+            b.authorized
+        )
+    } else if b.refunded > captured {
+        format!("{p}: refunded {} of a capture of {captured}", b.refunded)
+    } else if b.captures > 1 {
+        format!("{p}: captured {} times", b.captures)
+    } else {
+        return Ok(());
+    };
+    broke(Invariant::ProviderBooksHold, detail)
+}
+
+/// At most one posting per payment and kind, and no message that made two rows.
+fn posted_once(w: &World) -> Checked {
+    let mut postings: BTreeMap<(Uuid, Kind), usize> = BTreeMap::new();
+    let mut messages: BTreeMap<u64, usize> = BTreeMap::new();
+    for posting in &w.ledger.journal {
+        *postings.entry((posting.payment, posting.kind)).or_default() += 1;
+        *messages.entry(posting.message).or_default() += 1;
     }
-    if let Some(op) = w.adapter.ops.iter().find(|o| o.status == OpStatus::Pending) {
-        return Err(format!("{op:?} still pending"));
+    if let Some(((p, kind), n)) = postings.iter().find(|(_, n)| **n > 1) {
+        let detail = format!("{p}: the ledger posted {kind:?} {n} times");
+        return broke(Invariant::PostedOnce, detail);
     }
-    for (p, t) in &w.payments {
-        let s = &t.state;
-        let status = s.status();
-        if !status.is_terminal() && !s.attention {
-            return Err(format!("{p} rests in {status} without an operator's flag"));
-        }
-        let mut announced: Vec<PaymentStatus> = w
-            .notification
-            .finalized
-            .get(p)
-            .map(|f| f.values().copied().collect())
-            .unwrap_or_default();
-        announced.sort_by_key(|s| s.as_str());
-        let mut expected = match status {
-            PaymentStatus::Settled | PaymentStatus::PartiallyRefunded => {
-                vec![PaymentStatus::Settled]
-            }
-            PaymentStatus::Refunded => vec![PaymentStatus::Settled, PaymentStatus::Refunded],
-            ended if ended.is_terminal() => vec![ended],
-            _ => Vec::new(),
-        };
-        expected.sort_by_key(|s| s.as_str());
-        if announced != expected {
-            return Err(format!(
-                "{p} is {status}: its merchant heard payments.finalized {announced:?}, not {expected:?}"
-            ));
-        }
-        let flagged = s.attention || !t.refund_flagged.is_empty();
-        if !flagged {
-            books_agree(w, *p, status, &t.state)?;
-        }
+    let mut announced: BTreeMap<u64, usize> = BTreeMap::new();
+    for e in &w.notification.events {
+        *announced.entry(e.message).or_default() += 1;
+    }
+    let twice = (messages.iter().chain(announced.iter())).find(|(_, n)| **n > 1);
+    if let Some((message, n)) = twice {
+        let detail = format!("message {message} acted on {n} times: its inbox let it through");
+        return broke(Invariant::PostedOnce, detail);
     }
     Ok(())
 }
@@ -100,8 +166,8 @@ pub fn at_rest(w: &World) -> Result<(), String> {
 /// Admission's count of each merchant equals a recount by its rule as the spec states it:
 /// payments the automatic pipeline still has to finish (waiting for risk, authorization,
 /// capture or posting) that are not parked for an operator. A parked payment holds no place.
-fn admission_follows(w: &World) -> Result<(), String> {
-    let mut recount: std::collections::BTreeMap<uuid::Uuid, i64> = Default::default();
+fn admission_follows(w: &World) -> Checked {
+    let mut recount: BTreeMap<Uuid, i64> = BTreeMap::new();
     for t in w.payments.values() {
         let s = &t.state;
         let pipeline = match s.status() {
@@ -114,124 +180,311 @@ fn admission_follows(w: &World) -> Result<(), String> {
     for (merchant, counted) in &w.admission {
         let actual = recount.get(merchant).copied().unwrap_or(0);
         if *counted != actual {
-            return Err(format!(
+            let detail = format!(
                 "admission counts {counted} places for merchant {merchant}, its pipeline holds {actual}"
-            ));
+            );
+            return broke(Invariant::AdmissionFollows, detail);
         }
     }
     Ok(())
 }
 
-/// Once operators ended the parked payments: every payment ended, the books agree for each,
-/// and every refund the provider declined failed (the refusal reached the saga).
-pub fn ended(w: &World) -> Result<(), String> {
-    at_rest(w)?;
-    for (p, t) in &w.payments {
-        if !t.state.status().is_terminal() {
-            return Err(format!(
-                "{p} is still {} after operators ended every parked payment",
-                t.state.status()
-            ));
-        }
-        books_agree(w, *p, t.state.status(), &t.state)?;
+/// Once at rest: nothing in flight; every payment ended or parked with a reason; what each
+/// merchant heard, counted; each payment's state and postings backed by the provider's
+/// books; and, for a payment not parked, the totals and the card hold.
+pub fn at_rest(w: &World) -> Checked {
+    always(w)?;
+    if !w.queue.is_empty() || w.adapter.pending() {
+        let detail = "at rest with messages in flight or operations pending".into();
+        return broke(Invariant::Settles, detail);
     }
-    for op in w
-        .adapter
-        .ops
-        .iter()
-        .filter(|o| o.status == OpStatus::Declined)
-    {
-        let Some(refund_id) = op.refund_id else {
+    posted_once(w)?;
+    for (p, t) in &w.payments {
+        let s = &t.state;
+        if !s.status().is_terminal() && !s.attention {
+            let detail = format!("{p} rests in {} without an operator's flag", s.status());
+            return broke(Invariant::Settles, detail);
+        }
+        finalized_once(w, *p, s)?;
+        refunds_announced_once(w, *p, s)?;
+        state_matches_provider(w, *p, s)?;
+        ledger_postings_match(w, *p, s)?;
+        if !s.attention && t.refund_flagged.is_empty() {
+            books_agree(w, *p, s)?;
+        }
+    }
+    Ok(())
+}
+
+/// One `payments.finalized` per terminal state reached (settled, then refunded), none for
+/// the others; at most one `payments.awaiting_capture`.
+fn finalized_once(w: &World, p: Uuid, s: &PaymentState) -> Checked {
+    let status = s.status();
+    let mut announced: Vec<PaymentStatus> = (w.notification.events.iter())
+        .filter(|e| e.payment == p)
+        .filter_map(|e| match e.heard {
+            Heard::Finalized(status) => Some(status),
+            _ => None,
+        })
+        .collect();
+    announced.sort_by_key(|s| s.as_str());
+    let mut expected = match status {
+        PaymentStatus::Settled | PaymentStatus::PartiallyRefunded => {
+            vec![PaymentStatus::Settled]
+        }
+        PaymentStatus::Refunded => vec![PaymentStatus::Settled, PaymentStatus::Refunded],
+        ended if ended.is_terminal() => vec![ended],
+        _ => Vec::new(),
+    };
+    expected.sort_by_key(|s| s.as_str());
+    if announced != expected {
+        let detail = format!(
+            "{p} is {status}: its merchant heard payments.finalized {announced:?}, not {expected:?}"
+        );
+        return broke(Invariant::FinalizedOnce, detail);
+    }
+    let awaiting = w.notification.heard(p, Heard::AwaitingCapture);
+    if awaiting > 1 {
+        let detail = format!("{p}: its merchant heard payments.awaiting_capture {awaiting} times");
+        return broke(Invariant::FinalizedOnce, detail);
+    }
+    Ok(())
+}
+
+/// Each refund announced as it ended, once: `refund.succeeded` for a succeeded one,
+/// `refund.failed` for a failed one, nothing for one still under way; nothing for a refund
+/// the payment does not have.
+fn refunds_announced_once(w: &World, p: Uuid, s: &PaymentState) -> Checked {
+    for r in &s.refunds {
+        let id = r.refund_id;
+        let heard = (
+            w.notification.heard(p, Heard::RefundSucceeded(id)),
+            w.notification.heard(p, Heard::RefundFailed(id)),
+        );
+        let expected = match r.status {
+            RefundStatus::Succeeded => (1, 0),
+            RefundStatus::Failed => (0, 1),
+            RefundStatus::Requested | RefundStatus::Processed => (0, 0),
+        };
+        if heard != expected {
+            let detail = format!(
+                "{p}: refund {id} is {}; its merchant heard (succeeded, failed) {heard:?} times, \
+                 not {expected:?}",
+                r.status
+            );
+            return broke(Invariant::RefundAnnouncedOnce, detail);
+        }
+    }
+    let stranger = w.notification.events.iter().find(|e| {
+        e.payment == p
+            && match e.heard {
+                Heard::RefundSucceeded(id) | Heard::RefundFailed(id) => s.refund(id).is_none(),
+                _ => false,
+            }
+    });
+    if let Some(e) = stranger {
+        let detail = format!(
+            "{p}: its merchant heard {:?} of a refund it does not have",
+            e.heard
+        );
+        return broke(Invariant::RefundAnnouncedOnce, detail);
+    }
+    Ok(())
+}
+
+/// The provider's books for `p` (empty when it was never asked).
+fn books(w: &World, p: Uuid) -> Books {
+    w.psp.books.get(&p).cloned().unwrap_or_default()
+}
+
+/// What the provider refunded under merchant refund `refund_id`'s key (`None`: the
+/// reversal of the capture), if it did.
+fn refunded(b: &Books, p: Uuid, refund_id: Option<Uuid>) -> Option<i64> {
+    let key = idempotency_key(
+        ProviderOperation::Refund,
+        p,
+        OperationKey::refund(refund_id),
+    );
+    b.refunds.get(&key).map(|(done, _)| *done)
+}
+
+/// What the payment's state says the provider did, it did, parked or not: the capture a
+/// stage holds (for what the payment says it captured), the authorization of an authorized
+/// payment, each refund counted as made (processed or succeeded, for its amount), and no
+/// refund counted as failed.
+fn state_matches_provider(w: &World, p: Uuid, s: &PaymentState) -> Checked {
+    let b = books(w, p);
+    let status = s.status();
+    let holds_capture = s.capture_id().is_some()
+        || matches!(
+            s.stage,
+            Stage::Reversed {
+                capture_id: Some(_)
+            }
+        );
+    let captured = s.to_capture().get();
+    if holds_capture && b.captured != Some(captured) {
+        let detail = format!(
+            "{p} is {status} with a capture of {captured}; the provider captured {:?}",
+            b.captured
+        );
+        return broke(Invariant::StateMatchesProvider, detail);
+    }
+    if matches!(s.stage, Stage::Authorized { .. }) && b.authorized.is_none() {
+        let detail = format!("{p} is AUTHORIZED; the provider holds no authorization");
+        return broke(Invariant::StateMatchesProvider, detail);
+    }
+    for r in &s.refunds {
+        let done = refunded(&b, p, Some(r.refund_id));
+        let backed = match r.status {
+            RefundStatus::Processed | RefundStatus::Succeeded => done == Some(r.amount.get()),
+            RefundStatus::Failed => done.is_none(),
+            RefundStatus::Requested => true,
+        };
+        if !backed {
+            let detail = format!(
+                "{p}: refund {} of {} is {}; the provider refunded {done:?} under its key",
+                r.refund_id, r.amount, r.status
+            );
+            return broke(Invariant::StateMatchesProvider, detail);
+        }
+    }
+    Ok(())
+}
+
+/// Every posting of the payment is backed, parked or not: a merchant refund's by a refund
+/// the payment counts as made and the provider made for that amount; the reversal of the
+/// capture posting by that posting, for its amount.
+fn ledger_postings_match(w: &World, p: Uuid, s: &PaymentState) -> Checked {
+    let b = books(w, p);
+    let capture = w.ledger.of(p).find(|x| x.kind == Kind::Capture);
+    for posting in w.ledger.of(p) {
+        let Kind::Refund(id) = posting.kind else {
             continue;
         };
-        let refund = w.payments[&op.payment].state.refund(refund_id);
-        if refund.is_none_or(|r| r.status != RefundStatus::Failed) {
-            return Err(format!(
-                "{}: refund {refund_id} was declined by the provider but is {:?}",
-                op.payment,
-                refund.map(|r| r.status)
-            ));
-        }
-        if w.notification.refunds_failed.get(&refund_id) != Some(&1) {
-            return Err(format!(
-                "{}: refund {refund_id} declined, announced {:?} times",
-                op.payment,
-                w.notification.refunds_failed.get(&refund_id)
-            ));
+        let amount = posting.amount.get();
+        let backed = if id == capture_reversal_id(p) {
+            capture.is_some_and(|c| c.amount.get() == amount)
+        } else {
+            let counted = s.refund(id).is_some_and(|r| {
+                matches!(r.status, RefundStatus::Processed | RefundStatus::Succeeded)
+            });
+            counted && refunded(&b, p, Some(id)) == Some(amount)
+        };
+        if !backed {
+            let detail = format!(
+                "{p} ({}): the ledger posted refund {id} of {amount}, which nothing backs",
+                s.status()
+            );
+            return broke(Invariant::LedgerPostingsMatchProvider, detail);
         }
     }
     Ok(())
 }
 
-/// The provider's books, the ledger and the payment's status tell one story.
-fn books_agree(
-    w: &World,
-    p: uuid::Uuid,
-    status: PaymentStatus,
-    s: &crate::saga::state::PaymentState,
-) -> Result<(), String> {
-    let b = w.psp.books.get(&p).cloned().unwrap_or_default();
-    let posted = w.ledger.books.get(&p).cloned().unwrap_or_default();
+/// The totals of a payment not parked: what the provider holds is what its status says,
+/// the ledger holds the same, and no authorization is left open on one that ended without
+/// its capture.
+fn books_agree(w: &World, p: Uuid, s: &PaymentState) -> Checked {
+    let b = books(w, p);
+    let status = s.status();
     let psp_net = b.captured.unwrap_or(0) - b.refunded;
-    let ledger_net = posted.capture.as_ref().map_or(0, |c| c.1.get())
-        - posted.refunds.values().map(|r| r.0.get()).sum::<i64>();
-    if psp_net != ledger_net {
-        return Err(format!(
-            "{p} ({status}): the provider holds {psp_net}, the ledger {ledger_net}"
-        ));
-    }
-    let succeeded: i64 = s
-        .refunds
-        .iter()
-        .filter(|r| r.status == RefundStatus::Succeeded)
-        .map(|r| r.amount.get())
-        .sum();
     let expected = match &s.stage {
         Stage::Settled { .. } | Stage::PartiallyRefunded { .. } | Stage::Refunded { .. } => {
-            Some(s.to_capture().get() - succeeded)
+            Some(s.to_capture().get() - s.succeeded_refunds())
         }
         Stage::Failed | Stage::Reversed { .. } | Stage::Canceled => Some(0),
         _ => None,
     };
-    if let Some(expected) = expected {
-        if psp_net != expected {
-            return Err(format!(
-                "{p} is {status} and the provider holds {psp_net}, not {expected}"
-            ));
-        }
+    if expected.is_some_and(|e| e != psp_net) {
+        let detail = format!(
+            "{p} is {status} and the provider holds {psp_net}, not {}",
+            expected.unwrap_or_default()
+        );
+        return broke(Invariant::StatusMatchesProvider, detail);
     }
     if status == PaymentStatus::Canceled && b.captured.is_some() {
-        return Err(format!("{p} is CANCELED and was captured"));
+        let detail = format!("{p} is CANCELED and was captured");
+        return broke(Invariant::StatusMatchesProvider, detail);
     }
-    // No card hold left: an authorization of a payment that ended without keeping a capture
-    // was voided (or captured, and the capture refunded).
+    let ledger_net = w.ledger.net(p);
+    if psp_net != ledger_net {
+        let detail =
+            format!("{p} ({status}): the provider holds {psp_net}, the ledger {ledger_net}");
+        return broke(Invariant::LedgerMatchesProvider, detail);
+    }
+    no_open_authorization(w, p, status, &b)
+}
+
+/// A payment that ended without keeping a capture left no card hold: its authorization was
+/// voided (or captured, and the capture refunded); unless the provider refused the void,
+/// when the hold lapses at the card's issuer.
+fn no_open_authorization(w: &World, p: Uuid, status: PaymentStatus, b: &Books) -> Checked {
     let ended_empty = matches!(
         status,
         PaymentStatus::Failed | PaymentStatus::Reversed | PaymentStatus::Canceled
     );
-    if ended_empty && b.authorized.is_some() && !b.voided && b.captured.is_none() {
-        return Err(format!(
+    let open = b.authorized.is_some() && !b.voided && b.captured.is_none();
+    let refused = (w.adapter.ops.iter()).any(|o| {
+        o.payment() == p
+            && o.operation() == ProviderOperation::Void
+            && o.status == OperationStatus::Declined
+    });
+    if ended_empty && open && !refused {
+        let detail = format!(
             "{p} is {status} and its authorization of {:?} is still open at the provider",
             b.authorized
-        ));
+        );
+        return broke(Invariant::NoOpenAuthorization, detail);
     }
-    // The merchant heard of exactly the refunds that succeeded.
-    let heard = w
-        .notification
-        .refunds_succeeded
-        .get(&p)
-        .cloned()
-        .unwrap_or_default();
-    let succeeded_ids: std::collections::BTreeSet<uuid::Uuid> = s
+    Ok(())
+}
+
+/// A payment operators cannot end through the saga: the provider performed its reversal for
+/// another amount than was asked, and the saga flagged it (never applied): an operator
+/// reconciles it by hand.
+pub fn left_to_reconcile(w: &World, p: Uuid, t: &Tracked) -> bool {
+    let b = books(w, p);
+    let key = idempotency_key(ProviderOperation::Refund, p, OperationKey::NONE);
+    let other = b
         .refunds
-        .iter()
-        .filter(|r| r.status == RefundStatus::Succeeded)
-        .map(|r| r.refund_id)
-        .collect();
-    if heard != succeeded_ids {
-        return Err(format!(
-            "{p}: refunds succeeded {succeeded_ids:?}, its merchant heard of {heard:?}"
-        ));
+        .get(&key)
+        .is_some_and(|(done, asked)| done != asked);
+    other && t.state.attention && t.flag == Some(FlagKind::AmountMismatch("reversal refund"))
+}
+
+/// Once operators ended every parked payment: every payment ended (but those left to
+/// reconcile by hand), its books agreeing, and every refund the provider declined failed
+/// (the refusal reached the saga).
+pub fn ended(w: &World) -> Checked {
+    at_rest(w)?;
+    for (p, t) in &w.payments {
+        if left_to_reconcile(w, *p, t) {
+            continue;
+        }
+        if !t.state.status().is_terminal() {
+            let detail = format!(
+                "{p} is still {} after operators ended every parked payment",
+                t.state.status()
+            );
+            return broke(Invariant::OperatorsEndParked, detail);
+        }
+        books_agree(w, *p, &t.state)?;
+    }
+    let declined = (w.adapter.ops.iter()).filter(|o| o.status == OperationStatus::Declined);
+    for op in declined {
+        let Some(refund_id) = op.refund_id() else {
+            continue;
+        };
+        let refund = w.payments[&op.payment()].state.refund(refund_id);
+        if refund.is_none_or(|r| r.status != RefundStatus::Failed) {
+            let detail = format!(
+                "{}: refund {refund_id} was declined by the provider but is {:?}",
+                op.payment(),
+                refund.map(|r| r.status)
+            );
+            return broke(Invariant::DeclinedRefundFails, detail);
+        }
     }
     Ok(())
 }

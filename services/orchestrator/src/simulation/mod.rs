@@ -1,21 +1,23 @@
 //! The deterministic simulator: seeded, single-threaded, no I/O. It runs the saga's real
-//! core ([`crate::saga::decide::decide`], applied with [`crate::saga::apply::apply`]) and the
-//! provider adapter's real retry policy (`sagapay_provider_adapter::policy::decide`)
+//! core ([`crate::saga::decide::decide`], applied with [`crate::saga::apply::apply`]) and
+//! every decision of the provider adapter through the adapter's own functions
+//! (`sagapay_provider_adapter::policy`, `sagapay_provider_adapter::replies`; see `adapter`)
 //! against models of risk, the adapter's operations, the payment provider (which refuses
-//! what a PSP refuses), the ledger and notification, connected by a network that delays,
-//! reorders (across payments, and between an adapter's two relays), duplicates and
-//! redelivers messages and parks some as dead letters, with crashes that lose what was not
-//! committed. Merchants and operators act at random moments. The invariants
-//! ([`invariants`]) are checked after every step and once the faults stop and everything
-//! settles.
+//! what a PSP refuses, and declines and pays back short of its own accord), the ledger and
+//! notification (whose rows can hold a second posting or announcement, behind their own
+//! inboxes), connected by a network that delays, reorders (across payments, and between an
+//! adapter's two relays), duplicates and redelivers messages and parks some as dead
+//! letters, with crashes that lose what was not committed. Merchants and operators act at
+//! random moments. The invariants ([`invariants`], each named) are checked after every step
+//! and once the faults stop and everything settles.
 //!
-//! A failing seed prints itself and the trace of steps that led there;
-//! `scripts/simulate.sh --seed S` replays it exactly, `--seeds N` runs many.
+//! A failing seed prints itself, the invariant it broke and the trace of steps that led
+//! there; `scripts/simulate.sh --seed S` replays it exactly, `--seeds N` runs many.
 //!
 //! What the models leave out is listed in `docs/architecture.md` ("The simulator").
 
 mod adapter;
-mod invariants;
+pub mod invariants;
 mod models;
 mod world;
 
@@ -83,6 +85,8 @@ impl Default for Config {
 pub struct Failure {
     pub seed: u64,
     pub step: usize,
+    /// The rule that broke.
+    pub invariant: invariants::Invariant,
     pub violation: String,
     pub trace: Vec<String>,
 }
@@ -91,8 +95,8 @@ impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(
             f,
-            "simulation seed {} failed at step {}: {}",
-            self.seed, self.step, self.violation
+            "simulation seed {} failed at step {}: [{:?}] {}",
+            self.seed, self.step, self.invariant, self.violation
         )?;
         writeln!(
             f,
@@ -120,6 +124,14 @@ pub struct Summary {
     pub refused: usize,
     /// Payments parked for an operator that an operator ended once the faults stopped.
     pub ended_by_operators: usize,
+    /// Payments whose reversal the provider performed for another amount, left parked.
+    pub left_to_reconcile: usize,
+    /// Payments FAILED with their authorization open because the provider refused the void.
+    pub holds_lapsed: usize,
+    /// Redeliveries the ledger's and notification's inboxes stopped.
+    pub redeliveries_skipped: u64,
+    /// Posting requests the ledger answered with a posting it had made (its unique key).
+    pub posted_again: u64,
 }
 
 /// Runs seed `seed`.

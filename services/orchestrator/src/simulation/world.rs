@@ -2,19 +2,22 @@
 //! services' models, the network between them, the clock, and the merchants and operators.
 
 use super::adapter::{Adapter, Psp, Request};
-use super::models::{Ledger, Notification, Risk};
+use super::invariants::{Checked, Invariant};
+use super::models::{Inbox, Ledger, Notification, Risk};
 use super::{invariants, Config, Dice, Failure, Summary};
 use crate::saga::apply::apply;
 use crate::saga::consumed::Event;
 use crate::saga::deadlines::Deadlines;
 use crate::saga::decide::decide;
 use crate::saga::decision::{
-    Command, Decision, Effect, Input, MerchantRequest, OperatorRequest, RefundEffect, RefusalKind,
+    Command, Decision, Effect, FlagKind, Input, MerchantRequest, OperatorRequest, RefundEffect,
+    RefusalKind,
 };
 use crate::saga::state::{PaymentState, Stage, Terms};
 use chrono::{DateTime, TimeZone, Utc};
 use sagapay_domain::events::{CaptureMethod, ProviderOperation};
 use sagapay_domain::{AmountMinor, Currency, CustomerId, PaymentMethod};
+use sagapay_provider_adapter::records::OperationStatus;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 use uuid::Uuid;
@@ -55,6 +58,8 @@ pub struct Tracked {
     pub due: Option<u64>,
     pub refund_due: BTreeMap<Uuid, Option<u64>>,
     pub refund_flagged: BTreeSet<Uuid>,
+    /// Why it is parked, while it is.
+    pub flag: Option<FlagKind>,
 }
 
 pub struct World {
@@ -67,7 +72,9 @@ pub struct World {
     pub deadlines: Deadlines,
     pub payments: BTreeMap<Uuid, Tracked>,
     order: Vec<Uuid>,
-    inboxes: BTreeMap<To, BTreeSet<u64>>,
+    /// The orchestrator's, risk's and the adapter's inboxes (the ledger and notification
+    /// hold their own, see `models`).
+    inboxes: BTreeMap<To, Inbox>,
     pub queue: Vec<Msg>,
     /// Messages parked as dead letters; an operator replays them once the faults stop.
     parked: Vec<Msg>,
@@ -79,9 +86,9 @@ pub struct World {
     pub notification: Notification,
     pub trace: Vec<String>,
     summary: Summary,
-    /// Payment id and status of anything sent for a payment that had already ended, other
-    /// than what its refunds need (checked by the invariants).
-    pub sent_after_end: Vec<String>,
+    /// What broke while deciding (checked by the invariants): a decision that does not apply
+    /// or an input refused as broken, anything but refund work sent for a payment that ended.
+    pub breaches: Vec<(Invariant, String)>,
     /// Admission control's count of each merchant's payments in the pipeline, followed
     /// decision by decision as the shell follows it (checked against a recount).
     pub admission: BTreeMap<Uuid, i64>,
@@ -122,7 +129,7 @@ impl World {
             notification: Notification::default(),
             trace: Vec::new(),
             summary: Summary::default(),
-            sent_after_end: Vec::new(),
+            breaches: Vec::new(),
             admission: BTreeMap::new(),
         }
     }
@@ -140,13 +147,37 @@ impl World {
         self.check(invariants::at_rest)?;
         self.summary.flagged = self.payments.values().filter(|t| t.state.attention).count();
         self.end_parked()?;
-        self.summary.steps = self.step;
-        self.summary.terminal = self
-            .payments
-            .values()
+        self.summarize();
+        Ok(self.summary)
+    }
+
+    /// What the run reached, for the suite's report and its checks that the invariants did
+    /// not hold vacuously.
+    fn summarize(&mut self) {
+        let terminal = (self.payments.values())
             .filter(|t| t.state.status().is_terminal())
             .count();
-        Ok(self.summary)
+        let left_to_reconcile = (self.payments.iter())
+            .filter(|(p, t)| invariants::left_to_reconcile(self, **p, t))
+            .count();
+        let void_declined = |p: Uuid| {
+            self.adapter.ops.iter().any(|o| {
+                o.payment() == p
+                    && o.operation() == ProviderOperation::Void
+                    && o.status == OperationStatus::Declined
+            })
+        };
+        let holds_lapsed = (self.payments.values())
+            .filter(|t| t.state.status() == sagapay_domain::PaymentStatus::Failed)
+            .filter(|t| void_declined(t.state.terms.payment_id))
+            .count();
+        let s = &mut self.summary;
+        s.steps = self.step;
+        s.terminal = terminal;
+        s.left_to_reconcile = left_to_reconcile;
+        s.holds_lapsed = holds_lapsed;
+        s.redeliveries_skipped = self.ledger.inbox.skipped() + self.notification.inbox.skipped();
+        s.posted_again = self.ledger.answered_again;
     }
 
     /// Steps until nothing is left to do (no faults any more); a failure if that never comes.
@@ -158,9 +189,10 @@ impl World {
             self.check(invariants::always)?;
         }
         let busy = self.busy();
-        Err(self.failure(format!(
-            "nothing settles: still busy after every settling step: {busy}"
-        )))
+        Err(self.failure(
+            Invariant::Settles,
+            format!("nothing settles: still busy after every settling step: {busy}"),
+        ))
     }
 
     /// Once at rest, operators end every payment parked for one: a capture of another amount
@@ -217,10 +249,11 @@ impl World {
                 return Ok(());
             }
             Err(r) => {
-                return Err(self.failure(format!(
+                let why = format!(
                     "{p} parked in {}: an operator cannot end it: {r}",
                     s.status()
-                )))
+                );
+                return Err(self.failure(Invariant::OperatorsEndParked, why));
             }
         }
         self.trace
@@ -242,8 +275,15 @@ impl World {
             .adapter
             .ops
             .iter()
-            .filter(|o| o.status == super::adapter::OpStatus::Pending)
-            .map(|o| format!("{:?} of {} next at {}", o.operation, o.payment, o.next_at))
+            .filter(|o| o.status == OperationStatus::Pending)
+            .map(|o| {
+                format!(
+                    "{:?} of {} next at {}",
+                    o.operation(),
+                    o.payment(),
+                    o.next_at
+                )
+            })
             .collect();
         let due: Vec<String> = self
             .payments
@@ -264,14 +304,15 @@ impl World {
         )
     }
 
-    fn check(&mut self, rule: fn(&World) -> Result<(), String>) -> Result<(), Box<Failure>> {
-        rule(self).map_err(|v| self.failure(v))
+    fn check(&mut self, rule: fn(&World) -> Checked) -> Result<(), Box<Failure>> {
+        rule(self).map_err(|v| self.failure(v.invariant, v.detail))
     }
 
-    fn failure(&self, violation: String) -> Box<Failure> {
+    fn failure(&self, invariant: Invariant, violation: String) -> Box<Failure> {
         Box::new(Failure {
             seed: self.seed,
             step: self.step,
+            invariant,
             violation,
             trace: self.trace.clone(),
         })
@@ -417,6 +458,7 @@ impl World {
                 state,
                 refund_due: BTreeMap::new(),
                 refund_flagged: BTreeSet::new(),
+                flag: None,
             },
         );
         self.order.push(payment_id);
@@ -483,8 +525,9 @@ impl World {
             self.parked.push(msg);
             return true;
         }
-        let inbox = self.inboxes.entry(msg.to).or_default();
-        if !inbox.insert(msg.id) {
+        // The ledger and notification read through inboxes of their own (`models`).
+        let own_inbox = matches!(msg.to, To::Ledger | To::Notification);
+        if !own_inbox && !self.inboxes.entry(msg.to).or_default().first(msg.id) {
             self.trace.push(format!(
                 "t={} {:?} skips duplicate {}",
                 self.now, msg.to, msg.id
@@ -519,10 +562,13 @@ impl World {
             }
             (To::Ledger, Body::Command(c)) => {
                 let refuse = if self.faults { 4 } else { 0 };
-                let ev = self.ledger.post(p, &c, &mut self.dice, refuse);
-                self.send(p, To::Ledger, Body::Event(ev));
+                let answer = (self.ledger).receive(msg.id, p, &c, &mut self.dice, refuse);
+                match answer {
+                    Some(ev) => self.send(p, To::Ledger, Body::Event(ev)),
+                    None => self.trace.push("  the ledger's inbox skips it".into()),
+                }
             }
-            (To::Notification, Body::Command(c)) => self.notification.receive(p, msg.id, &c),
+            (To::Notification, Body::Command(c)) => self.notification.receive(msg.id, p, &c),
             (to, body) => unreachable!("{to:?} does not receive {body:?}"),
         }
     }
@@ -538,7 +584,7 @@ impl World {
                 reference,
                 reason,
                 capture_method: t.capture_method,
-                declined_card: t.payment_method.as_str() == "pm_card_declined",
+                payment_method: t.payment_method.as_str().to_owned(),
             };
         match c {
             Command::Authorize(a) => base(
@@ -582,11 +628,11 @@ impl World {
         self.trace.push(format!(
             "t={} adapter attempts {:?} of {} (attempt {})",
             self.now,
-            op.operation,
-            op.payment,
+            op.operation(),
+            op.payment(),
             op.attempts + 1
         ));
-        let payment = op.payment;
+        let payment = op.payment();
         let events = self.adapter.attempt(
             i,
             &mut self.psp,
@@ -710,8 +756,8 @@ impl World {
         let decision = match decide(&state, &input, self.clock(), &self.deadlines) {
             Ok(d) => d,
             Err(r) if r.kind == RefusalKind::Broken => {
-                self.sent_after_end
-                    .push(format!("{p}: the saga refused {input:?} as broken: {r}"));
+                let why = format!("{p}: the saga refused {input:?} as broken: {r}");
+                self.breaches.push((Invariant::DecisionsApply, why));
                 return;
             }
             Err(r) => {
@@ -725,17 +771,14 @@ impl World {
         if state.status().is_terminal() {
             for c in &decision.send {
                 if !refund_work(c) {
-                    self.sent_after_end.push(format!(
-                        "{p} is {} and sent {:?}",
-                        state.status(),
-                        c.event_type()
-                    ));
+                    let why = format!("{p} is {} and sent {:?}", state.status(), c.event_type());
+                    self.breaches.push((Invariant::NothingSentAfterEnd, why));
                 }
             }
         }
         if let Err(e) = self.commit(p, &state, &decision) {
-            self.sent_after_end
-                .push(format!("{p}: the decision does not apply: {e}"));
+            let why = format!("{p}: the decision does not apply: {e}");
+            self.breaches.push((Invariant::DecisionsApply, why));
             return;
         }
         // Admission follows the payment as the shell does once the decision commits.
@@ -765,13 +808,14 @@ impl World {
                 }
                 Effect::ClearDeadline => t.due = None,
                 Effect::Refund(r) => refund_due(t, r, ms(dl.refund), now),
-                Effect::Ignore(_)
-                | Effect::Step { .. }
-                | Effect::Flag { .. }
-                | Effect::Mismatch(_) => {}
+                Effect::Flag { kind, .. } => t.flag = Some(*kind),
+                Effect::Ignore(_) | Effect::Step { .. } | Effect::Mismatch(_) => {}
             }
         }
         s.due = None;
+        if !s.attention {
+            t.flag = None;
+        }
         t.state = s;
         Ok(())
     }

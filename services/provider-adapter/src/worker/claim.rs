@@ -35,6 +35,7 @@
 //! merchants with due work instead.
 
 use super::{Claimed, Worker};
+use crate::policy;
 use crate::provider::PaymentProvider;
 use anyhow::Context;
 use sagapay_messaging::MessageHeaders;
@@ -55,21 +56,31 @@ const PRIORITY: &str =
     "(CASE WHEN o.operation = 'AUTHORIZE' AND NOT o.resolving THEN 1 ELSE 0 END)";
 
 /// An operation the worker may claim: pending, not claimed (or its claim expired), and not a
-/// void while an authorization or capture of its payment is pending (it must never run
-/// before what it undoes).
-const CLAIMABLE: &str = "o.status = 'PENDING'
+/// void while an operation it waits for (an authorization or capture of its payment,
+/// [`policy::VOID_WAITS_FOR`]) is pending: it must never run before what it undoes.
+fn claimable() -> String {
+    let waits_for: Vec<String> = policy::VOID_WAITS_FOR
+        .iter()
+        .map(|o| format!("'{}'", o.as_str()))
+        .collect();
+    format!(
+        "o.status = 'PENDING'
     AND (o.claimed_until IS NULL OR o.claimed_until < now())
     AND NOT (o.operation = 'VOID' AND EXISTS (
         SELECT 1 FROM provider_operations a
-         WHERE a.payment_id = o.payment_id AND a.operation IN ('AUTHORIZE', 'CAPTURE')
-           AND a.status = 'PENDING'))";
+         WHERE a.payment_id = o.payment_id AND a.operation IN ({})
+           AND a.status = 'PENDING'))",
+        waits_for.join(", ")
+    )
+}
 
 /// The claimable operations of priority `priority` of the merchant `s.merchant_id` that also
 /// meet `and`, by due time, at most `limit`, as `columns`: a range of the index.
 fn in_turn(priority: u8, columns: &str, and: &str, limit: &str) -> String {
+    let claimable = claimable();
     format!(
         "(SELECT {columns} FROM provider_operations o
-           WHERE {MERCHANT} = s.merchant_id AND {PRIORITY} = {priority} AND {CLAIMABLE}{and}
+           WHERE {MERCHANT} = s.merchant_id AND {PRIORITY} = {priority} AND {claimable}{and}
            ORDER BY o.next_attempt_at LIMIT {limit})"
     )
 }
@@ -339,6 +350,15 @@ mod tests {
         let mut held: Vec<_> = merchants.into_iter().zip(counts).collect();
         held.sort();
         held
+    }
+
+    #[test]
+    fn a_void_waits_for_what_the_policy_names() {
+        assert!(
+            claimable().contains("a.operation IN ('AUTHORIZE', 'CAPTURE')"),
+            "{}",
+            claimable()
+        );
     }
 
     #[test]

@@ -3,13 +3,15 @@
 //! manual payment nobody acted on is voided (its authorization expired); one that waits for
 //! a person is flagged. A merchant refund likewise.
 
+use super::mutation::{self, Mutation};
 use super::Decided;
 use crate::saga::commands::{self, Outstanding};
 use crate::saga::deadlines::Deadlines;
-use crate::saga::decision::{Decision, Effect, FlagKind, RefundEffect, Refusal};
+use crate::saga::decision::{Decision, Effect, Facts, FlagKind, RefundEffect, Refusal};
 use crate::saga::state::{Manual, PaymentState};
 use crate::store::MerchantAction;
 use chrono::{DateTime, Utc};
+use sagapay_domain::PaymentStatus;
 use uuid::Uuid;
 
 pub fn payment(s: &PaymentState, now: DateTime<Utc>, d: &Deadlines) -> Decided {
@@ -42,6 +44,10 @@ pub fn payment(s: &PaymentState, now: DateTime<Utc>, d: &Deadlines) -> Decided {
                 reason,
                 kind: FlagKind::Overdue,
             })
+        }
+        Outstanding::Expired if mutation::active(Mutation::ExpiryWithoutVoid) => {
+            let reason = "not captured in time: canceled".to_owned();
+            super::end(s, PaymentStatus::Canceled, reason, Facts::default())
         }
         Outstanding::Expired => {
             let reason = format!(

@@ -271,8 +271,7 @@ pub fn payment_reversed(s: &PaymentState, ev: &PaymentReversed) -> Decided {
         && ev.amount_minor == Some(s.terms.amount)
         && ev.currency == Some(s.terms.currency);
     if let (Some(amount), Some(currency), false) = (ev.amount_minor, ev.currency, asked_before) {
-        let checked = !mutation::active(Mutation::ReversalAmountUnchecked)
-            && !mutation::active(Mutation::OverRefundBeforeFix);
+        let checked = !mutation::active(Mutation::ReversalAmountUnchecked);
         let expected = (expected, s.terms.currency);
         if let Some(flag) = differs(kind, (amount, currency), expected).filter(|_| checked) {
             return Ok(flag);
@@ -340,9 +339,16 @@ pub fn refund_posted(s: &PaymentState, ev: &RefundPosted) -> Decided {
         .refund(ev.refund_id)
         .filter(|r| r.status == RefundStatus::Processed)
     else {
-        return Ok(Decision::of(Effect::Ignore(
-            crate::saga::decision::Ignored::Stale,
-        )));
+        let stale = Decision::of(Effect::Ignore(crate::saga::decision::Ignored::Stale));
+        return Ok(match s.refund(ev.refund_id) {
+            Some(r)
+                if r.status == RefundStatus::Succeeded
+                    && mutation::active(Mutation::RefundAnnouncedAgain) =>
+            {
+                stale.send(succeeded(s, r, s.status()))
+            }
+            _ => stale,
+        });
     };
     let captured = s.to_capture();
     let refunded = s.succeeded_refunds() + refund.amount.get();
@@ -359,14 +365,7 @@ pub fn refund_posted(s: &PaymentState, ev: &RefundPosted) -> Decided {
         "refund {} posted ({}): {refunded} of {captured} {} refunded",
         ev.refund_id, ev.journal_transaction_id, s.terms.currency
     );
-    let succeeded = crate::saga::decision::Command::RefundSucceeded(RefundSucceeded {
-        merchant_id: s.terms.merchant_id,
-        refund_id: ev.refund_id,
-        amount_minor: refund.amount,
-        currency: refund.currency,
-        reason: refund.reason.clone(),
-        payment_status: to,
-    });
+    let succeeded = succeeded(s, refund, to);
     let posted = Effect::Refund(RefundEffect::Succeeded {
         refund_id: ev.refund_id,
         journal_transaction_id: ev.journal_transaction_id,
@@ -380,6 +379,22 @@ pub fn refund_posted(s: &PaymentState, ev: &RefundPosted) -> Decided {
     decision.effects.extend(moving.effects);
     decision.send.extend(moving.send);
     Ok(decision)
+}
+
+/// The merchant's news of refund `r`'s success, the payment then `payment_status`.
+fn succeeded(
+    s: &PaymentState,
+    r: &crate::saga::state::Refund,
+    payment_status: PaymentStatus,
+) -> crate::saga::decision::Command {
+    crate::saga::decision::Command::RefundSucceeded(RefundSucceeded {
+        merchant_id: s.terms.merchant_id,
+        refund_id: r.refund_id,
+        amount_minor: r.amount,
+        currency: r.currency,
+        reason: r.reason.clone(),
+        payment_status,
+    })
 }
 
 /// The adapter gave an operation up: declined by the provider, or its outcome unknown after

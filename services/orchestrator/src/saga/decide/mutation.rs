@@ -1,6 +1,9 @@
 //! Deliberate bugs, for measuring the simulator's power (`crate::simulation`): in the
 //! orchestrator's own tests a test switches one on for its thread and checks that the
-//! simulation fails. In any other build [`active`] is `false` and compiles away.
+//! simulation fails, by the invariant the bug is about. Each is a change of the saga's
+//! production code (a hook here, tested where the code decides), never of the simulator's
+//! models: a bug the models could have is not a bug the platform can have. In any other
+//! build [`active`] is `false` and compiles away.
 
 /// A bug the simulator must find.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -9,17 +12,18 @@ pub enum Mutation {
     RefundBoundByAuthorized,
     /// A deadline of a settled payment sends its capture again.
     DeadlineRecapturesSettled,
-    /// The saga applies a reversal whatever amount it reports (the check before the fix of
-    /// the over-refund of a partial capture).
+    /// The saga applies a reversal whatever amount it reports: a provider that paid back
+    /// less than the capture leaves the payment REVERSED with money held.
     ReversalAmountUnchecked,
     /// A posting that arrives after its capture was refunded is ignored as stale (the bug
     /// the simulator found first: the ledger kept money the provider had paid back).
     LatePostingKept,
-    /// The adapter (its model in the simulator) voids while a capture is still pending.
-    VoidIgnoresPendingCapture,
-    /// The revision before the over-refund's fix: the adapter turned a void after a capture
-    /// into a refund of the authorized amount, and the saga did not check the amount.
-    OverRefundBeforeFix,
+    /// A manual payment nobody captured in time is canceled without voiding its
+    /// authorization: the hold stays on the customer's card.
+    ExpiryWithoutVoid,
+    /// The ledger's answer to a refund's posting repeated (a posting sent again after its
+    /// deadline or an operator's retry) announces the refund to its merchant again.
+    RefundAnnouncedAgain,
     /// A payment flagged for an operator keeps its place in admission control (the bug that
     /// locked every merchant out once enough payments were parked).
     ParkedHoldsPlace,
