@@ -55,7 +55,7 @@ if ! "$st" --version 2>/dev/null | grep -qF "$SCHEMATHESIS_VERSION"; then
     || { apt_install python3-venv && python3 -m venv "$LOCAL_DIR/st-venv"; }
   "$LOCAL_DIR/st-venv/bin/pip" install -q "schemathesis==$SCHEMATHESIS_VERSION"
 fi
-export SAGAPAY_SCHEMATHESIS="$st"
+export SCHEMATHESIS_BIN="$st"
 started=$SECONDS
 # The process-level tests run the services' binaries.
 cargo build --workspace --locked --bins

@@ -118,6 +118,7 @@ impl ServiceBuilder {
             .await
             .with_context(|| format!("binding {addr}"))?;
         let local = listener.local_addr()?;
+        report_bound_address(local)?;
         let token = self.shutdown.clone();
         let span = tracing::info_span!("http", service_name = self.service);
         self.tasks.spawn(
@@ -142,6 +143,22 @@ impl ServiceBuilder {
             tasks: self.tasks,
         })
     }
+}
+
+/// Writes the address the HTTP API is bound to into the file `SAGAPAY_HTTP_ADDR_FILE` names,
+/// when it names one: a supervisor that gave port 0 (`SAGAPAY_HTTP_ADDR=127.0.0.1:0`, as the
+/// tests' harness does) learns the port the kernel chose, instead of picking a free port
+/// itself and racing other programs for it until the service binds it. Written whole (a
+/// temporary file renamed over it), so a reader never sees half an address.
+fn report_bound_address(local: SocketAddr) -> anyhow::Result<()> {
+    let path = crate::config::env_or("SAGAPAY_HTTP_ADDR_FILE", "");
+    if path.is_empty() {
+        return Ok(());
+    }
+    let partial = format!("{path}.partial");
+    std::fs::write(&partial, local.to_string())
+        .and_then(|()| std::fs::rename(&partial, &path))
+        .with_context(|| format!("writing the bound address to {path} (SAGAPAY_HTTP_ADDR_FILE)"))
 }
 
 /// A started service. Dropping it does not stop it; call [`ServiceHandle::stop`].

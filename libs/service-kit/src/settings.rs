@@ -82,6 +82,8 @@ catalogue! {
         "a file holding `sasl.password` (kept out of the environment)";
     "SAGAPAY_HTTP_ADDR", Computed("`127.0.0.1:<service port>`"), "every service", false,
         "where the HTTP API listens";
+    "SAGAPAY_HTTP_ADDR_FILE", Unset, "every service", false,
+        "a file where the service writes the address its HTTP API is bound to, once bound: how a supervisor that gave port 0 in `SAGAPAY_HTTP_ADDR` (the tests' harness) learns the port";
     "SAGAPAY_HTTP_BODY_LIMIT_BYTES", Value("1048576"), "every service", false,
         "largest request body any route reads (413 above; the gateway's routes allow 16 KiB)";
     "SAGAPAY_HTTP_REQUEST_TIMEOUT_MS", Value("30000"), "every service", false,

@@ -353,15 +353,15 @@ impl TestStack {
 
     /// `sagapayctl reconcile` over the whole namespace, nothing left out as still settling.
     pub async fn reconcile(&self) -> sagapayctl::reconcile::Report {
-        sagapayctl::reconcile::run(
-            &sagapayctl::reconcile::Databases::of(&postgres_server_url(), &self.ns),
-            &sagapayctl::reconcile::Window {
-                settling: Duration::ZERO,
-                ..Default::default()
-            },
-        )
-        .await
-        .expect("reconciliation runs")
+        reconcile(&self.ns).await
+    }
+
+    /// Reconciliation finds no difference and compared all `accepted` payments (see
+    /// [`assert_reconciled`]).
+    pub async fn reconciled(&self, accepted: usize) -> sagapayctl::reconcile::Report {
+        let report = self.reconcile().await;
+        assert_reconciled(&report, accepted);
+        report
     }
 
     /// POST /payments with `api_key` (another merchant's than the development one).
@@ -403,6 +403,33 @@ impl TestStack {
 
     pub fn kafka(&self) -> sagapay_messaging::KafkaSettings {
         config("gateway", &self.ns).kafka
+    }
+
+    /// Messages ever written to the channel that carries `event_type` in this namespace: the
+    /// sum of its partitions' high watermarks.
+    pub async fn messages_in_channel_of(&self, event_type: &str) -> i64 {
+        let (kafka, topic) = (self.kafka(), self.ns.topic(event_type));
+        tokio::task::spawn_blocking(move || {
+            let probe = kafka
+                .consumer(&format!("{topic}.probe.{}", Uuid::new_v4()), "e2e-probe")
+                .expect("consumer");
+            let timeout = Duration::from_secs(10);
+            let metadata = probe
+                .fetch_metadata(Some(&topic), timeout)
+                .expect("topic metadata");
+            metadata.topics()[0]
+                .partitions()
+                .iter()
+                .map(|p| {
+                    probe
+                        .fetch_watermarks(&topic, p.id(), timeout)
+                        .expect("watermarks")
+                        .1
+                })
+                .sum()
+        })
+        .await
+        .expect("watermarks task")
     }
 
     /// Takes the simulated provider down for `seconds` (0 ends it), for `operations` or all.
@@ -718,54 +745,138 @@ pub fn target_binary(name: &str) -> std::path::PathBuf {
     bin
 }
 
-/// The six services as real processes (the debug binaries), each on a port of its own from a
-/// range given by the test, logging to files in a directory of the test's own. Killed when
-/// dropped. With several instances, instance `i` of a service has the id `i`
-/// (`SAGAPAY_INSTANCE_ID`) and gateway `i` calls orchestrator `i`; the methods without an
-/// instance act on instance 1.
+/// How a service started as a process tells where it listens: it binds port 0 and writes the
+/// address the kernel gave it to a file (`SAGAPAY_HTTP_ADDR_FILE`). No port is picked free by
+/// the test and handed to the process later, when another program may have taken it.
+pub struct ReportedAddr {
+    file: std::path::PathBuf,
+}
+
+impl ReportedAddr {
+    /// Makes `command` bind port 0 on `host` and report the address to a file of its own.
+    pub fn listen(command: &mut std::process::Command, host: std::net::IpAddr) -> ReportedAddr {
+        let file = std::env::temp_dir().join(format!("sagapay-addr-{}", Uuid::new_v4().simple()));
+        Self::listen_at(command, std::net::SocketAddr::new(host, 0), file)
+    }
+
+    /// Makes `command` bind `addr` (port 0: any) and report the address bound to `file`.
+    fn listen_at(
+        command: &mut std::process::Command,
+        addr: std::net::SocketAddr,
+        file: std::path::PathBuf,
+    ) -> ReportedAddr {
+        let _ = std::fs::remove_file(&file);
+        command
+            .env("SAGAPAY_HTTP_ADDR", addr.to_string())
+            .env("SAGAPAY_HTTP_ADDR_FILE", &file);
+        ReportedAddr { file }
+    }
+
+    /// The address, if the service reported it yet.
+    fn read(&self) -> Option<std::net::SocketAddr> {
+        std::fs::read_to_string(&self.file)
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// Waits until the service reports its address (a minute at most); an error when `child`
+    /// exits first, or the minute passes.
+    pub fn wait(&self, child: &mut std::process::Child) -> Result<std::net::SocketAddr, String> {
+        blocking(|| {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                if let Some(addr) = self.read() {
+                    return Ok(addr);
+                }
+                if let Ok(Some(status)) = child.try_wait() {
+                    return Err(format!("the service exited ({status}) before it listened"));
+                }
+                if Instant::now() >= deadline {
+                    return Err(format!(
+                        "no address reported in {} within a minute",
+                        self.file.display()
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    }
+}
+
+impl Drop for ReportedAddr {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.file);
+    }
+}
+
+/// Runs `f`, which blocks its thread, off the runtime's workers when it runs on a
+/// multi-threaded runtime (a current-thread runtime has no other worker to lose).
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(rt) if rt.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
+/// The six services as real processes (the debug binaries), logging to files in a directory of
+/// the test's own. Killed when dropped. With several instances, instance `i` of a service has
+/// the id `i` (`SAGAPAY_INSTANCE_ID`) and gateway `i` calls orchestrator `i`; the methods
+/// without an instance act on instance 1.
+///
+/// Ports are bound once, by the services: each binds port 0 on a loopback address of this
+/// set's own (127.x.y.z, not 127.0.0.1) and reports the port it got ([`ReportedAddr`]). A
+/// service started again binds the address it had, so the gateway still reaches its
+/// orchestrator and notification service there; nothing else binds on that address meanwhile
+/// (other tests listen on 127.0.0.1, connections to the services come from 127.0.0.1).
 pub struct Processes {
     pub ns: Namespace,
-    pub ports: std::collections::HashMap<(&'static str, u32), u16>,
     pub log_dir: std::path::PathBuf,
+    host: std::net::Ipv4Addr,
     instances: u32,
-    children: std::collections::HashMap<(&'static str, u32), std::process::Child>,
+    started: std::sync::Mutex<std::collections::HashMap<(&'static str, u32), Started>>,
     env: Vec<(String, String)>,
 }
 
+/// A service instance started at least once.
+struct Started {
+    /// The running process (none once killed).
+    child: Option<std::process::Child>,
+    /// Where its first process said it listens (where every later one listens too).
+    addr: Option<std::net::SocketAddr>,
+    reported: ReportedAddr,
+}
+
 impl Processes {
-    /// Picks a port per service from `ports` (keep each test's range apart); `env` is added to
-    /// every service's environment.
-    pub fn new(ns: Namespace, ports: std::ops::Range<u16>, env: &[(&str, &str)]) -> Processes {
-        Self::with_instances(ns, ports, env, 1)
+    /// One instance of every service; `env` is added to every service's environment. The
+    /// range is not used any more (the services bind port 0, see [`Processes`]); it stays for
+    /// the callers that still pass one.
+    pub fn new(ns: Namespace, _ports: std::ops::Range<u16>, env: &[(&str, &str)]) -> Processes {
+        Self::with_instances(ns, env, 1)
     }
 
-    /// [`Processes::new`] with `instances` instances of every service.
-    pub fn with_instances(
-        ns: Namespace,
-        ports: std::ops::Range<u16>,
-        env: &[(&str, &str)],
-        instances: u32,
-    ) -> Processes {
-        let mut chosen = std::collections::HashMap::new();
-        for i in 1..=instances {
-            for s in SERVICES {
-                let port = loop {
-                    let p = free_port(ports.clone());
-                    if !chosen.values().any(|&q| q == p) {
-                        break p;
-                    }
-                };
-                chosen.insert((s, i), port);
-            }
-        }
+    /// One instance of every service; `env` is added to every service's environment.
+    pub fn in_namespace(ns: Namespace, env: &[(&str, &str)]) -> Processes {
+        Self::with_instances(ns, env, 1)
+    }
+
+    /// `instances` instances of every service.
+    pub fn with_instances(ns: Namespace, env: &[(&str, &str)], instances: u32) -> Processes {
         let log_dir = std::env::temp_dir().join(format!("sagapay-processes-{ns}"));
         std::fs::create_dir_all(&log_dir).expect("log directory");
+        // 127.1.0.1 to 127.254.255.254: never 127.0.0.1, random enough that two sets of
+        // processes running at once do not share one.
+        let [a, b, c, ..] = Uuid::new_v4().into_bytes();
+        let host = std::net::Ipv4Addr::new(127, 1 + a % 254, b, 1 + c % 254);
         Processes {
             ns,
-            ports: chosen,
             log_dir,
+            host,
             instances,
-            children: std::collections::HashMap::new(),
+            started: Default::default(),
             env: env
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
@@ -777,26 +888,51 @@ impl Processes {
         self.url_of(service, 1)
     }
 
+    /// The instance's base URL; waits until its first process said where it listens.
     pub fn url_of(&self, service: &str, instance: u32) -> String {
-        let port = self
-            .ports
-            .iter()
-            .find(|((s, i), _)| *s == service && *i == instance)
-            .map(|(_, p)| *p)
-            .unwrap_or_else(|| panic!("no {service}/{instance}"));
-        format!("http://127.0.0.1:{port}")
+        format!("http://{}", self.addr_of(service, instance))
     }
 
+    fn addr_of(&self, service: &str, instance: u32) -> std::net::SocketAddr {
+        let mut started = self.started.lock().unwrap_or_else(|p| p.into_inner());
+        let (key, s) = started
+            .iter_mut()
+            .find(|((s, i), _)| *s == service && *i == instance)
+            .unwrap_or_else(|| panic!("{service}/{instance} was never started"));
+        if let Some(addr) = s.addr {
+            return addr;
+        }
+        let child = s.child.as_mut().expect("its first process runs");
+        let addr = s.reported.wait(child).unwrap_or_else(|e| {
+            let log = self
+                .log_dir
+                .join(format!("{}.log", self.name(key.0, key.1)));
+            panic!(
+                "{service}/{instance}: {e}; its log ({}):\n{}",
+                log.display(),
+                std::fs::read_to_string(&log).unwrap_or_default()
+            )
+        });
+        s.addr = Some(addr);
+        addr
+    }
+
+    fn name(&self, service: &str, instance: u32) -> String {
+        if self.instances > 1 {
+            format!("{service}.{instance}")
+        } else {
+            service.to_owned()
+        }
+    }
+
+    /// Starts the service (instance 1). The gateway starts after the orchestrator and the
+    /// notification service, whose addresses it is given.
     pub fn start(&mut self, service: &'static str) {
         self.start_instance(service, 1);
     }
 
     pub fn start_instance(&mut self, service: &'static str, instance: u32) {
-        let name = if self.instances > 1 {
-            format!("{service}.{instance}")
-        } else {
-            service.to_owned()
-        };
+        let name = self.name(service, instance);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -805,18 +941,6 @@ impl Processes {
         let mut command = std::process::Command::new(target_binary(&format!("sagapay-{service}")));
         command
             .env("SAGAPAY_NAMESPACE", self.ns.as_str())
-            .env(
-                "SAGAPAY_HTTP_ADDR",
-                self.url_of(service, instance).trim_start_matches("http://"),
-            )
-            .env(
-                "SAGAPAY_ORCHESTRATOR_URL",
-                self.url_of("orchestrator", instance),
-            )
-            .env(
-                "SAGAPAY_NOTIFICATION_URL",
-                self.url_of("notification", instance),
-            )
             .env("SAGAPAY_KAFKA_PARTITIONS", "2")
             .env("SAGAPAY_DB_POOL_SIZE", "5")
             .env("SAGAPAY_CONSUMER_LANES", "3")
@@ -824,9 +948,33 @@ impl Processes {
             .env("SAGAPAY_PROVIDER_CLAIM_TIMEOUT_MS", "3000")
             .env("SAGAPAY_PROVIDER_TIMEOUT_MS", "1000")
             .env("RUST_LOG", "warn");
+        if service == "gateway" {
+            command
+                .env(
+                    "SAGAPAY_ORCHESTRATOR_URL",
+                    self.url_of("orchestrator", instance),
+                )
+                .env(
+                    "SAGAPAY_NOTIFICATION_URL",
+                    self.url_of("notification", instance),
+                );
+        }
         if self.instances > 1 {
             command.env("SAGAPAY_INSTANCE_ID", instance.to_string());
         }
+        let mut started = self.started.lock().unwrap_or_else(|p| p.into_inner());
+        let previous = started.remove(&(service, instance));
+        assert!(
+            previous.as_ref().is_none_or(|p| p.child.is_none()),
+            "{name} is running"
+        );
+        // Where its first process listened, or port 0 for the first.
+        let addr = previous.and_then(|p| p.addr);
+        let reported = ReportedAddr::listen_at(
+            &mut command,
+            addr.unwrap_or((self.host, 0).into()),
+            self.log_dir.join(format!("{name}.addr")),
+        );
         let child = command
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(std::process::Stdio::from(
@@ -835,14 +983,25 @@ impl Processes {
             .stderr(std::process::Stdio::from(log))
             .spawn()
             .expect("spawn service");
-        self.children.insert((service, instance), child);
+        started.insert(
+            (service, instance),
+            Started {
+                child: Some(child),
+                addr,
+                reported,
+            },
+        );
     }
 
+    /// Starts every instance of every service, the gateways last (see [`Processes::start`]).
     pub fn start_all(&mut self) {
         for i in 1..=self.instances {
-            for s in SERVICES {
+            for s in SERVICES.into_iter().filter(|s| *s != "gateway") {
                 self.start_instance(s, i);
             }
+        }
+        for i in 1..=self.instances {
+            self.start_instance("gateway", i);
         }
     }
 
@@ -852,18 +1011,29 @@ impl Processes {
     }
 
     pub fn kill_instance(&mut self, service: &'static str, instance: u32) {
-        let mut child = self.children.remove(&(service, instance)).expect("running");
+        let mut child = self.take_child(service, instance);
         child.kill().expect("SIGKILL"); // Child::kill sends SIGKILL on Unix
         child.wait().expect("reaped");
     }
 
     /// SIGTERM, then waits for the process to exit (a clean shutdown).
     pub fn terminate(&mut self, service: &'static str) {
-        let mut child = self.children.remove(&(service, 1)).expect("running");
+        let mut child = self.take_child(service, 1);
         let _ = std::process::Command::new("kill")
             .args(["-TERM", &child.id().to_string()])
             .status();
         child.wait().expect("reaped");
+    }
+
+    /// The running process of the instance, which keeps its address for the next one (known
+    /// first: a process killed before it said where it listens leaves none).
+    fn take_child(&mut self, service: &'static str, instance: u32) -> std::process::Child {
+        self.addr_of(service, instance);
+        let mut started = self.started.lock().unwrap_or_else(|p| p.into_inner());
+        started
+            .get_mut(&(service, instance))
+            .and_then(|s| s.child.take())
+            .unwrap_or_else(|| panic!("{service}/{instance} is not running"))
     }
 
     pub async fn wait_ready(&self, http: &reqwest::Client, service: &'static str) {
@@ -901,15 +1071,22 @@ impl Processes {
 
 impl Drop for Processes {
     fn drop(&mut self) {
-        for (_, mut c) in self.children.drain() {
-            let _ = c.kill();
-            let _ = c.wait();
+        let started = self.started.get_mut().unwrap_or_else(|p| p.into_inner());
+        for (_, s) in started.drain() {
+            if let Some(mut c) = s.child {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
         }
     }
 }
 
-/// A free port in `range`. Ranges below Linux's ephemeral range (32768+) are safe from the
-/// in-process stacks (which bind port 0); give each test that needs fixed ports its own range.
+/// A free port in `range`, for programs that cannot bind port 0 and say where (Kafka's and
+/// PostgreSQL's servers of a test's own, Redis). The port is free when this returns and is
+/// bound by the program later, so ranges must not be shared: below Linux's ephemeral range
+/// (32768+), where no port-0 bind or outgoing connection lands, and each test's apart from
+/// every other's. In use: 10_000..10_500 (production_profile.rs), 13_000..13_500
+/// (production.rs), 15_000..19_500 (chaos.rs), 30_000..32_000 (edge.rs).
 pub fn free_port(range: std::ops::Range<u16>) -> u16 {
     let width = u128::from(range.end - range.start);
     loop {
@@ -969,18 +1146,6 @@ pub async fn wait_quiet(http: &reqwest::Client, services: &[(&str, String, PgPoo
     .await;
 }
 
-/// `n` different free ports in `range`.
-pub fn free_ports(range: std::ops::Range<u16>, n: usize) -> Vec<u16> {
-    let mut chosen: Vec<u16> = Vec::with_capacity(n);
-    while chosen.len() < n {
-        let p = free_port(range.clone());
-        if !chosen.contains(&p) {
-            chosen.push(p);
-        }
-    }
-    chosen
-}
-
 /// A port of the test's own where nothing answers: connections are accepted and dropped at
 /// once (a peer that is down, without relying on a port nobody else uses, such as a default
 /// one). Held until the returned guard is dropped.
@@ -994,6 +1159,31 @@ pub fn dead_peer() -> (u16, std::net::TcpListener) {
         }
     });
     (port, listener)
+}
+
+/// `sagapayctl reconcile` over namespace `ns` of the tests' PostgreSQL server, nothing left out
+/// as still settling.
+pub async fn reconcile(ns: &Namespace) -> sagapayctl::reconcile::Report {
+    sagapayctl::reconcile::run(
+        &sagapayctl::reconcile::Databases::of(&postgres_server_url(), ns),
+        &sagapayctl::reconcile::Window {
+            settling: Duration::ZERO,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("reconciliation runs")
+}
+
+/// No difference, and every one of the `accepted` payments compared: none left out as in
+/// flight. An empty `differences` alone passes on a report that compared nothing.
+pub fn assert_reconciled(report: &sagapayctl::reconcile::Report, accepted: usize) {
+    assert_eq!(report.differences, vec![], "three-way reconciliation");
+    assert_eq!(
+        (report.payments_checked, report.in_flight),
+        (accepted, 0),
+        "reconciliation compares every accepted payment, none in flight: {report:?}"
+    );
 }
 
 /// Drops the databases and topics of a namespace (best effort).

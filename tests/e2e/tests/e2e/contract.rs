@@ -11,9 +11,9 @@ use sagapay_e2e::{TestStack, DEV_API_KEY};
 use std::path::PathBuf;
 use std::process::Command;
 
-/// The pinned Schemathesis: `SAGAPAY_SCHEMATHESIS`, or the one `scripts/test.sh` installs.
+/// The pinned Schemathesis: `SCHEMATHESIS_BIN`, or the one `scripts/test.sh` installs.
 fn schemathesis() -> PathBuf {
-    if let Ok(path) = std::env::var("SAGAPAY_SCHEMATHESIS") {
+    if let Ok(path) = std::env::var("SCHEMATHESIS_BIN") {
         return PathBuf::from(path);
     }
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
@@ -21,7 +21,7 @@ fn schemathesis() -> PathBuf {
     assert!(
         st.exists(),
         "Schemathesis is not installed at {} (scripts/test.sh installs it; or set \
-         SAGAPAY_SCHEMATHESIS)",
+         SCHEMATHESIS_BIN)",
         st.display()
     );
     st

@@ -12,11 +12,9 @@ use std::time::Duration;
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigkill_of_orchestrator_and_provider_adapter_loses_nothing_and_duplicates_nothing() {
     let ns = fresh_namespace();
-    let mut procs = Processes::new(ns.clone(), 20_000..25_000, &[]);
+    let mut procs = Processes::in_namespace(ns.clone(), &[]);
     let http = reqwest::Client::new();
-    for s in SERVICES {
-        procs.start(s);
-    }
+    procs.start_all();
     for s in SERVICES {
         procs.wait_ready(&http, s).await;
     }

@@ -8,7 +8,7 @@
 
 use sagapay_domain::events::RiskApproved;
 use sagapay_domain::Envelope;
-use sagapay_e2e::{eventually, free_port, outbox_envelopes, TestStack, SERVICES};
+use sagapay_e2e::{eventually, outbox_envelopes, TestStack, SERVICES};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -33,8 +33,10 @@ impl Drop for Prometheus {
 }
 
 impl Prometheus {
-    fn start(targets: &[String]) -> Prometheus {
-        let port = free_port(32_000..32_700);
+    /// Listens on port 0 and is asked where: its log says `msg="Listening on"
+    /// address=127.0.0.1:<port>` once bound (a port picked free by the test could be taken
+    /// before Prometheus binds it).
+    async fn start(targets: &[String]) -> Prometheus {
         let dir = std::env::temp_dir().join(format!("sagapay-prometheus-{}", Uuid::new_v4()));
         std::fs::create_dir_all(&dir).unwrap();
         let targets: Vec<String> = targets
@@ -58,16 +60,27 @@ impl Prometheus {
                 "--storage.tsdb.path={}",
                 dir.join("data").display()
             ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--web.listen-address=127.0.0.1:0")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("prometheus.log")).unwrap())
             .spawn()
             .expect("prometheus (installed by scripts/stack.sh)");
-        Prometheus {
+        let log = dir.join("prometheus.log");
+        // Killed when dropped, also if it never says where it listens.
+        let mut prometheus = Prometheus {
             child,
-            url: format!("http://127.0.0.1:{port}"),
+            url: String::new(),
             dir,
-        }
+        };
+        let address = eventually(WAIT, "Prometheus to say where it listens", || async {
+            let text = std::fs::read_to_string(&log).ok()?;
+            let line = text.lines().find(|l| l.contains("msg=\"Listening on\""))?;
+            let address = line.split("address=").nth(1)?.split_whitespace().next()?;
+            address.parse::<std::net::SocketAddr>().ok()
+        })
+        .await;
+        prometheus.url = format!("http://{address}");
+        prometheus
     }
 
     /// The query's samples, if Prometheus answered.
@@ -148,7 +161,7 @@ fn dashboard_queries() -> Vec<(String, String)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     let stack = TestStack::spawn().await;
-    let prometheus = Prometheus::start(&SERVICES.map(|s| stack.service_url(s)));
+    let prometheus = Prometheus::start(&SERVICES.map(|s| stack.service_url(s))).await;
 
     let http = reqwest::Client::new();
     eventually(WAIT, "Prometheus to scrape all six services", || async {

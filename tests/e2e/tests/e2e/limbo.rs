@@ -7,7 +7,6 @@ use sagapay_messaging::Classification;
 use sagapay_orchestrator::deadlines::Deadlines;
 use sagapay_provider_adapter::policy::RetrySettings;
 use sagapayctl::dlq::{self, Filter};
-use sagapayctl::reconcile::{self, Databases, Window};
 use serde_json::{json, Value};
 use sqlx::PgPool;
 use std::time::Duration;
@@ -66,18 +65,6 @@ async fn assert_no_card_hold(provider: &PgPool) {
     assert_eq!(open, Vec::<Uuid>::new(), "authorizations left open");
 }
 
-async fn reconcile_now(stack: &TestStack) -> reconcile::Report {
-    reconcile::run(
-        &Databases::of(&sagapay_e2e::postgres_server_url(), &stack.ns),
-        &Window {
-            settling: Duration::ZERO,
-            ..Window::default()
-        },
-    )
-    .await
-    .expect("reconcile")
-}
-
 /// The provider refuses every connection for 15 s while 50 payments are made. Every payment
 /// ends: those whose authorization never reached the provider fail (nothing to undo), the
 /// others settle once the provider is back (their captures are tried again on the long
@@ -132,9 +119,7 @@ async fn a_fifteen_second_provider_outage_leaves_no_money_in_limbo() {
             .unwrap();
     assert!(refused > 0, "the outage refused no call");
     assert_no_card_hold(&provider).await;
-    let report = reconcile_now(&stack).await;
-    assert_eq!(report.differences, vec![]);
-    assert_eq!(report.payments_checked, 50);
+    stack.reconciled(50).await;
     stack.teardown().await;
 }
 
@@ -169,8 +154,7 @@ async fn a_capture_whose_answers_are_lost_is_found_by_asking_and_settles() {
         attempts[4..].iter().all(|(kind, _)| *kind == "STATUS"),
         "only status queries after the short schedule: {attempts:?}"
     );
-    let report = reconcile_now(&stack).await;
-    assert_eq!(report.differences, vec![]);
+    stack.reconciled(1).await;
     stack.teardown().await;
 }
 
@@ -217,7 +201,7 @@ async fn a_refund_with_lost_answers_stays_pending_and_still_counts() {
     .await
     .unwrap();
     assert_eq!(refunded, 1_000, "never more than was captured");
-    assert_eq!(reconcile_now(&stack).await.differences, vec![]);
+    stack.reconciled(1).await;
     stack.teardown().await;
 }
 
@@ -289,7 +273,7 @@ async fn a_lost_ledger_command_is_sent_again_after_the_deadline_and_settles() {
         steps.len() as f64,
         "each re-send counted"
     );
-    assert_eq!(reconcile_now(&stack).await.differences, vec![]);
+    stack.reconciled(1).await;
     stack.teardown().await;
 }
 
@@ -492,6 +476,6 @@ async fn operators_list_retry_and_fail_stuck_payments() {
             .any(|t| t.reason.starts_with("ops-ann asked to retry")),
         "{timeline:?}"
     );
-    assert_eq!(reconcile_now(&stack).await.differences, vec![]);
+    stack.reconciled(3).await;
     stack.teardown().await;
 }

@@ -1,7 +1,7 @@
 //! Production mode refuses unsafe settings at start, one message per problem, and starts with
 //! safe ones; there the development merchant's keys do not authenticate.
 
-use sagapay_e2e::{config, eventually, free_port, fresh_namespace, target_binary};
+use sagapay_e2e::{config, eventually, fresh_namespace, target_binary, ReportedAddr};
 use sagapay_messaging::postgres_url::with_database;
 use sha2::{Digest, Sha256};
 use sqlx::postgres::PgPoolOptions;
@@ -31,6 +31,11 @@ fn refused(binary: &str, env: &[(&str, &str)]) -> String {
 
 /// Stops the service when the test ends, passing or not.
 struct KillOnDrop(std::process::Child);
+
+/// Where the service listens, once it said so (it fails when the service exits first).
+fn wait_listening(addr: &ReportedAddr, child: &mut KillOnDrop) -> std::net::SocketAddr {
+    addr.wait(&mut child.0).unwrap_or_else(|e| panic!("{e}"))
+}
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
@@ -201,11 +206,6 @@ async fn production_mode_starts_with_safe_settings_and_refuses_the_development_m
         sagapay_service_kit::service_auth::generate_key_pair().unwrap();
     let keys_file = std::env::temp_dir().join(format!("{}-signing-key", ns.as_str()));
     std::fs::write(&keys_file, format!("{gateway_seed}\n")).unwrap();
-    // Ports of the test's own, apart (below the ephemeral range, and not the services'
-    // defaults, which a running stack may hold).
-    let [port, notification_port]: [u16; 2] = sagapay_e2e::free_ports(12_000..13_000, 2)
-        .try_into()
-        .unwrap();
     // No orchestrator: its address is a port of the test's that drops every connection.
     let (orchestrator_port, _orchestrator) = sagapay_e2e::dead_peer();
     let server_port = url::Url::parse(&base)
@@ -216,16 +216,18 @@ async fn production_mode_starts_with_safe_settings_and_refuses_the_development_m
     let url_with_ca = |ca: &str| {
         format!("postgres://{role}:{password}@localhost:{server_port}?sslmode=verify-full&sslrootcert={ca}")
     };
-    let run = |binary: &str, port: u16, postgres_url: &str, stderr: Stdio| {
-        Command::new(target_binary(binary))
-            .env_clear()
+    // Each service binds port 0 and says where (no port of the test's is free until it is
+    // taken); the gateway is given the notification service's address once it is known.
+    let run = |binary: &str, notification: Option<&str>, postgres_url: &str, stderr: Stdio| {
+        let mut command = Command::new(target_binary(binary));
+        command.env_clear();
+        let addr = ReportedAddr::listen(&mut command, [127, 0, 0, 1].into());
+        if let Some(url) = notification {
+            command.env("SAGAPAY_NOTIFICATION_URL", url);
+        }
+        let child = command
             .env("SAGAPAY_ENVIRONMENT", "production")
             .env("SAGAPAY_NAMESPACE", ns.as_str())
-            .env("SAGAPAY_HTTP_ADDR", format!("127.0.0.1:{port}"))
-            .env(
-                "SAGAPAY_NOTIFICATION_URL",
-                format!("http://127.0.0.1:{notification_port}"),
-            )
             .env(
                 "SAGAPAY_ORCHESTRATOR_URL",
                 format!("http://127.0.0.1:{orchestrator_port}"),
@@ -245,17 +247,20 @@ async fn production_mode_starts_with_safe_settings_and_refuses_the_development_m
             .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()
-            .unwrap()
+            .unwrap();
+        (child, addr)
     };
-    let gateway =
-        |postgres_url: &str, stderr: Stdio| run("sagapay-gateway", port, postgres_url, stderr);
     // A server whose certificate the configured CA did not sign is not trusted.
     let tmp = std::env::temp_dir().join(ns.as_str());
     std::fs::create_dir_all(&tmp).unwrap();
     let stranger = stranger_ca(&tmp);
-    let out = gateway(&url_with_ca(stranger.to_str().unwrap()), Stdio::piped())
-        .wait_with_output()
-        .unwrap();
+    let (refused, _) = run(
+        "sagapay-gateway",
+        None,
+        &url_with_ca(stranger.to_str().unwrap()),
+        Stdio::piped(),
+    );
+    let out = refused.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "started against an untrusted server");
     assert!(err.contains("certificate verify failed"), "{err}");
@@ -275,9 +280,22 @@ async fn production_mode_starts_with_safe_settings_and_refuses_the_development_m
     );
 
     let prod_url = url_with_ca(&local_ca());
-    let mut child = KillOnDrop(gateway(&prod_url, Stdio::null()));
+    let (notification, notification_addr) =
+        run("sagapay-notification", None, &prod_url, Stdio::null());
+    let mut notification = KillOnDrop(notification);
+    let notification_url = format!(
+        "http://{}",
+        wait_listening(&notification_addr, &mut notification)
+    );
+    let (gateway, gateway_addr) = run(
+        "sagapay-gateway",
+        Some(&notification_url),
+        &prod_url,
+        Stdio::null(),
+    );
+    let mut child = KillOnDrop(gateway);
+    let url = format!("http://{}", wait_listening(&gateway_addr, &mut child));
     let http = reqwest::Client::new();
-    let url = format!("http://127.0.0.1:{port}");
     eventually(
         Duration::from_secs(30),
         "the gateway ready in production",
@@ -344,18 +362,12 @@ async fn production_mode_starts_with_safe_settings_and_refuses_the_development_m
 
     // Webhooks in production go to https on public addresses only: the notification service
     // refuses loopback, whatever the gateway let through.
-    let notification = KillOnDrop(run(
-        "sagapay-notification",
-        notification_port,
-        &prod_url,
-        Stdio::null(),
-    ));
     eventually(
         Duration::from_secs(30),
         "the notification service ready in production",
         || async {
             let resp = http
-                .get(format!("http://127.0.0.1:{notification_port}/ready"))
+                .get(format!("{notification_url}/ready"))
                 .send()
                 .await
                 .ok()?;
@@ -429,12 +441,12 @@ async fn verify_ca_trusts_only_the_sslrootcert_it_is_given() {
     })
     .expect("a PostgreSQL server of the test's own, with TLS");
     let ns = fresh_namespace();
-    let port = free_port(13_500..14_000);
     let gateway = |query: &str| {
-        Command::new(target_binary("sagapay-gateway"))
-            .env_clear()
+        let mut command = Command::new(target_binary("sagapay-gateway"));
+        command.env_clear();
+        let addr = ReportedAddr::listen(&mut command, [127, 0, 0, 1].into());
+        let child = command
             .env("SAGAPAY_NAMESPACE", ns.as_str())
-            .env("SAGAPAY_HTTP_ADDR", format!("127.0.0.1:{port}"))
             .env("SAGAPAY_POSTGRES_URL", format!("{}?{query}", server.url()))
             .env("SAGAPAY_REDIS_URL", "")
             .env("SAGAPAY_STARTUP_WAIT_MS", "5000")
@@ -444,13 +456,15 @@ async fn verify_ca_trusts_only_the_sslrootcert_it_is_given() {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .unwrap()
+            .unwrap();
+        (child, addr)
     };
     // Given our CA, the server (signed by the host's) is refused.
     let out = gateway(&format!(
         "sslmode=verify-ca&sslrootcert={}",
         our_file.display()
     ))
+    .0
     .wait_with_output()
     .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
@@ -496,17 +510,16 @@ async fn verify_ca_trusts_only_the_sslrootcert_it_is_given() {
     );
 
     // Control: without sslrootcert, the host's store is what verifies, and it trusts the server.
-    let child = std::sync::Mutex::new(KillOnDrop(gateway("sslmode=verify-ca")));
+    let (control, addr) = gateway("sslmode=verify-ca");
+    let mut child = KillOnDrop(control);
+    let url = format!("http://{}", wait_listening(&addr, &mut child));
+    let child = std::sync::Mutex::new(child);
     let http = reqwest::Client::new();
     eventually(Duration::from_secs(60), "the gateway ready", || async {
         if let Ok(Some(status)) = child.lock().unwrap().0.try_wait() {
             panic!("the gateway exited ({status}) although the host's store trusts the server");
         }
-        let resp = http
-            .get(format!("http://127.0.0.1:{port}/ready"))
-            .send()
-            .await
-            .ok()?;
+        let resp = http.get(format!("{url}/ready")).send().await.ok()?;
         (resp.status() == 200).then_some(())
     })
     .await;

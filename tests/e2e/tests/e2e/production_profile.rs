@@ -84,9 +84,8 @@ async fn the_production_profile_settles_each_merchants_payment_and_delivers_its_
     .await;
 
     let ns = fresh_namespace();
-    let mut procs = Processes::new(
+    let mut procs = Processes::in_namespace(
         ns.clone(),
-        10_500..12_000,
         &[
             ("SAGAPAY_ENVIRONMENT", "production"),
             ("SAGAPAY_POSTGRES_URL", &postgres_url),

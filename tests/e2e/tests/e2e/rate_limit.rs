@@ -1,7 +1,32 @@
 use futures::StreamExt;
 use sagapay_e2e::{StackOptions, TestStack, DEV_API_KEY};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 use uuid::Uuid;
+
+/// Requests of one merchant at once on a cold gateway.
+const BURST: usize = 300;
+
+/// The server's side of the TCP connections to 127.0.0.1:`port` (this process's network,
+/// `/proc/net/tcp`): how many are established, and how many of those hold bytes the server
+/// has not read yet.
+fn gateway_connections(port: u16) -> (usize, usize) {
+    let local = format!("0100007F:{port:04X}");
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            // sl local_address rem_address st tx_queue:rx_queue ...
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let established = fields.get(3) == Some(&"01");
+            let rx_queue = fields.get(4)?.split(':').nth(1)?;
+            let unread = u64::from_str_radix(rx_queue, 16).ok()? > 0;
+            (fields.get(1) == Some(&local.as_str()) && established).then_some(unread)
+        })
+        .fold((0, 0), |(n, unread), u| (n + 1, unread + usize::from(u)))
+}
 
 /// With 2 requests per second and a burst of 5, a client sending as fast as it can is admitted
 /// the burst plus what refilled while it sent, and no more.
@@ -176,30 +201,35 @@ async fn a_cold_gateway_answers_a_burst_of_one_valid_key_without_429() {
         .await
         .unwrap();
     let url = format!("{}/payments/{}", stack.gateway_url(), Uuid::now_v7());
+    let answered = Arc::new(AtomicUsize::new(0));
     let burst = tokio::spawn({
-        let (http, url) = (stack.http.clone(), url.clone());
+        let (http, url, answered) = (stack.http.clone(), url.clone(), answered.clone());
         async move {
-            futures::stream::iter(0..300)
+            futures::stream::iter(0..BURST)
                 .map(|_| {
-                    let (http, url) = (http.clone(), url.clone());
+                    let (http, url, answered) = (http.clone(), url.clone(), answered.clone());
                     async move {
-                        http.get(&url)
+                        let status = http
+                            .get(&url)
                             .header("x-api-key", DEV_API_KEY)
                             .send()
                             .await
                             .expect("GET")
                             .status()
-                            .as_u16()
+                            .as_u16();
+                        answered.fetch_add(1, Ordering::SeqCst);
+                        status
                     }
                 })
-                .buffer_unordered(300)
+                .buffer_unordered(BURST)
                 .collect::<Vec<u16>>()
                 .await
         }
     });
     // The first lookup waits on the lock; the burst arrives meanwhile (a request arriving
-    // after the lock is gone finds the key cached, which decides nothing either way).
-    let since = sagapay_e2e::eventually(
+    // after the lock is gone finds the key cached, which decides nothing either way, so the
+    // lock is held until every request of the burst is in).
+    sagapay_e2e::eventually(
         std::time::Duration::from_secs(20),
         "a key lookup waiting on the locked table",
         || async {
@@ -210,14 +240,25 @@ async fn a_cold_gateway_answers_a_burst_of_one_valid_key_without_429() {
             .fetch_one(&gateway_db)
             .await
             .ok()?;
-            (waiting > 0).then(Instant::now)
+            (waiting > 0).then_some(())
         },
     )
     .await;
+    // In: the gateway holds a connection for each request and has read every byte sent on
+    // them (each request is with its handler, waiting for the one lookup). Or answered while
+    // the table is locked, which only a refusal can be: the assertions below say which.
+    let port = url::Url::parse(&stack.gateway_url())
+        .unwrap()
+        .port()
+        .unwrap();
     sagapay_e2e::eventually(
-        std::time::Duration::from_secs(5),
-        "the burst to arrive",
-        || async { (since.elapsed() >= std::time::Duration::from_secs(1)).then_some(()) },
+        std::time::Duration::from_secs(20),
+        "every request of the burst read by the gateway, or one answered",
+        || async {
+            let (connections, unread) = gateway_connections(port);
+            (answered.load(Ordering::SeqCst) > 0 || (connections >= BURST && unread == 0))
+                .then_some(())
+        },
     )
     .await;
     lock.rollback().await.unwrap();
@@ -225,7 +266,7 @@ async fn a_cold_gateway_answers_a_burst_of_one_valid_key_without_429() {
     let refused = statuses.iter().filter(|s| **s == 429).count();
     assert_eq!(
         refused, 0,
-        "429s for a valid key on a cold gateway: {refused} of 300"
+        "429s for a valid key on a cold gateway: {refused} of {BURST}"
     );
     assert!(
         statuses.iter().all(|s| *s == 404),

@@ -8,6 +8,43 @@ use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(40);
 
+/// What a replay to the ledger would change: the messages of the ledger's channel (what was
+/// published), the ledger's dead letters (what it made of a command it still cannot post) and
+/// the payment's postings.
+#[derive(Debug, PartialEq)]
+struct LedgerSide {
+    channel_messages: i64,
+    dead_letters: usize,
+    postings: Vec<(String, i64, i64)>,
+}
+
+impl LedgerSide {
+    async fn read(stack: &TestStack, letters: &Filter, payment_id: &str) -> LedgerSide {
+        LedgerSide {
+            channel_messages: stack.messages_in_channel_of("ledger.post.requested").await,
+            dead_letters: dead_letters(stack, letters).await.len(),
+            postings: postings(stack, payment_id).await,
+        }
+    }
+}
+
+/// The payment's journal transactions: (posting kind, debits, credits) each.
+async fn postings(stack: &TestStack, payment_id: &str) -> Vec<(String, i64, i64)> {
+    sqlx::query_as(
+        "SELECT t.posting_kind,
+                COALESCE(sum(e.amount_minor) FILTER (WHERE e.direction = 'DEBIT'), 0)::bigint,
+                COALESCE(sum(e.amount_minor) FILTER (WHERE e.direction = 'CREDIT'), 0)::bigint
+           FROM journal_transactions t LEFT JOIN ledger_entries e USING (transaction_id)
+          WHERE t.payment_id = $1
+          GROUP BY t.transaction_id, t.posting_kind
+          ORDER BY t.posting_kind",
+    )
+    .bind(Uuid::parse_str(payment_id).unwrap())
+    .fetch_all(&stack.db("ledger").await)
+    .await
+    .unwrap()
+}
+
 async fn dead_letters(stack: &TestStack, filter: &Filter) -> Vec<dlq::Entry> {
     dlq::read_all(&stack.kafka(), &stack.ns)
         .await
@@ -18,8 +55,9 @@ async fn dead_letters(stack: &TestStack, filter: &Filter) -> Vec<dlq::Entry> {
 }
 
 /// The ledger cannot post EUR (no chart of accounts): its command is dead-lettered and the
-/// payment waits in CAPTURED. Once the ledger can post EUR, replaying the dead letter
-/// completes the payment.
+/// payment waits in CAPTURED. A dry run changes nothing. Once the ledger can post EUR,
+/// replaying the dead letter completes the payment with one posting, and replaying it again
+/// posts nothing more: counted once the stack is quiet, and reconciled.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn replaying_a_dead_lettered_event_after_its_cause_is_fixed_completes_the_payment() {
     let mut stack = TestStack::spawn_with(StackOptions {
@@ -53,10 +91,25 @@ async fn replaying_a_dead_lettered_event_after_its_cause_is_fixed_completes_the_
     );
     assert_eq!(stack.get_payment(&pid).await["status"], "CAPTURED");
 
-    // A dry run replays nothing.
+    // A dry run replays nothing. The payment's status cannot tell (a command replayed to the
+    // ledger that still cannot post EUR is dead-lettered again, the payment stays CAPTURED):
+    // the ledger's side is compared, before and after, once the stack is quiet.
+    stack.wait_quiet().await;
+    let before = LedgerSide::read(&stack, &ledger_letters, &pid).await;
+    assert_eq!(
+        (before.dead_letters, before.postings.len()),
+        (1, 0),
+        "{before:?}"
+    );
     assert_eq!(
         dlq::replay(&stack.kafka(), &letters, true).await.unwrap(),
         1
+    );
+    stack.wait_quiet().await;
+    assert_eq!(
+        LedgerSide::read(&stack, &ledger_letters, &pid).await,
+        before,
+        "the dry run changed nothing"
     );
     assert_eq!(stack.get_payment(&pid).await["status"], "CAPTURED");
 
@@ -66,6 +119,19 @@ async fn replaying_a_dead_lettered_event_after_its_cause_is_fixed_completes_the_
         1
     );
     stack.wait_for_status(&pid, "SETTLED", WAIT).await;
+    // Replayed again (an operator's second try): nothing more is posted. One posting, its
+    // entries once, counted once the stack is quiet.
+    assert_eq!(
+        dlq::replay(&stack.kafka(), &letters, false).await.unwrap(),
+        1
+    );
+    stack.wait_quiet().await;
+    assert_eq!(
+        postings(&stack, &pid).await,
+        vec![("CAPTURE".to_owned(), 4_000, 4_000)],
+        "one posting of the payment's amount, its entries once"
+    );
+    stack.reconciled(1).await;
     stack.teardown().await;
 }
 
@@ -133,6 +199,8 @@ async fn replaying_the_letter_of_a_voided_authorization_authorizes_nothing_again
         (stack.metric("provider-adapter", consumed).await > consumed_before).then_some(())
     })
     .await;
+    // Counted once whatever the replay set off has run its course.
+    stack.wait_quiet().await;
     let status: String = sqlx::query_scalar(
         "SELECT status FROM provider_operations WHERE payment_id = $1 AND operation = 'AUTHORIZE'",
     )
@@ -153,5 +221,6 @@ async fn replaying_the_letter_of_a_voided_authorization_authorizes_nothing_again
         books_before
     );
     assert_eq!(stack.get_payment(&pid).await["status"], "REVERSED");
+    stack.reconciled(1).await;
     stack.teardown().await;
 }

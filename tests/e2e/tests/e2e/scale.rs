@@ -60,17 +60,13 @@ async fn status(http: &reqwest::Client, gateway: &str, pid: &str) -> String {
 /// service's instances each handle at least a quarter of its events. Then instance 2 of every
 /// service is killed (SIGKILL) in the middle of a run and started again: it is consuming again
 /// within 3 s of being ready (static membership gives its partitions back), and every payment
-/// ends SETTLED with one capture at the provider, one posting and one notification.
+/// ends SETTLED with one capture at the provider, one posting and one notification, counted
+/// once the stack is quiet; the books balance and reconcile, every payment compared.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_instances_share_the_work_and_losing_one_of_each_loses_nothing() {
     let ns = fresh_namespace();
     let http = reqwest::Client::new();
-    let mut procs = Processes::with_instances(
-        ns.clone(),
-        25_000..30_000,
-        &[("SAGAPAY_KAFKA_PARTITIONS", "4")],
-        2,
-    );
+    let mut procs = Processes::with_instances(ns.clone(), &[("SAGAPAY_KAFKA_PARTITIONS", "4")], 2);
     procs.start_all();
     procs.wait_all_ready(&http).await;
     let (gw1, gw2) = (procs.url_of("gateway", 1), procs.url_of("gateway", 2));
@@ -172,17 +168,28 @@ async fn two_instances_share_the_work_and_losing_one_of_each_loses_nothing() {
                 .unwrap()
         }
     };
+    // Counted once the stack is quiet (every instance's outbox published, every consumer at
+    // the end of its channels): a duplicate arriving a moment after the last payment settled
+    // would otherwise pass unseen.
+    let mut services = Vec::new();
+    for i in 1..=2 {
+        for s in sagapay_e2e::SERVICES {
+            services.push((s, procs.url_of(s, i), db(s).await));
+        }
+    }
+    sagapay_e2e::wait_quiet(&http, &services).await;
     let (provider, ledger, notification) = (
         db("provider-adapter").await,
         db("ledger").await,
         db("notification").await,
     );
-    let ids: Vec<uuid::Uuid> = run
+    let ids: Vec<uuid::Uuid> = pids
         .iter()
+        .chain(&run)
         .map(|p| uuid::Uuid::parse_str(p).unwrap())
         .collect();
-    let once = |pool: sqlx::PgPool, sql: &'static str| {
-        let ids = ids.clone();
+    let once = |pool: &sqlx::PgPool, sql: &'static str| {
+        let (ids, pool) = (ids.clone(), pool.clone());
         async move {
             let counts: Vec<(uuid::Uuid, i64)> = sqlx::query_as(sql)
                 .bind(&ids)
@@ -194,23 +201,60 @@ async fn two_instances_share_the_work_and_losing_one_of_each_loses_nothing() {
         }
     };
     once(
-        provider,
+        &provider,
         "SELECT payment_id, count(*) FROM simulated_provider_operations
           WHERE payment_id = ANY($1) AND operation = 'CAPTURE' GROUP BY payment_id",
     )
     .await;
     once(
-        ledger,
+        &ledger,
         "SELECT payment_id, count(*) FROM journal_transactions
           WHERE payment_id = ANY($1) AND posting_kind = 'CAPTURE' GROUP BY payment_id",
     )
     .await;
     once(
-        notification,
+        &notification,
         "SELECT payment_id, count(*) FROM notifications
           WHERE payment_id = ANY($1) GROUP BY payment_id",
     )
     .await;
+    // The books: every journal transaction balances, and each payment's capture moved its
+    // amount once (entries written twice inside one posting balance too, so the amount is
+    // counted, not only the postings).
+    let unbalanced: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT transaction_id FROM ledger_entries GROUP BY transaction_id
+          HAVING sum(CASE direction WHEN 'DEBIT' THEN amount_minor ELSE -amount_minor END) <> 0) u",
+    )
+    .fetch_one(&ledger)
+    .await
+    .unwrap();
+    assert_eq!(unbalanced, 0, "every journal transaction balances");
+    let moved: Vec<(uuid::Uuid, i64)> = sqlx::query_as(
+        "SELECT t.payment_id, sum(e.amount_minor)::bigint
+           FROM journal_transactions t JOIN ledger_entries e USING (transaction_id)
+          WHERE t.payment_id = ANY($1) AND e.account_id = 'USD:provider_clearing'
+            AND e.direction = 'DEBIT'
+          GROUP BY t.payment_id",
+    )
+    .bind(&ids)
+    .fetch_all(&ledger)
+    .await
+    .unwrap();
+    assert_eq!(moved.len(), ids.len(), "every payment posted");
+    let wrong: Vec<_> = moved
+        .iter()
+        .filter(|(_, amount)| *amount != 1_000)
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "each capture debits the provider's clearing account its amount (1,000) once; {} of {} \
+         do not: {wrong:?}",
+        wrong.len(),
+        moved.len()
+    );
+    // Reconciliation compares every payment made, none left out as still moving.
+    let report = sagapay_e2e::reconcile(&ns).await;
+    sagapay_e2e::assert_reconciled(&report, ids.len());
     drop(procs);
     sagapay_e2e::cleanup_namespace(&ns).await;
 }

@@ -3,18 +3,18 @@
 //! the catalogue, so a drifted one stops the service), and a misspelt `SAGAPAY_*` variable
 //! stops it at once, naming the setting it was probably meant to be.
 
-use sagapay_e2e::{cleanup_namespace, eventually, free_port, fresh_namespace, target_binary};
+use sagapay_e2e::{cleanup_namespace, eventually, fresh_namespace, target_binary, ReportedAddr};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use sagapay_service_kit::SERVICES;
 
-fn command(service: &str, ns: &str, port: u16) -> Command {
+/// The service with nothing set but its namespace (and where it listens: see the callers).
+fn command(service: &str, ns: &str) -> Command {
     let mut command = Command::new(target_binary(&format!("sagapay-{service}")));
     command
         .env_clear()
         .env("SAGAPAY_NAMESPACE", ns)
-        .env("SAGAPAY_HTTP_ADDR", format!("127.0.0.1:{port}"))
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null());
     if let Ok(url) = std::env::var("SAGAPAY_POSTGRES_URL") {
@@ -32,7 +32,9 @@ async fn a_misspelt_setting_stops_every_service_and_names_the_one_it_resembles()
     // Built at run time, so the workspace's own scan for undocumented names passes over it.
     let misspelt = format!("SAGAPAY_{}", "RATE_LIMT_BURST");
     for service in SERVICES {
-        let out = command(service, ns.as_str(), free_port(29_000..29_500))
+        // It stops before it listens.
+        let out = command(service, ns.as_str())
+            .env("SAGAPAY_HTTP_ADDR", "127.0.0.1:0")
             .env(&misspelt, "5")
             .stderr(Stdio::piped())
             .output()
@@ -53,12 +55,17 @@ async fn every_service_starts_on_the_documented_defaults() {
     let ns = fresh_namespace();
     let http = reqwest::Client::new();
     for service in SERVICES {
-        let port = free_port(29_000..29_500);
-        let mut child = command(service, ns.as_str(), port)
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let url = format!("http://127.0.0.1:{port}/health");
+        let mut command = command(service, ns.as_str());
+        let addr = ReportedAddr::listen(&mut command, [127, 0, 0, 1].into());
+        let mut child = command.stderr(Stdio::piped()).spawn().unwrap();
+        // Exited before it listened (a drifted default panics at start): its standard error.
+        let url = match addr.wait(&mut child) {
+            Ok(addr) => format!("http://{addr}/health"),
+            Err(e) => {
+                let out = child.wait_with_output().unwrap();
+                panic!("{service}: {e}: {}", String::from_utf8_lossy(&out.stderr));
+            }
+        };
         let up = eventually(Duration::from_secs(60), "the service answers", || {
             let http = http.clone();
             let url = url.clone();

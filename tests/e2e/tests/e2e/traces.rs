@@ -62,9 +62,8 @@ async fn one_payment_is_one_trace_across_all_six_services() {
     let endpoint = sagapay_e2e::tls::serve_https(app, &ca.server(&["127.0.0.1"])).await;
 
     let ns = fresh_namespace();
-    let mut procs = Processes::new(
+    let mut procs = Processes::in_namespace(
         ns.clone(),
-        25_000..30_000,
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
             ("SSL_CERT_FILE", ca_file.to_str().unwrap()),
