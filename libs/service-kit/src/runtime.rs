@@ -151,10 +151,12 @@ impl ServiceBuilder {
 /// itself and racing other programs for it until the service binds it. Written whole (a
 /// temporary file renamed over it), so a reader never sees half an address.
 fn report_bound_address(local: SocketAddr) -> anyhow::Result<()> {
-    let path = crate::config::env_or("SAGAPAY_HTTP_ADDR_FILE", "");
-    if path.is_empty() {
+    let Some(path) = std::env::var("SAGAPAY_HTTP_ADDR_FILE")
+        .ok()
+        .filter(|p| !p.is_empty())
+    else {
         return Ok(());
-    }
+    };
     let partial = format!("{path}.partial");
     std::fs::write(&partial, local.to_string())
         .and_then(|()| std::fs::rename(&partial, &path))

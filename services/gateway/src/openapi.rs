@@ -76,6 +76,14 @@ impl SharedAnswers {
     ];
 }
 
+impl SharedAnswers {
+    /// And those of every route that reads a body.
+    const BODY_ANSWERS: [(&'static str, &'static str); 2] = [
+        ("413", "Body too large (16 KiB by default)"),
+        ("415", "Not application/json (UTF-8)"),
+    ];
+}
+
 impl Modify for SharedAnswers {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
@@ -94,7 +102,11 @@ impl Modify for SharedAnswers {
                 if op.security.is_none() {
                     continue;
                 }
-                for (status, description) in Self::ANSWERS {
+                let with_body = op.request_body.is_some().then_some(Self::BODY_ANSWERS);
+                for (status, description) in Self::ANSWERS
+                    .into_iter()
+                    .chain(with_body.into_iter().flatten())
+                {
                     op.responses
                         .responses
                         .entry(status.to_owned())
