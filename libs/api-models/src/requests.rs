@@ -37,32 +37,48 @@ where
     T::deserialize(d).map(Some)
 }
 
-/// An optional whole number that, when present, holds one: JSON Schema's integers include
-/// `10960.0`, so a whole number written with a fraction is taken; `null` and fractions are
-/// refused.
-pub fn present_whole<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
-    struct Whole;
-    impl serde::de::Visitor<'_> for Whole {
-        type Value = i64;
-        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            f.write_str("a whole number")
-        }
-        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<i64, E> {
-            Ok(v)
-        }
-        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<i64, E> {
-            i64::try_from(v).map_err(|_| E::custom("the number is too large"))
-        }
-        fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<i64, E> {
-            // Whole and well inside i64 (2^53: every such f64 is exact).
-            if v.fract() == 0.0 && v.abs() < 9_007_199_254_740_992.0 {
-                Ok(v as i64)
-            } else {
-                Err(E::custom("the number must be whole"))
+/// A whole number as JSON Schema counts them: `10960` and `10960.0` alike (a fraction, or a
+/// number beyond 2^53, is refused).
+struct WholeNumber(i64);
+
+impl<'de> Deserialize<'de> for WholeNumber {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Whole;
+        impl serde::de::Visitor<'_> for Whole {
+            type Value = WholeNumber;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a whole number")
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<WholeNumber, E> {
+                Ok(WholeNumber(v))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<WholeNumber, E> {
+                i64::try_from(v)
+                    .map(WholeNumber)
+                    .map_err(|_| E::custom("the number is too large"))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<WholeNumber, E> {
+                // Whole and well inside i64 (below 2^53 every such f64 is exact).
+                if v.fract() == 0.0 && v.abs() < 9_007_199_254_740_992.0 {
+                    Ok(WholeNumber(v as i64))
+                } else {
+                    Err(E::custom("the number must be whole"))
+                }
             }
         }
+        d.deserialize_any(Whole)
     }
-    d.deserialize_any(Whole).map(Some)
+}
+
+/// An optional whole number that, when present, holds one (`null` is refused like any other
+/// value of the wrong type).
+pub fn present_whole<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    WholeNumber::deserialize(d).map(|w| Some(w.0))
+}
+
+/// An optional whole number where `null` means none, as absence does.
+pub fn whole_or_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    Option::<WholeNumber>::deserialize(d).map(|w| w.map(|w| w.0))
 }
 
 /// The codes of the fields requests share.

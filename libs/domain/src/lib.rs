@@ -26,4 +26,7 @@ pub use namespace::Namespace;
 pub use per_currency::PerCurrency;
 pub use refund::RefundStatus;
 pub use state::{PaymentStatus, TransitionError};
-pub use text::{CustomerId, IdempotencyKey, PaymentMethod, RefundReason, TextError};
+pub use text::{
+    CustomerId, IdempotencyKey, OperatorName, OperatorReason, PaymentMethod, RefundReason,
+    TextError,
+};

@@ -6,7 +6,8 @@
 
 use crate::money::{AmountMinor, Currency};
 use crate::text::{
-    CustomerId, IdempotencyKey, PaymentMethod, RefundReason, CUSTOMER_ID_MAX, IDEMPOTENCY_KEY_MAX,
+    CustomerId, IdempotencyKey, OperatorName, OperatorReason, PaymentMethod, RefundReason,
+    CUSTOMER_ID_MAX, IDEMPOTENCY_KEY_MAX, OPERATOR_NAME_MAX_CHARS, OPERATOR_REASON_MAX_CHARS,
     PAYMENT_METHOD_MAX, REFUND_REASON_MAX_CHARS,
 };
 use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, Schema, SchemaFormat, Type};
@@ -58,12 +59,30 @@ text_schema!(
      as the first time, with a different request it is refused (422).",
     "order-1042-attempt-1"
 );
+/// Printable text: not blank, no control character (`printable_within` in `text`).
+const PRINTABLE: &str =
+    "^[^\\x00-\\x1f\\x7f-\\x9f]*[^\\s\\x00-\\x1f\\x7f-\\x9f][^\\x00-\\x1f\\x7f-\\x9f]*$";
+
 text_schema!(
     RefundReason,
-    "^[^\\x00-\\x1f\\x7f-\\x9f]*[^\\s\\x00-\\x1f\\x7f-\\x9f][^\\x00-\\x1f\\x7f-\\x9f]*$",
+    PRINTABLE,
     REFUND_REASON_MAX_CHARS,
     "Why the merchant refunds: not blank, no control characters.",
     "damaged in transit"
+);
+text_schema!(
+    OperatorName,
+    PRINTABLE,
+    OPERATOR_NAME_MAX_CHARS,
+    "Who the operator is, recorded beside what they did: not blank, no control characters.",
+    "ops-ann"
+);
+text_schema!(
+    OperatorReason,
+    PRINTABLE,
+    OPERATOR_REASON_MAX_CHARS,
+    "Why the operator acts, recorded with it: not blank, no control characters.",
+    "the provider confirmed the capture by phone"
 );
 
 impl PartialSchema for AmountMinor {

@@ -181,13 +181,34 @@ checked_string!(
     |v| bytes_within(v, IDEMPOTENCY_KEY_MAX, |b| (0x20..=0x7e).contains(&b))
 );
 
+/// `value` is 1 to `max` characters, not blank, with no control character.
+fn printable_within(value: &str, max: usize) -> bool {
+    !value.trim().is_empty() && value.chars().count() <= max && !value.chars().any(char::is_control)
+}
+
 checked_string!(
     /// Why a merchant refunds: 1-200 characters, not blank, no control characters.
     RefundReason, field "reason",
     rule format!("1-{REFUND_REASON_MAX_CHARS} printable characters"),
-    |v| !v.trim().is_empty()
-        && v.chars().count() <= REFUND_REASON_MAX_CHARS
-        && !v.chars().any(char::is_control)
+    |v| printable_within(v, REFUND_REASON_MAX_CHARS)
+);
+
+pub const OPERATOR_NAME_MAX_CHARS: usize = 100;
+pub const OPERATOR_REASON_MAX_CHARS: usize = 500;
+
+checked_string!(
+    /// Who an operator is (`requested_by`, `reviewed_by`), as recorded beside what they did:
+    /// 1-100 characters, not blank, no control characters.
+    OperatorName, field "operator",
+    rule format!("1-{OPERATOR_NAME_MAX_CHARS} printable characters"),
+    |v| printable_within(v, OPERATOR_NAME_MAX_CHARS)
+);
+
+checked_string!(
+    /// Why an operator ends a payment: 1-500 characters, not blank, no control characters.
+    OperatorReason, field "reason",
+    rule format!("1-{OPERATOR_REASON_MAX_CHARS} printable characters"),
+    |v| printable_within(v, OPERATOR_REASON_MAX_CHARS)
 );
 
 impl RefundReason {

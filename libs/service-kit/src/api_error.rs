@@ -171,10 +171,10 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// A JSON request body as `T`, or 400 `invalid_body` saying why.
+/// A JSON request body as `T` (an empty body is `{}`), or the 400 naming the field and what is
+/// wrong with it (see [`crate::json_body`]).
 pub fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::invalid("invalid_body", format!("invalid request body: {e}")))
+    crate::json_body::parse_body(body, |_| None)
 }
 
 /// A query string that does not parse: 400 `invalid_query` in the API's shape (axum's own

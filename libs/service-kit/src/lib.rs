@@ -10,6 +10,9 @@ pub mod config;
 pub mod constant_time;
 pub mod db;
 pub mod http;
+pub mod json_body;
+#[cfg(feature = "openapi")]
+pub mod openapi;
 pub mod ops_auth;
 pub mod platform;
 pub mod runtime;

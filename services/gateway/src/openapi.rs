@@ -2,8 +2,10 @@
 //! route handlers' annotations (utoipa); the wire types they name are `schemas`'s.
 
 use axum::response::{IntoResponse, Response};
-use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
-use utoipa::{Modify, OpenApi};
+use sagapay_service_kit::openapi::{
+    document_json, KeyedApi, Link, Links, OptionalBodies, BODY_ANSWERS,
+};
+use utoipa::OpenApi;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -32,7 +34,7 @@ use utoipa::{Modify, OpenApi};
         ready,
         metrics,
     ),
-    modifiers(&ApiKeyAuth, &SharedAnswers, &Links),
+    modifiers(&PUBLIC, &LINKS, &OPTIONAL_BODIES),
     tags(
         (name = "payments", description = "Create and read payments"),
         (name = "refunds", description = "Refund settled payments"),
@@ -42,27 +44,12 @@ use utoipa::{Modify, OpenApi};
 )]
 pub struct ApiDoc;
 
-struct ApiKeyAuth;
-
-impl Modify for ApiKeyAuth {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        openapi
-            .components
-            .get_or_insert_with(Default::default)
-            .add_security_scheme(
-                "api_key",
-                SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("x-api-key"))),
-            );
-    }
-}
-
-/// The answers every route that takes an API key may give, whatever it does: added to each
-/// such operation here, once, so no route can forget one (Schemathesis sends requests without
-/// a key, floods, and finds any status the document does not list).
-struct SharedAnswers;
-
-impl SharedAnswers {
-    const ANSWERS: [(&'static str, &'static str); 4] = [
+/// The merchant's key, and the answers any route that takes it may give (Schemathesis sends
+/// requests without a key, floods, and finds any status the document does not list).
+const PUBLIC: KeyedApi = KeyedApi {
+    scheme: "api_key",
+    header: "x-api-key",
+    answers: &[
         (
             "400",
             "Invalid request (a header, the body, a query parameter)",
@@ -73,222 +60,97 @@ impl SharedAnswers {
             "503",
             "A service behind the gateway is unavailable; retry (with the same idempotency key)",
         ),
-    ];
-}
+    ],
+    body_answers: BODY_ANSWERS,
+};
 
-impl SharedAnswers {
-    /// And those of every route that reads a body.
-    const BODY_ANSWERS: [(&'static str, &'static str); 2] = [
-        ("413", "Body too large (16 KiB by default)"),
-        ("415", "Not application/json (UTF-8)"),
-    ];
-}
+/// A roll's body may be left out (the default overlap).
+const OPTIONAL_BODIES: OptionalBodies =
+    OptionalBodies(&[("/webhook_endpoints/{endpoint_id}/roll_secret", "post")]);
 
-impl Modify for SharedAnswers {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
-        let error = ContentBuilder::new()
-            .schema(Some(Ref::from_schema_name("ErrorDocument")))
-            .build();
-        for item in openapi.paths.paths.values_mut() {
-            let ops = [
-                &mut item.get,
-                &mut item.post,
-                &mut item.delete,
-                &mut item.put,
-                &mut item.patch,
-            ];
-            for op in ops.into_iter().flatten() {
-                if op.security.is_none() {
-                    continue;
-                }
-                let with_body = op.request_body.is_some().then_some(Self::BODY_ANSWERS);
-                for (status, description) in Self::ANSWERS
-                    .into_iter()
-                    .chain(with_body.into_iter().flatten())
-                {
-                    op.responses
-                        .responses
-                        .entry(status.to_owned())
-                        .or_insert_with(|| {
-                            ResponseBuilder::new()
-                                .description(description)
-                                .content("application/json", error.clone())
-                                .build()
-                                .into()
-                        });
-                }
-            }
-        }
-    }
-}
-
-/// How a client goes from one answer to the next request (OpenAPI links): a created payment to
-/// reading, capturing, cancelling and refunding it; a created endpoint to its deliveries, its
-/// secret's roll and its deletion; a page of events to one event. Schemathesis's stateful phase
-/// follows them.
-struct Links;
-
-impl Links {
-    /// (path, method, status, link name, operation id, parameter, runtime expression).
-    const LINKS: [(
-        &'static str,
-        &'static str,
-        &'static str,
-        &'static str,
-        &'static str,
-        &'static str,
-        &'static str,
-    ); 8] = [
-        (
-            "/payments",
-            "post",
-            "201",
-            "GetPayment",
-            "get_payment",
-            "payment_id",
-            "$response.body#/payment_id",
-        ),
-        (
-            "/payments",
-            "post",
-            "201",
-            "CapturePayment",
-            "capture_payment",
-            "payment_id",
-            "$response.body#/payment_id",
-        ),
-        (
-            "/payments",
-            "post",
-            "201",
-            "CancelPayment",
-            "cancel_payment",
-            "payment_id",
-            "$response.body#/payment_id",
-        ),
-        (
-            "/payments",
-            "post",
-            "201",
-            "RefundPayment",
-            "create_refund",
-            "payment_id",
-            "$response.body#/payment_id",
-        ),
-        (
-            "/webhook_endpoints",
-            "post",
-            "201",
-            "ListDeliveries",
-            "list_deliveries",
-            "endpoint_id",
-            "$response.body#/id",
-        ),
-        (
-            "/webhook_endpoints",
-            "post",
-            "201",
-            "RollSecret",
-            "roll_secret",
-            "endpoint_id",
-            "$response.body#/id",
-        ),
-        (
-            "/webhook_endpoints",
-            "post",
-            "201",
-            "DeleteEndpoint",
-            "delete_endpoint",
-            "endpoint_id",
-            "$response.body#/id",
-        ),
-        (
-            "/events",
-            "get",
-            "200",
-            "GetEvent",
-            "get_event",
-            "event_id",
-            "$response.body#/data/0/id",
-        ),
-    ];
-}
-
-impl Modify for Links {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::link::LinkBuilder;
-        use utoipa::openapi::RefOr;
-        for (path, method, status, name, operation, param, expr) in Self::LINKS {
-            let item = openapi.paths.paths.get_mut(path);
-            let op = item.and_then(|i| match method {
-                "post" => i.post.as_mut(),
-                _ => i.get.as_mut(),
-            });
-            let response = op.and_then(|o| o.responses.responses.get_mut(status));
-            let Some(RefOr::T(response)) = response else {
-                panic!("the document has no {method} {path} answering {status} to link from");
-            };
-            let link = LinkBuilder::new()
-                .operation_id(operation)
-                .parameter(param, expr)
-                .build();
-            response.links.insert(name.to_owned(), RefOr::T(link));
-        }
-        // A roll's body is optional (empty: the default overlap).
-        let roll = openapi
-            .paths
-            .paths
-            .get_mut("/webhook_endpoints/{endpoint_id}/roll_secret")
-            .and_then(|i| i.post.as_mut())
-            .and_then(|o| o.request_body.as_mut())
-            .expect("the roll route takes a body");
-        roll.required = Some(utoipa::openapi::Required::False);
-    }
-}
+/// How a client goes from one answer to the next request: a created payment to reading,
+/// capturing, cancelling and refunding it; a created endpoint to its deliveries, its secret's
+/// roll and its deletion; a page of events to one event.
+const LINKS: Links = Links(&[
+    Link::new(
+        "/payments",
+        "post",
+        "201",
+        "GetPayment",
+        "get_payment",
+        "payment_id",
+        "$response.body#/payment_id",
+    ),
+    Link::new(
+        "/payments",
+        "post",
+        "201",
+        "CapturePayment",
+        "capture_payment",
+        "payment_id",
+        "$response.body#/payment_id",
+    ),
+    Link::new(
+        "/payments",
+        "post",
+        "201",
+        "CancelPayment",
+        "cancel_payment",
+        "payment_id",
+        "$response.body#/payment_id",
+    ),
+    Link::new(
+        "/payments",
+        "post",
+        "201",
+        "RefundPayment",
+        "create_refund",
+        "payment_id",
+        "$response.body#/payment_id",
+    ),
+    Link::new(
+        "/webhook_endpoints",
+        "post",
+        "201",
+        "ListDeliveries",
+        "list_deliveries",
+        "endpoint_id",
+        "$response.body#/id",
+    ),
+    Link::new(
+        "/webhook_endpoints",
+        "post",
+        "201",
+        "RollSecret",
+        "roll_secret",
+        "endpoint_id",
+        "$response.body#/id",
+    ),
+    Link::new(
+        "/webhook_endpoints",
+        "post",
+        "201",
+        "DeleteEndpoint",
+        "delete_endpoint",
+        "endpoint_id",
+        "$response.body#/id",
+    ),
+    Link::new(
+        "/events",
+        "get",
+        "200",
+        "GetEvent",
+        "get_event",
+        "event_id",
+        "$response.body#/data/0/id",
+    ),
+]);
 
 /// This document.
 #[utoipa::path(get, path = "/openapi.json", tag = "operations",
     responses((status = 200, description = "OpenAPI 3 document", content_type = "application/json")))]
 pub async fn document() -> Response {
-    axum::Json(document_json()).into_response()
-}
-
-/// The document as JSON. utoipa 5.5 writes a link's fields in snake case (`operation_id`,
-/// `request_body`), which OpenAPI does not know, so they are renamed here (the spec's
-/// `operationId`, `requestBody`); everything else is utoipa's.
-pub fn document_json() -> serde_json::Value {
-    let mut doc = serde_json::to_value(ApiDoc::openapi()).expect("the document serializes");
-    let paths = doc["paths"]
-        .as_object_mut()
-        .into_iter()
-        .flat_map(|p| p.values_mut());
-    let operations = paths
-        .filter_map(|i| i.as_object_mut())
-        .flat_map(|i| i.values_mut());
-    for op in operations {
-        let responses = op["responses"]
-            .as_object_mut()
-            .into_iter()
-            .flat_map(|r| r.values_mut());
-        for response in responses {
-            let links = response.get_mut("links").and_then(|l| l.as_object_mut());
-            for link in links.into_iter().flat_map(|l| l.values_mut()) {
-                let Some(link) = link.as_object_mut() else {
-                    continue;
-                };
-                for (snake, camel) in [
-                    ("operation_id", "operationId"),
-                    ("request_body", "requestBody"),
-                ] {
-                    if let Some(v) = link.remove(snake) {
-                        link.insert(camel.to_owned(), v);
-                    }
-                }
-            }
-        }
-    }
-    doc
+    axum::Json(document_json(&ApiDoc::openapi())).into_response()
 }
 
 // The probes and metrics are served by the shared service kit; they are declared here so the
@@ -318,7 +180,7 @@ mod tests {
 
     #[test]
     fn every_link_names_an_operation_and_a_parameter_of_the_document() {
-        let doc = document_json();
+        let doc = document_json(&ApiDoc::openapi());
         let mut operations = std::collections::BTreeMap::new();
         for item in doc["paths"].as_object().unwrap().values() {
             for op in item.as_object().unwrap().values() {
@@ -352,6 +214,6 @@ mod tests {
                 }
             }
         }
-        assert_eq!(links, Links::LINKS.len());
+        assert_eq!(links, LINKS.0.len());
     }
 }

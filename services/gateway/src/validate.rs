@@ -1,21 +1,19 @@
 //! Parsing the public requests at the edge: a body becomes its type from
 //! `sagapay_api_models::requests` (serde; each field a domain type that checks its own rule),
-//! and a refusal names the field (`param`) and a machine-readable code, so a client learns
-//! exactly what to fix. Nothing invalid reaches the services behind the gateway, which parse
-//! the same types again.
+//! and a refusal names the field (`param`) and a machine-readable code
+//! (`sagapay_service_kit::json_body`, with the request's own codes, [`FieldCodes`]), so a
+//! client learns exactly what to fix. Nothing invalid reaches the services behind the
+//! gateway, which parse the same types again.
 //!
-//! The codes: `malformed_json` (not JSON), `invalid_body` (not an object, a field twice),
-//! `missing_field`, `unknown_field`, `invalid_type` (a JSON value of the wrong kind), and
-//! otherwise the field's own code ([`FieldCodes`]: `invalid_amount`, `unsupported_currency`,
-//! ...). The idempotency key is required in the body; the `Idempotency-Key` header, an
-//! older spelling of it, is taken in its place when the body has none, and must agree when
-//! both are sent.
+//! The idempotency key is required in the body; the `Idempotency-Key` header, an older
+//! spelling of it, is taken in its place when the body has none, and must agree when both
+//! are sent.
 
 use sagapay_api_models::{FieldCodes, Idempotent};
 use sagapay_domain::{AmountMinor, IdempotencyKey, PerCurrency};
+use sagapay_service_kit::json_body;
 use sagapay_service_kit::ApiError;
 use serde::de::DeserializeOwned;
-use serde_json::{Map, Value};
 
 /// The body as `T`; `header_key` is the `Idempotency-Key` header, if sent.
 pub fn request<T>(body: &[u8], header_key: Option<&str>) -> Result<T, ApiError>
@@ -23,11 +21,7 @@ where
     T: DeserializeOwned + FieldCodes + Idempotent,
 {
     // An empty body is an empty object (a cancel may carry nothing but the header).
-    let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
-        b"{}"
-    } else {
-        body
-    };
+    let body = json_body::or_empty_object(body);
     let header_key = header_key
         .map(|k| {
             IdempotencyKey::parse(k).map_err(|e| {
@@ -36,12 +30,13 @@ where
             })
         })
         .transpose()?;
-    let req = match (parse::<T>(body), &header_key) {
+    let req = match (json_body::parse::<T>(body), &header_key) {
         (Ok(req), _) => req,
         (Err(f), Some(key)) if f.missing().as_deref() == Some("idempotency_key") => {
-            with_key(body, key).map_err(refusal::<T>)?
+            json_body::parse_with(body, "idempotency_key", key.as_str())
+                .map_err(|f| f.refusal(T::field_code))?
         }
-        (Err(f), _) => return Err(refusal::<T>(f)),
+        (Err(f), _) => return Err(f.refusal(T::field_code)),
     };
     if let Some(h) = header_key {
         if &h != req.idempotency_key() {
@@ -57,141 +52,7 @@ where
 
 /// A body without an idempotency key as `T` (an empty body is an empty object).
 pub fn body<T: DeserializeOwned + FieldCodes>(body: &[u8]) -> Result<T, ApiError> {
-    let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
-        b"{}"
-    } else {
-        body
-    };
-    parse(body).map_err(refusal::<T>)
-}
-
-/// Why serde refused a body, and where.
-struct Failure {
-    /// The refused value's path ("amount_cents", "enabled_events[3]"; "." for the body).
-    path: String,
-    inner: serde_json::Error,
-}
-
-impl Failure {
-    fn whole(inner: serde_json::Error) -> Self {
-        Self {
-            path: ".".into(),
-            inner,
-        }
-    }
-
-    /// The field serde found missing, if that is the error.
-    fn missing(&self) -> Option<String> {
-        quoted_after(&message(&self.inner), "missing field `")
-    }
-}
-
-/// The whole body (trailing bytes included) as `T`, which must be written as an object
-/// (serde would also read a struct from an array of its fields' values).
-fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, Failure> {
-    let first = body.iter().find(|b| !b.is_ascii_whitespace());
-    if first.is_some_and(|b| *b != b'{') {
-        let kind: serde_json::Value = serde_json::from_slice(body).map_err(Failure::whole)?;
-        return Err(Failure::whole(serde::de::Error::custom(format_args!(
-            "expected an object, found {}",
-            match kind {
-                Value::Array(_) => "an array",
-                Value::String(_) => "a string",
-                Value::Number(_) => "a number",
-                Value::Bool(_) => "a boolean",
-                _ => "null",
-            }
-        ))));
-    }
-    let mut de = serde_json::Deserializer::from_slice(body);
-    let t: T = serde_path_to_error::deserialize(&mut de).map_err(|e| Failure {
-        path: e.path().to_string(),
-        inner: e.into_inner(),
-    })?;
-    de.end().map_err(Failure::whole)?;
-    Ok(t)
-}
-
-/// The body again, with the header's key as its `idempotency_key` (the body parsed up to the
-/// missing key, so it is an object of known, distinct fields).
-fn with_key<T: DeserializeOwned>(body: &[u8], key: &IdempotencyKey) -> Result<T, Failure> {
-    let mut obj: Map<String, Value> = serde_json::from_slice(body).map_err(Failure::whole)?;
-    obj.insert("idempotency_key".into(), Value::String(key.as_str().into()));
-    serde_path_to_error::deserialize(Value::Object(obj)).map_err(|e| Failure {
-        path: e.path().to_string(),
-        inner: e.into_inner(),
-    })
-}
-
-/// serde_json's message without its position (" at line 1 column 9").
-fn message(e: &serde_json::Error) -> String {
-    let text = e.to_string();
-    match text.rsplit_once(" at line ") {
-        Some((msg, _)) => msg.to_owned(),
-        None => text,
-    }
-}
-
-/// The name between backticks after `prefix`, when `msg` starts with it.
-fn quoted_after(msg: &str, prefix: &str) -> Option<String> {
-    let rest = msg.strip_prefix(prefix)?;
-    Some(rest.split('`').next()?.chars().take(64).collect())
-}
-
-/// The 400 for a body serde refused.
-fn refusal<T: FieldCodes>(Failure { path, inner }: Failure) -> ApiError {
-    use serde_json::error::Category;
-    let msg = message(&inner);
-    if !matches!(inner.classify(), Category::Data) {
-        return ApiError::invalid(
-            "malformed_json",
-            format!("the body is not valid JSON: {msg}"),
-        );
-    }
-    if let Some(field) = quoted_after(&msg, "missing field `") {
-        return missing_field(&field);
-    }
-    if let Some(field) = quoted_after(&msg, "unknown field `") {
-        return ApiError::invalid("unknown_field", msg).with_param(field);
-    }
-    if let Some(field) = quoted_after(&msg, "duplicate field `") {
-        return ApiError::invalid(
-            "invalid_body",
-            format!("the field {field:?} appears more than once"),
-        );
-    }
-    // The refused value's field: the first step of its path ("enabled_events[3]" and
-    // "enabled_events" are both the field enabled_events).
-    let field: String = path.split(['.', '[']).next().unwrap_or_default().to_owned();
-    if field.is_empty() || field == "?" {
-        return ApiError::invalid(
-            "invalid_body",
-            format!("the body must be a JSON object: {msg}"),
-        );
-    }
-    let code = if msg.starts_with("invalid type:") {
-        "invalid_type"
-    } else {
-        T::field_code(&field).unwrap_or("invalid_value")
-    };
-    let message = if msg.starts_with(&field) {
-        msg
-    } else {
-        format!("{field}: {msg}")
-    };
-    ApiError::invalid(code, message).with_param(field)
-}
-
-fn missing_field(field: &str) -> ApiError {
-    if field == "idempotency_key" {
-        return ApiError::invalid(
-            "idempotency_key_required",
-            "idempotency_key is required (or an Idempotency-Key header): it is what makes a \
-             retried request safe",
-        )
-        .with_param("idempotency_key");
-    }
-    ApiError::invalid("missing_field", format!("{field} is required")).with_param(field)
+    json_body::parse_body(body, T::field_code)
 }
 
 /// The amount within the limit of its currency (`max` of the gateway's settings). Above it, the

@@ -5,8 +5,10 @@
 //! - `POST /ops/reviews/{payment_id}/approve` and `/deny` with `{"reviewed_by": "..."}`: the
 //!   decision, who took it and when are kept; the saga resumes (approve) or the payment fails
 //!   (deny). A second decision answers 409 with the one already taken.
+//! - `GET /ops/openapi.json`: these routes' document (Schemathesis judges it in the suite).
 
 use axum::body::Bytes;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -14,12 +16,15 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use sagapay_domain::events::{RiskApproved, RiskDenied};
-use sagapay_domain::Envelope;
+use sagapay_domain::{Envelope, OperatorName};
 use sagapay_messaging::{MessageHeaders, Outbox};
-use sagapay_service_kit::api_error::{ApiError, ErrorType};
+use sagapay_service_kit::api_error::{ApiError, ErrorDocument, ErrorType};
+use sagapay_service_kit::json_body::parse_body;
+use sagapay_service_kit::openapi::{document_json, Link, Links, OPS_KEY};
 use sagapay_service_kit::ops_auth::{require_ops_key, OpsKey};
 use serde::{Deserialize, Serialize};
 use sqlx::{PgPool, Row};
+use utoipa::{IntoParams, OpenApi, ToSchema};
 use uuid::Uuid;
 
 #[derive(Clone)]
@@ -32,17 +37,66 @@ pub fn routes(state: OpsState, key: OpsKey) -> Router {
     let routes = Router::new()
         .route("/ops/reviews", get(list_reviews))
         .route("/ops/reviews/{payment_id}/approve", post(approve))
-        .route("/ops/reviews/{payment_id}/deny", post(deny));
+        .route("/ops/reviews/{payment_id}/deny", post(deny))
+        .route("/ops/openapi.json", get(document));
     require_ops_key(routes, key).with_state(state)
 }
 
-#[derive(Debug, Deserialize)]
-struct ListQuery {
-    limit: Option<i64>,
-    after: Option<Uuid>,
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "SagaPay risk: operations",
+        description = "The manual review queue: payments the rules sent to a person, and \
+            their decisions. Called with the ops key (`sagapayctl reviews`)."
+    ),
+    paths(list_reviews, approve, deny, document),
+    components(schemas(ErrorDocument)),
+    modifiers(&OPS_KEY, &LINKS)
+)]
+struct OpsDoc;
+
+/// From the queue to a decision on its first review.
+const LINKS: Links = Links(&[
+    Link::new(
+        "/ops/reviews",
+        "get",
+        "200",
+        "Approve",
+        "approve",
+        "payment_id",
+        "$response.body#/reviews/0/payment_id",
+    ),
+    Link::new(
+        "/ops/reviews",
+        "get",
+        "200",
+        "Deny",
+        "deny",
+        "payment_id",
+        "$response.body#/reviews/0/payment_id",
+    ),
+]);
+
+/// This document.
+#[utoipa::path(get, path = "/ops/openapi.json", tag = "operations", security(("ops_key" = [])),
+    responses((status = 200, description = "OpenAPI 3 document", content_type = "application/json")))]
+async fn document() -> Response {
+    Json(document_json(&OpsDoc::openapi())).into_response()
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    /// Page size: 1 to 100, default 50.
+    #[param(minimum = 1, maximum = 100)]
+    limit: Option<i64>,
+    /// The last payment id of the previous page (`next_after`).
+    #[param(format = Uuid)]
+    after: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
 struct ReviewView {
     payment_id: Uuid,
     merchant_id: Uuid,
@@ -53,17 +107,30 @@ struct ReviewView {
     created_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct ReviewPage {
     reviews: Vec<ReviewView>,
     /// Pass as `after` to get the next page; null on the last page.
     next_after: Option<Uuid>,
 }
 
+/// Pending reviews, oldest first, a page at a time.
+#[utoipa::path(get, path = "/ops/reviews", tag = "reviews", params(ListQuery),
+    security(("ops_key" = [])),
+    responses((status = 200, description = "A page of pending reviews", body = ReviewPage)))]
 async fn list_reviews(
     State(state): State<OpsState>,
-    Query(q): Query<ListQuery>,
+    query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<ReviewPage>, ApiError> {
+    let Query(q) = query?;
+    let after = q
+        .after
+        .map(|a| {
+            Uuid::parse_str(&a).map_err(|_| {
+                ApiError::invalid("invalid_after", "after must be a payment id").with_param("after")
+            })
+        })
+        .transpose()?;
     let limit = q.limit.unwrap_or(50);
     if !(1..=100).contains(&limit) {
         return Err(
@@ -80,7 +147,7 @@ async fn list_reviews(
           ORDER BY created_at, payment_id
           LIMIT $2",
     )
-    .bind(q.after)
+    .bind(after)
     .bind(limit + 1)
     .fetch_all(&state.pool)
     .await?;
@@ -125,13 +192,14 @@ impl Verdict {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct DecisionBody {
-    reviewed_by: String,
+    /// Who decides, recorded with the decision.
+    reviewed_by: OperatorName,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct DecisionView {
     payment_id: Uuid,
     status: &'static str,
@@ -139,6 +207,15 @@ struct DecisionView {
     decided_at: DateTime<Utc>,
 }
 
+/// Approves the payment: the saga resumes.
+#[utoipa::path(post, path = "/ops/reviews/{payment_id}/approve", tag = "reviews",
+    params(("payment_id" = String, Path, format = Uuid, description = "The payment under review")),
+    request_body = DecisionBody, security(("ops_key" = [])),
+    responses(
+        (status = 200, description = "Approved", body = DecisionView),
+        (status = 404, description = "No review for this payment", body = ErrorDocument),
+        (status = 409, description = "Already decided", body = ErrorDocument),
+    ))]
 async fn approve(
     state: State<OpsState>,
     id: Path<String>,
@@ -147,28 +224,24 @@ async fn approve(
     decide(state, id, body, Verdict::Approved).await
 }
 
+/// Denies the payment: it fails.
+#[utoipa::path(post, path = "/ops/reviews/{payment_id}/deny", tag = "reviews",
+    params(("payment_id" = String, Path, format = Uuid, description = "The payment under review")),
+    request_body = DecisionBody, security(("ops_key" = [])),
+    responses(
+        (status = 200, description = "Denied", body = DecisionView),
+        (status = 404, description = "No review for this payment", body = ErrorDocument),
+        (status = 409, description = "Already decided", body = ErrorDocument),
+    ))]
 async fn deny(state: State<OpsState>, id: Path<String>, body: Bytes) -> Result<Response, ApiError> {
     decide(state, id, body, Verdict::Denied).await
 }
 
 fn parse_reviewer(body: &[u8]) -> Result<String, ApiError> {
-    let parsed: DecisionBody = serde_json::from_slice(body).map_err(|e| {
-        ApiError::invalid(
-            "invalid_body",
-            format!("expected {{\"reviewed_by\": \"...\"}}: {e}"),
-        )
+    let parsed: DecisionBody = parse_body(body, |field| {
+        (field == "reviewed_by").then_some("invalid_reviewed_by")
     })?;
-    let who = parsed.reviewed_by;
-    let ok =
-        !who.trim().is_empty() && who.chars().count() <= 64 && !who.chars().any(char::is_control);
-    if !ok {
-        return Err(ApiError::invalid(
-            "invalid_reviewed_by",
-            "reviewed_by must be 1-64 printable characters",
-        )
-        .with_param("reviewed_by"));
-    }
-    Ok(who)
+    Ok(parsed.reviewed_by.into())
 }
 
 async fn decide(

@@ -1,13 +1,15 @@
-//! The API document is the contract, judged from outside: Schemathesis (pinned, installed by
-//! `scripts/test.sh` into `.local/st-venv`) runs every check and every phase (examples,
-//! coverage, fuzzing, and the stateful phase, which follows the document's links from a
-//! created payment to its capture, cancel and refunds, and from a created webhook endpoint to
-//! its deliveries, roll and deletion) against a real gateway and the services behind it, with
-//! a fixed seed and a bounded number of examples. Any request the document calls valid that
-//! the gateway refuses, any invalid one it accepts, any status or body the document does not
-//! describe, and any 5xx, fails this test with Schemathesis's report.
+//! The API documents are the contract, judged from outside: Schemathesis (pinned, installed
+//! by `scripts/test.sh` into `.local/st-venv`) runs every check and every phase (examples,
+//! coverage, fuzzing, and the stateful phase, which follows each document's links: from a
+//! created payment to its capture, cancel and refunds, from a created webhook endpoint to its
+//! deliveries, roll and deletion, from the stuck list and the review queue to what an
+//! operator does with them) against real services, with deterministic generation and a
+//! bounded number of examples. The gateway's public document and the ops documents of the
+//! orchestrator and the risk service are judged alike. Any request a document calls valid that
+//! is refused, any invalid one accepted, any status or body a document does not describe, and
+//! any 5xx fails this test with Schemathesis's report.
 
-use sagapay_e2e::{TestStack, DEV_API_KEY};
+use sagapay_e2e::{TestStack, DEV_API_KEY, DEV_OPS_KEY};
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -27,14 +29,51 @@ fn schemathesis() -> PathBuf {
     st
 }
 
+/// One API to judge: where it is, its document's path, the header that carries its key.
+struct Api {
+    base: String,
+    document: &'static str,
+    key: (&'static str, &'static str),
+    /// Whether its stateful phase must run (the document has links whose sources answer).
+    stateful: bool,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn schemathesis_finds_nothing_the_gateway_document_does_not_say() {
+async fn schemathesis_finds_nothing_any_document_does_not_say() {
     let stack = TestStack::spawn().await;
-    let st = schemathesis();
-    let url = format!("{}/openapi.json", stack.gateway_url());
+    let apis = [
+        Api {
+            base: stack.gateway_url(),
+            document: "/openapi.json",
+            key: ("x-api-key", DEV_API_KEY),
+            stateful: true,
+        },
+        Api {
+            base: stack.service_url("orchestrator"),
+            document: "/ops/openapi.json",
+            key: ("x-ops-key", DEV_OPS_KEY),
+            stateful: false,
+        },
+        Api {
+            base: stack.service_url("risk"),
+            document: "/ops/openapi.json",
+            key: ("x-ops-key", DEV_OPS_KEY),
+            stateful: false,
+        },
+    ];
+    for api in apis {
+        judge(&stack, api).await;
+    }
+    stack.teardown().await;
+}
+
+/// Runs Schemathesis against `api` and asserts it found nothing and tested everything.
+async fn judge(stack: &TestStack, api: Api) {
+    let url = format!("{}{}", api.base, api.document);
     let doc: serde_json::Value = stack
         .http
         .get(&url)
+        .header(api.key.0, api.key.1)
         .send()
         .await
         .unwrap()
@@ -47,18 +86,36 @@ async fn schemathesis_finds_nothing_the_gateway_document_does_not_say() {
         .values()
         .map(|item| item.as_object().unwrap().len())
         .sum();
-    let report = tempdir();
-    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/schemathesis.toml").to_owned();
+    let dir = std::env::temp_dir().join(format!("sagapay-st-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("openapi.json");
+    std::fs::write(&file, serde_json::to_vec(&doc).unwrap()).unwrap();
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/schemathesis.toml");
+    let (st, base, header) = (
+        schemathesis(),
+        api.base.clone(),
+        format!("{}: {}", api.key.0, api.key.1),
+    );
     let out = tokio::task::spawn_blocking(move || {
         Command::new(st)
-            .args(["--config-file", &config])
-            .args(["run", &url, "--checks", "all"])
+            .args(["--config-file", config])
+            .arg("run")
+            .arg(&file)
+            .args(["--url", &base, "--checks", "all"])
             .args(["--phases", "examples,coverage,fuzzing,stateful"])
-            .args(["--max-examples", "25", "--seed", "20261206"])
-            .args(["--generation-deterministic", "--workers", "1"])
-            .args(["--request-timeout", "10", "--warnings", "off"])
-            .args(["-H", &format!("x-api-key: {DEV_API_KEY}")])
-            .args(["--report-dir", &report])
+            .args(["--max-examples", "25", "--generation-deterministic"])
+            .args([
+                "--workers",
+                "1",
+                "--request-timeout",
+                "10",
+                "--warnings",
+                "off",
+            ])
+            .args(["-H", &header])
+            .arg("--report-dir")
+            .arg(dir.join("report"))
+            .current_dir(&dir)
             .env("NO_COLOR", "1")
             .output()
             .expect("Schemathesis runs")
@@ -69,23 +126,19 @@ async fn schemathesis_finds_nothing_the_gateway_document_does_not_say() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success(),
-        "Schemathesis found the gateway and its document disagreeing:\n{stdout}\n{stderr}"
+        "Schemathesis found {url} and the service disagreeing:\n{stdout}\n{stderr}"
     );
-    // It ran what it says: every operation and the stateful phase (a run that tested nothing
-    // also exits 0). The document's own route is where Schemathesis read it, not a case.
-    let tested = format!("Tested: {}", operations - 1);
+    // It ran what it says: every operation (a run that tested nothing also exits 0), and the
+    // stateful phase where the document's links can be followed.
+    let tested = format!("Tested: {operations}");
     assert!(
         stdout.contains(&tested),
-        "not every operation was tested:\n{stdout}"
+        "{url}: not every operation was tested:\n{stdout}"
     );
-    assert!(
-        stdout.contains("✅ Stateful"),
-        "the stateful phase did not pass:\n{stdout}"
-    );
-}
-
-fn tempdir() -> String {
-    let dir = std::env::temp_dir().join(format!("sagapay-st-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.display().to_string()
+    if api.stateful {
+        assert!(
+            stdout.contains("✅ Stateful"),
+            "{url}: the stateful phase did not pass:\n{stdout}"
+        );
+    }
 }
