@@ -76,7 +76,8 @@ if [ "$skip_build" -eq 0 ]; then
 fi
 
 for b in rev tree; do
-  [ -x "${TARGET[$b]}/release/sagapay-gateway" ] || die "no release build in ${TARGET[$b]}: run without --skip-build"
+  [ -x "${TARGET[$b]}/release/sagapay" ] || [ -x "${TARGET[$b]}/release/sagapay-gateway" ] \
+    || die "no release build in ${TARGET[$b]}: run without --skip-build"
 done
 # One load generator for both builds (this tree's), so they are measured alike. In a closed
 # loop it retries a 503 overloaded after its Retry-After, as a careful merchant does: the

@@ -44,8 +44,11 @@ start() {
         log "$svc/$i already running (pid $(pid_of "$svc" "$i"))"
         continue
       fi
-      local bin="$BIN_DIR/sagapay-$svc"
-      [ -x "$bin" ] || die "$bin is missing: run 'cargo build --release' first"
+      # One binary for the six (`sagapay <service>`); a build from before it (scripts/bench.sh
+      # runs older revisions too) has one binary per service.
+      local bin=("$BIN_DIR/sagapay" "$svc")
+      [ -x "${bin[0]}" ] || bin=("$BIN_DIR/sagapay-$svc")
+      [ -x "${bin[0]}" ] || die "$BIN_DIR/sagapay is missing: run 'cargo build --release' first"
       port="$(port_of "$svc" "$i")"
       if port_open "$port"; then
         die "port $port ($svc/$i) is taken by another process"
@@ -56,7 +59,7 @@ start() {
         export SAGAPAY_ORCHESTRATOR_URL="http://127.0.0.1:$(port_of orchestrator "$i")"
         export SAGAPAY_NOTIFICATION_URL="http://127.0.0.1:$(port_of notification "$i")"
         export SAGAPAY_INSTANCE_ID="$i"
-        nohup "$bin" >>"$log" 2>&1 &
+        nohup "${bin[@]}" >>"$log" 2>&1 &
         echo $! > "$RUN_DIR/$svc.$i.pid"
       )
     done

@@ -171,12 +171,6 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// A JSON request body as `T` (an empty body is `{}`), or the 400 naming the field and what is
-/// wrong with it (see [`crate::json_body`]).
-pub fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    crate::json_body::parse_body(body, |_| None)
-}
-
 /// A query string that does not parse: 400 `invalid_query` in the API's shape (axum's own
 /// rejection is plain text, which callers through the gateway would see as a failure).
 impl From<axum::extract::rejection::QueryRejection> for ApiError {

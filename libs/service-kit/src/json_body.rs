@@ -24,6 +24,12 @@ pub fn parse_body<T: DeserializeOwned>(body: &[u8], codes: FieldCodes) -> Result
     parse(or_empty_object(body)).map_err(|f| f.refusal(codes))
 }
 
+/// A JSON request body as `T` (an empty body is `{}`), or the 400 naming the field and what is
+/// wrong with it, with no codes of the request's own.
+pub fn json_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    parse_body(body, |_| None)
+}
+
 /// An empty (or blank) body reads as `{}`: every field optional, or reported missing.
 pub fn or_empty_object(body: &[u8]) -> &[u8] {
     if body.iter().all(u8::is_ascii_whitespace) {

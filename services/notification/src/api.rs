@@ -16,7 +16,8 @@ use sagapay_api_models::{
     WebhookEndpointList,
 };
 use sagapay_domain::MerchantEventType;
-use sagapay_service_kit::api_error::{json_body, ApiError, ErrorType};
+use sagapay_service_kit::api_error::{ApiError, ErrorType};
+use sagapay_service_kit::json_body::json_body;
 use sagapay_service_kit::service_auth::{
     require_service_credential, NonceStore, TrustedCallers, VerifiedCaller,
 };

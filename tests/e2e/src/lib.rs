@@ -745,6 +745,14 @@ pub fn target_binary(name: &str) -> std::path::PathBuf {
     bin
 }
 
+/// The command that runs `service` (one of `SERVICES`) from the workspace's one binary,
+/// `sagapay <service>`, of the profile the tests were built in.
+pub fn service_command(service: &str) -> std::process::Command {
+    let mut command = std::process::Command::new(target_binary("sagapay"));
+    command.arg(service);
+    command
+}
+
 /// How a service started as a process tells where it listens: it binds port 0 and writes the
 /// address the kernel gave it to a file (`SAGAPAY_HTTP_ADDR_FILE`). No port is picked free by
 /// the test and handed to the process later, when another program may have taken it.
@@ -938,7 +946,7 @@ impl Processes {
             .append(true)
             .open(self.log_dir.join(format!("{name}.log")))
             .expect("log file");
-        let mut command = std::process::Command::new(target_binary(&format!("sagapay-{service}")));
+        let mut command = service_command(service);
         command
             .env("SAGAPAY_NAMESPACE", self.ns.as_str())
             .env("SAGAPAY_KAFKA_PARTITIONS", "2")

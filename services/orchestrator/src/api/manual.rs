@@ -19,8 +19,9 @@ use axum::{Extension, Json};
 use sagapay_domain::{AmountMinor, IdempotencyKey};
 use sagapay_messaging::headers::TRACEPARENT;
 use sagapay_messaging::MessageHeaders;
-use sagapay_service_kit::api_error::{json_body, replayed, ApiError};
+use sagapay_service_kit::api_error::{replayed, ApiError};
 use sagapay_service_kit::http::RequestContext;
+use sagapay_service_kit::json_body::json_body;
 use sagapay_service_kit::service_auth::VerifiedCaller;
 use uuid::Uuid;
 

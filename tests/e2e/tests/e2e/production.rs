@@ -1,7 +1,7 @@
 //! Production mode refuses unsafe settings at start, one message per problem, and starts with
 //! safe ones; there the development merchant's keys do not authenticate.
 
-use sagapay_e2e::{config, eventually, fresh_namespace, target_binary, ReportedAddr};
+use sagapay_e2e::{config, eventually, fresh_namespace, service_command, ReportedAddr};
 use sagapay_messaging::postgres_url::with_database;
 use sha2::{Digest, Sha256};
 use sqlx::postgres::PgPoolOptions;
@@ -13,7 +13,7 @@ use uuid::Uuid;
 /// status and standard error; it must exit by itself.
 fn refused(binary: &str, env: &[(&str, &str)]) -> String {
     let ns = fresh_namespace();
-    let mut command = Command::new(target_binary(binary));
+    let mut command = service_command(binary);
     command
         .env_clear()
         .env("SAGAPAY_ENVIRONMENT", "production")
@@ -48,7 +48,7 @@ impl Drop for KillOnDrop {
 fn production_mode_names_every_unsafe_setting_and_exits() {
     // Everything unsafe at once: each problem has its own line.
     let err = refused(
-        "sagapay-orchestrator",
+        "orchestrator",
         &[
             (
                 "SAGAPAY_POSTGRES_URL",
@@ -128,7 +128,7 @@ fn production_mode_names_every_unsafe_setting_and_exits() {
             .iter()
             .map(|&(k, v)| if k == name { (k, value) } else { (k, v) })
             .collect();
-        let err = refused("sagapay-orchestrator", &env);
+        let err = refused("orchestrator", &env);
         assert!(
             err.contains(expected),
             "{name}={value:?}: missing {expected:?} in:\n{err}"
@@ -152,7 +152,7 @@ fn production_mode_names_every_unsafe_setting_and_exits() {
         let mut env = safe.to_vec();
         env.push(("SAGAPAY_SERVICE_SIGNING_KEY", gateway_seed.as_str()));
         env.push(("SAGAPAY_REDIS_URL", redis));
-        let err = refused("sagapay-gateway", &env);
+        let err = refused("gateway", &env);
         assert!(err.contains(says), "{redis}: missing {says:?} in:\n{err}");
         assert_eq!(err.matches("\n  - ").count(), 1, "one problem only:\n{err}");
     }
@@ -219,7 +219,7 @@ async fn production_mode_starts_with_safe_settings_and_refuses_the_development_m
     // Each service binds port 0 and says where (no port of the test's is free until it is
     // taken); the gateway is given the notification service's address once it is known.
     let run = |binary: &str, notification: Option<&str>, postgres_url: &str, stderr: Stdio| {
-        let mut command = Command::new(target_binary(binary));
+        let mut command = service_command(binary);
         command.env_clear();
         let addr = ReportedAddr::listen(&mut command, [127, 0, 0, 1].into());
         if let Some(url) = notification {
@@ -255,7 +255,7 @@ async fn production_mode_starts_with_safe_settings_and_refuses_the_development_m
     std::fs::create_dir_all(&tmp).unwrap();
     let stranger = stranger_ca(&tmp);
     let (refused, _) = run(
-        "sagapay-gateway",
+        "gateway",
         None,
         &url_with_ca(stranger.to_str().unwrap()),
         Stdio::piped(),
@@ -280,19 +280,13 @@ async fn production_mode_starts_with_safe_settings_and_refuses_the_development_m
     );
 
     let prod_url = url_with_ca(&local_ca());
-    let (notification, notification_addr) =
-        run("sagapay-notification", None, &prod_url, Stdio::null());
+    let (notification, notification_addr) = run("notification", None, &prod_url, Stdio::null());
     let mut notification = KillOnDrop(notification);
     let notification_url = format!(
         "http://{}",
         wait_listening(&notification_addr, &mut notification)
     );
-    let (gateway, gateway_addr) = run(
-        "sagapay-gateway",
-        Some(&notification_url),
-        &prod_url,
-        Stdio::null(),
-    );
+    let (gateway, gateway_addr) = run("gateway", Some(&notification_url), &prod_url, Stdio::null());
     let mut child = KillOnDrop(gateway);
     let url = format!("http://{}", wait_listening(&gateway_addr, &mut child));
     let http = reqwest::Client::new();
@@ -442,7 +436,7 @@ async fn verify_ca_trusts_only_the_sslrootcert_it_is_given() {
     .expect("a PostgreSQL server of the test's own, with TLS");
     let ns = fresh_namespace();
     let gateway = |query: &str| {
-        let mut command = Command::new(target_binary("sagapay-gateway"));
+        let mut command = service_command("gateway");
         command.env_clear();
         let addr = ReportedAddr::listen(&mut command, [127, 0, 0, 1].into());
         let child = command

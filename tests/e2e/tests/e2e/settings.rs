@@ -3,7 +3,7 @@
 //! the catalogue, so a drifted one stops the service), and a misspelt `SAGAPAY_*` variable
 //! stops it at once, naming the setting it was probably meant to be.
 
-use sagapay_e2e::{cleanup_namespace, eventually, fresh_namespace, target_binary, ReportedAddr};
+use sagapay_e2e::{cleanup_namespace, eventually, fresh_namespace, service_command, ReportedAddr};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -11,7 +11,7 @@ use sagapay_service_kit::SERVICES;
 
 /// The service with nothing set but its namespace (and where it listens: see the callers).
 fn command(service: &str, ns: &str) -> Command {
-    let mut command = Command::new(target_binary(&format!("sagapay-{service}")));
+    let mut command = service_command(service);
     command
         .env_clear()
         .env("SAGAPAY_NAMESPACE", ns)
