@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Starts or stops the six SagaPay services from the release build, in the background.
+# Starts or stops the six SagaPay services in the background, from the build of profile
+# BUILD_PROFILE (scripts/up.sh builds `quick`), or by default the newer of the
+# `release` and `quick` builds.
 #   scripts/services.sh start [--instances N] | stop | status
 # With --instances N (default 1), N instances of every service run side by side: instance i
 # listens on the service's port + 10 × (i - 1) (gateway 8000, 8010, ...), has the id i
@@ -12,7 +14,15 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 RUN_DIR="$LOCAL_DIR/run"
 LOG_DIR="$LOCAL_DIR/logs"
-BIN_DIR="$CARGO_TARGET_DIR/release"
+newest_build() {
+  local release="$CARGO_TARGET_DIR/release/sagapay" quick="$CARGO_TARGET_DIR/quick/sagapay"
+  if [ -x "$quick" ] && { [ ! -e "$release" ] || [ "$quick" -nt "$release" ]; }; then
+    echo quick
+  else
+    echo release
+  fi
+}
+BIN_DIR="$CARGO_TARGET_DIR/${BUILD_PROFILE:-$(newest_build)}"
 
 port_of() { echo $((SERVICE_PORT[$1] + 10 * ($2 - 1))); }
 
@@ -48,7 +58,7 @@ start() {
       # runs older revisions too) has one binary per service.
       local bin=("$BIN_DIR/sagapay" "$svc")
       [ -x "${bin[0]}" ] || bin=("$BIN_DIR/sagapay-$svc")
-      [ -x "${bin[0]}" ] || die "$BIN_DIR/sagapay is missing: run 'cargo build --release' first"
+      [ -x "${bin[0]}" ] || die "$BIN_DIR/sagapay is missing: run scripts/up.sh (or cargo build --release) first"
       port="$(port_of "$svc" "$i")"
       if port_open "$port"; then
         die "port $port ($svc/$i) is taken by another process"
