@@ -59,13 +59,14 @@ export SCHEMATHESIS_BIN="$st"
 started=$SECONDS
 # The tests build in the profile scripts/up.sh builds (`quick`), so the dependencies compiled
 # there are not compiled again; the process-level tests run the services' binary of it.
-cargo build --profile quick --workspace --locked --bins
+CFLAGS="$QUICK_CFLAGS" cargo build --profile quick --workspace --locked --bins
 mkdir -p "$LOCAL_DIR"
 out="$LOCAL_DIR/test-output.log"
 set +e
 # Every test binary runs to the end even when one fails (a latency miss in the chaos binary,
 # which cargo runs first, must not leave the rest unrun); cargo lists the failures at the end.
-cargo test --profile quick --workspace --locked --no-fail-fast "$@" 2>&1 | tee "$out"
+CFLAGS="$QUICK_CFLAGS" cargo test --profile quick --workspace --locked --no-fail-fast "$@" 2>&1 \
+  | tee "$out"
 rc=${PIPESTATUS[0]}
 set -e
 read -r passed failed < <(awk '/^test result:/ {

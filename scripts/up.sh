@@ -13,7 +13,7 @@ command -v cargo >/dev/null || die "cargo is not installed (https://rustup.rs)"
 mkdir -p "$LOCAL_DIR/logs"
 build_log="$LOCAL_DIR/logs/build.log"
 log "building the services (profile quick) while the stack comes up; log: $build_log"
-cargo build --profile quick --locked -p sagapay -p sagapayctl >"$build_log" 2>&1 &
+CFLAGS="$QUICK_CFLAGS" cargo build --profile quick --locked -p sagapay >"$build_log" 2>&1 &
 build=$!
 "$SAGAPAY_ROOT/scripts/stack.sh" up
 command -v curl >/dev/null || apt_install curl
