@@ -81,6 +81,10 @@ cpu_snapshot() {
   local p comm fields
   for p in /proc/[0-9]*; do
     comm="$(tr -d '\0' <"$p/comm" 2>/dev/null)" || continue
+    # The one binary (`sagapay <service>`) is named by the service it runs.
+    if [ "$comm" = "sagapay" ]; then
+      comm="sagapay-$(tr '\0' '\n' <"$p/cmdline" 2>/dev/null | sed -n 2p)" || continue
+    fi
     fields="$(sed 's/.*) //' "$p/stat" 2>/dev/null)" || continue
     # shellcheck disable=SC2086
     set -- $fields
