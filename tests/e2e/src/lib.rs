@@ -1105,14 +1105,14 @@ pub fn free_port(range: std::ops::Range<u16>) -> u16 {
     }
 }
 
-/// Waits until a stack is quiet: every service's outbox published everything and every
-/// consumer read its channels to the end, without a break for longer than consumer lag is
-/// reported (every second). Exactly-once counts are read after it: read the moment a
+/// Waits until a stack is quiet: every service's outbox published everything, every consumer
+/// read its channels to the end and no provider operation is still to be performed, without a
+/// break for longer than consumer lag is reported (every second). Exactly-once counts are read after it: read the moment a
 /// threshold is reached, a duplicate arriving a moment later would pass unseen. `services` are
 /// each a name, its base URL and a pool on its database.
 pub async fn wait_quiet(http: &reqwest::Client, services: &[(&str, String, PgPool)]) {
     let quiet = || async {
-        for (_, url, pool) in services {
+        for (service, url, pool) in services {
             let pending: i64 =
                 sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
                     .fetch_one(pool)
@@ -1120,6 +1120,18 @@ pub async fn wait_quiet(http: &reqwest::Client, services: &[(&str, String, PgPoo
                     .ok()?;
             if pending > 0 {
                 return None;
+            }
+            // A provider operation still to be performed (or asked about) is work to come.
+            if *service == "provider-adapter" {
+                let due: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM provider_operations WHERE status = 'PENDING'",
+                )
+                .fetch_one(pool)
+                .await
+                .ok()?;
+                if due > 0 {
+                    return None;
+                }
             }
             // A service that does not answer (restarting) is not quiet.
             let text = http
