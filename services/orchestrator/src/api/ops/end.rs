@@ -4,7 +4,7 @@
 //! written in one transaction with what it sends.
 
 use super::super::state::AppState;
-use super::{field_code, not_found, payment_path};
+use super::{field_code, not_found, operator, payment_path};
 use crate::saga::decide::decide;
 use crate::saga::decision::{Decision, Effect, Input, OperatorRequest, RefundEffect};
 use crate::saga::shell::Origin;
@@ -77,9 +77,20 @@ impl Action {
     }
 }
 
-/// Who asks: the name given, or "an operator".
-fn operator(requested_by: Option<OperatorName>) -> String {
-    requested_by.map_or_else(|| "an operator".to_owned(), String::from)
+/// An operator's request that ends the payment of path `raw` (fail, accept), made by
+/// `request` from who asks and why: parsed, decided and written. The payment, who asked, the
+/// status it was in and the decision.
+async fn end(
+    state: &AppState,
+    raw: &str,
+    body: &[u8],
+    request: fn(String, String) -> OperatorRequest,
+) -> Result<(Uuid, String, PaymentStatus, Decision), ApiError> {
+    let payment_id = payment_path(raw)?;
+    let req: EndRequest = parse_body(body, field_code)?;
+    let (who, why) = req.who_and_why();
+    let (status, decision) = act(state, payment_id, request(who.clone(), why)).await?;
+    Ok((payment_id, who, status, decision))
 }
 
 /// Decides an operator's request for the payment and writes it; what was sent, and the
@@ -176,14 +187,10 @@ pub(super) async fn fail(
     Path(raw): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let payment_id = payment_path(&raw)?;
-    let req: EndRequest = parse_body(&body, field_code)?;
-    let (who, why) = req.who_and_why();
-    let request = OperatorRequest::Fail {
-        who: who.clone(),
-        why,
-    };
-    let (status, decision) = act(&state, payment_id, request).await?;
+    let (payment_id, who, status, decision) = end(&state, &raw, &body, |who, why| {
+        OperatorRequest::Fail { who, why }
+    })
+    .await?;
     let action = match decision.effects.first() {
         Some(Effect::Compensate {
             kind: Compensation::Void,
@@ -216,14 +223,10 @@ pub(super) async fn accept(
     Path(raw): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let payment_id = payment_path(&raw)?;
-    let req: EndRequest = parse_body(&body, field_code)?;
-    let (who, why) = req.who_and_why();
-    let request = OperatorRequest::Accept {
-        who: who.clone(),
-        why,
-    };
-    let (status, decision) = act(&state, payment_id, request).await?;
+    let (payment_id, who, status, decision) = end(&state, &raw, &body, |who, why| {
+        OperatorRequest::Accept { who, why }
+    })
+    .await?;
     tracing::warn!(%payment_id, operator = %who, "operator accepted the capture");
     Ok(Json(Action::ended(payment_id, status, "accepted", &decision)).into_response())
 }

@@ -2,7 +2,7 @@
 //! control (`sagapayctl merchant limit`).
 
 use super::super::state::AppState;
-use super::field_code;
+use super::{field_code, operator};
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::Json;
@@ -94,9 +94,7 @@ pub(super) async fn set_merchant_limits(
     let merchant_id = merchant_path(&raw)?;
     // The body is required (unlike a retry's): an empty PUT is not "the default share".
     let req: LimitsRequest = json_body::parse(&body).map_err(|f| f.refusal(field_code))?;
-    let who = req
-        .requested_by
-        .map_or_else(|| "an operator".to_owned(), String::from);
+    let who = operator(req.requested_by);
     let max_in_flight = match req.max_in_flight {
         None => None,
         Some(n) => Some(i32::try_from(n).ok().filter(|n| *n >= 0).ok_or_else(|| {

@@ -123,6 +123,11 @@ fn field_code(field: &str) -> Option<&'static str> {
     })
 }
 
+/// Who asks: the name given, or "an operator".
+fn operator(requested_by: Option<sagapay_domain::OperatorName>) -> String {
+    requested_by.map_or_else(|| "an operator".to_owned(), String::from)
+}
+
 /// A payment id of a path: anything but a UUID names no payment.
 fn payment_path(raw: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(raw).map_err(|_| not_found(raw))
