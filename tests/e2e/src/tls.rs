@@ -105,11 +105,11 @@ pub async fn serve_https(router: axum::Router, cert: &ServerCert) -> String {
                         router.oneshot(req).await
                     }
                 });
-                let _ = hyper_util::server::conn::auto::Builder::new(
-                    hyper_util::rt::TokioExecutor::new(),
-                )
-                .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
-                .await;
+                // HTTP/1.1 only, as the services serve it: the same hyper features as the
+                // services' build, so building the tests compiles no service crate again.
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .await;
             });
         }
     });
