@@ -11,6 +11,8 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$SAGAPAY_ROOT/target}"
 QUICK_CFLAGS="-O1 -g0"
 
 PG_PORT=5432
+# Where the server's Unix socket is (Debian's default): the services' default way in.
+PG_SOCKET_DIR=/var/run/postgresql
 REDIS_PORT=6379
 KAFKA_PORT=9092
 KAFKA_CONTROLLER_PORT=9093

@@ -34,6 +34,7 @@ pg_up() {
     as_root pg_createcluster "$ver" main >/dev/null
   fi
   pg_tls "$ver"
+  pg_socket_login "$ver"
   local conf="/etc/postgresql/$ver/main/conf.d/sagapay.conf"
   local want; want="$(cat "$SAGAPAY_ROOT/infra/postgres/sagapay.conf")"
   if [ ! -f "$conf" ] || [ "$(cat "$conf")" != "$want" ]; then
@@ -72,6 +73,8 @@ GRANT EXECUTE ON FUNCTION pg_stat_statements_reset(oid, oid, bigint) TO $PG_USER
 SQL
   PGPASSWORD="$PG_PASSWORD" psql -q -h 127.0.0.1 -p "$PG_PORT" -U "$PG_USER" -d postgres -c 'select 1' >/dev/null \
     || die "PostgreSQL answers but user $PG_USER cannot log in over TCP (check pg_hba.conf)"
+  PGPASSWORD="$PG_PASSWORD" psql -q -h "$PG_SOCKET_DIR" -p "$PG_PORT" -U "$PG_USER" -d postgres -c 'select 1' >/dev/null \
+    || die "PostgreSQL answers but user $PG_USER cannot log in over its socket in $PG_SOCKET_DIR (check pg_hba.conf)"
   log "PostgreSQL $ver ready on 127.0.0.1:$PG_PORT (user $PG_USER)"
 }
 
@@ -99,6 +102,21 @@ pg_tls() {
   as_root install -o postgres -g postgres -m 0644 "$tmp/server.crt" "$PG_TLS_DIR/server.crt"
   as_root install -o postgres -g postgres -m 0644 "$tmp/ca.crt" "$PG_TLS_DIR/ca.crt"
   rm -rf "$tmp"
+  if pg_ready; then
+    as_root pg_ctlcluster "$1" main reload
+  fi
+}
+
+# The services' user logs in over the server's Unix socket with its password (the default
+# SAGAPAY_POSTGRES_URL): Debian's pg_hba.conf lets local users in only as the system user of
+# the same name (peer). One line, above that rule, for the services' user alone.
+pg_socket_login() {
+  local hba="/etc/postgresql/$1/main/pg_hba.conf"
+  local line="local   all             $PG_USER                                 scram-sha-256"
+  as_root grep -qxF "$line" "$hba" && return 0
+  log "letting $PG_USER log in over the socket with its password ($hba)"
+  as_root sed -i "0,/^local[[:space:]]\+all[[:space:]]\+all[[:space:]]/s//$line\n&/" "$hba"
+  as_root grep -qxF "$line" "$hba" || printf '%s\n' "$line" | as_root tee -a "$hba" >/dev/null
   if pg_ready; then
     as_root pg_ctlcluster "$1" main reload
   fi

@@ -47,19 +47,26 @@ if [ "${#free_defaults[@]}" -gt 0 ]; then
 fi
 # The contract test's judge (tests/e2e/tests/e2e/contract.rs): Schemathesis, pinned, in a
 # virtual environment of its own.
+# Installed while the tests build (a download, mostly): waited for before they run.
 SCHEMATHESIS_VERSION=4.32.5
 st="$LOCAL_DIR/st-venv/bin/st"
+st_install=
 if ! "$st" --version 2>/dev/null | grep -qF "$SCHEMATHESIS_VERSION"; then
-  log "installing Schemathesis $SCHEMATHESIS_VERSION"
+  log "installing Schemathesis $SCHEMATHESIS_VERSION (beside the build)"
   python3 -m venv "$LOCAL_DIR/st-venv" 2>/dev/null \
     || { apt_install python3-venv && python3 -m venv "$LOCAL_DIR/st-venv"; }
-  "$LOCAL_DIR/st-venv/bin/pip" install -q "schemathesis==$SCHEMATHESIS_VERSION"
+  "$LOCAL_DIR/st-venv/bin/pip" install -q "schemathesis==$SCHEMATHESIS_VERSION" &
+  st_install=$!
 fi
 export SCHEMATHESIS_BIN="$st"
 started=$SECONDS
 # The tests build in the profile scripts/up.sh builds (`quick`), so the dependencies compiled
 # there are not compiled again; the process-level tests run the services' binary of it.
 CFLAGS="$QUICK_CFLAGS" cargo build --profile quick --workspace --locked --bins
+CFLAGS="$QUICK_CFLAGS" cargo test --profile quick --workspace --locked --no-run "$@"
+if [ -n "$st_install" ]; then
+  wait "$st_install" || die "installing Schemathesis $SCHEMATHESIS_VERSION failed"
+fi
 mkdir -p "$LOCAL_DIR"
 out="$LOCAL_DIR/test-output.log"
 set +e

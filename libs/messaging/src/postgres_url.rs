@@ -89,6 +89,19 @@ pub fn tls_params(url: &str) -> anyhow::Result<TlsParams> {
     Ok(params)
 }
 
+/// The directory of the server's Unix socket when `url` names one rather than a network host:
+/// its host is a path, percent-encoded (`postgres://u:p@%2Fvar%2Frun%2Fpostgresql:5432`), as
+/// libpq, sqlx and tokio-postgres all read it. Nothing of such a connection leaves the machine
+/// and the socket's file permissions say who the server is, so TLS has no work there (and
+/// PostgreSQL offers none on a socket).
+pub fn unix_socket(url: &str) -> Option<String> {
+    let parsed = url::Url::parse(url).ok()?;
+    let host = percent_encoding::percent_decode_str(parsed.host_str()?)
+        .decode_utf8()
+        .ok()?;
+    host.starts_with('/').then(|| host.into_owned())
+}
+
 /// `server_url` with its path set to `database`, its query kept:
 /// `postgres://u:p@h:5432?sslmode=verify-full` + `orders` →
 /// `postgres://u:p@h:5432/orders?sslmode=verify-full`.
@@ -126,6 +139,9 @@ pub async fn connect_migration_client(
         SslMode::Allow | SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
         _ => tokio_postgres::config::SslMode::Require,
     });
+    if unix_socket(url).is_some() {
+        return spawn_connection(config.connect(tokio_postgres::NoTls).await?);
+    }
     let mut tls = native_tls::TlsConnector::builder();
     if let Some(path) = &params.root_cert {
         let pem = std::fs::read(path).with_context(|| format!("reading sslrootcert {path}"))?;
@@ -140,7 +156,17 @@ pub async fn connect_migration_client(
     tls.danger_accept_invalid_certs(!params.mode.authenticates_server());
     tls.danger_accept_invalid_hostnames(params.mode != SslMode::VerifyFull);
     let tls = postgres_native_tls::MakeTlsConnector::new(tls.build()?);
-    let (client, connection) = config.connect(tls).await?;
+    spawn_connection(config.connect(tls).await?)
+}
+
+/// Drives a migration client's connection in a task of its own.
+fn spawn_connection<S, T>(
+    (client, connection): (tokio_postgres::Client, tokio_postgres::Connection<S, T>),
+) -> anyhow::Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>)>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let task = tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!(error = %e, "migration connection ended");
@@ -166,6 +192,19 @@ mod tests {
         ] {
             assert_eq!(with_database(server, "db"), expected, "{server}");
         }
+    }
+
+    #[test]
+    fn a_socket_is_a_host_that_is_a_path() {
+        let socket = "postgres://u:p@%2Fvar%2Frun%2Fpostgresql:5432";
+        assert_eq!(unix_socket(socket).as_deref(), Some("/var/run/postgresql"));
+        assert_eq!(
+            unix_socket(&with_database(socket, "db")).as_deref(),
+            Some("/var/run/postgresql")
+        );
+        assert_eq!(unix_socket("postgres://u:p@127.0.0.1:5432"), None);
+        assert_eq!(unix_socket("postgres://u:p@db.internal:5432/db"), None);
+        assert_eq!(unix_socket("not a url"), None);
     }
 
     #[test]

@@ -50,7 +50,10 @@ pub struct CommonConfig {
 /// a broker's restart, short enough that a wrong address ends the start within minutes.
 pub const DEFAULT_STARTUP_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
 
-pub const DEFAULT_POSTGRES_URL: &str = "postgres://sagapay:sagapay@127.0.0.1:5432";
+/// The local stack's server over its Unix socket (`scripts/stack.sh`): no TLS on a connection
+/// that never leaves the machine (a handshake and the system's CA bundle per connection were
+/// a quarter of the test suite's CPU).
+pub const DEFAULT_POSTGRES_URL: &str = "postgres://sagapay:sagapay@%2Fvar%2Frun%2Fpostgresql:5432";
 
 /// Passwords production refuses: the local stack's.
 const DEVELOPMENT_PASSWORDS: [&str; 2] = ["sagapay", "postgres"];
@@ -76,6 +79,40 @@ fn url_password(url: &str) -> Option<String> {
     // Still percent-encoded: enough to tell absent and development passwords apart.
     let url = url::Url::parse(url).ok()?;
     url.password().filter(|p| !p.is_empty()).map(str::to_owned)
+}
+
+/// What production refuses in `SAGAPAY_POSTGRES_URL`: a development or missing password, and
+/// any way to the server but its Unix socket or TLS that checks who the server is.
+fn postgres_problems(url: &str) -> Vec<String> {
+    let mut problems = Vec::new();
+    match url_password(url) {
+        None => problems.push(
+            "SAGAPAY_POSTGRES_URL has no password: set the database user's password".to_owned(),
+        ),
+        Some(p) if DEVELOPMENT_PASSWORDS.contains(&p.as_str()) => problems.push(
+            "SAGAPAY_POSTGRES_URL has the development password: set the database user's own"
+                .to_owned(),
+        ),
+        Some(_) => {}
+    }
+    match sagapay_messaging::postgres_url::tls_params(url) {
+        // A Unix socket: nothing travels on a network, and the socket's permissions say
+        // who the server is. Production's only other way is verify-full (or verify-ca).
+        Ok(_) if sagapay_messaging::postgres_url::unix_socket(url).is_some() => {}
+        Ok(tls) if tls.mode.authenticates_server() && tls.root_cert.is_some() => {}
+        // Without sslrootcert, verify-ca and verify-full trust every CA of the host's
+        // store, and verify-ca checks no name: any public certificate would pass.
+        Ok(tls) if tls.mode.authenticates_server() => problems.push(format!(
+            "SAGAPAY_POSTGRES_URL has sslmode={} without sslrootcert: production needs sslrootcert=<CA file>, the only CA trusted for the database",
+            tls.mode.as_str()
+        )),
+        Ok(tls) => problems.push(format!(
+            "SAGAPAY_POSTGRES_URL has sslmode={}: production needs sslmode=verify-full (or verify-ca) and sslrootcert=<CA file>, so the database's identity is checked and nothing travels in clear (or the server's Unix socket)",
+            tls.mode.as_str()
+        )),
+        Err(e) => problems.push(format!("SAGAPAY_POSTGRES_URL: {e:#}")),
+    }
+    problems
 }
 
 /// What production refuses in the gateway's Redis URL: no password, no TLS (the password and
@@ -315,31 +352,7 @@ impl CommonConfig {
     /// What production mode refuses in this service's settings, one sentence per problem
     /// (the table in `docs/architecture.md`, "Production mode").
     pub fn production_problems(&self) -> anyhow::Result<Vec<String>> {
-        let mut problems = Vec::new();
-        match url_password(self.postgres_url.expose_secret()) {
-            None => problems.push(
-                "SAGAPAY_POSTGRES_URL has no password: set the database user's password".to_owned(),
-            ),
-            Some(p) if DEVELOPMENT_PASSWORDS.contains(&p.as_str()) => problems.push(
-                "SAGAPAY_POSTGRES_URL has the development password: set the database user's own"
-                    .to_owned(),
-            ),
-            Some(_) => {}
-        }
-        match sagapay_messaging::postgres_url::tls_params(self.postgres_url.expose_secret()) {
-            Ok(tls) if tls.mode.authenticates_server() && tls.root_cert.is_some() => {}
-            // Without sslrootcert, verify-ca and verify-full trust every CA of the host's
-            // store, and verify-ca checks no name: any public certificate would pass.
-            Ok(tls) if tls.mode.authenticates_server() => problems.push(format!(
-                "SAGAPAY_POSTGRES_URL has sslmode={} without sslrootcert: production needs sslrootcert=<CA file>, the only CA trusted for the database",
-                tls.mode.as_str()
-            )),
-            Ok(tls) => problems.push(format!(
-                "SAGAPAY_POSTGRES_URL has sslmode={}: production needs sslmode=verify-full (or verify-ca) and sslrootcert=<CA file>, so the database's identity is checked and nothing travels in clear",
-                tls.mode.as_str()
-            )),
-            Err(e) => problems.push(format!("SAGAPAY_POSTGRES_URL: {e:#}")),
-        }
+        let mut problems = postgres_problems(self.postgres_url.expose_secret());
         let minimum: i32 = env_parse(
             "SAGAPAY_KAFKA_MIN_REPLICATION_FACTOR",
             default_replication(Environment::Production),
@@ -425,7 +438,32 @@ impl CommonConfig {
 
 #[cfg(test)]
 mod tests {
-    use super::redis_problems;
+    use super::{postgres_problems, redis_problems};
+
+    #[test]
+    fn production_postgres_needs_a_password_and_a_socket_or_checked_tls() {
+        for url in [
+            "postgres://u:pw@%2Fvar%2Frun%2Fpostgresql:5432",
+            "postgres://u:pw@db.internal:5432?sslmode=verify-full&sslrootcert=/ca.crt",
+        ] {
+            assert!(postgres_problems(url).is_empty(), "{url}");
+        }
+        for (url, says) in [
+            ("postgres://u@%2Fvar%2Frun%2Fpostgresql:5432", "no password"),
+            (
+                "postgres://u:sagapay@%2Fvar%2Frun%2Fpostgresql:5432",
+                "development password",
+            ),
+            ("postgres://u:pw@127.0.0.1:5432", "sslmode=prefer"),
+            (
+                "postgres://u:pw@db.internal:5432?sslmode=verify-full",
+                "without sslrootcert",
+            ),
+        ] {
+            let problems = postgres_problems(url).join("\n");
+            assert!(problems.contains(says), "{url}: {problems}");
+        }
+    }
 
     #[test]
     fn production_redis_needs_a_password_tls_and_certificate_checks() {

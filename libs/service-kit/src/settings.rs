@@ -58,8 +58,8 @@ catalogue! {
         "prefix of topics, consumer groups and databases";
     "SAGAPAY_INSTANCE_ID", Unset, "every service", false,
         "this instance's id when several run (1-32 of `a-z 0-9 _ -`): Kafka static group membership, the `service_instance` label of metrics and logs";
-    "SAGAPAY_POSTGRES_URL", Value("postgres://sagapay:sagapay@127.0.0.1:5432"), "every service, sagapayctl, loadtest", true,
-        "PostgreSQL server, without database; `?sslmode=verify-full&sslrootcert=<CA>` in production";
+    "SAGAPAY_POSTGRES_URL", Value("postgres://sagapay:sagapay@%2Fvar%2Frun%2Fpostgresql:5432"), "every service, sagapayctl, loadtest", true,
+        "PostgreSQL server, without database: its Unix socket (a host that is a percent-encoded path) or, over a network, `?sslmode=verify-full&sslrootcert=<CA>` (production accepts nothing else)";
     "SAGAPAY_DB_POOL_SIZE", Value("16"), "every service", false,
         "connections in the service's pool";
     "SAGAPAY_DB_STATEMENT_TIMEOUT_MS", Value("30000"), "every service", false,
