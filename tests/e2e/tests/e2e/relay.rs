@@ -434,3 +434,71 @@ async fn listeners_come_back_after_their_database_returns() {
     admin.close().await;
     stack.teardown().await;
 }
+
+/// A statement that inserts no row notifies no one: PostgreSQL holds a cluster-wide lock from
+/// a notifying commit's pre-commit to its WAL flush, so a needless NOTIFY queues every
+/// database's commits. Notifications arrive in commit order: an empty insert is committed,
+/// then a marker is notified on the same channel; the listener's first notification must be
+/// the marker. Checked for each table whose trigger wakes someone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_insert_of_no_rows_wakes_no_one() {
+    let stack = TestStack::spawn().await;
+    for (service, table, channel) in [
+        ("orchestrator", "outbox", "sagapay_outbox"),
+        (
+            "provider-adapter",
+            "provider_operations",
+            "sagapay_provider_operations",
+        ),
+        ("notification", "webhook_deliveries", "webhook_deliveries"),
+    ] {
+        let db = stack.db(service).await;
+        let mut listener = sqlx::postgres::PgListener::connect_with(&db).await.unwrap();
+        listener.listen(channel).await.unwrap();
+        let inserted = sqlx::query(&format!(
+            "INSERT INTO {table} SELECT * FROM {table} WHERE false"
+        ))
+        .execute(&db)
+        .await
+        .unwrap();
+        assert_eq!(inserted.rows_affected(), 0, "{table}");
+        sqlx::query("SELECT pg_notify($1, 'marker')")
+            .bind(channel)
+            .execute(&db)
+            .await
+            .unwrap();
+        let first = tokio::time::timeout(Duration::from_secs(10), listener.recv())
+            .await
+            .expect("the marker arrives")
+            .unwrap();
+        assert_eq!(
+            first.payload(),
+            "marker",
+            "{table}: an insert of no rows notified {channel}"
+        );
+    }
+    // A row inserted still notifies (the trigger was not simply dropped): inserted and deleted
+    // in one transaction, so no relay finds it, but the statement inserted a row.
+    let db = stack.db("orchestrator").await;
+    let mut listener = sqlx::postgres::PgListener::connect_with(&db).await.unwrap();
+    listener.listen("sagapay_outbox").await.unwrap();
+    let mut tx = db.begin().await.unwrap();
+    sqlx::query(
+        "INSERT INTO outbox (event_id, event_type, topic, message_key, payload)
+         VALUES (gen_random_uuid(), 'test.noop', 'test.noop', 'k', '{}')",
+    )
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    sqlx::query("DELETE FROM outbox WHERE event_type = 'test.noop'")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let woken = tokio::time::timeout(Duration::from_secs(10), listener.recv())
+        .await
+        .expect("an insert of a row notifies the relay")
+        .unwrap();
+    assert_eq!(woken.payload(), "");
+    stack.teardown().await;
+}

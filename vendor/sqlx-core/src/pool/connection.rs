@@ -304,6 +304,16 @@ impl<DB: Database> Floating<DB, Live<DB>> {
             }
         }
 
+        // SagaPay patch (vendor/README.md): a connection with nothing queued to send (a
+        // dropped transaction's ROLLBACK is queued) and no transaction open goes back as it
+        // is, without the round trip of a ping. A result left unread is drained by the next
+        // statement on it (every statement waits until the connection is ready first), and a
+        // connection that broke meanwhile fails that statement, which callers retry.
+        if !self.raw.should_flush() && !self.raw.is_in_transaction() {
+            self.release();
+            return true;
+        }
+
         // test the connection on-release to ensure it is still viable,
         // and flush anything time-sensitive like transaction rollbacks
         // if an Executor future/stream is dropped during an `.await` call, the connection
