@@ -19,6 +19,8 @@
 mod adapter;
 pub mod invariants;
 mod models;
+mod run;
+mod verdict;
 mod world;
 
 #[cfg(test)]
