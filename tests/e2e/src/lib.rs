@@ -859,13 +859,6 @@ struct Started {
 }
 
 impl Processes {
-    /// One instance of every service; `env` is added to every service's environment. The
-    /// range is not used any more (the services bind port 0, see [`Processes`]); it stays for
-    /// the callers that still pass one.
-    pub fn new(ns: Namespace, _ports: std::ops::Range<u16>, env: &[(&str, &str)]) -> Processes {
-        Self::with_instances(ns, env, 1)
-    }
-
     /// One instance of every service; `env` is added to every service's environment.
     pub fn in_namespace(ns: Namespace, env: &[(&str, &str)]) -> Processes {
         Self::with_instances(ns, env, 1)

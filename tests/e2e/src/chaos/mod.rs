@@ -106,8 +106,9 @@ pub struct ChaosStack {
 }
 
 impl ChaosStack {
-    /// Starts a Kafka cluster of `brokers` nodes, a PostgreSQL server and the six services,
-    /// each on ports from `ports`, and waits until every service is ready.
+    /// Starts a Kafka cluster of `brokers` nodes and a PostgreSQL server on ports from `ports`,
+    /// and the six services (each binds port 0 and reports its address), and waits until every
+    /// service is ready.
     pub async fn start(brokers: usize, ports: std::ops::Range<u16>) -> ChaosStack {
         let (kafka, postgres) = tokio::task::block_in_place(|| {
             (
@@ -120,9 +121,9 @@ impl ChaosStack {
         let bootstrap = kafka.bootstrap();
         let pg = postgres.url();
         let replicas = if brokers == 3 { "3" } else { "1" };
-        let procs = Processes::new(
+        // The services bind port 0 and report where they listen; `ports` is the servers'.
+        let procs = Processes::in_namespace(
             ns.clone(),
-            ports,
             &[
                 ("SAGAPAY_KAFKA_BROKERS", bootstrap.as_str()),
                 ("SAGAPAY_KAFKA_REPLICATION_FACTOR", replicas),
