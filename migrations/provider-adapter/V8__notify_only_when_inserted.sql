@@ -1,17 +1,8 @@
--- As the outbox's trigger (messaging V4): a statement that inserts no operation (ON CONFLICT
--- DO NOTHING on a repeat) no longer notifies, and so no longer takes PostgreSQL's
--- cluster-wide notify lock through its commit's WAL flush.
-CREATE OR REPLACE FUNCTION provider_operations_notify() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    IF EXISTS (SELECT 1 FROM inserted) THEN
-        PERFORM pg_notify('sagapay_provider_operations', '');
-    END IF;
-    RETURN NULL;
-END
-$$;
-
+-- A statement that inserts no operation (ON CONFLICT DO NOTHING on a repeat) no longer
+-- notifies: the messaging migrations' `notify_when_inserted` (messaging V4) says why.
 DROP TRIGGER provider_operations_notify_after_insert ON provider_operations;
+DROP FUNCTION provider_operations_notify();
 CREATE TRIGGER provider_operations_notify_after_insert
     AFTER INSERT ON provider_operations
     REFERENCING NEW TABLE AS inserted
-    FOR EACH STATEMENT EXECUTE FUNCTION provider_operations_notify();
+    FOR EACH STATEMENT EXECUTE FUNCTION notify_when_inserted('sagapay_provider_operations');

@@ -1100,8 +1100,9 @@ pub fn free_port(range: std::ops::Range<u16>) -> u16 {
 
 /// Waits until a stack is quiet: every service's outbox published everything, every consumer
 /// read its channels to the end and no provider operation is still to be performed, without a
-/// break for longer than consumer lag is reported (every second). Exactly-once counts are read after it: read the moment a
-/// threshold is reached, a duplicate arriving a moment later would pass unseen. `services` are
+/// break for longer than consumer lag is reported (every second). Exactly-once counts are read
+/// after it: read the moment a threshold is reached, a duplicate arriving a moment later would
+/// pass unseen. `services` are
 /// each a name, its base URL and a pool on its database.
 pub async fn wait_quiet(http: &reqwest::Client, services: &[(&str, String, PgPool)]) {
     let quiet = || async {
