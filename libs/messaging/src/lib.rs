@@ -11,6 +11,7 @@
 pub mod consumer;
 pub mod deadletter;
 pub mod failure;
+pub mod group_commit;
 pub mod handler;
 pub mod headers;
 pub mod kafka;
@@ -25,6 +26,7 @@ pub mod wakeup;
 
 pub use consumer::{ConsumerSettings, InboxConsumer};
 pub use deadletter::{Classification, DeadLetter};
+pub use group_commit::GroupCommit;
 pub use handler::{Handler, HandlerError, MessageContext};
 pub use headers::MessageHeaders;
 pub use kafka::KafkaSettings;

@@ -21,7 +21,9 @@ use sagapay_domain::events::{
     AuthorizeRequested, CaptureRequested, ProviderOperation, RefundRequested, VoidRequested,
 };
 use sagapay_domain::{AmountMinor, Currency, Envelope, EventType};
-use sagapay_messaging::{Classification, Handler, HandlerError, MessageContext, Outbox};
+use sagapay_messaging::{
+    Classification, GroupCommit, Handler, HandlerError, MessageContext, Outbox,
+};
 use sagapay_service_kit::config::{env_ms, env_ms_list, env_parse};
 use sagapay_service_kit::{CommonConfig, Environment, OpsKey, Platform, ServiceHandle};
 use sqlx::PgConnection;
@@ -543,6 +545,7 @@ where
             .with_label_values(&[Classification::RetryExhausted.as_str()]),
         merchants_at_cap,
         messaging_metrics: platform.messaging_metrics.clone(),
+        writes: GroupCommit::new(platform.pool.clone()),
     });
     builder.spawn("provider-worker", move |shutdown| worker.run(shutdown));
     let router = platform.router(api);

@@ -31,7 +31,8 @@ use sagapay_domain::{AmountMinor, Currency, Envelope};
 use sagapay_messaging::deadletter::Origin;
 use sagapay_messaging::wakeup::Wakeup;
 use sagapay_messaging::{
-    Classification, DeadLetter, MessageHeaders, MessagingMetrics, Outbox, OutboxRow, OUTBOX_COLUMNS,
+    Classification, DeadLetter, GroupCommit, MessageHeaders, MessagingMetrics, Outbox, OutboxRow,
+    OUTBOX_COLUMNS,
 };
 use serde::{Deserialize, Serialize};
 use sqlx::{PgPool, Row};
@@ -122,15 +123,6 @@ impl Claimed {
 #[error("the claim on the operation was lost to another worker; outcome discarded")]
 struct ClaimLost;
 
-/// `rows` rows of the claimed operation were updated: one while the claim holds.
-fn still_ours(rows: u64) -> anyhow::Result<()> {
-    if rows == 1 {
-        Ok(())
-    } else {
-        Err(ClaimLost.into())
-    }
-}
-
 pub struct Worker<P> {
     pub pool: PgPool,
     pub provider: Arc<P>,
@@ -142,6 +134,8 @@ pub struct Worker<P> {
     /// Merchants whose due operations waited at the last claim because they held their cap.
     pub merchants_at_cap: IntGauge,
     pub messaging_metrics: MessagingMetrics,
+    /// The transaction the attempts that end together are written in.
+    pub writes: GroupCommit,
 }
 
 impl<P: PaymentProvider> Worker<P> {
@@ -274,56 +268,38 @@ impl<P: PaymentProvider> Worker<P> {
         Ok(policy::performed(req, taken))
     }
 
-    /// One attempt: a call, or a status query when the outcome is unknown; then what the
-    /// policy decides, written with the attempt in one transaction.
-    async fn attempt(&self, op: &Claimed) -> anyhow::Result<()> {
-        let req = self.request(op).await?;
-        let started_at: DateTime<Utc> = Utc::now();
-        let clock = Instant::now();
+    /// The provider's answer to `req`: the operation itself, or a status query when the
+    /// outcome of an earlier attempt is unknown; bounded by the call timeout.
+    async fn ask(&self, op: &Claimed, req: &ProviderRequest) -> Answer {
         let limit = self.settings.call_timeout;
-        let answer = if op.resolving {
-            match tokio::time::timeout(limit, self.provider.status(&req)).await {
+        if op.resolving {
+            match tokio::time::timeout(limit, self.provider.status(req)).await {
                 Ok(Ok(ProviderStatus::Found(outcome))) => Answer::Outcome(outcome),
                 Ok(Ok(ProviderStatus::NotFound)) => Answer::NotFound,
                 Ok(Err(e)) => Answer::Error(e),
                 Err(_) => Answer::Error(ProviderError::Timeout),
             }
         } else {
-            match tokio::time::timeout(limit, self.provider.call(&req)).await {
+            match tokio::time::timeout(limit, self.provider.call(req)).await {
                 Ok(Ok(outcome)) => Answer::Outcome(outcome),
                 Ok(Err(e)) => Answer::Error(e),
                 Err(_) => Answer::Error(ProviderError::Timeout),
             }
-        };
+        }
+    }
+
+    /// One attempt: a call, or a status query when the outcome is unknown; then what the
+    /// policy decides, written with the attempt in one transaction, which it shares with the
+    /// attempts that end at the same moment ([`GroupCommit`]).
+    async fn attempt(&self, op: &Claimed) -> anyhow::Result<()> {
+        let req = self.request(op).await?;
+        let started_at: DateTime<Utc> = Utc::now();
+        let clock = Instant::now();
+        let answer = self.ask(op, &req).await;
         let latency_ms = clock.elapsed().as_millis().min(i32::MAX as u128) as i32;
         let attempt_no = op.attempts + 1;
-        let (outcome, reference, decline_code, error) = match &answer {
-            Answer::Outcome(ProviderOutcome::Succeeded { reference, .. }) => (
-                AttemptOutcome::Succeeded,
-                Some(reference.clone()),
-                None,
-                None,
-            ),
-            Answer::Outcome(ProviderOutcome::Declined { code }) => {
-                (AttemptOutcome::Declined, None, Some(code.clone()), None)
-            }
-            Answer::NotFound => (AttemptOutcome::NotFound, None, None, None),
-            Answer::Error(e) => (
-                match e {
-                    ProviderError::Timeout => AttemptOutcome::Timeout,
-                    ProviderError::Unavailable(_) => AttemptOutcome::Unavailable,
-                    ProviderError::Failed(_) => AttemptOutcome::Error,
-                },
-                None,
-                None,
-                Some(e.to_string()),
-            ),
-        };
-
-        let last_error = error
-            .clone()
-            .or_else(|| decline_code.as_ref().map(|c| format!("declined: {c}")))
-            .unwrap_or_else(|| "not found at the provider".to_owned());
+        let seen = Seen::of(&answer);
+        let last_error = seen.last_error();
         let progress = Progress {
             operation: op.operation,
             attempt_no,
@@ -337,79 +313,11 @@ impl<P: PaymentProvider> Worker<P> {
         answering.operation = req.operation;
         answering.attempts = u32::try_from(attempt_no).unwrap_or(0);
         let decision = policy::decide(progress, answer, &self.settings);
-        // What becomes of the operation's row, and the event that reports a final outcome.
-        let (change, event) = match &decision {
-            Next::Done(outcome) => {
-                let change = match outcome {
-                    ProviderOutcome::Succeeded {
-                        reference,
-                        amount_minor,
-                        currency,
-                    } => Change::Finish {
-                        status: OperationStatus::Succeeded,
-                        result: Some((reference.as_str(), *amount_minor, *currency)),
-                        error: None,
-                    },
-                    ProviderOutcome::Declined { .. } => Change::Finish {
-                        status: OperationStatus::Declined,
-                        result: None,
-                        error: decline_code.as_deref(),
-                    },
-                };
-                (change, Some(answering.event(Ending::Outcome(outcome))))
-            }
-            Next::NotPerformed => (
-                Change::Finish {
-                    status: OperationStatus::NotPerformed,
-                    result: None,
-                    error: Some(&last_error),
-                },
-                Some(answering.event(Ending::NotPerformed {
-                    last_error: &last_error,
-                })),
-            ),
-            Next::Again {
-                wait,
-                resolving,
-                unknown,
-            } => (
-                Change::Again {
-                    wait: *wait,
-                    resolving: *resolving,
-                    unknown: *unknown,
-                    last_error: &last_error,
-                },
-                None,
-            ),
-            Next::Exhausted { .. } => (
-                Change::Finish {
-                    status: OperationStatus::Exhausted,
-                    result: None,
-                    error: Some(&last_error),
-                },
-                Some(answering.event(Ending::Exhausted {
-                    attempts: attempt_no as u32,
-                    last_error: &last_error,
-                })),
-            ),
-        };
-        // An automatic capture follows a successful authorization in its transaction.
-        // Not when the provider authorized another amount than was asked: the saga flags that
-        // payment for an operator, and a capture of the amount asked would be refused.
-        let asked = (op.request.amount_minor, op.request.currency);
-        let capture_after =
-            policy::captures_after(&decision, op.operation, op.request.capture_method, asked);
-        let exhausted = match decision {
-            Next::Exhausted { unknown } => Some(unknown),
-            _ => None,
-        };
+        let (change, event) = consequence(&decision, &answering, &seen, &last_error);
         let attempt_row = AttemptRow {
             provider,
             idempotency_key: &req.idempotency_key,
-            outcome,
-            reference: reference.as_deref(),
-            decline_code: decline_code.as_deref(),
-            error: error.as_deref(),
+            seen: &seen,
             started_at,
             latency_ms,
             kind: if op.resolving {
@@ -419,25 +327,47 @@ impl<P: PaymentProvider> Worker<P> {
             },
         };
         let queued = event.as_ref().map(|e| self.outbox.row(e, &op.headers));
-        if capture_after.is_none() && exhausted.is_none() {
-            // The common case is one statement, committed on its own.
-            let mut conn = self.pool.acquire().await?;
-            record(&mut conn, op, &attempt_row, &change, queued.as_ref()).await?;
-        } else {
-            let mut tx = self.pool.begin().await?;
-            record(&mut tx, op, &attempt_row, &change, queued.as_ref()).await?;
-            if let Some(authorization_id) = capture_after {
-                self.capture_next(&mut tx, op, authorization_id).await?;
-            }
-            if let Some(unknown) = exhausted {
-                self.dead_letter(&mut tx, op, attempt_no, &last_error, unknown)
-                    .await?;
-            }
-            tx.commit().await?;
+        let written = Written {
+            attempt: &attempt_row,
+            change: &change,
+            event: queued.as_ref(),
+            last_error: &last_error,
+        };
+        if !self.write(op, &decision, &written).await? {
+            return Err(ClaimLost.into());
         }
         // Counted once written, so a failed write does not count twice.
         self.counted(op, req.operation, &decision, attempt_no, &last_error);
         Ok(())
+    }
+
+    /// Writes an attempt in the group of the moment: its row, the operation's change and the
+    /// event, and with them an automatic capture after a successful authorization, or the dead
+    /// letter of an operation given up. False, with nothing written, when the claim was lost.
+    async fn write(&self, op: &Claimed, decision: &Next, w: &Written<'_>) -> anyhow::Result<bool> {
+        // An automatic capture follows a successful authorization in its transaction.
+        // Not when the provider authorized another amount than was asked: the saga flags that
+        // payment for an operator, and a capture of the amount asked would be refused.
+        let asked = (op.request.amount_minor, op.request.currency);
+        let capture_after =
+            policy::captures_after(decision, op.operation, op.request.capture_method, asked);
+        let mut member = self.writes.join().await?;
+        let write = async {
+            let conn = member.conn();
+            if !record(conn, op, w.attempt, w.change, w.event).await? {
+                return Ok(false);
+            }
+            if let Some(authorization_id) = capture_after {
+                self.capture_next(conn, op, authorization_id).await?;
+            }
+            if let Next::Exhausted { unknown } = decision {
+                self.dead_letter(conn, op, op.attempts + 1, w.last_error, *unknown)
+                    .await?;
+            }
+            Ok(true)
+        }
+        .await;
+        member.written(write).await
     }
 
     /// The metrics and the log of an attempt's decision, once it is written. `operation` is
@@ -608,10 +538,7 @@ impl<P: PaymentProvider> Worker<P> {
 struct AttemptRow<'a> {
     provider: &'a str,
     idempotency_key: &'a str,
-    outcome: AttemptOutcome,
-    reference: Option<&'a str>,
-    decline_code: Option<&'a str>,
-    error: Option<&'a str>,
+    seen: &'a Seen,
     started_at: DateTime<Utc>,
     latency_ms: i32,
     kind: AttemptKind,
@@ -634,17 +561,134 @@ enum Change<'a> {
     },
 }
 
+/// What one answer says, as the attempt's row records it.
+struct Seen {
+    outcome: AttemptOutcome,
+    reference: Option<String>,
+    decline_code: Option<String>,
+    error: Option<String>,
+}
+
+impl Seen {
+    fn of(answer: &Answer) -> Self {
+        let (outcome, reference, decline_code, error) = match answer {
+            Answer::Outcome(ProviderOutcome::Succeeded { reference, .. }) => (
+                AttemptOutcome::Succeeded,
+                Some(reference.clone()),
+                None,
+                None,
+            ),
+            Answer::Outcome(ProviderOutcome::Declined { code }) => {
+                (AttemptOutcome::Declined, None, Some(code.clone()), None)
+            }
+            Answer::NotFound => (AttemptOutcome::NotFound, None, None, None),
+            Answer::Error(e) => (
+                match e {
+                    ProviderError::Timeout => AttemptOutcome::Timeout,
+                    ProviderError::Unavailable(_) => AttemptOutcome::Unavailable,
+                    ProviderError::Failed(_) => AttemptOutcome::Error,
+                },
+                None,
+                None,
+                Some(e.to_string()),
+            ),
+        };
+        Self {
+            outcome,
+            reference,
+            decline_code,
+            error,
+        }
+    }
+
+    /// What the operation's `last_error` says after this answer.
+    fn last_error(&self) -> String {
+        self.error
+            .clone()
+            .or_else(|| self.decline_code.as_ref().map(|c| format!("declined: {c}")))
+            .unwrap_or_else(|| "not found at the provider".to_owned())
+    }
+}
+
+/// What becomes of the operation's row after `decision`, and the event that reports a final
+/// outcome.
+fn consequence<'a>(
+    decision: &'a Next,
+    answering: &Answering<'_>,
+    seen: &'a Seen,
+    last_error: &'a str,
+) -> (Change<'a>, Option<Envelope>) {
+    let finish = |status, result, error| Change::Finish {
+        status,
+        result,
+        error,
+    };
+    match decision {
+        Next::Done(outcome) => {
+            let change = match outcome {
+                ProviderOutcome::Succeeded {
+                    reference,
+                    amount_minor,
+                    currency,
+                } => finish(
+                    OperationStatus::Succeeded,
+                    Some((reference.as_str(), *amount_minor, *currency)),
+                    None,
+                ),
+                ProviderOutcome::Declined { .. } => finish(
+                    OperationStatus::Declined,
+                    None,
+                    seen.decline_code.as_deref(),
+                ),
+            };
+            (change, Some(answering.event(Ending::Outcome(outcome))))
+        }
+        Next::NotPerformed => (
+            finish(OperationStatus::NotPerformed, None, Some(last_error)),
+            Some(answering.event(Ending::NotPerformed { last_error })),
+        ),
+        Next::Again {
+            wait,
+            resolving,
+            unknown,
+        } => (
+            Change::Again {
+                wait: *wait,
+                resolving: *resolving,
+                unknown: *unknown,
+                last_error,
+            },
+            None,
+        ),
+        Next::Exhausted { .. } => (
+            finish(OperationStatus::Exhausted, None, Some(last_error)),
+            Some(answering.event(Ending::Exhausted {
+                attempts: answering.attempts,
+                last_error,
+            })),
+        ),
+    }
+}
+
+/// Everything an attempt writes.
+struct Written<'a> {
+    attempt: &'a AttemptRow<'a>,
+    change: &'a Change<'a>,
+    event: Option<&'a OutboxRow<'a>>,
+    last_error: &'a str,
+}
+
 /// Records an attempt in one statement (one round trip): the operation's change, made only
 /// while our claim holds (same token, the attempt count we read, still pending), and, only if
 /// it was made, the attempt's row and the outbox row of the event that reports the outcome.
-/// `ClaimLost` when the claim no longer holds: nothing is written.
+/// False when the claim no longer holds: nothing is written.
 async fn record(
     conn: &mut sqlx::PgConnection,
     op: &Claimed,
     attempt: &AttemptRow<'_>,
     change: &Change<'_>,
     then: Option<&OutboxRow<'_>>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<bool> {
     // $1-$3 the claim, $4-$14 the attempt, from $15 the change's values, then the event's.
     let (set, change_values) = match change {
         Change::Finish { .. } => (
@@ -693,10 +737,10 @@ async fn record(
         .bind(op.operation)
         .bind(attempt.provider)
         .bind(attempt.idempotency_key)
-        .bind(attempt.outcome)
-        .bind(attempt.reference)
-        .bind(attempt.decline_code)
-        .bind(attempt.error)
+        .bind(attempt.seen.outcome)
+        .bind(attempt.seen.reference.as_deref())
+        .bind(attempt.seen.decline_code.as_deref())
+        .bind(attempt.seen.error.as_deref())
         .bind(attempt.started_at)
         .bind(attempt.latency_ms)
         .bind(attempt.kind);
@@ -727,7 +771,7 @@ async fn record(
         None => query,
     };
     let updated: i64 = query.fetch_one(&mut *conn).await?.try_get(0)?;
-    still_ours(updated as u64)
+    Ok(updated == 1)
 }
 
 /// The task an operation ran in, whether it ended or panicked.

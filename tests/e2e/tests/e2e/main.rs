@@ -12,6 +12,7 @@ mod dashboards;
 mod deadletter;
 mod edge;
 mod fairness;
+mod group_commit;
 mod happy_path;
 mod harness;
 mod http_limits;
