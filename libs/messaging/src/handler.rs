@@ -135,6 +135,19 @@ pub trait Handler: Send + Sync + 'static {
         async { Ok(Self::Prepared::default()) }
     }
 
+    /// Runs once after the last event of a batch was handled, in the batch's transaction,
+    /// before it commits: for writes a handler gathered over the batch to make in one
+    /// statement. A message handled on its own gets it too, after its `handle`. A failure
+    /// rolls the batch back, as a failing `handle` does.
+    fn finish<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        prepared: &'a mut Self::Prepared,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send + 'a {
+        let _ = (conn, prepared);
+        async { Ok(()) }
+    }
+
     fn handle<'a>(
         &'a self,
         conn: &'a mut PgConnection,

@@ -31,6 +31,6 @@ pub use handler::{Handler, HandlerError, MessageContext};
 pub use headers::MessageHeaders;
 pub use kafka::KafkaSettings;
 pub use metrics::MessagingMetrics;
-pub use outbox::{Outbox, OutboxRelay, OutboxRow, RelaySettings, OUTBOX_COLUMNS};
+pub use outbox::{Outbox, OutboxBatch, OutboxRelay, OutboxRow, RelaySettings, OUTBOX_COLUMNS};
 pub use partitions::{ConsumerHealth, NotConsuming, StallReport};
 pub use relay_producer::RelayProducer;

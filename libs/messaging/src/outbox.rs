@@ -120,6 +120,71 @@ impl<'a> OutboxRow<'a> {
     }
 }
 
+/// Outbox rows gathered to be inserted together, one array per column: a statement that
+/// writes a batch's changes inserts its outbox rows with
+/// `INSERT INTO outbox (OUTBOX_COLUMNS) {OutboxBatch::rows(n)}` and [`OutboxBatch::bind`].
+/// The rows are inserted in the order they were pushed in (their ids, and so the order they
+/// are published in, follow it).
+#[derive(Debug, Default)]
+pub struct OutboxBatch {
+    event_ids: Vec<Uuid>,
+    event_types: Vec<String>,
+    topics: Vec<String>,
+    keys: Vec<String>,
+    payloads: Vec<String>,
+    headers: Vec<String>,
+}
+
+impl OutboxBatch {
+    pub fn push(&mut self, row: &OutboxRow<'_>) {
+        self.event_ids.push(row.envelope.event_id);
+        self.event_types.push(row.envelope.event_type.clone());
+        self.topics.push(row.topic.clone());
+        self.keys.push(row.envelope.payment_id.to_string());
+        self.payloads
+            .push(String::from_utf8(row.envelope.to_json()).expect("JSON is UTF-8"));
+        self.headers
+            .push(serde_json::to_string(&row.headers).expect("headers serialize"));
+    }
+
+    pub fn len(&self) -> usize {
+        self.event_ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.event_ids.is_empty()
+    }
+
+    /// A `SELECT` of the rows' [`OUTBOX_COLUMNS`] in the order they were pushed, from the
+    /// query's parameters `$first` to `$first + 5`.
+    pub fn rows(first: usize) -> String {
+        let p: Vec<usize> = (first..first + 6).collect();
+        format!(
+            "SELECT e, t, tp, k, p, h
+               FROM unnest(${}::uuid[], ${}::text[], ${}::text[], ${}::text[],
+                           ${}::text[]::jsonb[], ${}::text[]::jsonb[])
+                    WITH ORDINALITY AS r(e, t, tp, k, p, h, n)
+              ORDER BY n",
+            p[0], p[1], p[2], p[3], p[4], p[5]
+        )
+    }
+
+    /// Binds the six arrays, in the order of [`OutboxBatch::rows`], as the query's next
+    /// parameters.
+    pub fn bind<'q>(
+        &'q self,
+        query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+        query
+            .bind(&self.event_ids)
+            .bind(&self.event_types)
+            .bind(&self.topics)
+            .bind(&self.keys)
+            .bind(&self.payloads)
+            .bind(&self.headers)
+    }
+}
+
 impl Outbox {
     /// Queues a dead letter for the namespace's dead-letter topic in the current transaction
     /// (for failures found by a service's own workers, outside any consumer).

@@ -136,6 +136,11 @@ impl<H: Handler> InboxConsumer<H> {
                 }
             }
         }
+        if let Err(e) = self.handler.finish(&mut tx, &mut prepared).await {
+            // Which message made it fail is not known: the split handles them one by one.
+            tracing::debug!(error = %e, batch_size = batch.len(), "batch's finish failed");
+            return Err(0);
+        }
         if let Err(e) = tx.commit().await {
             tracing::debug!(error = %e, "batch commit failed");
             return Err(0);

@@ -141,6 +141,7 @@ impl<H: Handler> InboxConsumer<H> {
             self.handler
                 .handle(&mut tx, envelope, ctx, &mut prepared)
                 .await?;
+            self.handler.finish(&mut tx, &mut prepared).await?;
             tx.commit().await?;
             ctx.after_commit.run();
             self.count_consumed(envelope);

@@ -15,7 +15,7 @@ pub mod shell;
 pub mod state;
 pub(crate) mod sweeper;
 
-use crate::store::PaymentRow;
+use crate::store::{PaymentRow, StagedMoves};
 use consumed::Event;
 use decision::{Input, RefusalKind};
 use sagapay_domain::Envelope;
@@ -31,10 +31,14 @@ pub struct Saga {
 }
 
 /// The payments of a consumer's batch, read and locked in one statement before its first
-/// event is handled. An event takes its payment's row out, so a second event of the same
-/// payment in the batch reads the row again, with the first one's changes.
+/// event is handled, and the batch's transitions, staged to be written in one statement when
+/// the batch is finished. An event takes its payment's row out, so a second event of the same
+/// payment in the batch reads the row again, with the first one's changes (written first).
 #[derive(Default)]
-pub struct BatchPayments(HashMap<Uuid, PaymentRow>);
+pub struct BatchPayments {
+    rows: HashMap<Uuid, PaymentRow>,
+    moves: StagedMoves,
+}
 
 impl Handler for Saga {
     type Prepared = BatchPayments;
@@ -52,9 +56,10 @@ impl Handler for Saga {
             return Ok(BatchPayments::default());
         }
         let rows = crate::store::load_many_for_update(conn, &ids).await?;
-        Ok(BatchPayments(
-            rows.into_iter().map(|r| (r.payment_id, r)).collect(),
-        ))
+        Ok(BatchPayments {
+            rows: rows.into_iter().map(|r| (r.payment_id, r)).collect(),
+            moves: StagedMoves::default(),
+        })
     }
 
     async fn handle(
@@ -71,9 +76,13 @@ impl Handler for Saga {
                 env.event_type
             ))
         })??;
-        let loaded = match batch.0.remove(&env.payment_id) {
+        let loaded = match batch.rows.remove(&env.payment_id) {
             Some(row) => Some(self.shell.state_of(conn, row).await?),
-            None => self.shell.load(conn, env.payment_id).await?,
+            None => {
+                // Read as the batch's earlier events left it.
+                self.shell.write_staged(conn, &mut batch.moves).await?;
+                self.shell.load(conn, env.payment_id).await?
+            }
         };
         let (row, state) =
             loaded.ok_or_else(|| permanent(format!("unknown payment {}", env.payment_id)))?;
@@ -86,14 +95,22 @@ impl Handler for Saga {
             headers: ctx.headers.propagated(),
             refund_request: None,
         };
-        for effect in self
+        let after = self
             .shell
-            .commit(conn, &row, &state, &decision, &origin)
-            .await?
-        {
+            .commit_staged(conn, &row, &state, &decision, &origin, &mut batch.moves)
+            .await?;
+        for effect in after {
             ctx.after_commit(effect);
         }
         Ok(())
+    }
+
+    async fn finish(
+        &self,
+        conn: &mut PgConnection,
+        batch: &mut BatchPayments,
+    ) -> Result<(), HandlerError> {
+        Ok(self.shell.write_staged(conn, &mut batch.moves).await?)
     }
 }
 

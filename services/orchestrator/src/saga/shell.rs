@@ -8,7 +8,7 @@ use super::apply;
 use super::deadlines::Deadlines;
 use super::decision::{Decision, Effect, FlagKind, RefundEffect};
 use super::state::{PaymentState, Refund};
-use crate::store::{self, PaymentRow, Transition, TransitionFailure};
+use crate::store::{self, PaymentRow, StagedMoves, Transition, TransitionFailure};
 use crate::SagaMetrics;
 use sagapay_domain::{Envelope, PaymentStatus};
 use sagapay_messaging::{MessageHeaders, Outbox};
@@ -104,6 +104,43 @@ impl Shell {
         d: &Decision,
         origin: &Origin<'_>,
     ) -> Result<AfterCommit, CommitError> {
+        self.commit_with(conn, row, s, d, origin, None).await
+    }
+
+    /// Writes `d` as [`Shell::commit`] does, except that its transition, when it is the
+    /// payment's first of the batch, is staged in `staged` and written with the batch's
+    /// others by [`Shell::write_staged`] (which the caller must call before it commits).
+    pub async fn commit_staged(
+        &self,
+        conn: &mut PgConnection,
+        row: &PaymentRow,
+        s: &PaymentState,
+        d: &Decision,
+        origin: &Origin<'_>,
+        staged: &mut StagedMoves,
+    ) -> Result<AfterCommit, CommitError> {
+        self.commit_with(conn, row, s, d, origin, Some(staged))
+            .await
+    }
+
+    /// Writes the transitions staged in `staged`, in one statement.
+    pub async fn write_staged(
+        &self,
+        conn: &mut PgConnection,
+        staged: &mut StagedMoves,
+    ) -> Result<(), CommitError> {
+        staged.write(conn).await.map_err(CommitError::from)
+    }
+
+    async fn commit_with(
+        &self,
+        conn: &mut PgConnection,
+        row: &PaymentRow,
+        s: &PaymentState,
+        d: &Decision,
+        origin: &Origin<'_>,
+        staged: Option<&mut StagedMoves>,
+    ) -> Result<AfterCommit, CommitError> {
         let envelopes: Vec<Envelope> = d
             .send
             .iter()
@@ -117,6 +154,7 @@ impl Shell {
             state: s.clone(),
             event_id: origin.cause.map(|e| e.event_id),
             after: AfterCommit::new(),
+            staged,
         };
         for effect in &d.effects {
             let carrier = !carried && carries(effect);
@@ -134,6 +172,10 @@ impl Shell {
         } else {
             &envelopes[..]
         };
+        if !rest.is_empty() {
+            // After the staged rows: a payment's commands are published in the order decided.
+            w.write_staged().await?;
+        }
         for env in rest {
             self.outbox.enqueue(w.conn, env, &origin.headers).await?;
         }
@@ -149,6 +191,16 @@ impl Shell {
     }
 }
 
+impl From<TransitionFailure> for CommitError {
+    fn from(e: TransitionFailure) -> Self {
+        match e {
+            TransitionFailure::Illegal(e) => CommitError::Broken(e.to_string()),
+            TransitionFailure::Conflict(id) => CommitError::Conflict(id),
+            TransitionFailure::Db(e) => e.into(),
+        }
+    }
+}
+
 /// Effects whose statement inserts the decision's first command with it.
 fn carries(effect: &Effect) -> bool {
     matches!(
@@ -161,17 +213,29 @@ fn carries(effect: &Effect) -> bool {
     )
 }
 
-/// Writes one decision's effects, keeping the row as the store now holds it.
-struct Writer<'s, 'c> {
+/// Writes one decision's effects, keeping the row as the store now holds it (or will, once
+/// what is staged is written).
+struct Writer<'s, 'c, 'm> {
     shell: &'s Shell,
     conn: &'c mut PgConnection,
     row: PaymentRow,
     state: PaymentState,
     event_id: Option<Uuid>,
     after: AfterCommit,
+    /// Where a consumer's batch gathers its transitions; none: each is written at once.
+    staged: Option<&'m mut StagedMoves>,
 }
 
-impl Writer<'_, '_> {
+impl Writer<'_, '_, '_> {
+    /// Writes what is staged: before any write other than a transition, so that every write
+    /// finds the payment as the decision left it and rows keep the order they were decided in.
+    async fn write_staged(&mut self) -> Result<(), CommitError> {
+        match self.staged.as_deref_mut() {
+            Some(staged) => self.shell.write_staged(self.conn, staged).await,
+            None => Ok(()),
+        }
+    }
+
     /// How long the payment may wait once `effect` applied.
     fn deadline_after(&self, effect: &Effect) -> Result<Option<std::time::Duration>, CommitError> {
         let next = apply::apply(&self.state, &Decision::of(effect.clone()))
@@ -188,6 +252,9 @@ impl Writer<'_, '_> {
         command: Option<&sagapay_messaging::OutboxRow<'_>>,
         origin: &Origin<'_>,
     ) -> Result<(), CommitError> {
+        if !matches!(effect, Effect::Move { .. } | Effect::Ignore(_)) {
+            self.write_staged().await?;
+        }
         let required = || CommitError::Broken(format!("{effect:?} without its command"));
         let d = &self.shell.deadlines;
         match effect {
@@ -286,11 +353,16 @@ impl Writer<'_, '_> {
             deadline: self.deadline_after(effect)?,
             then,
         };
-        match store::transition(self.conn, &self.row, &t).await {
-            Ok(()) => {}
-            Err(TransitionFailure::Illegal(e)) => return Err(CommitError::Broken(e.to_string())),
-            Err(TransitionFailure::Conflict(id)) => return Err(CommitError::Conflict(id)),
-            Err(TransitionFailure::Db(e)) => return Err(e.into()),
+        if self
+            .staged
+            .as_deref()
+            .is_some_and(|s| s.holds(self.row.payment_id))
+        {
+            self.write_staged().await?;
+        }
+        match self.staged.as_deref_mut() {
+            Some(staged) => staged.stage(&self.row, &t)?,
+            None => store::transition(self.conn, &self.row, &t).await?,
         }
         let from = self.row.status;
         self.row.status = to;
