@@ -40,6 +40,7 @@ mod scale;
 mod seams;
 mod settings;
 mod shedding;
+mod staged_moves;
 mod traces;
 mod upgrades;
 mod webhooks;
