@@ -16,11 +16,13 @@
 pub mod api;
 pub mod book;
 pub mod fees;
+mod postings;
 
 use anyhow::anyhow;
 use book::{AccountKind, Entry};
+use postings::StagedPostings;
 use sagapay_domain::events::{
-    LedgerPostFailed, LedgerPostRequested, LedgerRefundRequested, PaymentSettled, RefundPosted,
+    LedgerPostFailed, LedgerPostRequested, LedgerRefundRequested, RefundPosted,
 };
 use sagapay_domain::{Currency, Envelope, EventType};
 use sagapay_messaging::{Handler, HandlerError, MessageContext, Outbox};
@@ -268,19 +270,21 @@ impl LedgerHandler {
 }
 
 impl Handler for LedgerHandler {
-    type Prepared = ();
+    type Prepared = StagedPostings;
 
     async fn handle(
         &self,
         conn: &mut PgConnection,
         env: &Envelope,
         ctx: &MessageContext,
-        _prepared: &mut (),
+        staged: &mut StagedPostings,
     ) -> Result<(), HandlerError> {
         match env.event_type() {
             Some(EventType::LedgerPostRequested) => {}
             Some(EventType::LedgerRefundRequested) => {
-                return self.post_refund(conn, env, ctx).await
+                // After the staged postings: events keep the order they were decided in.
+                staged.write(conn, &self.outbox).await?;
+                return self.post_refund(conn, env, ctx).await;
             }
             _ => {
                 return Err(HandlerError::permanent(anyhow!(
@@ -296,20 +300,14 @@ impl Handler for LedgerHandler {
                 cmd.currency
             )));
         }
-        let (
-            Accounts {
-                clearing,
-                payable,
-                revenue,
-            },
-            frozen,
-        ) = ensure_accounts(conn, cmd.currency, cmd.merchant_id, true).await?;
+        let (accounts, frozen) = ensure_accounts(conn, cmd.currency, cmd.merchant_id, true).await?;
         if !frozen.is_empty() {
             // A business refusal, not an outage: answer it, so the saga can compensate.
             tracing::warn!(payment_id = %env.payment_id, accounts = ?frozen, "posting refused: frozen account");
             let next = env.follow_up(&LedgerPostFailed {
                 reason: format!("account {} is frozen", frozen.join(", ")),
             });
+            staged.write(conn, &self.outbox).await?;
             self.outbox
                 .enqueue(conn, &next, &ctx.headers.propagated())
                 .await?;
@@ -317,58 +315,23 @@ impl Handler for LedgerHandler {
         }
         let amount = cmd.amount_minor.get();
         let fee = self.fees.fee(amount, cmd.currency);
-        let new_id = Uuid::now_v7();
-        let inserted: Option<Uuid> = sqlx::query_scalar(
-            "INSERT INTO journal_transactions (transaction_id, payment_id, posting_kind, currency, description,
-                                               event_id, amount_minor, fee_minor)
-             VALUES ($1, $2, 'CAPTURE', $3, $4, $5, $6, $7)
-             ON CONFLICT (payment_id, posting_kind) DO NOTHING
-             RETURNING transaction_id",
-        )
-        .bind(new_id)
-        .bind(env.payment_id)
-        .bind(cmd.currency.as_str())
-        .bind(format!("capture {}", cmd.capture_id))
-        .bind(env.event_id)
-        .bind(cmd.amount_minor.get())
-        .bind(fee)
-        .fetch_optional(&mut *conn)
-        .await?;
-        let transaction_id = match inserted {
-            Some(id) => {
-                let net = amount - fee;
-                debug_assert!(fee >= 0 && net >= 0 && fee + net == amount);
-                // Entries of zero are not written (the schema requires positive amounts).
-                let entries = [
-                    Entry::debit(&clearing, amount),
-                    Entry::credit(&payable, net),
-                    Entry::credit(&revenue, fee),
-                ];
-                insert_entries(conn, id, cmd.currency, &entries).await?;
-                id
-            }
-            None => {
-                // Already posted (a second command for the same capture): answer with the
-                // existing posting; the orchestrator ignores what it has already applied.
-                tracing::info!(payment_id = %env.payment_id, "capture already posted");
-                sqlx::query_scalar(
-                    "SELECT transaction_id FROM journal_transactions
-                      WHERE payment_id = $1 AND posting_kind = 'CAPTURE'",
-                )
-                .bind(env.payment_id)
-                .fetch_one(&mut *conn)
-                .await?
-            }
-        };
-        let next = env.follow_up(&PaymentSettled {
-            journal_transaction_id: transaction_id,
-            amount_minor: cmd.amount_minor,
-            currency: cmd.currency,
-        });
-        self.outbox
-            .enqueue(conn, &next, &ctx.headers.propagated())
-            .await?;
+        let net = amount - fee;
+        debug_assert!(fee >= 0 && net >= 0 && fee + net == amount);
+        let entries = [
+            Entry::debit(&accounts.clearing, amount),
+            Entry::credit(&accounts.payable, net),
+            Entry::credit(&accounts.revenue, fee),
+        ];
+        staged.stage(env, cmd, fee, &entries, ctx.headers.propagated());
         Ok(())
+    }
+
+    async fn finish(
+        &self,
+        conn: &mut PgConnection,
+        staged: &mut StagedPostings,
+    ) -> Result<(), HandlerError> {
+        Ok(staged.write(conn, &self.outbox).await?)
     }
 }
 

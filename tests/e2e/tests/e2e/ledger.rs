@@ -188,3 +188,104 @@ async fn balances_and_reconciliation_agree_with_the_entries() {
     assert_eq!(status, 404);
     stack.teardown().await;
 }
+
+/// Capture postings that wait together (sent while the ledger was stopped) are handled as one
+/// batch and written together: each payment posted once, for its amount; a repeated command
+/// (a new event id) answered with the same journal transaction. That they were a batch (what
+/// makes the ledger stage its postings and write them together) shows in fewer database
+/// transactions than postings: each journal row's `xmin` is the transaction that wrote it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn capture_postings_waiting_together_are_posted_once_each_in_one_batch() {
+    use sagapay_domain::events::LedgerPostRequested;
+    use sagapay_domain::{AmountMinor, Currency, Envelope};
+    let mut stack = TestStack::spawn().await;
+    let at = stack
+        .others
+        .iter()
+        .position(|h| h.service == sagapay_ledger::SERVICE)
+        .expect("ledger running");
+    stack.others.remove(at).stop().await.expect("ledger stops");
+    let merchant = Uuid::now_v7();
+    let payments: Vec<Uuid> = (0..10).map(|_| Uuid::now_v7()).collect();
+    let command = |pid: Uuid, amount: i64| {
+        Envelope::new(
+            pid,
+            None,
+            "batch-post",
+            &LedgerPostRequested {
+                merchant_id: merchant,
+                capture_id: format!("cap_{pid}"),
+                amount_minor: AmountMinor::new(amount).unwrap(),
+                currency: Currency::parse("USD").unwrap(),
+            },
+        )
+    };
+    for (i, pid) in payments.iter().enumerate() {
+        let post = command(*pid, 1_000 + i as i64);
+        stack
+            .publish_raw("ledger.post.requested", &pid.to_string(), &post.to_json())
+            .await;
+    }
+    let again = command(payments[0], 1_000);
+    stack
+        .publish_raw(
+            "ledger.post.requested",
+            &payments[0].to_string(),
+            &again.to_json(),
+        )
+        .await;
+    let ledger = sagapay_ledger::start(sagapay_ledger::Config::for_test(
+        stack.options.config(sagapay_ledger::SERVICE, &stack.ns),
+    ))
+    .await
+    .expect("ledger starts again");
+    stack.others.push(ledger);
+
+    let db = stack.db("ledger").await;
+    let settled: Vec<sqlx::types::Json<Envelope>> = sagapay_e2e::eventually(
+        std::time::Duration::from_secs(60),
+        "eleven payments.settled answers",
+        || async {
+            let rows: Vec<sqlx::types::Json<Envelope>> = sqlx::query_scalar(
+                "SELECT payload FROM outbox WHERE event_type = 'payments.settled' ORDER BY id",
+            )
+            .fetch_all(&db)
+            .await
+            .ok()?;
+            (rows.len() == 11).then_some(rows)
+        },
+    )
+    .await;
+    for (i, pid) in payments.iter().enumerate() {
+        let (journal, amount): (Uuid, i64) = sqlx::query_as(
+            "SELECT transaction_id, amount_minor FROM journal_transactions
+              WHERE payment_id = $1 AND posting_kind = 'CAPTURE'",
+        )
+        .bind(pid)
+        .fetch_one(&db)
+        .await
+        .expect("posted once");
+        assert_eq!(amount, 1_000 + i as i64);
+        let answers: Vec<&serde_json::Value> = settled
+            .iter()
+            .filter(|e| e.payment_id == *pid)
+            .map(|e| &e.payload["journal_transaction_id"])
+            .collect();
+        let expected = if i == 0 { 2 } else { 1 };
+        assert_eq!(answers.len(), expected, "{pid}");
+        for answer in answers {
+            assert_eq!(answer, &json!(journal), "{pid}: answered with its journal");
+        }
+    }
+    let (journals, commits): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(DISTINCT xmin::text) FROM journal_transactions
+          WHERE payment_id = ANY($1)",
+    )
+    .bind(&payments)
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert_eq!(journals, 10);
+    assert!(commits < 10, "10 postings in {commits} transactions");
+    stack.teardown().await;
+}
