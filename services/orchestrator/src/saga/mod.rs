@@ -15,7 +15,8 @@ pub mod shell;
 pub mod state;
 pub(crate) mod sweeper;
 
-use crate::store::{PaymentRow, StagedMoves};
+use crate::store::staged::StagedMoves;
+use crate::store::PaymentRow;
 use consumed::Event;
 use decision::{Input, RefusalKind};
 use sagapay_domain::Envelope;

@@ -6,7 +6,8 @@
 
 use sagapay_domain::PaymentStatus;
 use sagapay_e2e::TestStack;
-use sagapay_orchestrator::store::{self, StagedMoves, Transition, TransitionFailure};
+use sagapay_orchestrator::store::staged::StagedMoves;
+use sagapay_orchestrator::store::{self, Transition, TransitionFailure};
 use serde_json::json;
 use sqlx::PgConnection;
 use std::time::Duration;
