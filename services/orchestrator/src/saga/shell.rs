@@ -108,9 +108,9 @@ impl Shell {
         self.commit_with(conn, row, s, d, origin, None).await
     }
 
-    /// Writes `d` as [`Shell::commit`] does, except that its transition, when it is the
-    /// payment's first of the batch, is staged in `staged` and written with the batch's
-    /// others by [`Shell::write_staged`] (which the caller must call before it commits).
+    /// Writes `d` as [`Shell::commit`] does, except that its transition is staged in
+    /// `staged` (after what was staged for the same payment is written) and written with the
+    /// batch's others by [`Shell::write_staged`], which the caller must call before it commits.
     pub async fn commit_staged(
         &self,
         conn: &mut PgConnection,
