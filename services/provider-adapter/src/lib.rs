@@ -546,6 +546,7 @@ where
         merchants_at_cap,
         messaging_metrics: platform.messaging_metrics.clone(),
         writes: GroupCommit::new(platform.pool.clone()),
+        in_flight: Default::default(),
     });
     builder.spawn("provider-worker", move |shutdown| worker.run(shutdown));
     let router = platform.router(api);

@@ -36,6 +36,7 @@ use sagapay_messaging::{
 };
 use serde::{Deserialize, Serialize};
 use sqlx::{PgPool, Row};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
@@ -136,6 +137,9 @@ pub struct Worker<P> {
     pub messaging_metrics: MessagingMetrics,
     /// The transaction the attempts that end together are written in.
     pub writes: GroupCommit,
+    /// Operations being performed (set by the worker's loop): an attempt that ends while it is
+    /// the only one commits on its own, as a group of one would cost a BEGIN and a COMMIT more.
+    pub in_flight: std::sync::atomic::AtomicUsize,
 }
 
 impl<P: PaymentProvider> Worker<P> {
@@ -159,6 +163,7 @@ impl<P: PaymentProvider> Worker<P> {
             while let Some(done) = in_flight.try_join_next_with_id() {
                 claim_now |= backlog.freed_by(places.finished(&task_of(done)));
             }
+            self.in_flight.store(in_flight.len(), Ordering::Relaxed);
             let room = self.settings.max_in_flight.saturating_sub(in_flight.len());
             if claim_now && room > 0 {
                 claim_now = false;
@@ -171,6 +176,7 @@ impl<P: PaymentProvider> Worker<P> {
                             let task = in_flight.spawn(async move { me.perform(op).await });
                             places.started(task.id(), merchant);
                         }
+                        self.in_flight.store(in_flight.len(), Ordering::Relaxed);
                         claim.wait
                     }
                     Err(e) => {
@@ -341,9 +347,11 @@ impl<P: PaymentProvider> Worker<P> {
         Ok(())
     }
 
-    /// Writes an attempt in the group of the moment: its row, the operation's change and the
-    /// event, and with them an automatic capture after a successful authorization, or the dead
-    /// letter of an operation given up. False, with nothing written, when the claim was lost.
+    /// Writes an attempt in the group of the moment (alone, in one statement, when no other
+    /// operation is in flight and there is nothing more to write): its row, the operation's
+    /// change and the event, and with them an automatic capture after a successful
+    /// authorization, or the dead letter of an operation given up. False, with nothing
+    /// written, when the claim was lost.
     async fn write(&self, op: &Claimed, decision: &Next, w: &Written<'_>) -> anyhow::Result<bool> {
         // An automatic capture follows a successful authorization in its transaction.
         // Not when the provider authorized another amount than was asked: the saga flags that
@@ -351,6 +359,12 @@ impl<P: PaymentProvider> Worker<P> {
         let asked = (op.request.amount_minor, op.request.currency);
         let capture_after =
             policy::captures_after(decision, op.operation, op.request.capture_method, asked);
+        let exhausted = matches!(decision, Next::Exhausted { .. });
+        if capture_after.is_none() && !exhausted && self.in_flight.load(Ordering::Relaxed) <= 1 {
+            // Alone: one statement, committed on its own (no group would form).
+            let mut conn = self.pool.acquire().await?;
+            return record(&mut conn, op, w.attempt, w.change, w.event).await;
+        }
         let mut member = self.writes.join().await?;
         let write = async {
             let conn = member.conn();
