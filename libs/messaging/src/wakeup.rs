@@ -11,6 +11,7 @@
 use crate::metrics::MessagingMetrics;
 use prometheus::IntGauge;
 use sqlx::postgres::PgListener;
+use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -30,6 +31,11 @@ pub struct Wakeup {
     pool: PgPool,
     channel: &'static str,
     listener: Option<PgListener>,
+    /// A reconnection under way, in a task of its own: the owner's loop drops
+    /// [`Wakeup::next`] whenever its timer or other work comes first, and a reconnection
+    /// awaited inside it was dropped with it, so under load (a timer of 100 ms, a connection
+    /// that took longer) the listener never came back.
+    connecting: Option<tokio::task::JoinHandle<Option<PgListener>>>,
     retry_at: Instant,
     /// `listener_connected{channel}`: 1 while listening.
     connected: IntGauge,
@@ -41,40 +47,45 @@ impl Wakeup {
     /// Listens on `channel` with a connection of `pool` (connecting now, or on the first
     /// [`Wakeup::next`] if the server does not answer); `metrics` shows whether it listens.
     pub async fn listen(pool: &PgPool, channel: &'static str, metrics: &MessagingMetrics) -> Self {
+        // A pool of its own that tests a connection before handing it out: after an outage the
+        // service's pool holds dead connections (it does not test them), and a LISTEN on one
+        // fails at once; attempts a second apart each drew another dead one, or the same one
+        // back, for longer than a test waits.
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .min_connections(0)
+            .test_before_acquire(true)
+            .connect_lazy_with((*pool.connect_options()).clone());
         let mut this = Self {
-            pool: pool.clone(),
+            pool,
             channel,
             listener: None,
+            connecting: None,
             retry_at: Instant::now(),
             connected: metrics.listener_connected.with_label_values(&[channel]),
         };
-        this.listener = this.connect().await;
+        this.listener = connect(this.pool.clone(), channel).await;
+        if this.listener.is_none() {
+            this.retry_at = Instant::now() + RECONNECT_INTERVAL;
+        }
         this.connected.set(i64::from(this.listener.is_some()));
         this
     }
 
-    async fn connect(&mut self) -> Option<PgListener> {
-        let attempt = async {
-            let mut l = PgListener::connect_with(&self.pool).await?;
-            l.listen(self.channel).await?;
-            Ok::<_, sqlx::Error>(l)
-        };
-        match tokio::time::timeout(Duration::from_secs(5), attempt).await {
-            Ok(Ok(l)) => Some(l),
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, channel = self.channel, "LISTEN failed; polling until it works");
-                self.retry_at = Instant::now() + RECONNECT_INTERVAL;
-                None
-            }
-            Err(_) => {
-                tracing::warn!(
-                    channel = self.channel,
-                    "LISTEN timed out; polling until it works"
-                );
-                self.retry_at = Instant::now() + RECONNECT_INTERVAL;
-                None
-            }
+    /// The reconnection's result once it is done; it goes on in its own task while this
+    /// future is dropped.
+    async fn reconnect(&mut self) -> Option<PgListener> {
+        let pool = self.pool.clone();
+        let channel = self.channel;
+        let task = self
+            .connecting
+            .get_or_insert_with(|| tokio::spawn(connect(pool, channel)));
+        let listener = task.await.ok().flatten();
+        self.connecting = None;
+        if listener.is_none() {
+            self.retry_at = Instant::now() + RECONNECT_INTERVAL;
         }
+        listener
     }
 
     /// Whether a listener is connected now.
@@ -117,8 +128,10 @@ impl Wakeup {
                     }
                 },
                 None => {
-                    tokio::time::sleep_until(self.retry_at).await;
-                    if let Some(l) = self.connect().await {
+                    if self.connecting.is_none() {
+                        tokio::time::sleep_until(self.retry_at).await;
+                    }
+                    if let Some(l) = self.reconnect().await {
                         self.listener = Some(l);
                         self.connected.set(1);
                         tracing::info!(channel = self.channel, "LISTEN connection back");
@@ -126,6 +139,26 @@ impl Wakeup {
                     }
                 }
             }
+        }
+    }
+}
+
+/// One attempt to listen on `channel` with a connection of `pool`, bounded by 5 s.
+async fn connect(pool: PgPool, channel: &'static str) -> Option<PgListener> {
+    let attempt = async {
+        let mut l = PgListener::connect_with(&pool).await?;
+        l.listen(channel).await?;
+        Ok::<_, sqlx::Error>(l)
+    };
+    match tokio::time::timeout(Duration::from_secs(5), attempt).await {
+        Ok(Ok(l)) => Some(l),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, channel, "LISTEN failed; polling until it works");
+            None
+        }
+        Err(_) => {
+            tracing::warn!(channel, "LISTEN timed out; polling until it works");
+            None
         }
     }
 }
