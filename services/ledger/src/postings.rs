@@ -78,7 +78,10 @@ impl StagedPostings {
                 s.transaction_id
             } else {
                 tracing::info!(payment_id = %s.command.payment_id, "capture already posted");
-                existing[&s.command.payment_id]
+                // Not inserted, so its capture's journal exists: read above.
+                *existing
+                    .get(&s.command.payment_id)
+                    .ok_or(sqlx::Error::RowNotFound)?
             };
             events.push(s.command.follow_up(&PaymentSettled {
                 journal_transaction_id: transaction_id,

@@ -98,7 +98,14 @@ impl Handler for Saga {
         };
         let after = self
             .shell
-            .commit_staged(conn, &row, &state, &decision, &origin, &mut batch.moves)
+            .commit_staged(
+                conn,
+                &row,
+                &state,
+                &decision,
+                &origin,
+                Some(&mut batch.moves),
+            )
             .await?;
         for effect in after {
             ctx.after_commit(effect);

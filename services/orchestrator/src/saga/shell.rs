@@ -105,23 +105,7 @@ impl Shell {
         d: &Decision,
         origin: &Origin<'_>,
     ) -> Result<AfterCommit, CommitError> {
-        self.commit_with(conn, row, s, d, origin, None).await
-    }
-
-    /// Writes `d` as [`Shell::commit`] does, except that its transition is staged in
-    /// `staged` (after what was staged for the same payment is written) and written with the
-    /// batch's others by [`Shell::write_staged`], which the caller must call before it commits.
-    pub async fn commit_staged(
-        &self,
-        conn: &mut PgConnection,
-        row: &PaymentRow,
-        s: &PaymentState,
-        d: &Decision,
-        origin: &Origin<'_>,
-        staged: &mut StagedMoves,
-    ) -> Result<AfterCommit, CommitError> {
-        self.commit_with(conn, row, s, d, origin, Some(staged))
-            .await
+        self.commit_staged(conn, row, s, d, origin, None).await
     }
 
     /// Writes the transitions staged in `staged`, in one statement.
@@ -133,7 +117,11 @@ impl Shell {
         staged.write(conn).await.map_err(CommitError::from)
     }
 
-    async fn commit_with(
+    /// Writes `d` as [`Shell::commit`] does, except that with `staged` its transition is
+    /// staged there (after what was staged for the same payment is written) and written with
+    /// the batch's others by [`Shell::write_staged`], which the caller must call before it
+    /// commits.
+    pub async fn commit_staged(
         &self,
         conn: &mut PgConnection,
         row: &PaymentRow,
