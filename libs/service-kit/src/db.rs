@@ -28,11 +28,11 @@ pub async fn prepare(
         .options([("statement_timeout", statement_timeout.as_str())])
         .log_statements(tracing::log::LevelFilter::Trace)
         .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_millis(500));
-    // No ping before each checkout: that is a round trip per statement outside a transaction,
-    // and sqlx pings on every release anyway (a broken connection is dropped then). A
-    // connection that died in between fails its statement, which every caller already treats
+    // No ping before each checkout: that is a round trip per statement outside a transaction.
+    // A connection that died in the pool fails its next statement, which every caller treats
     // as transient (a consumer retries its batch, a relay or worker its cycle, the API
-    // answers 503 and the client retries with its idempotency key).
+    // answers 503 and the client retries with its idempotency key); the failure marks it
+    // broken and it is closed on release (vendor/README.md, `WriteBuffer::broken`).
     PgPoolOptions::new()
         .max_connections(config.db_pool_size)
         .min_connections(1)

@@ -24,6 +24,7 @@ mod out_of_order;
 mod overload;
 mod parked;
 mod poison;
+mod pool;
 mod production;
 mod production_profile;
 mod provider_paths;

@@ -19,6 +19,10 @@ pub struct WriteBuffer {
     buf: Vec<u8>,
     bytes_written: usize,
     bytes_flushed: usize,
+    // SagaPay patch (vendor/README.md): set when a read or write on the socket failed. A
+    // broken connection never reports an empty write buffer, so the pool tests it on release
+    // (the test fails and the connection is closed) instead of handing it out again.
+    broken: bool,
 }
 
 pub struct ReadBuffer {
@@ -37,6 +41,7 @@ impl<S: Socket> BufferedSocket<S> {
                 buf: Vec::with_capacity(DEFAULT_BUF_SIZE),
                 bytes_written: 0,
                 bytes_flushed: 0,
+                broken: false,
             },
             read_buf: ReadBuffer {
                 read: BytesMut::new(),
@@ -76,7 +81,10 @@ impl<S: Socket> BufferedSocket<S> {
                 ControlFlow::Break(ret) => return Ok(ret),
             };
 
-            self.read_buf.read(read_len, &mut self.socket).await?;
+            if let Err(error) = self.read_buf.read(read_len, &mut self.socket).await {
+                self.write_buf.broken = true;
+                return Err(error.into());
+            }
         }
     }
 
@@ -123,6 +131,20 @@ impl<S: Socket> BufferedSocket<S> {
     }
 
     pub async fn flush(&mut self) -> io::Result<()> {
+        let flushed = self.flush_socket().await;
+        if flushed.is_err() {
+            self.write_buf.broken = true;
+        }
+        flushed
+    }
+
+    async fn flush_socket(&mut self) -> io::Result<()> {
+        if self.write_buf.broken {
+            return Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the connection failed earlier",
+            ));
+        }
         while !self.write_buf.is_empty() {
             let written = self.socket.write(self.write_buf.get()).await?;
             self.write_buf.consume(written);
@@ -223,7 +245,7 @@ impl WriteBuffer {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.bytes_flushed >= self.bytes_written
+        !self.broken && self.bytes_flushed >= self.bytes_written
     }
 
     pub fn is_full(&self) -> bool {
