@@ -172,12 +172,17 @@ impl Default for HttpLimits {
 /// - the request's span (tower-http's `trace`), continuing the caller's trace (`traceparent`);
 /// - [`request_context`]: the correlation id, the [`RequestContext`] handlers read, the one
 ///   error shape for errors made outside the handlers, and the HTTP metrics;
-/// - a request timeout and a body limit (tower-http's `timeout` and `limit`), inside the
-///   above so their refusals are measured and shaped like any other.
+/// - a request timeout and a body limit (tower-http's `timeout` and `limit`, and
+///   [`crate::body_limit`] for a body announced too large), inside the above so their
+///   refusals are measured and shaped like any other.
 pub fn instrument(router: Router, metrics: HttpMetrics, limits: HttpLimits) -> Router {
     let request_id = HeaderName::from_static(REQUEST_ID);
     router
         .layer(RequestBodyLimitLayer::new(limits.body_bytes))
+        .layer(axum::middleware::from_fn_with_state(
+            limits.body_bytes,
+            crate::body_limit::refuse_oversized,
+        ))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,
             limits.request_timeout,

@@ -6,6 +6,7 @@
 //! can run any set of services in-process; its `main.rs` only reads the environment and waits.
 
 pub mod api_error;
+pub mod body_limit;
 pub mod config;
 pub mod constant_time;
 pub mod db;

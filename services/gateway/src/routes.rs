@@ -36,40 +36,9 @@ pub fn routes(state: AppState, body_limit_bytes: usize) -> Router {
         .layer(axum::middleware::from_fn(crate::ratelimit::quota_headers))
         .layer(axum::middleware::from_fn_with_state(
             body_limit_bytes,
-            refuse_oversized,
+            sagapay_service_kit::body_limit::refuse_oversized,
         ))
         .with_state(state)
-}
-
-/// Bodies up to this size are read to the end before a 413 is sent.
-const DRAIN_MAX_BYTES: u64 = 1 << 20;
-
-/// A body announced larger than the limit gets 413 before anything else runs. The body is read
-/// and discarded first (up to 1 MiB, for at most a second): closing the connection with the
-/// client still sending makes its kernel reset the connection, and the client may never read
-/// the 413 (the "lingering close" of HTTP servers).
-async fn refuse_oversized(
-    State(limit_bytes): State<usize>,
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    let announced = req
-        .headers()
-        .get(axum::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    match announced {
-        Some(len) if len > limit_bytes as u64 => {
-            if len <= DRAIN_MAX_BYTES {
-                use futures::StreamExt;
-                let mut stream = req.into_body().into_data_stream();
-                let drain = async { while let Some(Ok(_)) = stream.next().await {} };
-                let _ = tokio::time::timeout(std::time::Duration::from_secs(1), drain).await;
-            }
-            ApiError::body_too_large(limit_bytes).into_response()
-        }
-        _ => next.run(req).await,
-    }
 }
 
 /// Creates a payment. The answer is `201` with the payment id, also for a retry with the
