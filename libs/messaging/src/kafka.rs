@@ -88,6 +88,17 @@ impl KafkaSettings {
         cfg.create().context("creating Kafka producer")
     }
 
+    /// A producer for a service that writes no event (the gateway): a client that watches the
+    /// cluster for readiness. Not idempotent: an idempotent producer asks the broker for a
+    /// producer id as soon as it connects, and the broker refuses that to a principal allowed
+    /// to write nowhere (`crate::acl`); the producer would fail fatally.
+    pub fn observer(&self, client_id: &str) -> anyhow::Result<FutureProducer> {
+        let mut cfg = self.base();
+        cfg.set("client.id", client_id)
+            .set("enable.idempotence", "false");
+        cfg.create().context("creating Kafka client")
+    }
+
     /// A consumer of group `group_id` that commits, in the background, only offsets the
     /// application stored after its database transaction committed.
     pub fn consumer(&self, group_id: &str, client_id: &str) -> anyhow::Result<StreamConsumer> {
@@ -132,12 +143,15 @@ impl KafkaSettings {
         cfg
     }
 
-    fn admin(&self) -> anyhow::Result<AdminClient<DefaultClientContext>> {
+    pub(crate) fn admin(&self) -> anyhow::Result<AdminClient<DefaultClientContext>> {
         self.base().create().context("creating Kafka admin client")
     }
 
     /// Creates the topics that do not exist yet, with `replication_factor` replicas.
     pub async fn ensure_topics(&self, topics: &[String]) -> anyhow::Result<()> {
+        if topics.is_empty() {
+            return Ok(());
+        }
         let admin = self.admin()?;
         let new_topics: Vec<NewTopic<'_>> = topics
             .iter()

@@ -8,6 +8,7 @@
 //! transaction as their effect, so a second delivery of an event changes nothing. Offsets are
 //! stored only after that transaction commits.
 
+pub mod acl;
 pub mod consumer;
 pub mod deadletter;
 pub mod failure;

@@ -134,6 +134,39 @@ fn redis_problems(url: &str) -> Vec<String> {
     problems
 }
 
+/// What production refuses in the Kafka clients' settings (`SAGAPAY_KAFKA_CLIENT_CONFIG`):
+/// anything but an encrypted connection whose client is known to the broker (SASL over TLS,
+/// or TLS with a client certificate), and any switch that turns the broker's certificate or
+/// name check off. Without it anyone who reaches the broker reads every payment event and
+/// can write a forged one.
+fn kafka_problems(overrides: &[(String, String)]) -> Vec<String> {
+    let get = |key: &str| {
+        overrides
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.trim().to_ascii_lowercase())
+    };
+    let mut problems = Vec::new();
+    let protocol = get("security.protocol").unwrap_or_else(|| "plaintext".to_owned());
+    let client_certificate = get("ssl.certificate.location").is_some()
+        || get("ssl.certificate.pem").is_some()
+        || get("ssl.keystore.location").is_some();
+    match protocol.as_str() {
+        "sasl_ssl" => {}
+        "ssl" if client_certificate => {}
+        "ssl" => problems.push("SAGAPAY_KAFKA_CLIENT_CONFIG has security.protocol=SSL without a client certificate (ssl.certificate.location): the broker cannot tell the services apart; production needs SASL_SSL or SSL with a certificate per service".to_owned()),
+        other => problems.push(format!("SAGAPAY_KAFKA_CLIENT_CONFIG has security.protocol={}: production needs SASL_SSL (or SSL with a client certificate), so events travel encrypted and only known services write them", other.to_ascii_uppercase())),
+    }
+    if get("enable.ssl.certificate.verification").as_deref() == Some("false") {
+        problems.push("SAGAPAY_KAFKA_CLIENT_CONFIG has enable.ssl.certificate.verification=false: production checks the broker's certificate".to_owned());
+    }
+    if get("ssl.endpoint.identification.algorithm").as_deref() == Some("none") {
+        problems.push("SAGAPAY_KAFKA_CLIENT_CONFIG has ssl.endpoint.identification.algorithm=none: production checks the broker's name against its certificate".to_owned());
+    }
+    problems
+}
+
 /// `SAGAPAY_KAFKA_CLIENT_CONFIG`, with `sasl.password` from `SAGAPAY_KAFKA_SASL_PASSWORD_FILE`:
 /// the connection's security of every Kafka client, the services' and the tools'.
 pub fn kafka_client_overrides() -> anyhow::Result<Vec<(String, String)>> {
@@ -363,6 +396,7 @@ impl CommonConfig {
                 self.kafka.replication_factor
             ));
         }
+        problems.extend(kafka_problems(&self.kafka.client_overrides));
         if USES_OPS_KEY.contains(&self.service) {
             if let Err(e) = crate::OpsKey::from_env(Environment::Production) {
                 problems.push(e.to_string());
@@ -438,7 +472,42 @@ impl CommonConfig {
 
 #[cfg(test)]
 mod tests {
-    use super::{postgres_problems, redis_problems};
+    use super::{kafka_problems, postgres_problems, redis_problems};
+
+    fn kafka(config: &str) -> Vec<String> {
+        kafka_problems(&sagapay_messaging::kafka::parse_overrides(config).unwrap())
+    }
+
+    #[test]
+    fn production_kafka_needs_tls_and_a_known_client() {
+        for ok in [
+            "security.protocol=SASL_SSL,sasl.mechanisms=SCRAM-SHA-512,sasl.username=risk,ssl.ca.location=/ca.pem",
+            "security.protocol=ssl,ssl.certificate.location=/risk.pem,ssl.key.location=/risk.key",
+        ] {
+            assert!(kafka(ok).is_empty(), "{ok}: {:?}", kafka(ok));
+        }
+        for (config, named) in [
+            ("", "security.protocol=PLAINTEXT"),
+            ("security.protocol=PLAINTEXT", "security.protocol=PLAINTEXT"),
+            (
+                "security.protocol=SASL_PLAINTEXT,sasl.username=risk",
+                "security.protocol=SASL_PLAINTEXT",
+            ),
+            ("security.protocol=SSL", "without a client certificate"),
+            (
+                "security.protocol=SASL_SSL,enable.ssl.certificate.verification=false",
+                "enable.ssl.certificate.verification=false",
+            ),
+            (
+                "security.protocol=SASL_SSL,ssl.endpoint.identification.algorithm=none",
+                "ssl.endpoint.identification.algorithm=none",
+            ),
+        ] {
+            let problems = kafka(config);
+            assert_eq!(problems.len(), 1, "{config}: {problems:?}");
+            assert!(problems[0].contains(named), "{config}: {problems:?}");
+        }
+    }
 
     #[test]
     fn production_postgres_needs_a_password_and_a_socket_or_checked_tls() {

@@ -34,8 +34,8 @@ pub struct Platform {
 
 impl Platform {
     /// Prepares the database and Kafka for a service that consumes `consumes` and publishes
-    /// `produces` (waiting for each to answer, see [`crate::startup`]). Topics (and the
-    /// dead-letter topic) are created when absent. `migrations` makes the service's
+    /// `produces` (waiting for each to answer, see [`crate::startup`]). Topics (and, for a
+    /// consumer, the dead-letter topic) are created when absent. `migrations` makes the service's
     /// migration runner (once per attempt).
     pub async fn init(
         config: CommonConfig,
@@ -51,13 +51,22 @@ impl Platform {
             || db::prepare(&config, migrations()),
         )
         .await?;
-        let producer = config.kafka.producer(config.service)?;
+        let producer = if consumes.is_empty() && produces.is_empty() {
+            config.kafka.observer(config.service)?
+        } else {
+            config.kafka.producer(config.service)?
+        };
         let mut topics: Vec<String> = consumes
             .iter()
             .chain(produces)
             .map(|t| config.topic(*t))
             .collect();
-        topics.push(config.namespace.dead_letter_topic());
+        // A consumer's poison goes to the dead-letter topic; a service that consumes nothing
+        // (the gateway) has none to send, and no right to write there
+        // (`sagapay_messaging::acl`).
+        if !consumes.is_empty() {
+            topics.push(config.namespace.dead_letter_topic());
+        }
         topics.sort();
         topics.dedup();
         startup::wait_for(

@@ -859,7 +859,8 @@ struct Started {
 }
 
 impl Processes {
-    /// One instance of every service; `env` is added to every service's environment.
+    /// One instance of every service; `env` is added to every service's environment, with
+    /// `{service}` in a value replaced by the service's name (its own Kafka user, say).
     pub fn in_namespace(ns: Namespace, env: &[(&str, &str)]) -> Processes {
         Self::with_instances(ns, env, 1)
     }
@@ -977,7 +978,11 @@ impl Processes {
             self.log_dir.join(format!("{name}.addr")),
         );
         let child = command
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .envs(
+                self.env
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.replace("{service}", service))),
+            )
             .stdout(std::process::Stdio::from(
                 log.try_clone().expect("log file"),
             ))

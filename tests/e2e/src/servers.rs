@@ -78,12 +78,136 @@ struct KafkaNode {
 pub struct KafkaCluster {
     dir: PathBuf,
     nodes: Vec<KafkaNode>,
+    /// The connection's security of the cluster's own checks (the administrator's, when
+    /// secure).
+    admin_overrides: Vec<(String, String)>,
+}
+
+/// What makes a cluster secure ([`KafkaCluster::start_secure`]): a CA of the test's own, the
+/// nodes' certificate (for 127.0.0.1, signed by it), and SCRAM users (the administrator
+/// `admin`, a super user, and the given ones), each with a random password in
+/// `<dir>/<user>.password`.
+pub struct KafkaSecurity {
+    dir: PathBuf,
+    /// The CA's certificate, PEM: what clients trust (`ssl.ca.location`).
+    pub ca_file: PathBuf,
+    keystore: PathBuf,
+    node_principal: String,
+    users: Vec<(String, String)>,
+}
+
+impl KafkaSecurity {
+    pub fn new(users: &[&str]) -> KafkaSecurity {
+        let dir = scratch_dir("kafka-security");
+        let ca = crate::tls::TestCa::new("the Kafka cluster's CA");
+        let ca_file = ca.write(&dir, "ca.pem");
+        let node = ca.server(&["127.0.0.1"]);
+        let keystore = dir.join("node.pem");
+        std::fs::write(&keystore, format!("{}{}", node.key_pem, node.cert_pem))
+            .expect("the nodes' key store");
+        let users: Vec<(String, String)> = std::iter::once("admin")
+            .chain(users.iter().copied())
+            .map(|u| (u.to_owned(), uuid::Uuid::new_v4().simple().to_string()))
+            .collect();
+        for (user, password) in &users {
+            std::fs::write(dir.join(format!("{user}.password")), password)
+                .expect("a password file");
+        }
+        KafkaSecurity {
+            dir,
+            ca_file,
+            keystore,
+            node_principal: "CN=127.0.0.1".to_owned(),
+            users,
+        }
+    }
+
+    /// `SAGAPAY_KAFKA_CLIENT_CONFIG` of `user` (its password is in [`Self::password_file`]).
+    pub fn client_config(&self, user: &str) -> String {
+        format!(
+            "security.protocol=SASL_SSL,sasl.mechanisms=SCRAM-SHA-512,sasl.username={user},\
+             ssl.ca.location={}",
+            self.ca_file.display()
+        )
+    }
+
+    pub fn password_file(&self, user: &str) -> PathBuf {
+        self.dir.join(format!("{user}.password"))
+    }
+
+    /// The client overrides of `user`, password included.
+    pub fn client_overrides(&self, user: &str) -> Vec<(String, String)> {
+        let mut overrides =
+            sagapay_messaging::kafka::parse_overrides(&self.client_config(user)).unwrap();
+        let password = self
+            .users
+            .iter()
+            .find(|(u, _)| u == user)
+            .map(|(_, p)| p.clone())
+            .unwrap_or_else(|| panic!("{user} is not a user of the cluster"));
+        overrides.push(("sasl.password".to_owned(), password));
+        overrides
+    }
+
+    fn admin_password(&self) -> &str {
+        &self.users[0].1
+    }
+
+    /// The `--add-scram` arguments of Kafka's StorageTool: every user, known from the start.
+    fn scram_arguments(&self) -> Vec<String> {
+        self.users
+            .iter()
+            .flat_map(|(user, password)| {
+                [
+                    "--add-scram".to_owned(),
+                    format!("SCRAM-SHA-512=[name={user},password={password}]"),
+                ]
+            })
+            .collect()
+    }
+
+    /// `infra/kafka/secure.properties` for one node.
+    fn properties(&self, port: u16, controller: u16) -> anyhow::Result<String> {
+        let overlay = std::fs::read_to_string(repo_root().join("infra/kafka/secure.properties"))?;
+        Ok(overlay
+            .replace("@PORT@", &port.to_string())
+            .replace("@CONTROLLER_PORT@", &controller.to_string())
+            .replace("@ADMIN_PASSWORD@", self.admin_password())
+            .replace("@KEYSTORE@", &self.keystore.display().to_string())
+            .replace("@TRUSTSTORE@", &self.ca_file.display().to_string())
+            .replace("@NODE_PRINCIPAL@", &self.node_principal))
+    }
+}
+
+impl Drop for KafkaSecurity {
+    fn drop(&mut self) {
+        remove_unless_failed(&self.dir, "Kafka's credentials");
+    }
 }
 
 impl KafkaCluster {
     /// Formats and starts `nodes` nodes (1 or 3) on ports from `ports`, and waits until every
     /// node is in the cluster's metadata.
     pub fn start(nodes: usize, ports: std::ops::Range<u16>) -> anyhow::Result<Self> {
+        Self::start_with(nodes, ports, None)
+    }
+
+    /// [`KafkaCluster::start`], every listener secured as `infra/kafka/secure.properties`
+    /// says with `security`'s certificates and users, and no ACL yet: only the
+    /// administrator may do anything until ACLs are applied.
+    pub fn start_secure(
+        nodes: usize,
+        ports: std::ops::Range<u16>,
+        security: &KafkaSecurity,
+    ) -> anyhow::Result<Self> {
+        Self::start_with(nodes, ports, Some(security))
+    }
+
+    fn start_with(
+        nodes: usize,
+        ports: std::ops::Range<u16>,
+        security: Option<&KafkaSecurity>,
+    ) -> anyhow::Result<Self> {
         anyhow::ensure!(nodes == 1 || nodes == 3, "a cluster of 1 or 3 nodes");
         let libs = repo_root().join(".local/kafka/libs");
         anyhow::ensure!(
@@ -113,6 +237,9 @@ impl KafkaCluster {
         let mut cluster = KafkaCluster {
             dir: dir.clone(),
             nodes: Vec::new(),
+            admin_overrides: security
+                .map(|s| s.client_overrides("admin"))
+                .unwrap_or_default(),
         };
         for (i, (port, controller)) in ports.iter().enumerate() {
             let id = i + 1;
@@ -127,7 +254,11 @@ impl KafkaCluster {
                     .replace("@CONTROLLER_PORT@", &controller.to_string())
                     .replace("@DATA_DIR@", &data.display().to_string())
                     .replace("@REPLICAS@", replicas)
-                    .replace("@MIN_ISR@", min_isr),
+                    .replace("@MIN_ISR@", min_isr)
+                    + &security
+                        .map(|s| s.properties(*port, *controller))
+                        .transpose()?
+                        .unwrap_or_default(),
             )?;
             let logs = dir.join(format!("logs-{id}"));
             std::fs::create_dir_all(&logs)?;
@@ -135,6 +266,7 @@ impl KafkaCluster {
                 .args(["kafka.tools.StorageTool", "format"])
                 .arg(format!("--cluster-id={cluster_id}"))
                 .arg(format!("--config={}", properties.display()))
+                .args(security.map(|s| s.scram_arguments()).unwrap_or_default())
                 .output()
                 .context("running Kafka's StorageTool")?;
             anyhow::ensure!(
@@ -198,6 +330,7 @@ impl KafkaCluster {
         }
         let settings = sagapay_messaging::KafkaSettings {
             brokers: self.bootstrap(),
+            client_overrides: self.admin_overrides.clone(),
             ..Default::default()
         };
         let producer = settings.producer("cluster-check")?;

@@ -159,5 +159,6 @@ pub mod dlq {
 ///
 /// It reads both databases whole (two queries each), which is right for the sizes a test or a
 /// daily check sees; at much larger sizes it should compare by time window.
+pub mod acls;
 pub mod payments;
 pub mod reconcile;

@@ -16,6 +16,7 @@
 //! sagapayctl key list <merchant id or name> [--json]
 //! sagapayctl key revoke <key_id>
 //! sagapayctl namespace drop --yes    (drops the namespace's six databases and its topics)
+//! sagapayctl kafka acls [--operator NAME] [--apply]   (each service's ACLs; --apply creates them)
 //! ```
 //!
 //! `--namespace` (or `SAGAPAY_NAMESPACE`, default `sagapay`), `--brokers` (or
@@ -115,6 +116,23 @@ enum Command {
     /// Service identity keys (the Ed25519 keys services sign their calls to each other with).
     #[command(subcommand)]
     ServiceKey(ServiceKeyCommand),
+    /// The Kafka cluster's access rules.
+    #[command(subcommand)]
+    Kafka(KafkaCommand),
+}
+
+#[derive(Subcommand)]
+enum KafkaCommand {
+    /// The ACLs of the namespace: each service may write only where its events go and read
+    /// only its own channel (its user name is its name); the operator reads dead letters and
+    /// replays them. With `--apply`, creates them (connect as a super user of the cluster).
+    Acls {
+        /// The user `sagapayctl` connects as for dead letters.
+        #[arg(long, default_value = "sagapayctl")]
+        operator: String,
+        #[arg(long)]
+        apply: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -667,6 +685,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 key.merchant_id,
                 key.revoked_at.map(|t| t.to_rfc3339()).unwrap_or_default()
             );
+        }
+        Command::Kafka(KafkaCommand::Acls { operator, apply }) => {
+            let grants = sagapayctl::acls::grants(&ns, &operator);
+            for g in &grants {
+                println!("{g}");
+            }
+            if apply {
+                sagapay_messaging::acl::apply(&kafka, &grants).await?;
+                eprintln!("{} ACL(s) applied", grants.len());
+            }
         }
         Command::Dlq(DlqCommand::List { filter: f, json }) => {
             let f = filter(&f, None)?;

@@ -1,6 +1,7 @@
 //! Production mode refuses unsafe settings at start, one message per problem, and starts with
 //! safe ones; there the development merchant's keys do not authenticate.
 
+use sagapay_e2e::servers::{KafkaCluster, KafkaSecurity};
 use sagapay_e2e::{config, eventually, fresh_namespace, service_command, ReportedAddr};
 use sagapay_messaging::postgres_url::with_database;
 use sha2::{Digest, Sha256};
@@ -65,6 +66,7 @@ fn production_mode_names_every_unsafe_setting_and_exits() {
         "SAGAPAY_KAFKA_REPLICATION_FACTOR is 1, below the minimum of 3",
         "SAGAPAY_OPS_KEY must be set",
         "SAGAPAY_TRUSTED_CALLERS must be set in production",
+        "SAGAPAY_KAFKA_CLIENT_CONFIG has security.protocol=PLAINTEXT",
     ] {
         assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
     }
@@ -84,8 +86,12 @@ fn production_mode_names_every_unsafe_setting_and_exits() {
         ("SAGAPAY_KAFKA_REPLICATION_FACTOR", "3"),
         ("SAGAPAY_OPS_KEY", strong.as_str()),
         ("SAGAPAY_TRUSTED_CALLERS", trusted.as_str()),
+        (
+            "SAGAPAY_KAFKA_CLIENT_CONFIG",
+            "security.protocol=SASL_SSL,sasl.mechanisms=SCRAM-SHA-512,sasl.username=orchestrator,ssl.ca.location=/etc/sagapay/kafka-ca.crt",
+        ),
     ];
-    let cases: [(&str, &str, &str); 8] = [
+    let cases: [(&str, &str, &str); 11] = [
         (
             "SAGAPAY_POSTGRES_URL",
             "postgres://sagapay@db.internal:5432?sslmode=verify-full&sslrootcert=/etc/sagapay/ca.crt",
@@ -121,6 +127,21 @@ fn production_mode_names_every_unsafe_setting_and_exits() {
             "SAGAPAY_TRUSTED_CALLERS",
             dev_trusted.as_str(),
             "trusts the development key of gateway",
+        ),
+        (
+            "SAGAPAY_KAFKA_CLIENT_CONFIG",
+            "",
+            "security.protocol=PLAINTEXT: production needs SASL_SSL",
+        ),
+        (
+            "SAGAPAY_KAFKA_CLIENT_CONFIG",
+            "security.protocol=SASL_PLAINTEXT,sasl.mechanisms=SCRAM-SHA-512,sasl.username=orchestrator",
+            "security.protocol=SASL_PLAINTEXT: production needs SASL_SSL",
+        ),
+        (
+            "SAGAPAY_KAFKA_CLIENT_CONFIG",
+            "security.protocol=SASL_SSL,sasl.username=orchestrator,enable.ssl.certificate.verification=false",
+            "enable.ssl.certificate.verification=false",
         ),
     ];
     for (name, value, expected) in cases {
@@ -206,6 +227,20 @@ async fn production_mode_starts_with_safe_settings_and_refuses_the_development_m
         sagapay_service_kit::service_auth::generate_key_pair().unwrap();
     let keys_file = std::env::temp_dir().join(format!("{}-signing-key", ns.as_str()));
     std::fs::write(&keys_file, format!("{gateway_seed}\n")).unwrap();
+    // Kafka as production needs it: TLS, a user per service, the namespace's ACLs.
+    let kafka_security = KafkaSecurity::new(&["gateway", "notification"]);
+    let kafka = tokio::task::block_in_place(|| {
+        KafkaCluster::start_secure(1, 13_500..14_000, &kafka_security)
+    })
+    .expect("a Kafka cluster with TLS, SASL and ACLs");
+    let kafka_admin = sagapay_messaging::KafkaSettings {
+        brokers: kafka.bootstrap(),
+        client_overrides: kafka_security.client_overrides("admin"),
+        ..Default::default()
+    };
+    sagapay_messaging::acl::apply(&kafka_admin, &sagapayctl::acls::grants(&ns, "sagapayctl"))
+        .await
+        .expect("the namespace's ACLs");
     // No orchestrator: its address is a port of the test's that drops every connection.
     let (orchestrator_port, _orchestrator) = sagapay_e2e::dead_peer();
     let server_port = url::Url::parse(&base)
@@ -240,7 +275,16 @@ async fn production_mode_starts_with_safe_settings_and_refuses_the_development_m
             )
             // The local Redis has no password: the idempotency fast path is off.
             .env("SAGAPAY_REDIS_URL", "")
-            // The local stack has one broker: the operator states the minimum it accepts.
+            .env("SAGAPAY_KAFKA_BROKERS", kafka.bootstrap())
+            .env(
+                "SAGAPAY_KAFKA_CLIENT_CONFIG",
+                kafka_security.client_config(binary),
+            )
+            .env(
+                "SAGAPAY_KAFKA_SASL_PASSWORD_FILE",
+                kafka_security.password_file(binary),
+            )
+            // The test's cluster has one broker: the operator states the minimum it accepts.
             .env("SAGAPAY_KAFKA_REPLICATION_FACTOR", "1")
             .env("SAGAPAY_KAFKA_MIN_REPLICATION_FACTOR", "1")
             .env("RUST_LOG", "warn")

@@ -1,16 +1,18 @@
 //! The whole stack as a deployment runs it (the profile of "Credentials for production" in
 //! the README): every service in production mode, PostgreSQL over TLS with the server's
-//! identity checked (`verify-full` against the database's own CA), the gateway signing its
+//! identity checked (`verify-full` against the database's own CA), Kafka over SASL_SSL with a
+//! user per service and the namespace's ACLs (`sagapayctl kafka acls`), the gateway signing its
 //! calls with a key of its own that the orchestrator and the notification service trust by its
 //! public key, real ops keys, two merchants with keys of their own, and a webhook receiver
 //! over https behind a CA of its own. A payment of each merchant settles, each sees only its
-//! own, and the webhook is delivered over TLS and verifies with the endpoint's secret.
+//! own, and the webhook is delivered over TLS and verifies with the endpoint's secret; after
+//! a restart of the broker, a payment settles again.
 
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::routing::post;
 use hmac::{Hmac, Mac};
-use sagapay_e2e::servers::PgServer;
+use sagapay_e2e::servers::{KafkaCluster, KafkaSecurity, PgServer};
 use sagapay_e2e::tls::{serve_https, TestCa};
 use sagapay_e2e::{cleanup_namespace, eventually, fresh_namespace, Processes};
 use serde_json::{json, Value};
@@ -68,6 +70,26 @@ async fn the_production_profile_settles_each_merchants_payment_and_delivers_its_
         server.port(),
         db_ca_file.display()
     );
+    let mut users = sagapay_e2e::SERVICES.to_vec();
+    users.push("sagapayctl");
+    let kafka_security = KafkaSecurity::new(&users);
+    let mut kafka = tokio::task::block_in_place(|| {
+        KafkaCluster::start_secure(1, 10_500..11_000, &kafka_security)
+    })
+    .expect("a Kafka cluster with TLS, SASL and ACLs");
+    let ns = fresh_namespace();
+    // The operator's one step before the first start: the namespace's ACLs, as the cluster's
+    // administrator. The services create their topics themselves (they may create their own).
+    let admin = sagapay_messaging::KafkaSettings {
+        brokers: kafka.bootstrap(),
+        client_overrides: kafka_security.client_overrides("admin"),
+        ..Default::default()
+    };
+    sagapay_messaging::acl::apply(&admin, &sagapayctl::acls::grants(&ns, "sagapayctl"))
+        .await
+        .expect("the namespace's ACLs");
+    let kafka_client = kafka_security.client_config("{service}");
+    let kafka_password = kafka_security.password_file("{service}");
     let (gateway_key, gateway_public) =
         sagapay_service_kit::service_auth::generate_key_pair().unwrap();
     let ops_key = format!("ops-{}", Uuid::new_v4().simple());
@@ -83,7 +105,6 @@ async fn the_production_profile_settles_each_merchants_payment_and_delivers_its_
     )
     .await;
 
-    let ns = fresh_namespace();
     let mut procs = Processes::in_namespace(
         ns.clone(),
         &[
@@ -92,7 +113,14 @@ async fn the_production_profile_settles_each_merchants_payment_and_delivers_its_
             // The local Redis has no password: the idempotency fast path is off (production
             // refuses a Redis without one), the orchestrator's unique key guards alone.
             ("SAGAPAY_REDIS_URL", ""),
-            // The local stack has one broker: the operator states the minimum it accepts.
+            // Each service connects as itself (`{service}`: its own name and password file).
+            ("SAGAPAY_KAFKA_BROKERS", &kafka.bootstrap()),
+            ("SAGAPAY_KAFKA_CLIENT_CONFIG", &kafka_client),
+            (
+                "SAGAPAY_KAFKA_SASL_PASSWORD_FILE",
+                &kafka_password.display().to_string(),
+            ),
+            // The test's cluster has one broker: the operator states the minimum it accepts.
             ("SAGAPAY_KAFKA_REPLICATION_FACTOR", "1"),
             ("SAGAPAY_KAFKA_MIN_REPLICATION_FACTOR", "1"),
             ("SAGAPAY_OPS_KEY", &ops_key),
@@ -217,6 +245,20 @@ async fn the_production_profile_settles_each_merchants_payment_and_delivers_its_
     .await;
     assert_eq!(got.lock().unwrap().len(), 1, "one delivery, of A's payment");
 
+    // The broker restarts (a graceful stop, as a rolling upgrade does): the services
+    // authenticate again and a payment settles.
+    tokio::task::block_in_place(|| {
+        kafka.stop(0);
+        kafka.restart(0)
+    })
+    .expect("the broker back");
+    let after = pay(&key_b, "profile-after-restart").await;
+    eventually(WAIT, "a payment after the broker's restart", || async {
+        let (code, p) = status(&key_b, &after).await;
+        (code == 200 && p["status"] == "SETTLED").then_some(())
+    })
+    .await;
+
     // Every session any service holds to the database is encrypted.
     let admin = PgPoolOptions::new()
         .max_connections(1)
@@ -239,6 +281,7 @@ async fn the_production_profile_settles_each_merchants_payment_and_delivers_its_
     assert_eq!(in_clear, 0, "{in_clear} of {sessions} sessions without TLS");
 
     drop(procs);
+    drop(kafka);
     cleanup_namespace(&ns).await;
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
