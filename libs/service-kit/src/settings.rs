@@ -130,6 +130,8 @@ catalogue! {
         "requests at once per API key above the rate";
     "SAGAPAY_REDIS_URL", Value("redis://127.0.0.1:6379"), "gateway", true,
         "the idempotency fast path's Redis (`rediss://:password@host` in production); empty: off, only the durable guard";
+    "SAGAPAY_REDIS_CA_FILE", Unset, "gateway", false,
+        "a PEM CA trusted for `rediss://` besides the system's (a Redis behind a deployment's own CA)";
     "SAGAPAY_KEY_CACHE_TTL_MS", Value("1000"), "gateway", false,
         "how long a key found is trusted without the database (at most 1000; 0: off), so how long a revoked key may still work";
     "SAGAPAY_KEY_LOOKUPS_PER_SECOND", Value("20"), "gateway", false,

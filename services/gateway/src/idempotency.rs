@@ -43,6 +43,8 @@ pub const FORWARDED_TTL: Duration = RESPONSE_TTL;
 pub struct IdempotencySettings {
     /// `SAGAPAY_REDIS_URL` (a secret: it holds the password); `None` turns the fast path off.
     pub redis_url: Option<SecretString>,
+    /// `SAGAPAY_REDIS_CA_FILE`: a PEM CA trusted for `rediss://` besides the system's.
+    pub ca_file: Option<std::path::PathBuf>,
     /// Longest wait for one Redis command before going the durable path.
     pub timeout: Duration,
     /// How long an in-flight claim holds a key when its gateway never finishes: the
@@ -57,11 +59,29 @@ impl IdempotencySettings {
     pub fn new(redis_url: Option<String>, orchestrator_timeout: Duration) -> Self {
         Self {
             redis_url: redis_url.map(SecretString::from),
+            ca_file: None,
             timeout: Duration::from_millis(500),
             claim_ttl: orchestrator_timeout + Duration::from_secs(2),
             backoff: Duration::from_secs(1),
         }
     }
+}
+
+/// A client of `url`; over TLS it also trusts the CA in `ca_file` (PEM), a deployment's own.
+fn redis_client(url: &str, ca_file: Option<&std::path::Path>) -> anyhow::Result<redis::Client> {
+    use anyhow::Context;
+    let Some(file) = ca_file else {
+        return Ok(redis::Client::open(url)?);
+    };
+    let root_cert =
+        std::fs::read(file).with_context(|| format!("SAGAPAY_REDIS_CA_FILE {}", file.display()))?;
+    Ok(redis::Client::build_with_tls(
+        url,
+        redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(root_cert),
+        },
+    )?)
 }
 
 /// What Redis holds under a key.
@@ -170,7 +190,7 @@ impl IdempotencyCache {
         let conn = match &settings.redis_url {
             None => None,
             Some(url) => {
-                let client = redis::Client::open(url.expose_secret())?;
+                let client = redis_client(url.expose_secret(), settings.ca_file.as_deref())?;
                 let config = ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(settings.timeout))
                     .set_response_timeout(Some(settings.timeout))

@@ -100,10 +100,15 @@ impl Config {
             orchestrator_timeout_ms,
             rate_limit_per_second: env_parse("SAGAPAY_RATE_LIMIT_PER_SECOND", 100)?,
             rate_limit_burst: env_parse("SAGAPAY_RATE_LIMIT_BURST", 200)?,
-            idempotency: idempotency::IdempotencySettings::new(
-                env_or_off("SAGAPAY_REDIS_URL", DEFAULT_REDIS_URL),
-                Duration::from_millis(orchestrator_timeout_ms),
-            ),
+            idempotency: idempotency::IdempotencySettings {
+                ca_file: Some(env_or("SAGAPAY_REDIS_CA_FILE", ""))
+                    .filter(|f| !f.is_empty())
+                    .map(Into::into),
+                ..idempotency::IdempotencySettings::new(
+                    env_or_off("SAGAPAY_REDIS_URL", DEFAULT_REDIS_URL),
+                    Duration::from_millis(orchestrator_timeout_ms),
+                )
+            },
             signer: ServiceSigner::from_env(SERVICE, common.environment)?,
             key_cache_ttl_ms: env_parse("SAGAPAY_KEY_CACHE_TTL_MS", 1_000)?,
             key_lookups_per_second: env_parse("SAGAPAY_KEY_LOOKUPS_PER_SECOND", 20)?,

@@ -428,6 +428,93 @@ fn java(logs: &Path) -> Command {
     command
 }
 
+/// A Redis of the test's own (the machine's `redis-server`, nothing persisted), so that
+/// stopping it disturbs no other test; killed when dropped.
+pub struct RedisServer {
+    child: Child,
+    /// Its certificate and key, when TLS.
+    dir: Option<PathBuf>,
+    /// Its URL (`redis://` or, with TLS, `rediss://:<password>@`).
+    pub url: String,
+}
+
+impl RedisServer {
+    /// Plain, without a password, on `port`.
+    pub fn start(port: u16) -> anyhow::Result<RedisServer> {
+        Self::launch(
+            port,
+            &["--port", &port.to_string()],
+            format!("redis://127.0.0.1:{port}"),
+        )
+    }
+
+    /// TLS only (no plain port), on a port from `ports`, with `cert` (for 127.0.0.1) and a
+    /// password; clients are not asked for certificates.
+    pub fn start_tls(
+        ports: std::ops::Range<u16>,
+        cert: &crate::tls::ServerCert,
+        password: &str,
+    ) -> anyhow::Result<RedisServer> {
+        let port = crate::free_port(ports);
+        let dir = scratch_dir("redis-tls");
+        let (cert_file, key_file) = (dir.join("server.pem"), dir.join("server.key"));
+        std::fs::write(&cert_file, &cert.cert_pem)?;
+        std::fs::write(&key_file, &cert.key_pem)?;
+        let (cert_file, key_file) = (
+            cert_file.display().to_string(),
+            key_file.display().to_string(),
+        );
+        let args = [
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--tls-cert-file",
+            &cert_file,
+            "--tls-key-file",
+            &key_file,
+            "--tls-auth-clients",
+            "no",
+            "--requirepass",
+            password,
+        ];
+        let mut server = Self::launch(
+            port,
+            &args,
+            format!("rediss://:{password}@127.0.0.1:{port}"),
+        )?;
+        server.dir = Some(dir);
+        Ok(server)
+    }
+
+    fn launch(port: u16, args: &[&str], url: String) -> anyhow::Result<RedisServer> {
+        let child = Command::new("redis-server")
+            .args(args)
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("redis-server (installed by scripts/stack.sh)")?;
+        let server = RedisServer {
+            child,
+            dir: None,
+            url,
+        };
+        wait(Duration::from_secs(10), "Redis's port", || port_open(port))?;
+        Ok(server)
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(dir) = &self.dir {
+            remove_unless_failed(dir, "Redis");
+        }
+    }
+}
+
 /// A PostgreSQL server of the test's own (the machine's PostgreSQL binaries, a fresh data
 /// directory, trust authentication on loopback), run as the `postgres` user when the test
 /// runs as root.

@@ -3,13 +3,14 @@
 //! input, and the OpenAPI document.
 
 use reqwest::StatusCode;
+use sagapay_e2e::servers::RedisServer;
 use sagapay_e2e::{
     config, eventually, free_port, target_binary, StackOptions, TestStack, DEV_API_KEY, DEV_OPS_KEY,
 };
 use serde_json::{json, Value};
 use sqlx::PgPool;
 use std::collections::BTreeSet;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
@@ -344,51 +345,15 @@ async fn fifty_concurrent_identical_requests_make_one_payment() {
         .await;
 }
 
-/// A Redis of this test's own, so that stopping it disturbs no other test. Killed when
-/// dropped, also when the test fails.
-struct OwnRedis {
-    child: Child,
-}
-
-impl Drop for OwnRedis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl OwnRedis {
-    async fn start(port: u16) -> OwnRedis {
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server (installed by scripts/stack.sh)");
-        let url = format!("redis://127.0.0.1:{port}");
-        eventually(Duration::from_secs(10), "own Redis answers PING", || {
-            let url = url.clone();
-            async move {
-                let client = redis::Client::open(url.as_str()).ok()?;
-                let mut conn = client.get_multiplexed_async_connection().await.ok()?;
-                let pong: String = redis::cmd("PING").query_async(&mut conn).await.ok()?;
-                (pong == "PONG").then_some(())
-            }
-        })
-        .await;
-        OwnRedis { child }
-    }
-
-    fn stop(self) {
-        drop(self);
-    }
+/// A Redis of this test's own, so that stopping it disturbs no other test.
+fn own_redis(port: u16) -> RedisServer {
+    tokio::task::block_in_place(|| RedisServer::start(port)).expect("a Redis of the test's own")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn with_redis_stopped_payments_are_still_created_once() {
     let port = free_port(30_000..32_000);
-    let redis = OwnRedis::start(port).await;
+    let redis = own_redis(port);
     let stack = TestStack::spawn_with(StackOptions {
         gateway_redis_url: Some(format!("redis://127.0.0.1:{port}")),
         ..StackOptions::default()
@@ -440,7 +405,7 @@ async fn with_redis_stopped_payments_are_still_created_once() {
     };
     let (durable_before, unavailable_before) = (metric("durable").await, unavailable().await);
 
-    redis.stop();
+    drop(redis);
 
     // Redis down: new payments, retries and concurrent duplicates all go the durable path.
     let b = send(pay(&stack, DEV_API_KEY, "k-b", &body("cust-b"))).await;
@@ -491,7 +456,7 @@ async fn with_redis_stopped_payments_are_still_created_once() {
     }
 
     // Redis back: the fast path resumes by itself.
-    let redis = OwnRedis::start(port).await;
+    let redis = own_redis(port);
     let mut n = 0;
     eventually(
         Duration::from_secs(15),
@@ -511,7 +476,7 @@ async fn with_redis_stopped_payments_are_still_created_once() {
         },
     )
     .await;
-    redis.stop();
+    drop(redis);
     stack.teardown().await;
 }
 

@@ -12,7 +12,7 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::routing::post;
 use hmac::{Hmac, Mac};
-use sagapay_e2e::servers::{KafkaCluster, KafkaSecurity, PgServer};
+use sagapay_e2e::servers::{KafkaCluster, KafkaSecurity, PgServer, RedisServer};
 use sagapay_e2e::tls::{serve_https, TestCa};
 use sagapay_e2e::{cleanup_namespace, eventually, fresh_namespace, Processes};
 use serde_json::{json, Value};
@@ -88,6 +88,18 @@ async fn the_production_profile_settles_each_merchants_payment_and_delivers_its_
     sagapay_messaging::acl::apply(&admin, &sagapayctl::acls::grants(&ns, "sagapayctl"))
         .await
         .expect("the namespace's ACLs");
+    // Redis over TLS with a password, behind a CA of its own: the idempotency fast path.
+    let redis_ca = TestCa::new("the Redis CA");
+    let redis_ca_file = redis_ca.write(&dir, "redis-ca.pem");
+    let redis_password = Uuid::new_v4().simple().to_string();
+    let redis = tokio::task::block_in_place(|| {
+        RedisServer::start_tls(
+            11_500..12_000,
+            &redis_ca.server(&["127.0.0.1"]),
+            &redis_password,
+        )
+    })
+    .expect("a Redis with TLS");
     let kafka_client = kafka_security.client_config("{service}");
     let kafka_password = kafka_security.password_file("{service}");
     let (gateway_key, gateway_public) =
@@ -110,9 +122,11 @@ async fn the_production_profile_settles_each_merchants_payment_and_delivers_its_
         &[
             ("SAGAPAY_ENVIRONMENT", "production"),
             ("SAGAPAY_POSTGRES_URL", &postgres_url),
-            // The local Redis has no password: the idempotency fast path is off (production
-            // refuses a Redis without one), the orchestrator's unique key guards alone.
-            ("SAGAPAY_REDIS_URL", ""),
+            ("SAGAPAY_REDIS_URL", &redis.url),
+            (
+                "SAGAPAY_REDIS_CA_FILE",
+                &redis_ca_file.display().to_string(),
+            ),
             // Each service connects as itself (`{service}`: its own name and password file).
             ("SAGAPAY_KAFKA_BROKERS", &kafka.bootstrap()),
             ("SAGAPAY_KAFKA_CLIENT_CONFIG", &kafka_client),
@@ -213,6 +227,24 @@ async fn the_production_profile_settles_each_merchants_payment_and_delivers_its_
         })
         .await;
     }
+    // A retry is answered by the fast path, from Redis over TLS.
+    let gateway_metric = |name_and_labels: &'static str| {
+        let (http, gateway) = (http.clone(), gateway.clone());
+        async move { sagapay_e2e::metric_at(&http, &gateway, name_and_labels).await }
+    };
+    assert_eq!(pay(&key_a, "profile-a").await, of_a);
+    assert_eq!(
+        gateway_metric("idempotency_requests_total{outcome=\"replayed\",service=\"gateway\"}")
+            .await,
+        1.0
+    );
+    // Redis gone: the retry still gets the same payment, from the orchestrator's durable guard.
+    drop(redis);
+    assert_eq!(pay(&key_a, "profile-a").await, of_a);
+    assert!(
+        gateway_metric("idempotency_redis_unavailable_total{service=\"gateway\"}").await >= 1.0
+    );
+
     // Each merchant sees its own payment only.
     assert_eq!(status(&key_b, &of_a).await.0, 404);
     assert_eq!(status(&key_a, &of_b).await.0, 404);
