@@ -28,6 +28,9 @@ pub struct CommonConfig {
     pub postgres_url: SecretString,
     pub kafka: KafkaSettings,
     pub http_addr: SocketAddr,
+    /// HTTPS with this certificate (`SAGAPAY_TLS_CERT_FILE`, `SAGAPAY_TLS_KEY_FILE`); none:
+    /// plain HTTP.
+    pub tls: Option<crate::tls_server::TlsFiles>,
     pub http_limits: crate::http::HttpLimits,
     pub db_pool_size: u32,
     /// `statement_timeout` of the service's connections.
@@ -65,6 +68,11 @@ const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
 /// Services that sign calls to other services, and services that receive them (from the
 /// gateway).
 const SIGNS_CALLS: [&str; 1] = ["gateway"];
+/// The services the callers call, by the setting of their URL, with its default.
+const CALLED_SERVICES: [(&str, &str); 2] = [
+    ("SAGAPAY_ORCHESTRATOR_URL", "http://127.0.0.1:8001"),
+    ("SAGAPAY_NOTIFICATION_URL", "http://127.0.0.1:8005"),
+];
 const RECEIVES_CALLS: [&str; 2] = ["orchestrator", "notification"];
 
 fn default_replication(environment: Environment) -> i32 {
@@ -180,6 +188,42 @@ pub fn kafka_client_overrides() -> anyhow::Result<Vec<(String, String)>> {
         overrides.push(("sasl.password".to_owned(), password.trim().to_owned()));
     }
     Ok(overrides)
+}
+
+/// `SAGAPAY_TLS_CERT_FILE` and `SAGAPAY_TLS_KEY_FILE`: both or neither.
+fn tls_files() -> anyhow::Result<Option<crate::tls_server::TlsFiles>> {
+    match (env_or("SAGAPAY_TLS_CERT_FILE", ""), env_or("SAGAPAY_TLS_KEY_FILE", "")) {
+        (cert, key) if cert.is_empty() && key.is_empty() => Ok(None),
+        (cert, key) if cert.is_empty() || key.is_empty() => anyhow::bail!(
+            "SAGAPAY_TLS_CERT_FILE and SAGAPAY_TLS_KEY_FILE go together: set both to serve HTTPS, or neither"
+        ),
+        (cert, key) => Ok(Some(crate::tls_server::TlsFiles {
+            cert: cert.into(),
+            key: key.into(),
+        })),
+    }
+}
+
+/// What production refuses in a service URL of `name`: plain HTTP to another machine (the
+/// request would cross the network in clear: customers' details, the ops key, secrets).
+fn service_url_problems(name: &str, url: &str) -> Vec<String> {
+    let Ok(parsed) = url::Url::parse(url) else {
+        return vec![format!("{name} is not a URL: {url:?}")];
+    };
+    let loopback = match parsed.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d == "localhost",
+        None => false,
+    };
+    match parsed.scheme() {
+        "https" => Vec::new(),
+        "http" if loopback => Vec::new(),
+        scheme => vec![format!(
+            "{name} is {scheme}:// to {}: production calls another machine over https only (serve it with SAGAPAY_TLS_CERT_FILE, trust its CA with SAGAPAY_SERVICE_CA_FILE)",
+            parsed.host_str().unwrap_or("?")
+        )],
+    }
 }
 
 /// `SAGAPAY_POSTGRES_URL`, or the local stack's.
@@ -332,6 +376,7 @@ impl CommonConfig {
                 )?,
             },
             http_addr,
+            tls: tls_files()?,
             http_limits: crate::http::HttpLimits {
                 body_bytes: env_parse(
                     "SAGAPAY_HTTP_BODY_LIMIT_BYTES",
@@ -411,6 +456,9 @@ impl CommonConfig {
             if let Err(e) = crate::ServiceSigner::from_env(self.service, Environment::Production) {
                 problems.push(e.to_string());
             }
+            for (name, default) in CALLED_SERVICES {
+                problems.extend(service_url_problems(name, &env_or(name, default)));
+            }
         }
         if RECEIVES_CALLS.contains(&self.service) {
             if let Err(e) = crate::TrustedCallers::from_env(Environment::Production, &[]) {
@@ -440,6 +488,7 @@ impl CommonConfig {
                 ..KafkaSettings::default()
             },
             http_addr: "127.0.0.1:0".parse().expect("valid address"),
+            tls: None,
             http_limits: crate::http::HttpLimits::default(),
             db_pool_size: 5,
             db_statement_timeout: std::time::Duration::from_secs(30),
@@ -476,6 +525,32 @@ mod tests {
 
     fn kafka(config: &str) -> Vec<String> {
         kafka_problems(&sagapay_messaging::kafka::parse_overrides(config).unwrap())
+    }
+
+    #[test]
+    fn production_calls_other_machines_over_https_only() {
+        use super::service_url_problems as problems;
+        for ok in [
+            "https://orchestrator.internal:8001",
+            "http://127.0.0.1:8001",
+            "http://127.4.5.6:8001",
+            "http://localhost:8001",
+            "http://[::1]:8001",
+        ] {
+            assert!(problems("SAGAPAY_ORCHESTRATOR_URL", ok).is_empty(), "{ok}");
+        }
+        for refused in [
+            "http://orchestrator.internal:8001",
+            "http://10.0.0.5:8001",
+            "ftp://x",
+        ] {
+            let found = problems("SAGAPAY_ORCHESTRATOR_URL", refused);
+            assert_eq!(found.len(), 1, "{refused}");
+            assert!(
+                found[0].starts_with("SAGAPAY_ORCHESTRATOR_URL is"),
+                "{found:?}"
+            );
+        }
     }
 
     #[test]

@@ -18,8 +18,10 @@ pub mod ops_auth;
 pub mod platform;
 pub mod runtime;
 pub mod service_auth;
+pub mod service_client;
 pub mod settings;
 pub mod startup;
+pub mod tls_server;
 
 pub use api_error::ApiError;
 pub use config::{CommonConfig, Environment};

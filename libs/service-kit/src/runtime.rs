@@ -108,10 +108,12 @@ impl ServiceBuilder {
         );
     }
 
-    /// Binds `addr`, serves `router` until shutdown, and returns the running service.
+    /// Binds `addr`, serves `router` (over HTTPS with `tls`'s certificate, when given) until
+    /// shutdown, and returns the running service.
     pub async fn serve(
         mut self,
         addr: SocketAddr,
+        tls: Option<crate::tls_server::TlsFiles>,
         router: Router,
     ) -> anyhow::Result<ServiceHandle> {
         let listener = TcpListener::bind(addr)
@@ -121,21 +123,39 @@ impl ServiceBuilder {
         report_bound_address(local)?;
         let token = self.shutdown.clone();
         let span = tracing::info_span!("http", service_name = self.service);
-        self.tasks.spawn(
-            async move {
-                // The peer's address is in each request's extensions (`ConnectInfo`), for
-                // limits per client address.
-                axum::serve(
-                    listener,
-                    router.into_make_service_with_connect_info::<SocketAddr>(),
+        // The peer's address is in each request's extensions (`ConnectInfo`), for limits per
+        // client address.
+        let app = router.into_make_service_with_connect_info::<SocketAddr>();
+        let stop = async move { token.cancelled().await };
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        match tls {
+            None => self.tasks.spawn(
+                async move {
+                    axum::serve(listener, app)
+                        .with_graceful_shutdown(stop)
+                        .await
+                        .context("HTTP server failed")
+                }
+                .instrument(span),
+            ),
+            Some(files) => {
+                use axum::serve::ListenerExt;
+                // `tap_io` makes the peer's address the connection's info, as for plain TCP.
+                let tls =
+                    crate::tls_server::TlsListener::new(listener, files, self.shutdown.clone())?
+                        .tap_io(|_| {});
+                self.tasks.spawn(
+                    async move {
+                        axum::serve(tls, app)
+                            .with_graceful_shutdown(stop)
+                            .await
+                            .context("HTTPS server failed")
+                    }
+                    .instrument(span),
                 )
-                .with_graceful_shutdown(async move { token.cancelled().await })
-                .await
-                .context("HTTP server failed")
             }
-            .instrument(span),
-        );
-        tracing::info!(service_name = self.service, addr = %local, "service started");
+        };
+        tracing::info!(service_name = self.service, addr = %local, scheme, "service started");
         Ok(ServiceHandle {
             service: self.service,
             addr: local,

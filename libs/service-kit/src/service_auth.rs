@@ -8,12 +8,15 @@
 //! but not make one, so no service can sign as another: with the one shared HMAC key of
 //! before, any service holding it could sign as the gateway.
 //!
-//! **What is signed.** `v2\n<caller>\n<timestamp>\n<nonce>\n<METHOD>\n<path?query>\n<merchant
-//! or empty>\n<hex SHA-256 of body>`: the credential is bound to this one request (its
-//! caller, time, method, path and query, merchant and body), so a captured request cannot be
-//! changed (another merchant, another amount). Headers: `sagapay-caller`, `sagapay-merchant`
-//! (when the request acts for a merchant), `sagapay-timestamp` (unix seconds), `sagapay-nonce`
-//! (128 random bits, hex) and `sagapay-signature: v2=<base64>`.
+//! **What is signed.** `v3\n<receiving service>\n<caller>\n<timestamp>\n<nonce>\n<METHOD>\n
+//! <path?query>\n<merchant or empty>\n<hex SHA-256 of body>`: the credential is bound to this
+//! one request (the service it is for, its caller, time, method, path and query, merchant and
+//! body), so a captured request cannot be changed (another merchant, another amount) nor sent
+//! to another service that shares the caller's key. Headers: `sagapay-caller`,
+//! `sagapay-merchant` (when the request acts for a merchant), `sagapay-timestamp` (unix
+//! seconds), `sagapay-nonce` (128 random bits, hex) and `sagapay-signature: v3=<base64>`. (v2,
+//! without the receiving service, is no longer accepted: a receiver and its callers upgrade
+//! together.)
 //!
 //! **Replay.** A request is accepted within [`WINDOW_S`] seconds of its timestamp, either way,
 //! and once: the receiver records `(caller, nonce)` in its database (`service_request_nonces`)
@@ -161,6 +164,7 @@ impl ServiceSigner {
     /// The headers that make a request verifiable, signed at `now_unix` with a fresh nonce.
     pub fn sign(
         &self,
+        audience: &str,
         method: &str,
         path_and_query: &str,
         merchant: Option<Uuid>,
@@ -168,12 +172,22 @@ impl ServiceSigner {
         now_unix: i64,
     ) -> [(&'static str, String); 5] {
         let nonce = Uuid::new_v4().simple().to_string();
-        self.sign_with_nonce(method, path_and_query, merchant, body, now_unix, &nonce)
+        self.sign_with_nonce(
+            audience,
+            method,
+            path_and_query,
+            merchant,
+            body,
+            now_unix,
+            &nonce,
+        )
     }
 
     /// [`ServiceSigner::sign`] with a given nonce (tests forge replays with it).
+    #[allow(clippy::too_many_arguments)]
     pub fn sign_with_nonce(
         &self,
+        audience: &str,
         method: &str,
         path_and_query: &str,
         merchant: Option<Uuid>,
@@ -183,6 +197,7 @@ impl ServiceSigner {
     ) -> [(&'static str, String); 5] {
         let merchant_text = merchant.map(|m| m.to_string()).unwrap_or_default();
         let text = signed_text(
+            audience,
             &self.caller,
             now_unix,
             nonce,
@@ -199,7 +214,7 @@ impl ServiceSigner {
             (NONCE, nonce.to_owned()),
             (
                 SIGNATURE,
-                format!("v2={}", b64().encode(signature.to_bytes())),
+                format!("v3={}", b64().encode(signature.to_bytes())),
             ),
         ]
     }
@@ -291,6 +306,7 @@ impl TrustedCallers {
     /// Checks a request's credential (not yet its nonce: see [`NonceStore`]).
     pub fn verify(
         &self,
+        audience: &str,
         headers: &axum::http::HeaderMap,
         method: &str,
         path_and_query: &str,
@@ -319,13 +335,14 @@ impl TrustedCallers {
             return Err(CredentialError::Invalid);
         }
         let signature: [u8; 64] = signature
-            .strip_prefix("v2=")
+            .strip_prefix("v3=")
             .and_then(|s| b64().decode(s).ok())
             .and_then(|b| b.try_into().ok())
             .ok_or(CredentialError::Invalid)?;
         let signature = ed25519_dalek::Signature::from_bytes(&signature);
         let keys = self.0.get(caller).ok_or(CredentialError::Invalid)?;
         let text = signed_text(
+            audience,
             caller,
             timestamp,
             nonce,
@@ -386,6 +403,7 @@ impl VerifiedCaller {
 
 #[allow(clippy::too_many_arguments)]
 fn signed_text(
+    audience: &str,
     caller: &str,
     timestamp: i64,
     nonce: &str,
@@ -395,7 +413,7 @@ fn signed_text(
     body: &[u8],
 ) -> String {
     format!(
-        "v2\n{caller}\n{timestamp}\n{nonce}\n{}\n{path_and_query}\n{merchant}\n{}",
+        "v3\n{audience}\n{caller}\n{timestamp}\n{nonce}\n{}\n{path_and_query}\n{merchant}\n{}",
         method.to_ascii_uppercase(),
         hex::encode(Sha256::digest(body))
     )
@@ -479,22 +497,26 @@ struct Policy {
     trusted: TrustedCallers,
     nonces: NonceStore,
     callers: &'static [&'static str],
+    /// The receiving service, whose name every credential it accepts is signed for.
+    audience: &'static str,
 }
 
-/// `router`'s routes, each requiring a valid credential of one of `callers`, used once (401
-/// without one, or for a replay; 403 for another service). The handler finds the
-/// [`VerifiedCaller`] in the request's extensions.
+/// `router`'s routes of service `audience`, each requiring a valid credential of one of
+/// `callers` signed for `audience`, used once (401 without one, or for a replay; 403 for
+/// another service). The handler finds the [`VerifiedCaller`] in the request's extensions.
 pub fn require_service_credential<S: Clone + Send + Sync + 'static>(
     router: Router<S>,
     trusted: TrustedCallers,
     nonces: NonceStore,
     callers: &'static [&'static str],
+    audience: &'static str,
 ) -> Router<S> {
     router.route_layer(axum::middleware::from_fn_with_state(
         Policy {
             trusted,
             nonces,
             callers,
+            audience,
         },
         check,
     ))
@@ -516,6 +538,7 @@ async fn check(State(policy): State<Policy>, req: Request, next: Next) -> Respon
         .unwrap_or("/");
     let now = chrono::Utc::now().timestamp();
     let verified = match policy.trusted.verify(
+        policy.audience,
         &parts.headers,
         parts.method.as_str(),
         path_and_query,
@@ -570,9 +593,23 @@ mod tests {
         assert_eq!(gateway.public_key(), public);
         let trusted = TrustedCallers::parse(&format!("gateway={public}")).unwrap();
         let m = Uuid::now_v7();
-        let h = headers(gateway.sign("POST", "/internal/payments", Some(m), b"{}", NOW));
+        let h = headers(gateway.sign(
+            "orchestrator",
+            "POST",
+            "/internal/payments",
+            Some(m),
+            b"{}",
+            NOW,
+        ));
         let verified = trusted
-            .verify(&h, "POST", "/internal/payments", b"{}", NOW + 59)
+            .verify(
+                "orchestrator",
+                &h,
+                "POST",
+                "/internal/payments",
+                b"{}",
+                NOW + 59,
+            )
             .unwrap();
         assert_eq!(
             verified.caller,
@@ -580,6 +617,11 @@ mod tests {
                 caller: "gateway".into(),
                 merchant: Some(m)
             }
+        );
+        // Signed for the orchestrator, it is no credential at the notification service.
+        assert_eq!(
+            trusted.verify("notification", &h, "POST", "/internal/payments", b"{}", NOW),
+            Err(CredentialError::Invalid)
         );
         let changed = |name: &'static str, value: &str, append: bool| {
             let mut changed = h.clone();
@@ -617,7 +659,7 @@ mod tests {
         ];
         for (what, verifier, headers, method, path, body, now, expected) in cases {
             assert_eq!(
-                verifier.verify(headers, method, path, body.as_bytes(), now),
+                verifier.verify("orchestrator", headers, method, path, body.as_bytes(), now),
                 Err(expected),
                 "{what}"
             );
@@ -633,16 +675,18 @@ mod tests {
         let orchestrator = ServiceSigner::development("orchestrator");
         let trusted = TrustedCallers::development(&["gateway"]);
         let forged = {
-            let mut h = headers(orchestrator.sign("POST", "/p", None, b"", NOW));
+            let mut h = headers(orchestrator.sign("orchestrator", "POST", "/p", None, b"", NOW));
             h.insert(CALLER, HeaderValue::from_static("gateway"));
             h
         };
         assert_eq!(
-            trusted.verify(&forged, "POST", "/p", b"", NOW),
+            trusted.verify("orchestrator", &forged, "POST", "/p", b"", NOW),
             Err(CredentialError::Invalid)
         );
-        let own = headers(gateway.sign("POST", "/p", None, b"", NOW));
-        assert!(trusted.verify(&own, "POST", "/p", b"", NOW).is_ok());
+        let own = headers(gateway.sign("orchestrator", "POST", "/p", None, b"", NOW));
+        assert!(trusted
+            .verify("orchestrator", &own, "POST", "/p", b"", NOW)
+            .is_ok());
     }
 
     #[test]
@@ -652,19 +696,26 @@ mod tests {
         let both = TrustedCallers::parse(&format!("gateway={new} {old}")).unwrap();
         let only_new = TrustedCallers::parse(&format!("gateway={new}")).unwrap();
         for seed in [&old_seed, &new_seed] {
-            let h = headers(
-                ServiceSigner::from_seed("gateway", seed)
-                    .unwrap()
-                    .sign("GET", "/p", None, b"", NOW),
-            );
-            assert!(both.verify(&h, "GET", "/p", b"", NOW).is_ok());
+            let h = headers(ServiceSigner::from_seed("gateway", seed).unwrap().sign(
+                "orchestrator",
+                "GET",
+                "/p",
+                None,
+                b"",
+                NOW,
+            ));
+            assert!(both
+                .verify("orchestrator", &h, "GET", "/p", b"", NOW)
+                .is_ok());
         }
         let h = headers(
             ServiceSigner::from_seed("gateway", &old_seed)
                 .unwrap()
-                .sign("GET", "/p", None, b"", NOW),
+                .sign("orchestrator", "GET", "/p", None, b"", NOW),
         );
-        assert!(only_new.verify(&h, "GET", "/p", b"", NOW).is_err());
+        assert!(only_new
+            .verify("orchestrator", &h, "GET", "/p", b"", NOW)
+            .is_err());
         let shown = format!(
             "{:?}",
             ServiceSigner::from_seed("gateway", &old_seed).unwrap()

@@ -130,6 +130,12 @@ catalogue! {
         "requests at once per API key above the rate";
     "SAGAPAY_REDIS_URL", Value("redis://127.0.0.1:6379"), "gateway", true,
         "the idempotency fast path's Redis (`rediss://:password@host` in production); empty: off, only the durable guard";
+    "SAGAPAY_TLS_CERT_FILE", Unset, "every service", false,
+        "the service's certificate chain (PEM): with `SAGAPAY_TLS_KEY_FILE`, its API is served over HTTPS only; reloaded when the file changes";
+    "SAGAPAY_TLS_KEY_FILE", Unset, "every service", false,
+        "the private key (PEM) of `SAGAPAY_TLS_CERT_FILE`";
+    "SAGAPAY_SERVICE_CA_FILE", Unset, "gateway, sagapayctl", false,
+        "the CA (PEM) that signed the services' certificates: the only one trusted for calls to them over https";
     "SAGAPAY_REDIS_CA_FILE", Unset, "gateway", false,
         "a PEM CA trusted for `rediss://` besides the system's (a Redis behind a deployment's own CA)";
     "SAGAPAY_KEY_CACHE_TTL_MS", Value("1000"), "gateway", false,

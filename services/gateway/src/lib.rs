@@ -47,6 +47,8 @@ pub struct Config {
     pub max_amount: PerCurrency,
     /// Largest request body accepted, in bytes.
     pub body_limit_bytes: usize,
+    /// `SAGAPAY_SERVICE_CA_FILE`: the only CA trusted for https calls to other services.
+    pub service_ca_file: Option<std::path::PathBuf>,
     /// `SAGAPAY_ORCHESTRATOR_TIMEOUT_MS`, default 10,000: longest wait for the orchestrator's
     /// answer before the client gets 503 (and may retry with the same idempotency key).
     pub orchestrator_timeout_ms: u64,
@@ -97,6 +99,7 @@ impl Config {
             )
             .map_err(|e| anyhow::anyhow!("SAGAPAY_MAX_AMOUNT_CENTS: {e}"))?,
             body_limit_bytes: 16 * 1024,
+            service_ca_file: sagapay_service_kit::service_client::ca_file_from_env(),
             orchestrator_timeout_ms,
             rate_limit_per_second: env_parse("SAGAPAY_RATE_LIMIT_PER_SECOND", 100)?,
             rate_limit_burst: env_parse("SAGAPAY_RATE_LIMIT_BURST", 200)?,
@@ -126,6 +129,7 @@ impl Config {
             dev_api_key: Some(SecretString::from("dev-secret")),
             max_amount: default_max_amount(),
             body_limit_bytes: 16 * 1024,
+            service_ca_file: None,
             orchestrator_timeout_ms: 10_000,
             // Tests that are not about rate limits must not hit them.
             rate_limit_per_second: 100_000,
@@ -162,8 +166,7 @@ pub async fn start(config: Config) -> anyhow::Result<ServiceHandle> {
     }
     // Calls to the orchestrator and the notification service go straight to them: a proxy of
     // the environment (`HTTPS_PROXY`, ...) has no business between services.
-    let client = reqwest::Client::builder()
-        .no_proxy()
+    let client = sagapay_service_kit::service_client::builder(config.service_ca_file.as_deref())?
         .pool_max_idle_per_host(64)
         .pool_idle_timeout(Duration::from_secs(90))
         .tcp_nodelay(true)
@@ -216,5 +219,7 @@ pub async fn start(config: Config) -> anyhow::Result<ServiceHandle> {
             }
         }
     });
-    builder.serve(config.common.http_addr, router).await
+    builder
+        .serve(config.common.http_addr, config.common.tls.clone(), router)
+        .await
 }

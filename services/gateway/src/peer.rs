@@ -60,6 +60,10 @@ pub(crate) fn internal_to(
         .map(|b| serde_json::to_vec(b).expect("a JSON value serializes"))
         .unwrap_or_default();
     let signed = state.signer.sign(
+        match peer {
+            Peer::Orchestrator => "orchestrator",
+            Peer::Notification => "notification",
+        },
         method.as_str(),
         &path_and_query,
         Some(merchant),

@@ -356,5 +356,7 @@ pub async fn start(config: Config) -> anyhow::Result<ServiceHandle> {
     // opposite orders and deadlock. One lane posts batch after batch, never waiting on itself.
     platform.spawn_consumer_in_lanes(&mut builder, handler, CONSUMES, 1)?;
     let router = platform.router(api::routes(platform.pool.clone(), config.ops_key.clone()));
-    builder.serve(config.common.http_addr, router).await
+    builder
+        .serve(config.common.http_addr, config.common.tls.clone(), router)
+        .await
 }

@@ -59,7 +59,7 @@ pub fn routes(state: AppState, trusted: TrustedCallers, nonces: NonceStore) -> R
         )
         .route("/internal/events", get(list_events))
         .route("/internal/events/{event_id}", get(get_event));
-    require_service_credential(routes, trusted, nonces, CALLERS).with_state(state)
+    require_service_credential(routes, trusted, nonces, CALLERS, crate::SERVICE).with_state(state)
 }
 
 /// A new endpoint as the gateway forwards it.

@@ -273,5 +273,7 @@ pub async fn start(config: Config) -> anyhow::Result<ServiceHandle> {
         config.trusted_callers.clone(),
         NonceStore::new(platform.pool.clone()),
     ));
-    builder.serve(config.common.http_addr, router).await
+    builder
+        .serve(config.common.http_addr, config.common.tls.clone(), router)
+        .await
 }

@@ -291,5 +291,7 @@ pub async fn start(config: Config) -> anyhow::Result<ServiceHandle> {
         )
         .merge(ops),
     );
-    builder.serve(config.common.http_addr, router).await
+    builder
+        .serve(config.common.http_addr, config.common.tls.clone(), router)
+        .await
 }

@@ -550,5 +550,7 @@ where
     });
     builder.spawn("provider-worker", move |shutdown| worker.run(shutdown));
     let router = platform.router(api);
-    builder.serve(config.common.http_addr, router).await
+    builder
+        .serve(config.common.http_addr, config.common.tls.clone(), router)
+        .await
 }

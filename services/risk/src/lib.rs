@@ -435,7 +435,9 @@ pub async fn start(config: Config) -> anyhow::Result<ServiceHandle> {
         config.ops_key.clone(),
     );
     let router = platform.router(api);
-    builder.serve(config.common.http_addr, router).await
+    builder
+        .serve(config.common.http_addr, config.common.tls.clone(), router)
+        .await
 }
 
 #[cfg(test)]

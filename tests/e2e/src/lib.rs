@@ -536,6 +536,7 @@ impl TestStack {
             .map(|b| serde_json::to_vec(b).unwrap())
             .unwrap_or_default();
         let signed = signer.key.sign(
+            service,
             method.as_str(),
             path_and_query,
             merchant,
@@ -890,9 +891,22 @@ impl Processes {
         self.url_of(service, 1)
     }
 
-    /// The instance's base URL; waits until its first process said where it listens.
+    /// The instance's base URL (https when the services are given a certificate); waits until
+    /// its first process said where it listens.
     pub fn url_of(&self, service: &str, instance: u32) -> String {
-        format!("http://{}", self.addr_of(service, instance))
+        let tls = self.env.iter().any(|(k, _)| k == "SAGAPAY_TLS_CERT_FILE");
+        let scheme = if tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr_of(service, instance))
+    }
+
+    /// The loopback address every service of this set listens on (a certificate names it).
+    pub fn host(&self) -> std::net::Ipv4Addr {
+        self.host
+    }
+
+    /// Adds `name=value` to every service's environment, for the processes started after.
+    pub fn set_env(&mut self, name: &str, value: &str) {
+        self.env.push((name.to_owned(), value.to_owned()));
     }
 
     fn addr_of(&self, service: &str, instance: u32) -> std::net::SocketAddr {

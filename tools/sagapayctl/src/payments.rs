@@ -116,11 +116,11 @@ impl Ops {
     }
 }
 
-/// The client of operators' calls: straight to the orchestrator (a proxy of the environment
-/// would see the ops key), and never waiting forever.
+/// The client of operators' calls: straight to the orchestrator, trusting the services' CA
+/// (`SAGAPAY_SERVICE_CA_FILE`) when given, and never waiting forever.
 fn client() -> anyhow::Result<reqwest::Client> {
-    Ok(reqwest::Client::builder()
-        .no_proxy()
+    let ca = sagapay_service_kit::service_client::ca_file_from_env();
+    Ok(sagapay_service_kit::service_client::builder(ca.as_deref())?
         .timeout(std::time::Duration::from_secs(30))
         .build()?)
 }

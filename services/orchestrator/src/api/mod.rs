@@ -48,5 +48,5 @@ pub fn routes(state: AppState, trusted: TrustedCallers, nonces: NonceStore) -> R
             "/internal/payments/{payment_id}/cancel",
             post(manual::cancel),
         );
-    require_service_credential(routes, trusted, nonces, CALLERS).with_state(state)
+    require_service_credential(routes, trusted, nonces, CALLERS, crate::SERVICE).with_state(state)
 }

@@ -16,6 +16,7 @@ mod group_commit;
 mod happy_path;
 mod harness;
 mod http_limits;
+mod https;
 mod kafka_security;
 mod ledger;
 mod limbo;

@@ -177,6 +177,23 @@ fn production_mode_names_every_unsafe_setting_and_exits() {
         assert!(err.contains(says), "{redis}: missing {says:?} in:\n{err}");
         assert_eq!(err.matches("\n  - ").count(), 1, "one problem only:\n{err}");
     }
+    // The gateway calls another machine over https only (loopback may stay plain).
+    for (name, url) in [
+        (
+            "SAGAPAY_ORCHESTRATOR_URL",
+            "http://orchestrator.internal:8001",
+        ),
+        ("SAGAPAY_NOTIFICATION_URL", "http://10.1.2.3:8005"),
+    ] {
+        let mut env = safe.to_vec();
+        env.push(("SAGAPAY_SERVICE_SIGNING_KEY", gateway_seed.as_str()));
+        env.push(("SAGAPAY_REDIS_URL", ""));
+        env.push((name, url));
+        let err = refused("gateway", &env);
+        let says = format!("{name} is http:// to");
+        assert!(err.contains(&says), "{url}: missing {says:?} in:\n{err}");
+        assert_eq!(err.matches("\n  - ").count(), 1, "one problem only:\n{err}");
+    }
 }
 
 /// The CA that signed the local server's certificate (scripts/stack.sh).

@@ -1,7 +1,9 @@
 //! The whole stack as a deployment runs it (the profile of "Credentials for production" in
 //! the README): every service in production mode, PostgreSQL over TLS with the server's
 //! identity checked (`verify-full` against the database's own CA), Kafka over SASL_SSL with a
-//! user per service and the namespace's ACLs (`sagapayctl kafka acls`), the gateway signing its
+//! user per service and the namespace's ACLs (`sagapayctl kafka acls`), Redis over TLS with a
+//! password, every service serving HTTPS with a certificate of the services' own CA (the
+//! gateway trusting that CA alone), the gateway signing its
 //! calls with a key of its own that the orchestrator and the notification service trust by its
 //! public key, real ops keys, two merchants with keys of their own, and a webhook receiver
 //! over https behind a CA of its own. A payment of each merchant settles, each sees only its
@@ -146,10 +148,45 @@ async fn the_production_profile_settles_each_merchants_payment_and_delivers_its_
             ("SAGAPAY_WEBHOOK_ALLOWED_NETWORKS", "127.0.0.0/8"),
         ],
     );
-    let http = reqwest::Client::new();
+    // Every service serves HTTPS with a certificate of the services' CA for its address; the
+    // gateway (and this test) trust that CA alone.
+    let services_ca = TestCa::new("the services' CA");
+    let services_ca_file = services_ca.write(&dir, "services-ca.pem");
+    let services_cert = services_ca.server(&[&procs.host().to_string()]);
+    let (cert_file, key_file) = (dir.join("services.pem"), dir.join("services.key"));
+    std::fs::write(&cert_file, &services_cert.cert_pem).unwrap();
+    std::fs::write(&key_file, &services_cert.key_pem).unwrap();
+    procs.set_env("SAGAPAY_TLS_CERT_FILE", &cert_file.display().to_string());
+    procs.set_env("SAGAPAY_TLS_KEY_FILE", &key_file.display().to_string());
+    procs.set_env(
+        "SAGAPAY_SERVICE_CA_FILE",
+        &services_ca_file.display().to_string(),
+    );
+    let http = reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(services_ca.pem().as_bytes()).unwrap())
+        .build()
+        .unwrap();
     procs.start_all();
     procs.wait_all_ready(&http).await;
     let gateway = procs.url("gateway");
+    assert!(gateway.starts_with("https://"), "{gateway}");
+    // Only over TLS: plain HTTP gets no answer, and neither does a client that does not trust
+    // the services' CA.
+    let orchestrator = procs.url("orchestrator");
+    let plain = orchestrator.replacen("https://", "http://", 1);
+    assert!(reqwest::get(format!("{plain}/health")).await.is_err());
+    assert!(reqwest::get(format!("{orchestrator}/health"))
+        .await
+        .is_err());
+    assert_eq!(
+        http.get(format!("{orchestrator}/health"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
 
     // Two merchants, made as `sagapayctl merchant create` makes them (over TLS too).
     let gateway_db = PgPoolOptions::new()
