@@ -84,7 +84,18 @@ done
 # run measures what the stack settles behind its admission control, not what it refuses.
 loadtest="${TARGET[tree]}/release/sagapay-loadtest"
 
-"$SAGAPAY_ROOT/scripts/stack.sh" up >/dev/null
+# On the secure Kafka when that is the one running (scripts/stack.sh up --secure: cluster.env
+# gives each service its own user, {service}); its namespaces are dropped as its administrator.
+stack_args=()
+secure=0
+if [[ "${SAGAPAY_KAFKA_CLIENT_CONFIG:-}" == *"{service}"* ]]; then stack_args=(--secure); secure=1; fi
+as_admin() {
+  if [ "$secure" = 1 ]; then
+    SAGAPAY_KAFKA_CLIENT_CONFIG="${SAGAPAY_KAFKA_CLIENT_CONFIG//\{service\}/admin}" \
+      SAGAPAY_KAFKA_SASL_PASSWORD_FILE="${SAGAPAY_KAFKA_SASL_PASSWORD_FILE//\{service\}/admin}" "$@"
+  else "$@"; fi
+}
+"$SAGAPAY_ROOT/scripts/stack.sh" up "${stack_args[@]}" >/dev/null
 psql_q() { PGPASSWORD="$PG_PASSWORD" psql -h 127.0.0.1 -p "$PG_PORT" -U "$PG_USER" -d postgres -Atq -c "$1"; }
 psql_q "SELECT count(*) FROM pg_stat_statements" >/dev/null \
   || die "pg_stat_statements is not available: scripts/stack.sh up installs it (infra/postgres/sagapay.conf)"
@@ -160,7 +171,7 @@ for round in $(seq 1 "$rounds"); do
     statements="$(psql_q "SELECT coalesce(sum(s.calls), 0) FROM pg_stat_statements s
                           JOIN pg_database d ON d.oid = s.dbid WHERE d.datname LIKE '${ns}\_%'")"
     CARGO_TARGET_DIR="$target" "$SAGAPAY_ROOT/scripts/services.sh" stop >/dev/null
-    "$target/release/sagapayctl" --namespace "$ns" namespace drop --yes >/dev/null 2>&1 || true
+    as_admin "$target/release/sagapayctl" --namespace "$ns" namespace drop --yes >/dev/null 2>&1 || true
     python3 - "$b" "$round" "$summary" "$cpu_before" "$cpu_after" "$statements" \
       "$((sent_after - sent_before))" "$(getconf CLK_TCK)" >>"$results" <<'PY'
 import json, sys

@@ -24,7 +24,12 @@ PG_PASSWORD=sagapay
 CLUSTER_ENV="$LOCAL_DIR/kafka/cluster.env"
 if [ -f "$CLUSTER_ENV" ]; then
   while IFS='=' read -r name value; do
-    case "$name" in SAGAPAY_KAFKA_BROKERS | SAGAPAY_KAFKA_REPLICATION_FACTOR) ;; *) continue ;; esac
+    case "$name" in
+      SAGAPAY_KAFKA_BROKERS | SAGAPAY_KAFKA_REPLICATION_FACTOR) ;;
+      # The secure Kafka (scripts/stack.sh up --secure): {service} is each service's user.
+      SAGAPAY_KAFKA_CLIENT_CONFIG | SAGAPAY_KAFKA_SASL_PASSWORD_FILE) ;;
+      *) continue ;;
+    esac
     [ -n "${!name:-}" ] || export "$name=$value"
   done < "$CLUSTER_ENV"
 fi

@@ -45,9 +45,23 @@ running_instances() {
   echo "$n"
 }
 
+# On the secure Kafka (scripts/stack.sh up --secure) each service connects as itself
+# ({service} in the settings), and the namespace's ACLs are applied first, as its
+# administrator (sagapayctl kafka acls --apply: idempotent).
+secure_kafka() { [[ "${SAGAPAY_KAFKA_CLIENT_CONFIG:-}" == *"{service}"* ]]; }
+as_user() {
+  SAGAPAY_KAFKA_CLIENT_CONFIG="${SAGAPAY_KAFKA_CLIENT_CONFIG//\{service\}/$1}" \
+    SAGAPAY_KAFKA_SASL_PASSWORD_FILE="${SAGAPAY_KAFKA_SASL_PASSWORD_FILE//\{service\}/$1}" "${@:2}"
+}
+
 start() {
   local instances="$1" svc i port log
   mkdir -p "$RUN_DIR" "$LOG_DIR"
+  if secure_kafka; then
+    [ -x "$BIN_DIR/sagapayctl" ] || die "$BIN_DIR/sagapayctl is missing: build it to apply the Kafka ACLs"
+    as_user admin "$BIN_DIR/sagapayctl" kafka acls --apply >/dev/null \
+      || die "could not apply the Kafka ACLs (sagapayctl kafka acls --apply, as admin)"
+  fi
   for i in $(seq 1 "$instances"); do
     for svc in "${SERVICES[@]}"; do
       if [ -n "$(pid_of "$svc" "$i")" ]; then
@@ -69,6 +83,10 @@ start() {
         export SAGAPAY_ORCHESTRATOR_URL="http://127.0.0.1:$(port_of orchestrator "$i")"
         export SAGAPAY_NOTIFICATION_URL="http://127.0.0.1:$(port_of notification "$i")"
         export SAGAPAY_INSTANCE_ID="$i"
+        if secure_kafka; then
+          export SAGAPAY_KAFKA_CLIENT_CONFIG="${SAGAPAY_KAFKA_CLIENT_CONFIG//\{service\}/$svc}"
+          export SAGAPAY_KAFKA_SASL_PASSWORD_FILE="${SAGAPAY_KAFKA_SASL_PASSWORD_FILE//\{service\}/$svc}"
+        fi
         nohup "${bin[@]}" >>"$log" 2>&1 &
         echo $! > "$RUN_DIR/$svc.$i.pid"
       )

@@ -6,6 +6,13 @@
 #   scripts/stack.sh up --brokers 3
 #                             Kafka as a cluster of three nodes (KRaft, three replicas, two in
 #                             sync for a write); the services find it through .local/kafka/cluster.env
+#   scripts/stack.sh up --secure
+#                             Kafka (one node) as production runs it: TLS (the stack's own CA,
+#                             PEM) and SASL/SCRAM on its one listener, a user per service, KRaft's
+#                             authorizer (nothing allowed without an ACL); scripts/services.sh
+#                             applies the namespace's ACLs and gives each service its own user.
+#                             Its data is kept apart (.local/kafka/secure); the tests need the
+#                             plain one (scripts/stack.sh down, then up)
 #   scripts/stack.sh down     stop Kafka, Redis and PostgreSQL
 #   scripts/stack.sh status   say what answers
 #
@@ -164,8 +171,46 @@ redis_down() {
 # write). Every node is made from infra/kafka/server.properties. The services find the
 # cluster through $CLUSTER_ENV, which `up` writes and scripts/lib.sh reads.
 
+SECURE=0
+SECURE_DIR="$KAFKA_DIR/secure"
+
 # node_dir NODES I: where node I of a cluster of NODES keeps its data, logs and pid.
-node_dir() { if [ "$1" -eq 1 ]; then echo "$KAFKA_DIR"; else echo "$KAFKA_DIR/cluster$1/node-$2"; fi; }
+node_dir() {
+  if [ "$1" -ne 1 ]; then echo "$KAFKA_DIR/cluster$1/node-$2"
+  elif [ "$SECURE" = 1 ]; then echo "$SECURE_DIR"
+  else echo "$KAFKA_DIR"; fi
+}
+
+# The secure node's CA, certificate (for 127.0.0.1, signed by the CA; key and chain in one PEM
+# file, as Kafka's PEM key store wants) and a password per user: made once, kept.
+kafka_secure_files() {
+  local tls="$SECURE_DIR/tls" users="$SECURE_DIR/users" u
+  mkdir -p "$tls" "$users"
+  chmod 700 "$SECURE_DIR"
+  if [ ! -f "$tls/node.pem" ]; then
+    log "making the secure Kafka's CA and certificate ($tls)"
+    openssl req -x509 -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -days 3650 \
+      -subj "/CN=SagaPay local Kafka CA" -keyout "$tls/ca.key" -out "$tls/ca.pem" 2>/dev/null
+    openssl req -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -subj "/CN=127.0.0.1" \
+      -keyout "$tls/node.key" -out "$tls/node.csr" 2>/dev/null
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n' > "$tls/node.ext"
+    openssl x509 -req -in "$tls/node.csr" -CA "$tls/ca.pem" -CAkey "$tls/ca.key" -CAcreateserial \
+      -days 825 -extfile "$tls/node.ext" -out "$tls/node.crt" 2>/dev/null
+    { openssl pkcs8 -topk8 -nocrypt -in "$tls/node.key"; cat "$tls/node.crt"; } > "$tls/node.pem"
+  fi
+  for u in admin "${SERVICES[@]}" sagapayctl; do
+    [ -f "$users/$u.password" ] \
+      || (umask 077; head -c 24 /dev/urandom | base64 | tr -d '/+=\n' > "$users/$u.password")
+  done
+}
+
+# The --add-scram arguments of the storage format: every user exists before the first start.
+kafka_scram_args() {
+  local f
+  for f in "$SECURE_DIR/users"/*.password; do
+    printf -- '--add-scram\nSCRAM-SHA-512=[name=%s,password=%s]\n' "$(basename "$f" .password)" "$(cat "$f")"
+  done
+}
 node_port() { echo $((KAFKA_PORT + 2 * ($1 - 1))); }
 
 kafka_pid() {
@@ -217,6 +262,13 @@ kafka_properties() {
     -e "s|@PORT@|$(node_port "$i")|" -e "s|@CONTROLLER_PORT@|$(( $(node_port "$i") + 1 ))|" \
     -e "s|@DATA_DIR@|$dir/data|" -e "s|@REPLICAS@|$replicas|" -e "s|@MIN_ISR@|$min_isr|" \
     "$SAGAPAY_ROOT/infra/kafka/server.properties" > "$dir/server.properties"
+  if [ "$SECURE" = 1 ]; then
+    sed -e "s|@PORT@|$(node_port "$i")|" -e "s|@CONTROLLER_PORT@|$(( $(node_port "$i") + 1 ))|" \
+      -e "s|@ADMIN_PASSWORD@|$(cat "$SECURE_DIR/users/admin.password")|" \
+      -e "s|@KEYSTORE@|$SECURE_DIR/tls/node.pem|" -e "s|@TRUSTSTORE@|$SECURE_DIR/tls/ca.pem|" \
+      -e "s|@NODE_PRINCIPAL@|CN=127.0.0.1|" \
+      "$SAGAPAY_ROOT/infra/kafka/secure.properties" >> "$dir/server.properties"
+  fi
 }
 
 # kafka_tool DIR ARGS...: one of Kafka's tools (java with the broker's class path, logging into DIR/logs).
@@ -239,8 +291,10 @@ kafka_start_node() {
   kafka_properties "$nodes" "$i"
   if [ ! -f "$dir/data/meta.properties" ]; then
     log "formatting KRaft storage of node $i"
+    local scram=()
+    [ "$SECURE" = 1 ] && mapfile -t scram < <(kafka_scram_args)
     kafka_tool "$dir" kafka.tools.StorageTool format -t "$cluster_id" -c "$dir/server.properties" \
-      >"$dir/logs/format.log" 2>&1 \
+      "${scram[@]}" >"$dir/logs/format.log" 2>&1 \
       || { cat "$dir/logs/format.log" >&2; die "formatting Kafka storage failed"; }
   fi
   log "starting Kafka node $i of $nodes (127.0.0.1:$port)"
@@ -255,6 +309,13 @@ kafka_start_node() {
 
 kafka_up() {
   local nodes="$1" running i dir cluster_id
+  if [ "$SECURE" = 1 ] && [ -n "$(SECURE=0 kafka_running_nodes)" ]; then
+    die "the plain Kafka runs: stop it first (scripts/stack.sh down), then up --secure"
+  fi
+  if [ "$SECURE" = 0 ] && [ -n "$(kafka_pid "$SECURE_DIR")" ]; then
+    die "the secure Kafka runs (up --secure); the tests and scripts/up.sh need the plain one: scripts/stack.sh down, then up"
+  fi
+  [ "$SECURE" = 1 ] && kafka_secure_files
   running="$(kafka_running_nodes)"
   if [ -n "$running" ] && [ "$running" != "$nodes" ]; then
     die "a Kafka of $running node(s) runs; stop it first (scripts/stack.sh down), then up --brokers $nodes"
@@ -285,7 +346,13 @@ kafka_up() {
   for i in $(seq 1 "$nodes"); do brokers="${brokers:+$brokers,}127.0.0.1:$(node_port "$i")"; done
   [ "$nodes" -eq 3 ] && replicas=3
   printf 'SAGAPAY_KAFKA_BROKERS=%s\nSAGAPAY_KAFKA_REPLICATION_FACTOR=%s\n' "$brokers" "$replicas" > "$CLUSTER_ENV"
-  log "Kafka ready: $nodes node(s) on $brokers"
+  if [ "$SECURE" = 1 ]; then
+    # {service}: each service's own user (scripts/services.sh puts its name in).
+    printf 'SAGAPAY_KAFKA_CLIENT_CONFIG=%s\nSAGAPAY_KAFKA_SASL_PASSWORD_FILE=%s\n' \
+      "security.protocol=SASL_SSL,sasl.mechanisms=SCRAM-SHA-512,sasl.username={service},ssl.ca.location=$SECURE_DIR/tls/ca.pem" \
+      "$SECURE_DIR/users/{service}.password" >> "$CLUSTER_ENV"
+  fi
+  log "Kafka ready: $nodes node(s) on $brokers$([ "$SECURE" = 1 ] && echo ' (SASL_SSL, ACLs)')"
 }
 
 kafka_stop_node() {
@@ -303,7 +370,8 @@ kafka_stop_node() {
 kafka_down() {
   local i
   for i in 3 2 1; do kafka_stop_node "$(node_dir 3 "$i")"; done
-  kafka_stop_node "$(node_dir 1 1)"
+  kafka_stop_node "$KAFKA_DIR"
+  kafka_stop_node "$SECURE_DIR"
   rm -f "$CLUSTER_ENV"
 }
 
@@ -311,8 +379,11 @@ status() {
   local rc=0
   if pg_ready; then echo "postgresql  up    127.0.0.1:$PG_PORT"; else echo "postgresql  down"; rc=1; fi
   if redis_ready; then echo "redis       up    127.0.0.1:$REDIS_PORT"; else echo "redis       down"; rc=1; fi
-  local nodes i dir; nodes="$(kafka_running_nodes)"
+  local nodes i dir
+  [ -n "$(kafka_pid "$SECURE_DIR")" ] && SECURE=1
+  nodes="$(kafka_running_nodes)"
   if [ -z "$nodes" ]; then echo "kafka       down"; rc=1; fi
+  [ "$SECURE" = 1 ] && echo "kafka       secure: SASL_SSL, a user per service, ACLs ($SECURE_DIR)"
   for i in $(seq 1 "${nodes:-0}"); do
     dir="$(node_dir "$nodes" "$i")"
     if kafka_ready "$dir" "$(node_port "$i")"; then
@@ -328,6 +399,7 @@ command="${1:-}"
 while [ $# -gt 0 ]; do
   case "$1" in
     --brokers) brokers="${2:-}"; shift 2 ;;
+    --secure) SECURE=1; shift ;;
     *) die "unknown option $1" ;;
   esac
 done
@@ -337,6 +409,8 @@ case "$brokers" in
   1|3) ;;
   *) die "--brokers is 1 or 3" ;;
 esac
+[ "$SECURE" = 1 ] && [ "$brokers" != 1 ] && die "--secure runs one node"
+
 
 case "$command" in
   up)
@@ -359,5 +433,5 @@ case "$command" in
     pg_down
     ;;
   status) status ;;
-  *) echo "usage: $0 up [--brokers 1|3]|down|status" >&2; exit 2 ;;
+  *) echo "usage: $0 up [--brokers 1|3 | --secure]|down|status" >&2; exit 2 ;;
 esac
