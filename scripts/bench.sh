@@ -85,7 +85,8 @@ done
 loadtest="${TARGET[tree]}/release/sagapay-loadtest"
 
 # On the secure Kafka when that is the one running (scripts/stack.sh up --secure: cluster.env
-# gives each service its own user, {service}); its namespaces are dropped as its administrator.
+# gives each service its own user, {service}); the load test (it follows the payments stream)
+# runs and namespaces are dropped as its administrator.
 stack_args=()
 secure=0
 if [[ "${SAGAPAY_KAFKA_CLIENT_CONFIG:-}" == *"{service}"* ]]; then stack_args=(--secure); secure=1; fi
@@ -121,10 +122,10 @@ fairness_run() {
   }
   key_a="$(new_key "Slow Cards Ltd")"
   key_b="$(new_key "Good Cards Ltd")"
-  "$loadtest" --no-progress --no-reconcile --api-key "$key_a" --scenario timeout \
+  as_admin "$loadtest" --no-progress --no-reconcile --api-key "$key_a" --scenario timeout \
     --rate "$a_rate" --duration-s "$duration_s" --timeout-ms 120000 >/dev/null 2>&1 &
   a_pid=$!
-  "$loadtest" --no-progress --no-reconcile --api-key "$key_b" \
+  as_admin "$loadtest" --no-progress --no-reconcile --api-key "$key_b" \
     --rate "$b_rate" --duration-s "$duration_s" --json "$summary" >/dev/null
   kill "$a_pid" 2>/dev/null || true
   wait "$a_pid" 2>/dev/null || true
@@ -151,7 +152,7 @@ for round in $(seq 1 "$rounds"); do
       unset SAGAPAY_ADMISSION_MERCHANT_MAX_IN_FLIGHT
     fi
     CARGO_TARGET_DIR="$target" "$SAGAPAY_ROOT/scripts/services.sh" start >/dev/null
-    "$loadtest" --no-progress --no-reconcile --total 200 --concurrency 16 >/dev/null
+    as_admin "$loadtest" --no-progress --no-reconcile --total 200 --concurrency 16 >/dev/null
     psql_q "SELECT pg_stat_statements_reset()" >/dev/null
     sent_before="$(published)"
     cpu_before="$(mktemp)"; cpu_after="$(mktemp)"; summary="$(mktemp)"
@@ -164,7 +165,7 @@ for round in $(seq 1 "$rounds"); do
     if [ "$fairness" -eq 1 ]; then
       fairness_run "$target" "$ns" "$summary"
     else
-      "$loadtest" --no-progress --no-reconcile "${load[@]}" --json "$summary" >/dev/null
+      as_admin "$loadtest" --no-progress --no-reconcile "${load[@]}" --json "$summary" >/dev/null
     fi
     cpu_snapshot >"$cpu_after"
     sent_after="$(published)"
