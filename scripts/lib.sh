@@ -28,6 +28,8 @@ if [ -f "$CLUSTER_ENV" ]; then
       SAGAPAY_KAFKA_BROKERS | SAGAPAY_KAFKA_REPLICATION_FACTOR) ;;
       # The secure Kafka (scripts/stack.sh up --secure): {service} is each service's user.
       SAGAPAY_KAFKA_CLIENT_CONFIG | SAGAPAY_KAFKA_SASL_PASSWORD_FILE) ;;
+      # ... and its Redis over TLS with a password.
+      SAGAPAY_REDIS_URL | SAGAPAY_REDIS_CA_FILE) ;;
       *) continue ;;
     esac
     [ -n "${!name:-}" ] || export "$name=$value"

@@ -10,7 +10,8 @@
 #                             Kafka (one node) as production runs it: TLS (the stack's own CA,
 #                             PEM) and SASL/SCRAM on its one listener, a user per service, KRaft's
 #                             authorizer (nothing allowed without an ACL); scripts/services.sh
-#                             applies the namespace's ACLs and gives each service its own user.
+#                             applies the namespace's ACLs and gives each service its own user;
+#                             and a Redis on 6380 over TLS with a password for the gateway.
 #                             Its data is kept apart (.local/kafka/secure); the tests need the
 #                             plain one (scripts/stack.sh down, then up)
 #   scripts/stack.sh down     stop Kafka, Redis and PostgreSQL
@@ -162,6 +163,46 @@ redis_down() {
   if redis_ready; then
     log "stopping Redis"
     redis-cli -h 127.0.0.1 -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1 || true
+  fi
+}
+
+# The secure stack's Redis (up --secure): a second server, TLS only on REDIS_TLS_PORT with the
+# secure Kafka's certificate (the stack's CA) and a password, as production wants it.
+REDIS_TLS_PORT=6380
+redis_tls_ready() {
+  [ -f "$SECURE_DIR/redis.password" ] || return 1
+  [ "$(REDISCLI_AUTH="$(cat "$SECURE_DIR/redis.password")" redis-cli --tls --cacert "$SECURE_DIR/tls/ca.pem" \
+    -h 127.0.0.1 -p "$REDIS_TLS_PORT" ping 2>/dev/null)" = "PONG" ]
+}
+
+redis_secure_up() {
+  [ -f "$SECURE_DIR/redis.password" ] \
+    || (umask 077; head -c 24 /dev/urandom | base64 | tr -d '/+=\n' > "$SECURE_DIR/redis.password")
+  if ! redis_tls_ready; then
+    mkdir -p "$REDIS_DIR/tls"
+    log "starting Redis over TLS (127.0.0.1:$REDIS_TLS_PORT, with a password)"
+    # The password through standard input, not the command line (ps shows that).
+    printf 'requirepass %s\n' "$(cat "$SECURE_DIR/redis.password")" \
+      | redis-server - --bind 127.0.0.1 --port 0 --tls-port "$REDIS_TLS_PORT" \
+        --tls-cert-file "$SECURE_DIR/tls/node.crt" --tls-key-file "$SECURE_DIR/tls/node.key" \
+        --tls-auth-clients no --daemonize yes --dir "$REDIS_DIR/tls" \
+        --logfile "$REDIS_DIR/tls/redis.log" --pidfile "$REDIS_DIR/tls/redis.pid" \
+        --save "" --appendonly no >/dev/null
+  fi
+  wait_until 30 "Redis over TLS" redis_tls_ready || {
+    tail -n 20 "$REDIS_DIR/tls/redis.log" >&2 2>/dev/null || true
+    die "Redis over TLS did not answer PING on 127.0.0.1:$REDIS_TLS_PORT within 30 s"
+  }
+  printf 'SAGAPAY_REDIS_URL=rediss://:%s@127.0.0.1:%s\nSAGAPAY_REDIS_CA_FILE=%s\n' \
+    "$(cat "$SECURE_DIR/redis.password")" "$REDIS_TLS_PORT" "$SECURE_DIR/tls/ca.pem" >> "$CLUSTER_ENV"
+  log "Redis ready on 127.0.0.1:$REDIS_TLS_PORT (TLS, a password)"
+}
+
+redis_secure_down() {
+  local pid; pid="$(cat "$REDIS_DIR/tls/redis.pid" 2>/dev/null || true)"
+  if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+    log "stopping Redis over TLS"
+    kill "$pid" 2>/dev/null || true
   fi
 }
 
@@ -345,7 +386,7 @@ kafka_up() {
   local brokers="" replicas=1
   for i in $(seq 1 "$nodes"); do brokers="${brokers:+$brokers,}127.0.0.1:$(node_port "$i")"; done
   [ "$nodes" -eq 3 ] && replicas=3
-  printf 'SAGAPAY_KAFKA_BROKERS=%s\nSAGAPAY_KAFKA_REPLICATION_FACTOR=%s\n' "$brokers" "$replicas" > "$CLUSTER_ENV"
+  (umask 077; printf 'SAGAPAY_KAFKA_BROKERS=%s\nSAGAPAY_KAFKA_REPLICATION_FACTOR=%s\n' "$brokers" "$replicas" > "$CLUSTER_ENV")
   if [ "$SECURE" = 1 ]; then
     # {service}: each service's own user (scripts/services.sh puts its name in).
     printf 'SAGAPAY_KAFKA_CLIENT_CONFIG=%s\nSAGAPAY_KAFKA_SASL_PASSWORD_FILE=%s\n' \
@@ -418,6 +459,7 @@ case "$command" in
     pg_up
     redis_up
     kafka_up "$brokers"
+    if [ "$SECURE" = 1 ]; then redis_secure_up; else redis_secure_down; fi
     # Not a server of the stack: the dashboard test starts a Prometheus of its own.
     command -v prometheus >/dev/null || apt_install --no-install-recommends prometheus
     # Not servers either: what building the services needs beyond Rust (OpenSSL's headers
@@ -429,6 +471,7 @@ case "$command" in
     ;;
   down)
     kafka_down
+    redis_secure_down
     redis_down
     pg_down
     ;;

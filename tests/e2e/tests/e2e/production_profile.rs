@@ -264,6 +264,25 @@ async fn the_production_profile_settles_each_merchants_payment_and_delivers_its_
         })
         .await;
     }
+    // A refund of part of A's payment goes through the whole secured saga too.
+    let refund = http
+        .post(format!("{gateway}/payments/{of_a}/refunds"))
+        .header("x-api-key", &key_a)
+        .json(
+            &json!({"amount_cents": 1_200, "idempotency_key": "profile-refund",
+                      "reason": "customer asked"}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refund.status(), 201);
+    eventually(WAIT, "the refund succeeded", || async {
+        let (_, p) = status(&key_a, &of_a).await;
+        (p["status"] == "PARTIALLY_REFUNDED" && p["refunds"][0]["status"] == "SUCCEEDED")
+            .then_some(())
+    })
+    .await;
+
     // A retry is answered by the fast path, from Redis over TLS.
     let gateway_metric = |name_and_labels: &'static str| {
         let (http, gateway) = (http.clone(), gateway.clone());
