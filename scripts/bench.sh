@@ -90,6 +90,15 @@ loadtest="${TARGET[tree]}/release/sagapay-loadtest"
 stack_args=()
 secure=0
 if [[ "${SAGAPAY_KAFKA_CLIENT_CONFIG:-}" == *"{service}"* ]]; then stack_args=(--secure); secure=1; fi
+# The services over HTTPS (the secure stack's): the load test and curl trust their CA.
+scheme=http
+curl_tls=()
+loadtest_tls=()
+if [ -n "${SAGAPAY_TLS_CERT_FILE:-}" ]; then
+  scheme=https
+  curl_tls=(--cacert "$SAGAPAY_SERVICE_CA_FILE")
+  loadtest_tls=(--base-url "https://127.0.0.1:${SERVICE_PORT[gateway]}")
+fi
 as_admin() {
   if [ "$secure" = 1 ]; then
     SAGAPAY_KAFKA_CLIENT_CONFIG="${SAGAPAY_KAFKA_CLIENT_CONFIG//\{service\}/admin}" \
@@ -105,7 +114,7 @@ psql_q "SELECT count(*) FROM pg_stat_statements" >/dev/null \
 published() {
   local sum=0 svc v
   for svc in "${SERVICES[@]}"; do
-    v="$(curl -fsS -m 5 "http://127.0.0.1:${SERVICE_PORT[$svc]}/metrics" \
+    v="$(curl -fsS -m 5 "${curl_tls[@]}" "$scheme://127.0.0.1:${SERVICE_PORT[$svc]}/metrics" \
       | awk '$1 ~ /^outbox_published_total/ {s += $2} END {print s + 0}')"
     sum=$((sum + ${v%.*}))
   done
@@ -122,10 +131,10 @@ fairness_run() {
   }
   key_a="$(new_key "Slow Cards Ltd")"
   key_b="$(new_key "Good Cards Ltd")"
-  as_admin "$loadtest" --no-progress --no-reconcile --api-key "$key_a" --scenario timeout \
+  as_admin "$loadtest" "${loadtest_tls[@]}" --no-progress --no-reconcile --api-key "$key_a" --scenario timeout \
     --rate "$a_rate" --duration-s "$duration_s" --timeout-ms 120000 >/dev/null 2>&1 &
   a_pid=$!
-  as_admin "$loadtest" --no-progress --no-reconcile --api-key "$key_b" \
+  as_admin "$loadtest" "${loadtest_tls[@]}" --no-progress --no-reconcile --api-key "$key_b" \
     --rate "$b_rate" --duration-s "$duration_s" --json "$summary" >/dev/null
   kill "$a_pid" 2>/dev/null || true
   wait "$a_pid" 2>/dev/null || true
@@ -152,7 +161,7 @@ for round in $(seq 1 "$rounds"); do
       unset SAGAPAY_ADMISSION_MERCHANT_MAX_IN_FLIGHT
     fi
     CARGO_TARGET_DIR="$target" "$SAGAPAY_ROOT/scripts/services.sh" start >/dev/null
-    as_admin "$loadtest" --no-progress --no-reconcile --total 200 --concurrency 16 >/dev/null
+    as_admin "$loadtest" "${loadtest_tls[@]}" --no-progress --no-reconcile --total 200 --concurrency 16 >/dev/null
     psql_q "SELECT pg_stat_statements_reset()" >/dev/null
     sent_before="$(published)"
     cpu_before="$(mktemp)"; cpu_after="$(mktemp)"; summary="$(mktemp)"
@@ -165,7 +174,7 @@ for round in $(seq 1 "$rounds"); do
     if [ "$fairness" -eq 1 ]; then
       fairness_run "$target" "$ns" "$summary"
     else
-      as_admin "$loadtest" --no-progress --no-reconcile "${load[@]}" --json "$summary" >/dev/null
+      as_admin "$loadtest" "${loadtest_tls[@]}" --no-progress --no-reconcile "${load[@]}" --json "$summary" >/dev/null
     fi
     cpu_snapshot >"$cpu_after"
     sent_after="$(published)"

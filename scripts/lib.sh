@@ -28,8 +28,9 @@ if [ -f "$CLUSTER_ENV" ]; then
       SAGAPAY_KAFKA_BROKERS | SAGAPAY_KAFKA_REPLICATION_FACTOR) ;;
       # The secure Kafka (scripts/stack.sh up --secure): {service} is each service's user.
       SAGAPAY_KAFKA_CLIENT_CONFIG | SAGAPAY_KAFKA_SASL_PASSWORD_FILE) ;;
-      # ... and its Redis over TLS with a password.
+      # ... its Redis over TLS with a password, and the services' HTTPS.
       SAGAPAY_REDIS_URL | SAGAPAY_REDIS_CA_FILE) ;;
+      SAGAPAY_TLS_CERT_FILE | SAGAPAY_TLS_KEY_FILE | SAGAPAY_SERVICE_CA_FILE) ;;
       *) continue ;;
     esac
     [ -n "${!name:-}" ] || export "$name=$value"

@@ -31,7 +31,15 @@ pid_of() {
   if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then echo "$pid"; fi
 }
 
-ready() { curl -fsS -m 2 "http://127.0.0.1:$(port_of "$1" "$2")/ready" >/dev/null 2>&1; }
+# HTTPS when the services are given a certificate (the secure stack's cluster.env gives one).
+SCHEME=http
+CURL_TLS=()
+if [ -n "${SAGAPAY_TLS_CERT_FILE:-}" ]; then
+  SCHEME=https
+  CURL_TLS=(--cacert "${SAGAPAY_SERVICE_CA_FILE:?SAGAPAY_SERVICE_CA_FILE names the CA of SAGAPAY_TLS_CERT_FILE}")
+fi
+url_of() { echo "$SCHEME://127.0.0.1:$(port_of "$1" "$2")"; }
+ready() { curl -fsS -m 2 "${CURL_TLS[@]}" "$(url_of "$1" "$2")/ready" >/dev/null 2>&1; }
 
 # The instances this checkout started (from the pid files), 1 when none.
 running_instances() {
@@ -80,8 +88,8 @@ start() {
       if [ "$instances" -gt 1 ]; then log="$LOG_DIR/$svc.$i.log"; else log="$LOG_DIR/$svc.log"; fi
       (
         export SAGAPAY_HTTP_ADDR="127.0.0.1:$port"
-        export SAGAPAY_ORCHESTRATOR_URL="http://127.0.0.1:$(port_of orchestrator "$i")"
-        export SAGAPAY_NOTIFICATION_URL="http://127.0.0.1:$(port_of notification "$i")"
+        export SAGAPAY_ORCHESTRATOR_URL="$(url_of orchestrator "$i")"
+        export SAGAPAY_NOTIFICATION_URL="$(url_of notification "$i")"
         export SAGAPAY_INSTANCE_ID="$i"
         if secure_kafka; then
           export SAGAPAY_KAFKA_CLIENT_CONFIG="${SAGAPAY_KAFKA_CLIENT_CONFIG//\{service\}/$svc}"
@@ -98,7 +106,7 @@ start() {
         tail -n 20 "$LOG_DIR/$svc"*.log >&2 || true
         die "$svc/$i is not ready on port $(port_of "$svc" "$i") after 90 s (logs in $LOG_DIR)"
       fi
-      log "$svc/$i ready on http://127.0.0.1:$(port_of "$svc" "$i")"
+      log "$svc/$i ready on $(url_of "$svc" "$i")"
     done
   done
 }
@@ -130,7 +138,7 @@ status() {
       if ready "$svc" "$i"; then state=ready
       elif [ -n "$(pid_of "$svc" "$i")" ]; then state=starting
       else state=down; fi
-      printf '%-17s %-3s %-9s http://127.0.0.1:%s\n' "$svc" "$i" "$state" "$(port_of "$svc" "$i")"
+      printf '%-17s %-3s %-9s %s\n' "$svc" "$i" "$state" "$(url_of "$svc" "$i")"
     done
   done
 }

@@ -11,7 +11,8 @@
 #                             PEM) and SASL/SCRAM on its one listener, a user per service, KRaft's
 #                             authorizer (nothing allowed without an ACL); scripts/services.sh
 #                             applies the namespace's ACLs and gives each service its own user;
-#                             and a Redis on 6380 over TLS with a password for the gateway.
+#                             a Redis on 6380 over TLS with a password for the gateway; and the
+#                             services over HTTPS (the stack's certificate, each trusting its CA).
 #                             Its data is kept apart (.local/kafka/secure); the tests need the
 #                             plain one (scripts/stack.sh down, then up)
 #   scripts/stack.sh down     stop Kafka, Redis and PostgreSQL
@@ -195,6 +196,9 @@ redis_secure_up() {
   }
   printf 'SAGAPAY_REDIS_URL=rediss://:%s@127.0.0.1:%s\nSAGAPAY_REDIS_CA_FILE=%s\n' \
     "$(cat "$SECURE_DIR/redis.password")" "$REDIS_TLS_PORT" "$SECURE_DIR/tls/ca.pem" >> "$CLUSTER_ENV"
+  # The services serve HTTPS with the stack's certificate, and call each other trusting its CA.
+  printf 'SAGAPAY_TLS_CERT_FILE=%s\nSAGAPAY_TLS_KEY_FILE=%s\nSAGAPAY_SERVICE_CA_FILE=%s\n' \
+    "$SECURE_DIR/tls/node.crt" "$SECURE_DIR/tls/node.key" "$SECURE_DIR/tls/ca.pem" >> "$CLUSTER_ENV"
   log "Redis ready on 127.0.0.1:$REDIS_TLS_PORT (TLS, a password)"
 }
 

@@ -287,9 +287,10 @@ async fn main() -> anyhow::Result<()> {
             args.total
         }
     };
-    let client = reqwest::Client::builder()
-        // Straight to the gateway: it carries the API key and the ops key.
-        .no_proxy()
+    // Straight to the gateway (it carries the API key and the ops key), trusting the services'
+    // CA alone when the stack serves HTTPS (`SAGAPAY_SERVICE_CA_FILE`).
+    let ca = sagapay_service_kit::service_client::ca_file_from_env();
+    let client = sagapay_service_kit::service_client::builder(ca.as_deref())?
         .pool_max_idle_per_host(1024)
         .tcp_nodelay(true)
         .timeout(Duration::from_secs(30))
