@@ -59,7 +59,12 @@ impl TlsFiles {
             .with_context(|| format!("reading the key {}", self.key.display()))?;
         let signing = rustls::crypto::ring::sign::any_supported_type(&key)
             .with_context(|| format!("the key {} is not one TLS can use", self.key.display()))?;
-        Ok(Arc::new(CertifiedKey::new(chain, signing)))
+        let key = CertifiedKey::new(chain, signing);
+        // A renewal caught between writing the certificate and writing its key is refused
+        // here, not served: the files are read again at the next check.
+        key.keys_match()
+            .with_context(|| format!("the key {} is not the certificate's", self.key.display()))?;
+        Ok(Arc::new(key))
     }
 }
 

@@ -164,8 +164,8 @@ pub async fn start(config: Config) -> anyhow::Result<ServiceHandle> {
         );
         auth::seed_dev_merchant(&platform.pool, key.expose_secret()).await?;
     }
-    // Calls to the orchestrator and the notification service go straight to them: a proxy of
-    // the environment (`HTTPS_PROXY`, ...) has no business between services.
+    // Straight to the orchestrator and the notification service, trusting their CA alone
+    // when given (`service_client`).
     let client = sagapay_service_kit::service_client::builder(config.service_ca_file.as_deref())?
         .pool_max_idle_per_host(64)
         .pool_idle_timeout(Duration::from_secs(90))

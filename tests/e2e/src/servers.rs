@@ -179,6 +179,36 @@ impl KafkaSecurity {
     }
 }
 
+/// A secure one-node cluster on a port from `ports`, with a user for every service and for the
+/// operators' tool, and namespace `ns`'s ACLs applied by the administrator (the operator's one
+/// step before the first start, `sagapayctl kafka acls --apply`).
+pub async fn secure_kafka(
+    ns: &sagapay_domain::Namespace,
+    ports: std::ops::Range<u16>,
+) -> (KafkaSecurity, KafkaCluster) {
+    let mut users = sagapay_service_kit::SERVICES.to_vec();
+    users.push("sagapayctl");
+    let security = KafkaSecurity::new(&users);
+    let cluster = tokio::task::block_in_place(|| KafkaCluster::start_secure(1, ports, &security))
+        .expect("a Kafka cluster with TLS, SASL and ACLs");
+    let admin = security.admin(&cluster);
+    sagapay_messaging::acl::apply(&admin, &sagapayctl::acls::grants(ns, "sagapayctl"))
+        .await
+        .expect("the namespace's ACLs, applied by the administrator");
+    (security, cluster)
+}
+
+impl KafkaSecurity {
+    /// The administrator's (a super user's) settings on `cluster`.
+    pub fn admin(&self, cluster: &KafkaCluster) -> sagapay_messaging::KafkaSettings {
+        sagapay_messaging::KafkaSettings {
+            brokers: cluster.bootstrap(),
+            client_overrides: self.client_overrides("admin"),
+            ..Default::default()
+        }
+    }
+}
+
 impl Drop for KafkaSecurity {
     fn drop(&mut self) {
         remove_unless_failed(&self.dir, "Kafka's credentials");

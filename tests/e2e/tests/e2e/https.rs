@@ -52,7 +52,8 @@ async fn a_renewed_certificate_is_served_without_a_restart() {
         std::fs::write(&files.key, &cert.key_pem).unwrap();
     };
     let (old_ca, new_ca) = (TestCa::new("this year's CA"), TestCa::new("next year's CA"));
-    install(&old_ca.server(&["127.0.0.1"]));
+    let old_cert = old_ca.server(&["127.0.0.1"]);
+    install(&old_cert);
     let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let shutdown = tokio_util::sync::CancellationToken::new();
     let listener = TlsListener::new(tcp, files.clone(), shutdown.clone()).unwrap();
@@ -69,9 +70,11 @@ async fn a_renewed_certificate_is_served_without_a_restart() {
         "a CA that signed nothing here"
     );
     // Files that do not load are not served: the old certificate stays through a check of
-    // the files (one every 5 s) and more.
-    std::fs::write(&files.cert, "not a certificate").unwrap();
-    std::fs::write(&files.key, "not a key").unwrap();
+    // the files (one every 5 s) and more. Here a renewal caught half written: the new
+    // certificate beside the old key (served, no handshake would succeed).
+    let new_cert = new_ca.server(&["127.0.0.1"]);
+    std::fs::write(&files.cert, &new_cert.cert_pem).unwrap();
+    std::fs::write(&files.key, &old_cert.key_pem).unwrap();
     let through = std::time::Instant::now() + Duration::from_secs(6);
     while std::time::Instant::now() < through {
         assert!(
@@ -80,7 +83,7 @@ async fn a_renewed_certificate_is_served_without_a_restart() {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    install(&new_ca.server(&["127.0.0.1"]));
+    install(&new_cert);
     eventually(
         Duration::from_secs(20),
         "the renewed certificate",

@@ -5,20 +5,9 @@
 
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use sagapay_e2e::fresh_namespace;
-use sagapay_e2e::servers::{KafkaCluster, KafkaSecurity};
+use sagapay_e2e::servers::{secure_kafka, KafkaCluster};
 use sagapay_messaging::KafkaSettings;
 use std::time::Duration;
-
-/// Every user of the cluster: the services and the operators' tool.
-const USERS: [&str; 7] = [
-    "gateway",
-    "orchestrator",
-    "risk",
-    "provider-adapter",
-    "ledger",
-    "notification",
-    "sagapayctl",
-];
 
 fn settings(cluster: &KafkaCluster, overrides: Vec<(String, String)>) -> KafkaSettings {
     KafkaSettings {
@@ -54,16 +43,13 @@ async fn write(kafka: &KafkaSettings, topic: &str) -> Result<(), String> {
 /// refusals are the ACLs' and not a broken setup.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_services_that_answer_the_saga_can_write_to_its_channel() {
-    let security = KafkaSecurity::new(&USERS);
-    let cluster =
-        tokio::task::block_in_place(|| KafkaCluster::start_secure(1, 11_000..11_500, &security))
-            .expect("a secure Kafka cluster");
     let ns = fresh_namespace();
-    let admin = settings(&cluster, security.client_overrides("admin"));
-    admin.ensure_topics(&ns.all_topics()).await.unwrap();
-    sagapay_messaging::acl::apply(&admin, &sagapayctl::acls::grants(&ns, "sagapayctl"))
+    let (security, cluster) = secure_kafka(&ns, 11_000..11_500).await;
+    security
+        .admin(&cluster)
+        .ensure_topics(&ns.all_topics())
         .await
-        .expect("the ACLs applied by the administrator");
+        .unwrap();
     let channel = format!("{}.orchestrator", ns.as_str());
 
     let ca = security.ca_file.display().to_string();

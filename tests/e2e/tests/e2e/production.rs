@@ -1,7 +1,7 @@
 //! Production mode refuses unsafe settings at start, one message per problem, and starts with
 //! safe ones; there the development merchant's keys do not authenticate.
 
-use sagapay_e2e::servers::{KafkaCluster, KafkaSecurity};
+use sagapay_e2e::servers::secure_kafka;
 use sagapay_e2e::{config, eventually, fresh_namespace, service_command, ReportedAddr};
 use sagapay_messaging::postgres_url::with_database;
 use sha2::{Digest, Sha256};
@@ -245,19 +245,7 @@ async fn production_mode_starts_with_safe_settings_and_refuses_the_development_m
     let keys_file = std::env::temp_dir().join(format!("{}-signing-key", ns.as_str()));
     std::fs::write(&keys_file, format!("{gateway_seed}\n")).unwrap();
     // Kafka as production needs it: TLS, a user per service, the namespace's ACLs.
-    let kafka_security = KafkaSecurity::new(&["gateway", "notification"]);
-    let kafka = tokio::task::block_in_place(|| {
-        KafkaCluster::start_secure(1, 13_500..14_000, &kafka_security)
-    })
-    .expect("a Kafka cluster with TLS, SASL and ACLs");
-    let kafka_admin = sagapay_messaging::KafkaSettings {
-        brokers: kafka.bootstrap(),
-        client_overrides: kafka_security.client_overrides("admin"),
-        ..Default::default()
-    };
-    sagapay_messaging::acl::apply(&kafka_admin, &sagapayctl::acls::grants(&ns, "sagapayctl"))
-        .await
-        .expect("the namespace's ACLs");
+    let (kafka_security, kafka) = secure_kafka(&ns, 13_500..14_000).await;
     // No orchestrator: its address is a port of the test's that drops every connection.
     let (orchestrator_port, _orchestrator) = sagapay_e2e::dead_peer();
     let server_port = url::Url::parse(&base)

@@ -14,7 +14,7 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::routing::post;
 use hmac::{Hmac, Mac};
-use sagapay_e2e::servers::{KafkaCluster, KafkaSecurity, PgServer, RedisServer};
+use sagapay_e2e::servers::{secure_kafka, PgServer, RedisServer};
 use sagapay_e2e::tls::{serve_https, TestCa};
 use sagapay_e2e::{cleanup_namespace, eventually, fresh_namespace, Processes};
 use serde_json::{json, Value};
@@ -72,24 +72,10 @@ async fn the_production_profile_settles_each_merchants_payment_and_delivers_its_
         server.port(),
         db_ca_file.display()
     );
-    let mut users = sagapay_e2e::SERVICES.to_vec();
-    users.push("sagapayctl");
-    let kafka_security = KafkaSecurity::new(&users);
-    let mut kafka = tokio::task::block_in_place(|| {
-        KafkaCluster::start_secure(1, 10_500..11_000, &kafka_security)
-    })
-    .expect("a Kafka cluster with TLS, SASL and ACLs");
     let ns = fresh_namespace();
-    // The operator's one step before the first start: the namespace's ACLs, as the cluster's
-    // administrator. The services create their topics themselves (they may create their own).
-    let admin = sagapay_messaging::KafkaSettings {
-        brokers: kafka.bootstrap(),
-        client_overrides: kafka_security.client_overrides("admin"),
-        ..Default::default()
-    };
-    sagapay_messaging::acl::apply(&admin, &sagapayctl::acls::grants(&ns, "sagapayctl"))
-        .await
-        .expect("the namespace's ACLs");
+    // Kafka with TLS, a SCRAM user per service and the namespace's ACLs (the operator's one
+    // step before the first start); the services create their topics themselves.
+    let (kafka_security, mut kafka) = secure_kafka(&ns, 10_500..11_000).await;
     // Redis over TLS with a password, behind a CA of its own: the idempotency fast path.
     let redis_ca = TestCa::new("the Redis CA");
     let redis_ca_file = redis_ca.write(&dir, "redis-ca.pem");
