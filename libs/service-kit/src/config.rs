@@ -61,7 +61,13 @@ pub const DEFAULT_POSTGRES_URL: &str = "postgres://sagapay:sagapay@%2Fvar%2Frun%
 /// Passwords production refuses: the local stack's.
 const DEVELOPMENT_PASSWORDS: [&str; 2] = ["sagapay", "postgres"];
 /// Services with ops routes.
-const USES_OPS_KEY: [&str; 4] = ["orchestrator", "risk", "ledger", "provider-adapter"];
+const USES_OPS_KEY: [&str; 5] = [
+    "orchestrator",
+    "risk",
+    "ledger",
+    "provider-adapter",
+    "console",
+];
 /// Services with a Redis connection (the gateway's idempotency fast path), and its default.
 const USES_REDIS: [&str; 1] = ["gateway"];
 const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";

@@ -40,14 +40,18 @@ pub const SERVICES: [&str; 6] = [
     "notification",
 ];
 
-/// Drops a namespace: its six databases (open connections terminated) and its Kafka topics.
-/// Everything in them is gone.
+/// The operators' console: not a service of the saga (it consumes and produces no event), but
+/// a process of the deployment with a database of its own, `<namespace>_console`.
+pub const CONSOLE: &str = "console";
+
+/// Drops a namespace: its six databases and the console's (open connections terminated) and
+/// its Kafka topics. Everything in them is gone.
 pub async fn drop_namespace(
     postgres_url: &str,
     kafka: &sagapay_messaging::KafkaSettings,
     ns: &sagapay_domain::Namespace,
 ) -> anyhow::Result<()> {
-    for service in SERVICES {
+    for service in SERVICES.into_iter().chain([CONSOLE]) {
         db::drop_database(postgres_url, &ns.database(service)).await?;
     }
     kafka.delete_topics(&ns.all_topics()).await

@@ -46,6 +46,12 @@ impl OpsKey {
         Self::new(DEV_OPS_KEY)
     }
 
+    /// The key itself, for a service that calls ops routes on an operator's behalf (the
+    /// console): never shown to the operator.
+    pub fn expose(&self) -> &str {
+        self.0.expose_secret()
+    }
+
     /// Whether `given` is this key (compared as digests, in constant time).
     pub fn matches(&self, given: &str) -> bool {
         crate::constant_time::secret_matches(given, self.0.expose_secret())

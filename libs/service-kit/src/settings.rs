@@ -105,7 +105,7 @@ catalogue! {
     "SAGAPAY_STARTUP_WAIT_MS", Value("120000"), "every service", false,
         "how long a starting service waits for PostgreSQL and Kafka to answer (retrying with back-off, logging what it waits for) before it gives up and exits; Redis is never waited for";
     // Credentials.
-    "SAGAPAY_OPS_KEY", Computed("`dev-ops-secret` in development; required in production"), "orchestrator, risk, ledger, provider-adapter, sagapayctl", true,
+    "SAGAPAY_OPS_KEY", Computed("`dev-ops-secret` in development; required in production"), "orchestrator, risk, ledger, provider-adapter, console, sagapayctl", true,
         "the operators' key (`x-ops-key`) of the ops routes, 16+ characters";
     "SAGAPAY_SERVICE_SIGNING_KEY", Computed("the service's development key in development; required in production"), "gateway", true,
         "this service's own Ed25519 private key (base64 of its 32-byte seed; `sagapayctl service-key generate` makes one): its calls to other services are signed with it, as itself";
@@ -114,9 +114,9 @@ catalogue! {
     "SAGAPAY_TRUSTED_CALLERS", Computed("the development keys of the callers in development; required in production"), "orchestrator, notification", false,
         "the services that may call this one and their Ed25519 public keys: `gateway=<base64>[ <base64>]`, comma separated by service; any key listed verifies (two during a rotation)";
     // Gateway.
-    "SAGAPAY_ORCHESTRATOR_URL", Value("http://127.0.0.1:8001"), "gateway, sagapayctl", false,
+    "SAGAPAY_ORCHESTRATOR_URL", Value("http://127.0.0.1:8001"), "gateway, console, sagapayctl", false,
         "the orchestrator's internal API";
-    "SAGAPAY_NOTIFICATION_URL", Value("http://127.0.0.1:8005"), "gateway", false,
+    "SAGAPAY_NOTIFICATION_URL", Value("http://127.0.0.1:8005"), "gateway, console", false,
         "the notification service's internal API (webhooks and events)";
     "SAGAPAY_ORCHESTRATOR_TIMEOUT_MS", Value("10000"), "gateway", false,
         "longest wait for the orchestrator's answer before the client gets 503 (and may retry with the same idempotency key)";
@@ -225,6 +225,21 @@ catalogue! {
         "networks webhook receivers may be in although they are not public, CIDRs comma separated (a private network the operator trusts); https is still required";
     "SAGAPAY_EVENT_RETENTION_DAYS", Value("30"), "notification", false,
         "how long events and their deliveries are kept";
+    // Console.
+    "SAGAPAY_GATEWAY_URL", Value("http://127.0.0.1:8000"), "console", false,
+        "the gateway, whose readiness and metrics the console shows";
+    "SAGAPAY_RISK_URL", Value("http://127.0.0.1:8002"), "console", false,
+        "risk's ops routes (the review queue) and its readiness and metrics";
+    "SAGAPAY_PROVIDER_ADAPTER_URL", Value("http://127.0.0.1:8003"), "console", false,
+        "the provider adapter's readiness and metrics";
+    "SAGAPAY_LEDGER_URL", Value("http://127.0.0.1:8004"), "console", false,
+        "the ledger's readiness and metrics";
+    "SAGAPAY_CONSOLE_SESSION_IDLE_MS", Value("1800000"), "console", false,
+        "an operator's session ends after this long without a request";
+    "SAGAPAY_CONSOLE_SESSION_MAX_MS", Value("28800000"), "console", false,
+        "an operator's session ends this long after its login, whatever happens";
+    "SAGAPAY_CONSOLE_BEHIND_TLS_PROXY", Value("false"), "console (production)", false,
+        "`true`: a proxy in front of the console terminates TLS (production refuses to serve the console without TLS: its own certificate, or this)";
     // Scripts and tests.
     "SAGAPAY_LOCAL_DIR", Computed("`.local` in the checkout"), "scripts", false,
         "where the scripts keep the local stack's data and logs";

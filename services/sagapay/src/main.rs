@@ -1,4 +1,4 @@
-//! The six services in one binary: `sagapay <service>` runs that service, its settings read
+//! The six services (and the operators' console) in one binary: `sagapay <service>` runs that service, its settings read
 //! from the environment as the service documents them (`sagapayctl settings`).
 //!
 //! Why one binary: each service is a library (`start(config)` returns its handle), and a
@@ -8,7 +8,8 @@
 
 use anyhow::bail;
 
-const SERVICES: &str = "gateway, orchestrator, risk, provider-adapter, ledger, notification";
+const SERVICES: &str =
+    "gateway, orchestrator, risk, provider-adapter, ledger, notification, console";
 
 fn main() -> anyhow::Result<()> {
     let Some(service) = std::env::args().nth(1) else {
@@ -41,6 +42,7 @@ async fn run(service: &str) -> anyhow::Result<()> {
         "provider-adapter" => serve!(sagapay_provider_adapter),
         "ledger" => serve!(sagapay_ledger),
         "notification" => serve!(sagapay_notification),
+        "console" => serve!(sagapay_console),
         other => bail!("no service {other:?}: sagapay <service>, one of {SERVICES}"),
     }
 }

@@ -15,6 +15,8 @@
 //! sagapayctl key create <merchant id or name> [--json]   (prints the new key, once)
 //! sagapayctl key list <merchant id or name> [--json]
 //! sagapayctl key revoke <key_id>
+//! sagapayctl operators create <name> --role admin|viewer   (the console's login; prints its password, once)
+//! sagapayctl operators list | disable <name>
 //! sagapayctl namespace drop --yes    (drops the namespace's six databases and its topics)
 //! sagapayctl kafka acls [--operator NAME] [--apply]   (each service's ACLs; --apply creates them)
 //! ```
@@ -27,7 +29,7 @@
 use clap::{Args, Parser, Subcommand};
 use sagapay_domain::Namespace;
 use sagapay_gateway::keys;
-use sagapay_messaging::{Classification, KafkaSettings};
+use sagapay_messaging::KafkaSettings;
 use sagapayctl::dlq::{self, Filter};
 
 #[derive(Parser)]
@@ -108,6 +110,9 @@ enum Command {
     /// The whole namespace (`--namespace`): its six databases and its Kafka topics.
     #[command(subcommand)]
     Namespace(NamespaceCommand),
+    /// Operators of the console: their accounts (a password is shown once, when made).
+    #[command(subcommand)]
+    Operators(OperatorsCommand),
     /// Webhook deliveries: what was sent where, with the last answer; send one again.
     #[command(subcommand)]
     Webhooks(WebhooksCommand),
@@ -196,6 +201,21 @@ enum PaymentsCommand {
         #[arg(long, default_value = "sagapayctl")]
         by: String,
     },
+}
+
+#[derive(Subcommand)]
+enum OperatorsCommand {
+    /// An operator of the console, with a new password printed once (only its hash is kept).
+    Create {
+        name: String,
+        /// admin (sees and acts) or viewer (sees).
+        #[arg(long, default_value = "viewer")]
+        role: String,
+    },
+    /// Every operator.
+    List,
+    /// No more logins, and the operator's sessions end now.
+    Disable { name: String },
 }
 
 #[derive(Subcommand)]
@@ -295,20 +315,12 @@ enum DlqCommand {
 }
 
 fn filter(args: &FilterArgs, position: Option<String>) -> anyhow::Result<Filter> {
-    let classification = match args.classification.as_deref() {
-        None => None,
-        Some("NON_RETRYABLE") => Some(Classification::NonRetryable),
-        Some("RETRY_EXHAUSTED") => Some(Classification::RetryExhausted),
-        Some(other) => {
-            anyhow::bail!("unknown classification {other:?}: NON_RETRYABLE or RETRY_EXHAUSTED")
-        }
-    };
-    Ok(Filter {
-        classification,
-        service: args.service.clone(),
-        event_type: args.event_type.clone(),
-        position,
-    })
+    Filter::parse(
+        args.classification.as_deref(),
+        args.service.as_deref(),
+        args.event_type.as_deref(),
+        position.as_deref(),
+    )
 }
 
 fn print_new_key(key: &keys::NewKey) {
@@ -386,6 +398,50 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
+/// `sagapayctl operators`: the console's accounts, in its database.
+async fn operators(
+    postgres_url: &str,
+    ns: &Namespace,
+    command: &OperatorsCommand,
+) -> anyhow::Result<()> {
+    use sagapay_console::operators::{self, Role};
+    let pool = sagapay_console::database(postgres_url, ns).await?;
+    match command {
+        OperatorsCommand::Create { name, role } => {
+            let role = Role::parse(role)?;
+            let password = operators::create(&pool, name, role).await?;
+            println!(
+                "operator {name} ({}): its password, shown once:",
+                role.as_str()
+            );
+            println!("{password}");
+        }
+        OperatorsCommand::List => {
+            println!(
+                "{:<24} {:<7} {:<24} DISABLED AT",
+                "NAME", "ROLE", "CREATED AT"
+            );
+            for o in operators::list(&pool).await? {
+                let at = |t: chrono::DateTime<chrono::Utc>| {
+                    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                };
+                println!(
+                    "{:<24} {:<7} {:<24} {}",
+                    o.name,
+                    o.role.as_str(),
+                    at(o.created_at),
+                    o.disabled_at.map(at).unwrap_or_else(|| "-".into())
+                );
+            }
+        }
+        OperatorsCommand::Disable { name } => {
+            operators::disable(&pool, name).await?;
+            println!("operator {name} disabled: no login, its sessions ended");
+        }
+    }
+    Ok(())
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Command::Settings = cli.command {
         print!("{}", sagapay_service_kit::settings::markdown());
@@ -400,6 +456,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         return Ok(());
     }
     let ns = Namespace::parse(&cli.namespace)?;
+    if let Command::Operators(command) = &cli.command {
+        return operators(&cli.postgres_url, &ns, command).await;
+    }
     let kafka = KafkaSettings {
         brokers: cli.brokers.clone(),
         // The services' connection security, when the cluster needs it (the SASL password
@@ -534,6 +593,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     };
     match cli.command {
         Command::Reconcile { .. }
+        | Command::Operators(_)
         | Command::Webhooks(_)
         | Command::Settings
         | Command::ServiceKey(_) => {

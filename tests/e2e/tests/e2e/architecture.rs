@@ -200,13 +200,15 @@ fn the_service_list_is_one_list() {
             sagapay_notification::SERVICE,
             sagapay_notification::DEFAULT_PORT,
         ),
+        (sagapay_console::SERVICE, sagapay_console::DEFAULT_PORT),
     ]
     .into_iter()
     .map(|(s, p)| (s.to_owned(), p))
     .collect();
     assert_eq!(listed, in_rust);
     let names: Vec<&str> = listed.iter().map(|(n, _)| n.as_str()).collect();
-    assert_eq!(names, sagapay_service_kit::SERVICES);
+    assert_eq!(names[..6], sagapay_service_kit::SERVICES);
+    assert_eq!(names[6..], [sagapay_service_kit::CONSOLE]);
     let prometheus =
         std::fs::read_to_string(workspace().join("infra/prometheus/prometheus.yml")).unwrap();
     for (name, port) in &listed {

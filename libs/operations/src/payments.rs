@@ -16,21 +16,13 @@ pub struct Ops {
 
 impl Ops {
     async fn send(&self, req: reqwest::RequestBuilder) -> anyhow::Result<Value> {
-        let resp = req
-            .header("x-ops-key", &self.ops_key)
-            .send()
-            .await
-            .with_context(|| format!("calling the orchestrator at {}", self.orchestrator_url))?;
-        let status = resp.status();
-        let body: Value = resp.json().await.unwrap_or(Value::Null);
-        if !status.is_success() {
-            let message = body["error"]["message"]
-                .as_str()
-                .map(str::to_owned)
-                .unwrap_or_else(|| body.to_string());
-            anyhow::bail!("{status}: {message}");
-        }
-        Ok(body)
+        send(
+            req,
+            &self.ops_key,
+            "the orchestrator",
+            &self.orchestrator_url,
+        )
+        .await
     }
 
     /// Payments and refunds past their deadline or needing attention.
@@ -116,9 +108,34 @@ impl Ops {
     }
 }
 
+/// Sends an operator's call with the ops key; a refusal becomes an error with the route's
+/// own message (what the operator is shown).
+pub(crate) async fn send(
+    req: reqwest::RequestBuilder,
+    ops_key: &str,
+    service: &str,
+    url: &str,
+) -> anyhow::Result<Value> {
+    let resp = req
+        .header("x-ops-key", ops_key)
+        .send()
+        .await
+        .with_context(|| format!("calling {service} at {url}"))?;
+    let status = resp.status();
+    let body: Value = resp.json().await.unwrap_or(Value::Null);
+    if !status.is_success() {
+        let message = body["error"]["message"]
+            .as_str()
+            .map(str::to_owned)
+            .unwrap_or_else(|| body.to_string());
+        anyhow::bail!("{status}: {message}");
+    }
+    Ok(body)
+}
+
 /// The client of operators' calls: straight to the orchestrator, trusting the services' CA
 /// (`SAGAPAY_SERVICE_CA_FILE`) when given, and never waiting forever.
-fn client() -> anyhow::Result<reqwest::Client> {
+pub(crate) fn client() -> anyhow::Result<reqwest::Client> {
     let ca = sagapay_service_kit::service_client::ca_file_from_env();
     Ok(sagapay_service_kit::service_client::builder(ca.as_deref())?
         .timeout(std::time::Duration::from_secs(30))

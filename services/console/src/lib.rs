@@ -1,0 +1,208 @@
+//! The operators' console: what an operator does in a bad hour (find a payment, see why it is
+//! stuck, decide a review, replay dead letters, resend a webhook, see whether the system keeps
+//! up), as pages in a browser.
+//!
+//! Why a service of its own, not the orchestrator's ops side: the console reads every
+//! service's database and calls every service's ops routes, holds operators' accounts and
+//! sessions, and serves a browser; none of that belongs in the saga's hot path, and a console
+//! that crashes or is attacked must not take payments with it. It holds no state of the saga.
+//!
+//! What it does not do itself: every action is an operation of `sagapay-operations` (the same
+//! function `sagapayctl` calls, through the same ops routes and their rules), called with the
+//! console's own ops key and the operator's name, never a key the browser holds; every action
+//! is written to `operator_actions` with who, why and how it ended ([`audit`]).
+//!
+//! Security: operators log in with a password (Argon2id, [`operators`]); a session is a random
+//! token in a `Secure`, `HttpOnly`, `SameSite=Strict` cookie, only its hash stored, ending after
+//! its idle time or its lifetime ([`session`]); every form that changes something carries the
+//! session's CSRF token; logins are rate limited per name and per client address ([`login`]);
+//! every answer says `Cache-Control: no-store` and a strict content security policy
+//! ([`security`]). Viewers see, admins act. Production refuses to start unless the console
+//! serves HTTPS itself or is declared behind a TLS-terminating proxy.
+//!
+//! One module a job: [`state`] is what every page is given, [`pages`] the pages, [`reads`] the
+//! read-only queries on the services' databases, [`history`] the last hour of the services'
+//! metrics behind the health charts.
+
+pub mod audit;
+pub mod history;
+pub mod login;
+pub mod operators;
+pub mod pages;
+pub mod reads;
+pub mod security;
+pub mod session;
+pub mod state;
+
+use sagapay_service_kit::config::{env_ms, env_or};
+use sagapay_service_kit::{CommonConfig, Environment, OpsKey, Platform, ServiceHandle};
+use std::time::Duration;
+
+pub const SERVICE: &str = "console";
+pub const DEFAULT_PORT: u16 = 8006;
+
+mod embedded {
+    refinery::embed_migrations!("../../migrations/console");
+}
+
+/// The services the console watches and calls, by name, with their base URLs.
+#[derive(Debug, Clone)]
+pub struct ServiceUrls(pub Vec<(&'static str, String)>);
+
+impl ServiceUrls {
+    /// `SAGAPAY_<SERVICE>_URL` of each of the six services (the local stack's ports by default).
+    pub fn from_env() -> Self {
+        const SETTINGS: [(&str, &str, &str); 6] = [
+            ("gateway", "SAGAPAY_GATEWAY_URL", "http://127.0.0.1:8000"),
+            (
+                "orchestrator",
+                "SAGAPAY_ORCHESTRATOR_URL",
+                "http://127.0.0.1:8001",
+            ),
+            ("risk", "SAGAPAY_RISK_URL", "http://127.0.0.1:8002"),
+            (
+                "provider-adapter",
+                "SAGAPAY_PROVIDER_ADAPTER_URL",
+                "http://127.0.0.1:8003",
+            ),
+            ("ledger", "SAGAPAY_LEDGER_URL", "http://127.0.0.1:8004"),
+            (
+                "notification",
+                "SAGAPAY_NOTIFICATION_URL",
+                "http://127.0.0.1:8005",
+            ),
+        ];
+        Self(
+            SETTINGS
+                .iter()
+                .map(|(s, name, default)| {
+                    (*s, env_or(name, default).trim_end_matches('/').to_owned())
+                })
+                .collect(),
+        )
+    }
+
+    /// The base URL of `service`.
+    pub fn of(&self, service: &str) -> &str {
+        self.0
+            .iter()
+            .find(|(s, _)| *s == service)
+            .map(|(_, u)| u.as_str())
+            .unwrap_or_else(|| panic!("no URL for service {service}"))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub common: CommonConfig,
+    pub services: ServiceUrls,
+    /// The ops key the console calls the ops routes with (`SAGAPAY_OPS_KEY`).
+    pub ops_key: OpsKey,
+    /// A session ends after this long without a request (`SAGAPAY_CONSOLE_SESSION_IDLE_MS`).
+    pub session_idle: Duration,
+    /// ... and this long after its login whatever happens (`SAGAPAY_CONSOLE_SESSION_MAX_MS`).
+    pub session_max: Duration,
+    /// TLS is terminated in front of the console (`SAGAPAY_CONSOLE_BEHIND_TLS_PROXY=true`).
+    pub behind_tls_proxy: bool,
+    /// How often the services' metrics are sampled for the health charts.
+    pub sample_every: Duration,
+}
+
+impl Config {
+    /// The console's settings (`SAGAPAY_CONSOLE_*`, see `docs/configuration.md`).
+    pub fn from_env() -> anyhow::Result<Self> {
+        let common = CommonConfig::from_env(SERVICE, DEFAULT_PORT)?;
+        let behind_tls_proxy = match env_or("SAGAPAY_CONSOLE_BEHIND_TLS_PROXY", "false").as_str() {
+            "true" => true,
+            "false" => false,
+            other => {
+                anyhow::bail!("SAGAPAY_CONSOLE_BEHIND_TLS_PROXY is true or false, not {other:?}")
+            }
+        };
+        let config = Self {
+            ops_key: OpsKey::from_env(common.environment)?,
+            services: ServiceUrls::from_env(),
+            session_idle: env_ms(
+                "SAGAPAY_CONSOLE_SESSION_IDLE_MS",
+                Duration::from_secs(30 * 60),
+            )?,
+            session_max: env_ms(
+                "SAGAPAY_CONSOLE_SESSION_MAX_MS",
+                Duration::from_secs(8 * 3600),
+            )?,
+            behind_tls_proxy,
+            sample_every: Duration::from_secs(5),
+            common,
+        };
+        config.refuse_clear_text()?;
+        Ok(config)
+    }
+
+    /// Production serves the console only over TLS: its own certificate, or a proxy in front
+    /// that terminates TLS (declared): a password or a session cookie never crosses a network
+    /// in clear.
+    fn refuse_clear_text(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.common.environment == Environment::Development
+                || self.common.tls.is_some()
+                || self.behind_tls_proxy,
+            "the console serves passwords and sessions: in production give it a certificate \
+             (SAGAPAY_TLS_CERT_FILE, SAGAPAY_TLS_KEY_FILE) or put it behind a proxy that \
+             terminates TLS and say so (SAGAPAY_CONSOLE_BEHIND_TLS_PROXY=true)"
+        );
+        Ok(())
+    }
+
+    /// A console for an in-process test, calling the services at `services`.
+    pub fn for_test(common: CommonConfig, services: ServiceUrls) -> Self {
+        Self {
+            common,
+            services,
+            ops_key: OpsKey::development(),
+            session_idle: Duration::from_secs(30 * 60),
+            session_max: Duration::from_secs(8 * 3600),
+            behind_tls_proxy: false,
+            sample_every: Duration::from_secs(1),
+        }
+    }
+}
+
+/// The console's database of namespace `ns` on the server at `postgres_url`, made and migrated
+/// when absent: `sagapayctl operators` works before the console first ran.
+pub async fn database(
+    postgres_url: &str,
+    ns: &sagapay_domain::Namespace,
+) -> anyhow::Result<sqlx::PgPool> {
+    let name = ns.database(SERVICE);
+    sagapay_service_kit::db::ensure_database(postgres_url, &name).await?;
+    let url = sagapay_messaging::postgres_url::with_database(postgres_url, &name);
+    sagapay_messaging::migrations::apply(&url, embedded::migrations::runner()).await?;
+    Ok(sqlx::PgPool::connect(&url).await?)
+}
+
+/// Starts the console: its database (operators, sessions, actions), the metrics sampler, and
+/// its pages. In development the operator `ops` is made, with the development ops key as its
+/// password, so the demo stack needs no setup.
+pub async fn start(config: Config) -> anyhow::Result<ServiceHandle> {
+    let platform = Platform::init(
+        config.common.clone(),
+        embedded::migrations::runner,
+        &[],
+        &[],
+    )
+    .await?;
+    if config.common.environment == Environment::Development {
+        operators::seed_development(&platform.pool).await?;
+    }
+    let mut builder = platform.builder();
+    let state = state::Console::new(&config, platform.pool.clone())?;
+    let history = state.history.clone();
+    let every = config.sample_every;
+    builder.spawn("metrics-sampler", move |shutdown| {
+        history::run(history, every, shutdown)
+    });
+    let router = platform.router(pages::routes(state));
+    builder
+        .serve(config.common.http_addr, config.common.tls.clone(), router)
+        .await
+}

@@ -1,0 +1,195 @@
+//! Logging in and out. The login form carries a CSRF token that must match a short-lived
+//! cookie set with the form (a page of another site cannot post a login in the operator's
+//! browser); logins are limited per name and per client address, and the answer to a wrong
+//! name and to a wrong password is the same.
+
+use crate::operators;
+use crate::session::{self, cookie, set_cookie, Session};
+use crate::state::Console;
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::Form;
+use governor::{DefaultKeyedRateLimiter, Quota};
+use serde::Deserialize;
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+/// The login form's CSRF cookie.
+const LOGIN_COOKIE: &str = "sagapay_console_login";
+const LOGIN_FORM_LIFETIME: Duration = Duration::from_secs(600);
+
+/// Login attempts allowed: 5 at once per name, then one every 12 s; 20 at once per client
+/// address, then one every 3 s.
+pub struct LoginLimits {
+    per_name: DefaultKeyedRateLimiter<String>,
+    per_address: DefaultKeyedRateLimiter<IpAddr>,
+}
+
+impl LoginLimits {
+    pub fn new() -> Self {
+        let quota = |period_s: u64, burst: u32| {
+            Quota::with_period(Duration::from_secs(period_s))
+                .expect("a period")
+                .allow_burst(NonZeroU32::new(burst).expect("a burst"))
+        };
+        Self {
+            per_name: DefaultKeyedRateLimiter::keyed(quota(12, 5)),
+            per_address: DefaultKeyedRateLimiter::keyed(quota(3, 20)),
+        }
+    }
+
+    fn allow(&self, name: &str, address: IpAddr) -> bool {
+        self.per_address.check_key(&address).is_ok()
+            && self.per_name.check_key(&name.to_ascii_lowercase()).is_ok()
+    }
+}
+
+impl Default for LoginLimits {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct LoginForm {
+    #[serde(default)]
+    username: String,
+    #[serde(default)]
+    password: String,
+    #[serde(default)]
+    csrf_token: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct LoginQuery {
+    #[serde(default)]
+    expired: String,
+}
+
+/// `GET /login`: the form, with a fresh CSRF token in it and in its cookie.
+pub async fn form(Query(q): Query<LoginQuery>) -> Response {
+    render_form(StatusCode::OK, None, q.expired == "1")
+}
+
+fn render_form(status: StatusCode, error: Option<(&str, &str)>, expired: bool) -> Response {
+    let Ok(token) = session::random_token() else {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
+    let page = crate::pages::layout::login_page(&token, error, expired);
+    (
+        status,
+        [(
+            header::SET_COOKIE,
+            set_cookie(LOGIN_COOKIE, &token, LOGIN_FORM_LIFETIME),
+        )],
+        page,
+    )
+        .into_response()
+}
+
+/// `POST /login`: a session for the right name and password.
+pub async fn login(
+    State(state): State<Console>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Form(form): Form<LoginForm>,
+) -> Response {
+    let expected = cookie(&headers, LOGIN_COOKIE).unwrap_or_default();
+    if expected.is_empty()
+        || !sagapay_service_kit::constant_time::secret_matches(&form.csrf_token, &expected)
+    {
+        return session::refusal(
+            StatusCode::FORBIDDEN,
+            "csrf_token_invalid",
+            "This login form's security token is missing or stale: open the login page again.",
+        );
+    }
+    if !state.login_limits.allow(&form.username, peer.ip()) {
+        let mut resp = render_form(
+            StatusCode::TOO_MANY_REQUESTS,
+            Some((
+                "too_many_logins",
+                "Too many attempts: wait a minute and try again.",
+            )),
+            false,
+        );
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("60"));
+        return resp;
+    }
+    match operators::verify(&state.pool, &form.username, &form.password).await {
+        Ok(Some(_role)) => open_session(&state, &form.username).await,
+        Ok(None) => {
+            tracing::info!(operator = %form.username, "console login refused");
+            render_form(
+                StatusCode::UNAUTHORIZED,
+                Some(("invalid_credentials", "Wrong name or password.")),
+                false,
+            )
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "console login failed");
+            session::refusal(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "console_database_unavailable",
+                "The console's database does not answer; try again in a moment.",
+            )
+        }
+    }
+}
+
+async fn open_session(state: &Console, operator: &str) -> Response {
+    match session::open(&state.pool, operator, state.session_max).await {
+        Ok(token) => {
+            tracing::info!(operator, "console login");
+            let mut resp = Redirect::to("/").into_response();
+            let h = resp.headers_mut();
+            for c in [
+                set_cookie(session::COOKIE, &token, state.session_max),
+                set_cookie(LOGIN_COOKIE, "", Duration::ZERO),
+            ] {
+                if let Ok(v) = header::HeaderValue::from_str(&c) {
+                    h.append(header::SET_COOKIE, v);
+                }
+            }
+            resp
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "opening a console session");
+            StatusCode::SERVICE_UNAVAILABLE.into_response()
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CsrfForm {
+    #[serde(default)]
+    csrf_token: String,
+}
+
+/// `POST /logout`: the session ends.
+pub async fn logout(
+    State(state): State<Console>,
+    session: Session,
+    headers: HeaderMap,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    if let Err(refused) = session.check_csrf(&form.csrf_token) {
+        return refused;
+    }
+    if let Some(token) = cookie(&headers, session::COOKIE) {
+        if let Err(e) = session::close(&state.pool, &token).await {
+            tracing::warn!(error = %e, "closing a console session");
+        }
+    }
+    (
+        [(
+            header::SET_COOKIE,
+            set_cookie(session::COOKIE, "", Duration::ZERO),
+        )],
+        Redirect::to("/login"),
+    )
+        .into_response()
+}

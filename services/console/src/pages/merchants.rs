@@ -1,0 +1,240 @@
+//! Merchants: each with its API keys (create: the secret is shown once, on the answer page;
+//! revoke), its share of admission control (its payments in flight and parked, its own limit
+//! or the default, set through the orchestrator's ops route), and its webhook endpoints.
+//! Keys are the gateway's (`sagapay_gateway::keys`, as `sagapayctl key`).
+
+use super::layout::{can_act, csrf, page, time};
+use super::{outcome, ActionForm};
+use crate::audit;
+use crate::reads::{self, Admission, Endpoint};
+use crate::session::Session;
+use crate::state::Console;
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use axum::Form;
+use maud::{html, Markup};
+use sagapay_gateway::keys::{self, KeyRecord, MerchantRecord};
+use serde::Deserialize;
+use uuid::Uuid;
+
+/// `GET /merchants`.
+pub async fn list(State(state): State<Console>, session: Session) -> Response {
+    let merchants = match keys::list_merchants(&state.dbs.gateway).await {
+        Ok(m) => m,
+        Err(e) => return super::unavailable(e.into()),
+    };
+    let (admission, endpoints) = tokio::join!(
+        reads::admission(&state.dbs.orchestrator),
+        reads::endpoints(&state.dbs.notification),
+    );
+    let (admission, endpoints) = (admission.unwrap_or_default(), endpoints.unwrap_or_default());
+    let mut cards = Vec::new();
+    for m in &merchants {
+        let keys = keys::list_keys(&state.dbs.gateway, m.merchant_id)
+            .await
+            .unwrap_or_default();
+        let share = admission.iter().find(|a| a.merchant_id == m.merchant_id);
+        let hooks: Vec<&Endpoint> = endpoints
+            .iter()
+            .filter(|e| e.merchant_id == m.merchant_id)
+            .collect();
+        cards.push(card(&session, m, &keys, share, &hooks));
+    }
+    let body = html! {
+        @if merchants.is_empty() { p class="empty" { "No merchant yet (sagapayctl merchant create NAME)." } }
+        @for c in cards { (c) }
+    };
+    page(&session, "/merchants", "Merchants", body).into_response()
+}
+
+fn card(
+    session: &Session,
+    m: &MerchantRecord,
+    keys: &[KeyRecord],
+    share: Option<&Admission>,
+    hooks: &[&Endpoint],
+) -> Markup {
+    let act = can_act(session);
+    html! {
+        article class="card merchant" data-merchant=(m.merchant_id) {
+            header { strong { (m.name) } " " span class="id" { (m.merchant_id) } " · since " (time(m.created_at)) }
+            p class="meta" {
+                "In flight: " (share.map_or(0, |s| s.in_flight)) " · parked for an operator: " (share.map_or(0, |s| s.parked))
+                " · own limit: " (share.and_then(|s| s.max_in_flight).map(|n| if n == 0 { "none".to_owned() } else { n.to_string() }).unwrap_or_else(|| "the default share".into()))
+                " · " a href={ "/payments?merchant=" (m.merchant_id) } { "payments" }
+                " · " a href={ "/webhooks?merchant=" (m.merchant_id) } { "deliveries" }
+            }
+            @if act { (limit_form(session, m.merchant_id)) }
+            h3 { "API keys" }
+            table { tbody { @for k in keys { tr class=[k.revoked_at.is_some().then_some("revoked")] {
+                td { code { (k.key_prefix) "…" } } td class="id" { (k.key_id) } td { (time(k.created_at)) }
+                td { @match k.revoked_at {
+                    Some(t) => { "revoked " (time(t)) },
+                    None => @if act { form method="post" action={ "/keys/" (k.key_id) "/revoke" } class="inline action" {
+                        (csrf(session))
+                        input type="text" name="reason" placeholder="why (recorded)" required maxlength="500";
+                        button type="submit" class="danger" { "Revoke" }
+                    } },
+                } }
+            } } } }
+            @if act { form method="post" action={ "/merchants/" (m.merchant_id) "/keys" } class="inline action" {
+                (csrf(session))
+                input type="hidden" name="reason" value="key created in the console";
+                button type="submit" { "Create a key" }
+            } }
+            h3 { "Webhook endpoints" }
+            @if hooks.is_empty() { p class="empty" { "None." } }
+            ul { @for e in hooks { li {
+                code { (e.url) } " · " (e.enabled_events.join(", "))
+                @if e.disabled { " · " span class="badge bad" { "disabled" } }
+            } } }
+        }
+    }
+}
+
+fn limit_form(session: &Session, merchant: Uuid) -> Markup {
+    html! {
+        form method="post" action={ "/merchants/" (merchant) "/limit" } class="inline action" {
+            (csrf(session))
+            input type="number" name="max_in_flight" min="0" max="1000000" placeholder="default";
+            input type="text" name="reason" placeholder="why (recorded)" required maxlength="500";
+            button type="submit" { "Set its limit" }
+        }
+    }
+}
+
+fn merchant_id(s: &str) -> Result<Uuid, Response> {
+    Uuid::parse_str(s).map_err(|_| super::not_found("That is not a merchant id."))
+}
+
+/// `POST /merchants/{id}/keys`: a new key, its secret shown once.
+pub async fn create_key(
+    State(state): State<Console>,
+    session: Session,
+    Path(merchant): Path<String>,
+    Form(form): Form<ActionForm>,
+) -> Response {
+    if let Err(refused) = form.admit(&session, false) {
+        return refused;
+    }
+    let id = match merchant_id(&merchant) {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    let result = keys::create_key(&state.dbs.gateway, id)
+        .await
+        .map_err(anyhow::Error::from);
+    let recorded = audit::record(
+        &state.pool,
+        &session.operator,
+        "key.create",
+        &id.to_string(),
+        form.reason.trim(),
+        result,
+        |k| format!("key {} created", k.key_id),
+    )
+    .await;
+    outcome(
+        &session,
+        "/merchants",
+        recorded.map(|k| {
+            format!(
+                "Key {} of merchant {id}: {} — shown once, copy it now.",
+                k.key_id, k.secret
+            )
+        }),
+    )
+}
+
+/// `POST /keys/{key_id}/revoke`.
+pub async fn revoke_key(
+    State(state): State<Console>,
+    session: Session,
+    Path(key_id): Path<String>,
+    Form(form): Form<ActionForm>,
+) -> Response {
+    if let Err(refused) = form.admit(&session, true) {
+        return refused;
+    }
+    let Ok(id) = Uuid::parse_str(&key_id) else {
+        return super::not_found("That is not a key id.");
+    };
+    let result = keys::revoke_key(&state.dbs.gateway, id)
+        .await
+        .map_err(anyhow::Error::from);
+    let recorded = audit::record(
+        &state.pool,
+        &session.operator,
+        "key.revoke",
+        &id.to_string(),
+        form.reason.trim(),
+        result,
+        |k| format!("key {}… revoked", k.key_prefix),
+    )
+    .await;
+    outcome(
+        &session,
+        "/merchants",
+        recorded.map(|k| {
+            format!(
+                "Key {}… revoked: refused from the next request on.",
+                k.key_prefix
+            )
+        }),
+    )
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct LimitForm {
+    #[serde(flatten)]
+    action: ActionForm,
+    #[serde(default)]
+    max_in_flight: String,
+}
+
+/// `POST /merchants/{id}/limit`: a number (0: no limit of its own) or empty (the default).
+pub async fn set_limit(
+    State(state): State<Console>,
+    session: Session,
+    Path(merchant): Path<String>,
+    Form(form): Form<LimitForm>,
+) -> Response {
+    if let Err(refused) = form.action.admit(&session, true) {
+        return refused;
+    }
+    let id = match merchant_id(&merchant) {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    let limit = match form.max_in_flight.trim() {
+        "" => Ok(None),
+        n => n
+            .parse::<u32>()
+            .map(Some)
+            .map_err(|_| anyhow::anyhow!("{n:?} is not a number of payments")),
+    };
+    let result = match limit {
+        Ok(limit) => {
+            state
+                .ops
+                .set_merchant_limit(id, limit, &session.operator)
+                .await
+        }
+        Err(e) => Err(e),
+    };
+    let recorded = audit::record(
+        &state.pool,
+        &session.operator,
+        "merchant.limit",
+        &id.to_string(),
+        form.action.reason.trim(),
+        result,
+        |v| v.to_string(),
+    )
+    .await;
+    outcome(
+        &session,
+        "/merchants",
+        recorded.map(|v| format!("Merchant {id}: limit now {}.", v["max_in_flight"])),
+    )
+}

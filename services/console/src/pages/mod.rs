@@ -1,0 +1,141 @@
+//! The console's pages, one module each, and what their actions share: every action is a
+//! POST of a form with the session's CSRF token, taken by an admin, with a reason where the
+//! operation asks one, run through `sagapay-operations`, recorded ([`crate::audit`]), and
+//! answered with a page that says what happened (or why it was refused, with a code).
+
+pub mod layout;
+
+mod actions;
+mod attention;
+mod dead_letters;
+mod health;
+mod merchants;
+mod payments;
+mod reconciliation;
+mod reviews;
+mod webhooks;
+
+use crate::session::{refusal, Session};
+use crate::state::Console;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use maud::html;
+
+/// Every route of the console.
+pub fn routes(state: Console) -> Router {
+    Router::new()
+        .route("/", get(|| async { Redirect::to("/payments") }))
+        .route("/login", get(crate::login::form).post(crate::login::login))
+        .route("/logout", post(crate::login::logout))
+        .route("/payments", get(payments::search))
+        .route("/payments/{payment_id}", get(payments::detail))
+        .route("/attention", get(attention::list))
+        .route("/attention/{payment_id}/{verb}", post(attention::act))
+        .route("/reviews", get(reviews::list))
+        .route("/reviews/{payment_id}/{verb}", post(reviews::decide))
+        .route("/dead-letters", get(dead_letters::list))
+        .route("/dead-letters/replay", post(dead_letters::replay))
+        .route("/webhooks", get(webhooks::list))
+        .route("/webhooks/{delivery_id}/resend", post(webhooks::resend))
+        .route("/health", get(health::page_route))
+        .route("/health/live", get(health::live))
+        .route("/reconciliation", get(reconciliation::page_route))
+        .route("/merchants", get(merchants::list))
+        .route("/merchants/{merchant_id}/keys", post(merchants::create_key))
+        .route("/merchants/{merchant_id}/limit", post(merchants::set_limit))
+        .route("/keys/{key_id}/revoke", post(merchants::revoke_key))
+        .route("/actions", get(actions::list))
+        .route("/static/console.css", get(css))
+        .route("/static/console.js", get(js))
+        .layer(axum::middleware::from_fn(crate::security::headers))
+        .with_state(state)
+}
+
+async fn css() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
+        include_str!("../../static/console.css"),
+    )
+        .into_response()
+}
+
+async fn js() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        include_str!("../../static/console.js"),
+    )
+        .into_response()
+}
+
+/// What an action's form carries besides its own fields.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct ActionForm {
+    #[serde(default)]
+    pub csrf_token: String,
+    #[serde(default)]
+    pub reason: String,
+}
+
+impl ActionForm {
+    /// Checks the form before anything runs: its CSRF token, an admin, and a reason of 1 to
+    /// 500 characters when `needs_reason`.
+    pub fn admit(&self, session: &Session, needs_reason: bool) -> Result<(), Response> {
+        session.check_csrf(&self.csrf_token)?;
+        session.require_admin()?;
+        let reason = self.reason.trim();
+        if needs_reason && (reason.is_empty() || reason.chars().count() > 500) {
+            return Err(refusal(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "reason_required",
+                "Say why (1 to 500 characters): the reason is recorded with your name.",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The page after an action: what it did, or why it was refused, and the way back.
+pub fn outcome(session: &Session, back: &str, result: anyhow::Result<String>) -> Response {
+    match result {
+        Ok(done) => layout::page(
+            session,
+            back,
+            "Done",
+            html! {
+                p class="done" data-code="done" { (done) }
+                p { a href=(back) { "Back" } }
+            },
+        )
+        .into_response(),
+        Err(e) => (
+            StatusCode::CONFLICT,
+            layout::page(
+                session,
+                back,
+                "Refused",
+                html! {
+                    p class="error" data-code="operation_refused" { (format!("{e:#}")) }
+                    p { a href=(back) { "Back" } }
+                },
+            ),
+        )
+            .into_response(),
+    }
+}
+
+/// A page for something that does not exist (a payment id that is not one, say).
+pub fn not_found(what: &str) -> Response {
+    refusal(StatusCode::NOT_FOUND, "not_found", what)
+}
+
+/// A page for a read that failed (a database or a service that does not answer).
+pub fn unavailable(e: anyhow::Error) -> Response {
+    tracing::warn!(error = %format!("{e:#}"), "console read failed");
+    refusal(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "read_failed",
+        &format!("Could not read what this page shows: {e:#}"),
+    )
+}
