@@ -332,13 +332,15 @@ async fn request_context(
     resp
 }
 
+/// An error answer not in the one error shape: not JSON, and not a page (the console's
+/// refusals are HTML pages with their code, for a browser).
 fn is_foreign_error(resp: &Response) -> bool {
-    let json = resp
+    let own = resp
         .headers()
         .get(axum::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
-    (resp.status().is_client_error() || resp.status().is_server_error()) && !json
+        .is_some_and(|v| v.starts_with("application/json") || v.starts_with("text/html"));
+    (resp.status().is_client_error() || resp.status().is_server_error()) && !own
 }
 
 /// The error shape for a status some layer below produced with a plain-text reason.

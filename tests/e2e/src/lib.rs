@@ -2,6 +2,7 @@
 //! Kafka of `scripts/stack.sh`, isolated by a fresh namespace (its own databases, topics and
 //! consumer groups), so tests run in parallel against one broker and one server.
 
+pub mod browser;
 pub mod chaos;
 pub mod servers;
 pub mod tls;
@@ -285,6 +286,20 @@ impl TestStack {
             _share: share,
             torn_down: false,
         }
+    }
+
+    /// Starts the operators' console on this stack (its own database in the stack's
+    /// namespace, the services' URLs of this stack); stop it with `ServiceHandle::stop`.
+    pub async fn start_console(&self) -> ServiceHandle {
+        let services = sagapay_console::ServiceUrls(
+            SERVICES.iter().map(|s| (*s, self.service_url(s))).collect(),
+        );
+        sagapay_console::start(sagapay_console::Config::for_test(
+            self.options.config(sagapay_console::SERVICE, &self.ns),
+            services,
+        ))
+        .await
+        .expect("the console starts")
     }
 
     pub fn gateway_url(&self) -> String {
@@ -733,6 +748,11 @@ pub async fn create_payment_at(
 
 /// A binary of the workspace, built next to the test binary (`cargo build --bins`, which
 /// `scripts/test.sh` runs before the tests).
+/// The workspace's root directory.
+pub fn workspace_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
 pub fn target_binary(name: &str) -> std::path::PathBuf {
     // target/debug/deps/e2e-<hash> -> target/debug/<name>
     let exe = std::env::current_exe().expect("test binary path");

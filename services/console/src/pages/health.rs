@@ -2,7 +2,7 @@
 //! outbox and webhook backlogs, admission (in flight and refused, per merchant), and charts
 //! of the last hour drawn from the services' own metrics ([`crate::history`]): settled per
 //! second, time to SETTLED p50 and p99, errors and retries per second. The live part is
-//! `GET /health/live`, which the page's script fetches again every 5 s.
+//! `GET /system/live`, which the page's script fetches again every 5 s.
 
 use super::layout::{badge, page};
 use crate::history::{self, Point, Sample};
@@ -19,12 +19,12 @@ const SPAN: usize = 6;
 /// `GET /health`.
 pub async fn page_route(State(state): State<Console>, session: Session) -> Response {
     let body = html! {
-        div id="live" data-refresh="/health/live" { (live_part(&state).await) }
+        div id="live" data-refresh="/system/live" { (live_part(&state).await) }
     };
-    page(&session, "/health", "Health", body).into_response()
+    page(&session, "/system", "Health", body).into_response()
 }
 
-/// `GET /health/live`: the part of the page that is fetched again.
+/// `GET /system/live`: the part of the page that is fetched again.
 pub async fn live(State(state): State<Console>, _session: Session) -> Response {
     live_part(&state).await.into_response()
 }

@@ -14,7 +14,7 @@ const NAV: [(&str, &str); 9] = [
     ("/reviews", "Reviews"),
     ("/dead-letters", "Dead letters"),
     ("/webhooks", "Webhooks"),
-    ("/health", "Health"),
+    ("/system", "Health"),
     ("/reconciliation", "Reconciliation"),
     ("/merchants", "Merchants"),
     ("/actions", "Actions"),

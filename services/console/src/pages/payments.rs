@@ -207,7 +207,10 @@ fn summary(d: &PaymentDetail) -> Markup {
 /// Who did a step: the service whose event it was, or the operator named in its reason.
 fn actor(step: &reads::Step) -> &'static str {
     let r = step.reason.to_ascii_lowercase();
-    if r.contains("operator") || r.contains(" by ") {
+    let by_operator = ["failed by ", "accepted by ", "retried by "]
+        .iter()
+        .any(|p| r.starts_with(p));
+    if by_operator || r.contains("operator") {
         return "operator";
     }
     match step.to_state.as_str() {

@@ -2,6 +2,7 @@
 //! One test binary, so the services are linked once.
 
 mod architecture;
+mod console;
 mod consumer_batch;
 mod consumer_failures;
 mod contract;
