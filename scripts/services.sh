@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Starts or stops the six SagaPay services in the background, from the build of profile
+# Starts or stops the six SagaPay services and the operators' console in the background, from the build of profile
 # BUILD_PROFILE (scripts/up.sh builds `quick`), or by default the newer of the
 # `release` and `quick` builds.
 #   scripts/services.sh start [--instances N] | stop | status
@@ -92,8 +92,11 @@ start() {
         export SAGAPAY_NOTIFICATION_URL="$(url_of notification "$i")"
         export SAGAPAY_INSTANCE_ID="$i"
         if secure_kafka; then
-          export SAGAPAY_KAFKA_CLIENT_CONFIG="${SAGAPAY_KAFKA_CLIENT_CONFIG//\{service\}/$svc}"
-          export SAGAPAY_KAFKA_SASL_PASSWORD_FILE="${SAGAPAY_KAFKA_SASL_PASSWORD_FILE//\{service\}/$svc}"
+          # The console reads and replays dead letters: it is the operators' Kafka user.
+          local user="$svc"
+          [ "$svc" = console ] && user=sagapayctl
+          export SAGAPAY_KAFKA_CLIENT_CONFIG="${SAGAPAY_KAFKA_CLIENT_CONFIG//\{service\}/$user}"
+          export SAGAPAY_KAFKA_SASL_PASSWORD_FILE="${SAGAPAY_KAFKA_SASL_PASSWORD_FILE//\{service\}/$user}"
         fi
         nohup "${bin[@]}" >>"$log" 2>&1 &
         echo $! > "$RUN_DIR/$svc.$i.pid"

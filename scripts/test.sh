@@ -59,6 +59,13 @@ if ! "$st" --version 2>/dev/null | grep -qF "$SCHEMATHESIS_VERSION"; then
   st_install=$!
 fi
 export SCHEMATHESIS_BIN="$st"
+# The console's browser tests (tests/e2e/tests/e2e/console.rs): Debian's Chromium and its
+# WebDriver, installed beside the build too.
+browser_install=
+if ! command -v chromedriver >/dev/null || [ ! -x /usr/lib/chromium/chromium ]; then
+  apt_install chromium chromium-driver &
+  browser_install=$!
+fi
 started=$SECONDS
 # The tests build in the profile scripts/up.sh builds (`quick`), so the dependencies compiled
 # there are not compiled again; the process-level tests run the services' binary of it.
@@ -66,6 +73,9 @@ CFLAGS="$QUICK_CFLAGS" cargo build --profile quick --workspace --locked --bins
 CFLAGS="$QUICK_CFLAGS" cargo test --profile quick --workspace --locked --no-run "$@"
 if [ -n "$st_install" ]; then
   wait "$st_install" || die "installing Schemathesis $SCHEMATHESIS_VERSION failed"
+fi
+if [ -n "$browser_install" ]; then
+  wait "$browser_install" || die "installing chromium and chromium-driver failed"
 fi
 mkdir -p "$LOCAL_DIR"
 out="$LOCAL_DIR/test-output.log"

@@ -58,5 +58,8 @@ Try one yourself:
     -d '{"customer_id":"cust-1","amount_cents":2500,"currency":"USD","idempotency_key":"my-first-payment"}'
   curl -H 'x-api-key: $API_KEY' $GATEWAY/payments/<payment_id>
 
+The operators' console, with this payment's timeline (log in as ops, password dev-ops-secret):
+  http://127.0.0.1:${SERVICE_PORT[console]}/payments/$payment_id
+
 Services: scripts/services.sh status    Logs: .local/logs/    Stop everything: scripts/down.sh
 EOT

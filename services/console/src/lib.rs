@@ -206,3 +206,44 @@ pub async fn start(config: Config) -> anyhow::Result<ServiceHandle> {
         .serve(config.common.http_addr, config.common.tls.clone(), router)
         .await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(environment: Environment, tls: bool, behind_tls_proxy: bool) -> Config {
+        let mut common =
+            CommonConfig::for_test(SERVICE, sagapay_domain::Namespace::parse("t").unwrap());
+        common.environment = environment;
+        if tls {
+            common.tls = Some(sagapay_service_kit::tls_server::TlsFiles {
+                cert: "cert.pem".into(),
+                key: "key.pem".into(),
+            });
+        }
+        let mut c = Config::for_test(common, ServiceUrls(Vec::new()));
+        c.behind_tls_proxy = behind_tls_proxy;
+        c
+    }
+
+    #[test]
+    fn production_serves_the_console_over_tls_only() {
+        let refused = config(Environment::Production, false, false).refuse_clear_text();
+        assert!(
+            refused
+                .unwrap_err()
+                .to_string()
+                .contains("SAGAPAY_CONSOLE_BEHIND_TLS_PROXY"),
+            "the refusal names the way out"
+        );
+        assert!(config(Environment::Production, true, false)
+            .refuse_clear_text()
+            .is_ok());
+        assert!(config(Environment::Production, false, true)
+            .refuse_clear_text()
+            .is_ok());
+        assert!(config(Environment::Development, false, false)
+            .refuse_clear_text()
+            .is_ok());
+    }
+}

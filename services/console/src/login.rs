@@ -177,7 +177,7 @@ pub async fn logout(
     Form(form): Form<CsrfForm>,
 ) -> Response {
     if let Err(refused) = session.check_csrf(&form.csrf_token) {
-        return refused;
+        return refused.into_response();
     }
     if let Some(token) = cookie(&headers, session::COOKIE) {
         if let Err(e) = session::close(&state.pool, &token).await {

@@ -113,7 +113,8 @@ pub async fn seed_development(pool: &PgPool) -> anyhow::Result<()> {
 
 /// Every operator, by name.
 pub async fn list(pool: &PgPool) -> anyhow::Result<Vec<Operator>> {
-    let rows: Vec<(String, String, DateTime<Utc>, Option<DateTime<Utc>>)> =
+    type Row = (String, String, DateTime<Utc>, Option<DateTime<Utc>>);
+    let rows: Vec<Row> =
         sqlx::query_as("SELECT name, role, created_at, disabled_at FROM operators ORDER BY name")
             .fetch_all(pool)
             .await?;

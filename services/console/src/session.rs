@@ -111,13 +111,38 @@ pub async fn find(pool: &PgPool, token: &str, idle: Duration) -> anyhow::Result<
     .transpose()
 }
 
+/// Why a request is refused: its status, a machine-readable code and a message; answered as
+/// a page ([`refusal`]).
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl Refusal {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        refusal(self.status, self.code, &self.message)
+    }
+}
+
 impl Session {
     /// Refuses a form without this session's CSRF token (403).
-    pub fn check_csrf(&self, given: &str) -> Result<(), Response> {
+    pub fn check_csrf(&self, given: &str) -> Result<(), Refusal> {
         if sagapay_service_kit::constant_time::secret_matches(given, &self.csrf_token) {
             Ok(())
         } else {
-            Err(refusal(
+            Err(Refusal::new(
                 StatusCode::FORBIDDEN,
                 "csrf_token_invalid",
                 "This form's security token is missing or stale: reload the page and try again.",
@@ -126,10 +151,10 @@ impl Session {
     }
 
     /// Refuses a viewer (403): only admins act.
-    pub fn require_admin(&self) -> Result<(), Response> {
+    pub fn require_admin(&self) -> Result<(), Refusal> {
         match self.role {
             Role::Admin => Ok(()),
-            Role::Viewer => Err(refusal(
+            Role::Viewer => Err(Refusal::new(
                 StatusCode::FORBIDDEN,
                 "operator_not_admin",
                 "Viewers see; only an admin operator can do this.",

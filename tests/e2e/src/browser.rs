@@ -42,7 +42,8 @@ impl Browser {
             .stderr(Stdio::null())
             .spawn()
             .expect("chromedriver runs (scripts/test.sh installs chromium-driver)");
-        let profile = std::env::temp_dir().join(format!("sagapay-chromium-{}", uuid::Uuid::new_v4()));
+        let profile =
+            std::env::temp_dir().join(format!("sagapay-chromium-{}", uuid::Uuid::new_v4()));
         let caps = serde_json::json!({
             "goog:chromeOptions": {
                 "binary": program(&["/usr/lib/chromium/chromium", "/usr/bin/chromium"]),

@@ -110,7 +110,7 @@ pub async fn act(
     Form(form): Form<ActionForm>,
 ) -> Response {
     if let Err(refused) = form.admit(&session, true) {
-        return refused;
+        return refused.into_response();
     }
     let Ok(id) = Uuid::parse_str(&payment_id) else {
         return super::not_found("That is not a payment id.");

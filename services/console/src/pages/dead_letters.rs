@@ -148,7 +148,7 @@ pub async fn replay(
 ) -> Response {
     let confirmed = form.confirm == "yes";
     if let Err(refused) = form.action.admit(&session, confirmed) {
-        return refused;
+        return refused.into_response();
     }
     let entries = match matching(&state, &form.filter).await {
         Ok(e) if e.is_empty() => {

@@ -44,17 +44,15 @@ async fn live_part(state: &Console) -> Markup {
         .await
         .unwrap_or_default();
     html! {
-        div class="columns" {
-            section { h2 { "Services" } (services(&readiness, samples.last())) }
-            section { h2 { "Admission" } (admission_table(samples.last(), &admission)) }
-        }
+        h2 { "Services" } (services(&readiness, samples.last()))
+        h2 { "Admission" } (admission_table(samples.last(), &admission))
         h2 { "The last hour" }
         div class="charts" { (charts(&samples)) }
     }
 }
 
 fn services(readiness: &[(&str, bool, String)], last: Option<&Sample>) -> Markup {
-    let gauge = |s: &str, name: &str| last.map_or(0.0, |l| l.sum(Some(s), name, |_| true));
+    let gauge = |s: &str, name: &str| count(last.map_or(0.0, |l| l.sum(Some(s), name, |_| true)));
     html! {
         table class="services" {
             thead { tr { th { "Service" } th { "Ready" } th class="num" { "Consumer lag" } th class="num" { "Stalled s" }
@@ -63,7 +61,7 @@ fn services(readiness: &[(&str, bool, String)], last: Option<&Sample>) -> Markup
                 td { (s) }
                 td { (badge(if *ready { "ready" } else { "down" })) @if !*ready { " " small { (body.chars().take(200).collect::<String>()) } } }
                 td class="num" { (gauge(s, "consumer_lag_messages")) }
-                td class="num" { (last.map_or(0.0, |l| l.max(s, "consumer_stalled_seconds"))) }
+                td class="num" { (count(last.map_or(0.0, |l| l.max(s, "consumer_stalled_seconds")))) }
                 td class="num" { (gauge(s, "outbox_pending_total")) }
                 td class="num" { (gauge(s, "webhook_backlog")) }
             } } }
@@ -72,7 +70,8 @@ fn services(readiness: &[(&str, bool, String)], last: Option<&Sample>) -> Markup
 }
 
 fn admission_table(last: Option<&Sample>, merchants: &[reads::Admission]) -> Markup {
-    let total = |name: &str| last.map_or(0.0, |l| l.sum(Some("orchestrator"), name, |_| true));
+    let total =
+        |name: &str| count(last.map_or(0.0, |l| l.sum(Some("orchestrator"), name, |_| true)));
     html! {
         p class="meta" {
             "In flight: " (total("admission_payments_in_flight")) " · refused (all): "
@@ -86,6 +85,11 @@ fn admission_table(last: Option<&Sample>, merchants: &[reads::Admission]) -> Mar
                 td class="num" { (m.max_in_flight.map(|n| n.to_string()).unwrap_or_else(|| "default".into())) }
             } } } }
     }
+}
+
+/// A count as a whole number (a sum of nothing is 0, never -0).
+fn count(v: f64) -> i64 {
+    v.round() as i64
 }
 
 fn charts(samples: &[Sample]) -> Markup {
@@ -140,6 +144,9 @@ fn chart(title: &str, points: &[Point], unit: &str) -> Markup {
             svg viewBox={ "0 0 " (W) " " (H) } width="100%" height="120" role="img" aria-label=(title) {
                 line x1="0" y1=(H) x2=(W) y2=(H) stroke="#ccd" {}
                 polyline points=(line) fill="none" stroke="#3a5fcd" stroke-width="2" {}
+                @if let Some(end) = line.split_whitespace().last().and_then(|p| p.split_once(',')) {
+                    circle cx=(end.0) cy=(end.1) r="3" fill="#3a5fcd" {}
+                }
             }
         }
     }

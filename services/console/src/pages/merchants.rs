@@ -7,7 +7,7 @@ use super::layout::{can_act, csrf, page, time};
 use super::{outcome, ActionForm};
 use crate::audit;
 use crate::reads::{self, Admission, Endpoint};
-use crate::session::Session;
+use crate::session::{Refusal, Session};
 use crate::state::Console;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
@@ -103,8 +103,14 @@ fn limit_form(session: &Session, merchant: Uuid) -> Markup {
     }
 }
 
-fn merchant_id(s: &str) -> Result<Uuid, Response> {
-    Uuid::parse_str(s).map_err(|_| super::not_found("That is not a merchant id."))
+fn merchant_id(s: &str) -> Result<Uuid, Refusal> {
+    Uuid::parse_str(s).map_err(|_| {
+        Refusal::new(
+            axum::http::StatusCode::NOT_FOUND,
+            "not_found",
+            "That is not a merchant id.",
+        )
+    })
 }
 
 /// `POST /merchants/{id}/keys`: a new key, its secret shown once.
@@ -115,11 +121,11 @@ pub async fn create_key(
     Form(form): Form<ActionForm>,
 ) -> Response {
     if let Err(refused) = form.admit(&session, false) {
-        return refused;
+        return refused.into_response();
     }
     let id = match merchant_id(&merchant) {
         Ok(id) => id,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let result = keys::create_key(&state.dbs.gateway, id)
         .await
@@ -154,7 +160,7 @@ pub async fn revoke_key(
     Form(form): Form<ActionForm>,
 ) -> Response {
     if let Err(refused) = form.admit(&session, true) {
-        return refused;
+        return refused.into_response();
     }
     let Ok(id) = Uuid::parse_str(&key_id) else {
         return super::not_found("That is not a key id.");
@@ -200,11 +206,11 @@ pub async fn set_limit(
     Form(form): Form<LimitForm>,
 ) -> Response {
     if let Err(refused) = form.action.admit(&session, true) {
-        return refused;
+        return refused.into_response();
     }
     let id = match merchant_id(&merchant) {
         Ok(id) => id,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let limit = match form.max_in_flight.trim() {
         "" => Ok(None),

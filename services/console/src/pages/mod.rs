@@ -15,7 +15,7 @@ mod reconciliation;
 mod reviews;
 mod webhooks;
 
-use crate::session::{refusal, Session};
+use crate::session::{refusal, Refusal, Session};
 use crate::state::Console;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -81,12 +81,12 @@ pub struct ActionForm {
 impl ActionForm {
     /// Checks the form before anything runs: its CSRF token, an admin, and a reason of 1 to
     /// 500 characters when `needs_reason`.
-    pub fn admit(&self, session: &Session, needs_reason: bool) -> Result<(), Response> {
+    pub fn admit(&self, session: &Session, needs_reason: bool) -> Result<(), Refusal> {
         session.check_csrf(&self.csrf_token)?;
         session.require_admin()?;
         let reason = self.reason.trim();
         if needs_reason && (reason.is_empty() || reason.chars().count() > 500) {
-            return Err(refusal(
+            return Err(Refusal::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "reason_required",
                 "Say why (1 to 500 characters): the reason is recorded with your name.",

@@ -58,7 +58,7 @@ pub async fn decide(
     Form(form): Form<ActionForm>,
 ) -> Response {
     if let Err(refused) = form.admit(&session, false) {
-        return refused;
+        return refused.into_response();
     }
     let Ok(id) = Uuid::parse_str(&payment_id) else {
         return super::not_found("That is not a payment id.");

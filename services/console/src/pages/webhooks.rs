@@ -96,7 +96,7 @@ pub async fn resend(
     Form(form): Form<ActionForm>,
 ) -> Response {
     if let Err(refused) = form.admit(&session, false) {
-        return refused;
+        return refused.into_response();
     }
     let Ok(id) = Uuid::parse_str(&delivery_id) else {
         return super::not_found("That is not a delivery id.");

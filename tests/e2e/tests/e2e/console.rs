@@ -110,7 +110,8 @@ async fn an_operator_finds_decides_resends_and_replays_in_the_browser() {
     b.wait_for_text("Operator", PAGE, false).await;
     b.screenshot("01-login").await;
     log_in(&b, &base, "ops", "not the password").await;
-    b.wait_for_text("Wrong name or password.", PAGE, false).await;
+    b.wait_for_text("Wrong name or password.", PAGE, false)
+        .await;
     b.screenshot("02-login-refused").await;
     log_in(&b, &base, "ops", "dev-ops-secret").await;
     b.wait_for_text("Log out", PAGE, false).await;
@@ -134,13 +135,29 @@ async fn find_a_payment(b: &Browser, payment_id: &str) {
     b.click(&format!("a[href='/payments/{payment_id}']")).await;
     b.wait_for_text("Timeline", PAGE, false).await;
     let text = b.text().await;
-    for expected in ["CREATED", "APPROVED", "AUTHORIZED", "CAPTURED", "SETTLED", "25.00 USD"] {
-        assert!(text.contains(expected), "the timeline lacks {expected}:\n{text}");
+    for expected in [
+        "CREATED",
+        "APPROVED",
+        "AUTHORIZED",
+        "CAPTURED",
+        "SETTLED",
+        "25.00 USD",
+    ] {
+        assert!(
+            text.contains(expected),
+            "the timeline lacks {expected}:\n{text}"
+        );
     }
     // The provider's calls and the ledger's posting beside the timeline.
-    assert!(text.contains("AUTHORIZE") && text.contains("CAPTURE"), "{text}");
+    assert!(
+        text.contains("AUTHORIZE") && text.contains("CAPTURE"),
+        "{text}"
+    );
     let upper = text.to_uppercase();
-    assert!(upper.contains("DEBIT") && upper.contains("CREDIT"), "{text}");
+    assert!(
+        upper.contains("DEBIT") && upper.contains("CREDIT"),
+        "{text}"
+    );
     let steps = b
         .client
         .find_all(Locator::Css("ol.timeline li"))
@@ -161,7 +178,10 @@ async fn approve_a_review(stack: &TestStack, b: &Browser, base: &str, payment_id
     b.goto(&format!("{base}/payments/{payment_id}")).await;
     b.wait_for_text("review.approve", PAGE, true).await;
     let text = b.text().await;
-    assert!(text.contains("SETTLED") && text.contains("1500.00 USD"), "{text}");
+    assert!(
+        text.contains("SETTLED") && text.contains("1500.00 USD"),
+        "{text}"
+    );
 }
 
 async fn resend_a_webhook(
@@ -214,7 +234,8 @@ async fn replay_a_dead_letter(stack: &mut TestStack, b: &Browser, base: &str, pa
     b.screenshot("07-dead-letters").await;
     b.click(&format!("details[data-position='{position}'] form button"))
         .await;
-    b.wait_for_text("Dry run: nothing was sent", PAGE, false).await;
+    b.wait_for_text("Dry run: nothing was sent", PAGE, false)
+        .await;
     b.screenshot("08-replay-dry-run").await;
     assert_eq!(
         stack.get_payment(payment_id).await["status"],
@@ -223,7 +244,8 @@ async fn replay_a_dead_letter(stack: &mut TestStack, b: &Browser, base: &str, pa
     );
     b.fill("reason", "the ledger posts EUR now").await;
     b.click("button.danger").await;
-    b.wait_for_text("1 dead letter(s) replayed", PAGE, false).await;
+    b.wait_for_text("1 dead letter(s) replayed", PAGE, false)
+        .await;
     stack.wait_for_status(payment_id, "SETTLED", WAIT).await;
 }
 
@@ -235,15 +257,24 @@ async fn the_other_pages(b: &Browser, base: &str) {
     let deadline = std::time::Instant::now() + WAIT;
     loop {
         let text = b.text().await;
-        if text.contains("Settled per second: ") && !text.contains("Settled per second: no data yet") {
-            assert!(text.contains("orchestrator") && text.contains("ready"), "{text}");
+        if text.contains("Settled per second: ")
+            && !text.contains("Settled per second: no data yet")
+        {
+            assert!(
+                text.contains("orchestrator") && text.contains("ready"),
+                "{text}"
+            );
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "no chart data:\n{text}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no chart data:\n{text}"
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     b.screenshot("10-health").await;
-    b.goto(&format!("{base}/reconciliation?run=1&settling_s=0")).await;
+    b.goto(&format!("{base}/reconciliation?run=1&settling_s=0"))
+        .await;
     b.wait_for_text("difference(s)", WAIT, false).await;
     b.screenshot("11-reconciliation").await;
     b.goto(&format!("{base}/merchants")).await;
@@ -255,7 +286,10 @@ async fn the_other_pages(b: &Browser, base: &str) {
     for action in ["review.approve", "webhook.resend", "dead_letters.replay"] {
         assert!(text.contains(action), "{action} is not recorded:\n{text}");
     }
-    assert!(text.contains("the ledger posts EUR now"), "the reason is recorded");
+    assert!(
+        text.contains("the ledger posts EUR now"),
+        "the reason is recorded"
+    );
     b.screenshot("13-actions").await;
 }
 
@@ -268,7 +302,11 @@ async fn post_from_page(b: &Browser, path: &str, token: Option<&str>) -> (u64, S
                      body: new URLSearchParams({csrf_token: token, reason: 'trying'})})
           .then(async r => done([r.status, await r.text()]));";
     let args = vec![json!(path), token.map_or(Value::Null, |t| json!(t))];
-    let v = b.client.execute_async(script, args).await.expect("the script runs");
+    let v = b
+        .client
+        .execute_async(script, args)
+        .await
+        .expect("the script runs");
     (v[0].as_u64().unwrap(), v[1].as_str().unwrap().to_owned())
 }
 
@@ -296,14 +334,19 @@ async fn the_console_refuses_strangers_viewers_and_forged_forms() {
     // operator's password.
     for (name, password) in [("dev", DEV_API_KEY), ("ops", DEV_API_KEY)] {
         log_in(&b, &base, name, password).await;
-        b.wait_for_text("Wrong name or password.", PAGE, false).await;
+        b.wait_for_text("Wrong name or password.", PAGE, false)
+            .await;
     }
     // A viewer sees the queue without buttons, and the route refuses its action.
     log_in(&b, &base, "viewer-vic", &viewer_password).await;
     b.wait_for_text("viewer", PAGE, false).await;
     b.goto(&format!("{base}/reviews")).await;
     b.wait_for_text(&review, PAGE, false).await;
-    let buttons = b.client.find_all(Locator::Css("button.approve")).await.unwrap();
+    let buttons = b
+        .client
+        .find_all(Locator::Css("button.approve"))
+        .await
+        .unwrap();
     assert!(buttons.is_empty(), "a viewer is shown no approve button");
     b.screenshot("14-viewer-reviews").await;
     let (status, body) = post_from_page(&b, &approve, None).await;
@@ -324,7 +367,8 @@ async fn the_console_refuses_strangers_viewers_and_forged_forms() {
         )
         .await
         .unwrap();
-    b.click(&format!("tr[data-payment='{review}'] button.approve")).await;
+    b.click(&format!("tr[data-payment='{review}'] button.approve"))
+        .await;
     b.wait_for_text("csrf_token_invalid", PAGE, false).await;
     b.screenshot("15-csrf-refused").await;
     b.goto(&format!("{base}/reviews")).await;
@@ -375,21 +419,39 @@ async fn refusals_without_a_browser(base: &str) {
     for _ in 0..6 {
         let form = http.get(format!("{base}/login")).send().await.unwrap();
         let cookie = form.headers()["set-cookie"].to_str().unwrap().to_owned();
-        let token = cookie.split(';').next().unwrap().split_once('=').unwrap().1.to_owned();
+        let token = cookie
+            .split(';')
+            .next()
+            .unwrap()
+            .split_once('=')
+            .unwrap()
+            .1
+            .to_owned();
         let page = form.text().await.unwrap();
         assert!(page.contains(&token), "the form carries its cookie's token");
         let r = http
             .post(format!("{base}/login"))
             .header("cookie", format!("sagapay_console_login={token}"))
-            .form(&[("username", "flood"), ("password", "guess"), ("csrf_token", &token)])
+            .form(&[
+                ("username", "flood"),
+                ("password", "guess"),
+                ("csrf_token", &token),
+            ])
             .send()
             .await
             .unwrap();
-        last = Some((r.status(), r.headers().get("retry-after").cloned(), r.text().await.unwrap()));
+        last = Some((
+            r.status(),
+            r.headers().get("retry-after").cloned(),
+            r.text().await.unwrap(),
+        ));
     }
     let (status, retry_after, body) = last.unwrap();
     assert_eq!(status, 429, "{body}");
-    assert!(retry_after.is_some() && body.contains("too_many_logins"), "{body}");
+    assert!(
+        retry_after.is_some() && body.contains("too_many_logins"),
+        "{body}"
+    );
     let page = http.get(format!("{base}/login")).send().await.unwrap();
     let csp = page.headers()["content-security-policy"].to_str().unwrap();
     assert!(csp.contains("frame-ancestors 'none'") && csp.contains("script-src 'self'"));
