@@ -20,12 +20,13 @@
 //! ([`security`]). Viewers see, admins act. Production refuses to start unless the console
 //! serves HTTPS itself or is declared behind a TLS-terminating proxy.
 //!
-//! One module a job: [`state`] is what every page is given, [`pages`] the pages, [`reads`] the
+//! One module a job: [`state`] is what every page is given, [`limits`] the login limits, [`pages`] the pages, [`reads`] the
 //! read-only queries on the services' databases, [`history`] the last hour of the services'
 //! metrics behind the health charts.
 
 pub mod audit;
 pub mod history;
+pub mod limits;
 pub mod login;
 pub mod operators;
 pub mod pages;
@@ -167,6 +168,17 @@ impl Config {
     }
 }
 
+/// Every route of the console, each answer with the security headers.
+fn routes(state: state::Console) -> axum::Router {
+    use axum::routing::{get, post};
+    axum::Router::new()
+        .route("/login", get(login::form).post(login::login))
+        .route("/logout", post(login::logout))
+        .merge(pages::routes())
+        .layer(axum::middleware::from_fn(security::headers))
+        .with_state(state)
+}
+
 /// The console's database of namespace `ns` on the server at `postgres_url`, made and migrated
 /// when absent: `sagapayctl operators` works before the console first ran.
 pub async fn database(
@@ -201,7 +213,7 @@ pub async fn start(config: Config) -> anyhow::Result<ServiceHandle> {
     builder.spawn("metrics-sampler", move |shutdown| {
         history::run(history, every, shutdown)
     });
-    let router = platform.router(pages::routes(state));
+    let router = platform.router(routes(state));
     builder
         .serve(config.common.http_addr, config.common.tls.clone(), router)
         .await

@@ -10,47 +10,13 @@ use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::Form;
-use governor::{DefaultKeyedRateLimiter, Quota};
 use serde::Deserialize;
-use std::net::{IpAddr, SocketAddr};
-use std::num::NonZeroU32;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 /// The login form's CSRF cookie.
 const LOGIN_COOKIE: &str = "sagapay_console_login";
 const LOGIN_FORM_LIFETIME: Duration = Duration::from_secs(600);
-
-/// Login attempts allowed: 5 at once per name, then one every 12 s; 20 at once per client
-/// address, then one every 3 s.
-pub struct LoginLimits {
-    per_name: DefaultKeyedRateLimiter<String>,
-    per_address: DefaultKeyedRateLimiter<IpAddr>,
-}
-
-impl LoginLimits {
-    pub fn new() -> Self {
-        let quota = |period_s: u64, burst: u32| {
-            Quota::with_period(Duration::from_secs(period_s))
-                .expect("a period")
-                .allow_burst(NonZeroU32::new(burst).expect("a burst"))
-        };
-        Self {
-            per_name: DefaultKeyedRateLimiter::keyed(quota(12, 5)),
-            per_address: DefaultKeyedRateLimiter::keyed(quota(3, 20)),
-        }
-    }
-
-    fn allow(&self, name: &str, address: IpAddr) -> bool {
-        self.per_address.check_key(&address).is_ok()
-            && self.per_name.check_key(&name.to_ascii_lowercase()).is_ok()
-    }
-}
-
-impl Default for LoginLimits {
-    fn default() -> Self {
-        Self::new()
-    }
-}
 
 #[derive(Debug, Deserialize)]
 pub struct LoginForm {

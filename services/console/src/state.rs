@@ -3,7 +3,7 @@
 //! metrics history and the login limits.
 
 use crate::history::History;
-use crate::login::LoginLimits;
+use crate::limits::LoginLimits;
 use crate::{Config, ServiceUrls};
 use sagapay_domain::Namespace;
 use sagapay_messaging::KafkaSettings;

@@ -23,12 +23,10 @@ use axum::routing::{get, post};
 use axum::Router;
 use maud::html;
 
-/// Every route of the console.
-pub fn routes(state: Console) -> Router {
+/// The pages' routes (logging in and out are [`crate::login`]'s).
+pub fn routes() -> Router<Console> {
     Router::new()
         .route("/", get(|| async { Redirect::to("/payments") }))
-        .route("/login", get(crate::login::form).post(crate::login::login))
-        .route("/logout", post(crate::login::logout))
         .route("/payments", get(payments::search))
         .route("/payments/{payment_id}", get(payments::detail))
         .route("/attention", get(attention::list))
@@ -49,8 +47,6 @@ pub fn routes(state: Console) -> Router {
         .route("/actions", get(actions::list))
         .route("/static/console.css", get(css))
         .route("/static/console.js", get(js))
-        .layer(axum::middleware::from_fn(crate::security::headers))
-        .with_state(state)
 }
 
 async fn css() -> Response {
