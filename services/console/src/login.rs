@@ -26,24 +26,36 @@ pub struct LoginForm {
     password: String,
     #[serde(default)]
     csrf_token: String,
+    /// The page to go back to (checked by `session::safe_next`).
+    #[serde(default)]
+    next: String,
 }
 
 #[derive(Debug, Default, Deserialize)]
 pub struct LoginQuery {
     #[serde(default)]
     expired: String,
+    /// The page to go back to after the login.
+    #[serde(default)]
+    next: String,
 }
 
 /// `GET /login`: the form, with a fresh CSRF token in it and in its cookie.
 pub async fn form(Query(q): Query<LoginQuery>) -> Response {
-    render_form(StatusCode::OK, None, q.expired == "1")
+    render_form(StatusCode::OK, None, q.expired == "1", &q.next)
 }
 
-fn render_form(status: StatusCode, error: Option<(&str, &str)>, expired: bool) -> Response {
+fn render_form(
+    status: StatusCode,
+    error: Option<(&str, &str)>,
+    expired: bool,
+    next: &str,
+) -> Response {
     let Ok(token) = session::random_token() else {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     };
-    let page = crate::pages::layout::login_page(&token, error, expired);
+    let next = Some(next).filter(|n| session::safe_next(n));
+    let page = crate::pages::layout::login_page(&token, error, expired, next);
     (
         status,
         [(
@@ -80,19 +92,21 @@ pub async fn login(
                 "Too many attempts: wait a minute and try again.",
             )),
             false,
+            &form.next,
         );
         resp.headers_mut()
             .insert(header::RETRY_AFTER, header::HeaderValue::from_static("60"));
         return resp;
     }
     match operators::verify(&state.pool, &form.username, &form.password).await {
-        Ok(Some(_role)) => open_session(&state, &form.username).await,
+        Ok(Some(_role)) => open_session(&state, &form.username, &form.next).await,
         Ok(None) => {
             tracing::info!(operator = %form.username, "console login refused");
             render_form(
                 StatusCode::UNAUTHORIZED,
                 Some(("invalid_credentials", "Wrong name or password.")),
                 false,
+                &form.next,
             )
         }
         Err(e) => {
@@ -106,11 +120,12 @@ pub async fn login(
     }
 }
 
-async fn open_session(state: &Console, operator: &str) -> Response {
+async fn open_session(state: &Console, operator: &str, next: &str) -> Response {
     match session::open(&state.pool, operator, state.session_max).await {
         Ok(token) => {
             tracing::info!(operator, "console login");
-            let mut resp = Redirect::to("/").into_response();
+            let to = if session::safe_next(next) { next } else { "/" };
+            let mut resp = Redirect::to(to).into_response();
             let h = resp.headers_mut();
             for c in [
                 set_cookie(session::COOKIE, &token, state.session_max),

@@ -12,6 +12,7 @@ use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use base64::Engine;
+use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use std::time::Duration;
@@ -163,6 +164,18 @@ impl Session {
     }
 }
 
+/// Whether `next` may be redirected to after a login: a path of this console, never another
+/// site (`//host`, `/\host`, a scheme) and never the login itself.
+pub fn safe_next(next: &str) -> bool {
+    next.starts_with('/')
+        && !next.starts_with("//")
+        && !next.starts_with("/\\")
+        && !next.starts_with("/login")
+        && !next.starts_with("/logout")
+        && next.len() <= 2048
+        && next.chars().all(|c| c.is_ascii_graphic())
+}
+
 /// A refusal page: the status, a machine-readable code and a message.
 pub fn refusal(status: StatusCode, code: &str, message: &str) -> Response {
     let page = maud::html! {
@@ -185,12 +198,27 @@ impl FromRequestParts<Console> for Session {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, state: &Console) -> Result<Self, Response> {
+        // Back to this page after the login (a page, never a form's target).
+        let next = match parts.method {
+            axum::http::Method::GET => parts.uri.path_and_query().map(|p| p.as_str()),
+            _ => None,
+        }
+        .filter(|p| safe_next(p))
+        .map(|p| format!("next={}", utf8_percent_encode(p, NON_ALPHANUMERIC)));
+        let login = |expired: bool| {
+            let query: Vec<String> = expired
+                .then(|| "expired=1".to_owned())
+                .into_iter()
+                .chain(next.clone())
+                .collect();
+            Redirect::to(&format!("/login?{}", query.join("&"))).into_response()
+        };
         let Some(token) = cookie(&parts.headers, COOKIE) else {
-            return Err(Redirect::to("/login").into_response());
+            return Err(login(false));
         };
         match find(&state.pool, &token, state.session_idle).await {
             Ok(Some(session)) => Ok(session),
-            Ok(None) => Err(Redirect::to("/login?expired=1").into_response()),
+            Ok(None) => Err(login(true)),
             Err(e) => {
                 tracing::warn!(error = %e, "reading a session");
                 Err(refusal(
@@ -229,6 +257,21 @@ mod tests {
             "Max-Age=60",
         ] {
             assert!(c.contains(part), "{c} lacks {part}");
+        }
+    }
+
+    #[test]
+    fn only_the_consoles_own_pages_are_gone_back_to() {
+        assert!(safe_next("/payments/abc?x=1"));
+        for bad in [
+            "//evil.example",
+            "/\\evil.example",
+            "https://evil.example",
+            "/login",
+            "/logout",
+            "/a b",
+        ] {
+            assert!(!safe_next(bad), "{bad}");
         }
     }
 

@@ -62,7 +62,12 @@ pub fn page(session: &Session, active: &str, title: &str, body: Markup) -> Marku
 }
 
 /// The login page, with the form's CSRF token and an error if the last try failed.
-pub fn login_page(csrf_token: &str, error: Option<(&str, &str)>, expired: bool) -> Markup {
+pub fn login_page(
+    csrf_token: &str,
+    error: Option<(&str, &str)>,
+    expired: bool,
+    next: Option<&str>,
+) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -76,6 +81,7 @@ pub fn login_page(csrf_token: &str, error: Option<(&str, &str)>, expired: bool) 
                     }
                     form method="post" action="/login" {
                         input type="hidden" name="csrf_token" value=(csrf_token);
+                        @if let Some(next) = next { input type="hidden" name="next" value=(next); }
                         label { "Operator" input type="text" name="username" autocomplete="username" required autofocus; }
                         label { "Password" input type="password" name="password" autocomplete="current-password" required; }
                         button type="submit" { "Log in" }
