@@ -1,7 +1,8 @@
 //! Every action an operator takes through the console is written to `operator_actions`: who,
 //! what, on what, why, and how it ended (the operation's answer or its refusal). The row is
-//! written before the answer is shown; an action whose record cannot be written is reported
-//! as such to the operator.
+//! written before the action runs (an action that cannot be recorded is not done) and
+//! completed after it; the table keeps rows as written (a trigger refuses deletes and any
+//! change but the completion of a started row).
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
@@ -18,33 +19,47 @@ pub struct Action {
     pub at: DateTime<Utc>,
 }
 
-/// Records `action` on `target` by `operator`, and passes its result on.
+/// Records `action` on `target` by `operator` as started, runs `run`, then records how it
+/// ended, and passes its result on. Nothing runs if the start cannot be recorded; an ending
+/// that cannot be recorded is logged (the row stays `started`) and the result still shown
+/// (a key just made must reach its operator).
 pub async fn record<T>(
     pool: &PgPool,
     operator: &str,
     action: &str,
     target: &str,
     reason: &str,
-    result: anyhow::Result<T>,
+    run: impl std::future::Future<Output = anyhow::Result<T>>,
     describe: impl FnOnce(&T) -> String,
 ) -> anyhow::Result<T> {
-    let (outcome, succeeded) = match &result {
-        Ok(v) => (describe(v), true),
-        Err(e) => (format!("{e:#}"), false),
-    };
-    sqlx::query(
+    let (id,): (i64,) = sqlx::query_as(
         "INSERT INTO operator_actions (operator, action, target, reason, outcome, succeeded)
-         VALUES ($1, $2, $3, $4, $5, $6)",
+         VALUES ($1, $2, $3, $4, 'started', false) RETURNING action_id",
     )
     .bind(operator)
     .bind(action)
     .bind(target)
     .bind(reason)
+    .fetch_one(pool)
+    .await
+    .map_err(|e| anyhow::anyhow!("not done: the action could not be recorded ({e})"))?;
+    let result = run.await;
+    let (outcome, succeeded) = match &result {
+        Ok(v) => (describe(v), true),
+        Err(e) => (format!("{e:#}"), false),
+    };
+    let ended = sqlx::query(
+        "UPDATE operator_actions SET outcome = $2, succeeded = $3 WHERE action_id = $1",
+    )
+    .bind(id)
     .bind(&outcome)
     .bind(succeeded)
     .execute(pool)
-    .await
-    .map_err(|e| anyhow::anyhow!("the action ran ({outcome}) but could not be recorded: {e}"))?;
+    .await;
+    if let Err(e) = ended {
+        tracing::error!(action_id = id, operator, action, target, outcome, error = %e,
+            "an operator's action ran but its ending could not be recorded");
+    }
     result
 }
 

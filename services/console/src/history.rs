@@ -104,17 +104,29 @@ impl History {
             .collect()
     }
 
+    /// Reads every service. A service that does not answer keeps its last values (a gap,
+    /// not a fall to zero that the next answer would draw as a spike of everything it ever
+    /// counted).
     async fn sample(&self) -> Sample {
         let reads = self.services.0.iter().map(|(service, url)| async move {
             let text = match self.http.get(format!("{url}/metrics")).send().await {
-                Ok(r) if r.status().is_success() => r.text().await.unwrap_or_default(),
-                _ => String::new(),
+                Ok(r) if r.status().is_success() => r.text().await.ok(),
+                _ => None,
             };
-            (*service, parse(&text))
+            (*service, text.map(|t| parse(&t)))
         });
+        let read = futures::future::join_all(reads).await;
+        let last = self.samples.lock().expect("history lock").back().cloned();
+        let values = read
+            .into_iter()
+            .map(|(service, values)| {
+                let kept = || last.as_ref().and_then(|l| l.values.get(service).cloned());
+                (service, values.or_else(kept).unwrap_or_default())
+            })
+            .collect();
         Sample {
             at: Utc::now(),
-            values: futures::future::join_all(reads).await.into_iter().collect(),
+            values,
         }
     }
 

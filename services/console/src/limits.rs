@@ -26,9 +26,12 @@ impl LoginLimits {
         }
     }
 
+    /// Whether a login of `name` from `address` may be tried now. A name that cannot be an
+    /// operator's counts against its address only: junk names never become keys here.
     pub fn allow(&self, name: &str, address: IpAddr) -> bool {
         self.per_address.check_key(&address).is_ok()
-            && self.per_name.check_key(&name.to_ascii_lowercase()).is_ok()
+            && (!crate::operators::valid_name(name)
+                || self.per_name.check_key(&name.to_ascii_lowercase()).is_ok())
     }
 }
 

@@ -99,9 +99,15 @@ pub async fn login(
         return resp;
     }
     match operators::verify(&state.pool, &form.username, &form.password).await {
-        Ok(Some(_role)) => open_session(&state, &form.username, &form.next).await,
+        Ok(Some(_role)) => {
+            tracing::info!(operator = %form.username, address = %peer.ip(), "console login");
+            open_session(&state, &form.username, &form.next).await
+        }
         Ok(None) => {
-            tracing::info!(operator = %form.username, "console login refused");
+            // The name only if it can be one (a password typed in the wrong field is not logged).
+            let name = Some(form.username.as_str()).filter(|n| operators::valid_name(n));
+            tracing::info!(operator = name.unwrap_or("(not a name)"), address = %peer.ip(),
+                "console login refused");
             render_form(
                 StatusCode::UNAUTHORIZED,
                 Some(("invalid_credentials", "Wrong name or password.")),
@@ -123,7 +129,6 @@ pub async fn login(
 async fn open_session(state: &Console, operator: &str, next: &str) -> Response {
     match session::open(&state.pool, operator, state.session_max).await {
         Ok(token) => {
-            tracing::info!(operator, "console login");
             let to = if session::safe_next(next) { next } else { "/" };
             let mut resp = Redirect::to(to).into_response();
             let h = resp.headers_mut();

@@ -7,7 +7,9 @@ use axum::http::{header, HeaderValue};
 use axum::middleware::Next;
 use axum::response::Response;
 
-const HEADERS: [(header::HeaderName, &str); 6] = [
+const HEADERS: [(header::HeaderName, &str); 7] = [
+    // Browsers keep to HTTPS once they saw it (ignored over plain HTTP, in development).
+    (header::STRICT_TRANSPORT_SECURITY, "max-age=31536000"),
     (header::CACHE_CONTROL, "no-store"),
     (
         header::CONTENT_SECURITY_POLICY,

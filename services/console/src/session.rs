@@ -17,6 +17,9 @@ use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use std::time::Duration;
 
+/// The header the console's script sends with a page's automatic refresh.
+pub const REFRESH_HEADER: &str = "x-console-refresh";
+
 /// The session cookie's name.
 pub const COOKIE: &str = "sagapay_console";
 
@@ -85,14 +88,21 @@ pub async fn close(pool: &PgPool, token: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The live session of `token`, its last request moved to now. Expired sessions are deleted
-/// on the way (theirs and any other past its lifetime).
-pub async fn find(pool: &PgPool, token: &str, idle: Duration) -> anyhow::Result<Option<Session>> {
+/// The live session of `token`, its last request moved to now when `touch` (a page's own
+/// refresh does not keep a session alive: a forgotten tab still ends). Expired sessions are
+/// deleted on the way (theirs and any other past its lifetime).
+pub async fn find(
+    pool: &PgPool,
+    token: &str,
+    idle: Duration,
+    touch: bool,
+) -> anyhow::Result<Option<Session>> {
     sqlx::query("DELETE FROM operator_sessions WHERE expires_at < now()")
         .execute(pool)
         .await?;
     let row: Option<(String, String, String)> = sqlx::query_as(
-        "UPDATE operator_sessions s SET last_seen_at = now()
+        "UPDATE operator_sessions s
+            SET last_seen_at = CASE WHEN $3 THEN now() ELSE s.last_seen_at END
            FROM operators o
           WHERE s.token_sha256 = $1 AND o.name = s.operator AND o.disabled_at IS NULL
             AND s.last_seen_at > now() - make_interval(secs => $2)
@@ -100,6 +110,7 @@ pub async fn find(pool: &PgPool, token: &str, idle: Duration) -> anyhow::Result<
     )
     .bind(digest(token))
     .bind(idle.as_secs_f64())
+    .bind(touch)
     .fetch_optional(pool)
     .await?;
     row.map(|(operator, role, csrf_token)| {
@@ -216,7 +227,9 @@ impl FromRequestParts<Console> for Session {
         let Some(token) = cookie(&parts.headers, COOKIE) else {
             return Err(login(false));
         };
-        match find(&state.pool, &token, state.session_idle).await {
+        // The page's script marks its refreshes (`static/console.js`).
+        let touch = !parts.headers.contains_key(REFRESH_HEADER);
+        match find(&state.pool, &token, state.session_idle, touch).await {
             Ok(Some(session)) => Ok(session),
             Ok(None) => Err(login(true)),
             Err(e) => {

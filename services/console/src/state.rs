@@ -11,8 +11,9 @@ use sagapay_operations::payments::Ops;
 use sagapay_operations::reconcile::Databases;
 use sagapay_operations::reviews::Reviews;
 use secrecy::ExposeSecret;
-use sqlx::postgres::PgPoolOptions;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
+use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -50,12 +51,19 @@ impl Console {
     pub fn new(config: &Config, pool: PgPool) -> anyhow::Result<Self> {
         let server = config.common.postgres_url.expose_secret();
         let ns = &config.common.namespace;
-        let db = |service: &str| -> anyhow::Result<PgPool> {
+        // The databases the console only reads are opened read only: a statement that would
+        // write fails there. The gateway's (keys) and the notification service's (resends)
+        // are written by the operations the command line shares.
+        let db = |service: &str, read_only: bool| -> anyhow::Result<PgPool> {
             let url = sagapay_messaging::postgres_url::with_database(server, &ns.database(service));
+            let mut options = PgConnectOptions::from_str(&url)?.application_name(crate::SERVICE);
+            if read_only {
+                options = options.options([("default_transaction_read_only", "on")]);
+            }
             Ok(PgPoolOptions::new()
                 .max_connections(2)
                 .acquire_timeout(Duration::from_secs(5))
-                .connect_lazy(&url)?)
+                .connect_lazy_with(options))
         };
         let ops_key = config.ops_key.expose().to_owned();
         let http = sagapay_service_kit::service_client::builder(
@@ -66,11 +74,11 @@ impl Console {
         Ok(Self {
             pool,
             dbs: ServiceDbs {
-                orchestrator: db("orchestrator")?,
-                provider: db("provider-adapter")?,
-                ledger: db("ledger")?,
-                notification: db("notification")?,
-                gateway: db("gateway")?,
+                orchestrator: db("orchestrator", true)?,
+                provider: db("provider-adapter", true)?,
+                ledger: db("ledger", true)?,
+                notification: db("notification", false)?,
+                gateway: db("gateway", false)?,
             },
             reconcile_dbs: Databases::of(server, ns),
             ops: Ops {

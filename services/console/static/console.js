@@ -6,7 +6,9 @@ document.addEventListener("DOMContentLoaded", () => {
     const url = el.getAttribute("data-refresh");
     setInterval(async () => {
       try {
-        const r = await fetch(url, { credentials: "same-origin", cache: "no-store" });
+        // Marked as a refresh: it does not keep an idle session alive.
+        const r = await fetch(url, { credentials: "same-origin", cache: "no-store",
+                                     headers: { "x-console-refresh": "1" } });
         if (r.ok && !r.redirected) el.innerHTML = await r.text();
       } catch (_) { /* the next round tries again */ }
     }, 5000);

@@ -291,15 +291,25 @@ impl TestStack {
     /// Starts the operators' console on this stack (its own database in the stack's
     /// namespace, the services' URLs of this stack); stop it with `ServiceHandle::stop`.
     pub async fn start_console(&self) -> ServiceHandle {
+        self.start_console_with(|_| {}).await
+    }
+
+    /// [`TestStack::start_console`] with `change` applied to its configuration.
+    pub async fn start_console_with(
+        &self,
+        change: impl FnOnce(&mut sagapay_console::Config),
+    ) -> ServiceHandle {
         let services = sagapay_console::ServiceUrls(
             SERVICES.iter().map(|s| (*s, self.service_url(s))).collect(),
         );
-        sagapay_console::start(sagapay_console::Config::for_test(
+        let mut config = sagapay_console::Config::for_test(
             self.options.config(sagapay_console::SERVICE, &self.ns),
             services,
-        ))
-        .await
-        .expect("the console starts")
+        );
+        change(&mut config);
+        sagapay_console::start(config)
+            .await
+            .expect("the console starts")
     }
 
     pub fn gateway_url(&self) -> String {

@@ -117,11 +117,15 @@ pub async fn act(
     };
     let by = session.operator.as_str();
     let reason = form.reason.trim();
-    let result = match verb.as_str() {
-        "retry" => state.ops.retry(id, by).await,
-        "fail" => state.ops.fail(id, reason, by).await,
-        "accept" => state.ops.accept(id, reason, by).await,
-        _ => return super::not_found("No such action."),
+    if !["retry", "fail", "accept"].contains(&verb.as_str()) {
+        return super::not_found("No such action.");
+    }
+    let result = async {
+        match verb.as_str() {
+            "retry" => state.ops.retry(id, by).await,
+            "fail" => state.ops.fail(id, reason, by).await,
+            _ => state.ops.accept(id, reason, by).await,
+        }
     };
     let recorded = audit::record(
         &state.pool,

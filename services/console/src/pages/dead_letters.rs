@@ -7,7 +7,7 @@
 use super::layout::{badge, can_act, csrf, page, time};
 use super::{outcome, ActionForm};
 use crate::audit;
-use crate::session::Session;
+use crate::session::{Refusal, Session};
 use crate::state::Console;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
@@ -138,6 +138,9 @@ pub struct ReplayForm {
     /// `yes` sends; anything else is the dry run.
     #[serde(default)]
     confirm: String,
+    /// The letters the dry run showed (`partition:offset`, comma separated): what is sent.
+    #[serde(default)]
+    positions: String,
 }
 
 /// `POST /dead-letters/replay`: the dry run, or with `confirm=yes` and a reason, the replay.
@@ -164,9 +167,27 @@ pub async fn replay(
     if !confirmed {
         return dry_run(&session, &form.filter, &entries);
     }
+    // Exactly the letters the operator saw: none that arrived since the dry run.
+    let shown: Vec<&str> = form
+        .positions
+        .split(',')
+        .filter(|p| !p.is_empty())
+        .collect();
+    let entries: Vec<Entry> = entries
+        .into_iter()
+        .filter(|e| shown.contains(&e.position.as_str()))
+        .collect();
+    if shown.is_empty() || entries.len() != shown.len() {
+        return Refusal::new(
+            StatusCode::CONFLICT,
+            "dead_letters_changed",
+            "The letters shown by the dry run are not all there any more: run the dry run again.",
+        )
+        .into_response();
+    }
     let by = session.operator.as_str();
-    let target = describe(&form.filter);
-    let result = dlq::replay(&state.kafka, &entries, false).await;
+    let target = format!("dead letters {}", shown.join(","));
+    let result = dlq::replay(&state.kafka, &entries, false);
     let recorded = audit::record(
         &state.pool,
         by,
@@ -184,17 +205,6 @@ pub async fn replay(
     )
 }
 
-/// What a filter names, for the record: one position, or the filter's words.
-fn describe(f: &FilterForm) -> String {
-    if !f.position.trim().is_empty() {
-        return format!("dead letter {}", f.position.trim());
-    }
-    format!(
-        "dead letters (classification {:?}, service {:?}, event type {:?})",
-        f.classification, f.service, f.event_type
-    )
-}
-
 fn dry_run(session: &Session, f: &FilterForm, entries: &[Entry]) -> Response {
     let body = html! {
         p class="notice" data-code="dry_run" { "Dry run: nothing was sent. These " (entries.len()) " letter(s) would be replayed:" }
@@ -208,6 +218,7 @@ fn dry_run(session: &Session, f: &FilterForm, entries: &[Entry]) -> Response {
         form method="post" action="/dead-letters/replay" class="action" {
             (csrf(session)) (f.hidden())
             input type="hidden" name="confirm" value="yes";
+            input type="hidden" name="positions" value=(entries.iter().map(|e| e.position.as_str()).collect::<Vec<_>>().join(","));
             input type="text" name="reason" placeholder="why (recorded)" required maxlength="500";
             button type="submit" class="danger" { "Replay " (entries.len()) " letter(s)" }
         }

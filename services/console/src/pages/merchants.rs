@@ -127,9 +127,11 @@ pub async fn create_key(
         Ok(id) => id,
         Err(r) => return r.into_response(),
     };
-    let result = keys::create_key(&state.dbs.gateway, id)
-        .await
-        .map_err(anyhow::Error::from);
+    let result = async {
+        keys::create_key(&state.dbs.gateway, id)
+            .await
+            .map_err(anyhow::Error::from)
+    };
     let recorded = audit::record(
         &state.pool,
         &session.operator,
@@ -165,9 +167,11 @@ pub async fn revoke_key(
     let Ok(id) = Uuid::parse_str(&key_id) else {
         return super::not_found("That is not a key id.");
     };
-    let result = keys::revoke_key(&state.dbs.gateway, id)
-        .await
-        .map_err(anyhow::Error::from);
+    let result = async {
+        keys::revoke_key(&state.dbs.gateway, id)
+            .await
+            .map_err(anyhow::Error::from)
+    };
     let recorded = audit::record(
         &state.pool,
         &session.operator,
@@ -213,21 +217,20 @@ pub async fn set_limit(
         Err(r) => return r.into_response(),
     };
     let limit = match form.max_in_flight.trim() {
-        "" => Ok(None),
-        n => n
-            .parse::<u32>()
-            .map(Some)
-            .map_err(|_| anyhow::anyhow!("{n:?} is not a number of payments")),
+        "" => None,
+        n => match n.parse::<u32>() {
+            Ok(n) => Some(n),
+            Err(_) => {
+                return Refusal::new(
+                    axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_max_in_flight",
+                    "A limit is a whole number of payments (0: none of its own), or empty for the default share.",
+                )
+                .into_response()
+            }
+        },
     };
-    let result = match limit {
-        Ok(limit) => {
-            state
-                .ops
-                .set_merchant_limit(id, limit, &session.operator)
-                .await
-        }
-        Err(e) => Err(e),
-    };
+    let result = state.ops.set_merchant_limit(id, limit, &session.operator);
     let recorded = audit::record(
         &state.pool,
         &session.operator,

@@ -38,7 +38,7 @@ pub async fn list(State(state): State<Console>, session: Session) -> Response {
                         @for (verb, label) in [("approve", "Approve"), ("deny", "Deny")] {
                             form method="post" action={ "/reviews/" (id) "/" (verb) } class="inline action" {
                                 (csrf(&session))
-                                input type="hidden" name="reason" value={ "review " (verb) "d in the console" };
+                                input type="text" name="reason" placeholder="why (recorded)" maxlength="500";
                                 button type="submit" class=(verb) { (label) }
                             }
                         }
@@ -69,7 +69,7 @@ pub async fn decide(
         _ => return super::not_found("No such decision."),
     };
     let by = session.operator.as_str();
-    let result = state.reviews.decide(id, decision, by).await;
+    let result = state.reviews.decide(id, decision, by);
     let recorded = audit::record(
         &state.pool,
         by,

@@ -101,12 +101,14 @@ pub async fn resend(
     let Ok(id) = Uuid::parse_str(&delivery_id) else {
         return super::not_found("That is not a delivery id.");
     };
-    let result = match ops::resend(&state.dbs.notification, id).await {
-        Ok(true) => Ok(()),
-        Ok(false) => Err(anyhow::anyhow!(
-            "no delivery {id} to an endpoint that still exists"
-        )),
-        Err(e) => Err(e.into()),
+    let result = async {
+        match ops::resend(&state.dbs.notification, id).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(anyhow::anyhow!(
+                "no delivery {id} to an endpoint that still exists"
+            )),
+            Err(e) => Err(e.into()),
+        }
     };
     let recorded = audit::record(
         &state.pool,

@@ -132,6 +132,7 @@ async fn an_operator_finds_decides_resends_and_replays_in_the_browser() {
     resend_a_webhook(&stack, &b, &base, &rx, &settled).await;
     replay_a_dead_letter(&mut stack, &b, &base, &eur).await;
     the_other_pages(&b, &base).await;
+    actions_are_append_only(&stack).await;
 
     b.close().await;
     console.stop().await.expect("the console stops cleanly");
@@ -254,6 +255,17 @@ async fn replay_a_dead_letter(stack: &mut TestStack, b: &Browser, base: &str, pa
         "CAPTURED",
         "the dry run sent nothing"
     );
+    // A replay sends exactly what the dry run showed: a letter it did not show is refused.
+    let (status, body) = post_form_from_page(
+        b,
+        "/dead-letters/replay",
+        None,
+        json!({"service": "ledger", "confirm": "yes", "positions": format!("{position},0:999999"),
+               "reason": "more than shown"}),
+    )
+    .await;
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("dead_letters_changed"), "{body}");
     b.fill("reason", "the ledger posts EUR now").await;
     b.click("button.danger").await;
     b.wait_for_text("1 dead letter(s) replayed", PAGE, false)
@@ -305,15 +317,47 @@ async fn the_other_pages(b: &Browser, base: &str) {
     b.screenshot("13-actions").await;
 }
 
+/// The record of operators' actions keeps what was written.
+async fn actions_are_append_only(stack: &TestStack) {
+    let db = stack.db("console").await;
+    let (n,): (i64,) =
+        sqlx::query_as("SELECT count(*) FROM operator_actions WHERE outcome <> 'started'")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    assert!(n >= 3, "{n} actions recorded");
+    for statement in [
+        "DELETE FROM operator_actions",
+        "UPDATE operator_actions SET reason = 'nothing to see'",
+        "TRUNCATE operator_actions",
+    ] {
+        let refused = sqlx::query(statement).execute(&db).await.unwrap_err();
+        assert!(
+            refused.to_string().contains("append-only"),
+            "{statement}: {refused}"
+        );
+    }
+}
+
 /// A `fetch` POST from the page, with the CSRF token of its logout form unless `token` is
 /// given: its status and body.
 async fn post_from_page(b: &Browser, path: &str, token: Option<&str>) -> (u64, String) {
-    let script = "const [path, given, done] = arguments;
+    post_form_from_page(b, path, token, json!({"reason": "trying"})).await
+}
+
+/// A `fetch` POST of `fields` from the page, with a CSRF token as [`post_from_page`].
+async fn post_form_from_page(
+    b: &Browser,
+    path: &str,
+    token: Option<&str>,
+    fields: Value,
+) -> (u64, String) {
+    let script = "const [path, given, fields, done] = arguments;
         const token = given ?? document.querySelector('form[action=\"/logout\"] [name=csrf_token]').value;
         fetch(path, {method: 'POST', headers: {'content-type': 'application/x-www-form-urlencoded'},
-                     body: new URLSearchParams({csrf_token: token, reason: 'trying'})})
+                     body: new URLSearchParams({...fields, csrf_token: token})})
           .then(async r => done([r.status, await r.text()]));";
-    let args = vec![json!(path), token.map_or(Value::Null, |t| json!(t))];
+    let args = vec![json!(path), token.map_or(Value::Null, |t| json!(t)), fields];
     let v = b
         .client
         .execute_async(script, args)
@@ -468,4 +512,80 @@ async fn refusals_without_a_browser(base: &str) {
     let page = http.get(format!("{base}/login")).send().await.unwrap();
     let csp = page.headers()["content-security-policy"].to_str().unwrap();
     assert!(csp.contains("frame-ancestors 'none'") && csp.contains("script-src 'self'"));
+}
+
+/// Logs `name` in with a plain HTTP client: the session cookie (`name=value`).
+async fn session_cookie(http: &reqwest::Client, base: &str, name: &str, password: &str) -> String {
+    let form = http.get(format!("{base}/login")).send().await.unwrap();
+    let login_cookie = form.headers()["set-cookie"].to_str().unwrap().to_owned();
+    let login_cookie = login_cookie.split(';').next().unwrap().to_owned();
+    let token = login_cookie.split_once('=').unwrap().1.to_owned();
+    let r = http
+        .post(format!("{base}/login"))
+        .header("cookie", &login_cookie)
+        .form(&[
+            ("username", name),
+            ("password", password),
+            ("csrf_token", &token),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    r.headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .find(|c| c.starts_with("sagapay_console="))
+        .expect("a session cookie")
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+/// A session ends after its idle time; the health page's own refreshes do not keep it
+/// alive, an operator's requests do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_idle_session_ends_and_automatic_refreshes_do_not_keep_it() {
+    let stack = TestStack::spawn().await;
+    let idle = Duration::from_secs(2);
+    let console = stack.start_console_with(|c| c.session_idle = idle).await;
+    let base = console.base_url();
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let get = |cookie: String, refresh: bool| {
+        let mut req = http.get(format!("{base}/actions")).header("cookie", cookie);
+        if refresh {
+            req = req.header("x-console-refresh", "1");
+        }
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+    let active = session_cookie(&http, &base, "ops", "dev-ops-secret").await;
+    let idle_tab = session_cookie(&http, &base, "ops", "dev-ops-secret").await;
+    // Three idle times: one session is used by its operator all along, the other only
+    // refreshed by a page.
+    let until = std::time::Instant::now() + idle * 3;
+    while std::time::Instant::now() < until {
+        assert_eq!(
+            get(active.clone(), false).await,
+            200,
+            "an operator's session stays"
+        );
+        let refreshed = get(idle_tab.clone(), true).await;
+        tokio::time::sleep(idle / 4).await;
+        if refreshed == 303 {
+            break;
+        }
+    }
+    assert_eq!(
+        get(idle_tab.clone(), false).await,
+        303,
+        "the refreshed-only session ended"
+    );
+    assert_eq!(get(active.clone(), false).await, 200);
+    console.stop().await.expect("the console stops cleanly");
+    stack.teardown().await;
 }
