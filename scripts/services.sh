@@ -90,6 +90,11 @@ start() {
         export SAGAPAY_HTTP_ADDR="127.0.0.1:$port"
         export SAGAPAY_ORCHESTRATOR_URL="$(url_of orchestrator "$i")"
         export SAGAPAY_NOTIFICATION_URL="$(url_of notification "$i")"
+        # The console watches and calls every service (of its own instance number).
+        export SAGAPAY_GATEWAY_URL="$(url_of gateway "$i")"
+        export SAGAPAY_RISK_URL="$(url_of risk "$i")"
+        export SAGAPAY_PROVIDER_ADAPTER_URL="$(url_of provider-adapter "$i")"
+        export SAGAPAY_LEDGER_URL="$(url_of ledger "$i")"
         export SAGAPAY_INSTANCE_ID="$i"
         if secure_kafka; then
           # The console reads and replays dead letters: it is the operators' Kafka user.

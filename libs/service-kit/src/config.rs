@@ -81,6 +81,29 @@ const CALLED_SERVICES: [(&str, &str); 2] = [
 ];
 const RECEIVES_CALLS: [&str; 2] = ["orchestrator", "notification"];
 
+/// Every service's URL as a caller that watches them all (the console) sets it: (service,
+/// setting, default).
+pub const SERVICE_URLS: [(&str, &str, &str); 6] = [
+    ("gateway", "SAGAPAY_GATEWAY_URL", "http://127.0.0.1:8000"),
+    (
+        "orchestrator",
+        "SAGAPAY_ORCHESTRATOR_URL",
+        "http://127.0.0.1:8001",
+    ),
+    ("risk", "SAGAPAY_RISK_URL", "http://127.0.0.1:8002"),
+    (
+        "provider-adapter",
+        "SAGAPAY_PROVIDER_ADAPTER_URL",
+        "http://127.0.0.1:8003",
+    ),
+    ("ledger", "SAGAPAY_LEDGER_URL", "http://127.0.0.1:8004"),
+    (
+        "notification",
+        "SAGAPAY_NOTIFICATION_URL",
+        "http://127.0.0.1:8005",
+    ),
+];
+
 fn default_replication(environment: Environment) -> i32 {
     match environment {
         Environment::Development => 1,
@@ -463,6 +486,11 @@ impl CommonConfig {
                 problems.push(e.to_string());
             }
             for (name, default) in CALLED_SERVICES {
+                problems.extend(service_url_problems(name, &env_or(name, default)));
+            }
+        }
+        if self.service == crate::CONSOLE {
+            for (_, name, default) in SERVICE_URLS {
                 problems.extend(service_url_problems(name, &env_or(name, default)));
             }
         }

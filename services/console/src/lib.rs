@@ -53,28 +53,8 @@ pub struct ServiceUrls(pub Vec<(&'static str, String)>);
 impl ServiceUrls {
     /// `SAGAPAY_<SERVICE>_URL` of each of the six services (the local stack's ports by default).
     pub fn from_env() -> Self {
-        const SETTINGS: [(&str, &str, &str); 6] = [
-            ("gateway", "SAGAPAY_GATEWAY_URL", "http://127.0.0.1:8000"),
-            (
-                "orchestrator",
-                "SAGAPAY_ORCHESTRATOR_URL",
-                "http://127.0.0.1:8001",
-            ),
-            ("risk", "SAGAPAY_RISK_URL", "http://127.0.0.1:8002"),
-            (
-                "provider-adapter",
-                "SAGAPAY_PROVIDER_ADAPTER_URL",
-                "http://127.0.0.1:8003",
-            ),
-            ("ledger", "SAGAPAY_LEDGER_URL", "http://127.0.0.1:8004"),
-            (
-                "notification",
-                "SAGAPAY_NOTIFICATION_URL",
-                "http://127.0.0.1:8005",
-            ),
-        ];
         Self(
-            SETTINGS
+            sagapay_service_kit::config::SERVICE_URLS
                 .iter()
                 .map(|(s, name, default)| {
                     (*s, env_or(name, default).trim_end_matches('/').to_owned())

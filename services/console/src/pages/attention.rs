@@ -7,9 +7,10 @@ use super::layout::{badge, can_act, csrf, money, page, time};
 use super::{outcome, ActionForm};
 use crate::audit;
 use crate::reads;
-use crate::session::Session;
+use crate::session::{Refusal, Session};
 use crate::state::Console;
 use axum::extract::{Path, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Form;
 use maud::{html, Markup};
@@ -79,6 +80,7 @@ fn card(session: &Session, p: &Value, rows: &HashMap<Uuid, reads::PaymentRow>) -
                     form method="post" action={ "/attention/" (id) "/" (verb) } class="action" {
                         (csrf(session))
                         input type="text" name="reason" placeholder="why (recorded)" required maxlength="500";
+                        label class="confirm" { input type="checkbox" name="confirm" value="yes" required; " I am sure" }
                         button type="submit" class=(verb) { (label) }
                     }
                 }
@@ -102,21 +104,38 @@ fn refunds(refunds: &[Value]) -> Markup {
     }
 }
 
+/// An action on a stuck payment: a reason and an explicit confirmation.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct AttentionForm {
+    #[serde(flatten)]
+    action: ActionForm,
+    #[serde(default)]
+    confirm: String,
+}
+
 /// `POST /attention/{id}/{retry|fail|accept}`.
 pub async fn act(
     State(state): State<Console>,
     session: Session,
     Path((payment_id, verb)): Path<(String, String)>,
-    Form(form): Form<ActionForm>,
+    Form(form): Form<AttentionForm>,
 ) -> Response {
-    if let Err(refused) = form.admit(&session, true) {
+    if let Err(refused) = form.action.admit(&session, true) {
         return refused.into_response();
+    }
+    if form.confirm != "yes" {
+        return Refusal::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "confirmation_required",
+            "Tick \"I am sure\": this ends or moves a payment.",
+        )
+        .into_response();
     }
     let Ok(id) = Uuid::parse_str(&payment_id) else {
         return super::not_found("That is not a payment id.");
     };
     let by = session.operator.as_str();
-    let reason = form.reason.trim();
+    let reason = form.action.reason.trim();
     if !["retry", "fail", "accept"].contains(&verb.as_str()) {
         return super::not_found("No such action.");
     }

@@ -105,19 +105,26 @@ pub fn outcome(session: &Session, back: &str, result: anyhow::Result<String>) ->
             },
         )
         .into_response(),
-        Err(e) => (
-            StatusCode::CONFLICT,
-            layout::page(
-                session,
-                back,
-                "Refused",
-                html! {
-                    p class="error" data-code="operation_refused" { (format!("{e:#}")) }
-                    p { a href=(back) { "Back" } }
-                },
-            ),
-        )
-            .into_response(),
+        Err(e) => {
+            let (status, code) = failure(&e);
+            let body = html! {
+                p class="error" data-code=(code) { (format!("{e:#}")) }
+                p { a href=(back) { "Back" } }
+            };
+            (status, layout::page(session, back, "Refused", body)).into_response()
+        }
+    }
+}
+
+/// Why an operation failed, as a status and a code: a service or database that did not
+/// answer (503, try again), or the operation's refusal (409, with the route's reason).
+fn failure(e: &anyhow::Error) -> (StatusCode, &'static str) {
+    if e.chain().any(|c| c.is::<reqwest::Error>()) {
+        (StatusCode::SERVICE_UNAVAILABLE, "service_unavailable")
+    } else if e.chain().any(|c| c.is::<sqlx::Error>()) {
+        (StatusCode::SERVICE_UNAVAILABLE, "database_unavailable")
+    } else {
+        (StatusCode::CONFLICT, "operation_refused")
     }
 }
 

@@ -103,6 +103,11 @@ async fn an_operator_finds_decides_resends_and_replays_in_the_browser() {
         .create_payment_id(json!({"customer_id": "cust-eur", "amount_cents": 4_000,
             "currency": "EUR", "idempotency_key": "console-eur"}))
         .await;
+    let mismatch = stack
+        .create_payment_id(json!({"customer_id": "cust-mm", "amount_cents": 5_000,
+            "currency": "USD", "payment_method": "pm_card_amount_mismatch",
+            "idempotency_key": "console-mismatch"}))
+        .await;
     stack.wait_for_status(&review, "RISK_REVIEW", WAIT).await;
 
     let b = Browser::start().await;
@@ -129,6 +134,7 @@ async fn an_operator_finds_decides_resends_and_replays_in_the_browser() {
 
     find_a_payment(&b, &base, &settled).await;
     approve_a_review(&stack, &b, &base, &review).await;
+    accept_another_amount(&stack, &b, &base, &mismatch).await;
     resend_a_webhook(&stack, &b, &base, &rx, &settled).await;
     replay_a_dead_letter(&mut stack, &b, &base, &eur).await;
     the_other_pages(&b, &base).await;
@@ -195,6 +201,59 @@ async fn approve_a_review(stack: &TestStack, b: &Browser, base: &str, payment_id
         text.contains("SETTLED") && text.contains("1500.00 USD"),
         "{text}"
     );
+}
+
+/// A capture of another amount waits for an operator: its card offers accept and fail, the
+/// action needs a reason and a confirmation, and accepting settles the payment.
+async fn accept_another_amount(stack: &TestStack, b: &Browser, base: &str, payment_id: &str) {
+    b.goto(&format!("{base}/attention")).await;
+    b.wait_for_text("AMOUNT_MISMATCH", WAIT, true).await;
+    b.screenshot("09-attention").await;
+    let card = format!("article[data-payment='{payment_id}']");
+    let verbs: Vec<String> = {
+        let mut v = Vec::new();
+        for f in b
+            .client
+            .find_all(Locator::Css(&format!("{card} form")))
+            .await
+            .unwrap()
+        {
+            v.push(f.attr("action").await.unwrap().unwrap_or_default());
+        }
+        v
+    };
+    assert_eq!(
+        verbs,
+        [
+            format!("/attention/{payment_id}/accept"),
+            format!("/attention/{payment_id}/fail")
+        ],
+        "a capture of another amount is accepted or failed, not retried"
+    );
+    // Without the confirmation the browser does not send the form; sent anyway, it is refused.
+    let (status, body) = post_form_from_page(
+        b,
+        &format!("/attention/{payment_id}/accept"),
+        None,
+        json!({"reason": "no tick"}),
+    )
+    .await;
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("confirmation_required"), "{body}");
+    let form = format!("{card} form[action$='/accept']");
+    let reason = b
+        .client
+        .find(Locator::Css(&format!("{form} [name=reason]")))
+        .await
+        .unwrap();
+    reason
+        .send_keys("the provider's amount is right")
+        .await
+        .unwrap();
+    b.click(&format!("{form} [name=confirm]")).await;
+    b.click(&format!("{form} button")).await;
+    b.wait_for_text("accept done", PAGE, false).await;
+    stack.wait_for_status(payment_id, "SETTLED", WAIT).await;
 }
 
 async fn resend_a_webhook(
@@ -274,9 +333,6 @@ async fn replay_a_dead_letter(stack: &mut TestStack, b: &Browser, base: &str, pa
 }
 
 async fn the_other_pages(b: &Browser, base: &str) {
-    b.goto(&format!("{base}/attention")).await;
-    b.wait_for_text("Refunds", PAGE, false).await;
-    b.screenshot("09-attention").await;
     b.goto(&format!("{base}/system")).await;
     let deadline = std::time::Instant::now() + WAIT;
     loop {
@@ -307,7 +363,12 @@ async fn the_other_pages(b: &Browser, base: &str) {
     b.goto(&format!("{base}/actions")).await;
     b.wait_for_text("dead_letters.replay", PAGE, false).await;
     let text = b.text().await;
-    for action in ["review.approve", "webhook.resend", "dead_letters.replay"] {
+    for action in [
+        "review.approve",
+        "payment.accept",
+        "webhook.resend",
+        "dead_letters.replay",
+    ] {
         assert!(text.contains(action), "{action} is not recorded:\n{text}");
     }
     assert!(
