@@ -101,7 +101,24 @@ pub async fn login(
     match operators::verify(&state.pool, &form.username, &form.password).await {
         Ok(Some(_role)) => {
             tracing::info!(operator = %form.username, address = %peer.ip(), "console login");
-            open_session(&state, &form.username, &form.next).await
+            let address = peer.ip().to_string();
+            let opened = crate::audit::record(
+                &state.pool,
+                &form.username,
+                "login",
+                &address,
+                "",
+                async { Ok(()) },
+                |()| "session opened".to_owned(),
+            )
+            .await;
+            match opened {
+                Ok(()) => open_session(&state, &form.username, &form.next).await,
+                Err(e) => {
+                    tracing::warn!(error = %e, "recording a console login");
+                    StatusCode::SERVICE_UNAVAILABLE.into_response()
+                }
+            }
         }
         Ok(None) => {
             // The name only if it can be one (a password typed in the wrong field is not logged).

@@ -398,6 +398,14 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
+/// Who runs this command, for the console's record of operators' actions.
+fn who() -> String {
+    format!(
+        "sagapayctl:{}",
+        std::env::var("USER").unwrap_or_else(|_| "unknown".into())
+    )
+}
+
 /// `sagapayctl operators`: the console's accounts, in its database.
 async fn operators(
     postgres_url: &str,
@@ -409,7 +417,16 @@ async fn operators(
     match command {
         OperatorsCommand::Create { name, role } => {
             let role = Role::parse(role)?;
-            let password = operators::create(&pool, name, role).await?;
+            let password = sagapay_console::audit::record(
+                &pool,
+                &who(),
+                "operator.create",
+                name,
+                role.as_str(),
+                operators::create(&pool, name, role),
+                |_| "created".to_owned(),
+            )
+            .await?;
             println!(
                 "operator {name} ({}): its password, shown once:",
                 role.as_str()
@@ -435,7 +452,16 @@ async fn operators(
             }
         }
         OperatorsCommand::Disable { name } => {
-            operators::disable(&pool, name).await?;
+            sagapay_console::audit::record(
+                &pool,
+                &who(),
+                "operator.disable",
+                name,
+                "",
+                operators::disable(&pool, name),
+                |()| "disabled".to_owned(),
+            )
+            .await?;
             println!("operator {name} disabled: no login, its sessions ended");
         }
     }

@@ -80,6 +80,7 @@ pub async fn list(
             button type="submit" { "Filter" }
         }
         p class="meta" { (entries.len()) " dead letter(s)" }
+        (summary(&entries))
         @if can_act(&session) && !entries.is_empty() {
             form method="post" action="/dead-letters/replay" class="action" {
                 (csrf(&session)) (FilterForm { position: String::new(), ..clone_form(&f) }.hidden())
@@ -89,6 +90,30 @@ pub async fn list(
         @for e in &entries { (letter(&session, e)) }
     };
     page(&session, "/dead-letters", "Dead letters", body).into_response()
+}
+
+/// How many letters each service dead-lettered, by classification and event type, each row
+/// a link to them.
+fn summary(entries: &[Entry]) -> Markup {
+    let mut counts: std::collections::BTreeMap<(&str, &str, &str), usize> = Default::default();
+    for e in entries {
+        let l = &e.letter;
+        let key = (
+            l.failing_service.as_str(),
+            l.classification.as_str(),
+            l.event_type.as_deref().unwrap_or(""),
+        );
+        *counts.entry(key).or_default() += 1;
+    }
+    html! {
+        @if counts.len() > 1 { table class="summary-counts" {
+            thead { tr { th { "Service" } th { "Classification" } th { "Event" } th class="num" { "Letters" } } }
+            tbody { @for ((service, class, event), n) in &counts { tr {
+                td { a href={ "/dead-letters?service=" (service) "&classification=" (class) "&event_type=" (event) } { (service) } }
+                td { (badge(class)) } td { (event) } td class="num" { (n) }
+            } } }
+        } }
+    }
 }
 
 fn clone_form(f: &FilterForm) -> FilterForm {
