@@ -4,8 +4,7 @@
 //! is required and recorded with the operator's name, here and by the orchestrator.
 
 use super::layout::{badge, can_act, csrf, money, page, time};
-use super::{outcome, ActionForm};
-use crate::audit;
+use super::{Act, ActionForm};
 use crate::reads;
 use crate::session::{Refusal, Session};
 use crate::state::Console;
@@ -146,25 +145,24 @@ pub async fn act(
             _ => state.ops.accept(id, reason, by).await,
         }
     };
-    let recorded = audit::record(
-        &state.pool,
-        by,
-        &format!("payment.{verb}"),
-        &id.to_string(),
+    let act = Act {
+        state: &state,
+        session: &session,
+        action: &format!("payment.{verb}"),
+        target: &id.to_string(),
         reason,
+        back: "/attention",
+    };
+    act.run(
         result,
         |v| format!("{} ({})", v["status"].as_str().unwrap_or("?"), v["sent"]),
-    )
-    .await;
-    outcome(
-        &session,
-        "/attention",
-        recorded.map(|v| {
+        |v| {
             format!(
                 "Payment {id}: {verb} done; it is {} now ({} sent).",
                 v["status"].as_str().unwrap_or("?"),
                 v["sent"]
             )
-        }),
+        },
     )
+    .await
 }

@@ -5,8 +5,7 @@
 //! bytes to the original topic (`sagapay_operations::dlq::replay`, as `sagapayctl dlq replay`).
 
 use super::layout::{badge, can_act, csrf, page, time};
-use super::{outcome, ActionForm};
-use crate::audit;
+use super::{outcome, Act, ActionForm};
 use crate::session::{Refusal, Session};
 use crate::state::Console;
 use axum::extract::{Query, State};
@@ -210,24 +209,22 @@ pub async fn replay(
         )
         .into_response();
     }
-    let by = session.operator.as_str();
     let target = format!("dead letters {}", shown.join(","));
     let result = dlq::replay(&state.kafka, &entries, false);
-    let recorded = audit::record(
-        &state.pool,
-        by,
-        "dead_letters.replay",
-        &target,
-        form.action.reason.trim(),
+    let act = Act {
+        state: &state,
+        session: &session,
+        action: "dead_letters.replay",
+        target: &target,
+        reason: form.action.reason.trim(),
+        back: "/dead-letters",
+    };
+    act.run(
         result,
         |n| format!("{n} replayed"),
+        |n| format!("{n} dead letter(s) replayed to their original topics."),
     )
-    .await;
-    outcome(
-        &session,
-        "/dead-letters",
-        recorded.map(|n| format!("{n} dead letter(s) replayed to their original topics.")),
-    )
+    .await
 }
 
 fn dry_run(session: &Session, f: &FilterForm, entries: &[Entry]) -> Response {

@@ -4,8 +4,7 @@
 //! Keys are the gateway's (`sagapay_gateway::keys`, as `sagapayctl key`).
 
 use super::layout::{can_act, csrf, page, time};
-use super::{outcome, ActionForm};
-use crate::audit;
+use super::{Act, ActionForm};
 use crate::reads::{self, Admission, Endpoint};
 use crate::session::{Refusal, Session};
 use crate::state::Console;
@@ -132,26 +131,25 @@ pub async fn create_key(
             .await
             .map_err(anyhow::Error::from)
     };
-    let recorded = audit::record(
-        &state.pool,
-        &session.operator,
-        "key.create",
-        &id.to_string(),
-        form.reason.trim(),
+    let act = Act {
+        state: &state,
+        session: &session,
+        action: "key.create",
+        target: &id.to_string(),
+        reason: form.reason.trim(),
+        back: "/merchants",
+    };
+    act.run(
         result,
         |k| format!("key {} created", k.key_id),
-    )
-    .await;
-    outcome(
-        &session,
-        "/merchants",
-        recorded.map(|k| {
+        |k| {
             format!(
                 "Key {} of merchant {id}: {} — shown once, copy it now.",
                 k.key_id, k.secret
             )
-        }),
+        },
     )
+    .await
 }
 
 /// `POST /keys/{key_id}/revoke`.
@@ -172,26 +170,25 @@ pub async fn revoke_key(
             .await
             .map_err(anyhow::Error::from)
     };
-    let recorded = audit::record(
-        &state.pool,
-        &session.operator,
-        "key.revoke",
-        &id.to_string(),
-        form.reason.trim(),
+    let act = Act {
+        state: &state,
+        session: &session,
+        action: "key.revoke",
+        target: &id.to_string(),
+        reason: form.reason.trim(),
+        back: "/merchants",
+    };
+    act.run(
         result,
         |k| format!("key {}… revoked", k.key_prefix),
-    )
-    .await;
-    outcome(
-        &session,
-        "/merchants",
-        recorded.map(|k| {
+        |k| {
             format!(
                 "Key {}… revoked: refused from the next request on.",
                 k.key_prefix
             )
-        }),
+        },
     )
+    .await
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -231,19 +228,18 @@ pub async fn set_limit(
         },
     };
     let result = state.ops.set_merchant_limit(id, limit, &session.operator);
-    let recorded = audit::record(
-        &state.pool,
-        &session.operator,
-        "merchant.limit",
-        &id.to_string(),
-        form.action.reason.trim(),
+    let act = Act {
+        state: &state,
+        session: &session,
+        action: "merchant.limit",
+        target: &id.to_string(),
+        reason: form.action.reason.trim(),
+        back: "/merchants",
+    };
+    act.run(
         result,
         |v| v.to_string(),
+        |v| format!("Merchant {id}: limit now {}.", v["max_in_flight"]),
     )
-    .await;
-    outcome(
-        &session,
-        "/merchants",
-        recorded.map(|v| format!("Merchant {id}: limit now {}.", v["max_in_flight"])),
-    )
+    .await
 }

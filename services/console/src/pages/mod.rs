@@ -92,6 +92,40 @@ impl ActionForm {
     }
 }
 
+/// An action about to run: who (the session's operator), what, on what, why, and the page to
+/// go back to.
+pub struct Act<'a> {
+    pub state: &'a Console,
+    pub session: &'a Session,
+    pub action: &'a str,
+    pub target: &'a str,
+    pub reason: &'a str,
+    pub back: &'a str,
+}
+
+impl Act<'_> {
+    /// Records the action, runs `operation`, records how it ended (`record`), and answers
+    /// with what it did (`say`) or why it was refused ([`crate::audit::record`]).
+    pub async fn run<T>(
+        self,
+        operation: impl std::future::Future<Output = anyhow::Result<T>>,
+        record: impl FnOnce(&T) -> String,
+        say: impl FnOnce(T) -> String,
+    ) -> Response {
+        let recorded = crate::audit::record(
+            &self.state.pool,
+            &self.session.operator,
+            self.action,
+            self.target,
+            self.reason,
+            operation,
+            record,
+        )
+        .await;
+        outcome(self.session, self.back, recorded.map(say))
+    }
+}
+
 /// The page after an action: what it did, or why it was refused, and the way back.
 pub fn outcome(session: &Session, back: &str, result: anyhow::Result<String>) -> Response {
     match result {

@@ -3,8 +3,7 @@
 //! whose name risk records with the decision.
 
 use super::layout::{can_act, csrf, money, page, time};
-use super::{outcome, ActionForm};
-use crate::audit;
+use super::{Act, ActionForm};
 use crate::session::Session;
 use crate::state::Console;
 use axum::extract::{Path, State};
@@ -70,19 +69,18 @@ pub async fn decide(
     };
     let by = session.operator.as_str();
     let result = state.reviews.decide(id, decision, by);
-    let recorded = audit::record(
-        &state.pool,
-        by,
-        &format!("review.{verb}"),
-        &id.to_string(),
-        form.reason.trim(),
+    let act = Act {
+        state: &state,
+        session: &session,
+        action: &format!("review.{verb}"),
+        target: &id.to_string(),
+        reason: form.reason.trim(),
+        back: "/reviews",
+    };
+    act.run(
         result,
         |v| v.to_string(),
+        |_| format!("Payment {id}: review {verb}d by {by}."),
     )
-    .await;
-    outcome(
-        &session,
-        "/reviews",
-        recorded.map(|_| format!("Payment {id}: review {verb}d by {by}.")),
-    )
+    .await
 }

@@ -3,8 +3,7 @@
 //! `sagapayctl webhooks resend`).
 
 use super::layout::{badge, can_act, csrf, page, time};
-use super::{outcome, ActionForm};
-use crate::audit;
+use super::{Act, ActionForm};
 use crate::session::Session;
 use crate::state::Console;
 use axum::extract::{Path, Query, State};
@@ -110,19 +109,18 @@ pub async fn resend(
             Err(e) => Err(e.into()),
         }
     };
-    let recorded = audit::record(
-        &state.pool,
-        &session.operator,
-        "webhook.resend",
-        &id.to_string(),
-        form.reason.trim(),
+    let act = Act {
+        state: &state,
+        session: &session,
+        action: "webhook.resend",
+        target: &id.to_string(),
+        reason: form.reason.trim(),
+        back: "/webhooks",
+    };
+    act.run(
         result,
         |_| "sent again".to_owned(),
+        |()| format!("Delivery {id} will be sent again now."),
     )
-    .await;
-    outcome(
-        &session,
-        "/webhooks",
-        recorded.map(|()| format!("Delivery {id} will be sent again now.")),
-    )
+    .await
 }
