@@ -4,7 +4,7 @@
 //! computed here the way Prometheus computes them (counter deltas; a histogram's quantile
 //! from its buckets' deltas, linear within a bucket).
 
-use crate::ServiceUrls;
+use crate::config::ServiceUrls;
 use chrono::{DateTime, Utc};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};

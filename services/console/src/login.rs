@@ -55,7 +55,7 @@ fn render_form(
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     };
     let next = Some(next).filter(|n| session::safe_next(n));
-    let page = crate::pages::layout::login_page(&token, error, expired, next);
+    let page = crate::layout::login_page(&token, error, expired, next);
     (
         status,
         [(

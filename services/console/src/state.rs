@@ -2,9 +2,9 @@
 //! databases, the operations (with the console's ops key), Kafka for dead letters, the
 //! metrics history and the login limits.
 
+use crate::config::{Config, ServiceUrls};
 use crate::history::History;
 use crate::limits::LoginLimits;
-use crate::{Config, ServiceUrls};
 use sagapay_domain::Namespace;
 use sagapay_messaging::KafkaSettings;
 use sagapay_operations::payments::Ops;
@@ -56,7 +56,8 @@ impl Console {
         // are written by the operations the command line shares.
         let db = |service: &str, read_only: bool| -> anyhow::Result<PgPool> {
             let url = sagapay_messaging::postgres_url::with_database(server, &ns.database(service));
-            let mut options = PgConnectOptions::from_str(&url)?.application_name(crate::SERVICE);
+            let mut options =
+                PgConnectOptions::from_str(&url)?.application_name(crate::config::SERVICE);
             if read_only {
                 options = options.options([("default_transaction_read_only", "on")]);
             }

@@ -1,7 +1,7 @@
 //! Actions: what operators did through the console, newest first (`operator_actions`).
 
-use super::layout::{page, time};
 use crate::audit::{self, Action};
+use crate::layout::{page, time};
 use crate::session::Session;
 use crate::state::Console;
 use axum::extract::State;

@@ -3,8 +3,8 @@
 //! kind allows: send its step again, fail it, or keep a capture of another amount. A reason
 //! is required and recorded with the operator's name, here and by the orchestrator.
 
-use super::layout::{badge, can_act, csrf, money, page, time};
 use super::{Act, ActionForm};
+use crate::layout::{badge, can_act, csrf, money, page, time};
 use crate::reads;
 use crate::session::{Refusal, Session};
 use crate::state::Console;

@@ -4,8 +4,8 @@
 //! only when the operator confirms it, with a reason, recorded. Replays publish the original
 //! bytes to the original topic (`sagapay_operations::dlq::replay`, as `sagapayctl dlq replay`).
 
-use super::layout::{badge, can_act, csrf, page, time};
 use super::{outcome, Act, ActionForm};
+use crate::layout::{badge, can_act, csrf, page, time};
 use crate::session::{Refusal, Session};
 use crate::state::Console;
 use axum::extract::{Query, State};

@@ -4,8 +4,8 @@
 //! second, time to SETTLED p50 and p99, errors and retries per second. The live part is
 //! `GET /system/live`, which the page's script fetches again every 5 s.
 
-use super::layout::{badge, page};
 use crate::history::{self, Point, Sample};
+use crate::layout::{badge, page};
 use crate::reads;
 use crate::session::Session;
 use crate::state::Console;

@@ -3,8 +3,8 @@
 //! or the default, set through the orchestrator's ops route), and its webhook endpoints.
 //! Keys are the gateway's (`sagapay_gateway::keys`, as `sagapayctl key`).
 
-use super::layout::{can_act, csrf, page, time};
 use super::{Act, ActionForm};
+use crate::layout::{can_act, csrf, page, time};
 use crate::reads::{self, Admission, Endpoint};
 use crate::session::{Refusal, Session};
 use crate::state::Console;

@@ -3,8 +3,6 @@
 //! operation asks one, run through `sagapay-operations`, recorded ([`crate::audit`]), and
 //! answered with a page that says what happened (or why it was refused, with a code).
 
-pub mod layout;
-
 mod actions;
 mod attention;
 mod dead_letters;
@@ -129,7 +127,7 @@ impl Act<'_> {
 /// The page after an action: what it did, or why it was refused, and the way back.
 pub fn outcome(session: &Session, back: &str, result: anyhow::Result<String>) -> Response {
     match result {
-        Ok(done) => layout::page(
+        Ok(done) => crate::layout::page(
             session,
             back,
             "Done",
@@ -145,7 +143,7 @@ pub fn outcome(session: &Session, back: &str, result: anyhow::Result<String>) ->
                 p class="error" data-code=(code) { (format!("{e:#}")) }
                 p { a href=(back) { "Back" } }
             };
-            (status, layout::page(session, back, "Refused", body)).into_response()
+            (status, crate::layout::page(session, back, "Refused", body)).into_response()
         }
     }
 }

@@ -2,7 +2,7 @@
 //! its timeline as a vertical track, its refunds, its provider calls and ledger postings side
 //! by side, its webhook deliveries, and what operators did to it.
 
-use super::layout::{badge, money, page, time};
+use crate::layout::{badge, money, page, time};
 use crate::reads::{self, PaymentDetail, PaymentFilter, PaymentRow};
 use crate::session::Session;
 use crate::state::Console;

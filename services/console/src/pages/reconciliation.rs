@@ -2,8 +2,8 @@
 //! ledger (`sagapay_operations::reconcile`, as `sagapayctl reconcile`) for a window of
 //! creation times, its differences grouped by kind, each linking to its payment.
 
-use super::layout::{page, time};
 use super::payments::when;
+use crate::layout::{page, time};
 use crate::session::Session;
 use crate::state::Console;
 use axum::extract::{Query, State};

@@ -2,8 +2,8 @@
 //! first, each approved (the saga resumes) or denied (the payment fails) by the operator,
 //! whose name risk records with the decision.
 
-use super::layout::{can_act, csrf, money, page, time};
 use super::{Act, ActionForm};
+use crate::layout::{can_act, csrf, money, page, time};
 use crate::session::Session;
 use crate::state::Console;
 use axum::extract::{Path, State};

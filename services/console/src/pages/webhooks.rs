@@ -2,8 +2,8 @@
 //! is sent again now with the same event id: `sagapay_notification::ops`, as
 //! `sagapayctl webhooks resend`).
 
-use super::layout::{badge, can_act, csrf, page, time};
 use super::{Act, ActionForm};
+use crate::layout::{badge, can_act, csrf, page, time};
 use crate::session::Session;
 use crate::state::Console;
 use axum::extract::{Path, Query, State};
