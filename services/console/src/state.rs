@@ -45,6 +45,8 @@ pub struct Console {
     pub login_limits: Arc<LoginLimits>,
     pub session_idle: Duration,
     pub session_max: Duration,
+    /// One reconciliation at a time per instance (it reads three databases whole).
+    pub reconciling: Arc<tokio::sync::Semaphore>,
 }
 
 impl Console {
@@ -98,6 +100,7 @@ impl Console {
             login_limits: Arc::new(LoginLimits::new()),
             session_idle: config.session_idle,
             session_max: config.session_max,
+            reconciling: Arc::new(tokio::sync::Semaphore::new(1)),
         })
     }
 }

@@ -29,12 +29,12 @@ pub async fn list(State(state): State<Console>, session: Session) -> Response {
         .iter()
         .filter_map(|p| p["payment_id"].as_str()?.parse().ok())
         .collect();
-    let kinds: HashMap<Uuid, reads::PaymentRow> = reads::payments(&state.dbs.orchestrator, &ids)
-        .await
-        .unwrap_or_default()
-        .into_iter()
-        .map(|p| (p.payment_id, p))
-        .collect();
+    // Without each payment's kind the wrong actions would be offered: no page rather than that.
+    let kinds: HashMap<Uuid, reads::PaymentRow> =
+        match reads::payments(&state.dbs.orchestrator, &ids).await {
+            Ok(rows) => rows.into_iter().map(|p| (p.payment_id, p)).collect(),
+            Err(e) => return super::unavailable(e.into()),
+        };
     let body = html! {
         @if payments.is_empty() { p class="empty" { "Nothing is stuck." } }
         @for p in payments { (card(&session, p, &kinds)) }

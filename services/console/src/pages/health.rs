@@ -40,12 +40,14 @@ async fn live_part(state: &Console) -> Markup {
     }))
     .await;
     let samples = state.history.samples();
-    let admission = reads::admission(&state.dbs.orchestrator)
-        .await
-        .unwrap_or_default();
+    let admission = reads::admission(&state.dbs.orchestrator).await;
     html! {
         h2 { "Services" } (services(&readiness, samples.last()))
-        h2 { "Admission" } (admission_table(samples.last(), &admission))
+        h2 { "Admission" }
+        @match &admission {
+            Ok(merchants) => (admission_table(samples.last(), merchants)),
+            Err(e) => p class="error" data-code="read_failed" { "Could not read the payments in flight: " (e) },
+        }
         h2 { "The last hour" }
         div class="charts" { (charts(&samples)) }
     }

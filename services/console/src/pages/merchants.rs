@@ -26,12 +26,17 @@ pub async fn list(State(state): State<Console>, session: Session) -> Response {
         reads::admission(&state.dbs.orchestrator),
         reads::endpoints(&state.dbs.notification),
     );
-    let (admission, endpoints) = (admission.unwrap_or_default(), endpoints.unwrap_or_default());
+    // A list that could not be read is not shown as empty.
+    let (admission, endpoints) = match (admission, endpoints) {
+        (Ok(a), Ok(e)) => (a, e),
+        (Err(e), _) | (_, Err(e)) => return super::unavailable(e.into()),
+    };
     let mut cards = Vec::new();
     for m in &merchants {
-        let keys = keys::list_keys(&state.dbs.gateway, m.merchant_id)
-            .await
-            .unwrap_or_default();
+        let keys = match keys::list_keys(&state.dbs.gateway, m.merchant_id).await {
+            Ok(k) => k,
+            Err(e) => return super::unavailable(e.into()),
+        };
         let share = admission.iter().find(|a| a.merchant_id == m.merchant_id);
         let hooks: Vec<&Endpoint> = endpoints
             .iter()

@@ -28,6 +28,8 @@ pub struct ReconcileQuery {
 }
 
 impl ReconcileQuery {
+    /// The window asked for; without a start, the last day (the command line's default is
+    /// everything: a page anyone logged in can open should not read years by default).
     fn window(&self) -> Result<Window, String> {
         let settling = match self.settling_s.trim() {
             "" => 60,
@@ -38,7 +40,8 @@ impl ReconcileQuery {
                 .ok_or_else(|| format!("{s:?} is not a number of seconds (0 to 86400)"))?,
         };
         Ok(Window {
-            since: when(&self.since)?,
+            since: when(&self.since)?
+                .or_else(|| Some(chrono::Utc::now() - chrono::Duration::days(1))),
             until: when(&self.until)?,
             settling: Duration::from_secs(settling),
         })
@@ -50,7 +53,7 @@ async fn page_handler(state: &Console, q: &ReconcileQuery) -> (StatusCode, Marku
     let form = html! {
         form method="get" action="/reconciliation" class="search" {
             input type="hidden" name="run" value="1";
-            label { "Created from " input type="datetime-local" name="since" value=(q.since); }
+            label { "Created from " input type="datetime-local" name="since" value=(q.since) title="default: a day ago"; }
             label { "before " input type="datetime-local" name="until" value=(q.until); }
             label { "leave out the last " input type="number" name="settling_s" min="0" max="86400" value=(q.settling_s) placeholder="60"; " s" }
             button type="submit" { "Reconcile" }
@@ -65,6 +68,11 @@ async fn page_handler(state: &Console, q: &ReconcileQuery) -> (StatusCode, Marku
             let body = html! { (form) p class="error" data-code="invalid_window" { (e) } };
             return (StatusCode::UNPROCESSABLE_ENTITY, body);
         }
+    };
+    let Ok(_running) = state.reconciling.clone().try_acquire_owned() else {
+        let body = html! { (form) p class="error" data-code="reconciliation_running" {
+        "A reconciliation is running already: try again when it has finished." } };
+        return (StatusCode::TOO_MANY_REQUESTS, body);
     };
     match reconcile::run(&state.reconcile_dbs, &window).await {
         Ok(report) => (StatusCode::OK, html! { (form) (result(&report)) }),
