@@ -87,6 +87,14 @@ impl Ops {
         .await
     }
 
+    /// Admission control now (`GET /ops/admission`): the limits, the payments in flight, and
+    /// per merchant its payments in flight and refused.
+    pub async fn admission(&self) -> anyhow::Result<Value> {
+        let client = client()?;
+        self.send(client.get(format!("{}/ops/admission", self.orchestrator_url)))
+            .await
+    }
+
     /// A merchant's own share of admission control: `Some(n)` sets it (0: no limit of its
     /// own), `None` gives it the default share again.
     pub async fn set_merchant_limit(

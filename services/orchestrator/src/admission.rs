@@ -126,9 +126,24 @@ struct Counts {
     limits: HashMap<Uuid, i64>,
 }
 
+/// New payments refused per merchant by this instance since it started: (in all, at the
+/// merchant's own limit). Operators read it (`GET /ops/admission`); the metrics count all
+/// merchants together (a label per merchant would grow without bound).
+type Refusals = HashMap<Uuid, (u64, u64)>;
+
+/// A merchant as admission sees it now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MerchantAdmission {
+    pub merchant_id: Uuid,
+    pub in_flight: i64,
+    pub refused: u64,
+    pub refused_at_own_limit: u64,
+}
+
 #[derive(Clone)]
 pub struct Admission {
     counts: Arc<Mutex<Counts>>,
+    refusals: Arc<Mutex<Refusals>>,
     limit: i64,
     merchant_default: i64,
     gauge: IntGauge,
@@ -193,6 +208,7 @@ impl Admission {
         registry.register(Box::new(refused_merchant.clone()))?;
         Ok(Self {
             counts: Arc::new(Mutex::new(Counts::default())),
+            refusals: Arc::default(),
             limit,
             merchant_default,
             gauge,
@@ -227,12 +243,50 @@ impl Admission {
         (own, self.merchant_default)
     }
 
-    /// A new payment was refused (a replay answered while overloaded is not counted).
-    pub fn refused(&self, scope: Scope) {
+    /// A new payment of `merchant` was refused (a replay answered while overloaded is not
+    /// counted).
+    pub fn refused(&self, scope: Scope, merchant: Uuid) {
         self.refused.inc();
-        if scope == Scope::Merchant {
+        let own = scope == Scope::Merchant;
+        if own {
             self.refused_merchant.inc();
         }
+        let mut refusals = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
+        let (all, at_own) = refusals.entry(merchant).or_insert((0, 0));
+        *all += 1;
+        *at_own += u64::from(own);
+    }
+
+    /// Every merchant with payments in flight or refused, most in flight first: the pipeline's
+    /// limit, the default share, the total in flight, and each merchant.
+    pub fn merchants(&self) -> (i64, i64, i64, Vec<MerchantAdmission>) {
+        let (total, mut merchants) = {
+            let counts = self.lock();
+            let refusals = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
+            let ids: std::collections::BTreeSet<Uuid> = counts
+                .per_merchant
+                .iter()
+                .filter(|(_, n)| **n != 0)
+                .map(|(id, _)| *id)
+                .chain(refusals.keys().copied())
+                .collect();
+            let merchants: Vec<MerchantAdmission> = ids
+                .into_iter()
+                .map(|id| {
+                    let (refused, refused_at_own_limit) =
+                        refusals.get(&id).copied().unwrap_or((0, 0));
+                    MerchantAdmission {
+                        merchant_id: id,
+                        in_flight: counts.per_merchant.get(&id).copied().unwrap_or(0),
+                        refused,
+                        refused_at_own_limit,
+                    }
+                })
+                .collect();
+            (counts.total, merchants)
+        };
+        merchants.sort_by_key(|m| (std::cmp::Reverse(m.in_flight), m.merchant_id));
+        (self.limit, self.merchant_default, total, merchants)
     }
 
     /// A payment of `merchant` was accepted: counted until the next sample sees it.
@@ -445,5 +499,27 @@ mod tests {
         assert_eq!(admission.check(a), Verdict::Admit);
         admission.moved(a, 1); // an operator retried it
         assert!(matches!(admission.check(b), Verdict::Overloaded { .. }));
+    }
+
+    #[test]
+    fn refusals_are_counted_per_merchant_and_by_the_limit_they_hit() {
+        let admission = Admission::register(&Registry::new(), 3, 2).unwrap();
+        let (a, b, c) = (Uuid::from_u128(1), Uuid::from_u128(2), Uuid::from_u128(3));
+        admission.accepted(a);
+        admission.accepted(a);
+        admission.refused(Scope::Merchant, a);
+        admission.refused(Scope::Merchant, a);
+        admission.refused(Scope::Pipeline, b);
+        admission.accepted(c);
+        admission.moved(c, -1); // settled: in flight no more, and never refused
+        let (limit, share, total, merchants) = admission.merchants();
+        assert_eq!((limit, share, total), (3, 2, 2));
+        let row = |id, in_flight, refused, own| MerchantAdmission {
+            merchant_id: id,
+            in_flight,
+            refused,
+            refused_at_own_limit: own,
+        };
+        assert_eq!(merchants, vec![row(a, 2, 2, 2), row(b, 0, 1, 0)]);
     }
 }

@@ -40,13 +40,17 @@ async fn live_part(state: &Console) -> Markup {
     }))
     .await;
     let samples = state.history.samples();
-    let admission = reads::admission(&state.dbs.orchestrator).await;
+    let (stored, live) = tokio::join!(
+        reads::admission(&state.dbs.orchestrator),
+        state.ops.admission()
+    );
     html! {
         h2 { "Services" } (services(&readiness, samples.last()))
         h2 { "Admission" }
-        @match &admission {
-            Ok(merchants) => (admission_table(samples.last(), merchants)),
-            Err(e) => p class="error" data-code="read_failed" { "Could not read the payments in flight: " (e) },
+        @match (&stored, &live) {
+            (Ok(stored), Ok(live)) => (admission_table(live, stored)),
+            (Err(e), _) => p class="error" data-code="read_failed" { "Could not read the payments in flight: " (e) },
+            (_, Err(e)) => p class="error" data-code="read_failed" { "Could not ask the orchestrator: " (format!("{e:#}")) },
         }
         h2 { "The last hour" }
         div class="charts" { (charts(&samples)) }
@@ -71,20 +75,38 @@ fn services(readiness: &[(&str, bool, String)], last: Option<&Sample>) -> Markup
     }
 }
 
-fn admission_table(last: Option<&Sample>, merchants: &[reads::Admission]) -> Markup {
-    let total =
-        |name: &str| count(last.map_or(0.0, |l| l.sum(Some("orchestrator"), name, |_| true)));
+/// Admission now: the orchestrator's counts and refusals (`live`, `GET /ops/admission`) beside
+/// what the database says of each merchant (parked payments, its own limit).
+fn admission_table(live: &serde_json::Value, stored: &[reads::Admission]) -> Markup {
+    let empty = Vec::new();
+    let merchants = live["merchants"].as_array().unwrap_or(&empty);
+    let mut ids: Vec<String> = merchants
+        .iter()
+        .filter_map(|m| m["merchant_id"].as_str().map(str::to_owned))
+        .collect();
+    for s in stored {
+        let id = s.merchant_id.to_string();
+        if !ids.contains(&id) {
+            ids.push(id);
+        }
+    }
+    let of = |id: &str| merchants.iter().find(|m| m["merchant_id"] == id);
+    let row = |id: &str| stored.iter().find(|s| s.merchant_id.to_string() == id);
     html! {
         p class="meta" {
-            "In flight: " (total("admission_payments_in_flight")) " · refused (all): "
-            (total("admission_refused_total")) " · refused at a merchant's own limit: "
-            (total("admission_merchant_refused_total"))
+            "In flight: " (live["in_flight"]) " of " (live["max_in_flight"])
+            " · a merchant's default share: " (live["default_max_in_flight"])
+            " · refusals counted by the orchestrator since it started"
         }
-        table { thead { tr { th { "Merchant" } th class="num" { "In flight" } th class="num" { "Parked" } th class="num" { "Own limit" } } }
-            tbody { @for m in merchants { tr {
-                td class="id" { a href={ "/payments?merchant=" (m.merchant_id) } { (m.merchant_id) } }
-                td class="num" { (m.in_flight) } td class="num" { (m.parked) }
-                td class="num" { (m.max_in_flight.map(|n| n.to_string()).unwrap_or_else(|| "default".into())) }
+        table { thead { tr { th { "Merchant" } th class="num" { "In flight" } th class="num" { "Parked" }
+            th class="num" { "Refused" } th class="num" { "at its own limit" } th class="num" { "Own limit" } } }
+            tbody { @for id in &ids { tr data-merchant=(id) {
+                td class="id" { a href={ "/payments?merchant=" (id) } { (id) } }
+                td class="num" { (of(id).map_or(0, |m| m["in_flight"].as_i64().unwrap_or(0))) }
+                td class="num" { (row(id).map_or(0, |s| s.parked)) }
+                td class="num" { (of(id).map_or(0, |m| m["refused"].as_u64().unwrap_or(0))) }
+                td class="num" { (of(id).map_or(0, |m| m["refused_at_own_limit"].as_u64().unwrap_or(0))) }
+                td class="num" { (row(id).and_then(|s| s.max_in_flight).map(|n| n.to_string()).unwrap_or_else(|| "default".into())) }
             } } } }
     }
 }

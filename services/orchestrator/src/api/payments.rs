@@ -41,7 +41,7 @@ pub(super) async fn create_payment(
         return match existing(&mut conn, merchant_id, &req, &fp).await? {
             Some(resp) => Ok(resp),
             None => {
-                state.admission.refused(scope);
+                state.admission.refused(scope, merchant_id);
                 Ok(overloaded(scope, in_flight, limit))
             }
         };

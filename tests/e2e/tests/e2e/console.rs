@@ -650,3 +650,91 @@ async fn an_idle_session_ends_and_automatic_refreshes_do_not_keep_it() {
     console.stop().await.expect("the console stops cleanly");
     stack.teardown().await;
 }
+
+/// The cells of the table row of `data-merchant="<merchant>"` in `page`.
+fn merchant_row(page: &str, merchant: &str) -> Vec<String> {
+    let start = page
+        .find(&format!("data-merchant=\"{merchant}\""))
+        .unwrap_or_else(|| panic!("no row of merchant {merchant} in:\n{page}"));
+    let row = &page[start..start + page[start..].find("</tr>").unwrap()];
+    row.split("<td")
+        .skip(1)
+        .map(|cell| {
+            let inner = &cell[cell.find('>').unwrap() + 1..];
+            let text: String = inner
+                .split('<')
+                .map(|part| part.rsplit('>').next().unwrap_or(""))
+                .collect();
+            text.trim().to_owned()
+        })
+        .collect()
+}
+
+/// A merchant refused at its own limit is shown so on the health page, beside another
+/// merchant that was not (the counts come from the orchestrator's `GET /ops/admission`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_health_page_shows_each_merchants_payments_in_flight_and_refusals() {
+    let stack = TestStack::spawn_with(StackOptions {
+        admission_max_in_flight: Some(20),
+        admission_merchant_max_in_flight: Some(1),
+        ..StackOptions::default()
+    })
+    .await;
+    let console = stack.start_console().await;
+    let base = console.base_url();
+    let (slow, slow_key) = stack.merchant("Slow Cards Ltd").await;
+    let (calm, calm_key) = stack.merchant("Calm Cards Ltd").await;
+    let payment = |key: &str, card: &str| {
+        json!({"customer_id": "cust-1", "amount_cents": 1_000, "currency": "USD",
+               "payment_method": card, "idempotency_key": key})
+    };
+    // The first slow payment holds the merchant's one place (its authorization times out and
+    // is retried for seconds); the second is refused at the merchant's own limit.
+    let first = stack
+        .post_payment_as(&slow_key, &payment("slow-1", "pm_card_timeout"))
+        .await;
+    assert!(first.status().is_success(), "{first:?}");
+    let second = stack
+        .post_payment_as(&slow_key, &payment("slow-2", "pm_card_timeout"))
+        .await;
+    assert_eq!(second.status(), 503);
+    assert_eq!(second.headers()["sagapay-overload-scope"], "merchant");
+    let calm_payment = stack
+        .post_payment_as(&calm_key, &payment("calm-1", "pm_card_ok"))
+        .await;
+    assert!(calm_payment.status().is_success(), "{calm_payment:?}");
+
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let cookie = session_cookie(&http, &base, "ops", "dev-ops-secret").await;
+    let page = http
+        .get(format!("{base}/system/live"))
+        .header("cookie", cookie)
+        .header("x-console-refresh", "1")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    // Merchant, in flight, parked, refused, at its own limit, own limit.
+    let row = merchant_row(&page, &slow.to_string());
+    assert_eq!(
+        row[3..5],
+        ["1", "1"],
+        "the slow merchant's refusal: {row:?}"
+    );
+    assert_eq!(row[1], "1", "its one payment in flight: {row:?}");
+    if page.contains(&format!("data-merchant=\"{calm}\"")) {
+        let row = merchant_row(&page, &calm.to_string());
+        assert_eq!(
+            row[3..5],
+            ["0", "0"],
+            "the calm merchant was never refused: {row:?}"
+        );
+    }
+    console.stop().await.expect("the console stops cleanly");
+    stack.teardown().await;
+}

@@ -111,3 +111,49 @@ pub(super) async fn set_merchant_limits(
         "merchant admission limit set");
     Ok(Json(limits_of(&state, merchant_id).await?))
 }
+
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct MerchantAdmissionView {
+    merchant_id: Uuid,
+    /// Its payments in flight now, as admission sees them.
+    in_flight: i64,
+    /// Its new payments this instance refused since it started.
+    refused: u64,
+    /// Of those, refused at the merchant's own limit (the others at the pipeline's).
+    refused_at_own_limit: u64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct AdmissionView {
+    /// The pipeline's limit of payments in flight (0: off).
+    max_in_flight: i64,
+    /// A merchant's share without a limit of its own.
+    default_max_in_flight: i64,
+    /// Payments in flight now, every merchant.
+    in_flight: i64,
+    /// Merchants with payments in flight or refused, most in flight first.
+    merchants: Vec<MerchantAdmissionView>,
+}
+
+/// Admission control now: the limits, the payments in flight, and per merchant its payments
+/// in flight and refused (by this instance, since it started).
+#[utoipa::path(get, path = "/ops/admission", tag = "merchants",
+    security(("ops_key" = [])),
+    responses((status = 200, description = "Admission now", body = AdmissionView)))]
+pub(super) async fn admission(State(state): State<AppState>) -> Json<AdmissionView> {
+    let (max_in_flight, default_max_in_flight, in_flight, merchants) = state.admission.merchants();
+    Json(AdmissionView {
+        max_in_flight,
+        default_max_in_flight,
+        in_flight,
+        merchants: merchants
+            .into_iter()
+            .map(|m| MerchantAdmissionView {
+                merchant_id: m.merchant_id,
+                in_flight: m.in_flight,
+                refused: m.refused,
+                refused_at_own_limit: m.refused_at_own_limit,
+            })
+            .collect(),
+    })
+}

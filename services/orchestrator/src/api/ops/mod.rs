@@ -15,6 +15,8 @@
 //! - `POST /ops/payments/{id}/accept` `{"reason": "...", "requested_by": "..."}`: keeps a
 //!   capture the provider made of another amount than was asked: posted for what was
 //!   captured, the payment settles for it;
+//! - `GET /ops/admission`: the limits, the payments in flight, and per merchant its payments in
+//!   flight and refused by this instance since it started;
 //! - `GET|PUT /ops/merchants/{id}/limits` `{"max_in_flight": N | null, "requested_by": "..."}`:
 //!   a merchant's own share of admission control (null: the default share again).
 //!
@@ -46,6 +48,7 @@ pub fn routes(state: AppState, key: OpsKey) -> Router {
             "/ops/merchants/{merchant_id}/limits",
             get(limits::merchant_limits).put(limits::set_merchant_limits),
         )
+        .route("/ops/admission", get(limits::admission))
         .route("/ops/openapi.json", get(document));
     require_ops_key(routes, key).with_state(state)
 }
@@ -64,6 +67,7 @@ pub fn routes(state: AppState, key: OpsKey) -> Router {
         end::accept,
         limits::merchant_limits,
         limits::set_merchant_limits,
+        limits::admission,
         document
     ),
     components(schemas(sagapay_service_kit::api_error::ErrorDocument)),
