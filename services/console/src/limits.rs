@@ -40,3 +40,54 @@ impl Default for LoginLimits {
         Self::new()
     }
 }
+
+/// The client a login comes from. Behind the declared TLS proxy, the address the proxy
+/// appended to `X-Forwarded-For` (the last one: what came before it, the client could have
+/// written); otherwise the connection's. An IPv6 address stands for its /64 (one host
+/// usually has a whole /64 to choose from).
+pub fn client_address(peer: IpAddr, forwarded_for: Option<&str>, behind_proxy: bool) -> IpAddr {
+    let address = forwarded_for
+        .filter(|_| behind_proxy)
+        .and_then(|v| v.rsplit(',').next())
+        .and_then(|last| last.trim().parse::<IpAddr>().ok())
+        .unwrap_or(peer);
+    match address {
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+        v4 => v4,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn behind_the_proxy_the_address_it_appended_counts() {
+        let proxy: IpAddr = "10.0.0.5".parse().unwrap();
+        let xff = Some("6.6.6.6, 203.0.113.7");
+        assert_eq!(
+            client_address(proxy, xff, true),
+            "203.0.113.7".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            client_address(proxy, xff, false),
+            proxy,
+            "no proxy declared: not trusted"
+        );
+        assert_eq!(client_address(proxy, Some("garbage"), true), proxy);
+        assert_eq!(client_address(proxy, None, true), proxy);
+    }
+
+    #[test]
+    fn an_ipv6_client_is_its_64() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
+        assert_eq!(
+            client_address(a, None, false),
+            client_address(b, None, false)
+        );
+    }
+}

@@ -84,7 +84,12 @@ pub async fn login(
             "This login form's security token is missing or stale: open the login page again.",
         );
     }
-    if !state.login_limits.allow(&form.username, peer.ip()) {
+    let client = crate::limits::client_address(
+        peer.ip(),
+        headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()),
+        state.behind_tls_proxy,
+    );
+    if !state.login_limits.allow(&form.username, client) {
         let mut resp = render_form(
             StatusCode::TOO_MANY_REQUESTS,
             Some((
@@ -100,8 +105,8 @@ pub async fn login(
     }
     match operators::verify(&state.pool, &form.username, &form.password).await {
         Ok(Some(_role)) => {
-            tracing::info!(operator = %form.username, address = %peer.ip(), "console login");
-            let address = peer.ip().to_string();
+            tracing::info!(operator = %form.username, address = %client, "console login");
+            let address = client.to_string();
             let opened = crate::audit::record(
                 &state.pool,
                 &form.username,
@@ -123,7 +128,7 @@ pub async fn login(
         Ok(None) => {
             // The name only if it can be one (a password typed in the wrong field is not logged).
             let name = Some(form.username.as_str()).filter(|n| operators::valid_name(n));
-            tracing::info!(operator = name.unwrap_or("(not a name)"), address = %peer.ip(),
+            tracing::info!(operator = name.unwrap_or("(not a name)"), address = %client,
                 "console login refused");
             render_form(
                 StatusCode::UNAUTHORIZED,

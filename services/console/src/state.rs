@@ -45,6 +45,8 @@ pub struct Console {
     pub login_limits: Arc<LoginLimits>,
     pub session_idle: Duration,
     pub session_max: Duration,
+    /// A TLS-terminating proxy is in front: its `X-Forwarded-For` tells the client.
+    pub behind_tls_proxy: bool,
     /// One reconciliation at a time per instance (it reads three databases whole).
     pub reconciling: Arc<tokio::sync::Semaphore>,
 }
@@ -100,6 +102,7 @@ impl Console {
             login_limits: Arc::new(LoginLimits::new()),
             session_idle: config.session_idle,
             session_max: config.session_max,
+            behind_tls_proxy: config.behind_tls_proxy,
             reconciling: Arc::new(tokio::sync::Semaphore::new(1)),
         })
     }
