@@ -42,7 +42,7 @@ pub async fn record<T>(
     .bind(reason)
     .fetch_one(pool)
     .await
-    .map_err(|e| anyhow::anyhow!("not done: the action could not be recorded ({e})"))?;
+    .map_err(|e| anyhow::Error::new(e).context("not done: the action could not be recorded"))?;
     let result = run.await;
     let (outcome, succeeded) = match &result {
         Ok(v) => (describe(v), true),
