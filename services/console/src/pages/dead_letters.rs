@@ -141,7 +141,7 @@ fn letter(session: &Session, e: &Entry) -> Markup {
                 @if let Some(s) = &l.sqlstate { dt { "SQLSTATE" } dd { (s) } }
                 @if let Some(a) = l.attempts { dt { "Attempts" } dd { (a) } }
             }
-            pre class="body" { (l.payload.as_deref().or(l.payload_base64.as_deref()).unwrap_or("(no body)")) }
+            pre class="body" { (body_text(l.payload.as_deref(), l.payload_base64.as_deref())) }
             @if can_act(session) {
                 form method="post" action="/dead-letters/replay" class="action" {
                     (csrf(session))
@@ -150,6 +150,18 @@ fn letter(session: &Session, e: &Entry) -> Markup {
                 }
             }
         }
+    }
+}
+
+/// A letter's body as an operator reads it: JSON indented, text as it is, bytes that are
+/// neither as their base64.
+fn body_text(text: Option<&str>, base64: Option<&str>) -> String {
+    match (text, base64) {
+        (Some(t), _) => serde_json::from_str::<serde_json::Value>(t)
+            .and_then(|v| serde_json::to_string_pretty(&v))
+            .unwrap_or_else(|_| t.to_owned()),
+        (None, Some(b)) => format!("(not text; base64) {b}"),
+        (None, None) => "(no body)".to_owned(),
     }
 }
 
@@ -251,4 +263,17 @@ fn dry_run(session: &Session, f: &FilterForm, entries: &[Entry]) -> Response {
         page(session, "/dead-letters", "Replay dead letters", body),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::body_text;
+
+    #[test]
+    fn a_letters_body_is_shown_readable() {
+        assert_eq!(body_text(Some("{\"a\":1}"), None), "{\n  \"a\": 1\n}");
+        assert_eq!(body_text(Some("not json"), None), "not json");
+        assert_eq!(body_text(None, Some("AAE=")), "(not text; base64) AAE=");
+        assert_eq!(body_text(None, None), "(no body)");
+    }
 }
