@@ -222,30 +222,27 @@ pub async fn endpoints(db: &PgPool) -> sqlx::Result<Vec<Endpoint>> {
     .await
 }
 
-/// A merchant's place in admission control: its payments in the pipeline and its own limit
-/// (none: the default share).
+/// What the database says of a merchant's place in admission control: its payments parked
+/// for an operator and its own limit (none: the default share). Its payments in flight are
+/// the orchestrator's to count (`GET /ops/admission`: the one rule of what holds a place).
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Admission {
     pub merchant_id: Uuid,
-    pub in_flight: i64,
     pub parked: i64,
     pub max_in_flight: Option<i32>,
 }
 
-/// Every merchant with payments in flight, parked, or a limit of its own.
+/// Every merchant with payments parked or a limit of its own.
 pub async fn admission(db: &PgPool) -> sqlx::Result<Vec<Admission>> {
     sqlx::query_as(
-        "WITH counts AS (
-             SELECT merchant_id,
-                    count(*) FILTER (WHERE attention_since IS NULL) AS in_flight,
-                    count(*) FILTER (WHERE attention_since IS NOT NULL) AS parked
-               FROM payments
-              WHERE status IN ('CREATED', 'RISK_REVIEW', 'APPROVED', 'AUTHORIZED', 'CAPTURED')
+        "WITH parked AS (
+             SELECT merchant_id, count(*) AS parked FROM payments
+              WHERE attention_since IS NOT NULL
+                AND status IN ('CREATED', 'RISK_REVIEW', 'APPROVED', 'AUTHORIZED', 'CAPTURED')
               GROUP BY merchant_id)
-         SELECT merchant_id, coalesce(c.in_flight, 0) AS in_flight,
-                coalesce(c.parked, 0) AS parked, l.max_in_flight
-           FROM counts c FULL JOIN merchant_limits l USING (merchant_id)
-          ORDER BY in_flight DESC, merchant_id",
+         SELECT merchant_id, coalesce(p.parked, 0) AS parked, l.max_in_flight
+           FROM parked p FULL JOIN merchant_limits l USING (merchant_id)
+          ORDER BY merchant_id",
     )
     .fetch_all(db)
     .await

@@ -65,6 +65,10 @@ pub fn set_cookie(name: &str, value: &str, max_age: Duration) -> String {
 
 /// Opens a session for `operator`; returns the token for the cookie.
 pub async fn open(pool: &PgPool, operator: &str, max: Duration) -> anyhow::Result<String> {
+    // Sessions past their lifetime are deleted here, at a login, not on every request.
+    sqlx::query("DELETE FROM operator_sessions WHERE expires_at < now()")
+        .execute(pool)
+        .await?;
     let token = random_token()?;
     sqlx::query(
         "INSERT INTO operator_sessions (token_sha256, operator, csrf_token, expires_at)
@@ -89,22 +93,20 @@ pub async fn close(pool: &PgPool, token: &str) -> anyhow::Result<()> {
 }
 
 /// The live session of `token`, its last request moved to now when `touch` (a page's own
-/// refresh does not keep a session alive: a forgotten tab still ends). Expired sessions are
-/// deleted on the way (theirs and any other past its lifetime).
+/// refresh does not keep a session alive: a forgotten tab still ends). One statement: a
+/// session past its idle time or its lifetime is not found.
 pub async fn find(
     pool: &PgPool,
     token: &str,
     idle: Duration,
     touch: bool,
 ) -> anyhow::Result<Option<Session>> {
-    sqlx::query("DELETE FROM operator_sessions WHERE expires_at < now()")
-        .execute(pool)
-        .await?;
     let row: Option<(String, String, String)> = sqlx::query_as(
         "UPDATE operator_sessions s
             SET last_seen_at = CASE WHEN $3 THEN now() ELSE s.last_seen_at END
            FROM operators o
           WHERE s.token_sha256 = $1 AND o.name = s.operator AND o.disabled_at IS NULL
+            AND s.expires_at > now()
             AND s.last_seen_at > now() - make_interval(secs => $2)
          RETURNING s.operator, o.role, s.csrf_token",
     )

@@ -16,7 +16,7 @@ use maud::{html, Markup};
 use sagapay_operations::dlq::{self, Entry, Filter};
 use serde::Deserialize;
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 pub struct FilterForm {
     #[serde(default)]
     classification: String,
@@ -82,7 +82,7 @@ pub async fn list(
         (summary(&entries))
         @if can_act(&session) && !entries.is_empty() {
             form method="post" action="/dead-letters/replay" class="action" {
-                (csrf(&session)) (FilterForm { position: String::new(), ..clone_form(&f) }.hidden())
+                (csrf(&session)) (FilterForm { position: String::new(), ..f.clone() }.hidden())
                 button type="submit" { "Replay all " (entries.len()) " shown (dry run first)" }
             }
         }
@@ -112,15 +112,6 @@ fn summary(entries: &[Entry]) -> Markup {
                 td { (badge(class)) } td { (event) } td class="num" { (n) }
             } } }
         } }
-    }
-}
-
-fn clone_form(f: &FilterForm) -> FilterForm {
-    FilterForm {
-        classification: f.classification.clone(),
-        service: f.service.clone(),
-        event_type: f.event_type.clone(),
-        position: f.position.clone(),
     }
 }
 

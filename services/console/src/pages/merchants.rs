@@ -22,14 +22,23 @@ pub async fn list(State(state): State<Console>, session: Session) -> Response {
         Ok(m) => m,
         Err(e) => return super::unavailable(e.into()),
     };
-    let (admission, endpoints) = tokio::join!(
+    let (admission, endpoints, live) = tokio::join!(
         reads::admission(&state.dbs.orchestrator),
         reads::endpoints(&state.dbs.notification),
+        state.ops.admission(),
     );
     // A list that could not be read is not shown as empty.
-    let (admission, endpoints) = match (admission, endpoints) {
-        (Ok(a), Ok(e)) => (a, e),
-        (Err(e), _) | (_, Err(e)) => return super::unavailable(e.into()),
+    let (admission, endpoints, live) = match (admission, endpoints, live) {
+        (Ok(a), Ok(e), Ok(l)) => (a, e, l),
+        (Err(e), _, _) | (_, Err(e), _) => return super::unavailable(e.into()),
+        (_, _, Err(e)) => return super::unavailable(e),
+    };
+    let in_flight = |id: Uuid| {
+        live["merchants"]
+            .as_array()
+            .and_then(|ms| ms.iter().find(|m| m["merchant_id"] == id.to_string()))
+            .and_then(|m| m["in_flight"].as_i64())
+            .unwrap_or(0)
     };
     let mut cards = Vec::new();
     for m in &merchants {
@@ -42,7 +51,13 @@ pub async fn list(State(state): State<Console>, session: Session) -> Response {
             .iter()
             .filter(|e| e.merchant_id == m.merchant_id)
             .collect();
-        cards.push(card(&session, m, &keys, share, &hooks));
+        cards.push(card(
+            &session,
+            m,
+            &keys,
+            (in_flight(m.merchant_id), share),
+            &hooks,
+        ));
     }
     let body = html! {
         @if merchants.is_empty() { p class="empty" { "No merchant yet (sagapayctl merchant create NAME)." } }
@@ -55,7 +70,7 @@ fn card(
     session: &Session,
     m: &MerchantRecord,
     keys: &[KeyRecord],
-    share: Option<&Admission>,
+    (in_flight, share): (i64, Option<&Admission>),
     hooks: &[&Endpoint],
 ) -> Markup {
     let act = can_act(session);
@@ -63,7 +78,7 @@ fn card(
         article class="card merchant" data-merchant=(m.merchant_id) {
             header { strong { (m.name) } " " span class="id" { (m.merchant_id) } " · since " (time(m.created_at)) }
             p class="meta" {
-                "In flight: " (share.map_or(0, |s| s.in_flight)) " · parked for an operator: " (share.map_or(0, |s| s.parked))
+                "In flight: " (in_flight) " · parked for an operator: " (share.map_or(0, |s| s.parked))
                 " · own limit: " (share.and_then(|s| s.max_in_flight).map(|n| if n == 0 { "none".to_owned() } else { n.to_string() }).unwrap_or_else(|| "the default share".into()))
                 " · " a href={ "/payments?merchant=" (m.merchant_id) } { "payments" }
                 " · " a href={ "/webhooks?merchant=" (m.merchant_id) } { "deliveries" }
